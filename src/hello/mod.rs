@@ -1,0 +1,1 @@
+//! ClientHello parser (being written).

@@ -1,0 +1,17 @@
+//! sni-dispatch: a thread-per-core TLS front door.
+//!
+//! Each connection is routed before any crypto, by the local address the client dialed
+//! (dedicated IP) or by the `server_name` of its ClientHello, and is then either terminated
+//! with rustls or passed through as raw bytes. The modules follow the life of a connection:
+//!
+//! - [`hello`]: the zero-copy, allocation-free ClientHello parser;
+//! - [`route`]: the immutable routing table (dedicated IPs, exact and wildcard SNI, fallbacks);
+//! - [`config`]: TOML configuration, validation and the `check` summary;
+//! - [`worker`]: worker threads, io_uring rings and listeners;
+//! - [`relay`]: moving bytes between client and back end (splice or copy);
+//! - [`tls`]: termination;
+//! - [`metrics`] and [`admin`]: per-core counters and histograms, and the HTTP endpoint that reads them.
+
+pub mod config;
+pub mod hello;
+pub mod route;
