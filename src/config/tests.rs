@@ -1,0 +1,174 @@
+use super::*;
+
+fn load(text: &str) -> Result<Config, ConfigError> {
+    Config::from_str(text, Path::new("/etc/sni/edge.toml"), &RuntimeOverrides::default())
+}
+
+fn errors(text: &str) -> String {
+    load(text).expect_err("config should be rejected").to_string()
+}
+
+const GOOD: &str = r#"
+[runtime]
+workers = 2
+cpus = "0-1"
+
+[admin]
+listen = "127.0.0.1:9900"
+
+[[listener]]
+address = "127.0.0.1:8443"
+
+[fallback]
+no_sni = "default"
+
+[[route]]
+name = "shop"
+sni = ["Shop.Example.com", "*.shop.example.com"]
+dedicated_ips = ["127.0.0.2"]
+action = "passthrough"
+backends = ["127.0.0.1:9001", "127.0.0.1:9002"]
+proxy_protocol = "v2"
+
+[[route]]
+name = "default"
+action = "passthrough"
+backends = ["127.0.0.1:9003"]
+"#;
+
+#[test]
+fn good_config() {
+    let c = load(GOOD).unwrap();
+    assert_eq!(c.runtime.workers, 2);
+    assert_eq!(c.runtime.cpus, Some(vec![0, 1]));
+    assert_eq!(c.runtime.hello_timeout_ms, 5000);
+    assert_eq!(c.admin, Some("127.0.0.1:9900".parse().unwrap()));
+    let shop = &c.table.routes()[0];
+    assert_eq!(shop.sni, ["shop.example.com", "*.shop.example.com"]);
+    assert_eq!(shop.proxy_protocol, ProxyProtocol::V2);
+    assert_eq!(shop.min_tls, TlsVersion::TLS12);
+    assert_eq!(c.table.no_sni(), Some(RouteId(1)));
+    let s = c.summary();
+    assert!(s.contains("routes: 2 (0 terminate, 2 passthrough)"), "{s}");
+    assert!(s.contains("names: 1 exact, 1 wildcard"), "{s}");
+}
+
+#[test]
+fn flags_override_the_file() {
+    let o = RuntimeOverrides { workers: Some(1), splice: Some(false), cpus: Some("1".into()), ..Default::default() };
+    let c = Config::from_str(GOOD, Path::new("x.toml"), &o).unwrap();
+    assert_eq!((c.runtime.workers, c.runtime.splice, c.runtime.cpus), (1, false, Some(vec![1])));
+}
+
+#[test]
+fn syntax_error_has_line_and_column() {
+    let e = errors("[runtime]\nworkers = = 2\n");
+    assert!(e.starts_with("/etc/sni/edge.toml: "), "{e}");
+    assert!(e.contains("line 2, column"), "{e}");
+}
+
+#[test]
+fn unknown_keys_are_rejected() {
+    let e = errors(&GOOD.replace("workers = 2", "wrokers = 2"));
+    assert!(e.contains("unknown field `wrokers`"), "{e}");
+}
+
+#[test]
+fn every_problem_is_named() {
+    let bad = r#"
+[[listener]]
+address = "nowhere"
+[fallback]
+no_sni = "ghost"
+[[route]]
+name = "a"
+sni = ["a.*.example.com", "*", "ok.example.com"]
+dedicated_ips = ["127.0.0.300"]
+action = "bounce"
+min_tls = "1.4"
+proxy_protocol = "v3"
+backends = ["localhost"]
+[[route]]
+name = "b"
+action = "terminate"
+backends = ["127.0.0.1:1"]
+cert = "missing.pem"
+key = "missing.key"
+"#;
+    let e = errors(bad);
+    for needle in [
+        "/etc/sni/edge.toml: listener[0].address: \"nowhere\" is not an address",
+        "fallback.no_sni: names no route: \"ghost\"",
+        "route \"a\".sni: \"a.*.example.com\": '*' is allowed only",
+        "route \"a\".sni: \"*\": a wildcard needs a parent domain",
+        "route \"a\".dedicated_ips: \"127.0.0.300\" is not an IP address",
+        "route \"a\".action: \"bounce\" is not",
+        "route \"a\".min_tls: \"1.4\" is not one of",
+        "route \"a\".proxy_protocol: \"v3\" is not",
+        "route \"a\".backends: \"localhost\" is not an address",
+        "route \"b\".cert: /etc/sni/missing.pem: cannot read",
+        "route \"b\".key: /etc/sni/missing.key: cannot read",
+    ] {
+        assert!(e.contains(needle), "missing {needle:?} in:\n{e}");
+    }
+}
+
+#[test]
+fn duplicates_across_routes() {
+    let e = errors(&GOOD.replace("backends = [\"127.0.0.1:9003\"]", "backends = [\"127.0.0.1:9003\"]\nsni = [\"SHOP.example.com.\"]"));
+    assert!(e.contains("route \"default\".sni: name \"shop.example.com\" is claimed by routes \"shop\" and \"default\""), "{e}");
+    let e = errors(&GOOD.replace("backends = [\"127.0.0.1:9003\"]", "backends = [\"127.0.0.1:9003\"]\ndedicated_ips = [\"127.0.0.2\"]"));
+    assert!(e.contains("dedicated IP 127.0.0.2 is claimed by routes \"shop\" and \"default\""), "{e}");
+    let e = errors(&GOOD.replace("name = \"default\"", "name = \"shop\""));
+    assert!(e.contains("route \"shop\".name: also used by route[0]"), "{e}");
+}
+
+#[test]
+fn runtime_limits() {
+    let e = errors(&GOOD.replace("cpus = \"0-1\"", "ring_entries = 1000\ncpus = \"3-1\"\nhello_timeout_ms = 0"));
+    assert!(e.contains("runtime.ring_entries: must be a power of two"), "{e}");
+    assert!(e.contains("runtime.cpus: \"3-1\" is not a CPU"), "{e}");
+    assert!(e.contains("runtime.hello_timeout_ms: must be greater than 0"), "{e}");
+}
+
+#[test]
+fn cpu_lists() {
+    assert_eq!(parse_cpu_list(""), Ok(None));
+    assert_eq!(parse_cpu_list("0-3,8, 2"), Ok(Some(vec![0, 1, 2, 3, 8])));
+    assert!(parse_cpu_list("a").is_err());
+    assert!(parse_cpu_list("1-").is_err());
+}
+
+/// Writes an ECDSA certificate and key made by rcgen, and one other key.
+fn cert_files(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let a = rcgen::generate_simple_self_signed(vec!["shop.example.com".into()]).unwrap();
+    let b = rcgen::KeyPair::generate().unwrap();
+    let (cert, key, other) = (dir.join("shop.pem"), dir.join("shop.key"), dir.join("other.key"));
+    std::fs::write(&cert, a.cert.pem()).unwrap();
+    std::fs::write(&key, a.key_pair.serialize_pem()).unwrap();
+    std::fs::write(&other, b.serialize_pem()).unwrap();
+    (cert, key, other)
+}
+
+#[test]
+fn terminate_routes_check_their_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, other) = cert_files(dir.path());
+    let cfg = |cert: &Path, key: &Path| {
+        format!(
+            "[[listener]]\naddress = \"127.0.0.1:8443\"\n[[route]]\nname = \"shop\"\nsni = [\"shop.example.com\"]\naction = \"terminate\"\ncert = {:?}\nkey = {:?}\nmin_tls = \"1.3\"\nalpn = [\"h2\"]\nbackends = [\"127.0.0.1:80\"]\n",
+            cert, key
+        )
+    };
+    let c = load(&cfg(&cert, &key)).unwrap();
+    assert!(c.table.routes()[0].tls.is_some());
+    let e = errors(&cfg(&cert, &other));
+    assert!(e.contains("route \"shop\".key:") && e.contains("does not match the certificate"), "{e}");
+    let e = errors(&cfg(&key, &key));
+    assert!(e.contains("route \"shop\".cert:") && e.contains("holds no CERTIFICATE"), "{e}");
+    let e = errors(&cfg(&cert, &cert));
+    assert!(e.contains("route \"shop\".key:") && e.contains("holds no private key"), "{e}");
+    // Relative paths are resolved against the config file's directory.
+    let rel = Config::from_str(&cfg(Path::new("shop.pem"), Path::new("shop.key")), &dir.path().join("edge.toml"), &RuntimeOverrides::default());
+    assert!(rel.is_ok(), "{:?}", rel.err().map(|e| e.to_string()));
+}
