@@ -1,1 +1,108 @@
-fn main() {}
+//! Routing-table benches: lookups (exact hit, wildcard hit, miss, dedicated IP) at 1k, 100k and
+//! 1M names, and building the 1M-name table. Also prints the table's memory per name, from the
+//! process's RSS before and after the build.
+//!
+//! `cargo bench --bench route_lookup`
+
+use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion};
+use sni_dispatch::route::{Action, ProxyProtocol, Route, RouteId, Table, TlsVersion};
+use std::net::IpAddr;
+
+/// Names per route: a large edge has many customers with a few names each.
+const NAMES_PER_ROUTE: usize = 4;
+
+fn name(i: usize) -> String {
+    format!("www{}.customer-{}.example", i % 7, i)
+}
+
+fn routes(names: usize) -> Vec<Route> {
+    (0..names.div_ceil(NAMES_PER_ROUTE))
+        .map(|r| {
+            let mut sni: Vec<String> = (r * NAMES_PER_ROUTE
+                ..((r + 1) * NAMES_PER_ROUTE).min(names))
+                .map(name)
+                .collect();
+            // One wildcard per route, over its own parent domain.
+            sni.push(format!("*.wild-{r}.example"));
+            Route {
+                name: format!("r{r}"),
+                action: Action::Passthrough,
+                sni,
+                dedicated_ips: vec![],
+                min_tls: TlsVersion::TLS12,
+                alpn: vec![],
+                backends: vec!["127.0.0.1:8080".parse().unwrap()],
+                proxy_protocol: ProxyProtocol::None,
+                tls: None,
+            }
+        })
+        .collect()
+}
+
+fn rss_bytes() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
+fn lookups(c: &mut Criterion) {
+    let local: IpAddr = "127.0.0.1".parse().unwrap();
+    for n in [1_000, 100_000, 1_000_000] {
+        let table = Table::build(routes(n), Some(RouteId(0)), None).unwrap();
+        let queries: Vec<String> = (0..4096).map(|i| name((i * 7919) % n)).collect();
+        let wild: Vec<String> = (0..4096)
+            .map(|i| format!("a.wild-{}.example", (i * 7919) % (n / NAMES_PER_ROUTE)))
+            .collect();
+        let miss: Vec<String> = (0..4096)
+            .map(|i| format!("nobody-{i}.example.org"))
+            .collect();
+        let mut g = c.benchmark_group(format!("lookup/{n}"));
+        for (what, qs) in [
+            ("exact_hit", &queries),
+            ("wildcard_hit", &wild),
+            ("miss", &miss),
+        ] {
+            let mut i = 0;
+            g.bench_function(what, |b| {
+                b.iter(|| {
+                    i = (i + 1) & 4095;
+                    black_box(table.lookup(local, Some(black_box(qs[i].as_str()))))
+                })
+            });
+        }
+        g.finish();
+    }
+}
+
+fn build(c: &mut Criterion) {
+    let n = 1_000_000;
+    let before = rss_bytes();
+    let table = Table::build(routes(n), None, None).unwrap();
+    let after = rss_bytes();
+    let name_bytes: usize = (0..n).map(|i| name(i).len()).sum();
+    let (exact, wild) = table.name_count();
+    eprintln!(
+        "route table with {exact} exact + {wild} wildcard names: RSS +{:.1} MiB = {:.0} bytes/name; names' own bytes {:.0}/name",
+        (after - before) as f64 / (1 << 20) as f64,
+        (after - before) as f64 / (exact + wild) as f64,
+        name_bytes as f64 / n as f64,
+    );
+    drop(table);
+    let mut g = c.benchmark_group("build");
+    g.sample_size(10);
+    g.bench_function("1M_names", |b| {
+        b.iter_batched(
+            || routes(n),
+            |r| Table::build(r, None, None).unwrap(),
+            BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, lookups, build);
+criterion_main!(benches);

@@ -20,7 +20,7 @@ use std::sync::Arc;
 pub use names::{NameIndex, NameIndexBuilder};
 
 /// Index of a route in [`Table::routes`]. Small and `Copy` so that a lookup returns no borrow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RouteId(pub u32);
 
 /// What to do with a routed connection.
@@ -105,6 +105,8 @@ pub struct Route {
     pub name: String,
     pub action: Action,
     /// Normalised (lowercase, no trailing dot) exact names and `*.` wildcards, as configured.
+    /// [`Table::build`] moves them into its index (a million names are not kept twice), so in a
+    /// built table this is empty: ask the table ([`Table::names`]).
     pub sni: Vec<String>,
     pub dedicated_ips: Vec<IpAddr>,
     pub min_tls: TlsVersion,
@@ -182,9 +184,17 @@ pub struct Table {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BuildError {
     #[error("name {name:?} is claimed by routes {first:?} and {second:?}")]
-    DuplicateName { name: String, first: String, second: String },
+    DuplicateName {
+        name: String,
+        first: String,
+        second: String,
+    },
     #[error("dedicated IP {ip} is claimed by routes {first:?} and {second:?}")]
-    DuplicateIp { ip: IpAddr, first: String, second: String },
+    DuplicateIp {
+        ip: IpAddr,
+        first: String,
+        second: String,
+    },
     #[error("too many routes")]
     TooManyRoutes,
 }
@@ -193,7 +203,7 @@ impl Table {
     /// Builds the table. `sni` entries must already be validated and normalised
     /// (see [`normalize_pattern`]); fallbacks are indices into `routes`.
     pub fn build(
-        routes: Vec<Route>,
+        mut routes: Vec<Route>,
         no_sni: Option<RouteId>,
         unknown_sni: Option<RouteId>,
     ) -> Result<Self, BuildError> {
@@ -204,9 +214,9 @@ impl Table {
         let mut exact = NameIndexBuilder::with_capacity(total);
         let mut wildcard = NameIndexBuilder::with_capacity(0);
         let mut by_ip = Vec::new();
-        for (i, route) in routes.iter().enumerate() {
+        for (i, route) in routes.iter_mut().enumerate() {
             let id = RouteId(i as u32);
-            for pattern in &route.sni {
+            for pattern in std::mem::take(&mut route.sni) {
                 let (index, key) = match pattern.strip_prefix("*.") {
                     Some(parent) => (&mut wildcard, parent),
                     None => (&mut exact, pattern.as_str()),
@@ -218,16 +228,20 @@ impl Table {
             }
         }
         let name_of = |id: RouteId| routes[id.0 as usize].name.clone();
-        let exact = exact.build().map_err(|(name, a, b)| BuildError::DuplicateName {
-            name,
-            first: name_of(a),
-            second: name_of(b),
-        })?;
-        let wildcard = wildcard.build().map_err(|(name, a, b)| BuildError::DuplicateName {
-            name: format!("*.{name}"),
-            first: name_of(a),
-            second: name_of(b),
-        })?;
+        let exact = exact
+            .build()
+            .map_err(|(name, a, b)| BuildError::DuplicateName {
+                name,
+                first: name_of(a),
+                second: name_of(b),
+            })?;
+        let wildcard = wildcard
+            .build()
+            .map_err(|(name, a, b)| BuildError::DuplicateName {
+                name: format!("*.{name}"),
+                first: name_of(a),
+                second: name_of(b),
+            })?;
         by_ip.sort_by_key(|(ip, _)| *ip);
         if let Some(w) = by_ip.windows(2).find(|w| w[0].0 == w[1].0) {
             return Err(BuildError::DuplicateIp {
@@ -236,7 +250,14 @@ impl Table {
                 second: name_of(w[1].1),
             });
         }
-        Ok(Self { routes, by_ip, exact, wildcard, no_sni, unknown_sni })
+        Ok(Self {
+            routes,
+            by_ip,
+            exact,
+            wildcard,
+            no_sni,
+            unknown_sni,
+        })
     }
 
     /// Finds the route for a connection that dialed `local` and sent `sni`
@@ -250,7 +271,10 @@ impl Table {
             }
         }
         let Some(name) = sni else {
-            return self.no_sni.map(|id| (id, Match::NoSniFallback)).ok_or(Miss::NoSni);
+            return self
+                .no_sni
+                .map(|id| (id, Match::NoSniFallback))
+                .ok_or(Miss::NoSni);
         };
         if let Some(id) = self.exact.get(name) {
             return Ok((id, Match::ExactSni));
@@ -285,6 +309,12 @@ impl Table {
     /// Number of exact and wildcard names.
     pub fn name_count(&self) -> (usize, usize) {
         (self.exact.len(), self.wildcard.len())
+    }
+
+    /// Every configured name and wildcard with its route, in no particular order.
+    pub fn names(&self) -> impl Iterator<Item = (String, RouteId)> + '_ {
+        let exact = self.exact.iter().map(|(n, id)| (n.to_owned(), id));
+        exact.chain(self.wildcard.iter().map(|(n, id)| (format!("*.{n}"), id)))
     }
 
     pub fn dedicated_ips(&self) -> impl Iterator<Item = (IpAddr, RouteId)> + '_ {
@@ -348,11 +378,22 @@ pub fn normalize_pattern(raw: &str) -> Result<String, PatternError> {
         if label.len() > 63 {
             return Err(PatternError::LabelTooLong);
         }
-        if let Some(c) = label.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_')) {
-            return Err(if c == '*' { PatternError::BadWildcard } else { PatternError::BadChar(c) });
+        if let Some(c) = label
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+        {
+            return Err(if c == '*' {
+                PatternError::BadWildcard
+            } else {
+                PatternError::BadChar(c)
+            });
         }
     }
-    if !wild && rest.split('.').all(|l| l.bytes().all(|b| b.is_ascii_digit())) {
+    if !wild
+        && rest
+            .split('.')
+            .all(|l| l.bytes().all(|b| b.is_ascii_digit()))
+    {
         // "1.2.3" is no host name either; a full dotted quad was caught above.
         return Err(PatternError::IpLiteral);
     }

@@ -1,37 +1,40 @@
 //! A read-only map from host name to route, built for a million names.
 //!
-//! All names are stored back to back in one byte arena; the index is split into shards by the
-//! top bits of the hash, each an open-addressing table (linear probing, load factor at most 1/2)
-//! of 16-byte slots holding the hash, the name's place in the arena and the route. A lookup
-//! hashes once, lands in one shard and compares bytes only on a full hash match. Per name that
-//! is at most 32 bytes of index beyond the name's own bytes, and two allocations for the whole
-//! map instead of one per name.
+//! All names are stored back to back in one byte arena, each behind a length byte; the index is
+//! split into shards by the top bits of the hash, each an open-addressing table (linear probing,
+//! sized for a load factor of 1/2) of 12-byte slots holding the hash, the name's place in the
+//! arena and the route. A lookup hashes once, lands in one shard and compares bytes only on a
+//! full 32-bit hash match. Per name that is about 24 bytes of index and one length byte beyond the
+//! name's own bytes, and a handful of allocations for the whole map instead of one per name.
 
 use super::RouteId;
 use std::hash::{BuildHasher, Hasher};
 
-/// Shards: enough that each stays a modest allocation at a million names, few enough that a
-/// small table is not mostly empty shards.
+/// Shards: each stays a modest allocation-sized run at a million names, and building can place
+/// one shard at a time in cache.
 const MAX_SHARD_BITS: u32 = 6;
 const EMPTY: u32 = u32::MAX;
 
 #[derive(Clone, Copy, Debug)]
-#[repr(C)]
 struct Slot {
     hash: u32,
+    /// Offset of the length byte in the arena.
     off: u32,
-    len: u32,
     route: u32,
 }
 
-const EMPTY_SLOT: Slot = Slot { hash: 0, off: 0, len: 0, route: EMPTY };
+const EMPTY_SLOT: Slot = Slot {
+    hash: 0,
+    off: 0,
+    route: EMPTY,
+};
 
 #[derive(Debug)]
 pub struct NameIndex {
     arena: Box<[u8]>,
     slots: Box<[Slot]>,
-    /// log2 of the slots per shard; shards are `slots` cut into equal runs.
-    shard_slot_bits: u32,
+    /// `shards[i]..shards[i + 1]` are shard i's slots.
+    shards: Box<[u32]>,
     shard_bits: u32,
     seed: u64,
     len: usize,
@@ -40,50 +43,78 @@ pub struct NameIndex {
 /// Collects names, then builds a [`NameIndex`].
 pub struct NameIndexBuilder {
     arena: Vec<u8>,
-    entries: Vec<(u32, u32, RouteId)>,
+    entries: Vec<(u32, RouteId)>,
 }
 
 impl NameIndexBuilder {
     pub fn with_capacity(names: usize) -> Self {
-        Self { arena: Vec::with_capacity(names * 16), entries: Vec::with_capacity(names) }
+        Self {
+            arena: Vec::with_capacity(names * 24),
+            entries: Vec::with_capacity(names),
+        }
     }
 
+    /// Adds a name of at most 255 bytes (host names are at most 253).
     pub fn push(&mut self, name: &str, route: RouteId) {
         let off = self.arena.len() as u32;
-        self.arena.extend_from_slice(name.as_bytes());
-        self.entries.push((off, name.len() as u32, route));
+        let bytes = &name.as_bytes()[..name.len().min(255)];
+        self.arena.push(bytes.len() as u8);
+        self.arena.extend_from_slice(bytes);
+        self.entries.push((off, route));
     }
 
     /// Builds the index; a name pushed twice is an error carrying the name and both routes.
     pub fn build(self) -> Result<NameIndex, (String, RouteId, RouteId)> {
         let n = self.entries.len();
-        let shard_bits = MAX_SHARD_BITS.min((n / 64).max(1).ilog2());
-        let per_shard = (n >> shard_bits) + 1;
-        // Load factor at most 1/2 in the fullest shard, with some slack for uneven shards.
-        let shard_slot_bits = (per_shard * 2 + per_shard / 4 + 8).next_power_of_two().ilog2();
+        let shard_bits = if n < 4096 { 0 } else { MAX_SHARD_BITS };
+        let seed = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        let arena = huge_copy(&self.arena);
+        // Hash once; count per shard so that each shard gets exactly twice its names in slots.
+        let hashes: Vec<u64> = self
+            .entries
+            .iter()
+            .map(|&(off, _)| hash(seed, name_at(&arena, off)))
+            .collect();
+        let mut counts = vec![0u32; 1 << shard_bits];
+        for &h in &hashes {
+            counts[shard_of(h, shard_bits)] += 1;
+        }
+        let mut shards = Vec::with_capacity(counts.len() + 1);
+        let mut total = 0u32;
+        shards.push(0);
+        for c in counts {
+            total += c * 2 + 1;
+            shards.push(total);
+        }
         let mut index = NameIndex {
-            arena: self.arena.into_boxed_slice(),
-            slots: vec![EMPTY_SLOT; 1usize << (shard_bits + shard_slot_bits)].into_boxed_slice(),
-            shard_slot_bits,
+            arena,
+            slots: huge_filled(total as usize, EMPTY_SLOT),
+            shards: shards.into_boxed_slice(),
             shard_bits,
-            seed: std::collections::hash_map::RandomState::new().build_hasher().finish(),
+            seed,
             len: n,
         };
-        for &(off, len, route) in &self.entries {
-            let name = &index.arena[off as usize..(off + len) as usize];
-            let h = hash(index.seed, name);
-            let mut i = index.home(h);
+        for (&(off, route), &h) in self.entries.iter().zip(&hashes) {
+            let (mut i, start, end) = index.home(h);
             loop {
                 let slot = index.slots[i];
                 if slot.route == EMPTY {
-                    index.slots[i] = Slot { hash: h as u32, off, len, route: route.0 };
+                    index.slots[i] = Slot {
+                        hash: h as u32,
+                        off,
+                        route: route.0,
+                    };
                     break;
                 }
-                if slot.hash == h as u32 && index.name_at(slot) == name {
-                    let name = String::from_utf8_lossy(name).into_owned();
+                if slot.hash == h as u32
+                    && name_at(&index.arena, slot.off) == name_at(&index.arena, off)
+                {
+                    let name = String::from_utf8_lossy(name_at(&index.arena, off)).into_owned();
                     return Err((name, RouteId(slot.route), route));
                 }
-                i = index.next(i);
+                i = if i + 1 == end { start } else { i + 1 };
             }
         }
         Ok(index)
@@ -99,16 +130,16 @@ impl NameIndex {
         }
         let name = name.as_bytes();
         let h = hash(self.seed, name);
-        let mut i = self.home(h);
+        let (mut i, start, end) = self.home(h);
         loop {
             let slot = self.slots[i];
             if slot.route == EMPTY {
                 return None;
             }
-            if slot.hash == h as u32 && self.name_at(slot) == name {
+            if slot.hash == h as u32 && name_at(&self.arena, slot.off) == name {
                 return Some(RouteId(slot.route));
             }
-            i = self.next(i);
+            i = if i + 1 == end { start } else { i + 1 };
         }
     }
 
@@ -120,30 +151,83 @@ impl NameIndex {
         self.len == 0
     }
 
+    /// Every name with its route, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, RouteId)> + '_ {
+        self.slots.iter().filter(|s| s.route != EMPTY).map(|s| {
+            // The arena holds only names that arrived as `&str`.
+            (
+                std::str::from_utf8(name_at(&self.arena, s.off)).unwrap_or(""),
+                RouteId(s.route),
+            )
+        })
+    }
+
     /// Bytes of heap this index holds (names and slots).
     pub fn heap_bytes(&self) -> usize {
-        self.arena.len() + self.slots.len() * std::mem::size_of::<Slot>()
+        self.arena.len() + self.slots.len() * std::mem::size_of::<Slot>() + self.shards.len() * 4
     }
 
+    /// The first slot to probe and the bounds of its shard: the shard from the hash's top bits,
+    /// the place in it from the low 32 bits scaled to the shard's size (no modulo).
     #[inline]
-    fn name_at(&self, slot: Slot) -> &[u8] {
-        &self.arena[slot.off as usize..(slot.off + slot.len) as usize]
+    fn home(&self, h: u64) -> (usize, usize, usize) {
+        let shard = shard_of(h, self.shard_bits);
+        let (start, end) = (self.shards[shard] as usize, self.shards[shard + 1] as usize);
+        let size = (end - start) as u64;
+        (
+            start + (((h as u32 as u64) * size) >> 32) as usize,
+            start,
+            end,
+        )
     }
+}
 
-    /// The first slot to probe: the shard from the hash's top bits, the place in it from the low bits.
-    #[inline]
-    fn home(&self, h: u64) -> usize {
-        let shard = if self.shard_bits == 0 { 0 } else { (h >> (64 - self.shard_bits)) as usize };
-        let mask = (1usize << self.shard_slot_bits) - 1;
-        (shard << self.shard_slot_bits) | (h as usize & mask)
-    }
+/// A boxed slice of `n` copies of `value`, in transparent huge pages where the kernel allows.
+/// At a million names the slots and the arena are tens of MiB probed at random: with 4 KiB
+/// pages nearly every lookup also misses the TLB.
+fn huge_filled<T: Copy>(n: usize, value: T) -> Box<[T]> {
+    let mut v: Vec<T> = Vec::with_capacity(n);
+    advise_huge_pages(v.as_ptr().cast(), n * std::mem::size_of::<T>());
+    v.resize(n, value);
+    v.into_boxed_slice()
+}
 
-    /// The next slot, wrapping inside the same shard.
-    #[inline]
-    fn next(&self, i: usize) -> usize {
-        let mask = (1usize << self.shard_slot_bits) - 1;
-        (i & !mask) | ((i + 1) & mask)
+fn huge_copy(bytes: &[u8]) -> Box<[u8]> {
+    let mut v: Vec<u8> = Vec::with_capacity(bytes.len());
+    advise_huge_pages(v.as_ptr(), bytes.len());
+    v.extend_from_slice(bytes);
+    v.into_boxed_slice()
+}
+
+/// Hints MADV_HUGEPAGE for the whole 2 MiB pages inside `[ptr, ptr + len)`, before they are
+/// first touched. Small tables and kernels that refuse are fine: it is only a hint.
+fn advise_huge_pages(ptr: *const u8, len: usize) {
+    const HUGE: usize = 2 << 20;
+    let start = (ptr as usize).next_multiple_of(HUGE);
+    let end = (ptr as usize + len) & !(HUGE - 1);
+    if end > start {
+        // SAFETY: the range lies inside an allocation we own and have not handed out; madvise
+        // with MADV_HUGEPAGE changes only how the kernel backs the pages, never their contents
+        // or validity, so no Rust invariant depends on its outcome (errors are ignored).
+        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
     }
+}
+
+#[inline]
+fn shard_of(h: u64, bits: u32) -> usize {
+    if bits == 0 {
+        0
+    } else {
+        (h >> (64 - bits)) as usize
+    }
+}
+
+/// The name stored at `off`: a length byte, then the bytes. Offsets come only from the builder.
+#[inline]
+fn name_at(arena: &[u8], off: u32) -> &[u8] {
+    let off = off as usize;
+    let len = arena.get(off).copied().unwrap_or(0) as usize;
+    arena.get(off + 1..off + 1 + len).unwrap_or(&[])
 }
 
 /// A fast seeded hash for short strings: 8 bytes at a time with a multiply-fold, finished with
