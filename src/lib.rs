@@ -15,3 +15,4 @@
 pub mod config;
 pub mod hello;
 pub mod route;
+pub mod tls;

@@ -154,6 +154,9 @@ fn check(path: &Path) -> ExitCode {
     match Config::load(path, &RuntimeOverrides::default()) {
         Ok(c) => {
             print!("{}: ok\n{}", path.display(), c.summary());
+            for w in &c.warnings {
+                println!("warning: {w}");
+            }
             ExitCode::SUCCESS
         }
         Err(e) => fail(&e),

@@ -21,6 +21,8 @@ pub struct Config {
     pub admin: Option<SocketAddr>,
     pub listeners: Vec<SocketAddr>,
     pub table: Table,
+    /// Things that load but may not do what the operator meant, as "key: reason".
+    pub warnings: Vec<String>,
 }
 
 /// The `[runtime]` table with defaults applied and flags merged in.
@@ -436,13 +438,15 @@ fn resolve(
         return None;
     }
     match Table::build(routes, no_sni, unknown_sni) {
-        Ok(table) => Some(Config {
-            path: path.to_owned(),
-            runtime,
-            admin,
-            listeners,
-            table,
-        }),
+        Ok(table) => {
+            let warnings = table
+                .routes()
+                .iter()
+                .filter(|r| r.action == Action::Terminate && r.min_tls < TlsVersion::TLS12)
+                .map(|r| format!("route {:?}.min_tls: rustls serves TLS 1.2 and 1.3 only; {} acts as 1.2", r.name, r.min_tls))
+                .collect();
+            Some(Config { path: path.to_owned(), runtime, admin, listeners, table, warnings })
+        }
         Err(e) => {
             let key = match &e {
                 route::BuildError::DuplicateName { second, .. } => format!("route {second:?}.sni"),
@@ -534,7 +538,7 @@ fn resolve_route(r: RouteFile, key: &str, base: &Path, errors: &mut Vec<Located>
 
     let tls = match action {
         Some(Action::Terminate) => match (&r.cert, &r.key) {
-            (Some(cert), Some(pkey)) => load_tls(&base.join(cert), &base.join(pkey), key, errors),
+            (Some(cert), Some(pkey)) => load_tls(&base.join(cert), &base.join(pkey), key, min_tls, &r.alpn, errors),
             (c, k) => {
                 if c.is_none() {
                     bad(
@@ -584,6 +588,8 @@ fn load_tls(
     cert: &Path,
     key: &Path,
     route: &str,
+    min_tls: TlsVersion,
+    alpn: &[String],
     errors: &mut Vec<Located>,
 ) -> Option<TlsMaterial> {
     use rustls_pki_types::pem::PemObject;
@@ -635,11 +641,18 @@ fn load_tls(
     let (chain, private_key) = (chain?, private_key?);
     let provider = rustls::crypto::aws_lc_rs::default_provider();
     match rustls::sign::CertifiedKey::from_der(chain, private_key, &provider) {
-        Ok(ck) => Some(TlsMaterial {
-            cert_path: cert.to_owned(),
-            key_path: key.to_owned(),
-            certified_key: Arc::new(ck),
-        }),
+        Ok(ck) => {
+            let certified_key = Arc::new(ck);
+            match crate::tls::server_config(certified_key.clone(), min_tls, alpn) {
+                Ok(server_config) => {
+                    Some(TlsMaterial { cert_path: cert.to_owned(), key_path: key.to_owned(), certified_key, server_config })
+                }
+                Err(e) => {
+                    bad("cert", cert, format!("unusable with rustls: {e}"));
+                    None
+                }
+            }
+        }
         Err(rustls::Error::InconsistentKeys(_)) => {
             bad(
                 "key",

@@ -87,6 +87,8 @@ pub struct TlsMaterial {
     pub key_path: PathBuf,
     /// The chain and key, ready for rustls.
     pub certified_key: Arc<rustls::sign::CertifiedKey>,
+    /// The route's rustls configuration (its certificate, `min_tls`, `alpn`, shared resumption).
+    pub server_config: Arc<rustls::ServerConfig>,
 }
 
 impl fmt::Debug for TlsMaterial {

@@ -1,0 +1,306 @@
+//! Driving a `rustls::ServerConnection` over tokio-uring sockets.
+//!
+//! tokio-uring streams take owned buffers and are not `AsyncRead`/`AsyncWrite`, so this is the
+//! small adapter between the two: ciphertext goes through reused `Vec<u8>`s, rustls does the
+//! record work in memory. The two relay directions share the connection through a `RefCell`
+//! (one thread, no borrow is held across an await) and serialise their writes to the client
+//! through one async lock, so TLS records leave in the order rustls produced them.
+
+use rustls::ServerConnection;
+use std::cell::{Cell, RefCell};
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_uring::net::TcpStream;
+
+/// Ciphertext read size: one full TLS record plus header.
+const READ_SIZE: usize = 16 * 1024 + 512;
+
+/// Why a handshake did not complete. `as_str` is the drop-reason label.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("client closed during the handshake")]
+    Eof,
+    #[error("socket error during the handshake: {0}")]
+    Io(#[from] io::Error),
+    #[error("TLS: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+impl HandshakeError {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Eof => "tls_client_closed",
+            Self::Io(_) => "tls_io",
+            Self::Tls(rustls::Error::PeerIncompatible(_)) => "tls_incompatible",
+            Self::Tls(_) => "tls_handshake",
+        }
+    }
+}
+
+/// Runs the handshake on `client`, starting with the `hello` bytes the dispatcher already read
+/// (never read twice). On a TLS error the alert rustls queued is sent before returning.
+pub async fn handshake(
+    client: &TcpStream,
+    config: Arc<rustls::ServerConfig>,
+    hello: &[u8],
+) -> Result<ServerConnection, HandshakeError> {
+    let mut tls = ServerConnection::new(config)?;
+    let mut out = Vec::new();
+    let mut input = hello;
+    while !input.is_empty() {
+        if tls.read_tls(&mut input)? == 0 {
+            break;
+        }
+        process(client, &mut tls, &mut out).await?;
+    }
+    let mut buf = Vec::with_capacity(READ_SIZE);
+    while tls.is_handshaking() {
+        out = flush(client, &mut tls, out).await?;
+        buf.clear();
+        let (res, b) = client.read(buf).await;
+        buf = b;
+        if res? == 0 {
+            return Err(HandshakeError::Eof);
+        }
+        let mut slice = &buf[..];
+        while !slice.is_empty() {
+            if tls.read_tls(&mut slice)? == 0 {
+                break;
+            }
+            process(client, &mut tls, &mut out).await?;
+        }
+    }
+    // The server's last flight (and a session ticket) may still be queued.
+    flush(client, &mut tls, out).await?;
+    Ok(tls)
+}
+
+/// Processes buffered records; on error, sends the alert rustls prepared and fails.
+async fn process(client: &TcpStream, tls: &mut ServerConnection, out: &mut Vec<u8>) -> Result<(), HandshakeError> {
+    if let Err(e) = tls.process_new_packets() {
+        // Best effort: the peer may already be gone.
+        let _ = flush(client, tls, std::mem::take(out)).await;
+        return Err(e.into());
+    }
+    Ok(())
+}
+
+/// Writes everything rustls has queued to `client`; returns the (emptied) buffer for reuse.
+async fn flush(client: &TcpStream, tls: &mut ServerConnection, mut out: Vec<u8>) -> io::Result<Vec<u8>> {
+    out.clear();
+    while tls.wants_write() {
+        tls.write_tls(&mut out)?;
+    }
+    if out.is_empty() {
+        return Ok(out);
+    }
+    let (res, mut out) = client.write_all(out).await;
+    out.clear();
+    res.map(|()| out)
+}
+
+/// What a finished relay moved, and how it ended.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Relayed {
+    /// Plaintext bytes written to the back end.
+    pub to_backend: u64,
+    /// Plaintext bytes received from the back end (and encrypted to the client).
+    pub to_client: u64,
+    pub idle_timeout: bool,
+    /// The client broke the TLS protocol (a bad record) or a socket failed.
+    pub error: bool,
+}
+
+struct Shared<'a> {
+    client: &'a TcpStream,
+    backend: &'a TcpStream,
+    tls: RefCell<ServerConnection>,
+    /// Serialises writes to the client; holds the reusable ciphertext buffer.
+    client_out: tokio::sync::Mutex<Vec<u8>>,
+    last_activity: Cell<Instant>,
+    to_backend: Cell<u64>,
+    to_client: Cell<u64>,
+}
+
+impl Shared<'_> {
+    async fn flush_to_client(&self) -> io::Result<()> {
+        let mut guard = self.client_out.lock().await;
+        let mut out = std::mem::take(&mut *guard);
+        out.clear();
+        {
+            let mut tls = self.tls.borrow_mut();
+            while tls.wants_write() {
+                tls.write_tls(&mut out)?;
+            }
+        }
+        if out.is_empty() {
+            *guard = out;
+            return Ok(());
+        }
+        let (res, out) = self.client.write_all(out).await;
+        *guard = out;
+        res
+    }
+
+    /// Stops both directions: pending reads complete, later writes fail.
+    fn abort(&self) {
+        let _ = self.client.shutdown(Shutdown::Both);
+        let _ = self.backend.shutdown(Shutdown::Both);
+    }
+}
+
+/// Relays plaintext between a handshaken TLS client and `backend` until both directions are
+/// closed. Half-close in both directions: the client's close_notify (or EOF) shuts the back
+/// end's write side; the back end's EOF sends close_notify and shuts the client's write side;
+/// the other direction keeps flowing. `idle` closes both with no traffic either way.
+pub async fn relay(client: &TcpStream, tls: ServerConnection, backend: &TcpStream, idle: Duration) -> Relayed {
+    let s = Shared {
+        client,
+        backend,
+        tls: RefCell::new(tls),
+        client_out: tokio::sync::Mutex::new(Vec::with_capacity(READ_SIZE)),
+        last_activity: Cell::new(Instant::now()),
+        to_backend: Cell::new(0),
+        to_client: Cell::new(0),
+    };
+    let both = async {
+        let (up, down) = tokio::join!(client_to_backend(&s), backend_to_client(&s));
+        up.is_err() || down.is_err()
+    };
+    tokio::pin!(both);
+    let mut idle_timeout = false;
+    let error = tokio::select! {
+        e = &mut both => e,
+        () = watchdog(&s, idle) => {
+            idle_timeout = true;
+            s.abort();
+            (&mut both).await
+        }
+    };
+    Relayed { to_backend: s.to_backend.get(), to_client: s.to_client.get(), idle_timeout, error }
+}
+
+async fn watchdog(s: &Shared<'_>, idle: Duration) {
+    loop {
+        let deadline = s.last_activity.get() + idle;
+        if Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep_until(deadline.into()).await;
+    }
+}
+
+async fn client_to_backend(s: &Shared<'_>) -> io::Result<()> {
+    let result = client_to_backend_inner(s).await;
+    match &result {
+        Ok(()) => {
+            let _ = s.backend.shutdown(Shutdown::Write);
+        }
+        Err(_) => s.abort(),
+    }
+    result
+}
+
+async fn client_to_backend_inner(s: &Shared<'_>) -> io::Result<()> {
+    let mut buf = Vec::with_capacity(READ_SIZE);
+    let mut plain = Vec::with_capacity(READ_SIZE);
+    // Application data that arrived with the handshake's last flight.
+    let mut closed = drain_plaintext(&mut s.tls.borrow_mut(), &mut plain)?;
+    loop {
+        if !plain.is_empty() {
+            s.to_backend.set(s.to_backend.get() + plain.len() as u64);
+            let (res, p) = s.backend.write_all(plain).await;
+            plain = p;
+            plain.clear();
+            res?;
+        }
+        if closed {
+            return Ok(());
+        }
+        buf.clear();
+        let (res, b) = s.client.read(buf).await;
+        buf = b;
+        if res? == 0 {
+            // EOF without close_notify: a truncation, but the bytes relayed so far stand.
+            return Ok(());
+        }
+        s.last_activity.set(Instant::now());
+        let mut bad = None;
+        {
+            let mut tls = s.tls.borrow_mut();
+            let mut slice = &buf[..];
+            while !slice.is_empty() && bad.is_none() {
+                match tls.read_tls(&mut slice) {
+                    Ok(0) => break,
+                    Ok(_) => bad = tls.process_new_packets().err(),
+                    Err(e) => return Err(e),
+                }
+            }
+            if bad.is_none() {
+                closed = drain_plaintext(&mut tls, &mut plain)?;
+            }
+        }
+        // Alerts, key-update answers: whatever rustls has to say goes out first.
+        s.flush_to_client().await?;
+        if let Some(e) = bad {
+            tracing::debug!("TLS error from client: {e}");
+            return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+        }
+    }
+}
+
+/// Moves all decrypted bytes into `plain`; true once the client's close_notify was seen.
+fn drain_plaintext(tls: &mut ServerConnection, plain: &mut Vec<u8>) -> io::Result<bool> {
+    loop {
+        let len = plain.len();
+        plain.resize(len + READ_SIZE, 0);
+        match tls.reader().read(&mut plain[len..]) {
+            Ok(0) => {
+                plain.truncate(len);
+                return Ok(true);
+            }
+            Ok(n) => plain.truncate(len + n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                plain.truncate(len);
+                return Ok(false);
+            }
+            Err(e) => {
+                plain.truncate(len);
+                return Err(e);
+            }
+        }
+    }
+}
+
+async fn backend_to_client(s: &Shared<'_>) -> io::Result<()> {
+    let result = backend_to_client_inner(s).await;
+    if result.is_err() {
+        s.abort();
+    }
+    result
+}
+
+async fn backend_to_client_inner(s: &Shared<'_>) -> io::Result<()> {
+    let mut buf = Vec::with_capacity(READ_SIZE);
+    loop {
+        buf.clear();
+        let (res, b) = s.backend.read(buf).await;
+        buf = b;
+        let n = res?;
+        if n == 0 {
+            s.tls.borrow_mut().send_close_notify();
+            s.flush_to_client().await?;
+            let _ = s.client.shutdown(Shutdown::Write);
+            return Ok(());
+        }
+        s.last_activity.set(Instant::now());
+        s.to_client.set(s.to_client.get() + n as u64);
+        s.tls.borrow_mut().writer().write_all(&buf[..n])?;
+        s.flush_to_client().await?;
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,107 @@
+//! The adapter against a real rustls client over loopback sockets.
+
+use super::*;
+use crate::route::TlsVersion;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use std::io::{Read, Write};
+use std::net::TcpListener;
+
+struct Site {
+    key: Arc<rustls::sign::CertifiedKey>,
+    roots: rustls::RootCertStore,
+}
+
+fn site(name: &str) -> Site {
+    let c = rcgen::generate_simple_self_signed(vec![name.to_owned()]).unwrap();
+    let der = CertificateDer::from(c.cert.der().to_vec());
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(c.key_pair.serialize_der()));
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    let key = Arc::new(rustls::sign::CertifiedKey::from_der(vec![der.clone()], key, &provider).unwrap());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(der).unwrap();
+    Site { key, roots }
+}
+
+fn client_config(site: &Site, versions: &[&'static rustls::SupportedProtocolVersion]) -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut c = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(site.roots.clone())
+        .with_no_client_auth();
+    c.alpn_protocols = vec![b"h2".to_vec()];
+    Arc::new(c)
+}
+
+/// An origin that reads until EOF, then answers the uppercased bytes and closes.
+fn upper_origin() -> (std::net::SocketAddr, std::thread::JoinHandle<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let t = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        s.write_all(&got.to_ascii_uppercase()).unwrap();
+    });
+    (addr, t)
+}
+
+/// Accepts one connection, hands its first read to `handshake`, and relays to `origin`.
+fn serve_one(listener: TcpListener, config: Arc<rustls::ServerConfig>, origin: Option<std::net::SocketAddr>) -> Result<Relayed, String> {
+    tokio_uring::start(async move {
+        let l = tokio_uring::net::TcpListener::from_std(listener);
+        let (client, _) = l.accept().await.map_err(|e| e.to_string())?;
+        let (res, hello) = client.read(Vec::with_capacity(4096)).await;
+        res.map_err(|e| e.to_string())?;
+        let tls = handshake(&client, config, &hello).await.map_err(|e| e.as_str().to_owned())?;
+        let backend = tokio_uring::net::TcpStream::connect(origin.unwrap()).await.map_err(|e| e.to_string())?;
+        Ok(relay(&client, tls, &backend, Duration::from_secs(10)).await)
+    })
+}
+
+#[test]
+fn handshake_relay_and_half_close() {
+    let site = site("shop.example.com");
+    let config = crate::tls::server_config(site.key.clone(), TlsVersion::TLS12, &["h2".into()]).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (origin, origin_thread) = upper_origin();
+    let client_cfg = client_config(&site, &[&rustls::version::TLS13]);
+    let client = std::thread::spawn(move || {
+        let name = ServerName::try_from("shop.example.com").unwrap();
+        let conn = rustls::ClientConnection::new(client_cfg, name).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, std::net::TcpStream::connect(addr).unwrap());
+        tls.write_all(b"hello through the edge").unwrap();
+        tls.conn.send_close_notify();
+        tls.flush().unwrap();
+        let mut got = Vec::new();
+        tls.read_to_end(&mut got).unwrap();
+        (got, tls.conn.alpn_protocol().map(<[u8]>::to_vec))
+    });
+    let relayed = serve_one(listener, config, Some(origin)).unwrap();
+    let (got, alpn) = client.join().unwrap();
+    origin_thread.join().unwrap();
+    assert_eq!(got, b"HELLO THROUGH THE EDGE");
+    assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
+    assert_eq!((relayed.to_backend, relayed.to_client), (22, 22));
+    assert!(!relayed.error && !relayed.idle_timeout, "{relayed:?}");
+}
+
+#[test]
+fn min_tls_13_refuses_a_tls12_client_with_an_alert() {
+    let site = site("shop.example.com");
+    let config = crate::tls::server_config(site.key.clone(), TlsVersion::TLS13, &[]).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let client_cfg = client_config(&site, &[&rustls::version::TLS12]);
+    let client = std::thread::spawn(move || {
+        let name = ServerName::try_from("shop.example.com").unwrap();
+        let conn = rustls::ClientConnection::new(client_cfg, name).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, std::net::TcpStream::connect(addr).unwrap());
+        tls.write_all(b"x").and_then(|()| tls.flush()).map_err(|e| e.to_string())
+    });
+    let err = serve_one(listener, config, None).unwrap_err();
+    assert_eq!(err, "tls_incompatible");
+    let client_err = client.join().unwrap().unwrap_err();
+    assert!(client_err.contains("ProtocolVersion"), "{client_err}");
+}
