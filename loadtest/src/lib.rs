@@ -1,0 +1,21 @@
+//! sni-loadtest: load-test suites for sni-dispatch, with HAProxy and nginx side by side.
+//!
+//! The modules follow a run: [`suite`] reads a suite file and builds the routing model,
+//! [`certs`] makes the PEM files, [`targets`] writes the configs of the dispatcher and its
+//! peers and starts them, [`backends`] serves the built-in back ends, [`workloads`] drives the
+//! load ([`hello`] shapes ClientHellos, [`dist`] draws names, [`co`] paces open loops), [`procstat`]
+//! reads CPU time and RSS, [`report`] and [`plot`] write the results.
+
+pub mod backends;
+pub mod certs;
+pub mod co;
+pub mod dist;
+pub mod hello;
+pub mod net;
+pub mod plot;
+pub mod procstat;
+pub mod report;
+pub mod runner;
+pub mod suite;
+pub mod targets;
+pub mod workloads;

@@ -1,0 +1,328 @@
+//! Running a suite: certificates, back ends, targets, alternating runs, report.
+
+use crate::backends::{self, Backend, BackendStats};
+use crate::certs::Ca;
+use crate::net::{parse_cpus, pin};
+use crate::procstat;
+use crate::report::{self, Percentiles, Report, RunResult, WorkloadReport};
+use crate::suite::{Action, BackendKind, Kind, Model, Suite};
+use crate::targets::{self, Env, RouteRt, Running, DISPATCHER};
+use crate::workloads::{self, new_hist, Live, Prepared};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct Options {
+    pub suite: PathBuf,
+    pub dispatcher: Option<PathBuf>,
+    pub json: Option<PathBuf>,
+    pub compare: Vec<String>,
+    pub runs: Option<usize>,
+    pub only: Vec<String>,
+    pub duration_scale: f64,
+    pub keep_tmp: bool,
+    pub fail_on_error: bool,
+    pub quiet: bool,
+}
+
+fn names_for_cert(r: &crate::suite::Route) -> Vec<String> {
+    let mut v: Vec<String> = r.sni.clone();
+    if let Some(p) = &r.sni_pattern {
+        if let Some((_, suffix)) = p.split_once("{}") {
+            let suffix = suffix.trim_start_matches(|c: char| c != '.');
+            if suffix.len() > 1 {
+                v.push(format!("*{suffix}"));
+            }
+        }
+    }
+    if v.is_empty() {
+        v.push(format!("{}.invalid", r.name));
+    }
+    v
+}
+
+fn host() -> String {
+    let k = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    format!("Linux {}, {n} CPUs, {cpu}", k.trim())
+}
+
+pub fn run(o: &Options) -> Result<i32, String> {
+    let suite = Suite::load(&o.suite)?;
+    let suite_dir = o.suite.canonicalize().ok().and_then(|p| p.parent().map(Path::to_path_buf)).unwrap_or_else(|| PathBuf::from("."));
+    let model = Arc::new(Model::new(&suite));
+    let tmp = tempfile::Builder::new().prefix("sni-loadtest-").tempdir().map_err(|e| e.to_string())?;
+    let dir = tmp.path().to_path_buf();
+    let load_cpus = parse_cpus(&suite.cpus.load)?;
+    let backend_cpus = parse_cpus(&suite.cpus.backends)?;
+    parse_cpus(&suite.cpus.dispatcher)?;
+    pin(&load_cpus, 0);
+
+    // certificates and back ends
+    let ca = Ca::new();
+    let mut ips: Vec<IpAddr> = vec![IpAddr::V4(Ipv4Addr::LOCALHOST)];
+    ips.extend(model.dip.keys().map(|i| IpAddr::V4(*i)));
+    let mut routes_rt = Vec::new();
+    let mut stats: Vec<(String, Arc<BackendStats>)> = Vec::new();
+    for (i, r) in suite.routes.iter().enumerate() {
+        let needs_cert = r.action == Action::Terminate || r.backend == BackendKind::Tls;
+        let leaf = if needs_cert { Some(ca.issue(&dir, &format!("route{i}"), &names_for_cert(r), &ips).map_err(|e| e.to_string())?) } else { None };
+        let port = suite.backends.port + i as u16;
+        let tls = (r.backend == BackendKind::Tls).then(|| backends::server_config(leaf.as_ref().unwrap(), &r.alpn));
+        let be = Backend { kind: r.backend, label: r.name.clone(), tls, stats: Default::default() };
+        let st = backends::spawn(be, SocketAddrV4::new(Ipv4Addr::LOCALHOST, port), suite.backends.threads, backend_cpus.clone())
+            .map_err(|e| format!("back end of route {} on port {port}: {e}", r.name))?;
+        stats.push((r.name.clone(), st));
+        routes_rt.push(RouteRt { backend_port: port, leaf });
+    }
+    let env = Env { suite: &suite, model: &model, routes: &routes_rt, dir: &dir };
+
+    // targets
+    let mut names: Vec<String> = Vec::new();
+    if o.dispatcher.is_some() {
+        names.push(DISPATCHER.to_string());
+    }
+    for c in &o.compare {
+        if !names.contains(c) {
+            names.push(c.clone());
+        }
+    }
+    if names.is_empty() {
+        return Err("nothing to measure: give --dispatcher PATH and/or --compare haproxy,nginx".into());
+    }
+    let mut running: Vec<Running> = Vec::new();
+    let mut target_errors = BTreeMap::new();
+    for n in &names {
+        if !o.quiet {
+            eprintln!("starting {n} ...");
+        }
+        match targets::start(n, &env, o.dispatcher.as_deref()) {
+            Ok(r) => running.push(r),
+            Err(e) => {
+                eprintln!("!! {e}");
+                target_errors.insert(n.clone(), e);
+            }
+        }
+    }
+    if o.keep_tmp && !o.quiet {
+        eprintln!("configs and logs in {}", dir.display());
+    }
+    let runs = o.runs.unwrap_or(suite.runs).max(1);
+    let mut reports = Vec::new();
+    for (wi, w) in suite.workloads.iter().enumerate() {
+        if !o.only.is_empty() && !o.only.contains(&w.name) {
+            continue;
+        }
+        let ca_der = Some(ca.der());
+        let prep = Arc::new(Prepared::new(w, model.clone(), ca_der, &suite_dir)?);
+        let duration = Duration::from_secs_f64(w.duration_s * o.duration_scale);
+        let mut results: Vec<RunResult> = Vec::new();
+        let mut merged: BTreeMap<String, hdrhistogram::Histogram<u64>> = BTreeMap::new();
+        for run in 0..runs {
+            let k = running.len().max(1);
+            for ti in 0..running.len() {
+                // alternate the order between runs
+                let t = &mut running[(ti + run) % k];
+                if w.skip_targets.contains(&t.name) {
+                    continue;
+                }
+                if let Some(st) = t.exited() {
+                    let e = format!("{} exited ({st}) before workload {}:\n{}", t.name, w.name, t.log_tail());
+                    eprintln!("!! {e}");
+                    target_errors.entry(t.name.clone()).or_insert(e);
+                    continue;
+                }
+                let seed = (wi as u64) << 32 | run as u64;
+                let live = Arc::new(Live::default());
+                if w.warmup_s > 0.0 {
+                    workloads::run(&prep, t.port, &load_cpus, Duration::from_secs_f64(w.warmup_s * o.duration_scale), seed ^ 0xabc, &live);
+                }
+                let live = Arc::new(Live::default());
+                let pid = t.pid();
+                let cpu0 = procstat::cpu_seconds(pid);
+                let bar = progress(o.quiet, duration, &format!("{} · {} · run {}/{}", w.name, t.name, run + 1, runs), live.clone());
+                let out = workloads::run(&prep, t.port, &load_cpus, duration, seed, &live);
+                let cpu = procstat::cpu_seconds(pid) - cpu0;
+                if let Some((b, stop)) = bar {
+                    stop.store(true, Ordering::Relaxed);
+                    b.finish_and_clear();
+                }
+                let rss = procstat::peak_rss_kib(pid);
+                let mut errors = out.errors.clone();
+                if let Some(st) = t.exited() {
+                    *errors.entry("target_exited".into()).or_default() += 1;
+                    eprintln!("!! {} exited ({st}) during {}:\n{}", t.name, w.name, t.log_tail());
+                }
+                let gib = out.bytes as f64 / (1u64 << 30) as f64;
+                let conns = out.ok + out.expected_drops;
+                results.push(RunResult {
+                    target: t.name.clone(),
+                    run,
+                    ok: out.ok,
+                    expected_drops: out.expected_drops,
+                    errors,
+                    elapsed_s: out.elapsed_s,
+                    rate: out.ok as f64 / out.elapsed_s.max(1e-9),
+                    bytes: out.bytes,
+                    gib_per_s: gib / out.elapsed_s.max(1e-9),
+                    latency: Percentiles::of(&out.latency),
+                    service: Percentiles::of(&out.service),
+                    cpu_s: cpu,
+                    cpu_us_per_conn: if conns > 0 { cpu * 1e6 / conns as f64 } else { 0.0 },
+                    cpu_s_per_gib: if gib > 0.0 { cpu / gib } else { 0.0 },
+                    peak_rss_kib: rss,
+                    resumed_share: if out.ok > 0 { out.resumed as f64 / out.ok as f64 } else { 0.0 },
+                    slowloris: out.slow.clone(),
+                });
+                merged.entry(t.name.clone()).or_insert_with(new_hist).add(&out.latency).unwrap();
+                if !o.quiet {
+                    let r = results.last().unwrap();
+                    eprintln!(
+                        "  {} · {} · run {}: {} ok, {} errors, {:.0}/s, p99 {}, CPU {:.1} µs/conn",
+                        w.name,
+                        t.name,
+                        run + 1,
+                        r.ok,
+                        r.error_count(),
+                        r.rate,
+                        report::fmt_us(r.latency.p99_us),
+                        r.cpu_us_per_conn
+                    );
+                }
+            }
+        }
+        let targets_seen: Vec<String> = names.iter().filter(|n| results.iter().any(|r| &r.target == *n)).cloned().collect();
+        let summary = targets_seen.iter().map(|n| report::summarize(n, &results, &merged[n])).collect();
+        let shape = match w.rate {
+            Some(r) => format!("open loop {r:.0}/s, pool {}, {} s", w.concurrency, w.duration_s * o.duration_scale),
+            None => format!("closed loop {} conns, {} s", w.concurrency, w.duration_s * o.duration_scale),
+        };
+        let kind = match w.kind {
+            Kind::HelloReplay => "hello replay",
+            Kind::FullTls => {
+                if w.resumption {
+                    "full TLS, resumption on"
+                } else {
+                    "full TLS"
+                }
+            }
+            Kind::Bulk => "bulk",
+        };
+        let wr = WorkloadReport { name: w.name.clone(), kind: kind.into(), shape, bulk: w.kind == Kind::Bulk, runs: results, summary };
+        if !o.quiet {
+            eprintln!();
+            println!("{}", report::workload_table(&wr));
+        }
+        reports.push(wr);
+    }
+    for t in running.iter_mut() {
+        t.stop();
+    }
+    let baseline = names.iter().find(|n| reports.iter().any(|w| w.summary.iter().any(|s| &s.target == *n))).cloned().unwrap_or_default();
+    let ratios = report::ratios(&reports, &baseline);
+    let rep = Report {
+        suite: suite.name.clone(),
+        description: suite.description.clone(),
+        unix_time: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        host: host(),
+        targets: names.clone(),
+        target_errors: target_errors.clone(),
+        workloads: reports,
+        ratios,
+    };
+    if o.quiet {
+        println!("{}", rep.text());
+    } else {
+        for (t, e) in &rep.target_errors {
+            println!("!! {t} not measured: {}", e.lines().next().unwrap_or(""));
+        }
+        println!("{}", report::ratio_table(&rep.ratios));
+    }
+    for (name, st) in &stats {
+        let e = st.errors.load(Ordering::Relaxed);
+        if e > 0 && !o.quiet {
+            eprintln!("   back end {name}: {} connections, {e} ended in an error (clients or targets that gave up)", st.accepted.load(Ordering::Relaxed));
+        }
+    }
+    if let Some(j) = &o.json {
+        std::fs::write(j, serde_json::to_string_pretty(&rep).unwrap()).map_err(|e| format!("{}: {e}", j.display()))?;
+        let stem = j.with_extension("");
+        for w in &rep.workloads {
+            let curves: Vec<(String, Vec<(f64, f64)>)> = w.summary.iter().map(|s| (s.target.clone(), s.curve.clone())).collect();
+            let f = PathBuf::from(format!("{}.{}.svg", stem.display(), w.name));
+            std::fs::write(&f, crate::plot::svg(&format!("{} · {}: latency by percentile", rep.suite, w.name), &curves)).map_err(|e| format!("{}: {e}", f.display()))?;
+        }
+        eprintln!("wrote {} and {} plot(s) beside it", j.display(), rep.workloads.len());
+    }
+    if o.keep_tmp {
+        let p = tmp.keep();
+        eprintln!("kept {}", p.display());
+    }
+    let failed = rep.total_errors() > 0 || !rep.target_errors.is_empty();
+    if failed && (o.fail_on_error || suite.fail_on_error) {
+        eprintln!("FAILED: {} errors, {} targets not measured", rep.total_errors(), rep.target_errors.len());
+        return Ok(1);
+    }
+    Ok(0)
+}
+
+type Bar = Option<(ProgressBar, Arc<std::sync::atomic::AtomicBool>)>;
+
+fn progress(quiet: bool, d: Duration, msg: &str, live: Arc<Live>) -> Bar {
+    if quiet || d < Duration::from_secs(3) {
+        return None;
+    }
+    let b = ProgressBar::new(d.as_millis() as u64);
+    b.set_style(ProgressStyle::with_template("{prefix} [{bar:30}] {elapsed}/{duration} {msg}").unwrap().progress_chars("=> "));
+    b.set_prefix(msg.to_string());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (b2, s2) = (b.clone(), stop.clone());
+    std::thread::spawn(move || {
+        let t = std::time::Instant::now();
+        while !s2.load(Ordering::Relaxed) {
+            b2.set_position(t.elapsed().as_millis() as u64);
+            b2.set_message(format!("ok {} err {}", live.ok.load(Ordering::Relaxed), live.err.load(Ordering::Relaxed)));
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    Some((b, stop))
+}
+
+/// Write the configs a suite generates into `out` without running anything.
+pub fn write_configs(suite_path: &Path, out: &Path) -> Result<(), String> {
+    let suite = Suite::load(suite_path)?;
+    let model = Model::new(&suite);
+    std::fs::create_dir_all(out).map_err(|e| e.to_string())?;
+    let ca = Ca::new();
+    let mut ips: Vec<IpAddr> = vec![IpAddr::V4(Ipv4Addr::LOCALHOST)];
+    ips.extend(model.dip.keys().map(|i| IpAddr::V4(*i)));
+    let mut rts = Vec::new();
+    for (i, r) in suite.routes.iter().enumerate() {
+        let leaf = (r.action == Action::Terminate || r.backend == BackendKind::Tls).then(|| ca.issue(out, &format!("route{i}"), &names_for_cert(r), &ips)).transpose().map_err(|e| e.to_string())?;
+        rts.push(RouteRt { backend_port: suite.backends.port + i as u16, leaf });
+    }
+    let env = Env { suite: &suite, model: &model, routes: &rts, dir: out };
+    std::fs::write(out.join("sni-dispatch.toml"), targets::dispatcher_config(&env, targets::port_of(&suite, DISPATCHER))).map_err(|e| e.to_string())?;
+    for (name, r) in [
+        ("haproxy.cfg", targets::haproxy_config(&env, targets::port_of(&suite, "haproxy"), false)),
+        ("nginx.conf", targets::nginx_config(&env, targets::port_of(&suite, "nginx"))),
+    ] {
+        match r {
+            Ok(c) => std::fs::write(out.join(name), c).map_err(|e| e.to_string())?,
+            Err(e) => eprintln!("{name}: {e}"),
+        }
+    }
+    Ok(())
+}
