@@ -14,5 +14,8 @@
 
 pub mod config;
 pub mod hello;
+pub mod metrics;
+pub mod relay;
 pub mod route;
 pub mod tls;
+pub mod worker;

@@ -1,0 +1,43 @@
+//! Buffered relay: io_uring RECV into a pooled buffer, then SEND it all, per direction.
+use super::Shared;
+use crate::worker::ring::Socket;
+use std::cell::Cell;
+use std::io;
+use std::net::Shutdown;
+
+/// Relays `src` → `dst` until `src` ends its stream (then shuts down `dst`'s write half) or an
+/// error (then aborts both sockets). `buf` is returned for reuse; `moved` counts the bytes.
+pub(crate) async fn direction(
+    shared: &Shared<'_>,
+    src: &Socket,
+    dst: &Socket,
+    mut buf: Vec<u8>,
+    moved: &Cell<u64>,
+) -> (io::Result<()>, Vec<u8>) {
+    loop {
+        buf.clear();
+        let (res, b) = src.recv(buf).await;
+        buf = b;
+        let n = match res {
+            Ok(0) => {
+                dst.shutdown(Shutdown::Write);
+                return (Ok(()), buf);
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                shared.abort();
+                return (Err(e), buf);
+            }
+        };
+        shared.touch();
+        let (res, b) = dst.send_all(buf, 0).await;
+        buf = b;
+        if let Err(e) = res {
+            shared.abort();
+            return (Err(e), buf);
+        }
+        moved.set(moved.get() + n as u64);
+        shared.touch();
+    }
+}

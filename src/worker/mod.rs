@@ -1,0 +1,619 @@
+//! Worker threads: one tokio-uring runtime per thread, pinned to a CPU, each with its own
+//! SO_REUSEPORT listening socket per `[[listener]]`, so the kernel spreads connections and the
+//! workers share nothing mutable.
+//!
+//! Life of a connection ([`handle`]): read the ClientHello (whole hello within
+//! `hello_timeout_ms`) → route (dedicated IP, SNI, fallback; `min_tls`) → connect to the route's
+//! back ends in order → PROXY header if asked → [`relay`](crate::relay::relay) with the hello bytes
+//! already read. Every early exit is counted by [`DropReason`] and closes only that connection.
+//!
+//! Lifecycle ([`serve`]): a control thread handles signals. SIGTERM/SIGINT stop accepting (each
+//! worker shuts down and closes its listeners) and wait for open connections to finish, up to
+//! `drain_timeout_ms`; SIGHUP reloads the configuration into an [`ArcSwap`] that every worker reads
+//! once per accepted connection (listeners and per-worker resources are not rebuilt on reload).
+pub mod ring;
+
+use crate::config::{Config, ConfigError, Runtime, RuntimeOverrides};
+use crate::hello::{self, Parsed};
+use crate::metrics::{self, DropReason, Local, Registry};
+use crate::relay::{self, proxy_protocol, BufPool, PipePool};
+use crate::route::{Action, ProxyProtocol, RouteId};
+use arc_swap::{ArcSwap, Cache};
+use ring::Socket;
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::net::{IpAddr, Shutdown, SocketAddr};
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::rc::Rc;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+use tokio::sync::{watch, Notify};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("listener {addr}: {source}")]
+    Bind { addr: SocketAddr, source: io::Error },
+    #[error("worker {worker}: cannot set up io_uring: {source}")]
+    Ring { worker: usize, source: io::Error },
+    #[error("cannot start worker thread: {0}")]
+    Thread(io::Error),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(io::Error),
+    #[error("no configured listener")]
+    NoListeners,
+}
+
+/// Loads the configuration, starts the workers and serves until SIGTERM or SIGINT, then drains
+/// open connections for up to `drain_timeout_ms` and returns `Ok(())`. SIGHUP reloads `path`
+/// (with the same `overrides`): a bad file is logged and the running configuration kept.
+pub fn serve(path: &Path, overrides: &RuntimeOverrides) -> Result<(), ServeError> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    // Register before starting workers so an early SIGTERM is not lost (or fatal).
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .map_err(ServeError::Signals)?;
+    let config = Config::load(path, overrides)?;
+    let server = Server::start(config)?;
+    for sig in signals.forever() {
+        match sig {
+            SIGHUP => match Config::load(path, overrides) {
+                Ok(c) => server.reload(c),
+                Err(e) => tracing::error!("reload failed; keeping the running configuration:\n{e}"),
+            },
+            _ => {
+                tracing::info!(
+                    signal = sig,
+                    "stopping: no new connections, draining open ones"
+                );
+                break;
+            }
+        }
+    }
+    let drained = server.shutdown();
+    tracing::info!(drained, "stopped");
+    Ok(())
+}
+
+/// A running set of workers (what [`serve`] drives; usable directly from tests and tools).
+pub struct Server {
+    config: Arc<ArcSwap<Config>>,
+    registry: Registry,
+    local_addrs: Vec<SocketAddr>,
+    stop: watch::Sender<bool>,
+    done: mpsc::Receiver<usize>,
+    workers: usize,
+}
+
+impl Server {
+    /// Binds every listener (port 0 becomes one port shared by all workers), starts the workers
+    /// and returns once each has its ring.
+    pub fn start(config: Config) -> Result<Self, ServeError> {
+        if config.listeners.is_empty() {
+            return Err(ServeError::NoListeners);
+        }
+        let rt = config.runtime.clone();
+        let fd_limit = ring::raise_fd_limit().ok();
+        let cpus = plan_cpus(&rt);
+        let n = cpus.len();
+
+        // Per worker, one socket per listener; the first bound fixes the port of a `:0` listener.
+        let mut local_addrs = Vec::new();
+        let mut per_worker: Vec<Vec<(OwnedFd, SocketAddr)>> = (0..n).map(|_| Vec::new()).collect();
+        for &addr in &config.listeners {
+            let first =
+                bind(addr, rt.backlog).map_err(|source| ServeError::Bind { addr, source })?;
+            let actual = first
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_socket())
+                .unwrap_or(addr);
+            local_addrs.push(actual);
+            per_worker[0].push((first.into(), actual));
+            for fds in per_worker.iter_mut().skip(1) {
+                let s = bind(actual, rt.backlog).map_err(|source| ServeError::Bind {
+                    addr: actual,
+                    source,
+                })?;
+                fds.push((s.into(), actual));
+            }
+        }
+
+        let shared = Arc::new(ArcSwap::from_pointee(config));
+        let registry = Registry::new(n);
+        let (stop, stop_rx) = watch::channel(false);
+        let (done_tx, done) = mpsc::channel();
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<(), ServeError>>();
+        for (id, (cpu, listeners)) in cpus.iter().copied().zip(per_worker).enumerate() {
+            let w = WorkerSetup {
+                id,
+                cpu,
+                ring: ring::RingOptions {
+                    entries: rt.ring_entries,
+                    sqpoll: rt.sqpoll,
+                    sqpoll_idle_ms: rt.sqpoll_idle_ms,
+                },
+                pipe_pool: if rt.splice { rt.pipe_pool } else { 0 },
+                listeners,
+                config: Arc::clone(&shared),
+                slot: registry.slot(id),
+                stop: stop_rx.clone(),
+            };
+            let ready = ready_tx.clone();
+            let done = done_tx.clone();
+            std::thread::Builder::new()
+                .name(format!("sni-worker-{id}"))
+                .spawn(move || {
+                    worker_main(w, ready);
+                    let _ = done.send(id);
+                })
+                .map_err(ServeError::Thread)?;
+        }
+        drop(ready_tx);
+        for _ in 0..n {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    let _ = stop.send(true);
+                    return Err(e);
+                }
+                Err(_) => break,
+            }
+        }
+        tracing::info!(
+            workers = n,
+            cpus = ?cpus,
+            listeners = ?local_addrs,
+            splice = rt.splice,
+            pipe_pool = rt.pipe_pool,
+            ring_entries = rt.ring_entries,
+            sqpoll = rt.sqpoll,
+            fd_limit,
+            "sni-dispatch serving"
+        );
+        Ok(Self {
+            config: shared,
+            registry,
+            local_addrs,
+            stop,
+            done,
+            workers: n,
+        })
+    }
+
+    /// The bound listener addresses, in configuration order (ports resolved).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
+    }
+
+    /// Per-worker counters, published every [`metrics::PUBLISH_EVERY`].
+    pub fn metrics(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The configuration new connections use.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    /// Swaps in a new configuration for new connections. Listeners, worker count, CPUs, ring and
+    /// pipe pool stay as started; a changed listener set is logged as a warning.
+    pub fn reload(&self, new: Config) {
+        let old = self.config.load();
+        if old.listeners != new.listeners {
+            tracing::warn!(
+                old = ?old.listeners,
+                new = ?new.listeners,
+                "listener set changed; listeners are not rebound on reload (restart to apply)"
+            );
+        }
+        let (routes, names) = (new.table.routes().len(), new.table.name_count());
+        self.config.store(Arc::new(new));
+        tracing::info!(
+            routes,
+            exact = names.0,
+            wildcard = names.1,
+            "configuration reloaded"
+        );
+    }
+
+    /// Stops accepting, waits for open connections up to `drain_timeout_ms`; returns whether every
+    /// worker finished in time (the others are abandoned and end with the process).
+    pub fn shutdown(self) -> bool {
+        let timeout = Duration::from_millis(self.config.load().runtime.drain_timeout_ms);
+        let _ = self.stop.send(true);
+        let deadline = Instant::now() + timeout + Duration::from_millis(200);
+        let mut finished = 0;
+        while finished < self.workers {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.done.recv_timeout(left) {
+                Ok(_) => finished += 1,
+                Err(_) => break,
+            }
+        }
+        finished == self.workers
+    }
+}
+
+/// One CPU (or none, unpinned) per worker.
+fn plan_cpus(rt: &Runtime) -> Vec<Option<usize>> {
+    let allowed: Vec<usize> = core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    let cpus = rt.cpus.clone().unwrap_or(allowed);
+    let n = match rt.workers {
+        0 => cpus.len().max(1),
+        n => n,
+    };
+    (0..n)
+        .map(|i| {
+            if cpus.is_empty() {
+                None
+            } else {
+                Some(cpus[i % cpus.len()])
+            }
+        })
+        .collect()
+}
+
+fn bind(addr: SocketAddr, backlog: u32) -> io::Result<socket2::Socket> {
+    use socket2::{Domain, Protocol, Socket as S, Type};
+    let s = S::new(
+        Domain::for_address(addr),
+        Type::STREAM.cloexec(),
+        Some(Protocol::TCP),
+    )?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.bind(&addr.into())?;
+    s.listen(backlog.min(i32::MAX as u32) as i32)?;
+    Ok(s)
+}
+
+struct WorkerSetup {
+    id: usize,
+    cpu: Option<usize>,
+    ring: ring::RingOptions,
+    pipe_pool: usize,
+    listeners: Vec<(OwnedFd, SocketAddr)>,
+    config: Arc<ArcSwap<Config>>,
+    slot: metrics::Slot,
+    stop: watch::Receiver<bool>,
+}
+
+/// A worker's state, shared by its tasks (one thread, so `Rc` and `RefCell`).
+#[allow(clippy::redundant_allocation)] // Rc<Arc<Config>>: per-connection clones stay non-atomic
+struct Worker {
+    id: usize,
+    cache: RefCell<Cache<Arc<ArcSwap<Config>>, Arc<Config>>>,
+    current: RefCell<Rc<Arc<Config>>>,
+    metrics: Local,
+    pipes: RefCell<PipePool>,
+    bufs: RefCell<BufPool>,
+    open: Cell<usize>,
+    /// Woken when a connection closes, for an accept loop waiting under `max_conns_per_worker`.
+    slot_freed: Notify,
+    stop: watch::Receiver<bool>,
+}
+
+impl Worker {
+    /// The configuration snapshot for a new connection: a pointer comparison, and an `Rc` clone.
+    #[allow(clippy::redundant_allocation)]
+    fn config(&self) -> Rc<Arc<Config>> {
+        let mut cache = self.cache.borrow_mut();
+        let latest = cache.load();
+        let mut cur = self.current.borrow_mut();
+        if !Arc::ptr_eq(&cur, latest) {
+            *cur = Rc::new(Arc::clone(latest));
+        }
+        Rc::clone(&cur)
+    }
+}
+
+fn worker_main(setup: WorkerSetup, ready: mpsc::Sender<Result<(), ServeError>>) {
+    let WorkerSetup {
+        id,
+        cpu,
+        ring: ring_opts,
+        pipe_pool,
+        listeners,
+        config,
+        slot,
+        stop,
+    } = setup;
+    if let Some(cpu) = cpu {
+        if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
+            tracing::warn!(
+                worker = id,
+                cpu,
+                "cannot pin worker to its CPU; running unpinned"
+            );
+        }
+    }
+    let rt = match ring::runtime(ring_opts) {
+        Ok(rt) => rt,
+        Err(source) => {
+            let _ = ready.send(Err(ServeError::Ring { worker: id, source }));
+            return;
+        }
+    };
+    let _ = ready.send(Ok(()));
+    drop(ready);
+    rt.block_on(async move {
+        let current = Rc::new(config.load_full());
+        let w = Rc::new(Worker {
+            id,
+            cache: RefCell::new(Cache::new(config)),
+            current: RefCell::new(current),
+            metrics: Local::new(slot),
+            pipes: RefCell::new(PipePool::new(pipe_pool)),
+            bufs: RefCell::new(BufPool::default()),
+            open: Cell::new(0),
+            slot_freed: Notify::new(),
+            stop,
+        });
+        let mut accepting = Vec::new();
+        for (fd, addr) in listeners {
+            accepting.push(tokio_uring::spawn(accept_loop(
+                Rc::clone(&w),
+                Socket::from(fd),
+                addr,
+            )));
+        }
+        let publisher = tokio_uring::spawn(publish_loop(Rc::clone(&w)));
+        for task in accepting {
+            let _ = task.await;
+        }
+        // Draining: the server gives up on us after drain_timeout_ms; until then, wait.
+        while w.open.get() > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        publisher.abort();
+        w.metrics.bump(|c| c.open = 0);
+        w.metrics.publish_final();
+        tracing::debug!(worker = w.id, "worker drained");
+    });
+}
+
+async fn publish_loop(w: Rc<Worker>) {
+    loop {
+        tokio::time::sleep(metrics::PUBLISH_EVERY).await;
+        let open = w.open.get() as u64;
+        w.metrics.bump(|c| c.open = open);
+        w.metrics.publish();
+    }
+}
+
+/// Counts a connection open for its lifetime.
+struct OpenGuard(Rc<Worker>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.open.set(self.0.open.get().saturating_sub(1));
+        self.0.slot_freed.notify_one();
+    }
+}
+
+async fn accept_loop(w: Rc<Worker>, listener: Socket, addr: SocketAddr) {
+    let mut stop = w.stop.clone();
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        let max = w.config().runtime.max_conns_per_worker;
+        if max > 0 && w.open.get() >= max {
+            tokio::select! {
+                () = w.slot_freed.notified() => continue,
+                _ = stop.changed() => break,
+            }
+        }
+        let res = tokio::select! {
+            r = listener.accept() => r,
+            _ = stop.changed() => break,
+        };
+        match res {
+            Ok(client) => {
+                w.open.set(w.open.get() + 1);
+                w.metrics.bump(|c| c.accepted += 1);
+                tokio_uring::spawn(handle(OpenGuard(Rc::clone(&w)), client, addr));
+            }
+            Err(e) => {
+                w.metrics.bump(|c| c.accept_errors += 1);
+                let backoff = match e.raw_os_error() {
+                    Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS)
+                    | Some(libc::ENOMEM) => {
+                        w.metrics.bump(|c| c.accept_fd_exhausted += 1);
+                        tracing::warn!(worker = w.id, listener = %addr, error = %e, "accept: out of descriptors or memory; backing off");
+                        Some(Duration::from_millis(100))
+                    }
+                    // The peer gave up while queued: nothing to do.
+                    Some(libc::ECONNABORTED)
+                    | Some(libc::EINTR)
+                    | Some(libc::EPROTO)
+                    | Some(libc::EPERM) => None,
+                    _ => {
+                        tracing::warn!(worker = w.id, listener = %addr, error = %e, "accept failed");
+                        Some(Duration::from_millis(10))
+                    }
+                };
+                if let Some(d) = backoff {
+                    tokio::select! {
+                        () = tokio::time::sleep(d) => {}
+                        _ = stop.changed() => break,
+                    }
+                }
+            }
+        }
+    }
+    // Completes the pending accept (if any), so the fd closes once that op returns.
+    listener.shutdown(Shutdown::Both);
+    tracing::debug!(worker = w.id, listener = %addr, "stopped accepting");
+}
+
+/// Room for a ClientHello of `max_hello_bytes` re-framed into many small records.
+fn hello_capacity(max_hello_bytes: usize) -> usize {
+    (2 * max_hello_bytes + 512).max(relay::BUF_SIZE)
+}
+
+/// A routed connection, ready to dial.
+struct Routed {
+    route: RouteId,
+    /// PROXY header (if any) followed by the ClientHello bytes read.
+    first: Vec<u8>,
+}
+
+async fn handle(guard: OpenGuard, client: Socket, listen: SocketAddr) {
+    let w = &guard.0;
+    let cfg = w.config();
+    let rt = &cfg.runtime;
+    let buf = w.bufs.borrow_mut().take(hello_capacity(rt.max_hello_bytes));
+    let read = tokio::time::timeout(
+        Duration::from_millis(rt.hello_timeout_ms),
+        read_hello(&client, buf, rt.max_hello_bytes),
+    )
+    .await;
+    let buf = match read {
+        Err(_) => {
+            // The recv is still pending; shutting down completes it so the fd is freed.
+            client.shutdown(Shutdown::Both);
+            return drop_conn(w, DropReason::HelloTimeout);
+        }
+        Ok((Err(reason), buf)) => {
+            w.bufs.borrow_mut().give(buf);
+            return drop_conn(w, reason);
+        }
+        Ok((Ok(()), buf)) => buf,
+    };
+    let routed = match route(w, &cfg, &client, listen, buf) {
+        Ok(r) => r,
+        Err(reason) => return drop_conn(w, reason),
+    };
+    let r = cfg.table.route(routed.route);
+    if r.action == Action::Terminate {
+        // TLS: handled in issue 4
+        w.bufs.borrow_mut().give(routed.first);
+        return drop_conn(w, DropReason::TerminateUnavailable);
+    }
+    let backend = match relay::connect_backends(
+        &r.backends,
+        Duration::from_millis(rt.connect_timeout_ms),
+        &w.metrics,
+    )
+    .await
+    {
+        Ok((sock, _)) => sock,
+        Err(_) => {
+            w.bufs.borrow_mut().give(routed.first);
+            return drop_conn(w, DropReason::BackendsDown);
+        }
+    };
+    let env = relay::Env {
+        metrics: &w.metrics,
+        pipes: &w.pipes,
+        bufs: &w.bufs,
+        splice: rt.splice,
+        idle: Duration::from_millis(rt.idle_timeout_ms),
+    };
+    let outcome = relay::relay(&env, &client, &backend, routed.first).await;
+    if outcome == relay::Outcome::FirstWrite {
+        w.metrics.dropped(DropReason::BackendWrite);
+    }
+    tracing::trace!(worker = w.id, ?outcome, "connection closed");
+}
+
+fn drop_conn(w: &Worker, reason: DropReason) {
+    w.metrics.dropped(reason);
+    tracing::debug!(
+        worker = w.id,
+        reason = reason.as_str(),
+        "connection dropped"
+    );
+}
+
+/// Reads until the buffer holds a complete ClientHello (or a reason to drop the connection).
+async fn read_hello(
+    client: &Socket,
+    mut buf: Vec<u8>,
+    max: usize,
+) -> (Result<(), DropReason>, Vec<u8>) {
+    loop {
+        if buf.len() == buf.capacity() {
+            return (Err(DropReason::Oversize), buf);
+        }
+        let (res, b) = client.recv(buf).await;
+        buf = b;
+        match res {
+            Ok(0) => return (Err(DropReason::ClientClosed), buf),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return (Err(DropReason::ClientClosed), buf),
+        }
+        match hello::parse(&buf, max) {
+            Parsed::NeedMore => {}
+            Parsed::Complete(_) => return (Ok(()), buf),
+            Parsed::Rejected(r) => return (Err(r.into()), buf),
+        }
+    }
+}
+
+/// Routes a complete hello: dedicated IP, SNI, fallback; `min_tls`; the PROXY header.
+fn route(
+    w: &Worker,
+    cfg: &Config,
+    client: &Socket,
+    listen: SocketAddr,
+    buf: Vec<u8>,
+) -> Result<Routed, DropReason> {
+    let give_back = |buf: Vec<u8>, reason| {
+        w.bufs.borrow_mut().give(buf);
+        Err(reason)
+    };
+    let Parsed::Complete(hello) = hello::parse(&buf, cfg.runtime.max_hello_bytes) else {
+        return give_back(buf, DropReason::Malformed);
+    };
+    let table = &cfg.table;
+    // getsockname only when the answer matters: dedicated IPs exist (or for a PROXY header below).
+    let mut local = None;
+    let ip: IpAddr = if table.dedicated_ips().next().is_some() {
+        let a = client.local_addr().unwrap_or(listen);
+        local = Some(a);
+        a.ip()
+    } else {
+        listen.ip()
+    };
+    let (id, how) = match table.lookup(ip, hello.sni()) {
+        Ok(x) => x,
+        Err(miss) => return give_back(buf, miss.into()),
+    };
+    let route = table.route(id);
+    if hello.max_version() < route.min_tls.0 {
+        return give_back(buf, DropReason::BelowMinTls);
+    }
+    w.metrics.routed(how);
+    if route.proxy_protocol == ProxyProtocol::None || route.action == Action::Terminate {
+        return Ok(Routed {
+            route: id,
+            first: buf,
+        });
+    }
+    let local = local.unwrap_or_else(|| client.local_addr().unwrap_or(listen));
+    let peer = client
+        .peer_addr()
+        .unwrap_or_else(|_| SocketAddr::new(IpAddr::from([0, 0, 0, 0]), 0));
+    let alpn = hello.alpn().next();
+    let header = proxy_protocol::Header {
+        client: peer,
+        local,
+        sni: hello.sni(),
+        alpn: alpn.as_ref().map(|p| p.as_bytes()),
+    };
+    let mut first = w.bufs.borrow_mut().take(buf.len() + 600);
+    proxy_protocol::encode(route.proxy_protocol, &header, &mut first);
+    first.extend_from_slice(&buf);
+    w.bufs.borrow_mut().give(buf);
+    Ok(Routed { route: id, first })
+}

@@ -1,0 +1,434 @@
+//! Helpers for the passthrough tests: configs, in-process servers, spawned binaries, scripted
+//! back ends, ClientHellos. Every wait is bounded; timeouts are generous (loaded 2-core CI).
+#![allow(dead_code)]
+
+use sni_dispatch::config::{Config, RuntimeOverrides};
+use sni_dispatch::metrics::Counters;
+use sni_dispatch::worker::Server;
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+pub const IO_TIMEOUT: Duration = Duration::from_secs(20);
+
+pub const CHROMIUM_PQ: &[u8] = include_bytes!("../../src/hello/testdata/chromium-pq.bin");
+pub const OPENSSL_SNI: &[u8] = include_bytes!("../../src/hello/testdata/openssl-sni.bin");
+pub const CURL: &[u8] = include_bytes!("../../src/hello/testdata/curl.bin");
+pub const OPENSSL_NOSNI: &[u8] = include_bytes!("../../src/hello/testdata/openssl-nosni.bin");
+
+/// A config file in a temporary directory.
+pub struct ConfigFile {
+    pub dir: tempfile::TempDir,
+    pub path: PathBuf,
+}
+
+pub fn config_file(toml: &str) -> ConfigFile {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("sni-dispatch.toml");
+    std::fs::write(&path, toml).expect("write config");
+    ConfigFile { dir, path }
+}
+
+/// `[runtime]` lines shared by tests: one worker, short timeouts where a test waits on them.
+pub const RUNTIME: &str =
+    "[runtime]\nworkers = 1\nhello_timeout_ms = 5000\nconnect_timeout_ms = 2000\n";
+
+/// Starts an in-process server for `toml` with `overrides`.
+pub fn start(toml: &str, overrides: &RuntimeOverrides) -> (Server, ConfigFile) {
+    let f = config_file(toml);
+    let config = Config::load(&f.path, overrides).unwrap_or_else(|e| panic!("config: {e}"));
+    let server = Server::start(config).unwrap_or_else(|e| panic!("start: {e}"));
+    (server, f)
+}
+
+/// Connects to `addr` with I/O timeouts set.
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.set_nodelay(true).unwrap();
+    s
+}
+
+/// `addr` with its IP replaced (dedicated IPs on loopback: 127.0.0.2 and up).
+pub fn at(ip: &str, addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(ip.parse().unwrap(), addr.port())
+}
+
+/// Reads until EOF (bounded by the read timeout); returns what came, or the error kind.
+pub fn read_to_end(s: &mut TcpStream) -> Result<Vec<u8>, std::io::ErrorKind> {
+    let mut out = Vec::new();
+    match s.read_to_end(&mut out) {
+        Ok(_) => Ok(out),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Ok(out),
+        Err(e) => Err(e.kind()),
+    }
+}
+
+/// Polls `f` until it returns true, for at most `limit`.
+pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until the merged counters satisfy `f` (they are published every 100 ms).
+pub fn wait_metrics(server: &Server, f: impl Fn(&Counters) -> bool) -> Counters {
+    let mut last = Counters::default();
+    let ok = wait_until(Duration::from_secs(20), || {
+        last = server.metrics().merged();
+        f(&last)
+    });
+    assert!(ok, "metrics never matched: {last:#?}");
+    last
+}
+
+/// What a scripted back end saw on one connection.
+#[derive(Debug, Default, Clone)]
+pub struct Seen {
+    pub bytes: Vec<u8>,
+}
+
+/// A back end that accepts connections, reads what the client sends until EOF, then answers
+/// `reply` and closes. It reports each connection's bytes on a channel.
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub seen: std::sync::mpsc::Receiver<Seen>,
+    _thread: JoinHandle<()>,
+}
+
+/// `mode`: what the back end does with a connection.
+#[derive(Clone)]
+pub enum Mode {
+    /// Read until `n` bytes arrived, reply `reply`, close.
+    ReplyAfter { n: usize, reply: Arc<Vec<u8>> },
+    /// Echo everything until EOF, then close.
+    Echo,
+    /// Read until EOF, then reply `reply` and close (the client half-closed first).
+    ReplyAtEof { reply: Arc<Vec<u8>> },
+    /// Read `n` bytes, reply, shut down the write half, then keep reading until EOF
+    /// (the back end half-closed first); reports everything read.
+    ReplyThenRead { n: usize, reply: Arc<Vec<u8>> },
+}
+
+pub fn backend(mode: Mode) -> Backend {
+    backend_on("127.0.0.1:0", mode)
+}
+
+pub fn backend_on(bind: &str, mode: Mode) -> Backend {
+    let l = TcpListener::bind(bind).expect("bind backend");
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let t = std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let tx = tx.clone();
+            let mode = mode.clone();
+            std::thread::spawn(move || {
+                s.set_read_timeout(Some(IO_TIMEOUT)).ok();
+                s.set_write_timeout(Some(IO_TIMEOUT)).ok();
+                let mut got = Vec::new();
+                match mode {
+                    Mode::ReplyAfter { n, reply } => {
+                        let mut buf = [0u8; 4096];
+                        while got.len() < n {
+                            match s.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(k) => got.extend_from_slice(&buf[..k]),
+                            }
+                        }
+                        let _ = s.write_all(&reply);
+                        let _ = tx.send(Seen { bytes: got });
+                    }
+                    Mode::ReplyAtEof { reply } => {
+                        let _ = s.read_to_end(&mut got);
+                        let _ = s.write_all(&reply);
+                        let _ = s.shutdown(Shutdown::Write);
+                        let _ = tx.send(Seen { bytes: got });
+                    }
+                    Mode::ReplyThenRead { n, reply } => {
+                        let mut buf = [0u8; 4096];
+                        while got.len() < n {
+                            match s.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(k) => got.extend_from_slice(&buf[..k]),
+                            }
+                        }
+                        let _ = s.write_all(&reply);
+                        let _ = s.shutdown(Shutdown::Write);
+                        let _ = s.read_to_end(&mut got);
+                        let _ = tx.send(Seen { bytes: got });
+                    }
+                    Mode::Echo => {
+                        let mut buf = vec![0u8; 65536];
+                        loop {
+                            match s.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(k) => {
+                                    got.extend_from_slice(&buf[..k]);
+                                    if s.write_all(&buf[..k]).is_err() {
+                                        break;
+                                    }
+                                }
+                            }
+                        }
+                        let _ = s.shutdown(Shutdown::Write);
+                        let _ = tx.send(Seen { bytes: got });
+                    }
+                }
+            });
+        }
+    });
+    Backend {
+        addr,
+        seen: rx,
+        _thread: t,
+    }
+}
+
+impl Backend {
+    /// The next connection's bytes.
+    pub fn next(&self) -> Seen {
+        self.seen
+            .recv_timeout(Duration::from_secs(30))
+            .expect("back end saw no connection")
+    }
+}
+
+/// A ClientHello from a real TLS client (rustls), for any SNI (`None`: no SNI, as for an IP).
+pub fn rustls_hello(sni: Option<&str>, alpn: &[&[u8]]) -> Vec<u8> {
+    use rustls::pki_types::ServerName;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    cfg.enable_sni = sni.is_some();
+    let name = match sni {
+        Some(s) => ServerName::try_from(s.to_string()).unwrap(),
+        None => ServerName::IpAddress(std::net::Ipv4Addr::new(192, 0, 2, 1).into()),
+    };
+    let mut conn = rustls::ClientConnection::new(Arc::new(cfg), name).unwrap();
+    let mut out = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut out).unwrap();
+    }
+    out
+}
+
+/// Re-frames a single-record hello into records of at most `chunk` bytes of handshake data.
+pub fn reframe(hello: &[u8], chunk: usize) -> Vec<u8> {
+    assert_eq!(hello[0], 0x16);
+    let len = u16::from_be_bytes([hello[3], hello[4]]) as usize;
+    let body = &hello[5..5 + len];
+    let mut out = Vec::new();
+    for part in body.chunks(chunk) {
+        out.extend_from_slice(&[0x16, hello[1], hello[2]]);
+        out.extend_from_slice(&(part.len() as u16).to_be_bytes());
+        out.extend_from_slice(part);
+    }
+    out
+}
+
+/// Sends `hello`, expects the back end's reply and then EOF; returns the reply.
+pub fn roundtrip(addr: SocketAddr, hello: &[u8]) -> Vec<u8> {
+    let mut c = connect(addr);
+    c.write_all(hello).unwrap();
+    read_to_end(&mut c).expect("reply")
+}
+
+/// Sends `bytes` and expects the proxy to close the connection without a byte.
+pub fn expect_dropped(addr: SocketAddr, bytes: &[u8]) {
+    let mut c = connect(addr);
+    let _ = c.write_all(bytes);
+    let got = read_to_end(&mut c).expect("proxy should close");
+    assert!(got.is_empty(), "expected a drop, got {} bytes", got.len());
+}
+
+// ---- the binary --------------------------------------------------------------------------
+
+/// A running `sni-dispatch run` process, killed on drop.
+pub struct Proc {
+    pub child: Child,
+    pub stderr_path: PathBuf,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Sends `sig` and waits (bounded) for the exit status.
+    pub fn signal_and_wait(
+        &mut self,
+        sig: i32,
+        limit: Duration,
+    ) -> Option<std::process::ExitStatus> {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+        let end = Instant::now() + limit;
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() > end {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; a tiny race, fine on a test box).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Spawns `sni-dispatch run --config PATH ARGS...` (or `$SNI_DISPATCH_BIN run ...`) and waits until `probe` accepts connections.
+pub fn spawn_binary(cfg: &ConfigFile, args: &[&str], probe: SocketAddr) -> Proc {
+    let stderr_path = cfg.dir.path().join("stderr.log");
+    let stderr = std::fs::File::create(&stderr_path).unwrap();
+    // SNI_DISPATCH_BIN: test another build of the binary (e.g. a release one).
+    let bin = std::env::var("SNI_DISPATCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_sni-dispatch").to_string());
+    let child = Command::new(bin)
+        .arg("run")
+        .arg("--config")
+        .arg(&cfg.path)
+        .args(args)
+        .env("SNI_DISPATCH_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn sni-dispatch");
+    let mut p = Proc { child, stderr_path };
+    let up = wait_until(Duration::from_secs(20), || {
+        if let Ok(Some(_)) = p.child.try_wait() {
+            return true;
+        }
+        TcpStream::connect_timeout(&probe, Duration::from_millis(200)).is_ok()
+    });
+    assert!(up, "sni-dispatch did not start listening: {}", p.stderr());
+    if let Ok(Some(st)) = p.child.try_wait() {
+        panic!("sni-dispatch exited early ({st}): {}", p.stderr());
+    }
+    p
+}
+
+/// Number of open fds of process `pid`.
+pub fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Names of the threads of process `pid`.
+pub fn thread_names(pid: u32) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(d) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in d.flatten() {
+            if let Ok(s) = std::fs::read_to_string(t.path().join("comm")) {
+                out.push(s.trim().to_string());
+            }
+        }
+    }
+    out
+}
+
+/// A deterministic byte stream that is cheap to produce and to verify even in debug builds:
+/// 1 MiB blocks of pseudo-random bytes, each starting with its block number, so any lost,
+/// duplicated, reordered or corrupted byte is caught by a memcmp.
+pub struct Stream {
+    base: Vec<u8>,
+    pos: u64,
+}
+
+pub const BLOCK: usize = 1 << 20;
+
+impl Stream {
+    pub fn new(seed: u64) -> Self {
+        let mut x = seed | 1;
+        let mut base = vec![0u8; BLOCK];
+        for chunk in base.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+        }
+        Self { base, pos: 0 }
+    }
+
+    /// The next `n` bytes of the stream (n <= BLOCK, not crossing a block boundary if n divides BLOCK).
+    pub fn next_chunk(&mut self, out: &mut Vec<u8>, n: usize) {
+        out.clear();
+        let mut left = n;
+        while left > 0 {
+            let off = (self.pos % BLOCK as u64) as usize;
+            let take = left.min(BLOCK - off);
+            let start = out.len();
+            out.extend_from_slice(&self.base[off..off + take]);
+            // The block number occupies the first 8 bytes of each block.
+            let block = (self.pos / BLOCK as u64).to_le_bytes();
+            for i in off..(off + take).min(8) {
+                out[start + i - off] = block[i];
+            }
+            self.pos += take as u64;
+            left -= take;
+        }
+    }
+
+    /// Checks that `data` is the next part of the stream.
+    pub fn verify(&mut self, data: &[u8], scratch: &mut Vec<u8>) -> bool {
+        self.next_chunk(scratch, data.len());
+        scratch.as_slice() == data
+    }
+
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+}
+
+/// Bytes for a bulk test: 1 GiB in release builds, 64 MiB in debug builds unless
+/// `SNI_BULK_BYTES` says otherwise (CI runs the suite in release for the full size).
+pub fn bulk_bytes() -> u64 {
+    if let Some(n) = std::env::var("SNI_BULK_BYTES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        return n;
+    }
+    if cfg!(debug_assertions) {
+        64 << 20
+    } else {
+        1 << 30
+    }
+}

@@ -1,0 +1,756 @@
+//! Passthrough end to end on loopback: routing, hello framing, failover, PROXY headers,
+//! half-close, idle and hello timeouts, bulk transfers through both relay paths, bad input,
+//! and the real binary with openssl and curl.
+mod common;
+
+use common::*;
+use sni_dispatch::config::RuntimeOverrides;
+use sni_dispatch::metrics::DropReason;
+use sni_dispatch::route::Match;
+use std::io::{Read, Write};
+use std::net::Shutdown;
+use std::sync::Arc;
+use std::time::Duration;
+
+const REPLY: &[u8] = b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"; // 64 bytes
+
+fn replier(n: usize) -> Backend {
+    backend(Mode::ReplyAfter {
+        n,
+        reply: Arc::new(REPLY.to_vec()),
+    })
+}
+
+fn passthrough(name: &str, extra: &str, backends: &[std::net::SocketAddr]) -> String {
+    let list: Vec<String> = backends.iter().map(|a| format!("\"{a}\"")).collect();
+    format!(
+        "[[route]]\nname = \"{name}\"\naction = \"passthrough\"\nbackends = [{}]\n{extra}\n",
+        list.join(", ")
+    )
+}
+
+fn listener(addr: &str) -> String {
+    format!("[[listener]]\naddress = \"{addr}\"\n")
+}
+
+#[test]
+fn routes_by_exact_and_wildcard_sni() {
+    let exact = replier(1);
+    let wild = replier(1);
+    let toml = format!(
+        "{RUNTIME}{}{}{}",
+        listener("127.0.0.1:0"),
+        passthrough("exact", "sni = [\"www.example.com\"]", &[exact.addr]),
+        passthrough("wild", "sni = [\"*.shop.test\"]", &[wild.addr]),
+    );
+    let (server, _f) = start(&toml, &RuntimeOverrides::default());
+    let addr = server.local_addrs()[0];
+
+    assert_eq!(roundtrip(addr, OPENSSL_SNI), REPLY);
+    assert!(OPENSSL_SNI.starts_with(&exact.next().bytes));
+    let hello = rustls_hello(Some("a.shop.test"), &[]);
+    assert_eq!(roundtrip(addr, &hello), REPLY);
+    assert!(!wild.next().bytes.is_empty());
+
+    let m = wait_metrics(&server, |m| {
+        m.routed_by(Match::WildcardSni) == 1 && m.routed_by(Match::ExactSni) == 1
+    });
+    assert_eq!(m.dropped_total(), 0);
+    assert!(server.shutdown());
+}
+
+#[test]
+fn forwards_the_hello_bytes_exactly() {
+    let b = backend(Mode::ReplyAfter {
+        n: CURL.len(),
+        reply: Arc::new(REPLY.to_vec()),
+    });
+    let toml = format!(
+        "{RUNTIME}{}{}",
+        listener("127.0.0.1:0"),
+        passthrough("r", "sni = [\"www.example.com\"]", &[b.addr])
+    );
+    let (server, _f) = start(&toml, &RuntimeOverrides::default());
+    assert_eq!(roundtrip(server.local_addrs()[0], CURL), REPLY);
+    assert_eq!(b.next().bytes, CURL);
+    server.shutdown();
+}
+
+#[test]
+fn routes_by_dedicated_ip_with_and_without_sni_and_over_sni() {
+    let ded = replier(1);
+    let named = replier(1);
+    let toml = format!(
+        "{RUNTIME}{}{}{}",
+        listener("0.0.0.0:0"),
+        passthrough("ded", "dedicated_ips = [\"127.0.0.2\"]", &[ded.addr]),
+        passthrough("named", "sni = [\"www.example.com\"]", &[named.addr]),
+    );
+    let (server, _f) = start(&toml, &RuntimeOverrides::default());
+    let port = server.local_addrs()[0];
+    // Dedicated IP, no SNI.
+    assert_eq!(roundtrip(at("127.0.0.2", port), OPENSSL_NOSNI), REPLY);
+    ded.next();
+    // Dedicated IP wins over an SNI that another route owns.
+    assert_eq!(roundtrip(at("127.0.0.2", port), OPENSSL_SNI), REPLY);
+    ded.next();
+    // The same SNI on a shared address goes to its route.
+    assert_eq!(roundtrip(at("127.0.0.1", port), OPENSSL_SNI), REPLY);
+    named.next();
+    let m = wait_metrics(&server, |m| {
+        m.routed_by(Match::DedicatedIp) == 2 && m.routed_by(Match::ExactSni) == 1
+    });
+    assert_eq!(m.dropped_total(), 0);
+    server.shutdown();
+}
+
+#[test]
+fn fallbacks_and_drops_without_them() {
+    let def = replier(1);
+    let other = replier(1);
+    let toml = format!(
+        "{RUNTIME}{}[fallback]\nno_sni = \"def\"\nunknown_sni = \"other\"\n{}{}",
+        listener("127.0.0.1:0"),
+        passthrough("def", "", &[def.addr]),
+        passthrough("other", "", &[other.addr]),
+    );
+    let (server, _f) = start(&toml, &RuntimeOverrides::default());
+    let addr = server.local_addrs()[0];
+    assert_eq!(roundtrip(addr, OPENSSL_NOSNI), REPLY);
+    def.next();
+    assert_eq!(
+        roundtrip(addr, &rustls_hello(Some("nobody.test"), &[])),
+        REPLY
+    );
+    other.next();
+    wait_metrics(&server, |m| {
+        m.routed_by(Match::NoSniFallback) == 1 && m.routed_by(Match::UnknownSniFallback) == 1
+    });
+    server.shutdown();
+
+    // Without fallbacks both are dropped and counted.
+    let named = replier(1);
+    let toml = format!(
+        "{RUNTIME}{}{}",
+        listener("127.0.0.1:0"),
+        passthrough("n", "sni = [\"a.test\"]", &[named.addr])
+    );
+    let (server, _f) = start(&toml, &RuntimeOverrides::default());
+    let addr = server.local_addrs()[0];
+    expect_dropped(addr, OPENSSL_NOSNI);
+    expect_dropped(addr, &rustls_hello(Some("b.test"), &[]));
+    wait_metrics(&server, |m| {
+        m.dropped_by(DropReason::NoSni) == 1 && m.dropped_by(DropReason::UnknownSni) == 1
+    });
+    server.shutdown();
+}
+
+#[test]
+fn post_quantum_hello_split_with_a_pause_and_reframed() {
+    let b = backend(Mode::ReplyAfter {
+        n: CHROMIUM_PQ.len(),
+        reply: Arc::new(REPLY.to_vec()),
+    });
+    let toml = format!(
+        "{RUNTIME}{}{}",
+        listener("127.0.0.1:0"),
+        passthrough("r", "sni = [\"www.example.com\"]", &[b.addr])
+    );
+    let (server, _f) = start(&toml, &RuntimeOverrides::default());
+    let addr = server.local_addrs()[0];
+
+    // Two reads with a pause between.
+    let mut c = connect(addr);
+    c.write_all(&CHROMIUM_PQ[..700]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    c.write_all(&CHROMIUM_PQ[700..]).unwrap();
+    assert_eq!(read_to_end(&mut c).unwrap(), REPLY);
+    drop(c);
+    assert_eq!(b.next().bytes, CHROMIUM_PQ);
+
+    // Re-framed into many small records, sent in pieces.
+    let many = reframe(CHROMIUM_PQ, 64);
+    assert!(many.len() > CHROMIUM_PQ.len() + 100);
+    let b2 = backend(Mode::ReplyAfter {
+        n: many.len(),
+        reply: Arc::new(REPLY.to_vec()),
+    });
+    let toml = format!(
+        "{RUNTIME}{}{}",
+        listener("127.0.0.1:0"),
+        passthrough("r", "sni = [\"www.example.com\"]", &[b2.addr])
+    );
+    let (server2, _f2) = start(&toml, &RuntimeOverrides::default());
+    let mut c = connect(server2.local_addrs()[0]);
+    for part in many.chunks(333) {
+        c.write_all(part).unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(read_to_end(&mut c).unwrap(), REPLY);
+    drop(c);
+    assert_eq!(b2.next().bytes, many);
+    server.shutdown();
+    server2.shutdown();
+}
+
+/// A listener whose accept queue is full: SYNs to it are dropped, so connects time out.
+fn blackhole() -> (
+    socket2::Socket,
+    Vec<std::net::TcpStream>,
+    std::net::SocketAddr,
+) {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(
+        &"127.0.0.1:0"
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into(),
+    )
+    .unwrap();
+    s.listen(0).unwrap();
+    let addr = s.local_addr().unwrap().as_socket().unwrap();
+    let mut fill = Vec::new();
+    for _ in 0..4 {
+        if let Ok(c) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+            fill.push(c);
+        }
+    }
+    (s, fill, addr)
+}
+
+#[test]
+fn backend_failover_on_refusal_and_timeout() {
+    let good = replier(1);
+    let refused = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let (_hole, _fill, hole) = blackhole();
+    let toml = format!(
+        "[runtime]\nworkers = 1\nconnect_timeout_ms = 500\n{}{}",
+        listener("127.0.0.1:0"),
+        passthrough(
+            "r",
+            "sni = [\"www.example.com\"]",
+            &[refused, hole, good.addr]
+        ),
+    );
+    let (server, _f) = start(&toml, &RuntimeOverrides::default());
+    let addr = server.local_addrs()[0];
+    assert_eq!(roundtrip(addr, OPENSSL_SNI), REPLY);
+    good.next();
+    wait_metrics(&server, |m| m.backend_connect_failures == 2);
+    server.shutdown();
+
+    // All back ends down: dropped and counted.
+    let toml = format!(
+        "[runtime]\nworkers = 1\nconnect_timeout_ms = 500\n{}{}",
+        listener("127.0.0.1:0"),
+        passthrough("r", "sni = [\"www.example.com\"]", &[refused]),
+    );
+    let (server, _f) = start(&toml, &RuntimeOverrides::default());
+    expect_dropped(server.local_addrs()[0], OPENSSL_SNI);
+    wait_metrics(&server, |m| m.dropped_by(DropReason::BackendsDown) == 1);
+    server.shutdown();
+}
+
+fn proxy_case(
+    version: &str,
+    hello: &[u8],
+    expected_header: impl Fn(std::net::SocketAddr, std::net::SocketAddr) -> Vec<u8>,
+) {
+    let probe_len = expected_header(
+        "127.0.0.1:1".parse().unwrap(),
+        "127.0.0.2:2".parse().unwrap(),
+    )
+    .len();
+    let b = backend(Mode::ReplyAfter {
+        n: probe_len + hello.len(),
+        reply: Arc::new(REPLY.to_vec()),
+    });
+    let toml = format!(
+        "{RUNTIME}{}{}",
+        listener("0.0.0.0:0"),
+        passthrough(
+            "r",
+            &format!("sni = [\"pp.test\"]\nproxy_protocol = \"{version}\""),
+            &[b.addr]
+        ),
+    );
+    let (server, _f) = start(&toml, &RuntimeOverrides::default());
+    let dst = at("127.0.0.2", server.local_addrs()[0]);
+    let mut c = connect(dst);
+    let src = c.local_addr().unwrap();
+    c.write_all(hello).unwrap();
+    assert_eq!(read_to_end(&mut c).unwrap(), REPLY);
+    let mut want = expected_header(src, dst);
+    want.extend_from_slice(hello);
+    assert_eq!(b.next().bytes, want);
+    server.shutdown();
+}
+
+#[test]
+fn proxy_protocol_v1_bytes() {
+    let hello = rustls_hello(Some("pp.test"), &[b"h2"]);
+    proxy_case("v1", &hello, |src, dst| {
+        format!(
+            "PROXY TCP4 {} {} {} {}\r\n",
+            src.ip(),
+            dst.ip(),
+            src.port(),
+            dst.port()
+        )
+        .into_bytes()
+    });
+}
+
+#[test]
+fn proxy_protocol_v2_bytes() {
+    let hello = rustls_hello(Some("pp.test"), &[b"h2", b"http/1.1"]);
+    proxy_case("v2", &hello, |src, dst| {
+        let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+        h.extend_from_slice(&[0x21, 0x11]);
+        let body: u16 = 12 + (3 + 2) + (3 + 7);
+        h.extend_from_slice(&body.to_be_bytes());
+        let (std::net::IpAddr::V4(s), std::net::IpAddr::V4(d)) = (src.ip(), dst.ip()) else {
+            panic!("v4")
+        };
+        h.extend_from_slice(&s.octets());
+        h.extend_from_slice(&d.octets());
+        h.extend_from_slice(&src.port().to_be_bytes());
+        h.extend_from_slice(&dst.port().to_be_bytes());
+        h.extend_from_slice(&[0x01, 0, 2]);
+        h.extend_from_slice(b"h2");
+        h.extend_from_slice(&[0x02, 0, 7]);
+        h.extend_from_slice(b"pp.test");
+        h
+    });
+}
+
+fn half_close_case(splice: bool) {
+    let overrides = RuntimeOverrides {
+        splice: Some(splice),
+        ..Default::default()
+    };
+    // Client half-closes first: the back end sees EOF, then still answers.
+    let b = backend(Mode::ReplyAtEof {
+        reply: Arc::new(REPLY.to_vec()),
+    });
+    let toml = format!(
+        "{RUNTIME}{}{}",
+        listener("127.0.0.1:0"),
+        passthrough("r", "sni = [\"www.example.com\"]", &[b.addr])
+    );
+    let (server, _f) = start(&toml, &overrides);
+    let mut c = connect(server.local_addrs()[0]);
+    c.write_all(OPENSSL_SNI).unwrap();
+    c.write_all(b"request").unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_to_end(&mut c).unwrap(), REPLY);
+    let mut want = OPENSSL_SNI.to_vec();
+    want.extend_from_slice(b"request");
+    assert_eq!(b.next().bytes, want);
+    server.shutdown();
+
+    // Back end half-closes first: the client reads EOF and can still send.
+    let b = backend(Mode::ReplyThenRead {
+        n: OPENSSL_SNI.len(),
+        reply: Arc::new(REPLY.to_vec()),
+    });
+    let toml = format!(
+        "{RUNTIME}{}{}",
+        listener("127.0.0.1:0"),
+        passthrough("r", "sni = [\"www.example.com\"]", &[b.addr])
+    );
+    let (server, _f) = start(&toml, &overrides);
+    let mut c = connect(server.local_addrs()[0]);
+    c.write_all(OPENSSL_SNI).unwrap();
+    let mut got = vec![0u8; REPLY.len()];
+    c.read_exact(&mut got).unwrap();
+    assert_eq!(got, REPLY);
+    let mut rest = [0u8; 1];
+    assert_eq!(
+        c.read(&mut rest).unwrap(),
+        0,
+        "EOF after the back end's half-close"
+    );
+    c.write_all(b"after eof").unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    let mut want = OPENSSL_SNI.to_vec();
+    want.extend_from_slice(b"after eof");
+    assert_eq!(b.next().bytes, want);
+    let m = wait_metrics(&server, |m| {
+        m.open == 0 && m.relays_splice + m.relays_buffered == 1
+    });
+    assert_eq!(m.relays_splice, splice as u64);
+    server.shutdown();
+}
+
+#[test]
+fn half_close_both_ways_splice() {
+    half_close_case(true);
+}
+
+#[test]
+fn half_close_both_ways_buffered() {
+    half_close_case(false);
+}
+
+#[test]
+fn idle_and_hello_timeouts_close_connections() {
+    let b = backend(Mode::Echo);
+    let toml = format!(
+        "[runtime]\nworkers = 1\nhello_timeout_ms = 300\nidle_timeout_ms = 400\n{}{}",
+        listener("127.0.0.1:0"),
+        passthrough("r", "sni = [\"www.example.com\"]", &[b.addr]),
+    );
+    let (server, _f) = start(&toml, &RuntimeOverrides::default());
+    let addr = server.local_addrs()[0];
+    // Idle: the hello is echoed back, then nothing moves.
+    let mut c = connect(addr);
+    c.write_all(OPENSSL_SNI).unwrap();
+    let echoed = read_to_end(&mut c).unwrap();
+    assert_eq!(echoed, OPENSSL_SNI);
+    // Hello timeout: half a hello, then silence.
+    let mut c = connect(addr);
+    c.write_all(&OPENSSL_SNI[..20]).unwrap();
+    assert!(read_to_end(&mut c).unwrap().is_empty());
+    wait_metrics(&server, |m| {
+        m.idle_timeouts == 1 && m.dropped_by(DropReason::HelloTimeout) == 1 && m.open == 0
+    });
+    server.shutdown();
+}
+
+/// An SSL 3.0 ClientHello (no extensions, record and client version 3.0).
+fn sslv3_hello() -> Vec<u8> {
+    let mut body = vec![0x03, 0x00];
+    body.extend_from_slice(&[0x11; 32]);
+    body.extend_from_slice(&[0x00, 0x00, 0x02, 0x00, 0x2f, 0x01, 0x00]);
+    let mut hs = vec![0x01, 0x00, 0x00, body.len() as u8];
+    hs.extend_from_slice(&body);
+    let mut rec = vec![0x16, 0x03, 0x00, 0x00, hs.len() as u8];
+    rec.extend_from_slice(&hs);
+    rec
+}
+
+#[test]
+fn bad_input_is_dropped_and_counted() {
+    let b = replier(1);
+    let strict = replier(1);
+    let toml = format!(
+        "[runtime]\nworkers = 1\nmax_hello_bytes = 1024\n{}[fallback]\nno_sni = \"r\"\nunknown_sni = \"r\"\n{}{}",
+        listener("127.0.0.1:0"),
+        passthrough("r", "", &[b.addr]),
+        passthrough("strict", "sni = [\"www.example.com\"]\nmin_tls = \"1.3\"", &[strict.addr]),
+    );
+    let (server, _f) = start(&toml, &RuntimeOverrides::default());
+    let addr = server.local_addrs()[0];
+    expect_dropped(addr, b"\x00\x01garbage garbage garbage");
+    expect_dropped(addr, b"GET / HTTP/1.1\r\nHost: www.example.com\r\n\r\n");
+    expect_dropped(
+        addr,
+        &[
+            0x80, 0x2e, 0x01, 0x00, 0x02, 0x00, 0x15, 0x00, 0x00, 0x00, 0x10,
+        ],
+    );
+    expect_dropped(addr, &sslv3_hello());
+    expect_dropped(
+        addr,
+        include_bytes!("../src/hello/testdata/openssl-tls12.bin"),
+    );
+    expect_dropped(addr, CHROMIUM_PQ); // 1923 bytes > max_hello_bytes
+    let mut malformed = OPENSSL_SNI.to_vec();
+    malformed[6..9].copy_from_slice(&[0x00, 0x00, 0x05]); // handshake length disagrees with its body
+    expect_dropped(addr, &malformed[..60]);
+    let m = wait_metrics(&server, |m| m.dropped_total() == 7);
+    for r in [
+        DropReason::NotTls,
+        DropReason::Http,
+        DropReason::SslV2,
+        DropReason::Ssl3OrOlder,
+        DropReason::BelowMinTls,
+        DropReason::Oversize,
+        DropReason::Malformed,
+    ] {
+        assert_eq!(m.dropped_by(r), 1, "{}: {m:#?}", r.as_str());
+    }
+    // The server still serves.
+    assert_eq!(roundtrip(addr, &rustls_hello(Some("ok.test"), &[])), REPLY);
+    server.shutdown();
+}
+
+/// Pushes `n` bytes of `Stream(seed)` into `w`, then shuts its write half.
+fn push(mut w: std::net::TcpStream, seed: u64, n: u64) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut st = Stream::new(seed);
+        let mut chunk = Vec::with_capacity(BLOCK);
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(256 * 1024) as usize;
+            st.next_chunk(&mut chunk, k);
+            w.write_all(&chunk).expect("bulk write");
+            left -= k as u64;
+        }
+        w.shutdown(Shutdown::Write).unwrap();
+    })
+}
+
+/// Reads exactly `n` bytes of `Stream(seed)` then EOF from `r`, verifying every byte.
+fn pull(r: &mut std::net::TcpStream, seed: u64, n: u64) {
+    let mut st = Stream::new(seed);
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut scratch = Vec::with_capacity(buf.len());
+    let mut got = 0u64;
+    loop {
+        let k = r.read(&mut buf).expect("bulk read");
+        if k == 0 {
+            break;
+        }
+        assert!(st.verify(&buf[..k], &mut scratch), "corrupt bytes near offset {got}");
+        got += k as u64;
+        assert!(got <= n, "more bytes than sent");
+    }
+    assert_eq!(got, n, "stream ended early");
+}
+
+fn bulk_case(splice: bool) {
+    let n = bulk_bytes();
+    let hello = OPENSSL_SNI;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend_addr = l.local_addr().unwrap();
+    let backend = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        let mut h = vec![0u8; hello.len()];
+        s.read_exact(&mut h).unwrap();
+        assert_eq!(h, hello);
+        let w = push(s.try_clone().unwrap(), 2, n);
+        pull(&mut s, 1, n);
+        w.join().unwrap();
+    });
+    let overrides = RuntimeOverrides { splice: Some(splice), ..Default::default() };
+    let toml = format!("{RUNTIME}{}{}", listener("127.0.0.1:0"), passthrough("r", "sni = [\"www.example.com\"]", &[backend_addr]));
+    let (server, _f) = start(&toml, &overrides);
+    let mut c = connect(server.local_addrs()[0]);
+    c.write_all(hello).unwrap();
+    let w = push(c.try_clone().unwrap(), 1, n);
+    pull(&mut c, 2, n);
+    w.join().unwrap();
+    backend.join().unwrap();
+    drop(c);
+    let m = wait_metrics(&server, |m| m.open == 0 && m.bytes_backend_to_client == n);
+    assert_eq!(m.bytes_client_to_backend, n + hello.len() as u64);
+    if splice {
+        assert_eq!((m.relays_splice, m.relays_buffered), (1, 0));
+    } else {
+        assert_eq!((m.relays_splice, m.relays_buffered), (0, 1));
+    }
+    assert!(server.shutdown());
+}
+
+#[test]
+fn bulk_both_ways_checksummed_splice() {
+    bulk_case(true);
+}
+
+#[test]
+fn bulk_both_ways_checksummed_buffered() {
+    bulk_case(false);
+}
+
+#[test]
+fn exhausted_pipe_pool_falls_back_to_buffered() {
+    let b = backend(Mode::Echo);
+    // One pipe: a relay needs two, so every relay is buffered.
+    let overrides = RuntimeOverrides { pipe_pool: Some(1), ..Default::default() };
+    let toml = format!("{RUNTIME}{}{}", listener("127.0.0.1:0"), passthrough("r", "sni = [\"www.example.com\"]", &[b.addr]));
+    let (server, _f) = start(&toml, &overrides);
+    let mut c = connect(server.local_addrs()[0]);
+    c.write_all(OPENSSL_SNI).unwrap();
+    c.write_all(b"ping").unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    let mut want = OPENSSL_SNI.to_vec();
+    want.extend_from_slice(b"ping");
+    assert_eq!(read_to_end(&mut c).unwrap(), want);
+    let m = wait_metrics(&server, |m| m.open == 0 && m.relays_buffered == 1);
+    assert_eq!(m.relays_splice, 0);
+    server.shutdown();
+}
+
+// ---- the real binary ----------------------------------------------------------------------
+
+fn binary_config(extra_runtime: &str, routes: &str) -> (ConfigFile, std::net::SocketAddr) {
+    let port = free_port();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let f = config_file(&format!("[runtime]\nworkers = 1\n{extra_runtime}\n{}{routes}", listener(&addr.to_string())));
+    (f, addr)
+}
+
+#[test]
+fn silent_connections_time_out_and_fds_return_to_baseline() {
+    let b = replier(1);
+    let (f, addr) = binary_config("hello_timeout_ms = 1500", &passthrough("r", "sni = [\"www.example.com\"]", &[b.addr]));
+    let p = spawn_binary(&f, &[], addr);
+    let pid = p.pid();
+    // Settle: the probe connection of spawn_binary has been dropped by now (hello timeout at worst).
+    assert!(wait_until(Duration::from_secs(20), || {
+        let a = fd_count(pid);
+        std::thread::sleep(Duration::from_millis(300));
+        a == fd_count(pid) && p.stderr().contains("serving")
+    }));
+    std::thread::sleep(Duration::from_millis(1600));
+    let baseline = fd_count(pid);
+    let mut conns = Vec::new();
+    for i in 0..2000 {
+        let mut c = connect(addr);
+        if i % 2 == 0 {
+            // Half send part of a hello; half send nothing.
+            let _ = c.write_all(&OPENSSL_SNI[..10]);
+        }
+        conns.push(c);
+    }
+    assert!(fd_count(pid) > baseline, "connections hold fds");
+    // Every connection is closed by the proxy.
+    for c in conns.iter_mut() {
+        assert!(read_to_end(c).unwrap_or_default().is_empty());
+    }
+    drop(conns);
+    let back = wait_until(Duration::from_secs(30), || fd_count(pid) <= baseline);
+    assert!(back, "fds: baseline {baseline}, now {}", fd_count(pid));
+    // Still serving.
+    assert_eq!(roundtrip(addr, OPENSSL_SNI), REPLY);
+}
+
+#[test]
+fn no_io_wq_threads_under_load() {
+    let echo = backend(Mode::Echo);
+    let (f, addr) = binary_config("", &passthrough("r", "sni = [\"www.example.com\"]", &[echo.addr]));
+    let p = spawn_binary(&f, &[], addr);
+    let pid = p.pid();
+    // 50 idle spliced connections plus 8 busy ones, then look at the threads.
+    let mut idle = Vec::new();
+    for _ in 0..50 {
+        let mut c = connect(addr);
+        c.write_all(OPENSSL_SNI).unwrap();
+        let mut back = vec![0u8; OPENSSL_SNI.len()];
+        c.read_exact(&mut back).unwrap();
+        idle.push(c);
+    }
+    let busy: Vec<_> = (0..8)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut c = connect(addr);
+                c.write_all(OPENSSL_SNI).unwrap();
+                let mut back = vec![0u8; OPENSSL_SNI.len()];
+                c.read_exact(&mut back).unwrap();
+                let msg = [7u8; 1000];
+                let mut got = [0u8; 1000];
+                for _ in 0..300 {
+                    c.write_all(&msg).unwrap();
+                    c.read_exact(&mut got).unwrap();
+                }
+            })
+        })
+        .collect();
+    let mut seen = Vec::new();
+    for _ in 0..20 {
+        seen.extend(thread_names(pid).into_iter().filter(|n| n.starts_with("iou-wrk")));
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    for t in busy {
+        t.join().unwrap();
+    }
+    seen.extend(thread_names(pid).into_iter().filter(|n| n.starts_with("iou-wrk")));
+    assert!(seen.is_empty(), "io-wq threads appeared: {seen:?}");
+    drop(idle);
+}
+
+#[test]
+fn sigterm_drains_open_connections_then_exits_zero() {
+    let echo = backend(Mode::Echo);
+    let (f, addr) = binary_config("drain_timeout_ms = 20000", &passthrough("r", "sni = [\"www.example.com\"]", &[echo.addr]));
+    let mut p = spawn_binary(&f, &[], addr);
+    let mut c = connect(addr);
+    c.write_all(OPENSSL_SNI).unwrap();
+    let mut back = vec![0u8; OPENSSL_SNI.len()];
+    c.read_exact(&mut back).unwrap();
+    // SAFETY: kill(2) on our child.
+    unsafe { libc::kill(p.pid() as i32, libc::SIGTERM) };
+    // New connections are refused once the listener is closed.
+    assert!(wait_until(Duration::from_secs(10), || std::net::TcpStream::connect(addr).is_err()));
+    // The open one still relays.
+    c.write_all(b"still here").unwrap();
+    let mut got = [0u8; 10];
+    c.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"still here");
+    assert!(p.child.try_wait().unwrap().is_none(), "exited before the connection closed");
+    c.shutdown(Shutdown::Write).unwrap();
+    let _ = read_to_end(&mut c);
+    let st = p.signal_and_wait(0, Duration::from_secs(20)).expect("exits after draining");
+    assert!(st.success(), "exit status {st}: {}", p.stderr());
+}
+
+#[test]
+fn end_to_end_with_openssl_s_server_s_client_and_curl() {
+    if std::process::Command::new("openssl").arg("version").output().is_err() {
+        eprintln!("openssl not installed; skipping");
+        return;
+    }
+    let certified = rcgen::generate_simple_self_signed(vec!["www.example.com".to_string()]).unwrap();
+    let (f, addr) = binary_config("", "");
+    let cert = f.dir.path().join("cert.pem");
+    let key = f.dir.path().join("key.pem");
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.key_pair.serialize_pem()).unwrap();
+    let sport = free_port();
+    let server = std::process::Command::new("openssl")
+        .args(["s_server", "-quiet", "-www", "-accept"])
+        .arg(sport.to_string())
+        .arg("-cert")
+        .arg(&cert)
+        .arg("-key")
+        .arg(&key)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _server = Kill(server);
+    let backend = std::net::SocketAddr::from(([127, 0, 0, 1], sport));
+    assert!(wait_until(Duration::from_secs(10), || std::net::TcpStream::connect(backend).is_ok()));
+    let toml = std::fs::read_to_string(&f.path).unwrap()
+        + &passthrough("site", "sni = [\"www.example.com\"]", &[backend]);
+    std::fs::write(&f.path, toml).unwrap();
+    let _p = spawn_binary(&f, &[], addr);
+
+    let mut s_client = std::process::Command::new("timeout")
+        .args(["20", "openssl", "s_client", "-connect"])
+        .arg(addr.to_string())
+        .args(["-servername", "www.example.com", "-ign_eof"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    s_client.stdin.take().unwrap().write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let out = s_client.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    // The certificate the client got is the back end's (passthrough: the proxy has none).
+    let pem = certified.cert.pem();
+    let first_line = pem.lines().nth(1).unwrap();
+    assert!(text.contains(first_line), "not the back end's certificate: {text}");
+    assert!(text.contains("s_server"), "no s_server page through the proxy: {text}");
+
+    let out = std::process::Command::new("curl")
+        .args(["-sSk", "--max-time", "20", "--resolve"])
+        .arg(format!("www.example.com:{}:127.0.0.1", addr.port()))
+        .arg(format!("https://www.example.com:{}/", addr.port()))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("s_server"), "curl: {text} {}", String::from_utf8_lossy(&out.stderr));
+}
