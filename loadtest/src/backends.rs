@@ -194,6 +194,8 @@ impl Write for Prefixed {
 
 pub struct Backend {
     pub kind: BackendKind,
+    /// expect a PROXY v1 or v2 header first
+    pub proxy_protocol: bool,
     pub label: String,
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub stats: Arc<BackendStats>,
@@ -208,7 +210,11 @@ impl Backend {
             s,
             buf: Vec::with_capacity(4096),
         };
-        if c.skip_proxy_header()? {
+        // a PROXY header only where the route asks for one: application data may start with 'P'
+        if self.proxy_protocol {
+            if !c.skip_proxy_header()? {
+                return Err(io::Error::other("PROXY header missing"));
+            }
             self.stats.proxy_headers.fetch_add(1, Ordering::Relaxed);
         }
         match self.kind {

@@ -81,7 +81,9 @@ pub fn run(o: &Options) -> Result<i32, String> {
         let leaf = if needs_cert { Some(ca.issue(&dir, &format!("route{i}"), &names_for_cert(r), &ips).map_err(|e| e.to_string())?) } else { None };
         let port = suite.backends.port + i as u16;
         let tls = (r.backend == BackendKind::Tls).then(|| backends::server_config(leaf.as_ref().unwrap(), &r.alpn));
-        let be = Backend { kind: r.backend, label: r.name.clone(), tls, stats: Default::default() };
+        let be = Backend {
+            kind: r.backend,
+            proxy_protocol: r.proxy_protocol != "none", label: r.name.clone(), tls, stats: Default::default() };
         let st = backends::spawn(be, SocketAddrV4::new(Ipv4Addr::LOCALHOST, port), suite.backends.threads, backend_cpus.clone())
             .map_err(|e| format!("back end of route {} on port {port}: {e}", r.name))?;
         stats.push((r.name.clone(), st));

@@ -256,11 +256,20 @@ pub fn haproxy_config(env: &Env, port: u16, splice: bool) -> Result<String, Stri
 pub fn nginx_config(env: &Env, port: u16) -> Result<String, String> {
     check_peer(env, "nginx")?;
     let m = env.model;
-    // nginx has one proxy_protocol switch per server and speaks only v1: the shared server sends
-    // it if any route reached there asks for it (the built-in back ends accept either)
-    let shared_pp = env.suite.routes.iter().enumerate().any(|(i, r)| {
-        passthrough(env, i) && r.proxy_protocol != "none" && (!r.sni.is_empty() || r.sni_pattern.is_some() || m.no_sni == Some(i) || m.unknown_sni == Some(i))
-    });
+    // nginx has one proxy_protocol switch per server and speaks only v1 (the built-in back ends
+    // accept either version): the routes reached through the shared server must agree
+    let shared: Vec<bool> = env
+        .suite
+        .routes
+        .iter()
+        .enumerate()
+        .filter(|(i, r)| passthrough(env, *i) && (!r.sni.is_empty() || r.sni_pattern.is_some() || m.no_sni == Some(*i) || m.unknown_sni == Some(*i)))
+        .map(|(_, r)| r.proxy_protocol != "none")
+        .collect();
+    if shared.iter().any(|&x| x) && !shared.iter().all(|&x| x) {
+        return Err("nginx: routes reached by SNI on the shared IP disagree on proxy_protocol".into());
+    }
+    let shared_pp = shared.iter().any(|&x| x);
     let n = m.table.len();
     let mut c = String::new();
     let _ = writeln!(

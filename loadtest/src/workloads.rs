@@ -572,7 +572,12 @@ fn tls_once(
     let mut tls = rustls::StreamOwned::new(conn, sock);
     let r = (|| -> Result<(bool, u64), Err> {
         while tls.conn.is_handshaking() {
-            tls.conn.complete_io(&mut tls.sock).map_err(io_err)?;
+            tls.conn.complete_io(&mut tls.sock).map_err(|e| match io_err(e) {
+                "timeout" => "handshake_timeout",
+                "reset" => "handshake_reset",
+                "eof_early" => "handshake_eof",
+                k => k,
+            })?;
         }
         let resumed = tls.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
         let mut req = vec![0u8; p.w.request_bytes.max(1)];
