@@ -13,6 +13,7 @@
 //! - [`metrics`] and [`admin`]: per-core counters and histograms, and the HTTP endpoint that reads them.
 
 pub mod config;
+pub mod demo;
 pub mod hello;
 pub mod metrics;
 pub mod relay;

@@ -42,6 +42,15 @@ enum Command {
         #[command(flatten)]
         tuning: Tuning,
     },
+    /// Start a complete local edge on 127.0.0.1-3 with generated certificates and origins, and
+    /// print the curl commands that show each routing case. Nothing to prepare.
+    Demo {
+        /// Port of the demo's listeners.
+        #[arg(long, default_value_t = 8443)]
+        port: u16,
+        #[command(flatten)]
+        tuning: Tuning,
+    },
     /// Validate a configuration, its certificates and keys; print a summary. Exit 0 or 1.
     Check {
         /// The TOML configuration file.
@@ -136,6 +145,10 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Run { config, tuning } => run(&config, &tuning.overrides()),
+        Command::Demo { port, tuning } => match sni_dispatch::demo::run(port, &tuning.overrides()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        },
     }
 }
 
@@ -144,8 +157,10 @@ fn init_logging(filter: &str) {
         eprintln!("sni-dispatch: warning: bad --log filter {filter:?} ({e}); using \"info\"");
         tracing_subscriber::EnvFilter::new("info")
     });
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 }
@@ -164,12 +179,10 @@ fn check(path: &Path) -> ExitCode {
 }
 
 fn run(path: &Path, overrides: &RuntimeOverrides) -> ExitCode {
-    // The data path lands with the worker module.
-    let _ = overrides;
-    fail(&format!(
-        "{}: `run` is not available in this build yet",
-        path.display()
-    ))
+    match sni_dispatch::worker::serve(path, overrides) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
 }
 
 /// One line per problem, as `sni-dispatch: error: FILE: KEY: REASON`.

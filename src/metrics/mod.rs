@@ -48,14 +48,16 @@ pub enum DropReason {
     UnknownSni,
     /// Every back end refused or timed out.
     BackendsDown,
-    /// A `terminate` route, before TLS termination exists.
-    TerminateUnavailable,
+    /// A terminating route's TLS handshake failed (bad or incompatible client; an alert was sent).
+    TlsHandshake,
+    /// A terminating route's TLS handshake did not finish within `hello_timeout_ms`.
+    TlsTimeout,
     /// The PROXY header or ClientHello could not be written to the back end.
     BackendWrite,
 }
 
 impl DropReason {
-    pub const ALL: [Self; 14] = [
+    pub const ALL: [Self; 15] = [
         Self::NotTls,
         Self::Http,
         Self::SslV2,
@@ -68,7 +70,8 @@ impl DropReason {
         Self::NoSni,
         Self::UnknownSni,
         Self::BackendsDown,
-        Self::TerminateUnavailable,
+        Self::TlsHandshake,
+        Self::TlsTimeout,
         Self::BackendWrite,
     ];
     pub const COUNT: usize = Self::ALL.len();
@@ -87,7 +90,8 @@ impl DropReason {
             Self::NoSni => "no_sni",
             Self::UnknownSni => "unknown_sni",
             Self::BackendsDown => "backends_down",
-            Self::TerminateUnavailable => "terminate_unavailable",
+            Self::TlsHandshake => "tls_handshake",
+            Self::TlsTimeout => "tls_timeout",
             Self::BackendWrite => "backend_write",
         }
     }
@@ -144,6 +148,9 @@ pub struct Counters {
     /// Relays that spliced through pipes / copied through buffers.
     pub relays_splice: u64,
     pub relays_buffered: u64,
+    /// Completed TLS handshakes on terminating routes, and how many of them resumed a session.
+    pub tls_handshakes: u64,
+    pub tls_resumed: u64,
     /// Connections closed by `idle_timeout_ms`.
     pub idle_timeouts: u64,
     /// Relays ended by an error (reset, broken pipe) rather than two clean shutdowns.
@@ -181,6 +188,8 @@ impl Counters {
         self.bytes_backend_to_client += other.bytes_backend_to_client;
         self.relays_splice += other.relays_splice;
         self.relays_buffered += other.relays_buffered;
+        self.tls_handshakes += other.tls_handshakes;
+        self.tls_resumed += other.tls_resumed;
         self.idle_timeouts += other.idle_timeouts;
         self.relay_errors += other.relay_errors;
         self.accept_errors += other.accept_errors;

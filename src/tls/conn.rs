@@ -1,6 +1,6 @@
 //! Driving a `rustls::ServerConnection` over tokio-uring sockets.
 //!
-//! tokio-uring streams take owned buffers and are not `AsyncRead`/`AsyncWrite`, so this is the
+//! io_uring sockets ([`crate::worker::ring::Socket`]) take owned buffers and are not `AsyncRead`/`AsyncWrite`, so this is the
 //! small adapter between the two: ciphertext goes through reused `Vec<u8>`s, rustls does the
 //! record work in memory. The two relay directions share the connection through a `RefCell`
 //! (one thread, no borrow is held across an await) and serialise their writes to the client
@@ -12,7 +12,7 @@ use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio_uring::net::TcpStream;
+use crate::worker::ring::Socket as TcpStream;
 
 /// Ciphertext read size: one full TLS record plus header.
 const READ_SIZE: usize = 16 * 1024 + 512;
@@ -59,7 +59,7 @@ pub async fn handshake(
     while tls.is_handshaking() {
         out = flush(client, &mut tls, out).await?;
         buf.clear();
-        let (res, b) = client.read(buf).await;
+        let (res, b) = client.recv(buf).await;
         buf = b;
         if res? == 0 {
             return Err(HandshakeError::Eof);
@@ -96,7 +96,7 @@ async fn flush(client: &TcpStream, tls: &mut ServerConnection, mut out: Vec<u8>)
     if out.is_empty() {
         return Ok(out);
     }
-    let (res, mut out) = client.write_all(out).await;
+    let (res, mut out) = client.send_all(out, 0).await;
     out.clear();
     res.map(|()| out)
 }
@@ -139,15 +139,15 @@ impl Shared<'_> {
             *guard = out;
             return Ok(());
         }
-        let (res, out) = self.client.write_all(out).await;
+        let (res, out) = self.client.send_all(out, 0).await;
         *guard = out;
         res
     }
 
     /// Stops both directions: pending reads complete, later writes fail.
     fn abort(&self) {
-        let _ = self.client.shutdown(Shutdown::Both);
-        let _ = self.backend.shutdown(Shutdown::Both);
+        self.client.shutdown(Shutdown::Both);
+        self.backend.shutdown(Shutdown::Both);
     }
 }
 
@@ -196,7 +196,7 @@ async fn client_to_backend(s: &Shared<'_>) -> io::Result<()> {
     let result = client_to_backend_inner(s).await;
     match &result {
         Ok(()) => {
-            let _ = s.backend.shutdown(Shutdown::Write);
+            s.backend.shutdown(Shutdown::Write);
         }
         Err(_) => s.abort(),
     }
@@ -211,7 +211,7 @@ async fn client_to_backend_inner(s: &Shared<'_>) -> io::Result<()> {
     loop {
         if !plain.is_empty() {
             s.to_backend.set(s.to_backend.get() + plain.len() as u64);
-            let (res, p) = s.backend.write_all(plain).await;
+            let (res, p) = s.backend.send_all(plain, 0).await;
             plain = p;
             plain.clear();
             res?;
@@ -220,7 +220,7 @@ async fn client_to_backend_inner(s: &Shared<'_>) -> io::Result<()> {
             return Ok(());
         }
         buf.clear();
-        let (res, b) = s.client.read(buf).await;
+        let (res, b) = s.client.recv(buf).await;
         buf = b;
         if res? == 0 {
             // EOF without close_notify: a truncation, but the bytes relayed so far stand.
@@ -286,13 +286,13 @@ async fn backend_to_client_inner(s: &Shared<'_>) -> io::Result<()> {
     let mut buf = Vec::with_capacity(READ_SIZE);
     loop {
         buf.clear();
-        let (res, b) = s.backend.read(buf).await;
+        let (res, b) = s.backend.recv(buf).await;
         buf = b;
         let n = res?;
         if n == 0 {
             s.tls.borrow_mut().send_close_notify();
             s.flush_to_client().await?;
-            let _ = s.client.shutdown(Shutdown::Write);
+            s.client.shutdown(Shutdown::Write);
             return Ok(());
         }
         s.last_activity.set(Instant::now());

@@ -17,7 +17,8 @@ use crate::config::{Config, ConfigError, Runtime, RuntimeOverrides};
 use crate::hello::{self, Parsed};
 use crate::metrics::{self, DropReason, Local, Registry};
 use crate::relay::{self, proxy_protocol, BufPool, PipePool};
-use crate::route::{Action, ProxyProtocol, RouteId};
+use crate::route::{Action, ProxyProtocol, Route, RouteId};
+use crate::tls;
 use arc_swap::{ArcSwap, Cache};
 use ring::Socket;
 use std::cell::{Cell, RefCell};
@@ -466,6 +467,76 @@ struct Routed {
     first: Vec<u8>,
 }
 
+/// A terminating route: handshake with the route's certificate (the hello bytes already read
+/// go to rustls first), then relay plaintext to the back end behind an optional PROXY header
+/// that carries the SNI and the negotiated ALPN.
+async fn terminate(w: &Worker, cfg: &Config, r: &Route, client: &Socket, listen: SocketAddr, hello: Vec<u8>) {
+    let rt = &cfg.runtime;
+    let Some(material) = &r.tls else {
+        // Config validation makes this unreachable; never panic on it.
+        w.bufs.borrow_mut().give(hello);
+        return drop_conn(w, DropReason::TlsHandshake);
+    };
+    let hs = tokio::time::timeout(
+        Duration::from_millis(rt.hello_timeout_ms),
+        tls::handshake(client, material.server_config.clone(), &hello),
+    )
+    .await;
+    w.bufs.borrow_mut().give(hello);
+    let conn = match hs {
+        Err(_) => {
+            client.shutdown(Shutdown::Both);
+            return drop_conn(w, DropReason::TlsTimeout);
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(worker = w.id, route = %r.name, error = %e, "TLS handshake failed");
+            let reason = match e {
+                tls::HandshakeError::Tls(rustls::Error::PeerIncompatible(_)) => DropReason::BelowMinTls,
+                tls::HandshakeError::Eof | tls::HandshakeError::Io(_) => DropReason::ClientClosed,
+                tls::HandshakeError::Tls(_) => DropReason::TlsHandshake,
+            };
+            return drop_conn(w, reason);
+        }
+        Ok(Ok(conn)) => conn,
+    };
+    let resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+    w.metrics.bump(|c| {
+        c.tls_handshakes += 1;
+        c.tls_resumed += u64::from(resumed);
+    });
+    let backend = match relay::connect_backends(&r.backends, Duration::from_millis(rt.connect_timeout_ms), &w.metrics).await {
+        Ok((sock, _)) => sock,
+        Err(_) => {
+            // Tell the client politely: close_notify rather than a bare FIN.
+            let mut conn = conn;
+            conn.send_close_notify();
+            let mut out = Vec::new();
+            while conn.wants_write() && conn.write_tls(&mut out).is_ok() {}
+            let _ = client.send_all(out, 0).await;
+            return drop_conn(w, DropReason::BackendsDown);
+        }
+    };
+    if r.proxy_protocol != ProxyProtocol::None {
+        let local = client.local_addr().unwrap_or(listen);
+        let peer = client.peer_addr().unwrap_or_else(|_| SocketAddr::new(IpAddr::from([0, 0, 0, 0]), 0));
+        let header = proxy_protocol::Header { client: peer, local, sni: conn.server_name(), alpn: conn.alpn_protocol() };
+        let mut first = w.bufs.borrow_mut().take(600);
+        proxy_protocol::encode(r.proxy_protocol, &header, &mut first);
+        let (res, first) = backend.send_all(first, 0).await;
+        w.bufs.borrow_mut().give(first);
+        if res.is_err() {
+            return drop_conn(w, DropReason::BackendWrite);
+        }
+    }
+    let done = tls::relay(client, conn, &backend, Duration::from_millis(rt.idle_timeout_ms)).await;
+    w.metrics.bump(|c| {
+        c.bytes_client_to_backend += done.to_backend;
+        c.bytes_backend_to_client += done.to_client;
+        c.idle_timeouts += u64::from(done.idle_timeout);
+        c.relay_errors += u64::from(done.error);
+    });
+}
+
 async fn handle(guard: OpenGuard, client: Socket, listen: SocketAddr) {
     let w = &guard.0;
     let cfg = w.config();
@@ -494,9 +565,7 @@ async fn handle(guard: OpenGuard, client: Socket, listen: SocketAddr) {
     };
     let r = cfg.table.route(routed.route);
     if r.action == Action::Terminate {
-        // TLS: handled in issue 4
-        w.bufs.borrow_mut().give(routed.first);
-        return drop_conn(w, DropReason::TerminateUnavailable);
+        return terminate(w, &cfg, r, &client, listen, routed.first).await;
     }
     let backend = match relay::connect_backends(
         &r.backends,
@@ -590,7 +659,8 @@ fn route(
         Err(miss) => return give_back(buf, miss.into()),
     };
     let route = table.route(id);
-    if hello.max_version() < route.min_tls.0 {
+    // A terminating route leaves the version to rustls, which answers with a protocol_version alert.
+    if route.action == Action::Passthrough && hello.max_version() < route.min_tls.0 {
         return give_back(buf, DropReason::BelowMinTls);
     }
     w.metrics.routed(how);

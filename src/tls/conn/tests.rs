@@ -1,6 +1,7 @@
 //! The adapter against a real rustls client over loopback sockets.
 
 use super::*;
+use crate::worker::ring::Socket;
 use crate::route::TlsVersion;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use std::io::{Read, Write};
@@ -49,12 +50,14 @@ fn upper_origin() -> (std::net::SocketAddr, std::thread::JoinHandle<()>) {
 /// Accepts one connection, hands its first read to `handshake`, and relays to `origin`.
 fn serve_one(listener: TcpListener, config: Arc<rustls::ServerConfig>, origin: Option<std::net::SocketAddr>) -> Result<Relayed, String> {
     tokio_uring::start(async move {
-        let l = tokio_uring::net::TcpListener::from_std(listener);
-        let (client, _) = l.accept().await.map_err(|e| e.to_string())?;
-        let (res, hello) = client.read(Vec::with_capacity(4096)).await;
+        let l = Socket::from(std::os::fd::OwnedFd::from(listener));
+        let client = l.accept().await.map_err(|e| e.to_string())?;
+        let (res, hello) = client.recv(Vec::with_capacity(4096)).await;
         res.map_err(|e| e.to_string())?;
         let tls = handshake(&client, config, &hello).await.map_err(|e| e.as_str().to_owned())?;
-        let backend = tokio_uring::net::TcpStream::connect(origin.unwrap()).await.map_err(|e| e.to_string())?;
+        let origin = origin.ok_or("no origin")?;
+        let backend = Socket::tcp_for(origin).map_err(|e| e.to_string())?;
+        backend.connect(origin).await.map_err(|e| e.to_string())?;
         Ok(relay(&client, tls, &backend, Duration::from_secs(10)).await)
     })
 }
