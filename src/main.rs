@@ -39,6 +39,10 @@ enum Command {
         /// The TOML configuration file.
         #[arg(long, short)]
         config: PathBuf,
+        /// A tuning profile (a file with only a [runtime] table, e.g. tuning/profiles/latency.toml):
+        /// its keys override the config's [runtime]; flags override both. Read once at start.
+        #[arg(long, value_name = "FILE")]
+        profile: Option<PathBuf>,
         #[command(flatten)]
         tuning: Tuning,
     },
@@ -144,7 +148,13 @@ fn main() -> ExitCode {
     init_logging(&cli.log);
     match cli.command {
         Command::Check { config } => check(&config),
-        Command::Run { config, tuning } => run(&config, &tuning.overrides()),
+        Command::Run { config, profile, tuning } => {
+            let overrides = match profile.as_deref().map(RuntimeOverrides::from_profile).transpose() {
+                Ok(p) => p.unwrap_or_default().then(&tuning.overrides()),
+                Err(e) => return fail(&e),
+            };
+            run(&config, &overrides)
+        }
         Command::Demo { port, tuning } => match sni_dispatch::demo::run(port, &tuning.overrides()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),

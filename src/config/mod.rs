@@ -92,7 +92,53 @@ pub struct RuntimeOverrides {
     pub admin: Option<SocketAddr>,
 }
 
+/// A tuning profile file (`--profile`): a `[runtime]` table and nothing else.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProfileFile {
+    #[serde(default)]
+    runtime: RuntimeOverrides,
+}
+
 impl RuntimeOverrides {
+    /// Reads a tuning profile (see `tuning/profiles/`): its `[runtime]` keys override the
+    /// config's, and command-line flags override both (see [`RuntimeOverrides::then`]).
+    pub fn from_profile(path: &Path) -> Result<Self, ConfigError> {
+        let fail = |reason: String| ConfigError { file: path.to_owned(), problems: vec![Located::new("", reason)] };
+        let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+        let file: ProfileFile = toml::from_str(&text).map_err(|e| fail(e.to_string().trim_end().to_owned()))?;
+        let mut errors = Vec::new();
+        file.runtime.apply(&mut Runtime::default(), "runtime", &mut errors);
+        if !errors.is_empty() {
+            return Err(ConfigError { file: path.to_owned(), problems: errors });
+        }
+        Ok(file.runtime)
+    }
+
+    /// These overrides with every key that `later` sets replaced by its value.
+    pub fn then(self, later: &Self) -> Self {
+        macro_rules! pick {
+            ($($field:ident),*) => { Self { $( $field: later.$field.clone().or(self.$field), )* } };
+        }
+        pick!(
+            workers,
+            cpus,
+            ring_entries,
+            sqpoll,
+            sqpoll_idle_ms,
+            hello_timeout_ms,
+            connect_timeout_ms,
+            idle_timeout_ms,
+            drain_timeout_ms,
+            max_hello_bytes,
+            max_conns_per_worker,
+            splice,
+            pipe_pool,
+            backlog,
+            admin
+        )
+    }
+
     /// Applies every key that is set; `origin` names where they came from in errors.
     fn apply(&self, rt: &mut Runtime, origin: &str, errors: &mut Vec<Located>) {
         macro_rules! set {

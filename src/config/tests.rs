@@ -232,3 +232,20 @@ fn terminate_routes_check_their_keys() {
     );
     assert!(rel.is_ok(), "{:?}", rel.err().map(|e| e.to_string()));
 }
+
+#[test]
+fn profiles_sit_between_the_file_and_the_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let profile = dir.path().join("latency.toml");
+    std::fs::write(&profile, "[runtime]\nring_entries = 256\nworkers = 3\n").unwrap();
+    let p = RuntimeOverrides::from_profile(&profile).unwrap();
+    let flags = RuntimeOverrides { workers: Some(1), ..Default::default() };
+    let c = Config::from_str(GOOD, Path::new("x.toml"), &p.then(&flags)).unwrap();
+    // workers: file 2, profile 3, flag 1; ring_entries only in the profile.
+    assert_eq!((c.runtime.workers, c.runtime.ring_entries), (1, 256));
+    std::fs::write(&profile, "[runtime]\nring_entrys = 256\n").unwrap();
+    let e = RuntimeOverrides::from_profile(&profile).unwrap_err().to_string();
+    assert!(e.contains("latency.toml") && e.contains("unknown field `ring_entrys`"), "{e}");
+    std::fs::write(&profile, "[[route]]\nname = \"x\"\n").unwrap();
+    assert!(RuntimeOverrides::from_profile(&profile).is_err());
+}
