@@ -30,10 +30,15 @@ pub fn connect(dst: SocketAddrV4, src: u32, timeout: Duration) -> io::Result<Tcp
     }
     s.bind(&SockAddr::from(SocketAddrV4::new(source_addr(src), 0)))?;
     s.set_nodelay(true)?;
-    s.connect_timeout(&SockAddr::from(SocketAddr::V4(dst)), timeout)?;
+    // a blocking connect bounded by SO_SNDTIMEO (Linux applies it to connect): fewer system
+    // calls than a non-blocking connect and poll
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
-    Ok(s.into())
+    match s.connect(&SockAddr::from(SocketAddr::V4(dst))) {
+        Ok(()) => Ok(s.into()),
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Err(io::ErrorKind::TimedOut.into()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Parse a CPU list such as "0-3,8".
