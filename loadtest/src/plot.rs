@@ -15,7 +15,16 @@ pub fn svg(title: &str, curves: &[(String, Vec<(f64, f64)>)]) -> String {
         let p = (pct / 100.0).min(0.999999);
         (1.0 / (1.0 - p)).log10()
     };
-    let xmax = curves.iter().flat_map(|(_, c)| c.iter().map(|&(p, _)| xv(p))).fold(2.0f64, f64::max).ceil();
+    // the 100th percentile (the max) sits one decade right of the last point before it
+    let xs = |c: &[(f64, f64)]| -> Vec<f64> {
+        let mut out: Vec<f64> = Vec::with_capacity(c.len());
+        for &(p, _) in c {
+            let x = if p >= 100.0 { out.last().map(|&l| l + 1.0).unwrap_or(1.0).min(xv(p)) } else { xv(p) };
+            out.push(x);
+        }
+        out
+    };
+    let xmax = curves.iter().flat_map(|(_, c)| xs(c)).fold(2.0f64, f64::max).ceil();
     let ymax_raw = curves.iter().flat_map(|(_, c)| c.iter().map(|&(_, v)| v)).fold(1.0f64, f64::max);
     let (unit, div) = if ymax_raw >= 10_000.0 { ("ms", 1000.0) } else { ("µs", 1.0) };
     let ymax = nice(ymax_raw / div * 1.05);
@@ -48,7 +57,7 @@ pub fn svg(title: &str, curves: &[(String, Vec<(f64, f64)>)]) -> String {
     for (i, (name, pts)) in curves.iter().enumerate() {
         let c = COLORS[i % COLORS.len()];
         if !pts.is_empty() {
-            let d: Vec<String> = pts.iter().map(|&(p, v)| format!("{:.1},{:.1}", sx(xv(p)), sy(v))).collect();
+            let d: Vec<String> = pts.iter().zip(xs(pts)).map(|(&(_, v), x)| format!("{:.1},{:.1}", sx(x), sy(v))).collect();
             let _ = writeln!(s, r#"<polyline fill="none" stroke="{c}" stroke-width="2" points="{}"/>"#, d.join(" "));
         }
         let y = t + 10.0 + 20.0 * i as f64;

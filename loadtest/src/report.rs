@@ -257,7 +257,7 @@ pub fn workload_table(w: &WorkloadReport) -> String {
     let h: Vec<String> = if w.bulk {
         ["target", "conns", "GiB/s", "errors", "p50", "p99", "max", "CPU s/GiB", "CPU µs/conn", "peak RSS"].iter().map(|s| s.to_string()).collect()
     } else {
-        ["target", "conn/s", "ok", "errors", "p50", "p90", "p99", "p99.9", "max", "CPU µs/conn", "peak RSS"].iter().map(|s| s.to_string()).collect()
+        ["target", "conn/s", "ok (all runs)", "errors", "p50", "p90", "p99", "p99.9", "max", "CPU µs/conn", "peak RSS"].iter().map(|s| s.to_string()).collect()
     };
     let mut rows = Vec::new();
     for s in &w.summary {
