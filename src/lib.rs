@@ -12,6 +12,7 @@
 //! - [`tls`]: termination;
 //! - [`metrics`] and [`admin`]: per-core counters and histograms, and the HTTP endpoint that reads them.
 
+pub mod admin;
 pub mod config;
 pub mod demo;
 pub mod hello;

@@ -115,6 +115,12 @@ struct Tuning {
     /// Admin endpoint address, overriding [admin] listen (e.g. 127.0.0.1:9900).
     #[arg(long, value_name = "ADDR")]
     admin: Option<SocketAddr>,
+    /// Write a JSON line per connection to this file (written by a separate thread) [default: off].
+    #[arg(long, value_name = "PATH")]
+    access_log: Option<PathBuf>,
+    /// Fraction of connections written to the access log, 0 to 1 [default: 1].
+    #[arg(long, value_name = "RATE")]
+    access_log_sample: Option<f64>,
 }
 
 impl Tuning {
@@ -138,6 +144,8 @@ impl Tuning {
             },
             pipe_pool: self.pipe_pool,
             backlog: self.backlog,
+            access_log: self.access_log.clone(),
+            access_log_sample: self.access_log_sample,
             admin: self.admin,
         }
     }

@@ -46,6 +46,31 @@ pub struct Runtime {
     /// Pipes each worker keeps for splicing; a connection that finds none uses buffered relay.
     pub pipe_pool: usize,
     pub backlog: u32,
+    /// JSON-lines access log (`access_log`, `--access-log`); `None` = off.
+    pub access_log: Option<PathBuf>,
+    /// Fraction of connections written to the access log.
+    pub access_log_sample: SampleRate,
+}
+
+/// A fraction in `[0, 1]`, held as parts per million (so [`Runtime`] stays `Eq`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SampleRate(u32);
+
+impl SampleRate {
+    pub const ALL: Self = Self(1_000_000);
+
+    /// `None` unless `0 <= f <= 1`.
+    pub fn new(f: f64) -> Option<Self> {
+        (0.0..=1.0).contains(&f).then(|| Self((f * 1e6).round() as u32))
+    }
+
+    pub fn parts_per_million(self) -> u32 {
+        self.0
+    }
+
+    pub fn as_f64(self) -> f64 {
+        f64::from(self.0) / 1e6
+    }
 }
 
 impl Default for Runtime {
@@ -65,6 +90,8 @@ impl Default for Runtime {
             splice: true,
             pipe_pool: 1024,
             backlog: 4096,
+            access_log: None,
+            access_log_sample: SampleRate::ALL,
         }
     }
 }
@@ -87,6 +114,10 @@ pub struct RuntimeOverrides {
     pub splice: Option<bool>,
     pub pipe_pool: Option<usize>,
     pub backlog: Option<u32>,
+    /// Path of the JSON-lines access log (relative paths are used as given, from the working directory).
+    pub access_log: Option<PathBuf>,
+    /// Fraction of connections logged, 0 to 1 [default: 1].
+    pub access_log_sample: Option<f64>,
     /// `--admin ADDR`: not a `[runtime]` key (it overrides `[admin] listen`), so never read from the file.
     #[serde(skip)]
     pub admin: Option<SocketAddr>,
@@ -135,6 +166,8 @@ impl RuntimeOverrides {
             splice,
             pipe_pool,
             backlog,
+            access_log,
+            access_log_sample,
             admin
         )
     }
@@ -159,6 +192,15 @@ impl RuntimeOverrides {
             pipe_pool,
             backlog
         );
+        if let Some(p) = &self.access_log {
+            rt.access_log = Some(p.clone());
+        }
+        if let Some(f) = self.access_log_sample {
+            match SampleRate::new(f) {
+                Some(r) => rt.access_log_sample = r,
+                None => errors.push(Located::new(format!("{origin}.access_log_sample"), format!("{f} is not a fraction from 0 to 1"))),
+            }
+        }
         if let Some(list) = &self.cpus {
             match parse_cpu_list(list) {
                 Ok(cpus) => rt.cpus = cpus,

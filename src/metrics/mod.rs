@@ -5,15 +5,24 @@
 //! - [`Counters`] is a plain `Copy` struct of `u64`s. Each worker owns one inside a [`Local`]
 //!   and bumps fields through [`Local::bump`], which borrows a `RefCell` for a few nanoseconds;
 //!   nothing is shared and nothing is atomic.
+//! - [`Histograms`] are HDR histograms (1 ns to 60 s, 3 significant digits, created once per
+//!   worker; recording is an index computation and an increment, saturating at the top). The
+//!   worker records into an *interval* set; publishing adds the interval into the slot's
+//!   cumulative set and clears it, so readers see everything since start.
 //! - Every [`PUBLISH_EVERY`] and when the worker stops, the worker copies its counters into its
-//!   [`Slot`] (an `Arc<Mutex<Counters>>`; the worker uses `try_lock` so a slow reader never blocks
-//!   it). Readers ([`Registry::snapshot`]) lock each slot briefly, off the hot path.
+//!   [`Slot`] and adds its interval histograms to the slot's (each behind its own `Mutex`; the
+//!   worker uses `try_lock`, so a slow reader never blocks it: a skipped interval is simply
+//!   published on the next tick). Readers ([`Registry::snapshot`], [`Registry::histograms`])
+//!   lock each slot briefly and merge, off the hot path.
 //! - To add a metric: add a field to [`Counters`] (and to [`Counters::merge`]); for labelled
 //!   counters use a fixed array indexed by an enum with `ALL` and `as_str()`, like
-//!   [`DropReason`]. Histograms (HDR) can be added the same way: a worker-local value published
-//!   as a copy, merged by the reader.
+//!   [`DropReason`]; for a distribution add a [`Hist`] variant. The admin endpoint
+//!   ([`crate::admin`]) renders them.
+pub mod access_log;
+
 use crate::route::Match;
-use std::cell::RefCell;
+use hdrhistogram::Histogram;
+use std::cell::{Cell, RefCell};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -101,6 +110,160 @@ impl DropReason {
     }
 }
 
+/// A latency or size distribution recorded per connection. Latencies are recorded in
+/// nanoseconds, sizes in bytes; `name()` is the metric's stem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hist {
+    /// Accept to a complete ClientHello.
+    HelloWait,
+    /// Routing a complete hello (parse, table lookup, PROXY header).
+    RouteLookup,
+    /// Connecting to the back end (all attempts, failures included).
+    BackendConnect,
+    /// The TLS handshake of a terminating route.
+    TlsHandshake,
+    /// Connected to the back end until its first byte reached the client.
+    FirstByte,
+    /// Accept to close, every connection (dropped ones included).
+    Lifetime,
+    /// Bytes of the complete ClientHello (as read: records and all).
+    HelloSize,
+}
+
+/// What a [`Hist`] measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    /// Recorded in nanoseconds, exposed in seconds.
+    Seconds,
+    Bytes,
+}
+
+impl Hist {
+    pub const ALL: [Self; 7] = [
+        Self::HelloWait,
+        Self::RouteLookup,
+        Self::BackendConnect,
+        Self::TlsHandshake,
+        Self::FirstByte,
+        Self::Lifetime,
+        Self::HelloSize,
+    ];
+    pub const COUNT: usize = Self::ALL.len();
+
+    /// The metric stem: `sni_dispatch_{name}_{unit}`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::HelloWait => "client_hello_wait",
+            Self::RouteLookup => "route_lookup",
+            Self::BackendConnect => "backend_connect",
+            Self::TlsHandshake => "tls_handshake",
+            Self::FirstByte => "backend_first_byte",
+            Self::Lifetime => "connection_lifetime",
+            Self::HelloSize => "client_hello_size",
+        }
+    }
+
+    pub fn unit(self) -> Unit {
+        match self {
+            Self::HelloSize => Unit::Bytes,
+            _ => Unit::Seconds,
+        }
+    }
+
+    pub fn help(self) -> &'static str {
+        match self {
+            Self::HelloWait => "Accept to a complete ClientHello.",
+            Self::RouteLookup => "Routing a complete ClientHello (parse, lookup, PROXY header).",
+            Self::BackendConnect => "Connecting to a back end, failed attempts included.",
+            Self::TlsHandshake => "TLS handshakes of terminating routes (completed ones).",
+            Self::FirstByte => "Back end connected to its first byte relayed to the client.",
+            Self::Lifetime => "Accept to close, of every connection.",
+            Self::HelloSize => "Size of complete ClientHellos as read.",
+        }
+    }
+
+    #[allow(clippy::expect_used)]
+    fn new_histogram(self) -> Histogram<u64> {
+        let high = match self.unit() {
+            Unit::Seconds => HIGHEST_NS,
+            Unit::Bytes => 1 << 21,
+        };
+        Histogram::new_with_bounds(1, high, 3).expect("constant histogram bounds are valid")
+    }
+}
+
+/// The largest latency a histogram tells apart (larger values count as this).
+pub const HIGHEST_NS: u64 = 60_000_000_000;
+
+/// One histogram per [`Hist`], with exact sums (for Prometheus `_sum`).
+#[derive(Debug, Clone)]
+pub struct Histograms {
+    h: [Histogram<u64>; Hist::COUNT],
+    sum: [u64; Hist::COUNT],
+}
+
+impl Default for Histograms {
+    fn default() -> Self {
+        Self {
+            h: std::array::from_fn(|i| Hist::ALL[i].new_histogram()),
+            sum: [0; Hist::COUNT],
+        }
+    }
+}
+
+impl Histograms {
+    /// Records `v` (ns or bytes); values above the range count as its top.
+    #[inline]
+    pub fn record(&mut self, k: Hist, v: u64) {
+        let i = k as usize;
+        self.h[i].saturating_record(v);
+        self.sum[i] = self.sum[i].saturating_add(v);
+    }
+
+    pub fn get(&self, k: Hist) -> &Histogram<u64> {
+        &self.h[k as usize]
+    }
+
+    /// Exact sum of the recorded values (ns or bytes).
+    pub fn sum(&self, k: Hist) -> u64 {
+        self.sum[k as usize]
+    }
+
+    pub fn count(&self, k: Hist) -> u64 {
+        self.h[k as usize].len()
+    }
+
+    /// The value at quantile `q` (0..=1): ns or bytes; 0 when empty.
+    pub fn quantile(&self, k: Hist, q: f64) -> u64 {
+        let h = &self.h[k as usize];
+        if h.is_empty() {
+            0
+        } else {
+            h.value_at_quantile(q)
+        }
+    }
+
+    /// Adds `other` into `self`.
+    pub fn merge(&mut self, other: &Self) {
+        for i in 0..Hist::COUNT {
+            if !other.h[i].is_empty() {
+                // Same bounds on both sides: cannot fail.
+                let _ = self.h[i].add(&other.h[i]);
+            }
+            self.sum[i] = self.sum[i].saturating_add(other.sum[i]);
+        }
+    }
+
+    fn clear(&mut self) {
+        for (h, s) in self.h.iter_mut().zip(self.sum.iter_mut()) {
+            if !h.is_empty() {
+                h.reset();
+            }
+            *s = 0;
+        }
+    }
+}
+
 impl From<crate::hello::Reject> for DropReason {
     fn from(r: crate::hello::Reject) -> Self {
         use crate::hello::Reject;
@@ -158,9 +321,20 @@ pub struct Counters {
     /// accept() failures, and how many of them were EMFILE/ENFILE back-offs.
     pub accept_errors: u64,
     pub accept_fd_exhausted: u64,
+    /// Times the accept loop paused because `max_conns_per_worker` connections were open
+    /// (connections beyond the cap wait in the listen backlog; none is refused).
+    pub conn_limit_waits: u64,
+    /// Access-log lines handed to the writer, and lines lost because the writer fell behind.
+    pub access_log_lines: u64,
+    pub access_log_dropped: u64,
 }
 
 impl Counters {
+    /// Routed connections of every kind.
+    pub fn routed_total(&self) -> u64 {
+        self.routed.iter().sum()
+    }
+
     pub fn routed_by(&self, m: Match) -> u64 {
         self.routed[match_index(m)]
     }
@@ -194,6 +368,9 @@ impl Counters {
         self.relay_errors += other.relay_errors;
         self.accept_errors += other.accept_errors;
         self.accept_fd_exhausted += other.accept_fd_exhausted;
+        self.conn_limit_waits += other.conn_limit_waits;
+        self.access_log_lines += other.access_log_lines;
+        self.access_log_dropped += other.access_log_dropped;
     }
 }
 
@@ -201,13 +378,31 @@ fn match_index(m: Match) -> usize {
     Match::ALL.iter().position(|x| *x == m).unwrap_or(0)
 }
 
-/// A worker's published copy.
-pub type Slot = Arc<Mutex<Counters>>;
+/// What a worker publishes: a copy of its counters and its cumulative histograms, each behind
+/// its own lock (only readers ever contend with the worker's `try_lock`).
+#[derive(Debug, Default)]
+pub struct Published {
+    counters: Mutex<Counters>,
+    hists: Mutex<Histograms>,
+}
 
-/// The worker-owned, thread-local counters.
+/// A worker's published copy.
+pub type Slot = Arc<Published>;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// The worker-owned, thread-local counters and histograms.
 #[derive(Debug)]
 pub struct Local {
     counters: RefCell<Counters>,
+    /// Recorded since the last successful publish.
+    interval: RefCell<Histograms>,
+    pending: Cell<bool>,
     slot: Slot,
 }
 
@@ -215,8 +410,23 @@ impl Local {
     pub fn new(slot: Slot) -> Self {
         Self {
             counters: RefCell::new(Counters::default()),
+            interval: RefCell::new(Histograms::default()),
+            pending: Cell::new(false),
             slot,
         }
+    }
+
+    /// Records one value (ns or bytes) of `k`.
+    #[inline]
+    pub fn record(&self, k: Hist, v: u64) {
+        self.interval.borrow_mut().record(k, v);
+        self.pending.set(true);
+    }
+
+    /// Records a duration of `k` in nanoseconds (saturating).
+    #[inline]
+    pub fn record_duration(&self, k: Hist, d: Duration) {
+        self.record(k, u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
     }
 
     /// Applies `f` to the counters.
@@ -239,19 +449,30 @@ impl Local {
         *self.counters.borrow()
     }
 
-    /// Copies the counters into the published slot; skipped if a reader holds it right now.
+    /// Copies the counters into the published slot and adds the interval histograms to the
+    /// slot's; each part is skipped (and published next time) if a reader holds it right now.
     pub fn publish(&self) {
-        if let Ok(mut slot) = self.slot.try_lock() {
+        if let Ok(mut slot) = self.slot.counters.try_lock() {
             *slot = self.get();
+        }
+        if self.pending.get() {
+            if let Ok(mut slot) = self.slot.hists.try_lock() {
+                let mut interval = self.interval.borrow_mut();
+                slot.merge(&interval);
+                interval.clear();
+                self.pending.set(false);
+            }
         }
     }
 
-    /// Like [`publish`](Self::publish) but waits for the lock (used once, when the worker stops).
+    /// Like [`publish`](Self::publish) but waits for the locks (when the worker stops).
     pub fn publish_final(&self) {
-        let c = self.get();
-        match self.slot.lock() {
-            Ok(mut slot) => *slot = c,
-            Err(poisoned) => *poisoned.into_inner() = c,
+        *lock(&self.slot.counters) = self.get();
+        if self.pending.get() {
+            let mut interval = self.interval.borrow_mut();
+            lock(&self.slot.hists).merge(&interval);
+            interval.clear();
+            self.pending.set(false);
         }
     }
 }
@@ -274,15 +495,32 @@ impl Registry {
         Arc::clone(&self.slots[i])
     }
 
+    /// Number of workers.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
     /// The last published counters of each worker (at most [`PUBLISH_EVERY`] old).
     pub fn snapshot(&self) -> Vec<Counters> {
-        self.slots
-            .iter()
-            .map(|s| match s.lock() {
-                Ok(c) => *c,
-                Err(poisoned) => *poisoned.into_inner(),
-            })
-            .collect()
+        self.slots.iter().map(|s| *lock(&s.counters)).collect()
+    }
+
+    /// A copy of each worker's published histograms (cumulative since start).
+    pub fn histograms(&self) -> Vec<Histograms> {
+        self.slots.iter().map(|s| lock(&s.hists).clone()).collect()
+    }
+
+    /// All workers' histograms merged.
+    pub fn merged_histograms(&self) -> Histograms {
+        let mut total = Histograms::default();
+        for s in &self.slots {
+            total.merge(&lock(&s.hists));
+        }
+        total
     }
 
     /// All workers merged.
@@ -323,5 +561,41 @@ mod tests {
         assert_eq!(m.dropped_by(DropReason::NotTls), 1);
         assert_eq!(m.routed_by(Match::ExactSni), 2);
         assert_eq!(m.bytes_client_to_backend, 10);
+    }
+
+    #[test]
+    fn histograms_publish_cumulatively_and_merge() {
+        let reg = Registry::new(2);
+        let a = Local::new(reg.slot(0));
+        let b = Local::new(reg.slot(1));
+        a.record_duration(Hist::RouteLookup, Duration::from_nanos(500));
+        a.publish();
+        a.record_duration(Hist::RouteLookup, Duration::from_nanos(1500));
+        a.publish();
+        b.record(Hist::HelloSize, 517);
+        // Beyond the range: saturates instead of failing.
+        b.record_duration(Hist::Lifetime, Duration::from_secs(3600));
+        b.publish_final();
+        let per = reg.histograms();
+        assert_eq!(per[0].count(Hist::RouteLookup), 2);
+        assert_eq!(per[0].sum(Hist::RouteLookup), 2000);
+        assert_eq!(per[1].count(Hist::RouteLookup), 0);
+        let m = reg.merged_histograms();
+        assert_eq!(m.count(Hist::RouteLookup), 2);
+        assert_eq!(m.count(Hist::HelloSize), 1);
+        assert_eq!(m.count(Hist::Lifetime), 1);
+        assert!(m.quantile(Hist::Lifetime, 0.5) >= HIGHEST_NS / 2);
+        let p50 = m.quantile(Hist::RouteLookup, 0.5);
+        assert!((499..=501).contains(&p50), "{p50}");
+        assert_eq!(m.quantile(Hist::TlsHandshake, 0.99), 0);
+    }
+
+    #[test]
+    fn hist_names_are_unique_and_indexed() {
+        let mut seen = std::collections::HashSet::new();
+        for (i, h) in Hist::ALL.iter().enumerate() {
+            assert!(seen.insert(h.name()));
+            assert_eq!(*h as usize, i);
+        }
     }
 }

@@ -1,7 +1,6 @@
 //! Buffered relay: io_uring RECV into a pooled buffer, then SEND it all, per direction.
-use super::Shared;
+use super::{Moved, Shared};
 use crate::worker::ring::Socket;
-use std::cell::Cell;
 use std::io;
 use std::net::Shutdown;
 
@@ -12,7 +11,7 @@ pub(crate) async fn direction(
     src: &Socket,
     dst: &Socket,
     mut buf: Vec<u8>,
-    moved: &Cell<u64>,
+    moved: &Moved,
 ) -> (io::Result<()>, Vec<u8>) {
     loop {
         buf.clear();
@@ -37,7 +36,7 @@ pub(crate) async fn direction(
             shared.abort();
             return (Err(e), buf);
         }
-        moved.set(moved.get() + n as u64);
+        moved.add(n as u64);
         shared.touch();
     }
 }

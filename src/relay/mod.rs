@@ -133,6 +133,8 @@ pub struct Env<'a> {
     /// Use splice when two pipes are available.
     pub splice: bool,
     pub idle: Duration,
+    /// Stamp the first byte relayed from the back end to the client (for the first-byte latency).
+    pub timing: bool,
 }
 
 /// Why a back end could not be reached.
@@ -176,6 +178,38 @@ pub async fn connect_backends(
     }
 }
 
+/// What one relay moved, and how it ended.
+#[derive(Debug, Clone, Copy)]
+pub struct Relayed {
+    pub outcome: Outcome,
+    /// Bytes written to the back end (the PROXY header and hello included) and to the client.
+    pub to_backend: u64,
+    pub to_client: u64,
+    /// When the first back-end byte was written to the client (with [`Env::timing`]).
+    pub first_to_client: Option<std::time::Instant>,
+}
+
+/// A direction's byte count, and (optionally) when its first bytes went through.
+pub(crate) struct Moved {
+    bytes: Cell<u64>,
+    first: Cell<Option<std::time::Instant>>,
+    stamp_first: bool,
+}
+
+impl Moved {
+    fn new(stamp_first: bool) -> Self {
+        Self { bytes: Cell::new(0), first: Cell::new(None), stamp_first }
+    }
+
+    #[inline]
+    pub(crate) fn add(&self, n: u64) {
+        if self.stamp_first && n > 0 && self.first.get().is_none() {
+            self.first.set(Some(std::time::Instant::now()));
+        }
+        self.bytes.set(self.bytes.get() + n);
+    }
+}
+
 /// How a relay ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -212,7 +246,8 @@ impl Shared<'_> {
 /// Sends `first` (PROXY header and the ClientHello, possibly empty) to the back end, then relays
 /// both directions until both have ended, an error, or the idle timeout. Bytes are counted in the
 /// worker's metrics. The caller drops (closes) both sockets afterwards.
-pub async fn relay(env: &Env<'_>, client: &Socket, backend: &Socket, first: Vec<u8>) -> Outcome {
+pub async fn relay(env: &Env<'_>, client: &Socket, backend: &Socket, first: Vec<u8>) -> Relayed {
+    let n_first = first.len() as u64;
     let first = if first.is_empty() {
         first
     } else {
@@ -220,7 +255,7 @@ pub async fn relay(env: &Env<'_>, client: &Socket, backend: &Socket, first: Vec<
         let (res, buf) = backend.send_all(first, 0).await;
         if res.is_err() {
             env.bufs.borrow_mut().give(buf);
-            return Outcome::FirstWrite;
+            return Relayed { outcome: Outcome::FirstWrite, to_backend: 0, to_client: 0, first_to_client: None };
         }
         env.metrics.bump(|c| c.bytes_client_to_backend += n);
         buf
@@ -246,8 +281,8 @@ pub async fn relay(env: &Env<'_>, client: &Socket, backend: &Socket, first: Vec<
         RelayKind::Buffered => c.relays_buffered += 1,
     });
 
-    let up = Cell::new(0u64);
-    let down = Cell::new(0u64);
+    let up = Moved::new(false);
+    let down = Moved::new(env.timing);
     let work = async {
         match pipes {
             Some((mut p1, mut p2)) => {
@@ -279,15 +314,20 @@ pub async fn relay(env: &Env<'_>, client: &Socket, backend: &Socket, first: Vec<
         }
     };
     env.metrics.bump(|c| {
-        c.bytes_client_to_backend += up.get();
-        c.bytes_backend_to_client += down.get();
+        c.bytes_client_to_backend += up.bytes.get();
+        c.bytes_backend_to_client += down.bytes.get();
         match outcome {
             Outcome::Idle => c.idle_timeouts += 1,
             Outcome::Error => c.relay_errors += 1,
             _ => {}
         }
     });
-    outcome
+    Relayed {
+        outcome,
+        to_backend: n_first + up.bytes.get(),
+        to_client: down.bytes.get(),
+        first_to_client: down.first.get(),
+    }
 }
 
 fn take_two(pool: &RefCell<PipePool>) -> Option<(PipeLoan<'_>, PipeLoan<'_>)> {

@@ -6,9 +6,8 @@
 //! probably queued, so the next fill is tried at once; otherwise the direction waits for
 //! readiness first. A fill of 0 bytes is end of stream: the pipe is empty at that point (it is
 //! always emptied before the next fill), so `dst`'s write half is shut down and the direction ends.
-use super::Shared;
+use super::{Moved, Shared};
 use crate::worker::ring::{Pipe, Socket, Spliced, POLLIN, POLLOUT, POLLRDHUP};
-use std::cell::Cell;
 use std::io;
 use std::net::Shutdown;
 
@@ -17,7 +16,7 @@ pub(crate) async fn direction(
     src: &Socket,
     dst: &Socket,
     pipe: &mut Pipe,
-    moved: &Cell<u64>,
+    moved: &Moved,
 ) -> io::Result<()> {
     let res = run(shared, src, dst, pipe, moved).await;
     if res.is_err() {
@@ -31,7 +30,7 @@ async fn run(
     src: &Socket,
     dst: &Socket,
     pipe: &mut Pipe,
-    moved: &Cell<u64>,
+    moved: &Moved,
 ) -> io::Result<()> {
     let mut ready = false;
     loop {
@@ -51,7 +50,7 @@ async fn run(
                 while pipe.held > 0 {
                     match pipe.drain_to(dst)? {
                         Spliced::Moved(0) => return Err(io::ErrorKind::WriteZero.into()),
-                        Spliced::Moved(m) => moved.set(moved.get() + m as u64),
+                        Spliced::Moved(m) => moved.add(m as u64),
                         Spliced::WouldBlock => {
                             dst.poll(POLLOUT).await?;
                         }

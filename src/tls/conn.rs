@@ -111,6 +111,8 @@ pub struct Relayed {
     pub idle_timeout: bool,
     /// The client broke the TLS protocol (a bad record) or a socket failed.
     pub error: bool,
+    /// When the back end's first bytes arrived (to be encrypted to the client).
+    pub first_to_client: Option<Instant>,
 }
 
 struct Shared<'a> {
@@ -122,6 +124,7 @@ struct Shared<'a> {
     last_activity: Cell<Instant>,
     to_backend: Cell<u64>,
     to_client: Cell<u64>,
+    first_to_client: Cell<Option<Instant>>,
 }
 
 impl Shared<'_> {
@@ -164,6 +167,7 @@ pub async fn relay(client: &TcpStream, tls: ServerConnection, backend: &TcpStrea
         last_activity: Cell::new(Instant::now()),
         to_backend: Cell::new(0),
         to_client: Cell::new(0),
+        first_to_client: Cell::new(None),
     };
     let both = async {
         let (up, down) = tokio::join!(client_to_backend(&s), backend_to_client(&s));
@@ -179,7 +183,13 @@ pub async fn relay(client: &TcpStream, tls: ServerConnection, backend: &TcpStrea
             (&mut both).await
         }
     };
-    Relayed { to_backend: s.to_backend.get(), to_client: s.to_client.get(), idle_timeout, error }
+    Relayed {
+        to_backend: s.to_backend.get(),
+        to_client: s.to_client.get(),
+        idle_timeout,
+        error,
+        first_to_client: s.first_to_client.get(),
+    }
 }
 
 async fn watchdog(s: &Shared<'_>, idle: Duration) {
@@ -295,7 +305,11 @@ async fn backend_to_client_inner(s: &Shared<'_>) -> io::Result<()> {
             s.client.shutdown(Shutdown::Write);
             return Ok(());
         }
-        s.last_activity.set(Instant::now());
+        let now = Instant::now();
+        s.last_activity.set(now);
+        if s.first_to_client.get().is_none() {
+            s.first_to_client.set(Some(now));
+        }
         s.to_client.set(s.to_client.get() + n as u64);
         s.tls.borrow_mut().writer().write_all(&buf[..n])?;
         s.flush_to_client().await?;

@@ -13,11 +13,13 @@
 //! once per accepted connection (listeners and per-worker resources are not rebuilt on reload).
 pub mod ring;
 
+use crate::admin::{self, Admin};
 use crate::config::{Config, ConfigError, Runtime, RuntimeOverrides};
 use crate::hello::{self, Parsed};
-use crate::metrics::{self, DropReason, Local, Registry};
+use crate::metrics::access_log::{self, Sink};
+use crate::metrics::{self, DropReason, Hist, Local, Registry};
 use crate::relay::{self, proxy_protocol, BufPool, PipePool};
-use crate::route::{Action, ProxyProtocol, Route, RouteId};
+use crate::route::{Action, Match, ProxyProtocol, Route, RouteId};
 use crate::tls;
 use arc_swap::{ArcSwap, Cache};
 use ring::Socket;
@@ -27,6 +29,7 @@ use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
@@ -46,15 +49,23 @@ pub enum ServeError {
     Signals(io::Error),
     #[error("no configured listener")]
     NoListeners,
+    #[error("admin endpoint {addr}: {source}")]
+    Admin { addr: SocketAddr, source: io::Error },
+    #[error("access log {path}: {source}")]
+    AccessLog { path: String, source: io::Error },
 }
+
+/// Set (to anything but `0`) to turn off latency histograms and their clock reads, e.g. to
+/// measure what they cost. Counters stay on.
+pub const NO_LATENCY_ENV: &str = "SNI_DISPATCH_NO_LATENCY";
 
 /// Loads the configuration, starts the workers and serves until SIGTERM or SIGINT, then drains
 /// open connections for up to `drain_timeout_ms` and returns `Ok(())`. SIGHUP reloads `path`
 /// (with the same `overrides`): a bad file is logged and the running configuration kept.
 pub fn serve(path: &Path, overrides: &RuntimeOverrides) -> Result<(), ServeError> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
     // Register before starting workers so an early SIGTERM is not lost (or fatal).
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])
         .map_err(ServeError::Signals)?;
     let config = Config::load(path, overrides)?;
     let server = Server::start(config)?;
@@ -64,6 +75,7 @@ pub fn serve(path: &Path, overrides: &RuntimeOverrides) -> Result<(), ServeError
                 Ok(c) => server.reload(c),
                 Err(e) => tracing::error!("reload failed; keeping the running configuration:\n{e}"),
             },
+            SIGUSR1 => print_summary(&server.summary()),
             _ => {
                 tracing::info!(
                     signal = sig,
@@ -73,9 +85,19 @@ pub fn serve(path: &Path, overrides: &RuntimeOverrides) -> Result<(), ServeError
             }
         }
     }
+    let registry = server.metrics().clone();
+    let started = server.started;
     let drained = server.shutdown();
     tracing::info!(drained, "stopped");
+    print_summary(&admin::render::summary(&registry, started.elapsed()));
     Ok(())
+}
+
+fn print_summary(s: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(s.as_bytes());
+    let _ = out.flush();
 }
 
 /// A running set of workers (what [`serve`] drives; usable directly from tests and tools).
@@ -86,6 +108,10 @@ pub struct Server {
     stop: watch::Sender<bool>,
     done: mpsc::Receiver<usize>,
     workers: usize,
+    accepting: Arc<AtomicBool>,
+    admin: Option<Admin>,
+    access_log: Option<Sink>,
+    started: Instant,
 }
 
 impl Server {
@@ -122,8 +148,33 @@ impl Server {
             }
         }
 
+        let started = Instant::now();
+        let timing = std::env::var_os(NO_LATENCY_ENV).map_or(true, |v| v == "0" || v.is_empty());
+        let access_log = match &rt.access_log {
+            Some(path) => Some(Sink::open(path).map_err(|source| ServeError::AccessLog {
+                path: path.display().to_string(),
+                source,
+            })?),
+            None => None,
+        };
+        let admin_addr = config.admin;
         let shared = Arc::new(ArcSwap::from_pointee(config));
         let registry = Registry::new(n);
+        let accepting = Arc::new(AtomicBool::new(true));
+        let admin = match admin_addr {
+            Some(addr) => {
+                let state = admin::State {
+                    registry: registry.clone(),
+                    accepting: Arc::clone(&accepting),
+                    started,
+                };
+                Some(
+                    Admin::start(addr, state, admin_cpu(&cpus))
+                        .map_err(|source| ServeError::Admin { addr, source })?,
+                )
+            }
+            None => None,
+        };
         let (stop, stop_rx) = watch::channel(false);
         let (done_tx, done) = mpsc::channel();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), ServeError>>();
@@ -141,6 +192,8 @@ impl Server {
                 config: Arc::clone(&shared),
                 slot: registry.slot(id),
                 stop: stop_rx.clone(),
+                timing,
+                log: access_log.as_ref().map(|s| s.writer(rt.access_log_sample)),
             };
             let ready = ready_tx.clone();
             let done = done_tx.clone();
@@ -172,6 +225,9 @@ impl Server {
             ring_entries = rt.ring_entries,
             sqpoll = rt.sqpoll,
             fd_limit,
+            admin = ?admin.as_ref().map(Admin::local_addr),
+            access_log = ?rt.access_log,
+            latency_histograms = timing,
             "sni-dispatch serving"
         );
         Ok(Self {
@@ -181,7 +237,21 @@ impl Server {
             stop,
             done,
             workers: n,
+            accepting,
+            admin,
+            access_log,
+            started,
         })
+    }
+
+    /// The admin endpoint's bound address, if one is configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(Admin::local_addr)
+    }
+
+    /// The one-screen summary (what SIGUSR1 prints).
+    pub fn summary(&self) -> String {
+        admin::render::summary(&self.registry, self.started.elapsed())
     }
 
     /// The bound listener addresses, in configuration order (ports resolved).
@@ -224,6 +294,7 @@ impl Server {
     /// worker finished in time (the others are abandoned and end with the process).
     pub fn shutdown(self) -> bool {
         let timeout = Duration::from_millis(self.config.load().runtime.drain_timeout_ms);
+        self.accepting.store(false, Ordering::SeqCst);
         let _ = self.stop.send(true);
         let deadline = Instant::now() + timeout + Duration::from_millis(200);
         let mut finished = 0;
@@ -233,6 +304,13 @@ impl Server {
                 Ok(_) => finished += 1,
                 Err(_) => break,
             }
+        }
+        if let Some(admin) = self.admin {
+            admin.stop();
+        }
+        if let Some(log) = self.access_log {
+            // Workers that finished have dropped their writers (after a final flush).
+            log.close(Duration::from_secs(if finished == self.workers { 5 } else { 0 }));
         }
         finished == self.workers
     }
@@ -261,6 +339,15 @@ fn plan_cpus(rt: &Runtime) -> Vec<Option<usize>> {
         .collect()
 }
 
+/// A CPU for the admin thread that no worker is pinned to (the first allowed one), if any.
+fn admin_cpu(workers: &[Option<usize>]) -> Option<usize> {
+    core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c.id)
+        .find(|id| !workers.contains(&Some(*id)))
+}
+
 fn bind(addr: SocketAddr, backlog: u32) -> io::Result<socket2::Socket> {
     use socket2::{Domain, Protocol, Socket as S, Type};
     let s = S::new(
@@ -284,6 +371,8 @@ struct WorkerSetup {
     config: Arc<ArcSwap<Config>>,
     slot: metrics::Slot,
     stop: watch::Receiver<bool>,
+    timing: bool,
+    log: Option<access_log::Writer>,
 }
 
 /// A worker's state, shared by its tasks (one thread, so `Rc` and `RefCell`).
@@ -299,6 +388,9 @@ struct Worker {
     /// Woken when a connection closes, for an accept loop waiting under `max_conns_per_worker`.
     slot_freed: Notify,
     stop: watch::Receiver<bool>,
+    /// Record latency histograms (and read the clock for them).
+    timing: bool,
+    log: Option<access_log::Writer>,
 }
 
 impl Worker {
@@ -313,6 +405,12 @@ impl Worker {
         }
         Rc::clone(&cur)
     }
+
+    /// A timestamp for the latency histograms, when they are on.
+    #[inline]
+    fn now(&self) -> Option<Instant> {
+        self.timing.then(Instant::now)
+    }
 }
 
 fn worker_main(setup: WorkerSetup, ready: mpsc::Sender<Result<(), ServeError>>) {
@@ -325,6 +423,8 @@ fn worker_main(setup: WorkerSetup, ready: mpsc::Sender<Result<(), ServeError>>) 
         config,
         slot,
         stop,
+        timing,
+        log,
     } = setup;
     if let Some(cpu) = cpu {
         if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
@@ -356,6 +456,8 @@ fn worker_main(setup: WorkerSetup, ready: mpsc::Sender<Result<(), ServeError>>) 
             open: Cell::new(0),
             slot_freed: Notify::new(),
             stop,
+            timing,
+            log,
         });
         let mut accepting = Vec::new();
         for (fd, addr) in listeners {
@@ -375,6 +477,9 @@ fn worker_main(setup: WorkerSetup, ready: mpsc::Sender<Result<(), ServeError>>) 
         }
         publisher.abort();
         w.metrics.bump(|c| c.open = 0);
+        if let Some(log) = &w.log {
+            log.flush(&w.metrics);
+        }
         w.metrics.publish_final();
         tracing::debug!(worker = w.id, "worker drained");
     });
@@ -385,6 +490,9 @@ async fn publish_loop(w: Rc<Worker>) {
         tokio::time::sleep(metrics::PUBLISH_EVERY).await;
         let open = w.open.get() as u64;
         w.metrics.bump(|c| c.open = open);
+        if let Some(log) = &w.log {
+            log.flush(&w.metrics);
+        }
         w.metrics.publish();
     }
 }
@@ -407,6 +515,7 @@ async fn accept_loop(w: Rc<Worker>, listener: Socket, addr: SocketAddr) {
         }
         let max = w.config().runtime.max_conns_per_worker;
         if max > 0 && w.open.get() >= max {
+            w.metrics.bump(|c| c.conn_limit_waits += 1);
             tokio::select! {
                 () = w.slot_freed.notified() => continue,
                 _ = stop.changed() => break,
@@ -418,9 +527,10 @@ async fn accept_loop(w: Rc<Worker>, listener: Socket, addr: SocketAddr) {
         };
         match res {
             Ok(client) => {
+                let accepted = w.now();
                 w.open.set(w.open.get() + 1);
                 w.metrics.bump(|c| c.accepted += 1);
-                tokio_uring::spawn(handle(OpenGuard(Rc::clone(&w)), client, addr));
+                tokio_uring::spawn(handle(OpenGuard(Rc::clone(&w)), client, addr, accepted));
             }
             Err(e) => {
                 w.metrics.bump(|c| c.accept_errors += 1);
@@ -460,6 +570,139 @@ fn hello_capacity(max_hello_bytes: usize) -> usize {
     (2 * max_hello_bytes + 512).max(relay::BUF_SIZE)
 }
 
+/// How a connection ended, for the access log.
+#[derive(Debug, Clone, Copy)]
+enum End {
+    Dropped(DropReason),
+    Relayed(relay::Outcome),
+}
+
+/// What one connection's measurements and access-log line need, filled in as it goes. Instants
+/// are `None` when latency histograms are off (or the stage was not reached); `sni`, `alpn`,
+/// `client` and `local` are only read for a sampled connection (`log`).
+#[derive(Debug)]
+struct Trace {
+    log: bool,
+    accepted: Option<Instant>,
+    hello_done: Option<Instant>,
+    hello_bytes: Option<u64>,
+    routed_at: Option<Instant>,
+    handshake_done: Option<Instant>,
+    connect_start: Option<Instant>,
+    connected_at: Option<Instant>,
+    first_to_client: Option<Instant>,
+    how: Option<Match>,
+    route: Option<RouteId>,
+    backend: Option<SocketAddr>,
+    end: Option<End>,
+    to_backend: u64,
+    to_client: u64,
+    client: Option<SocketAddr>,
+    local: Option<SocketAddr>,
+    sni: Option<String>,
+    alpn: Option<String>,
+}
+
+impl Trace {
+    fn new(accepted: Option<Instant>, log: bool) -> Self {
+        Self {
+            log,
+            accepted,
+            hello_done: None,
+            hello_bytes: None,
+            routed_at: None,
+            handshake_done: None,
+            connect_start: None,
+            connected_at: None,
+            first_to_client: None,
+            how: None,
+            route: None,
+            backend: None,
+            end: None,
+            to_backend: 0,
+            to_client: 0,
+            client: None,
+            local: None,
+            sni: None,
+            alpn: None,
+        }
+    }
+}
+
+fn between(a: Option<Instant>, b: Option<Instant>) -> Option<Duration> {
+    Some(b?.saturating_duration_since(a?))
+}
+
+fn micros(d: Option<Duration>) -> Option<u64> {
+    d.map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// Records a finished connection's latencies and, if sampled, its access-log line.
+fn finish(w: &Worker, cfg: &Config, t: &Trace) {
+    let end = w.now();
+    let m = &w.metrics;
+    let hello_wait = between(t.accepted, t.hello_done);
+    let lookup = between(t.hello_done, t.routed_at);
+    let connect = between(t.connect_start, t.connected_at);
+    let handshake = between(t.routed_at, t.handshake_done);
+    let first_byte = between(t.connected_at, t.first_to_client);
+    let lifetime = between(t.accepted, end);
+    for (k, d) in [
+        (Hist::HelloWait, hello_wait),
+        (Hist::RouteLookup, lookup),
+        (Hist::BackendConnect, connect),
+        (Hist::TlsHandshake, handshake),
+        (Hist::FirstByte, first_byte),
+        (Hist::Lifetime, lifetime),
+    ] {
+        if let Some(d) = d {
+            m.record_duration(k, d);
+        }
+    }
+    if let (Some(n), true) = (t.hello_bytes, w.timing) {
+        m.record(Hist::HelloSize, n);
+    }
+    let Some(log) = w.log.as_ref().filter(|_| t.log) else {
+        return;
+    };
+    let route = t.route.map(|id| cfg.table.route(id));
+    let (outcome, reason) = match t.end {
+        Some(End::Dropped(r)) => ("dropped", Some(r.as_str())),
+        Some(End::Relayed(relay::Outcome::Closed)) | None => ("closed", None),
+        Some(End::Relayed(relay::Outcome::Error)) => ("error", None),
+        Some(End::Relayed(relay::Outcome::Idle)) => ("idle_timeout", None),
+        Some(End::Relayed(relay::Outcome::FirstWrite)) => ("dropped", Some(DropReason::BackendWrite.as_str())),
+    };
+    let time = access_log::rfc3339(std::time::SystemTime::now());
+    let entry = access_log::Entry {
+        time: &time,
+        worker: w.id,
+        client: t.client,
+        local: t.local,
+        sni: t.sni.as_deref(),
+        alpn: t.alpn.as_deref(),
+        route: route.map(|r| r.name.as_str()),
+        how: t.how.map(Match::as_str),
+        action: route.map(|r| match r.action {
+            Action::Terminate => "terminate",
+            Action::Passthrough => "passthrough",
+        }),
+        backend: t.backend,
+        outcome,
+        reason,
+        bytes_client_to_backend: t.to_backend,
+        bytes_backend_to_client: t.to_client,
+        hello_bytes: t.hello_bytes,
+        hello_wait_us: micros(hello_wait),
+        route_lookup_ns: lookup.map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
+        backend_connect_us: micros(connect),
+        tls_handshake_us: micros(handshake),
+        first_byte_us: micros(first_byte),
+        lifetime_us: micros(lifetime),
+    };
+    log.log(&entry, m);
+}
+
 /// A routed connection, ready to dial.
 struct Routed {
     route: RouteId,
@@ -470,12 +713,12 @@ struct Routed {
 /// A terminating route: handshake with the route's certificate (the hello bytes already read
 /// go to rustls first), then relay plaintext to the back end behind an optional PROXY header
 /// that carries the SNI and the negotiated ALPN.
-async fn terminate(w: &Worker, cfg: &Config, r: &Route, client: &Socket, listen: SocketAddr, hello: Vec<u8>) {
+async fn terminate(w: &Worker, t: &mut Trace, cfg: &Config, r: &Route, client: &Socket, listen: SocketAddr, hello: Vec<u8>) {
     let rt = &cfg.runtime;
     let Some(material) = &r.tls else {
         // Config validation makes this unreachable; never panic on it.
         w.bufs.borrow_mut().give(hello);
-        return drop_conn(w, DropReason::TlsHandshake);
+        return drop_conn(w, t, DropReason::TlsHandshake);
     };
     let hs = tokio::time::timeout(
         Duration::from_millis(rt.hello_timeout_ms),
@@ -486,7 +729,7 @@ async fn terminate(w: &Worker, cfg: &Config, r: &Route, client: &Socket, listen:
     let conn = match hs {
         Err(_) => {
             client.shutdown(Shutdown::Both);
-            return drop_conn(w, DropReason::TlsTimeout);
+            return drop_conn(w, t, DropReason::TlsTimeout);
         }
         Ok(Err(e)) => {
             tracing::debug!(worker = w.id, route = %r.name, error = %e, "TLS handshake failed");
@@ -495,17 +738,27 @@ async fn terminate(w: &Worker, cfg: &Config, r: &Route, client: &Socket, listen:
                 tls::HandshakeError::Eof | tls::HandshakeError::Io(_) => DropReason::ClientClosed,
                 tls::HandshakeError::Tls(_) => DropReason::TlsHandshake,
             };
-            return drop_conn(w, reason);
+            return drop_conn(w, t, reason);
         }
         Ok(Ok(conn)) => conn,
     };
+    t.handshake_done = w.now();
+    if t.log {
+        t.alpn = conn.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned());
+    }
     let resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
     w.metrics.bump(|c| {
         c.tls_handshakes += 1;
         c.tls_resumed += u64::from(resumed);
     });
-    let backend = match relay::connect_backends(&r.backends, Duration::from_millis(rt.connect_timeout_ms), &w.metrics).await {
-        Ok((sock, _)) => sock,
+    t.connect_start = t.handshake_done;
+    let connected = relay::connect_backends(&r.backends, Duration::from_millis(rt.connect_timeout_ms), &w.metrics).await;
+    t.connected_at = w.now();
+    let backend = match connected {
+        Ok((sock, addr)) => {
+            t.backend = Some(addr);
+            sock
+        }
         Err(_) => {
             // Tell the client politely: close_notify rather than a bare FIN.
             let mut conn = conn;
@@ -513,7 +766,7 @@ async fn terminate(w: &Worker, cfg: &Config, r: &Route, client: &Socket, listen:
             let mut out = Vec::new();
             while conn.wants_write() && conn.write_tls(&mut out).is_ok() {}
             let _ = client.send_all(out, 0).await;
-            return drop_conn(w, DropReason::BackendsDown);
+            return drop_conn(w, t, DropReason::BackendsDown);
         }
     };
     if r.proxy_protocol != ProxyProtocol::None {
@@ -525,10 +778,20 @@ async fn terminate(w: &Worker, cfg: &Config, r: &Route, client: &Socket, listen:
         let (res, first) = backend.send_all(first, 0).await;
         w.bufs.borrow_mut().give(first);
         if res.is_err() {
-            return drop_conn(w, DropReason::BackendWrite);
+            return drop_conn(w, t, DropReason::BackendWrite);
         }
     }
     let done = tls::relay(client, conn, &backend, Duration::from_millis(rt.idle_timeout_ms)).await;
+    t.to_backend = done.to_backend;
+    t.to_client = done.to_client;
+    t.first_to_client = done.first_to_client.filter(|_| w.timing);
+    t.end = Some(End::Relayed(if done.idle_timeout {
+        relay::Outcome::Idle
+    } else if done.error {
+        relay::Outcome::Error
+    } else {
+        relay::Outcome::Closed
+    }));
     w.metrics.bump(|c| {
         c.bytes_client_to_backend += done.to_backend;
         c.bytes_backend_to_client += done.to_client;
@@ -537,47 +800,67 @@ async fn terminate(w: &Worker, cfg: &Config, r: &Route, client: &Socket, listen:
     });
 }
 
-async fn handle(guard: OpenGuard, client: Socket, listen: SocketAddr) {
+async fn handle(guard: OpenGuard, client: Socket, listen: SocketAddr, accepted: Option<Instant>) {
     let w = &guard.0;
     let cfg = w.config();
+    let mut t = Trace::new(accepted, w.log.as_ref().is_some_and(|l| l.sample()));
+    if t.log {
+        t.client = client.peer_addr().ok();
+        t.local = Some(client.local_addr().unwrap_or(listen));
+    }
+    serve_conn(w, &mut t, &cfg, &client, listen).await;
+    finish(w, &cfg, &t);
+}
+
+/// One connection from accept to close (see the module docs); `t` collects what it measured.
+async fn serve_conn(w: &Worker, t: &mut Trace, cfg: &Config, client: &Socket, listen: SocketAddr) {
     let rt = &cfg.runtime;
     let buf = w.bufs.borrow_mut().take(hello_capacity(rt.max_hello_bytes));
     let read = tokio::time::timeout(
         Duration::from_millis(rt.hello_timeout_ms),
-        read_hello(&client, buf, rt.max_hello_bytes),
+        read_hello(client, buf, rt.max_hello_bytes),
     )
     .await;
     let buf = match read {
         Err(_) => {
             // The recv is still pending; shutting down completes it so the fd is freed.
             client.shutdown(Shutdown::Both);
-            return drop_conn(w, DropReason::HelloTimeout);
+            return drop_conn(w, t, DropReason::HelloTimeout);
         }
         Ok((Err(reason), buf)) => {
             w.bufs.borrow_mut().give(buf);
-            return drop_conn(w, reason);
+            return drop_conn(w, t, reason);
         }
         Ok((Ok(()), buf)) => buf,
     };
-    let routed = match route(w, &cfg, &client, listen, buf) {
+    t.hello_done = w.now();
+    t.hello_bytes = Some(buf.len() as u64);
+    let routed = route(w, t, cfg, client, listen, buf);
+    t.routed_at = w.now();
+    let routed = match routed {
         Ok(r) => r,
-        Err(reason) => return drop_conn(w, reason),
+        Err(reason) => return drop_conn(w, t, reason),
     };
     let r = cfg.table.route(routed.route);
     if r.action == Action::Terminate {
-        return terminate(w, &cfg, r, &client, listen, routed.first).await;
+        return terminate(w, t, cfg, r, client, listen, routed.first).await;
     }
-    let backend = match relay::connect_backends(
+    t.connect_start = t.routed_at;
+    let connected = relay::connect_backends(
         &r.backends,
         Duration::from_millis(rt.connect_timeout_ms),
         &w.metrics,
     )
-    .await
-    {
-        Ok((sock, _)) => sock,
+    .await;
+    t.connected_at = w.now();
+    let backend = match connected {
+        Ok((sock, addr)) => {
+            t.backend = Some(addr);
+            sock
+        }
         Err(_) => {
             w.bufs.borrow_mut().give(routed.first);
-            return drop_conn(w, DropReason::BackendsDown);
+            return drop_conn(w, t, DropReason::BackendsDown);
         }
     };
     let env = relay::Env {
@@ -586,15 +869,21 @@ async fn handle(guard: OpenGuard, client: Socket, listen: SocketAddr) {
         bufs: &w.bufs,
         splice: rt.splice,
         idle: Duration::from_millis(rt.idle_timeout_ms),
+        timing: w.timing,
     };
-    let outcome = relay::relay(&env, &client, &backend, routed.first).await;
-    if outcome == relay::Outcome::FirstWrite {
+    let done = relay::relay(&env, client, &backend, routed.first).await;
+    t.to_backend = done.to_backend;
+    t.to_client = done.to_client;
+    t.first_to_client = done.first_to_client;
+    t.end = Some(End::Relayed(done.outcome));
+    if done.outcome == relay::Outcome::FirstWrite {
         w.metrics.dropped(DropReason::BackendWrite);
     }
-    tracing::trace!(worker = w.id, ?outcome, "connection closed");
+    tracing::trace!(worker = w.id, outcome = ?done.outcome, "connection closed");
 }
 
-fn drop_conn(w: &Worker, reason: DropReason) {
+fn drop_conn(w: &Worker, t: &mut Trace, reason: DropReason) {
+    t.end = Some(End::Dropped(reason));
     w.metrics.dropped(reason);
     tracing::debug!(
         worker = w.id,
@@ -632,6 +921,7 @@ async fn read_hello(
 /// Routes a complete hello: dedicated IP, SNI, fallback; `min_tls`; the PROXY header.
 fn route(
     w: &Worker,
+    t: &mut Trace,
     cfg: &Config,
     client: &Socket,
     listen: SocketAddr,
@@ -644,6 +934,10 @@ fn route(
     let Parsed::Complete(hello) = hello::parse(&buf, cfg.runtime.max_hello_bytes) else {
         return give_back(buf, DropReason::Malformed);
     };
+    if t.log {
+        t.sni = hello.sni().map(str::to_owned);
+        t.alpn = hello.alpn().next().map(|p| String::from_utf8_lossy(p.as_bytes()).into_owned());
+    }
     let table = &cfg.table;
     // getsockname only when the answer matters: dedicated IPs exist (or for a PROXY header below).
     let mut local = None;
@@ -658,6 +952,8 @@ fn route(
         Ok(x) => x,
         Err(miss) => return give_back(buf, miss.into()),
     };
+    t.how = Some(how);
+    t.route = Some(id);
     let route = table.route(id);
     // A terminating route leaves the version to rustls, which answers with a protocol_version alert.
     if route.action == Action::Passthrough && hello.max_version() < route.min_tls.0 {

@@ -1,0 +1,315 @@
+//! Rendering the workers' published metrics: Prometheus text exposition, JSON, and the
+//! one-screen summary printed on SIGUSR1 and at shutdown.
+//!
+//! Counters are merged over workers (a `worker` label only on the per-worker series
+//! `sni_dispatch_worker_*`, so summing a metric never double counts); latencies are summaries
+//! with quantiles 0.5, 0.9, 0.99, 0.999 merged across workers, plus `_sum` and `_count`.
+use crate::metrics::{Counters, DropReason, Hist, Histograms, Registry, Unit};
+use crate::route::Match;
+use serde_json::{json, Map, Value};
+use std::fmt::Write as _;
+use std::time::Duration;
+
+/// Prefix of every metric name.
+pub const PREFIX: &str = "sni_dispatch_";
+/// The quantiles of each summary.
+pub const QUANTILES: [(f64, &str); 4] = [(0.5, "0.5"), (0.9, "0.9"), (0.99, "0.99"), (0.999, "0.999")];
+
+/// A plain counter or gauge: name (after the prefix), help, and how to read it.
+type Plain = (&'static str, &'static str, fn(&Counters) -> u64);
+
+const COUNTERS: [Plain; 10] = [
+    ("connections_accepted_total", "Connections accepted.", |c| c.accepted),
+    ("backend_connect_failures_total", "Back-end connection attempts that failed (the next back end is tried).", |c| c.backend_connect_failures),
+    ("tls_handshakes_total", "Completed TLS handshakes on terminating routes.", |c| c.tls_handshakes),
+    ("tls_resumed_total", "Completed TLS handshakes that resumed a session.", |c| c.tls_resumed),
+    ("relay_idle_timeouts_total", "Relayed connections closed by idle_timeout_ms.", |c| c.idle_timeouts),
+    ("relay_errors_total", "Relays ended by an error (reset, broken pipe).", |c| c.relay_errors),
+    ("accept_errors_total", "accept() failures.", |c| c.accept_errors),
+    ("accept_fd_exhausted_total", "accept() failures for lack of descriptors or memory (backed off).", |c| c.accept_fd_exhausted),
+    ("connection_limit_waits_total", "Times a worker stopped accepting at max_conns_per_worker (later connections wait in the backlog).", |c| c.conn_limit_waits),
+    ("access_log_lines_total", "Access-log lines handed to the writer.", |c| c.access_log_lines),
+];
+
+fn f(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else {
+        format!("{v}")
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {PREFIX}{name} {help}");
+    let _ = writeln!(out, "# TYPE {PREFIX}{name} {kind}");
+}
+
+/// Scales a recorded value (ns or bytes) to the exposed unit (seconds or bytes).
+fn scaled(k: Hist, v: u64) -> f64 {
+    match k.unit() {
+        Unit::Seconds => v as f64 / 1e9,
+        Unit::Bytes => v as f64,
+    }
+}
+
+fn metric_name(k: Hist) -> String {
+    match k.unit() {
+        Unit::Seconds => format!("{}_seconds", k.name()),
+        Unit::Bytes => format!("{}_bytes", k.name()),
+    }
+}
+
+/// The Prometheus text exposition (format 0.0.4) of `registry`.
+pub fn prometheus(registry: &Registry, accepting: bool) -> String {
+    let per = registry.snapshot();
+    let mut m = Counters::default();
+    for c in &per {
+        m.merge(c);
+    }
+    let hists = registry.merged_histograms();
+    let mut out = String::with_capacity(16 * 1024);
+
+    header(&mut out, "accepting", "gauge", "1 while the process accepts connections, 0 while draining.");
+    let _ = writeln!(out, "{PREFIX}accepting {}", u8::from(accepting));
+    header(&mut out, "workers", "gauge", "Worker threads.");
+    let _ = writeln!(out, "{PREFIX}workers {}", per.len());
+    header(&mut out, "connections_open", "gauge", "Connections open now.");
+    let _ = writeln!(out, "{PREFIX}connections_open {}", m.open);
+    for (name, help, get) in COUNTERS {
+        header(&mut out, name, "counter", help);
+        let _ = writeln!(out, "{PREFIX}{name} {}", get(&m));
+    }
+    header(&mut out, "connections_routed_total", "counter", "Connections routed, by how the route was chosen.");
+    for how in Match::ALL {
+        let _ = writeln!(out, "{PREFIX}connections_routed_total{{how=\"{}\"}} {}", how.as_str(), m.routed_by(how));
+    }
+    header(&mut out, "connections_dropped_total", "counter", "Connections closed before or instead of being relayed, by reason.");
+    for r in DropReason::ALL {
+        let _ = writeln!(out, "{PREFIX}connections_dropped_total{{reason=\"{}\"}} {}", r.as_str(), m.dropped_by(r));
+    }
+    header(&mut out, "bytes_total", "counter", "Bytes relayed (plaintext on terminating routes), by direction.");
+    let _ = writeln!(out, "{PREFIX}bytes_total{{direction=\"client_to_backend\"}} {}", m.bytes_client_to_backend);
+    let _ = writeln!(out, "{PREFIX}bytes_total{{direction=\"backend_to_client\"}} {}", m.bytes_backend_to_client);
+    header(&mut out, "relays_total", "counter", "Passthrough relays, by how they moved bytes.");
+    let _ = writeln!(out, "{PREFIX}relays_total{{kind=\"splice\"}} {}", m.relays_splice);
+    let _ = writeln!(out, "{PREFIX}relays_total{{kind=\"buffered\"}} {}", m.relays_buffered);
+    header(&mut out, "access_log_dropped_lines_total", "counter", "Access-log lines lost because the writer fell behind.");
+    let _ = writeln!(out, "{PREFIX}access_log_dropped_lines_total {}", m.access_log_dropped);
+
+    for k in Hist::ALL {
+        let name = metric_name(k);
+        header(&mut out, &name, "summary", k.help());
+        let empty = hists.count(k) == 0;
+        for (q, label) in QUANTILES {
+            let v = if empty { f64::NAN } else { scaled(k, hists.quantile(k, q)) };
+            let _ = writeln!(out, "{PREFIX}{name}{{quantile=\"{label}\"}} {}", f(v));
+        }
+        let _ = writeln!(out, "{PREFIX}{name}_sum {}", f(scaled(k, hists.sum(k))));
+        let _ = writeln!(out, "{PREFIX}{name}_count {}", hists.count(k));
+    }
+
+    header(&mut out, "worker_connections_accepted_total", "counter", "Connections accepted, per worker.");
+    for (i, c) in per.iter().enumerate() {
+        let _ = writeln!(out, "{PREFIX}worker_connections_accepted_total{{worker=\"{i}\"}} {}", c.accepted);
+    }
+    header(&mut out, "worker_connections_open", "gauge", "Connections open now, per worker.");
+    for (i, c) in per.iter().enumerate() {
+        let _ = writeln!(out, "{PREFIX}worker_connections_open{{worker=\"{i}\"}} {}", c.open);
+    }
+    header(&mut out, "worker_connections_dropped_total", "counter", "Connections dropped (all reasons), per worker.");
+    for (i, c) in per.iter().enumerate() {
+        let _ = writeln!(out, "{PREFIX}worker_connections_dropped_total{{worker=\"{i}\"}} {}", c.dropped_total());
+    }
+    out
+}
+
+fn counters_json(c: &Counters) -> Value {
+    let routed: Map<String, Value> = Match::ALL.iter().map(|m| (m.as_str().to_owned(), c.routed_by(*m).into())).collect();
+    let dropped: Map<String, Value> = DropReason::ALL.iter().map(|r| (r.as_str().to_owned(), c.dropped_by(*r).into())).collect();
+    json!({
+        "accepted": c.accepted,
+        "open": c.open,
+        "routed": routed,
+        "dropped": dropped,
+        "backend_connect_failures": c.backend_connect_failures,
+        "bytes_client_to_backend": c.bytes_client_to_backend,
+        "bytes_backend_to_client": c.bytes_backend_to_client,
+        "relays_splice": c.relays_splice,
+        "relays_buffered": c.relays_buffered,
+        "tls_handshakes": c.tls_handshakes,
+        "tls_resumed": c.tls_resumed,
+        "relay_idle_timeouts": c.idle_timeouts,
+        "relay_errors": c.relay_errors,
+        "accept_errors": c.accept_errors,
+        "accept_fd_exhausted": c.accept_fd_exhausted,
+        "connection_limit_waits": c.conn_limit_waits,
+        "access_log_lines": c.access_log_lines,
+        "access_log_dropped": c.access_log_dropped,
+    })
+}
+
+fn hists_json(h: &Histograms) -> Value {
+    let mut m = Map::new();
+    for k in Hist::ALL {
+        let count = h.count(k);
+        let q = |p: f64| if count == 0 { Value::Null } else { json!(scaled(k, h.quantile(k, p))) };
+        m.insert(
+            metric_name(k),
+            json!({
+                "count": count,
+                "sum": scaled(k, h.sum(k)),
+                "p50": q(0.5),
+                "p90": q(0.9),
+                "p99": q(0.99),
+                "p999": q(0.999),
+                "max": if count == 0 { Value::Null } else { json!(scaled(k, h.get(k).max())) },
+            }),
+        );
+    }
+    Value::Object(m)
+}
+
+/// `/stats`: counters and latency summaries (seconds; sizes in bytes) per worker and merged.
+pub fn stats_json(registry: &Registry, accepting: bool, uptime: Duration) -> String {
+    let per = registry.snapshot();
+    let hists = registry.histograms();
+    let mut merged = Counters::default();
+    let mut merged_h = Histograms::default();
+    let workers: Vec<Value> = per
+        .iter()
+        .zip(&hists)
+        .enumerate()
+        .map(|(i, (c, h))| {
+            merged.merge(c);
+            merged_h.merge(h);
+            json!({ "worker": i, "counters": counters_json(c), "latency": hists_json(h) })
+        })
+        .collect();
+    let v = json!({
+        "accepting": accepting,
+        "uptime_seconds": uptime.as_secs_f64(),
+        "merged": { "counters": counters_json(&merged), "latency": hists_json(&merged_h) },
+        "workers": workers,
+    });
+    let mut s = v.to_string();
+    s.push('\n');
+    s
+}
+
+/// A value for people: `850ns`, `12.3µs`, `4.56ms`, `1.23s`; sizes as `517B`.
+fn human(k: Hist, v: u64, count: u64) -> String {
+    if count == 0 {
+        return "-".into();
+    }
+    if k.unit() == Unit::Bytes {
+        return format!("{v}B");
+    }
+    let ns = v as f64;
+    if ns < 1e3 {
+        format!("{v}ns")
+    } else if ns < 1e6 {
+        format!("{:.1}µs", ns / 1e3)
+    } else if ns < 1e9 {
+        format!("{:.2}ms", ns / 1e6)
+    } else {
+        format!("{:.2}s", ns / 1e9)
+    }
+}
+
+fn pcts(h: &Histograms, k: Hist) -> String {
+    let n = h.count(k);
+    format!(
+        "{}/{}/{}",
+        human(k, h.quantile(k, 0.5), n),
+        human(k, h.quantile(k, 0.99), n),
+        human(k, h.quantile(k, 0.999), n)
+    )
+}
+
+/// The one-screen summary: merged outcomes and latencies, then one line per worker.
+pub fn summary(registry: &Registry, uptime: Duration) -> String {
+    let per = registry.snapshot();
+    let hists = registry.histograms();
+    let mut m = Counters::default();
+    let mut mh = Histograms::default();
+    for (c, h) in per.iter().zip(&hists) {
+        m.merge(c);
+        mh.merge(h);
+    }
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "sni-dispatch summary after {:.1} s, {} worker(s): {} accepted, {} open, {} routed, {} dropped",
+        uptime.as_secs_f64(),
+        per.len(),
+        m.accepted,
+        m.open,
+        m.routed_total(),
+        m.dropped_total()
+    );
+    let routed: Vec<String> = Match::ALL
+        .iter()
+        .filter(|x| m.routed_by(**x) > 0)
+        .map(|x| format!("{} {}", x.as_str(), m.routed_by(*x)))
+        .collect();
+    let _ = writeln!(out, "  routed:  {}", if routed.is_empty() { "-".into() } else { routed.join(", ") });
+    let dropped: Vec<String> = DropReason::ALL
+        .iter()
+        .filter(|r| m.dropped_by(**r) > 0)
+        .map(|r| format!("{} {}", r.as_str(), m.dropped_by(*r)))
+        .collect();
+    let _ = writeln!(out, "  dropped: {}", if dropped.is_empty() { "-".into() } else { dropped.join(", ") });
+    let _ = writeln!(
+        out,
+        "  relays:  splice {}, buffered {}, tls {} ({} resumed); errors {}, idle timeouts {}, backend connect failures {}",
+        m.relays_splice, m.relays_buffered, m.tls_handshakes, m.tls_resumed, m.relay_errors, m.idle_timeouts, m.backend_connect_failures
+    );
+    let _ = writeln!(out, "  bytes:   client→backend {}, backend→client {}", m.bytes_client_to_backend, m.bytes_backend_to_client);
+    let _ = writeln!(out, "  {:<22} {:>8}  p50/p99/p99.9", "latency", "count");
+    for k in Hist::ALL {
+        let _ = writeln!(out, "  {:<22} {:>8}  {}", k.name(), mh.count(k), pcts(&mh, k));
+    }
+    for (i, (c, h)) in per.iter().zip(&hists).enumerate() {
+        let _ = writeln!(
+            out,
+            "  worker {i}: accepted {}, routed {}, dropped {}, open {}; hello wait {}, lifetime {}",
+            c.accepted,
+            c.routed_total(),
+            c.dropped_total(),
+            c.open,
+            pcts(h, Hist::HelloWait),
+            pcts(h, Hist::Lifetime)
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Local;
+
+    #[test]
+    fn renders_every_series() {
+        let reg = Registry::new(2);
+        let a = Local::new(reg.slot(0));
+        a.routed(Match::ExactSni);
+        a.dropped(DropReason::UnknownSni);
+        a.record(Hist::RouteLookup, 700);
+        a.publish_final();
+        let text = prometheus(&reg, true);
+        assert!(text.contains("sni_dispatch_connections_routed_total{how=\"sni\"} 1\n"));
+        assert!(text.contains("sni_dispatch_connections_dropped_total{reason=\"unknown_sni\"} 1\n"));
+        assert!(text.contains("sni_dispatch_route_lookup_seconds_count 1\n"));
+        assert!(text.contains("sni_dispatch_route_lookup_seconds{quantile=\"0.5\"} 0.0000007"));
+        assert!(text.contains("sni_dispatch_tls_handshake_seconds{quantile=\"0.99\"} NaN\n"));
+        assert!(text.contains("sni_dispatch_worker_connections_accepted_total{worker=\"1\"} 0\n"));
+        let v: Value = serde_json::from_str(&stats_json(&reg, true, Duration::from_secs(1))).unwrap();
+        assert_eq!(v["merged"]["counters"]["routed"]["sni"], 1);
+        assert_eq!(v["workers"][0]["latency"]["route_lookup_seconds"]["count"], 1);
+        assert!(v["workers"][1]["latency"]["route_lookup_seconds"]["p50"].is_null());
+        let s = summary(&reg, Duration::from_secs(3));
+        assert!(s.contains("unknown_sni 1"), "{s}");
+        assert!(s.lines().count() <= 24, "{s}");
+    }
+}
