@@ -192,7 +192,7 @@ pub fn haproxy_config(env: &Env, port: u16, splice: bool) -> Result<String, Stri
     let mut c = String::new();
     let _ = writeln!(
         c,
-        "global\n    nbthread 1\n    maxconn 8000\n    ssl-default-bind-options ssl-min-ver TLSv1.2\n\ndefaults\n    mode tcp\n    timeout connect 3s\n    timeout client 30s\n    timeout server 30s\n{}",
+        "global\n    nbthread 1\n    maxconn 5000\n    ssl-default-bind-options ssl-min-ver TLSv1.2\n\ndefaults\n    mode tcp\n    timeout connect 3s\n    timeout client 30s\n    timeout server 30s\n{}",
         if splice { "    option splice-request\n    option splice-response\n" } else { "" }
     );
     let _ = writeln!(
