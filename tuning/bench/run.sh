@@ -10,13 +10,15 @@
 #   WORKLOAD: short   (hello_replay: ClientHello in, 64 B out, close; closed loop, 16 conns)
 #             bulk    (4 connections each pushing and pulling 256 MiB, CRC-checked)
 #             small   (full_tls through a passthrough route to a TLS back end: small exchanges)
+#             slow    (open loop of 2000 good hellos/s beside 2000 slowloris clients trickling a
+#                      hello one byte per 500 ms: what good clients see while slow ones are held)
 #   RUNS (default 2), DURATION (default 8 s; bulk stops at its byte count), PORT (default 28443),
 #   BPORT (back ends, default 29000), JSON (write the figures there too).
 # Example: tuning/bench/run.sh bulk no-splice --no-splice
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-[[ $# -ge 2 ]] || { sed -n '2,15p' "$0" >&2; exit 2; }
+[[ $# -ge 2 ]] || { sed -n '2,17p' "$0" >&2; exit 2; }
 workload=$1 label=$2
 shift 2
 RUNS=${RUNS:-2} DURATION=${DURATION:-8} PORT=${PORT:-28443} BPORT=${BPORT:-29000}
@@ -114,7 +116,21 @@ duration_s = $DURATION
 max_count = 500000
 EOF
         ;;
-    *) echo "unknown workload $workload (short, bulk, small)" >&2; exit 2 ;;
+    slow)
+        cat <<EOF
+
+[[workload]]
+name = "under-trickle"
+kind = "hello_replay"
+hello = "src/hello/testdata/openssl-sni.bin"
+sni = { dist = "uniform", routes = ["site"] }
+rate = 2000
+concurrency = 64
+duration_s = $DURATION
+slowloris = { connections = 2000, mode = "trickle", interval_ms = 500 }
+EOF
+        ;;
+    *) echo "unknown workload $workload (short, bulk, small, slow)" >&2; exit 2 ;;
     esac
 } >"$suite"
 
