@@ -149,7 +149,7 @@ impl Server {
         }
 
         let started = Instant::now();
-        let timing = std::env::var_os(NO_LATENCY_ENV).map_or(true, |v| v == "0" || v.is_empty());
+        let timing = !matches!(std::env::var_os(NO_LATENCY_ENV), Some(v) if !v.is_empty() && v != "0");
         let access_log = match &rt.access_log {
             Some(path) => Some(Sink::open(path).map_err(|source| ServeError::AccessLog {
                 path: path.display().to_string(),
