@@ -65,6 +65,9 @@ pub struct RunResult {
     pub peak_rss_kib: u64,
     pub resumed_share: f64,
     pub slowloris: Option<SlowStats>,
+    /// open loop: connections due that were never started (overload)
+    #[serde(default)]
+    pub not_started: u64,
 }
 
 impl RunResult {
@@ -289,6 +292,9 @@ pub fn workload_table(w: &WorkloadReport) -> String {
     let mut out = format!("== {} ({}; {}; median of {} run{})\n", w.name, w.kind, w.shape, runs, if runs == 1 { "" } else { "s" });
     out.push_str(&table(&h, &rows));
     for r in &w.runs {
+        if r.not_started > 0 {
+            let _ = writeln!(out, "   {} run {}: {} connections due were never started (overloaded; latency counts from intended starts)", r.target, r.run, r.not_started);
+        }
         if let Some(sl) = &r.slowloris {
             let _ = writeln!(
                 out,

@@ -187,6 +187,7 @@ pub fn run(o: &Options) -> Result<i32, String> {
                     peak_rss_kib: rss,
                     resumed_share: if out.ok > 0 { out.resumed as f64 / out.ok as f64 } else { 0.0 },
                     slowloris: out.slow.clone(),
+                    not_started: out.not_started,
                 });
                 merged.entry(t.name.clone()).or_insert_with(new_hist).add(&out.latency).unwrap();
                 if !o.quiet {

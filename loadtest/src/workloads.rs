@@ -266,6 +266,8 @@ pub struct Outcome {
     pub resumed: u64,
     pub elapsed_s: f64,
     pub slow: Option<SlowStats>,
+    /// open loop: connections due before the deadline that no worker could start in time
+    pub not_started: u64,
 }
 
 pub fn new_hist() -> Histogram<u64> {
@@ -344,6 +346,7 @@ pub fn run(
                         resumed: 0,
                         elapsed_s: 0.0,
                         slow: None,
+                        not_started: 0,
                     };
                     let max = p.w.max_count;
                     let interval_us = p.w.expected_interval_us.unwrap_or(0);
@@ -358,7 +361,8 @@ pub fn run(
                                 }
                                 let now = Instant::now();
                                 if now >= deadline {
-                                    *o.errors.entry("not_started".into()).or_default() += 1;
+                                    // overload (of the target or of the load generator): due but never sent
+                                    o.not_started += 1;
                                     continue;
                                 }
                                 if at > now {
@@ -430,6 +434,7 @@ pub fn run(
         resumed: 0,
         elapsed_s: 0.0,
         slow: None,
+        not_started: 0,
     };
     for h in handles {
         let o = h.join().expect("client thread panicked");
@@ -437,6 +442,7 @@ pub fn run(
         total.expected_drops += o.expected_drops;
         total.bytes += o.bytes;
         total.resumed += o.resumed;
+        total.not_started += o.not_started;
         for (k, v) in o.errors {
             *total.errors.entry(k).or_default() += v;
         }
