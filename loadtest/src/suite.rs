@@ -616,6 +616,35 @@ mod tests {
     }
 
     #[test]
+    fn every_shipped_suite_loads() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("suites");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().and_then(|x| x.to_str()) != Some("toml") {
+                continue;
+            }
+            let s = Suite::load(&p).unwrap_or_else(|e| panic!("{e}"));
+            assert!(!s.workloads.is_empty(), "{}", p.display());
+            let m = Model::new(&s);
+            for w in &s.workloads {
+                if let Some(h) = &w.hello {
+                    if h != "rustls" {
+                        assert!(crate::workloads::resolve(h, &dir).exists(), "{}: {h}", p.display());
+                    }
+                }
+                if let Some(a) = w.address {
+                    assert!(a == Ipv4Addr::LOCALHOST || m.dip.contains_key(&a), "{}: {a}", p.display());
+                }
+            }
+            n += 1;
+        }
+        assert!(n >= 9, "only {n} suites");
+        let smoke = Suite::load(&dir.join("smoke.toml")).unwrap();
+        assert!(smoke.fail_on_error);
+    }
+
+    #[test]
     fn table_indexing_and_lookup() {
         let rs = vec![
             route("a", &["a.example.com", "*.w.example.com"], None),
