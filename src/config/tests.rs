@@ -249,3 +249,17 @@ fn profiles_sit_between_the_file_and_the_flags() {
     std::fs::write(&profile, "[[route]]\nname = \"x\"\n").unwrap();
     assert!(RuntimeOverrides::from_profile(&profile).is_err());
 }
+
+#[test]
+fn a_name_listed_twice_in_one_route() {
+    let e = errors(&GOOD.replace("\"*.shop.example.com\"]", "\"*.shop.example.com\", \"shop.example.com.\"]"));
+    assert!(e.contains("route \"shop\".sni: \"shop.example.com\" is listed twice"), "{e}");
+}
+
+#[test]
+fn a_hundred_thousand_names_load_in_linear_time() {
+    let names: Vec<String> = (0..100_000).map(|i| format!("\"n{i}.example.com\"")).collect();
+    let text = format!("[[listener]]\naddress = \"127.0.0.1:1\"\n[[route]]\nname = \"many\"\naction = \"passthrough\"\nbackends = [\"127.0.0.1:2\"]\nsni = [{}]\n", names.join(","));
+    let c = load(&text).unwrap();
+    assert_eq!(c.table.name_count(), (100_000, 0));
+}

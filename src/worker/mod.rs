@@ -357,6 +357,9 @@ fn bind(addr: SocketAddr, backlog: u32) -> io::Result<socket2::Socket> {
     )?;
     s.set_reuse_address(true)?;
     s.set_reuse_port(true)?;
+    // Accepted sockets inherit TCP_NODELAY from the listener: no syscall per connection, and no
+    // Nagle/delayed-ACK stall when a TLS server flight and its session ticket go out as two writes.
+    s.set_nodelay(true)?;
     s.bind(&addr.into())?;
     s.listen(backlog.min(i32::MAX as u32) as i32)?;
     Ok(s)
