@@ -137,9 +137,14 @@ fn sni_dispatch(dir: &Path, listen: SocketAddr, backend: SocketAddr, splice: boo
     )
     .ok()?;
     let mut c = Command::new("taskset");
-    c.args(["-c", PROXY_CPU]).arg(bin()).args(["run", "--config"])
-        .arg(&cfg)
-        .args(["--workers", "1", "--cpus", PROXY_CPU, "--log", "warn"]);
+    c.args(["-c", PROXY_CPU]).arg(bin()).args(["run", "--config"]).arg(&cfg).args([
+        "--workers",
+        "1",
+        "--cpus",
+        PROXY_CPU,
+        "--log",
+        "warn",
+    ]);
     if !splice {
         c.arg("--no-splice");
     }
@@ -249,10 +254,7 @@ fn bulk_load(addr: SocketAddr, conns: usize, bytes: u64) {
 }
 
 fn main() {
-    let secs: f64 = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(5.0);
+    let secs: f64 = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(5.0);
     pin(LOAD_CPU);
     let dir = std::env::temp_dir().join(format!("sni-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -281,7 +283,8 @@ fn main() {
         let t0 = cpu_ticks(p.pid);
         let (n, lat) = short_load(listen, 8, secs);
         let cpu = (cpu_ticks(p.pid) - t0) as f64 / hz;
-        let q = |f: f64| lat.get(((lat.len() as f64 * f) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(0);
+        let q =
+            |f: f64| lat.get(((lat.len() as f64 * f) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(0);
         println!(
             "  {:<26} {:>7.1} µs/conn  {:>8.0} conn/s  p50 {} µs  p99 {} µs",
             p.name,
@@ -315,12 +318,7 @@ fn main() {
         bulk_load(listen, 4, per_conn);
         let cpu = (cpu_ticks(p.pid) - t0) as f64 / hz;
         let gib = (4 * per_conn) as f64 / (1u64 << 30) as f64;
-        println!(
-            "  {:<26} {:>6.3} s/GiB  ({:.2} GiB/s wall)",
-            p.name,
-            cpu / gib,
-            gib / w0.elapsed().as_secs_f64()
-        );
+        println!("  {:<26} {:>6.3} s/GiB  ({:.2} GiB/s wall)", p.name, cpu / gib, gib / w0.elapsed().as_secs_f64());
     }
     stop.store(true, Ordering::Relaxed);
     let _ = std::fs::remove_dir_all(&dir);
@@ -335,5 +333,9 @@ fn bin() -> String {
 /// Debian builds nginx's stream module as a dynamic module.
 fn stream_module() -> String {
     let p = "/usr/lib/nginx/modules/ngx_stream_module.so";
-    if Path::new(p).exists() { format!("load_module {p};\n") } else { String::new() }
+    if Path::new(p).exists() {
+        format!("load_module {p};\n")
+    } else {
+        String::new()
+    }
 }

@@ -18,10 +18,8 @@ fn name(i: usize) -> String {
 fn routes(names: usize) -> Vec<Route> {
     (0..names.div_ceil(NAMES_PER_ROUTE))
         .map(|r| {
-            let mut sni: Vec<String> = (r * NAMES_PER_ROUTE
-                ..((r + 1) * NAMES_PER_ROUTE).min(names))
-                .map(name)
-                .collect();
+            let mut sni: Vec<String> =
+                (r * NAMES_PER_ROUTE..((r + 1) * NAMES_PER_ROUTE).min(names)).map(name).collect();
             // One wildcard per route, over its own parent domain.
             sni.push(format!("*.wild-{r}.example"));
             Route {
@@ -54,18 +52,11 @@ fn lookups(c: &mut Criterion) {
     for n in [1_000, 100_000, 1_000_000] {
         let table = Table::build(routes(n), Some(RouteId(0)), None).unwrap();
         let queries: Vec<String> = (0..4096).map(|i| name((i * 7919) % n)).collect();
-        let wild: Vec<String> = (0..4096)
-            .map(|i| format!("a.wild-{}.example", (i * 7919) % (n / NAMES_PER_ROUTE)))
-            .collect();
-        let miss: Vec<String> = (0..4096)
-            .map(|i| format!("nobody-{i}.example.org"))
-            .collect();
+        let wild: Vec<String> =
+            (0..4096).map(|i| format!("a.wild-{}.example", (i * 7919) % (n / NAMES_PER_ROUTE))).collect();
+        let miss: Vec<String> = (0..4096).map(|i| format!("nobody-{i}.example.org")).collect();
         let mut g = c.benchmark_group(format!("lookup/{n}"));
-        for (what, qs) in [
-            ("exact_hit", &queries),
-            ("wildcard_hit", &wild),
-            ("miss", &miss),
-        ] {
+        for (what, qs) in [("exact_hit", &queries), ("wildcard_hit", &wild), ("miss", &miss)] {
             let mut i = 0;
             g.bench_function(what, |b| {
                 b.iter(|| {
@@ -95,11 +86,7 @@ fn build(c: &mut Criterion) {
     let mut g = c.benchmark_group("build");
     g.sample_size(10);
     g.bench_function("1M_names", |b| {
-        b.iter_batched(
-            || routes(n),
-            |r| Table::build(r, None, None).unwrap(),
-            BatchSize::PerIteration,
-        )
+        b.iter_batched(|| routes(n), |r| Table::build(r, None, None).unwrap(), BatchSize::PerIteration)
     });
     g.finish();
 }

@@ -71,7 +71,8 @@ pub fn prepare(dir: &Path, port: u16) -> Result<(PathBuf, String), String> {
 
     let ca = dir.join("ca.pem");
     let ca = ca.display();
-    let curl = |name: &str, ip: &str| format!("curl --cacert {ca} --resolve {name}:{port}:{ip} https://{name}:{port}/hello");
+    let curl =
+        |name: &str, ip: &str| format!("curl --cacert {ca} --resolve {name}:{port}:{ip} https://{name}:{port}/hello");
     let text = format!(
         "sni-dispatch demo: a local edge on 127.0.0.1-3, port {port} (files in {dir})\n\n\
          SNI on the shared address, terminated here:\n  {shop}\n\
@@ -85,7 +86,9 @@ pub fn prepare(dir: &Path, port: u16) -> Result<(PathBuf, String), String> {
         shop = curl("shop.demo.test", "127.0.0.1"),
         app = curl("www.app.demo.test", "127.0.0.1"),
         ded = curl("dedicated.demo.test", "127.0.0.2"),
-        ded_other = format!("curl -k --resolve shop.demo.test:{port}:127.0.0.2 https://shop.demo.test:{port}/  # dedicated's page"),
+        ded_other = format!(
+            "curl -k --resolve shop.demo.test:{port}:127.0.0.2 https://shop.demo.test:{port}/  # dedicated's page"
+        ),
         unknown = curl("nobody.demo.test", "127.0.0.1"),
     );
     Ok((dir.join("demo.toml"), text))
@@ -149,5 +152,9 @@ fn answer(mut conn: TcpStream, site: &str) {
     let line = String::from_utf8_lossy(&head);
     let path = line.split_whitespace().nth(1).unwrap_or("/");
     let body = format!("served by site {site:?}, path {path}\n");
-    let _ = write!(conn, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+    let _ = write!(
+        conn,
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
 }

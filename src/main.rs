@@ -137,11 +137,7 @@ impl Tuning {
             drain_timeout_ms: self.drain_timeout_ms,
             max_hello_bytes: self.max_hello_bytes,
             max_conns_per_worker: self.max_conns_per_worker,
-            splice: if self.no_splice {
-                Some(false)
-            } else {
-                self.splice.then_some(true)
-            },
+            splice: if self.no_splice { Some(false) } else { self.splice.then_some(true) },
             pipe_pool: self.pipe_pool,
             backlog: self.backlog,
             access_log: self.access_log.clone(),

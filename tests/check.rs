@@ -5,8 +5,13 @@ use std::path::Path;
 use std::process::Command;
 
 fn check(config: &Path) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_sni-dispatch")).args(["check", "--config"]).arg(config).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_sni-dispatch")).args(["check", "--config"]).arg(config).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 #[test]
@@ -51,7 +56,10 @@ backends = ["127.0.0.1:8080"]
     let p = path.display();
     for line in [
         format!("sni-dispatch: error: {p}: route \"shop\".sni: \"a.*.example.com\": '*' is allowed only"),
-        format!("sni-dispatch: error: {p}: route \"shop\".cert: {}: cannot read", dir.path().join("nope.pem").display()),
+        format!(
+            "sni-dispatch: error: {p}: route \"shop\".cert: {}: cannot read",
+            dir.path().join("nope.pem").display()
+        ),
         format!("sni-dispatch: error: {p}: fallback.no_sni: names no route: \"default-site\""),
     ] {
         assert!(stderr.contains(&line), "missing {line:?} in:\n{stderr}");

@@ -95,7 +95,11 @@ fn parse_prometheus(py: &str, text: &str) -> Parsed {
         .unwrap();
     child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "prometheus_client rejected /metrics: {}\n{text}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "prometheus_client rejected /metrics: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut p = Parsed { families: Vec::new(), samples: Vec::new() };
     for line in String::from_utf8(out.stdout).unwrap().lines() {
         let f: Vec<&str> = line.split('\t').collect();
@@ -152,7 +156,11 @@ fn every_outcome_is_counted_exactly_and_exposed() {
         route("wild", "action = \"passthrough\"\nsni = [\"*.w.example\"]", &[up.addr]),
         route("ded", "action = \"passthrough\"\ndedicated_ips = [\"127.0.0.2\"]", &[up.addr]),
         route("down", "action = \"passthrough\"\nsni = [\"down.example\"]", &[dead]),
-        route("tls", &format!("action = \"terminate\"\nsni = [\"t.example\"]\ncert = {cert:?}\nkey = {key:?}"), &[echo.addr]),
+        route(
+            "tls",
+            &format!("action = \"terminate\"\nsni = [\"t.example\"]\ncert = {cert:?}\nkey = {key:?}"),
+            &[echo.addr]
+        ),
     );
     let overrides = RuntimeOverrides { access_log: Some(log_path.clone()), ..Default::default() };
     let (server, _f) = start(&toml, &overrides);
@@ -188,7 +196,8 @@ fn every_outcome_is_counted_exactly_and_exposed() {
     let relayed = exact + wild + dedicated + tls;
     let hellos = total - garbage;
 
-    let m = wait_metrics(&server, |m| m.accepted == total && m.open == 0 && m.dropped_total() == unknown + garbage + down);
+    let m =
+        wait_metrics(&server, |m| m.accepted == total && m.open == 0 && m.dropped_total() == unknown + garbage + down);
     assert_eq!(m.routed_by(Match::ExactSni), exact + down + tls);
     assert_eq!(m.routed_by(Match::WildcardSni), wild);
     assert_eq!(m.routed_by(Match::DedicatedIp), dedicated);
@@ -201,7 +210,8 @@ fn every_outcome_is_counted_exactly_and_exposed() {
     assert_eq!(m.tls_handshakes, tls);
 
     // Histograms: each counts the connections that reached its stage.
-    let ok = wait_until(Duration::from_secs(10), || server.metrics().merged_histograms().count(Hist::Lifetime) == total);
+    let ok =
+        wait_until(Duration::from_secs(10), || server.metrics().merged_histograms().count(Hist::Lifetime) == total);
     assert!(ok, "lifetime histogram never reached {total}");
     let h = server.metrics().merged_histograms();
     for (k, want) in [
@@ -270,7 +280,8 @@ fn every_outcome_is_counted_exactly_and_exposed() {
     assert_eq!(exact_line["backend"], up.addr.to_string());
     assert_eq!(exact_line["bytes_backend_to_client"], REPLY.len());
     assert!(exact_line["client"].as_str().unwrap().starts_with("127.0.0.1:"));
-    for key in ["hello_wait_us", "route_lookup_ns", "backend_connect_us", "first_byte_us", "lifetime_us", "hello_bytes"] {
+    for key in ["hello_wait_us", "route_lookup_ns", "backend_connect_us", "first_byte_us", "lifetime_us", "hello_bytes"]
+    {
         assert!(exact_line[key].is_u64(), "{key}: {exact_line}");
     }
     let tls_line = lines.iter().find(|l| l["route"] == "tls").unwrap();
@@ -298,7 +309,12 @@ fn admin_answers_malformed_requests_and_reports_draining() {
     let (status, head, body) = http_raw(admin, b"HEAD /stats HTTP/1.1\r\n\r\n");
     assert_eq!((status, body.as_str()), (200, ""));
     assert!(!head.contains("Content-Length: 0"), "{head}");
-    for garbage in [&b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\r\n\r\n"[..], b"GET\r\n\r\n", b"GET /metrics HTTP/9\r\n\r\n", b"hello\n\n"] {
+    for garbage in [
+        &b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\r\n\r\n"[..],
+        b"GET\r\n\r\n",
+        b"GET /metrics HTTP/9\r\n\r\n",
+        b"hello\n\n",
+    ] {
         assert_eq!(http_raw(admin, garbage).0, 400, "{garbage:?}");
     }
     // Oversized: a head that never ends within the limit.
@@ -368,7 +384,9 @@ fn binary_samples_the_access_log_and_prints_summaries() {
     assert!(wait_until(Duration::from_secs(10), || stats()["merged"]["counters"]["routed"]["sni"] == n));
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(p.pid() as i32, libc::SIGUSR1) };
-    assert!(wait_until(Duration::from_secs(10), || std::fs::read_to_string(&out_path).unwrap_or_default().contains("sni-dispatch summary")));
+    assert!(wait_until(Duration::from_secs(10), || std::fs::read_to_string(&out_path)
+        .unwrap_or_default()
+        .contains("sni-dispatch summary")));
     let status = p.signal_and_wait(libc::SIGTERM, Duration::from_secs(30)).expect("exits on SIGTERM");
     assert!(status.success());
     let out = std::fs::read_to_string(&out_path).unwrap();
@@ -377,11 +395,8 @@ fn binary_samples_the_access_log_and_prints_summaries() {
     assert!(out.contains("worker 1:"), "{out}");
     assert!(out.contains("connection_lifetime"), "{out}");
     let accepted = stats_accepted(&out);
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&log)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON line"))
-        .collect();
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(&log).unwrap().lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
     // Each worker logs every other connection it served (the second, fourth, ...).
     assert!(
         lines.len() as u64 + 2 >= accepted / 2 && lines.len() as u64 <= accepted / 2 + 1,

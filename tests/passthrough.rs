@@ -15,18 +15,12 @@ use std::time::Duration;
 const REPLY: &[u8] = b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"; // 64 bytes
 
 fn replier(n: usize) -> Backend {
-    backend(Mode::ReplyAfter {
-        n,
-        reply: Arc::new(REPLY.to_vec()),
-    })
+    backend(Mode::ReplyAfter { n, reply: Arc::new(REPLY.to_vec()) })
 }
 
 fn passthrough(name: &str, extra: &str, backends: &[std::net::SocketAddr]) -> String {
     let list: Vec<String> = backends.iter().map(|a| format!("\"{a}\"")).collect();
-    format!(
-        "[[route]]\nname = \"{name}\"\naction = \"passthrough\"\nbackends = [{}]\n{extra}\n",
-        list.join(", ")
-    )
+    format!("[[route]]\nname = \"{name}\"\naction = \"passthrough\"\nbackends = [{}]\n{extra}\n", list.join(", "))
 }
 
 fn listener(addr: &str) -> String {
@@ -52,24 +46,16 @@ fn routes_by_exact_and_wildcard_sni() {
     assert_eq!(roundtrip(addr, &hello), REPLY);
     assert!(!wild.next().bytes.is_empty());
 
-    let m = wait_metrics(&server, |m| {
-        m.routed_by(Match::WildcardSni) == 1 && m.routed_by(Match::ExactSni) == 1
-    });
+    let m = wait_metrics(&server, |m| m.routed_by(Match::WildcardSni) == 1 && m.routed_by(Match::ExactSni) == 1);
     assert_eq!(m.dropped_total(), 0);
     assert!(server.shutdown());
 }
 
 #[test]
 fn forwards_the_hello_bytes_exactly() {
-    let b = backend(Mode::ReplyAfter {
-        n: CURL.len(),
-        reply: Arc::new(REPLY.to_vec()),
-    });
-    let toml = format!(
-        "{RUNTIME}{}{}",
-        listener("127.0.0.1:0"),
-        passthrough("r", "sni = [\"www.example.com\"]", &[b.addr])
-    );
+    let b = backend(Mode::ReplyAfter { n: CURL.len(), reply: Arc::new(REPLY.to_vec()) });
+    let toml =
+        format!("{RUNTIME}{}{}", listener("127.0.0.1:0"), passthrough("r", "sni = [\"www.example.com\"]", &[b.addr]));
     let (server, _f) = start(&toml, &RuntimeOverrides::default());
     assert_eq!(roundtrip(server.local_addrs()[0], CURL), REPLY);
     assert_eq!(b.next().bytes, CURL);
@@ -97,9 +83,7 @@ fn routes_by_dedicated_ip_with_and_without_sni_and_over_sni() {
     // The same SNI on a shared address goes to its route.
     assert_eq!(roundtrip(at("127.0.0.1", port), OPENSSL_SNI), REPLY);
     named.next();
-    let m = wait_metrics(&server, |m| {
-        m.routed_by(Match::DedicatedIp) == 2 && m.routed_by(Match::ExactSni) == 1
-    });
+    let m = wait_metrics(&server, |m| m.routed_by(Match::DedicatedIp) == 2 && m.routed_by(Match::ExactSni) == 1);
     assert_eq!(m.dropped_total(), 0);
     server.shutdown();
 }
@@ -118,44 +102,27 @@ fn fallbacks_and_drops_without_them() {
     let addr = server.local_addrs()[0];
     assert_eq!(roundtrip(addr, OPENSSL_NOSNI), REPLY);
     def.next();
-    assert_eq!(
-        roundtrip(addr, &rustls_hello(Some("nobody.test"), &[])),
-        REPLY
-    );
+    assert_eq!(roundtrip(addr, &rustls_hello(Some("nobody.test"), &[])), REPLY);
     other.next();
-    wait_metrics(&server, |m| {
-        m.routed_by(Match::NoSniFallback) == 1 && m.routed_by(Match::UnknownSniFallback) == 1
-    });
+    wait_metrics(&server, |m| m.routed_by(Match::NoSniFallback) == 1 && m.routed_by(Match::UnknownSniFallback) == 1);
     server.shutdown();
 
     // Without fallbacks both are dropped and counted.
     let named = replier(1);
-    let toml = format!(
-        "{RUNTIME}{}{}",
-        listener("127.0.0.1:0"),
-        passthrough("n", "sni = [\"a.test\"]", &[named.addr])
-    );
+    let toml = format!("{RUNTIME}{}{}", listener("127.0.0.1:0"), passthrough("n", "sni = [\"a.test\"]", &[named.addr]));
     let (server, _f) = start(&toml, &RuntimeOverrides::default());
     let addr = server.local_addrs()[0];
     expect_dropped(addr, OPENSSL_NOSNI);
     expect_dropped(addr, &rustls_hello(Some("b.test"), &[]));
-    wait_metrics(&server, |m| {
-        m.dropped_by(DropReason::NoSni) == 1 && m.dropped_by(DropReason::UnknownSni) == 1
-    });
+    wait_metrics(&server, |m| m.dropped_by(DropReason::NoSni) == 1 && m.dropped_by(DropReason::UnknownSni) == 1);
     server.shutdown();
 }
 
 #[test]
 fn post_quantum_hello_split_with_a_pause_and_reframed() {
-    let b = backend(Mode::ReplyAfter {
-        n: CHROMIUM_PQ.len(),
-        reply: Arc::new(REPLY.to_vec()),
-    });
-    let toml = format!(
-        "{RUNTIME}{}{}",
-        listener("127.0.0.1:0"),
-        passthrough("r", "sni = [\"www.example.com\"]", &[b.addr])
-    );
+    let b = backend(Mode::ReplyAfter { n: CHROMIUM_PQ.len(), reply: Arc::new(REPLY.to_vec()) });
+    let toml =
+        format!("{RUNTIME}{}{}", listener("127.0.0.1:0"), passthrough("r", "sni = [\"www.example.com\"]", &[b.addr]));
     let (server, _f) = start(&toml, &RuntimeOverrides::default());
     let addr = server.local_addrs()[0];
 
@@ -171,15 +138,9 @@ fn post_quantum_hello_split_with_a_pause_and_reframed() {
     // Re-framed into many small records, sent in pieces.
     let many = reframe(CHROMIUM_PQ, 64);
     assert!(many.len() > CHROMIUM_PQ.len() + 100);
-    let b2 = backend(Mode::ReplyAfter {
-        n: many.len(),
-        reply: Arc::new(REPLY.to_vec()),
-    });
-    let toml = format!(
-        "{RUNTIME}{}{}",
-        listener("127.0.0.1:0"),
-        passthrough("r", "sni = [\"www.example.com\"]", &[b2.addr])
-    );
+    let b2 = backend(Mode::ReplyAfter { n: many.len(), reply: Arc::new(REPLY.to_vec()) });
+    let toml =
+        format!("{RUNTIME}{}{}", listener("127.0.0.1:0"), passthrough("r", "sni = [\"www.example.com\"]", &[b2.addr]));
     let (server2, _f2) = start(&toml, &RuntimeOverrides::default());
     let mut c = connect(server2.local_addrs()[0]);
     for part in many.chunks(333) {
@@ -194,19 +155,9 @@ fn post_quantum_hello_split_with_a_pause_and_reframed() {
 }
 
 /// A listener whose accept queue is full: SYNs to it are dropped, so connects time out.
-fn blackhole() -> (
-    socket2::Socket,
-    Vec<std::net::TcpStream>,
-    std::net::SocketAddr,
-) {
+fn blackhole() -> (socket2::Socket, Vec<std::net::TcpStream>, std::net::SocketAddr) {
     let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    s.bind(
-        &"127.0.0.1:0"
-            .parse::<std::net::SocketAddr>()
-            .unwrap()
-            .into(),
-    )
-    .unwrap();
+    s.bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
     s.listen(0).unwrap();
     let addr = s.local_addr().unwrap().as_socket().unwrap();
     let mut fill = Vec::new();
@@ -226,11 +177,7 @@ fn backend_failover_on_refusal_and_timeout() {
     let toml = format!(
         "[runtime]\nworkers = 1\nconnect_timeout_ms = 500\n{}{}",
         listener("127.0.0.1:0"),
-        passthrough(
-            "r",
-            "sni = [\"www.example.com\"]",
-            &[refused, hole, good.addr]
-        ),
+        passthrough("r", "sni = [\"www.example.com\"]", &[refused, hole, good.addr]),
     );
     let (server, _f) = start(&toml, &RuntimeOverrides::default());
     let addr = server.local_addrs()[0];
@@ -256,23 +203,12 @@ fn proxy_case(
     hello: &[u8],
     expected_header: impl Fn(std::net::SocketAddr, std::net::SocketAddr) -> Vec<u8>,
 ) {
-    let probe_len = expected_header(
-        "127.0.0.1:1".parse().unwrap(),
-        "127.0.0.2:2".parse().unwrap(),
-    )
-    .len();
-    let b = backend(Mode::ReplyAfter {
-        n: probe_len + hello.len(),
-        reply: Arc::new(REPLY.to_vec()),
-    });
+    let probe_len = expected_header("127.0.0.1:1".parse().unwrap(), "127.0.0.2:2".parse().unwrap()).len();
+    let b = backend(Mode::ReplyAfter { n: probe_len + hello.len(), reply: Arc::new(REPLY.to_vec()) });
     let toml = format!(
         "{RUNTIME}{}{}",
         listener("0.0.0.0:0"),
-        passthrough(
-            "r",
-            &format!("sni = [\"pp.test\"]\nproxy_protocol = \"{version}\""),
-            &[b.addr]
-        ),
+        passthrough("r", &format!("sni = [\"pp.test\"]\nproxy_protocol = \"{version}\""), &[b.addr]),
     );
     let (server, _f) = start(&toml, &RuntimeOverrides::default());
     let dst = at("127.0.0.2", server.local_addrs()[0]);
@@ -290,14 +226,7 @@ fn proxy_case(
 fn proxy_protocol_v1_bytes() {
     let hello = rustls_hello(Some("pp.test"), &[b"h2"]);
     proxy_case("v1", &hello, |src, dst| {
-        format!(
-            "PROXY TCP4 {} {} {} {}\r\n",
-            src.ip(),
-            dst.ip(),
-            src.port(),
-            dst.port()
-        )
-        .into_bytes()
+        format!("PROXY TCP4 {} {} {} {}\r\n", src.ip(), dst.ip(), src.port(), dst.port()).into_bytes()
     });
 }
 
@@ -309,9 +238,7 @@ fn proxy_protocol_v2_bytes() {
         h.extend_from_slice(&[0x21, 0x11]);
         let body: u16 = 12 + (3 + 2) + (3 + 7);
         h.extend_from_slice(&body.to_be_bytes());
-        let (std::net::IpAddr::V4(s), std::net::IpAddr::V4(d)) = (src.ip(), dst.ip()) else {
-            panic!("v4")
-        };
+        let (std::net::IpAddr::V4(s), std::net::IpAddr::V4(d)) = (src.ip(), dst.ip()) else { panic!("v4") };
         h.extend_from_slice(&s.octets());
         h.extend_from_slice(&d.octets());
         h.extend_from_slice(&src.port().to_be_bytes());
@@ -325,19 +252,11 @@ fn proxy_protocol_v2_bytes() {
 }
 
 fn half_close_case(splice: bool) {
-    let overrides = RuntimeOverrides {
-        splice: Some(splice),
-        ..Default::default()
-    };
+    let overrides = RuntimeOverrides { splice: Some(splice), ..Default::default() };
     // Client half-closes first: the back end sees EOF, then still answers.
-    let b = backend(Mode::ReplyAtEof {
-        reply: Arc::new(REPLY.to_vec()),
-    });
-    let toml = format!(
-        "{RUNTIME}{}{}",
-        listener("127.0.0.1:0"),
-        passthrough("r", "sni = [\"www.example.com\"]", &[b.addr])
-    );
+    let b = backend(Mode::ReplyAtEof { reply: Arc::new(REPLY.to_vec()) });
+    let toml =
+        format!("{RUNTIME}{}{}", listener("127.0.0.1:0"), passthrough("r", "sni = [\"www.example.com\"]", &[b.addr]));
     let (server, _f) = start(&toml, &overrides);
     let mut c = connect(server.local_addrs()[0]);
     c.write_all(OPENSSL_SNI).unwrap();
@@ -350,15 +269,9 @@ fn half_close_case(splice: bool) {
     server.shutdown();
 
     // Back end half-closes first: the client reads EOF and can still send.
-    let b = backend(Mode::ReplyThenRead {
-        n: OPENSSL_SNI.len(),
-        reply: Arc::new(REPLY.to_vec()),
-    });
-    let toml = format!(
-        "{RUNTIME}{}{}",
-        listener("127.0.0.1:0"),
-        passthrough("r", "sni = [\"www.example.com\"]", &[b.addr])
-    );
+    let b = backend(Mode::ReplyThenRead { n: OPENSSL_SNI.len(), reply: Arc::new(REPLY.to_vec()) });
+    let toml =
+        format!("{RUNTIME}{}{}", listener("127.0.0.1:0"), passthrough("r", "sni = [\"www.example.com\"]", &[b.addr]));
     let (server, _f) = start(&toml, &overrides);
     let mut c = connect(server.local_addrs()[0]);
     c.write_all(OPENSSL_SNI).unwrap();
@@ -366,19 +279,13 @@ fn half_close_case(splice: bool) {
     c.read_exact(&mut got).unwrap();
     assert_eq!(got, REPLY);
     let mut rest = [0u8; 1];
-    assert_eq!(
-        c.read(&mut rest).unwrap(),
-        0,
-        "EOF after the back end's half-close"
-    );
+    assert_eq!(c.read(&mut rest).unwrap(), 0, "EOF after the back end's half-close");
     c.write_all(b"after eof").unwrap();
     c.shutdown(Shutdown::Write).unwrap();
     let mut want = OPENSSL_SNI.to_vec();
     want.extend_from_slice(b"after eof");
     assert_eq!(b.next().bytes, want);
-    let m = wait_metrics(&server, |m| {
-        m.open == 0 && m.relays_splice + m.relays_buffered == 1
-    });
+    let m = wait_metrics(&server, |m| m.open == 0 && m.relays_splice + m.relays_buffered == 1);
     assert_eq!(m.relays_splice, splice as u64);
     server.shutdown();
 }
@@ -412,9 +319,7 @@ fn idle_and_hello_timeouts_close_connections() {
     let mut c = connect(addr);
     c.write_all(&OPENSSL_SNI[..20]).unwrap();
     assert!(read_to_end(&mut c).unwrap().is_empty());
-    wait_metrics(&server, |m| {
-        m.idle_timeouts == 1 && m.dropped_by(DropReason::HelloTimeout) == 1 && m.open == 0
-    });
+    wait_metrics(&server, |m| m.idle_timeouts == 1 && m.dropped_by(DropReason::HelloTimeout) == 1 && m.open == 0);
     server.shutdown();
 }
 
@@ -444,17 +349,9 @@ fn bad_input_is_dropped_and_counted() {
     let addr = server.local_addrs()[0];
     expect_dropped(addr, b"\x00\x01garbage garbage garbage");
     expect_dropped(addr, b"GET / HTTP/1.1\r\nHost: www.example.com\r\n\r\n");
-    expect_dropped(
-        addr,
-        &[
-            0x80, 0x2e, 0x01, 0x00, 0x02, 0x00, 0x15, 0x00, 0x00, 0x00, 0x10,
-        ],
-    );
+    expect_dropped(addr, &[0x80, 0x2e, 0x01, 0x00, 0x02, 0x00, 0x15, 0x00, 0x00, 0x00, 0x10]);
     expect_dropped(addr, &sslv3_hello());
-    expect_dropped(
-        addr,
-        include_bytes!("../src/hello/testdata/openssl-tls12.bin"),
-    );
+    expect_dropped(addr, include_bytes!("../src/hello/testdata/openssl-tls12.bin"));
     expect_dropped(addr, CHROMIUM_PQ); // 1923 bytes > max_hello_bytes
     let mut malformed = OPENSSL_SNI.to_vec();
     malformed[6..9].copy_from_slice(&[0x00, 0x00, 0x05]); // handshake length disagrees with its body
@@ -526,7 +423,11 @@ fn bulk_case(splice: bool) {
         w.join().unwrap();
     });
     let overrides = RuntimeOverrides { splice: Some(splice), ..Default::default() };
-    let toml = format!("{RUNTIME}{}{}", listener("127.0.0.1:0"), passthrough("r", "sni = [\"www.example.com\"]", &[backend_addr]));
+    let toml = format!(
+        "{RUNTIME}{}{}",
+        listener("127.0.0.1:0"),
+        passthrough("r", "sni = [\"www.example.com\"]", &[backend_addr])
+    );
     let (server, _f) = start(&toml, &overrides);
     let mut c = connect(server.local_addrs()[0]);
     c.write_all(hello).unwrap();
@@ -560,7 +461,8 @@ fn exhausted_pipe_pool_falls_back_to_buffered() {
     let b = backend(Mode::Echo);
     // One pipe: a relay needs two, so every relay is buffered.
     let overrides = RuntimeOverrides { pipe_pool: Some(1), ..Default::default() };
-    let toml = format!("{RUNTIME}{}{}", listener("127.0.0.1:0"), passthrough("r", "sni = [\"www.example.com\"]", &[b.addr]));
+    let toml =
+        format!("{RUNTIME}{}{}", listener("127.0.0.1:0"), passthrough("r", "sni = [\"www.example.com\"]", &[b.addr]));
     let (server, _f) = start(&toml, &overrides);
     let mut c = connect(server.local_addrs()[0]);
     c.write_all(OPENSSL_SNI).unwrap();
@@ -586,7 +488,8 @@ fn binary_config(extra_runtime: &str, routes: &str) -> (ConfigFile, std::net::So
 #[test]
 fn silent_connections_time_out_and_fds_return_to_baseline() {
     let b = replier(1);
-    let (f, addr) = binary_config("hello_timeout_ms = 1500", &passthrough("r", "sni = [\"www.example.com\"]", &[b.addr]));
+    let (f, addr) =
+        binary_config("hello_timeout_ms = 1500", &passthrough("r", "sni = [\"www.example.com\"]", &[b.addr]));
     let p = spawn_binary(&f, &[], addr);
     let pid = p.pid();
     // Settle: the probe connection of spawn_binary has been dropped by now (hello timeout at worst).
@@ -665,7 +568,8 @@ fn no_io_wq_threads_under_load() {
 #[test]
 fn sigterm_drains_open_connections_then_exits_zero() {
     let echo = backend(Mode::Echo);
-    let (f, addr) = binary_config("drain_timeout_ms = 20000", &passthrough("r", "sni = [\"www.example.com\"]", &[echo.addr]));
+    let (f, addr) =
+        binary_config("drain_timeout_ms = 20000", &passthrough("r", "sni = [\"www.example.com\"]", &[echo.addr]));
     let mut p = spawn_binary(&f, &[], addr);
     let mut c = connect(addr);
     c.write_all(OPENSSL_SNI).unwrap();
@@ -722,8 +626,8 @@ fn end_to_end_with_openssl_s_server_s_client_and_curl() {
     let _server = Kill(server);
     let backend = std::net::SocketAddr::from(([127, 0, 0, 1], sport));
     assert!(wait_until(Duration::from_secs(10), || std::net::TcpStream::connect(backend).is_ok()));
-    let toml = std::fs::read_to_string(&f.path).unwrap()
-        + &passthrough("site", "sni = [\"www.example.com\"]", &[backend]);
+    let toml =
+        std::fs::read_to_string(&f.path).unwrap() + &passthrough("site", "sni = [\"www.example.com\"]", &[backend]);
     std::fs::write(&f.path, toml).unwrap();
     let _p = spawn_binary(&f, &[], addr);
 

@@ -68,7 +68,8 @@ fn origin(name: &'static str) -> SocketAddr {
                 }
                 let path = String::from_utf8_lossy(&head).split_whitespace().nth(1).unwrap_or("/").to_owned();
                 let body = format!("site {name} path {path}\n");
-                let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+                let _ =
+                    write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
             });
         }
     });
@@ -221,7 +222,11 @@ fn chromium_loads_a_page_with_a_post_quantum_hello() {
         .output()
         .expect("chromium");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("site shop path /chromium"), "stdout: {stdout}\nstderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.contains("site shop path /chromium"),
+        "stdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     server.shutdown();
 }
 
@@ -288,7 +293,10 @@ fn sighup_switches_a_site_to_the_default_certificate_and_survives_a_broken_confi
 
     std::fs::write(&path, config("default.example.net")).unwrap();
     daemon.signal("HUP");
-    assert!(wait_until(Duration::from_secs(20), || seen().as_deref() == Some("default.example.net")), "reload not applied");
+    assert!(
+        wait_until(Duration::from_secs(20), || seen().as_deref() == Some("default.example.net")),
+        "reload not applied"
+    );
 
     std::fs::write(&path, "[[route]]\nname = \"broken\"\n").unwrap();
     daemon.signal("HUP");

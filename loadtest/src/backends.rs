@@ -27,11 +27,7 @@ pub fn answer(label: &str) -> [u8; ANSWER_LEN] {
 
 /// The route named in an answer.
 pub fn answer_label(a: &[u8]) -> Option<&str> {
-    std::str::from_utf8(a)
-        .ok()?
-        .strip_prefix("SNILT-OK ")?
-        .trim_end()
-        .into()
+    std::str::from_utf8(a).ok()?.strip_prefix("SNILT-OK ")?.trim_end().into()
 }
 
 /// The bulk data stream: a pseudo-random pattern of PATTERN_LEN bytes, repeated.
@@ -206,10 +202,7 @@ impl Backend {
         s.set_nodelay(true)?;
         s.set_read_timeout(Some(Duration::from_secs(10)))?;
         s.set_write_timeout(Some(Duration::from_secs(10)))?;
-        let mut c = Buffered {
-            s,
-            buf: Vec::with_capacity(4096),
-        };
+        let mut c = Buffered { s, buf: Vec::with_capacity(4096) };
         // a PROXY header only where the route asks for one: application data may start with 'P'
         if self.proxy_protocol {
             if !c.skip_proxy_header()? {
@@ -289,9 +282,7 @@ impl Backend {
                     h.update(&b[..n]);
                     left -= n as u64;
                 }
-                writer
-                    .join()
-                    .map_err(|_| io::Error::other("writer panicked"))??;
+                writer.join().map_err(|_| io::Error::other("writer panicked"))??;
                 let mut t = [0u8; 8];
                 t[..4].copy_from_slice(&h.finalize().to_be_bytes());
                 t[4..].copy_from_slice(b"DONE");
@@ -302,20 +293,10 @@ impl Backend {
                 Ok(())
             }
             BackendKind::Tls => {
-                let cfg = self
-                    .tls
-                    .clone()
-                    .ok_or_else(|| io::Error::other("no TLS config"))?;
+                let cfg = self.tls.clone().ok_or_else(|| io::Error::other("no TLS config"))?;
                 let conn = rustls::ServerConnection::new(cfg).map_err(io::Error::other)?;
                 let pre = std::mem::take(&mut c.buf);
-                let mut tls = rustls::StreamOwned::new(
-                    conn,
-                    Prefixed {
-                        pre,
-                        pos: 0,
-                        s: c.s,
-                    },
-                );
+                let mut tls = rustls::StreamOwned::new(conn, Prefixed { pre, pos: 0, s: c.s });
                 let mut b = vec![0u8; 16 * 1024];
                 loop {
                     let n = match tls.read(&mut b) {
@@ -346,12 +327,7 @@ pub fn listener(addr: SocketAddrV4) -> io::Result<TcpListener> {
 }
 
 /// Serve `backend` on `addr` with `threads` threads pinned over `cpus`. Runs until the process exits.
-pub fn spawn(
-    backend: Backend,
-    addr: SocketAddrV4,
-    threads: usize,
-    cpus: Vec<usize>,
-) -> io::Result<Arc<BackendStats>> {
+pub fn spawn(backend: Backend, addr: SocketAddrV4, threads: usize, cpus: Vec<usize>) -> io::Result<Arc<BackendStats>> {
     let l = listener(addr)?;
     let stats = backend.stats.clone();
     let b = Arc::new(backend);
@@ -359,23 +335,20 @@ pub fn spawn(
         let l = l.try_clone()?;
         let b = b.clone();
         let cpus = cpus.clone();
-        std::thread::Builder::new()
-            .name(format!("be-{}", b.label))
-            .stack_size(256 * 1024)
-            .spawn(move || {
-                crate::net::pin(&cpus, i);
-                loop {
-                    match l.accept() {
-                        Ok((s, _)) => {
-                            b.stats.accepted.fetch_add(1, Ordering::Relaxed);
-                            if b.handle(s).is_err() {
-                                b.stats.errors.fetch_add(1, Ordering::Relaxed);
-                            }
+        std::thread::Builder::new().name(format!("be-{}", b.label)).stack_size(256 * 1024).spawn(move || {
+            crate::net::pin(&cpus, i);
+            loop {
+                match l.accept() {
+                    Ok((s, _)) => {
+                        b.stats.accepted.fetch_add(1, Ordering::Relaxed);
+                        if b.handle(s).is_err() {
+                            b.stats.errors.fetch_add(1, Ordering::Relaxed);
                         }
-                        Err(_) => std::thread::sleep(Duration::from_millis(5)),
                     }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
-            })?;
+            }
+        })?;
     }
     Ok(stats)
 }

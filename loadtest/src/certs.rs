@@ -38,8 +38,7 @@ impl Ca {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
         p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.distinguished_name
-            .push(DnType::CommonName, "sni-loadtest CA");
+        p.distinguished_name.push(DnType::CommonName, "sni-loadtest CA");
         let cert = p.self_signed(&key).unwrap();
         Ca { key, cert }
     }
@@ -47,25 +46,13 @@ impl Ca {
         self.cert.der().clone()
     }
     /// Issue a leaf for `names` (DNS names, wildcards allowed) and `ips`, written under `dir/stem.*`.
-    pub fn issue(
-        &self,
-        dir: &Path,
-        stem: &str,
-        names: &[String],
-        ips: &[IpAddr],
-    ) -> std::io::Result<Leaf> {
+    pub fn issue(&self, dir: &Path, stem: &str, names: &[String], ips: &[IpAddr]) -> std::io::Result<Leaf> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.distinguished_name.push(
-            DnType::CommonName,
-            names.first().cloned().unwrap_or_else(|| stem.to_string()),
-        );
+        p.distinguished_name.push(DnType::CommonName, names.first().cloned().unwrap_or_else(|| stem.to_string()));
         for n in names {
-            p.subject_alt_names.push(SanType::DnsName(
-                n.clone()
-                    .try_into()
-                    .map_err(|e| std::io::Error::other(format!("{n}: {e}")))?,
-            ));
+            p.subject_alt_names
+                .push(SanType::DnsName(n.clone().try_into().map_err(|e| std::io::Error::other(format!("{n}: {e}")))?));
         }
         for ip in ips {
             p.subject_alt_names.push(SanType::IpAddress(*ip));
@@ -77,10 +64,7 @@ impl Ca {
         let chain_pem = format!("{}{}", cert.pem(), self.cert.pem());
         std::fs::write(&cert_pem_path, &chain_pem)?;
         std::fs::write(&key_pem_path, key.serialize_pem())?;
-        std::fs::write(
-            &combined_pem_path,
-            format!("{chain_pem}{}", key.serialize_pem()),
-        )?;
+        std::fs::write(&combined_pem_path, format!("{chain_pem}{}", key.serialize_pem()))?;
         Ok(Leaf {
             cert_der: cert.der().clone(),
             ca_der: self.der(),

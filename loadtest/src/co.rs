@@ -21,10 +21,7 @@ impl Schedule {
     /// `rate` requests per second.
     pub fn new(rate: f64) -> Self {
         assert!(rate > 0.0);
-        Schedule {
-            interval_ns: (1e9 / rate).round().max(1.0) as u64,
-            next: AtomicU64::new(0),
-        }
+        Schedule { interval_ns: (1e9 / rate).round().max(1.0) as u64, next: AtomicU64::new(0) }
     }
     pub fn interval_ns(&self) -> u64 {
         self.interval_ns
@@ -68,17 +65,10 @@ pub fn record(h: &mut Histogram<u64>, v: u64) {
 
 /// Simulate an open loop served by `workers` workers over a sequence of service times (ns),
 /// returning (corrected, uncorrected) histograms. A pure model of what the workload threads do.
-pub fn simulate_open_loop(
-    interval_ns: u64,
-    service_ns: &[u64],
-    workers: usize,
-) -> (Histogram<u64>, Histogram<u64>) {
+pub fn simulate_open_loop(interval_ns: u64, service_ns: &[u64], workers: usize) -> (Histogram<u64>, Histogram<u64>) {
     let mut corrected = Histogram::<u64>::new(3).unwrap();
     let mut raw = Histogram::<u64>::new(3).unwrap();
-    let sched = Schedule {
-        interval_ns,
-        next: AtomicU64::new(0),
-    };
+    let sched = Schedule { interval_ns, next: AtomicU64::new(0) };
     let mut free_at = vec![0u64; workers.max(1)];
     for &svc in service_ns {
         let (_, intended) = sched.take();
@@ -116,15 +106,7 @@ mod tests {
     fn mine_equals_hdrhistogram_record_correct() {
         let mut a = Histogram::<u64>::new(3).unwrap();
         let mut b = Histogram::<u64>::new(3).unwrap();
-        for (v, i) in [
-            (5u64, 10u64),
-            (10, 10),
-            (11, 10),
-            (100, 10),
-            (12345, 100),
-            (1_000_000, 1000),
-            (7, 0),
-        ] {
+        for (v, i) in [(5u64, 10u64), (10, 10), (11, 10), (100, 10), (12345, 100), (1_000_000, 1000), (7, 0)] {
             record_with_expected_interval(&mut a, v, i);
             b.record_correct(v, i).unwrap();
         }

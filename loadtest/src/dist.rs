@@ -16,10 +16,7 @@ pub enum IndexDist {
 
 impl IndexDist {
     pub fn fixed(indices: Vec<u64>) -> Self {
-        assert!(
-            !indices.is_empty(),
-            "fixed distribution needs at least one name"
-        );
+        assert!(!indices.is_empty(), "fixed distribution needs at least one name");
         IndexDist::Fixed(indices)
     }
     pub fn uniform(n: u64) -> Self {
@@ -80,10 +77,7 @@ mod tests {
         let c = counts(&IndexDist::uniform(n as u64), n, draws);
         let expect = draws as f64 / n as f64;
         // chi-square with 9 degrees of freedom; 27.9 is the 0.999 quantile
-        let chi2: f64 = c
-            .iter()
-            .map(|&o| (o as f64 - expect).powi(2) / expect)
-            .sum();
+        let chi2: f64 = c.iter().map(|&o| (o as f64 - expect).powi(2) / expect).sum();
         assert!(chi2 < 27.9, "chi2 {chi2} counts {c:?}");
     }
 

@@ -43,11 +43,7 @@ impl Hello {
             if bytes[pos] != 22 {
                 return Err(HelloError::NotHandshake);
             }
-            version = if pos == 0 {
-                [bytes[1], bytes[2]]
-            } else {
-                version
-            };
+            version = if pos == 0 { [bytes[1], bytes[2]] } else { version };
             let len = be16(&bytes[pos + 3..]);
             if bytes.len() < pos + 5 + len {
                 return Err(HelloError::Short);
@@ -61,10 +57,7 @@ impl Hello {
                 let hl = ((msg[1] as usize) << 16) | ((msg[2] as usize) << 8) | msg[3] as usize;
                 if msg.len() >= 4 + hl {
                     msg.truncate(4 + hl);
-                    return Ok(Hello {
-                        record_version: version,
-                        message: msg,
-                    });
+                    return Ok(Hello { record_version: version, message: msg });
                 }
             }
         }
@@ -187,10 +180,7 @@ impl Hello {
         out[1] = (body >> 16) as u8;
         out[2] = (body >> 8) as u8;
         out[3] = body as u8;
-        Ok(Hello {
-            record_version: self.record_version,
-            message: out,
-        })
+        Ok(Hello { record_version: self.record_version, message: out })
     }
 
     /// The hello as TLS records of at most `max_fragment` bytes of handshake data each.
@@ -236,8 +226,7 @@ pub fn hello_len(buf: &[u8]) -> Result<Option<usize>, HelloError> {
             if hdr[0] != 1 {
                 return Err(HelloError::NotClientHello);
             }
-            need =
-                Some(4 + (((hdr[1] as usize) << 16) | ((hdr[2] as usize) << 8) | hdr[3] as usize));
+            need = Some(4 + (((hdr[1] as usize) << 16) | ((hdr[2] as usize) << 8) | hdr[3] as usize));
         }
         if let Some(n) = need {
             if have >= n {
@@ -274,11 +263,7 @@ mod tests {
     use super::*;
 
     fn testdata(name: &str) -> Option<Vec<u8>> {
-        std::fs::read(format!(
-            "{}/../src/hello/testdata/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .ok()
+        std::fs::read(format!("{}/../src/hello/testdata/{name}", env!("CARGO_MANIFEST_DIR"))).ok()
     }
 
     #[test]
@@ -287,13 +272,8 @@ mod tests {
         assert_eq!(hello_len(&raw).unwrap(), Some(raw.len()));
         let h = Hello::parse(&raw).unwrap();
         assert_eq!(h.sni().unwrap().as_deref(), Some("www.example.com"));
-        let h2 = h
-            .with_sni(Some("a-much-longer-name-than-before.example.org"))
-            .unwrap();
-        assert_eq!(
-            h2.sni().unwrap().as_deref(),
-            Some("a-much-longer-name-than-before.example.org")
-        );
+        let h2 = h.with_sni(Some("a-much-longer-name-than-before.example.org")).unwrap();
+        assert_eq!(h2.sni().unwrap().as_deref(), Some("a-much-longer-name-than-before.example.org"));
         let rec = h2.to_records(16384);
         assert_eq!(hello_len(&rec).unwrap(), Some(rec.len()));
         let back = Hello::parse(&rec).unwrap();
@@ -309,10 +289,7 @@ mod tests {
     fn rewritten_hello_is_accepted_by_rustls_server() {
         // a rustls server must parse the rewritten hello and see the new name
         let raw = generate(Some("www.example.com"));
-        let h = Hello::parse(&raw)
-            .unwrap()
-            .with_sni(Some("other.example.net"))
-            .unwrap();
+        let h = Hello::parse(&raw).unwrap().with_sni(Some("other.example.net")).unwrap();
         let mut acc = rustls::server::Acceptor::default();
         let bytes = h.to_records(100);
         let mut rd: &[u8] = &bytes;
@@ -353,11 +330,7 @@ mod tests {
             let h = Hello::parse(&raw).unwrap();
             assert_eq!(h.sni().unwrap().as_deref(), sni, "{f}");
             let r = h.with_sni(Some("n123456.example.com")).unwrap();
-            assert_eq!(
-                r.sni().unwrap().as_deref(),
-                Some("n123456.example.com"),
-                "{f}"
-            );
+            assert_eq!(r.sni().unwrap().as_deref(), Some("n123456.example.com"), "{f}");
             let bytes = r.to_records(16384);
             let mut acc = rustls::server::Acceptor::default();
             let mut rd: &[u8] = &bytes;
@@ -365,11 +338,7 @@ mod tests {
                 acc.read_tls(&mut rd).unwrap();
             }
             let a = acc.accept().ok().unwrap().unwrap();
-            assert_eq!(
-                a.client_hello().server_name(),
-                Some("n123456.example.com"),
-                "{f}"
-            );
+            assert_eq!(a.client_hello().server_name(), Some("n123456.example.com"), "{f}");
         }
     }
 }

@@ -5,7 +5,11 @@ use sni_loadtest::runner::{self, Options};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "sni-loadtest", version, about = "Load-test suites for sni-dispatch, with HAProxy and nginx side by side")]
+#[command(
+    name = "sni-loadtest",
+    version,
+    about = "Load-test suites for sni-dispatch, with HAProxy and nginx side by side"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -46,7 +50,11 @@ enum Cmd {
         quiet: bool,
     },
     /// Write the dispatcher, HAProxy and nginx configs a suite generates into DIR, and exit.
-    Configs { file: PathBuf, #[arg(long)] out: PathBuf },
+    Configs {
+        file: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 fn main() {
@@ -59,7 +67,18 @@ fn main() {
                     std::process::exit(2);
                 }
             }
-            let o = Options { suite: file, dispatcher, json, compare, runs, only, duration_scale, keep_tmp, fail_on_error, quiet };
+            let o = Options {
+                suite: file,
+                dispatcher,
+                json,
+                compare,
+                runs,
+                only,
+                duration_scale,
+                keep_tmp,
+                fail_on_error,
+                quiet,
+            };
             match runner::run(&o) {
                 Ok(c) => c,
                 Err(e) => {

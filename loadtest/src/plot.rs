@@ -31,9 +31,13 @@ pub fn svg(title: &str, curves: &[(String, Vec<(f64, f64)>)]) -> String {
     let sx = |x: f64| l + x / xmax * pw;
     let sy = |y: f64| t + ph - (y / div) / ymax * ph;
     let mut s = String::new();
-    let _ = writeln!(s, r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#);
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
+    );
     let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(s, r#"<text x="{}" y="22" font-size="15" text-anchor="middle">{}</text>"#, l + pw / 2.0, esc(title));
+    let _ =
+        writeln!(s, r#"<text x="{}" y="22" font-size="15" text-anchor="middle">{}</text>"#, l + pw / 2.0, esc(title));
     // grid and ticks
     for k in 0..=(xmax as usize) {
         let x = sx(k as f64);
@@ -44,24 +48,49 @@ pub fn svg(title: &str, curves: &[(String, Vec<(f64, f64)>)]) -> String {
                 format!("{}%", trim(nines))
             }
         };
-        let _ = writeln!(s, r##"<line x1="{x}" y1="{t}" x2="{x}" y2="{}" stroke="#ddd"/><text x="{x}" y="{}" text-anchor="middle">{label}</text>"##, t + ph, t + ph + 18.0);
+        let _ = writeln!(
+            s,
+            r##"<line x1="{x}" y1="{t}" x2="{x}" y2="{}" stroke="#ddd"/><text x="{x}" y="{}" text-anchor="middle">{label}</text>"##,
+            t + ph,
+            t + ph + 18.0
+        );
     }
     for k in 0..=5 {
         let v = ymax * k as f64 / 5.0;
         let y = t + ph - ph * k as f64 / 5.0;
-        let _ = writeln!(s, r##"<line x1="{l}" y1="{y}" x2="{}" y2="{y}" stroke="#ddd"/><text x="{}" y="{}" text-anchor="end">{}</text>"##, l + pw, l - 6.0, y + 4.0, trim(v));
+        let _ = writeln!(
+            s,
+            r##"<line x1="{l}" y1="{y}" x2="{}" y2="{y}" stroke="#ddd"/><text x="{}" y="{}" text-anchor="end">{}</text>"##,
+            l + pw,
+            l - 6.0,
+            y + 4.0,
+            trim(v)
+        );
     }
     let _ = writeln!(s, r##"<rect x="{l}" y="{t}" width="{pw}" height="{ph}" fill="none" stroke="#333"/>"##);
     let _ = writeln!(s, r#"<text x="{}" y="{}" text-anchor="middle">percentile</text>"#, l + pw / 2.0, h - 15.0);
-    let _ = writeln!(s, r#"<text transform="translate(20,{}) rotate(-90)" text-anchor="middle">latency ({unit})</text>"#, t + ph / 2.0);
+    let _ = writeln!(
+        s,
+        r#"<text transform="translate(20,{}) rotate(-90)" text-anchor="middle">latency ({unit})</text>"#,
+        t + ph / 2.0
+    );
     for (i, (name, pts)) in curves.iter().enumerate() {
         let c = COLORS[i % COLORS.len()];
         if !pts.is_empty() {
-            let d: Vec<String> = pts.iter().zip(xs(pts)).map(|(&(_, v), x)| format!("{:.1},{:.1}", sx(x), sy(v))).collect();
+            let d: Vec<String> =
+                pts.iter().zip(xs(pts)).map(|(&(_, v), x)| format!("{:.1},{:.1}", sx(x), sy(v))).collect();
             let _ = writeln!(s, r#"<polyline fill="none" stroke="{c}" stroke-width="2" points="{}"/>"#, d.join(" "));
         }
         let y = t + 10.0 + 20.0 * i as f64;
-        let _ = writeln!(s, r#"<line x1="{}" y1="{y}" x2="{}" y2="{y}" stroke="{c}" stroke-width="3"/><text x="{}" y="{}">{}</text>"#, l + pw + 12.0, l + pw + 36.0, l + pw + 42.0, y + 4.0, esc(name));
+        let _ = writeln!(
+            s,
+            r#"<line x1="{}" y1="{y}" x2="{}" y2="{y}" stroke="{c}" stroke-width="3"/><text x="{}" y="{}">{}</text>"#,
+            l + pw + 12.0,
+            l + pw + 36.0,
+            l + pw + 42.0,
+            y + 4.0,
+            esc(name)
+        );
     }
     s.push_str("</svg>\n");
     s
@@ -93,7 +122,8 @@ fn esc(s: &str) -> String {
 mod tests {
     #[test]
     fn renders() {
-        let s = super::svg("t <1>", &[("a".into(), vec![(0.0, 10.0), (50.0, 20.0), (99.9, 400.0)]), ("b".into(), vec![])]);
+        let s =
+            super::svg("t <1>", &[("a".into(), vec![(0.0, 10.0), (50.0, 20.0), (99.9, 400.0)]), ("b".into(), vec![])]);
         assert!(s.starts_with("<svg"));
         assert!(s.contains("polyline"));
         assert!(s.contains("99.9%"));

@@ -51,11 +51,7 @@ pub fn tree(pid: u32) -> Vec<u32> {
 /// CPU seconds (user + system, all threads) of `pid` and its descendants.
 pub fn cpu_seconds(pid: u32) -> f64 {
     let tck = clk_tck();
-    tree(pid)
-        .into_iter()
-        .filter_map(stat)
-        .map(|(_, t)| t as f64 / tck)
-        .sum()
+    tree(pid).into_iter().filter_map(stat).map(|(_, t)| t as f64 / tck).sum()
 }
 
 /// Peak resident set (VmHWM) in KiB, summed over `pid` and its descendants.
@@ -64,12 +60,7 @@ pub fn peak_rss_kib(pid: u32) -> u64 {
         .into_iter()
         .filter_map(|p| {
             let s = std::fs::read_to_string(format!("/proc/{p}/status")).ok()?;
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))?
-                .split_whitespace()
-                .nth(1)?
-                .parse::<u64>()
-                .ok()
+            s.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse::<u64>().ok()
         })
         .sum()
 }

@@ -37,7 +37,8 @@ pub fn curve(h: &Histogram<u64>) -> Vec<(f64, f64)> {
     if h.is_empty() {
         return vec![];
     }
-    let mut v: Vec<(f64, f64)> = h.iter_quantiles(5).map(|q| (q.percentile(), h.highest_equivalent(q.value_iterated_to()) as f64)).collect();
+    let mut v: Vec<(f64, f64)> =
+        h.iter_quantiles(5).map(|q| (q.percentile(), h.highest_equivalent(q.value_iterated_to()) as f64)).collect();
     v.dedup_by(|a, b| a.0 == b.0);
     v
 }
@@ -193,7 +194,11 @@ pub fn ratios(workloads: &[WorkloadReport], baseline: &str) -> Vec<Ratio> {
                 workload: w.name.clone(),
                 baseline: baseline.to_string(),
                 peer: p.target.clone(),
-                cpu: if w.bulk { ratio(b.cpu_s_per_gib, p.cpu_s_per_gib) } else { ratio(b.cpu_us_per_conn, p.cpu_us_per_conn) },
+                cpu: if w.bulk {
+                    ratio(b.cpu_s_per_gib, p.cpu_s_per_gib)
+                } else {
+                    ratio(b.cpu_us_per_conn, p.cpu_us_per_conn)
+                },
                 rate: if w.bulk { ratio(b.gib_per_s, p.gib_per_s) } else { ratio(b.rate, p.rate) },
                 p99: ratio(b.latency.p99_us, p.latency.p99_us),
             });
@@ -258,9 +263,15 @@ pub fn table(header: &[String], rows: &[Vec<String>]) -> String {
 
 pub fn workload_table(w: &WorkloadReport) -> String {
     let h: Vec<String> = if w.bulk {
-        ["target", "conns", "GiB/s", "errors", "p50", "p99", "max", "CPU s/GiB", "CPU µs/conn", "peak RSS"].iter().map(|s| s.to_string()).collect()
+        ["target", "conns", "GiB/s", "errors", "p50", "p99", "max", "CPU s/GiB", "CPU µs/conn", "peak RSS"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
     } else {
-        ["target", "conn/s", "ok (all runs)", "errors", "p50", "p90", "p99", "p99.9", "max", "CPU µs/conn", "peak RSS"].iter().map(|s| s.to_string()).collect()
+        ["target", "conn/s", "ok (all runs)", "errors", "p50", "p90", "p99", "p99.9", "max", "CPU µs/conn", "peak RSS"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
     };
     let mut rows = Vec::new();
     for s in &w.summary {
@@ -271,7 +282,18 @@ pub fn workload_table(w: &WorkloadReport) -> String {
             name = format!("{name} ({:.0}% resumed)", s.resumed_share * 100.0);
         }
         rows.push(if w.bulk {
-            vec![name, s.ok.to_string(), format!("{:.2}", s.gib_per_s), errors_text(&s.errors), fmt_us(l.p50_us), fmt_us(l.p99_us), fmt_us(l.max_us), format!("{:.3}", s.cpu_s_per_gib), format!("{:.0}", s.cpu_us_per_conn), rss]
+            vec![
+                name,
+                s.ok.to_string(),
+                format!("{:.2}", s.gib_per_s),
+                errors_text(&s.errors),
+                fmt_us(l.p50_us),
+                fmt_us(l.p99_us),
+                fmt_us(l.max_us),
+                format!("{:.3}", s.cpu_s_per_gib),
+                format!("{:.0}", s.cpu_us_per_conn),
+                rss,
+            ]
         } else {
             vec![
                 name,
@@ -289,11 +311,22 @@ pub fn workload_table(w: &WorkloadReport) -> String {
         });
     }
     let runs = w.summary.first().map(|s| s.runs).unwrap_or(0);
-    let mut out = format!("== {} ({}; {}; median of {} run{})\n", w.name, w.kind, w.shape, runs, if runs == 1 { "" } else { "s" });
+    let mut out = format!(
+        "== {} ({}; {}; median of {} run{})\n",
+        w.name,
+        w.kind,
+        w.shape,
+        runs,
+        if runs == 1 { "" } else { "s" }
+    );
     out.push_str(&table(&h, &rows));
     for r in &w.runs {
         if r.not_started > 0 {
-            let _ = writeln!(out, "   {} run {}: {} connections due were never started (overloaded; latency counts from intended starts)", r.target, r.run, r.not_started);
+            let _ = writeln!(
+                out,
+                "   {} run {}: {} connections due were never started (overloaded; latency counts from intended starts)",
+                r.target, r.run, r.not_started
+            );
         }
         if let Some(sl) = &r.slowloris {
             let _ = writeln!(
@@ -312,7 +345,10 @@ pub fn ratio_table(r: &[Ratio]) -> String {
     }
     let b = &r[0].baseline;
     let h: Vec<String> = vec!["workload".into(), "peer".into(), "CPU".into(), "rate".into(), "p99".into()];
-    let rows: Vec<Vec<String>> = r.iter().map(|x| vec![x.workload.clone(), x.peer.clone(), fmt_opt(x.cpu), fmt_opt(x.rate), fmt_opt(x.p99)]).collect();
+    let rows: Vec<Vec<String>> = r
+        .iter()
+        .map(|x| vec![x.workload.clone(), x.peer.clone(), fmt_opt(x.cpu), fmt_opt(x.rate), fmt_opt(x.p99)])
+        .collect();
     format!(
         "== ratios {b} ÷ peer (CPU per connection, per GiB for bulk: < 1 means {b} is cheaper; rate: > 1 means {b} is faster; p99: < 1 means {b} is quicker)\n{}",
         table(&h, &rows)
@@ -371,9 +407,22 @@ mod tests {
         let mut runs = runs;
         runs[1].errors = errs;
         let summary = vec![summarize("sni-dispatch", &runs, &h), summarize("haproxy", &runs, &h)];
-        let w = WorkloadReport { name: "short".into(), kind: "hello_replay".into(), shape: "closed loop, 32 connections".into(), bulk: false, runs, summary };
+        let w = WorkloadReport {
+            name: "short".into(),
+            kind: "hello_replay".into(),
+            shape: "closed loop, 32 connections".into(),
+            bulk: false,
+            runs,
+            summary,
+        };
         let ratios = ratios(std::slice::from_ref(&w), "sni-dispatch");
-        Report { suite: "t".into(), targets: vec!["sni-dispatch".into(), "haproxy".into()], workloads: vec![w], ratios, ..Default::default() }
+        Report {
+            suite: "t".into(),
+            targets: vec!["sni-dispatch".into(), "haproxy".into()],
+            workloads: vec![w],
+            ratios,
+            ..Default::default()
+        }
     }
 
     #[test]

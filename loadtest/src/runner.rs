@@ -61,7 +61,12 @@ fn host() -> String {
 
 pub fn run(o: &Options) -> Result<i32, String> {
     let suite = Suite::load(&o.suite)?;
-    let suite_dir = o.suite.canonicalize().ok().and_then(|p| p.parent().map(Path::to_path_buf)).unwrap_or_else(|| PathBuf::from("."));
+    let suite_dir = o
+        .suite
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("."));
     let model = Arc::new(Model::new(&suite));
     let tmp = tempfile::Builder::new().prefix("sni-loadtest-").tempdir().map_err(|e| e.to_string())?;
     let dir = tmp.path().to_path_buf();
@@ -78,14 +83,27 @@ pub fn run(o: &Options) -> Result<i32, String> {
     let mut stats: Vec<(String, Arc<BackendStats>)> = Vec::new();
     for (i, r) in suite.routes.iter().enumerate() {
         let needs_cert = r.action == Action::Terminate || r.backend == BackendKind::Tls;
-        let leaf = if needs_cert { Some(ca.issue(&dir, &format!("route{i}"), &names_for_cert(r), &ips).map_err(|e| e.to_string())?) } else { None };
+        let leaf = if needs_cert {
+            Some(ca.issue(&dir, &format!("route{i}"), &names_for_cert(r), &ips).map_err(|e| e.to_string())?)
+        } else {
+            None
+        };
         let port = suite.backends.port + i as u16;
         let tls = (r.backend == BackendKind::Tls).then(|| backends::server_config(leaf.as_ref().unwrap(), &r.alpn));
         let be = Backend {
             kind: r.backend,
-            proxy_protocol: r.proxy_protocol != "none", label: r.name.clone(), tls, stats: Default::default() };
-        let st = backends::spawn(be, SocketAddrV4::new(Ipv4Addr::LOCALHOST, port), suite.backends.threads, backend_cpus.clone())
-            .map_err(|e| format!("back end of route {} on port {port}: {e}", r.name))?;
+            proxy_protocol: r.proxy_protocol != "none",
+            label: r.name.clone(),
+            tls,
+            stats: Default::default(),
+        };
+        let st = backends::spawn(
+            be,
+            SocketAddrV4::new(Ipv4Addr::LOCALHOST, port),
+            suite.backends.threads,
+            backend_cpus.clone(),
+        )
+        .map_err(|e| format!("back end of route {} on port {port}: {e}", r.name))?;
         stats.push((r.name.clone(), st));
         routes_rt.push(RouteRt { backend_port: port, leaf });
     }
@@ -149,12 +167,24 @@ pub fn run(o: &Options) -> Result<i32, String> {
                 let seed = (wi as u64) << 32 | run as u64;
                 let live = Arc::new(Live::default());
                 if w.warmup_s > 0.0 {
-                    workloads::run(&prep, t.port, &load_cpus, Duration::from_secs_f64(w.warmup_s * o.duration_scale), seed ^ 0xabc, &live);
+                    workloads::run(
+                        &prep,
+                        t.port,
+                        &load_cpus,
+                        Duration::from_secs_f64(w.warmup_s * o.duration_scale),
+                        seed ^ 0xabc,
+                        &live,
+                    );
                 }
                 let live = Arc::new(Live::default());
                 let pid = t.pid();
                 let cpu0 = procstat::cpu_seconds(pid);
-                let bar = progress(o.quiet, duration, &format!("{} · {} · run {}/{}", w.name, t.name, run + 1, runs), live.clone());
+                let bar = progress(
+                    o.quiet,
+                    duration,
+                    &format!("{} · {} · run {}/{}", w.name, t.name, run + 1, runs),
+                    live.clone(),
+                );
                 let out = workloads::run(&prep, t.port, &load_cpus, duration, seed, &live);
                 let cpu = procstat::cpu_seconds(pid) - cpu0;
                 if let Some((b, stop)) = bar {
@@ -206,7 +236,8 @@ pub fn run(o: &Options) -> Result<i32, String> {
                 }
             }
         }
-        let targets_seen: Vec<String> = names.iter().filter(|n| results.iter().any(|r| &r.target == *n)).cloned().collect();
+        let targets_seen: Vec<String> =
+            names.iter().filter(|n| results.iter().any(|r| &r.target == *n)).cloned().collect();
         let summary = targets_seen.iter().map(|n| report::summarize(n, &results, &merged[n])).collect();
         let shape = match w.rate {
             Some(r) => format!("open loop {r:.0}/s, pool {}, {} s", w.concurrency, w.duration_s * o.duration_scale),
@@ -223,7 +254,14 @@ pub fn run(o: &Options) -> Result<i32, String> {
             }
             Kind::Bulk => "bulk",
         };
-        let wr = WorkloadReport { name: w.name.clone(), kind: kind.into(), shape, bulk: w.kind == Kind::Bulk, runs: results, summary };
+        let wr = WorkloadReport {
+            name: w.name.clone(),
+            kind: kind.into(),
+            shape,
+            bulk: w.kind == Kind::Bulk,
+            runs: results,
+            summary,
+        };
         if !o.quiet {
             eprintln!();
             println!("{}", report::workload_table(&wr));
@@ -233,7 +271,11 @@ pub fn run(o: &Options) -> Result<i32, String> {
     for t in running.iter_mut() {
         t.stop();
     }
-    let baseline = names.iter().find(|n| reports.iter().any(|w| w.summary.iter().any(|s| &s.target == *n))).cloned().unwrap_or_default();
+    let baseline = names
+        .iter()
+        .find(|n| reports.iter().any(|w| w.summary.iter().any(|s| &s.target == *n)))
+        .cloned()
+        .unwrap_or_default();
     let ratios = report::ratios(&reports, &baseline);
     let rep = Report {
         suite: suite.name.clone(),
@@ -256,16 +298,24 @@ pub fn run(o: &Options) -> Result<i32, String> {
     for (name, st) in &stats {
         let e = st.errors.load(Ordering::Relaxed);
         if e > 0 && !o.quiet {
-            eprintln!("   back end {name}: {} connections, {e} ended in an error (clients or targets that gave up)", st.accepted.load(Ordering::Relaxed));
+            eprintln!(
+                "   back end {name}: {} connections, {e} ended in an error (clients or targets that gave up)",
+                st.accepted.load(Ordering::Relaxed)
+            );
         }
     }
     if let Some(j) = &o.json {
         std::fs::write(j, serde_json::to_string_pretty(&rep).unwrap()).map_err(|e| format!("{}: {e}", j.display()))?;
         let stem = j.with_extension("");
         for w in &rep.workloads {
-            let curves: Vec<(String, Vec<(f64, f64)>)> = w.summary.iter().map(|s| (s.target.clone(), s.curve.clone())).collect();
+            let curves: Vec<(String, Vec<(f64, f64)>)> =
+                w.summary.iter().map(|s| (s.target.clone(), s.curve.clone())).collect();
             let f = PathBuf::from(format!("{}.{}.svg", stem.display(), w.name));
-            std::fs::write(&f, crate::plot::svg(&format!("{} · {}: latency by percentile", rep.suite, w.name), &curves)).map_err(|e| format!("{}: {e}", f.display()))?;
+            std::fs::write(
+                &f,
+                crate::plot::svg(&format!("{} · {}: latency by percentile", rep.suite, w.name), &curves),
+            )
+            .map_err(|e| format!("{}: {e}", f.display()))?;
         }
         eprintln!("wrote {} and {} plot(s) beside it", j.display(), rep.workloads.len());
     }
@@ -288,7 +338,9 @@ fn progress(quiet: bool, d: Duration, msg: &str, live: Arc<Live>) -> Bar {
         return None;
     }
     let b = ProgressBar::new(d.as_millis() as u64);
-    b.set_style(ProgressStyle::with_template("{prefix} [{bar:30}] {elapsed}/{duration} {msg}").unwrap().progress_chars("=> "));
+    b.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {elapsed}/{duration} {msg}").unwrap().progress_chars("=> "),
+    );
     b.set_prefix(msg.to_string());
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (b2, s2) = (b.clone(), stop.clone());
@@ -313,11 +365,18 @@ pub fn write_configs(suite_path: &Path, out: &Path) -> Result<(), String> {
     ips.extend(model.dip.keys().map(|i| IpAddr::V4(*i)));
     let mut rts = Vec::new();
     for (i, r) in suite.routes.iter().enumerate() {
-        let leaf = (r.action == Action::Terminate || r.backend == BackendKind::Tls).then(|| ca.issue(out, &format!("route{i}"), &names_for_cert(r), &ips)).transpose().map_err(|e| e.to_string())?;
+        let leaf = (r.action == Action::Terminate || r.backend == BackendKind::Tls)
+            .then(|| ca.issue(out, &format!("route{i}"), &names_for_cert(r), &ips))
+            .transpose()
+            .map_err(|e| e.to_string())?;
         rts.push(RouteRt { backend_port: suite.backends.port + i as u16, leaf });
     }
     let env = Env { suite: &suite, model: &model, routes: &rts, dir: out };
-    std::fs::write(out.join("sni-dispatch.toml"), targets::dispatcher_config(&env, targets::port_of(&suite, DISPATCHER))).map_err(|e| e.to_string())?;
+    std::fs::write(
+        out.join("sni-dispatch.toml"),
+        targets::dispatcher_config(&env, targets::port_of(&suite, DISPATCHER)),
+    )
+    .map_err(|e| e.to_string())?;
     for (name, r) in [
         ("haproxy.cfg", targets::haproxy_config(&env, targets::port_of(&suite, "haproxy"), false)),
         ("nginx.conf", targets::nginx_config(&env, targets::port_of(&suite, "nginx"))),

@@ -63,12 +63,7 @@ fn cpu1() -> String {
 }
 impl Default for Cpus {
     fn default() -> Self {
-        Cpus {
-            dispatcher: cpu1(),
-            workers: 1,
-            load: cpu0(),
-            backends: cpu0(),
-        }
+        Cpus { dispatcher: cpu1(), workers: 1, load: cpu0(), backends: cpu0() }
     }
 }
 
@@ -127,10 +122,7 @@ fn backend_threads() -> usize {
 }
 impl Default for BackendsCfg {
     fn default() -> Self {
-        BackendsCfg {
-            port: backend_port(),
-            threads: backend_threads(),
-        }
+        BackendsCfg { port: backend_port(), threads: backend_threads() }
     }
 }
 
@@ -347,10 +339,7 @@ impl Suite {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let mut s: Suite = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         if s.name.is_empty() {
-            s.name = path
-                .file_stem()
-                .map(|x| x.to_string_lossy().into_owned())
-                .unwrap_or_default();
+            s.name = path.file_stem().map(|x| x.to_string_lossy().into_owned()).unwrap_or_default();
         }
         s.validate()?;
         Ok(s)
@@ -360,46 +349,26 @@ impl Suite {
         if self.routes.is_empty() {
             return Err("a suite needs at least one [[route]]".into());
         }
-        let names: HashMap<&str, usize> = self
-            .routes
-            .iter()
-            .enumerate()
-            .map(|(i, r)| (r.name.as_str(), i))
-            .collect();
+        let names: HashMap<&str, usize> = self.routes.iter().enumerate().map(|(i, r)| (r.name.as_str(), i)).collect();
         if names.len() != self.routes.len() {
             return Err("route names must be unique".into());
         }
-        for f in [&self.fallback.no_sni, &self.fallback.unknown_sni]
-            .into_iter()
-            .flatten()
-        {
+        for f in [&self.fallback.no_sni, &self.fallback.unknown_sni].into_iter().flatten() {
             if !f.is_empty() && !names.contains_key(f.as_str()) {
                 return Err(format!("fallback names unknown route {f}"));
             }
         }
         for r in &self.routes {
-            if r.sni_pattern
-                .as_ref()
-                .is_some_and(|p| p.matches("{}").count() != 1)
-            {
-                return Err(format!(
-                    "route {}: sni_pattern needs exactly one {{}}",
-                    r.name
-                ));
+            if r.sni_pattern.as_ref().is_some_and(|p| p.matches("{}").count() != 1) {
+                return Err(format!("route {}: sni_pattern needs exactly one {{}}", r.name));
             }
             if !matches!(r.proxy_protocol.as_str(), "none" | "v1" | "v2") {
-                return Err(format!(
-                    "route {}: proxy_protocol must be none, v1 or v2",
-                    r.name
-                ));
+                return Err(format!("route {}: proxy_protocol must be none, v1 or v2", r.name));
             }
         }
         for w in &self.workloads {
             if w.duration_s <= 0.0 || w.max_count == 0 || w.concurrency == 0 {
-                return Err(format!(
-                    "workload {}: duration_s, max_count and concurrency must be positive",
-                    w.name
-                ));
+                return Err(format!("workload {}: duration_s, max_count and concurrency must be positive", w.name));
             }
             if w.duration_s > 3600.0 {
                 return Err(format!("workload {}: duration_s over an hour", w.name));
@@ -408,10 +377,7 @@ impl Suite {
                 return Err(format!("workload {}: shares must be within 0..1", w.name));
             }
             if w.kind == Kind::Bulk && w.push_mib <= 0.0 && w.pull_mib <= 0.0 {
-                return Err(format!(
-                    "workload {}: bulk needs push_mib or pull_mib",
-                    w.name
-                ));
+                return Err(format!("workload {}: bulk needs push_mib or pull_mib", w.name));
             }
         }
         Ok(())
@@ -422,11 +388,7 @@ impl Suite {
 #[derive(Debug, Clone)]
 enum Block {
     List(Vec<String>),
-    Pattern {
-        prefix: String,
-        suffix: String,
-        count: u64,
-    },
+    Pattern { prefix: String, suffix: String, count: u64 },
 }
 
 impl Block {
@@ -509,16 +471,8 @@ impl NameTable {
             return Some(r);
         }
         for (ri, _, b) in &self.blocks {
-            if let Block::Pattern {
-                prefix,
-                suffix,
-                count,
-            } = b
-            {
-                if let Some(mid) = name
-                    .strip_prefix(prefix.as_str())
-                    .and_then(|x| x.strip_suffix(suffix.as_str()))
-                {
+            if let Block::Pattern { prefix, suffix, count } = b {
+                if let Some(mid) = name.strip_prefix(prefix.as_str()).and_then(|x| x.strip_suffix(suffix.as_str())) {
                     if let Ok(j) = mid.parse::<u64>() {
                         if j < *count && mid == j.to_string() {
                             return Some(*ri);
@@ -538,7 +492,11 @@ impl NameTable {
     }
     /// Index ranges (first, len) of the table that belong to `routes` (all when empty).
     pub fn ranges(&self, routes: &[usize]) -> Vec<(u64, u64)> {
-        self.blocks.iter().filter(|(r, _, _)| routes.is_empty() || routes.contains(r)).map(|(_, first, b)| (*first, b.len())).collect()
+        self.blocks
+            .iter()
+            .filter(|(r, _, _)| routes.is_empty() || routes.contains(r))
+            .map(|(_, first, b)| (*first, b.len()))
+            .collect()
     }
     /// Iterate every (name, route) in order; the generated ones are produced on the fly.
     pub fn iter(&self) -> impl Iterator<Item = (String, usize)> + '_ {
@@ -546,10 +504,7 @@ impl NameTable {
     }
     /// Wildcard entries as written in the suite ("*.x"), with their route.
     pub fn wildcard_patterns(&self) -> Vec<(String, usize)> {
-        self.wildcards
-            .iter()
-            .map(|(s, r)| (format!("*{s}"), *r))
-            .collect()
+        self.wildcards.iter().map(|(s, r)| (format!("*{s}"), *r)).collect()
     }
 }
 
@@ -566,9 +521,7 @@ pub struct Model {
 impl Model {
     pub fn new(s: &Suite) -> Model {
         let idx = |n: &Option<String>| {
-            n.as_ref()
-                .filter(|x| !x.is_empty())
-                .and_then(|n| s.routes.iter().position(|r| &r.name == n))
+            n.as_ref().filter(|x| !x.is_empty()).and_then(|n| s.routes.iter().position(|r| &r.name == n))
         };
         let mut dip = HashMap::new();
         for (i, r) in s.routes.iter().enumerate() {

@@ -86,26 +86,26 @@ impl Prepared {
             Some(d) => match d.dist {
                 DistKind::Fixed => {
                     if d.names.is_empty() {
-                        return Err(format!(
-                            "workload {}: fixed distribution needs names",
-                            w.name
-                        ));
+                        return Err(format!("workload {}: fixed distribution needs names", w.name));
                     }
                     Names::Fixed(d.names.clone())
                 }
                 DistKind::Uniform | DistKind::Zipf => {
                     let mut ids = Vec::new();
                     for r in &d.routes {
-                        ids.push(model.route_names.iter().position(|x| x == r).ok_or_else(|| format!("workload {}: unknown route {r}", w.name))?);
+                        ids.push(
+                            model
+                                .route_names
+                                .iter()
+                                .position(|x| x == r)
+                                .ok_or_else(|| format!("workload {}: unknown route {r}", w.name))?,
+                        );
                     }
                     let ranges = model.table.ranges(&ids);
                     let avail: u64 = ranges.iter().map(|r| r.1).sum();
                     let n = d.count.unwrap_or(avail).min(avail);
                     if n == 0 {
-                        return Err(format!(
-                            "workload {}: the suite has no names to draw",
-                            w.name
-                        ));
+                        return Err(format!("workload {}: the suite has no names to draw", w.name));
                     }
                     let dist = if d.dist == DistKind::Uniform {
                         IndexDist::uniform(n)
@@ -122,19 +122,14 @@ impl Prepared {
                     None | Some("rustls") => crate::hello::generate(Some("www.example.com")),
                     Some(path) => {
                         let f = resolve(path, suite_dir);
-                        std::fs::read(&f).map_err(|e| {
-                            format!("workload {}: hello {}: {e}", w.name, f.display())
-                        })?
+                        std::fs::read(&f).map_err(|e| format!("workload {}: hello {}: {e}", w.name, f.display()))?
                     }
                 };
                 Some(Hello::parse(&raw).map_err(|e| format!("workload {}: hello: {e}", w.name))?)
             }
             Kind::FullTls => None,
         };
-        let hello_records = hello
-            .as_ref()
-            .map(|h| h.to_records(w.record_size.unwrap_or(16384)))
-            .unwrap_or_default();
+        let hello_records = hello.as_ref().map(|h| h.to_records(w.record_size.unwrap_or(16384))).unwrap_or_default();
         let tls = (w.kind == Kind::FullTls).then(|| client_config(w, ca.clone()));
         let mut dips = w.dedicated_ips.clone();
         if dips.is_empty() {
@@ -142,10 +137,7 @@ impl Prepared {
             dips.sort();
         }
         if w.dedicated_share > 0.0 && dips.is_empty() {
-            return Err(format!(
-                "workload {}: dedicated_share but no dedicated IPs",
-                w.name
-            ));
+            return Err(format!("workload {}: dedicated_share but no dedicated IPs", w.name));
         }
         let bulk = (w.kind == Kind::Bulk).then(|| {
             let seed = 0x5eed;
@@ -161,16 +153,7 @@ impl Prepared {
                 pattern,
             }
         });
-        Ok(Prepared {
-            w: w.clone(),
-            model,
-            names,
-            hello,
-            hello_records,
-            tls,
-            dips,
-            bulk,
-        })
+        Ok(Prepared { w: w.clone(), model, names, hello, hello_records, tls, dips, bulk })
     }
 
     /// Where the next connection goes: the IP dialed and the SNI (None: no SNI).
@@ -204,24 +187,16 @@ impl Prepared {
     }
 }
 
-fn client_config(
-    w: &Workload,
-    ca: Option<rustls::pki_types::CertificateDer<'static>>,
-) -> Arc<rustls::ClientConfig> {
+fn client_config(w: &Workload, ca: Option<rustls::pki_types::CertificateDer<'static>>) -> Arc<rustls::ClientConfig> {
     use rustls::crypto::aws_lc_rs::{default_provider, kx_group};
     let mut provider = default_provider();
     provider.kx_groups = if w.pq {
-        vec![
-            kx_group::X25519MLKEM768,
-            kx_group::X25519,
-            kx_group::SECP256R1,
-        ]
+        vec![kx_group::X25519MLKEM768, kx_group::X25519, kx_group::SECP256R1]
     } else {
         vec![kx_group::X25519, kx_group::SECP256R1]
     };
-    let b = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
-        .with_safe_default_protocol_versions()
-        .unwrap();
+    let b =
+        rustls::ClientConfig::builder_with_provider(Arc::new(provider)).with_safe_default_protocol_versions().unwrap();
     let mut cfg = match (w.verify, ca) {
         (true, Some(ca)) => {
             let mut roots = rustls::RootCertStore::empty();
@@ -288,24 +263,13 @@ pub struct Live {
 }
 
 /// Run `p` against a target listening on `port` of each IP. Bounded by `duration` and max_count.
-pub fn run(
-    p: &Arc<Prepared>,
-    port: u16,
-    cpus: &[usize],
-    duration: Duration,
-    seed: u64,
-    live: &Arc<Live>,
-) -> Outcome {
+pub fn run(p: &Arc<Prepared>, port: u16, cpus: &[usize], duration: Duration, seed: u64, live: &Arc<Live>) -> Outcome {
     let w = &p.w;
     let stop = Arc::new(AtomicBool::new(false));
     let slow = w.slowloris.clone().map(|s| {
         let stop = stop.clone();
         let hello = p.hello_records.clone();
-        let hello = if hello.is_empty() {
-            crate::hello::generate(Some("www.example.com"))
-        } else {
-            hello
-        };
+        let hello = if hello.is_empty() { crate::hello::generate(Some("www.example.com")) } else { hello };
         let dst = SocketAddrV4::new(w.address.unwrap_or(Ipv4Addr::LOCALHOST), port);
         let cpus = cpus.to_vec();
         std::thread::spawn(move || {
@@ -333,9 +297,7 @@ pub fn run(
                 .stack_size(512 * 1024)
                 .spawn(move || {
                     pin(&cpus, t);
-                    let mut rng = SmallRng::seed_from_u64(
-                        seed.wrapping_mul(1_000_003).wrapping_add(t as u64),
-                    );
+                    let mut rng = SmallRng::seed_from_u64(seed.wrapping_mul(1_000_003).wrapping_add(t as u64));
                     let mut o = Outcome {
                         ok: 0,
                         expected_drops: 0,
@@ -514,27 +476,15 @@ fn hello_once(
     let Some(route) = expect else {
         // no route: the target must close without answering
         return match got {
-            Ok(0) => Ok(Done {
-                bytes: 0,
-                resumed: false,
-                dropped: true,
-            }),
-            Err(e) if io_kind(&e) == "reset" => Ok(Done {
-                bytes: 0,
-                resumed: false,
-                dropped: true,
-            }),
+            Ok(0) => Ok(Done { bytes: 0, resumed: false, dropped: true }),
+            Err(e) if io_kind(&e) == "reset" => Ok(Done { bytes: 0, resumed: false, dropped: true }),
             Err(e) => Err(io_kind(&e)),
             Ok(_) => Err("not_dropped"),
         };
     };
     let n = got.map_err(|e| io_kind(&e))?;
     if n < ANSWER_LEN {
-        return Err(if n == 0 {
-            "closed_no_answer"
-        } else {
-            "short_answer"
-        });
+        return Err(if n == 0 { "closed_no_answer" } else { "short_answer" });
     }
     match answer_label(&a) {
         Some(l) if l == p.model.route_names[route] => {}
@@ -552,11 +502,7 @@ fn hello_once(
             })
         }
     }
-    Ok(Done {
-        bytes: (bytes.len() + ANSWER_LEN) as u64,
-        resumed: false,
-        dropped: false,
-    })
+    Ok(Done { bytes: (bytes.len() + ANSWER_LEN) as u64, resumed: false, dropped: false })
 }
 
 fn tls_once(
@@ -593,11 +539,7 @@ fn tls_once(
         let mut resp = vec![0u8; req.len()];
         let n = read_full(&mut tls, &mut resp).map_err(io_err)?;
         if n < resp.len() {
-            return Err(if n == 0 {
-                "closed_no_answer"
-            } else {
-                "short_answer"
-            });
+            return Err(if n == 0 { "closed_no_answer" } else { "short_answer" });
         }
         if resp != req {
             return Err("bad_echo");
@@ -616,17 +558,9 @@ fn tls_once(
         }
     }
     match (r, expect) {
-        (Ok((resumed, bytes)), Some(_)) => Ok(Done {
-            bytes,
-            resumed,
-            dropped: false,
-        }),
+        (Ok((resumed, bytes)), Some(_)) => Ok(Done { bytes, resumed, dropped: false }),
         (Ok(_), None) => Err("not_dropped"),
-        (Err(_), None) => Ok(Done {
-            bytes: 0,
-            resumed: false,
-            dropped: true,
-        }),
+        (Err(_), None) => Ok(Done { bytes: 0, resumed: false, dropped: true }),
         (Err(e), Some(_)) => Err(e),
     }
 }
@@ -695,11 +629,7 @@ fn bulk_once(
         Ok(_) => return Err("extra_bytes"),
         Err(e) => return Err(io_kind(&e)),
     }
-    Ok(Done {
-        bytes: plan.push + plan.pull,
-        resumed: false,
-        dropped: false,
-    })
+    Ok(Done { bytes: plan.push + plan.pull, resumed: false, dropped: false })
 }
 
 struct SlowConn {
@@ -726,12 +656,7 @@ pub fn slowloris(cfg: &Slowloris, dst: SocketAddrV4, hello: &[u8], stop: &Atomic
                 };
                 let _ = s.write_all(&hello[..first]);
                 let _ = s.set_nonblocking(true);
-                Some(SlowConn {
-                    s,
-                    sent: first,
-                    opened: Instant::now(),
-                    next: Instant::now() + interval,
-                })
+                Some(SlowConn { s, sent: first, opened: Instant::now(), next: Instant::now() + interval })
             }
             Err(_) => {
                 st.connect_errors += 1;
@@ -798,10 +723,6 @@ pub fn slowloris(cfg: &Slowloris, dst: SocketAddrV4, hello: &[u8], stop: &Atomic
         }
     }
     st.open_at_end = conns.len() as u64;
-    st.mean_life_s = if st.closed_by_target > 0 {
-        life_sum / st.closed_by_target as f64
-    } else {
-        0.0
-    };
+    st.mean_life_s = if st.closed_by_target > 0 { life_sum / st.closed_by_target as f64 } else { 0.0 };
     st
 }

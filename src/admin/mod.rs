@@ -51,19 +51,13 @@ impl Admin {
         let addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = Arc::clone(&stop);
-        let thread = std::thread::Builder::new()
-            .name("sni-admin".into())
-            .spawn(move || {
-                if let Some(cpu) = cpu {
-                    core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
-                }
-                accept_loop(&listener, &state, &stop2);
-            })?;
-        Ok(Self {
-            addr,
-            stop,
-            thread: Some(thread),
-        })
+        let thread = std::thread::Builder::new().name("sni-admin".into()).spawn(move || {
+            if let Some(cpu) = cpu {
+                core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
+            }
+            accept_loop(&listener, &state, &stop2);
+        })?;
+        Ok(Self { addr, stop, thread: Some(thread) })
     }
 
     /// The bound address (port 0 resolved).
@@ -124,12 +118,10 @@ fn accept_loop(listener: &TcpListener, state: &State, stop: &AtomicBool) {
         }
         let state = state.clone();
         let guard = ActiveGuard(Arc::clone(&active));
-        let spawned = std::thread::Builder::new()
-            .name("sni-admin-req".into())
-            .spawn(move || {
-                let _guard = guard;
-                serve(s, &state);
-            });
+        let spawned = std::thread::Builder::new().name("sni-admin-req".into()).spawn(move || {
+            let _guard = guard;
+            serve(s, &state);
+        });
         if let Err(e) = spawned {
             tracing::warn!(error = %e, "admin: cannot start a request thread");
         }
@@ -155,12 +147,7 @@ pub struct Response {
 
 impl Response {
     fn text(status: u16, body: &str) -> Self {
-        Self {
-            status,
-            content_type: "text/plain; charset=utf-8",
-            body: body.as_bytes().to_vec(),
-            allow: false,
-        }
+        Self { status, content_type: "text/plain; charset=utf-8", body: body.as_bytes().to_vec(), allow: false }
     }
 }
 
@@ -209,10 +196,7 @@ pub fn route(method: &str, path: &str, state: &State) -> Response {
         return Response::text(404, "not found; try /metrics, /stats or /healthz\n");
     }
     if method != "GET" && method != "HEAD" {
-        return Response {
-            allow: true,
-            ..Response::text(405, "method not allowed\n")
-        };
+        return Response { allow: true, ..Response::text(405, "method not allowed\n") };
     }
     let accepting = state.accepting.load(Ordering::SeqCst);
     match path {
@@ -307,10 +291,12 @@ fn parse_request_line(head: &[u8]) -> Result<(&str, &str), u16> {
     let line = std::str::from_utf8(&head[..line_end]).map_err(|_| 400u16)?;
     let line = line.strip_suffix('\r').unwrap_or(line);
     let mut parts = line.split(' ');
-    let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+    let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return Err(400);
     };
-    let token = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    let token =
+        |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
     if !token(method) || !version.starts_with("HTTP/1.") || version.len() != 8 || !target.starts_with('/') {
         return Err(400);
     }

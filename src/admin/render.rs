@@ -20,14 +20,22 @@ type Plain = (&'static str, &'static str, fn(&Counters) -> u64);
 
 const COUNTERS: [Plain; 10] = [
     ("connections_accepted_total", "Connections accepted.", |c| c.accepted),
-    ("backend_connect_failures_total", "Back-end connection attempts that failed (the next back end is tried).", |c| c.backend_connect_failures),
+    ("backend_connect_failures_total", "Back-end connection attempts that failed (the next back end is tried).", |c| {
+        c.backend_connect_failures
+    }),
     ("tls_handshakes_total", "Completed TLS handshakes on terminating routes.", |c| c.tls_handshakes),
     ("tls_resumed_total", "Completed TLS handshakes that resumed a session.", |c| c.tls_resumed),
     ("relay_idle_timeouts_total", "Relayed connections closed by idle_timeout_ms.", |c| c.idle_timeouts),
     ("relay_errors_total", "Relays ended by an error (reset, broken pipe).", |c| c.relay_errors),
     ("accept_errors_total", "accept() failures.", |c| c.accept_errors),
-    ("accept_fd_exhausted_total", "accept() failures for lack of descriptors or memory (backed off).", |c| c.accept_fd_exhausted),
-    ("connection_limit_waits_total", "Times a worker stopped accepting at max_conns_per_worker (later connections wait in the backlog).", |c| c.conn_limit_waits),
+    ("accept_fd_exhausted_total", "accept() failures for lack of descriptors or memory (backed off).", |c| {
+        c.accept_fd_exhausted
+    }),
+    (
+        "connection_limit_waits_total",
+        "Times a worker stopped accepting at max_conns_per_worker (later connections wait in the backlog).",
+        |c| c.conn_limit_waits,
+    ),
     ("access_log_lines_total", "Access-log lines handed to the writer.", |c| c.access_log_lines),
 ];
 
@@ -83,7 +91,12 @@ pub fn prometheus(registry: &Registry, accepting: bool) -> String {
     for how in Match::ALL {
         let _ = writeln!(out, "{PREFIX}connections_routed_total{{how=\"{}\"}} {}", how.as_str(), m.routed_by(how));
     }
-    header(&mut out, "connections_dropped_total", "counter", "Connections closed before or instead of being relayed, by reason.");
+    header(
+        &mut out,
+        "connections_dropped_total",
+        "counter",
+        "Connections closed before or instead of being relayed, by reason.",
+    );
     for r in DropReason::ALL {
         let _ = writeln!(out, "{PREFIX}connections_dropped_total{{reason=\"{}\"}} {}", r.as_str(), m.dropped_by(r));
     }
@@ -93,7 +106,12 @@ pub fn prometheus(registry: &Registry, accepting: bool) -> String {
     header(&mut out, "relays_total", "counter", "Passthrough relays, by how they moved bytes.");
     let _ = writeln!(out, "{PREFIX}relays_total{{kind=\"splice\"}} {}", m.relays_splice);
     let _ = writeln!(out, "{PREFIX}relays_total{{kind=\"buffered\"}} {}", m.relays_buffered);
-    header(&mut out, "access_log_dropped_lines_total", "counter", "Access-log lines lost because the writer fell behind.");
+    header(
+        &mut out,
+        "access_log_dropped_lines_total",
+        "counter",
+        "Access-log lines lost because the writer fell behind.",
+    );
     let _ = writeln!(out, "{PREFIX}access_log_dropped_lines_total {}", m.access_log_dropped);
 
     for k in Hist::ALL {
@@ -124,8 +142,10 @@ pub fn prometheus(registry: &Registry, accepting: bool) -> String {
 }
 
 fn counters_json(c: &Counters) -> Value {
-    let routed: Map<String, Value> = Match::ALL.iter().map(|m| (m.as_str().to_owned(), c.routed_by(*m).into())).collect();
-    let dropped: Map<String, Value> = DropReason::ALL.iter().map(|r| (r.as_str().to_owned(), c.dropped_by(*r).into())).collect();
+    let routed: Map<String, Value> =
+        Match::ALL.iter().map(|m| (m.as_str().to_owned(), c.routed_by(*m).into())).collect();
+    let dropped: Map<String, Value> =
+        DropReason::ALL.iter().map(|r| (r.as_str().to_owned(), c.dropped_by(*r).into())).collect();
     json!({
         "accepted": c.accepted,
         "open": c.open,
@@ -264,7 +284,11 @@ pub fn summary(registry: &Registry, uptime: Duration) -> String {
         "  relays:  splice {}, buffered {}, tls {} ({} resumed); errors {}, idle timeouts {}, backend connect failures {}",
         m.relays_splice, m.relays_buffered, m.tls_handshakes, m.tls_resumed, m.relay_errors, m.idle_timeouts, m.backend_connect_failures
     );
-    let _ = writeln!(out, "  bytes:   client→backend {}, backend→client {}", m.bytes_client_to_backend, m.bytes_backend_to_client);
+    let _ = writeln!(
+        out,
+        "  bytes:   client→backend {}, backend→client {}",
+        m.bytes_client_to_backend, m.bytes_backend_to_client
+    );
     let _ = writeln!(out, "  {:<22} {:>8}  p50/p99/p99.9", "latency", "count");
     for k in Hist::ALL {
         let _ = writeln!(out, "  {:<22} {:>8}  {}", k.name(), mh.count(k), pcts(&mh, k));

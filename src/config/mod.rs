@@ -123,6 +123,28 @@ pub struct RuntimeOverrides {
     pub admin: Option<SocketAddr>,
 }
 
+/// Calls `$then!` with the `[runtime]` keys whose override is a plain `Copy` value, so that
+/// merging and applying overrides list them once.
+macro_rules! plain_runtime_keys {
+    ($then:ident) => {
+        $then!(
+            workers,
+            ring_entries,
+            sqpoll,
+            sqpoll_idle_ms,
+            hello_timeout_ms,
+            connect_timeout_ms,
+            idle_timeout_ms,
+            drain_timeout_ms,
+            max_hello_bytes,
+            max_conns_per_worker,
+            splice,
+            pipe_pool,
+            backlog
+        )
+    };
+}
+
 /// A tuning profile file (`--profile`): a `[runtime]` table and nothing else.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -149,56 +171,35 @@ impl RuntimeOverrides {
     /// These overrides with every key that `later` sets replaced by its value.
     pub fn then(self, later: &Self) -> Self {
         macro_rules! pick {
-            ($($field:ident),*) => { Self { $( $field: later.$field.clone().or(self.$field), )* } };
+            ($($field:ident),*) => {
+                Self {
+                    $( $field: later.$field.or(self.$field), )*
+                    cpus: later.cpus.clone().or(self.cpus),
+                    access_log: later.access_log.clone().or(self.access_log),
+                    access_log_sample: later.access_log_sample.or(self.access_log_sample),
+                    admin: later.admin.or(self.admin),
+                }
+            };
         }
-        pick!(
-            workers,
-            cpus,
-            ring_entries,
-            sqpoll,
-            sqpoll_idle_ms,
-            hello_timeout_ms,
-            connect_timeout_ms,
-            idle_timeout_ms,
-            drain_timeout_ms,
-            max_hello_bytes,
-            max_conns_per_worker,
-            splice,
-            pipe_pool,
-            backlog,
-            access_log,
-            access_log_sample,
-            admin
-        )
+        plain_runtime_keys!(pick)
     }
 
     /// Applies every key that is set; `origin` names where they came from in errors.
     fn apply(&self, rt: &mut Runtime, origin: &str, errors: &mut Vec<Located>) {
         macro_rules! set {
-            ($($field:ident),*) => { $( if let Some(v) = self.$field.clone() { rt.$field = v; } )* };
+            ($($field:ident),*) => { $( if let Some(v) = self.$field { rt.$field = v; } )* };
         }
-        set!(
-            workers,
-            ring_entries,
-            sqpoll,
-            sqpoll_idle_ms,
-            hello_timeout_ms,
-            connect_timeout_ms,
-            idle_timeout_ms,
-            drain_timeout_ms,
-            max_hello_bytes,
-            max_conns_per_worker,
-            splice,
-            pipe_pool,
-            backlog
-        );
+        plain_runtime_keys!(set);
         if let Some(p) = &self.access_log {
             rt.access_log = Some(p.clone());
         }
         if let Some(f) = self.access_log_sample {
             match SampleRate::new(f) {
                 Some(r) => rt.access_log_sample = r,
-                None => errors.push(Located::new(format!("{origin}.access_log_sample"), format!("{f} is not a fraction from 0 to 1"))),
+                None => errors.push(Located::new(
+                    format!("{origin}.access_log_sample"),
+                    format!("{f} is not a fraction from 0 to 1"),
+                )),
             }
         }
         if let Some(list) = &self.cpus {
@@ -211,8 +212,7 @@ impl RuntimeOverrides {
 }
 
 fn check_runtime(rt: &Runtime, errors: &mut Vec<Located>) {
-    let mut bad =
-        |key: &str, reason: &str| errors.push(Located::new(format!("runtime.{key}"), reason));
+    let mut bad = |key: &str, reason: &str| errors.push(Located::new(format!("runtime.{key}"), reason));
     if !(1..=32768).contains(&rt.ring_entries) || !rt.ring_entries.is_power_of_two() {
         bad("ring_entries", "must be a power of two from 1 to 32768");
     }
@@ -242,13 +242,11 @@ pub fn parse_cpu_list(s: &str) -> Result<Option<Vec<usize>>, String> {
     let mut cpus = Vec::new();
     for part in s.split(',') {
         let part = part.trim();
-        let bad =
-            || format!("{part:?} is not a CPU number or range (expected a list like \"0-3,8\")");
+        let bad = || format!("{part:?} is not a CPU number or range (expected a list like \"0-3,8\")");
         let (lo, hi) = match part.split_once('-') {
-            Some((a, b)) => (
-                a.trim().parse::<usize>().map_err(|_| bad())?,
-                b.trim().parse::<usize>().map_err(|_| bad())?,
-            ),
+            Some((a, b)) => {
+                (a.trim().parse::<usize>().map_err(|_| bad())?, b.trim().parse::<usize>().map_err(|_| bad())?)
+            }
             None => {
                 let n = part.parse::<usize>().map_err(|_| bad())?;
                 (n, n)
@@ -329,10 +327,7 @@ pub struct Located {
 
 impl Located {
     fn new(key: impl Into<String>, reason: impl fmt::Display) -> Self {
-        Self {
-            key: key.into(),
-            reason: reason.to_string(),
-        }
+        Self { key: key.into(), reason: reason.to_string() }
     }
 }
 
@@ -368,21 +363,14 @@ impl Config {
     /// `[runtime]` table. Certificates and keys are read and checked here, so a config that
     /// loads can be served.
     pub fn load(path: &Path, overrides: &RuntimeOverrides) -> Result<Self, ConfigError> {
-        let fail = |reason: String| ConfigError {
-            file: path.to_owned(),
-            problems: vec![Located::new("", reason)],
-        };
+        let fail = |reason: String| ConfigError { file: path.to_owned(), problems: vec![Located::new("", reason)] };
         let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read: {e}")))?;
         Self::from_str(&text, path, overrides)
     }
 
     /// As [`Config::load`], from text already read; `path` names the file in errors and anchors
     /// relative cert/key paths.
-    pub fn from_str(
-        text: &str,
-        path: &Path,
-        overrides: &RuntimeOverrides,
-    ) -> Result<Self, ConfigError> {
+    pub fn from_str(text: &str, path: &Path, overrides: &RuntimeOverrides) -> Result<Self, ConfigError> {
         let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError {
             file: path.to_owned(),
             // toml's message carries the line, column and the offending key.
@@ -393,42 +381,24 @@ impl Config {
         let config = resolve(file, path, &base, overrides, &mut errors);
         match config {
             Some(c) if errors.is_empty() => Ok(c),
-            _ => Err(ConfigError {
-                file: path.to_owned(),
-                problems: errors,
-            }),
+            _ => Err(ConfigError { file: path.to_owned(), problems: errors }),
         }
     }
 
     /// A short human summary for `check` and the start-up log.
     pub fn summary(&self) -> String {
         let routes = self.table.routes();
-        let terminate = routes
-            .iter()
-            .filter(|r| r.action == Action::Terminate)
-            .count();
+        let terminate = routes.iter().filter(|r| r.action == Action::Terminate).count();
         let (exact, wild) = self.table.name_count();
         let mut s = String::new();
         let listeners: Vec<String> = self.listeners.iter().map(ToString::to_string).collect();
         s += &format!("listeners: {}\n", listeners.join(", "));
-        s += &format!(
-            "routes: {} ({} terminate, {} passthrough)\n",
-            routes.len(),
-            terminate,
-            routes.len() - terminate
-        );
+        s += &format!("routes: {} ({} terminate, {} passthrough)\n", routes.len(), terminate, routes.len() - terminate);
         s += &format!("names: {exact} exact, {wild} wildcard\n");
         s += &format!("dedicated IPs: {}\n", self.table.dedicated_ips().count());
-        let name = |id: Option<RouteId>| {
-            id.map_or("drop".to_owned(), |id| {
-                format!("route {:?}", self.table.route(id).name)
-            })
-        };
-        s += &format!(
-            "no SNI: {}; unknown SNI: {}\n",
-            name(self.table.no_sni()),
-            name(self.table.unknown_sni())
-        );
+        let name =
+            |id: Option<RouteId>| id.map_or("drop".to_owned(), |id| format!("route {:?}", self.table.route(id).name));
+        s += &format!("no SNI: {}; unknown SNI: {}\n", name(self.table.no_sni()), name(self.table.unknown_sni()));
         if let Some(admin) = self.admin {
             s += &format!("admin: http://{admin}/metrics\n");
         }
@@ -448,34 +418,24 @@ fn resolve(
     overrides.apply(&mut runtime, "--flag", errors);
     check_runtime(&runtime, errors);
 
-    let admin = file
-        .admin
-        .and_then(|a| a.listen)
-        .and_then(|s| match s.parse::<SocketAddr>() {
-            Ok(a) => Some(a),
-            Err(_) => {
-                errors.push(Located::new(
-                    "admin.listen",
-                    format!("{s:?} is not an address like \"127.0.0.1:9900\""),
-                ));
-                None
-            }
-        });
+    let admin = file.admin.and_then(|a| a.listen).and_then(|s| match s.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            errors.push(Located::new("admin.listen", format!("{s:?} is not an address like \"127.0.0.1:9900\"")));
+            None
+        }
+    });
     let admin = overrides.admin.or(admin);
 
     if file.listeners.is_empty() {
-        errors.push(Located::new(
-            "listener",
-            "at least one [[listener]] with an address is required",
-        ));
+        errors.push(Located::new("listener", "at least one [[listener]] with an address is required"));
     }
     let mut listeners = Vec::new();
     for (i, l) in file.listeners.iter().enumerate() {
         match l.address.parse::<SocketAddr>() {
-            Ok(a) if listeners.contains(&a) => errors.push(Located::new(
-                format!("listener[{i}].address"),
-                format!("{a} is listed twice"),
-            )),
+            Ok(a) if listeners.contains(&a) => {
+                errors.push(Located::new(format!("listener[{i}].address"), format!("{a} is listed twice")))
+            }
             Ok(a) => listeners.push(a),
             Err(_) => errors.push(Located::new(
                 format!("listener[{i}].address"),
@@ -487,18 +447,11 @@ fn resolve(
     let mut routes = Vec::with_capacity(file.routes.len());
     let mut names = std::collections::HashMap::new();
     for (i, r) in file.routes.into_iter().enumerate() {
-        let key = if r.name.is_empty() {
-            format!("route[{i}]")
-        } else {
-            format!("route {:?}", r.name)
-        };
+        let key = if r.name.is_empty() { format!("route[{i}]") } else { format!("route {:?}", r.name) };
         if r.name.is_empty() {
             errors.push(Located::new(format!("{key}.name"), "must not be empty"));
         } else if let Some(first) = names.insert(r.name.clone(), i) {
-            errors.push(Located::new(
-                format!("{key}.name"),
-                format!("also used by route[{first}]"),
-            ));
+            errors.push(Located::new(format!("{key}.name"), format!("also used by route[{first}]")));
         }
         if let Some(route) = resolve_route(r, &key, base, errors) {
             routes.push(route);
@@ -507,15 +460,9 @@ fn resolve(
 
     let mut fallback = |field: &str, name: Option<String>| -> Option<RouteId> {
         let name = name.filter(|n| !n.is_empty())?;
-        let found = routes
-            .iter()
-            .position(|r| r.name == name)
-            .map(|i| RouteId(i as u32));
+        let found = routes.iter().position(|r| r.name == name).map(|i| RouteId(i as u32));
         if found.is_none() {
-            errors.push(Located::new(
-                format!("fallback.{field}"),
-                format!("names no route: {name:?}"),
-            ));
+            errors.push(Located::new(format!("fallback.{field}"), format!("names no route: {name:?}")));
         }
         found
     };
@@ -531,7 +478,9 @@ fn resolve(
                 .routes()
                 .iter()
                 .filter(|r| r.action == Action::Terminate && r.min_tls < TlsVersion::TLS12)
-                .map(|r| format!("route {:?}.min_tls: rustls serves TLS 1.2 and 1.3 only; {} acts as 1.2", r.name, r.min_tls))
+                .map(|r| {
+                    format!("route {:?}.min_tls: rustls serves TLS 1.2 and 1.3 only; {} acts as 1.2", r.name, r.min_tls)
+                })
                 .collect();
             Some(Config { path: path.to_owned(), runtime, admin, listeners, table, warnings })
         }
@@ -557,27 +506,20 @@ fn resolve(
 
 fn resolve_route(r: RouteFile, key: &str, base: &Path, errors: &mut Vec<Located>) -> Option<Route> {
     let before = errors.len();
-    let mut bad =
-        |field: &str, reason: String| errors.push(Located::new(format!("{key}.{field}"), reason));
+    let mut bad = |field: &str, reason: String| errors.push(Located::new(format!("{key}.{field}"), reason));
 
     let action = match r.action.as_str() {
         "terminate" => Some(Action::Terminate),
         "passthrough" => Some(Action::Passthrough),
         other => {
-            bad(
-                "action",
-                format!("{other:?} is not \"terminate\" or \"passthrough\""),
-            );
+            bad("action", format!("{other:?} is not \"terminate\" or \"passthrough\""));
             None
         }
     };
     let min_tls = match r.min_tls.as_deref() {
         None => TlsVersion::TLS12,
         Some(v) => TlsVersion::from_config(v).unwrap_or_else(|| {
-            bad(
-                "min_tls",
-                format!("{v:?} is not one of \"1.0\", \"1.1\", \"1.2\", \"1.3\""),
-            );
+            bad("min_tls", format!("{v:?} is not one of \"1.0\", \"1.1\", \"1.2\", \"1.3\""));
             TlsVersion::TLS12
         }),
     };
@@ -586,10 +528,7 @@ fn resolve_route(r: RouteFile, key: &str, base: &Path, errors: &mut Vec<Located>
         Some("v1") => ProxyProtocol::V1,
         Some("v2") => ProxyProtocol::V2,
         Some(other) => {
-            bad(
-                "proxy_protocol",
-                format!("{other:?} is not \"none\", \"v1\" or \"v2\""),
-            );
+            bad("proxy_protocol", format!("{other:?} is not \"none\", \"v1\" or \"v2\""));
             ProxyProtocol::None
         }
     };
@@ -609,19 +548,13 @@ fn resolve_route(r: RouteFile, key: &str, base: &Path, errors: &mut Vec<Located>
         }
     }
     if r.backends.is_empty() {
-        bad(
-            "backends",
-            "at least one back end address is required".into(),
-        );
+        bad("backends", "at least one back end address is required".into());
     }
     let mut backends = Vec::with_capacity(r.backends.len());
     for raw in &r.backends {
         match raw.parse::<SocketAddr>() {
             Ok(a) => backends.push(a),
-            Err(_) => bad(
-                "backends",
-                format!("{raw:?} is not an address like \"127.0.0.1:8080\""),
-            ),
+            Err(_) => bad("backends", format!("{raw:?} is not an address like \"127.0.0.1:8080\"")),
         }
     }
     for (i, p) in r.alpn.iter().enumerate() {
@@ -635,10 +568,7 @@ fn resolve_route(r: RouteFile, key: &str, base: &Path, errors: &mut Vec<Located>
             (Some(cert), Some(pkey)) => load_tls(&base.join(cert), &base.join(pkey), key, min_tls, &r.alpn, errors),
             (c, k) => {
                 if c.is_none() {
-                    bad(
-                        "cert",
-                        "a terminate route needs a certificate chain (PEM)".into(),
-                    );
+                    bad("cert", "a terminate route needs a certificate chain (PEM)".into());
                 }
                 if k.is_none() {
                     bad("key", "a terminate route needs a private key (PEM)".into());
@@ -647,11 +577,7 @@ fn resolve_route(r: RouteFile, key: &str, base: &Path, errors: &mut Vec<Located>
             }
         },
         Some(Action::Passthrough) => {
-            for (field, set) in [
-                ("cert", r.cert.is_some()),
-                ("key", r.key.is_some()),
-                ("alpn", !r.alpn.is_empty()),
-            ] {
+            for (field, set) in [("cert", r.cert.is_some()), ("key", r.key.is_some()), ("alpn", !r.alpn.is_empty())] {
                 if set {
                     bad(field, "applies only to action = \"terminate\"".into());
                 }
@@ -689,10 +615,7 @@ fn load_tls(
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let mut bad = |field: &str, path: &Path, reason: String| {
-        errors.push(Located::new(
-            format!("{route}.{field}"),
-            format!("{}: {reason}", path.display()),
-        ))
+        errors.push(Located::new(format!("{route}.{field}"), format!("{}: {reason}", path.display())))
     };
     let chain: Option<Vec<CertificateDer<'static>>> = match std::fs::read(cert) {
         Err(e) => {
@@ -719,11 +642,7 @@ fn load_tls(
         Ok(pem) => match PrivateKeyDer::from_pem_slice(&pem) {
             Ok(k) => Some(k),
             Err(rustls_pki_types::pem::Error::NoItemsFound) => {
-                bad(
-                    "key",
-                    key,
-                    "holds no private key (PKCS#8, PKCS#1 or SEC1 PEM block)".into(),
-                );
+                bad("key", key, "holds no private key (PKCS#8, PKCS#1 or SEC1 PEM block)".into());
                 None
             }
             Err(e) => {
@@ -738,9 +657,12 @@ fn load_tls(
         Ok(ck) => {
             let certified_key = Arc::new(ck);
             match crate::tls::server_config(certified_key.clone(), min_tls, alpn) {
-                Ok(server_config) => {
-                    Some(TlsMaterial { cert_path: cert.to_owned(), key_path: key.to_owned(), certified_key, server_config })
-                }
+                Ok(server_config) => Some(TlsMaterial {
+                    cert_path: cert.to_owned(),
+                    key_path: key.to_owned(),
+                    certified_key,
+                    server_config,
+                }),
                 Err(e) => {
                     bad("cert", cert, format!("unusable with rustls: {e}"));
                     None
@@ -748,11 +670,7 @@ fn load_tls(
             }
         }
         Err(rustls::Error::InconsistentKeys(_)) => {
-            bad(
-                "key",
-                key,
-                format!("does not match the certificate in {}", cert.display()),
-            );
+            bad("key", key, format!("does not match the certificate in {}", cert.display()));
             None
         }
         Err(e) => {

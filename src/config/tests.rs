@@ -1,17 +1,11 @@
 use super::*;
 
 fn load(text: &str) -> Result<Config, ConfigError> {
-    Config::from_str(
-        text,
-        Path::new("/etc/sni/edge.toml"),
-        &RuntimeOverrides::default(),
-    )
+    Config::from_str(text, Path::new("/etc/sni/edge.toml"), &RuntimeOverrides::default())
 }
 
 fn errors(text: &str) -> String {
-    load(text)
-        .expect_err("config should be rejected")
-        .to_string()
+    load(text).expect_err("config should be rejected").to_string()
 }
 
 const GOOD: &str = r#"
@@ -52,13 +46,7 @@ fn good_config() {
     let shop = &c.table.routes()[0];
     let mut names: Vec<_> = c.table.names().collect();
     names.sort();
-    assert_eq!(
-        names,
-        [
-            ("*.shop.example.com".to_owned(), RouteId(0)),
-            ("shop.example.com".to_owned(), RouteId(0))
-        ]
-    );
+    assert_eq!(names, [("*.shop.example.com".to_owned(), RouteId(0)), ("shop.example.com".to_owned(), RouteId(0))]);
     assert_eq!(shop.proxy_protocol, ProxyProtocol::V2);
     assert_eq!(shop.min_tls, TlsVersion::TLS12);
     assert_eq!(c.table.no_sni(), Some(RouteId(1)));
@@ -69,17 +57,9 @@ fn good_config() {
 
 #[test]
 fn flags_override_the_file() {
-    let o = RuntimeOverrides {
-        workers: Some(1),
-        splice: Some(false),
-        cpus: Some("1".into()),
-        ..Default::default()
-    };
+    let o = RuntimeOverrides { workers: Some(1), splice: Some(false), cpus: Some("1".into()), ..Default::default() };
     let c = Config::from_str(GOOD, Path::new("x.toml"), &o).unwrap();
-    assert_eq!(
-        (c.runtime.workers, c.runtime.splice, c.runtime.cpus),
-        (1, false, Some(vec![1]))
-    );
+    assert_eq!((c.runtime.workers, c.runtime.splice, c.runtime.cpus), (1, false, Some(vec![1])));
 }
 
 #[test]
@@ -137,41 +117,30 @@ key = "missing.key"
 
 #[test]
 fn duplicates_across_routes() {
-    let e = errors(&GOOD.replace(
-        "backends = [\"127.0.0.1:9003\"]",
-        "backends = [\"127.0.0.1:9003\"]\nsni = [\"SHOP.example.com.\"]",
-    ));
-    assert!(e.contains("route \"default\".sni: name \"shop.example.com\" is claimed by routes \"shop\" and \"default\""), "{e}");
+    let e =
+        errors(&GOOD.replace(
+            "backends = [\"127.0.0.1:9003\"]",
+            "backends = [\"127.0.0.1:9003\"]\nsni = [\"SHOP.example.com.\"]",
+        ));
+    assert!(
+        e.contains("route \"default\".sni: name \"shop.example.com\" is claimed by routes \"shop\" and \"default\""),
+        "{e}"
+    );
     let e = errors(&GOOD.replace(
         "backends = [\"127.0.0.1:9003\"]",
         "backends = [\"127.0.0.1:9003\"]\ndedicated_ips = [\"127.0.0.2\"]",
     ));
-    assert!(
-        e.contains("dedicated IP 127.0.0.2 is claimed by routes \"shop\" and \"default\""),
-        "{e}"
-    );
+    assert!(e.contains("dedicated IP 127.0.0.2 is claimed by routes \"shop\" and \"default\""), "{e}");
     let e = errors(&GOOD.replace("name = \"default\"", "name = \"shop\""));
-    assert!(
-        e.contains("route \"shop\".name: also used by route[0]"),
-        "{e}"
-    );
+    assert!(e.contains("route \"shop\".name: also used by route[0]"), "{e}");
 }
 
 #[test]
 fn runtime_limits() {
-    let e = errors(&GOOD.replace(
-        "cpus = \"0-1\"",
-        "ring_entries = 1000\ncpus = \"3-1\"\nhello_timeout_ms = 0",
-    ));
-    assert!(
-        e.contains("runtime.ring_entries: must be a power of two"),
-        "{e}"
-    );
+    let e = errors(&GOOD.replace("cpus = \"0-1\"", "ring_entries = 1000\ncpus = \"3-1\"\nhello_timeout_ms = 0"));
+    assert!(e.contains("runtime.ring_entries: must be a power of two"), "{e}");
     assert!(e.contains("runtime.cpus: \"3-1\" is not a CPU"), "{e}");
-    assert!(
-        e.contains("runtime.hello_timeout_ms: must be greater than 0"),
-        "{e}"
-    );
+    assert!(e.contains("runtime.hello_timeout_ms: must be greater than 0"), "{e}");
 }
 
 #[test]
@@ -186,11 +155,7 @@ fn cpu_lists() {
 fn cert_files(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let a = rcgen::generate_simple_self_signed(vec!["shop.example.com".into()]).unwrap();
     let b = rcgen::KeyPair::generate().unwrap();
-    let (cert, key, other) = (
-        dir.join("shop.pem"),
-        dir.join("shop.key"),
-        dir.join("other.key"),
-    );
+    let (cert, key, other) = (dir.join("shop.pem"), dir.join("shop.key"), dir.join("other.key"));
     std::fs::write(&cert, a.cert.pem()).unwrap();
     std::fs::write(&key, a.key_pair.serialize_pem()).unwrap();
     std::fs::write(&other, b.serialize_pem()).unwrap();
@@ -210,20 +175,11 @@ fn terminate_routes_check_their_keys() {
     let c = load(&cfg(&cert, &key)).unwrap();
     assert!(c.table.routes()[0].tls.is_some());
     let e = errors(&cfg(&cert, &other));
-    assert!(
-        e.contains("route \"shop\".key:") && e.contains("does not match the certificate"),
-        "{e}"
-    );
+    assert!(e.contains("route \"shop\".key:") && e.contains("does not match the certificate"), "{e}");
     let e = errors(&cfg(&key, &key));
-    assert!(
-        e.contains("route \"shop\".cert:") && e.contains("holds no CERTIFICATE"),
-        "{e}"
-    );
+    assert!(e.contains("route \"shop\".cert:") && e.contains("holds no CERTIFICATE"), "{e}");
     let e = errors(&cfg(&cert, &cert));
-    assert!(
-        e.contains("route \"shop\".key:") && e.contains("holds no private key"),
-        "{e}"
-    );
+    assert!(e.contains("route \"shop\".key:") && e.contains("holds no private key"), "{e}");
     // Relative paths are resolved against the config file's directory.
     let rel = Config::from_str(
         &cfg(Path::new("shop.pem"), Path::new("shop.key")),

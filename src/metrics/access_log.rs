@@ -33,9 +33,7 @@ impl Sink {
     pub fn open(path: &Path) -> io::Result<Self> {
         let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
         let (tx, rx) = mpsc::sync_channel(QUEUE);
-        let thread = std::thread::Builder::new()
-            .name("sni-access-log".into())
-            .spawn(move || write_all(file, rx))?;
+        let thread = std::thread::Builder::new().name("sni-access-log".into()).spawn(move || write_all(file, rx))?;
         Ok(Self { tx, thread })
     }
 
@@ -181,13 +179,7 @@ pub fn rfc3339(t: SystemTime) -> String {
     let secs = d.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (y, m, day) = civil_from_days(days as i64);
-    format!(
-        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60,
-        d.subsec_micros()
-    )
+    format!("{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z", rem / 3600, rem / 60 % 60, rem % 60, d.subsec_micros())
 }
 
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).

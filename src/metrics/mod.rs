@@ -204,10 +204,7 @@ pub struct Histograms {
 
 impl Default for Histograms {
     fn default() -> Self {
-        Self {
-            h: std::array::from_fn(|i| Hist::ALL[i].new_histogram()),
-            sum: [0; Hist::COUNT],
-        }
+        Self { h: std::array::from_fn(|i| Hist::ALL[i].new_histogram()), sum: [0; Hist::COUNT] }
     }
 }
 
@@ -486,9 +483,7 @@ pub struct Registry {
 impl Registry {
     /// Creates `n` empty slots.
     pub fn new(n: usize) -> Self {
-        Self {
-            slots: (0..n).map(|_| Slot::default()).collect(),
-        }
+        Self { slots: (0..n).map(|_| Slot::default()).collect() }
     }
 
     pub fn slot(&self, i: usize) -> Slot {

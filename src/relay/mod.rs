@@ -43,11 +43,7 @@ pub struct PipePool {
 
 impl PipePool {
     pub fn new(limit: usize) -> Self {
-        Self {
-            free: Vec::new(),
-            live: 0,
-            limit,
-        }
+        Self { free: Vec::new(), live: 0, limit }
     }
 
     /// A clean pipe, or `None` when the pool's limit is reached (or pipe creation failed).
@@ -87,9 +83,7 @@ pub(crate) struct PipeLoan<'a> {
 impl PipeLoan<'_> {
     pub(crate) fn get(&mut self) -> &mut Pipe {
         #[allow(clippy::expect_used)]
-        self.pipe
-            .as_mut()
-            .expect("a loan holds its pipe until dropped")
+        self.pipe.as_mut().expect("a loan holds its pipe until dropped")
     }
 }
 
@@ -260,22 +254,10 @@ pub async fn relay(env: &Env<'_>, client: &Socket, backend: &Socket, first: Vec<
         env.metrics.bump(|c| c.bytes_client_to_backend += n);
         buf
     };
-    let shared = Shared {
-        last_activity: Cell::new(Instant::now()),
-        client,
-        backend,
-    };
+    let shared = Shared { last_activity: Cell::new(Instant::now()), client, backend };
 
-    let pipes = if env.splice {
-        take_two(env.pipes)
-    } else {
-        None
-    };
-    let kind = if pipes.is_some() {
-        RelayKind::Splice
-    } else {
-        RelayKind::Buffered
-    };
+    let pipes = if env.splice { take_two(env.pipes) } else { None };
+    let kind = if pipes.is_some() { RelayKind::Splice } else { RelayKind::Buffered };
     env.metrics.bump(|c| match kind {
         RelayKind::Splice => c.relays_splice += 1,
         RelayKind::Buffered => c.relays_buffered += 1,
@@ -334,16 +316,7 @@ fn take_two(pool: &RefCell<PipePool>) -> Option<(PipeLoan<'_>, PipeLoan<'_>)> {
     let mut p = pool.borrow_mut();
     let a = p.take()?;
     match p.take() {
-        Some(b) => Some((
-            PipeLoan {
-                pipe: Some(a),
-                pool,
-            },
-            PipeLoan {
-                pipe: Some(b),
-                pool,
-            },
-        )),
+        Some(b) => Some((PipeLoan { pipe: Some(a), pool }, PipeLoan { pipe: Some(b), pool })),
         None => {
             p.give(a);
             None

@@ -48,24 +48,10 @@ pub fn encode_v1(h: &Header<'_>, out: &mut Vec<u8>) {
     // Writing to a Vec cannot fail.
     let _ = match (src, dst) {
         (SocketAddr::V4(s), SocketAddr::V4(d)) => {
-            write!(
-                out,
-                "PROXY TCP4 {} {} {} {}\r\n",
-                s.ip(),
-                d.ip(),
-                s.port(),
-                d.port()
-            )
+            write!(out, "PROXY TCP4 {} {} {} {}\r\n", s.ip(), d.ip(), s.port(), d.port())
         }
         (SocketAddr::V6(s), SocketAddr::V6(d)) => {
-            write!(
-                out,
-                "PROXY TCP6 {} {} {} {}\r\n",
-                s.ip(),
-                d.ip(),
-                s.port(),
-                d.port()
-            )
+            write!(out, "PROXY TCP6 {} {} {} {}\r\n", s.ip(), d.ip(), s.port(), d.port())
         }
         _ => write!(out, "PROXY UNKNOWN\r\n"),
     };
@@ -118,22 +104,13 @@ mod tests {
     use super::*;
 
     fn h<'a>(c: &str, l: &str, sni: Option<&'a str>, alpn: Option<&'a [u8]>) -> Header<'a> {
-        Header {
-            client: c.parse().unwrap(),
-            local: l.parse().unwrap(),
-            sni,
-            alpn,
-        }
+        Header { client: c.parse().unwrap(), local: l.parse().unwrap(), sni, alpn }
     }
 
     #[test]
     fn v1_tcp4() {
         let mut out = Vec::new();
-        encode(
-            ProxyProtocol::V1,
-            &h("192.0.2.1:56324", "127.0.0.2:443", Some("x"), None),
-            &mut out,
-        );
+        encode(ProxyProtocol::V1, &h("192.0.2.1:56324", "127.0.0.2:443", Some("x"), None), &mut out);
         assert_eq!(out, b"PROXY TCP4 192.0.2.1 127.0.0.2 56324 443\r\n");
     }
 
@@ -143,10 +120,7 @@ mod tests {
         encode_v1(&h("[2001:db8::1]:1000", "[::1]:443", None, None), &mut out);
         assert_eq!(out, b"PROXY TCP6 2001:db8::1 ::1 1000 443\r\n");
         out.clear();
-        encode_v1(
-            &h("[::ffff:10.0.0.1]:5", "[::ffff:10.0.0.2]:6", None, None),
-            &mut out,
-        );
+        encode_v1(&h("[::ffff:10.0.0.1]:5", "[::ffff:10.0.0.2]:6", None, None), &mut out);
         assert_eq!(out, b"PROXY TCP4 10.0.0.1 10.0.0.2 5 6\r\n");
         out.clear();
         encode_v1(&h("10.0.0.1:5", "[2001:db8::2]:6", None, None), &mut out);
@@ -158,12 +132,7 @@ mod tests {
         let mut out = Vec::new();
         encode(
             ProxyProtocol::V2,
-            &h(
-                "192.0.2.1:56324",
-                "127.0.0.2:443",
-                Some("www.example.com"),
-                Some(b"h2"),
-            ),
+            &h("192.0.2.1:56324", "127.0.0.2:443", Some("www.example.com"), Some(b"h2")),
             &mut out,
         );
         let mut want = Vec::new();
@@ -183,10 +152,7 @@ mod tests {
     #[test]
     fn v2_tcp6_without_tlvs() {
         let mut out = Vec::new();
-        encode_v2(
-            &h("[2001:db8::1]:1", "[2001:db8::2]:2", None, None),
-            &mut out,
-        );
+        encode_v2(&h("[2001:db8::1]:1", "[2001:db8::2]:2", None, None), &mut out);
         assert_eq!(out.len(), 16 + 36);
         assert_eq!(&out[12..16], &[0x21, 0x21, 0x00, 36]);
         assert_eq!(&out[48..52], &[0, 1, 0, 2]);
@@ -195,11 +161,7 @@ mod tests {
     #[test]
     fn none_writes_nothing() {
         let mut out = Vec::new();
-        encode(
-            ProxyProtocol::None,
-            &h("1.1.1.1:1", "2.2.2.2:2", None, None),
-            &mut out,
-        );
+        encode(ProxyProtocol::None, &h("1.1.1.1:1", "2.2.2.2:2", None, None), &mut out);
         assert!(out.is_empty());
     }
 }

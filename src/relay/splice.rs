@@ -25,13 +25,7 @@ pub(crate) async fn direction(
     res
 }
 
-async fn run(
-    shared: &Shared<'_>,
-    src: &Socket,
-    dst: &Socket,
-    pipe: &mut Pipe,
-    moved: &Moved,
-) -> io::Result<()> {
+async fn run(shared: &Shared<'_>, src: &Socket, dst: &Socket, pipe: &mut Pipe, moved: &Moved) -> io::Result<()> {
     let mut ready = false;
     loop {
         if !ready {

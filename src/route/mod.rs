@@ -133,13 +133,8 @@ pub enum Match {
 }
 
 impl Match {
-    pub const ALL: [Self; 5] = [
-        Self::DedicatedIp,
-        Self::ExactSni,
-        Self::WildcardSni,
-        Self::NoSniFallback,
-        Self::UnknownSniFallback,
-    ];
+    pub const ALL: [Self; 5] =
+        [Self::DedicatedIp, Self::ExactSni, Self::WildcardSni, Self::NoSniFallback, Self::UnknownSniFallback];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -186,17 +181,9 @@ pub struct Table {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BuildError {
     #[error("name {name:?} is claimed by routes {first:?} and {second:?}")]
-    DuplicateName {
-        name: String,
-        first: String,
-        second: String,
-    },
+    DuplicateName { name: String, first: String, second: String },
     #[error("dedicated IP {ip} is claimed by routes {first:?} and {second:?}")]
-    DuplicateIp {
-        ip: IpAddr,
-        first: String,
-        second: String,
-    },
+    DuplicateIp { ip: IpAddr, first: String, second: String },
     #[error("too many routes")]
     TooManyRoutes,
 }
@@ -230,36 +217,21 @@ impl Table {
             }
         }
         let name_of = |id: RouteId| routes[id.0 as usize].name.clone();
-        let exact = exact
-            .build()
-            .map_err(|(name, a, b)| BuildError::DuplicateName {
-                name,
-                first: name_of(a),
-                second: name_of(b),
-            })?;
-        let wildcard = wildcard
-            .build()
-            .map_err(|(name, a, b)| BuildError::DuplicateName {
-                name: format!("*.{name}"),
-                first: name_of(a),
-                second: name_of(b),
-            })?;
+        let exact = exact.build().map_err(|(name, a, b)| BuildError::DuplicateName {
+            name,
+            first: name_of(a),
+            second: name_of(b),
+        })?;
+        let wildcard = wildcard.build().map_err(|(name, a, b)| BuildError::DuplicateName {
+            name: format!("*.{name}"),
+            first: name_of(a),
+            second: name_of(b),
+        })?;
         by_ip.sort_by_key(|(ip, _)| *ip);
         if let Some(w) = by_ip.windows(2).find(|w| w[0].0 == w[1].0) {
-            return Err(BuildError::DuplicateIp {
-                ip: w[0].0,
-                first: name_of(w[0].1),
-                second: name_of(w[1].1),
-            });
+            return Err(BuildError::DuplicateIp { ip: w[0].0, first: name_of(w[0].1), second: name_of(w[1].1) });
         }
-        Ok(Self {
-            routes,
-            by_ip,
-            exact,
-            wildcard,
-            no_sni,
-            unknown_sni,
-        })
+        Ok(Self { routes, by_ip, exact, wildcard, no_sni, unknown_sni })
     }
 
     /// Finds the route for a connection that dialed `local` and sent `sni`
@@ -273,10 +245,7 @@ impl Table {
             }
         }
         let Some(name) = sni else {
-            return self
-                .no_sni
-                .map(|id| (id, Match::NoSniFallback))
-                .ok_or(Miss::NoSni);
+            return self.no_sni.map(|id| (id, Match::NoSniFallback)).ok_or(Miss::NoSni);
         };
         if let Some(id) = self.exact.get(name) {
             return Ok((id, Match::ExactSni));
@@ -286,9 +255,7 @@ impl Table {
                 return Ok((id, Match::WildcardSni));
             }
         }
-        self.unknown_sni
-            .map(|id| (id, Match::UnknownSniFallback))
-            .ok_or(Miss::UnknownSni)
+        self.unknown_sni.map(|id| (id, Match::UnknownSniFallback)).ok_or(Miss::UnknownSni)
     }
 
     #[inline]
@@ -380,22 +347,11 @@ pub fn normalize_pattern(raw: &str) -> Result<String, PatternError> {
         if label.len() > 63 {
             return Err(PatternError::LabelTooLong);
         }
-        if let Some(c) = label
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
-        {
-            return Err(if c == '*' {
-                PatternError::BadWildcard
-            } else {
-                PatternError::BadChar(c)
-            });
+        if let Some(c) = label.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_')) {
+            return Err(if c == '*' { PatternError::BadWildcard } else { PatternError::BadChar(c) });
         }
     }
-    if !wild
-        && rest
-            .split('.')
-            .all(|l| l.bytes().all(|b| b.is_ascii_digit()))
-    {
+    if !wild && rest.split('.').all(|l| l.bytes().all(|b| b.is_ascii_digit())) {
         // "1.2.3" is no host name either; a full dotted quad was caught above.
         return Err(PatternError::IpLiteral);
     }

@@ -23,11 +23,7 @@ struct Slot {
     route: u32,
 }
 
-const EMPTY_SLOT: Slot = Slot {
-    hash: 0,
-    off: 0,
-    route: EMPTY,
-};
+const EMPTY_SLOT: Slot = Slot { hash: 0, off: 0, route: EMPTY };
 
 #[derive(Debug)]
 pub struct NameIndex {
@@ -48,10 +44,7 @@ pub struct NameIndexBuilder {
 
 impl NameIndexBuilder {
     pub fn with_capacity(names: usize) -> Self {
-        Self {
-            arena: Vec::with_capacity(names * 24),
-            entries: Vec::with_capacity(names),
-        }
+        Self { arena: Vec::with_capacity(names * 24), entries: Vec::with_capacity(names) }
     }
 
     /// Adds a name of at most 255 bytes (host names are at most 253).
@@ -67,16 +60,10 @@ impl NameIndexBuilder {
     pub fn build(self) -> Result<NameIndex, (String, RouteId, RouteId)> {
         let n = self.entries.len();
         let shard_bits = if n < 4096 { 0 } else { MAX_SHARD_BITS };
-        let seed = std::collections::hash_map::RandomState::new()
-            .build_hasher()
-            .finish();
+        let seed = std::collections::hash_map::RandomState::new().build_hasher().finish();
         let arena = huge_copy(&self.arena);
         // Hash once; count per shard so that each shard gets exactly twice its names in slots.
-        let hashes: Vec<u64> = self
-            .entries
-            .iter()
-            .map(|&(off, _)| hash(seed, name_at(&arena, off)))
-            .collect();
+        let hashes: Vec<u64> = self.entries.iter().map(|&(off, _)| hash(seed, name_at(&arena, off))).collect();
         let mut counts = vec![0u32; 1 << shard_bits];
         for &h in &hashes {
             counts[shard_of(h, shard_bits)] += 1;
@@ -101,16 +88,10 @@ impl NameIndexBuilder {
             loop {
                 let slot = index.slots[i];
                 if slot.route == EMPTY {
-                    index.slots[i] = Slot {
-                        hash: h as u32,
-                        off,
-                        route: route.0,
-                    };
+                    index.slots[i] = Slot { hash: h as u32, off, route: route.0 };
                     break;
                 }
-                if slot.hash == h as u32
-                    && name_at(&index.arena, slot.off) == name_at(&index.arena, off)
-                {
+                if slot.hash == h as u32 && name_at(&index.arena, slot.off) == name_at(&index.arena, off) {
                     let name = String::from_utf8_lossy(name_at(&index.arena, off)).into_owned();
                     return Err((name, RouteId(slot.route), route));
                 }
@@ -155,10 +136,7 @@ impl NameIndex {
     pub fn iter(&self) -> impl Iterator<Item = (&str, RouteId)> + '_ {
         self.slots.iter().filter(|s| s.route != EMPTY).map(|s| {
             // The arena holds only names that arrived as `&str`.
-            (
-                std::str::from_utf8(name_at(&self.arena, s.off)).unwrap_or(""),
-                RouteId(s.route),
-            )
+            (std::str::from_utf8(name_at(&self.arena, s.off)).unwrap_or(""), RouteId(s.route))
         })
     }
 
@@ -174,11 +152,7 @@ impl NameIndex {
         let shard = shard_of(h, self.shard_bits);
         let (start, end) = (self.shards[shard] as usize, self.shards[shard + 1] as usize);
         let size = (end - start) as u64;
-        (
-            start + (((h as u32 as u64) * size) >> 32) as usize,
-            start,
-            end,
-        )
+        (start + (((h as u32 as u64) * size) >> 32) as usize, start, end)
     }
 }
 

@@ -22,11 +22,7 @@ fn ip(s: &str) -> IpAddr {
 fn sample() -> Table {
     Table::build(
         vec![
-            route(
-                "shop",
-                &["shop.example.com", "*.shop.example.com"],
-                &["127.0.0.2"],
-            ),
+            route("shop", &["shop.example.com", "*.shop.example.com"], &["127.0.0.2"]),
             route("wild", &["*.example.com"], &[]),
             route("default", &[], &[]),
             route("v6", &["v6.example.net"], &["::1"]),
@@ -41,139 +37,56 @@ fn sample() -> Table {
 fn precedence() {
     let t = sample();
     let shared = ip("127.0.0.1");
-    assert_eq!(
-        t.lookup(shared, Some("shop.example.com")),
-        Ok((RouteId(0), Match::ExactSni))
-    );
-    assert_eq!(
-        t.lookup(shared, Some("a.shop.example.com")),
-        Ok((RouteId(0), Match::WildcardSni))
-    );
-    assert_eq!(
-        t.lookup(shared, Some("a.example.com")),
-        Ok((RouteId(1), Match::WildcardSni))
-    );
+    assert_eq!(t.lookup(shared, Some("shop.example.com")), Ok((RouteId(0), Match::ExactSni)));
+    assert_eq!(t.lookup(shared, Some("a.shop.example.com")), Ok((RouteId(0), Match::WildcardSni)));
+    assert_eq!(t.lookup(shared, Some("a.example.com")), Ok((RouteId(1), Match::WildcardSni)));
     // One label only: neither the parent itself nor two labels deep.
     assert_eq!(t.lookup(shared, Some("example.com")), Err(Miss::UnknownSni));
-    assert_eq!(
-        t.lookup(shared, Some("a.b.example.com")),
-        Err(Miss::UnknownSni)
-    );
-    assert_eq!(
-        t.lookup(shared, None),
-        Ok((RouteId(2), Match::NoSniFallback))
-    );
+    assert_eq!(t.lookup(shared, Some("a.b.example.com")), Err(Miss::UnknownSni));
+    assert_eq!(t.lookup(shared, None), Ok((RouteId(2), Match::NoSniFallback)));
     // The dedicated IP wins over any SNI, and works without one.
     let dedicated = ip("127.0.0.2");
-    assert_eq!(
-        t.lookup(dedicated, None),
-        Ok((RouteId(0), Match::DedicatedIp))
-    );
-    assert_eq!(
-        t.lookup(dedicated, Some("a.example.com")),
-        Ok((RouteId(0), Match::DedicatedIp))
-    );
-    assert_eq!(
-        t.lookup(ip("::1"), None),
-        Ok((RouteId(3), Match::DedicatedIp))
-    );
-    assert_eq!(
-        t.lookup(ip("::ffff:127.0.0.2"), None),
-        Ok((RouteId(0), Match::DedicatedIp))
-    );
+    assert_eq!(t.lookup(dedicated, None), Ok((RouteId(0), Match::DedicatedIp)));
+    assert_eq!(t.lookup(dedicated, Some("a.example.com")), Ok((RouteId(0), Match::DedicatedIp)));
+    assert_eq!(t.lookup(ip("::1"), None), Ok((RouteId(3), Match::DedicatedIp)));
+    assert_eq!(t.lookup(ip("::ffff:127.0.0.2"), None), Ok((RouteId(0), Match::DedicatedIp)));
 }
 
 #[test]
 fn fallbacks_and_drops() {
     let t = Table::build(vec![route("a", &["a.test"], &[])], None, Some(RouteId(0))).unwrap();
     assert_eq!(t.lookup(ip("127.0.0.1"), None), Err(Miss::NoSni));
-    assert_eq!(
-        t.lookup(ip("127.0.0.1"), Some("zzz.test")),
-        Ok((RouteId(0), Match::UnknownSniFallback))
-    );
+    assert_eq!(t.lookup(ip("127.0.0.1"), Some("zzz.test")), Ok((RouteId(0), Match::UnknownSniFallback)));
     let empty = Table::build(vec![], None, None).unwrap();
-    assert_eq!(
-        empty.lookup(ip("127.0.0.1"), Some("a.test")),
-        Err(Miss::UnknownSni)
-    );
+    assert_eq!(empty.lookup(ip("127.0.0.1"), Some("a.test")), Err(Miss::UnknownSni));
 }
 
 #[test]
 fn duplicates_are_rejected() {
-    let e = Table::build(
-        vec![route("a", &["x.test"], &[]), route("b", &["X.test."], &[])],
-        None,
-        None,
-    );
-    assert!(
-        matches!(e, Err(BuildError::DuplicateName { ref name, .. }) if name == "x.test"),
-        "{e:?}"
-    );
-    let e = Table::build(
-        vec![
-            route("a", &["*.x.test"], &[]),
-            route("b", &["*.x.test"], &[]),
-        ],
-        None,
-        None,
-    );
-    assert!(
-        matches!(e, Err(BuildError::DuplicateName { ref name, .. }) if name == "*.x.test"),
-        "{e:?}"
-    );
-    let e = Table::build(
-        vec![
-            route("a", &[], &["127.0.0.2"]),
-            route("b", &[], &["127.0.0.2"]),
-        ],
-        None,
-        None,
-    );
+    let e = Table::build(vec![route("a", &["x.test"], &[]), route("b", &["X.test."], &[])], None, None);
+    assert!(matches!(e, Err(BuildError::DuplicateName { ref name, .. }) if name == "x.test"), "{e:?}");
+    let e = Table::build(vec![route("a", &["*.x.test"], &[]), route("b", &["*.x.test"], &[])], None, None);
+    assert!(matches!(e, Err(BuildError::DuplicateName { ref name, .. }) if name == "*.x.test"), "{e:?}");
+    let e = Table::build(vec![route("a", &[], &["127.0.0.2"]), route("b", &[], &["127.0.0.2"])], None, None);
     assert!(matches!(e, Err(BuildError::DuplicateIp { .. })), "{e:?}");
     // An exact name and a wildcard over the same parent do not collide.
-    assert!(Table::build(
-        vec![route("a", &["x.test"], &[]), route("b", &["*.x.test"], &[])],
-        None,
-        None
-    )
-    .is_ok());
+    assert!(Table::build(vec![route("a", &["x.test"], &[]), route("b", &["*.x.test"], &[])], None, None).is_ok());
 }
 
 #[test]
 fn patterns() {
-    assert_eq!(
-        normalize_pattern("WWW.Example.COM.").as_deref(),
-        Ok("www.example.com")
-    );
+    assert_eq!(normalize_pattern("WWW.Example.COM.").as_deref(), Ok("www.example.com"));
     assert_eq!(normalize_pattern("*.com").as_deref(), Ok("*.com"));
-    assert_eq!(
-        normalize_pattern("a.*.example.com"),
-        Err(PatternError::BadWildcard)
-    );
+    assert_eq!(normalize_pattern("a.*.example.com"), Err(PatternError::BadWildcard));
     assert_eq!(normalize_pattern("*"), Err(PatternError::BareWildcard));
-    assert_eq!(
-        normalize_pattern("*x.example.com"),
-        Err(PatternError::BadWildcard)
-    );
+    assert_eq!(normalize_pattern("*x.example.com"), Err(PatternError::BadWildcard));
     assert_eq!(normalize_pattern(""), Err(PatternError::Empty));
     assert_eq!(normalize_pattern("a..b"), Err(PatternError::EmptyLabel));
     assert_eq!(normalize_pattern("127.0.0.1"), Err(PatternError::IpLiteral));
     assert_eq!(normalize_pattern("::1"), Err(PatternError::IpLiteral));
-    assert_eq!(
-        normalize_pattern("a b.com"),
-        Err(PatternError::BadChar(' '))
-    );
-    assert_eq!(
-        normalize_pattern(&"a".repeat(64)),
-        Err(PatternError::LabelTooLong)
-    );
-    let long = [
-        "a".repeat(63),
-        "b".repeat(63),
-        "c".repeat(63),
-        "d".repeat(62),
-    ]
-    .join(".");
+    assert_eq!(normalize_pattern("a b.com"), Err(PatternError::BadChar(' ')));
+    assert_eq!(normalize_pattern(&"a".repeat(64)), Err(PatternError::LabelTooLong));
+    let long = ["a".repeat(63), "b".repeat(63), "c".repeat(63), "d".repeat(62)].join(".");
     assert_eq!(long.len(), 254);
     assert_eq!(normalize_pattern(&long), Err(PatternError::TooLong));
     assert!(normalize_pattern(&long[1..]).is_ok());
@@ -181,9 +94,7 @@ fn patterns() {
 
 #[test]
 fn many_names() {
-    let names: Vec<String> = (0..200_000)
-        .map(|i| format!("site{i}.customer{}.example", i % 977))
-        .collect();
+    let names: Vec<String> = (0..200_000).map(|i| format!("site{i}.customer{}.example", i % 977)).collect();
     let mut routes = Vec::new();
     for chunk in names.chunks(1000) {
         let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
@@ -192,15 +103,9 @@ fn many_names() {
     let t = Table::build(routes, None, None).unwrap();
     assert_eq!(t.name_count(), (200_000, 0));
     for (i, n) in names.iter().enumerate() {
-        assert_eq!(
-            t.lookup(ip("127.0.0.1"), Some(n)),
-            Ok((RouteId((i / 1000) as u32), Match::ExactSni))
-        );
+        assert_eq!(t.lookup(ip("127.0.0.1"), Some(n)), Ok((RouteId((i / 1000) as u32), Match::ExactSni)));
     }
-    assert_eq!(
-        t.lookup(ip("127.0.0.1"), Some("site0.customer1.example")),
-        Err(Miss::UnknownSni)
-    );
+    assert_eq!(t.lookup(ip("127.0.0.1"), Some("site0.customer1.example")), Err(Miss::UnknownSni));
 }
 
 proptest! {

@@ -6,13 +6,13 @@
 //! (one thread, no borrow is held across an await) and serialise their writes to the client
 //! through one async lock, so TLS records leave in the order rustls produced them.
 
+use crate::worker::ring::Socket as TcpStream;
 use rustls::ServerConnection;
 use std::cell::{Cell, RefCell};
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use crate::worker::ring::Socket as TcpStream;
 
 /// Ciphertext read size: one full TLS record plus header.
 const READ_SIZE: usize = 16 * 1024 + 512;

@@ -73,7 +73,11 @@ impl ResolvesServerCert for RouteCert {
 ///
 /// rustls speaks TLS 1.2 and 1.3 only, so `min_tls` "1.0" and "1.1" serve as 1.2; `check`
 /// warns about that.
-pub fn server_config(key: Arc<CertifiedKey>, min_tls: TlsVersion, alpn: &[String]) -> Result<Arc<ServerConfig>, rustls::Error> {
+pub fn server_config(
+    key: Arc<CertifiedKey>,
+    min_tls: TlsVersion,
+    alpn: &[String],
+) -> Result<Arc<ServerConfig>, rustls::Error> {
     let versions: &[&rustls::SupportedProtocolVersion] = if min_tls >= TlsVersion::TLS13 {
         &[&rustls::version::TLS13]
     } else {

@@ -65,8 +65,8 @@ pub const NO_LATENCY_ENV: &str = "SNI_DISPATCH_NO_LATENCY";
 pub fn serve(path: &Path, overrides: &RuntimeOverrides) -> Result<(), ServeError> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
     // Register before starting workers so an early SIGTERM is not lost (or fatal).
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])
-        .map_err(ServeError::Signals)?;
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1]).map_err(ServeError::Signals)?;
     let config = Config::load(path, overrides)?;
     let server = Server::start(config)?;
     for sig in signals.forever() {
@@ -77,10 +77,7 @@ pub fn serve(path: &Path, overrides: &RuntimeOverrides) -> Result<(), ServeError
             },
             SIGUSR1 => print_summary(&server.summary()),
             _ => {
-                tracing::info!(
-                    signal = sig,
-                    "stopping: no new connections, draining open ones"
-                );
+                tracing::info!(signal = sig, "stopping: no new connections, draining open ones");
                 break;
             }
         }
@@ -130,20 +127,12 @@ impl Server {
         let mut local_addrs = Vec::new();
         let mut per_worker: Vec<Vec<(OwnedFd, SocketAddr)>> = (0..n).map(|_| Vec::new()).collect();
         for &addr in &config.listeners {
-            let first =
-                bind(addr, rt.backlog).map_err(|source| ServeError::Bind { addr, source })?;
-            let actual = first
-                .local_addr()
-                .ok()
-                .and_then(|a| a.as_socket())
-                .unwrap_or(addr);
+            let first = bind(addr, rt.backlog).map_err(|source| ServeError::Bind { addr, source })?;
+            let actual = first.local_addr().ok().and_then(|a| a.as_socket()).unwrap_or(addr);
             local_addrs.push(actual);
             per_worker[0].push((first.into(), actual));
             for fds in per_worker.iter_mut().skip(1) {
-                let s = bind(actual, rt.backlog).map_err(|source| ServeError::Bind {
-                    addr: actual,
-                    source,
-                })?;
+                let s = bind(actual, rt.backlog).map_err(|source| ServeError::Bind { addr: actual, source })?;
                 fds.push((s.into(), actual));
             }
         }
@@ -151,10 +140,10 @@ impl Server {
         let started = Instant::now();
         let timing = !matches!(std::env::var_os(NO_LATENCY_ENV), Some(v) if !v.is_empty() && v != "0");
         let access_log = match &rt.access_log {
-            Some(path) => Some(Sink::open(path).map_err(|source| ServeError::AccessLog {
-                path: path.display().to_string(),
-                source,
-            })?),
+            Some(path) => Some(
+                Sink::open(path)
+                    .map_err(|source| ServeError::AccessLog { path: path.display().to_string(), source })?,
+            ),
             None => None,
         };
         let admin_addr = config.admin;
@@ -163,15 +152,8 @@ impl Server {
         let accepting = Arc::new(AtomicBool::new(true));
         let admin = match admin_addr {
             Some(addr) => {
-                let state = admin::State {
-                    registry: registry.clone(),
-                    accepting: Arc::clone(&accepting),
-                    started,
-                };
-                Some(
-                    Admin::start(addr, state, admin_cpu(&cpus))
-                        .map_err(|source| ServeError::Admin { addr, source })?,
-                )
+                let state = admin::State { registry: registry.clone(), accepting: Arc::clone(&accepting), started };
+                Some(Admin::start(addr, state, admin_cpu(&cpus)).map_err(|source| ServeError::Admin { addr, source })?)
             }
             None => None,
         };
@@ -282,12 +264,7 @@ impl Server {
         }
         let (routes, names) = (new.table.routes().len(), new.table.name_count());
         self.config.store(Arc::new(new));
-        tracing::info!(
-            routes,
-            exact = names.0,
-            wildcard = names.1,
-            "configuration reloaded"
-        );
+        tracing::info!(routes, exact = names.0, wildcard = names.1, "configuration reloaded");
     }
 
     /// Stops accepting, waits for open connections up to `drain_timeout_ms`; returns whether every
@@ -318,43 +295,23 @@ impl Server {
 
 /// One CPU (or none, unpinned) per worker.
 fn plan_cpus(rt: &Runtime) -> Vec<Option<usize>> {
-    let allowed: Vec<usize> = core_affinity::get_core_ids()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|c| c.id)
-        .collect();
+    let allowed: Vec<usize> = core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).collect();
     let cpus = rt.cpus.clone().unwrap_or(allowed);
     let n = match rt.workers {
         0 => cpus.len().max(1),
         n => n,
     };
-    (0..n)
-        .map(|i| {
-            if cpus.is_empty() {
-                None
-            } else {
-                Some(cpus[i % cpus.len()])
-            }
-        })
-        .collect()
+    (0..n).map(|i| if cpus.is_empty() { None } else { Some(cpus[i % cpus.len()]) }).collect()
 }
 
 /// A CPU for the admin thread that no worker is pinned to (the first allowed one), if any.
 fn admin_cpu(workers: &[Option<usize>]) -> Option<usize> {
-    core_affinity::get_core_ids()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|c| c.id)
-        .find(|id| !workers.contains(&Some(*id)))
+    core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).find(|id| !workers.contains(&Some(*id)))
 }
 
 fn bind(addr: SocketAddr, backlog: u32) -> io::Result<socket2::Socket> {
     use socket2::{Domain, Protocol, Socket as S, Type};
-    let s = S::new(
-        Domain::for_address(addr),
-        Type::STREAM.cloexec(),
-        Some(Protocol::TCP),
-    )?;
+    let s = S::new(Domain::for_address(addr), Type::STREAM.cloexec(), Some(Protocol::TCP))?;
     s.set_reuse_address(true)?;
     s.set_reuse_port(true)?;
     // Accepted sockets inherit TCP_NODELAY from the listener: no syscall per connection, and no
@@ -417,25 +374,10 @@ impl Worker {
 }
 
 fn worker_main(setup: WorkerSetup, ready: mpsc::Sender<Result<(), ServeError>>) {
-    let WorkerSetup {
-        id,
-        cpu,
-        ring: ring_opts,
-        pipe_pool,
-        listeners,
-        config,
-        slot,
-        stop,
-        timing,
-        log,
-    } = setup;
+    let WorkerSetup { id, cpu, ring: ring_opts, pipe_pool, listeners, config, slot, stop, timing, log } = setup;
     if let Some(cpu) = cpu {
         if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
-            tracing::warn!(
-                worker = id,
-                cpu,
-                "cannot pin worker to its CPU; running unpinned"
-            );
+            tracing::warn!(worker = id, cpu, "cannot pin worker to its CPU; running unpinned");
         }
     }
     let rt = match ring::runtime(ring_opts) {
@@ -464,11 +406,7 @@ fn worker_main(setup: WorkerSetup, ready: mpsc::Sender<Result<(), ServeError>>) 
         });
         let mut accepting = Vec::new();
         for (fd, addr) in listeners {
-            accepting.push(tokio_uring::spawn(accept_loop(
-                Rc::clone(&w),
-                Socket::from(fd),
-                addr,
-            )));
+            accepting.push(tokio_uring::spawn(accept_loop(Rc::clone(&w), Socket::from(fd), addr)));
         }
         let publisher = tokio_uring::spawn(publish_loop(Rc::clone(&w)));
         for task in accepting {
@@ -538,17 +476,13 @@ async fn accept_loop(w: Rc<Worker>, listener: Socket, addr: SocketAddr) {
             Err(e) => {
                 w.metrics.bump(|c| c.accept_errors += 1);
                 let backoff = match e.raw_os_error() {
-                    Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS)
-                    | Some(libc::ENOMEM) => {
+                    Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM) => {
                         w.metrics.bump(|c| c.accept_fd_exhausted += 1);
                         tracing::warn!(worker = w.id, listener = %addr, error = %e, "accept: out of descriptors or memory; backing off");
                         Some(Duration::from_millis(100))
                     }
                     // The peer gave up while queued: nothing to do.
-                    Some(libc::ECONNABORTED)
-                    | Some(libc::EINTR)
-                    | Some(libc::EPROTO)
-                    | Some(libc::EPERM) => None,
+                    Some(libc::ECONNABORTED) | Some(libc::EINTR) | Some(libc::EPROTO) | Some(libc::EPERM) => None,
                     _ => {
                         tracing::warn!(worker = w.id, listener = %addr, error = %e, "accept failed");
                         Some(Duration::from_millis(10))
@@ -713,10 +647,29 @@ struct Routed {
     first: Vec<u8>,
 }
 
+/// Connects to the route's back ends in order (the connect time and the chosen back end go into
+/// the trace); `None` when every one failed.
+async fn connect(w: &Worker, r: &Route, rt: &Runtime, t: &mut Trace) -> Option<Socket> {
+    let connected =
+        relay::connect_backends(&r.backends, Duration::from_millis(rt.connect_timeout_ms), &w.metrics).await;
+    t.connected_at = w.now();
+    let (sock, addr) = connected.ok()?;
+    t.backend = Some(addr);
+    Some(sock)
+}
+
 /// A terminating route: handshake with the route's certificate (the hello bytes already read
 /// go to rustls first), then relay plaintext to the back end behind an optional PROXY header
 /// that carries the SNI and the negotiated ALPN.
-async fn terminate(w: &Worker, t: &mut Trace, cfg: &Config, r: &Route, client: &Socket, listen: SocketAddr, hello: Vec<u8>) {
+async fn terminate(
+    w: &Worker,
+    t: &mut Trace,
+    cfg: &Config,
+    r: &Route,
+    client: &Socket,
+    listen: SocketAddr,
+    hello: Vec<u8>,
+) {
     let rt = &cfg.runtime;
     let Some(material) = &r.tls else {
         // Config validation makes this unreachable; never panic on it.
@@ -755,27 +708,20 @@ async fn terminate(w: &Worker, t: &mut Trace, cfg: &Config, r: &Route, client: &
         c.tls_resumed += u64::from(resumed);
     });
     t.connect_start = t.handshake_done;
-    let connected = relay::connect_backends(&r.backends, Duration::from_millis(rt.connect_timeout_ms), &w.metrics).await;
-    t.connected_at = w.now();
-    let backend = match connected {
-        Ok((sock, addr)) => {
-            t.backend = Some(addr);
-            sock
-        }
-        Err(_) => {
-            // Tell the client politely: close_notify rather than a bare FIN.
-            let mut conn = conn;
-            conn.send_close_notify();
-            let mut out = Vec::new();
-            while conn.wants_write() && conn.write_tls(&mut out).is_ok() {}
-            let _ = client.send_all(out, 0).await;
-            return drop_conn(w, t, DropReason::BackendsDown);
-        }
+    let Some(backend) = connect(w, r, rt, t).await else {
+        // Tell the client politely: close_notify rather than a bare FIN.
+        let mut conn = conn;
+        conn.send_close_notify();
+        let mut out = Vec::new();
+        while conn.wants_write() && conn.write_tls(&mut out).is_ok() {}
+        let _ = client.send_all(out, 0).await;
+        return drop_conn(w, t, DropReason::BackendsDown);
     };
     if r.proxy_protocol != ProxyProtocol::None {
         let local = client.local_addr().unwrap_or(listen);
         let peer = client.peer_addr().unwrap_or_else(|_| SocketAddr::new(IpAddr::from([0, 0, 0, 0]), 0));
-        let header = proxy_protocol::Header { client: peer, local, sni: conn.server_name(), alpn: conn.alpn_protocol() };
+        let header =
+            proxy_protocol::Header { client: peer, local, sni: conn.server_name(), alpn: conn.alpn_protocol() };
         let mut first = w.bufs.borrow_mut().take(600);
         proxy_protocol::encode(r.proxy_protocol, &header, &mut first);
         let (res, first) = backend.send_all(first, 0).await;
@@ -819,11 +765,9 @@ async fn handle(guard: OpenGuard, client: Socket, listen: SocketAddr, accepted: 
 async fn serve_conn(w: &Worker, t: &mut Trace, cfg: &Config, client: &Socket, listen: SocketAddr) {
     let rt = &cfg.runtime;
     let buf = w.bufs.borrow_mut().take(hello_capacity(rt.max_hello_bytes));
-    let read = tokio::time::timeout(
-        Duration::from_millis(rt.hello_timeout_ms),
-        read_hello(client, buf, rt.max_hello_bytes),
-    )
-    .await;
+    let read =
+        tokio::time::timeout(Duration::from_millis(rt.hello_timeout_ms), read_hello(client, buf, rt.max_hello_bytes))
+            .await;
     let buf = match read {
         Err(_) => {
             // The recv is still pending; shutting down completes it so the fd is freed.
@@ -849,22 +793,9 @@ async fn serve_conn(w: &Worker, t: &mut Trace, cfg: &Config, client: &Socket, li
         return terminate(w, t, cfg, r, client, listen, routed.first).await;
     }
     t.connect_start = t.routed_at;
-    let connected = relay::connect_backends(
-        &r.backends,
-        Duration::from_millis(rt.connect_timeout_ms),
-        &w.metrics,
-    )
-    .await;
-    t.connected_at = w.now();
-    let backend = match connected {
-        Ok((sock, addr)) => {
-            t.backend = Some(addr);
-            sock
-        }
-        Err(_) => {
-            w.bufs.borrow_mut().give(routed.first);
-            return drop_conn(w, t, DropReason::BackendsDown);
-        }
+    let Some(backend) = connect(w, r, rt, t).await else {
+        w.bufs.borrow_mut().give(routed.first);
+        return drop_conn(w, t, DropReason::BackendsDown);
     };
     let env = relay::Env {
         metrics: &w.metrics,
@@ -888,19 +819,11 @@ async fn serve_conn(w: &Worker, t: &mut Trace, cfg: &Config, client: &Socket, li
 fn drop_conn(w: &Worker, t: &mut Trace, reason: DropReason) {
     t.end = Some(End::Dropped(reason));
     w.metrics.dropped(reason);
-    tracing::debug!(
-        worker = w.id,
-        reason = reason.as_str(),
-        "connection dropped"
-    );
+    tracing::debug!(worker = w.id, reason = reason.as_str(), "connection dropped");
 }
 
 /// Reads until the buffer holds a complete ClientHello (or a reason to drop the connection).
-async fn read_hello(
-    client: &Socket,
-    mut buf: Vec<u8>,
-    max: usize,
-) -> (Result<(), DropReason>, Vec<u8>) {
+async fn read_hello(client: &Socket, mut buf: Vec<u8>, max: usize) -> (Result<(), DropReason>, Vec<u8>) {
     loop {
         if buf.len() == buf.capacity() {
             return (Err(DropReason::Oversize), buf);
@@ -964,22 +887,13 @@ fn route(
     }
     w.metrics.routed(how);
     if route.proxy_protocol == ProxyProtocol::None || route.action == Action::Terminate {
-        return Ok(Routed {
-            route: id,
-            first: buf,
-        });
+        return Ok(Routed { route: id, first: buf });
     }
     let local = local.unwrap_or_else(|| client.local_addr().unwrap_or(listen));
-    let peer = client
-        .peer_addr()
-        .unwrap_or_else(|_| SocketAddr::new(IpAddr::from([0, 0, 0, 0]), 0));
+    let peer = client.peer_addr().unwrap_or_else(|_| SocketAddr::new(IpAddr::from([0, 0, 0, 0]), 0));
     let alpn = hello.alpn().next();
-    let header = proxy_protocol::Header {
-        client: peer,
-        local,
-        sni: hello.sni(),
-        alpn: alpn.as_ref().map(|p| p.as_bytes()),
-    };
+    let header =
+        proxy_protocol::Header { client: peer, local, sni: hello.sni(), alpn: alpn.as_ref().map(|p| p.as_bytes()) };
     let mut first = w.bufs.borrow_mut().take(buf.len() + 600);
     proxy_protocol::encode(route.proxy_protocol, &header, &mut first);
     first.extend_from_slice(&buf);

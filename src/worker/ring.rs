@@ -43,11 +43,7 @@ impl<D> OneshotOutputTransform for Completion<D> {
 
     fn transform_oneshot_output(self, data: D, cqe: cqueue::Entry) -> Self::Output {
         let res = cqe.result();
-        let out = if res >= 0 {
-            Ok(res as u32)
-        } else {
-            Err(io::Error::from_raw_os_error(-res))
-        };
+        let out = if res >= 0 { Ok(res as u32) } else { Err(io::Error::from_raw_os_error(-res)) };
         (out, data)
     }
 }
@@ -59,9 +55,7 @@ impl<D> OneshotOutputTransform for Completion<D> {
 /// Every pointer inside `sqe` must point into memory owned by `data` (heap memory, so moving `data`
 /// does not move it), and every fd in `sqe` must be kept open by `data`.
 async unsafe fn submit<D: Unpin + 'static>(data: D, sqe: squeue::Entry) -> (io::Result<u32>, D) {
-    UnsubmittedOneshot::new(data, Completion(PhantomData), sqe)
-        .submit()
-        .await
+    UnsubmittedOneshot::new(data, Completion(PhantomData), sqe).submit().await
 }
 
 // ---- sockets ------------------------------------------------------------------------------
@@ -105,13 +99,9 @@ impl Socket {
     /// Accepts one connection, non-blocking and close-on-exec, without reading the peer address.
     pub async fn accept(&self) -> io::Result<Socket> {
         let fd = Rc::clone(&self.fd);
-        let sqe = opcode::Accept::new(
-            types::Fd(fd.as_raw_fd()),
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-        )
-        .flags(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
-        .build();
+        let sqe = opcode::Accept::new(types::Fd(fd.as_raw_fd()), std::ptr::null_mut(), std::ptr::null_mut())
+            .flags(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
+            .build();
         // SAFETY: the entry holds no pointers (null address and length), and `fd` keeps the
         // listening socket open until the completion.
         let (res, _fd) = unsafe { submit(fd, sqe) }.await;
@@ -125,12 +115,7 @@ impl Socket {
     pub async fn recv(&self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
         let spare = buf.capacity() - buf.len();
         let ptr = buf.spare_capacity_mut().as_mut_ptr().cast::<u8>();
-        let sqe = opcode::Recv::new(
-            types::Fd(self.fd.as_raw_fd()),
-            ptr,
-            spare.min(u32::MAX as usize) as u32,
-        )
-        .build();
+        let sqe = opcode::Recv::new(types::Fd(self.fd.as_raw_fd()), ptr, spare.min(u32::MAX as usize) as u32).build();
         // SAFETY: `ptr..ptr+spare` is the heap spare capacity of `buf`, which the stored data owns
         // until the completion (moving a Vec does not move its heap block); the Rc keeps the fd open.
         let (res, (_fd, mut buf)) = unsafe { submit((Rc::clone(&self.fd), buf), sqe) }.await;
@@ -149,13 +134,10 @@ impl Socket {
     pub async fn send(&self, buf: Vec<u8>, from: usize) -> (io::Result<usize>, Vec<u8>) {
         let from = from.min(buf.len());
         let rest = &buf[from..];
-        let sqe = opcode::Send::new(
-            types::Fd(self.fd.as_raw_fd()),
-            rest.as_ptr(),
-            rest.len().min(u32::MAX as usize) as u32,
-        )
-        .flags(libc::MSG_NOSIGNAL)
-        .build();
+        let sqe =
+            opcode::Send::new(types::Fd(self.fd.as_raw_fd()), rest.as_ptr(), rest.len().min(u32::MAX as usize) as u32)
+                .flags(libc::MSG_NOSIGNAL)
+                .build();
         // SAFETY: the pointer and length describe initialised heap bytes of `buf`, owned by the
         // stored data until the completion; the Rc keeps the fd open.
         let (res, (_fd, buf)) = unsafe { submit((Rc::clone(&self.fd), buf), sqe) }.await;
@@ -188,11 +170,8 @@ impl Socket {
     /// A new non-blocking TCP socket with TCP_NODELAY, of `addr`'s family, ready to [`connect`](Self::connect).
     pub fn tcp_for(addr: SocketAddr) -> io::Result<Socket> {
         let domain = socket2::Domain::for_address(addr);
-        let sock = socket2::Socket::new(
-            domain,
-            socket2::Type::STREAM.nonblocking().cloexec(),
-            Some(socket2::Protocol::TCP),
-        )?;
+        let sock =
+            socket2::Socket::new(domain, socket2::Type::STREAM.nonblocking().cloexec(), Some(socket2::Protocol::TCP))?;
         sock.set_nodelay(true)?;
         Ok(Socket::from(OwnedFd::from(sock)))
     }
@@ -208,12 +187,7 @@ impl Socket {
         match res {
             Ok(_) => Ok(()),
             // A non-blocking socket may report the connect as started; wait for it to finish.
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EINPROGRESS) | Some(libc::EALREADY)
-                ) =>
-            {
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINPROGRESS) | Some(libc::EALREADY)) => {
                 self.poll(POLLOUT).await?;
                 match self.sock_ref().take_error()? {
                     None => Ok(()),
@@ -306,8 +280,7 @@ impl Pipe {
         // SAFETY: pipe2 succeeded, so both fds are new and owned by nobody else.
         let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
         // SAFETY: fcntl on an fd we own; failure is harmless (the default size stays).
-        let got =
-            unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, size as libc::c_int) };
+        let got = unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, size as libc::c_int) };
         let capacity = if got > 0 {
             got as usize
         } else {
@@ -319,12 +292,7 @@ impl Pipe {
                 65536
             }
         };
-        Ok(Pipe {
-            read,
-            write,
-            held: 0,
-            capacity,
-        })
+        Ok(Pipe { read, write, held: 0, capacity })
     }
 
     /// Moves up to the pipe's free space from `src` into the pipe.

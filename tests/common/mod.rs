@@ -34,8 +34,7 @@ pub fn config_file(toml: &str) -> ConfigFile {
 }
 
 /// `[runtime]` lines shared by tests: one worker, short timeouts where a test waits on them.
-pub const RUNTIME: &str =
-    "[runtime]\nworkers = 1\nhello_timeout_ms = 5000\nconnect_timeout_ms = 2000\n";
+pub const RUNTIME: &str = "[runtime]\nworkers = 1\nhello_timeout_ms = 5000\nconnect_timeout_ms = 2000\n";
 
 /// Starts an in-process server for `toml` with `overrides`.
 pub fn start(toml: &str, overrides: &RuntimeOverrides) -> (Server, ConfigFile) {
@@ -47,8 +46,7 @@ pub fn start(toml: &str, overrides: &RuntimeOverrides) -> (Server, ConfigFile) {
 
 /// Connects to `addr` with I/O timeouts set.
 pub fn connect(addr: SocketAddr) -> TcpStream {
-    let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
-        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
     s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
     s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
     s.set_nodelay(true).unwrap();
@@ -191,19 +189,13 @@ pub fn backend_on(bind: &str, mode: Mode) -> Backend {
             });
         }
     });
-    Backend {
-        addr,
-        seen: rx,
-        _thread: t,
-    }
+    Backend { addr, seen: rx, _thread: t }
 }
 
 impl Backend {
     /// The next connection's bytes.
     pub fn next(&self) -> Seen {
-        self.seen
-            .recv_timeout(Duration::from_secs(30))
-            .expect("back end saw no connection")
+        self.seen.recv_timeout(Duration::from_secs(30)).expect("back end saw no connection")
     }
 }
 
@@ -277,11 +269,7 @@ impl Proc {
     }
 
     /// Sends `sig` and waits (bounded) for the exit status.
-    pub fn signal_and_wait(
-        &mut self,
-        sig: i32,
-        limit: Duration,
-    ) -> Option<std::process::ExitStatus> {
+    pub fn signal_and_wait(&mut self, sig: i32, limit: Duration) -> Option<std::process::ExitStatus> {
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(self.child.id() as i32, sig) };
         let end = Instant::now() + limit;
@@ -306,11 +294,7 @@ impl Drop for Proc {
 
 /// A free TCP port on 127.0.0.1 (bound and released; a tiny race, fine on a test box).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Spawns `sni-dispatch run --config PATH ARGS...` (or `$SNI_DISPATCH_BIN run ...`) and waits until `probe` accepts connections.
@@ -346,9 +330,7 @@ pub fn spawn_binary(cfg: &ConfigFile, args: &[&str], probe: SocketAddr) -> Proc 
 
 /// Number of open fds of process `pid`.
 pub fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
 }
 
 /// Names of the threads of process `pid`.

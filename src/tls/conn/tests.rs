@@ -1,8 +1,8 @@
 //! The adapter against a real rustls client over loopback sockets.
 
 use super::*;
-use crate::worker::ring::Socket;
 use crate::route::TlsVersion;
+use crate::worker::ring::Socket;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -48,7 +48,11 @@ fn upper_origin() -> (std::net::SocketAddr, std::thread::JoinHandle<()>) {
 }
 
 /// Accepts one connection, hands its first read to `handshake`, and relays to `origin`.
-fn serve_one(listener: TcpListener, config: Arc<rustls::ServerConfig>, origin: Option<std::net::SocketAddr>) -> Result<Relayed, String> {
+fn serve_one(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    origin: Option<std::net::SocketAddr>,
+) -> Result<Relayed, String> {
     tokio_uring::start(async move {
         let l = Socket::from(std::os::fd::OwnedFd::from(listener));
         let client = l.accept().await.map_err(|e| e.to_string())?;
