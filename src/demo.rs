@@ -86,9 +86,8 @@ pub fn prepare(dir: &Path, port: u16) -> Result<(PathBuf, String), String> {
         shop = curl("shop.demo.test", "127.0.0.1"),
         app = curl("www.app.demo.test", "127.0.0.1"),
         ded = curl("dedicated.demo.test", "127.0.0.2"),
-        ded_other = format!(
-            "curl -k --resolve shop.demo.test:{port}:127.0.0.2 https://shop.demo.test:{port}/  # dedicated's page"
-        ),
+        ded_other =
+            curl("shop.demo.test", "127.0.0.2").replace(&format!("--cacert {ca}"), "-k") + "  # dedicated's page",
         unknown = curl("nobody.demo.test", "127.0.0.1"),
     );
     Ok((dir.join("demo.toml"), text))

@@ -9,7 +9,7 @@
 //! - [`config`]: TOML configuration, validation and the `check` summary;
 //! - [`worker`]: worker threads, io_uring rings and listeners;
 //! - [`relay`]: moving bytes between client and back end (splice or copy);
-//! - [`tls`]: termination;
+//! - TLS termination with rustls: [`tls`];
 //! - [`metrics`] and [`admin`]: per-core counters and histograms, and the HTTP endpoint that reads them.
 
 pub mod admin;
