@@ -284,6 +284,7 @@ impl Pipe {
         let capacity = if got > 0 {
             got as usize
         } else {
+            warn_small_pipes(size, io::Error::last_os_error());
             // SAFETY: as above.
             let cur = unsafe { libc::fcntl(write.as_raw_fd(), libc::F_GETPIPE_SZ) };
             if cur > 0 {
@@ -368,4 +369,19 @@ pub fn runtime(opts: RingOptions) -> io::Result<tokio_uring::Runtime> {
         }
     }
     Err(last.unwrap_or_else(|| io::Error::other("no ring")))
+}
+
+/// Says once per process that pipes are smaller than asked: an unprivileged process gets only
+/// `fs.pipe-user-pages-soft` pages of pipes at full size (256 pipes of 256 KiB by default), after
+/// which every new pipe keeps the 64 KiB default or less and splice moves less per call.
+fn warn_small_pipes(size: usize, err: io::Error) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!(
+            size,
+            error = %err,
+            "the kernel refused to size a splice pipe; spliced connections get smaller pipes \
+             (raise fs.pipe-user-pages-soft, see tuning/sysctl.conf, or lower --pipe-pool)"
+        );
+    }
 }
