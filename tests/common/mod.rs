@@ -68,6 +68,17 @@ pub fn read_to_end(s: &mut TcpStream) -> Result<Vec<u8>, std::io::ErrorKind> {
     }
 }
 
+/// Reads from `s` into `got` until it holds `n` bytes, or EOF, or an error.
+fn read_at_least(s: &mut TcpStream, n: usize, got: &mut Vec<u8>) {
+    let mut buf = [0u8; 4096];
+    while got.len() < n {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => got.extend_from_slice(&buf[..k]),
+        }
+    }
+}
+
 /// Polls `f` until it returns true, for at most `limit`.
 pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + limit;
@@ -140,13 +151,7 @@ pub fn backend_on(bind: &str, mode: Mode) -> Backend {
                 let mut got = Vec::new();
                 match mode {
                     Mode::ReplyAfter { n, reply } => {
-                        let mut buf = [0u8; 4096];
-                        while got.len() < n {
-                            match s.read(&mut buf) {
-                                Ok(0) | Err(_) => break,
-                                Ok(k) => got.extend_from_slice(&buf[..k]),
-                            }
-                        }
+                        read_at_least(&mut s, n, &mut got);
                         let _ = s.write_all(&reply);
                         let _ = tx.send(Seen { bytes: got });
                     }
@@ -157,13 +162,7 @@ pub fn backend_on(bind: &str, mode: Mode) -> Backend {
                         let _ = tx.send(Seen { bytes: got });
                     }
                     Mode::ReplyThenRead { n, reply } => {
-                        let mut buf = [0u8; 4096];
-                        while got.len() < n {
-                            match s.read(&mut buf) {
-                                Ok(0) | Err(_) => break,
-                                Ok(k) => got.extend_from_slice(&buf[..k]),
-                            }
-                        }
+                        read_at_least(&mut s, n, &mut got);
                         let _ = s.write_all(&reply);
                         let _ = s.shutdown(Shutdown::Write);
                         let _ = s.read_to_end(&mut got);
