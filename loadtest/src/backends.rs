@@ -341,7 +341,10 @@ pub fn spawn(backend: Backend, addr: SocketAddrV4, threads: usize, cpus: Vec<usi
                 match l.accept() {
                     Ok((s, _)) => {
                         b.stats.accepted.fetch_add(1, Ordering::Relaxed);
-                        if b.handle(s).is_err() {
+                        if let Err(e) = b.handle(s) {
+                            if std::env::var_os("SLT_BE_DEBUG").is_some() {
+                                eprintln!("backend {}: {e}", b.label);
+                            }
                             b.stats.errors.fetch_add(1, Ordering::Relaxed);
                         }
                     }

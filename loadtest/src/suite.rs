@@ -513,6 +513,8 @@ impl NameTable {
 pub struct Model {
     pub table: NameTable,
     pub route_names: Vec<String>,
+    /// per route: TLS is terminated by the target (the back end sees plaintext)
+    pub route_terminate: Vec<bool>,
     pub dip: HashMap<Ipv4Addr, usize>,
     pub no_sni: Option<usize>,
     pub unknown_sni: Option<usize>,
@@ -532,6 +534,7 @@ impl Model {
         Model {
             table: NameTable::new(&s.routes),
             route_names: s.routes.iter().map(|r| r.name.clone()).collect(),
+            route_terminate: s.routes.iter().map(|r| r.action == Action::Terminate).collect(),
             dip,
             no_sni: idx(&s.fallback.no_sni),
             unknown_sni: idx(&s.fallback.unknown_sni),

@@ -130,7 +130,8 @@ impl Prepared {
             Kind::FullTls => None,
         };
         let hello_records = hello.as_ref().map(|h| h.to_records(w.record_size.unwrap_or(16384))).unwrap_or_default();
-        let tls = (w.kind == Kind::FullTls).then(|| client_config(w, ca.clone()));
+        // bulk uses TLS when the route it reaches terminates
+        let tls = matches!(w.kind, Kind::FullTls | Kind::Bulk).then(|| client_config(w, ca.clone()));
         let mut dips = w.dedicated_ips.clone();
         if dips.is_empty() {
             dips = model.dip.keys().copied().collect();
@@ -570,9 +571,12 @@ fn bulk_once(
     dst: SocketAddrV4,
     src: u32,
     sni: Option<&str>,
-    _expect: Option<usize>,
+    expect: Option<usize>,
     cpus: &[usize],
 ) -> Result<Done, Err> {
+    if expect.is_some_and(|r| p.model.route_terminate[r]) {
+        return bulk_tls_once(p, dst, src, sni, cpus);
+    }
     let plan = p.bulk.as_ref().unwrap();
     let hello = p.hello_bytes(sni);
     let to = Duration::from_millis(p.w.io_timeout_ms);
@@ -628,6 +632,226 @@ fn bulk_once(
         Ok(0) => {}
         Ok(_) => return Err("extra_bytes"),
         Err(e) => return Err(io_kind(&e)),
+    }
+    Ok(Done { bytes: plan.push + plan.pull, resumed: false, dropped: false })
+}
+
+/// The sending half of a TLS connection shared with a reading thread: plaintext is encrypted
+/// under the connection's lock, the records are written under the socket's lock (held across
+/// both, so records leave in order); the reader never blocks on the socket's lock.
+struct TlsSender {
+    conn: Arc<std::sync::Mutex<rustls::ClientConnection>>,
+    sock: Arc<std::sync::Mutex<TcpStream>>,
+    out: Vec<u8>,
+}
+
+impl Write for TlsSender {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        let mut sock = self.sock.lock().unwrap();
+        let n = {
+            let mut c = self.conn.lock().unwrap();
+            let n = c.writer().write(b)?;
+            self.out.clear();
+            while c.wants_write() {
+                c.write_tls(&mut self.out)?;
+            }
+            n
+        };
+        sock.write_all(&self.out)?;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The pulled plaintext: the stream (CRC32), then the 8-byte trailer, then nothing.
+struct PullSink {
+    h: crc32fast::Hasher,
+    left: u64,
+    trailer: Vec<u8>,
+    closing: bool,
+    buf: Vec<u8>,
+}
+
+impl PullSink {
+    fn accept(&mut self, d: &[u8]) -> Result<(), Err> {
+        if self.closing {
+            return Err("extra_bytes");
+        }
+        let first = self.left.min(d.len() as u64) as usize;
+        self.h.update(&d[..first]);
+        self.left -= first as u64;
+        let rest = &d[first..];
+        if self.trailer.len() + rest.len() > 8 {
+            return Err("extra_bytes");
+        }
+        self.trailer.extend_from_slice(rest);
+        Ok(())
+    }
+}
+
+/// Feed socket bytes to rustls and the plaintext to `sink`; Ok(false) once the peer sent close_notify.
+fn tls_feed(
+    conn: &std::sync::Mutex<rustls::ClientConnection>,
+    wsock: &std::sync::Mutex<TcpStream>,
+    data: &[u8],
+    sink: &mut PullSink,
+) -> Result<bool, Err> {
+    let mut rd = data;
+    let mut open = true;
+    let mut c = conn.lock().unwrap();
+    let mut pb = std::mem::take(&mut sink.buf);
+    pb.resize(64 * 1024, 0);
+    let r = (|| -> Result<(), Err> {
+        loop {
+            if !rd.is_empty() {
+                c.read_tls(&mut rd).map_err(io_err)?;
+            }
+            let st = c.process_new_packets().map_err(tls_kind)?;
+            let mut avail = st.plaintext_bytes_to_read();
+            while avail > 0 {
+                let want = avail.min(pb.len());
+                let k = c.reader().read(&mut pb[..want]).map_err(|e| io_kind(&e))?;
+                if k == 0 {
+                    break;
+                }
+                sink.accept(&pb[..k])?;
+                avail -= k;
+            }
+            if st.peer_has_closed() {
+                open = false;
+            }
+            if rd.is_empty() {
+                return Ok(());
+            }
+        }
+    })();
+    sink.buf = pb;
+    r?;
+    // anything rustls wants to send in answer (a key update): only if the writer is idle
+    if c.wants_write() {
+        if let Ok(mut ws) = wsock.try_lock() {
+            let mut out = Vec::new();
+            while c.wants_write() {
+                c.write_tls(&mut out).map_err(|e| io_kind(&e))?;
+            }
+            drop(c);
+            ws.write_all(&out).map_err(|e| io_kind(&e))?;
+        }
+    }
+    Ok(open)
+}
+
+fn tls_kind(e: rustls::Error) -> Err {
+    io_err(io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// Bulk through a terminate route: a rustls client pushes and pulls plaintext at once (two
+/// threads over one connection), the back end sees the bulk command and the streams in clear.
+fn bulk_tls_once(p: &Prepared, dst: SocketAddrV4, src: u32, sni: Option<&str>, cpus: &[usize]) -> Result<Done, Err> {
+    use std::sync::Mutex;
+    let plan = p.bulk.as_ref().unwrap();
+    let cfg = p.tls.clone().unwrap();
+    let name: ServerName<'static> = match sni {
+        Some(n) => ServerName::try_from(n.to_string()).map_err(|_| "bad_name")?,
+        None => ServerName::IpAddress(PkiIp::from(*dst.ip())),
+    };
+    let mut conn = rustls::ClientConnection::new(cfg, name).map_err(|_| "tls_config")?;
+    conn.set_buffer_limit(Some(512 * 1024));
+    let to = Duration::from_millis(p.w.io_timeout_ms);
+    let mut s = connect(dst, src, to).map_err(connect_err)?;
+    while conn.is_handshaking() {
+        conn.complete_io(&mut s).map_err(|e| match io_err(e) {
+            "timeout" => "handshake_timeout",
+            "reset" => "handshake_reset",
+            "eof_early" => "handshake_eof",
+            k => k,
+        })?;
+    }
+    let conn = Arc::new(Mutex::new(conn));
+    let wsock = Arc::new(Mutex::new(s.try_clone().map_err(|e| io_kind(&e))?));
+    let mut out = Vec::new();
+    let mut tx = TlsSender { conn: conn.clone(), sock: wsock.clone(), out: Vec::with_capacity(640 * 1024) };
+    let (push, pull, seed, pat) = (plan.push, plan.pull, plan.seed, plan.pattern.clone());
+    let cpus = cpus.to_vec();
+    let writer = std::thread::spawn(move || -> io::Result<()> {
+        pin(&cpus, src as usize);
+        tx.write_all(&bulk_cmd(push, pull, seed))?;
+        write_stream(&mut tx, &pat, push)
+    });
+    let mut sink = PullSink {
+        h: crc32fast::Hasher::new(),
+        left: plan.pull,
+        trailer: Vec::with_capacity(8),
+        closing: false,
+        buf: Vec::new(),
+    };
+    let mut b = vec![0u8; 256 * 1024];
+    let mut res: Result<(), Err> = Ok(());
+    while sink.left > 0 || sink.trailer.len() < 8 {
+        match s.read(&mut b) {
+            Ok(0) => {
+                res = Err("eof_early");
+                break;
+            }
+            Ok(n) => match tls_feed(&conn, &wsock, &b[..n], &mut sink) {
+                Ok(true) => {}
+                Ok(false) => {
+                    if sink.left > 0 || sink.trailer.len() < 8 {
+                        res = Err("eof_early");
+                    }
+                    break;
+                }
+                Err(e) => {
+                    res = Err(e);
+                    break;
+                }
+            },
+            Err(e) => {
+                res = Err(io_kind(&e));
+                break;
+            }
+        }
+    }
+    if res.is_err() {
+        // unblock the writer
+        let _ = s.shutdown(Shutdown::Both);
+    }
+    let wr = writer.join().map_err(|_| "writer_panic")?;
+    res?;
+    wr.map_err(|e| io_err(e))?;
+    if sink.h.clone().finalize() != plan.pull_crc {
+        return Err("checksum_pull");
+    }
+    if &sink.trailer[4..] != b"DONE" {
+        return Err("no_trailer");
+    }
+    if u32::from_be_bytes(sink.trailer[..4].try_into().unwrap()) != plan.push_crc {
+        return Err("checksum_push");
+    }
+    // close_notify, FIN, then the target's close: no more plaintext
+    {
+        let mut c = conn.lock().unwrap();
+        c.send_close_notify();
+        while c.wants_write() {
+            c.write_tls(&mut out).map_err(|e| io_kind(&e))?;
+        }
+    }
+    let _ = s.write_all(&out);
+    let _ = s.shutdown(Shutdown::Write);
+    sink.closing = true;
+    loop {
+        match s.read(&mut b) {
+            Ok(0) => break,
+            Ok(n) => {
+                if !tls_feed(&conn, &wsock, &b[..n], &mut sink)? {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => break,
+            Err(e) => return Err(io_kind(&e)),
+        }
     }
     Ok(Done { bytes: plan.push + plan.pull, resumed: false, dropped: false })
 }
