@@ -14,8 +14,22 @@ use std::net::Shutdown;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Ciphertext read size: one full TLS record plus header.
+/// Read size for the handshake and for decrypted plaintext: one full TLS record plus header.
 const READ_SIZE: usize = 16 * 1024 + 512;
+
+/// Relay reads start at one record's worth and grow to this once a read fills its buffer:
+/// a bulk transfer then moves four full records per system call, while an idle or chatty
+/// connection keeps small buffers. A multiple of 16 KiB, so that plaintext from the back end
+/// becomes whole records rather than a full one and a sliver.
+const RELAY_READ_SIZE: usize = 64 * 1024;
+
+/// Grows a relay buffer whose last read filled it (see [`RELAY_READ_SIZE`]).
+fn grow_if_full(buf: &mut Vec<u8>, n: usize) {
+    if n == buf.capacity() && n < RELAY_READ_SIZE {
+        buf.clear();
+        buf.reserve_exact(RELAY_READ_SIZE);
+    }
+}
 
 /// Why a handshake did not complete. `as_str` is the drop-reason label.
 #[derive(Debug, thiserror::Error)]
@@ -163,7 +177,7 @@ pub async fn relay(client: &TcpStream, tls: ServerConnection, backend: &TcpStrea
         client,
         backend,
         tls: RefCell::new(tls),
-        client_out: tokio::sync::Mutex::new(Vec::with_capacity(READ_SIZE)),
+        client_out: tokio::sync::Mutex::new(Vec::new()),
         last_activity: Cell::new(Instant::now()),
         to_backend: Cell::new(0),
         to_client: Cell::new(0),
@@ -240,18 +254,22 @@ async fn client_to_backend_inner(s: &Shared<'_>) -> io::Result<()> {
         let mut bad = None;
         {
             let mut tls = s.tls.borrow_mut();
+            // rustls holds at most 16 KiB of decrypted plaintext: drain it after every record
+            // batch, or a client uploading full-size records fills it and the read fails.
             let mut slice = &buf[..];
-            while !slice.is_empty() && bad.is_none() {
+            while !slice.is_empty() && bad.is_none() && !closed {
                 match tls.read_tls(&mut slice) {
                     Ok(0) => break,
-                    Ok(_) => bad = tls.process_new_packets().err(),
+                    Ok(_) => match tls.process_new_packets() {
+                        Ok(_) => closed = drain_plaintext(&mut tls, &mut plain)?,
+                        Err(e) => bad = Some(e),
+                    },
                     Err(e) => return Err(e),
                 }
             }
-            if bad.is_none() {
-                closed = drain_plaintext(&mut tls, &mut plain)?;
-            }
         }
+        let n = buf.len();
+        grow_if_full(&mut buf, n);
         // Alerts, key-update answers: whatever rustls has to say goes out first.
         s.flush_to_client().await?;
         if let Some(e) = bad {
@@ -293,7 +311,7 @@ async fn backend_to_client(s: &Shared<'_>) -> io::Result<()> {
 }
 
 async fn backend_to_client_inner(s: &Shared<'_>) -> io::Result<()> {
-    let mut buf = Vec::with_capacity(READ_SIZE);
+    let mut buf = Vec::with_capacity(16 * 1024);
     loop {
         buf.clear();
         let (res, b) = s.backend.recv(buf).await;
@@ -312,6 +330,7 @@ async fn backend_to_client_inner(s: &Shared<'_>) -> io::Result<()> {
         }
         s.to_client.set(s.to_client.get() + n as u64);
         s.tls.borrow_mut().writer().write_all(&buf[..n])?;
+        grow_if_full(&mut buf, n);
         s.flush_to_client().await?;
     }
 }

@@ -112,3 +112,34 @@ fn min_tls_13_refuses_a_tls12_client_with_an_alert() {
     let client_err = client.join().unwrap().unwrap_err();
     assert!(client_err.contains("ProtocolVersion"), "{client_err}");
 }
+
+/// Several MiB each way in full-size records: rustls keeps at most 16 KiB of decrypted
+/// plaintext, so the relay must drain it record by record (a regression: uploads used to fail).
+#[test]
+fn bulk_upload_and_download_in_full_records() {
+    let site = site("shop.example.com");
+    let config = crate::tls::server_config(site.key.clone(), TlsVersion::TLS12, &[]).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (origin, origin_thread) = upper_origin();
+    let client_cfg = client_config(&site, &[&rustls::version::TLS13]);
+    let data: Vec<u8> = (0..6 * 1024 * 1024u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let sent = data.clone();
+    let client = std::thread::spawn(move || {
+        let name = ServerName::try_from("shop.example.com").unwrap();
+        let conn = rustls::ClientConnection::new(client_cfg, name).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, std::net::TcpStream::connect(addr).unwrap());
+        tls.write_all(&sent).unwrap();
+        tls.conn.send_close_notify();
+        tls.flush().unwrap();
+        let mut got = Vec::new();
+        tls.read_to_end(&mut got).unwrap();
+        got
+    });
+    let relayed = serve_one(listener, config, Some(origin)).unwrap();
+    let got = client.join().unwrap();
+    origin_thread.join().unwrap();
+    assert!(!relayed.error, "{relayed:?}");
+    assert_eq!(relayed.to_backend, data.len() as u64);
+    assert!(got == data.to_ascii_uppercase(), "download differs ({} bytes back)", got.len());
+}
