@@ -246,6 +246,24 @@ pub struct Outcome {
     pub not_started: u64,
 }
 
+impl Outcome {
+    /// Nothing counted yet: a thread's start and the sum over threads.
+    pub fn empty() -> Self {
+        Self {
+            ok: 0,
+            expected_drops: 0,
+            errors: BTreeMap::new(),
+            latency: new_hist(),
+            service: new_hist(),
+            bytes: 0,
+            resumed: 0,
+            elapsed_s: 0.0,
+            slow: None,
+            not_started: 0,
+        }
+    }
+}
+
 pub fn new_hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).unwrap()
 }
@@ -299,18 +317,7 @@ pub fn run(p: &Arc<Prepared>, port: u16, cpus: &[usize], duration: Duration, see
                 .spawn(move || {
                     pin(&cpus, t);
                     let mut rng = SmallRng::seed_from_u64(seed.wrapping_mul(1_000_003).wrapping_add(t as u64));
-                    let mut o = Outcome {
-                        ok: 0,
-                        expected_drops: 0,
-                        errors: BTreeMap::new(),
-                        latency: new_hist(),
-                        service: new_hist(),
-                        bytes: 0,
-                        resumed: 0,
-                        elapsed_s: 0.0,
-                        slow: None,
-                        not_started: 0,
-                    };
+                    let mut o = Outcome::empty();
                     let max = p.w.max_count;
                     let interval_us = p.w.expected_interval_us.unwrap_or(0);
                     let mut n = t as u32;
@@ -387,18 +394,7 @@ pub fn run(p: &Arc<Prepared>, port: u16, cpus: &[usize], duration: Duration, see
                 .expect("spawn client thread"),
         );
     }
-    let mut total = Outcome {
-        ok: 0,
-        expected_drops: 0,
-        errors: BTreeMap::new(),
-        latency: new_hist(),
-        service: new_hist(),
-        bytes: 0,
-        resumed: 0,
-        elapsed_s: 0.0,
-        slow: None,
-        not_started: 0,
-    };
+    let mut total = Outcome::empty();
     for h in handles {
         let o = h.join().expect("client thread panicked");
         total.ok += o.ok;
