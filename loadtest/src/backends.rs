@@ -84,6 +84,32 @@ pub struct BackendStats {
     pub accepted: AtomicU64,
     pub errors: AtomicU64,
     pub proxy_headers: AtomicU64,
+    /// kernel thread ids of the serving threads, in spawn order (for [`repin`])
+    pub tids: std::sync::Mutex<Vec<libc::pid_t>>,
+}
+
+/// Pin serving thread i of a back end to CPU `cpus[i % len]`, as at spawn (scaling runs move
+/// the back ends size by size). Errors (a CPU that does not exist) are ignored, as in `net::pin`.
+pub fn repin(stats: &BackendStats, cpus: &[usize]) {
+    if cpus.is_empty() {
+        return;
+    }
+    let tids = match stats.tids.lock() {
+        Ok(t) => t.clone(),
+        Err(p) => p.into_inner().clone(),
+    };
+    for (i, tid) in tids.into_iter().enumerate() {
+        let cpu = cpus[i % cpus.len()];
+        // SAFETY: a zeroed cpu_set_t is an empty set; the CPU is checked against its size; the
+        // thread ids are our own threads, which never exit.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            if cpu < 8 * std::mem::size_of::<libc::cpu_set_t>() {
+                libc::CPU_SET(cpu, &mut set);
+                libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set);
+            }
+        }
+    }
 }
 
 /// A connection with bytes read ahead.
@@ -331,12 +357,18 @@ pub fn spawn(backend: Backend, addr: SocketAddrV4, threads: usize, cpus: Vec<usi
     let l = listener(addr)?;
     let stats = backend.stats.clone();
     let b = Arc::new(backend);
-    for i in 0..threads.max(1) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let n = threads.max(1);
+    for i in 0..n {
         let l = l.try_clone()?;
         let b = b.clone();
         let cpus = cpus.clone();
+        let tx = tx.clone();
         std::thread::Builder::new().name(format!("be-{}", b.label)).stack_size(256 * 1024).spawn(move || {
             crate::net::pin(&cpus, i);
+            // SAFETY: gettid has no preconditions.
+            let _ = tx.send((i, unsafe { libc::gettid() }));
+            drop(tx);
             loop {
                 match l.accept() {
                     Ok((s, _)) => {
@@ -352,6 +384,13 @@ pub fn spawn(backend: Backend, addr: SocketAddrV4, threads: usize, cpus: Vec<usi
                 }
             }
         })?;
+    }
+    drop(tx);
+    let mut tids: Vec<(usize, libc::pid_t)> = rx.iter().take(n).collect();
+    tids.sort_unstable();
+    match stats.tids.lock() {
+        Ok(mut t) => *t = tids.into_iter().map(|(_, t)| t).collect(),
+        Err(p) => *p.into_inner() = tids.into_iter().map(|(_, t)| t).collect(),
     }
     Ok(stats)
 }

@@ -4,7 +4,8 @@
 //! [`certs`] makes the PEM files, [`targets`] writes the configs of the dispatcher and its
 //! peers and starts them, [`backends`] serves the built-in back ends, [`workloads`] drives the
 //! load ([`hello`] shapes ClientHellos, [`dist`] draws names, [`co`] paces open loops), [`procstat`]
-//! reads CPU time and RSS, [`report`] and [`plot`] write the results.
+//! reads CPU time and RSS, [`report`] and [`plot`] write the results; [`scaling`] places the
+//! workers, load generators and back ends of scaling runs.
 
 pub mod backends;
 pub mod certs;
@@ -16,6 +17,7 @@ pub mod plot;
 pub mod procstat;
 pub mod report;
 pub mod runner;
+pub mod scaling;
 pub mod suite;
 pub mod targets;
 pub mod workloads;

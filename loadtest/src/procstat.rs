@@ -54,6 +54,11 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     tree(pid).into_iter().filter_map(stat).map(|(_, t)| t as f64 / tck).sum()
 }
 
+/// CPU seconds (user + system, all threads) of this process alone, without its children.
+pub fn own_cpu_seconds() -> f64 {
+    stat(std::process::id()).map(|(_, t)| t as f64 / clk_tck()).unwrap_or(0.0)
+}
+
 /// Peak resident set (VmHWM) in KiB, summed over `pid` and its descendants.
 pub fn peak_rss_kib(pid: u32) -> u64 {
     tree(pid)
@@ -79,6 +84,7 @@ mod tests {
         }
         std::hint::black_box(x);
         assert!(cpu_seconds(me) > t0);
+        assert!(own_cpu_seconds() > 0.0);
         assert!(peak_rss_kib(me) > 100);
         assert!(tree(me).contains(&me));
     }

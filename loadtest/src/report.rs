@@ -65,6 +65,9 @@ pub struct RunResult {
     pub cpu_s_per_gib: f64,
     pub peak_rss_kib: u64,
     pub resumed_share: f64,
+    /// CPU seconds of sni-loadtest itself (load generators and back ends) during the run
+    #[serde(default)]
+    pub load_cpu_s: f64,
     pub slowloris: Option<SlowStats>,
     /// open loop: connections due that were never started (overload)
     #[serde(default)]
@@ -131,6 +134,10 @@ pub struct Report {
     pub target_errors: BTreeMap<String, String>,
     pub workloads: Vec<WorkloadReport>,
     pub ratios: Vec<Ratio>,
+    /// suites with `[scaling]`: every size's placement and figures (the per-size workloads are
+    /// also in `workloads`, named `WORKLOAD.wN`)
+    #[serde(default)]
+    pub scaling: Option<crate::scaling::ScalingReport>,
 }
 
 pub fn median(mut v: Vec<f64>) -> f64 {
@@ -366,6 +373,10 @@ impl Report {
             out.push('\n');
         }
         out.push_str(&ratio_table(&self.ratios));
+        if let Some(s) = &self.scaling {
+            out.push('\n');
+            out.push_str(&crate::scaling::text(s));
+        }
         out
     }
     pub fn total_errors(&self) -> u64 {

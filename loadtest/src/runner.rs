@@ -5,7 +5,8 @@ use crate::certs::Ca;
 use crate::net::{parse_cpus, pin};
 use crate::procstat;
 use crate::report::{self, Percentiles, Report, RunResult, WorkloadReport};
-use crate::suite::{Action, BackendKind, Kind, Model, Suite};
+use crate::scaling;
+use crate::suite::{Action, BackendKind, Cpus, Kind, Model, Suite, Workload};
 use crate::targets::{self, Env, RouteRt, Running, DISPATCHER};
 use crate::workloads::{self, new_hist, Live, Prepared};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -59,7 +60,184 @@ fn host() -> String {
     format!("Linux {}, {n} CPUs, {cpu}", k.trim())
 }
 
+/// What every measurement of a suite shares.
+struct Ctx<'a> {
+    o: &'a Options,
+    suite_dir: &'a Path,
+    model: &'a Arc<Model>,
+    ca: &'a Ca,
+    runs: usize,
+}
+
+/// Start `names`; a target that does not start goes to `errors` under its name and `tag`.
+fn start_targets(
+    names: &[String],
+    env: &Env,
+    o: &Options,
+    tag: &str,
+    errors: &mut BTreeMap<String, String>,
+) -> Vec<Running> {
+    let mut running = Vec::new();
+    for n in names {
+        if !o.quiet {
+            eprintln!("starting {n}{tag} ...");
+        }
+        match targets::start(n, env, o.dispatcher.as_deref()) {
+            Ok(r) => running.push(r),
+            Err(e) => {
+                eprintln!("!! {e}");
+                errors.insert(format!("{n}{tag}"), e);
+            }
+        }
+    }
+    running
+}
+
+fn shape(w: &Workload, duration_scale: f64, unit: &str) -> String {
+    match w.rate {
+        Some(r) => format!("open loop {r:.0}/s, pool {}{unit}, {} s", w.concurrency, w.duration_s * duration_scale),
+        None => format!("closed loop {} conns{unit}, {} s", w.concurrency, w.duration_s * duration_scale),
+    }
+}
+
+fn kind_text(w: &Workload) -> &'static str {
+    match w.kind {
+        Kind::HelloReplay => "hello replay",
+        Kind::FullTls => {
+            if w.resumption {
+                "full TLS, resumption on"
+            } else {
+                "full TLS"
+            }
+        }
+        Kind::Bulk => "bulk",
+    }
+}
+
+/// `runs` runs of workload `w` against every running target, alternating the order between runs;
+/// the report is named `label`; a target that dies goes to `target_errors` under its name and `tag`.
+#[allow(clippy::too_many_arguments)]
+fn measure(
+    ctx: &Ctx,
+    wi: usize,
+    w: &Workload,
+    label: &str,
+    tag: &str,
+    running: &mut [Running],
+    names: &[String],
+    load_cpus: &[usize],
+    target_errors: &mut BTreeMap<String, String>,
+) -> Result<WorkloadReport, String> {
+    let o = ctx.o;
+    let runs = ctx.runs;
+    let ca_der = Some(ctx.ca.der());
+    let prep = Arc::new(Prepared::new(w, ctx.model.clone(), ca_der, ctx.suite_dir)?);
+    let duration = Duration::from_secs_f64(w.duration_s * o.duration_scale);
+    let mut results: Vec<RunResult> = Vec::new();
+    let mut merged: BTreeMap<String, hdrhistogram::Histogram<u64>> = BTreeMap::new();
+    for run in 0..runs {
+        let k = running.len().max(1);
+        for ti in 0..running.len() {
+            // alternate the order between runs
+            let t = &mut running[(ti + run) % k];
+            if w.skip_targets.contains(&t.name) {
+                continue;
+            }
+            if let Some(st) = t.exited() {
+                let e = format!("{}{tag} exited ({st}) before workload {label}:\n{}", t.name, t.log_tail());
+                eprintln!("!! {e}");
+                target_errors.entry(format!("{}{tag}", t.name)).or_insert(e);
+                continue;
+            }
+            let seed = (wi as u64) << 32 | run as u64;
+            let live = Arc::new(Live::default());
+            if w.warmup_s > 0.0 {
+                workloads::run(
+                    &prep,
+                    t.port,
+                    load_cpus,
+                    Duration::from_secs_f64(w.warmup_s * o.duration_scale),
+                    seed ^ 0xabc,
+                    &live,
+                );
+            }
+            let live = Arc::new(Live::default());
+            let pid = t.pid();
+            let cpu0 = procstat::cpu_seconds(pid);
+            let own0 = procstat::own_cpu_seconds();
+            let bar =
+                progress(o.quiet, duration, &format!("{label} · {} · run {}/{}", t.name, run + 1, runs), live.clone());
+            let out = workloads::run(&prep, t.port, load_cpus, duration, seed, &live);
+            let cpu = procstat::cpu_seconds(pid) - cpu0;
+            let load_cpu = procstat::own_cpu_seconds() - own0;
+            if let Some((b, stop)) = bar {
+                stop.store(true, Ordering::Relaxed);
+                b.finish_and_clear();
+            }
+            let rss = procstat::peak_rss_kib(pid);
+            let mut errors = out.errors.clone();
+            if let Some(st) = t.exited() {
+                *errors.entry("target_exited".into()).or_default() += 1;
+                eprintln!("!! {}{tag} exited ({st}) during {label}:\n{}", t.name, t.log_tail());
+            }
+            let gib = out.bytes as f64 / (1u64 << 30) as f64;
+            let conns = out.ok + out.expected_drops;
+            let r = RunResult {
+                target: t.name.clone(),
+                run,
+                ok: out.ok,
+                expected_drops: out.expected_drops,
+                errors,
+                elapsed_s: out.elapsed_s,
+                rate: out.ok as f64 / out.elapsed_s.max(1e-9),
+                bytes: out.bytes,
+                gib_per_s: gib / out.elapsed_s.max(1e-9),
+                latency: Percentiles::of(&out.latency),
+                service: Percentiles::of(&out.service),
+                cpu_s: cpu,
+                cpu_us_per_conn: if conns > 0 { cpu * 1e6 / conns as f64 } else { 0.0 },
+                cpu_s_per_gib: if gib > 0.0 { cpu / gib } else { 0.0 },
+                peak_rss_kib: rss,
+                resumed_share: if out.ok > 0 { out.resumed as f64 / out.ok as f64 } else { 0.0 },
+                load_cpu_s: load_cpu,
+                slowloris: out.slow.clone(),
+                not_started: out.not_started,
+            };
+            merged.entry(t.name.clone()).or_insert_with(new_hist).add(&out.latency).map_err(|e| format!("{e:?}"))?;
+            if !o.quiet {
+                eprintln!(
+                    "  {label} · {} · run {}: {} ok, {} errors, {:.0}/s, p99 {}, CPU {:.1} µs/conn",
+                    t.name,
+                    run + 1,
+                    r.ok,
+                    r.error_count(),
+                    r.rate,
+                    report::fmt_us(r.latency.p99_us),
+                    r.cpu_us_per_conn
+                );
+            }
+            results.push(r);
+        }
+    }
+    let summary = names.iter().filter_map(|n| merged.get(n).map(|h| report::summarize(n, &results, h))).collect();
+    let wr = WorkloadReport {
+        name: label.to_string(),
+        kind: kind_text(w).into(),
+        shape: shape(w, o.duration_scale, ""),
+        bulk: w.kind == Kind::Bulk,
+        runs: results,
+        summary,
+    };
+    if !o.quiet {
+        eprintln!();
+        println!("{}", report::workload_table(&wr));
+    }
+    Ok(wr)
+}
+
 pub fn run(o: &Options) -> Result<i32, String> {
+    // the CPUs this process may use, read before the main thread is pinned
+    let allowed = scaling::allowed_cpus();
     let suite = Suite::load(&o.suite)?;
     let suite_dir = o
         .suite
@@ -70,9 +248,37 @@ pub fn run(o: &Options) -> Result<i32, String> {
     let model = Arc::new(Model::new(&suite));
     let tmp = tempfile::Builder::new().prefix("sni-loadtest-").tempdir().map_err(|e| e.to_string())?;
     let dir = tmp.path().to_path_buf();
-    let load_cpus = parse_cpus(&suite.cpus.load)?;
-    let backend_cpus = parse_cpus(&suite.cpus.backends)?;
-    parse_cpus(&suite.cpus.dispatcher)?;
+    let selected: Vec<(usize, &Workload)> =
+        suite.workloads.iter().enumerate().filter(|(_, w)| o.only.is_empty() || o.only.contains(&w.name)).collect();
+
+    // scaling runs: a placement per size; the back ends and the load start where the first goes
+    let plan = match &suite.scaling {
+        Some(sc) => {
+            let explicit = sc.cpus.as_deref().map(parse_cpus).transpose()?;
+            Some(scaling::plan(&sc.workers, &allowed, explicit.as_deref()))
+        }
+        None => None,
+    };
+    let first = plan.iter().flatten().find_map(|s| s.placement.clone());
+    let (load_cpus, backend_cpus, backend_threads) = match (&plan, &first) {
+        (Some(plan), Some(p)) => {
+            let largest = plan.iter().filter_map(|s| s.placement.as_ref()).map(|p| p.workers).max().unwrap_or(1);
+            let scale = suite.scaling.as_ref().is_some_and(|s| s.scale_load);
+            // a serving thread per connection in flight at the largest size
+            let in_flight =
+                selected.iter().map(|(_, w)| scaling::scale_workload(w, largest, scale).concurrency).max().unwrap_or(0);
+            (p.load.clone(), p.load.clone(), suite.backends.threads.max(in_flight))
+        }
+        (Some(plan), None) => {
+            let why: Vec<String> =
+                plan.iter().map(|s| format!("{}: {}", s.workers, s.skipped.as_deref().unwrap_or("?"))).collect();
+            return Err(format!("no [scaling] size fits this machine ({})", why.join("; ")));
+        }
+        (None, _) => {
+            parse_cpus(&suite.cpus.dispatcher)?;
+            (parse_cpus(&suite.cpus.load)?, parse_cpus(&suite.cpus.backends)?, suite.backends.threads)
+        }
+    };
     pin(&load_cpus, 0);
 
     // certificates and back ends
@@ -89,7 +295,10 @@ pub fn run(o: &Options) -> Result<i32, String> {
             None
         };
         let port = suite.backends.port + i as u16;
-        let tls = (r.backend == BackendKind::Tls).then(|| backends::server_config(leaf.as_ref().unwrap(), &r.alpn));
+        let tls = match (r.backend == BackendKind::Tls, &leaf) {
+            (true, Some(l)) => Some(backends::server_config(l, &r.alpn)),
+            _ => None,
+        };
         let be = Backend {
             kind: r.backend,
             proxy_protocol: r.proxy_protocol != "none",
@@ -97,17 +306,12 @@ pub fn run(o: &Options) -> Result<i32, String> {
             tls,
             stats: Default::default(),
         };
-        let st = backends::spawn(
-            be,
-            SocketAddrV4::new(Ipv4Addr::LOCALHOST, port),
-            suite.backends.threads,
-            backend_cpus.clone(),
-        )
-        .map_err(|e| format!("back end of route {} on port {port}: {e}", r.name))?;
+        let st =
+            backends::spawn(be, SocketAddrV4::new(Ipv4Addr::LOCALHOST, port), backend_threads, backend_cpus.clone())
+                .map_err(|e| format!("back end of route {} on port {port}: {e}", r.name))?;
         stats.push((r.name.clone(), st));
         routes_rt.push(RouteRt { backend_port: port, leaf });
     }
-    let env = Env { suite: &suite, model: &model, routes: &routes_rt, dir: &dir };
 
     // targets
     let mut names: Vec<String> = Vec::new();
@@ -122,154 +326,95 @@ pub fn run(o: &Options) -> Result<i32, String> {
     if names.is_empty() {
         return Err("nothing to measure: give --dispatcher PATH and/or --compare haproxy,nginx".into());
     }
-    let mut running: Vec<Running> = Vec::new();
-    let mut target_errors = BTreeMap::new();
-    for n in &names {
-        if !o.quiet {
-            eprintln!("starting {n} ...");
-        }
-        match targets::start(n, &env, o.dispatcher.as_deref()) {
-            Ok(r) => running.push(r),
-            Err(e) => {
-                eprintln!("!! {e}");
-                target_errors.insert(n.clone(), e);
-            }
-        }
-    }
-    if o.keep_tmp && !o.quiet {
-        eprintln!("configs and logs in {}", dir.display());
-    }
     let runs = o.runs.unwrap_or(suite.runs).max(1);
+    let ctx = Ctx { o, suite_dir: &suite_dir, model: &model, ca: &ca, runs };
+    let mut target_errors = BTreeMap::new();
     let mut reports = Vec::new();
-    for (wi, w) in suite.workloads.iter().enumerate() {
-        if !o.only.is_empty() && !o.only.contains(&w.name) {
-            continue;
-        }
-        let ca_der = Some(ca.der());
-        let prep = Arc::new(Prepared::new(w, model.clone(), ca_der, &suite_dir)?);
-        let duration = Duration::from_secs_f64(w.duration_s * o.duration_scale);
-        let mut results: Vec<RunResult> = Vec::new();
-        let mut merged: BTreeMap<String, hdrhistogram::Histogram<u64>> = BTreeMap::new();
-        for run in 0..runs {
-            let k = running.len().max(1);
-            for ti in 0..running.len() {
-                // alternate the order between runs
-                let t = &mut running[(ti + run) % k];
-                if w.skip_targets.contains(&t.name) {
+    let mut scaling_report = None;
+    match (&plan, &suite.scaling) {
+        (Some(plan), Some(sc)) => {
+            let mut sw: Vec<scaling::ScalingWorkload> = selected
+                .iter()
+                .map(|(_, w)| scaling::ScalingWorkload {
+                    name: w.name.clone(),
+                    kind: kind_text(w).into(),
+                    shape: shape(w, o.duration_scale, if sc.scale_load { " per worker" } else { "" }),
+                    rows: vec![],
+                })
+                .collect();
+            if o.keep_tmp && !o.quiet {
+                eprintln!("configs and logs in {}/wN", dir.display());
+            }
+            for sp in plan {
+                let Some(p) = &sp.placement else {
+                    eprintln!("== {} workers: skipped: {}", sp.workers, sp.skipped.as_deref().unwrap_or("?"));
                     continue;
-                }
-                if let Some(st) = t.exited() {
-                    let e = format!("{} exited ({st}) before workload {}:\n{}", t.name, w.name, t.log_tail());
-                    eprintln!("!! {e}");
-                    target_errors.entry(t.name.clone()).or_insert(e);
-                    continue;
-                }
-                let seed = (wi as u64) << 32 | run as u64;
-                let live = Arc::new(Live::default());
-                if w.warmup_s > 0.0 {
-                    workloads::run(
-                        &prep,
-                        t.port,
-                        &load_cpus,
-                        Duration::from_secs_f64(w.warmup_s * o.duration_scale),
-                        seed ^ 0xabc,
-                        &live,
-                    );
-                }
-                let live = Arc::new(Live::default());
-                let pid = t.pid();
-                let cpu0 = procstat::cpu_seconds(pid);
-                let bar = progress(
-                    o.quiet,
-                    duration,
-                    &format!("{} · {} · run {}/{}", w.name, t.name, run + 1, runs),
-                    live.clone(),
+                };
+                eprintln!(
+                    "== {} worker{}: target CPUs {}, load generators and back ends {}",
+                    p.workers,
+                    if p.workers == 1 { "" } else { "s" },
+                    scaling::fmt_cpus(&p.target),
+                    scaling::fmt_cpus(&p.load)
                 );
-                let out = workloads::run(&prep, t.port, &load_cpus, duration, seed, &live);
-                let cpu = procstat::cpu_seconds(pid) - cpu0;
-                if let Some((b, stop)) = bar {
-                    stop.store(true, Ordering::Relaxed);
-                    b.finish_and_clear();
+                for n in &p.notes {
+                    eprintln!("   warning: {n}");
                 }
-                let rss = procstat::peak_rss_kib(pid);
-                let mut errors = out.errors.clone();
-                if let Some(st) = t.exited() {
-                    *errors.entry("target_exited".into()).or_default() += 1;
-                    eprintln!("!! {} exited ({st}) during {}:\n{}", t.name, w.name, t.log_tail());
+                for (_, st) in &stats {
+                    backends::repin(st, &p.load);
                 }
-                let gib = out.bytes as f64 / (1u64 << 30) as f64;
-                let conns = out.ok + out.expected_drops;
-                results.push(RunResult {
-                    target: t.name.clone(),
-                    run,
-                    ok: out.ok,
-                    expected_drops: out.expected_drops,
-                    errors,
-                    elapsed_s: out.elapsed_s,
-                    rate: out.ok as f64 / out.elapsed_s.max(1e-9),
-                    bytes: out.bytes,
-                    gib_per_s: gib / out.elapsed_s.max(1e-9),
-                    latency: Percentiles::of(&out.latency),
-                    service: Percentiles::of(&out.service),
-                    cpu_s: cpu,
-                    cpu_us_per_conn: if conns > 0 { cpu * 1e6 / conns as f64 } else { 0.0 },
-                    cpu_s_per_gib: if gib > 0.0 { cpu / gib } else { 0.0 },
-                    peak_rss_kib: rss,
-                    resumed_share: if out.ok > 0 { out.resumed as f64 / out.ok as f64 } else { 0.0 },
-                    slowloris: out.slow.clone(),
-                    not_started: out.not_started,
-                });
-                merged.entry(t.name.clone()).or_insert_with(new_hist).add(&out.latency).unwrap();
-                if !o.quiet {
-                    let r = results.last().unwrap();
-                    eprintln!(
-                        "  {} · {} · run {}: {} ok, {} errors, {:.0}/s, p99 {}, CPU {:.1} µs/conn",
-                        w.name,
-                        t.name,
-                        run + 1,
-                        r.ok,
-                        r.error_count(),
-                        r.rate,
-                        report::fmt_us(r.latency.p99_us),
-                        r.cpu_us_per_conn
-                    );
+                pin(&p.load, 0);
+                let mut s = suite.clone();
+                s.cpus = Cpus {
+                    dispatcher: scaling::fmt_cpus(&p.target),
+                    workers: p.workers,
+                    load: scaling::fmt_cpus(&p.load),
+                    backends: scaling::fmt_cpus(&p.load),
+                };
+                let sdir = dir.join(format!("w{}", p.workers));
+                std::fs::create_dir_all(&sdir).map_err(|e| format!("{}: {e}", sdir.display()))?;
+                let env = Env { suite: &s, model: &model, routes: &routes_rt, dir: &sdir, peer_workers: p.workers };
+                let tag = format!(" ({} worker{})", p.workers, if p.workers == 1 { "" } else { "s" });
+                let mut running = start_targets(&names, &env, o, &tag, &mut target_errors);
+                for (wi, w) in &selected {
+                    let ws = scaling::scale_workload(w, p.workers, sc.scale_load);
+                    let label = format!("{}.w{}", w.name, p.workers);
+                    let wr = measure(&ctx, *wi, &ws, &label, &tag, &mut running, &names, &p.load, &mut target_errors)?;
+                    if let Some(x) = sw.iter_mut().find(|x| x.name == w.name) {
+                        x.rows.extend(scaling::rows_of(&wr, p));
+                    }
+                    reports.push(wr);
+                }
+                for t in running.iter_mut() {
+                    t.stop();
                 }
             }
-        }
-        let targets_seen: Vec<String> =
-            names.iter().filter(|n| results.iter().any(|r| &r.target == *n)).cloned().collect();
-        let summary = targets_seen.iter().map(|n| report::summarize(n, &results, &merged[n])).collect();
-        let shape = match w.rate {
-            Some(r) => format!("open loop {r:.0}/s, pool {}, {} s", w.concurrency, w.duration_s * o.duration_scale),
-            None => format!("closed loop {} conns, {} s", w.concurrency, w.duration_s * o.duration_scale),
-        };
-        let kind = match w.kind {
-            Kind::HelloReplay => "hello replay",
-            Kind::FullTls => {
-                if w.resumption {
-                    "full TLS, resumption on"
-                } else {
-                    "full TLS"
-                }
+            let baseline = names.iter().find(|n| sw.iter().any(|w| w.rows.iter().any(|r| &r.target == *n)));
+            let baseline = baseline.cloned().unwrap_or_default();
+            for w in sw.iter_mut() {
+                scaling::finish(&mut w.rows, &baseline);
             }
-            Kind::Bulk => "bulk",
-        };
-        let wr = WorkloadReport {
-            name: w.name.clone(),
-            kind: kind.into(),
-            shape,
-            bulk: w.kind == Kind::Bulk,
-            runs: results,
-            summary,
-        };
-        if !o.quiet {
-            eprintln!();
-            println!("{}", report::workload_table(&wr));
+            scaling_report = Some(scaling::ScalingReport {
+                allowed_cpus: scaling::fmt_cpus(&allowed.iter().map(|c| c.id).collect::<Vec<_>>()),
+                scale_load: sc.scale_load,
+                baseline,
+                sizes: plan.clone(),
+                workloads: sw,
+            });
         }
-        reports.push(wr);
-    }
-    for t in running.iter_mut() {
-        t.stop();
+        _ => {
+            let env = Env { suite: &suite, model: &model, routes: &routes_rt, dir: &dir, peer_workers: 1 };
+            let mut running = start_targets(&names, &env, o, "", &mut target_errors);
+            if o.keep_tmp && !o.quiet {
+                eprintln!("configs and logs in {}", dir.display());
+            }
+            for (wi, w) in &selected {
+                reports.push(measure(&ctx, *wi, w, &w.name, "", &mut running, &names, &load_cpus, &mut target_errors)?);
+            }
+            for t in running.iter_mut() {
+                t.stop();
+            }
+        }
     }
     let baseline = names
         .iter()
@@ -286,6 +431,7 @@ pub fn run(o: &Options) -> Result<i32, String> {
         target_errors: target_errors.clone(),
         workloads: reports,
         ratios,
+        scaling: scaling_report,
     };
     if o.quiet {
         println!("{}", rep.text());
@@ -294,6 +440,9 @@ pub fn run(o: &Options) -> Result<i32, String> {
             println!("!! {t} not measured: {}", e.lines().next().unwrap_or(""));
         }
         println!("{}", report::ratio_table(&rep.ratios));
+        if let Some(s) = &rep.scaling {
+            println!("{}", scaling::text(s));
+        }
     }
     for (name, st) in &stats {
         let e = st.errors.load(Ordering::Relaxed);
@@ -371,19 +520,44 @@ pub fn write_configs(suite_path: &Path, out: &Path) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
         rts.push(RouteRt { backend_port: suite.backends.port + i as u16, leaf });
     }
-    let env = Env { suite: &suite, model: &model, routes: &rts, dir: out };
-    std::fs::write(
-        out.join("sni-dispatch.toml"),
-        targets::dispatcher_config(&env, targets::port_of(&suite, DISPATCHER)),
-    )
-    .map_err(|e| e.to_string())?;
-    for (name, r) in [
-        ("haproxy.cfg", targets::haproxy_config(&env, targets::port_of(&suite, "haproxy"), false)),
-        ("nginx.conf", targets::nginx_config(&env, targets::port_of(&suite, "nginx"))),
-    ] {
-        match r {
-            Ok(c) => std::fs::write(out.join(name), c).map_err(|e| e.to_string())?,
-            Err(e) => eprintln!("{name}: {e}"),
+    let write = |suite: &Suite, dir: &Path, peer_workers: usize| -> Result<(), String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let env = Env { suite, model: &model, routes: &rts, dir, peer_workers };
+        std::fs::write(
+            dir.join("sni-dispatch.toml"),
+            targets::dispatcher_config(&env, targets::port_of(suite, DISPATCHER)),
+        )
+        .map_err(|e| e.to_string())?;
+        for (name, r) in [
+            ("haproxy.cfg", targets::haproxy_config(&env, targets::port_of(suite, "haproxy"), false)),
+            ("nginx.conf", targets::nginx_config(&env, targets::port_of(suite, "nginx"))),
+        ] {
+            match r {
+                Ok(c) => std::fs::write(dir.join(name), c).map_err(|e| e.to_string())?,
+                Err(e) => eprintln!("{name}: {e}"),
+            }
+        }
+        Ok(())
+    };
+    match &suite.scaling {
+        None => write(&suite, out, 1)?,
+        Some(sc) => {
+            // one directory per size that fits this machine: out/w1, out/w2, ...
+            let explicit = sc.cpus.as_deref().map(parse_cpus).transpose()?;
+            for sp in scaling::plan(&sc.workers, &scaling::allowed_cpus(), explicit.as_deref()) {
+                let Some(p) = &sp.placement else {
+                    eprintln!("{} workers: skipped: {}", sp.workers, sp.skipped.as_deref().unwrap_or("?"));
+                    continue;
+                };
+                let mut s = suite.clone();
+                s.cpus = Cpus {
+                    dispatcher: scaling::fmt_cpus(&p.target),
+                    workers: p.workers,
+                    load: scaling::fmt_cpus(&p.load),
+                    backends: scaling::fmt_cpus(&p.load),
+                };
+                write(&s, &out.join(format!("w{}", p.workers)), p.workers)?;
+            }
         }
     }
     Ok(())

@@ -37,6 +37,27 @@ pub struct Suite {
     pub routes: Vec<Route>,
     #[serde(rename = "workload", default)]
     pub workloads: Vec<Workload>,
+    /// Scaling runs: every workload at each number of workers (see [`Scaling`]); `[cpus]` is then
+    /// replaced, size by size, by the allocation of [`crate::scaling::allocate`].
+    #[serde(default)]
+    pub scaling: Option<Scaling>,
+}
+
+/// `[scaling]`: run every workload against every target with 1, 2, 4, ... workers.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scaling {
+    /// The sizes to run, in this order; a size larger than the CPUs available is skipped with a note.
+    pub workers: Vec<usize>,
+    /// The CPUs the target's workers are taken from, first N for N workers, in this order (e.g.
+    /// "2-15"); default: one CPU per physical core first, avoiding the core of the lowest CPU
+    /// (see `scaling::default_order`). The load generators and back ends get every other CPU.
+    #[serde(default)]
+    pub cpus: Option<String>,
+    /// Multiply each workload's `concurrency` (and open-loop `rate`, and `max_count`) by the
+    /// number of workers, so that the load grows with the target.
+    #[serde(default = "yes")]
+    pub scale_load: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -378,6 +399,22 @@ impl Suite {
             }
             if w.kind == Kind::Bulk && w.push_mib <= 0.0 && w.pull_mib <= 0.0 {
                 return Err(format!("workload {}: bulk needs push_mib or pull_mib", w.name));
+            }
+        }
+        if let Some(sc) = &self.scaling {
+            if sc.workers.is_empty() {
+                return Err("[scaling] workers must list at least one size".into());
+            }
+            for (i, &n) in sc.workers.iter().enumerate() {
+                if n == 0 || n > 1024 {
+                    return Err(format!("[scaling] workers: {n} is not within 1..=1024"));
+                }
+                if sc.workers[..i].contains(&n) {
+                    return Err(format!("[scaling] workers: {n} is listed twice"));
+                }
+            }
+            if let Some(c) = &sc.cpus {
+                crate::net::parse_cpus(c).map_err(|e| format!("[scaling] cpus: {e}"))?;
             }
         }
         Ok(())

@@ -23,6 +23,21 @@ pub struct Env<'a> {
     pub model: &'a Model,
     pub routes: &'a [RouteRt],
     pub dir: &'a Path,
+    /// Threads (HAProxy `nbthread`) or worker processes (nginx `worker_processes`) of the peers:
+    /// 1 in ordinary suites, the number of workers in scaling runs.
+    pub peer_workers: usize,
+}
+
+/// The CPU of each of the peer's `peer_workers` threads or processes: the target CPU list
+/// (`cpus.dispatcher`) ascending, round robin, as the dispatcher pins its workers.
+fn peer_cpus(env: &Env) -> Vec<usize> {
+    let mut v = crate::net::parse_cpus(&env.suite.cpus.dispatcher).unwrap_or_default();
+    v.sort_unstable();
+    v.dedup();
+    if v.is_empty() {
+        return vec![];
+    }
+    (0..env.peer_workers.max(1)).map(|i| v[i % v.len()]).collect()
 }
 
 pub fn port_of(suite: &Suite, target: &str) -> u16 {
@@ -152,7 +167,8 @@ fn fallback_route(env: &Env, f: Option<usize>) -> Option<usize> {
     f.filter(|&i| passthrough(env, i))
 }
 
-/// HAProxy 2.6: one thread, mode tcp, SNI from the inspected hello, a map for the names.
+/// HAProxy 2.6: `peer_workers` threads (each pinned by `cpu-map`), mode tcp, SNI from the
+/// inspected hello, a map for the names.
 pub fn haproxy_config(env: &Env, port: u16, splice: bool) -> Result<String, String> {
     check_peer(env, "haproxy")?;
     let m = env.model;
@@ -167,9 +183,14 @@ pub fn haproxy_config(env: &Env, port: u16, splice: bool) -> Result<String, Stri
         }
     }
     let mut c = String::new();
+    let mut cpu_map = String::new();
+    for (t, cpu) in peer_cpus(env).into_iter().enumerate() {
+        let _ = writeln!(cpu_map, "    cpu-map 1/{} {cpu}", t + 1);
+    }
     let _ = writeln!(
         c,
-        "global\n    nbthread 1\n    maxconn 5000\n    ssl-default-bind-options ssl-min-ver TLSv1.2\n\ndefaults\n    mode tcp\n    timeout connect 3s\n    timeout client 30s\n    timeout server 30s\n{}",
+        "global\n    nbthread {}\n{cpu_map}    maxconn 5000\n    ssl-default-bind-options ssl-min-ver TLSv1.2\n\ndefaults\n    mode tcp\n    timeout connect 3s\n    timeout client 30s\n    timeout server 30s\n{}",
+        env.peer_workers.max(1),
         if splice { "    option splice-request\n    option splice-response\n" } else { "" }
     );
     let _ = writeln!(
@@ -217,7 +238,8 @@ pub fn haproxy_config(env: &Env, port: u16, splice: bool) -> Result<String, Stri
     Ok(c)
 }
 
-/// nginx 1.22 stream: one worker, ssl_preread and a map of names to upstreams.
+/// nginx 1.22 stream: `peer_workers` worker processes (more than one: each pinned by
+/// `worker_cpu_affinity`, every listener with `reuseport`), ssl_preread and a map of names to upstreams.
 pub fn nginx_config(env: &Env, port: u16) -> Result<String, String> {
     check_peer(env, "nginx")?;
     let m = env.model;
@@ -239,10 +261,24 @@ pub fn nginx_config(env: &Env, port: u16) -> Result<String, String> {
     }
     let shared_pp = shared.iter().any(|&x| x);
     let n = m.table.len();
+    let workers = env.peer_workers.max(1);
+    let mut affinity = String::new();
+    let cpus = peer_cpus(env);
+    if workers > 1 && !cpus.is_empty() {
+        let width = cpus.iter().max().map(|m| m + 1).unwrap_or(1);
+        affinity.push_str("worker_cpu_affinity");
+        for cpu in cpus {
+            let mask: String = (0..width).rev().map(|b| if b == cpu { '1' } else { '0' }).collect();
+            let _ = write!(affinity, " {mask}");
+        }
+        affinity.push_str(";\n");
+    }
+    // several workers: one listening socket each, spread by the kernel (as the dispatcher's)
+    let rp = if workers > 1 { " reuseport" } else { "" };
     let mut c = String::new();
     let _ = writeln!(
         c,
-        "load_module /usr/lib/nginx/modules/ngx_stream_module.so;\nworker_processes 1;\nworker_rlimit_nofile 20000;\npid {dir}/nginx.pid;\nerror_log {dir}/nginx-error.log crit;\nevents {{ worker_connections 9000; }}\nstream {{\n    map_hash_max_size {};\n    map_hash_bucket_size 128;\n    map $ssl_preread_server_name $sni_route {{\n        hostnames;",
+        "load_module /usr/lib/nginx/modules/ngx_stream_module.so;\nworker_processes {workers};\n{affinity}worker_rlimit_nofile 20000;\npid {dir}/nginx.pid;\nerror_log {dir}/nginx-error.log crit;\nevents {{ worker_connections 9000; }}\nstream {{\n    map_hash_max_size {};\n    map_hash_bucket_size 128;\n    map $ssl_preread_server_name $sni_route {{\n        hostnames;",
         (2 * n).max(2048),
         dir = env.dir.display()
     );
@@ -263,7 +299,7 @@ pub fn nginx_config(env: &Env, port: u16) -> Result<String, String> {
     let pp = if shared_pp { "        proxy_protocol on;\n" } else { "" };
     let _ = writeln!(
         c,
-        "    server {{\n        listen 127.0.0.1:{port} backlog=4096;\n        ssl_preread on;\n        preread_timeout {}ms;\n        proxy_connect_timeout 3s;\n        proxy_pass $sni_route;\n{pp}    }}",
+        "    server {{\n        listen 127.0.0.1:{port} backlog=4096{rp};\n        ssl_preread on;\n        preread_timeout {}ms;\n        proxy_connect_timeout 3s;\n        proxy_pass $sni_route;\n{pp}    }}",
         hello_timeout_ms(env)
     );
     for (i, r) in env.suite.routes.iter().enumerate() {
@@ -271,13 +307,13 @@ pub fn nginx_config(env: &Env, port: u16) -> Result<String, String> {
         for ip in &r.dedicated_ips {
             match r.action {
                 Action::Passthrough => {
-                    let _ = writeln!(c, "    server {{\n        listen {ip}:{port} backlog=4096;\n        proxy_pass be_{i};\n{pp}    }}");
+                    let _ = writeln!(c, "    server {{\n        listen {ip}:{port} backlog=4096{rp};\n        proxy_pass be_{i};\n{pp}    }}");
                 }
                 Action::Terminate => {
                     let leaf = env.routes[i].leaf.as_ref().unwrap();
                     let _ = writeln!(
                         c,
-                        "    server {{\n        listen {ip}:{port} ssl backlog=4096;\n        ssl_certificate {};\n        ssl_certificate_key {};\n        ssl_protocols TLSv1.2 TLSv1.3;\n        ssl_session_cache shared:SSL{i}:10m;\n        proxy_pass be_{i};\n{pp}    }}",
+                        "    server {{\n        listen {ip}:{port} ssl backlog=4096{rp};\n        ssl_certificate {};\n        ssl_certificate_key {};\n        ssl_protocols TLSv1.2 TLSv1.3;\n        ssl_session_cache shared:SSL{i}:10m;\n        proxy_pass be_{i};\n{pp}    }}",
                         leaf.cert_pem_path.display(),
                         leaf.key_pem_path.display()
                     );
@@ -403,5 +439,40 @@ pub fn start(name: &str, env: &Env, dispatcher: Option<&Path>) -> Result<Running
             ));
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SUITE: &str = r#"
+        [cpus]
+        dispatcher = "4,2-3"
+        [[route]]
+        name = "a"
+        action = "passthrough"
+        sni = ["a.example.com"]
+        backend = "hello"
+    "#;
+
+    #[test]
+    fn peers_get_one_pinned_worker_per_cpu() {
+        let suite: Suite = toml::from_str(SUITE).unwrap();
+        let model = Model::new(&suite);
+        let routes = [RouteRt { backend_port: 19000, leaf: None }];
+        let dir = tempfile::tempdir().unwrap();
+        let env = |n| Env { suite: &suite, model: &model, routes: &routes, dir: dir.path(), peer_workers: n };
+        let h = haproxy_config(&env(3), 18444, false).unwrap();
+        assert!(h.contains("nbthread 3\n    cpu-map 1/1 2\n    cpu-map 1/2 3\n    cpu-map 1/3 4\n"), "{h}");
+        let n = nginx_config(&env(3), 18446).unwrap();
+        assert!(n.contains("worker_processes 3;\nworker_cpu_affinity 00100 01000 10000;\n"), "{n}");
+        assert!(n.contains("listen 127.0.0.1:18446 backlog=4096 reuseport;"), "{n}");
+        // one worker: the configs of the ordinary suites
+        let h = haproxy_config(&env(1), 18444, false).unwrap();
+        assert!(h.contains("nbthread 1\n    cpu-map 1/1 2\n    maxconn"), "{h}");
+        let n = nginx_config(&env(1), 18446).unwrap();
+        assert!(n.contains("worker_processes 1;\nworker_rlimit_nofile"), "{n}");
+        assert!(!n.contains("reuseport"), "{n}");
     }
 }

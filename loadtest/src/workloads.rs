@@ -816,7 +816,7 @@ fn bulk_tls_once(p: &Prepared, dst: SocketAddrV4, src: u32, sni: Option<&str>, c
     }
     let wr = writer.join().map_err(|_| "writer_panic")?;
     res?;
-    wr.map_err(|e| io_err(e))?;
+    wr.map_err(io_err)?;
     if sink.h.clone().finalize() != plan.pull_crc {
         return Err("checksum_pull");
     }
