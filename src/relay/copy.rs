@@ -2,7 +2,6 @@
 use super::{Moved, Shared};
 use crate::worker::ring::Socket;
 use std::io;
-use std::net::Shutdown;
 
 /// Relays `src` → `dst` until `src` ends its stream (then shuts down `dst`'s write half) or an
 /// error (then aborts both sockets). `buf` is returned for reuse; `moved` counts the bytes.
@@ -19,7 +18,7 @@ pub(crate) async fn direction(
         buf = b;
         let n = match res {
             Ok(0) => {
-                dst.shutdown(Shutdown::Write);
+                shared.end_of_stream(dst);
                 return (Ok(()), buf);
             }
             Ok(n) => n,

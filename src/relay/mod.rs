@@ -8,7 +8,8 @@
 //!   - [`copy`]: buffered, io_uring RECV/SEND through a pooled buffer per direction. Used with
 //!     `--no-splice` or when the pipe pool is exhausted.
 //! - **Half-close**: when one side ends its stream (EOF), the other side's write half is shut down
-//!   and the opposite direction keeps going. The relay ends when both directions have ended.
+//!   and the opposite direction keeps going. The relay ends when both directions have ended; the
+//!   second EOF is passed on by the close that follows rather than by one more shutdown(2).
 //! - **Errors** (reset, broken pipe) in one direction shut both sockets down entirely, which ends
 //!   the other direction too.
 //! - **Idle timeout**: a connection with no bytes moved in either direction for `idle` is shut
@@ -220,6 +221,8 @@ pub enum Outcome {
 /// Shared by a relay's two directions.
 pub(crate) struct Shared<'a> {
     pub(crate) last_activity: Cell<Instant>,
+    /// Directions that have reached end of stream.
+    pub(crate) ended: Cell<u8>,
     pub(crate) client: &'a Socket,
     pub(crate) backend: &'a Socket,
 }
@@ -228,6 +231,16 @@ impl Shared<'_> {
     #[inline]
     pub(crate) fn touch(&self) {
         self.last_activity.set(Instant::now());
+    }
+
+    /// `src` reached end of stream: passes it on as a FIN on `dst`. The direction that ends last
+    /// skips the shutdown(2): both sockets are closed right after, and close sends the same FIN.
+    pub(crate) fn end_of_stream(&self, dst: &Socket) {
+        let ended = self.ended.get() + 1;
+        self.ended.set(ended);
+        if ended < 2 {
+            dst.shutdown(Shutdown::Write);
+        }
     }
 
     /// Ends both directions after an error.
@@ -254,7 +267,7 @@ pub async fn relay(env: &Env<'_>, client: &Socket, backend: &Socket, first: Vec<
         env.metrics.bump(|c| c.bytes_client_to_backend += n);
         buf
     };
-    let shared = Shared { last_activity: Cell::new(Instant::now()), client, backend };
+    let shared = Shared { last_activity: Cell::new(Instant::now()), ended: Cell::new(0), client, backend };
 
     let pipes = if env.splice { take_two(env.pipes) } else { None };
     let kind = if pipes.is_some() { RelayKind::Splice } else { RelayKind::Buffered };

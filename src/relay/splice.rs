@@ -3,13 +3,14 @@
 //!
 //! Per direction: wait for `src` to be readable, fill the pipe from `src`, empty the pipe into
 //! `dst` (waiting for POLLOUT when `dst` is full). When a fill filled the whole pipe more is
-//! probably queued, so the next fill is tried at once; otherwise the direction waits for
-//! readiness first. A fill of 0 bytes is end of stream: the pipe is empty at that point (it is
-//! always emptied before the next fill), so `dst`'s write half is shut down and the direction ends.
+//! probably queued, so the next fill is tried at once, and so it is when the poll reported the
+//! peer's FIN (POLLRDHUP: the next fill returns the rest or 0, with no second poll); otherwise the
+//! direction waits for readiness first. A fill of 0 bytes is end of stream: the pipe is empty at
+//! that point (it is always emptied before the next fill), so the FIN is passed on to `dst`
+//! ([`Shared::end_of_stream`]) and the direction ends.
 use super::{Moved, Shared};
-use crate::worker::ring::{Pipe, Socket, Spliced, POLLIN, POLLOUT, POLLRDHUP};
+use crate::worker::ring::{Pipe, Socket, Spliced, POLLHUP, POLLIN, POLLOUT, POLLRDHUP};
 use std::io;
-use std::net::Shutdown;
 
 pub(crate) async fn direction(
     shared: &Shared<'_>,
@@ -27,20 +28,23 @@ pub(crate) async fn direction(
 
 async fn run(shared: &Shared<'_>, src: &Socket, dst: &Socket, pipe: &mut Pipe, moved: &Moved) -> io::Result<()> {
     let mut ready = false;
+    // The peer's FIN has been seen: after this fill the stream ends, so no poll is needed before
+    // the next fill (which returns the rest, or 0).
+    let mut hup = false;
     loop {
         if !ready {
-            src.poll(POLLIN | POLLRDHUP).await?;
+            hup = src.poll(POLLIN | POLLRDHUP).await? & (POLLRDHUP | POLLHUP) != 0;
         }
         let room = pipe.capacity - pipe.held;
         match pipe.fill_from(src)? {
             Spliced::WouldBlock => ready = false,
             Spliced::Moved(0) => {
-                dst.shutdown(Shutdown::Write);
+                shared.end_of_stream(dst);
                 return Ok(());
             }
             Spliced::Moved(n) => {
                 shared.touch();
-                ready = n >= room;
+                ready = n >= room || hup;
                 while pipe.held > 0 {
                     match pipe.drain_to(dst)? {
                         Spliced::Moved(0) => return Err(io::ErrorKind::WriteZero.into()),

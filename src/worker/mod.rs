@@ -15,7 +15,7 @@ pub mod ring;
 
 use crate::admin::{self, Admin};
 use crate::config::{Config, ConfigError, Runtime, RuntimeOverrides};
-use crate::hello::{self, Parsed};
+use crate::hello::{self, ClientHello, Parsed};
 use crate::metrics::access_log::{self, Sink};
 use crate::metrics::{self, DropReason, Hist, Local, Registry};
 use crate::relay::{self, proxy_protocol, BufPool, PipePool};
@@ -765,32 +765,47 @@ async fn handle(guard: OpenGuard, client: Socket, listen: SocketAddr, accepted: 
 async fn serve_conn(w: &Worker, t: &mut Trace, cfg: &Config, client: &Socket, listen: SocketAddr) {
     let rt = &cfg.runtime;
     let buf = w.bufs.borrow_mut().take(hello_capacity(rt.max_hello_bytes));
-    let read =
-        tokio::time::timeout(Duration::from_millis(rt.hello_timeout_ms), read_hello(client, buf, rt.max_hello_bytes))
-            .await;
-    let buf = match read {
+    let decide = |hello: &ClientHello<'_>| {
+        t.hello_done = w.now();
+        // Marks the hello complete; its size (records included) is filled in below.
+        t.hello_bytes = Some(0);
+        let d = route(w, t, cfg, client, listen, hello);
+        t.routed_at = w.now();
+        d
+    };
+    let read = tokio::time::timeout(
+        Duration::from_millis(rt.hello_timeout_ms),
+        read_hello(client, buf, rt.max_hello_bytes, decide),
+    )
+    .await;
+    let (decided, buf) = match read {
         Err(_) => {
             // The recv is still pending; shutting down completes it so the fd is freed.
             client.shutdown(Shutdown::Both);
             return drop_conn(w, t, DropReason::HelloTimeout);
         }
-        Ok((Err(reason), buf)) => {
+        Ok(x) => x,
+    };
+    if t.hello_bytes.is_some() {
+        t.hello_bytes = Some(buf.len() as u64);
+    }
+    let routed = match decided {
+        Ok(Decision { route, header: None }) => Routed { route, first: buf },
+        Ok(Decision { route, header: Some(mut first) }) => {
+            first.extend_from_slice(&buf);
+            w.bufs.borrow_mut().give(buf);
+            Routed { route, first }
+        }
+        Err(reason) => {
             w.bufs.borrow_mut().give(buf);
             return drop_conn(w, t, reason);
         }
-        Ok((Ok(()), buf)) => buf,
-    };
-    t.hello_done = w.now();
-    t.hello_bytes = Some(buf.len() as u64);
-    let routed = route(w, t, cfg, client, listen, buf);
-    t.routed_at = w.now();
-    let routed = match routed {
-        Ok(r) => r,
-        Err(reason) => return drop_conn(w, t, reason),
     };
     let r = cfg.table.route(routed.route);
     if r.action == Action::Terminate {
-        return terminate(w, t, cfg, r, client, listen, routed.first).await;
+        // Boxed: the TLS state machine would otherwise make every connection's task (passthrough
+        // included) several KiB larger, and each task is memcpy'd when it is spawned.
+        return Box::pin(terminate(w, t, cfg, r, client, listen, routed.first)).await;
     }
     t.connect_start = t.routed_at;
     let Some(backend) = connect(w, r, rt, t).await else {
@@ -822,8 +837,14 @@ fn drop_conn(w: &Worker, t: &mut Trace, reason: DropReason) {
     tracing::debug!(worker = w.id, reason = reason.as_str(), "connection dropped");
 }
 
-/// Reads until the buffer holds a complete ClientHello (or a reason to drop the connection).
-async fn read_hello(client: &Socket, mut buf: Vec<u8>, max: usize) -> (Result<(), DropReason>, Vec<u8>) {
+/// Reads until the buffer holds a complete ClientHello (or a reason to drop the connection), then
+/// hands the parsed hello to `decide` while it still borrows the buffer: one parse per hello.
+async fn read_hello<R>(
+    client: &Socket,
+    mut buf: Vec<u8>,
+    max: usize,
+    mut decide: impl FnMut(&ClientHello<'_>) -> Result<R, DropReason>,
+) -> (Result<R, DropReason>, Vec<u8>) {
     loop {
         if buf.len() == buf.capacity() {
             return (Err(DropReason::Oversize), buf);
@@ -836,12 +857,19 @@ async fn read_hello(client: &Socket, mut buf: Vec<u8>, max: usize) -> (Result<()
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(_) => return (Err(DropReason::ClientClosed), buf),
         }
-        match hello::parse(&buf, max) {
-            Parsed::NeedMore => {}
-            Parsed::Complete(_) => return (Ok(()), buf),
-            Parsed::Rejected(r) => return (Err(r.into()), buf),
-        }
+        let verdict = match hello::parse(&buf, max) {
+            Parsed::NeedMore => continue,
+            Parsed::Complete(hello) => decide(&hello),
+            Parsed::Rejected(r) => Err(r.into()),
+        };
+        return (verdict, buf);
     }
+}
+
+/// Where a complete hello goes, and the PROXY header (if any) to send before it.
+struct Decision {
+    route: RouteId,
+    header: Option<Vec<u8>>,
 }
 
 /// Routes a complete hello: dedicated IP, SNI, fallback; `min_tls`; the PROXY header.
@@ -851,15 +879,8 @@ fn route(
     cfg: &Config,
     client: &Socket,
     listen: SocketAddr,
-    buf: Vec<u8>,
-) -> Result<Routed, DropReason> {
-    let give_back = |buf: Vec<u8>, reason| {
-        w.bufs.borrow_mut().give(buf);
-        Err(reason)
-    };
-    let Parsed::Complete(hello) = hello::parse(&buf, cfg.runtime.max_hello_bytes) else {
-        return give_back(buf, DropReason::Malformed);
-    };
+    hello: &ClientHello<'_>,
+) -> Result<Decision, DropReason> {
     if t.log {
         t.sni = hello.sni().map(str::to_owned);
         t.alpn = hello.alpn().next().map(|p| String::from_utf8_lossy(p.as_bytes()).into_owned());
@@ -874,29 +895,24 @@ fn route(
     } else {
         listen.ip()
     };
-    let (id, how) = match table.lookup(ip, hello.sni()) {
-        Ok(x) => x,
-        Err(miss) => return give_back(buf, miss.into()),
-    };
+    let (id, how) = table.lookup(ip, hello.sni()).map_err(DropReason::from)?;
     t.how = Some(how);
     t.route = Some(id);
     let route = table.route(id);
     // A terminating route leaves the version to rustls, which answers with a protocol_version alert.
     if route.action == Action::Passthrough && hello.max_version() < route.min_tls.0 {
-        return give_back(buf, DropReason::BelowMinTls);
+        return Err(DropReason::BelowMinTls);
     }
     w.metrics.routed(how);
     if route.proxy_protocol == ProxyProtocol::None || route.action == Action::Terminate {
-        return Ok(Routed { route: id, first: buf });
+        return Ok(Decision { route: id, header: None });
     }
     let local = local.unwrap_or_else(|| client.local_addr().unwrap_or(listen));
     let peer = client.peer_addr().unwrap_or_else(|_| SocketAddr::new(IpAddr::from([0, 0, 0, 0]), 0));
     let alpn = hello.alpn().next();
     let header =
         proxy_protocol::Header { client: peer, local, sni: hello.sni(), alpn: alpn.as_ref().map(|p| p.as_bytes()) };
-    let mut first = w.bufs.borrow_mut().take(buf.len() + 600);
+    let mut first = w.bufs.borrow_mut().take(hello.len() + 600);
     proxy_protocol::encode(route.proxy_protocol, &header, &mut first);
-    first.extend_from_slice(&buf);
-    w.bufs.borrow_mut().give(buf);
-    Ok(Routed { route: id, first })
+    Ok(Decision { route: id, header: Some(first) })
 }
