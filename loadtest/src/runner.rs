@@ -6,7 +6,7 @@ use crate::net::{parse_cpus, pin};
 use crate::procstat;
 use crate::report::{self, Percentiles, Report, RunResult, WorkloadReport};
 use crate::scaling;
-use crate::suite::{Action, BackendKind, Cpus, Kind, Model, Suite, Workload};
+use crate::suite::{Action, BackendKind, Kind, Model, Suite, Workload};
 use crate::targets::{self, Env, RouteRt, Running, DISPATCHER};
 use crate::workloads::{self, new_hist, Live, Prepared};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -365,12 +365,7 @@ pub fn run(o: &Options) -> Result<i32, String> {
                 }
                 pin(&p.load, 0);
                 let mut s = suite.clone();
-                s.cpus = Cpus {
-                    dispatcher: scaling::fmt_cpus(&p.target),
-                    workers: p.workers,
-                    load: scaling::fmt_cpus(&p.load),
-                    backends: scaling::fmt_cpus(&p.load),
-                };
+                s.cpus = scaling::cpus_of(p);
                 let sdir = dir.join(format!("w{}", p.workers));
                 std::fs::create_dir_all(&sdir).map_err(|e| format!("{}: {e}", sdir.display()))?;
                 let env = Env { suite: &s, model: &model, routes: &routes_rt, dir: &sdir, peer_workers: p.workers };
@@ -550,12 +545,7 @@ pub fn write_configs(suite_path: &Path, out: &Path) -> Result<(), String> {
                     continue;
                 };
                 let mut s = suite.clone();
-                s.cpus = Cpus {
-                    dispatcher: scaling::fmt_cpus(&p.target),
-                    workers: p.workers,
-                    load: scaling::fmt_cpus(&p.load),
-                    backends: scaling::fmt_cpus(&p.load),
-                };
+                s.cpus = scaling::cpus_of(p);
                 write(&s, &out.join(format!("w{}", p.workers)), p.workers)?;
             }
         }

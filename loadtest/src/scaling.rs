@@ -174,6 +174,16 @@ pub fn plan(sizes: &[usize], cpus: &[Cpu], explicit: Option<&[usize]>) -> Vec<Si
 }
 
 /// A CPU list in the kernel's compact form: "0-3,8".
+/// The `[cpus]` of one size: the workers on the placement's target CPUs, load and back ends on the rest.
+pub fn cpus_of(p: &Placement) -> crate::suite::Cpus {
+    crate::suite::Cpus {
+        dispatcher: fmt_cpus(&p.target),
+        workers: p.workers,
+        load: fmt_cpus(&p.load),
+        backends: fmt_cpus(&p.load),
+    }
+}
+
 pub fn fmt_cpus(cpus: &[usize]) -> String {
     let mut v = cpus.to_vec();
     v.sort_unstable();
