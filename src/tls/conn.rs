@@ -1,12 +1,13 @@
 //! Driving a `rustls::ServerConnection` over tokio-uring sockets.
 //!
 //! io_uring sockets ([`crate::worker::ring::Socket`]) take owned buffers and are not `AsyncRead`/`AsyncWrite`, so this is the
-//! small adapter between the two: ciphertext goes through reused `Vec<u8>`s, rustls does the
-//! record work in memory. The two relay directions share the connection through a `RefCell`
+//! small adapter between the two: ciphertext from the client goes through reused `Vec<u8>`s,
+//! ciphertext to the client leaves rustls's buffers through non-blocking send(2) ([`Direct`]),
+//! and rustls does the record work in memory. The two relay directions share the connection through a `RefCell`
 //! (one thread, no borrow is held across an await) and serialise their writes to the client
 //! through one async lock, so TLS records leave in the order rustls produced them.
 
-use crate::worker::ring::Socket as TcpStream;
+use crate::worker::ring::{Socket as TcpStream, POLLOUT};
 use rustls::ServerConnection;
 use std::cell::{Cell, RefCell};
 use std::io::{self, Read, Write};
@@ -133,8 +134,8 @@ struct Shared<'a> {
     client: &'a TcpStream,
     backend: &'a TcpStream,
     tls: RefCell<ServerConnection>,
-    /// Serialises writes to the client; holds the reusable ciphertext buffer.
-    client_out: tokio::sync::Mutex<Vec<u8>>,
+    /// Serialises writes to the client, so records leave in the order rustls produced them.
+    client_out: tokio::sync::Mutex<()>,
     last_activity: Cell<Instant>,
     to_backend: Cell<u64>,
     to_client: Cell<u64>,
@@ -142,23 +143,28 @@ struct Shared<'a> {
 }
 
 impl Shared<'_> {
+    /// Sends every record rustls has queued. The records go to the kernel straight from rustls's
+    /// own buffers with a non-blocking send(2) (see [`Direct`]), one copy fewer than collecting
+    /// them into a buffer for an io_uring send; a full socket buffer waits for POLLOUT.
     async fn flush_to_client(&self) -> io::Result<()> {
-        let mut guard = self.client_out.lock().await;
-        let mut out = std::mem::take(&mut *guard);
-        out.clear();
-        {
-            let mut tls = self.tls.borrow_mut();
-            while tls.wants_write() {
-                tls.write_tls(&mut out)?;
+        let _turn = self.client_out.lock().await;
+        loop {
+            let sent = {
+                let mut tls = self.tls.borrow_mut();
+                if !tls.wants_write() {
+                    return Ok(());
+                }
+                tls.write_tls(&mut Direct(self.client))
+            };
+            match sent {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.client.poll(POLLOUT).await?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
             }
         }
-        if out.is_empty() {
-            *guard = out;
-            return Ok(());
-        }
-        let (res, out) = self.client.send_all(out, 0).await;
-        *guard = out;
-        res
     }
 
     /// Stops both directions: pending reads complete, later writes fail.
@@ -177,7 +183,7 @@ pub async fn relay(client: &TcpStream, tls: ServerConnection, backend: &TcpStrea
         client,
         backend,
         tls: RefCell::new(tls),
-        client_out: tokio::sync::Mutex::new(Vec::new()),
+        client_out: tokio::sync::Mutex::new(()),
         last_activity: Cell::new(Instant::now()),
         to_backend: Cell::new(0),
         to_client: Cell::new(0),
@@ -203,6 +209,24 @@ pub async fn relay(client: &TcpStream, tls: ServerConnection, backend: &TcpStrea
         idle_timeout,
         error,
         first_to_client: s.first_to_client.get(),
+    }
+}
+
+/// `io::Write` over a socket's non-blocking send(2): the kernel has copied the bytes when a
+/// write returns, so rustls can hand over its queued records without copying them out first.
+struct Direct<'a>(&'a TcpStream);
+
+impl Write for Direct<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.try_send_vectored(&[io::IoSlice::new(buf)])
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.0.try_send_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 

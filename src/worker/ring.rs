@@ -159,6 +159,13 @@ impl Socket {
         (Ok(()), buf)
     }
 
+    /// One non-blocking send(2) of `bufs`, outside the ring: for bytes that live in someone else's
+    /// buffers (rustls's queued records), which need not outlive the call because the kernel has
+    /// copied them when it returns. `WouldBlock` when the send buffer is full.
+    pub fn try_send_vectored(&self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.sock_ref().send_vectored_with_flags(bufs, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+    }
+
     /// Waits until the socket is ready for `events` (POLLIN, POLLOUT); returns the ready mask.
     pub async fn poll(&self, events: u32) -> io::Result<u32> {
         let sqe = opcode::PollAdd::new(types::Fd(self.fd.as_raw_fd()), events).build();
