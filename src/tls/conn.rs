@@ -1,16 +1,17 @@
 //! Driving a `rustls::ServerConnection` over tokio-uring sockets.
 //!
 //! io_uring sockets ([`crate::worker::ring::Socket`]) take owned buffers and are not `AsyncRead`/`AsyncWrite`, so this is the
-//! small adapter between the two: ciphertext from the client goes through reused `Vec<u8>`s,
-//! ciphertext to the client leaves rustls's buffers through non-blocking send(2) ([`Direct`]),
-//! and rustls does the record work in memory. The two relay directions share the connection through a `RefCell`
+//! small adapter between the two: ciphertext from the client arrives by io_uring recv into a
+//! reused `Vec<u8>`; what rustls produces (records for the client, plaintext for the back end)
+//! leaves its buffers by non-blocking send(2) ([`Direct`], `plaintext_to_backend`), waiting for
+//! POLLOUT only when a socket's send buffer is full, so no byte is copied out of rustls first. The two relay directions share the connection through a `RefCell`
 //! (one thread, no borrow is held across an await) and serialise their writes to the client
 //! through one async lock, so TLS records leave in the order rustls produced them.
 
 use crate::worker::ring::{Socket as TcpStream, POLLOUT};
 use rustls::ServerConnection;
 use std::cell::{Cell, RefCell};
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Write};
 use std::net::Shutdown;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -167,6 +168,36 @@ impl Shared<'_> {
         }
     }
 
+    /// Sends the plaintext rustls has decrypted to the back end, straight from rustls's buffer by
+    /// non-blocking send(2) (a full send buffer waits for POLLOUT); true once the client's
+    /// close_notify has been read.
+    async fn plaintext_to_backend(&self) -> io::Result<bool> {
+        loop {
+            let sent = {
+                let mut tls = self.tls.borrow_mut();
+                let mut reader = tls.reader();
+                let sent = match reader.fill_buf() {
+                    Ok([]) => return Ok(true),
+                    Ok(chunk) => self.backend.try_send_vectored(&[io::IoSlice::new(chunk)]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                    Err(e) => return Err(e),
+                };
+                if let Ok(n) = sent {
+                    reader.consume(n);
+                }
+                sent
+            };
+            match sent {
+                Ok(n) => self.to_backend.set(self.to_backend.get() + n as u64),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.backend.poll(POLLOUT).await?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Stops both directions: pending reads complete, later writes fail.
     fn abort(&self) {
         self.client.shutdown(Shutdown::Both);
@@ -253,20 +284,9 @@ async fn client_to_backend(s: &Shared<'_>) -> io::Result<()> {
 
 async fn client_to_backend_inner(s: &Shared<'_>) -> io::Result<()> {
     let mut buf = Vec::with_capacity(READ_SIZE);
-    let mut plain = Vec::with_capacity(READ_SIZE);
     // Application data that arrived with the handshake's last flight.
-    let mut closed = drain_plaintext(&mut s.tls.borrow_mut(), &mut plain)?;
-    loop {
-        if !plain.is_empty() {
-            s.to_backend.set(s.to_backend.get() + plain.len() as u64);
-            let (res, p) = s.backend.send_all(plain, 0).await;
-            plain = p;
-            plain.clear();
-            res?;
-        }
-        if closed {
-            return Ok(());
-        }
+    let mut closed = s.plaintext_to_backend().await?;
+    while !closed {
         buf.clear();
         let (res, b) = s.client.recv(buf).await;
         buf = b;
@@ -275,22 +295,26 @@ async fn client_to_backend_inner(s: &Shared<'_>) -> io::Result<()> {
             return Ok(());
         }
         s.last_activity.set(Instant::now());
+        // rustls holds at most 16 KiB of decrypted plaintext: pass it on after every record
+        // batch, or a client uploading full-size records fills it and the read fails.
+        let mut at = 0;
         let mut bad = None;
-        {
-            let mut tls = s.tls.borrow_mut();
-            // rustls holds at most 16 KiB of decrypted plaintext: drain it after every record
-            // batch, or a client uploading full-size records fills it and the read fails.
-            let mut slice = &buf[..];
-            while !slice.is_empty() && bad.is_none() && !closed {
-                match tls.read_tls(&mut slice) {
-                    Ok(0) => break,
-                    Ok(_) => match tls.process_new_packets() {
-                        Ok(_) => closed = drain_plaintext(&mut tls, &mut plain)?,
-                        Err(e) => bad = Some(e),
-                    },
-                    Err(e) => return Err(e),
+        while at < buf.len() && !closed {
+            let processed = {
+                let mut tls = s.tls.borrow_mut();
+                let mut rest = &buf[at..];
+                let read = tls.read_tls(&mut rest)?;
+                at = buf.len() - rest.len();
+                if read == 0 {
+                    break;
                 }
+                tls.process_new_packets().map(|_| ())
+            };
+            if let Err(e) = processed {
+                bad = Some(e);
+                break;
             }
+            closed = s.plaintext_to_backend().await?;
         }
         let n = buf.len();
         grow_if_full(&mut buf, n);
@@ -301,29 +325,7 @@ async fn client_to_backend_inner(s: &Shared<'_>) -> io::Result<()> {
             return Err(io::Error::new(io::ErrorKind::InvalidData, e));
         }
     }
-}
-
-/// Moves all decrypted bytes into `plain`; true once the client's close_notify was seen.
-fn drain_plaintext(tls: &mut ServerConnection, plain: &mut Vec<u8>) -> io::Result<bool> {
-    loop {
-        let len = plain.len();
-        plain.resize(len + READ_SIZE, 0);
-        match tls.reader().read(&mut plain[len..]) {
-            Ok(0) => {
-                plain.truncate(len);
-                return Ok(true);
-            }
-            Ok(n) => plain.truncate(len + n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                plain.truncate(len);
-                return Ok(false);
-            }
-            Err(e) => {
-                plain.truncate(len);
-                return Err(e);
-            }
-        }
-    }
+    Ok(())
 }
 
 async fn backend_to_client(s: &Shared<'_>) -> io::Result<()> {

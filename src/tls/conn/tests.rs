@@ -183,3 +183,41 @@ fn download_to_a_paused_client_waits_for_room() {
     assert_eq!(relayed.to_client, expected.len() as u64);
     assert!(got == expected, "download differs ({} of {} bytes back)", got.len(), expected.len());
 }
+
+/// The upload twin: the back end pauses before reading an upload larger than both socket
+/// buffers, so plaintext to it must wait for POLLOUT, then arrive whole and in order.
+#[test]
+fn upload_to_a_paused_backend_waits_for_room() {
+    let site = site("shop.example.com");
+    let config = crate::tls::server_config(site.key.clone(), TlsVersion::TLS12, &[]).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let data: Vec<u8> = (0..24 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2246822519) >> 24) as u8).collect();
+    let sent = data.clone();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let origin = l.local_addr().unwrap();
+    let origin_thread = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        got
+    });
+    let client_cfg = client_config(&site, &[&rustls::version::TLS13]);
+    let client = std::thread::spawn(move || {
+        let name = ServerName::try_from("shop.example.com").unwrap();
+        let conn = rustls::ClientConnection::new(client_cfg, name).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, std::net::TcpStream::connect(addr).unwrap());
+        tls.write_all(&sent).unwrap();
+        tls.conn.send_close_notify();
+        tls.flush().unwrap();
+        let mut rest = Vec::new();
+        let _ = tls.read_to_end(&mut rest);
+    });
+    let relayed = serve_one(listener, config, Some(origin)).unwrap();
+    client.join().unwrap();
+    let got = origin_thread.join().unwrap();
+    assert!(!relayed.error, "{relayed:?}");
+    assert_eq!(relayed.to_backend, data.len() as u64);
+    assert!(got == data, "upload differs ({} of {} bytes arrived)", got.len(), data.len());
+}
