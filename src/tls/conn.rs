@@ -1,12 +1,15 @@
 //! Driving a `rustls::ServerConnection` over tokio-uring sockets.
 //!
-//! io_uring sockets ([`crate::worker::ring::Socket`]) take owned buffers and are not `AsyncRead`/`AsyncWrite`, so this is the
-//! small adapter between the two: ciphertext from the client arrives by io_uring recv into a
-//! reused `Vec<u8>`; what rustls produces (records for the client, plaintext for the back end)
-//! leaves its buffers by non-blocking send(2) ([`Direct`], `plaintext_to_backend`), waiting for
-//! POLLOUT only when a socket's send buffer is full, so no byte is copied out of rustls first. The two relay directions share the connection through a `RefCell`
-//! (one thread, no borrow is held across an await) and serialise their writes to the client
-//! through one async lock, so TLS records leave in the order rustls produced them.
+//! io_uring sockets ([`crate::worker::ring::Socket`]) take owned buffers and are not
+//! `AsyncRead`/`AsyncWrite`, so this is the small adapter between the two:
+//! - ciphertext from the client arrives by io_uring recv into a reused `Vec<u8>`;
+//! - what rustls produces (records for the client, plaintext for the back end) leaves its buffers
+//!   by non-blocking send(2) ([`Direct`], `plaintext_to_backend`), waiting for POLLOUT only when a
+//!   socket's send buffer is full, so no byte is copied out of rustls first.
+//!
+//! The two relay directions share the connection through a `RefCell` (one thread, no borrow is
+//! held across an await) and serialise their writes to the client through one async lock, so TLS
+//! records leave in the order rustls produced them.
 
 use crate::worker::ring::{Socket as TcpStream, POLLOUT};
 use rustls::ServerConnection;
