@@ -141,26 +141,23 @@ pub enum ConnectError {
     AllFailed { addr: SocketAddr, source: io::Error },
 }
 
-/// Connects to `backends` in order, each within `timeout`; the first that accepts wins.
-/// Each failed attempt bumps `backend_connect_failures`.
+/// Connects to `backends` in order, each within `timeout`; the first that accepts wins and gets
+/// as much of `first` (PROXY header + ClientHello) as its send buffer takes at once; the count
+/// comes back with the socket, for [`relay`] to send the rest. Each failed attempt bumps
+/// `backend_connect_failures`.
 pub async fn connect_backends(
     backends: &[SocketAddr],
     timeout: Duration,
     metrics: &Local,
-) -> Result<(Socket, SocketAddr), ConnectError> {
+    first: &[u8],
+) -> Result<(Socket, SocketAddr, usize), ConnectError> {
     let mut last = None;
     for &addr in backends {
         let err = match Socket::tcp_for(addr) {
             Err(e) => e,
-            Ok(sock) => match tokio::time::timeout(timeout, sock.connect(addr)).await {
-                Ok(Ok(())) => return Ok((sock, addr)),
-                Ok(Err(e)) => e,
-                Err(_) => {
-                    // The connect op is still pending: shutting the socket down completes it, so
-                    // its fd is closed instead of lingering through SYN retries.
-                    sock.shutdown(Shutdown::Both);
-                    io::ErrorKind::TimedOut.into()
-                }
+            Ok(sock) => match dial(&sock, addr, timeout, first).await {
+                Ok(sent) => return Ok((sock, addr, sent)),
+                Err(e) => e,
             },
         };
         metrics.bump(|c| c.backend_connect_failures += 1);
@@ -170,6 +167,35 @@ pub async fn connect_backends(
     match last {
         None => Err(ConnectError::NoBackends),
         Some((addr, source)) => Err(ConnectError::AllFailed { addr, source }),
+    }
+}
+
+/// One back end: connect(2), then send `first` in the same breath, as HAProxy and nginx do. On
+/// loopback and fast LANs the handshake is over when connect returns, so the back end is woken
+/// once, to a connection that already holds the ClientHello; through the ring the send would
+/// follow a completion round trip later and wake it a second time. A handshake still in flight
+/// (EAGAIN) is waited for with POLLOUT, and the bytes go later ([`relay`]); 0 are sent then.
+async fn dial(sock: &Socket, addr: SocketAddr, timeout: Duration, first: &[u8]) -> io::Result<usize> {
+    let connected = sock.start_connect(addr)?;
+    if !first.is_empty() {
+        match sock.try_send_vectored(&[io::IoSlice::new(first)]) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => {}
+            // Refused or reset during the handshake: the next back end.
+            Err(e) => return Err(e),
+        }
+    } else if connected {
+        return Ok(0);
+    }
+    match tokio::time::timeout(timeout, sock.finish_connect()).await {
+        Ok(Ok(())) => Ok(0),
+        Ok(Err(e)) => Err(e),
+        Err(_) => {
+            // The poll is still pending: shutting the socket down completes it, so its fd is
+            // closed instead of lingering through SYN retries.
+            sock.shutdown(Shutdown::Both);
+            Err(io::ErrorKind::TimedOut.into())
+        }
     }
 }
 
@@ -250,23 +276,23 @@ impl Shared<'_> {
     }
 }
 
-/// Sends `first` (PROXY header and the ClientHello, possibly empty) to the back end, then relays
-/// both directions until both have ended, an error, or the idle timeout. Bytes are counted in the
-/// worker's metrics. The caller drops (closes) both sockets afterwards.
-pub async fn relay(env: &Env<'_>, client: &Socket, backend: &Socket, first: Vec<u8>) -> Relayed {
+/// Sends what is left of `first` (PROXY header and the ClientHello, possibly empty; `sent` bytes
+/// of it went out with the connect) to the back end, then relays both directions until both
+/// have ended, an error, or the idle timeout. Bytes are counted in the worker's metrics. The
+/// caller drops (closes) both sockets afterwards.
+pub async fn relay(env: &Env<'_>, client: &Socket, backend: &Socket, first: Vec<u8>, sent: usize) -> Relayed {
     let n_first = first.len() as u64;
-    let first = if first.is_empty() {
-        first
-    } else {
-        let n = first.len() as u64;
-        let (res, buf) = backend.send_all(first, 0).await;
+    let first = if sent < first.len() {
+        let (res, buf) = backend.send_all(first, sent).await;
         if res.is_err() {
             env.bufs.borrow_mut().give(buf);
             return Relayed { outcome: Outcome::FirstWrite, to_backend: 0, to_client: 0, first_to_client: None };
         }
-        env.metrics.bump(|c| c.bytes_client_to_backend += n);
         buf
+    } else {
+        first
     };
+    env.metrics.bump(|c| c.bytes_client_to_backend += n_first);
     let shared = Shared { last_activity: Cell::new(Instant::now()), ended: Cell::new(0), client, backend };
 
     let pipes = if env.splice { take_two(env.pipes) } else { None };

@@ -647,15 +647,16 @@ struct Routed {
     first: Vec<u8>,
 }
 
-/// Connects to the route's back ends in order (the connect time and the chosen back end go into
-/// the trace); `None` when every one failed.
-async fn connect(w: &Worker, r: &Route, rt: &Runtime, t: &mut Trace) -> Option<Socket> {
+/// Connects to the route's back ends in order, sending what it can of `first` at once (the
+/// connect time and the chosen back end go into the trace); the socket and the bytes of `first`
+/// sent, or `None` when every back end failed.
+async fn connect(w: &Worker, r: &Route, rt: &Runtime, t: &mut Trace, first: &[u8]) -> Option<(Socket, usize)> {
     let connected =
-        relay::connect_backends(&r.backends, Duration::from_millis(rt.connect_timeout_ms), &w.metrics).await;
+        relay::connect_backends(&r.backends, Duration::from_millis(rt.connect_timeout_ms), &w.metrics, first).await;
     t.connected_at = w.now();
-    let (sock, addr) = connected.ok()?;
+    let (sock, addr, sent) = connected.ok()?;
     t.backend = Some(addr);
-    Some(sock)
+    Some((sock, sent))
 }
 
 /// A terminating route: handshake with the route's certificate (the hello bytes already read
@@ -708,7 +709,7 @@ async fn terminate(
         c.tls_resumed += u64::from(resumed);
     });
     t.connect_start = t.handshake_done;
-    let Some(backend) = connect(w, r, rt, t).await else {
+    let Some((backend, _)) = connect(w, r, rt, t, &[]).await else {
         // Tell the client politely: close_notify rather than a bare FIN.
         let mut conn = conn;
         conn.send_close_notify();
@@ -808,7 +809,7 @@ async fn serve_conn(w: &Worker, t: &mut Trace, cfg: &Config, client: &Socket, li
         return Box::pin(terminate(w, t, cfg, r, client, listen, routed.first)).await;
     }
     t.connect_start = t.routed_at;
-    let Some(backend) = connect(w, r, rt, t).await else {
+    let Some((backend, sent)) = connect(w, r, rt, t, &routed.first).await else {
         w.bufs.borrow_mut().give(routed.first);
         return drop_conn(w, t, DropReason::BackendsDown);
     };
@@ -820,7 +821,7 @@ async fn serve_conn(w: &Worker, t: &mut Trace, cfg: &Config, client: &Socket, li
         idle: Duration::from_millis(rt.idle_timeout_ms),
         timing: w.timing,
     };
-    let done = relay::relay(&env, client, &backend, routed.first).await;
+    let done = relay::relay(&env, client, &backend, routed.first, sent).await;
     t.to_backend = done.to_backend;
     t.to_client = done.to_client;
     t.first_to_client = done.first_to_client;

@@ -183,26 +183,36 @@ impl Socket {
         Ok(Socket::from(OwnedFd::from(sock)))
     }
 
-    /// Connects through the ring. If this future is dropped before it completes, the caller must
-    /// [`shutdown`](Self::shutdown) the socket, or the fd lingers until the kernel gives up.
-    pub async fn connect(&self, addr: SocketAddr) -> io::Result<()> {
-        let sa = Box::new(socket2::SockAddr::from(addr));
-        let sqe = opcode::Connect::new(types::Fd(self.as_raw_fd()), sa.as_ptr(), sa.len()).build();
-        // SAFETY: the address lives in a Box owned by the stored data until the completion; the Rc
-        // keeps the fd open.
-        let (res, _) = unsafe { submit((Rc::clone(&self.fd), sa), sqe) }.await;
-        match res {
-            Ok(_) => Ok(()),
-            // A non-blocking socket may report the connect as started; wait for it to finish.
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EINPROGRESS) | Some(libc::EALREADY)) => {
-                self.poll(POLLOUT).await?;
-                match self.sock_ref().take_error()? {
-                    None => Ok(()),
-                    Some(e) => Err(e),
-                }
-            }
+    /// Starts a connect with a plain non-blocking connect(2): `Ok(true)` when it is already
+    /// established, `Ok(false)` when it is in progress (on loopback and fast LANs the handshake is
+    /// usually over by the time the call returns, so the caller can send at once and let the
+    /// peer wake up once, to a connection that already holds its first bytes).
+    pub fn start_connect(&self, addr: SocketAddr) -> io::Result<bool> {
+        match self.sock_ref().connect(&addr.into()) {
+            Ok(()) => Ok(true),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINPROGRESS) | Some(libc::EALREADY)) => Ok(false),
             Err(e) => Err(e),
         }
+    }
+
+    /// Waits for a connect started by [`start_connect`](Self::start_connect) to finish. If this
+    /// future is dropped before it completes, the caller must [`shutdown`](Self::shutdown) the
+    /// socket, or the fd lingers until the kernel gives up.
+    pub async fn finish_connect(&self) -> io::Result<()> {
+        self.poll(POLLOUT).await?;
+        match self.sock_ref().take_error()? {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
+    }
+
+    /// Connects: [`start_connect`](Self::start_connect), then [`finish_connect`](Self::finish_connect)
+    /// if needed (same caveat when dropped).
+    pub async fn connect(&self, addr: SocketAddr) -> io::Result<()> {
+        if self.start_connect(addr)? {
+            return Ok(());
+        }
+        self.finish_connect().await
     }
 
     /// shutdown(2). Also completes every operation pending on the socket, which is how a
