@@ -373,3 +373,42 @@ async fn idle(last: &Cell<Instant>, idle: Duration) {
         tokio::time::sleep_until(deadline).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    /// A back end whose accept queue is full drops our SYN, so the handshake is still in flight
+    /// when connect(2) returns: nothing may be sent then (0 bytes reported), the connect must
+    /// still complete once the SYN is retried, and the bytes then go through in full.
+    #[test]
+    fn a_connect_still_in_flight_sends_nothing_early() {
+        let listener = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        listener.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
+        listener.listen(0).unwrap();
+        let addr = listener.local_addr().unwrap().as_socket().unwrap();
+        // Fills the accept queue (a backlog of 0 holds one connection).
+        let filler = std::net::TcpStream::connect(addr).unwrap();
+        let listener = std::net::TcpListener::from(listener);
+        let drainer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            let (_first, _) = listener.accept().unwrap();
+            let (mut ours, _) = listener.accept().unwrap();
+            let mut got = Vec::new();
+            ours.read_to_end(&mut got).unwrap();
+            got
+        });
+        let hello = b"ClientHello bytes".to_vec();
+        let sent = tokio_uring::start(async {
+            let metrics = Local::new(crate::metrics::Registry::new(1).slot(0));
+            let (sock, _, sent) = connect_backends(&[addr], Duration::from_secs(10), &metrics, &hello).await.unwrap();
+            let (res, _) = sock.send_all(hello.clone(), sent).await;
+            res.unwrap();
+            sent
+        });
+        assert_eq!(sent, 0, "bytes were sent before the handshake finished");
+        assert_eq!(drainer.join().unwrap(), hello);
+        drop(filler);
+    }
+}
