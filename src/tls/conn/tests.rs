@@ -144,61 +144,24 @@ fn bulk_upload_and_download_in_full_records() {
     assert!(got == data.to_ascii_uppercase(), "download differs ({} bytes back)", got.len());
 }
 
-/// A download larger than both socket buffers to a client that pauses before reading: the
-/// records to the client must wait for POLLOUT (a full send buffer) and still arrive whole and
-/// in order.
-#[test]
-fn download_to_a_paused_client_waits_for_room() {
+/// Moves 24 MiB (more than both socket buffers hold) through the relay in one direction while
+/// the receiving end pauses before reading: the relay must wait for POLLOUT on the full socket
+/// and the bytes must still arrive whole and in order. `upload`: client → back end (plaintext
+/// leaving rustls), else back end → client (records leaving rustls).
+fn paused_receiver(upload: bool) {
+    const PAUSE: Duration = Duration::from_millis(300);
     let site = site("shop.example.com");
     let config = crate::tls::server_config(site.key.clone(), TlsVersion::TLS12, &[]).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let data: Vec<u8> = (0..24 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
-    let expected = data.clone();
+    let (up, down) = if upload { (data.clone(), Vec::new()) } else { (Vec::new(), data.clone()) };
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let origin = l.local_addr().unwrap();
     let origin_thread = std::thread::spawn(move || {
         let (mut s, _) = l.accept().unwrap();
-        s.write_all(&data).unwrap();
-    });
-    let client_cfg = client_config(&site, &[&rustls::version::TLS13]);
-    let client = std::thread::spawn(move || {
-        let name = ServerName::try_from("shop.example.com").unwrap();
-        let conn = rustls::ClientConnection::new(client_cfg, name).unwrap();
-        let mut tls = rustls::StreamOwned::new(conn, std::net::TcpStream::connect(addr).unwrap());
-        while tls.conn.is_handshaking() {
-            tls.conn.complete_io(&mut tls.sock).unwrap();
-        }
-        tls.conn.send_close_notify();
-        tls.flush().unwrap();
-        std::thread::sleep(Duration::from_millis(300));
-        let mut got = Vec::new();
-        tls.read_to_end(&mut got).unwrap();
-        got
-    });
-    let relayed = serve_one(listener, config, Some(origin)).unwrap();
-    let got = client.join().unwrap();
-    origin_thread.join().unwrap();
-    assert!(!relayed.error, "{relayed:?}");
-    assert_eq!(relayed.to_client, expected.len() as u64);
-    assert!(got == expected, "download differs ({} of {} bytes back)", got.len(), expected.len());
-}
-
-/// The upload twin: the back end pauses before reading an upload larger than both socket
-/// buffers, so plaintext to it must wait for POLLOUT, then arrive whole and in order.
-#[test]
-fn upload_to_a_paused_backend_waits_for_room() {
-    let site = site("shop.example.com");
-    let config = crate::tls::server_config(site.key.clone(), TlsVersion::TLS12, &[]).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let data: Vec<u8> = (0..24 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2246822519) >> 24) as u8).collect();
-    let sent = data.clone();
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let origin = l.local_addr().unwrap();
-    let origin_thread = std::thread::spawn(move || {
-        let (mut s, _) = l.accept().unwrap();
-        std::thread::sleep(Duration::from_millis(300));
+        s.write_all(&down).unwrap();
+        std::thread::sleep(PAUSE);
         let mut got = Vec::new();
         s.read_to_end(&mut got).unwrap();
         got
@@ -208,16 +171,32 @@ fn upload_to_a_paused_backend_waits_for_room() {
         let name = ServerName::try_from("shop.example.com").unwrap();
         let conn = rustls::ClientConnection::new(client_cfg, name).unwrap();
         let mut tls = rustls::StreamOwned::new(conn, std::net::TcpStream::connect(addr).unwrap());
-        tls.write_all(&sent).unwrap();
+        tls.write_all(&up).unwrap();
+        while tls.conn.is_handshaking() {
+            tls.conn.complete_io(&mut tls.sock).unwrap();
+        }
         tls.conn.send_close_notify();
         tls.flush().unwrap();
-        let mut rest = Vec::new();
-        let _ = tls.read_to_end(&mut rest);
+        std::thread::sleep(PAUSE);
+        let mut got = Vec::new();
+        tls.read_to_end(&mut got).unwrap();
+        got
     });
     let relayed = serve_one(listener, config, Some(origin)).unwrap();
-    client.join().unwrap();
-    let got = origin_thread.join().unwrap();
+    let at_client = client.join().unwrap();
+    let at_origin = origin_thread.join().unwrap();
     assert!(!relayed.error, "{relayed:?}");
-    assert_eq!(relayed.to_backend, data.len() as u64);
-    assert!(got == data, "upload differs ({} of {} bytes arrived)", got.len(), data.len());
+    let (got, moved) = if upload { (at_origin, relayed.to_backend) } else { (at_client, relayed.to_client) };
+    assert_eq!(moved, data.len() as u64);
+    assert!(got == data, "{} of {} bytes arrived, or not in order", got.len(), data.len());
+}
+
+#[test]
+fn download_to_a_paused_client_waits_for_room() {
+    paused_receiver(false);
+}
+
+#[test]
+fn upload_to_a_paused_backend_waits_for_room() {
+    paused_receiver(true);
 }
