@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# tuning/bench/scaling.sh [OUTDIR]
+# tuning/bench/scaling.sh [OUTDIR [sni-loadtest suite options...]]
 #
 # The scaling run of tuning/README.md ("Scaling across cores") as one prepared, time-bounded
 # script, for a lent many-core machine: runs loadtest/suites/scaling.toml (short passthrough and
@@ -8,10 +8,11 @@
 # and writes OUTDIR/scaling.txt (the tables) and OUTDIR/scaling.json (every figure).
 # Needs release builds: cargo build --release -p sni-dispatch -p sni-loadtest.
 # Bounded: the suite itself stops every run at its duration and count; the whole run is killed
-# after LIMIT seconds (default 540). Loopback only.
+# after LIMIT seconds (default 540). Loopback only. A quick look: scaling.sh /tmp/s --runs 1 --duration-scale 0.3
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=${1:-${OUT:-/tmp/sni-scaling}}
+shift || true
 mkdir -p "$out"
 LT=${LT:-target/release/sni-loadtest}
 DISP=${DISP:-target/release/sni-dispatch}
@@ -29,4 +30,4 @@ if ((${#peers[@]})); then compare=(--compare "$(IFS=,; echo "${peers[*]}")"); fi
 } | tee "$out/scaling.txt"
 ulimit -n "$(ulimit -Hn)" || true
 timeout "${LIMIT:-540}" "$LT" suite loadtest/suites/scaling.toml --dispatcher "$DISP" "${compare[@]}" \
-  --json "$out/scaling.json" --quiet 2>&1 | tee -a "$out/scaling.txt"
+  --json "$out/scaling.json" --quiet "$@" 2>&1 | tee -a "$out/scaling.txt"
