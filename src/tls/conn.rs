@@ -8,8 +8,8 @@
 //!   socket's send buffer is full, so no byte is copied out of rustls first.
 //!
 //! The two relay directions share the connection through a `RefCell` (one thread, no borrow is
-//! held across an await) and serialise their writes to the client through one async lock, so TLS
-//! records leave in the order rustls produced them.
+//! held across an await); records leave in the order of rustls's single outgoing queue, whichever
+//! direction flushes it.
 
 use crate::worker::ring::{Socket as TcpStream, POLLOUT};
 use rustls::ServerConnection;
@@ -138,8 +138,6 @@ struct Shared<'a> {
     client: &'a TcpStream,
     backend: &'a TcpStream,
     tls: RefCell<ServerConnection>,
-    /// Serialises writes to the client, so records leave in the order rustls produced them.
-    client_out: tokio::sync::Mutex<()>,
     last_activity: Cell<Instant>,
     to_backend: Cell<u64>,
     to_client: Cell<u64>,
@@ -148,10 +146,10 @@ struct Shared<'a> {
 
 impl Shared<'_> {
     /// Sends every record rustls has queued. The records go to the kernel straight from rustls's
-    /// own buffers with a non-blocking send(2) (see [`Direct`]), one copy fewer than collecting
-    /// them into a buffer for an io_uring send; a full socket buffer waits for POLLOUT.
+    /// own buffers ([`Direct`]), one copy fewer than collecting them into a buffer for an io_uring
+    /// send. Both directions may call this; rustls's queue keeps the records in order, and no
+    /// borrow of it is held across the wait for room.
     async fn flush_to_client(&self) -> io::Result<()> {
-        let _turn = self.client_out.lock().await;
         loop {
             let sent = {
                 let mut tls = self.tls.borrow_mut();
@@ -160,20 +158,14 @@ impl Shared<'_> {
                 }
                 tls.write_tls(&mut Direct(self.client))
             };
-            match sent {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.client.poll(POLLOUT).await?;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+            if let Err(e) = sent {
+                wait_for_room(self.client, e).await?;
             }
         }
     }
 
-    /// Sends the plaintext rustls has decrypted to the back end, straight from rustls's buffer by
-    /// non-blocking send(2) (a full send buffer waits for POLLOUT); true once the client's
-    /// close_notify has been read.
+    /// Sends the plaintext rustls has decrypted to the back end, straight from rustls's buffer
+    /// ([`Direct`]); true once the client's close_notify has been read.
     async fn plaintext_to_backend(&self) -> io::Result<bool> {
         loop {
             let sent = {
@@ -181,7 +173,7 @@ impl Shared<'_> {
                 let mut reader = tls.reader();
                 let sent = match reader.fill_buf() {
                     Ok([]) => return Ok(true),
-                    Ok(chunk) => self.backend.try_send_vectored(&[io::IoSlice::new(chunk)]),
+                    Ok(chunk) => Direct(self.backend).write(chunk),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                     Err(e) => return Err(e),
                 };
@@ -192,11 +184,7 @@ impl Shared<'_> {
             };
             match sent {
                 Ok(n) => self.to_backend.set(self.to_backend.get() + n as u64),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.backend.poll(POLLOUT).await?;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+                Err(e) => wait_for_room(self.backend, e).await?,
             }
         }
     }
@@ -217,7 +205,6 @@ pub async fn relay(client: &TcpStream, tls: ServerConnection, backend: &TcpStrea
         client,
         backend,
         tls: RefCell::new(tls),
-        client_out: tokio::sync::Mutex::new(()),
         last_activity: Cell::new(Instant::now()),
         to_backend: Cell::new(0),
         to_client: Cell::new(0),
@@ -247,8 +234,19 @@ pub async fn relay(client: &TcpStream, tls: ServerConnection, backend: &TcpStrea
 }
 
 /// `io::Write` over a socket's non-blocking send(2): the kernel has copied the bytes when a
-/// write returns, so rustls can hand over its queued records without copying them out first.
+/// write returns, so rustls can hand over its buffers without copying them out first. A full
+/// send buffer is `WouldBlock`, for [`wait_for_room`].
 struct Direct<'a>(&'a TcpStream);
+
+/// After a failed [`Direct`] write: waits for POLLOUT on a full send buffer, retries at once
+/// after EINTR, and passes any other error on.
+async fn wait_for_room(sock: &TcpStream, e: io::Error) -> io::Result<()> {
+    match e.kind() {
+        io::ErrorKind::WouldBlock => sock.poll(POLLOUT).await.map(drop),
+        io::ErrorKind::Interrupted => Ok(()),
+        _ => Err(e),
+    }
+}
 
 impl Write for Direct<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {

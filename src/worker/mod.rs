@@ -768,8 +768,7 @@ async fn serve_conn(w: &Worker, t: &mut Trace, cfg: &Config, client: &Socket, li
     let buf = w.bufs.borrow_mut().take(hello_capacity(rt.max_hello_bytes));
     let decide = |hello: &ClientHello<'_>| {
         t.hello_done = w.now();
-        // Marks the hello complete; its size (records included) is filled in below.
-        t.hello_bytes = Some(0);
+        t.hello_bytes = Some(hello.len() as u64);
         let d = route(w, t, cfg, client, listen, hello);
         t.routed_at = w.now();
         d
@@ -787,9 +786,6 @@ async fn serve_conn(w: &Worker, t: &mut Trace, cfg: &Config, client: &Socket, li
         }
         Ok(x) => x,
     };
-    if t.hello_bytes.is_some() {
-        t.hello_bytes = Some(buf.len() as u64);
-    }
     let routed = match decided {
         Ok(Decision { route, header: None }) => Routed { route, first: buf },
         Ok(Decision { route, header: Some(mut first) }) => {

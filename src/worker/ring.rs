@@ -1,6 +1,7 @@
 //! Everything specific to io_uring, tokio-uring and raw file descriptors, in one place.
 //!
-//! The rest of the crate sees a [`Socket`] with async `accept`/`recv`/`send`/`connect`/`poll`, a
+//! The rest of the crate sees a [`Socket`] with async `accept`/`recv`/`send`/`poll`, a two-step
+//! connect, non-blocking `try_send_vectored`, a
 //! [`Pipe`] with non-blocking `splice`, and [`runtime`] to build a worker's ring. Every `unsafe`
 //! block of the crate lives here, each with a `// SAFETY:` comment.
 //!
@@ -174,7 +175,7 @@ impl Socket {
         res
     }
 
-    /// A new non-blocking TCP socket with TCP_NODELAY, of `addr`'s family, ready to [`connect`](Self::connect).
+    /// A new non-blocking TCP socket with TCP_NODELAY, of `addr`'s family, ready to [`start_connect`](Self::start_connect).
     pub fn tcp_for(addr: SocketAddr) -> io::Result<Socket> {
         let domain = socket2::Domain::for_address(addr);
         let sock =
@@ -204,15 +205,6 @@ impl Socket {
             None => Ok(()),
             Some(e) => Err(e),
         }
-    }
-
-    /// Connects: [`start_connect`](Self::start_connect), then [`finish_connect`](Self::finish_connect)
-    /// if needed (same caveat when dropped).
-    pub async fn connect(&self, addr: SocketAddr) -> io::Result<()> {
-        if self.start_connect(addr)? {
-            return Ok(());
-        }
-        self.finish_connect().await
     }
 
     /// shutdown(2). Also completes every operation pending on the socket, which is how a

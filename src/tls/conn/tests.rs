@@ -61,7 +61,9 @@ fn serve_one(
         let tls = handshake(&client, config, &hello).await.map_err(|e| e.as_str().to_owned())?;
         let origin = origin.ok_or("no origin")?;
         let backend = Socket::tcp_for(origin).map_err(|e| e.to_string())?;
-        backend.connect(origin).await.map_err(|e| e.to_string())?;
+        if !backend.start_connect(origin).map_err(|e| e.to_string())? {
+            backend.finish_connect().await.map_err(|e| e.to_string())?;
+        }
         Ok(relay(&client, tls, &backend, Duration::from_secs(10)).await)
     })
 }
