@@ -17,9 +17,12 @@ use std::time::{Duration, Instant};
 
 const REPLY: &[u8] = b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
+/// A route. Passthrough back ends here are scripted, not TLS servers: `min_tls = "1.0"` keeps
+/// the ServerHello version check (tests/min_tls.rs) off their replies.
 fn route(name: &str, extra: &str, backends: &[SocketAddr]) -> String {
     let list: Vec<String> = backends.iter().map(|a| format!("\"{a}\"")).collect();
-    format!("[[route]]\nname = \"{name}\"\nbackends = [{}]\n{extra}\n", list.join(", "))
+    let min_tls = if extra.contains("passthrough") { "min_tls = \"1.0\"\n" } else { "" };
+    format!("[[route]]\nname = \"{name}\"\nbackends = [{}]\n{min_tls}{extra}\n", list.join(", "))
 }
 
 /// One HTTP exchange with the admin endpoint: raw request bytes in, (status, headers, body) out.

@@ -18,9 +18,16 @@ fn replier(n: usize) -> Backend {
     backend(Mode::ReplyAfter { n, reply: Arc::new(REPLY.to_vec()) })
 }
 
+/// A passthrough route. The back ends here are scripted, not TLS servers, so unless `extra`
+/// sets its own, the route's `min_tls` is "1.0": no offer is below it, and the ServerHello
+/// version check (tests/min_tls.rs) does not read their replies.
 fn passthrough(name: &str, extra: &str, backends: &[std::net::SocketAddr]) -> String {
     let list: Vec<String> = backends.iter().map(|a| format!("\"{a}\"")).collect();
-    format!("[[route]]\nname = \"{name}\"\naction = \"passthrough\"\nbackends = [{}]\n{extra}\n", list.join(", "))
+    let min_tls = if extra.contains("min_tls") { "" } else { "min_tls = \"1.0\"\n" };
+    format!(
+        "[[route]]\nname = \"{name}\"\naction = \"passthrough\"\nbackends = [{}]\n{min_tls}{extra}\n",
+        list.join(", ")
+    )
 }
 
 fn listener(addr: &str) -> String {

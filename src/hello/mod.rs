@@ -18,14 +18,18 @@
 //! The parser is stateless, so a caller that re-parses on each read does O(n) work per
 //! read; with TCP segments this is a handful of calls per connection.
 //!
-//! Version policy: the record-layer version is ignored beyond its major byte (TLS 1.x
-//! clients legitimately put `0x0300` or `0x0301` there). A `legacy_version` below SSL 3.0
-//! is rejected at once as [`Reject::Ssl3OrOlder`]; otherwise the hello is rejected as such
-//! when its best offered version ([`ClientHello::max_version`]) is below TLS 1.0.
+//! Version policy (RFC 8446 §4.2.1, [`Versions`]): the record-layer version is ignored beyond
+//! its major byte (TLS 1.x clients legitimately put `0x0300` or `0x0301` there). When
+//! `supported_versions` is present it alone says what the client offers, and `legacy_version`
+//! is only a field; GREASE and unknown values in it never count. Without it, the client offers
+//! every version up to `legacy_version`, where anything above TLS 1.2 counts as TLS 1.2. A hello
+//! that offers nothing known is rejected as [`Reject::NoKnownVersion`], one whose best offer is
+//! SSL 3.0 as [`Reject::Ssl3OrOlder`].
 #![forbid(unsafe_code)]
 
 mod host;
 mod reader;
+mod server;
 #[cfg(test)]
 mod tests;
 
@@ -33,6 +37,7 @@ use core::fmt;
 
 pub use host::HostName;
 use reader::{malformed, Cursor, Error, Reader, Span, HANDSHAKE, R};
+pub use server::{server_hello_version, ServerVersion};
 
 /// Default limit on the ClientHello body (its 24-bit handshake length). Post-quantum
 /// hellos from current browsers are about 2 KiB; 16 KiB is one full record.
@@ -77,6 +82,8 @@ pub enum Reject {
     SslV2,
     /// Offers nothing better than SSL 3.0 (see the module docs for the exact policy).
     Ssl3OrOlder,
+    /// `supported_versions` offers no version we know (only GREASE or unknown values).
+    NoKnownVersion,
     /// The declared handshake length exceeds the configured limit.
     TooLarge,
     /// A length or value that does not add up; names the field.
@@ -96,6 +103,7 @@ impl Reject {
         "http",
         "sslv2",
         "ssl3_or_older",
+        "no_known_version",
         "too_large",
         "malformed",
         "not_client_hello",
@@ -110,6 +118,7 @@ impl Reject {
             Reject::NotTls { http: true } => "http",
             Reject::SslV2 => "sslv2",
             Reject::Ssl3OrOlder => "ssl3_or_older",
+            Reject::NoKnownVersion => "no_known_version",
             Reject::TooLarge => "too_large",
             Reject::Malformed(_) => "malformed",
             Reject::NotClientHello => "not_client_hello",
@@ -126,6 +135,7 @@ impl fmt::Display for Reject {
             Reject::NotTls { http: true } => f.write_str("plain HTTP on a TLS port"),
             Reject::SslV2 => f.write_str("SSL 2.0 ClientHello"),
             Reject::Ssl3OrOlder => f.write_str("offers SSL 3.0 or older only"),
+            Reject::NoKnownVersion => f.write_str("supported_versions offers no known version"),
             Reject::TooLarge => f.write_str("ClientHello too large"),
             Reject::Malformed(field) => write!(f, "malformed ClientHello: {field}"),
             Reject::NotClientHello => f.write_str("first handshake message is not a ClientHello"),
@@ -204,9 +214,6 @@ fn parse_hello(buf: &[u8], max_hello_bytes: usize) -> R<ClientHello<'_>> {
     let mut body = Reader::new(&mut cur, len);
 
     let legacy_version = body.u16("legacy_version")?;
-    if legacy_version < SSL3_0 {
-        return Err(Error::Reject(Reject::Ssl3OrOlder));
-    }
     body.skip(32, "random")?;
     let sid = body.u8("session_id length")?;
     if sid > 32 {
@@ -232,7 +239,7 @@ fn parse_hello(buf: &[u8], max_hello_bytes: usize) -> R<ClientHello<'_>> {
         len: 0,
         records: 0,
         legacy_version,
-        max_version: legacy_version,
+        versions: Versions::up_to_legacy(legacy_version),
         sni: HostName::EMPTY,
         has_sni_ext: false,
         has_ech: false,
@@ -261,7 +268,7 @@ fn parse_hello(buf: &[u8], max_hello_bytes: usize) -> R<ClientHello<'_>> {
                     server_name(&mut ext, &mut hello.sni)?;
                 }
                 EXT_ALPN => hello.alpn = alpn(&mut ext)?,
-                EXT_SUPPORTED_VERSIONS => hello.max_version = supported_versions(&mut ext)?,
+                EXT_SUPPORTED_VERSIONS => hello.versions = supported_versions(&mut ext)?,
                 EXT_KEY_SHARE => hello.key_shares = key_share(&mut ext)?,
                 EXT_ECH => {
                     hello.has_ech = true;
@@ -279,8 +286,10 @@ fn parse_hello(buf: &[u8], max_hello_bytes: usize) -> R<ClientHello<'_>> {
     if !end.at_record_end() {
         return Err(malformed("record: data after ClientHello"));
     }
-    if hello.max_version < TLS1_0 {
-        return Err(Error::Reject(Reject::Ssl3OrOlder));
+    match hello.versions.max() {
+        None if hello.versions.from_extension => return Err(Error::Reject(Reject::NoKnownVersion)),
+        Some(v) if v >= TLS1_0 => {}
+        _ => return Err(Error::Reject(Reject::Ssl3OrOlder)),
     }
     hello.len = end.pos();
     hello.records = end.records();
@@ -360,20 +369,72 @@ fn alpn<'a>(ext: &mut Reader<'_, 'a>) -> R<Span<'a>> {
     Ok(list)
 }
 
-/// supported_versions (RFC 8446 §4.2.1): the highest non-GREASE version offered.
-fn supported_versions(ext: &mut Reader<'_, '_>) -> R<u16> {
+/// supported_versions (RFC 8446 §4.2.1): the known versions offered (GREASE and unknown
+/// values, such as drafts or versions not yet defined, are skipped).
+fn supported_versions(ext: &mut Reader<'_, '_>) -> R<Versions> {
     let n = usize::from(ext.u8("supported_versions length")?);
     if n == 0 || n % 2 != 0 || n != ext.left() {
         return Err(malformed("supported_versions length"));
     }
-    let mut max = None;
+    let mut set = Versions { bits: 0, from_extension: true };
     while !ext.is_empty() {
-        let v = ext.u16("supported_versions length")?;
-        if !is_grease(v) {
-            max = max.max(Some(v));
+        set.insert(ext.u16("supported_versions length")?);
+    }
+    Ok(set)
+}
+
+/// The protocol versions a ClientHello offers, among the ones that exist: SSL 3.0 (`0x0300`)
+/// to TLS 1.3 (`0x0304`). Anything else a client lists (GREASE, drafts, future versions)
+/// cannot be negotiated by any server we pass to, so it never counts: a `min_tls` check
+/// compares against [`Versions::max`], and no unknown value can lift an old offer past it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Versions {
+    /// Bit `v - 0x0300` for each known version `v` offered.
+    bits: u8,
+    /// Whether the set came from `supported_versions` (else from `legacy_version`).
+    from_extension: bool,
+}
+
+impl Versions {
+    /// Without supported_versions: TLS 1.0 up to `legacy_version`, which counts as TLS 1.2 at
+    /// most (RFC 8446 §4.2.1: such a client is negotiated TLS 1.2 or below). SSL 3.0 counts only
+    /// when it is the `legacy_version` itself: a TLS client never accepts it from a server
+    /// (RFC 7568 §3), so it is not part of a TLS 1.x client's offer.
+    fn up_to_legacy(legacy: u16) -> Self {
+        let top = legacy.min(TLS1_2);
+        let bits = match top {
+            _ if top < SSL3_0 => 0,
+            SSL3_0 => 1,
+            _ => ((1u8 << (top - SSL3_0 + 1)) - 1) & !1,
+        };
+        Self { bits, from_extension: false }
+    }
+
+    fn insert(&mut self, v: u16) {
+        if (SSL3_0..=TLS1_3).contains(&v) {
+            self.bits |= 1 << (v - SSL3_0);
         }
     }
-    max.ok_or(malformed("supported_versions: only GREASE"))
+
+    /// Whether `v` is offered.
+    pub fn contains(&self, v: u16) -> bool {
+        (SSL3_0..=TLS1_3).contains(&v) && self.bits & (1 << (v - SSL3_0)) != 0
+    }
+
+    /// The highest known version offered.
+    pub fn max(&self) -> Option<u16> {
+        (self.bits != 0).then(|| SSL3_0 + 7 - self.bits.leading_zeros() as u16)
+    }
+
+    /// The lowest known version offered.
+    pub fn min(&self) -> Option<u16> {
+        (self.bits != 0).then(|| SSL3_0 + self.bits.trailing_zeros() as u16)
+    }
+
+    /// Whether the versions came from the supported_versions extension.
+    pub fn from_extension(&self) -> bool {
+        self.from_extension
+    }
 }
 
 /// key_share (RFC 8446 §4.2.8): validates the entries and returns a reader positioned at
@@ -465,7 +526,7 @@ pub struct ClientHello<'a> {
     len: usize,
     records: u32,
     legacy_version: u16,
-    max_version: u16,
+    versions: Versions,
     /// Empty when there is no (valid) host name.
     sni: HostName,
     has_sni_ext: bool,
@@ -502,10 +563,21 @@ impl<'a> ClientHello<'a> {
         Alpn { r: self.alpn }
     }
 
-    /// The highest version offered: from supported_versions ignoring GREASE if present,
-    /// else `legacy_version`. Wire value: `0x0304` is TLS 1.3.
+    /// The highest known version offered (see [`Versions`]); wire value, `0x0304` is TLS 1.3.
+    /// At least TLS 1.0 in a parsed hello.
     pub fn max_version(&self) -> u16 {
-        self.max_version
+        self.versions.max().unwrap_or(0)
+    }
+
+    /// The lowest known version offered: a server may pick any offered version, so a route
+    /// whose `min_tls` is above this one must check the version its back end chose.
+    pub fn min_version(&self) -> u16 {
+        self.versions.min().unwrap_or(0)
+    }
+
+    /// Every known version offered.
+    pub fn versions(&self) -> Versions {
+        self.versions
     }
 
     /// The ClientHello's `legacy_version` field (`client_version` before TLS 1.3).
@@ -552,7 +624,7 @@ impl PartialEq for ClientHello<'_> {
         self.len == o.len
             && self.records == o.records
             && self.legacy_version == o.legacy_version
-            && self.max_version == o.max_version
+            && self.versions == o.versions
             && self.host_name() == o.host_name()
             && self.has_sni_ext == o.has_sni_ext
             && self.has_ech == o.has_ech
@@ -589,7 +661,8 @@ impl fmt::Debug for ClientHello<'_> {
             .field("has_sni_extension", &self.has_sni_ext)
             .field("alpn", &List(self.alpn()))
             .field("legacy_version", &format_args!("{:#06x}", self.legacy_version))
-            .field("max_version", &format_args!("{:#06x}", self.max_version))
+            .field("max_version", &format_args!("{:#06x}", self.max_version()))
+            .field("min_version", &format_args!("{:#06x}", self.min_version()))
             .field("has_ech", &self.has_ech)
             .field("key_share_groups", &Hex(self.key_share_groups()))
             .field("cipher_suites", &Hex(self.cipher_suites()))

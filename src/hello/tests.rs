@@ -459,15 +459,62 @@ fn ssl3_or_older() {
     // legacy 0x0300 but supported_versions offers TLS 1.2: accepted.
     let ok = h.clone().ext(43, versions_ext(&[0x0303, 0x0300]));
     assert_eq!(complete(&ok.bytes()).max_version(), TLS1_2);
-    // Below SSL 3.0: rejected from the first 11 bytes.
+    // Below SSL 3.0 without supported_versions: nothing offered.
     let mut old = Hello::new();
     old.legacy_version = 0x0200;
-    let buf = old.bytes();
-    assert_eq!(rejected(&buf[..11]), Reject::Ssl3OrOlder);
+    assert_eq!(rejected(&old.bytes()), Reject::Ssl3OrOlder);
     // Record version 0x0300 is fine (TLS 1.x clients send it).
     let mut buf = Hello::new().bytes();
     buf[2] = 0;
     complete(&buf);
+}
+
+/// RFC 8446 §4.2.1: supported_versions governs when present; GREASE and unknown values never
+/// count, so the best *known* offer is what `min_tls` sees (the min_tls bypass of issue 13).
+#[test]
+fn versions_by_the_rfc() {
+    let offer = |vs: &[u16]| {
+        let buf = Hello::new().ext(43, versions_ext(vs)).bytes();
+        let c = complete(&buf);
+        (c.max_version(), c.min_version())
+    };
+    // An unknown value above TLS 1.3 must not lift a TLS 1.0 offer.
+    assert_eq!(offer(&[0x0305, 0x0301]), (TLS1_0, TLS1_0));
+    assert_eq!(offer(&[0x7f1c, 0x0303]), (TLS1_2, TLS1_2));
+    assert_eq!(offer(&[0x0304, 0x0303]), (TLS1_3, TLS1_2));
+    assert_eq!(offer(&[0x2a2a, 0x0304, 0x0301]), (TLS1_3, TLS1_0));
+    assert_eq!(offer(&[0x0304]), (TLS1_3, TLS1_3));
+    // Nothing known offered: no version to negotiate.
+    for vs in [&[0x1a1a][..], &[0x0305], &[0x7f1c, 0xfafa], &[0xffff]] {
+        assert_eq!(rejected(&Hello::new().ext(43, versions_ext(vs)).bytes()), Reject::NoKnownVersion, "{vs:x?}");
+    }
+    // legacy_version above TLS 1.2 without supported_versions counts as TLS 1.2.
+    for legacy in [0x0304, 0x0305, 0x03ff] {
+        let mut h = Hello::new();
+        h.legacy_version = legacy;
+        let buf = h.bytes();
+        let c = complete(&buf);
+        assert_eq!((c.max_version(), c.min_version()), (TLS1_2, TLS1_0), "{legacy:#x}");
+    }
+    // With supported_versions, legacy_version is only a field: even below SSL 3.0.
+    let mut h = Hello::new().ext(43, versions_ext(&[0x0304]));
+    h.legacy_version = 0x0200;
+    let buf = h.bytes();
+    assert_eq!(complete(&buf).max_version(), TLS1_3);
+    let mut h = Hello::new().ext(43, versions_ext(&[0x0302]));
+    h.legacy_version = 0x0304;
+    let buf = h.bytes();
+    assert_eq!(complete(&buf).max_version(), 0x0302);
+    // A TLS 1.1 client without supported_versions offers TLS 1.0 and 1.1 (never SSL 3.0).
+    let mut h = Hello::new();
+    h.legacy_version = 0x0302;
+    let buf = h.bytes();
+    assert_eq!((complete(&buf).max_version(), complete(&buf).min_version()), (0x0302, TLS1_0));
+    // The versions set itself.
+    let buf = Hello::new().ext(43, versions_ext(&[0x0304, 0x0302, 0x0300])).bytes();
+    let v = complete(&buf).versions();
+    assert!(v.from_extension() && v.contains(0x0300) && v.contains(0x0302) && !v.contains(0x0303));
+    assert!(!v.contains(0x0305) && !v.contains(0x02ff));
 }
 
 #[test]
@@ -555,7 +602,6 @@ fn malformed_extension_bodies() {
         (Hello::new().ext(43, vec![3, 3, 4, 3]), "supported_versions length"),
         (Hello::new().ext(43, vec![0]), "supported_versions length"),
         (Hello::new().ext(43, vec![4, 3, 4]), "supported_versions length"),
-        (Hello::new().ext(43, versions_ext(&[0x1a1a])), "supported_versions: only GREASE"),
         (Hello::new().ext(51, vec![0, 4, 0, 0x1d, 0, 0]), "key_share key_exchange length"),
         (Hello::new().ext(51, vec![0, 6, 0, 0x1d, 0, 1, 9]), "key_share length"),
         (Hello::new().ext(51, vec![0, 5, 0, 0x1d, 0, 2, 9]), "key_share entry"),
@@ -615,6 +661,7 @@ fn reject_labels_and_display() {
         Reject::NotTls { http: true },
         Reject::SslV2,
         Reject::Ssl3OrOlder,
+        Reject::NoKnownVersion,
         Reject::TooLarge,
         Reject::Malformed("x"),
         Reject::NotClientHello,

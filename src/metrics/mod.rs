@@ -43,6 +43,13 @@ pub enum DropReason {
     Ssl3OrOlder,
     /// The best version offered is below the route's `min_tls`.
     BelowMinTls,
+    /// supported_versions offers no version that exists (only GREASE or unknown values).
+    NoKnownVersion,
+    /// The back end chose a version below the route's `min_tls` (a `protocol_version` alert
+    /// went to the client).
+    BackendBelowMinTls,
+    /// The back end's first bytes were not a ServerHello where its version had to be checked.
+    BackendNotTls,
     /// The ClientHello exceeds `max_hello_bytes`.
     Oversize,
     /// The ClientHello is malformed (bad lengths, not a ClientHello, duplicate extensions, ...).
@@ -66,12 +73,15 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [Self; 15] = [
+    pub const ALL: [Self; 18] = [
         Self::NotTls,
         Self::Http,
         Self::SslV2,
         Self::Ssl3OrOlder,
         Self::BelowMinTls,
+        Self::NoKnownVersion,
+        Self::BackendBelowMinTls,
+        Self::BackendNotTls,
         Self::Oversize,
         Self::Malformed,
         Self::HelloTimeout,
@@ -92,6 +102,9 @@ impl DropReason {
             Self::SslV2 => "sslv2",
             Self::Ssl3OrOlder => "ssl3_or_older",
             Self::BelowMinTls => "below_min_tls",
+            Self::NoKnownVersion => "no_known_version",
+            Self::BackendBelowMinTls => "backend_below_min_tls",
+            Self::BackendNotTls => "backend_not_tls",
             Self::Oversize => "oversize",
             Self::Malformed => "malformed",
             Self::HelloTimeout => "hello_timeout",
@@ -270,6 +283,7 @@ impl From<crate::hello::Reject> for DropReason {
             Reject::NotTls { http: true } => Self::Http,
             Reject::SslV2 => Self::SslV2,
             Reject::Ssl3OrOlder => Self::Ssl3OrOlder,
+            Reject::NoKnownVersion => Self::NoKnownVersion,
             Reject::TooLarge => Self::Oversize,
             _ => Self::Malformed,
         }

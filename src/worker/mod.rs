@@ -645,6 +645,7 @@ struct Routed {
     route: RouteId,
     /// PROXY header (if any) followed by the ClientHello bytes read.
     first: Vec<u8>,
+    check_server: Option<crate::route::TlsVersion>,
 }
 
 /// Connects to the route's back ends in order, sending what it can of `first` at once (the
@@ -787,11 +788,11 @@ async fn serve_conn(w: &Worker, t: &mut Trace, cfg: &Config, client: &Socket, li
         Ok(x) => x,
     };
     let routed = match decided {
-        Ok(Decision { route, header: None }) => Routed { route, first: buf },
-        Ok(Decision { route, header: Some(mut first) }) => {
+        Ok(Decision { route, header: None, check_server }) => Routed { route, first: buf, check_server },
+        Ok(Decision { route, header: Some(mut first), check_server }) => {
             first.extend_from_slice(&buf);
             w.bufs.borrow_mut().give(buf);
-            Routed { route, first }
+            Routed { route, first, check_server }
         }
         Err(reason) => {
             w.bufs.borrow_mut().give(buf);
@@ -805,10 +806,29 @@ async fn serve_conn(w: &Worker, t: &mut Trace, cfg: &Config, client: &Socket, li
         return Box::pin(terminate(w, t, cfg, r, client, listen, routed.first)).await;
     }
     t.connect_start = t.routed_at;
-    let Some((backend, sent)) = connect(w, r, rt, t, &routed.first).await else {
+    let Some((backend, mut sent)) = connect(w, r, rt, t, &routed.first).await else {
         w.bufs.borrow_mut().give(routed.first);
         return drop_conn(w, t, DropReason::BackendsDown);
     };
+    let mut first = routed.first;
+    let mut early = 0;
+    if let Some(min) = routed.check_server {
+        let limit = Duration::from_millis(rt.hello_timeout_ms);
+        let (f, from_backend) = match check_server_version(w, client, &backend, first, sent, min, limit).await {
+            Ok(x) => x,
+            Err(reason) => return drop_conn(w, t, reason),
+        };
+        first = f;
+        sent = first.len();
+        early = from_backend.len() as u64;
+        let (res, from_backend) = client.send_all(from_backend, 0).await;
+        w.bufs.borrow_mut().give(from_backend);
+        if res.is_err() {
+            w.bufs.borrow_mut().give(first);
+            return drop_conn(w, t, DropReason::ClientClosed);
+        }
+        w.metrics.bump(|c| c.bytes_backend_to_client += early);
+    }
     let env = relay::Env {
         metrics: &w.metrics,
         pipes: &w.pipes,
@@ -817,9 +837,9 @@ async fn serve_conn(w: &Worker, t: &mut Trace, cfg: &Config, client: &Socket, li
         idle: Duration::from_millis(rt.idle_timeout_ms),
         timing: w.timing,
     };
-    let done = relay::relay(&env, client, &backend, routed.first, sent).await;
+    let done = relay::relay(&env, client, &backend, first, sent).await;
     t.to_backend = done.to_backend;
-    t.to_client = done.to_client;
+    t.to_client = early + done.to_client;
     t.first_to_client = done.first_to_client;
     t.end = Some(End::Relayed(done.outcome));
     if done.outcome == relay::Outcome::FirstWrite {
@@ -867,6 +887,9 @@ async fn read_hello<R>(
 struct Decision {
     route: RouteId,
     header: Option<Vec<u8>>,
+    /// The route's `min_tls`, when the client also offered versions below it: the back end's
+    /// choice is then checked in its ServerHello ([`check_server_version`]).
+    check_server: Option<crate::route::TlsVersion>,
 }
 
 /// Routes a complete hello: dedicated IP, SNI, fallback; `min_tls`; the PROXY header.
@@ -897,12 +920,21 @@ fn route(
     t.route = Some(id);
     let route = table.route(id);
     // A terminating route leaves the version to rustls, which answers with a protocol_version alert.
-    if route.action == Action::Passthrough && hello.max_version() < route.min_tls.0 {
-        return Err(DropReason::BelowMinTls);
+    // A passthrough route compares the best version offered (known versions only, so no
+    // unknown value can lift an old offer past it); and when the client also offered versions
+    // below min_tls, the version the back end picks is checked in its ServerHello.
+    let mut check_server = None;
+    if route.action == Action::Passthrough {
+        if hello.max_version() < route.min_tls.0 {
+            return Err(DropReason::BelowMinTls);
+        }
+        if hello.min_version() < route.min_tls.0 {
+            check_server = Some(route.min_tls);
+        }
     }
     w.metrics.routed(how);
     if route.proxy_protocol == ProxyProtocol::None || route.action == Action::Terminate {
-        return Ok(Decision { route: id, header: None });
+        return Ok(Decision { route: id, header: None, check_server });
     }
     let local = local.unwrap_or_else(|| client.local_addr().unwrap_or(listen));
     let peer = client.peer_addr().unwrap_or_else(|_| SocketAddr::new(IpAddr::from([0, 0, 0, 0]), 0));
@@ -911,5 +943,76 @@ fn route(
         proxy_protocol::Header { client: peer, local, sni: hello.sni(), alpn: alpn.as_ref().map(|p| p.as_bytes()) };
     let mut first = w.bufs.borrow_mut().take(hello.len() + 600);
     proxy_protocol::encode(route.proxy_protocol, &header, &mut first);
-    Ok(Decision { route: id, header: Some(first) })
+    Ok(Decision { route: id, header: Some(first), check_server })
+}
+
+/// A fatal `protocol_version` alert (RFC 8446 §6.2), as a TLS server sends it.
+const PROTOCOL_VERSION_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 70];
+
+/// Sends the rest of `first` to the back end, then reads the back end's first flight up to the
+/// end of its ServerHello and checks the version it chose against `min`: below it, the client
+/// gets a `protocol_version` alert and nothing the back end sent. Returns `first` and the back
+/// end's bytes read (to be sent to the client before relaying), or why the connection ends.
+async fn check_server_version(
+    w: &Worker,
+    client: &Socket,
+    backend: &Socket,
+    first: Vec<u8>,
+    sent: usize,
+    min: crate::route::TlsVersion,
+    limit: Duration,
+) -> Result<(Vec<u8>, Vec<u8>), DropReason> {
+    let (res, first) = backend.send_all(first, sent).await;
+    if res.is_err() {
+        w.bufs.borrow_mut().give(first);
+        return Err(DropReason::BackendWrite);
+    }
+    let buf = w.bufs.borrow_mut().take(relay::BUF_SIZE);
+    let read = async {
+        let mut buf = buf;
+        loop {
+            if buf.len() == buf.capacity() {
+                return (hello::ServerVersion::Invalid("ServerHello too large"), buf);
+            }
+            let (res, b) = backend.recv(buf).await;
+            buf = b;
+            match res {
+                Ok(0) | Err(_) => return (hello::ServerVersion::Invalid("closed before its ServerHello"), buf),
+                Ok(_) => {}
+            }
+            match hello::server_hello_version(&buf) {
+                hello::ServerVersion::NeedMore => continue,
+                verdict => return (verdict, buf),
+            }
+        }
+    };
+    let (verdict, buf) = match tokio::time::timeout(limit, read).await {
+        Ok(x) => x,
+        Err(_) => {
+            backend.shutdown(Shutdown::Both);
+            w.bufs.borrow_mut().give(first);
+            return Err(DropReason::BackendNotTls);
+        }
+    };
+    let reason = match verdict {
+        hello::ServerVersion::Chosen(v) if v < min.0 => {
+            let version = crate::route::TlsVersion(v);
+            tracing::debug!(worker = w.id, %version, %min, "back end chose a version below min_tls");
+            let mut alert = buf;
+            alert.clear();
+            alert.extend_from_slice(&PROTOCOL_VERSION_ALERT);
+            let (_, alert) = client.send_all(alert, 0).await;
+            w.bufs.borrow_mut().give(alert);
+            DropReason::BackendBelowMinTls
+        }
+        hello::ServerVersion::Chosen(_) | hello::ServerVersion::Alert => return Ok((first, buf)),
+        hello::ServerVersion::Invalid(_) | hello::ServerVersion::NeedMore => {
+            let field = if let hello::ServerVersion::Invalid(f) = verdict { f } else { "incomplete" };
+            tracing::debug!(worker = w.id, field, "back end's first bytes are not a ServerHello");
+            w.bufs.borrow_mut().give(buf);
+            DropReason::BackendNotTls
+        }
+    };
+    w.bufs.borrow_mut().give(first);
+    Err(reason)
 }
