@@ -15,7 +15,7 @@ fn name(i: usize) -> String {
     format!("www{}.customer-{}.example", i % 7, i)
 }
 
-fn routes(names: usize) -> Vec<Route> {
+fn routes(names: usize) -> Vec<Route<()>> {
     (0..names.div_ceil(NAMES_PER_ROUTE))
         .map(|r| {
             let mut sni: Vec<String> =
@@ -28,10 +28,8 @@ fn routes(names: usize) -> Vec<Route> {
                 sni,
                 dedicated_ips: vec![],
                 min_tls: TlsVersion::TLS12,
-                alpn: vec![],
                 backends: vec!["127.0.0.1:8080".parse().unwrap()],
                 proxy_protocol: ProxyProtocol::None,
-                tls: None,
             }
         })
         .collect()

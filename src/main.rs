@@ -193,7 +193,7 @@ fn check(path: &Path) -> ExitCode {
 }
 
 fn run(path: &Path, overrides: &RuntimeOverrides) -> ExitCode {
-    match sni_dispatch::worker::serve(path, overrides) {
+    match sni_dispatch::server::serve(path, overrides) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
     }

@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use sni_dispatch::config::RuntimeOverrides;
-use sni_dispatch::metrics::{DropReason, Hist};
+use sni_dispatch::metrics::{DropReason, Hist, RelayKind};
 use sni_dispatch::route::Match;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -208,8 +208,8 @@ fn every_outcome_is_counted_exactly_and_exposed() {
     assert_eq!(m.dropped_by(DropReason::UnknownSni), unknown);
     assert_eq!(m.dropped_by(DropReason::NotTls), garbage);
     assert_eq!(m.dropped_by(DropReason::BackendsDown), down);
-    assert_eq!(m.backend_connect_failures, down);
-    assert_eq!(m.relays_splice + m.relays_buffered, relayed - tls);
+    assert_eq!(m.backend_connect_failures.total(), down);
+    assert_eq!((m.relays.get(RelayKind::Splice) + m.relays.get(RelayKind::Buffered)), relayed - tls);
     assert_eq!(m.tls_handshakes, tls);
 
     // Histograms: each counts the connections that reached its stage.
@@ -421,8 +421,8 @@ fn stats_accepted(summary: &str) -> u64 {
 #[test]
 #[ignore]
 fn recording_cost() {
+    use sni_dispatch::access_log::{rfc3339, Entry, Sink};
     use sni_dispatch::config::SampleRate;
-    use sni_dispatch::metrics::access_log::{rfc3339, Entry, Sink};
     use sni_dispatch::metrics::{Local, Registry};
     let n = 1_000_000u64;
     let reg = Registry::new(1);

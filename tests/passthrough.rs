@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use sni_dispatch::config::RuntimeOverrides;
-use sni_dispatch::metrics::DropReason;
+use sni_dispatch::metrics::{Direction, DropReason, RelayKind};
 use sni_dispatch::route::Match;
 use std::io::{Read, Write};
 use std::net::Shutdown;
@@ -190,7 +190,7 @@ fn backend_failover_on_refusal_and_timeout() {
     let addr = server.local_addrs()[0];
     assert_eq!(roundtrip(addr, OPENSSL_SNI), REPLY);
     good.next();
-    wait_metrics(&server, |m| m.backend_connect_failures == 2);
+    wait_metrics(&server, |m| m.backend_connect_failures.total() == 2);
     server.shutdown();
 
     // All back ends down: dropped and counted.
@@ -292,8 +292,10 @@ fn half_close_case(splice: bool) {
     let mut want = OPENSSL_SNI.to_vec();
     want.extend_from_slice(b"after eof");
     assert_eq!(b.next().bytes, want);
-    let m = wait_metrics(&server, |m| m.open == 0 && m.relays_splice + m.relays_buffered == 1);
-    assert_eq!(m.relays_splice, splice as u64);
+    let m = wait_metrics(&server, |m| {
+        m.open == 0 && (m.relays.get(RelayKind::Splice) + m.relays.get(RelayKind::Buffered)) == 1
+    });
+    assert_eq!(m.relays.get(RelayKind::Splice), splice as u64);
     server.shutdown();
 }
 
@@ -443,12 +445,12 @@ fn bulk_case(splice: bool) {
     w.join().unwrap();
     backend.join().unwrap();
     drop(c);
-    let m = wait_metrics(&server, |m| m.open == 0 && m.bytes_backend_to_client == n);
-    assert_eq!(m.bytes_client_to_backend, n + hello.len() as u64);
+    let m = wait_metrics(&server, |m| m.open == 0 && m.bytes.get(Direction::BackendToClient) == n);
+    assert_eq!(m.bytes.get(Direction::ClientToBackend), n + hello.len() as u64);
     if splice {
-        assert_eq!((m.relays_splice, m.relays_buffered), (1, 0));
+        assert_eq!((m.relays.get(RelayKind::Splice), m.relays.get(RelayKind::Buffered)), (1, 0));
     } else {
-        assert_eq!((m.relays_splice, m.relays_buffered), (0, 1));
+        assert_eq!((m.relays.get(RelayKind::Splice), m.relays.get(RelayKind::Buffered)), (0, 1));
     }
     assert!(server.shutdown());
 }
@@ -478,8 +480,8 @@ fn exhausted_pipe_pool_falls_back_to_buffered() {
     let mut want = OPENSSL_SNI.to_vec();
     want.extend_from_slice(b"ping");
     assert_eq!(read_to_end(&mut c).unwrap(), want);
-    let m = wait_metrics(&server, |m| m.open == 0 && m.relays_buffered == 1);
-    assert_eq!(m.relays_splice, 0);
+    let m = wait_metrics(&server, |m| m.open == 0 && m.relays.get(RelayKind::Buffered) == 1);
+    assert_eq!(m.relays.get(RelayKind::Splice), 0);
     server.shutdown();
 }
 

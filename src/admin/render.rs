@@ -4,7 +4,7 @@
 //! Counters are merged over workers (a `worker` label only on the per-worker series
 //! `sni_dispatch_worker_*`, so summing a metric never double counts); latencies are summaries
 //! with quantiles 0.5, 0.9, 0.99, 0.999 merged across workers, plus `_sum` and `_count`.
-use crate::metrics::{Counters, DropReason, Hist, Histograms, Registry, Unit};
+use crate::metrics::{Counters, Direction, DropReason, Hist, Histograms, Registry, RelayKind, Unit};
 use crate::route::Match;
 use serde_json::{json, Map, Value};
 use std::fmt::Write as _;
@@ -14,30 +14,6 @@ use std::time::Duration;
 pub const PREFIX: &str = "sni_dispatch_";
 /// The quantiles of each summary.
 pub const QUANTILES: [(f64, &str); 4] = [(0.5, "0.5"), (0.9, "0.9"), (0.99, "0.99"), (0.999, "0.999")];
-
-/// A plain counter or gauge: name (after the prefix), help, and how to read it.
-type Plain = (&'static str, &'static str, fn(&Counters) -> u64);
-
-const COUNTERS: [Plain; 10] = [
-    ("connections_accepted_total", "Connections accepted.", |c| c.accepted),
-    ("backend_connect_failures_total", "Back-end connection attempts that failed (the next back end is tried).", |c| {
-        c.backend_connect_failures
-    }),
-    ("tls_handshakes_total", "Completed TLS handshakes on terminating routes.", |c| c.tls_handshakes),
-    ("tls_resumed_total", "Completed TLS handshakes that resumed a session.", |c| c.tls_resumed),
-    ("relay_idle_timeouts_total", "Relayed connections closed by idle_timeout_ms.", |c| c.idle_timeouts),
-    ("relay_errors_total", "Relays ended by an error (reset, broken pipe).", |c| c.relay_errors),
-    ("accept_errors_total", "accept() failures.", |c| c.accept_errors),
-    ("accept_fd_exhausted_total", "accept() failures for lack of descriptors or memory (backed off).", |c| {
-        c.accept_fd_exhausted
-    }),
-    (
-        "connection_limit_waits_total",
-        "Times a worker stopped accepting at max_conns_per_worker (later connections wait in the backlog).",
-        |c| c.conn_limit_waits,
-    ),
-    ("access_log_lines_total", "Access-log lines handed to the writer.", |c| c.access_log_lines),
-];
 
 fn f(v: f64) -> String {
     if v.is_nan() {
@@ -81,38 +57,15 @@ pub fn prometheus(registry: &Registry, accepting: bool) -> String {
     let _ = writeln!(out, "{PREFIX}accepting {}", u8::from(accepting));
     header(&mut out, "workers", "gauge", "Worker threads.");
     let _ = writeln!(out, "{PREFIX}workers {}", per.len());
-    header(&mut out, "connections_open", "gauge", "Connections open now.");
-    let _ = writeln!(out, "{PREFIX}connections_open {}", m.open);
-    for (name, help, get) in COUNTERS {
-        header(&mut out, name, "counter", help);
-        let _ = writeln!(out, "{PREFIX}{name} {}", get(&m));
-    }
-    header(&mut out, "connections_routed_total", "counter", "Connections routed, by how the route was chosen.");
-    for how in Match::ALL {
-        let _ = writeln!(out, "{PREFIX}connections_routed_total{{how=\"{}\"}} {}", how.as_str(), m.routed_by(how));
-    }
-    header(
-        &mut out,
-        "connections_dropped_total",
-        "counter",
-        "Connections closed before or instead of being relayed, by reason.",
-    );
-    for r in DropReason::ALL {
-        let _ = writeln!(out, "{PREFIX}connections_dropped_total{{reason=\"{}\"}} {}", r.as_str(), m.dropped_by(r));
-    }
-    header(&mut out, "bytes_total", "counter", "Bytes relayed (plaintext on terminating routes), by direction.");
-    let _ = writeln!(out, "{PREFIX}bytes_total{{direction=\"client_to_backend\"}} {}", m.bytes_client_to_backend);
-    let _ = writeln!(out, "{PREFIX}bytes_total{{direction=\"backend_to_client\"}} {}", m.bytes_backend_to_client);
-    header(&mut out, "relays_total", "counter", "Passthrough relays, by how they moved bytes.");
-    let _ = writeln!(out, "{PREFIX}relays_total{{kind=\"splice\"}} {}", m.relays_splice);
-    let _ = writeln!(out, "{PREFIX}relays_total{{kind=\"buffered\"}} {}", m.relays_buffered);
-    header(
-        &mut out,
-        "access_log_dropped_lines_total",
-        "counter",
-        "Access-log lines lost because the writer fell behind.",
-    );
-    let _ = writeln!(out, "{PREFIX}access_log_dropped_lines_total {}", m.access_log_dropped);
+    m.visit(&mut |family, value| {
+        header(&mut out, family.name, family.kind.as_str(), family.help);
+        value.samples(&mut |label, n| {
+            let _ = match label {
+                None => writeln!(out, "{PREFIX}{} {n}", family.name),
+                Some((key, v)) => writeln!(out, "{PREFIX}{}{{{key}=\"{v}\"}} {n}", family.name),
+            };
+        });
+    });
 
     for k in Hist::ALL {
         let name = metric_name(k);
@@ -141,31 +94,21 @@ pub fn prometheus(registry: &Registry, accepting: bool) -> String {
     out
 }
 
+/// Every family of `c` under its field name: a number, or an object by label value.
 fn counters_json(c: &Counters) -> Value {
-    let routed: Map<String, Value> =
-        Match::ALL.iter().map(|m| (m.as_str().to_owned(), c.routed_by(*m).into())).collect();
-    let dropped: Map<String, Value> =
-        DropReason::ALL.iter().map(|r| (r.as_str().to_owned(), c.dropped_by(*r).into())).collect();
-    json!({
-        "accepted": c.accepted,
-        "open": c.open,
-        "routed": routed,
-        "dropped": dropped,
-        "backend_connect_failures": c.backend_connect_failures,
-        "bytes_client_to_backend": c.bytes_client_to_backend,
-        "bytes_backend_to_client": c.bytes_backend_to_client,
-        "relays_splice": c.relays_splice,
-        "relays_buffered": c.relays_buffered,
-        "tls_handshakes": c.tls_handshakes,
-        "tls_resumed": c.tls_resumed,
-        "relay_idle_timeouts": c.idle_timeouts,
-        "relay_errors": c.relay_errors,
-        "accept_errors": c.accept_errors,
-        "accept_fd_exhausted": c.accept_fd_exhausted,
-        "connection_limit_waits": c.conn_limit_waits,
-        "access_log_lines": c.access_log_lines,
-        "access_log_dropped": c.access_log_dropped,
-    })
+    let mut out = Map::new();
+    c.visit(&mut |family, value| {
+        let mut by = Map::new();
+        let mut plain = None;
+        value.samples(&mut |label, n| match label {
+            None => plain = Some(n),
+            Some((_, v)) => {
+                by.insert(v.to_owned(), n.into());
+            }
+        });
+        out.insert(family.field.to_owned(), plain.map_or(Value::Object(by), Value::from));
+    });
+    Value::Object(out)
 }
 
 fn hists_json(h: &Histograms) -> Value {
@@ -281,13 +224,21 @@ pub fn summary(registry: &Registry, uptime: Duration) -> String {
     let _ = writeln!(out, "  dropped: {}", if dropped.is_empty() { "-".into() } else { dropped.join(", ") });
     let _ = writeln!(
         out,
-        "  relays:  splice {}, buffered {}, tls {} ({} resumed); errors {}, idle timeouts {}, backend connect failures {}",
-        m.relays_splice, m.relays_buffered, m.tls_handshakes, m.tls_resumed, m.relay_errors, m.idle_timeouts, m.backend_connect_failures
+        "  relays:  splice {}, buffered {}, tls {} ({} handshakes, {} resumed); errors {}, idle timeouts {}, backend connect failures {}",
+        m.relays.get(RelayKind::Splice),
+        m.relays.get(RelayKind::Buffered),
+        m.relays.get(RelayKind::Tls),
+        m.tls_handshakes,
+        m.tls_resumed,
+        m.relay_errors.total(),
+        m.idle_timeouts,
+        m.backend_connect_failures.total()
     );
     let _ = writeln!(
         out,
         "  bytes:   client→backend {}, backend→client {}",
-        m.bytes_client_to_backend, m.bytes_backend_to_client
+        m.bytes.get(Direction::ClientToBackend),
+        m.bytes.get(Direction::BackendToClient)
     );
     let _ = writeln!(out, "  {:<22} {:>8}  p50/p99/p99.9", "latency", "count");
     for k in Hist::ALL {

@@ -5,12 +5,19 @@
 //! Every problem is reported, not just the first, and each names the file, the key and the
 //! reason, so `sni-dispatch check` tells an operator everything wrong with a file in one go.
 
-use crate::route::{self, Action, ProxyProtocol, Route, RouteId, Table, TlsMaterial, TlsVersion};
+pub use crate::access_log::SampleRate;
+use crate::route::{self, Action, ProxyProtocol, RouteId, TlsVersion};
+use crate::tls::TlsMaterial;
 use serde::Deserialize;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+/// The routing table as configured: a terminating route carries its TLS material.
+pub type Table = route::Table<Arc<TlsMaterial>>;
+/// One configured route.
+pub type Route = route::Route<Arc<TlsMaterial>>;
 
 /// A validated configuration.
 #[derive(Debug)]
@@ -50,27 +57,6 @@ pub struct Runtime {
     pub access_log: Option<PathBuf>,
     /// Fraction of connections written to the access log.
     pub access_log_sample: SampleRate,
-}
-
-/// A fraction in `[0, 1]`, held as parts per million (so [`Runtime`] stays `Eq`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SampleRate(u32);
-
-impl SampleRate {
-    pub const ALL: Self = Self(1_000_000);
-
-    /// `None` unless `0 <= f <= 1`.
-    pub fn new(f: f64) -> Option<Self> {
-        (0.0..=1.0).contains(&f).then(|| Self((f * 1e6).round() as u32))
-    }
-
-    pub fn parts_per_million(self) -> u32 {
-        self.0
-    }
-
-    pub fn as_f64(self) -> f64 {
-        f64::from(self.0) / 1e6
-    }
 }
 
 impl Default for Runtime {
@@ -388,7 +374,7 @@ impl Config {
     /// A short human summary for `check` and the start-up log.
     pub fn summary(&self) -> String {
         let routes = self.table.routes();
-        let terminate = routes.iter().filter(|r| r.action == Action::Terminate).count();
+        let terminate = routes.iter().filter(|r| r.action.is_terminate()).count();
         let (exact, wild) = self.table.name_count();
         let mut s = String::new();
         let listeners: Vec<String> = self.listeners.iter().map(ToString::to_string).collect();
@@ -477,7 +463,7 @@ fn resolve(
             let warnings = table
                 .routes()
                 .iter()
-                .filter(|r| r.action == Action::Terminate && r.min_tls < TlsVersion::TLS12)
+                .filter(|r| r.action.is_terminate() && r.min_tls < TlsVersion::TLS12)
                 .map(|r| {
                     format!("route {:?}.min_tls: rustls serves TLS 1.2 and 1.3 only; {} acts as 1.2", r.name, r.min_tls)
                 })
@@ -508,9 +494,14 @@ fn resolve_route(r: RouteFile, key: &str, base: &Path, errors: &mut Vec<Located>
     let before = errors.len();
     let mut bad = |field: &str, reason: String| errors.push(Located::new(format!("{key}.{field}"), reason));
 
-    let action = match r.action.as_str() {
-        "terminate" => Some(Action::Terminate),
-        "passthrough" => Some(Action::Passthrough),
+    #[derive(PartialEq)]
+    enum Kind {
+        Terminate,
+        Passthrough,
+    }
+    let kind = match r.action.as_str() {
+        "terminate" => Some(Kind::Terminate),
+        "passthrough" => Some(Kind::Passthrough),
         other => {
             bad("action", format!("{other:?} is not \"terminate\" or \"passthrough\""));
             None
@@ -563,9 +554,10 @@ fn resolve_route(r: RouteFile, key: &str, base: &Path, errors: &mut Vec<Located>
         }
     }
 
-    let tls = match action {
-        Some(Action::Terminate) => match (&r.cert, &r.key) {
-            (Some(cert), Some(pkey)) => load_tls(&base.join(cert), &base.join(pkey), key, min_tls, &r.alpn, errors),
+    let action = match kind {
+        Some(Kind::Terminate) => match (&r.cert, &r.key) {
+            (Some(cert), Some(pkey)) => load_tls(&base.join(cert), &base.join(pkey), key, min_tls, &r.alpn, errors)
+                .map(|m| Action::Terminate(Arc::new(m))),
             (c, k) => {
                 if c.is_none() {
                     bad("cert", "a terminate route needs a certificate chain (PEM)".into());
@@ -576,30 +568,20 @@ fn resolve_route(r: RouteFile, key: &str, base: &Path, errors: &mut Vec<Located>
                 None
             }
         },
-        Some(Action::Passthrough) => {
+        Some(Kind::Passthrough) => {
             for (field, set) in [("cert", r.cert.is_some()), ("key", r.key.is_some()), ("alpn", !r.alpn.is_empty())] {
                 if set {
                     bad(field, "applies only to action = \"terminate\"".into());
                 }
             }
-            None
+            Some(Action::Passthrough)
         }
         None => None,
     };
     if errors.len() > before {
         return None;
     }
-    Some(Route {
-        name: r.name,
-        action: action?,
-        sni,
-        dedicated_ips,
-        min_tls,
-        alpn: r.alpn,
-        backends,
-        proxy_protocol,
-        tls,
-    })
+    Some(Route { name: r.name, action: action?, sni, dedicated_ips, min_tls, backends, proxy_protocol })
 }
 
 /// Reads a PEM chain and key, and checks that they belong together, so that a route whose key

@@ -173,7 +173,7 @@ fn terminate_routes_check_their_keys() {
         )
     };
     let c = load(&cfg(&cert, &key)).unwrap();
-    assert!(c.table.routes()[0].tls.is_some());
+    assert!(c.table.routes()[0].action.is_terminate());
     let e = errors(&cfg(&cert, &other));
     assert!(e.contains("route \"shop\".key:") && e.contains("does not match the certificate"), "{e}");
     let e = errors(&cfg(&key, &key));

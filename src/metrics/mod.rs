@@ -14,11 +14,14 @@
 //!   worker uses `try_lock`, so a slow reader never blocks it: a skipped interval is simply
 //!   published on the next tick). Readers ([`Registry::snapshot`], [`Registry::histograms`])
 //!   lock each slot briefly and merge, off the hot path.
-//! - To add a metric: add a field to [`Counters`] (and to [`Counters::merge`]); for labelled
-//!   counters use a fixed array indexed by an enum with `ALL` and `as_str()`, like
-//!   [`DropReason`]; for a distribution add a [`Hist`] variant. The admin endpoint
-//!   ([`crate::admin`]) renders them.
-pub mod access_log;
+//! - To add a counter: one line in the table of [`counters`] (a labelled counter takes a
+//!   [`Label`] enum from [`labels`]); for a distribution add a [`Hist`] variant. The admin
+//!   endpoint ([`crate::admin`]) renders whatever the table defines.
+pub mod counters;
+pub mod labels;
+
+pub use counters::{Counters, Family, Kind, Label, Tally, Value};
+pub use labels::{AcceptCause, ConnectCause, Direction, DropReason, RelayCause, RelayKind};
 
 use crate::route::Match;
 use hdrhistogram::Histogram;
@@ -28,101 +31,6 @@ use std::time::Duration;
 
 /// How often a worker publishes its counters.
 pub const PUBLISH_EVERY: Duration = Duration::from_millis(100);
-
-/// Why a connection was closed before (or instead of) being relayed. `as_str()` is the counter label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum DropReason {
-    /// The first bytes are not a TLS handshake record (garbage).
-    NotTls,
-    /// Plain HTTP on the TLS port.
-    Http,
-    /// An SSL 2.0 ClientHello.
-    SslV2,
-    /// A hello offering SSL 3.0 or older only.
-    Ssl3OrOlder,
-    /// The best version offered is below the route's `min_tls`.
-    BelowMinTls,
-    /// supported_versions offers no version that exists (only GREASE or unknown values).
-    NoKnownVersion,
-    /// The back end chose a version below the route's `min_tls` (a `protocol_version` alert
-    /// went to the client).
-    BackendBelowMinTls,
-    /// The back end's first bytes were not a ServerHello where its version had to be checked.
-    BackendNotTls,
-    /// The ClientHello exceeds `max_hello_bytes`.
-    Oversize,
-    /// The ClientHello is malformed (bad lengths, not a ClientHello, duplicate extensions, ...).
-    Malformed,
-    /// The whole ClientHello did not arrive within `hello_timeout_ms`.
-    HelloTimeout,
-    /// The client closed or reset before its ClientHello was complete.
-    ClientClosed,
-    /// No SNI on a shared address, and no `fallback.no_sni`.
-    NoSni,
-    /// SNI names no route, and no `fallback.unknown_sni`.
-    UnknownSni,
-    /// Every back end refused or timed out.
-    BackendsDown,
-    /// A terminating route's TLS handshake failed (bad or incompatible client; an alert was sent).
-    TlsHandshake,
-    /// A terminating route's TLS handshake did not finish within `hello_timeout_ms`.
-    TlsTimeout,
-    /// The PROXY header or ClientHello could not be written to the back end.
-    BackendWrite,
-}
-
-impl DropReason {
-    pub const ALL: [Self; 18] = [
-        Self::NotTls,
-        Self::Http,
-        Self::SslV2,
-        Self::Ssl3OrOlder,
-        Self::BelowMinTls,
-        Self::NoKnownVersion,
-        Self::BackendBelowMinTls,
-        Self::BackendNotTls,
-        Self::Oversize,
-        Self::Malformed,
-        Self::HelloTimeout,
-        Self::ClientClosed,
-        Self::NoSni,
-        Self::UnknownSni,
-        Self::BackendsDown,
-        Self::TlsHandshake,
-        Self::TlsTimeout,
-        Self::BackendWrite,
-    ];
-    pub const COUNT: usize = Self::ALL.len();
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::NotTls => "not_tls",
-            Self::Http => "http",
-            Self::SslV2 => "sslv2",
-            Self::Ssl3OrOlder => "ssl3_or_older",
-            Self::BelowMinTls => "below_min_tls",
-            Self::NoKnownVersion => "no_known_version",
-            Self::BackendBelowMinTls => "backend_below_min_tls",
-            Self::BackendNotTls => "backend_not_tls",
-            Self::Oversize => "oversize",
-            Self::Malformed => "malformed",
-            Self::HelloTimeout => "hello_timeout",
-            Self::ClientClosed => "client_closed",
-            Self::NoSni => "no_sni",
-            Self::UnknownSni => "unknown_sni",
-            Self::BackendsDown => "backends_down",
-            Self::TlsHandshake => "tls_handshake",
-            Self::TlsTimeout => "tls_timeout",
-            Self::BackendWrite => "backend_write",
-        }
-    }
-
-    /// The counter slot: `ALL` lists the variants in declaration order (a test checks it).
-    fn index(self) -> usize {
-        self as usize
-    }
-}
 
 /// A latency or size distribution recorded per connection. Latencies are recorded in
 /// nanoseconds, sizes in bytes; `name()` is the metric's stem.
@@ -275,122 +183,6 @@ impl Histograms {
     }
 }
 
-impl From<crate::hello::Reject> for DropReason {
-    fn from(r: crate::hello::Reject) -> Self {
-        use crate::hello::Reject;
-        match r {
-            Reject::NotTls { http: false } => Self::NotTls,
-            Reject::NotTls { http: true } => Self::Http,
-            Reject::SslV2 => Self::SslV2,
-            Reject::Ssl3OrOlder => Self::Ssl3OrOlder,
-            Reject::NoKnownVersion => Self::NoKnownVersion,
-            Reject::TooLarge => Self::Oversize,
-            _ => Self::Malformed,
-        }
-    }
-}
-
-impl From<crate::route::Miss> for DropReason {
-    fn from(m: crate::route::Miss) -> Self {
-        match m {
-            crate::route::Miss::NoSni => Self::NoSni,
-            crate::route::Miss::UnknownSni => Self::UnknownSni,
-        }
-    }
-}
-
-/// How a relay moved its bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RelayKind {
-    Splice,
-    Buffered,
-}
-
-/// One worker's counters (or several merged).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Counters {
-    pub accepted: u64,
-    /// Connections open now (a gauge; merged by summing).
-    pub open: u64,
-    /// Routed connections by [`Match`], indexed like `Match::ALL`.
-    pub routed: [u64; 5],
-    /// Dropped connections by [`DropReason`], indexed like `DropReason::ALL`.
-    pub dropped: [u64; DropReason::COUNT],
-    /// Back-end connection attempts that failed (refused, timed out); the next back end is tried.
-    pub backend_connect_failures: u64,
-    pub bytes_client_to_backend: u64,
-    pub bytes_backend_to_client: u64,
-    /// Relays that spliced through pipes / copied through buffers.
-    pub relays_splice: u64,
-    pub relays_buffered: u64,
-    /// Completed TLS handshakes on terminating routes, and how many of them resumed a session.
-    pub tls_handshakes: u64,
-    pub tls_resumed: u64,
-    /// Connections closed by `idle_timeout_ms`.
-    pub idle_timeouts: u64,
-    /// Relays ended by an error (reset, broken pipe) rather than two clean shutdowns.
-    pub relay_errors: u64,
-    /// accept() failures, and how many of them were EMFILE/ENFILE back-offs.
-    pub accept_errors: u64,
-    pub accept_fd_exhausted: u64,
-    /// Times the accept loop paused because `max_conns_per_worker` connections were open
-    /// (connections beyond the cap wait in the listen backlog; none is refused).
-    pub conn_limit_waits: u64,
-    /// Access-log lines handed to the writer, and lines lost because the writer fell behind.
-    pub access_log_lines: u64,
-    pub access_log_dropped: u64,
-}
-
-impl Counters {
-    /// Routed connections of every kind.
-    pub fn routed_total(&self) -> u64 {
-        self.routed.iter().sum()
-    }
-
-    pub fn routed_by(&self, m: Match) -> u64 {
-        self.routed[match_index(m)]
-    }
-
-    pub fn dropped_by(&self, r: DropReason) -> u64 {
-        self.dropped[r.index()]
-    }
-
-    pub fn dropped_total(&self) -> u64 {
-        self.dropped.iter().sum()
-    }
-
-    /// Adds `other` into `self` (for the merged view).
-    pub fn merge(&mut self, other: &Counters) {
-        self.accepted += other.accepted;
-        self.open += other.open;
-        for (a, b) in self.routed.iter_mut().zip(other.routed) {
-            *a += b;
-        }
-        for (a, b) in self.dropped.iter_mut().zip(other.dropped) {
-            *a += b;
-        }
-        self.backend_connect_failures += other.backend_connect_failures;
-        self.bytes_client_to_backend += other.bytes_client_to_backend;
-        self.bytes_backend_to_client += other.bytes_backend_to_client;
-        self.relays_splice += other.relays_splice;
-        self.relays_buffered += other.relays_buffered;
-        self.tls_handshakes += other.tls_handshakes;
-        self.tls_resumed += other.tls_resumed;
-        self.idle_timeouts += other.idle_timeouts;
-        self.relay_errors += other.relay_errors;
-        self.accept_errors += other.accept_errors;
-        self.accept_fd_exhausted += other.accept_fd_exhausted;
-        self.conn_limit_waits += other.conn_limit_waits;
-        self.access_log_lines += other.access_log_lines;
-        self.access_log_dropped += other.access_log_dropped;
-    }
-}
-
-/// The counter slot of a route kind: `Match::ALL` lists the variants in declaration order.
-fn match_index(m: Match) -> usize {
-    m as usize
-}
-
 /// What a worker publishes: a copy of its counters and its cumulative histograms, each behind
 /// its own lock (only readers ever contend with the worker's `try_lock`).
 #[derive(Debug, Default)]
@@ -450,12 +242,12 @@ impl Local {
 
     #[inline]
     pub fn dropped(&self, r: DropReason) {
-        self.bump(|c| c.dropped[r.index()] += 1);
+        self.bump(|c| c.dropped.bump(r));
     }
 
     #[inline]
     pub fn routed(&self, m: Match) {
-        self.bump(|c| c.routed[match_index(m)] += 1);
+        self.bump(|c| c.routed.bump(m));
     }
 
     pub fn get(&self) -> Counters {
@@ -549,18 +341,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn labels_are_unique_and_indexed() {
-        let mut seen = std::collections::HashSet::new();
-        for (i, r) in DropReason::ALL.iter().enumerate() {
-            assert!(seen.insert(r.as_str()));
-            assert_eq!(r.index(), i);
-        }
-        for (i, m) in Match::ALL.iter().enumerate() {
-            assert_eq!(match_index(*m), i);
-        }
-    }
-
-    #[test]
     fn publish_and_merge() {
         let reg = Registry::new(2);
         let a = Local::new(reg.slot(0));
@@ -568,13 +348,13 @@ mod tests {
         a.dropped(DropReason::NotTls);
         a.routed(Match::ExactSni);
         b.routed(Match::ExactSni);
-        b.bump(|c| c.bytes_client_to_backend += 10);
+        b.bump(|c| c.bytes.add(Direction::ClientToBackend, 10));
         a.publish();
         b.publish_final();
         let m = reg.merged();
         assert_eq!(m.dropped_by(DropReason::NotTls), 1);
         assert_eq!(m.routed_by(Match::ExactSni), 2);
-        assert_eq!(m.bytes_client_to_backend, 10);
+        assert_eq!(m.bytes.get(Direction::ClientToBackend), 10);
     }
 
     #[test]

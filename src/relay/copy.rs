@@ -1,12 +1,12 @@
 //! Buffered relay: io_uring RECV into a pooled buffer, then SEND it all, per direction.
-use super::{Moved, Shared};
-use crate::worker::ring::Socket;
+use super::{Moved, Pair};
+use crate::sys::Socket;
 use std::io;
 
 /// Relays `src` → `dst` until `src` ends its stream (then shuts down `dst`'s write half) or an
 /// error (then aborts both sockets). `buf` is returned for reuse; `moved` counts the bytes.
 pub(crate) async fn direction(
-    shared: &Shared<'_>,
+    pair: &Pair<'_>,
     src: &Socket,
     dst: &Socket,
     mut buf: Vec<u8>,
@@ -18,24 +18,24 @@ pub(crate) async fn direction(
         buf = b;
         let n = match res {
             Ok(0) => {
-                shared.end_of_stream(dst);
+                pair.end_of_stream(dst);
                 return (Ok(()), buf);
             }
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
-                shared.abort();
+                pair.abort();
                 return (Err(e), buf);
             }
         };
-        shared.touch();
+        pair.touch();
         let (res, b) = dst.send_all(buf, 0).await;
         buf = b;
         if let Err(e) = res {
-            shared.abort();
+            pair.abort();
             return (Err(e), buf);
         }
         moved.add(n as u64);
-        shared.touch();
+        pair.touch();
     }
 }

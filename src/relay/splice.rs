@@ -7,26 +7,26 @@
 //! peer's FIN (POLLRDHUP: the next fill returns the rest or 0, with no second poll); otherwise the
 //! direction waits for readiness first. A fill of 0 bytes is end of stream: the pipe is empty at
 //! that point (it is always emptied before the next fill), so the FIN is passed on to `dst`
-//! ([`Shared::end_of_stream`]) and the direction ends.
-use super::{Moved, Shared};
-use crate::worker::ring::{Pipe, Socket, Spliced, POLLHUP, POLLIN, POLLOUT, POLLRDHUP};
+//! ([`Pair::end_of_stream`]) and the direction ends.
+use super::{Moved, Pair};
+use crate::sys::{Pipe, Socket, Spliced, POLLHUP, POLLIN, POLLOUT, POLLRDHUP};
 use std::io;
 
 pub(crate) async fn direction(
-    shared: &Shared<'_>,
+    pair: &Pair<'_>,
     src: &Socket,
     dst: &Socket,
     pipe: &mut Pipe,
     moved: &Moved,
 ) -> io::Result<()> {
-    let res = run(shared, src, dst, pipe, moved).await;
+    let res = run(pair, src, dst, pipe, moved).await;
     if res.is_err() {
-        shared.abort();
+        pair.abort();
     }
     res
 }
 
-async fn run(shared: &Shared<'_>, src: &Socket, dst: &Socket, pipe: &mut Pipe, moved: &Moved) -> io::Result<()> {
+async fn run(pair: &Pair<'_>, src: &Socket, dst: &Socket, pipe: &mut Pipe, moved: &Moved) -> io::Result<()> {
     let mut ready = false;
     // The peer's FIN has been seen: after this fill the stream ends, so no poll is needed before
     // the next fill (which returns the rest, or 0).
@@ -39,11 +39,11 @@ async fn run(shared: &Shared<'_>, src: &Socket, dst: &Socket, pipe: &mut Pipe, m
         match pipe.fill_from(src)? {
             Spliced::WouldBlock => ready = false,
             Spliced::Moved(0) => {
-                shared.end_of_stream(dst);
+                pair.end_of_stream(dst);
                 return Ok(());
             }
             Spliced::Moved(n) => {
-                shared.touch();
+                pair.touch();
                 ready = n >= room || hup;
                 while pipe.held > 0 {
                     match pipe.drain_to(dst)? {
@@ -54,7 +54,7 @@ async fn run(shared: &Shared<'_>, src: &Socket, dst: &Socket, pipe: &mut Pipe, m
                         }
                     }
                 }
-                shared.touch();
+                pair.touch();
             }
         }
     }

@@ -5,6 +5,10 @@
 //! `*.example.com` matches exactly one extra label, so at most one wildcard can match a name and
 //! "most specific" needs no search.
 //!
+//! The table is generic over what a terminating route carries (`T`: the configuration layer
+//! puts the route's TLS material there), so this module knows nothing of rustls and a
+//! terminating route without its certificate cannot be built.
+//!
 //! The table is built once (on start and on reload), never mutated, and shared by every worker
 //! behind an `Arc`. It is made for a million names: names live in one byte arena and the index is
 //! a set of open-addressing shards of 12-byte slots, so a lookup is one hash, one or two cache
@@ -14,8 +18,6 @@ mod names;
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
-use std::sync::Arc;
 
 pub use names::{NameIndex, NameIndexBuilder};
 
@@ -23,21 +25,26 @@ pub use names::{NameIndex, NameIndexBuilder};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RouteId(pub u32);
 
-/// What to do with a routed connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    /// Handshake with rustls using the route's certificate; plaintext to the back end.
-    Terminate,
+/// What to do with a routed connection. A terminating route carries what terminating needs
+/// (`T`, its TLS material), so "terminate without a certificate" cannot be represented.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action<T> {
+    /// Handshake with the route's certificate; plaintext to the back end.
+    Terminate(T),
     /// Relay the raw bytes, the ClientHello already read included.
     Passthrough,
 }
 
-impl Action {
-    pub fn as_str(self) -> &'static str {
+impl<T> Action<T> {
+    pub fn as_str(&self) -> &'static str {
         match self {
-            Self::Terminate => "terminate",
+            Self::Terminate(_) => "terminate",
             Self::Passthrough => "passthrough",
         }
+    }
+
+    pub fn is_terminate(&self) -> bool {
+        matches!(self, Self::Terminate(_))
     }
 }
 
@@ -80,44 +87,19 @@ impl fmt::Display for TlsVersion {
     }
 }
 
-/// Certificate material of a terminating route, parsed and checked when the config is loaded.
-#[derive(Clone)]
-pub struct TlsMaterial {
-    pub cert_path: PathBuf,
-    pub key_path: PathBuf,
-    /// The chain and key, ready for rustls.
-    pub certified_key: Arc<rustls::sign::CertifiedKey>,
-    /// The route's rustls configuration (its certificate, `min_tls`, `alpn`, shared resumption).
-    pub server_config: Arc<rustls::ServerConfig>,
-}
-
-impl fmt::Debug for TlsMaterial {
-    // Never print key material.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TlsMaterial")
-            .field("cert_path", &self.cert_path)
-            .field("key_path", &self.key_path)
-            .finish_non_exhaustive()
-    }
-}
-
 /// One `[[route]]` of the configuration, validated.
 #[derive(Debug, Clone)]
-pub struct Route {
+pub struct Route<T> {
     pub name: String,
-    pub action: Action,
+    pub action: Action<T>,
     /// Normalised (lowercase, no trailing dot) exact names and `*.` wildcards, as configured.
     /// [`Table::build`] moves them into its index (a million names are not kept twice), so in a
     /// built table this is empty: ask the table ([`Table::names`]).
     pub sni: Vec<String>,
     pub dedicated_ips: Vec<IpAddr>,
     pub min_tls: TlsVersion,
-    /// ALPN protocols offered when terminating, in preference order.
-    pub alpn: Vec<String>,
     pub backends: Vec<SocketAddr>,
     pub proxy_protocol: ProxyProtocol,
-    /// Present exactly when `action` is `Terminate`.
-    pub tls: Option<TlsMaterial>,
 }
 
 /// How a connection found its route; also the `how` label of the routed counter.
@@ -165,8 +147,8 @@ impl Miss {
 
 /// The immutable routing snapshot.
 #[derive(Debug)]
-pub struct Table {
-    routes: Vec<Route>,
+pub struct Table<T> {
+    routes: Vec<Route<T>>,
     /// Dedicated IPs, sorted for binary search: an edge host has at most thousands of them.
     by_ip: Vec<(IpAddr, RouteId)>,
     /// Exact names.
@@ -188,11 +170,11 @@ pub enum BuildError {
     TooManyRoutes,
 }
 
-impl Table {
+impl<T> Table<T> {
     /// Builds the table. `sni` entries must already be validated and normalised
     /// (see [`normalize_pattern`]); fallbacks are indices into `routes`.
     pub fn build(
-        mut routes: Vec<Route>,
+        mut routes: Vec<Route<T>>,
         no_sni: Option<RouteId>,
         unknown_sni: Option<RouteId>,
     ) -> Result<Self, BuildError> {
@@ -258,12 +240,13 @@ impl Table {
         self.unknown_sni.map(|id| (id, Match::UnknownSniFallback)).ok_or(Miss::UnknownSni)
     }
 
+    /// The route `id` names; ids come from [`Table::lookup`] or the fallbacks of this table.
     #[inline]
-    pub fn route(&self, id: RouteId) -> &Route {
+    pub fn route(&self, id: RouteId) -> &Route<T> {
         &self.routes[id.0 as usize]
     }
 
-    pub fn routes(&self) -> &[Route] {
+    pub fn routes(&self) -> &[Route<T>] {
         &self.routes
     }
 

@@ -8,6 +8,7 @@
 //! name's own bytes, and a handful of allocations for the whole map instead of one per name.
 
 use super::RouteId;
+use crate::sys::advise_huge_pages;
 use std::hash::{BuildHasher, Hasher};
 
 /// Shards: each stays a modest allocation-sized run at a million names, and building can place
@@ -171,20 +172,6 @@ fn huge_copy(bytes: &[u8]) -> Box<[u8]> {
     advise_huge_pages(v.as_ptr(), bytes.len());
     v.extend_from_slice(bytes);
     v.into_boxed_slice()
-}
-
-/// Hints MADV_HUGEPAGE for the whole 2 MiB pages inside `[ptr, ptr + len)`, before they are
-/// first touched. Small tables and kernels that refuse are fine: it is only a hint.
-fn advise_huge_pages(ptr: *const u8, len: usize) {
-    const HUGE: usize = 2 << 20;
-    let start = (ptr as usize).next_multiple_of(HUGE);
-    let end = (ptr as usize + len) & !(HUGE - 1);
-    if end > start {
-        // SAFETY: the range lies inside an allocation we own and have not handed out; madvise
-        // with MADV_HUGEPAGE changes only how the kernel backs the pages, never their contents
-        // or validity, so no Rust invariant depends on its outcome (errors are ignored).
-        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
-    }
 }
 
 #[inline]

@@ -1,17 +1,15 @@
 use super::*;
 use proptest::prelude::*;
 
-fn route(name: &str, sni: &[&str], ips: &[&str]) -> Route {
+fn route(name: &str, sni: &[&str], ips: &[&str]) -> Route<()> {
     Route {
         name: name.into(),
         action: Action::Passthrough,
         sni: sni.iter().map(|s| normalize_pattern(s).unwrap()).collect(),
         dedicated_ips: ips.iter().map(|s| s.parse().unwrap()).collect(),
         min_tls: TlsVersion::TLS12,
-        alpn: vec![],
         backends: vec!["127.0.0.1:1".parse().unwrap()],
         proxy_protocol: ProxyProtocol::None,
-        tls: None,
     }
 }
 
@@ -19,7 +17,7 @@ fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-fn sample() -> Table {
+fn sample() -> Table<()> {
     Table::build(
         vec![
             route("shop", &["shop.example.com", "*.shop.example.com"], &["127.0.0.2"]),
@@ -57,7 +55,7 @@ fn fallbacks_and_drops() {
     let t = Table::build(vec![route("a", &["a.test"], &[])], None, Some(RouteId(0))).unwrap();
     assert_eq!(t.lookup(ip("127.0.0.1"), None), Err(Miss::NoSni));
     assert_eq!(t.lookup(ip("127.0.0.1"), Some("zzz.test")), Ok((RouteId(0), Match::UnknownSniFallback)));
-    let empty = Table::build(vec![], None, None).unwrap();
+    let empty = Table::<()>::build(vec![], None, None).unwrap();
     assert_eq!(empty.lookup(ip("127.0.0.1"), Some("a.test")), Err(Miss::UnknownSni));
 }
 

@@ -10,15 +10,43 @@
 //! tickets and TLS 1.2 tickets) and one session-ID cache (TLS 1.2 clients without tickets). Both
 //! survive reloads, so a reload does not cost clients a full handshake.
 
-mod conn;
+mod handshake;
+mod relay;
+#[cfg(test)]
+mod tests;
 
-pub use conn::{handshake, relay, HandshakeError, Relayed};
+pub use handshake::{handshake, HandshakeError};
+pub use relay::relay;
 
 use crate::route::TlsVersion;
 use rustls::server::{ClientHello, ResolvesServerCert, ServerSessionMemoryCache, StoresServerSessions};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
+use std::fmt;
+use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
+
+/// What a terminating route carries (its `route::Action::Terminate` payload): the certificate
+/// material, parsed and checked when the config was loaded, and the rustls configuration built
+/// from it.
+pub struct TlsMaterial {
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+    /// The chain and key, ready for rustls.
+    pub certified_key: Arc<CertifiedKey>,
+    /// The route's rustls configuration (its certificate, `min_tls`, `alpn`, shared resumption).
+    pub server_config: Arc<ServerConfig>,
+}
+
+impl fmt::Debug for TlsMaterial {
+    // Never print key material.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsMaterial")
+            .field("cert_path", &self.cert_path)
+            .field("key_path", &self.key_path)
+            .finish_non_exhaustive()
+    }
+}
 
 /// TLS 1.2 session-ID cache entries, shared by all workers and routes.
 const SESSION_CACHE_SIZE: usize = 64 * 1024;

@@ -4,7 +4,7 @@
 
 use sni_dispatch::config::{Config, RuntimeOverrides};
 use sni_dispatch::metrics::Counters;
-use sni_dispatch::worker::Server;
+use sni_dispatch::server::Server;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;

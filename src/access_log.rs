@@ -5,8 +5,7 @@
 //! the buffer passes [`FLUSH_AT`], the buffer is handed to the [`Sink`] thread through a bounded
 //! channel with `try_send`. The worker never waits on the disk: if the writer falls behind, the
 //! buffer's lines are dropped and counted (`access_log_dropped`).
-use super::{Counters, Local};
-use crate::config::SampleRate;
+use crate::metrics::{Counters, Local};
 use serde::Serialize;
 use std::cell::{Cell, RefCell};
 use std::io::{self, Write};
@@ -15,6 +14,27 @@ use std::path::Path;
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A fraction in `[0, 1]`, held as parts per million (so [`Runtime`] stays `Eq`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SampleRate(u32);
+
+impl SampleRate {
+    pub const ALL: Self = Self(1_000_000);
+
+    /// `None` unless `0 <= f <= 1`.
+    pub fn new(f: f64) -> Option<Self> {
+        (0.0..=1.0).contains(&f).then(|| Self((f * 1e6).round() as u32))
+    }
+
+    pub fn parts_per_million(self) -> u32 {
+        self.0
+    }
+
+    pub fn as_f64(self) -> f64 {
+        f64::from(self.0) / 1e6
+    }
+}
 
 /// A worker hands its buffer over once it holds this many bytes (or at the next tick).
 pub const FLUSH_AT: usize = 64 * 1024;

@@ -1,11 +1,13 @@
 //! The adapter against a real rustls client over loopback sockets.
 
 use super::*;
+use crate::relay::{End, Relayed};
 use crate::route::TlsVersion;
-use crate::worker::ring::Socket;
+use crate::sys::Socket;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use std::io::{Read, Write};
 use std::net::TcpListener;
+use std::time::Duration;
 
 struct Site {
     key: Arc<rustls::sign::CertifiedKey>,
@@ -93,7 +95,7 @@ fn handshake_relay_and_half_close() {
     assert_eq!(got, b"HELLO THROUGH THE EDGE");
     assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
     assert_eq!((relayed.to_backend, relayed.to_client), (22, 22));
-    assert!(!relayed.error && !relayed.idle_timeout, "{relayed:?}");
+    assert_eq!(relayed.end, End::Closed, "{relayed:?}");
 }
 
 #[test]
@@ -141,7 +143,7 @@ fn bulk_upload_and_download_in_full_records() {
     let relayed = serve_one(listener, config, Some(origin)).unwrap();
     let got = client.join().unwrap();
     origin_thread.join().unwrap();
-    assert!(!relayed.error, "{relayed:?}");
+    assert!(!matches!(relayed.end, End::Error(_)), "{relayed:?}");
     assert_eq!(relayed.to_backend, data.len() as u64);
     assert!(got == data.to_ascii_uppercase(), "download differs ({} bytes back)", got.len());
 }
@@ -187,7 +189,7 @@ fn paused_receiver(upload: bool) {
     let relayed = serve_one(listener, config, Some(origin)).unwrap();
     let at_client = client.join().unwrap();
     let at_origin = origin_thread.join().unwrap();
-    assert!(!relayed.error, "{relayed:?}");
+    assert!(!matches!(relayed.end, End::Error(_)), "{relayed:?}");
     let (got, moved) = if upload { (at_origin, relayed.to_backend) } else { (at_client, relayed.to_client) };
     assert_eq!(moved, data.len() as u64);
     assert!(got == data, "{} of {} bytes arrived, or not in order", got.len(), data.len());

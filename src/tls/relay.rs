@@ -1,26 +1,27 @@
-//! Driving a `rustls::ServerConnection` over tokio-uring sockets.
+//! The TLS relay of a terminating route: plaintext between a handshaken rustls connection and
+//! the back end.
 //!
-//! io_uring sockets ([`crate::worker::ring::Socket`]) take owned buffers and are not
-//! `AsyncRead`/`AsyncWrite`, so this is the small adapter between the two:
+//! Ring sockets take owned buffers and are not `AsyncRead`/`AsyncWrite`, so this is the small
+//! adapter between the two:
 //! - ciphertext from the client arrives by io_uring recv into a reused `Vec<u8>`;
 //! - what rustls produces (records for the client, plaintext for the back end) leaves its buffers
 //!   by non-blocking send(2) ([`Direct`], `plaintext_to_backend`), waiting for POLLOUT only when a
 //!   socket's send buffer is full, so no byte is copied out of rustls first.
 //!
-//! The two relay directions share the connection through a `RefCell` (one thread, no borrow is
-//! held across an await); records leave in the order of rustls's single outgoing queue, whichever
-//! direction flushes it.
+//! The two directions share the connection through a `RefCell` (one thread, no borrow is held
+//! across an await); records leave in the order of rustls's single outgoing queue, whichever
+//! direction flushes it. The idle watchdog, abort and the outcome are the passthrough relay's
+//! ([`relay::Pair`], [`relay::Relayed`]).
 
-use crate::worker::ring::{Socket as TcpStream, POLLOUT};
+use super::handshake::READ_SIZE;
+use crate::metrics::RelayKind;
+use crate::relay::{self, Pair, Relayed};
+use crate::sys::{Socket as TcpStream, POLLOUT};
 use rustls::ServerConnection;
 use std::cell::{Cell, RefCell};
 use std::io::{self, BufRead, Write};
 use std::net::Shutdown;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// Read size for the handshake and for decrypted plaintext: one full TLS record plus header.
-const READ_SIZE: usize = 16 * 1024 + 512;
 
 /// Relay reads start at one record's worth and grow to this once a read fills its buffer:
 /// a bulk transfer then moves four full records per system call, while an idle or chatty
@@ -36,109 +37,11 @@ fn grow_if_full(buf: &mut Vec<u8>, n: usize) {
     }
 }
 
-/// Why a handshake did not complete. `as_str` is the drop-reason label.
-#[derive(Debug, thiserror::Error)]
-pub enum HandshakeError {
-    #[error("client closed during the handshake")]
-    Eof,
-    #[error("socket error during the handshake: {0}")]
-    Io(#[from] io::Error),
-    #[error("TLS: {0}")]
-    Tls(#[from] rustls::Error),
-}
-
-impl HandshakeError {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Self::Eof => "tls_client_closed",
-            Self::Io(_) => "tls_io",
-            Self::Tls(rustls::Error::PeerIncompatible(_)) => "tls_incompatible",
-            Self::Tls(_) => "tls_handshake",
-        }
-    }
-}
-
-/// Runs the handshake on `client`, starting with the `hello` bytes the dispatcher already read
-/// (never read twice). On a TLS error the alert rustls queued is sent before returning.
-pub async fn handshake(
-    client: &TcpStream,
-    config: Arc<rustls::ServerConfig>,
-    hello: &[u8],
-) -> Result<ServerConnection, HandshakeError> {
-    let mut tls = ServerConnection::new(config)?;
-    let mut out = Vec::new();
-    let mut input = hello;
-    while !input.is_empty() {
-        if tls.read_tls(&mut input)? == 0 {
-            break;
-        }
-        process(client, &mut tls, &mut out).await?;
-    }
-    let mut buf = Vec::with_capacity(READ_SIZE);
-    while tls.is_handshaking() {
-        out = flush(client, &mut tls, out).await?;
-        buf.clear();
-        let (res, b) = client.recv(buf).await;
-        buf = b;
-        if res? == 0 {
-            return Err(HandshakeError::Eof);
-        }
-        let mut slice = &buf[..];
-        while !slice.is_empty() {
-            if tls.read_tls(&mut slice)? == 0 {
-                break;
-            }
-            process(client, &mut tls, &mut out).await?;
-        }
-    }
-    // The server's last flight (and a session ticket) may still be queued.
-    flush(client, &mut tls, out).await?;
-    Ok(tls)
-}
-
-/// Processes buffered records; on error, sends the alert rustls prepared and fails.
-async fn process(client: &TcpStream, tls: &mut ServerConnection, out: &mut Vec<u8>) -> Result<(), HandshakeError> {
-    if let Err(e) = tls.process_new_packets() {
-        // Best effort: the peer may already be gone.
-        let _ = flush(client, tls, std::mem::take(out)).await;
-        return Err(e.into());
-    }
-    Ok(())
-}
-
-/// Writes everything rustls has queued to `client`; returns the (emptied) buffer for reuse.
-async fn flush(client: &TcpStream, tls: &mut ServerConnection, mut out: Vec<u8>) -> io::Result<Vec<u8>> {
-    out.clear();
-    while tls.wants_write() {
-        tls.write_tls(&mut out)?;
-    }
-    if out.is_empty() {
-        return Ok(out);
-    }
-    let (res, mut out) = client.send_all(out, 0).await;
-    out.clear();
-    res.map(|()| out)
-}
-
-/// What a finished relay moved, and how it ended.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Relayed {
-    /// Plaintext bytes written to the back end.
-    pub to_backend: u64,
-    /// Plaintext bytes received from the back end (and encrypted to the client).
-    pub to_client: u64,
-    pub idle_timeout: bool,
-    /// The client broke the TLS protocol (a bad record) or a socket failed.
-    pub error: bool,
-    /// When the back end's first bytes arrived (to be encrypted to the client).
-    pub first_to_client: Option<Instant>,
-}
-
 struct Shared<'a> {
+    pair: Pair<'a>,
     client: &'a TcpStream,
     backend: &'a TcpStream,
     tls: RefCell<ServerConnection>,
-    last_activity: Cell<Instant>,
     to_backend: Cell<u64>,
     to_client: Cell<u64>,
     first_to_client: Cell<Option<Instant>>,
@@ -189,10 +92,8 @@ impl Shared<'_> {
         }
     }
 
-    /// Stops both directions: pending reads complete, later writes fail.
     fn abort(&self) {
-        self.client.shutdown(Shutdown::Both);
-        self.backend.shutdown(Shutdown::Both);
+        self.pair.abort();
     }
 }
 
@@ -202,33 +103,24 @@ impl Shared<'_> {
 /// the other direction keeps flowing. `idle` closes both with no traffic either way.
 pub async fn relay(client: &TcpStream, tls: ServerConnection, backend: &TcpStream, idle: Duration) -> Relayed {
     let s = Shared {
+        pair: Pair::new(client, backend),
         client,
         backend,
         tls: RefCell::new(tls),
-        last_activity: Cell::new(Instant::now()),
         to_backend: Cell::new(0),
         to_client: Cell::new(0),
         first_to_client: Cell::new(None),
     };
     let both = async {
         let (up, down) = tokio::join!(client_to_backend(&s), backend_to_client(&s));
-        up.is_err() || down.is_err()
+        up.and(down)
     };
-    tokio::pin!(both);
-    let mut idle_timeout = false;
-    let error = tokio::select! {
-        e = &mut both => e,
-        () = watchdog(&s, idle) => {
-            idle_timeout = true;
-            s.abort();
-            (&mut both).await
-        }
-    };
+    let (res, idle) = s.pair.watch(idle, both).await;
     Relayed {
+        kind: RelayKind::Tls,
+        end: relay::end_of(res, idle),
         to_backend: s.to_backend.get(),
         to_client: s.to_client.get(),
-        idle_timeout,
-        error,
         first_to_client: s.first_to_client.get(),
     }
 }
@@ -262,16 +154,6 @@ impl Write for Direct<'_> {
     }
 }
 
-async fn watchdog(s: &Shared<'_>, idle: Duration) {
-    loop {
-        let deadline = s.last_activity.get() + idle;
-        if Instant::now() >= deadline {
-            return;
-        }
-        tokio::time::sleep_until(deadline.into()).await;
-    }
-}
-
 async fn client_to_backend(s: &Shared<'_>) -> io::Result<()> {
     let result = client_to_backend_inner(s).await;
     match &result {
@@ -295,7 +177,7 @@ async fn client_to_backend_inner(s: &Shared<'_>) -> io::Result<()> {
             // EOF without close_notify: a truncation, but the bytes relayed so far stand.
             return Ok(());
         }
-        s.last_activity.set(Instant::now());
+        s.pair.touch();
         // rustls holds at most 16 KiB of decrypted plaintext: pass it on after every record
         // batch, or a client uploading full-size records fills it and the read fails.
         let mut at = 0;
@@ -350,8 +232,8 @@ async fn backend_to_client_inner(s: &Shared<'_>) -> io::Result<()> {
             s.client.shutdown(Shutdown::Write);
             return Ok(());
         }
+        s.pair.touch();
         let now = Instant::now();
-        s.last_activity.set(now);
         if s.first_to_client.get().is_none() {
             s.first_to_client.set(Some(now));
         }
@@ -361,6 +243,3 @@ async fn backend_to_client_inner(s: &Shared<'_>) -> io::Result<()> {
         s.flush_to_client().await?;
     }
 }
-
-#[cfg(test)]
-mod tests;

@@ -1,0 +1,172 @@
+//! One connection, from accept to close, as explicit states. Each transition consumes its state
+//! and yields the next one or the connection's [`Outcome`]:
+//!
+//! ```text
+//! Accepted ──read_hello──▶ Routed ──┬─ passthrough: connect ──▶ Connected ──relay──▶ Relayed
+//!    │                              └─ terminate:   handshake ─▶ (TLS) ─────relay──▶ Relayed
+//!    └──────────── any step ──────────────────────────────────────────────────▶ Dropped(reason)
+//! ```
+//!
+//! - [`hello`]: reading the ClientHello within `hello_timeout_ms` and routing it (dedicated IP,
+//!   SNI, fallback; `min_tls`; the PROXY header), one parse per hello;
+//! - [`passthrough`]: connecting to the back ends, the back end's ServerHello version where
+//!   `min_tls` needs it, and the relay (splice or buffered);
+//! - [`terminate`]: the TLS handshake with the route's certificate, then the TLS relay;
+//! - [`trace`]: what a connection measured, turned into histograms and the access-log line.
+//!
+//! Every outcome is counted in one place, [`close`]: a drop by its [`DropReason`], a relay by
+//! its kind, bytes, and how it ended. Nothing a peer sends can end more than its own connection.
+
+pub mod hello;
+pub mod passthrough;
+pub mod terminate;
+pub mod trace;
+
+use crate::access_log;
+use crate::config::{Config, Route};
+use crate::metrics::{Direction, DropReason, Local};
+use crate::proxy_protocol;
+use crate::relay::{self, BufPool, PipePool, Relayed};
+use crate::route::{ProxyProtocol, RouteId};
+use crate::sys::Socket;
+use std::cell::RefCell;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+use trace::Trace;
+
+/// What connections share with their worker (one thread, so `RefCell`s): counters, pools, the
+/// access-log writer.
+pub struct Resources {
+    /// The worker's index, for log lines.
+    pub worker: usize,
+    pub metrics: Local,
+    pub pipes: RefCell<PipePool>,
+    pub bufs: RefCell<BufPool>,
+    /// Record latency histograms (and read the clock for them).
+    pub timing: bool,
+    pub log: Option<access_log::Writer>,
+}
+
+impl Resources {
+    /// A timestamp for the latency histograms, when they are on.
+    #[inline]
+    pub fn now(&self) -> Option<Instant> {
+        self.timing.then(Instant::now)
+    }
+}
+
+/// A connection just accepted on a listener bound to `listen`.
+pub struct Accepted {
+    pub client: Socket,
+    pub listen: SocketAddr,
+    /// When it was accepted (with latency histograms on).
+    pub at: Option<Instant>,
+}
+
+/// A connection whose ClientHello was read and routed.
+pub struct Routed {
+    pub id: RouteId,
+    /// What goes to the back end first: the PROXY header (passthrough, if configured) followed by
+    /// the ClientHello bytes read. On a terminating route: the hello bytes, for rustls.
+    pub first: Vec<u8>,
+    /// The route's `min_tls`, when the client also offered versions below it: the back end's
+    /// choice is then checked in its ServerHello ([`passthrough::check_server_version`]).
+    pub check_server: Option<crate::route::TlsVersion>,
+}
+
+/// How a connection ended.
+#[derive(Debug, Clone, Copy)]
+pub enum Outcome {
+    /// Closed before (or instead of) being relayed.
+    Dropped(DropReason),
+    /// Relayed until both sides closed, an error, or the idle timeout.
+    Relayed(Relayed),
+}
+
+/// Serves one accepted connection to its end, then counts and logs how it ended.
+pub async fn serve(res: &Resources, cfg: &Config, conn: Accepted) {
+    let mut t = Trace::new(conn.at, res.log.as_ref().is_some_and(|l| l.sample()));
+    if t.log {
+        t.client = conn.client.peer_addr().ok();
+        t.local = Some(conn.client.local_addr().unwrap_or(conn.listen));
+    }
+    let outcome = run(res, cfg, &conn, &mut t).await;
+    close(res, &conn, &mut t, outcome);
+    trace::finish(res, cfg, &t);
+}
+
+async fn run(res: &Resources, cfg: &Config, conn: &Accepted, t: &mut Trace) -> Outcome {
+    let routed = match hello::read(res, cfg, conn, t).await {
+        Ok(r) => r,
+        Err(reason) => return Outcome::Dropped(reason),
+    };
+    let route = cfg.table.route(routed.id);
+    match &route.action {
+        crate::route::Action::Passthrough => passthrough::run(res, cfg, route, conn, routed, t).await,
+        // Boxed: the TLS state machine would otherwise make every connection's task (passthrough
+        // included) several KiB larger, and each task is memcpy'd when it is spawned.
+        crate::route::Action::Terminate(tls) => {
+            Box::pin(terminate::run(res, cfg, route, tls, conn, routed.first, t)).await
+        }
+    }
+}
+
+/// Counts the outcome (the one place that does) and records it in the trace.
+fn close(res: &Resources, conn: &Accepted, t: &mut Trace, outcome: Outcome) {
+    match outcome {
+        Outcome::Dropped(reason) => {
+            res.metrics.dropped(reason);
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                let peer = conn.client.peer_addr().ok();
+                tracing::debug!(worker = res.worker, ?peer, reason = reason.as_str(), "connection dropped");
+            }
+        }
+        Outcome::Relayed(r) => {
+            res.metrics.bump(|c| {
+                c.relays.bump(r.kind);
+                c.bytes.add(Direction::ClientToBackend, r.to_backend);
+                c.bytes.add(Direction::BackendToClient, r.to_client);
+                match r.end {
+                    relay::End::Closed => {}
+                    relay::End::Idle => c.idle_timeouts += 1,
+                    relay::End::Error(cause) => c.relay_errors.bump(cause),
+                }
+            });
+            t.to_backend += r.to_backend;
+            t.to_client += r.to_client;
+            if t.first_to_client.is_none() && res.timing {
+                t.first_to_client = r.first_to_client;
+            }
+            tracing::trace!(worker = res.worker, end = ?r.end, "connection closed");
+        }
+    }
+    t.outcome = Some(outcome);
+}
+
+/// The PROXY header for `route` (empty when it sends none): the client's address, the address it
+/// dialed (`local`, read once by the caller if it already knows it), SNI and ALPN. `room` is
+/// extra capacity to reserve for what follows the header.
+fn proxy_header(
+    res: &Resources,
+    route: &Route,
+    client: &Socket,
+    local: SocketAddr,
+    sni: Option<&str>,
+    alpn: Option<&[u8]>,
+    room: usize,
+) -> Vec<u8> {
+    let mut out = res.bufs.borrow_mut().take(room + 600);
+    if route.proxy_protocol != ProxyProtocol::None {
+        let peer = client.peer_addr().unwrap_or_else(|_| SocketAddr::new(IpAddr::from([0, 0, 0, 0]), 0));
+        let header = proxy_protocol::Header { client: peer, local, sni, alpn };
+        proxy_protocol::encode(route.proxy_protocol, &header, &mut out);
+    }
+    out
+}
+
+/// Sends all of `buf[from..]`, then returns the buffer to the pool; whether it all went.
+async fn send_and_recycle(res: &Resources, sock: &Socket, buf: Vec<u8>, from: usize) -> bool {
+    let (r, buf) = sock.send_all(buf, from).await;
+    res.bufs.borrow_mut().give(buf);
+    r.is_ok()
+}

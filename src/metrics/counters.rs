@@ -1,0 +1,223 @@
+//! The counter set, defined once: [`Counters`] (the struct every worker bumps), its merge, and
+//! the series that `/metrics`, `/stats` and the summary render all follow from the one
+//! [`counter_set!`] table at the bottom of this file. To add a counter, add a line there (and a
+//! line to `docs/metrics.md`: a test checks that every served name is documented).
+//!
+//! A field is either a plain `u64` (a counter, or a gauge such as `open`) or a [`Tally`]: one
+//! count per value of a [`Label`] enum (drop reasons, connect-failure causes, …), indexed by the
+//! enum's discriminant, so bumping a labelled counter is an array increment.
+
+use super::labels::{AcceptCause, ConnectCause, Direction, DropReason, RelayCause, RelayKind};
+use crate::route::Match;
+use std::fmt;
+use std::marker::PhantomData;
+
+/// An enum whose values label a counter (`reason="unknown_sni"`).
+pub trait Label: Copy + Eq + fmt::Debug + 'static {
+    /// Every value, in declaration order (`ALL[v.index()] == v`; a test checks each label).
+    const ALL: &'static [Self];
+    /// The Prometheus label name (`reason`, `cause`, …).
+    const KEY: &'static str;
+    /// The label value: stable, lowercase, low-cardinality.
+    fn as_str(self) -> &'static str;
+    /// The slot of this value in a [`Tally`].
+    fn index(self) -> usize;
+}
+
+/// One count per value of `L` (`N` is `L::ALL.len()`, which [`counter_set!`] passes).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Tally<L: Label, const N: usize> {
+    n: [u64; N],
+    _label: PhantomData<L>,
+}
+
+impl<L: Label, const N: usize> Default for Tally<L, N> {
+    fn default() -> Self {
+        Self { n: [0; N], _label: PhantomData }
+    }
+}
+
+impl<L: Label, const N: usize> fmt::Debug for Tally<L, N> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter().filter(|(_, n)| *n > 0).map(|(l, n)| (l.as_str(), n))).finish()
+    }
+}
+
+impl<L: Label, const N: usize> Tally<L, N> {
+    #[inline]
+    pub fn get(&self, l: L) -> u64 {
+        self.n.get(l.index()).copied().unwrap_or(0)
+    }
+
+    #[inline]
+    pub fn add(&mut self, l: L, by: u64) {
+        if let Some(n) = self.n.get_mut(l.index()) {
+            *n += by;
+        }
+    }
+
+    #[inline]
+    pub fn bump(&mut self, l: L) {
+        self.add(l, 1);
+    }
+
+    pub fn total(&self) -> u64 {
+        self.n.iter().sum()
+    }
+
+    /// Every label value with its count, in declaration order.
+    pub fn iter(&self) -> impl Iterator<Item = (L, u64)> + '_ {
+        L::ALL.iter().map(move |&l| (l, self.get(l)))
+    }
+}
+
+/// Whether a series only goes up or is a level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Counter => "counter",
+            Self::Gauge => "gauge",
+        }
+    }
+}
+
+/// One metric family as the renderers see it: `sni_dispatch_{name}`, its help, kind and the
+/// label name (for a [`Tally`] or a fixed label), with its samples.
+#[derive(Debug, Clone, Copy)]
+pub struct Family {
+    /// The field of [`Counters`] (the JSON key).
+    pub field: &'static str,
+    /// The Prometheus name after the `sni_dispatch_` prefix.
+    pub name: &'static str,
+    pub help: &'static str,
+    pub kind: Kind,
+}
+
+/// The value of one field as the renderers see it: a plain `u64` or a [`Tally`].
+pub trait Value {
+    /// Each sample: `None` for a plain value, else the label name and value.
+    fn samples(&self, out: &mut dyn FnMut(Option<(&'static str, &'static str)>, u64));
+}
+
+/// Adding one worker's field into the merged view.
+pub trait Merge {
+    fn merge(&mut self, other: &Self);
+}
+
+impl Merge for u64 {
+    fn merge(&mut self, other: &Self) {
+        *self += other;
+    }
+}
+
+impl<L: Label, const N: usize> Merge for Tally<L, N> {
+    fn merge(&mut self, other: &Self) {
+        for (a, b) in self.n.iter_mut().zip(other.n) {
+            *a += b;
+        }
+    }
+}
+
+impl Value for u64 {
+    fn samples(&self, out: &mut dyn FnMut(Option<(&'static str, &'static str)>, u64)) {
+        out(None, *self);
+    }
+}
+
+impl<L: Label, const N: usize> Value for Tally<L, N> {
+    fn samples(&self, out: &mut dyn FnMut(Option<(&'static str, &'static str)>, u64)) {
+        for (l, n) in self.iter() {
+            out(Some((L::KEY, l.as_str())), n);
+        }
+    }
+}
+
+/// Generates [`Counters`], its merge and [`Counters::visit`] from one table of
+/// `field: type => kind "name" "help";` lines (`tally(L)` for a labelled counter).
+macro_rules! counter_set {
+    (@ty u64) => { u64 };
+    (@ty tally($label:ty)) => { Tally<$label, { <$label as Label>::ALL.len() }> };
+    ($( $(#[$doc:meta])* $field:ident : $ty:tt $(($label:ty))? => $kind:ident $name:literal $help:literal; )*) => {
+        /// One worker's counters (or several merged). Plain `Copy` data: bumped without atomics
+        /// by its worker, copied out when published.
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+        pub struct Counters {
+            $( $(#[$doc])* pub $field: counter_set!(@ty $ty $(($label))?), )*
+        }
+
+        impl Counters {
+            /// Every family, in the order they are rendered.
+            pub const FAMILIES: &'static [Family] = &[
+                $( Family { field: stringify!($field), name: $name, help: $help, kind: Kind::$kind }, )*
+            ];
+
+            /// Adds `other` into `self` (for the merged view).
+            pub fn merge(&mut self, other: &Self) {
+                $( Merge::merge(&mut self.$field, &other.$field); )*
+            }
+
+            /// Calls `f` with each family and its samples.
+            pub fn visit(&self, f: &mut dyn FnMut(&Family, &dyn Value)) {
+                let mut i = 0;
+                $(
+                    f(&Self::FAMILIES[i], &self.$field);
+                    i += 1;
+                )*
+                let _ = i;
+            }
+        }
+    };
+}
+
+counter_set! {
+    accepted: u64 => Counter "connections_accepted_total" "Connections accepted.";
+    /// Connections open now (a gauge; merged by summing).
+    open: u64 => Gauge "connections_open" "Connections open now.";
+    routed: tally(Match) => Counter "connections_routed_total" "Connections routed, by how the route was chosen.";
+    dropped: tally(DropReason) => Counter "connections_dropped_total"
+        "Connections closed before or instead of being relayed, by reason.";
+    /// Failed back-end connection attempts, by cause; the next back end is tried.
+    backend_connect_failures: tally(ConnectCause) => Counter "backend_connect_failures_total"
+        "Back-end connection attempts that failed, by cause (the next back end is tried).";
+    bytes: tally(Direction) => Counter "bytes_total"
+        "Bytes relayed (plaintext on terminating routes), by direction.";
+    relays: tally(RelayKind) => Counter "relays_total" "Relays started, by how they moved bytes.";
+    tls_handshakes: u64 => Counter "tls_handshakes_total" "Completed TLS handshakes on terminating routes.";
+    tls_resumed: u64 => Counter "tls_resumed_total" "Completed TLS handshakes that resumed a session.";
+    idle_timeouts: u64 => Counter "relay_idle_timeouts_total" "Relayed connections closed by idle_timeout_ms.";
+    relay_errors: tally(RelayCause) => Counter "relay_errors_total"
+        "Relays ended by an error rather than two clean shutdowns, by cause.";
+    accept_errors: tally(AcceptCause) => Counter "accept_errors_total" "accept() failures, by cause.";
+    /// Times the accept loop paused because `max_conns_per_worker` connections were open
+    /// (connections beyond the cap wait in the listen backlog; none is refused).
+    conn_limit_waits: u64 => Counter "connection_limit_waits_total"
+        "Times a worker stopped accepting at max_conns_per_worker (later connections wait in the backlog).";
+    access_log_lines: u64 => Counter "access_log_lines_total" "Access-log lines handed to the writer.";
+    access_log_dropped: u64 => Counter "access_log_dropped_lines_total"
+        "Access-log lines lost because the writer fell behind.";
+}
+
+impl Counters {
+    /// Routed connections of every kind.
+    pub fn routed_total(&self) -> u64 {
+        self.routed.total()
+    }
+
+    pub fn routed_by(&self, m: Match) -> u64 {
+        self.routed.get(m)
+    }
+
+    pub fn dropped_by(&self, r: DropReason) -> u64 {
+        self.dropped.get(r)
+    }
+
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped.total()
+    }
+}

@@ -1,0 +1,248 @@
+//! The label values of the labelled counters: why a connection was dropped, why a connect,
+//! relay or accept failed, which way bytes went. Each enum is defined once by [`labels!`], which
+//! gives it `ALL`, `as_str` (the label value) and the [`Label`] impl, so a new value is one line.
+//!
+//! The connection code maps what happened (a hello rejection, a route miss, an `io::Error`) to
+//! these values; the classification of an OS error lives here, beside the labels it yields
+//! ([`ConnectCause::of`], [`RelayCause::of`], [`AcceptCause::of`]).
+
+use super::counters::Label;
+use crate::route::Match;
+use std::io;
+
+/// Defines a label enum: `labels! { /// doc  pub enum Name: "key" { /// doc  Variant = "value", … } }`.
+macro_rules! labels {
+    ($(#[$m:meta])* pub enum $name:ident : $key:literal { $( $(#[$vm:meta])* $v:ident = $s:literal, )* }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name { $( $(#[$vm])* $v, )* }
+
+        impl $name {
+            pub const ALL: &'static [Self] = &[$(Self::$v),*];
+            pub const COUNT: usize = Self::ALL.len();
+
+            /// The label value.
+            pub fn as_str(self) -> &'static str {
+                match self { $( Self::$v => $s, )* }
+            }
+        }
+
+        impl Label for $name {
+            const ALL: &'static [Self] = $name::ALL;
+            const KEY: &'static str = $key;
+            fn as_str(self) -> &'static str {
+                $name::as_str(self)
+            }
+            fn index(self) -> usize {
+                self as usize
+            }
+        }
+    };
+}
+
+labels! {
+    /// Why a connection was closed before (or instead of) being relayed.
+    pub enum DropReason: "reason" {
+        /// The first bytes are not a TLS handshake record (garbage).
+        NotTls = "not_tls",
+        /// Plain HTTP on the TLS port.
+        Http = "http",
+        /// An SSL 2.0 ClientHello.
+        SslV2 = "sslv2",
+        /// A hello offering SSL 3.0 or older only.
+        Ssl3OrOlder = "ssl3_or_older",
+        /// The best version offered is below the route's `min_tls`.
+        BelowMinTls = "below_min_tls",
+        /// supported_versions offers no version that exists (only GREASE or unknown values).
+        NoKnownVersion = "no_known_version",
+        /// The back end chose a version below the route's `min_tls` (a `protocol_version` alert
+        /// went to the client).
+        BackendBelowMinTls = "backend_below_min_tls",
+        /// The back end's first bytes were not a ServerHello where its version had to be checked.
+        BackendNotTls = "backend_not_tls",
+        /// The ClientHello exceeds `max_hello_bytes`.
+        Oversize = "oversize",
+        /// The ClientHello is malformed (bad lengths, not a ClientHello, duplicate extensions, ...).
+        Malformed = "malformed",
+        /// The whole ClientHello did not arrive within `hello_timeout_ms`.
+        HelloTimeout = "hello_timeout",
+        /// The client closed or reset before its ClientHello was complete.
+        ClientClosed = "client_closed",
+        /// No SNI on a shared address, and no `fallback.no_sni`.
+        NoSni = "no_sni",
+        /// SNI names no route, and no `fallback.unknown_sni`.
+        UnknownSni = "unknown_sni",
+        /// Every back end refused, timed out or was unreachable.
+        BackendsDown = "backends_down",
+        /// No back end could even be tried for lack of local resources (descriptors, memory,
+        /// ephemeral ports): this host's problem, not the back ends'.
+        LocalResources = "local_resources",
+        /// A terminating route's TLS handshake failed (bad or incompatible client; an alert was sent).
+        TlsHandshake = "tls_handshake",
+        /// A terminating route's TLS handshake did not finish within `hello_timeout_ms`.
+        TlsTimeout = "tls_timeout",
+        /// The client closed or reset during a terminating route's TLS handshake.
+        TlsClientClosed = "tls_client_closed",
+        /// The PROXY header or ClientHello could not be written to the back end.
+        BackendWrite = "backend_write",
+    }
+}
+
+labels! {
+    /// Why one back-end connection attempt failed.
+    pub enum ConnectCause: "cause" {
+        /// Connection refused (nothing listens, or a RST).
+        Refused = "refused",
+        /// No answer within `connect_timeout_ms` (or the kernel's own timeout).
+        TimedOut = "timed_out",
+        /// No route to the network or host.
+        Unreachable = "unreachable",
+        /// Out of descriptors, memory or local ports on this host.
+        LocalResources = "local_resources",
+        /// Anything else (reset during the handshake, …).
+        Other = "other",
+    }
+}
+
+impl ConnectCause {
+    /// Classifies a `socket(2)`/`connect(2)` failure.
+    pub fn of(e: &io::Error) -> Self {
+        match e.raw_os_error() {
+            Some(libc::ECONNREFUSED) => Self::Refused,
+            Some(libc::ETIMEDOUT) => Self::TimedOut,
+            Some(libc::ENETUNREACH | libc::EHOSTUNREACH | libc::ENETDOWN | libc::EHOSTDOWN) => Self::Unreachable,
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL | libc::EAGAIN) => {
+                Self::LocalResources
+            }
+            _ if e.kind() == io::ErrorKind::TimedOut => Self::TimedOut,
+            _ => Self::Other,
+        }
+    }
+}
+
+labels! {
+    /// Why a relay ended with an error rather than two clean shutdowns.
+    pub enum RelayCause: "cause" {
+        /// A peer reset the connection or the other end was gone (ECONNRESET, EPIPE).
+        Reset = "reset",
+        /// The TLS client broke the protocol (a bad record or alert) on a terminating route.
+        Tls = "tls",
+        /// A write made no progress.
+        WriteZero = "write_zero",
+        /// Anything else.
+        Other = "other",
+    }
+}
+
+impl RelayCause {
+    /// Classifies the error that ended a relay.
+    pub fn of(e: &io::Error) -> Self {
+        match e.kind() {
+            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionAborted => {
+                Self::Reset
+            }
+            io::ErrorKind::InvalidData => Self::Tls,
+            io::ErrorKind::WriteZero => Self::WriteZero,
+            _ => Self::Other,
+        }
+    }
+}
+
+labels! {
+    /// Why `accept(2)` failed.
+    pub enum AcceptCause: "cause" {
+        /// Out of descriptors (EMFILE, ENFILE): the worker backs off.
+        Descriptors = "descriptors",
+        /// Out of kernel memory (ENOBUFS, ENOMEM): the worker backs off.
+        Memory = "memory",
+        /// The peer gave up while queued, or a signal (ECONNABORTED, EPROTO, EPERM, EINTR).
+        Aborted = "aborted",
+        /// Anything else.
+        Other = "other",
+    }
+}
+
+impl AcceptCause {
+    pub fn of(e: &io::Error) -> Self {
+        match e.raw_os_error() {
+            Some(libc::EMFILE | libc::ENFILE) => Self::Descriptors,
+            Some(libc::ENOBUFS | libc::ENOMEM) => Self::Memory,
+            Some(libc::ECONNABORTED | libc::EPROTO | libc::EPERM | libc::EINTR) => Self::Aborted,
+            _ => Self::Other,
+        }
+    }
+}
+
+labels! {
+    /// Which way relayed bytes went.
+    pub enum Direction: "direction" {
+        ClientToBackend = "client_to_backend",
+        BackendToClient = "backend_to_client",
+    }
+}
+
+labels! {
+    /// How a relay moved its bytes.
+    pub enum RelayKind: "kind" {
+        /// Zero-copy through two pipes.
+        Splice = "splice",
+        /// Through user-space buffers (`--no-splice`, or no pipes free).
+        Buffered = "buffered",
+        /// Decrypted and encrypted by rustls (terminating routes).
+        Tls = "tls",
+    }
+}
+
+impl Label for Match {
+    const ALL: &'static [Self] = &Match::ALL;
+    const KEY: &'static str = "how";
+    fn as_str(self) -> &'static str {
+        Match::as_str(self)
+    }
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check<L: Label>() {
+        let mut seen = std::collections::HashSet::new();
+        for (i, l) in L::ALL.iter().enumerate() {
+            assert!(seen.insert(l.as_str()), "{} twice", l.as_str());
+            assert_eq!(l.index(), i, "{l:?}");
+            assert!(
+                l.as_str().bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+                "{}",
+                l.as_str()
+            );
+        }
+    }
+
+    #[test]
+    fn labels_are_unique_and_indexed() {
+        check::<DropReason>();
+        check::<ConnectCause>();
+        check::<RelayCause>();
+        check::<AcceptCause>();
+        check::<Direction>();
+        check::<RelayKind>();
+        check::<Match>();
+    }
+
+    #[test]
+    fn os_errors_are_classified() {
+        let os = io::Error::from_raw_os_error;
+        assert_eq!(ConnectCause::of(&os(libc::ECONNREFUSED)), ConnectCause::Refused);
+        assert_eq!(ConnectCause::of(&os(libc::EMFILE)), ConnectCause::LocalResources);
+        assert_eq!(ConnectCause::of(&os(libc::EADDRNOTAVAIL)), ConnectCause::LocalResources);
+        assert_eq!(ConnectCause::of(&os(libc::EHOSTUNREACH)), ConnectCause::Unreachable);
+        assert_eq!(ConnectCause::of(&io::ErrorKind::TimedOut.into()), ConnectCause::TimedOut);
+        assert_eq!(RelayCause::of(&os(libc::ECONNRESET)), RelayCause::Reset);
+        assert_eq!(RelayCause::of(&os(libc::EPIPE)), RelayCause::Reset);
+        assert_eq!(AcceptCause::of(&os(libc::ENFILE)), AcceptCause::Descriptors);
+        assert_eq!(AcceptCause::of(&os(libc::ECONNABORTED)), AcceptCause::Aborted);
+    }
+}

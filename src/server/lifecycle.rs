@@ -1,0 +1,53 @@
+//! The process's life: start, signals, stop.
+//!
+//! [`serve`] registers the signals first (so an early SIGTERM is neither lost nor fatal), loads
+//! the configuration, starts the [`Server`], then waits for signals on this (the control) thread:
+//! SIGHUP reloads the configuration into the running server (a bad file is logged and the old
+//! one kept), SIGUSR1 prints the one-screen summary, SIGTERM/SIGINT stop accepting and drain.
+
+use super::{ServeError, Server};
+use crate::admin;
+use crate::config::{Config, RuntimeOverrides};
+use std::path::Path;
+
+/// Set (to anything but `0`) to turn off latency histograms and their clock reads, e.g. to
+/// measure what they cost. Counters stay on.
+pub const NO_LATENCY_ENV: &str = "SNI_DISPATCH_NO_LATENCY";
+
+/// Loads the configuration, starts the workers and serves until SIGTERM or SIGINT, then drains
+/// open connections for up to `drain_timeout_ms` and returns `Ok(())`. SIGHUP reloads `path`
+/// (with the same `overrides`): a bad file is logged and the running configuration kept.
+pub fn serve(path: &Path, overrides: &RuntimeOverrides) -> Result<(), ServeError> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+    // Register before starting workers so an early SIGTERM is not lost (or fatal).
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1]).map_err(ServeError::Signals)?;
+    let config = Config::load(path, overrides)?;
+    let server = Server::start(config)?;
+    for sig in signals.forever() {
+        match sig {
+            SIGHUP => match Config::load(path, overrides) {
+                Ok(c) => server.reload(c),
+                Err(e) => tracing::error!("reload failed; keeping the running configuration:\n{e}"),
+            },
+            SIGUSR1 => print_summary(&server.summary()),
+            _ => {
+                tracing::info!(signal = sig, "stopping: no new connections, draining open ones");
+                break;
+            }
+        }
+    }
+    let registry = server.metrics().clone();
+    let started = server.started;
+    let drained = server.shutdown();
+    tracing::info!(drained, "stopped");
+    print_summary(&admin::render::summary(&registry, started.elapsed()));
+    Ok(())
+}
+
+fn print_summary(s: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(s.as_bytes());
+    let _ = out.flush();
+}

@@ -1,0 +1,23 @@
+//! The floor: the kernel ABI and every `unsafe` of the crate.
+//!
+//! Nothing here knows about routes, TLS or connections; everything above uses these types and
+//! never a raw fd or a syscall of its own. The crate root has `#![deny(unsafe_code)]`; this
+//! module alone allows it, and every `unsafe` block carries a `// SAFETY:` comment (enforced by
+//! `clippy::undocumented_unsafe_blocks`, which CI runs with `-D warnings`).
+//!
+//! - [`ring`]: a worker's io_uring runtime and one-shot submission;
+//! - [`socket`]: [`Socket`], async accept/recv/send/poll through the ring, connect, addresses;
+//! - [`pipe`]: [`Pipe`] and non-blocking `splice(2)`;
+//! - [`limits`]: `RLIMIT_NOFILE`, huge-page hints.
+#![allow(unsafe_code)]
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+
+pub mod limits;
+pub mod pipe;
+pub mod ring;
+pub mod socket;
+
+pub use limits::{advise_huge_pages, raise_fd_limit};
+pub use pipe::{Pipe, Spliced};
+pub use ring::{runtime, RingOptions};
+pub use socket::{Socket, POLLERR, POLLHUP, POLLIN, POLLOUT, POLLRDHUP};

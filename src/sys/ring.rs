@@ -1,0 +1,69 @@
+//! The io_uring ring of a worker and how one-shot operations are submitted to it.
+//!
+//! tokio-uring 0.5 has no POLL_ADD, no socket-less accept and no splice, so operations are built
+//! with the `io-uring` crate and submitted through tokio-uring's public [`UnsubmittedOneshot`].
+//! **Dropping an in-flight operation does not cancel it**: the kernel keeps using the fd number
+//! and the buffer until the completion arrives, so [`submit`] requires the operation's stored
+//! data to own both until then (see [`super::socket`]).
+
+use io_uring::{cqueue, squeue};
+use std::io;
+use std::marker::PhantomData;
+use tokio_uring::{OneshotOutputTransform, UnsubmittedOneshot};
+
+/// Turns a completion into `(result, stored data)`.
+struct Completion<D>(PhantomData<fn() -> D>);
+
+impl<D> OneshotOutputTransform for Completion<D> {
+    type Output = (io::Result<u32>, D);
+    type StoredData = D;
+
+    fn transform_oneshot_output(self, data: D, cqe: cqueue::Entry) -> Self::Output {
+        let res = cqe.result();
+        let out = if res >= 0 { Ok(res as u32) } else { Err(io::Error::from_raw_os_error(-res)) };
+        (out, data)
+    }
+}
+
+/// Submits `sqe`, keeping `data` alive until the kernel completes it, even if the returned future
+/// is dropped first (tokio-uring then parks `data` in its driver until the completion arrives).
+///
+/// # Safety
+/// Every pointer inside `sqe` must point into memory owned by `data` (heap memory, so moving `data`
+/// does not move it), and every fd in `sqe` must be kept open by `data`.
+pub(super) async unsafe fn submit<D: Unpin + 'static>(data: D, sqe: squeue::Entry) -> (io::Result<u32>, D) {
+    UnsubmittedOneshot::new(data, Completion(PhantomData), sqe).submit().await
+}
+
+/// Ring settings of one worker.
+#[derive(Debug, Clone, Copy)]
+pub struct RingOptions {
+    pub entries: u32,
+    pub sqpoll: bool,
+    pub sqpoll_idle_ms: u32,
+}
+
+/// Builds a tokio-uring runtime. Tries COOP_TASKRUN + SINGLE_ISSUER (never DEFER_TASKRUN, which
+/// hangs tokio-uring 0.5) and falls back to a plain ring on kernels that refuse them.
+pub fn runtime(opts: RingOptions) -> io::Result<tokio_uring::Runtime> {
+    let mut first = io_uring::IoUring::builder();
+    if opts.sqpoll {
+        first.setup_sqpoll(opts.sqpoll_idle_ms);
+    } else {
+        first.setup_coop_taskrun().setup_single_issuer();
+    }
+    let mut plain = io_uring::IoUring::builder();
+    if opts.sqpoll {
+        plain.setup_sqpoll(opts.sqpoll_idle_ms);
+    }
+    let mut last = None;
+    for urb in [first, plain] {
+        let mut b = tokio_uring::builder();
+        b.entries(opts.entries).uring_builder(&urb);
+        match tokio_uring::Runtime::new(&b) {
+            Ok(rt) => return Ok(rt),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::other("no ring")))
+}

@@ -1,0 +1,191 @@
+//! Sockets driven through the ring: async `accept`/`recv`/`send`/`poll`, a two-step connect, and
+//! non-blocking `try_send_vectored` for bytes that live in someone else's buffers.
+//!
+//! Every operation owns, until its completion, an `Rc` of the socket's fd (the fd is closed only
+//! when the last operation referencing it has completed, which also rules out a stale operation
+//! hitting a reused fd number) and the buffer it reads into or writes from. A connection that
+//! gives up on a pending operation (timeout, idle, drain) calls [`Socket::shutdown`] first, which
+//! completes every pending operation on it promptly.
+
+use super::ring::submit;
+use io_uring::{opcode, types};
+use std::io;
+use std::net::{Shutdown, SocketAddr};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::rc::Rc;
+
+/// poll(2) event bits, re-exported so callers need no libc.
+pub const POLLIN: u32 = libc::POLLIN as u32;
+pub const POLLOUT: u32 = libc::POLLOUT as u32;
+pub const POLLRDHUP: u32 = libc::POLLRDHUP as u32;
+pub const POLLERR: u32 = libc::POLLERR as u32;
+pub const POLLHUP: u32 = libc::POLLHUP as u32;
+
+/// A socket fd shared by its owner and the operations in flight on it; closed (synchronously, by
+/// `OwnedFd`'s drop) when the last of them lets go.
+#[derive(Clone)]
+pub struct Socket {
+    fd: Rc<OwnedFd>,
+}
+
+impl std::fmt::Debug for Socket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Socket").field(&self.fd.as_raw_fd()).finish()
+    }
+}
+
+impl From<OwnedFd> for Socket {
+    fn from(fd: OwnedFd) -> Self {
+        Self { fd: Rc::new(fd) }
+    }
+}
+
+impl AsFd for Socket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl AsRawFd for Socket {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+impl Socket {
+    fn sock_ref(&self) -> socket2::SockRef<'_> {
+        socket2::SockRef::from(self.fd.as_ref())
+    }
+
+    /// Accepts one connection, non-blocking and close-on-exec, without reading the peer address.
+    pub async fn accept(&self) -> io::Result<Socket> {
+        let fd = Rc::clone(&self.fd);
+        let sqe = opcode::Accept::new(types::Fd(fd.as_raw_fd()), std::ptr::null_mut(), std::ptr::null_mut())
+            .flags(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
+            .build();
+        // SAFETY: the entry holds no pointers (null address and length), and `fd` keeps the
+        // listening socket open until the completion.
+        let (res, _fd) = unsafe { submit(fd, sqe) }.await;
+        let raw = res? as RawFd;
+        // SAFETY: a successful accept returns a new fd that nobody else owns.
+        Ok(Socket::from(unsafe { OwnedFd::from_raw_fd(raw) }))
+    }
+
+    /// Receives into the spare capacity of `buf` (after its current length), extending its length by
+    /// the bytes received. `Ok(0)` is end of stream (or no spare capacity).
+    pub async fn recv(&self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        let spare = buf.capacity() - buf.len();
+        let ptr = buf.spare_capacity_mut().as_mut_ptr().cast::<u8>();
+        let sqe = opcode::Recv::new(types::Fd(self.fd.as_raw_fd()), ptr, spare.min(u32::MAX as usize) as u32).build();
+        // SAFETY: `ptr..ptr+spare` is the heap spare capacity of `buf`, which the stored data owns
+        // until the completion (moving a Vec does not move its heap block); the Rc keeps the fd open.
+        let (res, (_fd, mut buf)) = unsafe { submit((Rc::clone(&self.fd), buf), sqe) }.await;
+        match res {
+            Ok(n) => {
+                let n = (n as usize).min(spare);
+                // SAFETY: the kernel initialised the first `n` bytes of the spare capacity.
+                unsafe { buf.set_len(buf.len() + n) };
+                (Ok(n), buf)
+            }
+            Err(e) => (Err(e), buf),
+        }
+    }
+
+    /// Sends `buf[from..]` once; returns how many bytes went.
+    pub async fn send(&self, buf: Vec<u8>, from: usize) -> (io::Result<usize>, Vec<u8>) {
+        let from = from.min(buf.len());
+        let rest = &buf[from..];
+        let sqe =
+            opcode::Send::new(types::Fd(self.fd.as_raw_fd()), rest.as_ptr(), rest.len().min(u32::MAX as usize) as u32)
+                .flags(libc::MSG_NOSIGNAL)
+                .build();
+        // SAFETY: the pointer and length describe initialised heap bytes of `buf`, owned by the
+        // stored data until the completion; the Rc keeps the fd open.
+        let (res, (_fd, buf)) = unsafe { submit((Rc::clone(&self.fd), buf), sqe) }.await;
+        (res.map(|n| n as usize), buf)
+    }
+
+    /// Sends all of `buf[from..]`.
+    pub async fn send_all(&self, mut buf: Vec<u8>, mut from: usize) -> (io::Result<()>, Vec<u8>) {
+        while from < buf.len() {
+            let (res, b) = self.send(buf, from).await;
+            buf = b;
+            match res {
+                Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), buf),
+                Ok(n) => from += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return (Err(e), buf),
+            }
+        }
+        (Ok(()), buf)
+    }
+
+    /// One non-blocking send(2) of `bufs`, outside the ring: for bytes that live in someone else's
+    /// buffers (rustls's queued records), which need not outlive the call because the kernel has
+    /// copied them when it returns. `WouldBlock` when the send buffer is full.
+    pub fn try_send_vectored(&self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.sock_ref().send_vectored_with_flags(bufs, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+    }
+
+    /// Waits until the socket is ready for `events` (POLLIN, POLLOUT); returns the ready mask.
+    pub async fn poll(&self, events: u32) -> io::Result<u32> {
+        let sqe = opcode::PollAdd::new(types::Fd(self.fd.as_raw_fd()), events).build();
+        // SAFETY: the entry holds no pointers; the Rc keeps the fd open until the completion.
+        let (res, _fd) = unsafe { submit(Rc::clone(&self.fd), sqe) }.await;
+        res
+    }
+
+    /// A new non-blocking TCP socket with TCP_NODELAY, of `addr`'s family, ready to [`start_connect`](Self::start_connect).
+    pub fn tcp_for(addr: SocketAddr) -> io::Result<Socket> {
+        let domain = socket2::Domain::for_address(addr);
+        let sock =
+            socket2::Socket::new(domain, socket2::Type::STREAM.nonblocking().cloexec(), Some(socket2::Protocol::TCP))?;
+        sock.set_nodelay(true)?;
+        Ok(Socket::from(OwnedFd::from(sock)))
+    }
+
+    /// Starts a connect with a plain non-blocking connect(2): `Ok(true)` when it is already
+    /// established, `Ok(false)` when it is in progress (on loopback and fast LANs the handshake is
+    /// usually over by the time the call returns, so the caller can send at once and let the
+    /// peer wake up once, to a connection that already holds its first bytes).
+    pub fn start_connect(&self, addr: SocketAddr) -> io::Result<bool> {
+        match self.sock_ref().connect(&addr.into()) {
+            Ok(()) => Ok(true),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINPROGRESS) | Some(libc::EALREADY)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Waits for a connect started by [`start_connect`](Self::start_connect) to finish. If this
+    /// future is dropped before it completes, the caller must [`shutdown`](Self::shutdown) the
+    /// socket, or the fd lingers until the kernel gives up.
+    pub async fn finish_connect(&self) -> io::Result<()> {
+        self.poll(POLLOUT).await?;
+        match self.sock_ref().take_error()? {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
+    }
+
+    /// shutdown(2). Also completes every operation pending on the socket, which is how a
+    /// connection abandons them (see the module docs). Errors (already closed) are ignored.
+    pub fn shutdown(&self, how: Shutdown) {
+        let _ = self.sock_ref().shutdown(how);
+    }
+
+    /// getsockname(2): the local address the client dialed (the dedicated IP).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.sock_ref()
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not an IP socket"))
+    }
+
+    /// getpeername(2).
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.sock_ref()
+            .peer_addr()?
+            .as_socket()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not an IP socket"))
+    }
+}
