@@ -7,8 +7,8 @@
 //!    └──────────── any step ──────────────────────────────────────────────────▶ Dropped(reason)
 //! ```
 //!
-//! - [`hello`]: reading the ClientHello within `hello_timeout_ms` and routing it (dedicated IP,
-//!   SNI, fallback; `min_tls`; the PROXY header), one parse per hello;
+//! - [`hello`]: reading the ClientHello within `hello_timeout_ms`, one parse per hello;
+//! - [`routing`]: where the hello goes (dedicated IP, SNI, fallback), `min_tls`, the PROXY header;
 //! - [`passthrough`]: connecting to the back ends, the back end's ServerHello version where
 //!   `min_tls` needs it, and the relay (splice or buffered);
 //! - [`terminate`]: the TLS handshake with the route's certificate, then the TLS relay;
@@ -19,6 +19,7 @@
 
 pub mod hello;
 pub mod passthrough;
+pub mod routing;
 pub mod terminate;
 pub mod trace;
 

@@ -9,6 +9,7 @@
 //! - [`lifecycle::serve`] drives all three from signals (what `sni-dispatch run` does).
 pub mod cpus;
 pub mod lifecycle;
+mod reload;
 
 pub use lifecycle::{serve, NO_LATENCY_ENV};
 
@@ -50,7 +51,7 @@ pub enum ServeError {
 
 /// A running set of workers (what [`serve`] drives; usable directly from tests and tools).
 pub struct Server {
-    config: Arc<ArcSwap<Config>>,
+    pub(crate) config: Arc<ArcSwap<Config>>,
     registry: Registry,
     local_addrs: Vec<SocketAddr>,
     stop: watch::Sender<bool>,
@@ -199,22 +200,6 @@ impl Server {
     /// The configuration new connections use.
     pub fn config(&self) -> Arc<Config> {
         self.config.load_full()
-    }
-
-    /// Swaps in a new configuration for new connections. Listeners, worker count, CPUs, ring and
-    /// pipe pool stay as started; a changed listener set is logged as a warning.
-    pub fn reload(&self, new: Config) {
-        let old = self.config.load();
-        if old.listeners != new.listeners {
-            tracing::warn!(
-                old = ?old.listeners,
-                new = ?new.listeners,
-                "listener set changed; listeners are not rebound on reload (restart to apply)"
-            );
-        }
-        let (routes, names) = (new.table.routes().len(), new.table.name_count());
-        self.config.store(Arc::new(new));
-        tracing::info!(routes, exact = names.0, wildcard = names.1, "configuration reloaded");
     }
 
     /// Stops accepting, waits for open connections up to `drain_timeout_ms`; returns whether every
