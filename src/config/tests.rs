@@ -1,4 +1,5 @@
 use super::*;
+use crate::route::ProxyProtocol;
 
 fn load(text: &str) -> Result<Config, ConfigError> {
     Config::from_str(text, Path::new("/etc/sni/edge.toml"), &RuntimeOverrides::default())

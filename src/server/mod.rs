@@ -78,7 +78,7 @@ impl Server {
         // Per worker, one socket per listener; the first bound fixes the port of a `:0` listener.
         let mut local_addrs = Vec::new();
         let mut per_worker: Vec<Vec<(OwnedFd, SocketAddr)>> = (0..n).map(|_| Vec::new()).collect();
-        for &addr in &config.listeners {
+        for addr in config.listeners.iter().map(|l| l.address) {
             let first = bind(addr, rt.backlog).map_err(|source| ServeError::Bind { addr, source })?;
             let actual = first.local_addr().ok().and_then(|a| a.as_socket()).unwrap_or(addr);
             local_addrs.push(actual);

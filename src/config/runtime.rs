@@ -1,0 +1,224 @@
+//! The `[runtime]` table: defaults, the file's keys, tuning profiles (`--profile`) and command-line
+//! flags merged in that order, and their checks.
+
+use super::{ConfigError, Located};
+use crate::access_log::SampleRate;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The `[runtime]` table with defaults applied and flags merged in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Runtime {
+    /// 0 = one per allowed CPU (resolved by the worker module, which knows the CPU set).
+    pub workers: usize,
+    /// `None` = the CPUs the process may run on.
+    pub cpus: Option<Vec<usize>>,
+    pub ring_entries: u32,
+    pub sqpoll: bool,
+    pub sqpoll_idle_ms: u32,
+    pub hello_timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub drain_timeout_ms: u64,
+    pub max_hello_bytes: usize,
+    /// 0 = unlimited.
+    pub max_conns_per_worker: usize,
+    pub splice: bool,
+    /// Pipes each worker keeps for splicing; a connection that finds none uses buffered relay.
+    pub pipe_pool: usize,
+    pub backlog: u32,
+    /// JSON-lines access log (`access_log`, `--access-log`); `None` = off.
+    pub access_log: Option<PathBuf>,
+    /// Fraction of connections written to the access log.
+    pub access_log_sample: SampleRate,
+}
+
+impl Default for Runtime {
+    fn default() -> Self {
+        Self {
+            workers: 0,
+            cpus: None,
+            ring_entries: 4096,
+            sqpoll: false,
+            sqpoll_idle_ms: 1000,
+            hello_timeout_ms: 5000,
+            connect_timeout_ms: 3000,
+            idle_timeout_ms: 300_000,
+            drain_timeout_ms: 30_000,
+            max_hello_bytes: 16 * 1024,
+            max_conns_per_worker: 0,
+            splice: true,
+            pipe_pool: 1024,
+            backlog: 4096,
+            access_log: None,
+            access_log_sample: SampleRate::ALL,
+        }
+    }
+}
+
+/// `[runtime]` as written in the file, and also the command-line overrides: every key optional.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeOverrides {
+    pub workers: Option<usize>,
+    pub cpus: Option<String>,
+    pub ring_entries: Option<u32>,
+    pub sqpoll: Option<bool>,
+    pub sqpoll_idle_ms: Option<u32>,
+    pub hello_timeout_ms: Option<u64>,
+    pub connect_timeout_ms: Option<u64>,
+    pub idle_timeout_ms: Option<u64>,
+    pub drain_timeout_ms: Option<u64>,
+    pub max_hello_bytes: Option<usize>,
+    pub max_conns_per_worker: Option<usize>,
+    pub splice: Option<bool>,
+    pub pipe_pool: Option<usize>,
+    pub backlog: Option<u32>,
+    /// Path of the JSON-lines access log (relative paths are used as given, from the working directory).
+    pub access_log: Option<PathBuf>,
+    /// Fraction of connections logged, 0 to 1 [default: 1].
+    pub access_log_sample: Option<f64>,
+    /// `--admin ADDR`: not a `[runtime]` key (it overrides `[admin] listen`), so never read from the file.
+    #[serde(skip)]
+    pub admin: Option<SocketAddr>,
+}
+
+/// Calls `$then!` with the `[runtime]` keys whose override is a plain `Copy` value, so that
+/// merging and applying overrides list them once.
+macro_rules! plain_runtime_keys {
+    ($then:ident) => {
+        $then!(
+            workers,
+            ring_entries,
+            sqpoll,
+            sqpoll_idle_ms,
+            hello_timeout_ms,
+            connect_timeout_ms,
+            idle_timeout_ms,
+            drain_timeout_ms,
+            max_hello_bytes,
+            max_conns_per_worker,
+            splice,
+            pipe_pool,
+            backlog
+        )
+    };
+}
+
+/// A tuning profile file (`--profile`): a `[runtime]` table and nothing else.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProfileFile {
+    #[serde(default)]
+    runtime: RuntimeOverrides,
+}
+
+impl RuntimeOverrides {
+    /// Reads a tuning profile (see `tuning/profiles/`): its `[runtime]` keys override the
+    /// config's, and command-line flags override both (see [`RuntimeOverrides::then`]).
+    pub fn from_profile(path: &Path) -> Result<Self, ConfigError> {
+        let fail = |reason: String| ConfigError { file: path.to_owned(), problems: vec![Located::new("", reason)] };
+        let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+        let file: ProfileFile = toml::from_str(&text).map_err(|e| fail(e.to_string().trim_end().to_owned()))?;
+        let mut errors = Vec::new();
+        file.runtime.apply(&mut Runtime::default(), "runtime", &mut errors);
+        if !errors.is_empty() {
+            return Err(ConfigError { file: path.to_owned(), problems: errors });
+        }
+        Ok(file.runtime)
+    }
+
+    /// These overrides with every key that `later` sets replaced by its value.
+    pub fn then(self, later: &Self) -> Self {
+        macro_rules! pick {
+            ($($field:ident),*) => {
+                Self {
+                    $( $field: later.$field.or(self.$field), )*
+                    cpus: later.cpus.clone().or(self.cpus),
+                    access_log: later.access_log.clone().or(self.access_log),
+                    access_log_sample: later.access_log_sample.or(self.access_log_sample),
+                    admin: later.admin.or(self.admin),
+                }
+            };
+        }
+        plain_runtime_keys!(pick)
+    }
+
+    /// Applies every key that is set; `origin` names where they came from in errors.
+    pub(super) fn apply(&self, rt: &mut Runtime, origin: &str, errors: &mut Vec<Located>) {
+        macro_rules! set {
+            ($($field:ident),*) => { $( if let Some(v) = self.$field { rt.$field = v; } )* };
+        }
+        plain_runtime_keys!(set);
+        if let Some(p) = &self.access_log {
+            rt.access_log = Some(p.clone());
+        }
+        if let Some(f) = self.access_log_sample {
+            match SampleRate::new(f) {
+                Some(r) => rt.access_log_sample = r,
+                None => errors.push(Located::new(
+                    format!("{origin}.access_log_sample"),
+                    format!("{f} is not a fraction from 0 to 1"),
+                )),
+            }
+        }
+        if let Some(list) = &self.cpus {
+            match parse_cpu_list(list) {
+                Ok(cpus) => rt.cpus = cpus,
+                Err(e) => errors.push(Located::new(format!("{origin}.cpus"), e)),
+            }
+        }
+    }
+}
+
+pub(super) fn check_runtime(rt: &Runtime, errors: &mut Vec<Located>) {
+    let mut bad = |key: &str, reason: &str| errors.push(Located::new(format!("runtime.{key}"), reason));
+    if !(1..=32768).contains(&rt.ring_entries) || !rt.ring_entries.is_power_of_two() {
+        bad("ring_entries", "must be a power of two from 1 to 32768");
+    }
+    if rt.max_hello_bytes < 512 || rt.max_hello_bytes > 1 << 20 {
+        bad("max_hello_bytes", "must be between 512 and 1048576");
+    }
+    for (key, v) in [
+        ("hello_timeout_ms", rt.hello_timeout_ms),
+        ("connect_timeout_ms", rt.connect_timeout_ms),
+        ("idle_timeout_ms", rt.idle_timeout_ms),
+    ] {
+        if v == 0 {
+            bad(key, "must be greater than 0");
+        }
+    }
+    if rt.backlog == 0 {
+        bad("backlog", "must be greater than 0");
+    }
+}
+
+/// Parses a CPU list such as `"0-3,8"`. The empty string means "the allowed set" (`None`).
+pub fn parse_cpu_list(s: &str) -> Result<Option<Vec<usize>>, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(None);
+    }
+    let mut cpus = Vec::new();
+    for part in s.split(',') {
+        let part = part.trim();
+        let bad = || format!("{part:?} is not a CPU number or range (expected a list like \"0-3,8\")");
+        let (lo, hi) = match part.split_once('-') {
+            Some((a, b)) => {
+                (a.trim().parse::<usize>().map_err(|_| bad())?, b.trim().parse::<usize>().map_err(|_| bad())?)
+            }
+            None => {
+                let n = part.parse::<usize>().map_err(|_| bad())?;
+                (n, n)
+            }
+        };
+        if lo > hi || hi >= 4096 {
+            return Err(bad());
+        }
+        cpus.extend(lo..=hi);
+    }
+    cpus.sort_unstable();
+    cpus.dedup();
+    Ok(Some(cpus))
+}
