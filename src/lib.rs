@@ -10,6 +10,7 @@
 //! | layer | module | owns |
 //! |---|---|---|
 //! | 0 | [`sys`] | the kernel ABI and every `unsafe`: ring, sockets, pipes and splice, limits |
+//! | 0 | [`logs`] | log lines a flood cannot multiply: one per second per call site, with a count |
 //! | 1 | [`hello`] | the ClientHello (and ServerHello version) parser: zero-copy, fuzzed |
 //! | 1 | [`route`] | the routing table: dedicated IPs, exact and wildcard names, fallbacks |
 //! | 1 | [`proxy_protocol`] | PROXY protocol v1/v2 headers |
@@ -26,6 +27,7 @@
 //! | 9 | [`demo`] | `sni-dispatch demo` |
 #![deny(unsafe_code)]
 
+pub mod logs;
 pub mod sys;
 
 pub mod hello;

@@ -1,7 +1,7 @@
 //! The `sni-dispatch` command: `run`, `check` and `demo`.
 //!
 //! Exit codes: 0 success; 1 the configuration (or a certificate, key or address) is bad;
-//! 2 the command line is bad (clap's own code).
+//! 2 the command line is bad (clap's own code); 3 a second SIGTERM/SIGINT ended the drain early.
 
 use clap::{Args, Parser, Subcommand};
 use sni_dispatch::config::{Config, RuntimeOverrides};
@@ -28,7 +28,8 @@ const AFTER_HELP: &str = "\
 Start here:
   sni-dispatch demo                          a complete local edge, nothing to prepare
   sni-dispatch check --config edge.toml      validate a config, its certificates and keys
-  sni-dispatch run --config edge.toml        serve until SIGTERM/SIGINT (SIGHUP reloads)
+  sni-dispatch run --config edge.toml        serve until SIGTERM/SIGINT (SIGHUP reloads; a second
+                                             SIGTERM/SIGINT ends the drain at once, exit 3)
 
 Configuration reference: README.md; tuning: tuning/README.md.";
 

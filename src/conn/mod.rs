@@ -117,10 +117,12 @@ fn close(res: &Resources, conn: &Accepted, t: &mut Trace, outcome: Outcome) {
     match outcome {
         Outcome::Dropped(reason) => {
             res.metrics.dropped(reason);
-            if tracing::enabled!(tracing::Level::DEBUG) {
-                let peer = conn.client.peer_addr().ok();
-                tracing::debug!(worker = res.worker, ?peer, reason = reason.as_str(), "connection dropped");
-            }
+            crate::debug_every_second!(
+                worker = res.worker,
+                peer = ?conn.client.peer_addr().ok(),
+                reason = reason.as_str(),
+                "connection dropped"
+            );
         }
         Outcome::Relayed(r) => {
             res.metrics.bump(|c| {

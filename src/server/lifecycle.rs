@@ -14,6 +14,9 @@ use std::path::Path;
 /// measure what they cost. Counters stay on.
 pub const NO_LATENCY_ENV: &str = "SNI_DISPATCH_NO_LATENCY";
 
+/// The exit status after a second SIGTERM/SIGINT cut the drain short.
+pub const EXIT_FORCED: i32 = 3;
+
 /// Loads the configuration, starts the workers and serves until SIGTERM or SIGINT, then drains
 /// open connections for up to `drain_timeout_ms` and returns `Ok(())`. SIGHUP reloads `path`
 /// (with the same `overrides`): a bad file is logged and the running configuration kept.
@@ -39,6 +42,24 @@ pub fn serve(path: &Path, overrides: &RuntimeOverrides) -> Result<(), ServeError
     }
     let registry = server.metrics().clone();
     let started = server.started;
+    // A second SIGTERM or SIGINT during the drain means "now": exit without waiting.
+    let open = registry.clone();
+    let second = std::thread::Builder::new().name("sni-signals".into()).spawn(move || {
+        for sig in signals.forever() {
+            if sig == SIGTERM || sig == SIGINT {
+                let left = open.merged().open;
+                tracing::warn!(
+                    signal = sig,
+                    open = left,
+                    "second stop signal: exiting without waiting for open connections"
+                );
+                std::process::exit(EXIT_FORCED);
+            }
+        }
+    });
+    if let Err(e) = second {
+        tracing::warn!(error = %e, "cannot watch for a second stop signal; the drain runs to its end");
+    }
     let drained = server.shutdown();
     tracing::info!(drained, "stopped");
     print_summary(&admin::render::summary(&registry, started.elapsed()));

@@ -71,6 +71,31 @@ impl Socket {
         Ok(Socket::from(unsafe { OwnedFd::from_raw_fd(raw) }))
     }
 
+    /// One non-blocking accept(2) outside the ring (the listener must be non-blocking):
+    /// `WouldBlock` when nothing is queued.
+    pub fn try_accept(&self) -> io::Result<Socket> {
+        // SAFETY: accept4 with null address pointers writes nothing; the fd is borrowed from
+        // `self`, which keeps it open for the call.
+        let raw = unsafe {
+            libc::accept4(
+                self.fd.as_raw_fd(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            )
+        };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a successful accept returns a new fd that nobody else owns.
+        Ok(Socket::from(unsafe { OwnedFd::from_raw_fd(raw) }))
+    }
+
+    /// Makes the socket non-blocking (for [`try_accept`](Self::try_accept) on a listener).
+    pub fn set_nonblocking(&self) -> io::Result<()> {
+        self.sock_ref().set_nonblocking(true)
+    }
+
     /// Receives into the spare capacity of `buf` (after its current length), extending its length by
     /// the bytes received. `Ok(0)` is end of stream (or no spare capacity).
     pub async fn recv(&self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {

@@ -11,6 +11,11 @@ use std::rc::Rc;
 use std::time::Duration;
 
 /// Accepts on `listener` until the worker is told to stop, spawning a task per connection.
+///
+/// Stopping loses no connection the kernel already accepted: the connections queued in the
+/// backlog are taken without blocking and served, and the accept still in flight in the ring is
+/// completed (by shutting the listener down) and, if it brought a connection, that one is served
+/// too. They count as open, so the drain waits for them like for the others.
 pub(crate) async fn run(w: Rc<Worker>, listener: Socket, addr: SocketAddr) {
     let mut stop = w.stop.clone();
     loop {
@@ -25,33 +30,15 @@ pub(crate) async fn run(w: Rc<Worker>, listener: Socket, addr: SocketAddr) {
                 _ = stop.changed() => break,
             }
         }
+        let mut accept = std::pin::pin!(listener.accept());
         let res = tokio::select! {
-            r = listener.accept() => r,
-            _ = stop.changed() => break,
+            r = &mut accept => r,
+            _ = stop.changed() => return stop_accepting(&w, &listener, addr, Some(accept)).await,
         };
         match res {
-            Ok(client) => {
-                let at = w.conns.now();
-                w.open.set(w.open.get() + 1);
-                w.metrics().bump(|c| c.accepted += 1);
-                tokio_uring::spawn(serve(OpenGuard(Rc::clone(&w)), Accepted { client, listen: addr, at }));
-            }
+            Ok(client) => spawn(&w, client, addr),
             Err(e) => {
-                let cause = AcceptCause::of(&e);
-                w.metrics().bump(|c| c.accept_errors.bump(cause));
-                let backoff = match cause {
-                    AcceptCause::Descriptors | AcceptCause::Memory => {
-                        tracing::warn!(worker = w.id(), listener = %addr, error = %e, "accept: out of descriptors or memory; backing off");
-                        Some(Duration::from_millis(100))
-                    }
-                    // The peer gave up while queued: nothing to do.
-                    AcceptCause::Aborted => None,
-                    AcceptCause::Other => {
-                        tracing::warn!(worker = w.id(), listener = %addr, error = %e, "accept failed");
-                        Some(Duration::from_millis(10))
-                    }
-                };
-                if let Some(d) = backoff {
+                if let Some(d) = failed(&w, addr, &e) {
                     tokio::select! {
                         () = tokio::time::sleep(d) => {}
                         _ = stop.changed() => break,
@@ -60,9 +47,57 @@ pub(crate) async fn run(w: Rc<Worker>, listener: Socket, addr: SocketAddr) {
             }
         }
     }
-    // Completes the pending accept (if any), so the fd closes once that op returns.
+    stop_accepting(&w, &listener, addr, None::<std::pin::Pin<&mut std::future::Ready<_>>>).await;
+}
+
+/// Connections already queued: takes them without blocking, then shuts the listener down,
+/// which completes the accept in flight (with a connection that came in meanwhile, or an
+/// error), so its fd is not left to a completion nobody reads; serves what they brought.
+async fn stop_accepting<F>(w: &Rc<Worker>, listener: &Socket, addr: SocketAddr, pending: Option<std::pin::Pin<&mut F>>)
+where
+    F: std::future::Future<Output = std::io::Result<Socket>>,
+{
+    let mut drained = 0;
+    if listener.set_nonblocking().is_ok() {
+        while let Ok(client) = listener.try_accept() {
+            spawn(w, client, addr);
+            drained += 1;
+        }
+    }
     listener.shutdown(Shutdown::Both);
-    tracing::debug!(worker = w.id(), listener = %addr, "stopped accepting");
+    if let Some(accept) = pending {
+        if let Ok(client) = accept.await {
+            spawn(w, client, addr);
+            drained += 1;
+        }
+    }
+    tracing::debug!(worker = w.id(), listener = %addr, drained, "stopped accepting");
+}
+
+/// Counts a new connection open and starts its task.
+fn spawn(w: &Rc<Worker>, client: Socket, listen: SocketAddr) {
+    let at = w.conns.now();
+    w.open.set(w.open.get() + 1);
+    w.metrics().bump(|c| c.accepted += 1);
+    tokio_uring::spawn(serve(OpenGuard(Rc::clone(w)), Accepted { client, listen, at }));
+}
+
+/// Counts a failed accept and says how long to back off before the next one.
+fn failed(w: &Worker, addr: SocketAddr, e: &std::io::Error) -> Option<Duration> {
+    let cause = AcceptCause::of(e);
+    w.metrics().bump(|c| c.accept_errors.bump(cause));
+    match cause {
+        AcceptCause::Descriptors | AcceptCause::Memory => {
+            crate::warn_every_second!(worker = w.id(), listener = %addr, error = %e, "accept: out of descriptors or memory; backing off");
+            Some(Duration::from_millis(100))
+        }
+        // The peer gave up while queued: nothing to do.
+        AcceptCause::Aborted => None,
+        AcceptCause::Other => {
+            crate::warn_every_second!(worker = w.id(), listener = %addr, error = %e, "accept failed");
+            Some(Duration::from_millis(10))
+        }
+    }
 }
 
 /// One connection's task: served with the snapshot current at accept, counted open until done.
