@@ -62,6 +62,41 @@ pub struct Accepted {
     pub listen: SocketAddr,
     /// When it was accepted (with latency histograms on).
     pub at: Option<Instant>,
+    /// Who the client is and what it dialed, when something in front of us said so (a PROXY
+    /// header on a listener that accepts one); else the socket's own addresses count.
+    pub proxied: Option<Proxied>,
+}
+
+/// The addresses a trusted PROXY header gave for a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Proxied {
+    pub source: SocketAddr,
+    pub destination: SocketAddr,
+}
+
+impl Accepted {
+    /// A connection accepted on `listen`, its addresses those of the socket.
+    pub fn new(client: Socket, listen: SocketAddr, at: Option<Instant>) -> Self {
+        Self { client, listen, at, proxied: None }
+    }
+
+    /// The client's address (getpeername(2) unless a PROXY header said otherwise).
+    pub fn peer(&self) -> Option<SocketAddr> {
+        match self.proxied {
+            Some(p) => Some(p.source),
+            None => self.client.peer_addr().ok(),
+        }
+    }
+
+    /// The address the client dialed, the dedicated IP: what a PROXY header said, else the
+    /// listener's own address, else (a wildcard listener) getsockname(2).
+    pub fn dialed(&self) -> SocketAddr {
+        match self.proxied {
+            Some(p) => p.destination,
+            None if self.listen.ip().is_unspecified() => self.client.local_addr().unwrap_or(self.listen),
+            None => self.listen,
+        }
+    }
 }
 
 /// A connection whose ClientHello was read and routed.
@@ -88,8 +123,8 @@ pub enum Outcome {
 pub async fn serve(res: &Resources, cfg: &Config, conn: Accepted) {
     let mut t = Trace::new(conn.at, res.log.as_ref().is_some_and(|l| l.sample()));
     if t.log {
-        t.client = conn.client.peer_addr().ok();
-        t.local = Some(conn.client.local_addr().unwrap_or(conn.listen));
+        t.client = conn.peer();
+        t.local = Some(conn.dialed());
     }
     let outcome = run(res, cfg, &conn, &mut t).await;
     close(res, &conn, &mut t, outcome);
@@ -119,7 +154,7 @@ fn close(res: &Resources, conn: &Accepted, t: &mut Trace, outcome: Outcome) {
             res.metrics.dropped(reason);
             crate::debug_every_second!(
                 worker = res.worker,
-                peer = ?conn.client.peer_addr().ok(),
+                peer = ?conn.peer(),
                 reason = reason.as_str(),
                 "connection dropped"
             );
@@ -147,21 +182,19 @@ fn close(res: &Resources, conn: &Accepted, t: &mut Trace, outcome: Outcome) {
 }
 
 /// The PROXY header for `route` (empty when it sends none): the client's address, the address it
-/// dialed (`local`, read once by the caller if it already knows it), SNI and ALPN. `room` is
-/// extra capacity to reserve for what follows the header.
+/// dialed, SNI and ALPN. `room` is extra capacity to reserve for what follows the header.
 fn proxy_header(
     res: &Resources,
     route: &Route,
-    client: &Socket,
-    local: SocketAddr,
+    conn: &Accepted,
     sni: Option<&str>,
     alpn: Option<&[u8]>,
     room: usize,
 ) -> Vec<u8> {
     let mut out = res.bufs.borrow_mut().take(room + 600);
     if route.proxy_protocol != ProxyProtocol::None {
-        let peer = client.peer_addr().unwrap_or_else(|_| SocketAddr::new(IpAddr::from([0, 0, 0, 0]), 0));
-        let header = proxy_protocol::Header { client: peer, local, sni, alpn };
+        let peer = conn.peer().unwrap_or_else(|| SocketAddr::new(IpAddr::from([0, 0, 0, 0]), 0));
+        let header = proxy_protocol::Header { client: peer, local: conn.dialed(), sni, alpn };
         proxy_protocol::encode(route.proxy_protocol, &header, &mut out);
     }
     out

@@ -32,15 +32,9 @@ pub(super) fn route(
         t.alpn = hello.alpn().next().map(|p| String::from_utf8_lossy(p.as_bytes()).into_owned());
     }
     let table = &cfg.table;
-    // getsockname only when the answer matters: dedicated IPs exist (or for a PROXY header below).
-    let mut local = None;
-    let ip: IpAddr = if table.dedicated_ips().next().is_some() {
-        let a = conn.client.local_addr().unwrap_or(conn.listen);
-        local = Some(a);
-        a.ip()
-    } else {
-        conn.listen.ip()
-    };
+    // getsockname only when the answer matters: dedicated IPs exist (and the listener is a
+    // wildcard, see Accepted::dialed).
+    let ip: IpAddr = if table.dedicated_ips().next().is_some() { conn.dialed().ip() } else { conn.listen.ip() };
     let (id, how) = table.lookup(ip, hello.sni()).map_err(|m| match m {
         Miss::NoSni => DropReason::NoSni,
         Miss::UnknownSni => DropReason::UnknownSni,
@@ -65,9 +59,7 @@ pub(super) fn route(
     if route.proxy_protocol == ProxyProtocol::None || route.action.is_terminate() {
         return Ok(Decision { id, header: None, check_server });
     }
-    let local = local.unwrap_or_else(|| conn.client.local_addr().unwrap_or(conn.listen));
     let alpn = hello.alpn().next();
-    let header =
-        proxy_header(res, route, &conn.client, local, hello.sni(), alpn.as_ref().map(|p| p.as_bytes()), buf_len);
+    let header = proxy_header(res, route, conn, hello.sni(), alpn.as_ref().map(|p| p.as_bytes()), buf_len);
     Ok(Decision { id, header: Some(header), check_server })
 }

@@ -69,8 +69,7 @@ pub(super) async fn run(
         }
     };
     if route.proxy_protocol != ProxyProtocol::None {
-        let local = client.local_addr().unwrap_or(conn.listen);
-        let header = proxy_header(res, route, client, local, tls.server_name(), tls.alpn_protocol(), 0);
+        let header = proxy_header(res, route, conn, tls.server_name(), tls.alpn_protocol(), 0);
         if !send_and_recycle(res, &backend, header, 0).await {
             return Outcome::Dropped(DropReason::BackendWrite);
         }

@@ -8,7 +8,8 @@
 //! - [`ring`]: a worker's io_uring runtime and one-shot submission;
 //! - [`socket`]: [`Socket`], async accept/recv/send/poll through the ring, connect, addresses;
 //! - [`pipe`]: [`Pipe`] and non-blocking `splice(2)`;
-//! - [`limits`]: `RLIMIT_NOFILE`, huge-page hints.
+//! - [`limits`]: `RLIMIT_NOFILE`, huge-page hints;
+//! - [`unix`]: passing descriptors over unix sockets (`SCM_RIGHTS`), the peer's credentials.
 #![allow(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
@@ -16,6 +17,7 @@ pub mod limits;
 pub mod pipe;
 pub mod ring;
 pub mod socket;
+pub mod unix;
 
 pub use limits::{advise_huge_pages, raise_fd_limit};
 pub use pipe::{Pipe, Spliced};

@@ -79,7 +79,7 @@ fn spawn(w: &Rc<Worker>, client: Socket, listen: SocketAddr) {
     let at = w.conns.now();
     w.open.set(w.open.get() + 1);
     w.metrics().bump(|c| c.accepted += 1);
-    tokio_uring::spawn(serve(OpenGuard(Rc::clone(w)), Accepted { client, listen, at }));
+    tokio_uring::spawn(serve(OpenGuard(Rc::clone(w)), Accepted::new(client, listen, at)));
 }
 
 /// Counts a failed accept and says how long to back off before the next one.
