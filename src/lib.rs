@@ -17,6 +17,7 @@ pub mod config;
 pub mod demo;
 pub mod hello;
 pub mod metrics;
+pub mod pki;
 pub mod relay;
 pub mod route;
 pub mod tls;

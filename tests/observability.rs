@@ -8,6 +8,7 @@ mod common;
 use common::*;
 use sni_dispatch::config::RuntimeOverrides;
 use sni_dispatch::metrics::{DropReason, Hist};
+use sni_dispatch::pki::Leaf;
 use sni_dispatch::route::Match;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -114,20 +115,12 @@ fn parse_prometheus(py: &str, text: &str) -> Parsed {
     p
 }
 
-/// A self-signed certificate for `name`, as (cert PEM path, key PEM path, DER for the client).
-fn self_signed(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf, Vec<u8>) {
-    let ck = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
-    let (c, k) = (dir.join("t.pem"), dir.join("t.key"));
-    std::fs::write(&c, ck.cert.pem()).unwrap();
-    std::fs::write(&k, ck.key_pair.serialize_pem()).unwrap();
-    (c, k, ck.cert.der().to_vec())
-}
-
-/// A full TLS exchange through a terminating route: "ping" → echoed "ping".
-fn tls_ping(addr: SocketAddr, name: &str, der: &[u8]) {
+/// A full TLS exchange through a terminating route: "ping" → echoed "ping". The client trusts
+/// `root` only.
+fn tls_ping(addr: SocketAddr, name: &str, root: rustls::pki_types::CertificateDer<'static>) {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(rustls::pki_types::CertificateDer::from(der.to_vec())).unwrap();
+    roots.add(root).unwrap();
     let cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
@@ -151,7 +144,8 @@ fn every_outcome_is_counted_exactly_and_exposed() {
     let echo = backend(Mode::Echo);
     let dead = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key, der) = self_signed(dir.path(), "t.example");
+    let leaf = Leaf::self_signed(&["t.example"]).unwrap();
+    let (cert, key) = leaf.write(dir.path(), "t").map(|f| (f.cert, f.key)).unwrap();
     let log_path = dir.path().join("access.log");
     let toml = format!(
         "{RUNTIME}[admin]\nlisten = \"127.0.0.1:0\"\n[[listener]]\naddress = \"0.0.0.0:0\"\n{}{}{}{}{}",
@@ -192,7 +186,7 @@ fn every_outcome_is_counted_exactly_and_exposed() {
         expect_dropped(lo, &rustls_hello(Some("down.example"), &[]));
     }
     for _ in 0..tls {
-        tls_ping(lo, "t.example", &der);
+        tls_ping(lo, "t.example", leaf.cert_der());
     }
     let total = exact + wild + dedicated + unknown + garbage + down + tls;
     let routed = exact + wild + dedicated + down + tls;

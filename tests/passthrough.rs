@@ -6,6 +6,7 @@ mod common;
 use common::*;
 use sni_dispatch::config::RuntimeOverrides;
 use sni_dispatch::metrics::DropReason;
+use sni_dispatch::pki::Leaf;
 use sni_dispatch::route::Match;
 use std::io::{Read, Write};
 use std::net::Shutdown;
@@ -604,20 +605,17 @@ fn end_to_end_with_openssl_s_server_s_client_and_curl() {
         eprintln!("openssl not installed; skipping");
         return;
     }
-    let certified = rcgen::generate_simple_self_signed(vec!["www.example.com".to_string()]).unwrap();
+    let leaf = Leaf::self_signed(&["www.example.com"]).unwrap();
     let (f, addr) = binary_config("", "");
-    let cert = f.dir.path().join("cert.pem");
-    let key = f.dir.path().join("key.pem");
-    std::fs::write(&cert, certified.cert.pem()).unwrap();
-    std::fs::write(&key, certified.key_pair.serialize_pem()).unwrap();
+    let files = leaf.write(f.dir.path(), "s_server").unwrap();
     let sport = free_port();
     let server = std::process::Command::new("openssl")
         .args(["s_server", "-quiet", "-www", "-accept"])
         .arg(sport.to_string())
         .arg("-cert")
-        .arg(&cert)
+        .arg(&files.cert)
         .arg("-key")
-        .arg(&key)
+        .arg(&files.key)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -651,7 +649,7 @@ fn end_to_end_with_openssl_s_server_s_client_and_curl() {
     let out = s_client.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     // The certificate the client got is the back end's (passthrough: the proxy has none).
-    let pem = certified.cert.pem();
+    let pem = leaf.cert_pem();
     let first_line = pem.lines().nth(1).unwrap();
     assert!(text.contains(first_line), "not the back end's certificate: {text}");
     assert!(text.contains("s_server"), "no s_server page through the proxy: {text}");

@@ -7,34 +7,26 @@ mod common;
 
 use common::*;
 use sni_dispatch::config::RuntimeOverrides;
+use sni_dispatch::pki;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-/// A CA and leaf certificates written as PEM files into a directory.
+/// A test CA (`ca.pem`) and a leaf it signed for each name (`NAME.pem`, `NAME.key`), in a
+/// temporary directory.
 struct Pki {
     dir: tempfile::TempDir,
 }
 
 impl Pki {
     fn new(names: &[&str]) -> Self {
-        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
         let dir = tempfile::tempdir().unwrap();
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.distinguished_name.push(DnType::CommonName, "test CA");
-        let ca = ca.self_signed(&ca_key).unwrap();
-        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        let ca = pki::Ca::new("test CA").unwrap();
+        ca.write(dir.path(), "ca.pem").unwrap();
         for name in names {
-            let key = KeyPair::generate().unwrap();
-            let mut p = CertificateParams::new(vec![(*name).to_owned()]).unwrap();
-            p.distinguished_name.push(DnType::CommonName, *name);
-            let cert = p.signed_by(&key, &ca, &ca_key).unwrap();
-            std::fs::write(dir.path().join(format!("{name}.pem")), cert.pem()).unwrap();
-            std::fs::write(dir.path().join(format!("{name}.key")), key.serialize_pem()).unwrap();
+            ca.issue(&[name]).unwrap().write(dir.path(), name).unwrap();
         }
         Self { dir }
     }
@@ -259,10 +251,6 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn wait_listening(addr: SocketAddr) {

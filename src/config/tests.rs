@@ -151,15 +151,13 @@ fn cpu_lists() {
     assert!(parse_cpu_list("1-").is_err());
 }
 
-/// Writes an ECDSA certificate and key made by rcgen, and one other key.
+/// Writes an ECDSA certificate and its key (`shop.pem`, `shop.key`), and another site's key
+/// (`other.key`).
 fn cert_files(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let a = rcgen::generate_simple_self_signed(vec!["shop.example.com".into()]).unwrap();
-    let b = rcgen::KeyPair::generate().unwrap();
-    let (cert, key, other) = (dir.join("shop.pem"), dir.join("shop.key"), dir.join("other.key"));
-    std::fs::write(&cert, a.cert.pem()).unwrap();
-    std::fs::write(&key, a.key_pair.serialize_pem()).unwrap();
-    std::fs::write(&other, b.serialize_pem()).unwrap();
-    (cert, key, other)
+    use crate::pki::Leaf;
+    let shop = Leaf::self_signed(&["shop.example.com"]).unwrap().write(dir, "shop").unwrap();
+    let other = Leaf::self_signed(&["other.example.com"]).unwrap().write(dir, "other").unwrap();
+    (shop.cert, shop.key, other.key)
 }
 
 #[test]
