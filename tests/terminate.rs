@@ -225,6 +225,7 @@ fn chromium_loads_a_page_with_a_post_quantum_hello() {
 /// The real binary, its config file, and its stderr collected in a file.
 struct Daemon {
     child: std::process::Child,
+    log: PathBuf,
 }
 
 impl Daemon {
@@ -237,7 +238,12 @@ impl Daemon {
             .stderr(std::fs::File::create(log).unwrap())
             .spawn()
             .unwrap();
-        Self { child }
+        Self { child, log: log.to_owned() }
+    }
+
+    /// Everything it logged so far.
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     fn signal(&self, sig: &str) {
@@ -288,10 +294,17 @@ fn sighup_switches_a_site_to_the_default_certificate_and_survives_a_broken_confi
 
     std::fs::write(&path, "[[route]]\nname = \"broken\"\n").unwrap();
     daemon.signal("HUP");
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(seen().as_deref(), Some("default.example.net"), "a broken config must change nothing");
-    let log = std::fs::read_to_string(pki.path("stderr.log")).unwrap();
-    assert!(log.contains("edge.toml"), "the reload error names the file:\n{log}");
+    // The reload has been tried and refused once its error is logged; only then does "nothing
+    // changed" mean anything.
+    assert!(
+        wait_until(Duration::from_secs(20), || daemon.stderr().contains("reload failed")),
+        "no \"reload failed\" line after SIGHUP with a broken config:\n{}",
+        daemon.stderr()
+    );
+    let log = daemon.stderr();
+    let failure = &log[log.find("reload failed").unwrap()..];
+    assert!(failure.contains("edge.toml"), "the reload error names the file:\n{log}");
+    assert_eq!(seen().as_deref(), Some("default.example.net"), "a broken config must change nothing:\n{log}");
 }
 
 #[test]
