@@ -134,14 +134,14 @@ fn post_quantum_hello_split_with_a_pause_and_reframed() {
     let (server, _f) = start(&toml, &RuntimeOverrides::default());
     let addr = server.local_addrs()[0];
 
-    // Two reads with a pause between.
+    // Two reads with a pause between: nothing is routed on the first.
     let mut c = connect(addr);
-    c.write_all(&CHROMIUM_PQ[..700]).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    send_partial_hello(&mut c, &CHROMIUM_PQ[..700], &server, &b);
     c.write_all(&CHROMIUM_PQ[700..]).unwrap();
     assert_eq!(read_to_end(&mut c).unwrap(), REPLY);
     drop(c);
     assert_eq!(b.next().bytes, CHROMIUM_PQ);
+    wait_metrics(&server, |m| m.routed_total() == 1);
 
     // Re-framed into many small records, sent in pieces.
     let many = reframe(CHROMIUM_PQ, 64);
@@ -151,10 +151,14 @@ fn post_quantum_hello_split_with_a_pause_and_reframed() {
         format!("{RUNTIME}{}{}", listener("127.0.0.1:0"), passthrough("r", "sni = [\"www.example.com\"]", &[b2.addr]));
     let (server2, _f2) = start(&toml, &RuntimeOverrides::default());
     let mut c = connect(server2.local_addrs()[0]);
-    for part in many.chunks(333) {
+    // Every record but the last, in pieces; nothing is routed until the last arrives.
+    let last = many.len() - 40;
+    for part in many[..last - 333].chunks(333) {
         c.write_all(part).unwrap();
         std::thread::sleep(Duration::from_millis(10));
     }
+    send_partial_hello(&mut c, &many[last - 333..last], &server2, &b2);
+    c.write_all(&many[last..]).unwrap();
     assert_eq!(read_to_end(&mut c).unwrap(), REPLY);
     drop(c);
     assert_eq!(b2.next().bytes, many);

@@ -9,6 +9,7 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -93,6 +94,22 @@ pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// Sends `part` of a ClientHello that is not enough to route (TCP_NODELAY: it leaves at once),
+/// pauses, and asserts that the proxy accepted the connection but has neither routed nor
+/// dropped it and that `backend` saw no connection: the proxy read this part on its own and
+/// waits for the rest, so the hello reaches it in more than one read.
+pub fn send_partial_hello(c: &mut TcpStream, part: &[u8], server: &Server, backend: &Backend) {
+    assert!(c.nodelay().unwrap(), "the part must leave at once");
+    c.write_all(part).unwrap();
+    wait_metrics(server, |m| m.accepted == 1 && m.open == 1);
+    // Published counters are at most 100 ms old: after this pause they show the connection
+    // at least 200 ms after its first bytes arrived.
+    std::thread::sleep(Duration::from_millis(300));
+    let m = server.metrics().merged();
+    assert_eq!((m.routed_total(), m.dropped_total()), (0, 0), "decided on the first {} bytes: {m:#?}", part.len());
+    assert_eq!(backend.connections(), 0, "the back end was dialed before the hello was complete");
+}
+
 /// Waits until the merged counters satisfy `f` (they are published every 100 ms).
 pub fn wait_metrics(server: &Server, f: impl Fn(&Counters) -> bool) -> Counters {
     let mut last = Counters::default();
@@ -115,6 +132,8 @@ pub struct Seen {
 pub struct Backend {
     pub addr: SocketAddr,
     pub seen: std::sync::mpsc::Receiver<Seen>,
+    /// Connections accepted so far.
+    accepted: Arc<AtomicUsize>,
     _thread: JoinHandle<()>,
 }
 
@@ -140,9 +159,12 @@ pub fn backend_on(bind: &str, mode: Mode) -> Backend {
     let l = TcpListener::bind(bind).expect("bind backend");
     let addr = l.local_addr().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
     let t = std::thread::spawn(move || {
         for s in l.incoming() {
             let Ok(mut s) = s else { continue };
+            counter.fetch_add(1, Ordering::SeqCst);
             let tx = tx.clone();
             let mode = mode.clone();
             std::thread::spawn(move || {
@@ -188,10 +210,15 @@ pub fn backend_on(bind: &str, mode: Mode) -> Backend {
             });
         }
     });
-    Backend { addr, seen: rx, _thread: t }
+    Backend { addr, seen: rx, accepted, _thread: t }
 }
 
 impl Backend {
+    /// Connections it has accepted so far.
+    pub fn connections(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
     /// The next connection's bytes.
     pub fn next(&self) -> Seen {
         self.seen.recv_timeout(Duration::from_secs(30)).expect("back end saw no connection")
