@@ -75,7 +75,7 @@ fn hello_timeout_ms(env: &Env) -> i64 {
     env.suite.dispatcher.runtime.get("hello_timeout_ms").and_then(|v| v.as_integer()).unwrap_or(5000)
 }
 
-/// The dispatcher's TOML config (see the interface spec).
+/// The dispatcher's TOML config (docs/configuration.md).
 pub fn dispatcher_config(env: &Env, port: u16) -> String {
     let s = env.suite;
     let mut out = String::with_capacity(4096);
