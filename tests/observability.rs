@@ -26,18 +26,6 @@ fn route(name: &str, extra: &str, backends: &[SocketAddr]) -> String {
     format!("[[route]]\nname = \"{name}\"\nbackends = [{}]\n{min_tls}{extra}\n", list.join(", "))
 }
 
-/// One HTTP exchange with the admin endpoint: raw request bytes in, (status, headers, body) out.
-fn http_raw(addr: SocketAddr, request: &[u8]) -> (u16, String, String) {
-    let mut s = connect(addr);
-    let _ = s.write_all(request);
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (status, head.to_string(), body.to_string())
-}
-
 fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     let (status, head, body) = http_raw(addr, format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
     assert!(head.contains("Connection: close"), "{head}");

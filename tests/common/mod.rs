@@ -277,6 +277,18 @@ pub fn expect_dropped(addr: SocketAddr, bytes: &[u8]) {
     assert!(got.is_empty(), "expected a drop, got {} bytes", got.len());
 }
 
+/// One HTTP exchange with the admin endpoint: raw request bytes in, (status, headers, body) out.
+pub fn http_raw(addr: SocketAddr, request: &[u8]) -> (u16, String, String) {
+    let mut s = connect(addr);
+    let _ = s.write_all(request);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, head.to_string(), body.to_string())
+}
+
 // ---- the binary --------------------------------------------------------------------------
 
 /// A running `sni-dispatch run` process, killed on drop.
