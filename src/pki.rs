@@ -155,6 +155,18 @@ impl Leaf {
     }
 }
 
+/// A rustls client configuration (aws-lc-rs, TLS 1.2 and 1.3) that trusts `root` alone: a
+/// [`Ca::der`], or the [`Leaf::cert_der`] of a self-signed leaf.
+pub fn client_config(root: CertificateDer<'static>) -> Result<rustls::ClientConfig, rustls::Error> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(root)?;
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,19 +175,13 @@ mod tests {
     fn handshake(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>, root: CertificateDer<'static>) {
         use std::sync::Arc;
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+        let server = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_no_client_auth()
             .with_single_cert(chain, key)
             .unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(root).unwrap();
-        let client = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let client = client_config(root).unwrap();
         let name = rustls_pki_types::ServerName::try_from("a.shop.example.com").unwrap();
         let mut c = rustls::ClientConnection::new(Arc::new(client), name).unwrap();
         let mut s = rustls::ServerConnection::new(Arc::new(server)).unwrap();

@@ -106,14 +106,7 @@ fn parse_prometheus(py: &str, text: &str) -> Parsed {
 /// A full TLS exchange through a terminating route: "ping" → echoed "ping". The client trusts
 /// `root` only.
 fn tls_ping(addr: SocketAddr, name: &str, root: rustls::pki_types::CertificateDer<'static>) {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(root).unwrap();
-    let cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let cfg = sni_dispatch::pki::client_config(root).unwrap();
     let conn = rustls::ClientConnection::new(Arc::new(cfg), name.to_string().try_into().unwrap()).unwrap();
     let mut tls = rustls::StreamOwned::new(conn, connect(addr));
     tls.write_all(b"ping").unwrap();
