@@ -151,7 +151,7 @@ fn post_quantum_hello_split_with_a_pause_and_reframed() {
         format!("{RUNTIME}{}{}", listener("127.0.0.1:0"), passthrough("r", "sni = [\"www.example.com\"]", &[b2.addr]));
     let (server2, _f2) = start(&toml, &RuntimeOverrides::default());
     let mut c = connect(server2.local_addrs()[0]);
-    // Every record but the last, in pieces; nothing is routed until the last arrives.
+    // All but the last 40 bytes in pieces of 333; nothing is routed before those 40 arrive.
     let last = many.len() - 40;
     for part in many[..last - 333].chunks(333) {
         c.write_all(part).unwrap();

@@ -94,10 +94,11 @@ pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
 }
 
-/// Sends `part` of a ClientHello that is not enough to route (TCP_NODELAY: it leaves at once),
-/// pauses, and asserts that the proxy accepted the connection but has neither routed nor
-/// dropped it and that `backend` saw no connection: the proxy read this part on its own and
-/// waits for the rest, so the hello reaches it in more than one read.
+/// Sends `part` of a ClientHello that is not enough to route on `c`, the first connection to
+/// `server` (TCP_NODELAY: the part leaves at once), pauses, and asserts that the proxy accepted
+/// the connection but has neither routed nor dropped it and that `backend` saw no connection:
+/// the proxy read this part on its own and waits for the rest, so the hello reaches it in more
+/// than one read.
 pub fn send_partial_hello(c: &mut TcpStream, part: &[u8], server: &Server, backend: &Backend) {
     assert!(c.nodelay().unwrap(), "the part must leave at once");
     c.write_all(part).unwrap();
