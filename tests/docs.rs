@@ -124,11 +124,16 @@ fn every_command_and_flag_of_help_is_documented() {
     for (cmd, text) in &helps {
         for flag in long_flags(text) {
             if seen.insert(flag.clone()) && row_for(&doc.text, &flag).is_none() {
+                let table = match cmd.trim() {
+                    "" => "\"### Options of every command\"".to_owned(),
+                    c => format!(
+                        "\"### `sni-dispatch {c}`\" (or under \"### Tuning flags\" if `run` and `demo` share it)"
+                    ),
+                };
                 missing.push(format!(
                     "{}: the flag `{flag}` (in `sni-dispatch {cmd}--help`) has no row: add \"| `{flag} VALUE` | default | meaning |\" \
-                     to the table under \"### `sni-dispatch {}`\" (or under \"### Tuning flags\" if `run` and `demo` share it)",
-                    doc.name,
-                    cmd.trim()
+                     to the table under {table}",
+                    doc.name
                 ));
             }
         }
