@@ -2,10 +2,12 @@
 //!
 //! `cargo bench --bench passthrough_cpu [-- SECONDS]`. The proxy under test is pinned to CPU 1 with
 //! `taskset`, the load generator and back ends to CPU 0. CPU time is utime+stime of the proxy
-//! process from /proc/PID/stat, so it holds across noisy runs better than rates do.
+//! process (and its children: none, nginx runs without a master) from /proc/PID/stat, read by
+//! `sni_loadtest::procstat` as the load tests do, so it holds across noisy runs better than rates do.
 //!
 //! - short: captured ClientHello in, 64 bytes back, close (back end closes first).
 //! - bulk: 4 connections each push 512 MiB from client to back end.
+use sni_loadtest::procstat::cpu_seconds;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -21,21 +23,6 @@ const PROXY_CPU: &str = "1";
 
 fn pin(cpu: usize) {
     core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
-}
-
-fn cpu_ticks(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the ")" of comm: state is field 3; utime 14, stime 15.
-    let rest = s.rsplit_once(')').map(|x| x.1).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ut: u64 = f.get(11).and_then(|x| x.parse().ok()).unwrap_or(0);
-    let st: u64 = f.get(12).and_then(|x| x.parse().ok()).unwrap_or(0);
-    ut + st
-}
-
-fn ticks_per_sec() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
 }
 
 fn free_port() -> u16 {
@@ -258,7 +245,6 @@ fn main() {
     pin(LOAD_CPU);
     let dir = std::env::temp_dir().join(format!("sni-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let hz = ticks_per_sec();
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -280,9 +266,9 @@ fn main() {
             println!("  {name:<26} (not available)");
             continue;
         };
-        let t0 = cpu_ticks(p.pid);
+        let t0 = cpu_seconds(p.pid);
         let (n, lat) = short_load(listen, 8, secs);
-        let cpu = (cpu_ticks(p.pid) - t0) as f64 / hz;
+        let cpu = cpu_seconds(p.pid) - t0;
         let q =
             |f: f64| lat.get(((lat.len() as f64 * f) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(0);
         println!(
@@ -313,10 +299,10 @@ fn main() {
             println!("  {name:<26} (not available)");
             continue;
         };
-        let t0 = cpu_ticks(p.pid);
+        let t0 = cpu_seconds(p.pid);
         let w0 = Instant::now();
         bulk_load(listen, 4, per_conn);
-        let cpu = (cpu_ticks(p.pid) - t0) as f64 / hz;
+        let cpu = cpu_seconds(p.pid) - t0;
         let gib = (4 * per_conn) as f64 / (1u64 << 30) as f64;
         println!("  {:<26} {:>6.3} s/GiB  ({:.2} GiB/s wall)", p.name, cpu / gib, gib / w0.elapsed().as_secs_f64());
     }

@@ -1,12 +1,17 @@
 //! Routing-table benches: lookups (exact hit, wildcard hit, miss, dedicated IP) at 1k, 100k and
 //! 1M names, and building the 1M-name table. Also prints the table's memory per name, from the
-//! process's RSS before and after the build.
+//! process's RSS before and after the build. `config_load` reads, validates and builds a config
+//! of 10k, 100k and 400k names: its throughput (names per second) stays flat while loading is
+//! linear in the name count (the unit test `a_hundred_thousand_names_load_and_each_is_found`
+//! checks that they load and route, and this bench how long it takes).
 //!
-//! `cargo bench --bench route_lookup`
+//! `cargo bench --bench route_lookup [-- config_load]`
 
-use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion};
+use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use sni_dispatch::config::{Config, RuntimeOverrides};
 use sni_dispatch::route::{Action, ProxyProtocol, Route, RouteId, Table, TlsVersion};
 use std::net::IpAddr;
+use std::path::Path;
 
 /// Names per route: a large edge has many customers with a few names each.
 const NAMES_PER_ROUTE: usize = 4;
@@ -89,5 +94,30 @@ fn build(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, lookups, build);
+/// A config with one passthrough route of `n` names.
+fn config_text(n: usize) -> String {
+    let names: Vec<String> = (0..n).map(|i| format!("\"{}\"", name(i))).collect();
+    format!(
+        "[[listener]]\naddress = \"127.0.0.1:1\"\n[[route]]\nname = \"many\"\naction = \"passthrough\"\nbackends = [\"127.0.0.1:2\"]\nsni = [{}]\n",
+        names.join(",")
+    )
+}
+
+fn config_load(c: &mut Criterion) {
+    let mut g = c.benchmark_group("config_load");
+    g.sample_size(10);
+    for n in [10_000, 100_000, 400_000] {
+        let text = config_text(n);
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_function(format!("{n}_names"), |b| {
+            b.iter(|| {
+                let c = Config::from_str(black_box(&text), Path::new("bench.toml"), &RuntimeOverrides::default());
+                c.map(|c| c.table.name_count()).unwrap()
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, lookups, build, config_load);
 criterion_main!(benches);

@@ -14,6 +14,7 @@
 //! | 127.0.0.1        | any other SNI         | —             | dropped                                        |
 
 use crate::config::RuntimeOverrides;
+use crate::pki;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -40,12 +41,11 @@ pub fn prepare(dir: &Path, port: u16) -> Result<(PathBuf, String), String> {
         let p = dir.join(name);
         std::fs::write(&p, data).map_err(|e| format!("{}: {e}", p.display()))
     };
-    let (ca_pem, leaves) = make_certs().map_err(|e| format!("generating certificates: {e}"))?;
-    write("ca.pem", &ca_pem)?;
+    let ca = pki::Ca::new("sni-dispatch demo CA").map_err(|e| e.to_string())?;
+    ca.write(dir, "ca.pem").map_err(|e| e.to_string())?;
     let mut origins = Vec::new();
-    for (site, (cert, key)) in SITES.iter().zip(&leaves) {
-        write(&format!("{}.pem", site.route), cert)?;
-        write(&format!("{}.key", site.route), key)?;
+    for site in &SITES {
+        ca.issue(&[site.dns]).and_then(|leaf| leaf.write(dir, site.route)).map_err(|e| e.to_string())?;
         origins.push(start_origin(site.route)?);
     }
     let terminate = |site: &Site, origin: SocketAddr, extra: &str| {
@@ -102,25 +102,6 @@ pub fn run(port: u16, overrides: &RuntimeOverrides) -> Result<(), String> {
     let result = crate::server::serve(&config, overrides).map_err(|e| e.to_string());
     let _ = std::fs::remove_dir_all(&dir);
     result
-}
-
-/// A CA and, per site, a leaf certificate (PEM) and its key (PEM).
-fn make_certs() -> Result<(String, Vec<(String, String)>), rcgen::Error> {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-    let ca_key = KeyPair::generate()?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(DnType::CommonName, "sni-dispatch demo CA");
-    let ca = ca_params.self_signed(&ca_key)?;
-    let mut leaves = Vec::new();
-    for site in &SITES {
-        let key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(vec![site.dns.to_owned()])?;
-        params.distinguished_name.push(DnType::CommonName, site.dns);
-        let cert = params.signed_by(&key, &ca, &ca_key)?;
-        leaves.push((cert.pem(), key.serialize_pem()));
-    }
-    Ok((ca.pem(), leaves))
 }
 
 /// An HTTP/1.1 origin on an ephemeral loopback port that answers which site and path it served.

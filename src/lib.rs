@@ -14,6 +14,7 @@
 //! | 1 | [`hello`] | the ClientHello (and ServerHello version) parser: zero-copy, fuzzed |
 //! | 1 | [`route`] | the routing table: dedicated IPs, exact and wildcard names, fallbacks |
 //! | 1 | [`proxy_protocol`] | PROXY protocol v1/v2 headers |
+//! | 1 | [`pki`] | throw-away CAs and certificates, for the demo and the tests |
 //! | 2 | [`metrics`] | per-core counters (defined once) and HDR histograms, their labels |
 //! | 3 | [`relay`] | moving bytes: splice or buffered, half-close, idle; the one relay outcome |
 //! | 3 | [`backend`] | connecting to a route's back ends, failures by cause |
@@ -31,6 +32,7 @@ pub mod logs;
 pub mod sys;
 
 pub mod hello;
+pub mod pki;
 pub mod proxy_protocol;
 pub mod route;
 

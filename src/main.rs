@@ -31,7 +31,7 @@ Start here:
   sni-dispatch run --config edge.toml        serve until SIGTERM/SIGINT (SIGHUP reloads; a second
                                              SIGTERM/SIGINT ends the drain at once, exit 3)
 
-Configuration reference: README.md; tuning: tuning/README.md.";
+Configuration reference: docs/configuration.md; metrics: docs/metrics.md; tuning: tuning/README.md.";
 
 #[derive(Subcommand, Debug)]
 enum Command {

@@ -11,6 +11,7 @@ const FLOORS: &[(&str, u8)] = &[
     ("logs", 0),
     ("hello", 1),
     ("route", 1),
+    ("pki", 1),
     ("proxy_protocol", 2),
     ("metrics", 2),
     ("relay", 3),

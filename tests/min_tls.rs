@@ -8,6 +8,7 @@ mod common;
 use common::*;
 use sni_dispatch::config::RuntimeOverrides;
 use sni_dispatch::metrics::DropReason;
+use sni_dispatch::pki::Leaf;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -34,20 +35,15 @@ impl Drop for SServer {
 
 /// `openssl s_server -www` on a free port with a fresh certificate for www.example.com.
 fn s_server(dir: &std::path::Path, extra: &[&str]) -> SServer {
-    let certified = rcgen::generate_simple_self_signed(vec!["www.example.com".to_string()]).unwrap();
-    let tag = free_port();
-    let cert = dir.join(format!("cert-{tag}.pem"));
-    let key = dir.join(format!("key-{tag}.pem"));
-    std::fs::write(&cert, certified.cert.pem()).unwrap();
-    std::fs::write(&key, certified.key_pair.serialize_pem()).unwrap();
     let port = free_port();
+    let files = Leaf::self_signed(&["www.example.com"]).unwrap().write(dir, &format!("s_server-{port}")).unwrap();
     let child = Command::new("openssl")
         .args(["s_server", "-quiet", "-www", "-accept"])
         .arg(format!("127.0.0.1:{port}"))
         .arg("-cert")
-        .arg(&cert)
+        .arg(&files.cert)
         .arg("-key")
-        .arg(&key)
+        .arg(&files.key)
         .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -8,6 +8,7 @@ mod common;
 use common::*;
 use sni_dispatch::config::RuntimeOverrides;
 use sni_dispatch::metrics::{DropReason, Hist, RelayKind};
+use sni_dispatch::pki::Leaf;
 use sni_dispatch::route::Match;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -23,18 +24,6 @@ fn route(name: &str, extra: &str, backends: &[SocketAddr]) -> String {
     let list: Vec<String> = backends.iter().map(|a| format!("\"{a}\"")).collect();
     let min_tls = if extra.contains("passthrough") { "min_tls = \"1.0\"\n" } else { "" };
     format!("[[route]]\nname = \"{name}\"\nbackends = [{}]\n{min_tls}{extra}\n", list.join(", "))
-}
-
-/// One HTTP exchange with the admin endpoint: raw request bytes in, (status, headers, body) out.
-fn http_raw(addr: SocketAddr, request: &[u8]) -> (u16, String, String) {
-    let mut s = connect(addr);
-    let _ = s.write_all(request);
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (status, head.to_string(), body.to_string())
 }
 
 fn get(addr: SocketAddr, path: &str) -> (u16, String) {
@@ -114,25 +103,10 @@ fn parse_prometheus(py: &str, text: &str) -> Parsed {
     p
 }
 
-/// A self-signed certificate for `name`, as (cert PEM path, key PEM path, DER for the client).
-fn self_signed(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf, Vec<u8>) {
-    let ck = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
-    let (c, k) = (dir.join("t.pem"), dir.join("t.key"));
-    std::fs::write(&c, ck.cert.pem()).unwrap();
-    std::fs::write(&k, ck.key_pair.serialize_pem()).unwrap();
-    (c, k, ck.cert.der().to_vec())
-}
-
-/// A full TLS exchange through a terminating route: "ping" → echoed "ping".
-fn tls_ping(addr: SocketAddr, name: &str, der: &[u8]) {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(rustls::pki_types::CertificateDer::from(der.to_vec())).unwrap();
-    let cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+/// A full TLS exchange through a terminating route: "ping" → echoed "ping". The client trusts
+/// `root` only.
+fn tls_ping(addr: SocketAddr, name: &str, root: rustls::pki_types::CertificateDer<'static>) {
+    let cfg = sni_dispatch::pki::client_config(root).unwrap();
     let conn = rustls::ClientConnection::new(Arc::new(cfg), name.to_string().try_into().unwrap()).unwrap();
     let mut tls = rustls::StreamOwned::new(conn, connect(addr));
     tls.write_all(b"ping").unwrap();
@@ -151,7 +125,8 @@ fn every_outcome_is_counted_exactly_and_exposed() {
     let echo = backend(Mode::Echo);
     let dead = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key, der) = self_signed(dir.path(), "t.example");
+    let leaf = Leaf::self_signed(&["t.example"]).unwrap();
+    let (cert, key) = leaf.write(dir.path(), "t").map(|f| (f.cert, f.key)).unwrap();
     let log_path = dir.path().join("access.log");
     let toml = format!(
         "{RUNTIME}[admin]\nlisten = \"127.0.0.1:0\"\n[[listener]]\naddress = \"0.0.0.0:0\"\n{}{}{}{}{}",
@@ -192,7 +167,7 @@ fn every_outcome_is_counted_exactly_and_exposed() {
         expect_dropped(lo, &rustls_hello(Some("down.example"), &[]));
     }
     for _ in 0..tls {
-        tls_ping(lo, "t.example", &der);
+        tls_ping(lo, "t.example", leaf.cert_der());
     }
     let total = exact + wild + dedicated + unknown + garbage + down + tls;
     let routed = exact + wild + dedicated + down + tls;
@@ -413,81 +388,4 @@ fn binary_samples_the_access_log_and_prints_summaries() {
 fn stats_accepted(summary: &str) -> u64 {
     let last = summary.rsplit("sni-dispatch summary").next().unwrap();
     last.split(": ").nth(1).and_then(|s| s.split(' ').next()).and_then(|s| s.parse().ok()).expect("accepted count")
-}
-
-/// What the instrumentation adds per connection, measured directly (the CPU-per-connection bench
-/// is too noisy on a shared box to resolve a few percent). Run with
-/// `cargo test --release --test observability -- --ignored --nocapture recording_cost`.
-#[test]
-#[ignore]
-fn recording_cost() {
-    use sni_dispatch::access_log::{rfc3339, Entry, Sink};
-    use sni_dispatch::config::SampleRate;
-    use sni_dispatch::metrics::{Local, Registry};
-    let n = 1_000_000u64;
-    let reg = Registry::new(1);
-    let local = Local::new(reg.slot(0));
-    // Latency: the five extra clock reads and seven records of a passthrough connection, and the
-    // publish tick's share (one publish per 1000 connections = 10k conn/s per worker).
-    let t = Instant::now();
-    for i in 0..n {
-        let a = Instant::now();
-        let b = Instant::now();
-        let c = Instant::now();
-        let d = Instant::now();
-        let e = Instant::now();
-        local.record_duration(Hist::HelloWait, b - a);
-        local.record_duration(Hist::RouteLookup, c - b);
-        local.record_duration(Hist::BackendConnect, d - c);
-        local.record_duration(Hist::FirstByte, e - d);
-        local.record_duration(Hist::Lifetime, e - a);
-        local.record(Hist::HelloSize, 517);
-        if i % 1000 == 999 {
-            local.publish();
-        }
-    }
-    let hist_ns = t.elapsed().as_nanos() as f64 / n as f64;
-    // Access log at rate 1: timestamp, two small strings, one JSON line, buffer handoff.
-    let dir = tempfile::tempdir().unwrap();
-    let sink = Sink::open(&dir.path().join("a.log")).unwrap();
-    let w = sink.writer(SampleRate::ALL);
-    let addr: SocketAddr = "127.0.0.1:40000".parse().unwrap();
-    let m = 200_000u64;
-    let t = Instant::now();
-    for i in 0..m {
-        if !w.sample() {
-            continue;
-        }
-        let sni = String::from("www.example.com");
-        let alpn = String::from("h2");
-        let time = rfc3339(std::time::SystemTime::now());
-        let e = Entry {
-            time: &time,
-            worker: 0,
-            client: Some(addr),
-            local: Some(addr),
-            sni: Some(&sni),
-            alpn: Some(&alpn),
-            route: Some("www"),
-            how: Some("sni"),
-            action: Some("passthrough"),
-            backend: Some(addr),
-            outcome: "closed",
-            reason: None,
-            bytes_client_to_backend: 517 + i,
-            bytes_backend_to_client: 64,
-            hello_bytes: Some(517),
-            hello_wait_us: Some(12),
-            route_lookup_ns: Some(850),
-            backend_connect_us: Some(40),
-            tls_handshake_us: None,
-            first_byte_us: Some(90),
-            lifetime_us: Some(160),
-        };
-        w.log(&e, &local);
-    }
-    let log_ns = t.elapsed().as_nanos() as f64 / m as f64;
-    drop(w);
-    sink.close(Duration::from_secs(10));
-    println!("latency recording: {hist_ns:.0} ns per connection; access log line: {log_ns:.0} ns per connection");
 }

@@ -6,6 +6,7 @@ mod common;
 use common::*;
 use sni_dispatch::config::RuntimeOverrides;
 use sni_dispatch::metrics::{Direction, DropReason, RelayKind};
+use sni_dispatch::pki::Leaf;
 use sni_dispatch::route::Match;
 use std::io::{Read, Write};
 use std::net::Shutdown;
@@ -133,14 +134,14 @@ fn post_quantum_hello_split_with_a_pause_and_reframed() {
     let (server, _f) = start(&toml, &RuntimeOverrides::default());
     let addr = server.local_addrs()[0];
 
-    // Two reads with a pause between.
+    // Two reads with a pause between: nothing is routed on the first.
     let mut c = connect(addr);
-    c.write_all(&CHROMIUM_PQ[..700]).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    send_partial_hello(&mut c, &CHROMIUM_PQ[..700], &server, &b);
     c.write_all(&CHROMIUM_PQ[700..]).unwrap();
     assert_eq!(read_to_end(&mut c).unwrap(), REPLY);
     drop(c);
     assert_eq!(b.next().bytes, CHROMIUM_PQ);
+    wait_metrics(&server, |m| m.routed_total() == 1);
 
     // Re-framed into many small records, sent in pieces.
     let many = reframe(CHROMIUM_PQ, 64);
@@ -150,10 +151,14 @@ fn post_quantum_hello_split_with_a_pause_and_reframed() {
         format!("{RUNTIME}{}{}", listener("127.0.0.1:0"), passthrough("r", "sni = [\"www.example.com\"]", &[b2.addr]));
     let (server2, _f2) = start(&toml, &RuntimeOverrides::default());
     let mut c = connect(server2.local_addrs()[0]);
-    for part in many.chunks(333) {
+    // All but the last 40 bytes in pieces of 333; nothing is routed before those 40 arrive.
+    let last = many.len() - 40;
+    for part in many[..last - 333].chunks(333) {
         c.write_all(part).unwrap();
         std::thread::sleep(Duration::from_millis(10));
     }
+    send_partial_hello(&mut c, &many[last - 333..last], &server2, &b2);
+    c.write_all(&many[last..]).unwrap();
     assert_eq!(read_to_end(&mut c).unwrap(), REPLY);
     drop(c);
     assert_eq!(b2.next().bytes, many);
@@ -606,20 +611,17 @@ fn end_to_end_with_openssl_s_server_s_client_and_curl() {
         eprintln!("openssl not installed; skipping");
         return;
     }
-    let certified = rcgen::generate_simple_self_signed(vec!["www.example.com".to_string()]).unwrap();
+    let leaf = Leaf::self_signed(&["www.example.com"]).unwrap();
     let (f, addr) = binary_config("", "");
-    let cert = f.dir.path().join("cert.pem");
-    let key = f.dir.path().join("key.pem");
-    std::fs::write(&cert, certified.cert.pem()).unwrap();
-    std::fs::write(&key, certified.key_pair.serialize_pem()).unwrap();
+    let files = leaf.write(f.dir.path(), "s_server").unwrap();
     let sport = free_port();
     let server = std::process::Command::new("openssl")
         .args(["s_server", "-quiet", "-www", "-accept"])
         .arg(sport.to_string())
         .arg("-cert")
-        .arg(&cert)
+        .arg(&files.cert)
         .arg("-key")
-        .arg(&key)
+        .arg(&files.key)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -653,7 +655,7 @@ fn end_to_end_with_openssl_s_server_s_client_and_curl() {
     let out = s_client.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     // The certificate the client got is the back end's (passthrough: the proxy has none).
-    let pem = certified.cert.pem();
+    let pem = leaf.cert_pem();
     let first_line = pem.lines().nth(1).unwrap();
     assert!(text.contains(first_line), "not the back end's certificate: {text}");
     assert!(text.contains("s_server"), "no s_server page through the proxy: {text}");

@@ -123,6 +123,10 @@ bin=${SNI_DISPATCH:-}
 for b in "$root/target/release/sni-dispatch" "$root/target/debug/sni-dispatch"; do
     [[ -z $bin && -x $b ]] && bin=$b
 done
+# The routes every profile is tried with: an ephemeral listener port, and a back end that is
+# never dialed (no connection is made), so no fixed port is bound or needed.
+routes='[[listener]]\naddress = "127.0.0.1:0"\n\n[[route]]\nname = "r"\nsni = ["a.example.com"]\naction = "passthrough"\nbackends = ["127.0.0.1:9"]\n'
+printf '%b' "$routes" >"$tmp/routes.toml"
 for p in "$here"/profiles/*.toml; do
     name=${p#"$root"/}
     tables=$(grep -E '^[[:space:]]*\[' "$p" | tr -d ' ' | sort -u | tr '\n' ' ')
@@ -131,7 +135,8 @@ for p in "$here"/profiles/*.toml; do
         cfg=$tmp/${p##*/}
         {
             cat "$p"
-            printf '\n[[listener]]\naddress = "127.0.0.1:28443"\n\n[[route]]\nname = "r"\nsni = ["a.example.com"]\naction = "passthrough"\nbackends = ["127.0.0.1:29000"]\n'
+            echo
+            cat "$tmp/routes.toml"
         } >"$cfg"
         if out=$("$bin" check --config "$cfg" 2>&1); then
             pass "$name: accepted by $(basename "$bin") check"
@@ -140,7 +145,6 @@ for p in "$here"/profiles/*.toml; do
         fi
         # the real path: run --profile on an ephemeral loopback port, stop it after its start line
         if "$bin" run --help 2>/dev/null | grep -q -- '--profile'; then
-            printf '[[listener]]\naddress = "127.0.0.1:0"\n\n[[route]]\nname = "r"\nsni = ["a.example.com"]\naction = "passthrough"\nbackends = ["127.0.0.1:9"]\n' >"$tmp/routes.toml"
             want=$(sed -n 's/^pipe_pool *= *\([0-9]*\).*/\1/p' "$p")
             out=$(timeout -s TERM 2 "$bin" run --config "$tmp/routes.toml" --profile "$p" --workers 1 --log info 2>&1 || true)
             if grep -q "serving.*pipe_pool=${want:-1024} " <<<"$out"; then

@@ -352,9 +352,16 @@ pub fn listener(addr: SocketAddrV4) -> io::Result<TcpListener> {
     Ok(s.into())
 }
 
-/// Serve `backend` on `addr` with `threads` threads pinned over `cpus`. Runs until the process exits.
-pub fn spawn(backend: Backend, addr: SocketAddrV4, threads: usize, cpus: Vec<usize>) -> io::Result<Arc<BackendStats>> {
+/// Serve `backend` on `addr` (port 0: one the kernel picks) with `threads` threads pinned over
+/// `cpus`. Runs until the process exits. Returns the port it listens on and its counters.
+pub fn spawn(
+    backend: Backend,
+    addr: SocketAddrV4,
+    threads: usize,
+    cpus: Vec<usize>,
+) -> io::Result<(u16, Arc<BackendStats>)> {
     let l = listener(addr)?;
+    let port = l.local_addr()?.port();
     let stats = backend.stats.clone();
     let b = Arc::new(backend);
     let (tx, rx) = std::sync::mpsc::channel();
@@ -392,7 +399,7 @@ pub fn spawn(backend: Backend, addr: SocketAddrV4, threads: usize, cpus: Vec<usi
         Ok(mut t) => *t = tids.into_iter().map(|(_, t)| t).collect(),
         Err(p) => *p.into_inner() = tids.into_iter().map(|(_, t)| t).collect(),
     }
-    Ok(stats)
+    Ok((port, stats))
 }
 
 /// A rustls server config for a TLS back end or test: the leaf's chain and key, TLS 1.2 and 1.3.

@@ -1,16 +1,14 @@
-//! Certificates for terminate routes and TLS back ends: one CA, one ECDSA P-256 leaf per route.
+//! Certificates for terminate routes and TLS back ends: one CA, one ECDSA P-256 leaf per route,
+//! made by `sni_dispatch::pki` and written where HAProxy, nginx and the dispatcher read them.
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
+use sni_dispatch::pki;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-pub struct Ca {
-    key: KeyPair,
-    cert: rcgen::Certificate,
-}
+pub struct Ca(pki::Ca);
 
 /// A leaf certificate and its key, in DER and as PEM files on disk.
 #[derive(Clone)]
@@ -34,43 +32,29 @@ impl Leaf {
 }
 
 impl Ca {
+    #[allow(clippy::expect_used)]
     pub fn new() -> Ca {
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.distinguished_name.push(DnType::CommonName, "sni-loadtest CA");
-        let cert = p.self_signed(&key).unwrap();
-        Ca { key, cert }
+        Ca(pki::Ca::new("sni-loadtest CA").expect("generating the CA"))
     }
     pub fn der(&self) -> CertificateDer<'static> {
-        self.cert.der().clone()
+        self.0.der()
     }
     /// Issue a leaf for `names` (DNS names, wildcards allowed) and `ips`, written under `dir/stem.*`.
     pub fn issue(&self, dir: &Path, stem: &str, names: &[String], ips: &[IpAddr]) -> std::io::Result<Leaf> {
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.distinguished_name.push(DnType::CommonName, names.first().cloned().unwrap_or_else(|| stem.to_string()));
-        for n in names {
-            p.subject_alt_names
-                .push(SanType::DnsName(n.clone().try_into().map_err(|e| std::io::Error::other(format!("{n}: {e}")))?));
-        }
-        for ip in ips {
-            p.subject_alt_names.push(SanType::IpAddress(*ip));
-        }
-        let cert = p.signed_by(&key, &self.cert, &self.key).unwrap();
-        let cert_pem_path = dir.join(format!("{stem}.pem"));
-        let key_pem_path = dir.join(format!("{stem}.key"));
+        let ips: Vec<String> = ips.iter().map(ToString::to_string).collect();
+        let sans: Vec<&str> = names.iter().chain(&ips).map(String::as_str).collect();
+        let fail = |e: pki::Error| std::io::Error::other(format!("{stem}: {e}"));
+        let leaf = self.0.issue(&sans).map_err(fail)?;
+        let files = leaf.write(dir, stem).map_err(fail)?;
         let combined_pem_path = dir.join(format!("{stem}.combined.pem"));
-        let chain_pem = format!("{}{}", cert.pem(), self.cert.pem());
-        std::fs::write(&cert_pem_path, &chain_pem)?;
-        std::fs::write(&key_pem_path, key.serialize_pem())?;
-        std::fs::write(&combined_pem_path, format!("{chain_pem}{}", key.serialize_pem()))?;
+        std::fs::write(&combined_pem_path, format!("{}{}", leaf.chain_pem(), leaf.key_pem()))?;
         Ok(Leaf {
-            cert_der: cert.der().clone(),
+            cert_der: leaf.cert_der(),
             ca_der: self.der(),
-            key_der: key.serialize_der(),
-            cert_pem_path,
-            key_pem_path,
+            // PKCS#8, as `pki` makes every key
+            key_der: leaf.key_der().secret_der().to_vec(),
+            cert_pem_path: files.cert,
+            key_pem_path: files.key,
             combined_pem_path,
         })
     }

@@ -71,6 +71,26 @@ pub fn pin(cpus: &[usize], i: usize) {
     let _ = core_affinity::set_for_current(core_affinity::CoreId { id });
 }
 
+/// A TCP port that is free on every address of `ips` at once (a target listens on one port of
+/// 127.0.0.1 and of each dedicated IP): the kernel's pick for the first address, kept if the
+/// others can bind it too. The port is released on return, so a target started right after binds
+/// it; [`crate::targets::start`] picks again if another program took it in between.
+pub fn free_port(ips: &[Ipv4Addr]) -> io::Result<u16> {
+    let first = ips.first().copied().unwrap_or(Ipv4Addr::LOCALHOST);
+    let mut last = io::Error::from(io::ErrorKind::AddrInUse);
+    for _ in 0..64 {
+        let probe = std::net::TcpListener::bind(SocketAddrV4::new(first, 0))?;
+        let port = probe.local_addr()?.port();
+        let others: io::Result<Vec<_>> =
+            ips.iter().skip(1).map(|ip| std::net::TcpListener::bind(SocketAddrV4::new(*ip, port))).collect();
+        match others {
+            Ok(_) => return Ok(port),
+            Err(e) => last = e,
+        }
+    }
+    Err(io::Error::new(last.kind(), format!("no port free on all of {ips:?}: {last}")))
+}
+
 /// Kind of an I/O error, for the error table.
 pub fn io_kind(e: &io::Error) -> &'static str {
     use io::ErrorKind::*;
@@ -97,5 +117,16 @@ mod tests {
         assert_eq!(parse_cpus("1").unwrap(), vec![1]);
         assert!(parse_cpus("").is_err());
         assert!(parse_cpus("3-1").is_err());
+    }
+
+    #[test]
+    fn a_free_port_binds_on_every_address() {
+        let ips = [Ipv4Addr::LOCALHOST, Ipv4Addr::new(127, 0, 0, 2), Ipv4Addr::new(127, 0, 0, 3)];
+        let port = free_port(&ips).unwrap();
+        assert_ne!(port, 0);
+        let held: Vec<_> = ips.iter().map(|ip| std::net::TcpListener::bind(SocketAddrV4::new(*ip, port))).collect();
+        assert!(held.iter().all(Result::is_ok), "{held:?}");
+        // while they are held, another pick is another port
+        assert_ne!(free_port(&ips).unwrap(), port);
     }
 }

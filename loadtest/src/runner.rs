@@ -294,7 +294,8 @@ pub fn run(o: &Options) -> Result<i32, String> {
         } else {
             None
         };
-        let port = suite.backends.port + i as u16;
+        // 0: the kernel picks a free port for each back end
+        let port = if suite.backends.port == 0 { 0 } else { suite.backends.port + i as u16 };
         let tls = match (r.backend == BackendKind::Tls, &leaf) {
             (true, Some(l)) => Some(backends::server_config(l, &r.alpn)),
             _ => None,
@@ -306,7 +307,7 @@ pub fn run(o: &Options) -> Result<i32, String> {
             tls,
             stats: Default::default(),
         };
-        let st =
+        let (port, st) =
             backends::spawn(be, SocketAddrV4::new(Ipv4Addr::LOCALHOST, port), backend_threads, backend_cpus.clone())
                 .map_err(|e| format!("back end of route {} on port {port}: {e}", r.name))?;
         stats.push((r.name.clone(), st));
@@ -513,19 +514,25 @@ pub fn write_configs(suite_path: &Path, out: &Path) -> Result<(), String> {
             .then(|| ca.issue(out, &format!("route{i}"), &names_for_cert(r), &ips))
             .transpose()
             .map_err(|e| e.to_string())?;
-        rts.push(RouteRt { backend_port: suite.backends.port + i as u16, leaf });
+        let backend_port = match suite.backends.port {
+            0 => crate::net::free_port(&[Ipv4Addr::LOCALHOST]).map_err(|e| e.to_string())?,
+            base => base + i as u16,
+        };
+        rts.push(RouteRt { backend_port, leaf });
     }
     let write = |suite: &Suite, dir: &Path, peer_workers: usize| -> Result<(), String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let env = Env { suite, model: &model, routes: &rts, dir, peer_workers };
-        std::fs::write(
-            dir.join("sni-dispatch.toml"),
-            targets::dispatcher_config(&env, targets::port_of(suite, DISPATCHER)),
-        )
-        .map_err(|e| e.to_string())?;
+        // the suite's ports, or ports free now (a suite that leaves them to be picked)
+        let port = |target: &str| match targets::port_of(suite, target) {
+            Some(p) => Ok(p),
+            None => crate::net::free_port(&targets::listen_ips(&env)).map_err(|e| e.to_string()),
+        };
+        std::fs::write(dir.join("sni-dispatch.toml"), targets::dispatcher_config(&env, port(DISPATCHER)?))
+            .map_err(|e| e.to_string())?;
         for (name, r) in [
-            ("haproxy.cfg", targets::haproxy_config(&env, targets::port_of(suite, "haproxy"), false)),
-            ("nginx.conf", targets::nginx_config(&env, targets::port_of(suite, "nginx"))),
+            ("haproxy.cfg", targets::haproxy_config(&env, port("haproxy")?, false)),
+            ("nginx.conf", targets::nginx_config(&env, port("nginx")?)),
         ] {
             match r {
                 Ok(c) => std::fs::write(dir.join(name), c).map_err(|e| e.to_string())?,

@@ -92,7 +92,8 @@ impl Default for Cpus {
 #[serde(deny_unknown_fields)]
 pub struct DispatcherCfg {
     /// Listening port of the dispatcher; peers listen on port+1 (haproxy), +2 (haproxy-splice), +3 (nginx).
-    #[serde(default = "default_port")]
+    /// 0 (the default): every target gets a port that is free when it starts.
+    #[serde(default)]
     pub port: u16,
     /// Extra keys for the generated config's `[runtime]` table.
     #[serde(default)]
@@ -107,16 +108,13 @@ pub struct DispatcherCfg {
     #[serde(default = "start_timeout")]
     pub start_timeout_s: f64,
 }
-fn default_port() -> u16 {
-    18443
-}
 fn start_timeout() -> f64 {
     20.0
 }
 impl Default for DispatcherCfg {
     fn default() -> Self {
         DispatcherCfg {
-            port: default_port(),
+            port: 0,
             runtime: toml::Table::new(),
             admin: None,
             extra_args: vec![],
@@ -128,22 +126,20 @@ impl Default for DispatcherCfg {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendsCfg {
-    /// Route i's back end listens on 127.0.0.1:(port + i).
-    #[serde(default = "backend_port")]
+    /// Route i's back end listens on 127.0.0.1:(port + i). 0 (the default): each back end binds
+    /// a port of the kernel's choosing (they need not be consecutive).
+    #[serde(default)]
     pub port: u16,
     /// Accepting threads per back end.
     #[serde(default = "backend_threads")]
     pub threads: usize,
-}
-fn backend_port() -> u16 {
-    19000
 }
 fn backend_threads() -> usize {
     64
 }
 impl Default for BackendsCfg {
     fn default() -> Self {
-        BackendsCfg { port: backend_port(), threads: backend_threads() }
+        BackendsCfg { port: 0, threads: backend_threads() }
     }
 }
 
@@ -373,6 +369,17 @@ impl Suite {
         let names: HashMap<&str, usize> = self.routes.iter().enumerate().map(|(i, r)| (r.name.as_str(), i)).collect();
         if names.len() != self.routes.len() {
             return Err("route names must be unique".into());
+        }
+        if self.dispatcher.port > u16::MAX - 9 {
+            return Err(format!("[dispatcher] port {}: the targets need port + 0..=9", self.dispatcher.port));
+        }
+        if self.backends.port > 0 && usize::from(self.backends.port) + self.routes.len() > usize::from(u16::MAX) {
+            return Err(format!(
+                "[backends] port {}: {} routes need port + 0..{}",
+                self.backends.port,
+                self.routes.len(),
+                self.routes.len()
+            ));
         }
         for f in [&self.fallback.no_sni, &self.fallback.unknown_sni].into_iter().flatten() {
             if !f.is_empty() && !names.contains_key(f.as_str()) {

@@ -40,18 +40,22 @@ fn peer_cpus(env: &Env) -> Vec<usize> {
     (0..env.peer_workers.max(1)).map(|i| v[i % v.len()]).collect()
 }
 
-pub fn port_of(suite: &Suite, target: &str) -> u16 {
+/// The port the suite gives `target`: `[dispatcher] port` + 0 (the dispatcher), 1 (haproxy),
+/// 2 (haproxy-splice), 3 (nginx); `None` when the port is 0, that is to be picked free at start.
+pub fn port_of(suite: &Suite, target: &str) -> Option<u16> {
     let base = suite.dispatcher.port;
-    match target {
-        DISPATCHER => base,
-        "haproxy" => base + 1,
-        "haproxy-splice" => base + 2,
-        "nginx" => base + 3,
-        _ => base + 9,
-    }
+    let offset = match target {
+        DISPATCHER => 0,
+        "haproxy" => 1,
+        "haproxy-splice" => 2,
+        "nginx" => 3,
+        _ => 9,
+    };
+    (base != 0).then(|| base + offset)
 }
 
-fn listen_ips(env: &Env) -> Vec<Ipv4Addr> {
+/// The addresses every target listens on: 127.0.0.1 and each dedicated IP of the suite.
+pub fn listen_ips(env: &Env) -> Vec<Ipv4Addr> {
     let mut v = vec![Ipv4Addr::LOCALHOST];
     for r in &env.suite.routes {
         for ip in &r.dedicated_ips {
@@ -71,7 +75,7 @@ fn hello_timeout_ms(env: &Env) -> i64 {
     env.suite.dispatcher.runtime.get("hello_timeout_ms").and_then(|v| v.as_integer()).unwrap_or(5000)
 }
 
-/// The dispatcher's TOML config (see the interface spec).
+/// The dispatcher's TOML config (docs/configuration.md).
 pub fn dispatcher_config(env: &Env, port: u16) -> String {
     let s = env.suite;
     let mut out = String::with_capacity(4096);
@@ -380,10 +384,25 @@ impl Drop for Running {
     }
 }
 
-/// Write the target's config into `env.dir` and start it, pinned, in the foreground.
+/// Write the target's config into `env.dir` and start it, pinned, in the foreground, on the
+/// suite's port for it, or on a free one ([`port_of`]); a free port that another program took
+/// before the target could bind it is picked again (three tries).
 pub fn start(name: &str, env: &Env, dispatcher: Option<&Path>) -> Result<Running, String> {
+    if let Some(port) = port_of(env.suite, name) {
+        return start_on(name, env, dispatcher, port);
+    }
+    let mut tries = 0;
+    loop {
+        let port = crate::net::free_port(&listen_ips(env)).map_err(|e| format!("{name}: {e}"))?;
+        match start_on(name, env, dispatcher, port) {
+            Err(e) if e.contains("Address already in use") && tries < 2 => tries += 1,
+            r => return r,
+        }
+    }
+}
+
+fn start_on(name: &str, env: &Env, dispatcher: Option<&Path>, port: u16) -> Result<Running, String> {
     let s = env.suite;
-    let port = port_of(s, name);
     let cpus = s.cpus.dispatcher.clone();
     let log = env.dir.join(format!("{name}.log"));
     let (config, mut cmd) = match name {
@@ -459,6 +478,19 @@ mod tests {
         sni = ["a.example.com"]
         backend = "hello"
     "#;
+
+    #[test]
+    fn ports_are_picked_unless_the_suite_sets_them() {
+        let suite: Suite = toml::from_str(SUITE).unwrap();
+        assert_eq!((suite.dispatcher.port, suite.backends.port), (0, 0));
+        assert!([DISPATCHER, "haproxy", "haproxy-splice", "nginx"].iter().all(|t| port_of(&suite, t).is_none()));
+        let fixed: Suite = toml::from_str(&format!("[dispatcher]\nport = 20000\n{SUITE}")).unwrap();
+        let ports: Vec<_> = [DISPATCHER, "haproxy", "haproxy-splice", "nginx"].map(|t| port_of(&fixed, t)).into();
+        assert_eq!(ports, [Some(20000), Some(20001), Some(20002), Some(20003)]);
+        let mut too_high = fixed.clone();
+        too_high.dispatcher.port = u16::MAX - 3;
+        assert!(too_high.validate().is_err());
+    }
 
     #[test]
     fn peers_get_one_pinned_worker_per_cpu() {

@@ -881,34 +881,6 @@ proptest! {
     }
 }
 
-/// Contention-robust timing (the minimum over many short batches), for a shared machine
-/// where criterion's means are noisy. `cargo test --release --lib hello::tests::timing --
-/// --ignored --nocapture`.
-#[test]
-#[ignore]
-fn timing() {
-    use std::time::Instant;
-    let frag = reframe(&message(CHROMIUM_PQ), 100);
-    let mut inputs: Vec<(&str, &[u8])> = CAPTURES.to_vec();
-    inputs.push(("chromium-pq-100B-records", &frag));
-    for (name, buf) in inputs {
-        let mut best = f64::MAX;
-        for _ in 0..300 {
-            let t = Instant::now();
-            for _ in 0..200 {
-                match parse(std::hint::black_box(buf), MAX) {
-                    Parsed::Complete(h) => {
-                        std::hint::black_box((h.len(), h.sni().map(str::len), h.alpn().count()));
-                    }
-                    _ => unreachable!(),
-                }
-            }
-            best = best.min(t.elapsed().as_nanos() as f64 / 200.0);
-        }
-        println!("{name:>26}: {best:7.1} ns");
-    }
-}
-
 #[test]
 fn result_types_stay_small_and_shareable() {
     fn assert_traits<T: Copy + Send + Sync + 'static>() {}

@@ -4,7 +4,7 @@ use super::*;
 use crate::relay::{End, Relayed};
 use crate::route::TlsVersion;
 use crate::sys::Socket;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::pki_types::ServerName;
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::time::Duration;
@@ -15,9 +15,8 @@ struct Site {
 }
 
 fn site(name: &str) -> Site {
-    let c = rcgen::generate_simple_self_signed(vec![name.to_owned()]).unwrap();
-    let der = CertificateDer::from(c.cert.der().to_vec());
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(c.key_pair.serialize_der()));
+    let leaf = crate::pki::Leaf::self_signed(&[name]).unwrap();
+    let (der, key) = (leaf.cert_der(), leaf.key_der());
     let provider = rustls::crypto::aws_lc_rs::default_provider();
     let key = Arc::new(rustls::sign::CertifiedKey::from_der(vec![der.clone()], key, &provider).unwrap());
     let mut roots = rustls::RootCertStore::empty();

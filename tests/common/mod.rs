@@ -9,6 +9,7 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -93,6 +94,23 @@ pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// Sends `part` of a ClientHello that is not enough to route on `c`, the first connection to
+/// `server` (TCP_NODELAY: the part leaves at once), pauses, and asserts that the proxy accepted
+/// the connection but has neither routed nor dropped it and that `backend` saw no connection:
+/// the proxy read this part on its own and waits for the rest, so the hello reaches it in more
+/// than one read.
+pub fn send_partial_hello(c: &mut TcpStream, part: &[u8], server: &Server, backend: &Backend) {
+    assert!(c.nodelay().unwrap(), "the part must leave at once");
+    c.write_all(part).unwrap();
+    wait_metrics(server, |m| m.accepted == 1 && m.open == 1);
+    // Published counters are at most 100 ms old: after this pause they show the connection
+    // at least 200 ms after its first bytes arrived.
+    std::thread::sleep(Duration::from_millis(300));
+    let m = server.metrics().merged();
+    assert_eq!((m.routed_total(), m.dropped_total()), (0, 0), "decided on the first {} bytes: {m:#?}", part.len());
+    assert_eq!(backend.connections(), 0, "the back end was dialed before the hello was complete");
+}
+
 /// Waits until the merged counters satisfy `f` (they are published every 100 ms).
 pub fn wait_metrics(server: &Server, f: impl Fn(&Counters) -> bool) -> Counters {
     let mut last = Counters::default();
@@ -115,6 +133,8 @@ pub struct Seen {
 pub struct Backend {
     pub addr: SocketAddr,
     pub seen: std::sync::mpsc::Receiver<Seen>,
+    /// Connections accepted so far.
+    accepted: Arc<AtomicUsize>,
     _thread: JoinHandle<()>,
 }
 
@@ -140,9 +160,12 @@ pub fn backend_on(bind: &str, mode: Mode) -> Backend {
     let l = TcpListener::bind(bind).expect("bind backend");
     let addr = l.local_addr().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
     let t = std::thread::spawn(move || {
         for s in l.incoming() {
             let Ok(mut s) = s else { continue };
+            counter.fetch_add(1, Ordering::SeqCst);
             let tx = tx.clone();
             let mode = mode.clone();
             std::thread::spawn(move || {
@@ -188,10 +211,15 @@ pub fn backend_on(bind: &str, mode: Mode) -> Backend {
             });
         }
     });
-    Backend { addr, seen: rx, _thread: t }
+    Backend { addr, seen: rx, accepted, _thread: t }
 }
 
 impl Backend {
+    /// Connections it has accepted so far.
+    pub fn connections(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
     /// The next connection's bytes.
     pub fn next(&self) -> Seen {
         self.seen.recv_timeout(Duration::from_secs(30)).expect("back end saw no connection")
@@ -248,6 +276,18 @@ pub fn expect_dropped(addr: SocketAddr, bytes: &[u8]) {
     let _ = c.write_all(bytes);
     let got = read_to_end(&mut c).expect("proxy should close");
     assert!(got.is_empty(), "expected a drop, got {} bytes", got.len());
+}
+
+/// One HTTP exchange with the admin endpoint: raw request bytes in, (status, headers, body) out.
+pub fn http_raw(addr: SocketAddr, request: &[u8]) -> (u16, String, String) {
+    let mut s = connect(addr);
+    let _ = s.write_all(request);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, head.to_string(), body.to_string())
 }
 
 // ---- the binary --------------------------------------------------------------------------

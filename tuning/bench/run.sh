@@ -12,16 +12,17 @@
 #             small   (full_tls through a passthrough route to a TLS back end: small exchanges)
 #             slow    (open loop of 2000 good hellos/s beside 2000 slowloris clients trickling a
 #                      hello one byte per 500 ms: what good clients see while slow ones are held)
-#   RUNS (default 2), DURATION (default 8 s; bulk stops at its byte count), PORT (default 28443),
-#   BPORT (back ends, default 29000), JSON (write the figures there too).
+#   RUNS (default 2), DURATION (default 8 s; bulk stops at its byte count), PORT and BPORT (the
+#   dispatcher's and the back ends' first port; default: ports free at start, picked by
+#   sni-loadtest), JSON (write the figures there too).
 # Example: tuning/bench/run.sh bulk no-splice --no-splice
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-[[ $# -ge 2 ]] || { sed -n '2,17p' "$0" >&2; exit 2; }
+[[ $# -ge 2 ]] || { sed -n '2,18p' "$0" >&2; exit 2; }
 workload=$1 label=$2
 shift 2
-RUNS=${RUNS:-2} DURATION=${DURATION:-8} PORT=${PORT:-28443} BPORT=${BPORT:-29000}
+RUNS=${RUNS:-2} DURATION=${DURATION:-8} PORT=${PORT:-0} BPORT=${BPORT:-0}
 WORKERS=${WORKERS:-1} DCPUS=${DCPUS:-1}
 LT=${LT:-target/release/sni-loadtest}
 DISP=${DISP:-target/release/sni-dispatch}
