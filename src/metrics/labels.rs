@@ -77,8 +77,37 @@ labels! {
         /// No back end could even be tried for lack of local resources (descriptors, memory,
         /// ephemeral ports): this host's problem, not the back ends'.
         LocalResources = "local_resources",
-        /// A terminating route's TLS handshake failed (bad or incompatible client; an alert was sent).
+        /// A terminating route's TLS handshake failed for a reason no other `tls_*` value names
+        /// (an internal error; an alert was sent).
         TlsHandshake = "tls_handshake",
+        /// No protocol version in common: the client offers none of the route's (a TLS 1.2-only
+        /// client on a `min_tls = "1.3"` route); a `protocol_version` alert was sent.
+        TlsVersion = "tls_version",
+        /// No cipher suite in common (a `handshake_failure` alert was sent).
+        TlsNoCommonCipher = "tls_no_common_cipher",
+        /// No key-exchange group in common, or no key share or groups where one is required.
+        TlsNoCommonGroup = "tls_no_common_group",
+        /// No signature scheme the client accepts fits the route's certificate key.
+        TlsNoCommonSignature = "tls_no_common_signature",
+        /// The client's ALPN list names none of the route's `alpn` protocols
+        /// (`no_application_protocol` alert).
+        TlsNoAlpn = "tls_no_alpn",
+        /// Another incompatibility (extended master secret or null compression missing, …).
+        TlsIncompatible = "tls_incompatible",
+        /// rustls refused the ClientHello for its size (a handshake message over 64 KiB or a
+        /// record over 18 KiB) although it was within `max_hello_bytes`.
+        TlsHelloTooLarge = "tls_hello_too_large",
+        /// A malformed or unexpected handshake message (`decode_error`, `unexpected_message`).
+        TlsBadMessage = "tls_bad_message",
+        /// A well-formed message that breaks the protocol: an illegal value, a bad Finished or
+        /// binder, a record that does not decrypt (`illegal_parameter`, `decrypt_error`, …).
+        TlsProtocolViolation = "tls_protocol_violation",
+        /// The client refused our certificate (its alert: `bad_certificate`, `unknown_ca`,
+        /// `certificate_expired`, …).
+        TlsCertRejected = "tls_cert_rejected",
+        /// The client ended the handshake with another alert (`user_canceled`,
+        /// `handshake_failure`, …).
+        TlsClientAlert = "tls_client_alert",
         /// A terminating route's TLS handshake did not finish within `hello_timeout_ms`.
         TlsTimeout = "tls_timeout",
         /// The client closed or reset during a terminating route's TLS handshake.

@@ -9,10 +9,12 @@
 //! - [`socket`]: [`Socket`], async accept/recv/send/poll through the ring, connect, addresses;
 //! - [`pipe`]: [`Pipe`] and non-blocking `splice(2)`;
 //! - [`limits`]: `RLIMIT_NOFILE`, huge-page hints;
-//! - [`unix`]: passing descriptors over unix sockets (`SCM_RIGHTS`), the peer's credentials.
+//! - [`unix`]: passing descriptors over unix sockets (`SCM_RIGHTS`), the peer's credentials;
+//! - [`ktls`]: kernel TLS (`TCP_ULP "tls"`, `TLS_TX`/`TLS_RX`, record types in control messages).
 #![allow(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
+pub mod ktls;
 pub mod limits;
 pub mod pipe;
 pub mod ring;

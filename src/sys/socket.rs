@@ -152,6 +152,48 @@ impl Socket {
         self.sock_ref().send_vectored_with_flags(bufs, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
     }
 
+    /// One non-blocking recv(2) into `buf`, outside the ring: for a caller that waited for
+    /// readiness ([`poll`](Self::poll)) before taking a buffer, so that an idle connection holds
+    /// none. `Ok(0)` is end of stream; `WouldBlock` when nothing is queued.
+    pub fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the duration of the call;
+            // the fd is borrowed from `self`, which keeps it open.
+            let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+            if n >= 0 {
+                return Ok(n as usize);
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+
+    /// One non-blocking readv(2) into `bufs` in order (see [`try_recv`](Self::try_recv)).
+    pub fn try_recv_vectored(&self, bufs: &mut [io::IoSliceMut<'_>]) -> io::Result<usize> {
+        let count = bufs.len().min(libc::UIO_MAXIOV as usize) as libc::c_int;
+        loop {
+            // SAFETY: `IoSliceMut` is ABI-compatible with `struct iovec` (std guarantees it on
+            // Unix) and each describes memory valid for writes for the duration of the call; the
+            // fd is borrowed from `self`. The socket is non-blocking (every socket here is).
+            let n = unsafe { libc::readv(self.fd.as_raw_fd(), bufs.as_mut_ptr().cast(), count) };
+            if n >= 0 {
+                return Ok(n as usize);
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+
+    /// One non-blocking send(2) of `buf`, outside the ring (see
+    /// [`try_send_vectored`](Self::try_send_vectored)).
+    pub fn try_send(&self, buf: &[u8]) -> io::Result<usize> {
+        self.sock_ref().send_with_flags(buf, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+    }
+
     /// Waits until the socket is ready for `events` (POLLIN, POLLOUT); returns the ready mask.
     pub async fn poll(&self, events: u32) -> io::Result<u32> {
         let sqe = opcode::PollAdd::new(types::Fd(self.fd.as_raw_fd()), events).build();

@@ -10,12 +10,14 @@
 //! tickets and TLS 1.2 tickets) and one session-ID cache (TLS 1.2 clients without tickets). Both
 //! survive reloads, so a reload does not cost clients a full handshake.
 
+mod buffers;
 mod handshake;
+mod record;
 mod relay;
 #[cfg(test)]
 mod tests;
 
-pub use handshake::{handshake, HandshakeError};
+pub use handshake::{handshake, Established, HandshakeError};
 pub use relay::relay;
 
 use crate::route::TlsVersion;
@@ -122,5 +124,7 @@ pub fn server_config(
     config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
     // One ticket is enough for a proxy's clients to resume, and each costs an encryption.
     config.send_tls13_tickets = 1;
+    // The record layer after the handshake is ours (or the kernel's): tls::record.
+    config.enable_secret_extraction = true;
     Ok(Arc::new(config))
 }

@@ -1,118 +1,198 @@
-//! The TLS relay of a terminating route: plaintext between a handshaken rustls connection and
-//! the back end.
+//! The TLS relay of a terminating route: plaintext between an established TLS client and the
+//! back end, through the record layer ([`Session`]) in buffers of our own ([`RecordBuf`]).
 //!
-//! Ring sockets take owned buffers and are not `AsyncRead`/`AsyncWrite`, so this is the small
-//! adapter between the two:
-//! - ciphertext from the client arrives by io_uring recv into a reused `Vec<u8>`;
-//! - what rustls produces (records for the client, plaintext for the back end) leaves its buffers
-//!   by non-blocking send(2) ([`Direct`], `plaintext_to_backend`), waiting for POLLOUT only when a
-//!   socket's send buffer is full, so no byte is copied out of rustls first.
+//! - **Nothing is held while idle.** Each direction waits for readiness (io_uring POLL_ADD)
+//!   without a buffer, takes a record buffer to read, and gives it back once what it read has
+//!   gone out. Only a record the client has half sent is kept, in a buffer of its size.
+//! - **Back end → client**: one `readv` puts the back end's bytes straight into the plaintext
+//!   slots of up to four full 16 KiB records, which are sealed where they lie and leave in one
+//!   `send`: no copy between the two system calls, no allocation.
+//! - **Client → back end**: records are opened in place where `recv` put them, and their
+//!   plaintext leaves in one vectored `send`.
+//! - A direction that read a full buffer reads again at once (more is queued); one that read
+//!   less waits for readiness first.
+//! - **One outgoing queue.** Records for the client leave in the order they were sealed
+//!   (sequence numbers and key changes depend on it), whichever direction sealed them: data
+//!   from the back end, our KeyUpdate answering the client's, alerts. Each direction waits until
+//!   what it queued has gone, so the queue holds at most one buffer of data.
 //!
-//! The two directions share the connection through a `RefCell` (one thread, no borrow is held
-//! across an await); records leave in the order of rustls's single outgoing queue, whichever
-//! direction flushes it. The idle watchdog, abort and the outcome are the passthrough relay's
-//! ([`relay::Pair`], [`relay::Relayed`]).
+//! Half-close in both directions: the client's close_notify (or EOF) shuts the back end's write
+//! side; the back end's EOF sends close_notify and shuts the client's write side; the other
+//! direction keeps flowing. A TLS error sends its alert and ends both. The idle watchdog, abort
+//! and the outcome are the passthrough relay's ([`relay::Pair`], [`relay::Relayed`]).
 
-use super::handshake::READ_SIZE;
+use super::buffers::{RecordBuf, RECORDS};
+use super::handshake::Established;
+use super::record::{alert, content, Event, Fatal, Session, MAX_PLAINTEXT};
 use crate::metrics::RelayKind;
 use crate::relay::{self, Pair, Relayed};
-use crate::sys::{Socket as TcpStream, POLLOUT};
-use rustls::ServerConnection;
+use crate::sys::{Socket, POLLHUP, POLLIN, POLLOUT, POLLRDHUP};
 use std::cell::{Cell, RefCell};
-use std::io::{self, BufRead, Write};
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, IoSliceMut};
 use std::net::Shutdown;
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
-/// Relay reads start at one record's worth and grow to this once a read fills its buffer:
-/// a bulk transfer then moves four full records per system call, while an idle or chatty
-/// connection keeps small buffers. A multiple of 16 KiB, so that plaintext from the back end
-/// becomes whole records rather than a full one and a sliver.
-const RELAY_READ_SIZE: usize = 64 * 1024;
+/// Plaintext ranges passed to one vectored send to the back end.
+const MAX_IOV: usize = 16;
 
-/// Grows a relay buffer whose last read filled it (see [`RELAY_READ_SIZE`]).
-fn grow_if_full(buf: &mut Vec<u8>, n: usize) {
-    if n == buf.capacity() && n < RELAY_READ_SIZE {
-        buf.clear();
-        buf.reserve_exact(RELAY_READ_SIZE);
+/// A piece of the queue for the client.
+enum Seg {
+    /// Sealed data records in a record buffer.
+    Records(RecordBuf, Range<usize>),
+    /// Control records (alerts, KeyUpdate); `usize` bytes of it already sent.
+    Bytes(Vec<u8>, usize),
+}
+
+impl Seg {
+    fn pending(&self) -> &[u8] {
+        match self {
+            Self::Records(b, r) => &b[r.clone()],
+            Self::Bytes(v, at) => &v[*at..],
+        }
+    }
+
+    /// Marks `n` of the pending bytes sent; whether the piece is done.
+    fn advance(&mut self, n: usize) -> bool {
+        match self {
+            Self::Records(_, r) => {
+                r.start += n;
+                r.start >= r.end
+            }
+            Self::Bytes(v, at) => {
+                *at += n;
+                *at >= v.len()
+            }
+        }
+    }
+}
+
+/// Records sealed for the client, not yet sent, in order.
+#[derive(Default)]
+struct Out {
+    segs: VecDeque<Seg>,
+}
+
+impl Out {
+    fn is_empty(&self) -> bool {
+        self.segs.is_empty()
+    }
+
+    /// Queues control records (`bytes`, emptied).
+    fn push_bytes(&mut self, bytes: &mut Vec<u8>) {
+        if bytes.is_empty() {
+            return;
+        }
+        match self.segs.back_mut() {
+            Some(Seg::Bytes(v, _)) => v.append(bytes),
+            _ => self.segs.push_back(Seg::Bytes(std::mem::take(bytes), 0)),
+        }
+    }
+
+    /// One non-blocking vectored send of what is queued; drops the pieces that went entirely.
+    fn send_to(&mut self, sock: &Socket) -> io::Result<usize> {
+        let mut iov = [IoSlice::new(&[]); 4];
+        let mut k = 0;
+        for (slot, seg) in iov.iter_mut().zip(self.segs.iter()) {
+            *slot = IoSlice::new(seg.pending());
+            k += 1;
+        }
+        let mut n = sock.try_send_vectored(&iov[..k])?;
+        let sent = n;
+        while n > 0 {
+            let Some(front) = self.segs.front_mut() else { break };
+            let len = front.pending().len();
+            let take = n.min(len);
+            if front.advance(take) {
+                self.segs.pop_front();
+            }
+            n -= take;
+        }
+        Ok(sent)
     }
 }
 
 struct Shared<'a> {
     pair: Pair<'a>,
-    client: &'a TcpStream,
-    backend: &'a TcpStream,
-    tls: RefCell<ServerConnection>,
+    client: &'a Socket,
+    backend: &'a Socket,
+    session: RefCell<Session>,
+    out: RefCell<Out>,
+    /// Tasks inside [`Shared::flush`]: one of them sends whatever is queued.
+    flushers: Cell<u8>,
     to_backend: Cell<u64>,
     to_client: Cell<u64>,
     first_to_client: Cell<Option<Instant>>,
 }
 
+/// A TLS failure of the connection, as the relay's error (counted as `relay_errors{cause="tls"}`).
+fn tls_error(f: Fatal) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, f.why)
+}
+
 impl Shared<'_> {
-    /// Sends every record rustls has queued. The records go to the kernel straight from rustls's
-    /// own buffers ([`Direct`]), one copy fewer than collecting them into a buffer for an io_uring
-    /// send. Both directions may call this; rustls's queue keeps the records in order, and no
-    /// borrow of it is held across the wait for room.
-    async fn flush_to_client(&self) -> io::Result<()> {
+    /// Sends everything queued for the client, waiting for room as needed; returns once the
+    /// queue is empty (whoever queued it).
+    async fn flush(&self) -> io::Result<()> {
+        self.flushers.set(self.flushers.get() + 1);
+        let res = self.flush_inner().await;
+        self.flushers.set(self.flushers.get() - 1);
+        res
+    }
+
+    async fn flush_inner(&self) -> io::Result<()> {
         loop {
             let sent = {
-                let mut tls = self.tls.borrow_mut();
-                if !tls.wants_write() {
+                let mut out = self.out.borrow_mut();
+                if out.is_empty() {
                     return Ok(());
                 }
-                tls.write_tls(&mut Direct(self.client))
-            };
-            if let Err(e) = sent {
-                wait_for_room(self.client, e).await?;
-            }
-        }
-    }
-
-    /// Sends the plaintext rustls has decrypted to the back end, straight from rustls's buffer
-    /// ([`Direct`]); true once the client's close_notify has been read.
-    async fn plaintext_to_backend(&self) -> io::Result<bool> {
-        loop {
-            let sent = {
-                let mut tls = self.tls.borrow_mut();
-                let mut reader = tls.reader();
-                let sent = match reader.fill_buf() {
-                    Ok([]) => return Ok(true),
-                    Ok(chunk) => Direct(self.backend).write(chunk),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                    Err(e) => return Err(e),
-                };
-                if let Ok(n) = sent {
-                    reader.consume(n);
-                }
-                sent
+                out.send_to(self.client)
             };
             match sent {
-                Ok(n) => self.to_backend.set(self.to_backend.get() + n as u64),
-                Err(e) => wait_for_room(self.backend, e).await?,
+                Ok(_) => self.pair.touch(),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.client.poll(POLLOUT).await?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
             }
         }
     }
 
-    fn abort(&self) {
-        self.pair.abort();
+    /// Ends the connection for `f`: its alert, if any, goes out with what is queued (one
+    /// non-blocking attempt: a client that does not read gets the close alone).
+    fn fail(&self, f: Fatal) -> io::Error {
+        tracing::debug!(reason = f.why, "TLS relay: closing the connection");
+        if let Some(desc) = f.alert {
+            let mut ctl = Vec::new();
+            self.session.borrow_mut().seal_alert(desc, &mut ctl);
+            let mut out = self.out.borrow_mut();
+            out.push_bytes(&mut ctl);
+            while !out.is_empty() && matches!(out.send_to(self.client), Ok(n) if n > 0) {}
+        }
+        tls_error(f)
     }
 }
 
-/// Relays plaintext between a handshaken TLS client and `backend` until both directions are
-/// closed. Half-close in both directions: the client's close_notify (or EOF) shuts the back
-/// end's write side; the back end's EOF sends close_notify and shuts the client's write side;
-/// the other direction keeps flowing. `idle` closes both with no traffic either way.
-pub async fn relay(client: &TcpStream, tls: ServerConnection, backend: &TcpStream, idle: Duration) -> Relayed {
+/// Relays plaintext between the client of an established TLS session and `backend` until both
+/// directions are closed (see the module docs). `idle` closes both with no traffic either way.
+pub async fn relay(client: &Socket, est: Established, backend: &Socket, idle: Duration) -> Relayed {
+    let Established { session, leftover, .. } = est;
     let s = Shared {
         pair: Pair::new(client, backend),
         client,
         backend,
-        tls: RefCell::new(tls),
+        session: RefCell::new(session),
+        out: RefCell::new(Out::default()),
+        flushers: Cell::new(0),
         to_backend: Cell::new(0),
         to_client: Cell::new(0),
         first_to_client: Cell::new(None),
     };
     let both = async {
-        let (up, down) = tokio::join!(client_to_backend(&s), backend_to_client(&s));
+        let (up, down) = tokio::join!(client_to_backend(&s, leftover), backend_to_client(&s));
         up.and(down)
     };
     let (res, idle) = s.pair.watch(idle, both).await;
@@ -125,87 +205,174 @@ pub async fn relay(client: &TcpStream, tls: ServerConnection, backend: &TcpStrea
     }
 }
 
-/// `io::Write` over a socket's non-blocking send(2): the kernel has copied the bytes when a
-/// write returns, so rustls can hand over its buffers without copying them out first. A full
-/// send buffer is `WouldBlock`, for [`wait_for_room`].
-struct Direct<'a>(&'a TcpStream);
-
-/// After a failed [`Direct`] write: waits for POLLOUT on a full send buffer, retries at once
-/// after EINTR, and passes any other error on.
-async fn wait_for_room(sock: &TcpStream, e: io::Error) -> io::Result<()> {
-    match e.kind() {
-        io::ErrorKind::WouldBlock => sock.poll(POLLOUT).await.map(drop),
-        io::ErrorKind::Interrupted => Ok(()),
-        _ => Err(e),
-    }
-}
-
-impl Write for Direct<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.try_send_vectored(&[io::IoSlice::new(buf)])
-    }
-
-    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        self.0.try_send_vectored(bufs)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-async fn client_to_backend(s: &Shared<'_>) -> io::Result<()> {
-    let result = client_to_backend_inner(s).await;
+async fn client_to_backend(s: &Shared<'_>, leftover: Vec<u8>) -> io::Result<()> {
+    let result = client_to_backend_inner(s, leftover).await;
     match &result {
-        Ok(()) => {
-            s.backend.shutdown(Shutdown::Write);
-        }
-        Err(_) => s.abort(),
+        Ok(()) => s.backend.shutdown(Shutdown::Write),
+        Err(_) => s.pair.abort(),
     }
     result
 }
 
-async fn client_to_backend_inner(s: &Shared<'_>) -> io::Result<()> {
-    let mut buf = Vec::with_capacity(READ_SIZE);
-    // Application data that arrived with the handshake's last flight.
-    let mut closed = s.plaintext_to_backend().await?;
-    while !closed {
-        buf.clear();
-        let (res, b) = s.client.recv(buf).await;
-        buf = b;
-        if res? == 0 {
-            // EOF without close_notify: a truncation, but the bytes relayed so far stand.
+/// The ciphertext the client → back end direction holds between reads.
+enum Held {
+    /// Nothing (a record boundary): an idle connection.
+    None,
+    /// The start of a record, in a buffer of its own size (the client paused in mid-record).
+    Stash(Vec<u8>),
+    /// `usize` bytes at the front of a record buffer.
+    Buf(RecordBuf, usize),
+}
+
+async fn client_to_backend_inner(s: &Shared<'_>, mut leftover: Vec<u8>) -> io::Result<()> {
+    let mut held = Held::None;
+    if !leftover.is_empty() {
+        // What came with the client's Finished: opened where it lies, in the handshake's buffer.
+        let (consumed, closed) = process_records(s, &mut leftover).await?;
+        if closed {
             return Ok(());
         }
+        if consumed < leftover.len() {
+            held = Held::Stash(leftover[consumed..].to_vec());
+        }
+    }
+    drop(leftover);
+    // A full read (more is queued): read again without waiting for readiness.
+    let mut ready = false;
+    loop {
+        if !ready {
+            held = match held {
+                // Going idle: no buffer, only a partial record's bytes in one of their size.
+                Held::Buf(b, 0) => {
+                    drop(b);
+                    Held::None
+                }
+                Held::Buf(b, len) => Held::Stash(b[..len].to_vec()),
+                h => h,
+            };
+            s.client.poll(POLLIN | POLLRDHUP).await?;
+        }
+        let (mut buf, mut len) = match std::mem::replace(&mut held, Held::None) {
+            Held::Buf(b, len) => (b, len),
+            Held::None => (RecordBuf::take(), 0),
+            Held::Stash(v) => {
+                let mut b = RecordBuf::take();
+                b[..v.len()].copy_from_slice(&v);
+                (b, v.len())
+            }
+        };
+        let n = match s.client.try_recv(&mut buf[len..]) {
+            // EOF without close_notify: a truncation, but the bytes relayed so far stand.
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                held = Held::Buf(buf, len);
+                ready = false;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         s.pair.touch();
-        // rustls holds at most 16 KiB of decrypted plaintext: pass it on after every record
-        // batch, or a client uploading full-size records fills it and the read fails.
-        let mut at = 0;
-        let mut bad = None;
-        while at < buf.len() && !closed {
-            let processed = {
-                let mut tls = s.tls.borrow_mut();
-                let mut rest = &buf[at..];
-                let read = tls.read_tls(&mut rest)?;
-                at = buf.len() - rest.len();
-                if read == 0 {
+        ready = len + n == buf.len();
+        len += n;
+        let (consumed, closed) = process_records(s, &mut buf[..len]).await?;
+        if closed {
+            return Ok(());
+        }
+        // What is left is the start of one record, shorter than the largest (every complete
+        // one was consumed), and a buffer holds two of those: room remains for the next read.
+        buf.copy_within(consumed..len, 0);
+        held = Held::Buf(buf, len - consumed);
+    }
+}
+
+/// Opens the complete records at the front of `buf` in place and sends their plaintext to the
+/// back end; answers KeyUpdates. Returns the bytes consumed and whether the client closed.
+async fn process_records(s: &Shared<'_>, buf: &mut [u8]) -> io::Result<(usize, bool)> {
+    let mut at = 0;
+    loop {
+        let mut ranges: [Range<usize>; MAX_IOV] = std::array::from_fn(|_| 0..0);
+        let mut k = 0;
+        let mut closed = false;
+        let mut failed = None;
+        let mut reply = Vec::new();
+        {
+            let mut session = s.session.borrow_mut();
+            while k < MAX_IOV {
+                let len = match session.record_len(&buf[at..]) {
+                    Ok(Some(n)) if n <= buf.len() - at => n,
+                    Ok(_) => break,
+                    Err(f) => {
+                        failed = Some(f);
+                        break;
+                    }
+                };
+                match session.open(&mut buf[at..at + len], &mut reply) {
+                    Ok(Event::Data(r)) => {
+                        if r.start < r.end {
+                            ranges[k] = at + r.start..at + r.end;
+                            k += 1;
+                        }
+                    }
+                    Ok(Event::Closed) => closed = true,
+                    Ok(Event::Nothing) => {}
+                    Err(f) => {
+                        failed = Some(f);
+                        break;
+                    }
+                }
+                at += len;
+                if closed {
                     break;
                 }
-                tls.process_new_packets().map(|_| ())
-            };
-            if let Err(e) = processed {
-                bad = Some(e);
-                break;
+                if !reply.is_empty() {
+                    // Our KeyUpdate is queued before anything sealed under the new key.
+                    s.out.borrow_mut().push_bytes(&mut reply);
+                }
             }
-            closed = s.plaintext_to_backend().await?;
         }
-        let n = buf.len();
-        grow_if_full(&mut buf, n);
-        // Alerts, key-update answers: whatever rustls has to say goes out first.
-        s.flush_to_client().await?;
-        if let Some(e) = bad {
-            tracing::debug!("TLS error from client: {e}");
-            return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+        send_plaintext(s, buf, &mut ranges[..k]).await?;
+        if let Some(f) = failed {
+            return Err(s.fail(f));
+        }
+        // The KeyUpdate is on the queue; make sure it leaves even if no data does.
+        if !s.out.borrow().is_empty() && s.flushers.get() == 0 {
+            s.flush().await?;
+        }
+        if closed || k < MAX_IOV {
+            return Ok((at, closed));
+        }
+    }
+}
+
+/// Sends the plaintext at `ranges` of `buf` to the back end, all of it.
+async fn send_plaintext(s: &Shared<'_>, buf: &[u8], ranges: &mut [Range<usize>]) -> io::Result<()> {
+    let mut first = 0;
+    while first < ranges.len() {
+        let mut iov = [IoSlice::new(&[]); MAX_IOV];
+        let n = ranges.len() - first;
+        for (slot, r) in iov.iter_mut().zip(&ranges[first..]) {
+            *slot = IoSlice::new(&buf[r.clone()]);
+        }
+        match s.backend.try_send_vectored(&iov[..n]) {
+            Ok(mut sent) => {
+                s.to_backend.set(s.to_backend.get() + sent as u64);
+                s.pair.touch();
+                while sent > 0 && first < ranges.len() {
+                    let r = &mut ranges[first];
+                    let take = sent.min(r.len());
+                    r.start += take;
+                    sent -= take;
+                    if r.start >= r.end {
+                        first += 1;
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                s.backend.poll(POLLOUT).await?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(())
@@ -214,32 +381,81 @@ async fn client_to_backend_inner(s: &Shared<'_>) -> io::Result<()> {
 async fn backend_to_client(s: &Shared<'_>) -> io::Result<()> {
     let result = backend_to_client_inner(s).await;
     if result.is_err() {
-        s.abort();
+        s.pair.abort();
     }
     result
 }
 
 async fn backend_to_client_inner(s: &Shared<'_>) -> io::Result<()> {
-    let mut buf = Vec::with_capacity(16 * 1024);
+    let (prefix, suffix) = {
+        let session = s.session.borrow();
+        (session.prefix(), session.suffix())
+    };
+    let stride = prefix + MAX_PLAINTEXT + suffix;
+    // `ready`: a full read (more is queued); `hup`: the back end's FIN was seen (the next reads
+    // return the rest, then 0). Either way, read without waiting for readiness.
+    let (mut ready, mut hup) = (false, false);
     loop {
-        buf.clear();
-        let (res, b) = s.backend.recv(buf).await;
-        buf = b;
-        let n = res?;
+        if !ready && !hup {
+            hup = s.backend.poll(POLLIN | POLLRDHUP).await? & (POLLRDHUP | POLLHUP) != 0;
+        }
+        let mut buf = RecordBuf::take();
+        let read = {
+            let mut iov: [IoSliceMut<'_>; RECORDS] = std::array::from_fn(|_| IoSliceMut::new(&mut []));
+            for (v, slot) in iov.iter_mut().zip(buf.chunks_mut(stride)) {
+                *v = IoSliceMut::new(&mut slot[prefix..prefix + MAX_PLAINTEXT]);
+            }
+            s.backend.try_recv_vectored(&mut iov)
+        };
+        let n = match read {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                ready = false;
+                hup = false;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         if n == 0 {
-            s.tls.borrow_mut().send_close_notify();
-            s.flush_to_client().await?;
+            drop(buf);
+            let mut ctl = Vec::new();
+            s.session.borrow_mut().seal_alert(alert::CLOSE_NOTIFY, &mut ctl);
+            s.out.borrow_mut().push_bytes(&mut ctl);
+            s.flush().await?;
             s.client.shutdown(Shutdown::Write);
             return Ok(());
         }
         s.pair.touch();
-        let now = Instant::now();
         if s.first_to_client.get().is_none() {
-            s.first_to_client.set(Some(now));
+            s.first_to_client.set(Some(Instant::now()));
         }
         s.to_client.set(s.to_client.get() + n as u64);
-        s.tls.borrow_mut().writer().write_all(&buf[..n])?;
-        grow_if_full(&mut buf, n);
-        s.flush_to_client().await?;
+        ready = n == RECORDS * MAX_PLAINTEXT;
+        let records = n.div_ceil(MAX_PLAINTEXT);
+        let mut ctl = Vec::new();
+        let sealed = {
+            let mut session = s.session.borrow_mut();
+            session.reserve(records as u64, &mut ctl).and_then(|()| {
+                let mut end = 0;
+                for i in 0..records {
+                    let len = (n - i * MAX_PLAINTEXT).min(MAX_PLAINTEXT);
+                    end = i * stride + session.seal(content::APPLICATION_DATA, &mut buf[i * stride..], len)?;
+                }
+                Ok(end)
+            })
+        };
+        let end = sealed.map_err(|f| s.fail(f))?;
+        {
+            let mut out = s.out.borrow_mut();
+            out.push_bytes(&mut ctl);
+            out.segs.push_back(Seg::Records(buf, 0..end));
+        }
+        s.flush().await?;
     }
+}
+
+#[cfg(test)]
+pub(super) fn geometry_fits(session: &Session) -> bool {
+    let stride = session.prefix() + MAX_PLAINTEXT + session.suffix();
+    stride <= MAX_PLAINTEXT + super::buffers::OVERHEAD && super::record::HEADER <= session.prefix()
 }
