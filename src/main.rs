@@ -122,6 +122,9 @@ struct Tuning {
     /// Fraction of connections written to the access log, 0 to 1 [default: 1].
     #[arg(long, value_name = "RATE")]
     access_log_sample: Option<f64>,
+    /// Kernel TLS for terminated connections where the kernel has it [default: off].
+    #[arg(long, value_name = "MODE")]
+    ktls: Option<sni_dispatch::tls::ktls::Ktls>,
 }
 
 impl Tuning {
@@ -143,6 +146,7 @@ impl Tuning {
             backlog: self.backlog,
             access_log: self.access_log.clone(),
             access_log_sample: self.access_log_sample,
+            ktls: self.ktls,
             admin: self.admin,
         }
     }

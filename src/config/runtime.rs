@@ -3,6 +3,7 @@
 
 use super::{ConfigError, Located};
 use crate::access_log::SampleRate;
+use crate::tls::ktls::Ktls;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -32,6 +33,8 @@ pub struct Runtime {
     pub access_log: Option<PathBuf>,
     /// Fraction of connections written to the access log.
     pub access_log_sample: SampleRate,
+    /// Kernel TLS for terminated connections (`tls::ktls`).
+    pub ktls: Ktls,
 }
 
 impl Default for Runtime {
@@ -53,6 +56,7 @@ impl Default for Runtime {
             backlog: 4096,
             access_log: None,
             access_log_sample: SampleRate::ALL,
+            ktls: Ktls::Off,
         }
     }
 }
@@ -75,6 +79,8 @@ pub struct RuntimeOverrides {
     pub splice: Option<bool>,
     pub pipe_pool: Option<usize>,
     pub backlog: Option<u32>,
+    /// Kernel TLS for terminated connections: "auto", "off" or "on" [default: off].
+    pub ktls: Option<Ktls>,
     /// Path of the JSON-lines access log (relative paths are used as given, from the working directory).
     pub access_log: Option<PathBuf>,
     /// Fraction of connections logged, 0 to 1 [default: 1].
@@ -101,7 +107,8 @@ macro_rules! plain_runtime_keys {
             max_conns_per_worker,
             splice,
             pipe_pool,
-            backlog
+            backlog,
+            ktls
         )
     };
 }
@@ -191,6 +198,11 @@ pub(super) fn check_runtime(rt: &Runtime, errors: &mut Vec<Located>) {
     }
     if rt.backlog == 0 {
         bad("backlog", "must be greater than 0");
+    }
+    if rt.ktls == Ktls::On {
+        if let Err(why) = crate::tls::ktls::probe() {
+            bad("ktls", &format!("\"on\" needs kernel TLS, which this kernel does not offer: {why}"));
+        }
     }
 }
 

@@ -32,7 +32,7 @@ pub(super) async fn run(
     });
     let hs = tokio::time::timeout(
         Duration::from_millis(rt.hello_timeout_ms),
-        tls::handshake(client, &material.server_config, hello, false),
+        tls::handshake(client, &material.server_config, hello, tls::ktls::enabled(rt.ktls)),
     )
     .await;
     let mut est = match hs {

@@ -158,6 +158,9 @@ labels! {
         Tls = "tls",
         /// A write made no progress.
         WriteZero = "write_zero",
+        /// The kernel refused kernel TLS keys (at set-up, or a TLS 1.3 rekey on a kernel
+        /// without rekey support).
+        Ktls = "ktls",
         /// Anything else.
         Other = "other",
     }
@@ -172,6 +175,7 @@ impl RelayCause {
             }
             io::ErrorKind::InvalidData => Self::Tls,
             io::ErrorKind::WriteZero => Self::WriteZero,
+            io::ErrorKind::Unsupported => Self::Ktls,
             _ => Self::Other,
         }
     }
@@ -217,8 +221,10 @@ labels! {
         Splice = "splice",
         /// Through user-space buffers (`--no-splice`, or no pipes free).
         Buffered = "buffered",
-        /// Decrypted and encrypted by rustls (terminating routes).
+        /// Terminating routes: records protected in user space (rustls's keys, our record layer).
         Tls = "tls",
+        /// Terminating routes handed to kernel TLS (`[runtime] ktls`).
+        Ktls = "ktls",
     }
 }
 

@@ -71,6 +71,8 @@ impl Server {
             return Err(ServeError::NoListeners);
         }
         let rt = config.runtime.clone();
+        // Kernel TLS is probed (and the answer logged) once, at start.
+        crate::tls::ktls::enabled(rt.ktls);
         let fd_limit = sys::raise_fd_limit().ok();
         let cpus = cpus::plan_cpus(&rt);
         let n = cpus.len();

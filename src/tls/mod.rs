@@ -12,6 +12,7 @@
 
 mod buffers;
 mod handshake;
+pub mod ktls;
 mod record;
 mod relay;
 #[cfg(test)]

@@ -60,6 +60,13 @@ pub(crate) mod alert {
 const WARNING: u8 = 1;
 const FATAL: u8 = 2;
 const KEY_UPDATE: u8 = 24;
+/// Our KeyUpdate: handshake type 24, length 1, update_not_requested.
+pub(crate) const KEY_UPDATE_NOT_REQUESTED: [u8; 5] = [KEY_UPDATE, 0, 0, 1, 0];
+
+/// An alert record's payload: level (warning for close_notify, else fatal) and description.
+pub(crate) fn alert_payload(desc: u8) -> [u8; 2] {
+    [if desc == alert::CLOSE_NOTIFY { WARNING } else { FATAL }, desc]
+}
 
 /// The protocol version of an established connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,6 +172,18 @@ pub(crate) enum Event {
     Nothing,
 }
 
+/// What a decrypted record is, by the protocol's rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Message {
+    Data,
+    Closed,
+    Nothing,
+    /// The peer's keys change from the next record on; `requested`: ours must too.
+    KeyUpdate {
+        requested: bool,
+    },
+}
+
 /// The record layer of one established connection, both directions.
 pub(crate) struct Session {
     version: Version,
@@ -184,6 +203,8 @@ pub(crate) struct Session {
     peer_closed: bool,
     /// close_notify or a fatal alert went out: nothing more may be sealed.
     closed: bool,
+    /// A KeyUpdate happened (either way).
+    rekeyed: bool,
 }
 
 impl fmt::Debug for Session {
@@ -235,6 +256,7 @@ impl Session {
             key_updates_left: KEY_UPDATES,
             peer_closed: false,
             closed: false,
+            rekeyed: false,
         })
     }
 
@@ -267,9 +289,30 @@ impl Session {
         }
     }
 
+    /// Lowers the confidentiality limit (tests of what happens at it).
+    #[cfg(test)]
+    pub(crate) fn set_limit(&mut self, limit: u64) {
+        self.limit = limit;
+    }
+
+    /// Whether the client's close_notify has been read.
+    pub(crate) fn peer_closed(&self) -> bool {
+        self.peer_closed
+    }
+
+    /// Whether a KeyUpdate changed the client's keys (the extracted secrets are stale then).
+    pub(crate) fn rekeyed(&self) -> bool {
+        self.rekeyed
+    }
+
     /// Whether close_notify or a fatal alert has been sealed (nothing more may be).
     pub(crate) fn is_closed(&self) -> bool {
         self.closed
+    }
+
+    /// Notes that an alert went out by other means (kernel TLS): nothing more may be sent.
+    pub(crate) fn mark_closed(&mut self) {
+        self.closed = true;
     }
 
     /// Makes room under the current key for `records` more records: at the confidentiality
@@ -374,9 +417,8 @@ impl Session {
         if self.closed {
             return;
         }
-        let level = if desc == alert::CLOSE_NOTIFY { WARNING } else { FATAL };
         // A failure here (the limit reached) leaves only the bare close.
-        let _ = self.seal_into(content::ALERT, &[level, desc], out);
+        let _ = self.seal_into(content::ALERT, &alert_payload(desc), out);
         self.closed = true;
     }
 
@@ -385,9 +427,8 @@ impl Session {
         if self.version != Version::Tls13 {
             return Err(Fatal::alert(alert::INTERNAL_ERROR, "key update outside TLS 1.3"));
         }
-        self.seal_into(content::HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, 0], out)?;
-        let (seq, secrets) =
-            self.kernel.update_tx_secret().map_err(|_| Fatal::alert(alert::INTERNAL_ERROR, "key update failed"))?;
+        self.seal_into(content::HANDSHAKE, &KEY_UPDATE_NOT_REQUESTED, out)?;
+        let (seq, secrets) = self.next_tx_secrets()?;
         self.tx = Keys::new(self.aead, &secrets, seq)?;
         Ok(())
     }
@@ -471,10 +512,44 @@ impl Session {
         if range.len() > MAX_PLAINTEXT {
             return Err(Fatal::alert(alert::RECORD_OVERFLOW, "record plaintext above 2^14 bytes"));
         }
+        match self.classify(typ, &rec[range.clone()])? {
+            Message::Data => Ok(Event::Data(range)),
+            Message::Closed => Ok(Event::Closed),
+            Message::Nothing => Ok(Event::Nothing),
+            Message::KeyUpdate { requested } => {
+                if requested && !self.closed {
+                    self.update_tx(reply)?;
+                }
+                let (seq, secrets) = self.next_rx_secrets()?;
+                self.rx = Keys::new(self.aead, &secrets, seq)?;
+                Ok(Event::Nothing)
+            }
+        }
+    }
+
+    /// The client's next traffic secrets, after its KeyUpdate.
+    pub(crate) fn next_rx_secrets(&mut self) -> Result<(u64, ConnectionTrafficSecrets), Fatal> {
+        self.rekeyed = true;
+        self.kernel.update_rx_secret().map_err(|_| Fatal::alert(alert::INTERNAL_ERROR, "key update failed"))
+    }
+
+    /// Our next traffic secrets, for our KeyUpdate.
+    pub(crate) fn next_tx_secrets(&mut self) -> Result<(u64, ConnectionTrafficSecrets), Fatal> {
+        self.rekeyed = true;
+        self.kernel.update_tx_secret().map_err(|_| Fatal::alert(alert::INTERNAL_ERROR, "key update failed"))
+    }
+
+    /// The limit on records under one key (the suite's confidentiality limit).
+    pub(crate) fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// What the decrypted record `plain` of type `typ` means, by the rules above (shared with
+    /// kernel TLS, which decrypts but leaves the rules to us).
+    pub(crate) fn classify(&mut self, typ: u8, plain: &[u8]) -> Result<Message, Fatal> {
         if self.partial_len > 0 && typ != content::HANDSHAKE {
             return Err(Fatal::alert(alert::UNEXPECTED_MESSAGE, "record interleaved with a handshake message"));
         }
-        let plain = &rec[range.clone()];
         match typ {
             content::APPLICATION_DATA => {
                 if plain.is_empty() {
@@ -486,7 +561,7 @@ impl Session {
                     self.empty_left = EMPTY_RECORDS;
                     self.key_updates_left = KEY_UPDATES;
                 }
-                Ok(Event::Data(range))
+                Ok(Message::Data)
             }
             content::ALERT => self.on_alert(plain),
             content::HANDSHAKE if self.version == Version::Tls13 => {
@@ -498,13 +573,13 @@ impl Session {
                 let have = self.partial_len as usize;
                 msg[..have].copy_from_slice(&self.partial[..have]);
                 msg[have..have + n].copy_from_slice(plain);
-                self.on_handshake(&msg[..have + n], reply)
+                self.on_handshake(&msg[..have + n])
             }
             _ => Err(Fatal::alert(alert::UNEXPECTED_MESSAGE, "unexpected record after the handshake")),
         }
     }
 
-    fn not_key_update(&self, plain: &[u8]) -> Result<Event, Fatal> {
+    fn not_key_update(&self, plain: &[u8]) -> Result<Message, Fatal> {
         let first = if self.partial_len > 0 { self.partial[0] } else { plain.first().copied().unwrap_or(0) };
         if plain.is_empty() {
             Err(Fatal::alert(alert::DECODE_ERROR, "empty handshake record"))
@@ -516,7 +591,7 @@ impl Session {
     }
 
     /// Handshake bytes after the handshake: `msg` is what has arrived of the next message.
-    fn on_handshake(&mut self, msg: &[u8], reply: &mut Vec<u8>) -> Result<Event, Fatal> {
+    fn on_handshake(&mut self, msg: &[u8]) -> Result<Message, Fatal> {
         if msg[0] != KEY_UPDATE {
             return Err(Fatal::alert(alert::UNEXPECTED_MESSAGE, "handshake message after the handshake"));
         }
@@ -526,7 +601,7 @@ impl Session {
         if msg.len() < 5 {
             self.partial[..msg.len()].copy_from_slice(msg);
             self.partial_len = msg.len() as u8;
-            return Ok(Event::Nothing);
+            return Ok(Message::Nothing);
         }
         if msg.len() > 5 {
             return Err(Fatal::alert(alert::UNEXPECTED_MESSAGE, "key update not alone in its record"));
@@ -541,16 +616,10 @@ impl Session {
             .key_updates_left
             .checked_sub(1)
             .ok_or(Fatal::alert(alert::UNEXPECTED_MESSAGE, "too many key updates"))?;
-        if requested && !self.closed {
-            self.update_tx(reply)?;
-        }
-        let (seq, secrets) =
-            self.kernel.update_rx_secret().map_err(|_| Fatal::alert(alert::INTERNAL_ERROR, "key update failed"))?;
-        self.rx = Keys::new(self.aead, &secrets, seq)?;
-        Ok(Event::Nothing)
+        Ok(Message::KeyUpdate { requested })
     }
 
-    fn on_alert(&mut self, plain: &[u8]) -> Result<Event, Fatal> {
+    fn on_alert(&mut self, plain: &[u8]) -> Result<Message, Fatal> {
         let &[level, desc] = plain else {
             return Err(Fatal::alert(alert::DECODE_ERROR, "malformed alert"));
         };
@@ -559,7 +628,7 @@ impl Session {
         }
         if desc == alert::CLOSE_NOTIFY {
             self.peer_closed = true;
-            return Ok(Event::Closed);
+            return Ok(Message::Closed);
         }
         if level == FATAL {
             return Err(Fatal { alert: None, why: "the client sent a fatal alert" });
@@ -571,7 +640,7 @@ impl Session {
         if self.version == Version::Tls13 && desc != alert::USER_CANCELED {
             return Err(Fatal::alert(alert::DECODE_ERROR, "warning alert in TLS 1.3"));
         }
-        Ok(Event::Nothing)
+        Ok(Message::Nothing)
     }
 }
 

@@ -23,9 +23,11 @@
 
 use super::buffers::{RecordBuf, RECORDS};
 use super::handshake::Established;
-use super::record::{alert, content, Event, Fatal, Session, MAX_PLAINTEXT};
+use super::ktls;
+use super::record::{self, alert, content, Event, Fatal, Message, Session, Version, MAX_PLAINTEXT};
 use crate::metrics::RelayKind;
 use crate::relay::{self, Pair, Relayed};
+use crate::sys::ktls::{self as abi, Direction};
 use crate::sys::{Socket, POLLHUP, POLLIN, POLLOUT, POLLRDHUP};
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -178,8 +180,10 @@ impl Shared<'_> {
 
 /// Relays plaintext between the client of an established TLS session and `backend` until both
 /// directions are closed (see the module docs). `idle` closes both with no traffic either way.
+/// With the traffic secrets kept ([`Established`] made for kernel TLS), the connection goes to
+/// kernel TLS when it can ([`ktls`]), else stays with the user-space record layer.
 pub async fn relay(client: &Socket, est: Established, backend: &Socket, idle: Duration) -> Relayed {
-    let Established { session, leftover, .. } = est;
+    let Established { session, leftover, secrets, .. } = est;
     let s = Shared {
         pair: Pair::new(client, backend),
         client,
@@ -191,17 +195,64 @@ pub async fn relay(client: &Socket, est: Established, backend: &Socket, idle: Du
         to_client: Cell::new(0),
         first_to_client: Cell::new(None),
     };
+    let kernel = Cell::new(false);
     let both = async {
+        let leftover = match secrets {
+            Some(secrets) => match to_kernel(&s, leftover, &secrets).await? {
+                None => {
+                    kernel.set(true);
+                    let (up, down) = tokio::join!(ktls_client_to_backend(&s), ktls_backend_to_client(&s));
+                    return up.and(down);
+                }
+                Some(leftover) => leftover,
+            },
+            None => leftover,
+        };
         let (up, down) = tokio::join!(client_to_backend(&s, leftover), backend_to_client(&s));
         up.and(down)
     };
     let (res, idle) = s.pair.watch(idle, both).await;
     Relayed {
-        kind: RelayKind::Tls,
+        kind: if kernel.get() { RelayKind::Ktls } else { RelayKind::Tls },
         end: relay::end_of(res, idle),
         to_backend: s.to_backend.get(),
         to_client: s.to_client.get(),
         first_to_client: s.first_to_client.get(),
+    }
+}
+
+/// Hands the connection to kernel TLS if it is in a state the kernel can take over: the
+/// client's leftover bytes are whole records, opened (and their plaintext sent) here first,
+/// all of them data. `Ok(None)`: the kernel has it; `Ok(Some(leftover))`: it stays in user space
+/// (the leftover, possibly already consumed, goes on to the user-space relay).
+async fn to_kernel(
+    s: &Shared<'_>,
+    mut leftover: Vec<u8>,
+    secrets: &rustls::ExtractedSecrets,
+) -> io::Result<Option<Vec<u8>>> {
+    let whole = {
+        let session = s.session.borrow();
+        let mut at = 0;
+        while let Ok(Some(n)) = session.record_len(&leftover[at..]) {
+            if at + n > leftover.len() {
+                break;
+            }
+            at += n;
+        }
+        at == leftover.len()
+    };
+    if !whole {
+        return Ok(Some(leftover));
+    }
+    let (consumed, _) = process_records(s, &mut leftover).await?;
+    let session = s.session.borrow();
+    if consumed < leftover.len() || session.peer_closed() || session.rekeyed() || !s.out.borrow().is_empty() {
+        return Ok(Some(leftover[consumed..].to_vec()));
+    }
+    match ktls::offload(s.client, &session, secrets) {
+        Ok(()) => Ok(None),
+        Err(false) => Ok(Some(Vec::new())),
+        Err(true) => Err(io::Error::new(io::ErrorKind::Unsupported, "the kernel refused the TLS keys")),
     }
 }
 
@@ -225,6 +276,10 @@ enum Held {
 }
 
 async fn client_to_backend_inner(s: &Shared<'_>, mut leftover: Vec<u8>) -> io::Result<()> {
+    if s.session.borrow().peer_closed() {
+        // close_notify came with the handshake's leftover (kernel TLS declined).
+        return Ok(());
+    }
     let mut held = Held::None;
     if !leftover.is_empty() {
         // What came with the client's Finished: opened where it lies, in the handshake's buffer.
@@ -451,6 +506,176 @@ async fn backend_to_client_inner(s: &Shared<'_>) -> io::Result<()> {
             out.segs.push_back(Seg::Records(buf, 0..end));
         }
         s.flush().await?;
+    }
+}
+
+// ---- kernel TLS: the client socket carries plaintext --------------------------------------
+
+/// Sends one control record (an alert, our KeyUpdate) through kernel TLS, waiting for room.
+async fn ktls_send_record(s: &Shared<'_>, typ: u8, payload: &[u8]) -> io::Result<()> {
+    loop {
+        match abi::send_record(s.client, typ, payload) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                s.client.poll(POLLOUT).await?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Ends a kernel TLS connection for `f`: its alert (one non-blocking try), then the error.
+fn ktls_fail(s: &Shared<'_>, f: Fatal) -> io::Error {
+    tracing::debug!(reason = f.why, "kernel TLS relay: closing the connection");
+    if let Some(desc) = f.alert {
+        let mut session = s.session.borrow_mut();
+        if !session.is_closed() {
+            session.mark_closed();
+            let _ = abi::send_record(s.client, content::ALERT, &record::alert_payload(desc));
+        }
+    }
+    tls_error(f)
+}
+
+/// Our KeyUpdate, then our next key to the kernel (no await between the two, so nothing is
+/// sent under the old key after the KeyUpdate).
+async fn ktls_update_tx(s: &Shared<'_>) -> io::Result<()> {
+    ktls_send_record(s, content::HANDSHAKE, &record::KEY_UPDATE_NOT_REQUESTED).await?;
+    let r = ktls::rekey(s.client, &mut s.session.borrow_mut(), Direction::Tx);
+    r.map_err(|e| ktls_rekey_error(s, e))
+}
+
+fn ktls_rekey_error(s: &Shared<'_>, e: ktls::RekeyError) -> io::Error {
+    match e {
+        ktls::RekeyError::Fatal(f) => ktls_fail(s, f),
+        // Counted as relay_errors{cause="ktls"}.
+        ktls::RekeyError::Refused(e) => e,
+    }
+}
+
+async fn ktls_client_to_backend(s: &Shared<'_>) -> io::Result<()> {
+    let result = ktls_client_to_backend_inner(s).await;
+    match &result {
+        Ok(()) => s.backend.shutdown(Shutdown::Write),
+        Err(_) => s.pair.abort(),
+    }
+    result
+}
+
+async fn ktls_client_to_backend_inner(s: &Shared<'_>) -> io::Result<()> {
+    let mut ready = false;
+    loop {
+        if !ready {
+            s.client.poll(POLLIN | POLLRDHUP).await?;
+        }
+        let mut buf = RecordBuf::take();
+        let (n, typ) = match abi::recv_record(s.client, &mut buf) {
+            Ok((0, _)) => return Ok(()),
+            Ok(r) => r,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                ready = false;
+                continue;
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EBADMSG) => {
+                return Err(ktls_fail(s, Fatal { alert: Some(alert::BAD_RECORD_MAC), why: "bad record MAC" }));
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => {
+                return Err(ktls_fail(s, Fatal { alert: Some(alert::RECORD_OVERFLOW), why: "record too large" }));
+            }
+            Err(e) => return Err(e),
+        };
+        s.pair.touch();
+        ready = n == buf.len();
+        let message = s.session.borrow_mut().classify(typ, &buf[..n]);
+        match message.map_err(|f| ktls_fail(s, f))? {
+            Message::Data => {
+                let mut whole = [Range { start: 0, end: n }];
+                send_plaintext(s, &buf, &mut whole).await?;
+            }
+            Message::Closed => return Ok(()),
+            Message::Nothing => {}
+            Message::KeyUpdate { requested } => {
+                if requested {
+                    ktls_update_tx(s).await?;
+                }
+                let r = ktls::rekey(s.client, &mut s.session.borrow_mut(), Direction::Rx);
+                r.map_err(|e| ktls_rekey_error(s, e))?;
+            }
+        }
+    }
+}
+
+async fn ktls_backend_to_client(s: &Shared<'_>) -> io::Result<()> {
+    let result = ktls_backend_to_client_inner(s).await;
+    if result.is_err() {
+        s.pair.abort();
+    }
+    result
+}
+
+async fn ktls_backend_to_client_inner(s: &Shared<'_>) -> io::Result<()> {
+    // Records the kernel sealed under the current key, at most: one per send, one per 16 KiB.
+    let mut records = s.session.borrow().seqs().0;
+    let (mut ready, mut hup) = (false, false);
+    loop {
+        if !ready && !hup {
+            hup = s.backend.poll(POLLIN | POLLRDHUP).await? & (POLLRDHUP | POLLHUP) != 0;
+        }
+        let mut buf = RecordBuf::take();
+        let n = match s.backend.try_recv(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                ready = false;
+                hup = false;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            drop(buf);
+            let open = !s.session.borrow().is_closed();
+            if open {
+                s.session.borrow_mut().mark_closed();
+                ktls_send_record(s, content::ALERT, &record::alert_payload(alert::CLOSE_NOTIFY)).await?;
+            }
+            s.client.shutdown(Shutdown::Write);
+            return Ok(());
+        }
+        s.pair.touch();
+        if s.first_to_client.get().is_none() {
+            s.first_to_client.set(Some(Instant::now()));
+        }
+        s.to_client.set(s.to_client.get() + n as u64);
+        ready = n == buf.len();
+        let (version, limit) = {
+            let session = s.session.borrow();
+            (session.version(), session.limit())
+        };
+        records += 1 + n.div_ceil(MAX_PLAINTEXT) as u64;
+        if records + 2 * RECORDS as u64 >= limit {
+            if version != Version::Tls13 {
+                return Err(ktls_fail(
+                    s,
+                    Fatal { alert: Some(alert::CLOSE_NOTIFY), why: "TLS 1.2 keys at their limit" },
+                ));
+            }
+            ktls_update_tx(s).await?;
+            records = 0;
+        }
+        let mut at = 0;
+        while at < n {
+            match s.client.try_send(&buf[at..n]) {
+                Ok(m) => {
+                    at += m;
+                    s.pair.touch();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    s.client.poll(POLLOUT).await?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
     }
 }
 

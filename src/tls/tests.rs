@@ -307,3 +307,379 @@ mod data_in_memory {
         assert_eq!(&got, b"pong");
     }
 }
+
+/// Our record layer against rustls's, for every cipher suite rustls negotiates here.
+mod record_layer {
+    use super::in_memory::{handshake_pair, Pair};
+    use super::*;
+    use crate::tls::record::{alert, content, Event, Fatal, MAX_PLAINTEXT};
+
+    /// Every suite of the provider that an ECDSA certificate can serve (the RSA ones of TLS 1.2
+    /// use the same three AEADs).
+    fn suites() -> Vec<rustls::SupportedCipherSuite> {
+        let all = rustls::crypto::aws_lc_rs::default_provider().cipher_suites;
+        let usable: Vec<_> = all
+            .into_iter()
+            .filter(|s| s.version() == &rustls::version::TLS13 || format!("{:?}", s.suite()).contains("ECDSA"))
+            .collect();
+        assert_eq!(usable.len(), 6, "three TLS 1.3 suites, three TLS 1.2 ECDSA ones");
+        usable
+    }
+
+    /// A client offering only `suite`, handshaken with our server.
+    fn pair_for(suite: rustls::SupportedCipherSuite, early: &[u8]) -> Pair {
+        let site = site("shop.example.com");
+        let server = crate::tls::server_config(site.key.clone(), TlsVersion::TLS12, &[]).unwrap();
+        let provider = rustls::crypto::CryptoProvider {
+            cipher_suites: vec![suite],
+            ..rustls::crypto::aws_lc_rs::default_provider()
+        };
+        let client = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(&[suite.version()])
+            .unwrap()
+            .with_root_certificates(site.roots.clone())
+            .with_no_client_auth();
+        let pair = handshake_pair(server, Arc::new(client), early).unwrap();
+        assert_eq!(pair.client.negotiated_cipher_suite(), Some(suite));
+        pair
+    }
+
+    /// What the client has written so far, as wire bytes.
+    fn from_client(pair: &mut Pair) -> Vec<u8> {
+        let mut wire = std::mem::take(&mut pair.est.leftover);
+        while pair.client.wants_write() {
+            pair.client.write_tls(&mut wire).unwrap();
+        }
+        wire
+    }
+
+    /// Opens every record of `wire`; the plaintext, whether close_notify came, and any replies.
+    fn open_all(pair: &mut Pair, wire: &mut [u8]) -> Result<(Vec<u8>, bool, Vec<u8>), Fatal> {
+        let (mut plain, mut closed, mut reply) = (Vec::new(), false, Vec::new());
+        let mut at = 0;
+        while at < wire.len() {
+            let len = pair.est.session.record_len(&wire[at..])?.expect("whole records");
+            match pair.est.session.open(&mut wire[at..at + len], &mut reply)? {
+                Event::Data(r) => plain.extend_from_slice(&wire[at + r.start..at + r.end]),
+                Event::Closed => closed = true,
+                Event::Nothing => {}
+            }
+            at += len;
+        }
+        Ok((plain, closed, reply))
+    }
+
+    /// Seals `data` in records of at most 16 KiB, as the relay does.
+    fn seal_all(pair: &mut Pair, data: &[u8]) -> Vec<u8> {
+        let s = &mut pair.est.session;
+        let (prefix, suffix) = (s.prefix(), s.suffix());
+        let mut wire = Vec::new();
+        for chunk in data.chunks(MAX_PLAINTEXT) {
+            let mut rec = vec![0u8; prefix + chunk.len() + suffix];
+            rec[prefix..prefix + chunk.len()].copy_from_slice(chunk);
+            let n = s.seal(content::APPLICATION_DATA, &mut rec, chunk.len()).unwrap();
+            assert_eq!(n, rec.len());
+            wire.extend_from_slice(&rec);
+        }
+        wire
+    }
+
+    /// Feeds `wire` to the client; what it could read, or its error.
+    fn to_client(pair: &mut Pair, wire: &[u8]) -> Result<Vec<u8>, rustls::Error> {
+        let mut got = Vec::new();
+        let mut slice = wire;
+        while !slice.is_empty() {
+            pair.client.read_tls(&mut slice).unwrap();
+            let io = pair.client.process_new_packets()?;
+            let mut chunk = vec![0u8; io.plaintext_bytes_to_read()];
+            pair.client.reader().read_exact(&mut chunk).unwrap();
+            got.extend_from_slice(&chunk);
+        }
+        Ok(got)
+    }
+
+    fn pattern(n: usize, seed: u8) -> Vec<u8> {
+        (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    }
+
+    #[test]
+    fn every_suite_carries_data_both_ways_and_closes() {
+        for suite in suites() {
+            let first = pattern(300, 1);
+            let mut pair = pair_for(suite, &first);
+            assert!(crate::tls::relay::geometry_fits(&pair.est.session), "{suite:?}: four records fit a buffer");
+            let up = pattern(40_000, 2);
+            pair.client.writer().write_all(&up).unwrap();
+            let mut wire = from_client(&mut pair);
+            let (plain, closed, reply) = open_all(&mut pair, &mut wire).unwrap();
+            assert_eq!(plain, [first, up].concat(), "{suite:?}");
+            assert!(!closed && reply.is_empty());
+            let down = pattern(MAX_PLAINTEXT * 2 + 77, 3);
+            let wire = seal_all(&mut pair, &down);
+            assert_eq!(to_client(&mut pair, &wire).unwrap(), down, "{suite:?}");
+            // Our close_notify: the client sees a clean end.
+            let mut bye = Vec::new();
+            pair.est.session.seal_alert(alert::CLOSE_NOTIFY, &mut bye);
+            assert!(to_client(&mut pair, &bye).unwrap().is_empty());
+            assert!(pair.client.process_new_packets().unwrap().peer_has_closed(), "{suite:?}");
+            // The client's close_notify: Closed, and nothing after it counts.
+            pair.client.send_close_notify();
+            let mut wire = from_client(&mut pair);
+            assert!(open_all(&mut pair, &mut wire).unwrap().1, "{suite:?}");
+        }
+    }
+
+    /// The client updates its keys (asking for ours too) between writes, three times: our
+    /// KeyUpdate answers each, data keeps flowing both ways under the new keys.
+    #[test]
+    fn key_updates_from_the_client_turn_both_directions_over() {
+        for suite in suites().into_iter().filter(|s| s.version() == &rustls::version::TLS13) {
+            let mut pair = pair_for(suite, b"");
+            for round in 0..3u8 {
+                pair.client.writer().write_all(&pattern(1000, round)).unwrap();
+                pair.client.refresh_traffic_keys().unwrap();
+                pair.client.writer().write_all(&pattern(20_000, round + 10)).unwrap();
+                let mut wire = from_client(&mut pair);
+                let (plain, _, reply) = open_all(&mut pair, &mut wire).unwrap();
+                assert_eq!(plain, [pattern(1000, round), pattern(20_000, round + 10)].concat());
+                assert!(!reply.is_empty(), "the client asked for our update");
+                let down = pattern(5000, round + 20);
+                let sealed = [reply, seal_all(&mut pair, &down)].concat();
+                assert_eq!(to_client(&mut pair, &sealed).unwrap(), down, "{suite:?} round {round}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_corrupted_record_is_bad_record_mac_and_the_client_hears_it() {
+        for suite in suites() {
+            let mut pair = pair_for(suite, b"");
+            pair.client.writer().write_all(b"secret").unwrap();
+            let mut wire = from_client(&mut pair);
+            let last = wire.len() - 1;
+            wire[last] ^= 1;
+            let f = open_all(&mut pair, &mut wire).unwrap_err();
+            assert_eq!(f.alert, Some(alert::BAD_RECORD_MAC), "{suite:?}");
+            let mut out = Vec::new();
+            pair.est.session.seal_alert(alert::BAD_RECORD_MAC, &mut out);
+            let err = to_client(&mut pair, &out).unwrap_err();
+            assert!(matches!(err, rustls::Error::AlertReceived(rustls::AlertDescription::BadRecordMac)), "{err:?}");
+            // Nothing is sealed after a fatal alert.
+            let mut more = Vec::new();
+            pair.est.session.seal_alert(alert::CLOSE_NOTIFY, &mut more);
+            assert!(more.is_empty());
+        }
+    }
+
+    /// At the confidentiality limit a TLS 1.3 key is replaced (our KeyUpdate, then the batch
+    /// under the new key; the client reads on); a TLS 1.2 connection is closed instead.
+    #[test]
+    fn keys_are_replaced_at_their_confidentiality_limit() {
+        for suite in suites() {
+            let mut pair = pair_for(suite, b"");
+            let start = pair.est.session.seqs().0;
+            pair.est.session.set_limit(start + 5);
+            let (mut wire, mut expected, mut updates) = (Vec::new(), Vec::new(), 0);
+            for round in 0..6u8 {
+                let mut ctl = Vec::new();
+                match pair.est.session.reserve(2, &mut ctl) {
+                    Ok(()) => {}
+                    Err(f) => {
+                        assert_eq!(suite.version(), &rustls::version::TLS12, "{suite:?}: {f}");
+                        assert_eq!(f.alert, Some(alert::CLOSE_NOTIFY));
+                        assert!(round >= 1);
+                        break;
+                    }
+                }
+                updates += usize::from(!ctl.is_empty());
+                wire.extend_from_slice(&ctl);
+                let data = pattern(MAX_PLAINTEXT + 10, round);
+                wire.extend_from_slice(&seal_all(&mut pair, &data));
+                expected.extend_from_slice(&data);
+            }
+            assert_eq!(to_client(&mut pair, &wire).unwrap(), expected, "{suite:?}");
+            if suite.version() == &rustls::version::TLS13 {
+                assert_eq!(updates, 2, "{suite:?}: 12 records, 5 per key");
+            }
+        }
+    }
+
+    /// The client's side of the record layer, built from the secrets its rustls connection
+    /// extracts: seals records rustls would never send (bad messages, bad alerts).
+    struct RawClient {
+        key: aws_lc_rs::aead::LessSafeKey,
+        iv: [u8; 12],
+        seq: u64,
+        tls13: bool,
+    }
+
+    impl RawClient {
+        /// A pair for `suite` whose client keys are taken over by a `RawClient`.
+        fn new(suite: rustls::SupportedCipherSuite) -> (crate::tls::record::Session, RawClient) {
+            let site = site("shop.example.com");
+            let server = crate::tls::server_config(site.key.clone(), TlsVersion::TLS12, &[]).unwrap();
+            let provider = rustls::crypto::CryptoProvider {
+                cipher_suites: vec![suite],
+                ..rustls::crypto::aws_lc_rs::default_provider()
+            };
+            let mut client = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+                .with_protocol_versions(&[suite.version()])
+                .unwrap()
+                .with_root_certificates(site.roots.clone())
+                .with_no_client_auth();
+            client.enable_secret_extraction = true;
+            let mut pair = handshake_pair(server, Arc::new(client), b"").unwrap();
+            // TLS 1.2: the client's Finished went out under its keys; nothing else is pending.
+            let mut rest = from_client(&mut pair);
+            open_all(&mut pair, &mut rest).unwrap();
+            let secrets = pair.client.dangerous_extract_secrets().unwrap();
+            let (seq, tx) = secrets.tx;
+            let (key, iv) = crate::tls::record::key_and_iv(&tx).unwrap();
+            let alg = match tx {
+                rustls::ConnectionTrafficSecrets::Aes128Gcm { .. } => &aws_lc_rs::aead::AES_128_GCM,
+                rustls::ConnectionTrafficSecrets::Aes256Gcm { .. } => &aws_lc_rs::aead::AES_256_GCM,
+                _ => &aws_lc_rs::aead::CHACHA20_POLY1305,
+            };
+            let raw = RawClient {
+                key: aws_lc_rs::aead::LessSafeKey::new(aws_lc_rs::aead::UnboundKey::new(alg, key).unwrap()),
+                iv: iv.try_into().unwrap(),
+                seq,
+                tls13: suite.version() == &rustls::version::TLS13,
+            };
+            (pair.est.session, raw)
+        }
+
+        /// One record of content type `typ` carrying `payload` (TLS 1.3: inner type, no padding;
+        /// TLS 1.2 AES-GCM: explicit nonce).
+        fn seal(&mut self, typ: u8, payload: &[u8]) -> Vec<u8> {
+            use aws_lc_rs::aead::{Aad, Nonce};
+            let mut nonce = self.iv;
+            for (b, s) in nonce[4..].iter_mut().zip(self.seq.to_be_bytes()) {
+                *b ^= s;
+            }
+            let mut rec;
+            if self.tls13 {
+                let len = payload.len() + 1 + 16;
+                rec = vec![23, 3, 3, (len >> 8) as u8, len as u8];
+                rec.extend_from_slice(payload);
+                rec.push(typ);
+                let aad: [u8; 5] = rec[..5].try_into().unwrap();
+                let tag = self
+                    .key
+                    .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut rec[5..])
+                    .unwrap();
+                rec.extend_from_slice(tag.as_ref());
+            } else {
+                let len = 8 + payload.len() + 16;
+                rec = vec![typ, 3, 3, (len >> 8) as u8, len as u8];
+                rec.extend_from_slice(&nonce[4..]);
+                rec.extend_from_slice(payload);
+                let mut aad = [0u8; 13];
+                aad[..8].copy_from_slice(&self.seq.to_be_bytes());
+                aad[8] = typ;
+                aad[9..11].copy_from_slice(&[3, 3]);
+                aad[11..].copy_from_slice(&(payload.len() as u16).to_be_bytes());
+                let tag = self
+                    .key
+                    .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut rec[13..])
+                    .unwrap();
+                rec.extend_from_slice(tag.as_ref());
+            }
+            self.seq += 1;
+            rec
+        }
+    }
+
+    fn open_one(s: &mut crate::tls::record::Session, mut rec: Vec<u8>) -> Result<Event, Option<u8>> {
+        assert_eq!(s.record_len(&rec).map_err(|f| f.alert)?, Some(rec.len()));
+        s.open(&mut rec, &mut Vec::new()).map_err(|f| f.alert)
+    }
+
+    fn tls13_suite() -> rustls::SupportedCipherSuite {
+        rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_128_GCM_SHA256
+    }
+
+    #[test]
+    fn records_rustls_would_refuse_get_its_alerts() {
+        use content::{ALERT, APPLICATION_DATA as DATA, CHANGE_CIPHER_SPEC as CCS, HANDSHAKE};
+        let cases: &[(&str, u8, &[u8], Option<u8>)] = &[
+            ("a Finished after the handshake", HANDSHAKE, &[20, 0, 0, 4, 1, 2, 3, 4], Some(alert::UNEXPECTED_MESSAGE)),
+            ("a key update asking for 2", HANDSHAKE, &[24, 0, 0, 1, 2], Some(alert::ILLEGAL_PARAMETER)),
+            ("a key update of length 2", HANDSHAKE, &[24, 0, 0, 2, 0, 0], Some(alert::UNEXPECTED_MESSAGE)),
+            ("a key update and more", HANDSHAKE, &[24, 0, 0, 1, 0, 24], Some(alert::UNEXPECTED_MESSAGE)),
+            ("an alert of 3 bytes", ALERT, &[1, 0, 0], Some(alert::DECODE_ERROR)),
+            ("an alert of level 3", ALERT, &[3, 40], Some(alert::ILLEGAL_PARAMETER)),
+            ("a TLS 1.3 warning", ALERT, &[1, 40], Some(alert::DECODE_ERROR)),
+            ("a fatal alert", ALERT, &[2, 40], None),
+            ("a protected change_cipher_spec", CCS, &[1], Some(alert::UNEXPECTED_MESSAGE)),
+            ("a heartbeat", 24, &[1, 0, 0], Some(alert::UNEXPECTED_MESSAGE)),
+        ];
+        for (what, typ, payload, expected) in cases {
+            let (mut s, mut c) = RawClient::new(tls13_suite());
+            assert_eq!(open_one(&mut s, c.seal(DATA, b"ok")), Ok(Event::Data(5..7)), "{what}");
+            assert_eq!(open_one(&mut s, c.seal(*typ, payload)), Err(*expected), "{what}");
+        }
+        // Plaintext over 2^14 bytes, a record without a content type (all padding).
+        let (mut s, mut c) = RawClient::new(tls13_suite());
+        assert_eq!(open_one(&mut s, c.seal(DATA, &vec![7; MAX_PLAINTEXT + 1])), Err(Some(alert::RECORD_OVERFLOW)));
+        let (mut s, mut c) = RawClient::new(tls13_suite());
+        assert_eq!(open_one(&mut s, c.seal(0, &[0, 0])), Err(Some(alert::UNEXPECTED_MESSAGE)));
+    }
+
+    #[test]
+    fn limits_on_warnings_empty_records_and_key_updates() {
+        use content::{ALERT, APPLICATION_DATA as DATA};
+        let (mut s, mut c) = RawClient::new(tls13_suite());
+        for _ in 0..4 {
+            assert_eq!(open_one(&mut s, c.seal(ALERT, &[1, alert::USER_CANCELED])), Ok(Event::Nothing));
+        }
+        assert_eq!(open_one(&mut s, c.seal(ALERT, &[1, alert::USER_CANCELED])), Err(Some(alert::UNEXPECTED_MESSAGE)));
+        let (mut s, mut c) = RawClient::new(tls13_suite());
+        for _ in 0..32 {
+            assert_eq!(open_one(&mut s, c.seal(DATA, b"")), Ok(Event::Data(5..5)));
+        }
+        assert_eq!(open_one(&mut s, c.seal(DATA, b"x")), Ok(Event::Data(5..6)), "data resets the count");
+        for _ in 0..32 {
+            assert_eq!(open_one(&mut s, c.seal(DATA, b"")), Ok(Event::Data(5..5)));
+        }
+        assert_eq!(open_one(&mut s, c.seal(DATA, b"")), Err(Some(alert::UNEXPECTED_MESSAGE)));
+    }
+
+    /// A KeyUpdate split over two records is one KeyUpdate: after it the client's old keys no
+    /// longer open anything. Data between its two halves is refused.
+    #[test]
+    fn a_key_update_may_span_records_but_nothing_may_interleave() {
+        use content::{APPLICATION_DATA as DATA, HANDSHAKE};
+        let (mut s, mut c) = RawClient::new(tls13_suite());
+        assert_eq!(open_one(&mut s, c.seal(HANDSHAKE, &[24, 0])), Ok(Event::Nothing));
+        assert_eq!(open_one(&mut s, c.seal(HANDSHAKE, &[0, 1, 0])), Ok(Event::Nothing));
+        assert_eq!(open_one(&mut s, c.seal(DATA, b"old key")), Err(Some(alert::BAD_RECORD_MAC)));
+        let (mut s, mut c) = RawClient::new(tls13_suite());
+        assert_eq!(open_one(&mut s, c.seal(HANDSHAKE, &[24, 0, 0])), Ok(Event::Nothing));
+        assert_eq!(open_one(&mut s, c.seal(DATA, b"x")), Err(Some(alert::UNEXPECTED_MESSAGE)));
+    }
+
+    #[test]
+    fn tls12_refuses_handshake_messages_and_takes_warnings() {
+        use content::{ALERT, APPLICATION_DATA as DATA, HANDSHAKE};
+        let suite = rustls::crypto::aws_lc_rs::cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256;
+        let (mut s, mut c) = RawClient::new(suite);
+        assert_eq!(open_one(&mut s, c.seal(DATA, b"ok")), Ok(Event::Data(13..15)));
+        assert_eq!(open_one(&mut s, c.seal(ALERT, &[1, 100])), Ok(Event::Nothing), "no_renegotiation warning");
+        assert_eq!(open_one(&mut s, c.seal(HANDSHAKE, &[1, 0, 0, 0])), Err(Some(alert::UNEXPECTED_MESSAGE)));
+    }
+
+    #[test]
+    fn plaintext_after_the_handshake_is_refused() {
+        let mut pair = pair_for(tls13_suite(), b"");
+        let s = &mut pair.est.session;
+        assert_eq!(s.record_len(&[99, 3, 3, 0, 1]).unwrap_err().alert, Some(alert::DECODE_ERROR));
+        assert_eq!(s.record_len(&[23, 4, 3, 0, 1]).unwrap_err().alert, Some(alert::DECODE_ERROR));
+        assert_eq!(s.record_len(&[23, 3, 3, 0x41, 1]).unwrap_err().alert, Some(alert::RECORD_OVERFLOW));
+        assert_eq!(s.record_len(&[21, 3, 3, 0, 0]).unwrap_err().alert, Some(alert::DECODE_ERROR));
+        assert_eq!(s.record_len(&[23, 3, 3, 0]).unwrap(), None);
+        let mut ccs = [20, 3, 3, 0, 1, 1];
+        assert_eq!(s.open(&mut ccs, &mut Vec::new()).unwrap_err().alert, Some(alert::UNEXPECTED_MESSAGE));
+        let _: Option<Fatal> = None;
+    }
+}
