@@ -243,7 +243,7 @@ impl Handshaker {
                     }
                 },
                 Some(Err(e)) => {
-                    self.take_alert(out);
+                    self.take_alert(incoming, out);
                     return Err(e);
                 }
                 Some(Ok(step)) => return Ok(step),
@@ -251,21 +251,19 @@ impl Handshaker {
         }
     }
 
-    /// After an error: the alert rustls queued, encoded into `out`.
-    fn take_alert(&mut self, out: &mut Vec<u8>) {
-        for _ in 0..4 {
-            let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut []);
-            match state {
-                Ok(ConnectionState::EncodeTlsData(mut enc)) => {
-                    let at = out.len();
-                    out.resize(at + 64, 0);
-                    match enc.encode(&mut out[at..]) {
-                        Ok(n) => out.truncate(at + n),
-                        Err(_) => out.truncate(at),
-                    }
-                }
-                Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
-                _ => return,
+    /// After an error: the alert rustls queued, encoded into `out`. rustls is called with the
+    /// same bytes as before (it may hold positions into them: a handshake message it was
+    /// joining from several records), and only once: the alert comes before it would look at
+    /// them again.
+    fn take_alert(&mut self, incoming: &mut [u8], out: &mut Vec<u8>) {
+        let fed = self.fed.min(incoming.len());
+        let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut incoming[..fed]);
+        if let Ok(ConnectionState::EncodeTlsData(mut enc)) = state {
+            let at = out.len();
+            out.resize(at + 64, 0);
+            match enc.encode(&mut out[at..]) {
+                Ok(n) => out.truncate(at + n),
+                Err(_) => out.truncate(at),
             }
         }
     }

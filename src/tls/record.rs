@@ -205,6 +205,8 @@ pub(crate) struct Session {
     closed: bool,
     /// A KeyUpdate happened (either way).
     rekeyed: bool,
+    /// The client asked for our KeyUpdate; it goes before our next data record.
+    tx_update_requested: bool,
 }
 
 impl fmt::Debug for Session {
@@ -257,6 +259,7 @@ impl Session {
             peer_closed: false,
             closed: false,
             rekeyed: false,
+            tx_update_requested: false,
         })
     }
 
@@ -315,12 +318,15 @@ impl Session {
         self.closed = true;
     }
 
-    /// Makes room under the current key for `records` more records: at the confidentiality
-    /// limit a TLS 1.3 key is replaced after a KeyUpdate sealed into `out`; a TLS 1.2
-    /// connection cannot, and must close.
+    /// Prepares to seal `records` data records: a KeyUpdate the client asked for goes first
+    /// (sealed into `out`, our keys turned over), and so does one at the confidentiality limit
+    /// (TLS 1.3; a TLS 1.2 connection cannot update its keys and must close).
     pub(crate) fn reserve(&mut self, records: u64, out: &mut Vec<u8>) -> Result<(), Fatal> {
         if self.closed {
             return Err(Fatal { alert: None, why: "write after close" });
+        }
+        if std::mem::take(&mut self.tx_update_requested) {
+            return self.update_tx(out);
         }
         // One sequence number stays free for the KeyUpdate or a closing alert.
         if self.tx.seq.saturating_add(records) < self.limit {
@@ -458,8 +464,8 @@ impl Session {
     }
 
     /// Opens one complete record in place (`rec`: header and body, as [`record_len`](Self::record_len)
-    /// measured it) and says what it was. A KeyUpdate the peer asked us to answer is sealed into `reply`.
-    pub(crate) fn open(&mut self, rec: &mut [u8], reply: &mut Vec<u8>) -> Result<Event, Fatal> {
+    /// measured it) and says what it was.
+    pub(crate) fn open(&mut self, rec: &mut [u8]) -> Result<Event, Fatal> {
         if self.peer_closed {
             // rustls ignores whatever follows close_notify.
             return Ok(Event::Nothing);
@@ -517,9 +523,10 @@ impl Session {
             Message::Closed => Ok(Event::Closed),
             Message::Nothing => Ok(Event::Nothing),
             Message::KeyUpdate { requested } => {
-                if requested && !self.closed {
-                    self.update_tx(reply)?;
-                }
+                // Ours goes out before our next data record (`reserve`): one for any number of
+                // requests in between, as rustls does, so that a client sending many never
+                // gets more KeyUpdates in a row than it allows (32, like BoringSSL).
+                self.tx_update_requested |= requested;
                 let (seq, secrets) = self.next_rx_secrets()?;
                 self.rx = Keys::new(self.aead, &secrets, seq)?;
                 Ok(Event::Nothing)

@@ -126,6 +126,8 @@ struct Shared<'a> {
     to_backend: Cell<u64>,
     to_client: Cell<u64>,
     first_to_client: Cell<Option<Instant>>,
+    /// Kernel TLS: the client asked for our KeyUpdate (sent before our next data).
+    ktls_tx_update: Cell<bool>,
 }
 
 /// A TLS failure of the connection, as the relay's error (counted as `relay_errors{cause="tls"}`).
@@ -194,6 +196,7 @@ pub async fn relay(client: &Socket, est: Established, backend: &Socket, idle: Du
         to_backend: Cell::new(0),
         to_client: Cell::new(0),
         first_to_client: Cell::new(None),
+        ktls_tx_update: Cell::new(false),
     };
     let kernel = Cell::new(false);
     let both = async {
@@ -350,7 +353,6 @@ async fn process_records(s: &Shared<'_>, buf: &mut [u8]) -> io::Result<(usize, b
         let mut k = 0;
         let mut closed = false;
         let mut failed = None;
-        let mut reply = Vec::new();
         {
             let mut session = s.session.borrow_mut();
             while k < MAX_IOV {
@@ -362,7 +364,7 @@ async fn process_records(s: &Shared<'_>, buf: &mut [u8]) -> io::Result<(usize, b
                         break;
                     }
                 };
-                match session.open(&mut buf[at..at + len], &mut reply) {
+                match session.open(&mut buf[at..at + len]) {
                     Ok(Event::Data(r)) => {
                         if r.start < r.end {
                             ranges[k] = at + r.start..at + r.end;
@@ -380,19 +382,11 @@ async fn process_records(s: &Shared<'_>, buf: &mut [u8]) -> io::Result<(usize, b
                 if closed {
                     break;
                 }
-                if !reply.is_empty() {
-                    // Our KeyUpdate is queued before anything sealed under the new key.
-                    s.out.borrow_mut().push_bytes(&mut reply);
-                }
             }
         }
         send_plaintext(s, buf, &mut ranges[..k]).await?;
         if let Some(f) = failed {
             return Err(s.fail(f));
-        }
-        // The KeyUpdate is on the queue; make sure it leaves even if no data does.
-        if !s.out.borrow().is_empty() && s.flushers.get() == 0 {
-            s.flush().await?;
         }
         if closed || k < MAX_IOV {
             return Ok((at, closed));
@@ -595,8 +589,10 @@ async fn ktls_client_to_backend_inner(s: &Shared<'_>) -> io::Result<()> {
             Message::Closed => return Ok(()),
             Message::Nothing => {}
             Message::KeyUpdate { requested } => {
+                // Ours goes out before our next data (the back end → client direction sends
+                // it), as in user space.
                 if requested {
-                    ktls_update_tx(s).await?;
+                    s.ktls_tx_update.set(true);
                 }
                 let r = ktls::rekey(s.client, &mut s.session.borrow_mut(), Direction::Rx);
                 r.map_err(|e| ktls_rekey_error(s, e))?;

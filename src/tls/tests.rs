@@ -289,8 +289,7 @@ mod data_in_memory {
         assert!(!buf.is_empty(), "the first request is the handshake's leftover");
         let s = &mut pair.est.session;
         let len = s.record_len(&buf).unwrap().unwrap();
-        let mut reply = Vec::new();
-        let ev = s.open(&mut buf[..len], &mut reply).unwrap();
+        let ev = s.open(&mut buf[..len]).unwrap();
         match ev {
             Event::Data(r) => assert_eq!(&buf[r], b"ping"),
             e => panic!("{e:?}"),
@@ -353,27 +352,29 @@ mod record_layer {
         wire
     }
 
-    /// Opens every record of `wire`; the plaintext, whether close_notify came, and any replies.
-    fn open_all(pair: &mut Pair, wire: &mut [u8]) -> Result<(Vec<u8>, bool, Vec<u8>), Fatal> {
-        let (mut plain, mut closed, mut reply) = (Vec::new(), false, Vec::new());
+    /// Opens every record of `wire`; the plaintext and whether close_notify came.
+    fn open_all(pair: &mut Pair, wire: &mut [u8]) -> Result<(Vec<u8>, bool), Fatal> {
+        let (mut plain, mut closed) = (Vec::new(), false);
         let mut at = 0;
         while at < wire.len() {
             let len = pair.est.session.record_len(&wire[at..])?.expect("whole records");
-            match pair.est.session.open(&mut wire[at..at + len], &mut reply)? {
+            match pair.est.session.open(&mut wire[at..at + len])? {
                 Event::Data(r) => plain.extend_from_slice(&wire[at + r.start..at + r.end]),
                 Event::Closed => closed = true,
                 Event::Nothing => {}
             }
             at += len;
         }
-        Ok((plain, closed, reply))
+        Ok((plain, closed))
     }
 
-    /// Seals `data` in records of at most 16 KiB, as the relay does.
+    /// Seals `data` in records of at most 16 KiB, as the relay does (`reserve` first: a
+    /// KeyUpdate the client asked for goes before them).
     fn seal_all(pair: &mut Pair, data: &[u8]) -> Vec<u8> {
         let s = &mut pair.est.session;
         let (prefix, suffix) = (s.prefix(), s.suffix());
         let mut wire = Vec::new();
+        s.reserve(data.len().div_ceil(MAX_PLAINTEXT) as u64, &mut wire).unwrap();
         for chunk in data.chunks(MAX_PLAINTEXT) {
             let mut rec = vec![0u8; prefix + chunk.len() + suffix];
             rec[prefix..prefix + chunk.len()].copy_from_slice(chunk);
@@ -411,9 +412,9 @@ mod record_layer {
             let up = pattern(40_000, 2);
             pair.client.writer().write_all(&up).unwrap();
             let mut wire = from_client(&mut pair);
-            let (plain, closed, reply) = open_all(&mut pair, &mut wire).unwrap();
+            let (plain, closed) = open_all(&mut pair, &mut wire).unwrap();
             assert_eq!(plain, [first, up].concat(), "{suite:?}");
-            assert!(!closed && reply.is_empty());
+            assert!(!closed);
             let down = pattern(MAX_PLAINTEXT * 2 + 77, 3);
             let wire = seal_all(&mut pair, &down);
             assert_eq!(to_client(&mut pair, &wire).unwrap(), down, "{suite:?}");
@@ -429,8 +430,9 @@ mod record_layer {
         }
     }
 
-    /// The client updates its keys (asking for ours too) between writes, three times: our
-    /// KeyUpdate answers each, data keeps flowing both ways under the new keys.
+    /// The client updates its keys (asking for ours too) between writes, three times (twice in
+    /// a row the last time): our KeyUpdate goes before our next data, one for both requests;
+    /// data keeps flowing both ways under the new keys.
     #[test]
     fn key_updates_from_the_client_turn_both_directions_over() {
         for suite in suites().into_iter().filter(|s| s.version() == &rustls::version::TLS13) {
@@ -439,12 +441,19 @@ mod record_layer {
                 pair.client.writer().write_all(&pattern(1000, round)).unwrap();
                 pair.client.refresh_traffic_keys().unwrap();
                 pair.client.writer().write_all(&pattern(20_000, round + 10)).unwrap();
+                if round == 2 {
+                    pair.client.refresh_traffic_keys().unwrap();
+                    pair.client.writer().write_all(b"!").unwrap();
+                }
                 let mut wire = from_client(&mut pair);
-                let (plain, _, reply) = open_all(&mut pair, &mut wire).unwrap();
-                assert_eq!(plain, [pattern(1000, round), pattern(20_000, round + 10)].concat());
-                assert!(!reply.is_empty(), "the client asked for our update");
+                let (plain, _) = open_all(&mut pair, &mut wire).unwrap();
+                let tail: &[u8] = if round == 2 { b"!" } else { b"" };
+                assert_eq!(plain, [pattern(1000, round), pattern(20_000, round + 10), tail.to_vec()].concat());
                 let down = pattern(5000, round + 20);
-                let sealed = [reply, seal_all(&mut pair, &down)].concat();
+                let sealed = seal_all(&mut pair, &down);
+                let plain_records = 5000 + pair.est.session.prefix() + pair.est.session.suffix();
+                assert!(sealed.len() > plain_records, "{suite:?}: no KeyUpdate before the data");
+                assert!(sealed.len() < plain_records + 64, "{suite:?}: one KeyUpdate for two requests");
                 assert_eq!(to_client(&mut pair, &sealed).unwrap(), down, "{suite:?} round {round}");
             }
         }
@@ -592,7 +601,7 @@ mod record_layer {
 
     fn open_one(s: &mut crate::tls::record::Session, mut rec: Vec<u8>) -> Result<Event, Option<u8>> {
         assert_eq!(s.record_len(&rec).map_err(|f| f.alert)?, Some(rec.len()));
-        s.open(&mut rec, &mut Vec::new()).map_err(|f| f.alert)
+        s.open(&mut rec).map_err(|f| f.alert)
     }
 
     fn tls13_suite() -> rustls::SupportedCipherSuite {
@@ -679,7 +688,7 @@ mod record_layer {
         assert_eq!(s.record_len(&[21, 3, 3, 0, 0]).unwrap_err().alert, Some(alert::DECODE_ERROR));
         assert_eq!(s.record_len(&[23, 3, 3, 0]).unwrap(), None);
         let mut ccs = [20, 3, 3, 0, 1, 1];
-        assert_eq!(s.open(&mut ccs, &mut Vec::new()).unwrap_err().alert, Some(alert::UNEXPECTED_MESSAGE));
+        assert_eq!(s.open(&mut ccs).unwrap_err().alert, Some(alert::UNEXPECTED_MESSAGE));
         let _: Option<Fatal> = None;
     }
 }
