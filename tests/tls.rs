@@ -199,10 +199,13 @@ fn key_updates_in_the_middle_of_a_64_mib_download() {
     }
     assert_eq!(stream.position(), BULK, "the whole download ({updates} key updates)");
     assert_eq!(updates, 7);
-    // Without the server's KeyUpdates the client would have read every record under one key:
-    // about 4096 of them. With them, the count restarted at the last update, 8 MiB from the end.
+    // Without the server's KeyUpdates the client would have read all 4096 records and more
+    // under one key. The server answers each request before its next data record, and it may
+    // be megabytes ahead (socket buffers): the last requests may come after its last record,
+    // but the first ones were answered 56 MiB before the end, so the count restarted at least
+    // once.
     let secrets = tls.conn.dangerous_extract_secrets().unwrap();
-    assert!(secrets.rx.0 < 1000, "server keys never turned over: {} records under the last", secrets.rx.0);
+    assert!(secrets.rx.0 < 3600, "server keys never turned over: {} records under the last", secrets.rx.0);
 }
 
 /// 64 MiB to the origin, a key update every 8 MiB: the origin checks every byte and answers

@@ -98,6 +98,10 @@ pub struct Established {
     pub(super) leftover: Vec<u8>,
     /// The traffic secrets, kept only for kernel TLS (see [`super::ktls`]).
     pub(super) secrets: Option<ExtractedSecrets>,
+    /// Our last flight, not sent yet: a TLS 1.3 session ticket, held back when the client's
+    /// first request came with its Finished, to leave with the answer (one send and one
+    /// segment fewer). Sealed by rustls: it goes before any record of ours.
+    pub(super) pending: Vec<u8>,
     resumed: bool,
     /// The negotiated protocol, as its index in the route's `alpn` list.
     alpn: Option<usize>,
@@ -130,8 +134,10 @@ impl Established {
         self.leftover.is_empty().then(|| std::mem::take(&mut self.leftover))
     }
 
-    /// Ends the session before any data: `out` with a close_notify record appended.
+    /// Ends the session before any data: `out` with what is still to send (a held-back
+    /// ticket) and a close_notify record appended.
     pub fn close_notify(&mut self, mut out: Vec<u8>) -> Vec<u8> {
+        out.append(&mut self.pending);
         self.session.seal_alert(alert::CLOSE_NOTIFY, &mut out);
         out
     }
@@ -268,6 +274,16 @@ impl Handshaker {
         }
     }
 
+    /// Whether the flight about to be sent may wait for the relay: the handshake is over and it
+    /// is TLS 1.3's (session tickets only: the client waits for nothing more), and the client
+    /// sent a request with its Finished (an answer will carry the ticket; with nothing sent
+    /// the ticket goes at once, see `relay`).
+    pub(super) fn holds_back(&self, incoming: &[u8]) -> bool {
+        !self.conn.is_handshaking()
+            && self.conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3)
+            && incoming.len() > self.fed
+    }
+
     /// The completed handshake, with the client's bytes past it (`incoming[fed..]`, moved to
     /// the front). `alpn` is the route's list, for the negotiated protocol's index.
     pub(super) fn finish(
@@ -282,7 +298,14 @@ impl Handshaker {
         incoming.drain(..self.fed);
         let session = Session::new(kernel, (secrets.tx.0, &secrets.tx.1), (secrets.rx.0, &secrets.rx.1))
             .map_err(|f| rustls::Error::General(f.why.into()))?;
-        Ok(Established { session, leftover: incoming, secrets: keep_secrets.then_some(secrets), resumed, alpn })
+        Ok(Established {
+            session,
+            leftover: incoming,
+            secrets: keep_secrets.then_some(secrets),
+            pending: Vec::new(),
+            resumed,
+            alpn,
+        })
     }
 }
 
@@ -300,9 +323,14 @@ pub async fn handshake(
     let mut hs = Handshaker::new(config.clone())?;
     let mut incoming = hello;
     let mut out = Vec::with_capacity(4096);
+    let mut held = Vec::new();
     loop {
         match hs.advance(&mut incoming, &mut out) {
             Ok(Step::Done) => break,
+            Ok(Step::Send) if hs.holds_back(&incoming) => {
+                // The ticket waits for the answer to the request that came with the Finished.
+                held = std::mem::take(&mut out);
+            }
             Ok(Step::Send) => {
                 let (res, o) = client.send_all(out, 0).await;
                 out = o;
@@ -331,5 +359,7 @@ pub async fn handshake(
             }
         }
     }
-    Ok(hs.finish(incoming, &config.alpn_protocols, keep_secrets)?)
+    let mut est = hs.finish(incoming, &config.alpn_protocols, keep_secrets)?;
+    est.pending = held;
+    Ok(est)
 }

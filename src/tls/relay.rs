@@ -185,7 +185,7 @@ impl Shared<'_> {
 /// With the traffic secrets kept ([`Established`] made for kernel TLS), the connection goes to
 /// kernel TLS when it can ([`ktls`]), else stays with the user-space record layer.
 pub async fn relay(client: &Socket, est: Established, backend: &Socket, idle: Duration) -> Relayed {
-    let Established { session, leftover, secrets, .. } = est;
+    let Established { session, leftover, secrets, mut pending, .. } = est;
     let s = Shared {
         pair: Pair::new(client, backend),
         client,
@@ -198,6 +198,9 @@ pub async fn relay(client: &Socket, est: Established, backend: &Socket, idle: Du
         first_to_client: Cell::new(None),
         ktls_tx_update: Cell::new(false),
     };
+    // The handshake's held-back ticket is queued first: it leaves with the first answer, or
+    // sooner (see `client_to_backend_inner`).
+    s.out.borrow_mut().push_bytes(&mut pending);
     let kernel = Cell::new(false);
     let both = async {
         let leftover = match secrets {
@@ -248,6 +251,8 @@ async fn to_kernel(
         return Ok(Some(leftover));
     }
     let (consumed, _) = process_records(s, &mut leftover).await?;
+    // What rustls sealed (a held-back ticket) leaves before the kernel seals anything.
+    s.flush().await?;
     let session = s.session.borrow();
     if consumed < leftover.len() || session.peer_closed() || session.rekeyed() || !s.out.borrow().is_empty() {
         return Ok(Some(leftover[consumed..].to_vec()));
@@ -279,6 +284,12 @@ enum Held {
 }
 
 async fn client_to_backend_inner(s: &Shared<'_>, mut leftover: Vec<u8>) -> io::Result<()> {
+    // The first wait keeps a held-back ticket (the answer to the leftover request carries it).
+    let mut first = !leftover.is_empty();
+    if !first {
+        // No request came with the Finished: nothing to wait for.
+        s.flush().await?;
+    }
     if s.session.borrow().peer_closed() {
         // close_notify came with the handshake's leftover (kernel TLS declined).
         return Ok(());
@@ -298,6 +309,11 @@ async fn client_to_backend_inner(s: &Shared<'_>, mut leftover: Vec<u8>) -> io::R
     // A full read (more is queued): read again without waiting for readiness.
     let mut ready = false;
     loop {
+        if !s.out.borrow().is_empty() && s.flushers.get() == 0 && !(ready || first) {
+            // A held-back ticket whose answer did not come before the client spoke again.
+            s.flush().await?;
+        }
+        first = false;
         if !ready {
             held = match held {
                 // Going idle: no buffer, only a partial record's bytes in one of their size.

@@ -692,3 +692,38 @@ mod record_layer {
         let _: Option<Fatal> = None;
     }
 }
+
+/// Our suite order, not the client's: AES-128-GCM (SHA-256 key schedule) for a client that
+/// prefers AES-256-GCM (rustls and OpenSSL do), what it offers otherwise.
+#[test]
+fn the_server_picks_aes_128_gcm_whatever_the_client_prefers() {
+    use rustls::crypto::aws_lc_rs::cipher_suite as cs;
+    let site = site("shop.example.com");
+    let server = crate::tls::server_config(site.key.clone(), TlsVersion::TLS12, &[]).unwrap();
+    let cases = [
+        (
+            vec![cs::TLS13_AES_256_GCM_SHA384, cs::TLS13_CHACHA20_POLY1305_SHA256, cs::TLS13_AES_128_GCM_SHA256],
+            cs::TLS13_AES_128_GCM_SHA256,
+        ),
+        (vec![cs::TLS13_CHACHA20_POLY1305_SHA256, cs::TLS13_AES_256_GCM_SHA384], cs::TLS13_AES_256_GCM_SHA384),
+        (vec![cs::TLS13_CHACHA20_POLY1305_SHA256], cs::TLS13_CHACHA20_POLY1305_SHA256),
+        (
+            vec![cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384, cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256],
+            cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        ),
+    ];
+    for (offered, expected) in cases {
+        let version = expected.version();
+        let provider = rustls::crypto::CryptoProvider {
+            cipher_suites: offered.clone(),
+            ..rustls::crypto::aws_lc_rs::default_provider()
+        };
+        let client = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .with_root_certificates(site.roots.clone())
+            .with_no_client_auth();
+        let pair = in_memory::handshake_pair(server.clone(), Arc::new(client), b"").unwrap();
+        assert_eq!(pair.client.negotiated_cipher_suite(), Some(expected), "{offered:?}");
+    }
+}
