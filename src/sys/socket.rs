@@ -152,6 +152,14 @@ impl Socket {
         self.sock_ref().send_vectored_with_flags(bufs, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
     }
 
+    /// As [`try_send_vectored`](Self::try_send_vectored), with MSG_MORE: the bytes wait in the
+    /// kernel for what follows, so that a FIN sent right after (the close) leaves in the same
+    /// segment (one segment and one wake-up of the peer fewer). Only for the last bytes before
+    /// a close that comes at once: corked bytes wait for it.
+    pub fn try_send_vectored_before_close(&self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.sock_ref().send_vectored_with_flags(bufs, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL | libc::MSG_MORE)
+    }
+
     /// One non-blocking recv(2) into `buf`, outside the ring: for a caller that waited for
     /// readiness ([`poll`](Self::poll)) before taking a buffer, so that an idle connection holds
     /// none. `Ok(0)` is end of stream; `WouldBlock` when nothing is queued.

@@ -18,7 +18,8 @@
 //!
 //! Half-close in both directions: the client's close_notify (or EOF) shuts the back end's write
 //! side; the back end's EOF sends close_notify and shuts the client's write side; the other
-//! direction keeps flowing. A TLS error sends its alert and ends both. The idle watchdog, abort
+//! direction keeps flowing. The direction that ends second leaves its FIN to the close that
+//! follows ([`Pair::end_of_stream`]), one system call fewer. A TLS error sends its alert and ends both. The idle watchdog, abort
 //! and the outcome are the passthrough relay's ([`relay::Pair`], [`relay::Relayed`]).
 
 use super::buffers::{RecordBuf, RECORDS};
@@ -32,7 +33,6 @@ use crate::sys::{Socket, POLLHUP, POLLIN, POLLOUT, POLLRDHUP};
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, IoSliceMut};
-use std::net::Shutdown;
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
@@ -93,14 +93,16 @@ impl Out {
     }
 
     /// One non-blocking vectored send of what is queued; drops the pieces that went entirely.
-    fn send_to(&mut self, sock: &Socket) -> io::Result<usize> {
+    /// `last`: nothing follows but the close (MSG_MORE: the FIN joins these bytes' segment).
+    fn send_to(&mut self, sock: &Socket, last: bool) -> io::Result<usize> {
         let mut iov = [IoSlice::new(&[]); 4];
         let mut k = 0;
         for (slot, seg) in iov.iter_mut().zip(self.segs.iter()) {
             *slot = IoSlice::new(seg.pending());
             k += 1;
         }
-        let mut n = sock.try_send_vectored(&iov[..k])?;
+        let mut n =
+            if last { sock.try_send_vectored_before_close(&iov[..k])? } else { sock.try_send_vectored(&iov[..k])? };
         let sent = n;
         while n > 0 {
             let Some(front) = self.segs.front_mut() else { break };
@@ -128,6 +130,8 @@ struct Shared<'a> {
     first_to_client: Cell<Option<Instant>>,
     /// Kernel TLS: the client asked for our KeyUpdate (sent before our next data).
     ktls_tx_update: Cell<bool>,
+    /// The client → back end direction ended cleanly: the back end's EOF ends the relay.
+    client_done: Cell<bool>,
 }
 
 /// A TLS failure of the connection, as the relay's error (counted as `relay_errors{cause="tls"}`).
@@ -140,19 +144,27 @@ impl Shared<'_> {
     /// queue is empty (whoever queued it).
     async fn flush(&self) -> io::Result<()> {
         self.flushers.set(self.flushers.get() + 1);
-        let res = self.flush_inner().await;
+        let res = self.flush_inner(false).await;
         self.flushers.set(self.flushers.get() - 1);
         res
     }
 
-    async fn flush_inner(&self) -> io::Result<()> {
+    /// As [`flush`](Self::flush), for the last bytes before the close (see [`Out::send_to`]).
+    async fn flush_before_close(&self) -> io::Result<()> {
+        self.flushers.set(self.flushers.get() + 1);
+        let res = self.flush_inner(true).await;
+        self.flushers.set(self.flushers.get() - 1);
+        res
+    }
+
+    async fn flush_inner(&self, last: bool) -> io::Result<()> {
         loop {
             let sent = {
                 let mut out = self.out.borrow_mut();
                 if out.is_empty() {
                     return Ok(());
                 }
-                out.send_to(self.client)
+                out.send_to(self.client, last)
             };
             match sent {
                 Ok(_) => self.pair.touch(),
@@ -174,7 +186,7 @@ impl Shared<'_> {
             self.session.borrow_mut().seal_alert(desc, &mut ctl);
             let mut out = self.out.borrow_mut();
             out.push_bytes(&mut ctl);
-            while !out.is_empty() && matches!(out.send_to(self.client), Ok(n) if n > 0) {}
+            while !out.is_empty() && matches!(out.send_to(self.client, false), Ok(n) if n > 0) {}
         }
         tls_error(f)
     }
@@ -197,6 +209,7 @@ pub async fn relay(client: &Socket, est: Established, backend: &Socket, idle: Du
         to_client: Cell::new(0),
         first_to_client: Cell::new(None),
         ktls_tx_update: Cell::new(false),
+        client_done: Cell::new(false),
     };
     // The handshake's held-back ticket is queued first: it leaves with the first answer, or
     // sooner (see `client_to_backend_inner`).
@@ -266,8 +279,11 @@ async fn to_kernel(
 
 async fn client_to_backend(s: &Shared<'_>, leftover: Vec<u8>) -> io::Result<()> {
     let result = client_to_backend_inner(s, leftover).await;
+    s.client_done.set(result.is_ok());
     match &result {
-        Ok(()) => s.backend.shutdown(Shutdown::Write),
+        // The FIN to the back end (skipped when the other direction has ended: the close that
+        // follows sends it).
+        Ok(()) => s.pair.end_of_stream(s.backend),
         Err(_) => s.pair.abort(),
     }
     result
@@ -486,8 +502,14 @@ async fn backend_to_client_inner(s: &Shared<'_>) -> io::Result<()> {
             let mut ctl = Vec::new();
             s.session.borrow_mut().seal_alert(alert::CLOSE_NOTIFY, &mut ctl);
             s.out.borrow_mut().push_bytes(&mut ctl);
-            s.flush().await?;
-            s.client.shutdown(Shutdown::Write);
+            if s.client_done.get() {
+                // The relay ends here and the close follows at once: close_notify and the FIN
+                // in one segment.
+                s.flush_before_close().await?;
+            } else {
+                s.flush().await?;
+            }
+            s.pair.end_of_stream(s.client);
             return Ok(());
         }
         s.pair.touch();
@@ -566,7 +588,9 @@ fn ktls_rekey_error(s: &Shared<'_>, e: ktls::RekeyError) -> io::Error {
 async fn ktls_client_to_backend(s: &Shared<'_>) -> io::Result<()> {
     let result = ktls_client_to_backend_inner(s).await;
     match &result {
-        Ok(()) => s.backend.shutdown(Shutdown::Write),
+        // The FIN to the back end (skipped when the other direction has ended: the close that
+        // follows sends it).
+        Ok(()) => s.pair.end_of_stream(s.backend),
         Err(_) => s.pair.abort(),
     }
     result
@@ -650,7 +674,7 @@ async fn ktls_backend_to_client_inner(s: &Shared<'_>) -> io::Result<()> {
                 s.session.borrow_mut().mark_closed();
                 ktls_send_record(s, content::ALERT, &record::alert_payload(alert::CLOSE_NOTIFY)).await?;
             }
-            s.client.shutdown(Shutdown::Write);
+            s.pair.end_of_stream(s.client);
             return Ok(());
         }
         s.pair.touch();
