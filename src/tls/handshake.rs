@@ -92,12 +92,14 @@ impl HandshakeError {
 /// A completed handshake: the record layer that carries the connection on, and what the
 /// handshake decided.
 pub struct Established {
-    pub(super) session: Session,
+    /// On the heap: the connection's future moves this struct (through the relay) without
+    /// copying, and holds 8 bytes for it rather than the session's size in each of its states.
+    pub(super) session: Box<Session>,
     /// Ciphertext the client sent after its Finished, already read (whole records and maybe the
     /// start of one).
     pub(super) leftover: Vec<u8>,
     /// The traffic secrets, kept only for kernel TLS (see [`super::ktls`]).
-    pub(super) secrets: Option<ExtractedSecrets>,
+    pub(super) secrets: Option<Box<ExtractedSecrets>>,
     /// Our last flight, not sent yet: a TLS 1.3 session ticket, held back when the client's
     /// first request came with its Finished, to leave with the answer (one send and one
     /// segment fewer). Sealed by rustls: it goes before any record of ours.
@@ -165,7 +167,9 @@ pub(super) enum Step {
 /// The handshake as a state machine over two buffers, without I/O (the tests drive it in
 /// memory against a rustls client).
 pub(super) struct Handshaker {
-    conn: UnbufferedServerConnection,
+    /// Boxed: about 1 KiB that the connection's future would otherwise reserve for as long as
+    /// it lives (idle relays included), for a state it passes through once.
+    conn: Box<UnbufferedServerConnection>,
     /// Bytes at the front of the incoming buffer given to rustls so far (whole records).
     fed: usize,
     /// rustls has processed all it was given and waits for the next record.
@@ -183,7 +187,7 @@ fn record_end(buf: &[u8], from: usize) -> Option<usize> {
 
 impl Handshaker {
     pub(super) fn new(config: Arc<ServerConfig>) -> Result<Self, rustls::Error> {
-        Ok(Self { conn: UnbufferedServerConnection::new(config)?, fed: 0, blocked: true })
+        Ok(Self { conn: Box::new(UnbufferedServerConnection::new(config)?), fed: 0, blocked: true })
     }
 
     /// Runs rustls over `incoming` (the client's bytes; what it consumed is removed from the
@@ -294,14 +298,14 @@ impl Handshaker {
     ) -> Result<Established, rustls::Error> {
         let resumed = self.conn.handshake_kind() == Some(HandshakeKind::Resumed);
         let alpn = self.conn.alpn_protocol().and_then(|p| alpn.iter().position(|a| a == p));
-        let (secrets, kernel) = self.conn.dangerous_into_kernel_connection()?;
+        let (secrets, kernel) = (*self.conn).dangerous_into_kernel_connection()?;
         incoming.drain(..self.fed);
         let session = Session::new(kernel, (secrets.tx.0, &secrets.tx.1), (secrets.rx.0, &secrets.rx.1))
             .map_err(|f| rustls::Error::General(f.why.into()))?;
         Ok(Established {
-            session,
+            session: Box::new(session),
             leftover: incoming,
-            secrets: keep_secrets.then_some(secrets),
+            secrets: keep_secrets.then(|| Box::new(secrets)),
             pending: Vec::new(),
             resumed,
             alpn,

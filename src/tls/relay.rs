@@ -37,7 +37,7 @@ use std::ops::Range;
 use std::time::{Duration, Instant};
 
 /// Plaintext ranges passed to one vectored send to the back end.
-const MAX_IOV: usize = 16;
+const MAX_IOV: usize = 8;
 
 /// A piece of the queue for the client.
 enum Seg {
@@ -121,7 +121,7 @@ struct Shared<'a> {
     pair: Pair<'a>,
     client: &'a Socket,
     backend: &'a Socket,
-    session: RefCell<Session>,
+    session: RefCell<Box<Session>>,
     out: RefCell<Out>,
     /// Tasks inside [`Shared::flush`]: one of them sends whatever is queued.
     flushers: Cell<u8>,
@@ -217,11 +217,16 @@ pub async fn relay(client: &Socket, est: Established, backend: &Socket, idle: Du
     let kernel = Cell::new(false);
     let both = async {
         let leftover = match secrets {
-            Some(secrets) => match to_kernel(&s, leftover, &secrets).await? {
+            // Boxed: kernel TLS is the rare path, and its futures would otherwise make every
+            // connection's future (held while it is idle) as large as theirs.
+            Some(secrets) => match Box::pin(to_kernel(&s, leftover, &secrets)).await? {
                 None => {
                     kernel.set(true);
-                    let (up, down) = tokio::join!(ktls_client_to_backend(&s), ktls_backend_to_client(&s));
-                    return up.and(down);
+                    return Box::pin(async {
+                        let (up, down) = tokio::join!(ktls_client_to_backend(&s), ktls_backend_to_client(&s));
+                        up.and(down)
+                    })
+                    .await;
                 }
                 Some(leftover) => leftover,
             },
@@ -230,7 +235,16 @@ pub async fn relay(client: &Socket, est: Established, backend: &Socket, idle: Du
         let (up, down) = tokio::join!(client_to_backend(&s, leftover), backend_to_client(&s));
         up.and(down)
     };
-    let (res, idle) = s.pair.watch(idle, both).await;
+    // The idle watchdog, inline (as `Pair::watch`, whose argument would take a second copy of
+    // `both` in this future: both directions' state, held while the connection is idle).
+    let mut both = std::pin::pin!(both);
+    let (res, idle) = tokio::select! {
+        out = &mut both => (out, false),
+        () = s.pair.idle(idle) => {
+            s.pair.abort();
+            ((&mut both).await, true)
+        }
+    };
     Relayed {
         kind: if kernel.get() { RelayKind::Ktls } else { RelayKind::Tls },
         end: relay::end_of(res, idle),

@@ -555,7 +555,7 @@ mod record_layer {
                 seq,
                 tls13: suite.version() == &rustls::version::TLS13,
             };
-            (pair.est.session, raw)
+            (*pair.est.session, raw)
         }
 
         /// One record of content type `typ` carrying `payload` (TLS 1.3: inner type, no padding;
