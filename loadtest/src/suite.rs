@@ -175,6 +175,10 @@ pub enum BackendKind {
     Bulk,
     /// A rustls TLS terminator with the route's certificate, echoing the plaintext.
     Tls,
+    /// Holds connections open: answers a ClientHello like `hello` (after a PROXY header where
+    /// asked), echoes anything else, closes only when the client does. One epoll thread serves
+    /// them all, so thousands of idle connections cost no threads (idle workloads).
+    Hold,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
