@@ -10,6 +10,7 @@
 pub mod backends;
 pub mod certs;
 pub mod co;
+pub mod counts;
 pub mod dist;
 pub mod hello;
 pub mod net;
