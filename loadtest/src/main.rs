@@ -48,6 +48,13 @@ enum Cmd {
         /// no progress bars or per-run lines; print the report at the end
         #[arg(long)]
         quiet: bool,
+        /// count the target's system calls, io_uring submissions and wake-ups (perf stat on
+        /// tracepoints) and the host's TCP segments (nstat) in each measured window, per connection
+        #[arg(long)]
+        counts: bool,
+        /// idle workloads: hold N connections instead of the suite's `connections` (e.g. 1000, 3000, 5000)
+        #[arg(long, value_name = "N")]
+        connections: Option<usize>,
     },
     /// Write the dispatcher, HAProxy and nginx configs a suite generates into DIR, and exit.
     Configs {
@@ -60,7 +67,20 @@ enum Cmd {
 fn main() {
     let cli = Cli::parse();
     let code = match cli.cmd {
-        Cmd::Suite { file, dispatcher, json, compare, runs, only, duration_scale, keep_tmp, fail_on_error, quiet } => {
+        Cmd::Suite {
+            file,
+            dispatcher,
+            json,
+            compare,
+            runs,
+            only,
+            duration_scale,
+            keep_tmp,
+            fail_on_error,
+            quiet,
+            counts,
+            connections,
+        } => {
             for c in &compare {
                 if !sni_loadtest::targets::PEERS.contains(&c.as_str()) {
                     eprintln!("unknown peer {c}; known: {}", sni_loadtest::targets::PEERS.join(", "));
@@ -78,6 +98,8 @@ fn main() {
                 keep_tmp,
                 fail_on_error,
                 quiet,
+                counts,
+                connections,
             };
             match runner::run(&o) {
                 Ok(c) => c,
