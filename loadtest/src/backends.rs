@@ -166,10 +166,13 @@ impl Buffered {
     fn consume(&mut self, n: usize) {
         self.buf.drain(..n);
     }
-    /// Skip the PROXY v1 or v2 header the stream must start with.
-    fn skip_proxy_header(&mut self) -> io::Result<()> {
+    /// Read until `len` finds a whole unit at the start of the buffer (Ok(Some(n))), then drop it.
+    fn skip_unit<E>(&mut self, len: impl Fn(&[u8]) -> Result<Option<usize>, E>) -> io::Result<()>
+    where
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         loop {
-            match proxy_header_len(&self.buf) {
+            match len(&self.buf) {
                 Ok(Some(n)) => {
                     self.consume(n);
                     return Ok(());
@@ -183,26 +186,17 @@ impl Buffered {
             }
         }
     }
+    /// Skip the PROXY v1 or v2 header the stream must start with.
+    fn skip_proxy_header(&mut self) -> io::Result<()> {
+        self.skip_unit(proxy_header_len)
+    }
     /// Read and drop one ClientHello if the stream starts with a TLS record.
     fn skip_hello(&mut self) -> io::Result<()> {
         self.need(1)?;
         if self.buf[0] != 22 {
             return Ok(());
         }
-        loop {
-            match hello_len(&self.buf) {
-                Ok(Some(n)) => {
-                    self.consume(n);
-                    return Ok(());
-                }
-                Ok(None) => {
-                    if self.fill()? == 0 {
-                        return Err(io::ErrorKind::UnexpectedEof.into());
-                    }
-                }
-                Err(e) => return Err(io::Error::other(e)),
-            }
-        }
+        self.skip_unit(hello_len)
     }
 }
 

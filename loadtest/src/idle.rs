@@ -10,10 +10,9 @@ use crate::backends::{answer_label, ANSWER_LEN};
 use crate::net::io_kind;
 use crate::procstat;
 use crate::suite::IdleState;
-use crate::workloads::{connect_err, io_err, read_full, Err, Prepared};
+use crate::workloads::{connect_err, handshake, io_err, read_full, tls_client, Err, Prepared};
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
-use rustls::pki_types::{IpAddr as PkiIp, ServerName};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -117,17 +116,8 @@ fn open_one(p: &Prepared, state: IdleState, dst: SocketAddrV4, n: u32, sni: Opti
             }
         }
         IdleState::Terminated => {
-            let cfg = p.tls.clone().ok_or("tls_config")?;
-            let name: ServerName<'static> = match sni {
-                Some(x) => ServerName::try_from(x.to_string()).map_err(|_| "bad_name")?,
-                None => ServerName::IpAddress(PkiIp::from(*dst.ip())),
-            };
-            let conn = rustls::ClientConnection::new(cfg, name).map_err(|_| "tls_config")?;
-            let sock = p.dial(dst, n).map_err(connect_err)?;
-            let mut tls = rustls::StreamOwned::new(conn, sock);
-            while tls.conn.is_handshaking() {
-                tls.conn.complete_io(&mut tls.sock).map_err(io_err)?;
-            }
+            let mut tls = tls_client(p, dst, n, sni)?;
+            handshake(&mut tls)?;
             tls.write_all(PING).map_err(io_err)?;
             let mut back = [0u8; PING.len()];
             if read_full(&mut tls, &mut back).map_err(io_err)? < back.len() {

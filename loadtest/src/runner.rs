@@ -18,20 +18,45 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// `sni-loadtest suite`'s arguments.
+#[derive(clap::Args)]
 pub struct Options {
+    /// the suite file (TOML), e.g. loadtest/suites/smoke.toml
+    #[arg(value_name = "FILE")]
     pub suite: PathBuf,
+    /// the sni-dispatch binary to measure (e.g. target/release/sni-dispatch)
+    #[arg(long)]
     pub dispatcher: Option<PathBuf>,
+    /// write every figure as JSON here, and one SVG latency plot per workload beside it
+    #[arg(long)]
     pub json: Option<PathBuf>,
+    /// peers to run the same workloads against, alternately: haproxy, haproxy-splice, nginx
+    #[arg(long, value_delimiter = ',')]
     pub compare: Vec<String>,
+    /// alternating runs per target (default: the suite's `runs`)
+    #[arg(long)]
     pub runs: Option<usize>,
+    /// run only these workloads
+    #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
+    /// multiply every workload's duration (e.g. 0.2 for a quick look)
+    #[arg(long, default_value_t = 1.0)]
     pub duration_scale: f64,
+    /// keep the temporary directory with the generated configs and logs
+    #[arg(long)]
     pub keep_tmp: bool,
+    /// exit 1 on any error even if the suite does not ask for it
+    #[arg(long)]
     pub fail_on_error: bool,
+    /// no progress bars or per-run lines; print the report at the end
+    #[arg(long)]
     pub quiet: bool,
-    /// count system calls, io_uring submissions, wake-ups (perf) and TCP segments (nstat)
+    /// count the target's system calls, io_uring submissions and wake-ups (perf stat on
+    /// tracepoints) and the host's TCP segments (nstat) in each measured window, per connection
+    #[arg(long)]
     pub counts: bool,
-    /// idle workloads: hold this many connections instead of the suite's `connections`
+    /// idle workloads: hold N connections instead of the suite's `connections` (e.g. 1000, 3000, 5000)
+    #[arg(long, value_name = "N")]
     pub connections: Option<usize>,
 }
 

@@ -538,6 +538,37 @@ fn hello_once(
     Ok(Done { bytes: (bytes.len() + ANSWER_LEN) as u64, resumed: false, dropped: false })
 }
 
+/// A rustls client for `sni` (no SNI: the IP dialed) over a connection from source `src`,
+/// before its handshake.
+pub fn tls_client(
+    p: &Prepared,
+    dst: SocketAddrV4,
+    src: u32,
+    sni: Option<&str>,
+) -> Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>, Err> {
+    let cfg = p.tls.clone().ok_or("tls_config")?;
+    let name: ServerName<'static> = match sni {
+        Some(n) => ServerName::try_from(n.to_string()).map_err(|_| "bad_name")?,
+        None => ServerName::IpAddress(PkiIp::from(*dst.ip())),
+    };
+    let conn = rustls::ClientConnection::new(cfg, name).map_err(|_| "tls_config")?;
+    let sock = p.dial(dst, src).map_err(connect_err)?;
+    Ok(rustls::StreamOwned::new(conn, sock))
+}
+
+/// Complete the client's handshake; socket failures are named `handshake_*`.
+pub fn handshake(tls: &mut rustls::StreamOwned<rustls::ClientConnection, TcpStream>) -> Result<(), Err> {
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock).map_err(|e| match io_err(e) {
+            "timeout" => "handshake_timeout",
+            "reset" => "handshake_reset",
+            "eof_early" => "handshake_eof",
+            k => k,
+        })?;
+    }
+    Ok(())
+}
+
 fn tls_once(
     p: &Prepared,
     dst: SocketAddrV4,
@@ -546,23 +577,9 @@ fn tls_once(
     expect: Option<usize>,
     rng: &mut SmallRng,
 ) -> Result<Done, Err> {
-    let cfg = p.tls.clone().unwrap();
-    let name: ServerName<'static> = match sni {
-        Some(n) => ServerName::try_from(n.to_string()).map_err(|_| "bad_name")?,
-        None => ServerName::IpAddress(PkiIp::from(*dst.ip())),
-    };
-    let conn = rustls::ClientConnection::new(cfg, name).map_err(|_| "tls_config")?;
-    let sock = p.dial(dst, src).map_err(connect_err)?;
-    let mut tls = rustls::StreamOwned::new(conn, sock);
+    let mut tls = tls_client(p, dst, src, sni)?;
     let r = (|| -> Result<(bool, u64), Err> {
-        while tls.conn.is_handshaking() {
-            tls.conn.complete_io(&mut tls.sock).map_err(|e| match io_err(e) {
-                "timeout" => "handshake_timeout",
-                "reset" => "handshake_reset",
-                "eof_early" => "handshake_eof",
-                k => k,
-            })?;
-        }
+        handshake(&mut tls)?;
         let resumed = tls.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
         let mut req = vec![0u8; p.w.request_bytes.max(1)];
         rng.fill(&mut req[..]);
@@ -782,22 +799,10 @@ fn tls_kind(e: rustls::Error) -> Err {
 fn bulk_tls_once(p: &Prepared, dst: SocketAddrV4, src: u32, sni: Option<&str>, cpus: &[usize]) -> Result<Done, Err> {
     use std::sync::Mutex;
     let plan = p.bulk.as_ref().unwrap();
-    let cfg = p.tls.clone().unwrap();
-    let name: ServerName<'static> = match sni {
-        Some(n) => ServerName::try_from(n.to_string()).map_err(|_| "bad_name")?,
-        None => ServerName::IpAddress(PkiIp::from(*dst.ip())),
-    };
-    let mut conn = rustls::ClientConnection::new(cfg, name).map_err(|_| "tls_config")?;
-    conn.set_buffer_limit(Some(512 * 1024));
-    let mut s = p.dial(dst, src).map_err(connect_err)?;
-    while conn.is_handshaking() {
-        conn.complete_io(&mut s).map_err(|e| match io_err(e) {
-            "timeout" => "handshake_timeout",
-            "reset" => "handshake_reset",
-            "eof_early" => "handshake_eof",
-            k => k,
-        })?;
-    }
+    let mut tls = tls_client(p, dst, src, sni)?;
+    tls.conn.set_buffer_limit(Some(512 * 1024));
+    handshake(&mut tls)?;
+    let rustls::StreamOwned { conn, sock: mut s } = tls;
     let conn = Arc::new(Mutex::new(conn));
     let wsock = Arc::new(Mutex::new(s.try_clone().map_err(|e| io_kind(&e))?));
     let mut out = Vec::new();
