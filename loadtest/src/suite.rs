@@ -350,6 +350,9 @@ pub struct Workload {
     pub push_mib: f64,
     #[serde(default)]
     pub pull_mib: f64,
+    /// Bulk: keep each direction of each connection at this many MiB/s at most (0: as fast as it goes).
+    #[serde(default)]
+    pub mib_per_s: f64,
     #[serde(default = "io_timeout")]
     pub io_timeout_ms: u64,
     #[serde(default)]
@@ -460,6 +463,9 @@ impl Suite {
             }
             if !(0.0..=1.0).contains(&w.no_sni_share) || !(0.0..=1.0).contains(&w.dedicated_share) {
                 return Err(format!("workload {}: shares must be within 0..1", w.name));
+            }
+            if !(w.mib_per_s >= 0.0 && w.mib_per_s.is_finite()) {
+                return Err(format!("workload {}: mib_per_s must be 0 or more", w.name));
             }
             if w.kind == Kind::Bulk && w.push_mib <= 0.0 && w.pull_mib <= 0.0 {
                 return Err(format!("workload {}: bulk needs push_mib or pull_mib", w.name));

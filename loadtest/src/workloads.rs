@@ -630,14 +630,16 @@ fn bulk_once(
     let mut s = p.dial(dst, src).map_err(connect_err)?;
     let mut w = s.try_clone().map_err(|e| io_kind(&e))?;
     let (push, pull, seed, pat) = (plan.push, plan.pull, plan.seed, plan.pattern.clone());
+    let mib_per_s = p.w.mib_per_s;
     let cpus = cpus.to_vec();
     let writer = std::thread::spawn(move || -> io::Result<()> {
         pin(&cpus, src as usize);
         let mut head = hello;
         head.extend_from_slice(&bulk_cmd(push, pull, seed));
         w.write_all(&head)?;
-        write_stream(&mut w, &pat, push)
+        write_stream(&mut Paced::new(w, mib_per_s), &pat, push)
     });
+    let pace = Pace::new(mib_per_s);
     let mut h = crc32fast::Hasher::new();
     let mut left = plan.pull;
     let mut b = vec![0u8; 256 * 1024];
@@ -652,6 +654,7 @@ fn bulk_once(
             Ok(n) => {
                 h.update(&b[..n]);
                 left -= n as u64;
+                pace.wait(plan.pull - left);
             }
             Err(e) => {
                 res = Err(io_kind(&e));
@@ -681,6 +684,58 @@ fn bulk_once(
         Err(e) => return Err(io_kind(&e)),
     }
     Ok(Done { bytes: plan.push + plan.pull, resumed: false, dropped: false })
+}
+
+/// Keeps a stream at `mib_per_s` at most, from its creation (0: unbounded).
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    start: Instant,
+    bytes_per_s: Option<f64>,
+}
+
+impl Pace {
+    fn new(mib_per_s: f64) -> Pace {
+        Pace { start: Instant::now(), bytes_per_s: (mib_per_s > 0.0).then_some(mib_per_s * 1048576.0) }
+    }
+    /// Sleep until `done` bytes are due.
+    fn wait(&self, done: u64) {
+        if let Some(r) = self.bytes_per_s {
+            let due = self.start + Duration::from_secs_f64(done as f64 / r);
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+        }
+    }
+}
+
+/// A writer kept at a `Pace` (64 KiB writes at most, so that it stays smooth).
+struct Paced<W> {
+    w: W,
+    pace: Pace,
+    done: u64,
+}
+
+impl<W: Write> Paced<W> {
+    fn new(w: W, mib_per_s: f64) -> Self {
+        Paced { w, pace: Pace::new(mib_per_s), done: 0 }
+    }
+}
+
+impl<W: Write> Write for Paced<W> {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        let n = if self.pace.bytes_per_s.is_some() {
+            self.w.write(&b[..b.len().min(64 * 1024)])?
+        } else {
+            self.w.write(b)?
+        };
+        self.done += n as u64;
+        self.pace.wait(self.done);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.w.flush()
+    }
 }
 
 /// The sending half of a TLS connection shared with a reading thread: plaintext is encrypted
@@ -808,12 +863,15 @@ fn bulk_tls_once(p: &Prepared, dst: SocketAddrV4, src: u32, sni: Option<&str>, c
     let mut out = Vec::new();
     let mut tx = TlsSender { conn: conn.clone(), sock: wsock.clone(), out: Vec::with_capacity(640 * 1024) };
     let (push, pull, seed, pat) = (plan.push, plan.pull, plan.seed, plan.pattern.clone());
+    let mib_per_s = p.w.mib_per_s;
     let cpus = cpus.to_vec();
     let writer = std::thread::spawn(move || -> io::Result<()> {
         pin(&cpus, src as usize);
         tx.write_all(&bulk_cmd(push, pull, seed))?;
-        write_stream(&mut tx, &pat, push)
+        write_stream(&mut Paced::new(tx, mib_per_s), &pat, push)
     });
+    let pace = Pace::new(mib_per_s);
+    let mut read = 0u64;
     let mut sink = PullSink {
         h: crc32fast::Hasher::new(),
         left: plan.pull,
@@ -830,7 +888,10 @@ fn bulk_tls_once(p: &Prepared, dst: SocketAddrV4, src: u32, sni: Option<&str>, c
                 break;
             }
             Ok(n) => match tls_feed(&conn, &wsock, &b[..n], &mut sink) {
-                Ok(true) => {}
+                Ok(true) => {
+                    read += n as u64;
+                    pace.wait(read);
+                }
                 Ok(false) => {
                     if sink.left > 0 || sink.trailer.len() < 8 {
                         res = Err("eof_early");
@@ -1013,6 +1074,23 @@ mod tests {
         // without `source`: the spread over 127.1.0.x
         let _c = prepared("").dial(dst, 7).unwrap();
         assert_eq!(l.accept().unwrap().1.ip(), std::net::IpAddr::V4(crate::net::source_addr(7)));
+    }
+
+    #[test]
+    fn paced_streams() {
+        // 10 MiB/s: 1 MiB is due after 100 ms
+        let t = Instant::now();
+        let mut w = Paced::new(Vec::new(), 10.0);
+        w.write_all(&vec![7u8; 1 << 20]).unwrap();
+        let e = t.elapsed();
+        assert!(e >= Duration::from_millis(95), "{e:?}");
+        assert_eq!(w.w.len(), 1 << 20);
+        // unbounded: no wait
+        let t = Instant::now();
+        Pace::new(0.0).wait(u64::MAX);
+        let mut w = Paced::new(Vec::new(), 0.0);
+        w.write_all(&vec![7u8; 1 << 20]).unwrap();
+        assert!(t.elapsed() < Duration::from_millis(50));
     }
 
     #[test]
