@@ -1,13 +1,15 @@
+mod message;
+
 use super::*;
 use proptest::prelude::*;
 
 const MAX: usize = DEFAULT_MAX_HELLO_BYTES;
 
-const OPENSSL_SNI: &[u8] = include_bytes!("testdata/openssl-sni.bin");
-const OPENSSL_NOSNI: &[u8] = include_bytes!("testdata/openssl-nosni.bin");
-const OPENSSL_TLS12: &[u8] = include_bytes!("testdata/openssl-tls12.bin");
-const CURL: &[u8] = include_bytes!("testdata/curl.bin");
-const CHROMIUM_PQ: &[u8] = include_bytes!("testdata/chromium-pq.bin");
+const OPENSSL_SNI: &[u8] = include_bytes!("../testdata/openssl-sni.bin");
+const OPENSSL_NOSNI: &[u8] = include_bytes!("../testdata/openssl-nosni.bin");
+const OPENSSL_TLS12: &[u8] = include_bytes!("../testdata/openssl-tls12.bin");
+const CURL: &[u8] = include_bytes!("../testdata/curl.bin");
+const CHROMIUM_PQ: &[u8] = include_bytes!("../testdata/chromium-pq.bin");
 
 const CAPTURES: &[(&str, &[u8])] = &[
     ("openssl-sni", OPENSSL_SNI),
