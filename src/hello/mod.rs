@@ -27,6 +27,7 @@
 //! SSL 3.0 as [`Reject::Ssl3OrOlder`].
 #![forbid(unsafe_code)]
 
+mod framing;
 mod host;
 mod reader;
 mod server;
@@ -35,6 +36,7 @@ mod tests;
 
 use core::fmt;
 
+pub use framing::{Framing, Progress};
 pub use host::HostName;
 use reader::{malformed, Cursor, Error, Mark, Reader, Span, HANDSHAKE, R, REC_TRAILING};
 pub use server::{server_hello_version, ServerVersion};

@@ -326,7 +326,7 @@ impl<'a> Span<'a> {
 /// A [`Span`] without its buffer, in 12 bytes: a parsed ClientHello keeps five of these and
 /// one reference to the buffer. Positions fit in `u32` because a handshake message is at
 /// most 2^24 bytes, so the records holding it are at most 6 × 2^24 bytes (see
-/// `Framing::max_raw_bytes`); `u32::MAX` stands for a bare message's endless record.
+/// [`super::Framing::max_raw_bytes`]); `u32::MAX` stands for a bare message's endless record.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Mark {
     pos: u32,

@@ -1,3 +1,4 @@
+mod framing;
 mod message;
 
 use super::*;
