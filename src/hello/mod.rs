@@ -27,8 +27,10 @@
 //! SSL 3.0 as [`Reject::Ssl3OrOlder`].
 #![forbid(unsafe_code)]
 
+mod alert;
 mod framing;
 mod host;
+mod ja4;
 mod reader;
 mod server;
 #[cfg(test)]
@@ -36,8 +38,10 @@ mod tests;
 
 use core::fmt;
 
+pub use alert::Alert;
 pub use framing::{Framing, Progress};
 pub use host::HostName;
+pub use ja4::{ja4, ja4_raw, Ja4, Transport};
 use reader::{malformed, Cursor, Error, Mark, Reader, Span, HANDSHAKE, R, REC_TRAILING};
 pub use server::{server_hello_version, ServerVersion};
 

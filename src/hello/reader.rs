@@ -29,14 +29,20 @@ pub(crate) fn malformed(field: &'static str) -> Error {
 pub(crate) const HANDSHAKE: u8 = 0x16;
 /// RFC 8446 §5.1: a plaintext record carries at most 2^14 bytes.
 const MAX_RECORD_PAYLOAD: usize = 1 << 14;
+/// RFC 5246 §6.2.3 lets a protected record carry up to 2^14 + 2048 bytes; rustls deframes
+/// records shorter than that, whatever their type, and refuses the others as undecodable.
+const MAX_ANY_RECORD_PAYLOAD: usize = MAX_RECORD_PAYLOAD + 2048;
 /// Bytes of a TLS record header: type, version, length.
 pub(crate) const RECORD_HEADER: usize = 5;
 
 /// Field names of the record-layer rejects, shared with [`super::Reject::alert`].
 pub(crate) const REC_NOT_HANDSHAKE: &str = "record type: non-handshake record inside ClientHello";
+pub(crate) const REC_UNKNOWN_TYPE: &str = "record type: unknown content type inside ClientHello";
 pub(crate) const REC_VERSION: &str = "record version";
 pub(crate) const REC_EMPTY: &str = "record length: empty handshake record";
 pub(crate) const REC_OVER_2_14: &str = "record length: over 2^14";
+/// Longer than any record rustls deframes (it refuses 2^14 + 2048 and up with decode_error).
+pub(crate) const REC_OVER_MAX: &str = "record length: 2^14 + 2048 or more";
 pub(crate) const REC_TRAILING: &str = "record: data after ClientHello";
 
 /// Checks the record header at the start of `h` (a handshake record continuing, or starting,
@@ -47,10 +53,11 @@ pub(crate) const REC_TRAILING: &str = "record: data after ClientHello";
 /// record boundary, and so does [`super::Framing`] when it scans ahead of the parse.
 #[inline]
 pub(crate) fn record_header(h: &[u8]) -> R<usize> {
-    if let Some(&t) = h.first() {
-        if t != HANDSHAKE {
-            return Err(malformed(REC_NOT_HANDSHAKE));
-        }
+    match h.first() {
+        None | Some(&HANDSHAKE) => {}
+        // change_cipher_spec, alert, application_data, heartbeat.
+        Some(0x14 | 0x15 | 0x17 | 0x18) => return Err(malformed(REC_NOT_HANDSHAKE)),
+        Some(_) => return Err(malformed(REC_UNKNOWN_TYPE)),
     }
     if let Some(&major) = h.get(1) {
         if major != 3 {
@@ -65,6 +72,9 @@ pub(crate) fn record_header(h: &[u8]) -> R<usize> {
         // RFC 8446 §5.1 forbids zero-length handshake fragments; they would also
         // let a peer make us walk an unbounded number of headers.
         return Err(malformed(REC_EMPTY));
+    }
+    if len >= MAX_ANY_RECORD_PAYLOAD {
+        return Err(malformed(REC_OVER_MAX));
     }
     if len > MAX_RECORD_PAYLOAD {
         return Err(malformed(REC_OVER_2_14));

@@ -1,5 +1,7 @@
 mod framing;
+mod ja4;
 mod message;
+mod vs_rustls;
 
 use super::*;
 use proptest::prelude::*;
@@ -25,6 +27,34 @@ const X25519_MLKEM768: u16 = 0x11ec;
 
 // ---------------------------------------------------------------------------------------
 // Helpers
+
+/// A deterministic generator for seeded mutations (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+
+    /// 1 to 3 random byte edits: a new value, or a length-style nudge by ±1.
+    fn mutate(&mut self, buf: &mut [u8]) {
+        for _ in 0..1 + self.below(3) {
+            let i = self.below(buf.len());
+            buf[i] = match self.below(3) {
+                0 => self.next() as u8,
+                1 => buf[i].wrapping_add(1),
+                _ => buf[i].wrapping_sub(1),
+            };
+        }
+    }
+}
 
 /// Owned copy of everything a ClientHello exposes except its framing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,6 +129,7 @@ fn u16b(v: usize) -> [u8; 2] {
 struct Hello {
     msg_type: u8,
     legacy_version: u16,
+    random: [u8; 32],
     session_id: Vec<u8>,
     suites: Vec<u8>,
     compression: Vec<u8>,
@@ -111,6 +142,7 @@ impl Hello {
         Hello {
             msg_type: 1,
             legacy_version: 0x0303,
+            random: [0x42; 32],
             session_id: vec![7; 32],
             suites: vec![0x13, 0x01, 0xc0, 0x2f],
             compression: vec![0],
@@ -130,7 +162,7 @@ impl Hello {
     fn body(&self) -> Vec<u8> {
         let mut b = Vec::new();
         b.extend_from_slice(&self.legacy_version.to_be_bytes());
-        b.extend_from_slice(&[0x42; 32]);
+        b.extend_from_slice(&self.random);
         b.push(self.session_id.len() as u8);
         b.extend_from_slice(&self.session_id);
         b.extend_from_slice(&u16b(self.suites.len()));
@@ -160,6 +192,54 @@ impl Hello {
 
     fn bytes(&self) -> Vec<u8> {
         reframe(&self.message(), 16384)
+    }
+
+    /// Decomposes a well-formed ClientHello message (a capture's), for editing.
+    fn from_message(msg: &[u8]) -> Self {
+        let b = &msg[4..];
+        let sid_len = usize::from(b[34]);
+        let mut at = 35 + sid_len;
+        let session_id = b[35..at].to_vec();
+        let n = usize::from(u16::from_be_bytes([b[at], b[at + 1]]));
+        let suites = b[at + 2..at + 2 + n].to_vec();
+        at += 2 + n;
+        let n = usize::from(b[at]);
+        let compression = b[at + 1..at + 1 + n].to_vec();
+        at += 1 + n;
+        let exts = (at < b.len()).then(|| {
+            let mut exts = Vec::new();
+            let mut e = &b[at + 2..];
+            while e.len() >= 4 {
+                let t = u16::from_be_bytes([e[0], e[1]]);
+                let n = usize::from(u16::from_be_bytes([e[2], e[3]]));
+                exts.push((t, e[4..4 + n].to_vec()));
+                e = &e[4 + n..];
+            }
+            exts
+        });
+        Hello {
+            msg_type: msg[0],
+            legacy_version: u16::from_be_bytes([b[0], b[1]]),
+            random: b[2..34].try_into().unwrap(),
+            session_id,
+            suites,
+            compression,
+            exts,
+        }
+    }
+
+    /// Replaces extension `typ`'s data (or adds the extension at the end).
+    fn set_ext(mut self, typ: u16, data: Vec<u8>) -> Self {
+        let exts = self.exts.get_or_insert_with(Vec::new);
+        match exts.iter_mut().find(|(t, _)| *t == typ) {
+            Some(e) => e.1 = data,
+            None => exts.push((typ, data)),
+        }
+        self
+    }
+
+    fn has_ext(&self, typ: u16) -> bool {
+        self.exts.iter().flatten().any(|(t, _)| *t == typ)
     }
 }
 
@@ -611,6 +691,9 @@ fn malformed_extension_bodies() {
         (Hello::new().ext(16, vec![0, 0]), "alpn list length"),
         (Hello::new().ext(0, vec![0, 0]), "server_name list length"),
         (Hello::new().ext(0, vec![0]), "server_name list length"),
+        (Hello::new().ext(13, vec![0, 0]), "signature_algorithms length"),
+        (Hello::new().ext(13, vec![0, 3, 4, 3, 8]), "signature_algorithms length"),
+        (Hello::new().ext(13, vec![0, 4, 4, 3]), "signature_algorithms length"),
     ];
     for (h, field) in cases {
         assert_eq!(rejected(&h.bytes()), Reject::Malformed(field), "{field}");
