@@ -358,13 +358,13 @@ fn server_name(ext: &mut Reader<'_, '_>, name: &mut HostName) -> R<()> {
         if typ == 0 && found {
             return Err(Error::Reject(Reject::MultipleHostNames));
         }
-        let n = usize::from(ext.u16("server_name length")?);
         if typ != 0 {
-            // No other name type is defined; like other stacks, assume a u16-length
-            // opaque value so that the rest of the list stays parseable.
-            ext.skip(n, "server_name length")?;
-            continue;
+            // No other name type is defined, so its encoding (and whatever follows it) cannot
+            // be parsed: the rest of the list is ignored, as rustls does (RFC 6066 §3 lets a
+            // server skip name types it does not know).
+            return ext.skip_rest();
         }
+        let n = usize::from(ext.u16("server_name length")?);
         found = true;
         let mut r = ext.sub(n, "server_name length")?;
         host_name(&mut r, name)?;

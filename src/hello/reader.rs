@@ -51,14 +51,18 @@ pub(crate) const REC_TRAILING: &str = "record: data after ClientHello";
 ///
 /// The one place that validates record headers: [`Cursor`] calls it when it crosses a
 /// record boundary, and so does [`super::Framing`] when it scans ahead of the parse.
+///
+/// The checks come in rustls's order (type, version, length), so that a refused record gets
+/// the alert rustls sends for it: a record of another known type is judged on its whole
+/// header, as rustls does, before it is refused as interleaved.
 #[inline]
 pub(crate) fn record_header(h: &[u8]) -> R<usize> {
-    match h.first() {
-        None | Some(&HANDSHAKE) => {}
+    let other = match h.first() {
+        None | Some(&HANDSHAKE) => false,
         // change_cipher_spec, alert, application_data, heartbeat.
-        Some(0x14 | 0x15 | 0x17 | 0x18) => return Err(malformed(REC_NOT_HANDSHAKE)),
+        Some(0x14 | 0x15 | 0x17 | 0x18) => true,
         Some(_) => return Err(malformed(REC_UNKNOWN_TYPE)),
-    }
+    };
     if let Some(&major) = h.get(1) {
         if major != 3 {
             return Err(malformed(REC_VERSION));
@@ -68,13 +72,16 @@ pub(crate) fn record_header(h: &[u8]) -> R<usize> {
         (Some(&a), Some(&b)) => usize::from(u16::from_be_bytes([a, b])),
         _ => return Err(Error::NeedMore),
     };
-    if len == 0 {
-        // RFC 8446 §5.1 forbids zero-length handshake fragments; they would also
-        // let a peer make us walk an unbounded number of headers.
+    // RFC 8446 §5.1 forbids zero-length handshake fragments (they would also let a peer make
+    // us walk an unbounded number of headers); only application data may be empty.
+    if len == 0 && h.first() != Some(&0x17) {
         return Err(malformed(REC_EMPTY));
     }
     if len >= MAX_ANY_RECORD_PAYLOAD {
         return Err(malformed(REC_OVER_MAX));
+    }
+    if other {
+        return Err(malformed(REC_NOT_HANDSHAKE));
     }
     if len > MAX_RECORD_PAYLOAD {
         return Err(malformed(REC_OVER_2_14));

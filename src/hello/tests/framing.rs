@@ -137,9 +137,12 @@ fn framing_rejects_as_early_as_parse_does() {
     ];
     for bad in [0x15u8, 0x14, 0x17] {
         let mut buf = split[..45].to_vec();
-        buf.push(bad);
+        buf.extend_from_slice(&[bad, 3, 3, 0, 2]);
         cases.push((buf, Reject::Malformed("record type: non-handshake record inside ClientHello")));
     }
+    let mut buf = split[..45].to_vec();
+    buf.push(0x42);
+    cases.push((buf, Reject::Malformed("record type: unknown content type inside ClientHello")));
     let mut buf = split[..45].to_vec();
     buf.extend_from_slice(&[0x16, 0x02]);
     cases.push((buf, Reject::Malformed("record version")));
@@ -182,7 +185,7 @@ fn a_body_fault_before_a_framing_fault_is_the_reason() {
     msg.extend_from_slice(&u16b(body.len()));
     msg.extend_from_slice(&body);
     let mut buf = reframe(&msg, 40)[..45].to_vec();
-    buf.push(0x17);
+    buf.push(0x42);
     assert_eq!(feed(&buf, MAX, [45]), (Progress::Rejected(Reject::Malformed("session_id length")), buf.len()));
 }
 

@@ -173,9 +173,14 @@ fn captures_match_foxio() {
 const JA4_OF_CAPTURES: &[(&str, &str)] = &[
     ("chromium-pq", "t13d1517h2_8daaf6152771_cb7bf5808d99"),
     ("curl", "t13d3112h2_e8f1e7e78f70_b26ce05bbdd6"),
+    ("firefox", "t13d1617h2_86a278354501_3cbfd9057e0d"),
+    ("go", "t13d1910h2_9dc949149365_97f8aa674fd9"),
+    ("java", "t13d3713h2_db35923f8641_7c76daad20ec"),
     ("openssl-nosni", "t13i310900_e8f1e7e78f70_1f22a2ca17c4"),
     ("openssl-sni", "t13d311000_e8f1e7e78f70_1f22a2ca17c4"),
     ("openssl-tls12", "t12d280700_d943125447b4_e7e480e5a997"),
+    ("python", "t13d1812h2_85036bcba153_d41ae481755e"),
+    ("rustls", "t13d1011h2_61a7ad8aa9b6_0d308c48d2a3"),
 ];
 
 /// FoxIO's test pcaps, their ClientHellos extracted by `testdata/foxio_hellos.py` into

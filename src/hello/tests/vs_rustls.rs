@@ -261,9 +261,12 @@ fn alerts_match_rustls_on_mutated_captures() {
     for (name, cap) in CAPTURES {
         for size in [16384, 100, 7] {
             let framed = reframe(&message(cap), size);
-            for i in 0..60 {
+            // One edit each: with several faults, rustls (which reads exactly the declared
+            // message before decoding it) and this parser (which stops at the first fault in
+            // stream order) may each find a different one.
+            for i in 0..80 {
                 let mut b = framed.clone();
-                rng.mutate(&mut b);
+                rng.mutate_once(&mut b);
                 cases.push((format!("{name} records of {size}, mutant {i}"), b));
             }
         }
@@ -274,7 +277,7 @@ fn alerts_match_rustls_on_mutated_captures() {
         "{refused} of {} mutants refused: {same} same alert as rustls, {documented} documented differences",
         cases.len()
     );
-    assert!(refused > cases.len() / 4, "{refused}");
+    assert!(refused > cases.len() / 5, "{refused}");
 }
 
 #[test]
