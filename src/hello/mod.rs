@@ -15,8 +15,28 @@
 //! No input can make the parser panic or read out of bounds: every access is checked, and
 //! there is no `unsafe` (forbidden below).
 //!
-//! The parser is stateless, so a caller that re-parses on each read does O(n) work per
-//! read; with TCP segments this is a handful of calls per connection.
+//! The parser is stateless. So that a connection costs work linear in its bytes however its
+//! client slices them, the caller drives a [`Framing`] after each read and parses once, when
+//! it says [`Progress::Complete`]; [`Framing::advance`] looks only at bytes it has not seen
+//! (record headers and the handshake header) and rejects framing faults as early as `parse`.
+//!
+//! Framing allowance: `max_hello_bytes` limits the ClientHello *body* (the 24-bit handshake
+//! length), not the raw bytes, so any legal fragmentation is accepted: records of 1 to 2^14
+//! bytes, each with its 5-byte header, i.e. `raw = 5 × records + 4 + body`, at most
+//! [`Framing::max_raw_bytes`] = `6 × (max_hello_bytes + 4)` (a 6,000-byte hello in 1-byte
+//! records is 36 KB raw, and accepted). [`Progress::NeedMore`]'s `at_least` says how far to grow
+//! the buffer, assuming the rest comes in one record, so a slow client costs what it sent.
+//!
+//! [`parse_message`] is the same parser over a bare handshake message, without the record
+//! layer (QUIC's CRYPTO frames); [`ja4()`] computes FoxIO's JA4 fingerprint of a parsed hello.
+//!
+//! Alert policy: [`Reject::alert`] names the fatal alert to send before closing, chosen to be
+//! the one a rustls 0.23 server sends for the same bytes (decode_error for undecodable input,
+//! protocol_version for no usable version, illegal_parameter for a duplicate extension,
+//! unexpected_message for a wrong message or data after the hello, none where rustls closes
+//! silently: a hello over its size limit, another record type inside the hello); its docs
+//! list the few inputs where rustls answers otherwise, and why. [`Alert::record`] is the
+//! 7-byte record, with rustls's record version `0x0303`.
 //!
 //! Version policy (RFC 8446 §4.2.1, [`Versions`]): the record-layer version is ignored beyond
 //! its major byte (TLS 1.x clients legitimately put `0x0300` or `0x0301` there). When
@@ -697,6 +717,7 @@ impl<'a> ClientHello<'a> {
 
     /// Bytes of the buffer consumed: whole records, up to and including the record that
     /// holds the end of the ClientHello. Anything after (e.g. 0-RTT data) is not consumed.
+    /// From [`parse_message`]: the message's bytes (4-byte header and body).
     pub fn len(&self) -> usize {
         self.len
     }
@@ -917,42 +938,29 @@ impl Iterator for KeyShareGroups<'_> {
     }
 }
 
-/// The next non-GREASE value of a list of 2-byte values (validated by the parse).
-fn next_u16(r: &mut Span<'_>) -> Option<u16> {
-    while !r.is_empty() {
-        let v = r.read(|r| r.u16("list")).ok()?;
-        if !is_grease(v) {
-            return Some(v);
-        }
-    }
-    None
+/// Iterator over a list of 2-byte code points of a [`ClientHello`], in the client's order,
+/// GREASE values skipped: [`CipherSuites`], [`SignatureAlgorithms`].
+#[derive(Clone)]
+pub struct Codes<'a> {
+    r: Span<'a>,
 }
 
 /// Iterator over the cipher suites of a [`ClientHello`].
-#[derive(Clone)]
-pub struct CipherSuites<'a> {
-    r: Span<'a>,
-}
-
-impl Iterator for CipherSuites<'_> {
-    type Item = u16;
-
-    fn next(&mut self) -> Option<u16> {
-        next_u16(&mut self.r)
-    }
-}
-
+pub type CipherSuites<'a> = Codes<'a>;
 /// Iterator over the signature algorithms of a [`ClientHello`].
-#[derive(Clone)]
-pub struct SignatureAlgorithms<'a> {
-    r: Span<'a>,
-}
+pub type SignatureAlgorithms<'a> = Codes<'a>;
 
-impl Iterator for SignatureAlgorithms<'_> {
+impl Iterator for Codes<'_> {
     type Item = u16;
 
     fn next(&mut self) -> Option<u16> {
-        next_u16(&mut self.r)
+        while !self.r.is_empty() {
+            let v = self.r.read(|r| r.u16("list")).ok()?;
+            if !is_grease(v) {
+                return Some(v);
+            }
+        }
+        None
     }
 }
 
