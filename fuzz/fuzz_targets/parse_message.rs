@@ -22,8 +22,10 @@ fuzz_target!(|msg: &[u8]| {
                 assert!(a.alpn().eq(b.alpn()));
                 assert!(a.cipher_suites().eq(b.cipher_suites()));
             }
-            // The record holds more than the message: a fault for the record parser only.
+            // The record holds more than the message: a fault for the record parser, found
+            // before the version check that may refuse the message itself.
             (Parsed::Rejected(_), Parsed::Complete(b)) => assert!(b.len() < msg.len()),
+            (Parsed::Rejected(r), Parsed::Rejected(_)) if r.to_string().contains("data after ClientHello") => {}
             (a, b) => assert_eq!(a, b),
         }
     }
