@@ -169,10 +169,14 @@ pub struct Entry<'a> {
     /// When the connection closed, RFC 3339 UTC with microseconds.
     pub time: &'a str,
     pub worker: usize,
+    /// `tcp`, or `quic` for a QUIC flow (one line per flow, when it ends).
+    pub transport: &'static str,
     pub client: Option<SocketAddr>,
     pub local: Option<SocketAddr>,
     pub sni: Option<&'a str>,
     pub alpn: Option<&'a str>,
+    /// FoxIO's JA4 of the ClientHello (`q…` over QUIC), where it was computed.
+    pub ja4: Option<&'a str>,
     pub route: Option<&'a str>,
     /// How the route was chosen: dedicated_ip, sni, wildcard, fallback_no_sni, fallback_unknown_sni.
     pub how: Option<&'static str>,
@@ -251,10 +255,12 @@ mod tests {
             let e = Entry {
                 time: &time,
                 worker: 0,
+                transport: "tcp",
                 client: None,
                 local: None,
                 sni: Some("a\"b.example"),
                 alpn: None,
+                ja4: None,
                 route: None,
                 how: None,
                 action: None,

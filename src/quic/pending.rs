@@ -1,4 +1,5 @@
-//! The flows of one worker whose ClientHello is not complete yet, keyed by the client's address:
+//! The flows of one worker whose ClientHello is not complete yet, keyed by the client's address
+//! (and the socket it sent to):
 //! at most `max` of them, each for at most its timeout from its first Initial. When the table is
 //! full, the oldest entry makes room for the new one (so a flood of first Initials from random
 //! ports keeps each entry about `max / rate` seconds instead of locking every newcomer out until
@@ -6,21 +7,21 @@
 //! both eviction and expiry pop from the front of one queue: O(1) per entry.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::hash::Hash;
 use std::time::Instant;
 
 /// A bounded table of pending entries.
 #[derive(Debug)]
-pub struct PendingTable<V> {
-    map: HashMap<SocketAddr, (u64, V)>,
+pub struct PendingTable<K, V> {
+    map: HashMap<K, (u64, V)>,
     /// (sequence, client, created) in creation order; entries whose sequence no longer matches
     /// the map's were removed early and are skipped.
-    order: VecDeque<(u64, SocketAddr, Instant)>,
+    order: VecDeque<(u64, K, Instant)>,
     next: u64,
     max: usize,
 }
 
-impl<V> PendingTable<V> {
+impl<K: Hash + Eq + Copy, V> PendingTable<K, V> {
     pub fn new(max: usize) -> Self {
         Self { map: HashMap::new(), order: VecDeque::new(), next: 0, max: max.max(1) }
     }
@@ -33,18 +34,18 @@ impl<V> PendingTable<V> {
         self.map.is_empty()
     }
 
-    pub fn get_mut(&mut self, client: &SocketAddr) -> Option<&mut V> {
+    pub fn get_mut(&mut self, client: &K) -> Option<&mut V> {
         self.map.get_mut(client).map(|(_, v)| v)
     }
 
-    pub fn remove(&mut self, client: &SocketAddr) -> Option<V> {
+    pub fn remove(&mut self, client: &K) -> Option<V> {
         let v = self.map.remove(client).map(|(_, v)| v);
         self.compact();
         v
     }
 
     /// Inserts `v` for `client` (created `now`); returns the entry evicted to make room.
-    pub fn insert(&mut self, client: SocketAddr, v: V, now: Instant) -> Option<(SocketAddr, V)> {
+    pub fn insert(&mut self, client: K, v: V, now: Instant) -> Option<(K, V)> {
         let mut evicted = None;
         if !self.map.contains_key(&client) && self.map.len() >= self.max {
             while let Some((seq, addr, _)) = self.order.pop_front() {
@@ -62,7 +63,7 @@ impl<V> PendingTable<V> {
     }
 
     /// Removes and returns every entry created before `deadline`.
-    pub fn expire(&mut self, deadline: Instant, mut out: impl FnMut(SocketAddr, V)) {
+    pub fn expire(&mut self, deadline: Instant, mut out: impl FnMut(K, V)) {
         while let Some(&(seq, addr, created)) = self.order.front() {
             if created >= deadline {
                 break;
@@ -88,6 +89,7 @@ impl<V> PendingTable<V> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::SocketAddr;
     use std::time::Duration;
 
     fn addr(port: u16) -> SocketAddr {
