@@ -91,3 +91,35 @@ pub fn seal_client_initial(version: Version, dcid: &[u8], header: &[u8], pn: u64
     keys.local.header.encrypt_in_place(&sample, h.first_mut()?, &mut rest[..pn_len]).ok()?;
     Some(out)
 }
+
+/// A v1 client Initial (packet number `pn`, no token, no SCID) for `dcid` carrying `frames`,
+/// padded with PADDING frames to a 1200-byte datagram (larger if the frames need it): what a
+/// client's first flight looks like, for tests and the load generator's flood.
+pub fn client_initial(dcid: &[u8], pn: u32, frames: &[u8]) -> Vec<u8> {
+    client_initial_sized(dcid, pn, frames, 1200)
+}
+
+/// As [`client_initial`], padded to `size` bytes instead of 1200 (a datagram too small to be a
+/// first Initial, for tests).
+pub fn client_initial_sized(dcid: &[u8], pn: u32, frames: &[u8], size: usize) -> Vec<u8> {
+    let mut header = vec![0xc3, 0, 0, 0, 1, dcid.len() as u8];
+    header.extend_from_slice(dcid);
+    header.extend_from_slice(&[0, 0]); // no SCID, no token
+    let overhead = header.len() + 2 + 4 + TAG;
+    let payload_len = frames.len().max(size.saturating_sub(overhead));
+    let length = 4 + payload_len + TAG;
+    header.extend_from_slice(&(0x4000 | (length as u16 & 0x3fff)).to_be_bytes());
+    header.extend_from_slice(&pn.to_be_bytes());
+    let mut payload = frames.to_vec();
+    payload.resize(payload_len, 0);
+    seal_client_initial(Version::V1, dcid, &header, u64::from(pn), &payload).unwrap_or_default()
+}
+
+/// A CRYPTO frame of `data` at `offset` (4-byte offset, 2-byte length varints).
+pub fn crypto_frame(offset: usize, data: &[u8]) -> Vec<u8> {
+    let mut f = vec![6];
+    f.extend_from_slice(&(0x8000_0000u32 | (offset as u32 & 0x3fff_ffff)).to_be_bytes());
+    f.extend_from_slice(&(0x4000 | (data.len() as u16 & 0x3fff)).to_be_bytes());
+    f.extend_from_slice(data);
+    f
+}

@@ -2,7 +2,7 @@
 //! first), then read back: keys, header protection, frames, reassembly across packets in any
 //! order, and every way a datagram can be bad.
 
-use super::initial::seal_client_initial;
+use super::initial::{client_initial as initial, crypto_frame, seal_client_initial};
 use super::*;
 use crate::hello::{ja4, Parsed, Transport};
 
@@ -71,29 +71,6 @@ fn rfc9369_client_initial() {
         Parsed::Complete(c) => assert!(ja4(&c, Transport::Quic).as_str().starts_with("q13d")),
         p => panic!("{p:?}"),
     }
-}
-
-/// A v1 client Initial of `dcid` with packet number `pn` carrying `frames`, padded to 1200 bytes.
-pub(crate) fn initial(dcid: &[u8], pn: u32, frames: &[u8]) -> Vec<u8> {
-    let mut header = vec![0xc3, 0, 0, 0, 1, dcid.len() as u8];
-    header.extend_from_slice(dcid);
-    header.extend_from_slice(&[0, 0]); // no SCID, no token
-    let overhead = header.len() + 2 + 4 + 16;
-    let payload_len = frames.len().max(1200 - overhead.min(1200));
-    let length = 4 + payload_len + 16;
-    header.extend_from_slice(&(0x4000 | length as u16).to_be_bytes());
-    header.extend_from_slice(&pn.to_be_bytes());
-    let mut payload = frames.to_vec();
-    payload.resize(payload_len, 0);
-    seal_client_initial(Version::V1, dcid, &header, u64::from(pn), &payload).unwrap()
-}
-
-pub(crate) fn crypto_frame(offset: usize, data: &[u8]) -> Vec<u8> {
-    let mut f = vec![6];
-    f.extend_from_slice(&(0x8000_0000u32 | offset as u32).to_be_bytes());
-    f.extend_from_slice(&(0x4000 | data.len() as u16).to_be_bytes());
-    f.extend_from_slice(data);
-    f
 }
 
 /// Chromium's post-quantum ClientHello (1,918 bytes: it needs two Initials) without its record header.
