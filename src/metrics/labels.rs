@@ -261,6 +261,9 @@ labels! {
         BackendsDown = "backends_down",
         /// The worker stopped (the drain ended).
         Stopped = "stopped",
+        /// The client started another connection from the same address and port (an Initial
+        /// under a new Source Connection ID): the new one is routed afresh.
+        Replaced = "replaced",
     }
 }
 

@@ -62,6 +62,8 @@ pub(crate) struct Listener {
 /// A client whose ClientHello is not complete yet.
 struct Pending {
     hello: Hello,
+    /// The Source Connection ID of the client's first Initial.
+    scid: Cid,
     /// Its datagrams as received, to be forwarded first, in order.
     dgrams: Vec<Vec<u8>>,
     bytes: usize,
@@ -70,9 +72,25 @@ struct Pending {
     log: bool,
 }
 
+/// A connection ID, inline.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Cid([u8; packet::MAX_CID], u8);
+
+impl Cid {
+    fn of(b: &[u8]) -> Self {
+        let mut c = [0u8; packet::MAX_CID];
+        let n = b.len().min(packet::MAX_CID);
+        c[..n].copy_from_slice(&b[..n]);
+        Self(c, n as u8)
+    }
+}
+
 /// A routed flow.
 struct Flow {
     key: Key,
+    /// The client's Source Connection ID: an Initial under another one from the same address and
+    /// port is a new connection (a client reusing its port), routed afresh.
+    scid: Cid,
     listener: Rc<Listener>,
     /// The address the client dialed (the source of every datagram sent back to it).
     local: IpAddr,
@@ -209,7 +227,10 @@ fn on_datagram(w: &Rc<Worker>, q: &Rc<Quic>, l: &Rc<Listener>, dgram: &[u8], r: 
     let key = (l.index, r.peer);
     let flow = q.flows.borrow().get(&key).cloned();
     if let Some(flow) = flow {
-        return to_backend(w, q, &flow, dgram, r.segment);
+        if !new_connection(&flow, dgram) {
+            return to_backend(w, q, &flow, dgram, r.segment);
+        }
+        close(w, q, &flow, QuicFlowEnd::Replaced);
     }
     // No flow (yet): each datagram of a train on its own, since the first may create the flow.
     let step = r.segment.map_or(dgram.len(), usize::from).max(1);
@@ -219,6 +240,19 @@ fn on_datagram(w: &Rc<Worker>, q: &Rc<Quic>, l: &Rc<Listener>, dgram: &[u8], r: 
             Some(flow) => to_backend(w, q, &flow, d, None),
             None => on_new(w, q, l, d, r.peer, r.local),
         }
+    }
+}
+
+/// Whether `d`, from a flow's client, is the first Initial of another connection: a long-header
+/// Initial under another Source Connection ID (a client's own ID never changes in the handshake;
+/// only the Destination Connection ID does, after Retry or the server's first Initial).
+fn new_connection(flow: &Flow, d: &[u8]) -> bool {
+    if !matches!(d.first(), Some(b) if b & 0x80 != 0) {
+        return false;
+    }
+    match packet::parse(d, 0) {
+        Ok(Head::Long(l)) if l.ty == LongType::Initial => d.get(l.scid).is_some_and(|s| Cid::of(s) != flow.scid),
+        _ => false,
     }
 }
 
@@ -430,7 +464,8 @@ fn on_initial(
     };
     let first_at = Instant::now();
     q.now.set(first_at);
-    let mut p = Pending { hello, dgrams: Vec::new(), bytes: 0, first_at, local: dialed, log };
+    let scid = Cid::of(d.get(long.scid.clone()).unwrap_or(&[]));
+    let mut p = Pending { hello, scid, dgrams: Vec::new(), bytes: 0, first_at, local: dialed, log };
     match advance(&cfg, q, &mut p, d) {
         Step::Wait => keep_pending(w, q, key, p),
         Step::Datagram(b) => dropped(w, from, b.reason()),
@@ -511,6 +546,7 @@ fn open_flow(
     }
     let flow = Rc::new(Flow {
         key,
+        scid: p.scid,
         listener: Rc::clone(l),
         local: p.local,
         cfg: Rc::clone(&cfg),
@@ -648,7 +684,7 @@ fn close(w: &Worker, q: &Quic, flow: &Rc<Flow>, end: QuicFlowEnd) {
         let outcome = match end {
             QuicFlowEnd::Idle => "idle_timeout",
             QuicFlowEnd::BackendsDown => "error",
-            QuicFlowEnd::Stopped => "closed",
+            QuicFlowEnd::Stopped | QuicFlowEnd::Replaced => "closed",
         };
         let entry = access_log::Entry {
             time: &time,
