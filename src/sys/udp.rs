@@ -152,32 +152,13 @@ fn sockaddr_from(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t)
     (storage, len as libc::socklen_t)
 }
 
-/// One non-blocking `recvmsg(2)` into `buf`: `WouldBlock` when nothing is queued.
-pub fn try_recv(sock: &Socket, buf: &mut [u8]) -> io::Result<Received> {
-    // SAFETY: plain data; all-zero bytes are valid values.
-    let mut from: libc::sockaddr_storage = unsafe { zeroed() };
-    let mut control = MaybeUninit::<Control>::zeroed();
-    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
-    // SAFETY: plain data; all-zero bytes are valid values.
-    let mut msg: libc::msghdr = unsafe { zeroed() };
-    msg.msg_name = (&mut from as *mut libc::sockaddr_storage).cast();
-    msg.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = CMSG_ROOM as _;
-    // SAFETY: every pointer in `msg` points to a live local or into `buf`, with its true length;
-    // they all outlive the call, which is synchronous (MSG_DONTWAIT).
-    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let peer = sockaddr_to(&from).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no peer address"))?;
+/// The destination address (pktinfo) and GRO segment size a received `msg` carries.
+fn control_of(msg: &libc::msghdr) -> (Option<IpAddr>, Option<u16>) {
     let mut local = None;
     let mut segment = None;
     // SAFETY: `msg` was filled by the kernel; CMSG_FIRSTHDR/NXTHDR walk the control buffer it
     // describes (msg_controllen was set by the kernel to what it wrote, never more than our room).
-    let mut c = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    let mut c = unsafe { libc::CMSG_FIRSTHDR(msg) };
     while !c.is_null() {
         // SAFETY: `c` is non-null and points at a cmsghdr inside the control buffer.
         let h = unsafe { &*c };
@@ -203,42 +184,49 @@ pub fn try_recv(sock: &Socket, buf: &mut [u8]) -> io::Result<Received> {
             _ => {}
         }
         // SAFETY: as for CMSG_FIRSTHDR.
-        c = unsafe { libc::CMSG_NXTHDR(&msg, c) };
+        c = unsafe { libc::CMSG_NXTHDR(msg, c) };
     }
+    (local, segment)
+}
+
+/// One non-blocking `recvmsg(2)` into `buf`: `WouldBlock` when nothing is queued.
+pub fn try_recv(sock: &Socket, buf: &mut [u8]) -> io::Result<Received> {
+    // SAFETY: plain data; all-zero bytes are valid values.
+    let mut from: libc::sockaddr_storage = unsafe { zeroed() };
+    let mut control = MaybeUninit::<Control>::zeroed();
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    // SAFETY: plain data; all-zero bytes are valid values.
+    let mut msg: libc::msghdr = unsafe { zeroed() };
+    msg.msg_name = (&mut from as *mut libc::sockaddr_storage).cast();
+    msg.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = CMSG_ROOM as _;
+    // SAFETY: every pointer in `msg` points to a live local or into `buf`, with its true length;
+    // they all outlive the call, which is synchronous (MSG_DONTWAIT).
+    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let peer = sockaddr_to(&from).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no peer address"))?;
+    let (local, segment) = control_of(&msg);
     let len = (n as usize).min(buf.len());
     // A train of one datagram is a datagram.
     let segment = segment.filter(|s| usize::from(*s) < len);
     Ok(Received { len, peer, local, segment, truncated: msg.msg_flags & libc::MSG_TRUNC != 0 })
 }
 
-/// One non-blocking `sendmsg(2)` of `buf`: to `to` (`None` on a connected socket), from the local
-/// address `from` (pktinfo, for a listener bound to a wildcard address), as datagrams of `segment`
-/// bytes each (GSO) when given. `WouldBlock` when the send buffer is full.
-pub fn try_send(
-    sock: &Socket,
-    buf: &[u8],
-    to: Option<SocketAddr>,
-    from: Option<IpAddr>,
-    segment: Option<u16>,
-) -> io::Result<usize> {
-    let mut control = MaybeUninit::<Control>::zeroed();
-    let mut iov = libc::iovec { iov_base: buf.as_ptr() as *mut libc::c_void, iov_len: buf.len() };
-    // SAFETY: plain data; all-zero bytes are valid values.
-    let mut msg: libc::msghdr = unsafe { zeroed() };
-    let mut name = to.map(|a| sockaddr_from(&a));
-    if let Some((storage, len)) = name.as_mut() {
-        msg.msg_name = (storage as *mut libc::sockaddr_storage).cast();
-        msg.msg_namelen = *len;
-    }
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
+/// Points `msg` at `control` holding a pktinfo for the source address `from` and a GSO segment
+/// size, as given (neither: no control data).
+fn set_control(msg: &mut libc::msghdr, control: &mut MaybeUninit<Control>, from: Option<IpAddr>, segment: Option<u16>) {
     let mut used = 0usize;
     if from.is_some() || segment.is_some() {
         msg.msg_control = control.as_mut_ptr().cast();
         msg.msg_controllen = CMSG_ROOM as _;
         // SAFETY: the control buffer is CMSG_ROOM bytes, enough for one pktinfo and one u16
         // (each CMSG_SPACE is at most 40 bytes); msg describes it.
-        let mut c = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+        let mut c = unsafe { libc::CMSG_FIRSTHDR(&*msg) };
         let mut put = |level: libc::c_int, ty: libc::c_int, bytes: &[u8]| {
             if c.is_null() {
                 return;
@@ -254,7 +242,7 @@ pub fn try_send(
             // SAFETY: CMSG_SPACE of a small length is a small constant.
             used += unsafe { libc::CMSG_SPACE(bytes.len() as u32) } as usize;
             // SAFETY: walking our own (zeroed) control buffer of CMSG_ROOM bytes.
-            c = unsafe { libc::CMSG_NXTHDR(&msg, c) };
+            c = unsafe { libc::CMSG_NXTHDR(&*msg, c) };
         };
         match from {
             Some(IpAddr::V4(ip)) => {
@@ -290,6 +278,30 @@ pub fn try_send(
             msg.msg_control = std::ptr::null_mut();
         }
     }
+}
+
+/// One non-blocking `sendmsg(2)` of `buf`: to `to` (`None` on a connected socket), from the local
+/// address `from` (pktinfo, for a listener bound to a wildcard address), as datagrams of `segment`
+/// bytes each (GSO) when given. `WouldBlock` when the send buffer is full.
+pub fn try_send(
+    sock: &Socket,
+    buf: &[u8],
+    to: Option<SocketAddr>,
+    from: Option<IpAddr>,
+    segment: Option<u16>,
+) -> io::Result<usize> {
+    let mut control = MaybeUninit::<Control>::zeroed();
+    let mut iov = libc::iovec { iov_base: buf.as_ptr() as *mut libc::c_void, iov_len: buf.len() };
+    // SAFETY: plain data; all-zero bytes are valid values.
+    let mut msg: libc::msghdr = unsafe { zeroed() };
+    let mut name = to.map(|a| sockaddr_from(&a));
+    if let Some((storage, len)) = name.as_mut() {
+        msg.msg_name = (storage as *mut libc::sockaddr_storage).cast();
+        msg.msg_namelen = *len;
+    }
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    set_control(&mut msg, &mut control, from, segment);
     // SAFETY: every pointer in `msg` points to a live local or into `buf`, with its true length,
     // for the duration of this synchronous (MSG_DONTWAIT) call.
     let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
@@ -297,6 +309,136 @@ pub fn try_send(
         Err(io::Error::last_os_error())
     } else {
         Ok(n as usize)
+    }
+}
+
+/// Buffers for receiving up to `n` datagrams (or GRO trains) in one `recvmmsg(2)`: `n` slots of
+/// `size` bytes, their addresses and control messages. One per worker, reused for every socket.
+pub struct RecvBatch {
+    size: usize,
+    bufs: Vec<u8>,
+    names: Vec<libc::sockaddr_storage>,
+    controls: Vec<Control>,
+    iovs: Vec<libc::iovec>,
+    hdrs: Vec<libc::mmsghdr>,
+    /// (slot, what it holds) of the last receive.
+    got: Vec<(usize, Received)>,
+}
+
+impl std::fmt::Debug for RecvBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecvBatch").field("slots", &self.names.len()).field("size", &self.size).finish()
+    }
+}
+
+impl RecvBatch {
+    pub fn new(n: usize, size: usize) -> Self {
+        let n = n.max(1);
+        // SAFETY: plain data; all-zero bytes are valid values.
+        let zero_name: libc::sockaddr_storage = unsafe { zeroed() };
+        // SAFETY: as above.
+        let zero_hdr: libc::mmsghdr = unsafe { zeroed() };
+        Self {
+            size,
+            bufs: vec![0; n * size],
+            names: vec![zero_name; n],
+            controls: (0..n).map(|_| Control([0; CMSG_ROOM])).collect(),
+            iovs: vec![libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; n],
+            hdrs: vec![zero_hdr; n],
+            got: Vec::with_capacity(n),
+        }
+    }
+
+    /// Slots: the most datagrams one [`recv`](Self::recv) returns.
+    pub fn slots(&self) -> usize {
+        self.names.len()
+    }
+
+    /// One non-blocking `recvmmsg(2)`: how many slots were filled (`WouldBlock` when none). Fewer
+    /// than [`slots`](Self::slots) means the socket's queue was empty when the call returned.
+    pub fn recv(&mut self, sock: &Socket) -> io::Result<usize> {
+        let n = self.slots();
+        for i in 0..n {
+            self.iovs[i] = libc::iovec { iov_base: self.bufs[i * self.size..].as_mut_ptr().cast(), iov_len: self.size };
+            let h = &mut self.hdrs[i];
+            h.msg_len = 0;
+            h.msg_hdr.msg_name = (&mut self.names[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_hdr.msg_iov = &mut self.iovs[i];
+            h.msg_hdr.msg_iovlen = 1;
+            h.msg_hdr.msg_control = (&mut self.controls[i] as *mut Control).cast();
+            h.msg_hdr.msg_controllen = CMSG_ROOM as _;
+            h.msg_hdr.msg_flags = 0;
+        }
+        // SAFETY: every header points at this batch's own slot buffer, address and control
+        // storage with their true sizes (rebuilt above; the Vecs are never resized), all live for
+        // this synchronous (MSG_DONTWAIT) call.
+        let k = unsafe {
+            libc::recvmmsg(sock.as_raw_fd(), self.hdrs.as_mut_ptr(), n as libc::c_uint, libc::MSG_DONTWAIT, std::ptr::null_mut())
+        };
+        if k < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        self.got.clear();
+        for i in 0..(k as usize).min(n) {
+            let h = &self.hdrs[i];
+            let Some(peer) = sockaddr_to(&self.names[i]) else { continue };
+            let len = (h.msg_len as usize).min(self.size);
+            let (local, segment) = control_of(&h.msg_hdr);
+            let segment = segment.filter(|s| usize::from(*s) < len);
+            let truncated = h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+            self.got.push((i, Received { len, peer, local, segment, truncated }));
+        }
+        Ok(k as usize)
+    }
+
+    /// The datagrams of the last [`recv`](Self::recv), each with its bytes.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], Received)> + '_ {
+        let size = self.size;
+        self.got.iter().map(move |&(i, r)| (&self.bufs[i * size..i * size + r.len], r))
+    }
+}
+
+/// Sends each of `msgs` (a datagram, or a train of `segment`-byte datagrams) in one
+/// `sendmmsg(2)`, all to `to` from `from` (as [`try_send`]); at most 16 at a time. Returns how
+/// many went (`WouldBlock` when none).
+pub fn try_send_many(
+    sock: &Socket,
+    msgs: &[(&[u8], Option<u16>)],
+    to: Option<SocketAddr>,
+    from: Option<IpAddr>,
+) -> io::Result<usize> {
+    const MAX: usize = 16;
+    let n = msgs.len().min(MAX);
+    if n == 0 {
+        return Ok(0);
+    }
+    let mut name = to.map(|a| sockaddr_from(&a));
+    let mut controls: [MaybeUninit<Control>; MAX] = std::array::from_fn(|_| MaybeUninit::zeroed());
+    let mut iovs = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; MAX];
+    // SAFETY: plain data; all-zero bytes are valid values.
+    let mut hdrs: [libc::mmsghdr; MAX] = unsafe { zeroed() };
+    for i in 0..n {
+        let (buf, segment) = msgs[i];
+        iovs[i] = libc::iovec { iov_base: buf.as_ptr() as *mut libc::c_void, iov_len: buf.len() };
+        let m = &mut hdrs[i].msg_hdr;
+        if let Some((storage, len)) = name.as_mut() {
+            m.msg_name = (storage as *mut libc::sockaddr_storage).cast();
+            m.msg_namelen = *len;
+        }
+        m.msg_iov = &mut iovs[i];
+        m.msg_iovlen = 1;
+        set_control(m, &mut controls[i], from, segment);
+    }
+    // SAFETY: every header points at live locals (address, iovec, control) or into the caller's
+    // buffers, with their true lengths, for this synchronous (MSG_DONTWAIT) call.
+    let k = unsafe {
+        libc::sendmmsg(sock.as_raw_fd(), hdrs.as_mut_ptr(), n as libc::c_uint, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+    };
+    if k < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(k as usize)
     }
 }
 
@@ -348,6 +490,29 @@ mod tests {
         // arriving proves the answer left from 127.0.0.3.
         let back = try_recv(&client, &mut buf).unwrap();
         assert_eq!(back.peer, dialed);
+    }
+
+    #[test]
+    fn batches_both_ways() {
+        let (fd, addr, _) = bind_udp("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        let listener = Socket::from(fd);
+        let (client, _) = connect_udp(addr, false).unwrap();
+        let msgs: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 100 + usize::from(i)]).collect();
+        let refs: Vec<(&[u8], Option<u16>)> = msgs.iter().map(|m| (&m[..], None)).collect();
+        assert_eq!(try_send_many(&client, &refs, None, None).unwrap(), 5);
+        wait_readable(&listener);
+        let mut batch = RecvBatch::new(4, 2048);
+        let mut got = Vec::new();
+        while got.len() < 5 {
+            match batch.recv(&listener) {
+                Ok(_) => got.extend(batch.iter().map(|(d, r)| (d.to_vec(), r.local))),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => wait_readable(&listener),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(got.iter().map(|(d, _)| d.clone()).collect::<Vec<_>>(), msgs);
+        assert!(got.iter().all(|(_, l)| *l == Some("127.0.0.1".parse().unwrap())));
+        assert_eq!(batch.recv(&listener).unwrap_err().kind(), io::ErrorKind::WouldBlock);
     }
 
     #[test]

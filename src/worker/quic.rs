@@ -28,7 +28,7 @@ use crate::hello::{self, Parsed, Reject, Transport};
 use crate::metrics::{Direction, Hist, QuicDatagramDrop, QuicFlowDrop, QuicFlowEnd};
 use crate::quic::{self, packet, Hello, Head, LongType, PendingTable};
 use crate::route::{Action, Match, Miss, RouteId};
-use crate::sys::udp::{self, Received, UdpFeatures};
+use crate::sys::udp::{self, Received, RecvBatch, UdpFeatures};
 use crate::sys::{Socket, POLLIN};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -41,6 +41,8 @@ use std::time::{Duration, Instant};
 
 /// Largest datagram (or GRO train) read at once.
 const BUF: usize = 65_536;
+/// Datagrams (or trains) read per `recvmmsg`.
+const SLOTS: usize = 8;
 /// Datagrams handled per wake-up before other tasks get a turn.
 const BURST: usize = 64;
 /// How often pending flows are expired and the clock read.
@@ -126,7 +128,8 @@ struct LogInfo {
 pub(crate) struct Quic {
     pending: RefCell<PendingTable<Key, Pending>>,
     flows: RefCell<HashMap<Key, Rc<Flow>>>,
-    buf: RefCell<Vec<u8>>,
+    /// The worker's receive buffers, shared by its sockets (never borrowed across an await).
+    batch: RefCell<RecvBatch>,
     scratch: RefCell<Vec<u8>>,
     out: RefCell<Vec<u8>>,
     /// The clock, read every [`TICK`] (flows' last activity is this coarse).
@@ -145,7 +148,7 @@ impl Quic {
         Self {
             pending: RefCell::new(PendingTable::new(cfg.runtime.quic_pending_max)),
             flows: RefCell::new(HashMap::new()),
-            buf: RefCell::new(vec![0; BUF]),
+            batch: RefCell::new(RecvBatch::new(SLOTS, BUF)),
             scratch: RefCell::new(Vec::with_capacity(2048)),
             out: RefCell::new(Vec::with_capacity(64)),
             now: Cell::new(Instant::now()),
@@ -176,10 +179,18 @@ pub(crate) async fn run(w: Rc<Worker>, q: Rc<Quic>, l: Rc<Listener>) {
         if !ready {
             continue;
         }
-        for _ in 0..BURST {
-            let mut buf = q.buf.borrow_mut();
-            match udp::try_recv(&l.socket, &mut buf) {
-                Ok(r) => on_datagram(&w, &q, &l, &buf[..r.len], r),
+        for _ in 0..BURST / SLOTS {
+            let mut batch = q.batch.borrow_mut();
+            match batch.recv(&l.socket) {
+                Ok(k) => {
+                    for (d, r) in batch.iter() {
+                        on_datagram(&w, &q, &l, d, r);
+                    }
+                    // Fewer than asked: the queue is empty, no need to ask again.
+                    if k < batch.slots() {
+                        break;
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 // ICMP errors queued on the socket and the like: nothing to do for one of them.
@@ -629,41 +640,83 @@ async fn backend_loop(w: Rc<Worker>, q: Rc<Quic>, flow: Rc<Flow>) {
             // Failed over meanwhile: poll the new socket.
             continue;
         }
-        for _ in 0..BURST {
-            let mut buf = q.buf.borrow_mut();
-            match udp::try_recv(&sock, &mut buf) {
-                Ok(r) if r.truncated => dropped(&w, r.peer, QuicDatagramDrop::Truncated),
-                Ok(r) => {
-                    let d = &buf[..r.len];
-                    flow.last.set(q.now.get());
-                    if flow.replay.borrow().is_some() {
-                        *flow.replay.borrow_mut() = None;
-                    }
-                    let n = segments(d.len(), r.segment);
-                    let src = wildcard_source(&flow.listener, Some(flow.local));
-                    match send_train(&q, &flow.listener.socket, d, Some(flow.key.1), src, r.segment) {
-                        Ok(()) => {
-                            let (a, b) = flow.to_client.get();
-                            flow.to_client.set((a + n, b + d.len() as u64));
-                            w.metrics().bump(|c| {
-                                c.quic_datagrams.add(Direction::BackendToClient, n);
-                                c.quic_bytes.add(Direction::BackendToClient, d.len() as u64);
-                            });
-                        }
-                        Err(_) => w.metrics().bump(|c| c.quic_datagrams_dropped.add(QuicDatagramDrop::SendFailed, n)),
-                    }
+        for _ in 0..BURST / SLOTS {
+            let mut batch = q.batch.borrow_mut();
+            let k = match batch.recv(&sock) {
+                Ok(k) => {
+                    to_client(&w, &q, &flow, &batch);
+                    k
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
-                    drop(buf);
                     backend_refused(&w, &q, &flow);
                     break;
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => break,
+            };
+            if k < SLOTS {
+                break;
             }
         }
     }
+}
+
+/// A batch of the back end's datagrams to the flow's client, in one `sendmmsg` (GSO trains
+/// included), from the address the client dialed.
+fn to_client(w: &Worker, q: &Quic, flow: &Flow, batch: &RecvBatch) {
+    let mut msgs: [(&[u8], Option<u16>); SLOTS] = [(&[], None); SLOTS];
+    let (mut m, mut n, mut bytes) = (0, 0u64, 0u64);
+    for (d, r) in batch.iter() {
+        if r.truncated {
+            dropped(w, r.peer, QuicDatagramDrop::Truncated);
+            continue;
+        }
+        if m < SLOTS {
+            msgs[m] = (d, r.segment);
+            m += 1;
+            n += segments(d.len(), r.segment);
+            bytes += d.len() as u64;
+        }
+    }
+    if m == 0 {
+        return;
+    }
+    flow.last.set(q.now.get());
+    if flow.replay.borrow().is_some() {
+        *flow.replay.borrow_mut() = None;
+    }
+    let src = wildcard_source(&flow.listener, Some(flow.local));
+    let to = Some(flow.key.1);
+    let trains = msgs[..m].iter().any(|(_, s)| s.is_some());
+    let sent = if trains && !q.gso.get() {
+        None
+    } else {
+        match udp::try_send_many(&flow.listener.socket, &msgs[..m], to, src) {
+            Ok(k) => Some(k),
+            Err(e) if trains && matches!(e.raw_os_error(), Some(libc::EIO | libc::EINVAL | libc::EOPNOTSUPP)) => {
+                q.gso.set(false);
+                tracing::info!(error = %e, "UDP GSO refused; sending datagrams one by one");
+                None
+            }
+            Err(_) => Some(0),
+        }
+    };
+    // GSO refused (or off): datagram by datagram.
+    let sent = sent.unwrap_or_else(|| {
+        msgs[..m].iter().take_while(|(d, seg)| send_train(q, &flow.listener.socket, d, to, src, *seg).is_ok()).count()
+    });
+    let (lost_n, lost_bytes) = msgs[sent.min(m)..m]
+        .iter()
+        .fold((0, 0), |(a, b), (d, seg)| (a + segments(d.len(), *seg), b + d.len() as u64));
+    let (n, bytes) = (n - lost_n, bytes - lost_bytes);
+    let (a, b) = flow.to_client.get();
+    flow.to_client.set((a + n, b + bytes));
+    w.metrics().bump(|c| {
+        c.quic_datagrams.add(Direction::BackendToClient, n);
+        c.quic_bytes.add(Direction::BackendToClient, bytes);
+        c.quic_datagrams_dropped.add(QuicDatagramDrop::SendFailed, lost_n);
+    });
 }
 
 /// Closes a routed flow: counted, logged, its relay task ended.
