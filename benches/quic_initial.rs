@@ -25,7 +25,10 @@ fn table() -> Table<()> {
         .map(|r| Route {
             name: format!("r{r}"),
             action: Action::Passthrough,
-            sni: (0..4).map(|i| format!("www{i}.customer-{r}.example")).chain([format!("www.example.com{r}")]).collect(),
+            sni: (0..4)
+                .map(|i| format!("www{i}.customer-{r}.example"))
+                .chain([format!("www.example.com{r}")])
+                .collect(),
             dedicated_ips: vec![],
             min_tls: TlsVersion::TLS12,
             backends: vec!["127.0.0.1:8443".parse().unwrap()],

@@ -316,7 +316,8 @@ async fn bulk(o: &QuicOptions, to: SocketAddr, cc: quinn::ClientConfig) -> (u64,
     for _ in 0..o.bulk_streams.max(1) {
         let cc = cc.clone();
         tasks.push(tokio::spawn(async move {
-            let mut ep = quinn::Endpoint::client(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).map_err(|e| e.to_string())?;
+            let mut ep =
+                quinn::Endpoint::client(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).map_err(|e| e.to_string())?;
             ep.set_default_client_config(cc);
             let conn = ep.connect(to, SNI).map_err(|e| e.to_string())?.await.map_err(|e| e.to_string())?;
             let (mut s, mut r) = conn.open_bi().await.map_err(|e| e.to_string())?;

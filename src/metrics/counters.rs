@@ -8,7 +8,8 @@
 //! enum's discriminant, so bumping a labelled counter is an array increment.
 
 use super::labels::{
-    AcceptCause, ConnectCause, Direction, DropReason, QuicDatagramDrop, QuicFlowDrop, QuicFlowEnd, RelayCause, RelayKind,
+    AcceptCause, ConnectCause, Direction, DropReason, QuicDatagramDrop, QuicFlowDrop, QuicFlowEnd, RelayCause,
+    RelayKind,
 };
 use crate::route::Match;
 use std::fmt;

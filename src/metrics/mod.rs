@@ -22,7 +22,8 @@ pub mod labels;
 
 pub use counters::{Counters, Family, Kind, Label, Tally, Value};
 pub use labels::{
-    AcceptCause, ConnectCause, Direction, DropReason, QuicDatagramDrop, QuicFlowDrop, QuicFlowEnd, RelayCause, RelayKind,
+    AcceptCause, ConnectCause, Direction, DropReason, QuicDatagramDrop, QuicFlowDrop, QuicFlowEnd, RelayCause,
+    RelayKind,
 };
 
 use crate::route::Match;
@@ -108,7 +109,9 @@ impl Hist {
             Self::FirstByte => "Back end connected to its first byte relayed to the client.",
             Self::Lifetime => "Accept to close, of every connection.",
             Self::HelloSize => "Size of complete ClientHellos as read.",
-            Self::QuicRouting => "A QUIC flow's first Initial to routed (all its hello's Initials, decrypt, parse, lookup).",
+            Self::QuicRouting => {
+                "A QUIC flow's first Initial to routed (all its hello's Initials, decrypt, parse, lookup)."
+            }
         }
     }
 

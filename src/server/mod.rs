@@ -125,8 +125,7 @@ impl Server {
         let (stop, stop_rx) = watch::channel(false);
         let (done_tx, done) = mpsc::channel();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), worker::StartError>>();
-        let quic_listeners: Vec<SocketAddr> =
-            config_quic_addrs(&udp_per_worker);
+        let quic_listeners: Vec<SocketAddr> = config_quic_addrs(&udp_per_worker);
         for (id, ((cpu, listeners), udp)) in cpus.iter().copied().zip(per_worker).zip(udp_per_worker).enumerate() {
             let w = worker::Setup {
                 id,

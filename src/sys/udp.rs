@@ -251,7 +251,10 @@ fn set_control(msg: &mut libc::msghdr, control: &mut MaybeUninit<Control>, from:
                 p.ipi_spec_dst.s_addr = u32::from(ip).to_be();
                 // SAFETY: reading the bytes of a plain-data local.
                 let bytes = unsafe {
-                    std::slice::from_raw_parts((&p as *const libc::in_pktinfo).cast::<u8>(), size_of::<libc::in_pktinfo>())
+                    std::slice::from_raw_parts(
+                        (&p as *const libc::in_pktinfo).cast::<u8>(),
+                        size_of::<libc::in_pktinfo>(),
+                    )
                 };
                 put(libc::IPPROTO_IP, libc::IP_PKTINFO, bytes);
             }
@@ -374,7 +377,13 @@ impl RecvBatch {
         // storage with their true sizes (rebuilt above; the Vecs are never resized), all live for
         // this synchronous (MSG_DONTWAIT) call.
         let k = unsafe {
-            libc::recvmmsg(sock.as_raw_fd(), self.hdrs.as_mut_ptr(), n as libc::c_uint, libc::MSG_DONTWAIT, std::ptr::null_mut())
+            libc::recvmmsg(
+                sock.as_raw_fd(),
+                self.hdrs.as_mut_ptr(),
+                n as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
         };
         if k < 0 {
             return Err(io::Error::last_os_error());

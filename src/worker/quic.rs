@@ -26,7 +26,7 @@ use crate::access_log;
 use crate::config::{Config, Route};
 use crate::hello::{self, Parsed, Reject, Transport};
 use crate::metrics::{Direction, Hist, QuicDatagramDrop, QuicFlowDrop, QuicFlowEnd};
-use crate::quic::{self, packet, Hello, Head, LongType, PendingTable};
+use crate::quic::{self, packet, Head, Hello, LongType, PendingTable};
 use crate::route::{Action, Match, Miss, RouteId};
 use crate::sys::udp::{self, Received, RecvBatch, UdpFeatures};
 use crate::sys::{Socket, POLLIN};
@@ -88,6 +88,7 @@ impl Cid {
 }
 
 /// A routed flow.
+#[allow(clippy::redundant_allocation)] // Rc<Arc<Config>>: the worker's snapshot, cloned without atomics
 struct Flow {
     key: Key,
     /// The client's Source Connection ID: an Initial under another one from the same address and
@@ -521,11 +522,11 @@ fn decide(cfg: &Config, p: &Pending, ch: &hello::ClientHello<'_>) -> Result<Deci
     Ok(Decision { route, how, info })
 }
 
-fn route_of<'c>(cfg: &'c Config, id: RouteId) -> &'c Route {
+fn route_of(cfg: &Config, id: RouteId) -> &Route {
     cfg.table.route(id)
 }
 
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments, clippy::redundant_allocation)]
 fn open_flow(
     w: &Rc<Worker>,
     q: &Rc<Quic>,
@@ -706,9 +707,8 @@ fn to_client(w: &Worker, q: &Quic, flow: &Flow, batch: &RecvBatch) {
     let sent = sent.unwrap_or_else(|| {
         msgs[..m].iter().take_while(|(d, seg)| send_train(q, &flow.listener.socket, d, to, src, *seg).is_ok()).count()
     });
-    let (lost_n, lost_bytes) = msgs[sent.min(m)..m]
-        .iter()
-        .fold((0, 0), |(a, b), (d, seg)| (a + segments(d.len(), *seg), b + d.len() as u64));
+    let (lost_n, lost_bytes) =
+        msgs[sent.min(m)..m].iter().fold((0, 0), |(a, b), (d, seg)| (a + segments(d.len(), *seg), b + d.len() as u64));
     let (n, bytes) = (n - lost_n, bytes - lost_bytes);
     let (a, b) = flow.to_client.get();
     flow.to_client.set((a + n, b + bytes));
@@ -821,7 +821,8 @@ pub(crate) async fn sweep(w: Rc<Worker>, q: Rc<Quic>) {
             flow_dropped(&w, a, &p, QuicFlowDrop::PendingTimeout);
         }
         ticks += 1;
-        if ticks % 10 == 0 || q.stopping.get() {
+        if ticks >= 10 || q.stopping.get() {
+            ticks = 0;
             let idle = Duration::from_millis(rt.quic_idle_timeout_ms);
             let handshake = Duration::from_millis(rt.quic_handshake_timeout_ms);
             let stale: Vec<Rc<Flow>> = q
