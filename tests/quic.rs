@@ -215,6 +215,10 @@ fn hellos_over_two_and_three_initials_in_any_order() {
     }
     let c = wait_counters(e.admin, |c| c["quic_multi_packet_hellos"].as_u64() == Some(n));
     assert_eq!(count(&c, "quic_routed", "sni"), n, "{c:#}");
+    // Each hello was read from the first flight as sent (reordered, duplicated), not from a
+    // client's retransmission after a failed attempt: no flow was ever given up.
+    let given_up: u64 = c["quic_flows_dropped"].as_object().map_or(0, |m| m.values().filter_map(|v| v.as_u64()).sum());
+    assert_eq!(given_up, 0, "{c:#}");
 }
 
 fn rss_kib(pid: u32) -> u64 {
