@@ -70,7 +70,9 @@ struct Pending {
     dgrams: Vec<Vec<u8>>,
     bytes: usize,
     first_at: Instant,
+    /// The address the client dialed, and the listener's port.
     local: IpAddr,
+    port: u16,
     log: bool,
 }
 
@@ -477,7 +479,8 @@ fn on_initial(
     let first_at = Instant::now();
     q.now.set(first_at);
     let scid = Cid::of(d.get(long.scid.clone()).unwrap_or(&[]));
-    let mut p = Pending { hello, scid, dgrams: Vec::new(), bytes: 0, first_at, local: dialed, log };
+    let mut p =
+        Pending { hello, scid, dgrams: Vec::new(), bytes: 0, first_at, local: dialed, port: l.addr.port(), log };
     match advance(&cfg, q, &mut p, d) {
         Step::Wait => keep_pending(w, q, key, p),
         Step::Datagram(b) => dropped(w, from, b.reason()),
@@ -728,9 +731,8 @@ fn close(w: &Worker, q: &Quic, flow: &Rc<Flow>, end: QuicFlowEnd) {
     flow.backend.borrow().shutdown(Shutdown::Both);
     w.metrics().bump(|c| c.quic_flows_closed.bump(end));
     if let (Some(info), Some(log)) = (flow.log.as_ref(), w.conns.log.as_ref()) {
-        let (up_n, up) = flow.to_backend.get();
-        let (down_n, down) = flow.to_client.get();
-        let _ = (up_n, down_n);
+        let (_, up) = flow.to_backend.get();
+        let (_, down) = flow.to_client.get();
         let route = route_of(&flow.cfg, flow.route);
         let backend = route.backends.get(flow.backend_index.get()).copied();
         let time = access_log::rfc3339(std::time::SystemTime::now());
@@ -740,9 +742,6 @@ fn close(w: &Worker, q: &Quic, flow: &Rc<Flow>, end: QuicFlowEnd) {
             QuicFlowEnd::Stopped | QuicFlowEnd::Replaced => "closed",
         };
         let entry = access_log::Entry {
-            time: &time,
-            worker: w.id(),
-            transport: "quic",
             client: Some(flow.key.1),
             local: Some(SocketAddr::new(flow.local, flow.listener.addr.port())),
             sni: info.sni.as_deref(),
@@ -752,17 +751,13 @@ fn close(w: &Worker, q: &Quic, flow: &Rc<Flow>, end: QuicFlowEnd) {
             how: Some(info.how.as_str()),
             action: Some("passthrough"),
             backend,
-            outcome,
             reason: (end == QuicFlowEnd::BackendsDown).then_some("backends_down"),
             bytes_client_to_backend: up,
             bytes_backend_to_client: down,
             hello_bytes: Some(info.hello_bytes),
-            hello_wait_us: None,
             route_lookup_ns: Some(info.routing_ns),
-            backend_connect_us: None,
-            tls_handshake_us: None,
-            first_byte_us: None,
             lifetime_us: Some(u64::try_from(flow.opened.elapsed().as_micros()).unwrap_or(u64::MAX)),
+            ..access_log::Entry::new(&time, w.id(), "quic", outcome)
         };
         log.log(&entry, w.metrics());
     }
@@ -776,29 +771,11 @@ fn flow_dropped(w: &Worker, from: SocketAddr, p: &Pending, reason: QuicFlowDrop)
     if let (true, Some(log)) = (p.log, w.conns.log.as_ref()) {
         let time = access_log::rfc3339(std::time::SystemTime::now());
         let entry = access_log::Entry {
-            time: &time,
-            worker: w.id(),
-            transport: "quic",
             client: Some(from),
-            local: Some(SocketAddr::new(p.local, 0)),
-            sni: None,
-            alpn: None,
-            ja4: None,
-            route: None,
-            how: None,
-            action: None,
-            backend: None,
-            outcome: "dropped",
+            local: Some(SocketAddr::new(p.local, p.port)),
             reason: Some(reason.as_str()),
-            bytes_client_to_backend: 0,
-            bytes_backend_to_client: 0,
-            hello_bytes: None,
-            hello_wait_us: None,
-            route_lookup_ns: None,
-            backend_connect_us: None,
-            tls_handshake_us: None,
-            first_byte_us: None,
             lifetime_us: Some(u64::try_from(p.first_at.elapsed().as_micros()).unwrap_or(u64::MAX)),
+            ..access_log::Entry::new(&time, w.id(), "quic", "dropped")
         };
         log.log(&entry, w.metrics());
     }
