@@ -14,6 +14,8 @@
 //! - `flood` (sni-dispatch only): `--flood` first Initials of a two-Initial ClientHello, each from
 //!   a new source port, so each leaves a pending flow; the dispatcher's CPU per packet and RSS.
 //!
+//! The exit code is 1 when any connection of any workload failed.
+//!
 //! The back end's protocol: a stream starts with 8 bytes, a big-endian count; 0 means "echo the
 //! rest", anything else "send that many bytes back".
 
@@ -505,7 +507,8 @@ pub fn run(o: &QuicOptions) -> Result<i32, String> {
     if let Some(p) = &o.json {
         std::fs::write(p, serde_json::to_string_pretty(&all).unwrap_or_default()).map_err(|e| e.to_string())?;
     }
-    Ok(0)
+    // Exit 1 when anything failed: a handshake, a download, an idle connection.
+    Ok(i32::from(all.iter().any(|f| f.errors > 0)))
 }
 
 /// The QUIC counters of the dispatcher's `/stats`, in one line.
