@@ -45,6 +45,8 @@ const BUF: usize = 65_536;
 const SLOTS: usize = 8;
 /// Datagrams handled per wake-up before other tasks get a turn.
 const BURST: usize = 64;
+/// The most bytes of a flow's first datagrams kept to replay to its next back end.
+const REPLAY_BYTES: usize = 16 * 1024;
 /// How often pending flows are expired and the clock read.
 const TICK: Duration = Duration::from_millis(100);
 
@@ -277,9 +279,9 @@ fn to_backend(w: &Worker, q: &Quic, flow: &Rc<Flow>, d: &[u8], seg: Option<u16>)
         flow.confirmed.set(true);
     }
     if let Some(replay) = flow.replay.borrow_mut().as_mut() {
-        // Still unanswered: keep the client's handshake datagrams for a failover (bounded: the
-        // flow is closed after quic_handshake_timeout_ms, and only a few are kept).
-        if replay.len() < 8 {
+        // Still unanswered: keep the client's handshake datagrams for a failover, at most
+        // REPLAY_BYTES of them (the flow is closed after quic_handshake_timeout_ms anyway).
+        if replay.iter().map(Vec::len).sum::<usize>() + d.len() <= REPLAY_BYTES {
             replay.push(d.to_vec());
         }
     }
