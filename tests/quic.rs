@@ -130,14 +130,19 @@ struct Edge {
 /// The binary with QUIC listeners on 127.0.0.1 and 127.0.0.3 (the latter b's dedicated IP):
 /// a.example → `a`, b.example → `b`; `extra` is appended to the file.
 fn edge(a: &H3Server, b: &H3Server, extra: &str) -> Edge {
+    edge_to(&format!("\"{}\"", a.addr), b, extra)
+}
+
+/// As [`edge`], with route `a`'s back ends given as TOML list items.
+fn edge_to(a_backends: &str, b: &H3Server, extra: &str) -> Edge {
     let (port, dport, admin) = (free_udp_port(), free_udp_port(), free_port());
     let toml = format!(
         "[runtime]\nworkers = 1\ndrain_timeout_ms = 500\n{extra}\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
          [[listener]]\naddress = \"127.0.0.1:{port}\"\nquic = true\n\
          [[listener]]\naddress = \"127.0.0.3:{dport}\"\nquic = true\n\
-         [[route]]\nname = \"a\"\nsni = [\"a.example\"]\naction = \"passthrough\"\nbackends = [\"{}\"]\n\
+         [[route]]\nname = \"a\"\nsni = [\"a.example\"]\naction = \"passthrough\"\nbackends = [{}]\n\
          [[route]]\nname = \"b\"\nsni = [\"b.example\"]\ndedicated_ips = [\"127.0.0.3\"]\naction = \"passthrough\"\nbackends = [\"{}\"]\n",
-        a.addr, b.addr
+        a_backends, b.addr
     );
     let cfg = config_file(&toml);
     let log = cfg.dir.path().join("access.jsonl");
@@ -345,4 +350,18 @@ fn chromium_loads_a_page_over_quic_through_the_dispatcher() {
     let c = wait_counters(e.admin, |c| count(c, "quic_routed", "sni") >= 1);
     // Chromium's post-quantum ClientHello spans two Initials.
     assert!(c["quic_multi_packet_hellos"].as_u64() >= Some(1), "{c:#}");
+}
+
+#[test]
+fn a_back_end_answering_port_unreachable_fails_over_to_the_next() {
+    if !have_aioquic() {
+        return;
+    }
+    let (a, b) = (h3_server("A"), h3_server("B"));
+    // Nothing listens on the first back end's UDP port: the kernel answers ICMP port unreachable.
+    let dead = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
+    let e = edge_to(&format!("\"{dead}\", \"{}\"", a.addr), &b, "");
+    assert_eq!(h3_get(e.shared, "a.example", "/failover", &[]), Ok("200 A /failover".into()));
+    let c = wait_counters(e.admin, |c| c["quic_backend_failovers"].as_u64() >= Some(1));
+    assert_eq!(count(&c, "quic_routed", "sni"), 1, "{c:#}");
 }
