@@ -196,10 +196,12 @@ fn unknown_names_go_to_the_fallback() {
         return;
     }
     let (a, b) = (h3_server("A"), h3_server("B"));
-    let e = edge(&a, &b, "[fallback]\nunknown_sni = \"a\"\n");
+    let e = edge(&a, &b, "quic_idle_timeout_ms = 700\n[fallback]\nunknown_sni = \"a\"\n");
     assert_eq!(h3_get(e.shared, "c.example", "/x", &[]), Ok("200 A /x".into()));
     let c = wait_counters(e.admin, |c| count(c, "quic_routed", "fallback_unknown_sni") == 1);
     assert_eq!(count(&c, "quic_flows_dropped", "unknown_sni"), 0, "{c:#}");
+    // The flow idles out (quic_idle_timeout_ms) once the client is gone.
+    wait_counters(e.admin, |c| count(c, "quic_flows_closed", "idle") == 1 && c["quic_flows_open"].as_u64() == Some(0));
 }
 
 #[test]
