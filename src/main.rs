@@ -125,6 +125,12 @@ struct Tuning {
     /// Kernel TLS for terminated connections where the kernel has it [default: off].
     #[arg(long, value_name = "MODE")]
     ktls: Option<sni_dispatch::tls::ktls::Ktls>,
+    /// Close a routed QUIC flow with no datagram either way for this long [default: 30000].
+    #[arg(long, value_name = "MS")]
+    quic_idle_timeout_ms: Option<u64>,
+    /// Turn UDP GRO/GSO off on QUIC sockets (one datagram per system call) [default: on where the kernel has it].
+    #[arg(long)]
+    no_quic_gro: bool,
 }
 
 impl Tuning {
@@ -147,7 +153,10 @@ impl Tuning {
             access_log: self.access_log.clone(),
             access_log_sample: self.access_log_sample,
             ktls: self.ktls,
+            quic_idle_timeout_ms: self.quic_idle_timeout_ms,
+            quic_gro: self.no_quic_gro.then_some(false),
             admin: self.admin,
+            ..RuntimeOverrides::default()
         }
     }
 }
