@@ -69,14 +69,14 @@ pub(super) async fn run(
     });
     t.connect_start = t.handshake_done;
     let timeout = Duration::from_millis(rt.connect_timeout_ms);
-    let connected = backend::connect(&route.backends, timeout, &res.metrics, &[]).await;
-    t.connected_at = res.now();
-    let backend = match connected {
+    let backend = match backend::connect(&route.backends, timeout, &res.metrics, &[]).await {
         Ok(b) => {
+            t.connected_at = res.now();
             t.backend = Some(b.addr);
             b.socket
         }
         Err(e) => {
+            t.connected_at = res.now();
             // Tell the client politely: close_notify rather than a bare FIN.
             let out = est.close_notify(res.bufs.borrow_mut().take(64));
             send_and_recycle(res, client, out, 0).await;

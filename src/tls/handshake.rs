@@ -9,12 +9,14 @@
 //! takes over the connection with the secrets rustls hands out
 //! (`dangerous_into_kernel_connection`).
 
-use super::record::{self, alert, Session};
+use super::record::{self, alert, Session, TrafficSecrets};
 use crate::metrics::DropReason;
 use crate::sys::Socket;
+use rustls::crypto::tls13::OkmBlock;
 use rustls::server::UnbufferedServerConnection;
 use rustls::unbuffered::{ConnectionState, EncodeError, UnbufferedStatus};
-use rustls::{ExtractedSecrets, HandshakeKind, ServerConfig};
+use rustls::{ExtractedSecrets, HandshakeKind, ServerConfig, SupportedCipherSuite};
+use std::cell::RefCell;
 use std::io;
 use std::sync::Arc;
 
@@ -153,6 +155,52 @@ impl Established {
     }
 }
 
+/// The route configurations' key log: it takes nothing but the two TLS 1.3 application traffic
+/// secrets (`CLIENT_TRAFFIC_SECRET_0`, `SERVER_TRAFFIC_SECRET_0`), which KeyUpdates turn over
+/// (`record::TrafficSecrets`), and holds them for the handshake that is running on this
+/// thread: rustls logs them inside `process_tls_records`, which [`Handshaker::advance`] calls
+/// and then collects them from, before any other connection's handshake can run. Nothing is
+/// written anywhere. (rustls's `KernelConnection` would turn them over too, but holds 560 bytes
+/// per connection, most of them for QUIC.)
+#[derive(Debug)]
+pub(super) struct TrafficSecretsLog;
+
+/// Secrets logged during the current `process_tls_records` call of this thread.
+#[derive(Default)]
+struct Logged {
+    client: Option<OkmBlock>,
+    server: Option<OkmBlock>,
+}
+
+thread_local! {
+    static LOGGED: RefCell<Logged> = RefCell::new(Logged::default());
+}
+
+const CLIENT_TRAFFIC: &str = "CLIENT_TRAFFIC_SECRET_0";
+const SERVER_TRAFFIC: &str = "SERVER_TRAFFIC_SECRET_0";
+
+impl rustls::KeyLog for TrafficSecretsLog {
+    fn log(&self, label: &str, _client_random: &[u8], secret: &[u8]) {
+        let _ = LOGGED.try_with(|l| {
+            let mut l = l.borrow_mut();
+            match label {
+                CLIENT_TRAFFIC => l.client = Some(OkmBlock::new(secret)),
+                SERVER_TRAFFIC => l.server = Some(OkmBlock::new(secret)),
+                _ => {}
+            }
+        });
+    }
+
+    fn will_log(&self, label: &str) -> bool {
+        label == CLIENT_TRAFFIC || label == SERVER_TRAFFIC
+    }
+}
+
+/// Takes what the key log collected on this thread since the last call.
+fn take_logged() -> Logged {
+    LOGGED.try_with(|l| std::mem::take(&mut *l.borrow_mut())).unwrap_or_default()
+}
+
 /// What the handshake needs next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Step {
@@ -174,6 +222,9 @@ pub(super) struct Handshaker {
     fed: usize,
     /// rustls has processed all it was given and waits for the next record.
     blocked: bool,
+    /// The TLS 1.3 application traffic secrets, once rustls derived them.
+    client_secret: Option<OkmBlock>,
+    server_secret: Option<OkmBlock>,
 }
 
 /// The end of the record that starts at `from`, if `buf` holds all of it; a header that
@@ -187,7 +238,13 @@ fn record_end(buf: &[u8], from: usize) -> Option<usize> {
 
 impl Handshaker {
     pub(super) fn new(config: Arc<ServerConfig>) -> Result<Self, rustls::Error> {
-        Ok(Self { conn: Box::new(UnbufferedServerConnection::new(config)?), fed: 0, blocked: true })
+        Ok(Self {
+            conn: Box::new(UnbufferedServerConnection::new(config)?),
+            fed: 0,
+            blocked: true,
+            client_secret: None,
+            server_secret: None,
+        })
     }
 
     /// Runs rustls over `incoming` (the client's bytes; what it consumed is removed from the
@@ -206,7 +263,12 @@ impl Handshaker {
         }
         loop {
             let fed = self.fed;
+            // Whatever a handshake before this one left unclaimed is not ours.
+            take_logged();
             let UnbufferedStatus { discard, state } = self.conn.process_tls_records(&mut incoming[..fed]);
+            let logged = take_logged();
+            self.client_secret = logged.client.or(self.client_secret.take());
+            self.server_secret = logged.server.or(self.server_secret.take());
             let step = match state {
                 Ok(ConnectionState::EncodeTlsData(mut enc)) => {
                     let at = out.len();
@@ -298,9 +360,18 @@ impl Handshaker {
     ) -> Result<Established, rustls::Error> {
         let resumed = self.conn.handshake_kind() == Some(HandshakeKind::Resumed);
         let alpn = self.conn.alpn_protocol().and_then(|p| alpn.iter().position(|a| a == p));
-        let (secrets, kernel) = (*self.conn).dangerous_into_kernel_connection()?;
+        let suite = self.conn.negotiated_cipher_suite().ok_or(rustls::Error::HandshakeNotComplete)?;
+        let traffic = match (suite, self.client_secret, self.server_secret) {
+            (SupportedCipherSuite::Tls13(suite), Some(client), Some(server)) => {
+                Some(TrafficSecrets { suite, client, server })
+            }
+            _ => None,
+        };
+        // rustls's own connection state goes (its key schedule included): the keys, their
+        // sequence numbers and the traffic secrets are all the record layer needs.
+        let (secrets, _) = (*self.conn).dangerous_into_kernel_connection()?;
         incoming.drain(..self.fed);
-        let session = Session::new(kernel, (secrets.tx.0, &secrets.tx.1), (secrets.rx.0, &secrets.rx.1))
+        let session = Session::new(suite, (secrets.tx.0, &secrets.tx.1), (secrets.rx.0, &secrets.rx.1), traffic)
             .map_err(|f| rustls::Error::General(f.why.into()))?;
         Ok(Established {
             session: Box::new(session),
@@ -323,7 +394,7 @@ pub async fn handshake(
     config: &Arc<ServerConfig>,
     hello: Vec<u8>,
     keep_secrets: bool,
-) -> Result<Established, HandshakeError> {
+) -> Result<Box<Established>, HandshakeError> {
     let mut hs = Handshaker::new(config.clone())?;
     let mut incoming = hello;
     let mut out = Vec::with_capacity(4096);
@@ -365,5 +436,6 @@ pub async fn handshake(
     }
     let mut est = hs.finish(incoming, &config.alpn_protocols, keep_secrets)?;
     est.pending = held;
-    Ok(est)
+    // Boxed: it moves through the connection's future (handshake, connect, relay) as a pointer.
+    Ok(Box::new(est))
 }

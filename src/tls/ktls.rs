@@ -130,10 +130,10 @@ fn crypto_info(
     version: Version,
     aead: Aead,
     dir: Direction,
-    secrets: &ConnectionTrafficSecrets,
+    key: &[u8],
+    iv: &[u8],
     seq: u64,
 ) -> Result<CryptoInfo, String> {
-    let (key, iv) = record::key_and_iv(secrets).ok_or("unsupported traffic secrets")?;
     let tls_version = match version {
         Version::Tls12 => libc::TLS_1_2_VERSION,
         Version::Tls13 => libc::TLS_1_3_VERSION,
@@ -159,8 +159,12 @@ fn crypto_info(
 pub(super) fn offload(client: &Socket, session: &Session, secrets: &rustls::ExtractedSecrets) -> Result<(), bool> {
     let (tx_seq, rx_seq) = session.seqs();
     let (version, aead) = (session.version(), session.aead());
-    let infos = crypto_info(version, aead, Direction::Tx, &secrets.tx.1, tx_seq)
-        .and_then(|tx| Ok((tx, crypto_info(version, aead, Direction::Rx, &secrets.rx.1, rx_seq)?)));
+    let info = |dir, s: &ConnectionTrafficSecrets, seq| {
+        let (key, iv) = record::key_and_iv(s).ok_or("unsupported traffic secrets")?;
+        crypto_info(version, aead, dir, key, iv, seq)
+    };
+    let infos =
+        info(Direction::Tx, &secrets.tx.1, tx_seq).and_then(|tx| Ok((tx, info(Direction::Rx, &secrets.rx.1, rx_seq)?)));
     let (tx, rx) = match infos {
         Ok(i) => i,
         Err(why) => {
@@ -190,13 +194,13 @@ pub(super) enum RekeyError {
 /// After our KeyUpdate went out (TLS 1.3), or the client's arrived: the next key of `dir` to
 /// the kernel. Kernels without TLS rekey support refuse.
 pub(super) fn rekey(client: &Socket, session: &mut Session, dir: Direction) -> Result<(), RekeyError> {
-    let (seq, secrets) = match dir {
-        Direction::Tx => session.next_tx_secrets(),
-        Direction::Rx => session.next_rx_secrets(),
+    let next = match dir {
+        Direction::Tx => session.next_tx_keys(),
+        Direction::Rx => session.next_rx_keys(),
     }
     .map_err(RekeyError::Fatal)?;
     let refused = |why: String| RekeyError::Refused(std::io::Error::new(std::io::ErrorKind::Unsupported, why));
-    let info = crypto_info(session.version(), session.aead(), dir, &secrets, seq).map_err(refused)?;
+    let info = crypto_info(session.version(), session.aead(), dir, next.key(), next.iv(), 0).map_err(refused)?;
     abi::set_crypto(client, dir, &info)
         .map_err(|e| refused(format!("the kernel refused the next TLS key (no TLS rekey support?): {e}")))
 }

@@ -124,8 +124,10 @@ pub fn server_config(
     config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
     // One ticket is enough for a proxy's clients to resume, and each costs an encryption.
     config.send_tls13_tickets = 1;
-    // The record layer after the handshake is ours (or the kernel's): tls::record.
+    // The record layer after the handshake is ours (or the kernel's): tls::record, with the
+    // keys rustls extracts and the traffic secrets its key log hands over (for KeyUpdates).
     config.enable_secret_extraction = true;
+    config.key_log = Arc::new(handshake::TrafficSecretsLog);
     // Our order of cipher suites, not the client's (see `provider`).
     config.ignore_client_order = true;
     Ok(Arc::new(config))

@@ -11,18 +11,18 @@
 //! alert or KeyUpdate (`decode_error`, `illegal_parameter`), TLS 1.3 warning alerts other than
 //! user_canceled (`decode_error`); BoringSSL's and rustls's limits on warning alerts (4), empty
 //! records in a row (32) and KeyUpdates without data in between (32). The peer's KeyUpdate turns
-//! its keys over ([`KernelConnection::update_rx_secret`]) and, when it asks, ours too, after a
-//! KeyUpdate of our own; so does a key that nears its confidentiality limit (TLS 1.3; a TLS 1.2
-//! connection is closed there, as rustls does).
+//! its keys over (RFC 8446 §7.2: the next traffic secret is HKDF-Expand-Label(secret,
+//! "traffic upd"), through the suite's own HKDF; [`TrafficSecrets`]) and, when it asks, ours too,
+//! after a KeyUpdate of our own; so does a key that nears its confidentiality limit (TLS 1.3; a
+//! TLS 1.2 connection is closed there, as rustls does).
 //!
 //! Nonces are rustls's: the write IV XORed with the sequence number, continuing from the
 //! sequence numbers rustls used during the handshake (TLS 1.2 AES-GCM sends the low 8 bytes of
 //! that nonce as its explicit part), so no nonce is used twice under one key.
 
 use aws_lc_rs::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
-use rustls::kernel::KernelConnection;
-use rustls::server::ServerConnectionData;
-use rustls::{ConnectionTrafficSecrets, ProtocolVersion, SupportedCipherSuite};
+use rustls::crypto::tls13::{HkdfExpander, OkmBlock};
+use rustls::{ConnectionTrafficSecrets, SupportedCipherSuite, Tls13CipherSuite};
 use std::fmt;
 
 /// A record header: type, version, length.
@@ -146,6 +146,11 @@ impl Keys {
             return Err(bad);
         }
         let (key, iv) = key_and_iv(secrets).ok_or(bad)?;
+        Self::from_raw(aead, key, iv, seq)
+    }
+
+    fn from_raw(aead: Aead, key: &[u8], iv: &[u8], seq: u64) -> Result<Self, Fatal> {
+        let bad = Fatal::alert(alert::INTERNAL_ERROR, "unusable traffic secrets");
         let key = UnboundKey::new(aead.algorithm(), key).map_err(|_| bad)?;
         let iv: [u8; 12] = iv.try_into().map_err(|_| bad)?;
         Ok(Self { key: LessSafeKey::new(key), iv, seq })
@@ -158,6 +163,67 @@ impl Keys {
             *b ^= s;
         }
         n
+    }
+}
+
+/// What TLS 1.3 KeyUpdates need: both directions' current application traffic secrets, and the
+/// suite (its HKDF and AEAD). rustls hands them over during the handshake
+/// (`CLIENT_TRAFFIC_SECRET_0`, `SERVER_TRAFFIC_SECRET_0`, see `handshake`).
+pub(crate) struct TrafficSecrets {
+    pub(crate) suite: &'static Tls13CipherSuite,
+    pub(crate) client: OkmBlock,
+    pub(crate) server: OkmBlock,
+}
+
+/// One direction's next key and IV, after a KeyUpdate (sequence numbers start again at 0).
+pub(crate) struct NextKeys {
+    key: [u8; 32],
+    key_len: usize,
+    iv: [u8; 12],
+}
+
+impl NextKeys {
+    pub(crate) fn key(&self) -> &[u8] {
+        &self.key[..self.key_len]
+    }
+
+    pub(crate) fn iv(&self) -> &[u8] {
+        &self.iv
+    }
+}
+
+impl Drop for NextKeys {
+    fn drop(&mut self) {
+        self.key.fill(0);
+    }
+}
+
+/// HKDF-Expand-Label(secret, label, "", out.len()) (RFC 8446 §7.1).
+fn expand_label(expander: &dyn HkdfExpander, label: &[u8], out: &mut [u8]) -> Result<(), Fatal> {
+    const PREFIX: &[u8] = b"tls13 ";
+    let len = (out.len() as u16).to_be_bytes();
+    let label_len = [(PREFIX.len() + label.len()) as u8];
+    let info: [&[u8]; 5] = [&len, &label_len, PREFIX, label, &[0]];
+    expander.expand_slice(&info, out).map_err(|_| Fatal::alert(alert::INTERNAL_ERROR, "key update failed"))
+}
+
+impl TrafficSecrets {
+    /// Turns the client's (`client`) or our traffic secret over; the new key and IV.
+    fn next(&mut self, client: bool) -> Result<NextKeys, Fatal> {
+        let hkdf = self.suite.hkdf_provider;
+        let current = if client { &mut self.client } else { &mut self.server };
+        let expander = hkdf.expander_for_okm(current);
+        let mut next = [0u8; OkmBlock::MAX_LEN];
+        let n = expander.hash_len().min(next.len());
+        expand_label(&*expander, b"traffic upd", &mut next[..n])?;
+        *current = OkmBlock::new(&next[..n]);
+        next.fill(0);
+        let expander = hkdf.expander_for_okm(current);
+        let key_len = self.suite.aead_alg.key_len().min(32);
+        let mut keys = NextKeys { key: [0; 32], key_len, iv: [0; 12] };
+        expand_label(&*expander, b"key", &mut keys.key[..key_len])?;
+        expand_label(&*expander, b"iv", &mut keys.iv)?;
+        Ok(keys)
     }
 }
 
@@ -190,8 +256,8 @@ pub(crate) struct Session {
     aead: Aead,
     tx: Keys,
     rx: Keys,
-    /// Computes the next traffic secrets on a KeyUpdate.
-    kernel: KernelConnection<ServerConnectionData>,
+    /// The traffic secrets a KeyUpdate turns over (TLS 1.3).
+    secrets: Option<TrafficSecrets>,
     /// Records one key may protect (the suite's confidentiality limit).
     limit: u64,
     /// A TLS 1.3 handshake message begun in an earlier record (only a KeyUpdate is legal, 5 bytes).
@@ -226,31 +292,29 @@ const EMPTY_RECORDS: u8 = 32;
 const KEY_UPDATES: u8 = 32;
 
 impl Session {
-    /// The record layer for the secrets rustls extracted: `tx`/`rx` with the sequence number of
-    /// the next record each way.
+    /// The record layer for the keys rustls extracted: `tx`/`rx` with the sequence number of
+    /// the next record each way; `secrets` for KeyUpdates (TLS 1.3; required there).
     pub(crate) fn new(
-        kernel: KernelConnection<ServerConnectionData>,
+        suite: SupportedCipherSuite,
         tx: (u64, &ConnectionTrafficSecrets),
         rx: (u64, &ConnectionTrafficSecrets),
+        secrets: Option<TrafficSecrets>,
     ) -> Result<Self, Fatal> {
-        let version = match kernel.protocol_version() {
-            ProtocolVersion::TLSv1_3 => Version::Tls13,
-            ProtocolVersion::TLSv1_2 => Version::Tls12,
-            _ => return Err(Fatal::alert(alert::INTERNAL_ERROR, "unsupported protocol version")),
+        let (version, limit) = match suite {
+            SupportedCipherSuite::Tls13(s) => (Version::Tls13, s.common.confidentiality_limit),
+            SupportedCipherSuite::Tls12(s) => (Version::Tls12, s.common.confidentiality_limit),
         };
-        let aead = Aead::of(tx.1).ok_or(Fatal::alert(alert::INTERNAL_ERROR, "unsupported AEAD"))?;
-        let limit = match kernel.negotiated_cipher_suite() {
-            SupportedCipherSuite::Tls13(s) => s.common.confidentiality_limit,
-            SupportedCipherSuite::Tls12(s) => s.common.confidentiality_limit,
+        if version == Version::Tls13 && secrets.is_none() {
+            return Err(Fatal::alert(alert::INTERNAL_ERROR, "no traffic secrets for TLS 1.3"));
         }
-        .min(SEQ_SOFT_LIMIT);
+        let aead = Aead::of(tx.1).ok_or(Fatal::alert(alert::INTERNAL_ERROR, "unsupported AEAD"))?;
         Ok(Self {
             version,
             aead,
             tx: Keys::new(aead, tx.1, tx.0)?,
             rx: Keys::new(aead, rx.1, rx.0)?,
-            kernel,
-            limit,
+            secrets: if version == Version::Tls13 { secrets } else { None },
+            limit: limit.min(SEQ_SOFT_LIMIT),
             partial: [0; 4],
             partial_len: 0,
             warnings_left: WARNINGS,
@@ -434,8 +498,8 @@ impl Session {
             return Err(Fatal::alert(alert::INTERNAL_ERROR, "key update outside TLS 1.3"));
         }
         self.seal_into(content::HANDSHAKE, &KEY_UPDATE_NOT_REQUESTED, out)?;
-        let (seq, secrets) = self.next_tx_secrets()?;
-        self.tx = Keys::new(self.aead, &secrets, seq)?;
+        let next = self.next_tx_keys()?;
+        self.tx = Keys::from_raw(self.aead, next.key(), next.iv(), 0)?;
         Ok(())
     }
 
@@ -527,23 +591,23 @@ impl Session {
                 // requests in between, as rustls does, so that a client sending many never
                 // gets more KeyUpdates in a row than it allows (32, like BoringSSL).
                 self.tx_update_requested |= requested;
-                let (seq, secrets) = self.next_rx_secrets()?;
-                self.rx = Keys::new(self.aead, &secrets, seq)?;
+                let next = self.next_rx_keys()?;
+                self.rx = Keys::from_raw(self.aead, next.key(), next.iv(), 0)?;
                 Ok(Event::Nothing)
             }
         }
     }
 
-    /// The client's next traffic secrets, after its KeyUpdate.
-    pub(crate) fn next_rx_secrets(&mut self) -> Result<(u64, ConnectionTrafficSecrets), Fatal> {
+    /// The client's next key and IV, after its KeyUpdate.
+    pub(crate) fn next_rx_keys(&mut self) -> Result<NextKeys, Fatal> {
         self.rekeyed = true;
-        self.kernel.update_rx_secret().map_err(|_| Fatal::alert(alert::INTERNAL_ERROR, "key update failed"))
+        self.secrets.as_mut().ok_or(Fatal::alert(alert::INTERNAL_ERROR, "key update outside TLS 1.3"))?.next(true)
     }
 
-    /// Our next traffic secrets, for our KeyUpdate.
-    pub(crate) fn next_tx_secrets(&mut self) -> Result<(u64, ConnectionTrafficSecrets), Fatal> {
+    /// Our next key and IV, for our KeyUpdate.
+    pub(crate) fn next_tx_keys(&mut self) -> Result<NextKeys, Fatal> {
         self.rekeyed = true;
-        self.kernel.update_tx_secret().map_err(|_| Fatal::alert(alert::INTERNAL_ERROR, "key update failed"))
+        self.secrets.as_mut().ok_or(Fatal::alert(alert::INTERNAL_ERROR, "key update outside TLS 1.3"))?.next(false)
     }
 
     /// The limit on records under one key (the suite's confidentiality limit).

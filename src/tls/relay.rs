@@ -113,6 +113,10 @@ impl Out {
             }
             n -= take;
         }
+        if self.segs.is_empty() {
+            // An idle connection keeps no queue.
+            self.segs = VecDeque::new();
+        }
         Ok(sent)
     }
 }
@@ -196,8 +200,8 @@ impl Shared<'_> {
 /// directions are closed (see the module docs). `idle` closes both with no traffic either way.
 /// With the traffic secrets kept ([`Established`] made for kernel TLS), the connection goes to
 /// kernel TLS when it can ([`ktls`]), else stays with the user-space record layer.
-pub async fn relay(client: &Socket, est: Established, backend: &Socket, idle: Duration) -> Relayed {
-    let Established { session, leftover, secrets, mut pending, .. } = est;
+pub async fn relay(client: &Socket, est: Box<Established>, backend: &Socket, idle: Duration) -> Relayed {
+    let Established { session, leftover, secrets, mut pending, .. } = *est;
     let s = Shared {
         pair: Pair::new(client, backend),
         client,
