@@ -499,3 +499,64 @@ fn each_handshake_failure_has_its_drop_reason() {
     // None of them is below_min_tls any more: that is passthrough's (and the hello parser's).
     assert_eq!(dropped(admin, "below_min_tls"), 0);
 }
+
+// ---- kernel TLS ----------------------------------------------------------------------------
+
+/// Whether this kernel offers TLS (the probe the binary makes: `TCP_ULP "tls"` on a fresh TCP
+/// socket answers ENOTCONN where the module is there, ENOENT where it is not).
+fn kernel_has_tls() -> bool {
+    let out = Command::new("python3")
+        .args(["-c", "import socket\ns=socket.socket()\ntry:\n  s.setsockopt(socket.SOL_TCP, 31, b'tls')\n  print('yes')\nexcept OSError as e:\n  print('yes' if e.errno == 107 else 'no')"])
+        .output()
+        .expect("python3");
+    String::from_utf8_lossy(&out.stdout).trim() == "yes"
+}
+
+/// `ktls = "on"` is refused by `check` on a kernel without TLS, naming the key and the reason;
+/// `"auto"` starts, says once at start what it found, and serves terminated connections either
+/// way (in user space here), KeyUpdate included.
+#[test]
+fn ktls_is_detected_at_start_and_skipped_where_the_kernel_lacks_it() {
+    let site = Site::new();
+    let origin = bulk_origin();
+    let has_tls = kernel_has_tls();
+    let toml = |mode: &str| {
+        format!(
+            "[runtime]\nktls = \"{mode}\"\n[[listener]]\naddress = \"127.0.0.1:{}\"\n\
+             [[route]]\nname = \"shop\"\nsni = [\"{NAME}\"]\naction = \"terminate\"\n{}backends = [\"{origin}\"]\n",
+            free_port(),
+            site.cert_lines(NAME)
+        )
+    };
+    let on = config_file(&toml("on"));
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_sni-dispatch")).args(["check", "--config"]).arg(&on.path).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if has_tls {
+        assert!(out.status.success(), "{text}");
+    } else {
+        assert_eq!(out.status.code(), Some(1), "{text}");
+        assert!(text.contains("runtime.ktls") && text.contains("kernel TLS"), "{text}");
+    }
+    let auto = config_file(&toml("auto"));
+    let text = std::fs::read_to_string(&auto.path).unwrap();
+    let port: u16 = text.split("127.0.0.1:").nth(1).unwrap().split('"').next().unwrap().parse().unwrap();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let proc = spawn_binary(&auto, &["--workers", "1"], addr);
+    let expected = if has_tls { "kernel TLS is available" } else { "kernel TLS unavailable" };
+    assert!(wait_until(Duration::from_secs(10), || proc.stderr().contains(expected)), "{}", proc.stderr());
+    assert_eq!(proc.stderr().matches("kernel TLS").count(), 1, "logged once: {}", proc.stderr());
+    let mut tls = tls_connect(&site, addr, NAME);
+    tls.write_all(b"down 1048576 9\n").unwrap();
+    tls.flush().unwrap();
+    tls.conn.refresh_traffic_keys().unwrap();
+    let (mut stream, mut scratch, mut buf) = (Stream::new(9), Vec::new(), vec![0u8; 1 << 16]);
+    loop {
+        let n = tls.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        assert!(stream.verify(&buf[..n], &mut scratch));
+    }
+    assert_eq!(stream.position(), 1 << 20);
+}
