@@ -8,7 +8,7 @@
 //! message and is classified here; the client's KeyUpdate gives the kernel the next receive key
 //! (and, when asked, ours: our KeyUpdate first, then the next send key), which needs a kernel
 //! with TLS 1.3 rekey support (Linux 6.14 and later); an older kernel refuses the second
-//! `setsockopt` and the connection is closed (counted as `relay_errors{cause="tls"}`).
+//! `setsockopt` and the connection is closed (counted as `relay_errors{cause="ktls"}`).
 //!
 //! Detection: [`available`] tries `TCP_ULP "tls"` once per process on a fresh socket
 //! (`ENOTCONN` means the module is there) and logs the answer once. `ktls = "auto"` uses
