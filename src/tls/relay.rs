@@ -144,6 +144,16 @@ fn tls_error(f: Fatal) -> io::Error {
 }
 
 impl Shared<'_> {
+    /// `n` bytes read from the back end for the client: the idle watchdog, the time of the
+    /// first byte, the count.
+    fn read_from_backend(&self, n: usize) {
+        self.pair.touch();
+        if self.first_to_client.get().is_none() {
+            self.first_to_client.set(Some(Instant::now()));
+        }
+        self.to_client.set(self.to_client.get() + n as u64);
+    }
+
     /// Sends everything queued for the client, waiting for room as needed; returns once the
     /// queue is empty (whoever queued it).
     async fn flush(&self) -> io::Result<()> {
@@ -485,6 +495,32 @@ async fn backend_to_client(s: &Shared<'_>) -> io::Result<()> {
     result
 }
 
+/// The back end's next bytes, in a record buffer taken only once the back end is readable
+/// (nothing is held while it is idle): `read` reads into the buffer. `ready` (the last read
+/// filled its buffer: more is queued) and `hup` (the back end's FIN was seen: the next reads
+/// return the rest, then 0) skip the wait for readiness; a read that would block clears both.
+async fn read_backend(
+    s: &Shared<'_>,
+    ready: &mut bool,
+    hup: &mut bool,
+    mut read: impl FnMut(&mut RecordBuf) -> io::Result<usize>,
+) -> io::Result<(RecordBuf, usize)> {
+    loop {
+        if !*ready && !*hup {
+            *hup = s.backend.poll(POLLIN | POLLRDHUP).await? & (POLLRDHUP | POLLHUP) != 0;
+        }
+        let mut buf = RecordBuf::take();
+        match read(&mut buf) {
+            Ok(n) => return Ok((buf, n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                *ready = false;
+                *hup = false;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 async fn backend_to_client_inner(s: &Shared<'_>) -> io::Result<()> {
     let (prefix, suffix) = {
         let session = s.session.borrow();
@@ -495,26 +531,14 @@ async fn backend_to_client_inner(s: &Shared<'_>) -> io::Result<()> {
     // return the rest, then 0). Either way, read without waiting for readiness.
     let (mut ready, mut hup) = (false, false);
     loop {
-        if !ready && !hup {
-            hup = s.backend.poll(POLLIN | POLLRDHUP).await? & (POLLRDHUP | POLLHUP) != 0;
-        }
-        let mut buf = RecordBuf::take();
-        let read = {
+        let (mut buf, n) = read_backend(s, &mut ready, &mut hup, |buf| {
             let mut iov: [IoSliceMut<'_>; RECORDS] = std::array::from_fn(|_| IoSliceMut::new(&mut []));
             for (v, slot) in iov.iter_mut().zip(buf.chunks_mut(stride)) {
                 *v = IoSliceMut::new(&mut slot[prefix..prefix + MAX_PLAINTEXT]);
             }
             s.backend.try_recv_vectored(&mut iov)
-        };
-        let n = match read {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                ready = false;
-                hup = false;
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
+        })
+        .await?;
         if n == 0 {
             drop(buf);
             let mut ctl = Vec::new();
@@ -530,11 +554,7 @@ async fn backend_to_client_inner(s: &Shared<'_>) -> io::Result<()> {
             s.pair.end_of_stream(s.client);
             return Ok(());
         }
-        s.pair.touch();
-        if s.first_to_client.get().is_none() {
-            s.first_to_client.set(Some(Instant::now()));
-        }
-        s.to_client.set(s.to_client.get() + n as u64);
+        s.read_from_backend(n);
         ready = n == RECORDS * MAX_PLAINTEXT;
         let records = n.div_ceil(MAX_PLAINTEXT);
         let mut ctl = Vec::new();
@@ -672,19 +692,7 @@ async fn ktls_backend_to_client_inner(s: &Shared<'_>) -> io::Result<()> {
     let mut records = s.session.borrow().seqs().0;
     let (mut ready, mut hup) = (false, false);
     loop {
-        if !ready && !hup {
-            hup = s.backend.poll(POLLIN | POLLRDHUP).await? & (POLLRDHUP | POLLHUP) != 0;
-        }
-        let mut buf = RecordBuf::take();
-        let n = match s.backend.try_recv(&mut buf) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                ready = false;
-                hup = false;
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
+        let (buf, n) = read_backend(s, &mut ready, &mut hup, |buf| s.backend.try_recv(buf)).await?;
         if n == 0 {
             drop(buf);
             let open = !s.session.borrow().is_closed();
@@ -695,11 +703,7 @@ async fn ktls_backend_to_client_inner(s: &Shared<'_>) -> io::Result<()> {
             s.pair.end_of_stream(s.client);
             return Ok(());
         }
-        s.pair.touch();
-        if s.first_to_client.get().is_none() {
-            s.first_to_client.set(Some(Instant::now()));
-        }
-        s.to_client.set(s.to_client.get() + n as u64);
+        s.read_from_backend(n);
         ready = n == buf.len();
         let (version, limit) = {
             let session = s.session.borrow();
