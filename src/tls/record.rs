@@ -418,7 +418,9 @@ impl Session {
         }
         let nonce = self.tx.nonce();
         let body_len = (total - HEADER) as u16;
-        let (tag, sealed_end) = match self.version {
+        // The additional data (the TLS 1.3 record header, or TLS 1.2's 13 bytes) and the range
+        // the AEAD seals.
+        let (aad, aad_len, sealed) = match self.version {
             Version::Tls13 => {
                 rec[..HEADER].copy_from_slice(&[
                     content::APPLICATION_DATA,
@@ -428,36 +430,28 @@ impl Session {
                     body_len as u8,
                 ]);
                 rec[HEADER + len] = typ;
-                let aad = [content::APPLICATION_DATA, 3, 3, (body_len >> 8) as u8, body_len as u8];
-                let tag = self
-                    .tx
-                    .key
-                    .seal_in_place_separate_tag(
-                        Nonce::assume_unique_for_key(nonce),
-                        Aad::from(aad),
-                        &mut rec[HEADER..HEADER + len + 1],
-                    )
-                    .map_err(|_| Fatal::alert(alert::INTERNAL_ERROR, "encryption failed"))?;
-                (tag, HEADER + len + 1)
+                let mut aad = [0u8; 13];
+                aad[..HEADER].copy_from_slice(&rec[..HEADER]);
+                (aad, HEADER, HEADER..HEADER + len + 1)
             }
             Version::Tls12 => {
                 rec[..HEADER].copy_from_slice(&[typ, 3, 3, (body_len >> 8) as u8, body_len as u8]);
                 if prefix > HEADER {
                     rec[HEADER..prefix].copy_from_slice(&nonce[4..]);
                 }
-                let aad = tls12_aad(self.tx.seq, typ, [3, 3], len);
-                let tag = self
-                    .tx
-                    .key
-                    .seal_in_place_separate_tag(
-                        Nonce::assume_unique_for_key(nonce),
-                        Aad::from(aad),
-                        &mut rec[prefix..prefix + len],
-                    )
-                    .map_err(|_| Fatal::alert(alert::INTERNAL_ERROR, "encryption failed"))?;
-                (tag, prefix + len)
+                (tls12_aad(self.tx.seq, typ, [3, 3], len), 13, prefix..prefix + len)
             }
         };
+        let sealed_end = sealed.end;
+        let tag = self
+            .tx
+            .key
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(&aad[..aad_len]),
+                &mut rec[sealed],
+            )
+            .map_err(|_| Fatal::alert(alert::INTERNAL_ERROR, "encryption failed"))?;
         rec[sealed_end..sealed_end + TAG].copy_from_slice(tag.as_ref());
         self.tx.seq += 1;
         Ok(total)
