@@ -7,7 +7,7 @@
 //! count per value of a [`Label`] enum (drop reasons, connect-failure causes, …), indexed by the
 //! enum's discriminant, so bumping a labelled counter is an array increment.
 
-use super::labels::{AcceptCause, ConnectCause, Direction, DropReason, RelayCause, RelayKind};
+use super::labels::{AcceptCause, ConnectCause, Direction, DropReason, HandoffCause, RelayCause, RelayKind};
 use crate::route::Match;
 use std::fmt;
 use std::marker::PhantomData;
@@ -201,6 +201,14 @@ counter_set! {
     access_log_lines: u64 => Counter "access_log_lines_total" "Access-log lines handed to the writer.";
     access_log_dropped: u64 => Counter "access_log_dropped_lines_total"
         "Access-log lines lost because the writer fell behind.";
+    /// Connections received on hand-off listeners (each then counted like an accepted one).
+    handoffs_received: u64 => Counter "handoffs_received_total"
+        "Connections handed over by another sni-dispatch on a hand-off listener.";
+    handoffs_rejected: tally(HandoffCause) => Counter "handoffs_rejected_total"
+        "Hand-off channels or messages refused by a hand-off listener, by cause.";
+    /// Passive ejections: a worker set a back end aside after `eject_after` failures in a row.
+    backend_ejections: u64 => Counter "backend_ejections_total"
+        "Times a worker set a back end aside after eject_after failed connects in a row.";
 }
 
 impl Counters {

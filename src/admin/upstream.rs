@@ -1,0 +1,218 @@
+//! The routes' and back ends' figures ([`crate::backend::Pools`]) in `/metrics` (families with a
+//! `backend` or `route` label; connect latencies as Prometheus histograms) and in `/stats`
+//! (`backends`, `routes`).
+
+use crate::backend::pool::BUCKETS_S;
+use crate::backend::{BackendSnapshot, Hist, Pools, RouteSnapshot};
+use crate::config::Config;
+use crate::metrics::{CheckResult, ConnectCause, DropReason};
+use serde_json::{json, Map, Value};
+use std::fmt::Write as _;
+
+use super::render::PREFIX;
+
+/// One route as the readers see it.
+pub struct RouteView {
+    pub name: String,
+    pub action: &'static str,
+    pub balance: &'static str,
+    /// Its back ends: snapshot, weight, backup.
+    pub backends: Vec<(BackendSnapshot, u32, bool)>,
+    /// `None` until its first connection.
+    pub stats: Option<RouteSnapshot>,
+}
+
+/// Every route (in configuration order) with its back ends' figures; `limit` routes at most.
+pub fn routes(cfg: &Config, limit: usize) -> Vec<RouteView> {
+    cfg.table
+        .routes()
+        .iter()
+        .enumerate()
+        .take(limit)
+        .map(|(i, r)| {
+            let id = crate::route::RouteId(i as u32);
+            RouteView {
+                name: r.name.clone(),
+                action: r.action.as_str(),
+                balance: r.upstream.balance.as_str(),
+                backends: cfg.pools.route_backends(id).map(|(b, w, backup)| (b.snapshot(), w, backup)).collect(),
+                stats: cfg.pools.route_stats_if_used(id).map(|s| s.snapshot()),
+            }
+        })
+        .collect()
+}
+
+/// Every back end once (back ends shared by routes appear once).
+pub fn backends(pools: &Pools) -> Vec<BackendSnapshot> {
+    pools.backends().map(|b| b.snapshot()).collect()
+}
+
+fn esc(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {PREFIX}{name} {help}");
+    let _ = writeln!(out, "# TYPE {PREFIX}{name} {kind}");
+}
+
+fn histogram(out: &mut String, name: &str, label: &str, value: &str, h: &Hist) {
+    let mut cum = 0u64;
+    for (i, le) in BUCKETS_S.iter().enumerate() {
+        cum += h.buckets[i];
+        let _ = writeln!(out, "{PREFIX}{name}_bucket{{{label}=\"{value}\",le=\"{le}\"}} {cum}");
+    }
+    let _ = writeln!(out, "{PREFIX}{name}_bucket{{{label}=\"{value}\",le=\"+Inf\"}} {}", h.count());
+    let _ = writeln!(out, "{PREFIX}{name}_sum{{{label}=\"{value}\"}} {}", h.sum_ns as f64 / 1e9);
+    let _ = writeln!(out, "{PREFIX}{name}_count{{{label}=\"{value}\"}} {}", h.count());
+}
+
+/// Appends the per-back-end and per-route families to a Prometheus exposition.
+pub fn prometheus(cfg: &Config, out: &mut String) {
+    let backs = backends(&cfg.pools);
+    let rows = |out: &mut String, name: &str, kind: &str, help: &str, f: &dyn Fn(&BackendSnapshot) -> u64| {
+        header(out, name, kind, help);
+        for b in &backs {
+            let _ = writeln!(out, "{PREFIX}{name}{{backend=\"{}\"}} {}", esc(&b.target), f(b));
+        }
+    };
+    rows(
+        out,
+        "backend_up",
+        "gauge",
+        "1 while the back end's health checks say up (always without checks), else 0.",
+        &|b| u64::from(b.up),
+    );
+    rows(out, "backend_connections_open", "gauge", "Connections open to the back end now.", &|b| b.active);
+    rows(out, "backend_connections_total", "counter", "Connections made (or handed off) to the back end.", &|b| {
+        b.connections
+    });
+    rows(
+        out,
+        "backend_ejected_workers",
+        "gauge",
+        "Workers that have the back end set aside now (passive ejection).",
+        &|b| b.ejected_by,
+    );
+    rows(out, "backend_ejections_total", "counter", "Times a worker set the back end aside.", &|b| b.ejections);
+    header(out, "backend_failures_total", "counter", "Failed connects (or hand-offs) to the back end, by cause.");
+    for b in &backs {
+        for c in ConnectCause::ALL {
+            let _ = writeln!(
+                out,
+                "{PREFIX}backend_failures_total{{backend=\"{}\",cause=\"{}\"}} {}",
+                esc(&b.target),
+                c.as_str(),
+                b.failures[*c as usize]
+            );
+        }
+    }
+    header(out, "backend_checks_total", "counter", "Active health checks of the back end, by result.");
+    for b in backs.iter().filter(|b| b.checked) {
+        for (r, n) in &b.checks {
+            let _ = writeln!(
+                out,
+                "{PREFIX}backend_checks_total{{backend=\"{}\",result=\"{}\"}} {n}",
+                esc(&b.target),
+                r.as_str()
+            );
+        }
+    }
+    header(
+        out,
+        "backend_connect_duration_seconds",
+        "histogram",
+        "Connect (or hand-off) time of successful attempts, per back end.",
+    );
+    for b in &backs {
+        histogram(out, "backend_connect_duration_seconds", "backend", &esc(&b.target), &b.connect);
+    }
+    let views = routes(cfg, usize::MAX);
+    let used: Vec<(&RouteView, &RouteSnapshot)> =
+        views.iter().filter_map(|v| v.stats.as_ref().map(|s| (v, s))).collect();
+    header(out, "route_connections_total", "counter", "Connections routed to the route (routes that had one).");
+    for (v, s) in &used {
+        let _ = writeln!(out, "{PREFIX}route_connections_total{{route=\"{}\"}} {}", esc(&v.name), s.connections);
+    }
+    header(out, "route_connections_open", "gauge", "Connections of the route open now.");
+    for (v, s) in &used {
+        let _ = writeln!(out, "{PREFIX}route_connections_open{{route=\"{}\"}} {}", esc(&v.name), s.open);
+    }
+    header(out, "route_dropped_total", "counter", "Connections of the route dropped after routing, by reason.");
+    for (v, s) in &used {
+        for r in DropReason::ALL.iter().filter(|r| s.dropped[**r as usize] > 0) {
+            let _ = writeln!(
+                out,
+                "{PREFIX}route_dropped_total{{route=\"{}\",reason=\"{}\"}} {}",
+                esc(&v.name),
+                r.as_str(),
+                s.dropped[*r as usize]
+            );
+        }
+    }
+    header(
+        out,
+        "route_connect_duration_seconds",
+        "histogram",
+        "Routed to back end connected (or handed off), per route.",
+    );
+    for (v, s) in &used {
+        histogram(out, "route_connect_duration_seconds", "route", &esc(&v.name), &s.connect);
+    }
+}
+
+fn latency_json(h: &Hist) -> Value {
+    json!({ "count": h.count(), "sum": h.sum_ns as f64 / 1e9, "p50": h.quantile(0.5), "p99": h.quantile(0.99) })
+}
+
+/// A back end in `/stats`.
+pub fn backend_json(b: &BackendSnapshot) -> Value {
+    let failures: Map<String, Value> = ConnectCause::ALL
+        .iter()
+        .filter(|c| b.failures[**c as usize] > 0)
+        .map(|c| (c.as_str().to_owned(), b.failures[*c as usize].into()))
+        .collect();
+    let checks: Map<String, Value> = b.checks.iter().map(|(r, n)| (r.as_str().to_owned(), (*n).into())).collect();
+    json!({
+        "backend": b.target,
+        "state": b.state(),
+        "up": b.up,
+        "connections_open": b.active,
+        "connections": b.connections,
+        "failures": failures,
+        "ejections": b.ejections,
+        "ejected_workers": b.ejected_by,
+        "health_checked": b.checked,
+        "checks": if b.checked { Value::Object(checks) } else { Value::Null },
+        "last_check": b.last_check.map(CheckResult::as_str),
+        "downs": b.downs,
+        "connect": latency_json(&b.connect),
+    })
+}
+
+/// `/stats`' `backends` and `routes`.
+pub fn stats_json(cfg: &Config) -> (Value, Value) {
+    let backs: Vec<Value> = backends(&cfg.pools).iter().map(backend_json).collect();
+    let routes: Vec<Value> = routes(cfg, usize::MAX)
+        .iter()
+        .map(|v| {
+            let s = v.stats.clone().unwrap_or_default();
+            let dropped: Map<String, Value> = DropReason::ALL
+                .iter()
+                .filter(|r| s.dropped[**r as usize] > 0)
+                .map(|r| (r.as_str().to_owned(), s.dropped[*r as usize].into()))
+                .collect();
+            json!({
+                "route": v.name,
+                "action": v.action,
+                "balance": v.balance,
+                "backends": v.backends.iter().map(|(b, w, backup)| json!({ "backend": b.target, "weight": w, "backup": backup, "state": b.state() })).collect::<Vec<_>>(),
+                "connections": s.connections,
+                "connections_open": s.open,
+                "dropped": dropped,
+                "connect": latency_json(&s.connect),
+            })
+        })
+        .collect();
+    (Value::Array(backs), Value::Array(routes))
+}
