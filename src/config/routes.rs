@@ -108,10 +108,11 @@ pub(super) fn resolve_route(r: RouteFile, key: &str, base: &Path, errors: &mut V
         );
     }
     let defaults = Eject::default();
+    let base_ms = r.eject_ms.unwrap_or(defaults.base_ms);
     let eject = Eject {
         after: r.eject_after.unwrap_or(defaults.after),
-        base_ms: r.eject_ms.unwrap_or(defaults.base_ms),
-        max_ms: r.eject_max_ms.unwrap_or(defaults.max_ms),
+        base_ms,
+        max_ms: r.eject_max_ms.unwrap_or(defaults.max_ms.max(base_ms)),
     };
     if eject.base_ms == 0 {
         bad("eject_ms", "must be greater than 0".into());

@@ -72,7 +72,7 @@ impl Server {
     /// Binds every listener (port 0 becomes one port shared by all workers), starts the workers
     /// and returns once each has its ring.
     pub fn start(config: Config) -> Result<Self, ServeError> {
-        if config.listeners.is_empty() {
+        if config.listeners.is_empty() && config.handoff.is_empty() {
             return Err(ServeError::NoListeners);
         }
         let rt = config.runtime.clone();
