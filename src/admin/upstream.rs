@@ -22,12 +22,17 @@ pub struct RouteView {
     pub stats: Option<RouteSnapshot>,
 }
 
-/// Every route (in configuration order) with its back ends' figures; `limit` routes at most.
+/// Routes listed whatever their traffic; beyond them only routes that had a connection.
+pub const LISTED_ROUTES: usize = 1000;
+
+/// The routes (in configuration order) with their back ends' figures: the first `limit`, and
+/// beyond [`LISTED_ROUTES`] only those that had a connection.
 pub fn routes(cfg: &Config, limit: usize) -> Vec<RouteView> {
     cfg.table
         .routes()
         .iter()
         .enumerate()
+        .filter(|(i, _)| *i < LISTED_ROUTES || cfg.pools.route_stats_if_used(crate::route::RouteId(*i as u32)).is_some())
         .take(limit)
         .map(|(i, r)| {
             let id = crate::route::RouteId(i as u32);

@@ -30,8 +30,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// How often the thread looks for checks that are due.
-const TICK: Duration = Duration::from_millis(25);
+/// The longest the thread sleeps (how soon it sees a new configuration or the stop).
+const TICK: Duration = Duration::from_millis(100);
 
 impl Checker {
     /// Starts the thread (pinned to `cpu` if given) with nothing to check yet.
@@ -119,6 +119,7 @@ async fn run(targets: Arc<Mutex<Vec<Arc<Shared>>>>, stop: Arc<AtomicBool>) {
                 record(st, result);
             }
         }
+        let now = Instant::now();
         for (&key, st) in states.iter_mut() {
             if st.running || st.due > now {
                 continue;
@@ -132,7 +133,19 @@ async fn run(targets: Arc<Mutex<Vec<Arc<Shared>>>>, stop: Arc<AtomicBool>) {
                 let _ = done.send((key, r));
             });
         }
-        tokio::time::sleep(TICK).await;
+        // Sleep until the next check is due (or a result comes in), at most a tick.
+        let next = states.values().filter(|s| !s.running).map(|s| s.due).min().unwrap_or(now + TICK).min(now + TICK);
+        tokio::select! {
+            () = tokio::time::sleep_until(tokio::time::Instant::from_std(next)) => {}
+            got = done_rx.recv() => {
+                if let Some((key, result)) = got {
+                    if let Some(st) = states.get_mut(&key) {
+                        st.running = false;
+                        record(st, result);
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -207,7 +207,7 @@ counter_set! {
     handoffs_rejected: tally(HandoffCause) => Counter "handoffs_rejected_total"
         "Hand-off channels or messages refused by a hand-off listener, by cause.";
     /// Passive ejections: a worker set a back end aside after `eject_after` failures in a row.
-    backend_ejections: u64 => Counter "backend_ejections_total"
+    backend_ejections: u64 => Counter "ejections_total"
         "Times a worker set a back end aside after eject_after failed connects in a row.";
 }
 
