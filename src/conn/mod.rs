@@ -193,7 +193,7 @@ async fn run(res: &Resources, cfg: &Config, conn: &Accepted, t: &mut Trace) -> O
         // Boxed: the TLS state machine would otherwise make every connection's task (passthrough
         // included) several KiB larger, and each task is memcpy'd when it is spawned.
         crate::route::Action::Terminate(tls) => {
-            Box::pin(terminate::run(res, cfg, route, tls, conn, routed.id, routed.first, t)).await
+            Box::pin(terminate::run(res, cfg, route, tls, conn, routed, t)).await
         }
     }
 }

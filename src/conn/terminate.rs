@@ -18,10 +18,10 @@ pub(super) async fn run(
     route: &Route,
     material: &TlsMaterial,
     conn: &Accepted,
-    id: crate::route::RouteId,
-    hello: Vec<u8>,
+    routed: super::Routed,
     t: &mut Trace,
 ) -> Outcome {
+    let (id, hello) = (routed.id, routed.first);
     let rt = &cfg.runtime;
     let client = &conn.client;
     let hs = tokio::time::timeout(
