@@ -269,9 +269,9 @@ fn families(text: &str) -> Families {
             sample.trim_end_matches("_count"),
             sample.trim_end_matches("_bucket"),
         ]
-            .into_iter()
-            .find(|f| fams.contains_key(*f))
-            .unwrap_or_else(|| panic!("sample {sample} of no # TYPE family"));
+        .into_iter()
+        .find(|f| fams.contains_key(*f))
+        .unwrap_or_else(|| panic!("sample {sample} of no # TYPE family"));
         let entry = fams.get_mut(family).unwrap();
         if let Some((labels, _)) = line.split_once('{').and_then(|(_, r)| r.split_once('}')) {
             for pair in labels.split(',').filter(|p| !p.is_empty()) {

@@ -6,7 +6,9 @@
 //! load ([`hello`] shapes ClientHellos, [`dist`] draws names, [`co`] paces open loops; [`idle`]
 //! holds idle connections), [`procstat`] reads CPU time, RSS and descriptors, [`counts`] counts
 //! system calls, io_uring submissions, wake-ups and TCP segments, [`report`] and [`plot`] write the
-//! results; [`scaling`] places the workers, load generators and back ends of scaling runs.
+//! results; [`scaling`] places the workers, load generators and back ends of scaling runs;
+//! [`topology`] measures the edge topology (a pool with a back end killed, the hand-off, unix
+//! back ends) with processes of its own.
 
 pub mod backends;
 pub mod certs;
@@ -23,4 +25,5 @@ pub mod runner;
 pub mod scaling;
 pub mod suite;
 pub mod targets;
+pub mod topology;
 pub mod workloads;

@@ -19,6 +19,9 @@ struct Cli {
 enum Cmd {
     /// Run a suite: start the back ends and the targets, run the workloads, report.
     Suite(Options),
+    /// Measure the edge topology: a pool with a back end killed under load (pool), the hand-off
+    /// to a local terminator against passthrough (handoff), unix-socket back ends (unix).
+    Topology(sni_loadtest::topology::Options),
     /// Write the dispatcher, HAProxy and nginx configs a suite generates into DIR, and exit.
     Configs {
         file: PathBuf,
@@ -45,6 +48,13 @@ fn main() {
                 }
             }
         }
+        Cmd::Topology(o) => match sni_loadtest::topology::run(&o) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: {e}");
+                2
+            }
+        },
         Cmd::Configs { file, out } => match runner::write_configs(&file, &out) {
             Ok(()) => 0,
             Err(e) => {

@@ -32,7 +32,9 @@ pub fn routes(cfg: &Config, limit: usize) -> Vec<RouteView> {
         .routes()
         .iter()
         .enumerate()
-        .filter(|(i, _)| *i < LISTED_ROUTES || cfg.pools.route_stats_if_used(crate::route::RouteId(*i as u32)).is_some())
+        .filter(|(i, _)| {
+            *i < LISTED_ROUTES || cfg.pools.route_stats_if_used(crate::route::RouteId(*i as u32)).is_some()
+        })
         .take(limit)
         .map(|(i, r)| {
             let id = crate::route::RouteId(i as u32);

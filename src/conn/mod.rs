@@ -192,9 +192,7 @@ async fn run(res: &Resources, cfg: &Config, conn: &Accepted, t: &mut Trace) -> O
         crate::route::Action::Passthrough => passthrough::run(res, cfg, route, conn, routed, t).await,
         // Boxed: the TLS state machine would otherwise make every connection's task (passthrough
         // included) several KiB larger, and each task is memcpy'd when it is spawned.
-        crate::route::Action::Terminate(tls) => {
-            Box::pin(terminate::run(res, cfg, route, tls, conn, routed, t)).await
-        }
+        crate::route::Action::Terminate(tls) => Box::pin(terminate::run(res, cfg, route, tls, conn, routed, t)).await,
     }
 }
 
