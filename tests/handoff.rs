@@ -45,12 +45,17 @@ struct Terminator {
 /// A second sni-dispatch: a hand-off listener (allowing `uids`, or its own uid by default) and
 /// a TCP listener, both terminating `shop.example` to an origin.
 fn terminator(uids: Option<&str>) -> Terminator {
+    terminator_at(uids, None)
+}
+
+/// [`terminator`], its hand-off socket at `socket` if given.
+fn terminator_at(uids: Option<&str>, socket: Option<&Path>) -> Terminator {
     let cfg = config_file("");
     let dir = cfg.dir.path();
     let ca = sni_dispatch::pki::Ca::new("hand-off test CA").unwrap();
     let files = ca.issue(&["shop.example"]).unwrap().write(dir, "shop").unwrap();
     let ca_path = ca.write(dir, "ca.pem").unwrap();
-    let socket = dir.join("term.sock");
+    let socket = socket.map_or_else(|| dir.join("term.sock"), Path::to_path_buf);
     let (tcp, admin) = (free_port(), free_port());
     let uids = uids.map(|u| format!("handoff_uids = [{u}]\n")).unwrap_or_default();
     let toml = format!(
@@ -113,7 +118,7 @@ fn curl_through_a_hand_off_to_a_second_process() {
         "{}",
         term.proc.stderr()
     );
-    assert!(metric(term.admin, "sni_dispatch_tls_handshakes_total 3"));
+    assert!(wait_until(Duration::from_secs(10), || metric(term.admin, "sni_dispatch_tls_handshakes_total 3")));
     assert!(server.shutdown());
     let lines = std::fs::read_to_string(&log).unwrap();
     let first: serde_json::Value = serde_json::from_str(lines.lines().next().unwrap()).unwrap();
@@ -137,7 +142,7 @@ fn a_sender_with_another_uid_is_refused_and_falls_to_the_next_back_end() {
         term.admin,
         "sni_dispatch_handoffs_rejected_total{cause=\"uid\"} 2"
     )));
-    assert!(metric(term.admin, "sni_dispatch_handoffs_received_total 0"));
+    assert!(wait_until(Duration::from_secs(10), || metric(term.admin, "sni_dispatch_handoffs_received_total 0")));
     server.shutdown();
 }
 
@@ -165,4 +170,24 @@ fn a_receiver_that_is_gone_falls_to_the_next_back_end() {
     assert_eq!(m2.backend_connect_failures.get(ConnectCause::Refused), 1, "{m2:#?}");
     server.shutdown();
     server2.shutdown();
+}
+
+/// A receiver restarted on the same socket: the front's channel to the old one is stale, and
+/// the next hand-off reaches the new one over a fresh channel (nothing counted as failed).
+#[test]
+fn a_restarted_receiver_is_reached_again() {
+    let keep = tempfile::tempdir().unwrap();
+    let socket = keep.path().join("term.sock");
+    let mut a = terminator_at(None, Some(&socket));
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _f) = front(&socket, a.tcp, &dir.path().join("access.log"));
+    let port = server.local_addrs()[0].port();
+    assert_eq!(curl(port, &a.ca), "terminated by the second process");
+    a.proc.signal_and_wait(libc::SIGKILL, Duration::from_secs(10));
+    let b = terminator_at(None, Some(&socket));
+    assert_eq!(curl(port, &b.ca), "terminated by the second process");
+    let m = wait_metrics(&server, |m| m.open == 0 && m.relays.get(RelayKind::Handoff) == 2);
+    assert_eq!(m.backend_connect_failures.total(), 0, "the stale channel was replaced, not counted: {m:#?}");
+    assert!(wait_until(Duration::from_secs(10), || metric(b.admin, "sni_dispatch_handoffs_received_total 1")));
+    server.shutdown();
 }

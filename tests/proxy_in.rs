@@ -122,6 +122,14 @@ fn a_v2_header_split_over_segments_with_tlvs_routes_and_passes_the_tlvs_on() {
     );
     assert!(out.windows(tlv.len()).any(|w| w == tlv), "the balancer's TLV is passed on: {out:?}");
     assert_eq!(&seen[end..], &hello[..]);
+    // Header and hello in one segment: exactly the header is consumed, the hello reader gets
+    // the rest.
+    let mut c = connect(server.local_addrs()[0]);
+    c.write_all(&[header.as_slice(), hello.as_slice()].concat()).unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_to_end(&mut c).unwrap(), b"from the back end");
+    let seen = other.next().bytes;
+    assert!(seen.ends_with(&hello), "the hello arrived whole after the outbound header");
     server.shutdown();
 }
 
