@@ -31,13 +31,18 @@ pub const MAX_HELLO: usize = 64 * 1024;
 /// What the receiver answers on a channel it accepts.
 pub const ACCEPTED: u8 = b'K';
 
-/// One connection handed over: who the client is, what it dialed, the bytes already read.
+/// One connection handed over: who the client is and what it dialed when something in front
+/// said so (a PROXY header; else the receiver asks the socket itself, when it needs to), and
+/// the bytes already read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message<'a> {
-    pub source: SocketAddr,
-    pub destination: SocketAddr,
+    /// The client (source) and the address it dialed (destination).
+    pub addresses: Option<(SocketAddr, SocketAddr)>,
     pub hello: &'a [u8],
 }
+
+/// Flag: the message carries the addresses.
+const ADDRESSES: u8 = 1;
 
 fn put_addr(out: &mut Vec<u8>, a: SocketAddr) {
     let (family, ip) = match a.ip() {
@@ -66,9 +71,14 @@ impl<'a> Message<'a> {
     /// Appends the message to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&MAGIC);
-        out.extend_from_slice(&[VERSION, 0, 0, 0]);
-        put_addr(out, self.source);
-        put_addr(out, self.destination);
+        let unspecified = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0);
+        let (flags, (source, destination)) = match self.addresses {
+            Some(a) => (ADDRESSES, a),
+            None => (0, (unspecified, unspecified)),
+        };
+        out.extend_from_slice(&[VERSION, flags, 0, 0]);
+        put_addr(out, source);
+        put_addr(out, destination);
         out.extend_from_slice(&(self.hello.len() as u32).to_be_bytes());
         out.extend_from_slice(self.hello);
     }
@@ -78,11 +88,13 @@ impl<'a> Message<'a> {
         if b.get(..4)? != MAGIC || *b.get(4)? != VERSION {
             return None;
         }
+        let flags = *b.get(5)?;
         let source = get_addr(b.get(8..8 + ADDR)?)?;
         let destination = get_addr(b.get(8 + ADDR..8 + 2 * ADDR)?)?;
+        let addresses = (flags & ADDRESSES != 0).then_some((source, destination));
         let len = u32::from_be_bytes(b.get(HEADER - 4..HEADER)?.try_into().ok()?) as usize;
         let hello = b.get(HEADER..)?;
-        (hello.len() == len && len > 0 && len <= MAX_HELLO).then_some(Self { source, destination, hello })
+        (hello.len() == len && len > 0 && len <= MAX_HELLO).then_some(Self { addresses, hello })
     }
 }
 
@@ -165,8 +177,10 @@ mod tests {
     #[test]
     fn messages_round_trip_and_bad_ones_are_refused() {
         let hello = b"\x16\x03\x01hello".to_vec();
-        for (s, d) in [("192.0.2.1:5000", "127.0.0.2:443"), ("[2001:db8::1]:1", "[::1]:8443")] {
-            let m = Message { source: s.parse().unwrap(), destination: d.parse().unwrap(), hello: &hello };
+        let pairs = [Some(("192.0.2.1:5000", "127.0.0.2:443")), Some(("[2001:db8::1]:1", "[::1]:8443")), None];
+        for pair in pairs {
+            let addresses = pair.map(|(s, d)| (s.parse().unwrap(), d.parse().unwrap()));
+            let m = Message { addresses, hello: &hello };
             let mut out = Vec::new();
             m.encode(&mut out);
             assert_eq!(out.len(), HEADER + hello.len());
@@ -179,7 +193,7 @@ mod tests {
             assert_eq!(Message::decode(&bad), None);
             let mut bad = out.clone();
             bad[8] = 5;
-            assert_eq!(Message::decode(&bad), None);
+            assert_eq!(Message::decode(&bad), None, "no such address family");
             let mut longer = out.clone();
             longer.push(0);
             assert_eq!(Message::decode(&longer), None);

@@ -126,6 +126,12 @@ impl Config {
         let name =
             |id: Option<RouteId>| id.map_or("drop".to_owned(), |id| format!("route {:?}", self.table.route(id).name));
         s += &format!("no SNI: {}; unknown SNI: {}\n", name(self.table.no_sni()), name(self.table.unknown_sni()));
+        let backends: Vec<_> = self.pools.backends().collect();
+        let checked = backends.iter().filter(|b| b.health.is_some()).count();
+        s += &format!("back ends: {} ({checked} health-checked)\n", backends.len());
+        for h in &self.handoff {
+            s += &format!("hand-off listener: {} (uids {:?})\n", h.path.display(), h.uids);
+        }
         if let Some(admin) = self.admin {
             s += &format!("admin: http://{admin}/metrics\n");
         }

@@ -12,7 +12,7 @@ use crate::metrics::{DropReason, RelayKind};
 use crate::relay::{self, End, Relayed, BUF_SIZE};
 use crate::route::{Balance, TlsVersion};
 use crate::sys::Socket;
-use std::net::{IpAddr, Shutdown, SocketAddr};
+use std::net::Shutdown;
 use std::time::Duration;
 
 /// A passthrough connection with its back end: `first[sent..]` is still to be sent.
@@ -41,11 +41,11 @@ pub(super) async fn run(
             Balance::HashClient => conn.peer().map(|p| p.ip()),
             _ => None,
         };
+        // The receiver asks the socket for its addresses itself (when it needs them), unless a
+        // PROXY header gave them.
         let handoff = route.backends.iter().any(|b| b.target.is_handoff()).then(|| {
-            let unknown = SocketAddr::new(IpAddr::from([0, 0, 0, 0]), 0);
             let msg = handoff::Message {
-                source: conn.peer().unwrap_or(unknown),
-                destination: conn.dialed(),
+                addresses: conn.proxied.map(|p| (p.source, p.destination)),
                 hello: first.get(header..).unwrap_or_default(),
             };
             (&conn.client, msg)

@@ -254,6 +254,10 @@ impl Socket {
         }
         let sock = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::SEQPACKET.nonblocking().cloexec(), None)?;
         sock.bind(&socket2::SockAddr::unix(path)?)?;
+        // Any local process may connect: who may hand off is decided by its uid (SO_PEERCRED)
+        // once connected, not by the file's mode (the sender usually runs as another user).
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
         sock.listen(backlog.min(i32::MAX as u32) as i32)?;
         Ok(OwnedFd::from(sock))
     }

@@ -13,7 +13,7 @@ use crate::conn::{self, Accepted, Proxied};
 use crate::metrics::HandoffCause;
 use crate::sys::{self, Socket, POLLIN};
 use std::io;
-use std::net::Shutdown;
+use std::net::{IpAddr, Ipv6Addr, Shutdown, SocketAddr};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -115,8 +115,11 @@ fn received(w: &Rc<Worker>, bytes: &[u8], fds: &mut Vec<OwnedFd>) {
     let Some(fd) = fds.pop() else { return };
     let client = Socket::from(fd);
     let at = w.conns.now();
-    let mut conn = Accepted::new(client, msg.destination, at);
-    conn.proxied = Some(Proxied { source: msg.source, destination: msg.destination });
+    // Without addresses in the message the socket's own count (the client's TCP connection,
+    // whatever process holds it): an unspecified listen address makes `dialed` ask it.
+    let listen = msg.addresses.map_or(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0), |(_, d)| d);
+    let mut conn = Accepted::new(client, listen, at);
+    conn.proxied = msg.addresses.map(|(source, destination)| Proxied { source, destination });
     conn.early = msg.hello.to_vec();
     conn.handed_off = true;
     w.open.set(w.open.get() + 1);
