@@ -18,12 +18,14 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// The checker thread; stopped (and joined) by [`Checker::stop`] or on drop.
+/// The checker thread, started when a configuration first has back ends to check; stopped
+/// (and joined) by [`Checker::stop`] or on drop.
 #[derive(Debug)]
 pub struct Checker {
     targets: Arc<Mutex<Vec<Arc<Shared>>>>,
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    cpu: Option<usize>,
+    thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -34,40 +36,48 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 const TICK: Duration = Duration::from_millis(100);
 
 impl Checker {
-    /// Starts the thread (pinned to `cpu` if given) with nothing to check yet.
+    /// A checker whose thread (pinned to `cpu` if given) starts with the first back end to
+    /// check.
     pub fn start(cpu: Option<usize>) -> io::Result<Self> {
-        let targets = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (t, s) = (Arc::clone(&targets), Arc::clone(&stop));
-        let thread = std::thread::Builder::new().name("sni-health".into()).spawn(move || {
-            if let Some(cpu) = cpu {
-                core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
-            }
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    tracing::error!(error = %e, "health checks: cannot start their runtime; no back end will be checked");
-                    return;
-                }
-            };
-            rt.block_on(run(t, s));
-        })?;
-        Ok(Self { targets, stop, thread: Some(thread) })
+        Ok(Self { targets: Arc::default(), stop: Arc::default(), cpu, thread: Mutex::new(None) })
     }
 
     /// Checks the back ends of `pools` from now on (those with a health check); a back end
     /// carried over from the previous configuration keeps its schedule and streaks.
     pub fn watch(&self, pools: &Pools) {
-        *lock(&self.targets) = pools.backends().filter(|b| b.health.is_some()).cloned().collect();
+        let list: Vec<Arc<Shared>> = pools.backends().filter(|b| b.health.is_some()).cloned().collect();
+        let any = !list.is_empty();
+        *lock(&self.targets) = list;
+        let mut thread = lock(&self.thread);
+        if any && thread.is_none() {
+            let (t, s, cpu) = (Arc::clone(&self.targets), Arc::clone(&self.stop), self.cpu);
+            let spawned = std::thread::Builder::new().name("sni-health".into()).spawn(move || {
+                if let Some(cpu) = cpu {
+                    core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
+                }
+                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!(error = %e, "health checks: cannot start their runtime; no back end will be checked");
+                        return;
+                    }
+                };
+                rt.block_on(run(t, s));
+            });
+            match spawned {
+                Ok(h) => *thread = Some(h),
+                Err(e) => tracing::error!(error = %e, "health checks: cannot start their thread; no back end will be checked"),
+            }
+        }
     }
 
-    pub fn stop(mut self) {
+    pub fn stop(self) {
         self.halt();
     }
 
-    fn halt(&mut self) {
+    fn halt(&self) {
         self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
+        if let Some(t) = lock(&self.thread).take() {
             let _ = t.join();
         }
     }
