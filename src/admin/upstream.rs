@@ -63,108 +63,99 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {PREFIX}{name} {kind}");
 }
 
+/// One sample: `sni_dispatch_{name}{k="v",…} n` (values escaped).
+fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], n: impl std::fmt::Display) {
+    let _ = write!(out, "{PREFIX}{name}{{");
+    for (i, (k, v)) in labels.iter().enumerate() {
+        let _ = write!(out, "{}{k}=\"{}\"", if i == 0 { "" } else { "," }, esc(v));
+    }
+    let _ = writeln!(out, "}} {n}");
+}
+
 fn histogram(out: &mut String, name: &str, label: &str, value: &str, h: &Hist) {
+    let bucket = format!("{name}_bucket");
     let mut cum = 0u64;
     for (i, le) in BUCKETS_S.iter().enumerate() {
         cum += h.buckets[i];
-        let _ = writeln!(out, "{PREFIX}{name}_bucket{{{label}=\"{value}\",le=\"{le}\"}} {cum}");
+        sample(out, &bucket, &[(label, value), ("le", &le.to_string())], cum);
     }
-    let _ = writeln!(out, "{PREFIX}{name}_bucket{{{label}=\"{value}\",le=\"+Inf\"}} {}", h.count());
-    let _ = writeln!(out, "{PREFIX}{name}_sum{{{label}=\"{value}\"}} {}", h.sum_ns as f64 / 1e9);
-    let _ = writeln!(out, "{PREFIX}{name}_count{{{label}=\"{value}\"}} {}", h.count());
+    sample(out, &bucket, &[(label, value), ("le", "+Inf")], h.count());
+    sample(out, &format!("{name}_sum"), &[(label, value)], h.sum_ns as f64 / 1e9);
+    sample(out, &format!("{name}_count"), &[(label, value)], h.count());
 }
 
 /// Appends the per-back-end and per-route families to a Prometheus exposition.
 pub fn prometheus(cfg: &Config, out: &mut String) {
     let backs = backends(&cfg.pools);
-    let rows = |out: &mut String, name: &str, kind: &str, help: &str, f: &dyn Fn(&BackendSnapshot) -> u64| {
+    let plain: [(&str, &str, &str, &dyn Fn(&BackendSnapshot) -> u64); 5] = [
+        ("backend_up", "gauge", "1 while the back end's health checks say up (always without checks), else 0.", &|b| {
+            u64::from(b.up)
+        }),
+        ("backend_connections_open", "gauge", "Connections open to the back end now.", &|b| b.active),
+        ("backend_connections_total", "counter", "Connections made (or handed off) to the back end.", &|b| {
+            b.connections
+        }),
+        (
+            "backend_ejected_workers",
+            "gauge",
+            "Workers that have the back end set aside now (passive ejection).",
+            &|b| b.ejected_by,
+        ),
+        ("backend_ejections_total", "counter", "Times a worker set the back end aside.", &|b| b.ejections),
+    ];
+    for (name, kind, help, f) in plain {
         header(out, name, kind, help);
         for b in &backs {
-            let _ = writeln!(out, "{PREFIX}{name}{{backend=\"{}\"}} {}", esc(&b.target), f(b));
+            sample(out, name, &[("backend", &b.target)], f(b));
         }
-    };
-    rows(
-        out,
-        "backend_up",
-        "gauge",
-        "1 while the back end's health checks say up (always without checks), else 0.",
-        &|b| u64::from(b.up),
-    );
-    rows(out, "backend_connections_open", "gauge", "Connections open to the back end now.", &|b| b.active);
-    rows(out, "backend_connections_total", "counter", "Connections made (or handed off) to the back end.", &|b| {
-        b.connections
-    });
-    rows(
-        out,
-        "backend_ejected_workers",
-        "gauge",
-        "Workers that have the back end set aside now (passive ejection).",
-        &|b| b.ejected_by,
-    );
-    rows(out, "backend_ejections_total", "counter", "Times a worker set the back end aside.", &|b| b.ejections);
+    }
     header(out, "backend_failures_total", "counter", "Failed connects (or hand-offs) to the back end, by cause.");
     for b in &backs {
         for c in ConnectCause::ALL {
-            let _ = writeln!(
+            sample(
                 out,
-                "{PREFIX}backend_failures_total{{backend=\"{}\",cause=\"{}\"}} {}",
-                esc(&b.target),
-                c.as_str(),
-                b.failures[*c as usize]
+                "backend_failures_total",
+                &[("backend", &b.target), ("cause", c.as_str())],
+                b.failures[*c as usize],
             );
         }
     }
     header(out, "backend_checks_total", "counter", "Active health checks of the back end, by result.");
     for b in backs.iter().filter(|b| b.checked) {
         for (r, n) in &b.checks {
-            let _ = writeln!(
-                out,
-                "{PREFIX}backend_checks_total{{backend=\"{}\",result=\"{}\"}} {n}",
-                esc(&b.target),
-                r.as_str()
-            );
+            sample(out, "backend_checks_total", &[("backend", &b.target), ("result", r.as_str())], n);
         }
     }
-    header(
-        out,
-        "backend_connect_duration_seconds",
-        "histogram",
-        "Connect (or hand-off) time of successful attempts, per back end.",
-    );
+    let name = "backend_connect_duration_seconds";
+    header(out, name, "histogram", "Connect (or hand-off) time of successful attempts, per back end.");
     for b in &backs {
-        histogram(out, "backend_connect_duration_seconds", "backend", &esc(&b.target), &b.connect);
+        histogram(out, name, "backend", &b.target, &b.connect);
     }
     let views = routes(cfg, usize::MAX);
     let used: Vec<(&RouteView, &RouteSnapshot)> =
         views.iter().filter_map(|v| v.stats.as_ref().map(|s| (v, s))).collect();
-    header(out, "route_connections_total", "counter", "Connections routed to the route (routes that had one).");
-    for (v, s) in &used {
-        let _ = writeln!(out, "{PREFIX}route_connections_total{{route=\"{}\"}} {}", esc(&v.name), s.connections);
-    }
-    header(out, "route_connections_open", "gauge", "Connections of the route open now.");
-    for (v, s) in &used {
-        let _ = writeln!(out, "{PREFIX}route_connections_open{{route=\"{}\"}} {}", esc(&v.name), s.open);
+    let plain: [(&str, &str, &str, &dyn Fn(&RouteSnapshot) -> u64); 2] = [
+        ("route_connections_total", "counter", "Connections routed to the route (routes that had one).", &|s| {
+            s.connections
+        }),
+        ("route_connections_open", "gauge", "Connections of the route open now.", &|s| s.open),
+    ];
+    for (name, kind, help, f) in plain {
+        header(out, name, kind, help);
+        for (v, s) in &used {
+            sample(out, name, &[("route", &v.name)], f(s));
+        }
     }
     header(out, "route_dropped_total", "counter", "Connections of the route dropped after routing, by reason.");
     for (v, s) in &used {
         for r in DropReason::ALL.iter().filter(|r| s.dropped[**r as usize] > 0) {
-            let _ = writeln!(
-                out,
-                "{PREFIX}route_dropped_total{{route=\"{}\",reason=\"{}\"}} {}",
-                esc(&v.name),
-                r.as_str(),
-                s.dropped[*r as usize]
-            );
+            sample(out, "route_dropped_total", &[("route", &v.name), ("reason", r.as_str())], s.dropped[*r as usize]);
         }
     }
-    header(
-        out,
-        "route_connect_duration_seconds",
-        "histogram",
-        "Routed to back end connected (or handed off), per route.",
-    );
+    let name = "route_connect_duration_seconds";
+    header(out, name, "histogram", "Routed to back end connected (or handed off), per route.");
     for (v, s) in &used {
-        histogram(out, "route_connect_duration_seconds", "route", &esc(&v.name), &s.connect);
+        histogram(out, name, "route", &v.name, &s.connect);
     }
 }
 

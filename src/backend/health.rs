@@ -66,7 +66,9 @@ impl Checker {
             });
             match spawned {
                 Ok(h) => *thread = Some(h),
-                Err(e) => tracing::error!(error = %e, "health checks: cannot start their thread; no back end will be checked"),
+                Err(e) => {
+                    tracing::error!(error = %e, "health checks: cannot start their thread; no back end will be checked")
+                }
             }
         }
     }

@@ -98,22 +98,8 @@ impl Socket {
 
     /// Receives into the spare capacity of `buf` (after its current length), extending its length by
     /// the bytes received. `Ok(0)` is end of stream (or no spare capacity).
-    pub async fn recv(&self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
-        let spare = buf.capacity() - buf.len();
-        let ptr = buf.spare_capacity_mut().as_mut_ptr().cast::<u8>();
-        let sqe = opcode::Recv::new(types::Fd(self.fd.as_raw_fd()), ptr, spare.min(u32::MAX as usize) as u32).build();
-        // SAFETY: `ptr..ptr+spare` is the heap spare capacity of `buf`, which the stored data owns
-        // until the completion (moving a Vec does not move its heap block); the Rc keeps the fd open.
-        let (res, (_fd, mut buf)) = unsafe { submit((Rc::clone(&self.fd), buf), sqe) }.await;
-        match res {
-            Ok(n) => {
-                let n = (n as usize).min(spare);
-                // SAFETY: the kernel initialised the first `n` bytes of the spare capacity.
-                unsafe { buf.set_len(buf.len() + n) };
-                (Ok(n), buf)
-            }
-            Err(e) => (Err(e), buf),
-        }
+    pub async fn recv(&self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        self.recv_at_most(buf, usize::MAX).await
     }
 
     /// Like [`recv`](Self::recv), reading at most `max` bytes.
