@@ -232,11 +232,19 @@ fn a_killed_back_end_is_taken_out_by_its_checks_and_its_return_picked_up() {
     let (_, _, text) = http_raw(admin, b"GET /metrics HTTP/1.1\r\n\r\n");
     assert!(text.contains(&format!("sni_dispatch_backend_up{{backend=\"{}\"}} 0", b.addr)), "{text}");
     assert!(text.contains(&format!("sni_dispatch_backend_checks_total{{backend=\"{}\",result=\"refused\"}}", b.addr)));
+    // A reload keeps what the checks know: b stays down (a fresh state would start up).
+    let f = _f;
+    let reloaded = sni_dispatch::config::Config::load(&f.path, &RuntimeOverrides::default()).unwrap();
+    server.reload(reloaded);
+    let cfg = server.config();
+    let b_state = cfg.pools.backends().find(|s| s.target.to_string() == b.addr.to_string()).unwrap();
+    assert!(!b_state.is_up(), "the reload forgot that b is down");
+    assert_eq!(tally(&server, 4, |_| "r.example".into()), HashMap::from([("a".into(), 4)]));
     b.up();
     assert!(wait_until(Duration::from_secs(20), || b_state.is_up()), "b never came back");
     let back = tally(&server, 20, |_| "r.example".into());
     assert_eq!(back, HashMap::from([("a".into(), 10), ("b".into(), 10)]));
-    assert_eq!(a.served() + b.served(), 60);
+    assert_eq!(a.served() + b.served(), 64);
     server.shutdown();
 }
 
