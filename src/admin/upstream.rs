@@ -84,10 +84,13 @@ fn histogram(out: &mut String, name: &str, label: &str, value: &str, h: &Hist) {
     sample(out, &format!("{name}_count"), &[(label, value)], h.count());
 }
 
+/// A family of one sample per item: name, type, help, and the value of an item.
+type Plain<'a, T> = (&'a str, &'a str, &'a str, &'a dyn Fn(&T) -> u64);
+
 /// Appends the per-back-end and per-route families to a Prometheus exposition.
 pub fn prometheus(cfg: &Config, out: &mut String) {
     let backs = backends(&cfg.pools);
-    let plain: [(&str, &str, &str, &dyn Fn(&BackendSnapshot) -> u64); 5] = [
+    let plain: [Plain<'_, BackendSnapshot>; 5] = [
         ("backend_up", "gauge", "1 while the back end's health checks say up (always without checks), else 0.", &|b| {
             u64::from(b.up)
         }),
@@ -134,7 +137,7 @@ pub fn prometheus(cfg: &Config, out: &mut String) {
     let views = routes(cfg, usize::MAX);
     let used: Vec<(&RouteView, &RouteSnapshot)> =
         views.iter().filter_map(|v| v.stats.as_ref().map(|s| (v, s))).collect();
-    let plain: [(&str, &str, &str, &dyn Fn(&RouteSnapshot) -> u64); 2] = [
+    let plain: [Plain<'_, RouteSnapshot>; 2] = [
         ("route_connections_total", "counter", "Connections routed to the route (routes that had one).", &|s| {
             s.connections
         }),
