@@ -33,7 +33,10 @@ pub(super) async fn read(res: &Resources, cfg: &Config, conn: &Accepted, t: &mut
         d
     };
     let read = tokio::time::timeout(
-        Duration::from_millis(rt.hello_timeout_ms),
+        // Behind a PROXY header the header and the hello share the one timeout.
+        conn.hello_deadline.map_or(Duration::from_millis(rt.hello_timeout_ms), |d| {
+            d.saturating_duration_since(std::time::Instant::now())
+        }),
         read_until_complete(&conn.client, buf, rt.max_hello_bytes, decide),
     )
     .await;

@@ -81,6 +81,9 @@ pub struct Accepted {
     pub early: Vec<u8>,
     /// Handed over on a hand-off listener: no listener's rules apply (the sender applied them).
     pub handed_off: bool,
+    /// When the hello must be complete, if not `hello_timeout_ms` from when reading it starts
+    /// (behind a PROXY header: `hello_timeout_ms` from accept, header included).
+    pub hello_deadline: Option<Instant>,
 }
 
 /// The addresses a trusted PROXY header gave for a connection.
@@ -93,7 +96,16 @@ pub struct Proxied {
 impl Accepted {
     /// A connection accepted on `listen`, its addresses those of the socket.
     pub fn new(client: Socket, listen: SocketAddr, at: Option<Instant>) -> Self {
-        Self { client, listen, at, proxied: None, tlvs: Vec::new(), early: Vec::new(), handed_off: false }
+        Self {
+            client,
+            listen,
+            at,
+            proxied: None,
+            tlvs: Vec::new(),
+            early: Vec::new(),
+            handed_off: false,
+            hello_deadline: None,
+        }
     }
 
     /// The client's address (getpeername(2) unless a PROXY header said otherwise).
@@ -170,7 +182,9 @@ async fn admit<'r>(
 ) -> Result<Option<admission::Admitted<'r>>, DropReason> {
     let Some(l) = listener else { return Ok(None) };
     if let Some(accept) = l.accept_proxy {
-        proxy_in::read(res, l, accept, conn, Duration::from_millis(cfg.runtime.hello_timeout_ms)).await?;
+        let timeout = Duration::from_millis(cfg.runtime.hello_timeout_ms);
+        conn.hello_deadline = Some(conn.at.unwrap_or_else(Instant::now) + timeout);
+        proxy_in::read(res, l, accept, conn, timeout).await?;
     }
     if l.admission.before_hello() {
         return admission::before_hello(res, l, conn);
