@@ -68,7 +68,8 @@ pub struct Plan<'a> {
     pool: &'a Pool,
     worker: usize,
     hash: u64,
-    now: u64,
+    /// [`now_ms`](super::pool::now_ms), read when a back end turns out to be set aside (0: not yet).
+    now: std::cell::Cell<u64>,
     tried: [u64; 4],
     tier: Tier,
     /// Round robin: where the walk of the schedule is.
@@ -92,7 +93,7 @@ impl<'a> Plan<'a> {
             pool,
             worker,
             hash: key.hash(pool.balance),
-            now: super::pool::now_ms(),
+            now: std::cell::Cell::new(0),
             tried: [0; 4],
             tier: Tier::Primary,
             rr_at: None,
@@ -115,7 +116,12 @@ impl<'a> Plan<'a> {
         if self.was_tried(i) || !b.is_up() {
             return false;
         }
-        let ejected = b.ejected(self.worker, self.now);
+        let ejected = b.ejected_with(self.worker, || {
+            if self.now.get() == 0 {
+                self.now.set(super::pool::now_ms());
+            }
+            self.now.get()
+        });
         match tier {
             Tier::Primary => !m.backup && !ejected,
             Tier::Backup => m.backup && !ejected,

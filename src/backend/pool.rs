@@ -211,8 +211,14 @@ impl Shared {
     /// Whether `worker` has it set aside at `now` (a [`now_ms`]).
     #[inline]
     pub(crate) fn ejected(&self, worker: usize, now: u64) -> bool {
+        self.ejected_with(worker, || now)
+    }
+
+    /// [`Shared::ejected`], reading the clock (`now`) only when it was set aside at all.
+    #[inline]
+    pub(crate) fn ejected_with(&self, worker: usize, now: impl FnOnce() -> u64) -> bool {
         let until = self.slot(worker).ejected_until.load(Relaxed);
-        until != 0 && now < until
+        until != 0 && now() < until
     }
 
     /// A successful connect by `worker`, which took `took`.
