@@ -217,3 +217,31 @@ pub fn stats_json(cfg: &Config) -> (Value, Value) {
         .collect();
     (Value::Array(backs), Value::Array(routes))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn histograms_are_cumulative_and_labels_escaped() {
+        let mut out = String::new();
+        let mut h = Hist::default();
+        h.buckets[0] = 2; // ≤ 10 µs
+        h.buckets[3] = 1; // ≤ 100 µs
+        h.buckets[BUCKETS_S.len()] = 1; // +Inf
+        h.sum_ns = 20_000_000_000;
+        histogram(&mut out, "x_seconds", "route", "a\"b", &h);
+        assert!(out.contains("sni_dispatch_x_seconds_bucket{route=\"a\\\"b\",le=\"0.00001\"} 2\n"), "{out}");
+        assert!(out.contains("le=\"0.0001\"} 3\n"), "{out}");
+        assert!(out.contains("le=\"10\"} 3\n"), "{out}");
+        assert!(out.contains("le=\"+Inf\"} 4\n"), "{out}");
+        assert!(out.contains("sni_dispatch_x_seconds_sum{route=\"a\\\"b\"} 20\n"), "{out}");
+        assert!(out.contains("sni_dispatch_x_seconds_count{route=\"a\\\"b\"} 4\n"), "{out}");
+        let b = crate::backend::pool::AtomicHist::default();
+        b.record(Duration::from_micros(30));
+        let mut m = Hist::default();
+        b.merge_into(&mut m);
+        assert_eq!(m.count(), 1);
+    }
+}
