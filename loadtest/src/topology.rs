@@ -793,15 +793,20 @@ fn summarize(runs: &[CpuRun]) -> Vec<CpuSummary> {
         .collect()
 }
 
-fn cpu_table(title: &str, s: &[CpuSummary], second: &str) -> String {
-    let mut out = format!(
-        "{title}\nfront                      conn/s     p99   front µs/conn  {second:>15}  total µs/conn  errors\n"
-    );
+/// The table of a CPU scenario; `second` names the terminator's column (`None`: no second
+/// process, no columns for it).
+fn cpu_table(title: &str, s: &[CpuSummary], second: Option<&str>) -> String {
+    let mut out = format!("{title}\nfront                      conn/s  p99 µs   front µs/conn");
+    if let Some(second) = second {
+        out += &format!("  {second:>15}  total µs/conn");
+    }
+    out += "  errors\n";
     for r in s {
-        out += &format!(
-            "{:<24} {:>8.0} {:>7.0} {:>14.1}  {:>15.1}  {:>13.1}  {:>6}\n",
-            r.front, r.rate, r.p99_us, r.front_us, r.terminator_us, r.total_us, r.errors
-        );
+        out += &format!("{:<24} {:>8.0} {:>7.0} {:>14.1}", r.front, r.rate, r.p99_us, r.front_us);
+        if second.is_some() {
+            out += &format!("  {:>15.1}  {:>13.1}", r.terminator_us, r.total_us);
+        }
+        out += &format!("  {:>6}\n", r.errors);
     }
     out
 }
@@ -992,7 +997,7 @@ pub fn run(opts: &Options) -> Result<i32, String> {
             let mut text = cpu_table(
                 "handoff: full TLS 1.3 handshakes (ECDSA P-256) + 16 B echo, through each front to one sni-dispatch terminator (medians)",
                 &s,
-                "term µs/conn",
+                Some("term µs/conn"),
             );
             let get = |n: &str| s.iter().find(|r| r.front == n);
             if let (Some(h), Some(hap)) = (get("sni-dispatch handoff"), get("haproxy tcp")) {
@@ -1021,7 +1026,7 @@ pub fn run(opts: &Options) -> Result<i32, String> {
             let text = cpu_table(
                 "unix: short passthrough (captured hello in, 64 B out) to a unix-socket and a TCP back end (medians)",
                 &s,
-                "back µs/conn",
+                None,
             );
             (text, serde_json::json!({ "scenario": "unix", "runs": runs, "summary": s }))
         }
