@@ -59,6 +59,7 @@ fn access_log_line(c: &mut Criterion) {
             let e = Entry {
                 time: &time,
                 worker: 0,
+                transport: "tcp",
                 client: Some(addr),
                 local: Some(addr),
                 sni: Some(&sni),

@@ -6,9 +6,10 @@
 //! load ([`hello`] shapes ClientHellos, [`dist`] draws names, [`co`] paces open loops; [`idle`]
 //! holds idle connections), [`procstat`] reads CPU time, RSS and descriptors, [`counts`] counts
 //! system calls, io_uring submissions, wake-ups and TCP segments, [`report`] and [`plot`] write the
-//! results; [`scaling`] places the workers, load generators and back ends of scaling runs;
-//! [`topology`] measures the edge topology (a pool with a back end killed, the hand-off, unix
-//! back ends) with processes of its own.
+//! results; [`quic`] runs the QUIC workloads (quinn) through the dispatcher and nginx's UDP proxy;
+//! [`scaling`] places the workers, load generators and back ends of scaling runs; [`topology`]
+//! measures the edge topology (a pool with a back end killed, the hand-off, unix back ends) with
+//! processes of its own.
 
 pub mod backends;
 pub mod certs;
@@ -20,6 +21,7 @@ pub mod idle;
 pub mod net;
 pub mod plot;
 pub mod procstat;
+pub mod quic;
 pub mod report;
 pub mod runner;
 pub mod scaling;

@@ -47,6 +47,9 @@ pub(super) struct ListenerFile {
     /// A hand-off listener: the unix socket other sni-dispatch processes hand connections to.
     pub(super) handoff: Option<PathBuf>,
     pub(super) handoff_uids: Option<Vec<u32>>,
+    /// Also a UDP socket on the same address for QUIC.
+    #[serde(default)]
+    pub(super) quic: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]

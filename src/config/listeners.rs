@@ -198,12 +198,21 @@ pub struct Listener {
     pub accept_proxy: Option<AcceptProxy>,
     pub trusted_sources: CidrSet,
     pub admission: Admission,
+    /// Also serve QUIC on UDP at the same address (`quic = true`): flows routed by the SNI of
+    /// their Initial's ClientHello and passed through to the route's back ends over UDP.
+    pub quic: bool,
 }
 
 impl Listener {
     /// A plain listener on `address`.
     pub fn new(address: SocketAddr) -> Self {
-        Self { address, accept_proxy: None, trusted_sources: CidrSet::default(), admission: Admission::default() }
+        Self {
+            address,
+            accept_proxy: None,
+            trusted_sources: CidrSet::default(),
+            admission: Admission::default(),
+            quic: false,
+        }
     }
 }
 
@@ -238,6 +247,7 @@ pub(super) fn resolve_listener(i: usize, l: &ListenerFile, errors: &mut Vec<Loca
             ("deny", !l.deny.is_empty()),
             ("allow_ja4", !l.allow_ja4.is_empty()),
             ("deny_ja4", !l.deny_ja4.is_empty()),
+            ("quic", l.quic),
         ];
         for (field, set) in tcp_only {
             if set {
@@ -325,7 +335,7 @@ pub(super) fn resolve_listener(i: usize, l: &ListenerFile, errors: &mut Vec<Loca
         allow_ja4,
         deny_ja4,
     };
-    Some(Resolved::Tcp(Listener { address: address?, accept_proxy, trusted_sources, admission }))
+    Some(Resolved::Tcp(Listener { address: address?, accept_proxy, trusted_sources, admission, quic: l.quic }))
 }
 
 #[cfg(test)]

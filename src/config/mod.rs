@@ -118,7 +118,11 @@ impl Config {
         let terminate = routes.iter().filter(|r| r.action.is_terminate()).count();
         let (exact, wild) = self.table.name_count();
         let mut s = String::new();
-        let listeners: Vec<String> = self.listeners.iter().map(|l| l.address.to_string()).collect();
+        let listeners: Vec<String> = self
+            .listeners
+            .iter()
+            .map(|l| if l.quic { format!("{} (+ QUIC)", l.address) } else { l.address.to_string() })
+            .collect();
         s += &format!("listeners: {}\n", listeners.join(", "));
         s += &format!("routes: {} ({} terminate, {} passthrough)\n", routes.len(), terminate, routes.len() - terminate);
         s += &format!("names: {exact} exact, {wild} wildcard\n");

@@ -103,6 +103,7 @@ pub fn finish(res: &Resources, cfg: &Config, t: &Trace) {
     let entry = access_log::Entry {
         time: &time,
         worker: res.worker,
+        transport: "tcp",
         client: t.client,
         local: t.local,
         sni: t.sni.as_deref(),
