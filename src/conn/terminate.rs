@@ -18,9 +18,10 @@ pub(super) async fn run(
     route: &Route,
     material: &TlsMaterial,
     conn: &Accepted,
-    hello: Vec<u8>,
+    routed: super::Routed,
     t: &mut Trace,
 ) -> Outcome {
+    let (id, hello, sni_hash) = (routed.id, routed.first, routed.sni_hash);
     let rt = &cfg.runtime;
     let client = &conn.client;
     // The SNI for a PROXY header: rustls's unbuffered connection does not keep it, the hello does.
@@ -68,15 +69,32 @@ pub(super) async fn run(
         c.tls_resumed += u64::from(resumed);
     });
     t.connect_start = t.handshake_done;
-    let timeout = Duration::from_millis(rt.connect_timeout_ms);
-    let backend = match backend::connect(&route.backends, timeout, &res.metrics, &[]).await {
-        Ok(b) => {
-            t.connected_at = res.now();
-            t.backend = Some(b.addr);
-            b.socket
+    let client_ip = match route.upstream.balance {
+        crate::route::Balance::HashClient => conn.peer().map(|p| p.ip()),
+        _ => None,
+    };
+    let req = backend::Request {
+        route: id,
+        worker: res.worker,
+        timeout: Duration::from_millis(rt.connect_timeout_ms),
+        metrics: &res.metrics,
+        first: &[],
+        key: backend::Key { client: client_ip, sni: sni_hash },
+        handoff: None,
+        timing: res.timing,
+    };
+    let connected = backend::connect(&cfg.pools, &req).await;
+    t.connected_at = res.now();
+    let (backend, _active) = match connected {
+        Ok(backend::Connected { link: backend::Link::Socket { socket, .. }, backend, active }) => {
+            t.backend = Some(backend);
+            (socket, active)
+        }
+        Ok(backend::Connected { link: backend::Link::HandedOff, .. }) => {
+            // Config validation keeps hand-off back ends out of terminating routes.
+            return Outcome::Dropped(DropReason::BackendsDown);
         }
         Err(e) => {
-            t.connected_at = res.now();
             // Tell the client politely: close_notify rather than a bare FIN.
             let out = est.close_notify(res.bufs.borrow_mut().take(64));
             send_and_recycle(res, client, out, 0).await;
