@@ -7,7 +7,7 @@
 //! count per value of a [`Label`] enum (drop reasons, connect-failure causes, …), indexed by the
 //! enum's discriminant, so bumping a labelled counter is an array increment.
 
-use super::labels::{AcceptCause, ConnectCause, Direction, DropReason, RelayCause, RelayKind};
+use super::labels::{AcceptCause, ConnectCause, Direction, DropReason, RelayCause, RelayKind, TicketResult};
 use crate::route::Match;
 use std::fmt;
 use std::marker::PhantomData;
@@ -190,6 +190,13 @@ counter_set! {
     relays: tally(RelayKind) => Counter "relays_total" "Relays started, by how they moved bytes.";
     tls_handshakes: u64 => Counter "tls_handshakes_total" "Completed TLS handshakes on terminating routes.";
     tls_resumed: u64 => Counter "tls_resumed_total" "Completed TLS handshakes that resumed a session.";
+    /// Session tickets issued, and the tickets clients presented by what became of them.
+    tls_tickets: tally(TicketResult) => Counter "tls_tickets_total"
+        "Session tickets issued, and tickets presented by clients by what became of them.";
+    /// Full handshakes of a route whose OCSP response had expired since it was loaded (sent
+    /// without a staple).
+    tls_ocsp_withheld: u64 => Counter "tls_ocsp_withheld_total"
+        "Handshakes sent without their route's OCSP staple because the response had expired (nextUpdate past).";
     idle_timeouts: u64 => Counter "relay_idle_timeouts_total" "Relayed connections closed by idle_timeout_ms.";
     relay_errors: tally(RelayCause) => Counter "relay_errors_total"
         "Relays ended by an error rather than two clean shutdowns, by cause.";

@@ -89,6 +89,23 @@ labels! {
 }
 
 labels! {
+    /// What became of a session ticket: issued in a handshake, or presented by a client.
+    pub enum TicketResult: "result" {
+        /// A ticket was issued (TLS 1.3 NewSessionTicket, or TLS 1.2 ticket).
+        Issued = "issued",
+        /// A presented ticket decrypted with a configured key (or the random ticketer's).
+        Decrypted = "decrypted",
+        /// A presented ticket decrypted with a key no longer configured, within its window.
+        DecryptedRetired = "decrypted_retired",
+        /// A presented ticket named a key this host does not have (another fleet, or older than
+        /// the window): a full handshake follows.
+        UnknownKey = "unknown_key",
+        /// A presented ticket named a known key but did not decrypt (forged, corrupted or truncated).
+        Invalid = "invalid",
+    }
+}
+
+labels! {
     /// Why one back-end connection attempt failed.
     pub enum ConnectCause: "cause" {
         /// Connection refused (nothing listens, or a RST).

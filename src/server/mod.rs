@@ -71,6 +71,7 @@ impl Server {
             return Err(ServeError::NoListeners);
         }
         let rt = config.runtime.clone();
+        reload::log_warnings(&config);
         let fd_limit = sys::raise_fd_limit().ok();
         let cpus = cpus::plan_cpus(&rt);
         let n = cpus.len();
@@ -112,6 +113,20 @@ impl Server {
             }
             None => None,
         };
+        // Replaced configurations are freed here, off the workers (see worker::Snapshot).
+        let (reaper, reap) = mpsc::channel::<Arc<Config>>();
+        let reaper_cpu = cpus::admin_cpu(&cpus);
+        std::thread::Builder::new()
+            .name("sni-reaper".into())
+            .spawn(move || {
+                if let Some(cpu) = reaper_cpu {
+                    core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
+                }
+                for old in reap {
+                    drop(old);
+                }
+            })
+            .map_err(ServeError::Thread)?;
         let (stop, stop_rx) = watch::channel(false);
         let (done_tx, done) = mpsc::channel();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), worker::StartError>>();
@@ -127,6 +142,7 @@ impl Server {
                 stop: stop_rx.clone(),
                 timing,
                 log: access_log.as_ref().map(|s| s.writer(rt.access_log_sample)),
+                reaper: reaper.clone(),
             };
             let ready = ready_tx.clone();
             let done = done_tx.clone();

@@ -18,8 +18,27 @@ impl Server {
                 "listener set changed; listeners are not rebound on reload (restart to apply)"
             );
         }
+        // Session-ticket keys dropped from the file keep decrypting for their window.
+        new.tls.tickets.inherit(&old.tls.tickets);
+        log_warnings(&new);
         let (routes, names) = (new.table.routes().len(), new.table.name_count());
+        let (certs_parsed, certs_reused) = new.tls.loads();
         self.config.store(Arc::new(new));
-        tracing::info!(routes, exact = names.0, wildcard = names.1, "configuration reloaded");
+        tracing::info!(
+            routes,
+            exact = names.0,
+            wildcard = names.1,
+            certs_parsed,
+            certs_reused,
+            "configuration reloaded"
+        );
+    }
+}
+
+/// What loads but may not do what the operator meant (an OCSP response not stapled, …), one
+/// line each, at start and on every reload.
+pub(super) fn log_warnings(config: &Config) {
+    for w in &config.warnings {
+        tracing::warn!(config = %config.path.display(), "{w}");
     }
 }
