@@ -84,7 +84,7 @@ impl fmt::Display for Problem {
                 "the certificate chain holds no issuer certificate to check the response against (add it after the leaf)",
             ),
             Self::WrongSerial { cert, response } => {
-                write!(f, "is for serial {} , not this certificate's serial {cert}", response.join(", "))
+                write!(f, "is for serial {}, not this certificate's serial {cert}", response.join(", "))
             }
             Self::WrongIssuer => f.write_str("names this serial number but another issuer (issuer name or key hash differs)"),
             Self::UnknownHash => f.write_str("its CertID uses a hash other than SHA-1 or SHA-256/384/512"),
@@ -317,6 +317,84 @@ mod tests {
     fn times_print() {
         assert_eq!(format_time(0), "1970-01-01T00:00:00Z");
         assert_eq!(format_time(1_709_210_096), "2024-02-29T12:34:56Z");
+    }
+
+    /// Responses made by `openssl ocsp` (testdata/ocsp/make.sh), checked on 2026-06-01.
+    mod captured {
+        use super::super::*;
+        use rustls::pki_types::pem::PemObject;
+
+        fn pem(name: &str) -> CertificateDer<'static> {
+            let path = format!("{}/src/tls/testdata/ocsp/{name}", env!("CARGO_MANIFEST_DIR"));
+            CertificateDer::from_pem_file(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+        }
+
+        fn der(name: &str) -> Vec<u8> {
+            let path = format!("{}/src/tls/testdata/ocsp/{name}", env!("CARGO_MANIFEST_DIR"));
+            std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+        }
+
+        fn now() -> i64 {
+            crate::tls::der::time(crate::tls::der::GENERALIZED_TIME, b"20260601000000Z").unwrap()
+        }
+
+        fn check_file(name: &str) -> Result<Checked, Problem> {
+            check(&der(name), &[pem("leaf.pem"), pem("ca.pem")], now())
+        }
+
+        #[test]
+        fn a_current_response_of_the_issuer_is_stapled() {
+            let next = crate::tls::der::time(crate::tls::der::GENERALIZED_TIME, b"20260619000000Z").unwrap();
+            assert_eq!(check_file("good.der"), Ok(Checked { next_update: Some(next), revoked: false }));
+            // The responder named by key hash rather than by name.
+            assert_eq!(check_file("by-key.der"), Ok(Checked { next_update: Some(next), revoked: false }));
+            // A delegated responder with the OCSP-signing purpose, signed by the issuer.
+            assert_eq!(check_file("delegated.der"), Ok(Checked { next_update: Some(next), revoked: false }));
+            assert_eq!(check_file("revoked.der"), Ok(Checked { next_update: Some(next), revoked: true }));
+        }
+
+        #[test]
+        fn expired_early_mismatched_or_unauthorised_ones_are_not() {
+            assert!(
+                matches!(check_file("expired.der"), Err(Problem::Expired { .. })),
+                "{:?}",
+                check_file("expired.der")
+            );
+            assert!(matches!(check_file("future.der"), Err(Problem::NotYetValid { .. })));
+            assert_eq!(
+                check_file("other-serial.der"),
+                Err(Problem::WrongSerial { cert: "1001".into(), response: vec!["1002".into()] })
+            );
+            assert_eq!(check_file("other-issuer.der"), Err(Problem::WrongIssuer));
+            assert_eq!(check_file("not-a-responder.der"), Err(Problem::UnknownSigner));
+            // Without the issuer in the chain nothing can be checked.
+            assert_eq!(check(&der("good.der"), &[pem("leaf.pem")], now()), Err(Problem::NoIssuer));
+            // The chain of another CA with the same name: not this leaf's issuer key.
+            assert_eq!(
+                check(&der("good.der"), &[pem("leaf.pem"), pem("other-ca.pem")], now()),
+                Err(Problem::WrongIssuer)
+            );
+        }
+
+        #[test]
+        fn a_flipped_signature_bit_or_any_truncation_fails_cleanly() {
+            let good = der("good.der");
+            let chain = [pem("leaf.pem"), pem("ca.pem")];
+            // producedAt, one digit later: still well-formed, no longer what the issuer signed.
+            let mut bad = good.clone();
+            let at = bad.windows(8).position(|w| w == b"20260520").unwrap() + 7;
+            bad[at] = b'1';
+            assert_eq!(check(&bad, &chain, now()), Err(Problem::BadSignature));
+            for n in 0..good.len() {
+                assert!(check(&good[..n], &chain, now()).is_err());
+            }
+            // Every single-byte change is either refused or still the same verdict, never a panic.
+            for i in 0..good.len() {
+                let mut m = good.clone();
+                m[i] = m[i].wrapping_add(0x41);
+                let _ = check(&m, &chain, now());
+            }
+        }
     }
 
     #[test]
