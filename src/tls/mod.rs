@@ -149,11 +149,12 @@ struct RouteCert {
     stapled: Option<(Arc<CertifiedKey>, i64)>,
 }
 
-impl ResolvesServerCert for RouteCert {
-    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+impl RouteCert {
+    /// The chain to send now.
+    fn current(&self) -> Arc<CertifiedKey> {
         if let Some((key, until)) = &self.stapled {
             if ocsp::now() < *until {
-                return Some(Arc::clone(key));
+                return Arc::clone(key);
             }
             OCSP_WITHHELD.with(|w| w.set(w.get() + 1));
             crate::warn_every_second!(
@@ -161,7 +162,13 @@ impl ResolvesServerCert for RouteCert {
                 "a route's OCSP response expired while serving; its handshakes go without a staple until the file is refreshed and reloaded"
             );
         }
-        Some(Arc::clone(&self.plain))
+        Arc::clone(&self.plain)
+    }
+}
+
+impl ResolvesServerCert for RouteCert {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
     }
 }
 
@@ -331,4 +338,31 @@ pub fn server_config(
     alpn: &[String],
 ) -> Result<Arc<ServerConfig>, rustls::Error> {
     Shared::default().route_config(Arc::new(RouteCert { plain: key, stapled: None }), min_tls, alpn)
+}
+
+#[cfg(test)]
+mod resolver_tests {
+    use super::*;
+
+    fn key() -> Arc<CertifiedKey> {
+        let leaf = crate::pki::Leaf::self_signed(&["a.example"]).unwrap();
+        let provider = rustls::crypto::aws_lc_rs::default_provider();
+        Arc::new(CertifiedKey::from_der(vec![leaf.cert_der()], leaf.key_der(), &provider).unwrap())
+    }
+
+    #[test]
+    fn a_staple_goes_out_until_next_update_then_the_plain_chain() {
+        let plain = key();
+        let mut with = (*plain).clone();
+        with.ocsp = Some(vec![0x30, 0x00]);
+        let with = Arc::new(with);
+        let current = RouteCert { plain: Arc::clone(&plain), stapled: Some((Arc::clone(&with), ocsp::now() + 3600)) };
+        assert!(Arc::ptr_eq(&current.current(), &with));
+        OCSP_WITHHELD.with(|w| w.set(0));
+        let expired = RouteCert { plain: Arc::clone(&plain), stapled: Some((with, ocsp::now() - 1)) };
+        assert!(Arc::ptr_eq(&expired.current(), &plain));
+        let mut c = Counters::default();
+        drain_counts(&mut c);
+        assert_eq!(c.tls_ocsp_withheld, 1);
+    }
 }
