@@ -352,3 +352,240 @@ fn a_ticket_issued_by_one_host_resumes_on_another_sharing_the_key_file_through_a
     assert!(a.p.stderr().contains("tls.ticket_keys:"), "{}", a.p.stderr());
     assert!(resume(a.addr, "-tls1_3", &sess).contains("Reused, TLSv1.3"), "still the old keys");
 }
+
+// ---- binary upgrade -----------------------------------------------------------------------
+
+/// What the clients of a load loop saw.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Tally {
+    ok: u64,
+    refused: u64,
+    reset: u64,
+    failed: u64,
+}
+
+const REPLY: &[u8] = b"served by the back end";
+
+/// One short passthrough connection: hello in, the back end's reply out, EOF.
+fn one_client(addr: SocketAddr, t: &mut Tally) {
+    use std::io::{Read, Write};
+    let mut c = match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return t.refused += 1,
+        Err(_) => return t.failed += 1,
+    };
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = Vec::new();
+    let res = c.write_all(OPENSSL_SNI).and_then(|()| c.read_to_end(&mut got));
+    match res {
+        Ok(_) if got == REPLY => t.ok += 1,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => t.reset += 1,
+        _ => t.failed += 1,
+    }
+}
+
+/// The status of `GET /healthz`, or `None` when the request failed (refused, reset, timed out).
+fn healthz(admin: SocketAddr) -> Result<u16, String> {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(5)).map_err(|e| format!("connect: {e}"))?;
+    c.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+    c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").map_err(|e| format!("write: {e}"))?;
+    let mut got = Vec::new();
+    c.read_to_end(&mut got).map_err(|e| format!("read: {e} after {} bytes", got.len()))?;
+    let text = String::from_utf8_lossy(&got);
+    text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| format!("answer: {text:?}"))
+}
+
+/// A `run` of the real binary on `cfg` with `args`, not waiting for anything.
+fn spawn_raw(cfg: &ConfigFile, log: &str, args: &[&str]) -> Proc {
+    let stderr_path = cfg.dir.path().join(log);
+    let stderr = std::fs::File::create(&stderr_path).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_sni-dispatch"))
+        .args(["run", "--config"])
+        .arg(&cfg.path)
+        .args(args)
+        .env("SNI_DISPATCH_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn sni-dispatch");
+    Proc { child, stderr_path }
+}
+
+/// Waits (bounded) for `p` to exit; its status.
+fn exit_of(p: &mut Proc, limit: Duration) -> Option<std::process::ExitStatus> {
+    let mut status = None;
+    wait_until(limit, || {
+        status = p.child.try_wait().ok().flatten();
+        status.is_some()
+    });
+    status
+}
+
+/// Four clients connect one after another while the binary is replaced twice (2 workers → 1 →
+/// 2, so sockets are shared out unevenly both ways), each new process taking the sockets of the
+/// running one; a fifth polls `/healthz`, whose socket is handed over too. Not one connection
+/// may be refused, reset or fail, and every process must exit 0 after its drain.
+#[test]
+fn a_binary_upgrade_under_load_refuses_resets_and_fails_no_connection() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let backend = backend(Mode::ReplyAfter { n: 1, reply: Arc::new(REPLY.to_vec()) });
+    let (addr, admin) =
+        (SocketAddr::from(([127, 0, 0, 1], free_port())), SocketAddr::from(([127, 0, 0, 1], free_port())));
+    let toml = |workers: usize| {
+        format!(
+            "[runtime]\nworkers = {workers}\ndrain_timeout_ms = 20000\n[admin]\nlisten = \"{admin}\"\n\
+             [[listener]]\naddress = \"{addr}\"\n[[route]]\nname = \"r\"\naction = \"passthrough\"\nmin_tls = \"1.0\"\n\
+             sni = [\"www.example.com\"]\nbackends = [\"{}\"]\n",
+            backend.addr
+        )
+    };
+    let (c1, c2, c3) = (config_file(&toml(2)), config_file(&toml(1)), config_file(&toml(2)));
+    let sock = c1.dir.path().join("upgrade.sock");
+    let sock_arg = sock.to_str().unwrap();
+    let mut old = spawn_binary(&c1, &["--upgrade-socket", sock_arg], addr);
+    assert!(wait_until(Duration::from_secs(20), || sock.exists()), "no upgrade socket: {}", old.stderr());
+
+    // The admin endpoint is bound just after the listeners: wait for it too.
+    assert!(wait_until(Duration::from_secs(20), || healthz(admin) == Ok(200)), "no admin endpoint");
+    let stop = Arc::new(AtomicBool::new(false));
+    let total = Arc::new(Mutex::new(Tally::default()));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, total) = (Arc::clone(&stop), Arc::clone(&total));
+            std::thread::spawn(move || {
+                // Bounded in count and time.
+                let end = std::time::Instant::now() + Duration::from_secs(120);
+                for _ in 0..200_000 {
+                    if stop.load(Ordering::SeqCst) || std::time::Instant::now() > end {
+                        break;
+                    }
+                    let mut t = Tally::default();
+                    one_client(addr, &mut t);
+                    let mut all = total.lock().unwrap();
+                    all.ok += t.ok;
+                    all.refused += t.refused;
+                    all.reset += t.reset;
+                    all.failed += t.failed;
+                }
+            })
+        })
+        .collect();
+    let health_bad = Arc::new(Mutex::new(Vec::new()));
+    let health = {
+        let (stop, bad) = (Arc::clone(&stop), Arc::clone(&health_bad));
+        std::thread::spawn(move || {
+            let mut polls = 0u64;
+            while !stop.load(Ordering::SeqCst) && polls < 100_000 {
+                polls += 1;
+                match healthz(admin) {
+                    Ok(200) => {}
+                    other => bad.lock().unwrap().push(other),
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            polls
+        })
+    };
+    let served_now = || total.lock().unwrap().ok;
+    // Some load before the first upgrade.
+    std::thread::sleep(Duration::from_millis(500));
+
+    for (i, cfg) in [&c2, &c3].into_iter().enumerate() {
+        let mut new = spawn_raw(cfg, &format!("upgrade-{i}.log"), &["--upgrade-from", sock_arg, "--upgrade-socket", sock_arg]);
+        assert!(
+            wait_until(Duration::from_secs(30), || new.stderr().contains("the previous process stopped accepting")),
+            "upgrade {i} did not complete:\n{}\nold:\n{}",
+            new.stderr(),
+            old.stderr()
+        );
+        let status = exit_of(&mut old, Duration::from_secs(30));
+        assert!(status.is_some_and(|s| s.success()), "the old process must drain and exit 0 ({status:?}):\n{}", old.stderr());
+        assert!(old.stderr().contains("binary upgrade: the new process accepts on our listeners"), "{}", old.stderr());
+        assert!(wait_until(Duration::from_secs(20), || sock.exists()), "the new process offers in turn: {}", new.stderr());
+        // The new process serves on its own for a while.
+        let before = served_now();
+        assert!(
+            wait_until(Duration::from_secs(20), || served_now() > before + 50),
+            "no progress after upgrade {i} ({:?}, running: {:?}):\n{}",
+            *total.lock().unwrap(),
+            new.child.try_wait(),
+            new.stderr()
+        );
+        old = new;
+    }
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let polls = health.join().unwrap();
+    let t = *total.lock().unwrap();
+    eprintln!("across two upgrades: {t:?}, {polls} /healthz polls");
+    assert_eq!((t.refused, t.reset, t.failed), (0, 0, 0), "{t:?}");
+    assert!(t.ok > 100, "{t:?}");
+    assert!(health_bad.lock().unwrap().is_empty(), "/healthz answered otherwise: {:?}", health_bad.lock().unwrap());
+    assert!(old.signal_and_wait(libc::SIGTERM, Duration::from_secs(30)).is_some_and(|s| s.success()));
+    assert!(!sock.exists(), "the last process removes its upgrade socket when it stops");
+}
+
+#[test]
+fn only_the_same_user_may_take_the_listeners_and_a_failed_successor_changes_nothing() {
+    use std::sync::Arc;
+    let backend = backend(Mode::ReplyAfter { n: 1, reply: Arc::new(REPLY.to_vec()) });
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let cfg = config_file(&format!(
+        "{RUNTIME}[[listener]]\naddress = \"{addr}\"\n[[route]]\nname = \"r\"\naction = \"passthrough\"\nmin_tls = \"1.0\"\n\
+         sni = [\"www.example.com\"]\nbackends = [\"{}\"]\n",
+        backend.addr
+    ));
+    let sock = cfg.dir.path().join("upgrade.sock");
+    let sock_arg = sock.to_str().unwrap();
+    let mut p = spawn_binary(&cfg, &["--upgrade-socket", sock_arg], addr);
+    assert!(wait_until(Duration::from_secs(20), || sock.exists()));
+    // A second process cannot offer on the same socket.
+    let mut twin = spawn_raw(&cfg, "twin.log", &["--upgrade-socket", sock_arg]);
+    assert_eq!(exit_of(&mut twin, Duration::from_secs(20)).and_then(|s| s.code()), Some(1));
+    assert!(twin.stderr().contains("another process offers its listeners there"), "{}", twin.stderr());
+
+    // A successor whose configuration does not load never connects: the running one goes on.
+    let broken = config_file("[[listener]]\naddress = \"nowhere\"\n");
+    let mut bad = spawn_raw(&broken, "bad.log", &["--upgrade-from", sock_arg]);
+    assert_eq!(exit_of(&mut bad, Duration::from_secs(20)).and_then(|s| s.code()), Some(1));
+
+    // Another user is refused, by the file mode of the socket and, were it reachable, by its
+    // credentials (SO_PEERCRED); when the test can run a process as another user (root).
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } == 0 && Path::new("/usr/bin/setpriv").exists() {
+        use std::os::unix::fs::PermissionsExt;
+        let as_nobody = || {
+            let out = Command::new("setpriv")
+                .args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_sni-dispatch")])
+                .args(["run", "--config"])
+                .arg(&cfg.path)
+                .args(["--upgrade-from", sock_arg])
+                .output()
+                .unwrap();
+            (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+        };
+        let dir = cfg.dir.path();
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let (code, text) = as_nobody();
+        assert_eq!(code, Some(1), "{text}");
+        assert!(text.contains("Permission denied"), "the socket is 0600:\n{text}");
+        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let (code, text) = as_nobody();
+        assert_eq!(code, Some(1), "{text}");
+        assert!(text.contains("the running process refused") && text.contains("only uid 0 may take the listeners"), "{text}");
+        assert!(p.stderr().contains("runs as uid 65534"), "the running one logs the refusal: {}", p.stderr());
+    }
+    let mut t = Tally::default();
+    for _ in 0..20 {
+        one_client(addr, &mut t);
+    }
+    assert_eq!(t, Tally { ok: 20, ..Tally::default() }, "still serving");
+    assert!(p.child.try_wait().unwrap().is_none(), "still running: {}", p.stderr());
+    assert!(p.signal_and_wait(libc::SIGTERM, Duration::from_secs(30)).is_some_and(|s| s.success()));
+}

@@ -21,7 +21,7 @@ use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
 
@@ -40,6 +40,9 @@ pub struct Setup {
     pub log: Option<access_log::Writer>,
     /// Where snapshots this worker lets go of are freed (see [`Snapshot`]).
     pub reaper: mpsc::Sender<Arc<Config>>,
+    /// Set before the stop signal when a new process took over these listeners (a binary
+    /// upgrade): the bound addresses it adopted, whose sockets it now accepts on.
+    pub handed_off: Arc<OnceLock<Vec<SocketAddr>>>,
 }
 
 /// A configuration snapshot as a worker holds it. When the worker and its connections let go of
@@ -88,6 +91,7 @@ pub(crate) struct Worker {
     /// Woken when a connection closes, for an accept loop waiting under `max_conns_per_worker`.
     pub(crate) slot_freed: Notify,
     pub(crate) stop: watch::Receiver<bool>,
+    pub(crate) handed_off: Arc<OnceLock<Vec<SocketAddr>>>,
 }
 
 impl Worker {
@@ -114,7 +118,8 @@ impl Worker {
 /// The body of a worker thread: pins it, builds its ring, says it is ready (or why not), and
 /// serves its listeners until told to stop, then drains its connections.
 pub fn main(setup: Setup, ready: mpsc::Sender<Result<(), StartError>>) {
-    let Setup { id, cpu, ring: ring_opts, pipe_pool, listeners, config, slot, stop, timing, log, reaper } = setup;
+    let Setup { id, cpu, ring: ring_opts, pipe_pool, listeners, config, slot, stop, timing, log, reaper, handed_off } =
+        setup;
     if let Some(cpu) = cpu {
         if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
             tracing::warn!(worker = id, cpu, "cannot pin worker to its CPU; running unpinned");
@@ -146,6 +151,7 @@ pub fn main(setup: Setup, ready: mpsc::Sender<Result<(), StartError>>) {
             open: Cell::new(0),
             slot_freed: Notify::new(),
             stop,
+            handed_off,
         });
         let mut accepting = Vec::new();
         for (fd, addr) in listeners {
