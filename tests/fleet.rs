@@ -561,8 +561,10 @@ fn only_the_same_user_may_take_the_listeners_and_a_failed_successor_changes_noth
     if unsafe { libc::getuid() } == 0 && Path::new("/usr/bin/setpriv").exists() {
         use std::os::unix::fs::PermissionsExt;
         let as_nobody = || {
-            let out = Command::new("setpriv")
-                .args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_sni-dispatch")])
+            // Bounded: were it let in, it would serve until killed.
+            let out = Command::new("timeout")
+                .args(["-s", "KILL", "20", "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"])
+                .arg(env!("CARGO_BIN_EXE_sni-dispatch"))
                 .args(["run", "--config"])
                 .arg(&cfg.path)
                 .args(["--upgrade-from", sock_arg])

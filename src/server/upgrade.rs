@@ -321,11 +321,14 @@ fn offer_to(
         let _ = send(conn, &Msg::Refused { reason: reason.clone() }, &[]);
         reason
     };
+    // Read the request before answering anything, a refusal included: closing with a message
+    // unread would reset the connection before the taker reads why.
+    let mut none = Vec::new();
+    let first = recv(conn, &mut none).map_err(|e| e.to_string())?;
     if cred.uid != me {
         return Err(refuse(format!("pid {} runs as uid {}; only uid {me} may take the listeners", cred.pid, cred.uid)));
     }
-    let mut none = Vec::new();
-    let pid = match recv(conn, &mut none).map_err(|e| e.to_string())? {
+    let pid = match first {
         Msg::Take { version: VERSION, pid } => pid,
         Msg::Take { version, .. } => return Err(refuse(format!("protocol version {version}; this process speaks {VERSION}"))),
         other => return Err(refuse(format!("expected take, got {other:?}"))),
