@@ -150,6 +150,16 @@ impl OpensslCa {
     }
 }
 
+/// A labelled counter of `/stats` (merged over the workers and the process).
+fn stats_counter(admin: SocketAddr, counter: &str, label: &str) -> u64 {
+    // The admin endpoint is bound just after the listeners that spawn_binary waited for.
+    assert!(wait_until(Duration::from_secs(20), || std::net::TcpStream::connect(admin).is_ok()), "no admin on {admin}");
+    let (status, _, body) = http_raw(admin, b"GET /stats HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["merged"]["counters"][counter][label].as_u64().unwrap_or(0)
+}
+
 fn stapled(out: &str) -> bool {
     out.contains("OCSP Response Status: successful") && out.contains("Cert Status: good")
 }
@@ -171,8 +181,9 @@ fn ocsp_responses_are_stapled_when_current_and_withheld_when_expired_or_for_anot
     let origin = http_origin("site");
     let port = free_port();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let cfg = config_file(&format!(
-        "{RUNTIME}[[listener]]\naddress = \"{addr}\"\n{}{}{}",
+        "{RUNTIME}[admin]\nlisten = \"{admin}\"\n[[listener]]\naddress = \"{addr}\"\n{}{}{}",
         ca.route("good.example", Some("good.ocsp"), origin),
         ca.route("stale.example", Some("stale.ocsp"), origin),
         // good.example's response, for another certificate.
@@ -192,6 +203,8 @@ fn ocsp_responses_are_stapled_when_current_and_withheld_when_expired_or_for_anot
     let mut p = spawn_binary(&cfg, &[], addr);
     let log = p.stderr();
     assert!(log.contains("route \"stale.example\".ocsp") && log.contains("not stapled"), "the load logs it:\n{log}");
+    let ocsp_gauge = |state: &str| stats_counter(admin, "tls_ocsp_responses", state);
+    assert!(wait_until(Duration::from_secs(20), || ocsp_gauge("stapled") == 1 && ocsp_gauge("refused") == 2));
     let status = |name: &str| s_client(addr, Some(name), &["-status", "-CAfile", ca.path("ca.pem").to_str().unwrap()]);
     let out = status("good.example");
     assert!(stapled(&out), "a current response is stapled:\n{out}");
@@ -215,6 +228,7 @@ fn ocsp_responses_are_stapled_when_current_and_withheld_when_expired_or_for_anot
     assert!(wait_until(Duration::from_secs(20), || p.stderr().matches("configuration reloaded").count() > reloads));
     let out = status("stale.example");
     assert!(stapled(&out), "stapled after the reload:\n{out}");
+    assert_eq!((ocsp_gauge("stapled"), ocsp_gauge("refused")), (2, 1));
     assert!(!stapled(&status("wrong.example")));
     assert!(p.signal_and_wait(libc::SIGTERM, Duration::from_secs(30)).is_some_and(|s| s.success()));
 }
@@ -275,10 +289,7 @@ impl Host {
 
     /// A counter of `/stats` (merged), e.g. `tls_tickets` → `decrypted_retired`.
     fn stat(&self, counter: &str, label: &str) -> u64 {
-        let (status, _, body) = http_raw(self.admin, b"GET /stats HTTP/1.1\r\nHost: x\r\n\r\n");
-        assert_eq!(status, 200, "{body}");
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        v["merged"]["counters"][counter][label].as_u64().unwrap_or(0)
+        stats_counter(self.admin, counter, label)
     }
 }
 
@@ -338,6 +349,7 @@ fn a_ticket_issued_by_one_host_resumes_on_another_sharing_the_key_file_through_a
     a.reload();
     let out = resume(a.addr, "-tls1_3", &sess);
     assert!(out.contains("Reused, TLSv1.3"), "a dropped key decrypts within its window:\n{out}");
+    assert_eq!((a.stat("tls_ticket_keys", "configured"), a.stat("tls_ticket_keys", "retired")), (3, 2), "keys 1 and 2");
     assert!(wait_until(Duration::from_secs(10), || a.stat("tls_tickets", "decrypted_retired") >= 1));
     let late = host(&ca, Some(&keys), origin);
     let out = resume(late.addr, "-tls1_3", &sess);
@@ -388,7 +400,8 @@ fn one_client(addr: SocketAddr, t: &mut Tally) {
 /// The status of `GET /healthz`, or `None` when the request failed (refused, reset, timed out).
 fn healthz(admin: SocketAddr) -> Result<u16, String> {
     use std::io::{Read, Write};
-    let mut c = std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(5)).map_err(|e| format!("connect: {e}"))?;
+    let mut c =
+        std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(5)).map_err(|e| format!("connect: {e}"))?;
     c.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
     c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").map_err(|e| format!("write: {e}"))?;
     let mut got = Vec::new();
@@ -495,7 +508,8 @@ fn a_binary_upgrade_under_load_refuses_resets_and_fails_no_connection() {
     std::thread::sleep(Duration::from_millis(500));
 
     for (i, cfg) in [&c2, &c3].into_iter().enumerate() {
-        let mut new = spawn_raw(cfg, &format!("upgrade-{i}.log"), &["--upgrade-from", sock_arg, "--upgrade-socket", sock_arg]);
+        let mut new =
+            spawn_raw(cfg, &format!("upgrade-{i}.log"), &["--upgrade-from", sock_arg, "--upgrade-socket", sock_arg]);
         assert!(
             wait_until(Duration::from_secs(30), || new.stderr().contains("the previous process stopped accepting")),
             "upgrade {i} did not complete:\n{}\nold:\n{}",
@@ -503,9 +517,17 @@ fn a_binary_upgrade_under_load_refuses_resets_and_fails_no_connection() {
             old.stderr()
         );
         let status = exit_of(&mut old, Duration::from_secs(30));
-        assert!(status.is_some_and(|s| s.success()), "the old process must drain and exit 0 ({status:?}):\n{}", old.stderr());
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "the old process must drain and exit 0 ({status:?}):\n{}",
+            old.stderr()
+        );
         assert!(old.stderr().contains("binary upgrade: the new process accepts on our listeners"), "{}", old.stderr());
-        assert!(wait_until(Duration::from_secs(20), || sock.exists()), "the new process offers in turn: {}", new.stderr());
+        assert!(
+            wait_until(Duration::from_secs(20), || sock.exists()),
+            "the new process offers in turn: {}",
+            new.stderr()
+        );
         // The new process serves on its own for a while.
         let before = served_now();
         assert!(
@@ -536,8 +558,9 @@ fn only_the_same_user_may_take_the_listeners_and_a_failed_successor_changes_noth
     use std::sync::Arc;
     let backend = backend(Mode::ReplyAfter { n: 1, reply: Arc::new(REPLY.to_vec()) });
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let cfg = config_file(&format!(
-        "{RUNTIME}[[listener]]\naddress = \"{addr}\"\n[[route]]\nname = \"r\"\naction = \"passthrough\"\nmin_tls = \"1.0\"\n\
+        "{RUNTIME}[admin]\nlisten = \"{admin}\"\n[[listener]]\naddress = \"{addr}\"\n[[route]]\nname = \"r\"\naction = \"passthrough\"\nmin_tls = \"1.0\"\n\
          sni = [\"www.example.com\"]\nbackends = [\"{}\"]\n",
         backend.addr
     ));
@@ -580,8 +603,16 @@ fn only_the_same_user_may_take_the_listeners_and_a_failed_successor_changes_noth
         std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
         let (code, text) = as_nobody();
         assert_eq!(code, Some(1), "{text}");
-        assert!(text.contains("the running process refused") && text.contains("only uid 0 may take the listeners"), "{text}");
-        assert!(p.stderr().contains("runs as uid 65534"), "the running one logs the refusal: {}", p.stderr());
+        assert!(
+            text.contains("the running process refused") && text.contains("only uid 0 may take the listeners"),
+            "{text}"
+        );
+        assert!(
+            wait_until(Duration::from_secs(10), || p.stderr().contains("runs as uid 65534")),
+            "the running one logs the refusal: {}",
+            p.stderr()
+        );
+        assert_eq!(stats_counter(admin, "upgrade_takers", "refused"), 1, "and counts it");
     }
     let mut t = Tally::default();
     for _ in 0..20 {

@@ -7,7 +7,10 @@
 //! count per value of a [`Label`] enum (drop reasons, connect-failure causes, …), indexed by the
 //! enum's discriminant, so bumping a labelled counter is an array increment.
 
-use super::labels::{AcceptCause, ConnectCause, Direction, DropReason, RelayCause, RelayKind, TicketResult};
+use super::labels::{
+    AcceptCause, ConnectCause, Direction, DropReason, OcspState, RelayCause, RelayKind, TicketKeyState, TicketResult,
+    UpgradeResult,
+};
 use crate::route::Match;
 use std::fmt;
 use std::marker::PhantomData;
@@ -205,6 +208,14 @@ counter_set! {
     /// (connections beyond the cap wait in the listen backlog; none is refused).
     conn_limit_waits: u64 => Counter "connection_limit_waits_total"
         "Times a worker stopped accepting at max_conns_per_worker (later connections wait in the backlog).";
+    /// Set by the process at start and on every reload, not by a worker.
+    tls_ocsp_responses: tally(OcspState) => Gauge "tls_ocsp_responses"
+        "OCSP responses of the running configuration's routes, by state (refused ones are not stapled).";
+    tls_ticket_keys: tally(TicketKeyState) => Gauge "tls_ticket_keys"
+        "Session-ticket keys of the running configuration, by state.";
+    /// Counted by the process (the upgrade thread), not by a worker.
+    upgrade_takers: tally(UpgradeResult) => Counter "upgrade_takers_total"
+        "New processes that asked for the listening sockets (--upgrade-from), by what came of it.";
     access_log_lines: u64 => Counter "access_log_lines_total" "Access-log lines handed to the writer.";
     access_log_dropped: u64 => Counter "access_log_dropped_lines_total"
         "Access-log lines lost because the writer fell behind.";

@@ -31,6 +31,9 @@ pub fn serve(path: &Path, overrides: &RuntimeOverrides, upgrade: &UpgradeOptions
     // Register before starting workers so an early SIGTERM is not lost (or fatal).
     let mut signals =
         signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1]).map_err(ServeError::Signals)?;
+    if let Some(socket) = upgrade.socket.as_deref().filter(|s| upgrade.from.as_deref() != Some(*s)) {
+        upgrade::check_free(socket)?;
+    }
     let config = Config::load(path, overrides)?;
     let mut inherited = match &upgrade.from {
         Some(from) => upgrade::take(from)?,
@@ -42,7 +45,9 @@ pub fn serve(path: &Path, overrides: &RuntimeOverrides, upgrade: &UpgradeOptions
         match inherited.finish() {
             Ok(_) => tracing::info!(from, "binary upgrade: the previous process stopped accepting; serving"),
             // Both processes accept on the shared sockets meanwhile: nothing is refused.
-            Err(e) => tracing::warn!(from, error = %e, "binary upgrade: the previous process did not confirm; serving anyway"),
+            Err(e) => {
+                tracing::warn!(from, error = %e, "binary upgrade: the previous process did not confirm; serving anyway")
+            }
         }
     }
     if let Some(socket) = &upgrade.socket {

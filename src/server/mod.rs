@@ -58,6 +58,7 @@ pub enum ServeError {
 /// What stops accepting, shared with the upgrade thread: a new process that took the
 /// listeners over stops them through [`upgrade::HandOver`].
 pub(crate) struct Control {
+    registry: Registry,
     admin: std::sync::Mutex<Option<Admin>>,
     stop: watch::Sender<bool>,
     accepting: Arc<AtomicBool>,
@@ -83,6 +84,10 @@ impl upgrade::HandOver for Control {
         let _ = self.handed_off.set(adopted);
         self.accepting.store(false, Ordering::SeqCst);
         let _ = self.stop.send(true);
+    }
+
+    fn count(&self, result: crate::metrics::UpgradeResult) {
+        self.registry.bump_process(|c| c.upgrade_takers.bump(result));
     }
 }
 
@@ -114,7 +119,11 @@ impl Server {
     /// are bound anew; workers beyond the sockets handed over bind theirs into the same
     /// `SO_REUSEPORT` group). With `offerable`, keeps a duplicate of every listening socket so
     /// that [`Server::offer_listeners`] can hand them on.
-    pub fn start_with(config: Config, mut inherited: Option<&mut Inherited>, offerable: bool) -> Result<Self, ServeError> {
+    pub fn start_with(
+        config: Config,
+        mut inherited: Option<&mut Inherited>,
+        offerable: bool,
+    ) -> Result<Self, ServeError> {
         if config.listeners.is_empty() {
             return Err(ServeError::NoListeners);
         }
@@ -176,8 +185,9 @@ impl Server {
             None => None,
         };
         let admin_addr = config.admin;
-        let shared = Arc::new(ArcSwap::from_pointee(config));
         let registry = Registry::new(n);
+        reload::publish_gauges(&registry, &config);
+        let shared = Arc::new(ArcSwap::from_pointee(config));
         let accepting = Arc::new(AtomicBool::new(true));
         let mut offered_admin = None;
         let admin = match admin_addr {
@@ -252,7 +262,13 @@ impl Server {
             }
         }
         let admin_bound = admin.as_ref().map(Admin::local_addr);
-        let control = Arc::new(Control { admin: std::sync::Mutex::new(admin), stop, accepting, handed_off });
+        let control = Arc::new(Control {
+            registry: registry.clone(),
+            admin: std::sync::Mutex::new(admin),
+            stop,
+            accepting,
+            handed_off,
+        });
         tracing::info!(
             workers = n,
             cpus = ?cpus,

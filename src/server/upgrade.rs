@@ -31,6 +31,7 @@
 //! or `{"msg":"refused","reason":…}` from the old process (another user, a version it does not
 //! speak).
 
+use crate::metrics::UpgradeResult;
 use crate::sys::unix;
 use serde::{Deserialize, Serialize};
 use socket2::{Domain, SockAddr, Socket, Type};
@@ -122,7 +123,8 @@ fn recv(sock: &Socket, fds: &mut Vec<OwnedFd>) -> io::Result<Msg> {
     if n == 0 {
         return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the other process closed the upgrade socket"));
     }
-    serde_json::from_slice(&buf[..n]).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("bad message: {e}")))
+    serde_json::from_slice(&buf[..n])
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("bad message: {e}")))
 }
 
 fn seqpacket() -> io::Result<Socket> {
@@ -153,6 +155,8 @@ pub(crate) trait HandOver: Send + Sync + 'static {
     /// The new process accepts on `adopted` (bound addresses) and, if `admin`, on the admin
     /// socket: stop accepting on them without closing them, and start draining.
     fn hand_over(&self, adopted: Vec<SocketAddr>, admin: bool);
+    /// Counts what came of one taker (`upgrade_takers_total`).
+    fn count(&self, result: crate::metrics::UpgradeResult);
 }
 
 /// A running offer: the thread serving the unix socket, stopped (and the socket file removed if
@@ -210,9 +214,9 @@ impl Drop for Offer {
     }
 }
 
-/// Binds a SEQPACKET listener at `path`, mode 0600: under a temporary name, then renamed over
-/// `path` (a stale socket file of a dead process is replaced; a live one is an error).
-fn bind_offer(path: &Path) -> Result<(Socket, u64), UpgradeError> {
+/// Fails if a live process offers its listeners at `path` (a stale socket file is fine: it will
+/// be replaced). `run` checks this before binding anything, unless it takes over from `path`.
+pub fn check_free(path: &Path) -> Result<(), UpgradeError> {
     let err = |source| UpgradeError::Io { path: path.to_owned(), source };
     if path.exists() {
         let probe = seqpacket().map_err(err)?;
@@ -221,6 +225,14 @@ fn bind_offer(path: &Path) -> Result<(Socket, u64), UpgradeError> {
             return Err(UpgradeError::InUse { path: path.to_owned() });
         }
     }
+    Ok(())
+}
+
+/// Binds a SEQPACKET listener at `path`, mode 0600: under a temporary name, then renamed over
+/// `path` (a stale socket file of a dead process is replaced; a live one is an error).
+fn bind_offer(path: &Path) -> Result<(Socket, u64), UpgradeError> {
+    let err = |source| UpgradeError::Io { path: path.to_owned(), source };
+    check_free(path)?;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "upgrade".into());
     let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
@@ -274,7 +286,12 @@ fn serve_offer(
     while !flags.stop.load(Ordering::SeqCst) {
         let conn = match listener.accept() {
             Ok((c, _)) => c,
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+                ) =>
+            {
                 continue
             }
             Err(e) => {
@@ -285,6 +302,7 @@ fn serve_offer(
         };
         match offer_to(&conn, listeners, admin) {
             Ok((adopted, took_admin, pid)) => {
+                control.count(UpgradeResult::HandedOver);
                 control.hand_over(adopted.clone(), took_admin);
                 // Unlink before `released`: the successor renames its own socket over the path
                 // only after it, so this cannot remove the successor's.
@@ -300,7 +318,13 @@ fn serve_offer(
                 then();
                 return;
             }
-            Err(e) => tracing::warn!(error = %e, "binary upgrade not completed; still serving"),
+            // A connection that closed without asking (another process checking that the socket
+            // is live) is no upgrade.
+            Err((None, e)) => tracing::debug!(error = %e, "upgrade socket: a connection that asked for nothing"),
+            Err((Some(result), e)) => {
+                control.count(result);
+                tracing::warn!(error = %e, "binary upgrade not completed; still serving");
+            }
         }
     }
     unlink_if_ours(path, ino);
@@ -312,6 +336,28 @@ fn offer_to(
     conn: &Socket,
     listeners: &[Offered],
     admin: Option<&OfferedAdmin>,
+) -> Result<(Vec<SocketAddr>, bool, u32), (Option<UpgradeResult>, String)> {
+    offer_steps(conn, listeners, admin).map_err(|e| {
+        let result = if e.starts_with(REFUSED) {
+            Some(UpgradeResult::Refused)
+        } else if e.starts_with(SILENT) {
+            None
+        } else {
+            Some(UpgradeResult::Aborted)
+        };
+        (result, e)
+    })
+}
+
+/// What a refusal's message starts with.
+const REFUSED: &str = "refused: ";
+/// What the message of a connection that closed before asking anything starts with.
+const SILENT: &str = "closed before asking: ";
+
+fn offer_steps(
+    conn: &Socket,
+    listeners: &[Offered],
+    admin: Option<&OfferedAdmin>,
 ) -> Result<(Vec<SocketAddr>, bool, u32), String> {
     conn.set_read_timeout(Some(STEP)).map_err(|e| e.to_string())?;
     conn.set_write_timeout(Some(STEP)).map_err(|e| e.to_string())?;
@@ -319,18 +365,23 @@ fn offer_to(
     let me = unix::euid();
     let refuse = |reason: String| {
         let _ = send(conn, &Msg::Refused { reason: reason.clone() }, &[]);
-        reason
+        format!("{REFUSED}{reason}")
     };
     // Read the request before answering anything, a refusal included: closing with a message
     // unread would reset the connection before the taker reads why.
     let mut none = Vec::new();
-    let first = recv(conn, &mut none).map_err(|e| e.to_string())?;
+    let first = recv(conn, &mut none).map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => format!("{SILENT}{e}"),
+        _ => e.to_string(),
+    })?;
     if cred.uid != me {
         return Err(refuse(format!("pid {} runs as uid {}; only uid {me} may take the listeners", cred.pid, cred.uid)));
     }
     let pid = match first {
         Msg::Take { version: VERSION, pid } => pid,
-        Msg::Take { version, .. } => return Err(refuse(format!("protocol version {version}; this process speaks {VERSION}"))),
+        Msg::Take { version, .. } => {
+            return Err(refuse(format!("protocol version {version}; this process speaks {VERSION}")))
+        }
         other => return Err(refuse(format!("expected take, got {other:?}"))),
     };
     let fds: Vec<&OwnedFd> = listeners.iter().flat_map(|l| l.fds.iter()).chain(admin.map(|a| &a.fd)).collect();
@@ -421,7 +472,15 @@ pub fn take(path: &Path) -> Result<Option<Inherited>, UpgradeError> {
         .collect();
     let admin = admin.and_then(|a| fds.next().map(|fd| (a, fd)));
     tracing::info!(from = from_pid, "took the listening sockets of the running process");
-    Ok(Some(Inherited { path: path.to_owned(), conn, from_pid, listeners, admin, adopted: Vec::new(), took_admin: false }))
+    Ok(Some(Inherited {
+        path: path.to_owned(),
+        conn,
+        from_pid,
+        listeners,
+        admin,
+        adopted: Vec::new(),
+        took_admin: false,
+    }))
 }
 
 /// Whether `fd` is a listening TCP socket bound to `bound` (what was announced), and so safe
@@ -478,7 +537,10 @@ impl Inherited {
         let mut none = Vec::new();
         match recv(&self.conn, &mut none).map_err(io_err)? {
             Msg::Released => Ok(self.from_pid),
-            other => Err(UpgradeError::Protocol { path: self.path.clone(), reason: format!("expected released, got {other:?}") }),
+            other => Err(UpgradeError::Protocol {
+                path: self.path.clone(),
+                reason: format!("expected released, got {other:?}"),
+            }),
         }
     }
 }
@@ -492,7 +554,11 @@ mod tests {
         let m = Msg::Listeners {
             version: VERSION,
             pid: 7,
-            listeners: vec![ListenerMsg { configured: "0.0.0.0:0".parse().unwrap(), bound: "0.0.0.0:443".parse().unwrap(), sockets: 2 }],
+            listeners: vec![ListenerMsg {
+                configured: "0.0.0.0:0".parse().unwrap(),
+                bound: "0.0.0.0:443".parse().unwrap(),
+                sockets: 2,
+            }],
             admin: None,
             fds: 2,
         };

@@ -72,7 +72,9 @@ where
                     }
                 }
                 // Before Linux 5.19: the accept stays armed until this ring closes.
-                Err(e) => tracing::warn!(worker = w.id(), listener = %addr, error = %e, "cannot cancel the accept in flight"),
+                Err(e) => {
+                    tracing::warn!(worker = w.id(), listener = %addr, error = %e, "cannot cancel the accept in flight")
+                }
             }
         }
         tracing::debug!(worker = w.id(), listener = %addr, served, "handed over: stopped accepting");
