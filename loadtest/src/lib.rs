@@ -3,15 +3,18 @@
 //! The modules follow a run: [`suite`] reads a suite file and builds the routing model,
 //! [`certs`] makes the PEM files, [`targets`] writes the configs of the dispatcher and its
 //! peers and starts them, [`backends`] serves the built-in back ends, [`workloads`] drives the
-//! load ([`hello`] shapes ClientHellos, [`dist`] draws names, [`co`] paces open loops), [`procstat`]
-//! reads CPU time and RSS, [`report`] and [`plot`] write the results; [`scaling`] places the
-//! workers, load generators and back ends of scaling runs.
+//! load ([`hello`] shapes ClientHellos, [`dist`] draws names, [`co`] paces open loops; [`idle`]
+//! holds idle connections), [`procstat`] reads CPU time, RSS and descriptors, [`counts`] counts
+//! system calls, io_uring submissions, wake-ups and TCP segments, [`report`] and [`plot`] write the
+//! results; [`scaling`] places the workers, load generators and back ends of scaling runs.
 
 pub mod backends;
 pub mod certs;
 pub mod co;
+pub mod counts;
 pub mod dist;
 pub mod hello;
+pub mod idle;
 pub mod net;
 pub mod plot;
 pub mod procstat;
