@@ -498,7 +498,8 @@ impl Suite {
                 return Err(format!("workload {}: bulk needs push_mib or pull_mib", w.name));
             }
             if let Some(d) = &w.during {
-                if !(0.0..w.duration_s).contains(&d.after_s) || !(d.timeout_s > 0.0 && d.timeout_s <= 600.0) {
+                let within = (0.0..w.duration_s).contains(&d.after_s) && d.timeout_s > 0.0 && d.timeout_s <= 600.0;
+                if !within {
                     return Err(format!(
                         "workload {}: during.after_s must be within the workload's duration_s, timeout_s within 0..=600",
                         w.name

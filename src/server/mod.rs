@@ -194,7 +194,7 @@ impl Server {
             Some(addr) => {
                 let state = admin::State { registry: registry.clone(), accepting: Arc::clone(&accepting), started };
                 let bad = |source| ServeError::Admin { addr, source };
-                let listener = match inherited.as_deref_mut().and_then(|i| i.admin(addr)) {
+                let listener = match inherited.and_then(|i| i.admin(addr)) {
                     Some(l) => l,
                     None => std::net::TcpListener::bind(addr).map_err(bad)?,
                 };

@@ -89,7 +89,7 @@ pub(crate) enum Msg {
     Listeners { version: u32, pid: u32, listeners: Vec<ListenerMsg>, admin: Option<AdminMsg>, fds: usize },
     Fds { count: usize },
     Ready { adopted: Vec<SocketAddr>, admin: bool },
-    Released,
+    Released {},
     Refused { reason: String },
 }
 
@@ -301,14 +301,14 @@ fn serve_offer(
             }
         };
         match offer_to(&conn, listeners, admin) {
-            Ok((adopted, took_admin, pid)) => {
+            Ok(TakenBy { adopted, admin: took_admin, pid }) => {
                 control.count(UpgradeResult::HandedOver);
                 control.hand_over(adopted.clone(), took_admin);
                 // Unlink before `released`: the successor renames its own socket over the path
                 // only after it, so this cannot remove the successor's.
                 unlink_if_ours(path, ino);
                 flags.handed_over.store(true, Ordering::SeqCst);
-                let _ = send(&conn, &Msg::Released, &[]);
+                let _ = send(&conn, &Msg::Released {}, &[]);
                 tracing::info!(
                     successor = pid,
                     adopted = ?adopted,
@@ -320,10 +320,12 @@ fn serve_offer(
             }
             // A connection that closed without asking (another process checking that the socket
             // is live) is no upgrade.
-            Err((None, e)) => tracing::debug!(error = %e, "upgrade socket: a connection that asked for nothing"),
-            Err((Some(result), e)) => {
+            Err(NotTaken { result: None, why }) => {
+                tracing::debug!(error = %why, "upgrade socket: a connection that asked for nothing")
+            }
+            Err(NotTaken { result: Some(result), why }) => {
                 control.count(result);
-                tracing::warn!(error = %e, "binary upgrade not completed; still serving");
+                tracing::warn!(error = %why, "binary upgrade not completed; still serving");
             }
         }
     }
@@ -332,20 +334,29 @@ fn serve_offer(
 
 /// One taker: checks who it is, sends the sockets, waits for `ready`. Returns what it adopted
 /// and its pid.
-fn offer_to(
-    conn: &Socket,
-    listeners: &[Offered],
-    admin: Option<&OfferedAdmin>,
-) -> Result<(Vec<SocketAddr>, bool, u32), (Option<UpgradeResult>, String)> {
-    offer_steps(conn, listeners, admin).map_err(|e| {
-        let result = if e.starts_with(REFUSED) {
+/// A taker that took the sockets and said it was ready.
+struct TakenBy {
+    adopted: Vec<SocketAddr>,
+    admin: bool,
+    pid: u32,
+}
+
+/// A taker that did not: what to count (`None`: it asked nothing), and why.
+struct NotTaken {
+    result: Option<UpgradeResult>,
+    why: String,
+}
+
+fn offer_to(conn: &Socket, listeners: &[Offered], admin: Option<&OfferedAdmin>) -> Result<TakenBy, NotTaken> {
+    offer_steps(conn, listeners, admin).map(|(adopted, admin, pid)| TakenBy { adopted, admin, pid }).map_err(|why| {
+        let result = if why.starts_with(REFUSED) {
             Some(UpgradeResult::Refused)
-        } else if e.starts_with(SILENT) {
+        } else if why.starts_with(SILENT) {
             None
         } else {
             Some(UpgradeResult::Aborted)
         };
-        (result, e)
+        NotTaken { result, why }
     })
 }
 
@@ -536,7 +547,7 @@ impl Inherited {
         send(&self.conn, &ready, &[]).map_err(io_err)?;
         let mut none = Vec::new();
         match recv(&self.conn, &mut none).map_err(io_err)? {
-            Msg::Released => Ok(self.from_pid),
+            Msg::Released {} => Ok(self.from_pid),
             other => Err(UpgradeError::Protocol {
                 path: self.path.clone(),
                 reason: format!("expected released, got {other:?}"),
