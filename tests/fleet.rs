@@ -29,30 +29,17 @@ struct OpensslCa {
     dir: tempfile::TempDir,
 }
 
+/// `openssl` in `dir` with the words of `args` (split on spaces), a new P-256 key, and `subject`.
+fn openssl_req(dir: &Path, args: &str, subject: &str) -> String {
+    let mut all: Vec<&str> = args.split_whitespace().collect();
+    all.extend(["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", subject]);
+    run_in(dir, "openssl", &all)
+}
+
 impl OpensslCa {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        run_in(
-            dir.path(),
-            "openssl",
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.pem",
-                "-subj",
-                "/CN=fleet test CA",
-                "-days",
-                "30",
-            ],
-        );
+        openssl_req(dir.path(), "req -x509 -keyout ca.key -out ca.pem -days 30", "/CN=fleet test CA");
         std::fs::write(dir.path().join("index.txt"), "").unwrap();
         Self { dir }
     }
@@ -65,49 +52,13 @@ impl OpensslCa {
     /// `NAME.key`; listed as valid in the OCSP index.
     fn leaf(&self, name: &str, serial: &str) {
         let d = self.dir.path();
-        let (key, csr, crt, ext) =
-            (format!("{name}.key"), format!("{name}.csr"), format!("{name}.crt"), format!("{name}.ext"));
-        std::fs::write(d.join(&ext), format!("subjectAltName=DNS:{name}\n")).unwrap();
-        run_in(
-            d,
-            "openssl",
-            &[
-                "req",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-keyout",
-                &key,
-                "-out",
-                &csr,
-                "-subj",
-                &format!("/CN={name}"),
-            ],
+        let crt = format!("{name}.crt");
+        std::fs::write(d.join(format!("{name}.ext")), format!("subjectAltName=DNS:{name}\n")).unwrap();
+        openssl_req(d, &format!("req -keyout {name}.key -out {name}.csr"), &format!("/CN={name}"));
+        let sign = format!(
+            "x509 -req -in {name}.csr -CA ca.pem -CAkey ca.key -set_serial 0x{serial} -extfile {name}.ext -out {crt} -days 10"
         );
-        run_in(
-            d,
-            "openssl",
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-set_serial",
-                &format!("0x{serial}"),
-                "-extfile",
-                &ext,
-                "-out",
-                &crt,
-                "-days",
-                "10",
-            ],
-        );
+        run_in(d, "openssl", &sign.split_whitespace().collect::<Vec<_>>());
         let chain =
             std::fs::read_to_string(d.join(&crt)).unwrap() + &std::fs::read_to_string(d.join("ca.pem")).unwrap();
         std::fs::write(d.join(format!("{name}.pem")), chain).unwrap();
@@ -332,8 +283,9 @@ fn a_ticket_issued_by_one_host_resumes_on_another_sharing_the_key_file_through_a
             assert!(out.contains("New, ") && !out.contains("Reused"), "{out}");
         }
     }
-    assert!(b.stat("tls_tickets", "decrypted") >= 2, "B decrypted A's tickets");
-    assert!(stranger.stat("tls_tickets", "unknown_key") >= 2);
+    // Counters are published every 100 ms.
+    assert!(wait_until(Duration::from_secs(10), || b.stat("tls_tickets", "decrypted") >= 2), "B decrypted A's tickets");
+    assert!(wait_until(Duration::from_secs(10), || stranger.stat("tls_tickets", "unknown_key") >= 2));
 
     // Rotation: key 1 dropped, key 4 appended; key 3 (known to both for a rotation) encrypts.
     // Tickets of key 2 still resume (key 2 is still in the file).
