@@ -1,13 +1,17 @@
 //! Certificates at edge scale: generates N terminating routes, each with its own ECDSA P-256
 //! certificate (one name each, signed by one test CA), then measures the real binary:
-//! `check` (wall time, peak RSS), start to the first and last route serving, RSS per
+//! `check` (wall time, CPU, peak RSS), start to the first and last route serving, RSS per
 //! certificate, a full SIGHUP reload with nothing changed, and one route's certificate
-//! rewritten and reloaded: SIGHUP until the new certificate is served, the reload's own log
-//! line, and a sample of the other routes checked to still serve their old certificates.
+//! rewritten and reloaded: SIGHUP until the new certificate is served, the time from the swap
+//! to the first handshake with it, and a sample of the other routes checked to still serve
+//! their old certificates. In this process: the live heap per route of the loaded
+//! configuration, and what building one route's certificate costs (the work a one-route change
+//! does). With `--haproxy`, HAProxy 2.6 with the same certificates (`crt-list`) beside it: its
+//! `-c` check, its start and its RSS.
 //!
 //! ```sh
 //! cargo build --release
-//! cargo run --release --example cert_scale -- --routes 100000 --dir /tmp/certs-100k
+//! cargo run --release --example cert_scale -- --routes 100000 --dir /tmp/certs-100k --haproxy
 //! ```
 //!
 //! The certificates are generated once per `--dir` (about 10 s per 100,000 on one core) and
@@ -31,6 +35,7 @@ struct Args {
     cpus: Option<String>,
     /// Other routes checked to be untouched by a one-certificate change.
     sample: usize,
+    haproxy: bool,
 }
 
 fn args() -> Args {
@@ -41,6 +46,7 @@ fn args() -> Args {
         workers: 1,
         cpus: None,
         sample: 200,
+        haproxy: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -52,9 +58,10 @@ fn args() -> Args {
             "--workers" => a.workers = value().parse().unwrap_or_else(|_| die("--workers N")),
             "--cpus" => a.cpus = Some(value()),
             "--sample" => a.sample = value().parse().unwrap_or_else(|_| die("--sample N")),
+            "--haproxy" => a.haproxy = true,
             "-h" | "--help" => {
                 println!(
-                    "cert_scale [--routes N] [--dir DIR] [--binary PATH] [--workers N] [--cpus LIST] [--sample N]"
+                    "cert_scale [--routes N] [--dir DIR] [--binary PATH] [--workers N] [--cpus LIST] [--sample N] [--haproxy]"
                 );
                 std::process::exit(0);
             }
@@ -386,6 +393,99 @@ fn main() {
         sample.len()
     );
     server.stop();
+
+    in_process(&config, n, &a.dir);
+    if a.haproxy {
+        haproxy(&a.dir, n, &client, origin);
+    }
+}
+
+/// The live heap of the loaded configuration per route (glibc's count of bytes in use, which
+/// covers this example's Rust allocations and aws-lc's), and one route's certificate built
+/// with the cache cold and warm.
+fn in_process(config: &Path, n: usize, dir: &Path) {
+    use sni_dispatch::config::{Config, RuntimeOverrides};
+    use sni_dispatch::route::TlsVersion;
+    // SAFETY: mallinfo2 only reads the allocator's counters.
+    let heap = || unsafe { libc::mallinfo2() }.uordblks as f64;
+    let before = heap();
+    let t = Instant::now();
+    let loaded = Config::load(config, &RuntimeOverrides::default()).unwrap_or_else(|e| die(&e.to_string()));
+    let load_s = t.elapsed().as_secs_f64();
+    let per_route = (heap() - before) / n as f64;
+    let (parsed, reused) = loaded.tls.loads();
+    println!(
+        "in process: Config::load {load_s:.2} s ({parsed} parsed, {reused} reused); live heap {per_route:.0} B per terminating route"
+    );
+    let certs = dir.join("certs");
+    let (cert, key) = (certs.join("alt.pem"), certs.join("alt.key"));
+    let alpn = ["h2".to_string(), "http/1.1".to_string()];
+    let build = || loaded.tls.material(&cert, &key, None, TlsVersion::TLS12, &alpn).unwrap_or_else(|_| die("alt cert"));
+    let t = Instant::now();
+    let cold = build();
+    let cold_us = t.elapsed().as_secs_f64() * 1e6;
+    let t = Instant::now();
+    let warm = build();
+    let warm_us = t.elapsed().as_secs_f64() * 1e6;
+    println!(
+        "one route's certificate (what a one-route change builds): {cold_us:.0} µs read and parsed ({:?}), {warm_us:.0} µs unchanged ({:?})",
+        cold.1, warm.1
+    );
+}
+
+/// HAProxy with the same certificates: one `bind ... ssl crt-list`, one line per certificate
+/// (the key beside each chain as `rI.pem.key`, HAProxy's convention, by symbolic link).
+fn haproxy(dir: &Path, n: usize, client: &Arc<rustls::ClientConfig>, origin: SocketAddr) {
+    let hdir = dir.join("haproxy");
+    std::fs::create_dir_all(&hdir).unwrap_or_else(|e| die(&e.to_string()));
+    let mut list = String::with_capacity(n * 64);
+    for i in 0..n {
+        let link = dir.join("certs").join(format!("r{i}.pem.key"));
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(format!("r{i}.key"), &link).unwrap_or_else(|e| die(&e.to_string()));
+        }
+        list += &format!("{} [alpn h2,http/1.1] {}\n", dir.join("certs").join(format!("r{i}.pem")).display(), name(i));
+    }
+    std::fs::write(hdir.join("crt-list.txt"), list).unwrap_or_else(|e| die(&e.to_string()));
+    let port = free_port();
+    let cfg = hdir.join("haproxy.cfg");
+    let text = format!(
+        "global\n    nbthread 1\ndefaults\n    mode tcp\n    timeout connect 3s\n    timeout client 30s\n    timeout server 30s\n\
+         frontend fe\n    bind 127.0.0.1:{port} ssl crt-list {}\n    default_backend be\nbackend be\n    server o {origin}\n",
+        hdir.join("crt-list.txt").display()
+    );
+    std::fs::write(&cfg, text).unwrap_or_else(|e| die(&e.to_string()));
+    let t = Instant::now();
+    let out = Command::new("/usr/bin/time")
+        .args(["-f", "maxrss_kib=%M cpu_s=%U+%S", "haproxy", "-c", "-f"])
+        .arg(&cfg)
+        .output()
+        .unwrap_or_else(|e| die(&format!("haproxy: {e}")));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stderr.lines().find(|l| l.starts_with("maxrss_kib=")).unwrap_or("");
+    let verdict = if out.status.success() { "ok" } else { "FAILED" };
+    println!("haproxy -c: {:.2} s ({verdict}), {line}", t.elapsed().as_secs_f64());
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let t = Instant::now();
+    let mut child = Command::new("taskset")
+        .args(["-c", "1", "haproxy", "-db", "-f"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| die(&format!("haproxy: {e}")));
+    match wait_served(client, addr, n - 1, None, Duration::from_secs(600)) {
+        Some((at, _)) => println!(
+            "haproxy start: last route served after {:.2} s ({:.2} s CPU); RSS {:.0} MiB: {:.2} KiB per certificate",
+            (at - t).as_secs_f64(),
+            cpu_s(child.id()),
+            rss_kib(child.id()) as f64 / 1024.0,
+            rss_kib(child.id()) as f64 / n as f64
+        ),
+        None => println!("haproxy never served the last route"),
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// What follows the message in a log line (its fields).

@@ -165,9 +165,10 @@ pub(crate) trait HandOver: Send + Sync + 'static {
 pub struct Offer {
     path: PathBuf,
     ino: u64,
-    /// Set by the thread: to stop it; and once it handed over (then the path is the successor's
-    /// to use, whatever inode it now has: inode numbers are reused).
+    /// Set to stop the thread.
     stop: Arc<AtomicBool>,
+    /// Set by the thread once it handed over: the path is then the successor's, whatever inode
+    /// it has (inode numbers are reused, so comparing them is not enough).
     handed_over: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
