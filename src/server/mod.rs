@@ -138,8 +138,10 @@ impl Server {
         // of their queued connections is lost); workers beyond them bind their own.
         let mut local_addrs = Vec::new();
         let mut per_worker: Vec<Vec<(OwnedFd, SocketAddr)>> = (0..n).map(|_| Vec::new()).collect();
+        let mut udp_per_worker: Vec<Vec<_>> = (0..n).map(|_| Vec::new()).collect();
         let mut offered = Vec::new();
-        for addr in config.listeners.iter().map(|l| l.address) {
+        for l in &config.listeners {
+            let addr = l.address;
             let mut sockets: Vec<OwnedFd> = Vec::new();
             let actual = match inherited.as_deref_mut().and_then(|i| i.listener(addr)) {
                 Some((bound, fds)) => {
@@ -172,6 +174,14 @@ impl Server {
             local_addrs.push(actual);
             for (i, fd) in sockets.into_iter().enumerate() {
                 per_worker[i % n].push((fd, actual));
+            }
+            if l.quic {
+                // UDP on the TCP listener's port (a `:0` listener's too), one socket per worker.
+                for fds in udp_per_worker.iter_mut() {
+                    let (fd, _, features) = sys::udp::bind_udp(actual, rt.quic_gro)
+                        .map_err(|source| ServeError::Bind { addr: actual, source })?;
+                    fds.push((fd, actual, features));
+                }
             }
         }
 
@@ -225,13 +235,15 @@ impl Server {
         let handed_off = Arc::new(OnceLock::new());
         let (done_tx, done) = mpsc::channel();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), worker::StartError>>();
-        for (id, (cpu, listeners)) in cpus.iter().copied().zip(per_worker).enumerate() {
+        let quic_listeners: Vec<SocketAddr> = config_quic_addrs(&udp_per_worker);
+        for (id, ((cpu, listeners), udp)) in cpus.iter().copied().zip(per_worker).zip(udp_per_worker).enumerate() {
             let w = worker::Setup {
                 id,
                 cpu,
                 ring: RingOptions { entries: rt.ring_entries, sqpoll: rt.sqpoll, sqpoll_idle_ms: rt.sqpoll_idle_ms },
                 pipe_pool: if rt.splice { rt.pipe_pool } else { 0 },
                 listeners,
+                udp,
                 config: Arc::clone(&shared),
                 slot: registry.slot(id),
                 stop: stop_rx.clone(),
@@ -273,6 +285,7 @@ impl Server {
             workers = n,
             cpus = ?cpus,
             listeners = ?local_addrs,
+            quic = ?quic_listeners,
             splice = rt.splice,
             pipe_pool = rt.pipe_pool,
             ring_entries = rt.ring_entries,
@@ -363,6 +376,11 @@ impl Server {
         }
         finished == self.workers
     }
+}
+
+/// The QUIC listeners' addresses (one worker's list is every worker's).
+fn config_quic_addrs(udp: &[Vec<(OwnedFd, SocketAddr, sys::udp::UdpFeatures)>]) -> Vec<SocketAddr> {
+    udp.first().map(|v| v.iter().map(|(_, a, _)| *a).collect()).unwrap_or_default()
 }
 
 fn bind(addr: SocketAddr, backlog: u32) -> io::Result<socket2::Socket> {

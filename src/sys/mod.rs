@@ -9,6 +9,8 @@
 //! - [`socket`]: [`Socket`], async accept/recv/send/poll through the ring, connect, addresses;
 //! - [`pipe`]: [`Pipe`] and non-blocking `splice(2)`;
 //! - [`limits`]: `RLIMIT_NOFILE`, huge-page hints;
+//! - [`udp`]: UDP sockets for QUIC: `SO_REUSEPORT` listeners with the destination address of each
+//!   datagram, connected back-end sockets, non-blocking `recvmsg`/`sendmsg` with GRO and GSO;
 //! - [`unix`]: passing descriptors over unix sockets (`SCM_RIGHTS`), the peer's credentials.
 #![allow(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
@@ -17,6 +19,7 @@ pub mod limits;
 pub mod pipe;
 pub mod ring;
 pub mod socket;
+pub mod udp;
 pub mod unix;
 
 pub use limits::{advise_huge_pages, raise_fd_limit};
