@@ -516,7 +516,12 @@ impl Inherited {
     pub fn listener(&mut self, configured: SocketAddr) -> Option<(SocketAddr, Vec<OwnedFd>)> {
         let i = self.listeners.iter().position(|(l, _)| l.configured == configured)?;
         let (l, fds) = self.listeners.swap_remove(i);
-        let good: Vec<OwnedFd> = fds.into_iter().filter(|fd| is_listener_on(fd, l.bound)).collect();
+        // Blocking, as the ring's accept needs (a stop that drained it set O_NONBLOCK, which the
+        // file, shared by every process holding it, would keep).
+        let good: Vec<OwnedFd> = fds
+            .into_iter()
+            .filter(|fd| is_listener_on(fd, l.bound) && socket2::SockRef::from(fd).set_nonblocking(false).is_ok())
+            .collect();
         if good.is_empty() {
             tracing::warn!(listener = %configured, "the sockets handed over are not listening on {}; binding anew", l.bound);
             return None;

@@ -124,8 +124,21 @@ impl Worker {
 /// The body of a worker thread: pins it, builds its ring, says it is ready (or why not), and
 /// serves its listeners until told to stop, then drains its connections.
 pub fn main(setup: Setup, ready: mpsc::Sender<Result<(), StartError>>) {
-    let Setup { id, cpu, ring: ring_opts, pipe_pool, listeners, udp, config, slot, stop, timing, log, reaper, handed_off } =
-        setup;
+    let Setup {
+        id,
+        cpu,
+        ring: ring_opts,
+        pipe_pool,
+        listeners,
+        udp,
+        config,
+        slot,
+        stop,
+        timing,
+        log,
+        reaper,
+        handed_off,
+    } = setup;
     if let Some(cpu) = cpu {
         if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
             tracing::warn!(worker = id, cpu, "cannot pin worker to its CPU; running unpinned");
