@@ -22,7 +22,9 @@ fn hello_capacity(max_hello_bytes: usize) -> usize {
 /// Reads and routes the hello; the routed connection, or why it is dropped.
 pub(super) async fn read(res: &Resources, cfg: &Config, conn: &Accepted, t: &mut Trace) -> Result<Routed, DropReason> {
     let rt = &cfg.runtime;
-    let buf = res.bufs.borrow_mut().take(hello_capacity(rt.max_hello_bytes));
+    let mut buf = res.bufs.borrow_mut().take(hello_capacity(rt.max_hello_bytes));
+    // A connection handed over by another process comes with its hello bytes.
+    buf.extend_from_slice(&conn.early);
     let decide = |hello: &ClientHello<'_>, buf_len: usize| {
         t.hello_done = res.now();
         t.hello_bytes = Some(hello.len() as u64);
@@ -31,7 +33,10 @@ pub(super) async fn read(res: &Resources, cfg: &Config, conn: &Accepted, t: &mut
         d
     };
     let read = tokio::time::timeout(
-        Duration::from_millis(rt.hello_timeout_ms),
+        // Behind a PROXY header the header and the hello share the one timeout.
+        conn.hello_deadline.map_or(Duration::from_millis(rt.hello_timeout_ms), |d| {
+            d.saturating_duration_since(std::time::Instant::now())
+        }),
         read_until_complete(&conn.client, buf, rt.max_hello_bytes, decide),
     )
     .await;
@@ -44,11 +49,14 @@ pub(super) async fn read(res: &Resources, cfg: &Config, conn: &Accepted, t: &mut
         Ok(x) => x,
     };
     match decided {
-        Ok(Decision { header: None, id, check_server }) => Ok(Routed { id, first: buf, check_server }),
-        Ok(Decision { header: Some(mut first), id, check_server }) => {
+        Ok(Decision { header: None, id, check_server, sni_hash }) => {
+            Ok(Routed { id, first: buf, header: 0, check_server, sni_hash })
+        }
+        Ok(Decision { header: Some(mut first), id, check_server, sni_hash }) => {
+            let header = first.len();
             first.extend_from_slice(&buf);
             res.bufs.borrow_mut().give(buf);
-            Ok(Routed { id, first, check_server })
+            Ok(Routed { id, first, header, check_server, sni_hash })
         }
         Err(reason) => {
             res.bufs.borrow_mut().give(buf);
@@ -65,6 +73,13 @@ async fn read_until_complete<R>(
     max: usize,
     mut decide: impl FnMut(&ClientHello<'_>, usize) -> Result<R, DropReason>,
 ) -> (Result<R, DropReason>, Vec<u8>) {
+    if !buf.is_empty() {
+        match parser::parse(&buf, max) {
+            Parsed::NeedMore => {}
+            Parsed::Complete(hello) => return (decide(&hello, buf.len()), buf),
+            Parsed::Rejected(r) => return (Err(drop_reason(r)), buf),
+        }
+    }
     loop {
         if buf.len() == buf.capacity() {
             return (Err(DropReason::Oversize), buf);

@@ -22,8 +22,8 @@ pub mod labels;
 
 pub use counters::{Counters, Family, Kind, Label, Tally, Value};
 pub use labels::{
-    AcceptCause, ConnectCause, Direction, DropReason, OcspState, QuicDatagramDrop, QuicFlowDrop, QuicFlowEnd,
-    RelayCause, RelayKind, TicketKeyState, TicketResult, UpgradeResult,
+    AcceptCause, CheckResult, ConnectCause, Direction, DropReason, HandoffCause, OcspState, QuicDatagramDrop,
+    QuicFlowDrop, QuicFlowEnd, RelayCause, RelayKind, TicketKeyState, TicketResult, UpgradeResult,
 };
 
 use crate::route::Match;

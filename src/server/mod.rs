@@ -53,6 +53,10 @@ pub enum ServeError {
     AccessLog { path: String, source: io::Error },
     #[error("{0}")]
     Upgrade(#[from] UpgradeError),
+    #[error("hand-off listener {path}: {source}")]
+    Handoff { path: String, source: io::Error },
+    #[error("health checks: {0}")]
+    Health(io::Error),
 }
 
 /// What stops accepting, shared with the upgrade thread: a new process that took the
@@ -101,6 +105,7 @@ pub struct Server {
     control: Arc<Control>,
     admin_addr: Option<SocketAddr>,
     access_log: Option<Sink>,
+    pub(crate) checker: crate::backend::health::Checker,
     pub(crate) started: Instant,
     /// Duplicates of every listening socket, kept to offer them to a new binary.
     offerable: Option<(Vec<upgrade::Offered>, Option<upgrade::OfferedAdmin>)>,
@@ -124,7 +129,7 @@ impl Server {
         mut inherited: Option<&mut Inherited>,
         offerable: bool,
     ) -> Result<Self, ServeError> {
-        if config.listeners.is_empty() {
+        if config.listeners.is_empty() && config.handoff.is_empty() {
             return Err(ServeError::NoListeners);
         }
         let rt = config.runtime.clone();
@@ -185,6 +190,28 @@ impl Server {
             }
         }
 
+        // Hand-off listeners: one socket, shared by every worker.
+        let mut handoff = Vec::new();
+        for h in &config.handoff {
+            let path = h.path.display().to_string();
+            let fd = sys::Socket::seqpacket_listen(&h.path, rt.backlog)
+                .map_err(|source| ServeError::Handoff { path: path.clone(), source })?;
+            handoff.push((fd, h.path.clone()));
+        }
+        let mut handoff_per_worker: Vec<Vec<(OwnedFd, std::path::PathBuf)>> = (0..n).map(|_| Vec::new()).collect();
+        for (fd, path) in &handoff {
+            for fds in &mut handoff_per_worker {
+                let dup = fd
+                    .try_clone()
+                    .map_err(|source| ServeError::Handoff { path: path.display().to_string(), source })?;
+                fds.push((dup, path.clone()));
+            }
+        }
+        drop(handoff);
+        let admission = Arc::new(crate::conn::admission::Tables::new(&local_addrs, n));
+        let checker = crate::backend::health::Checker::start(cpus::admin_cpu(&cpus)).map_err(ServeError::Health)?;
+        checker.watch(&config.pools);
+
         let started = Instant::now();
         let timing = !matches!(std::env::var_os(lifecycle::NO_LATENCY_ENV), Some(v) if !v.is_empty() && v != "0");
         let access_log = match &rt.access_log {
@@ -202,7 +229,13 @@ impl Server {
         let mut offered_admin = None;
         let admin = match admin_addr {
             Some(addr) => {
-                let state = admin::State { registry: registry.clone(), accepting: Arc::clone(&accepting), started };
+                let state = admin::State {
+                    registry: registry.clone(),
+                    accepting: Arc::clone(&accepting),
+                    started,
+                    config: Arc::clone(&shared),
+                    rates: Arc::default(),
+                };
                 let bad = |source| ServeError::Admin { addr, source };
                 let listener = match inherited.and_then(|i| i.admin(addr)) {
                     Some(l) => l,
@@ -236,7 +269,9 @@ impl Server {
         let (done_tx, done) = mpsc::channel();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), worker::StartError>>();
         let quic_listeners: Vec<SocketAddr> = config_quic_addrs(&udp_per_worker);
-        for (id, ((cpu, listeners), udp)) in cpus.iter().copied().zip(per_worker).zip(udp_per_worker).enumerate() {
+        for (id, (((cpu, listeners), udp), handoff)) in
+            cpus.iter().copied().zip(per_worker).zip(udp_per_worker).zip(handoff_per_worker).enumerate()
+        {
             let w = worker::Setup {
                 id,
                 cpu,
@@ -251,6 +286,8 @@ impl Server {
                 log: access_log.as_ref().map(|s| s.writer(rt.access_log_sample)),
                 reaper: reaper.clone(),
                 handed_off: Arc::clone(&handed_off),
+                admission: Arc::clone(&admission),
+                handoff,
             };
             let ready = ready_tx.clone();
             let done = done_tx.clone();
@@ -305,6 +342,7 @@ impl Server {
             control,
             admin_addr: admin_bound,
             access_log,
+            checker,
             started,
             offerable: offerable.then_some((offered, offered_admin)),
             offer: None,
@@ -370,6 +408,10 @@ impl Server {
             }
         }
         self.control.stop_admin();
+        self.checker.stop();
+        for h in &self.config.load().handoff {
+            let _ = std::fs::remove_file(&h.path);
+        }
         if let Some(log) = self.access_log {
             // Workers that finished have dropped their writers (after a final flush).
             log.close(Duration::from_secs(if finished == self.workers { 5 } else { 0 }));

@@ -22,7 +22,7 @@ pub mod socket;
 pub mod udp;
 pub mod unix;
 
-pub use limits::{advise_huge_pages, raise_fd_limit};
+pub use limits::{advise_huge_pages, raise_fd_limit, zeroed_atomics};
 pub use pipe::{Pipe, Spliced};
 pub use ring::{runtime, RingOptions};
 pub use socket::{Socket, POLLERR, POLLHUP, POLLIN, POLLOUT, POLLRDHUP};

@@ -11,6 +11,7 @@
 //! The configuration is read through an [`ArcSwap`] cache once per accepted connection (a
 //! pointer comparison); a reload is picked up by the next connection.
 pub mod accept;
+pub mod handoff;
 pub mod quic;
 
 use crate::access_log;
@@ -49,6 +50,10 @@ pub struct Setup {
     /// Set before the stop signal when a new process took over these listeners (a binary
     /// upgrade): the bound addresses it adopted, whose sockets it now accepts on.
     pub handed_off: Arc<OnceLock<Vec<SocketAddr>>>,
+    /// The listeners' per-client counts, shared by every worker.
+    pub admission: Arc<conn::admission::Tables>,
+    /// One socket per hand-off listener (`[[listener]] handoff`), with its path.
+    pub handoff: Vec<(OwnedFd, std::path::PathBuf)>,
 }
 
 /// A configuration snapshot as a worker holds it. When the worker and its connections let go of
@@ -138,6 +143,8 @@ pub fn main(setup: Setup, ready: mpsc::Sender<Result<(), StartError>>) {
         log,
         reaper,
         handed_off,
+        admission,
+        handoff,
     } = setup;
     if let Some(cpu) = cpu {
         if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
@@ -166,6 +173,7 @@ pub fn main(setup: Setup, ready: mpsc::Sender<Result<(), StartError>>) {
                 bufs: RefCell::new(BufPool::default()),
                 timing,
                 log,
+                admission,
             },
             open: Cell::new(0),
             slot_freed: Notify::new(),
@@ -175,6 +183,9 @@ pub fn main(setup: Setup, ready: mpsc::Sender<Result<(), StartError>>) {
         let mut accepting = Vec::new();
         for (fd, addr) in listeners {
             accepting.push(tokio_uring::spawn(accept::run(Rc::clone(&w), Socket::from(fd), addr)));
+        }
+        for (fd, path) in handoff {
+            accepting.push(tokio_uring::spawn(handoff::run(Rc::clone(&w), Socket::from(fd), path)));
         }
         let publisher = tokio_uring::spawn(publish_loop(Rc::clone(&w)));
         let quic = (!udp.is_empty()).then(|| Rc::new(quic::Quic::new(&w.config())));
