@@ -52,9 +52,9 @@ enum Command {
         /// --upgrade-from (same user only); once one takes them, stop accepting, drain, exit 0.
         #[arg(long, value_name = "PATH")]
         upgrade_socket: Option<PathBuf>,
-        /// Take the listening sockets of the process offering them at this unix socket (its
-        /// --upgrade-socket), then tell it to stop accepting and drain: an upgrade with no
-        /// refused connection. Nobody there: bind them anew.
+        /// Take the listening sockets that a process run with --upgrade-socket offers at this
+        /// unix socket, then tell it to stop accepting and drain: an upgrade with no refused
+        /// connection. Nobody there: bind them anew.
         #[arg(long, value_name = "PATH")]
         upgrade_from: Option<PathBuf>,
         #[command(flatten)]
