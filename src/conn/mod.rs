@@ -27,7 +27,7 @@ use crate::access_log;
 use crate::config::{Config, Route};
 use crate::metrics::{Direction, DropReason, Local};
 use crate::proxy_protocol;
-use crate::relay::{self, BufPool, PipePool, Relayed};
+use crate::relay::{self, BufPool, PipePool, Relayed, Scratch, Timers};
 use crate::route::{ProxyProtocol, RouteId};
 use crate::sys::Socket;
 use std::cell::RefCell;
@@ -36,13 +36,17 @@ use std::time::Instant;
 use trace::Trace;
 
 /// What connections share with their worker (one thread, so `RefCell`s): counters, pools, the
-/// access-log writer.
+/// scratch buffer every read lands in, the wheel of deadlines, the access-log writer.
 pub struct Resources {
     /// The worker's index, for log lines.
     pub worker: usize,
     pub metrics: Local,
     pub pipes: RefCell<PipePool>,
     pub bufs: RefCell<BufPool>,
+    /// Borrowed only between awaits (see [`Scratch`]).
+    pub scratch: RefCell<Scratch>,
+    /// Hello timeouts, idle watchdogs: one wheel, advanced by the worker's tick.
+    pub timers: Timers,
     /// Record latency histograms (and read the clock for them).
     pub timing: bool,
     pub log: Option<access_log::Writer>,
@@ -126,38 +130,43 @@ pub async fn serve(res: &Resources, cfg: &Config, conn: Accepted) {
         t.client = conn.peer();
         t.local = Some(conn.dialed());
     }
-    let outcome = run(res, cfg, &conn, &mut t).await;
-    close(res, &conn, &mut t, outcome);
+    let (outcome, logged) = run(res, cfg, &conn, &mut t).await;
+    close(res, &conn, &mut t, outcome, logged);
     trace::finish(res, cfg, &t);
 }
 
-async fn run(res: &Resources, cfg: &Config, conn: &Accepted, t: &mut Trace) -> Outcome {
+/// The connection's outcome, and whether its drop line was written already (a refused hello's,
+/// where the cause was at hand).
+async fn run(res: &Resources, cfg: &Config, conn: &Accepted, t: &mut Trace) -> (Outcome, bool) {
     let routed = match hello::read(res, cfg, conn, t).await {
         Ok(r) => r,
-        Err(reason) => return Outcome::Dropped(reason),
+        Err(r) => return (Outcome::Dropped(r.reason), r.logged),
     };
     let route = cfg.table.route(routed.id);
-    match &route.action {
+    let outcome = match &route.action {
         crate::route::Action::Passthrough => passthrough::run(res, cfg, route, conn, routed, t).await,
         // Boxed: the TLS state machine would otherwise make every connection's task (passthrough
         // included) several KiB larger, and each task is memcpy'd when it is spawned.
         crate::route::Action::Terminate(tls) => {
             Box::pin(terminate::run(res, cfg, route, tls, conn, routed.first, t)).await
         }
-    }
+    };
+    (outcome, false)
 }
 
 /// Counts the outcome (the one place that does) and records it in the trace.
-fn close(res: &Resources, conn: &Accepted, t: &mut Trace, outcome: Outcome) {
+fn close(res: &Resources, conn: &Accepted, t: &mut Trace, outcome: Outcome, logged: bool) {
     match outcome {
         Outcome::Dropped(reason) => {
             res.metrics.dropped(reason);
-            crate::debug_every_second!(
-                worker = res.worker,
-                peer = ?conn.peer(),
-                reason = reason.as_str(),
-                "connection dropped"
-            );
+            if !logged {
+                crate::debug_every_second!(
+                    worker = res.worker,
+                    peer = ?conn.peer(),
+                    reason = reason.as_str(),
+                    "connection dropped"
+                );
+            }
         }
         Outcome::Relayed(r) => {
             res.metrics.bump(|c| {
@@ -184,20 +193,30 @@ fn close(res: &Resources, conn: &Accepted, t: &mut Trace, outcome: Outcome) {
 /// The PROXY header for `route` (empty when it sends none): the client's address, the address it
 /// dialed, SNI and ALPN. `room` is extra capacity to reserve for what follows the header.
 fn proxy_header(
-    res: &Resources,
+    _res: &Resources,
     route: &Route,
     conn: &Accepted,
     sni: Option<&str>,
     alpn: Option<&[u8]>,
     room: usize,
 ) -> Vec<u8> {
-    let mut out = res.bufs.borrow_mut().take(room + 600);
+    let mut out = Vec::with_capacity(room + proxy_protocol_room(route.proxy_protocol, sni, alpn));
     if route.proxy_protocol != ProxyProtocol::None {
         let peer = conn.peer().unwrap_or_else(|| SocketAddr::new(IpAddr::from([0, 0, 0, 0]), 0));
         let header = proxy_protocol::Header { client: peer, local: conn.dialed(), sni, alpn };
         proxy_protocol::encode(route.proxy_protocol, &header, &mut out);
     }
     out
+}
+
+/// Room for a PROXY header: v1 is at most 107 bytes; v2 is 16 + 36 (IPv6 addresses) plus the
+/// SNI and ALPN TLVs (3 bytes of header each).
+fn proxy_protocol_room(p: ProxyProtocol, sni: Option<&str>, alpn: Option<&[u8]>) -> usize {
+    match p {
+        ProxyProtocol::None => 0,
+        ProxyProtocol::V1 => 108,
+        ProxyProtocol::V2 => 52 + 3 + sni.map_or(0, str::len) + 3 + alpn.map_or(0, <[u8]>::len),
+    }
 }
 
 /// Sends all of `buf[from..]`, then returns the buffer to the pool; whether it all went.

@@ -6,12 +6,11 @@ use super::trace::Trace;
 use super::{send_and_recycle, Accepted, Outcome, Resources, Routed};
 use crate::backend;
 use crate::config::{Config, Route};
-use crate::hello::{server_hello_version, ServerVersion};
+use crate::hello::{server_hello_version, Alert, ServerVersion};
 use crate::metrics::DropReason;
 use crate::relay::{self, BUF_SIZE};
 use crate::route::TlsVersion;
 use crate::sys::Socket;
-use std::net::Shutdown;
 use std::time::Duration;
 
 /// A passthrough connection with its back end: `first[sent..]` is still to be sent.
@@ -34,34 +33,40 @@ pub(super) async fn run(
 ) -> Outcome {
     let rt = &cfg.runtime;
     t.connect_start = t.routed_at;
-    let connected = connect(res, cfg, route, routed.first, t).await;
+    // Boxed, as every stage a connection passes through quickly: its task then holds only what
+    // it keeps while it relays, which is what an idle connection costs.
+    let connected = Box::pin(connect(res, cfg, route, routed.first, t)).await;
     let mut c = match connected {
         Ok(c) => c,
         Err(reason) => return Outcome::Dropped(reason),
     };
     if let Some(min) = routed.check_server {
         let limit = Duration::from_millis(rt.hello_timeout_ms);
-        c = match check_server_version(res, &conn.client, c, min, limit).await {
+        c = match Box::pin(check_server_version(res, &conn.client, c, min, limit)).await {
             Ok(c) => c,
             Err(reason) => return Outcome::Dropped(reason),
         };
     }
     let (n_first, n_early) = (c.first.len() as u64, c.early.len() as u64);
-    if !send_and_recycle(res, &c.backend, c.first, c.sent).await {
-        res.bufs.borrow_mut().give(c.early);
+    let Connected { backend, first, sent, early } = c;
+    // The hello usually went out with the connect: its bytes are freed before the relay starts.
+    if sent < first.len() && !Box::pin(send_and_recycle(res, &backend, first, sent)).await {
         return Outcome::Dropped(DropReason::BackendWrite);
     }
-    if !send_and_recycle(res, &conn.client, c.early, 0).await {
+    if !early.is_empty() && !Box::pin(send_and_recycle(res, &conn.client, early, 0)).await {
         return Outcome::Dropped(DropReason::ClientClosed);
     }
     let env = relay::Env {
         pipes: &res.pipes,
         bufs: &res.bufs,
+        scratch: &res.scratch,
+        timers: &res.timers,
+        metrics: &res.metrics,
         splice: rt.splice,
         idle: Duration::from_millis(rt.idle_timeout_ms),
         timing: res.timing,
     };
-    let mut done = relay::relay(&env, &conn.client, &c.backend).await;
+    let mut done = relay::relay(&env, &conn.client, &backend).await;
     done.to_backend += n_first;
     done.to_client += n_early;
     Outcome::Relayed(done)
@@ -91,9 +96,6 @@ async fn connect(
     }
 }
 
-/// A fatal `protocol_version` alert (RFC 8446 §6.2), as a TLS server sends it.
-const PROTOCOL_VERSION_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 70];
-
 /// Sends the rest of the first bytes to the back end, then reads its first flight up to the end
 /// of its ServerHello and checks the version it chose against `min`: below it, the client gets a
 /// `protocol_version` alert and nothing the back end sent. The back end's bytes read are kept in
@@ -113,6 +115,7 @@ pub async fn check_server_version(
     }
     c.sent = c.first.len();
     let buf = res.bufs.borrow_mut().take(BUF_SIZE);
+    let deadline = res.timers.arm([Some(&c.backend), None], limit);
     let read = async {
         let mut buf = buf;
         loop {
@@ -131,21 +134,21 @@ pub async fn check_server_version(
             }
         }
     };
-    let (verdict, buf) = match tokio::time::timeout(limit, read).await {
-        Ok(x) => x,
-        Err(_) => {
-            c.backend.shutdown(Shutdown::Both);
-            (ServerVersion::Invalid("no ServerHello in time"), Vec::new())
-        }
-    };
+    let (mut verdict, buf) = read.await;
+    if deadline.fired() {
+        verdict = ServerVersion::Invalid("no ServerHello in time");
+    }
+    drop(deadline);
     let reason = match verdict {
         ServerVersion::Chosen(v) if v < min.0 => {
             let version = TlsVersion(v);
             tracing::debug!(worker = res.worker, %version, %min, "back end chose a version below min_tls");
             let mut alert = buf;
             alert.clear();
-            alert.extend_from_slice(&PROTOCOL_VERSION_ALERT);
-            send_and_recycle(res, client, alert, 0).await;
+            alert.extend_from_slice(&Alert::ProtocolVersion.record());
+            if send_and_recycle(res, client, alert, 0).await {
+                res.metrics.bump(|c| c.alerts_sent.bump(Alert::ProtocolVersion));
+            }
             DropReason::BackendBelowMinTls
         }
         ServerVersion::Chosen(_) | ServerVersion::Alert => {

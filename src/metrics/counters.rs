@@ -7,7 +7,8 @@
 //! count per value of a [`Label`] enum (drop reasons, connect-failure causes, …), indexed by the
 //! enum's discriminant, so bumping a labelled counter is an array increment.
 
-use super::labels::{AcceptCause, ConnectCause, Direction, DropReason, RelayCause, RelayKind};
+use super::labels::{AcceptCause, ConnectCause, Direction, DropReason, PipeMiss, RelayCause, RelayKind};
+use crate::hello::Alert;
 use crate::route::Match;
 use std::fmt;
 use std::marker::PhantomData;
@@ -198,6 +199,16 @@ counter_set! {
     /// (connections beyond the cap wait in the listen backlog; none is refused).
     conn_limit_waits: u64 => Counter "connection_limit_waits_total"
         "Times a worker stopped accepting at max_conns_per_worker (later connections wait in the backlog).";
+    /// Spliced bursts copied through a buffer because no pipe could be had, by cause.
+    splice_fallbacks: tally(PipeMiss) => Counter "splice_fallbacks_total"
+        "Spliced relay bursts copied through a buffer instead because no pipe could be had, by cause.";
+    /// Pipes open now (lent to relays and pooled); two descriptors each.
+    pipes_open: u64 => Gauge "pipes_open" "Splice pipes open now, lent and pooled (two descriptors each).";
+    /// Bytes of free buffers the worker keeps for reuse.
+    buffer_pool_bytes: u64 => Gauge "buffer_pool_bytes" "Bytes of free relay buffers kept for reuse.";
+    /// Alerts sent before closing a connection whose hello was refused.
+    alerts_sent: tally(Alert) => Counter "alerts_sent_total"
+        "TLS alerts sent to clients whose ClientHello was refused, by alert.";
     access_log_lines: u64 => Counter "access_log_lines_total" "Access-log lines handed to the writer.";
     access_log_dropped: u64 => Counter "access_log_dropped_lines_total"
         "Access-log lines lost because the writer fell behind.";

@@ -21,7 +21,7 @@ pub mod counters;
 pub mod labels;
 
 pub use counters::{Counters, Family, Kind, Label, Tally, Value};
-pub use labels::{AcceptCause, ConnectCause, Direction, DropReason, RelayCause, RelayKind};
+pub use labels::{AcceptCause, ConnectCause, Direction, DropReason, PipeMiss, RelayCause, RelayKind};
 
 use crate::route::Match;
 use hdrhistogram::Histogram;

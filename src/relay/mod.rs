@@ -1,11 +1,18 @@
 //! Moving bytes between a client and its back end once both are connected and the first bytes
 //! (PROXY header, ClientHello) have gone out.
 //!
-//! - [`relay`] relays both directions until both are shut down, through one of two strategies:
-//!   - [`splice`]: zero-copy. Readiness comes from io_uring POLL_ADD; data moves with non-blocking
-//!     `splice(2)` socket → pipe → socket. Needs two pipes from the worker's [`PipePool`].
-//!   - [`copy`]: buffered, io_uring RECV/SEND through a pooled buffer per direction. Used with
-//!     `--no-splice` or when the pipe pool is exhausted.
+//! - [`relay`] relays both directions until both are shut down. Each direction waits for its
+//!   source to be readable (io_uring POLL_ADD, which holds no buffer and no pipe), then moves
+//!   one burst through one of two strategies:
+//!   - [`splice`]: zero-copy `splice(2)` socket → pipe → socket, with a pipe borrowed from the
+//!     worker's [`PipePool`] for the burst and given back once drained, so an idle connection
+//!     holds no pipe and `pipe_pool` pipes serve every connection, not the first few hundred;
+//!     a burst that finds no pipe is copied instead (`splice_fallbacks_total{cause}`);
+//!   - [`copy`]: a non-blocking read into the worker's [`Scratch`] buffer and a non-blocking
+//!     send; only what a full socket did not take is kept (in a pooled buffer) until it goes;
+//!     `--no-splice` uses it for every burst.
+//! - **Fairness**: a direction that keeps finding data yields to the worker's other tasks after
+//!   every [`YIELD_AFTER`] bytes, so one bulk stream cannot hold its worker.
 //! - The TLS relay of terminating routes ([`crate::tls`]) ends the same way: every relay returns
 //!   one [`Relayed`] (how it ended, bytes each way), which the connection counts in one place.
 //! - **Half-close**: when one side ends its stream (EOF), the other side's write half is shut down
@@ -14,29 +21,50 @@
 //! - **Errors** (reset, broken pipe) in one direction shut both sockets down entirely, which ends
 //!   the other direction too ([`Pair::abort`]).
 //! - **Idle timeout**: a connection with no bytes moved in either direction for `idle` is shut
-//!   down (both sockets, which completes every pending operation) and dropped ([`Pair::idle`]).
+//!   down (both sockets, which completes every pending operation) and dropped: for passthrough
+//!   by the worker's wheel ([`Timers`], no timer per connection), for TLS by [`Pair::watch`].
 pub mod copy;
 pub mod pool;
 pub mod splice;
+pub mod timers;
 
-pub use pool::{BufPool, PipePool, BUF_SIZE, PIPE_SIZE};
+pub use pool::{BufPool, PipePool, Scratch, BUF_SIZE, PIPE_SIZE, SCRATCH_SIZE};
+pub use timers::{Deadline, Timers};
 
-use crate::metrics::{RelayCause, RelayKind};
-use crate::sys::Socket;
+use crate::metrics::{Local, RelayCause, RelayKind};
+use crate::sys::{Socket, POLLHUP, POLLIN, POLLRDHUP};
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::Shutdown;
 use std::time::{Duration, Instant};
 
+/// Bytes a relay direction moves before it lets the worker's other tasks run (when its source
+/// keeps having data; a direction that has to wait for data yields anyway).
+pub const YIELD_AFTER: usize = 256 * 1024;
+
 /// What a relay needs from its worker.
 pub struct Env<'a> {
     pub pipes: &'a RefCell<PipePool>,
     pub bufs: &'a RefCell<BufPool>,
-    /// Use splice when two pipes are available.
+    pub scratch: &'a RefCell<Scratch>,
+    pub timers: &'a Timers,
+    pub metrics: &'a Local,
+    /// Splice through pooled pipes (else every burst is copied).
     pub splice: bool,
     pub idle: Duration,
     /// Stamp the first byte relayed from the back end to the client (for the first-byte latency).
     pub timing: bool,
+}
+
+/// What one burst of a direction did.
+pub(crate) enum Burst {
+    /// Moved `n` bytes; `more` when the source probably has more right now (the read filled
+    /// all the room it had), so the next burst need not wait for readiness.
+    Moved { n: usize, more: bool },
+    /// Nothing to read after all (a spurious wake-up): wait for readiness.
+    WouldBlock,
+    /// The source ended its stream.
+    Eof,
 }
 
 /// How a relay ended.
@@ -97,19 +125,29 @@ pub struct Pair<'a> {
     pub client: &'a Socket,
     pub backend: &'a Socket,
     last_activity: Cell<Instant>,
+    /// The worker's wheel watches this pair for idleness (else [`Pair::watch`] does).
+    deadline: Option<&'a Deadline<'a>>,
     /// Directions that have reached end of stream.
     ended: Cell<u8>,
 }
 
 impl<'a> Pair<'a> {
     pub fn new(client: &'a Socket, backend: &'a Socket) -> Self {
-        Self { client, backend, last_activity: Cell::new(Instant::now()), ended: Cell::new(0) }
+        Self { client, backend, last_activity: Cell::new(Instant::now()), deadline: None, ended: Cell::new(0) }
+    }
+
+    /// A pair whose idleness `deadline` watches (it shuts both sockets down when it fires).
+    pub fn watched(client: &'a Socket, backend: &'a Socket, deadline: &'a Deadline<'a>) -> Self {
+        Self { deadline: Some(deadline), ..Self::new(client, backend) }
     }
 
     /// Bytes moved: the idle clock restarts.
     #[inline]
     pub fn touch(&self) {
-        self.last_activity.set(Instant::now());
+        match self.deadline {
+            Some(d) => d.touch(),
+            None => self.last_activity.set(Instant::now()),
+        }
     }
 
     /// `src` reached end of stream: passes it on as a FIN on `dst`. The direction that ends last
@@ -165,42 +203,63 @@ pub fn end_of(res: io::Result<()>, idle: bool) -> End {
 /// Relays both directions until both have ended, an error, or the idle timeout. The caller has
 /// sent the first bytes already and closes both sockets afterwards.
 pub async fn relay(env: &Env<'_>, client: &Socket, backend: &Socket) -> Relayed {
-    let pair = Pair::new(client, backend);
-    let pipes = if env.splice { pool::take_two(env.pipes) } else { None };
-    let kind = if pipes.is_some() { RelayKind::Splice } else { RelayKind::Buffered };
+    let deadline = env.timers.arm([Some(client), Some(backend)], env.idle);
+    let pair = Pair::watched(client, backend, &deadline);
+    let kind = if env.splice { RelayKind::Splice } else { RelayKind::Buffered };
     let up = Moved::new(false);
     let down = Moved::new(env.timing);
-    let work = async {
-        match pipes {
-            Some((mut p1, mut p2)) => {
-                let (a, b) = tokio::join!(
-                    splice::direction(&pair, client, backend, p1.get(), &up),
-                    splice::direction(&pair, backend, client, p2.get(), &down),
-                );
-                a.and(b)
-            }
-            None => {
-                let (first, second) = {
-                    let mut bufs = env.bufs.borrow_mut();
-                    (bufs.take(BUF_SIZE), bufs.take(BUF_SIZE))
-                };
-                let (a, b) = tokio::join!(
-                    copy::direction(&pair, client, backend, first, &up),
-                    copy::direction(&pair, backend, client, second, &down),
-                );
-                let mut bufs = env.bufs.borrow_mut();
-                bufs.give(a.1);
-                bufs.give(b.1);
-                a.0.and(b.0)
-            }
-        }
-    };
-    let (res, idle) = pair.watch(env.idle, work).await;
+    let (a, b) =
+        tokio::join!(direction(&pair, env, client, backend, &up), direction(&pair, env, backend, client, &down));
     Relayed {
         kind,
-        end: end_of(res, idle),
+        end: end_of(a.and(b), deadline.fired()),
         to_backend: up.bytes(),
         to_client: down.bytes(),
         first_to_client: down.first(),
+    }
+}
+
+/// One direction, `src` → `dst`, until `src` ends its stream (then `dst`'s write half is shut
+/// down) or an error (then both sockets are, which ends the other direction too).
+async fn direction(pair: &Pair<'_>, env: &Env<'_>, src: &Socket, dst: &Socket, moved: &Moved) -> io::Result<()> {
+    let res = bursts(pair, env, src, dst, moved).await;
+    if res.is_err() {
+        pair.abort();
+    }
+    res
+}
+
+async fn bursts(pair: &Pair<'_>, env: &Env<'_>, src: &Socket, dst: &Socket, moved: &Moved) -> io::Result<()> {
+    // `src` is known to have data (the last burst filled its room, or the peer's FIN was seen:
+    // the next read returns the rest or 0), so the next burst needs no poll first.
+    let mut ready = false;
+    let mut hup = false;
+    let mut budget = YIELD_AFTER;
+    loop {
+        if !ready {
+            hup = src.poll(POLLIN | POLLRDHUP).await? & (POLLRDHUP | POLLHUP) != 0;
+        }
+        let burst = if env.splice {
+            splice::burst(pair, env, src, dst, moved).await?
+        } else {
+            copy::burst(pair, env, src, dst, moved).await?
+        };
+        match burst {
+            Burst::Eof => {
+                pair.end_of_stream(dst);
+                return Ok(());
+            }
+            Burst::WouldBlock => ready = false,
+            Burst::Moved { n, more } => {
+                ready = more || hup;
+                budget = budget.saturating_sub(n);
+                if budget == 0 {
+                    budget = YIELD_AFTER;
+                    if ready {
+                        tokio::task::yield_now().await;
+                    }
+                }
+            }
+        }
     }
 }

@@ -9,17 +9,20 @@
 //! - [`socket`]: [`Socket`], async accept/recv/send/poll through the ring, connect, addresses;
 //! - [`pipe`]: [`Pipe`] and non-blocking `splice(2)`;
 //! - [`limits`]: `RLIMIT_NOFILE`, huge-page hints;
+//! - [`alloc`]: giving freed allocator pages back to the system;
 //! - [`unix`]: passing descriptors over unix sockets (`SCM_RIGHTS`), the peer's credentials.
 #![allow(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
+pub mod alloc;
 pub mod limits;
 pub mod pipe;
 pub mod ring;
 pub mod socket;
 pub mod unix;
 
+pub use alloc::release_free_memory;
 pub use limits::{advise_huge_pages, raise_fd_limit};
 pub use pipe::{Pipe, Spliced};
 pub use ring::{runtime, RingOptions};
-pub use socket::{Socket, POLLERR, POLLHUP, POLLIN, POLLOUT, POLLRDHUP};
+pub use socket::{Ready, Socket, POLLERR, POLLHUP, POLLIN, POLLOUT, POLLRDHUP};

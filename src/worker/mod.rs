@@ -14,7 +14,7 @@ use crate::access_log;
 use crate::config::Config;
 use crate::conn;
 use crate::metrics::{self, Local};
-use crate::relay::{BufPool, PipePool};
+use crate::relay::{timers, BufPool, PipePool, Scratch, Timers};
 use crate::sys::{self, RingOptions, Socket};
 use arc_swap::{ArcSwap, Cache};
 use std::cell::{Cell, RefCell};
@@ -111,6 +111,8 @@ pub fn main(setup: Setup, ready: mpsc::Sender<Result<(), StartError>>) {
                 metrics: Local::new(slot),
                 pipes: RefCell::new(PipePool::new(pipe_pool)),
                 bufs: RefCell::new(BufPool::default()),
+                scratch: RefCell::new(Scratch::default()),
+                timers: Timers::default(),
                 timing,
                 log,
             },
@@ -122,7 +124,7 @@ pub fn main(setup: Setup, ready: mpsc::Sender<Result<(), StartError>>) {
         for (fd, addr) in listeners {
             accepting.push(tokio_uring::spawn(accept::run(Rc::clone(&w), Socket::from(fd), addr)));
         }
-        let publisher = tokio_uring::spawn(publish_loop(Rc::clone(&w)));
+        let publisher = tokio_uring::spawn(tick_loop(Rc::clone(&w)));
         for task in accepting {
             let _ = task.await;
         }
@@ -141,18 +143,42 @@ pub fn main(setup: Setup, ready: mpsc::Sender<Result<(), StartError>>) {
     });
 }
 
-/// Every [`metrics::PUBLISH_EVERY`]: the open-connection gauge, the access-log buffer and the
-/// counters go out to the readers.
-async fn publish_loop(w: Rc<Worker>) {
+/// Ticks of the housekeeping loop between two trims of the pools.
+const TRIM_EVERY_TICKS: u32 = 10;
+
+/// The worker's housekeeping, every [`timers::TICK`]: the wheel of deadlines advances (hello
+/// timeouts, idle connections), and every [`metrics::PUBLISH_EVERY`] the gauges, the access-log
+/// buffer and the counters go out to the readers; about once a second the pools give back what
+/// the last second did not need and the allocator returns freed pages to the system.
+async fn tick_loop(w: Rc<Worker>) {
+    let publish_every = (metrics::PUBLISH_EVERY.as_nanos() / timers::TICK.as_nanos()).max(1) as u32;
+    let mut n: u32 = 0;
     loop {
-        tokio::time::sleep(metrics::PUBLISH_EVERY).await;
-        let open = w.open.get() as u64;
-        let m = w.metrics();
-        m.bump(|c| c.open = open);
-        if let Some(log) = &w.conns.log {
-            log.flush(m);
+        tokio::time::sleep(timers::TICK).await;
+        n = n.wrapping_add(1);
+        let c = &w.conns;
+        c.timers.advance(std::time::Instant::now());
+        if n.is_multiple_of(TRIM_EVERY_TICKS) {
+            c.pipes.borrow_mut().trim();
+            c.bufs.borrow_mut().trim();
+            c.timers.shrink();
+            sys::release_free_memory();
         }
-        m.publish();
+        if n.is_multiple_of(publish_every) {
+            let open = w.open.get() as u64;
+            let pipes = c.pipes.borrow().live() as u64;
+            let buffered = c.bufs.borrow().free_bytes() as u64;
+            let m = w.metrics();
+            m.bump(|c| {
+                c.open = open;
+                c.pipes_open = pipes;
+                c.buffer_pool_bytes = buffered;
+            });
+            if let Some(log) = &c.log {
+                log.flush(m);
+            }
+            m.publish();
+        }
     }
 }
 
