@@ -188,7 +188,7 @@ impl Partial {
         match parser::parse(bytes, self.max_hello_bytes) {
             Parsed::Complete(hello) => {
                 t.hello_done = res.now();
-                t.hello_bytes = Some(hello.len() as u64);
+                t.hello_bytes = Some(u32::try_from(hello.len()).unwrap_or(u32::MAX));
                 let d = route(res, cfg, conn, &hello, bytes.len(), t);
                 t.routed_at = res.now();
                 d

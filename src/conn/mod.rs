@@ -31,6 +31,7 @@ use crate::relay::{self, BufPool, PipePool, Relayed, Scratch, Timers};
 use crate::route::{ProxyProtocol, RouteId};
 use crate::sys::Socket;
 use std::cell::RefCell;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 use trace::Trace;
@@ -123,39 +124,65 @@ pub enum Outcome {
     Relayed(Relayed),
 }
 
-/// Serves one accepted connection to its end, then counts and logs how it ended.
-pub async fn serve(res: &Resources, cfg: &Config, conn: Accepted) {
-    let mut t = Trace::new(conn.at, res.log.as_ref().is_some_and(|l| l.sample()));
-    if t.log {
-        t.client = conn.peer();
-        t.local = Some(conn.dialed());
+/// Serves one accepted connection to its end, then counts and logs how it ended. The caller
+/// owns the connection (and closes it when this is done), so that the task stores it once.
+///
+/// The futures of the stages a connection keeps while it is idle (this one, the passthrough
+/// relay) are `async move` blocks rather than `async fn`s, whose arguments rustc stores twice;
+/// stages that pass quickly are boxed. An idle connection's task is what it costs (see
+/// `tuning/README.md`, "Memory per connection").
+#[allow(clippy::manual_async_fn)] // an `async move` block: its arguments are stored once
+pub fn serve<'a>(res: &'a Resources, cfg: &'a Config, conn: &'a mut Accepted) -> impl Future<Output = ()> + 'a {
+    async move {
+        let mut t = Trace::new(conn.at, res.log.as_ref().is_some_and(|l| l.sample()));
+        if t.log {
+            t.client = conn.peer();
+            t.local = Some(conn.dialed());
+        }
+        let (outcome, logged) = run(res, cfg, conn, &mut t).await;
+        close(res, conn, outcome, logged);
+        trace::finish(res, cfg, &t, &outcome);
     }
-    let (outcome, logged) = run(res, cfg, &conn, &mut t).await;
-    close(res, &conn, &mut t, outcome, logged);
-    trace::finish(res, cfg, &t);
 }
 
 /// The connection's outcome, and whether its drop line was written already (a refused hello's,
 /// where the cause was at hand).
-async fn run(res: &Resources, cfg: &Config, conn: &Accepted, t: &mut Trace) -> (Outcome, bool) {
-    let routed = match hello::read(res, cfg, conn, t).await {
-        Ok(r) => r,
-        Err(r) => return (Outcome::Dropped(r.reason), r.logged),
-    };
-    let route = cfg.table.route(routed.id);
-    let outcome = match &route.action {
-        crate::route::Action::Passthrough => passthrough::run(res, cfg, route, conn, routed, t).await,
-        // Boxed: the TLS state machine would otherwise make every connection's task (passthrough
-        // included) several KiB larger, and each task is memcpy'd when it is spawned.
-        crate::route::Action::Terminate(tls) => {
+#[allow(clippy::manual_async_fn)] // an `async move` block: its arguments are stored once
+fn run<'a>(
+    res: &'a Resources,
+    cfg: &'a Config,
+    conn: &'a Accepted,
+    t: &'a mut Trace,
+) -> impl Future<Output = (Outcome, bool)> + 'a {
+    async move {
+        let routed = match hello::read(res, cfg, conn, t).await {
+            Ok(r) => r,
+            Err(r) => return (Outcome::Dropped(r.reason), r.logged),
+        };
+        let route = cfg.table.route(routed.id);
+        let tls = match &route.action {
+            crate::route::Action::Passthrough => None,
+            crate::route::Action::Terminate(tls) => Some(tls),
+        };
+        let outcome = if let Some(tls) = tls {
+            // Boxed: the TLS state machine would otherwise make every connection's task (passthrough
+            // included) several KiB larger, and each task is memcpy'd when it is spawned.
             Box::pin(terminate::run(res, cfg, route, tls, conn, routed.first, t)).await
-        }
-    };
-    (outcome, false)
+        } else {
+            // Opening is boxed, as every stage a connection passes through quickly: the task
+            // then holds little more than the relay, which is what an idle connection costs.
+            let opened = Box::pin(passthrough::open(res, cfg, route, conn, routed, t)).await;
+            match opened {
+                Ok(opened) => passthrough::relay(res, cfg, conn, opened).await,
+                Err(reason) => Outcome::Dropped(reason),
+            }
+        };
+        (outcome, false)
+    }
 }
 
-/// Counts the outcome (the one place that does) and records it in the trace.
-fn close(res: &Resources, conn: &Accepted, t: &mut Trace, outcome: Outcome, logged: bool) {
+/// Counts the outcome (the one place that does).
+fn close(res: &Resources, conn: &Accepted, outcome: Outcome, logged: bool) {
     match outcome {
         Outcome::Dropped(reason) => {
             res.metrics.dropped(reason);
@@ -179,15 +206,9 @@ fn close(res: &Resources, conn: &Accepted, t: &mut Trace, outcome: Outcome, logg
                     relay::End::Error(cause) => c.relay_errors.bump(cause),
                 }
             });
-            t.to_backend += r.to_backend;
-            t.to_client += r.to_client;
-            if t.first_to_client.is_none() && res.timing {
-                t.first_to_client = r.first_to_client;
-            }
             tracing::trace!(worker = res.worker, end = ?r.end, "connection closed");
         }
     }
-    t.outcome = Some(outcome);
 }
 
 /// The PROXY header for `route` (empty when it sends none): the client's address, the address it

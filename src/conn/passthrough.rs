@@ -11,6 +11,7 @@ use crate::metrics::DropReason;
 use crate::relay::{self, BUF_SIZE};
 use crate::route::TlsVersion;
 use crate::sys::Socket;
+use std::future::Future;
 use std::time::Duration;
 
 /// A passthrough connection with its back end: `first[sent..]` is still to be sent.
@@ -23,53 +24,69 @@ pub struct Connected {
     pub early: Vec<u8>,
 }
 
-pub(super) async fn run(
+/// A passthrough connection ready to relay: its back end, and the bytes already sent each way
+/// (the first bytes, the back end's ServerHello read for the version check).
+pub(super) struct Opened {
+    backend: Socket,
+    to_backend: u64,
+    to_client: u64,
+}
+
+/// Relays an opened connection until both sides are done. An `async move` block, not an
+/// `async fn` (whose arguments rustc stores twice): an idle connection's task holds this.
+#[allow(clippy::manual_async_fn)] // an `async move` block: its arguments are stored once
+pub(super) fn relay<'a>(
+    res: &'a Resources,
+    cfg: &'a Config,
+    conn: &'a Accepted,
+    opened: Opened,
+) -> impl Future<Output = Outcome> + 'a {
+    async move {
+        let rt = &cfg.runtime;
+        let env = relay::Env {
+            pipes: &res.pipes,
+            bufs: &res.bufs,
+            scratch: &res.scratch,
+            timers: &res.timers,
+            metrics: &res.metrics,
+            splice: rt.splice,
+            idle: Duration::from_millis(rt.idle_timeout_ms),
+            timing: res.timing,
+        };
+        let mut done = relay::relay(&env, &conn.client, &opened.backend).await;
+        done.to_backend += opened.to_backend;
+        done.to_client += opened.to_client;
+        Outcome::Relayed(done)
+    }
+}
+
+/// Everything before the relay: the connect (the first bytes with it), the back end's version
+/// where `min_tls` needs it, the rest of the first bytes and the back end's early bytes. The
+/// back end, and the bytes sent each way.
+pub(super) async fn open(
     res: &Resources,
     cfg: &Config,
     route: &Route,
     conn: &Accepted,
     routed: Routed,
     t: &mut Trace,
-) -> Outcome {
-    let rt = &cfg.runtime;
+) -> Result<Opened, DropReason> {
     t.connect_start = t.routed_at;
-    // Boxed, as every stage a connection passes through quickly: its task then holds only what
-    // it keeps while it relays, which is what an idle connection costs.
-    let connected = Box::pin(connect(res, cfg, route, routed.first, t)).await;
-    let mut c = match connected {
-        Ok(c) => c,
-        Err(reason) => return Outcome::Dropped(reason),
-    };
+    let mut c = connect(res, cfg, route, routed.first, t).await?;
     if let Some(min) = routed.check_server {
-        let limit = Duration::from_millis(rt.hello_timeout_ms);
-        c = match Box::pin(check_server_version(res, &conn.client, c, min, limit)).await {
-            Ok(c) => c,
-            Err(reason) => return Outcome::Dropped(reason),
-        };
+        let limit = Duration::from_millis(cfg.runtime.hello_timeout_ms);
+        c = check_server_version(res, &conn.client, c, min, limit).await?;
     }
     let (n_first, n_early) = (c.first.len() as u64, c.early.len() as u64);
     let Connected { backend, first, sent, early } = c;
     // The hello usually went out with the connect: its bytes are freed before the relay starts.
-    if sent < first.len() && !Box::pin(send_and_recycle(res, &backend, first, sent)).await {
-        return Outcome::Dropped(DropReason::BackendWrite);
+    if sent < first.len() && !send_and_recycle(res, &backend, first, sent).await {
+        return Err(DropReason::BackendWrite);
     }
-    if !early.is_empty() && !Box::pin(send_and_recycle(res, &conn.client, early, 0)).await {
-        return Outcome::Dropped(DropReason::ClientClosed);
+    if !early.is_empty() && !send_and_recycle(res, &conn.client, early, 0).await {
+        return Err(DropReason::ClientClosed);
     }
-    let env = relay::Env {
-        pipes: &res.pipes,
-        bufs: &res.bufs,
-        scratch: &res.scratch,
-        timers: &res.timers,
-        metrics: &res.metrics,
-        splice: rt.splice,
-        idle: Duration::from_millis(rt.idle_timeout_ms),
-        timing: res.timing,
-    };
-    let mut done = relay::relay(&env, &conn.client, &backend).await;
-    done.to_backend += n_first;
-    done.to_client += n_early;
-    Outcome::Relayed(done)
+    Ok(Opened { backend, to_backend: n_first, to_client: n_early })
 }
 
 /// Connects to the route's back ends in order, sending what it can of `first` at once (the

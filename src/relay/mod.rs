@@ -32,8 +32,9 @@ pub use pool::{BufPool, PipePool, Scratch, BUF_SIZE, PIPE_SIZE, SCRATCH_SIZE};
 pub use timers::{Deadline, Timers};
 
 use crate::metrics::{Local, RelayCause, RelayKind};
-use crate::sys::{Socket, POLLHUP, POLLIN, POLLRDHUP};
+use crate::sys::{Socket, POLLHUP, POLLIN, POLLOUT, POLLRDHUP};
 use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::io;
 use std::net::Shutdown;
 use std::time::{Duration, Instant};
@@ -202,64 +203,117 @@ pub fn end_of(res: io::Result<()>, idle: bool) -> End {
 
 /// Relays both directions until both have ended, an error, or the idle timeout. The caller has
 /// sent the first bytes already and closes both sockets afterwards.
-pub async fn relay(env: &Env<'_>, client: &Socket, backend: &Socket) -> Relayed {
-    let deadline = env.timers.arm([Some(client), Some(backend)], env.idle);
-    let pair = Pair::watched(client, backend, &deadline);
-    let kind = if env.splice { RelayKind::Splice } else { RelayKind::Buffered };
-    let up = Moved::new(false);
-    let down = Moved::new(env.timing);
-    let (a, b) =
-        tokio::join!(direction(&pair, env, client, backend, &up), direction(&pair, env, backend, client, &down));
-    Relayed {
-        kind,
-        end: end_of(a.and(b), deadline.fired()),
-        to_backend: up.bytes(),
-        to_client: down.bytes(),
-        first_to_client: down.first(),
+#[allow(clippy::manual_async_fn)] // an `async move` block: its arguments are stored once
+pub fn relay<'a>(env: &'a Env<'a>, client: &'a Socket, backend: &'a Socket) -> impl Future<Output = Relayed> + 'a {
+    async move {
+        let deadline = env.timers.arm([Some(client), Some(backend)], env.idle);
+        let pair = Pair::watched(client, backend, &deadline);
+        let kind = if env.splice { RelayKind::Splice } else { RelayKind::Buffered };
+        let up = Moved::new(false);
+        let down = Moved::new(env.timing);
+        let to_backend = Dir { pair: &pair, env, src: client, dst: backend, moved: &up };
+        let to_client = Dir { pair: &pair, env, src: backend, dst: client, moved: &down };
+        let (a, b) = tokio::join!(direction(&to_backend), direction(&to_client));
+        Relayed {
+            kind,
+            end: end_of(a.and(b), deadline.fired()),
+            to_backend: up.bytes(),
+            to_client: down.bytes(),
+            first_to_client: down.first(),
+        }
     }
+}
+
+/// One direction of a relay: what its loop needs, behind one reference.
+struct Dir<'a> {
+    pair: &'a Pair<'a>,
+    env: &'a Env<'a>,
+    src: &'a Socket,
+    dst: &'a Socket,
+    moved: &'a Moved,
 }
 
 /// One direction, `src` → `dst`, until `src` ends its stream (then `dst`'s write half is shut
 /// down) or an error (then both sockets are, which ends the other direction too).
-async fn direction(pair: &Pair<'_>, env: &Env<'_>, src: &Socket, dst: &Socket, moved: &Moved) -> io::Result<()> {
-    let res = bursts(pair, env, src, dst, moved).await;
-    if res.is_err() {
-        pair.abort();
-    }
-    res
-}
-
-async fn bursts(pair: &Pair<'_>, env: &Env<'_>, src: &Socket, dst: &Socket, moved: &Moved) -> io::Result<()> {
-    // `src` is known to have data (the last burst filled its room, or the peer's FIN was seen:
-    // the next read returns the rest or 0), so the next burst needs no poll first.
-    let mut ready = false;
-    let mut hup = false;
-    let mut budget = YIELD_AFTER;
-    loop {
-        if !ready {
-            hup = src.poll(POLLIN | POLLRDHUP).await? & (POLLRDHUP | POLLHUP) != 0;
+///
+/// One flat loop, on purpose: an idle connection's task holds two of these (waiting on a poll),
+/// and each nested `async fn` would add its own state to every connection's task. The bursts
+/// themselves are [`splice::fill`]/[`splice::drain`] and [`copy::read`]/[`copy::send`].
+#[allow(clippy::manual_async_fn)] // an `async move` block: its arguments are stored once
+fn direction<'a>(d: &'a Dir<'a>) -> impl Future<Output = io::Result<()>> + 'a {
+    async move {
+        macro_rules! or_abort {
+            ($e:expr) => {
+                match $e {
+                    Ok(v) => v,
+                    Err(e) => {
+                        d.pair.abort();
+                        return Err(e);
+                    }
+                }
+            };
         }
-        let burst = if env.splice {
-            splice::burst(pair, env, src, dst, moved).await?
-        } else {
-            copy::burst(pair, env, src, dst, moved).await?
-        };
-        match burst {
-            Burst::Eof => {
-                pair.end_of_stream(dst);
-                return Ok(());
+        // `src` is known to have data (the last burst filled its room, or the peer's FIN was seen:
+        // the next read returns the rest or 0), so the next burst needs no poll first.
+        let mut ready = false;
+        let mut hup = false;
+        let mut budget = YIELD_AFTER;
+        loop {
+            if !ready {
+                hup = or_abort!(d.src.poll(POLLIN | POLLRDHUP).await) & (POLLRDHUP | POLLHUP) != 0;
             }
-            Burst::WouldBlock => ready = false,
-            Burst::Moved { n, more } => {
-                ready = more || hup;
-                budget = budget.saturating_sub(n);
-                if budget == 0 {
-                    budget = YIELD_AFTER;
-                    if ready {
-                        tokio::task::yield_now().await;
+            // A burst: spliced through a pipe lent for it, or copied (no splice, or no pipe).
+            // Each arm keeps its own state across its await, so the two share the space.
+            let burst = if let Some(mut loan) = d.env.splice.then(|| splice::loan(d.env)).flatten() {
+                let burst = or_abort!(splice::fill(loan.get(), d.src));
+                if let Burst::Moved { .. } = burst {
+                    d.pair.touch();
+                    while or_abort!(splice::drain(loan.get(), d.dst, d.moved)) {
+                        or_abort!(d.dst.poll(POLLOUT).await);
+                    }
+                    d.pair.touch();
+                }
+                burst
+            } else {
+                let (burst, rest) = or_abort!(copy::read(d.pair, d.env, d.src, d.dst, d.moved));
+                if let Some(rest) = rest {
+                    let sent = copy_rest(d, &rest).await;
+                    d.env.bufs.borrow_mut().give(rest);
+                    or_abort!(sent);
+                }
+                burst
+            };
+            match burst {
+                Burst::Eof => {
+                    d.pair.end_of_stream(d.dst);
+                    return Ok(());
+                }
+                Burst::WouldBlock => ready = false,
+                Burst::Moved { n, more } => {
+                    ready = more || hup;
+                    budget = budget.saturating_sub(n);
+                    if budget == 0 {
+                        budget = YIELD_AFTER;
+                        if ready {
+                            tokio::task::yield_now().await;
+                        }
                     }
                 }
             }
         }
+    }
+}
+
+/// Sends what a full `dst` did not take of a copied burst, as it drains.
+#[allow(clippy::manual_async_fn)] // an `async move` block: its arguments are stored once
+fn copy_rest<'a>(d: &'a Dir<'a>, rest: &'a [u8]) -> impl Future<Output = io::Result<()>> + 'a {
+    async move {
+        let mut from = 0;
+        while !copy::send(d.dst, rest, &mut from, d.moved)? {
+            d.pair.touch();
+            d.dst.poll(POLLOUT).await?;
+        }
+        d.pair.touch();
+        Ok(())
     }
 }
