@@ -293,10 +293,13 @@ fn direction<'a>(d: &'a Dir<'a>) -> impl Future<Output = io::Result<()>> + 'a {
                     ready = more || hup;
                     budget = budget.saturating_sub(n);
                     if budget == 0 {
+                        // Yield through the ring, not to the scheduler: the poll completes at
+                        // once, but only after the worker has parked, which is when tokio-uring
+                        // hands every task's queued submissions to the kernel (a `yield_now`
+                        // would let the other tasks run, yet leave their new operations, an
+                        // accept included, unsubmitted for as long as this one stays busy).
                         budget = YIELD_AFTER;
-                        if ready {
-                            tokio::task::yield_now().await;
-                        }
+                        ready = false;
                     }
                 }
             }
@@ -315,5 +318,59 @@ fn copy_rest<'a>(d: &'a Dir<'a>, rest: &'a [u8]) -> impl Future<Output = io::Res
         }
         d.pair.touch();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::{Local, Registry};
+    use std::fs::{File, OpenOptions};
+    use std::os::fd::OwnedFd;
+
+    /// /dev/zero → /dev/null never waits: both are always ready. A direction that kept going
+    /// while it can would never give the worker back, and another task's ring operation (here a
+    /// poll, as an accept or another connection's read would be) would never be submitted: the
+    /// test then times out. With the byte budget it yields through the ring every
+    /// [`YIELD_AFTER`] bytes.
+    #[test]
+    fn a_direction_that_never_waits_still_lets_other_tasks_run() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            tokio_uring::start(async move {
+                let zero = Socket::from(OwnedFd::from(File::open("/dev/zero").unwrap()));
+                let null = Socket::from(OwnedFd::from(OpenOptions::new().write(true).open("/dev/null").unwrap()));
+                let timers = Timers::default();
+                let metrics = Local::new(Registry::new(1).slot(0));
+                let env = Env {
+                    pipes: &RefCell::new(PipePool::new(2)),
+                    bufs: &RefCell::new(BufPool::default()),
+                    scratch: &RefCell::new(Scratch::default()),
+                    timers: &timers,
+                    metrics: &metrics,
+                    splice: true,
+                    idle: Duration::from_secs(60),
+                    timing: false,
+                };
+                let pair = Pair::new(&zero, &null);
+                let moved = Moved::new(false);
+                let d = Dir { pair: &pair, env: &env, src: &zero, dst: &null, moved: &moved };
+                // Another connection's operations go through the ring while the direction runs.
+                let other = Socket::from(OwnedFd::from(OpenOptions::new().write(true).open("/dev/null").unwrap()));
+                let enough = 8 * YIELD_AFTER as u64;
+                tokio::select! {
+                    biased;
+                    r = direction(&d) => panic!("/dev/zero ended: {r:?}"),
+                    () = async {
+                        while moved.bytes() < enough {
+                            other.poll(crate::sys::POLLOUT).await.unwrap();
+                        }
+                    } => {}
+                }
+                tx.send(moved.bytes()).unwrap();
+            })
+        });
+        let moved = rx.recv_timeout(Duration::from_secs(60)).expect("the relay never let another task run");
+        assert!(moved >= 8 * YIELD_AFTER as u64, "moved {moved}");
     }
 }
