@@ -56,6 +56,8 @@ pub(super) fn relay<'a>(
         let mut done = relay::relay(&env, &conn.client, &opened.backend).await;
         done.to_backend += opened.to_backend;
         done.to_client += opened.to_client;
+        // Through the ring: batched with the other submissions, no close(2) of its own.
+        opened.backend.close().await;
         Outcome::Relayed(done)
     }
 }

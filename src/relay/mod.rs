@@ -151,14 +151,13 @@ impl<'a> Pair<'a> {
         }
     }
 
-    /// `src` reached end of stream: passes it on as a FIN on `dst`. The direction that ends last
-    /// skips the shutdown(2): both sockets are closed right after, and close sends the same FIN.
-    pub(crate) fn end_of_stream(&self, dst: &Socket) {
+    /// A direction reached end of stream: whether its FIN must be passed on with a shutdown of
+    /// the other socket's write half. The direction that ends last skips it: both sockets are
+    /// closed right after, and the close sends the same FIN.
+    pub(crate) fn end_of_stream(&self) -> bool {
         let ended = self.ended.get() + 1;
         self.ended.set(ended);
-        if ended < 2 {
-            dst.shutdown(Shutdown::Write);
-        }
+        ended < 2
     }
 
     /// Ends both directions after an error (pending operations complete, later writes fail).
@@ -285,7 +284,9 @@ fn direction<'a>(d: &'a Dir<'a>) -> impl Future<Output = io::Result<()>> + 'a {
             };
             match burst {
                 Burst::Eof => {
-                    d.pair.end_of_stream(d.dst);
+                    if d.pair.end_of_stream() {
+                        d.dst.shutdown(Shutdown::Write);
+                    }
                     return Ok(());
                 }
                 Burst::WouldBlock => ready = false,

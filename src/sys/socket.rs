@@ -12,7 +12,7 @@ use io_uring::{opcode, types};
 use std::future::Future;
 use std::io;
 use std::net::{Shutdown, SocketAddr};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
@@ -243,6 +243,27 @@ impl Socket {
         match self.sock_ref().take_error()? {
             None => Ok(()),
             Some(e) => Err(e),
+        }
+    }
+
+    /// Closes the socket through the ring when this is its last holder (the close goes to the
+    /// kernel with the ring's next batch of submissions, not as a close(2) of its own, and runs
+    /// inline: a socket has no `flush`, so no io-wq thread); else the last holder's drop closes
+    /// it. On a kernel without IORING_OP_CLOSE, close(2). (IORING_OP_SHUTDOWN is not used: the
+    /// kernel always hands it to an io-wq thread.)
+    pub async fn close(self) {
+        let Ok(fd) = Rc::try_unwrap(self.fd) else { return };
+        let raw = fd.into_raw_fd();
+        let sqe = opcode::Close::new(types::Fd(raw)).build();
+        // SAFETY: the entry holds no pointers. The fd is owned by the operation from here on:
+        // `into_raw_fd` gave up the only owner, so nothing else uses or closes the number until
+        // the kernel has closed it (even if this future is dropped, the operation completes).
+        let (res, ()) = unsafe { submit((), sqe) }.await;
+        // EINVAL: the kernel does not know the opcode, so the fd is still open (any other
+        // error comes from the close itself, after which the number must not be touched).
+        if res.is_err_and(|e| e.raw_os_error() == Some(libc::EINVAL)) {
+            // SAFETY: the close was refused before it began, so `raw` is still ours alone.
+            drop(unsafe { OwnedFd::from_raw_fd(raw) });
         }
     }
 

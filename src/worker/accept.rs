@@ -108,5 +108,7 @@ fn serve(guard: OpenGuard, mut conn: Accepted) -> impl std::future::Future<Outpu
         let w = &guard.0;
         let cfg = w.config();
         conn::serve(&w.conns, &cfg, &mut conn).await;
+        // Through the ring: batched with the other submissions, no close(2) of its own.
+        conn.client.close().await;
     }
 }
