@@ -6,7 +6,8 @@
 //! load ([`hello`] shapes ClientHellos, [`dist`] draws names, [`co`] paces open loops; [`idle`]
 //! holds idle connections), [`procstat`] reads CPU time, RSS and descriptors, [`counts`] counts
 //! system calls, io_uring submissions, wake-ups and TCP segments, [`report`] and [`plot`] write the
-//! results; [`scaling`] places the workers, load generators and back ends of scaling runs.
+//! results; [`quic`] runs the QUIC workloads (quinn) through the dispatcher and nginx's UDP proxy;
+//! [`scaling`] places the workers, load generators and back ends of scaling runs.
 
 pub mod backends;
 pub mod certs;
@@ -18,6 +19,7 @@ pub mod idle;
 pub mod net;
 pub mod plot;
 pub mod procstat;
+pub mod quic;
 pub mod report;
 pub mod runner;
 pub mod scaling;

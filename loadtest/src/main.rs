@@ -19,6 +19,9 @@ struct Cli {
 enum Cmd {
     /// Run a suite: start the back ends and the targets, run the workloads, report.
     Suite(Options),
+    /// QUIC: handshakes, bulk, idle flows and an Initial flood with quinn, through the dispatcher
+    /// and (--compare nginx) nginx's stream UDP proxy on the same traffic.
+    Quic(sni_loadtest::quic::QuicOptions),
     /// Write the dispatcher, HAProxy and nginx configs a suite generates into DIR, and exit.
     Configs {
         file: PathBuf,
@@ -45,6 +48,13 @@ fn main() {
                 }
             }
         }
+        Cmd::Quic(o) => match sni_loadtest::quic::run(&o) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: {e}");
+                2
+            }
+        },
         Cmd::Configs { file, out } => match runner::write_configs(&file, &out) {
             Ok(()) => 0,
             Err(e) => {

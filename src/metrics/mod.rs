@@ -21,7 +21,10 @@ pub mod counters;
 pub mod labels;
 
 pub use counters::{Counters, Family, Kind, Label, Tally, Value};
-pub use labels::{AcceptCause, ConnectCause, Direction, DropReason, PipeMiss, RelayCause, RelayKind};
+pub use labels::{
+    AcceptCause, ConnectCause, Direction, DropReason, PipeMiss, QuicDatagramDrop, QuicFlowDrop, QuicFlowEnd,
+    RelayCause, RelayKind,
+};
 
 use crate::route::Match;
 use hdrhistogram::Histogram;
@@ -50,6 +53,9 @@ pub enum Hist {
     Lifetime,
     /// Bytes of the complete ClientHello (as read: records and all).
     HelloSize,
+    /// A QUIC flow's first Initial to routed (every Initial of its hello, decryption, parse,
+    /// lookup, the back-end socket).
+    QuicRouting,
 }
 
 /// What a [`Hist`] measures.
@@ -61,7 +67,7 @@ pub enum Unit {
 }
 
 impl Hist {
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::HelloWait,
         Self::RouteLookup,
         Self::BackendConnect,
@@ -69,6 +75,7 @@ impl Hist {
         Self::FirstByte,
         Self::Lifetime,
         Self::HelloSize,
+        Self::QuicRouting,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -82,6 +89,7 @@ impl Hist {
             Self::FirstByte => "backend_first_byte",
             Self::Lifetime => "connection_lifetime",
             Self::HelloSize => "client_hello_size",
+            Self::QuicRouting => "quic_initial_to_routed",
         }
     }
 
@@ -101,6 +109,9 @@ impl Hist {
             Self::FirstByte => "Back end connected to its first byte relayed to the client.",
             Self::Lifetime => "Accept to close, of every connection.",
             Self::HelloSize => "Size of complete ClientHellos as read.",
+            Self::QuicRouting => {
+                "A QUIC flow's first Initial to routed (all its hello's Initials, decrypt, parse, lookup)."
+            }
         }
     }
 

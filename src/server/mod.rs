@@ -86,7 +86,9 @@ impl Server {
         // Per worker, one socket per listener; the first bound fixes the port of a `:0` listener.
         let mut local_addrs = Vec::new();
         let mut per_worker: Vec<Vec<(OwnedFd, SocketAddr)>> = (0..n).map(|_| Vec::new()).collect();
-        for addr in config.listeners.iter().map(|l| l.address) {
+        let mut udp_per_worker: Vec<Vec<_>> = (0..n).map(|_| Vec::new()).collect();
+        for l in &config.listeners {
+            let addr = l.address;
             let first = bind(addr, rt.backlog).map_err(|source| ServeError::Bind { addr, source })?;
             let actual = first.local_addr().ok().and_then(|a| a.as_socket()).unwrap_or(addr);
             local_addrs.push(actual);
@@ -94,6 +96,14 @@ impl Server {
             for fds in per_worker.iter_mut().skip(1) {
                 let s = bind(actual, rt.backlog).map_err(|source| ServeError::Bind { addr: actual, source })?;
                 fds.push((s.into(), actual));
+            }
+            if l.quic {
+                // UDP on the TCP listener's port (a `:0` listener's too), one socket per worker.
+                for fds in udp_per_worker.iter_mut() {
+                    let (fd, _, features) = sys::udp::bind_udp(actual, rt.quic_gro)
+                        .map_err(|source| ServeError::Bind { addr: actual, source })?;
+                    fds.push((fd, actual, features));
+                }
             }
         }
 
@@ -123,13 +133,15 @@ impl Server {
         let (stop, stop_rx) = watch::channel(false);
         let (done_tx, done) = mpsc::channel();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), worker::StartError>>();
-        for (id, (cpu, listeners)) in cpus.iter().copied().zip(per_worker).enumerate() {
+        let quic_listeners: Vec<SocketAddr> = config_quic_addrs(&udp_per_worker);
+        for (id, ((cpu, listeners), udp)) in cpus.iter().copied().zip(per_worker).zip(udp_per_worker).enumerate() {
             let w = worker::Setup {
                 id,
                 cpu,
                 ring: RingOptions { entries: rt.ring_entries, sqpoll: rt.sqpoll, sqpoll_idle_ms: rt.sqpoll_idle_ms },
                 pipe_pool,
                 listeners,
+                udp,
                 config: Arc::clone(&shared),
                 slot: registry.slot(id),
                 stop: stop_rx.clone(),
@@ -161,6 +173,7 @@ impl Server {
             workers = n,
             cpus = ?cpus,
             listeners = ?local_addrs,
+            quic = ?quic_listeners,
             splice = rt.splice,
             pipe_pool,
             ring_entries = rt.ring_entries,
@@ -234,6 +247,11 @@ impl Server {
         }
         finished == self.workers
     }
+}
+
+/// The QUIC listeners' addresses (one worker's list is every worker's).
+fn config_quic_addrs(udp: &[Vec<(OwnedFd, SocketAddr, sys::udp::UdpFeatures)>]) -> Vec<SocketAddr> {
+    udp.first().map(|v| v.iter().map(|(_, a, _)| *a).collect()).unwrap_or_default()
 }
 
 fn bind(addr: SocketAddr, backlog: u32) -> io::Result<socket2::Socket> {

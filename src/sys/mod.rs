@@ -10,6 +10,8 @@
 //! - [`pipe`]: [`Pipe`] and non-blocking `splice(2)`;
 //! - [`limits`]: `RLIMIT_NOFILE`, huge-page hints;
 //! - [`alloc`]: giving freed allocator pages back to the system;
+//! - [`udp`]: UDP sockets for QUIC: `SO_REUSEPORT` listeners with the destination address of each
+//!   datagram, connected back-end sockets, non-blocking `recvmsg`/`sendmsg` with GRO and GSO;
 //! - [`unix`]: passing descriptors over unix sockets (`SCM_RIGHTS`), the peer's credentials.
 #![allow(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
@@ -19,6 +21,7 @@ pub mod limits;
 pub mod pipe;
 pub mod ring;
 pub mod socket;
+pub mod udp;
 pub mod unix;
 
 pub use alloc::release_free_memory;
