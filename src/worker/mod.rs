@@ -79,7 +79,7 @@ pub fn plan_descriptors(
     let mut notes = Vec::new();
     let pool = if pipe_pool > cap {
         notes.push(format!(
-            "pipe_pool = {pipe_pool} per worker would take {} of the {limit} descriptors this process may open              (RLIMIT_NOFILE); capped at {cap} per worker, a quarter of the limit, so that connections keep the rest",
+            "pipe_pool = {pipe_pool} per worker would take {} of the {limit} descriptors this process may open (RLIMIT_NOFILE); capped at {cap} per worker, a quarter of the limit, so that connections keep the rest",
             2 * pipe_pool as u64 * w
         ));
         cap
@@ -91,14 +91,14 @@ pub fn plan_descriptors(
         let conns = 2 * max_conns_per_worker as u64 * w;
         if fixed + pipes + conns > limit {
             notes.push(format!(
-                "max_conns_per_worker = {max_conns_per_worker} on {w} worker(s) needs {conns} descriptors (two per                  connection), which with the pipe pools ({pipes}) and the process's own ({fixed}) exceeds                  RLIMIT_NOFILE = {limit}: accepts will fail with EMFILE before the cap is reached"
+                "max_conns_per_worker = {max_conns_per_worker} on {w} worker(s) needs {conns} descriptors (two per connection), which with the pipe pools ({pipes}) and the process's own ({fixed}) exceeds RLIMIT_NOFILE = {limit}: accepts will fail with EMFILE before the cap is reached"
             ));
         }
     } else {
         let room = limit.saturating_sub(fixed + pipes) / 2;
         if room < 1024 {
             notes.push(format!(
-                "RLIMIT_NOFILE = {limit} leaves room for about {room} connections beside the pipe pools ({pipes}                  descriptors) and the process's own ({fixed})"
+                "RLIMIT_NOFILE = {limit} leaves room for about {room} connections beside the pipe pools ({pipes} descriptors) and the process's own ({fixed})"
             ));
         }
     }
