@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::hello::{self as parser, Framing, Parsed, Progress, Reject};
 use crate::metrics::DropReason;
 use crate::sys::{POLLIN, POLLRDHUP};
+use std::borrow::Cow;
 use std::io;
 use std::net::Shutdown;
 use std::time::Duration;
@@ -99,7 +100,7 @@ impl Partial {
         if self.held.is_empty() {
             // The whole hello in one read: parsed where it landed, copied once to go on.
             match self.framing.advance(got) {
-                Progress::Complete => return Step::Done(self.route(res, cfg, conn, t, got)),
+                Progress::Complete => return Step::Done(self.route(res, cfg, conn, t, Cow::Borrowed(got))),
                 Progress::Rejected(r) => return Step::Done(Err(rejected(res, conn, r))),
                 Progress::NeedMore { at_least } => self.at_least = at_least,
             }
@@ -119,7 +120,7 @@ impl Partial {
             Progress::Rejected(r) => Step::Done(Err(rejected(res, conn, r))),
             Progress::Complete => {
                 let held = std::mem::take(&mut self.held);
-                Step::Done(self.route_owned(res, cfg, conn, t, held))
+                Step::Done(self.route(res, cfg, conn, t, Cow::Owned(held)))
             }
         }
     }
@@ -135,43 +136,23 @@ impl Partial {
         self.held.extend_from_slice(got);
     }
 
-    /// Parses and routes a complete hello that lies in `bytes` (the scratch buffer); the bytes
-    /// to send on are copied at their exact size.
+    /// Parses and routes a complete hello: borrowed from the scratch buffer (the bytes to send on
+    /// are then copied at their exact size) or gathered in `held` (which becomes those bytes).
     fn route(
         &self,
         res: &Resources,
         cfg: &Config,
         conn: &Accepted,
         t: &mut Trace,
-        bytes: &[u8],
+        bytes: Cow<'_, [u8]>,
     ) -> Result<Routed, Refusal> {
-        let Decision { header, id, check_server } = self.decide(res, cfg, conn, t, bytes)?;
+        let Decision { header, id, check_server } = self.decide(res, cfg, conn, t, &bytes)?;
         let first = match header {
             Some(mut h) => {
-                h.extend_from_slice(bytes);
+                h.extend_from_slice(&bytes);
                 h
             }
-            None => bytes.to_vec(),
-        };
-        Ok(Routed { id, first, check_server })
-    }
-
-    /// As [`route`](Self::route), for a hello gathered in `held` (which becomes the bytes to send).
-    fn route_owned(
-        &self,
-        res: &Resources,
-        cfg: &Config,
-        conn: &Accepted,
-        t: &mut Trace,
-        held: Vec<u8>,
-    ) -> Result<Routed, Refusal> {
-        let Decision { header, id, check_server } = self.decide(res, cfg, conn, t, &held)?;
-        let first = match header {
-            Some(mut h) => {
-                h.extend_from_slice(&held);
-                h
-            }
-            None => held,
+            None => bytes.into_owned(),
         };
         Ok(Routed { id, first, check_server })
     }
