@@ -35,6 +35,8 @@ fn routes(names: usize) -> Vec<Route<()>> {
                 min_tls: TlsVersion::TLS12,
                 backends: vec!["127.0.0.1:8080".parse().unwrap()],
                 proxy_protocol: ProxyProtocol::None,
+                upstream: Default::default(),
+                alpn_match: vec![],
             }
         })
         .collect()

@@ -7,7 +7,9 @@
 //! holds idle connections), [`procstat`] reads CPU time, RSS and descriptors, [`counts`] counts
 //! system calls, io_uring submissions, wake-ups and TCP segments, [`report`] and [`plot`] write the
 //! results; [`quic`] runs the QUIC workloads (quinn) through the dispatcher and nginx's UDP proxy;
-//! [`scaling`] places the workers, load generators and back ends of scaling runs.
+//! [`scaling`] places the workers, load generators and back ends of scaling runs; [`topology`]
+//! measures the edge topology (a pool with a back end killed, the hand-off, unix back ends) with
+//! processes of its own.
 
 pub mod backends;
 pub mod certs;
@@ -25,4 +27,5 @@ pub mod runner;
 pub mod scaling;
 pub mod suite;
 pub mod targets;
+pub mod topology;
 pub mod workloads;

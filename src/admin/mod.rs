@@ -3,7 +3,8 @@
 //!
 //! - `GET /metrics`: Prometheus text exposition ([`render::prometheus`]);
 //! - `GET /stats`: the same as JSON, per worker and merged ([`render::stats_json`]);
-//! - `GET /healthz`: `200 ok` while accepting connections, `503 draining` after SIGTERM.
+//! - `GET /healthz`: `200 ok` while accepting connections, `503 draining` after SIGTERM;
+//! - `GET /status`: an HTML page of every route and back end ([`status`]).
 //!
 //! One request per connection, answered with `Connection: close`. The request head is bounded
 //! ([`MAX_REQUEST`] bytes, else 431) and must arrive within [`REQUEST_DEADLINE`] (else 408);
@@ -11,12 +12,16 @@
 //! [`MAX_CLIENTS`] requests are served at once (each on a short-lived thread); beyond that a
 //! client gets 503 at once, so slow clients cannot starve a scraper for long.
 pub mod render;
+pub mod status;
+pub mod upstream;
 
+use crate::config::Config;
 use crate::metrics::Registry;
+use arc_swap::ArcSwap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -34,6 +39,10 @@ pub struct State {
     /// False once the server stopped accepting (draining).
     pub accepting: Arc<AtomicBool>,
     pub started: Instant,
+    /// The configuration serving (its routes and their back ends' state).
+    pub config: Arc<ArcSwap<Config>>,
+    /// `/status`'s earlier samples, for rates.
+    pub rates: Arc<Mutex<status::Rates>>,
 }
 
 /// A running admin endpoint; stopped (and its thread joined) by [`Admin::stop`] or on drop.
@@ -191,25 +200,42 @@ fn serve(mut s: TcpStream, state: &State) {
 
 /// Answers a parsed request.
 pub fn route(method: &str, path: &str, state: &State) -> Response {
-    let known = matches!(path, "/metrics" | "/stats" | "/healthz");
+    let known = matches!(path, "/metrics" | "/stats" | "/healthz" | "/status");
     if !known {
-        return Response::text(404, "not found; try /metrics, /stats or /healthz\n");
+        return Response::text(404, "not found; try /metrics, /stats, /healthz or /status\n");
     }
     if method != "GET" && method != "HEAD" {
         return Response { allow: true, ..Response::text(405, "method not allowed\n") };
     }
     let accepting = state.accepting.load(Ordering::SeqCst);
     match path {
-        "/metrics" => Response {
-            status: 200,
-            content_type: "text/plain; version=0.0.4; charset=utf-8",
-            body: render::prometheus(&state.registry, accepting).into_bytes(),
-            allow: false,
-        },
+        "/metrics" => {
+            let mut body = render::prometheus(&state.registry, accepting);
+            upstream::prometheus(&state.config.load(), &mut body);
+            Response {
+                status: 200,
+                content_type: "text/plain; version=0.0.4; charset=utf-8",
+                body: body.into_bytes(),
+                allow: false,
+            }
+        }
         "/stats" => Response {
             status: 200,
             content_type: "application/json",
-            body: render::stats_json(&state.registry, accepting, state.started.elapsed()).into_bytes(),
+            body: render::stats_json_with(
+                &state.registry,
+                accepting,
+                state.started.elapsed(),
+                Some(&state.config.load()),
+            )
+            .into_bytes(),
+            allow: false,
+        },
+        "/status" => Response {
+            status: 200,
+            content_type: "text/html; charset=utf-8",
+            body: status::page(&state.config.load(), &state.registry, accepting, state.started.elapsed(), &state.rates)
+                .into_bytes(),
             allow: false,
         },
         _ if accepting => Response::text(200, "ok\n"),

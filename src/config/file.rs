@@ -25,10 +25,28 @@ pub(super) struct AdminFile {
     pub(super) listen: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ListenerFile {
-    pub(super) address: String,
+    /// Required unless `handoff` is given.
+    #[serde(default)]
+    pub(super) address: Option<String>,
+    pub(super) accept_proxy: Option<String>,
+    #[serde(default)]
+    pub(super) trusted_sources: Vec<String>,
+    pub(super) max_conns_per_client: Option<u32>,
+    pub(super) max_conn_rate_per_client: Option<u32>,
+    #[serde(default)]
+    pub(super) allow: Vec<String>,
+    #[serde(default)]
+    pub(super) deny: Vec<String>,
+    #[serde(default)]
+    pub(super) allow_ja4: Vec<String>,
+    #[serde(default)]
+    pub(super) deny_ja4: Vec<String>,
+    /// A hand-off listener: the unix socket other sni-dispatch processes hand connections to.
+    pub(super) handoff: Option<PathBuf>,
+    pub(super) handoff_uids: Option<Vec<u32>>,
     /// Also a UDP socket on the same address for QUIC.
     #[serde(default)]
     pub(super) quic: bool,
@@ -56,6 +74,43 @@ pub(super) struct RouteFile {
     #[serde(default)]
     pub(super) alpn: Vec<String>,
     #[serde(default)]
-    pub(super) backends: Vec<String>,
+    pub(super) backends: Vec<BackendFile>,
     pub(super) proxy_protocol: Option<String>,
+    pub(super) balance: Option<String>,
+    pub(super) health_check: Option<HealthCheckFile>,
+    pub(super) eject_after: Option<u32>,
+    pub(super) eject_ms: Option<u64>,
+    pub(super) eject_max_ms: Option<u64>,
+    #[serde(default)]
+    pub(super) alpn_match: Vec<String>,
+}
+
+/// A back end: `"10.0.0.5:443"`, or `{ address = "10.0.0.5:443", weight = 2, backup = true }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum BackendFile {
+    Address(String),
+    Table(BackendTable),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct BackendTable {
+    pub(super) address: String,
+    pub(super) weight: Option<u32>,
+    #[serde(default)]
+    pub(super) backup: bool,
+}
+
+/// `health_check = { type = "tls", sni = "…", interval_ms = 2000, timeout_ms = 1000, rise = 2, fall = 3 }`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct HealthCheckFile {
+    #[serde(rename = "type")]
+    pub(super) kind: Option<String>,
+    pub(super) sni: Option<String>,
+    pub(super) interval_ms: Option<u64>,
+    pub(super) timeout_ms: Option<u64>,
+    pub(super) rise: Option<u32>,
+    pub(super) fall: Option<u32>,
 }

@@ -7,12 +7,15 @@
 
 mod certs;
 mod file;
+mod listeners;
 mod routes;
 mod runtime;
 
 pub use crate::access_log::SampleRate;
+pub use listeners::{AcceptProxy, Admission, CidrSet, HandoffListener, Ja4Pattern, Listener};
 pub use runtime::{parse_cpu_list, Runtime, RuntimeOverrides};
 
+use crate::backend::Pools;
 use crate::route::{self, RouteId, TlsVersion};
 use crate::tls::TlsMaterial;
 use file::FileConfig;
@@ -27,16 +30,6 @@ pub type Table = route::Table<Arc<TlsMaterial>>;
 /// One configured route.
 pub type Route = route::Route<Arc<TlsMaterial>>;
 
-/// One `[[listener]]`: where each worker binds a socket of its own (`SO_REUSEPORT`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Listener {
-    /// A wildcard address serves every local IP (dedicated IPs are read per connection).
-    pub address: SocketAddr,
-    /// Also serve QUIC on UDP at the same address (`quic = true`): flows routed by the SNI of
-    /// their Initial's ClientHello and passed through to the route's back ends over UDP.
-    pub quic: bool,
-}
-
 /// A validated configuration.
 #[derive(Debug)]
 pub struct Config {
@@ -45,7 +38,11 @@ pub struct Config {
     pub runtime: Runtime,
     pub admin: Option<SocketAddr>,
     pub listeners: Vec<Listener>,
+    /// Hand-off listeners (`[[listener]] handoff = "/path"`).
+    pub handoff: Vec<HandoffListener>,
     pub table: Table,
+    /// The state behind the routes' back ends (health, balancing, statistics).
+    pub pools: Pools,
     /// Things that load but may not do what the operator meant, as "key: reason".
     pub warnings: Vec<String>,
 }
@@ -133,10 +130,37 @@ impl Config {
         let name =
             |id: Option<RouteId>| id.map_or("drop".to_owned(), |id| format!("route {:?}", self.table.route(id).name));
         s += &format!("no SNI: {}; unknown SNI: {}\n", name(self.table.no_sni()), name(self.table.unknown_sni()));
+        let backends: Vec<_> = self.pools.backends().collect();
+        let checked = backends.iter().filter(|b| b.health.is_some()).count();
+        s += &format!("back ends: {} ({checked} health-checked)\n", backends.len());
+        for h in &self.handoff {
+            s += &format!("hand-off listener: {} (uids {:?})\n", h.path.display(), h.uids);
+        }
         if let Some(admin) = self.admin {
             s += &format!("admin: http://{admin}/metrics\n");
         }
         s
+    }
+}
+
+/// How many workers `rt` starts (as the server plans them: `workers`, else one per CPU of
+/// `cpus`, else per CPU the process may run on), for the per-worker state of back ends.
+pub fn worker_count(rt: &Runtime) -> usize {
+    match (rt.workers, &rt.cpus) {
+        (0, Some(cpus)) => cpus.len().max(1),
+        (0, None) => core_affinity::get_core_ids().map_or(1, |c| c.len().max(1)),
+        (n, _) => n,
+    }
+}
+
+impl Config {
+    /// The TCP listener bound to `address`, if one is (a listener configured with port 0
+    /// matches the port it was given).
+    #[inline]
+    pub fn listener(&self, address: std::net::SocketAddr) -> Option<&Listener> {
+        self.listeners
+            .iter()
+            .find(|l| l.address == address || (l.address.port() == 0 && l.address.ip() == address.ip()))
     }
 }
 
@@ -164,17 +188,18 @@ fn resolve(
     if file.listeners.is_empty() {
         errors.push(Located::new("listener", "at least one [[listener]] with an address is required"));
     }
-    let mut listeners = Vec::new();
+    let mut listeners: Vec<Listener> = Vec::new();
+    let mut handoff: Vec<HandoffListener> = Vec::new();
     for (i, l) in file.listeners.iter().enumerate() {
-        match l.address.parse::<SocketAddr>() {
-            Ok(a) if listeners.iter().any(|l: &Listener| l.address == a) => {
-                errors.push(Located::new(format!("listener[{i}].address"), format!("{a} is listed twice")))
+        match listeners::resolve_listener(i, l, errors) {
+            Some(listeners::Resolved::Tcp(l)) if listeners.iter().any(|o| o.address == l.address) => {
+                errors.push(Located::new(format!("listener[{i}].address"), format!("{} is listed twice", l.address)))
             }
-            Ok(a) => listeners.push(Listener { address: a, quic: l.quic }),
-            Err(_) => errors.push(Located::new(
-                format!("listener[{i}].address"),
-                format!("{:?} is not an address like \"0.0.0.0:443\"", l.address),
-            )),
+            Some(listeners::Resolved::Tcp(l)) => listeners.push(l),
+            Some(listeners::Resolved::Handoff(h)) if handoff.iter().any(|o| o.path == h.path) => errors
+                .push(Located::new(format!("listener[{i}].handoff"), format!("{} is listed twice", h.path.display()))),
+            Some(listeners::Resolved::Handoff(h)) => handoff.push(h),
+            None => {}
         }
     }
 
@@ -216,7 +241,15 @@ fn resolve(
                     format!("route {:?}.min_tls: rustls serves TLS 1.2 and 1.3 only; {} acts as 1.2", r.name, r.min_tls)
                 })
                 .collect();
-            Some(Config { path: path.to_owned(), runtime, admin, listeners, table, warnings })
+            let pools = match Pools::build(&table, worker_count(&runtime)) {
+                Ok(p) => p,
+                Err((id, e)) => {
+                    let key = format!("route {:?}.backends", table.route(id).name);
+                    errors.push(Located::new(key, e));
+                    return None;
+                }
+            };
+            Some(Config { path: path.to_owned(), runtime, admin, listeners, handoff, table, pools, warnings })
         }
         Err(e) => {
             let key = match &e {

@@ -36,7 +36,11 @@ const DRAIN_READS: usize = 4;
 
 /// Reads and routes the hello; the routed connection, or why it is refused.
 pub(super) async fn read(res: &Resources, cfg: &Config, conn: &Accepted, t: &mut Trace) -> Result<Routed, Refusal> {
-    let deadline = res.timers.arm([Some(&conn.client), None], Duration::from_millis(cfg.runtime.hello_timeout_ms));
+    // Behind a PROXY header the header and the hello share the one timeout.
+    let timeout = conn.hello_deadline.map_or(Duration::from_millis(cfg.runtime.hello_timeout_ms), |d| {
+        d.saturating_duration_since(std::time::Instant::now())
+    });
+    let deadline = res.timers.arm([Some(&conn.client), None], timeout);
     let mut out = read_and_route(res, cfg, conn, t).await;
     if let Err(r) = &mut out {
         if r.reason == DropReason::ClientClosed && deadline.fired() {
@@ -59,6 +63,12 @@ enum Step {
 
 async fn read_and_route(res: &Resources, cfg: &Config, conn: &Accepted, t: &mut Trace) -> Result<Routed, Refusal> {
     let mut hello = Partial::new(cfg.runtime.max_hello_bytes);
+    // A connection handed over by another process comes with its hello bytes.
+    if !conn.early.is_empty() {
+        if let Step::Done(r) = hello.take(res, cfg, conn, t, &conn.early) {
+            return r;
+        }
+    }
     loop {
         match hello.read(res, cfg, conn, t) {
             Step::Done(r) => return r,
@@ -97,6 +107,11 @@ impl Partial {
             Err(_) => return Step::Done(Err(DropReason::ClientClosed.into())),
         };
         let got = scratch.get(..n).unwrap_or_default();
+        self.take(res, cfg, conn, t, got)
+    }
+
+    /// What the bytes `got` (just received) make of the hello.
+    fn take(&mut self, res: &Resources, cfg: &Config, conn: &Accepted, t: &mut Trace, got: &[u8]) -> Step {
         if self.held.is_empty() {
             // The whole hello in one read: parsed where it landed, copied once to go on.
             match self.framing.advance(got) {
@@ -108,7 +123,6 @@ impl Partial {
             return Step::Wait;
         }
         self.keep(got);
-        drop(scratch);
         if self.held.len() > Framing::max_raw_bytes(self.max_hello_bytes) {
             return Step::Done(Err(rejected(res, conn, Reject::TooLarge)));
         }
@@ -146,15 +160,16 @@ impl Partial {
         t: &mut Trace,
         bytes: Cow<'_, [u8]>,
     ) -> Result<Routed, Refusal> {
-        let Decision { header, id, check_server } = self.decide(res, cfg, conn, t, &bytes)?;
-        let first = match header {
+        let Decision { header, id, check_server, sni_hash } = self.decide(res, cfg, conn, t, &bytes)?;
+        let (first, header) = match header {
             Some(mut h) => {
+                let len = h.len();
                 h.extend_from_slice(&bytes);
-                h
+                (h, len)
             }
-            None => bytes.into_owned(),
+            None => (bytes.into_owned(), 0),
         };
-        Ok(Routed { id, first, check_server })
+        Ok(Routed { id, first, header, check_server, sni_hash })
     }
 
     /// The one parse of a complete hello, and the route it gets.
@@ -169,7 +184,7 @@ impl Partial {
         match parser::parse(bytes, self.max_hello_bytes) {
             Parsed::Complete(hello) => {
                 t.hello_done = res.now();
-                t.hello_bytes = Some(u32::try_from(hello.len()).unwrap_or(u32::MAX));
+                t.hello_bytes = Some(hello.len() as u64);
                 let d = route(res, cfg, conn, &hello, bytes.len(), t);
                 t.routed_at = res.now();
                 d

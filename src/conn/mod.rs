@@ -7,6 +7,10 @@
 //!    └──────────── any step ──────────────────────────────────────────────────▶ Dropped(reason)
 //! ```
 //!
+//! - [`proxy_in`]: on a listener with `accept_proxy`, the PROXY header first (its addresses
+//!   replace the socket's);
+//! - [`admission`]: the listener's address lists and per-client limits (before the hello), its
+//!   JA4 lists (on the hello);
 //! - [`hello`]: reading the ClientHello within `hello_timeout_ms`, one parse per hello;
 //! - [`routing`]: where the hello goes (dedicated IP, SNI, fallback), `min_tls`, the PROXY header;
 //! - [`passthrough`]: connecting to the back ends, the back end's ServerHello version where
@@ -17,8 +21,10 @@
 //! Every outcome is counted in one place, [`close`]: a drop by its [`DropReason`], a relay by
 //! its kind, bytes, and how it ended. Nothing a peer sends can end more than its own connection.
 
+pub mod admission;
 pub mod hello;
 pub mod passthrough;
+pub mod proxy_in;
 pub mod routing;
 pub mod terminate;
 pub mod trace;
@@ -33,7 +39,8 @@ use crate::sys::Socket;
 use std::cell::RefCell;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use trace::Trace;
 
 /// What connections share with their worker (one thread, so `RefCell`s): counters, pools, the
@@ -51,6 +58,8 @@ pub struct Resources {
     /// Record latency histograms (and read the clock for them).
     pub timing: bool,
     pub log: Option<access_log::Writer>,
+    /// The per-client counts of the listeners (shared by every worker).
+    pub admission: Arc<admission::Tables>,
 }
 
 impl Resources {
@@ -68,8 +77,18 @@ pub struct Accepted {
     /// When it was accepted (with latency histograms on).
     pub at: Option<Instant>,
     /// Who the client is and what it dialed, when something in front of us said so (a PROXY
-    /// header on a listener that accepts one); else the socket's own addresses count.
+    /// header on a listener that accepts one, or the process that handed the connection over);
+    /// else the socket's own addresses count.
     pub proxied: Option<Proxied>,
+    /// TLVs of the inbound PROXY v2 header to pass on in the outbound one.
+    pub tlvs: Vec<u8>,
+    /// ClientHello bytes already read (by the process that handed the connection over).
+    pub early: Vec<u8>,
+    /// Handed over on a hand-off listener: no listener's rules apply (the sender applied them).
+    pub handed_off: bool,
+    /// When the hello must be complete, if not `hello_timeout_ms` from when reading it starts
+    /// (behind a PROXY header: `hello_timeout_ms` from accept, header included).
+    pub hello_deadline: Option<Instant>,
 }
 
 /// The addresses a trusted PROXY header gave for a connection.
@@ -82,7 +101,16 @@ pub struct Proxied {
 impl Accepted {
     /// A connection accepted on `listen`, its addresses those of the socket.
     pub fn new(client: Socket, listen: SocketAddr, at: Option<Instant>) -> Self {
-        Self { client, listen, at, proxied: None }
+        Self {
+            client,
+            listen,
+            at,
+            proxied: None,
+            tlvs: Vec::new(),
+            early: Vec::new(),
+            handed_off: false,
+            hello_deadline: None,
+        }
     }
 
     /// The client's address (getpeername(2) unless a PROXY header said otherwise).
@@ -110,6 +138,10 @@ pub struct Routed {
     /// What goes to the back end first: the PROXY header (passthrough, if configured) followed by
     /// the ClientHello bytes read. On a terminating route: the hello bytes, for rustls.
     pub first: Vec<u8>,
+    /// The PROXY header's length at the start of `first` (0 without one).
+    pub header: usize,
+    /// The SNI's hash, for `balance = "hash_sni"` (0 otherwise).
+    pub sni_hash: u64,
     /// The route's `min_tls`, when the client also offered versions below it: the back end's
     /// choice is then checked in its ServerHello ([`passthrough::check_server_version`]).
     pub check_server: Option<crate::route::TlsVersion>,
@@ -135,14 +167,44 @@ pub enum Outcome {
 pub fn serve<'a>(res: &'a Resources, cfg: &'a Config, conn: &'a mut Accepted) -> impl Future<Output = ()> + 'a {
     async move {
         let mut t = Trace::new(conn.at, res.log.as_ref().is_some_and(|l| l.sample()));
+        let listener = if conn.handed_off { None } else { cfg.listener(conn.listen) };
+        // Boxed: it is passed through quickly, and the task need not hold its state.
+        let admitted = Box::pin(admit(res, cfg, listener, conn)).await;
         if t.log {
             t.client = conn.peer();
             t.local = Some(conn.dialed());
         }
-        let (outcome, logged) = run(res, cfg, conn, &mut t).await;
-        close(res, conn, outcome, logged);
-        trace::finish(res, cfg, &t, &outcome);
+        let (outcome, logged) = match admitted {
+            Ok(guard) => {
+                let o = run(res, cfg, conn, &mut t).await;
+                drop(guard);
+                o
+            }
+            Err(reason) => (Outcome::Dropped(reason), false),
+        };
+        close(res, cfg, conn, &mut t, outcome, logged);
+        trace::finish(res, cfg, &t);
     }
+}
+
+/// What happens before the hello: the PROXY header where the listener requires one, then the
+/// listener's address lists and per-client limits (the guard counts the connection open).
+async fn admit<'r>(
+    res: &'r Resources,
+    cfg: &Config,
+    listener: Option<&crate::config::Listener>,
+    conn: &mut Accepted,
+) -> Result<Option<admission::Admitted<'r>>, DropReason> {
+    let Some(l) = listener else { return Ok(None) };
+    if let Some(accept) = l.accept_proxy {
+        let timeout = Duration::from_millis(cfg.runtime.hello_timeout_ms);
+        conn.hello_deadline = Some(conn.at.unwrap_or_else(Instant::now) + timeout);
+        proxy_in::read(res, l, accept, conn, timeout).await?;
+    }
+    if l.admission.before_hello() {
+        return admission::before_hello(res, l, conn);
+    }
+    Ok(None)
 }
 
 /// The connection's outcome, and whether its drop line was written already (a refused hello's,
@@ -159,6 +221,10 @@ fn run<'a>(
             Ok(r) => r,
             Err(r) => return (Outcome::Dropped(r.reason), r.logged),
         };
+        if let Some(stats) = cfg.pools.route_stats(routed.id) {
+            stats.routed(res.worker);
+            t.route_open = true;
+        }
         let route = cfg.table.route(routed.id);
         let tls = match &route.action {
             crate::route::Action::Passthrough => None,
@@ -167,24 +233,39 @@ fn run<'a>(
         let outcome = if let Some(tls) = tls {
             // Boxed: the TLS state machine would otherwise make every connection's task (passthrough
             // included) several KiB larger, and each task is memcpy'd when it is spawned.
-            Box::pin(terminate::run(res, cfg, route, tls, conn, routed.first, t)).await
+            Box::pin(terminate::run(res, cfg, route, tls, conn, routed, t)).await
         } else {
             // Opening is boxed, as every stage a connection passes through quickly: the task
             // then holds little more than the relay, which is what an idle connection costs.
             let opened = Box::pin(passthrough::open(res, cfg, route, conn, routed, t)).await;
             match opened {
                 Ok(opened) => passthrough::relay(res, cfg, conn, opened).await,
-                Err(reason) => Outcome::Dropped(reason),
+                Err(outcome) => outcome,
             }
         };
         (outcome, false)
     }
 }
 
-/// Counts the outcome (the one place that does).
-fn close(res: &Resources, conn: &Accepted, outcome: Outcome, logged: bool) {
+/// Counts the outcome (the one place that does) and records it in the trace.
+fn close(res: &Resources, cfg: &Config, conn: &Accepted, t: &mut Trace, outcome: Outcome, logged: bool) {
+    if let (true, Some(id)) = (t.route_open, t.route) {
+        if let Some(stats) = cfg.pools.route_stats(id) {
+            let dropped = match outcome {
+                Outcome::Dropped(r) => Some(r),
+                Outcome::Relayed(_) => None,
+            };
+            if let (Some(_), Some(d)) = (t.backend, trace::between(t.connect_start, t.connected_at)) {
+                stats.connected(res.worker, d);
+            }
+            stats.closed(res.worker, dropped);
+        }
+    }
     match outcome {
         Outcome::Dropped(reason) => {
+            if reason == DropReason::DeniedJa4 {
+                admission::send_refusal_alert(conn);
+            }
             res.metrics.dropped(reason);
             if !logged {
                 crate::debug_every_second!(
@@ -206,9 +287,15 @@ fn close(res: &Resources, conn: &Accepted, outcome: Outcome, logged: bool) {
                     relay::End::Error(cause) => c.relay_errors.bump(cause),
                 }
             });
+            t.to_backend += r.to_backend;
+            t.to_client += r.to_client;
+            if t.first_to_client.is_none() && res.timing {
+                t.first_to_client = r.first_to_client;
+            }
             tracing::trace!(worker = res.worker, end = ?r.end, "connection closed");
         }
     }
+    t.outcome = Some(outcome);
 }
 
 /// The PROXY header for `route` (empty when it sends none): the client's address, the address it
@@ -224,7 +311,7 @@ fn proxy_header(
     let mut out = Vec::with_capacity(room + proxy_protocol_room(route.proxy_protocol, sni, alpn));
     if route.proxy_protocol != ProxyProtocol::None {
         let peer = conn.peer().unwrap_or_else(|| SocketAddr::new(IpAddr::from([0, 0, 0, 0]), 0));
-        let header = proxy_protocol::Header { client: peer, local: conn.dialed(), sni, alpn };
+        let header = proxy_protocol::Header { client: peer, local: conn.dialed(), sni, alpn, tlvs: &conn.tlvs };
         proxy_protocol::encode(route.proxy_protocol, &header, &mut out);
     }
     out

@@ -1,15 +1,16 @@
-//! Routed → Connected → Relayed, for a passthrough route: connect to the back ends in order
-//! (the first bytes go out with the connect), read the back end's ServerHello version where
-//! `min_tls` needs it, then relay the raw bytes (splice, or buffered).
+//! Routed → Connected → Relayed, for a passthrough route: connect to a back end in the order of
+//! the route's balancing (the first bytes go out with the connect; a hand-off back end takes the
+//! client's socket itself instead, and the connection ends here), read the back end's
+//! ServerHello version where `min_tls` needs it, then relay the raw bytes (splice, or buffered).
 
 use super::trace::Trace;
 use super::{send_and_recycle, Accepted, Outcome, Resources, Routed};
-use crate::backend;
+use crate::backend::{self, handoff, Key, Link};
 use crate::config::{Config, Route};
 use crate::hello::{server_hello_version, Alert, ServerVersion};
-use crate::metrics::DropReason;
-use crate::relay::{self, BUF_SIZE};
-use crate::route::TlsVersion;
+use crate::metrics::{DropReason, RelayKind};
+use crate::relay::{self, End, Relayed, BUF_SIZE};
+use crate::route::{Balance, TlsVersion};
 use crate::sys::Socket;
 use std::future::Future;
 use std::time::Duration;
@@ -26,10 +27,12 @@ pub struct Connected {
 
 /// A passthrough connection ready to relay: its back end, and the bytes already sent each way
 /// (the first bytes, the back end's ServerHello read for the version check).
-pub(super) struct Opened {
+pub(super) struct Opened<'a> {
     backend: Socket,
     to_backend: u64,
     to_client: u64,
+    /// Counts the connection open to its back end (least connections) until the relay ends.
+    _active: Option<backend::Active<'a>>,
 }
 
 /// Relays an opened connection until both sides are done. An `async move` block, not an
@@ -39,7 +42,7 @@ pub(super) fn relay<'a>(
     res: &'a Resources,
     cfg: &'a Config,
     conn: &'a Accepted,
-    opened: Opened,
+    opened: Opened<'a>,
 ) -> impl Future<Output = Outcome> + 'a {
     async move {
         let rt = &cfg.runtime;
@@ -57,62 +60,100 @@ pub(super) fn relay<'a>(
         done.to_backend += opened.to_backend;
         done.to_client += opened.to_client;
         // Through the ring: batched with the other submissions, no close(2) of its own.
-        opened.backend.close().await;
+        let Opened { backend, _active, .. } = opened;
+        backend.close().await;
+        drop(_active);
         Outcome::Relayed(done)
     }
 }
 
 /// Everything before the relay: the connect (the first bytes with it), the back end's version
 /// where `min_tls` needs it, the rest of the first bytes and the back end's early bytes. The
-/// back end, and the bytes sent each way.
-pub(super) async fn open(
+/// back end, and the bytes sent each way; or how the connection ended already (dropped, or
+/// handed off).
+pub(super) async fn open<'a>(
     res: &Resources,
-    cfg: &Config,
+    cfg: &'a Config,
     route: &Route,
     conn: &Accepted,
     routed: Routed,
     t: &mut Trace,
-) -> Result<Opened, DropReason> {
+) -> Result<Opened<'a>, Outcome> {
+    let rt = &cfg.runtime;
     t.connect_start = t.routed_at;
-    let mut c = connect(res, cfg, route, routed.first, t).await?;
-    if let Some(min) = routed.check_server {
-        let limit = Duration::from_millis(cfg.runtime.hello_timeout_ms);
-        c = check_server_version(res, &conn.client, c, min, limit).await?;
+    let Routed { id, first, header, check_server, sni_hash } = routed;
+    let (c, active) = {
+        let client = match route.upstream.balance {
+            Balance::HashClient => conn.peer().map(|p| p.ip()),
+            _ => None,
+        };
+        // The receiver asks the socket for its addresses itself (when it needs them), unless a
+        // PROXY header gave them.
+        let handoff = route.backends.iter().any(|b| b.target.is_handoff()).then(|| {
+            let msg = handoff::Message {
+                addresses: conn.proxied.map(|p| (p.source, p.destination)),
+                hello: first.get(header..).unwrap_or_default(),
+            };
+            (&conn.client, msg)
+        });
+        let req = backend::Request {
+            route: id,
+            worker: res.worker,
+            timeout: Duration::from_millis(rt.connect_timeout_ms),
+            metrics: &res.metrics,
+            first: &first,
+            key: Key { client, sni: sni_hash },
+            handoff,
+            timing: res.timing,
+        };
+        let connected = backend::connect(&cfg.pools, &req).await;
+        t.connected_at = res.now();
+        match connected {
+            Ok(b) => {
+                t.backend = Some(b.backend);
+                match b.link {
+                    Link::HandedOff => {
+                        // The receiver owns the connection now; ours closes with this task.
+                        let moved = (first.len() - header) as u64;
+                        res.bufs.borrow_mut().give(first);
+                        return Err(Outcome::Relayed(Relayed {
+                            kind: RelayKind::Handoff,
+                            end: End::Closed,
+                            to_backend: moved,
+                            to_client: 0,
+                            first_to_client: None,
+                        }));
+                    }
+                    Link::Socket { socket, sent } => {
+                        (Connected { backend: socket, first, sent, early: Vec::new() }, b.active)
+                    }
+                }
+            }
+            Err(e) => {
+                res.bufs.borrow_mut().give(first);
+                return Err(Outcome::Dropped(if e.is_local() {
+                    DropReason::LocalResources
+                } else {
+                    DropReason::BackendsDown
+                }));
+            }
+        }
+    };
+    let mut c = c;
+    if let Some(min) = check_server {
+        let limit = Duration::from_millis(rt.hello_timeout_ms);
+        c = check_server_version(res, &conn.client, c, min, limit).await.map_err(Outcome::Dropped)?;
     }
     let (n_first, n_early) = (c.first.len() as u64, c.early.len() as u64);
     let Connected { backend, first, sent, early } = c;
     // The hello usually went out with the connect: its bytes are freed before the relay starts.
     if sent < first.len() && !send_and_recycle(res, &backend, first, sent).await {
-        return Err(DropReason::BackendWrite);
+        return Err(Outcome::Dropped(DropReason::BackendWrite));
     }
     if !early.is_empty() && !send_and_recycle(res, &conn.client, early, 0).await {
-        return Err(DropReason::ClientClosed);
+        return Err(Outcome::Dropped(DropReason::ClientClosed));
     }
-    Ok(Opened { backend, to_backend: n_first, to_client: n_early })
-}
-
-/// Connects to the route's back ends in order, sending what it can of `first` at once (the
-/// connect time and the chosen back end go into the trace).
-async fn connect(
-    res: &Resources,
-    cfg: &Config,
-    route: &Route,
-    first: Vec<u8>,
-    t: &mut Trace,
-) -> Result<Connected, DropReason> {
-    let timeout = Duration::from_millis(cfg.runtime.connect_timeout_ms);
-    let connected = backend::connect(&route.backends, timeout, &res.metrics, &first).await;
-    t.connected_at = res.now();
-    match connected {
-        Ok(b) => {
-            t.backend = Some(b.addr);
-            Ok(Connected { backend: b.socket, first, sent: b.sent, early: Vec::new() })
-        }
-        Err(e) => {
-            res.bufs.borrow_mut().give(first);
-            Err(if e.is_local() { DropReason::LocalResources } else { DropReason::BackendsDown })
-        }
-    }
+    Ok(Opened { backend, to_backend: n_first, to_client: n_early, _active: active })
 }
 
 /// Sends the rest of the first bytes to the back end, then reads its first flight up to the end

@@ -16,6 +16,8 @@ pub(super) struct Decision {
     pub(super) id: RouteId,
     pub(super) header: Option<Vec<u8>>,
     pub(super) check_server: Option<TlsVersion>,
+    /// The SNI's hash for `balance = "hash_sni"` (0 otherwise).
+    pub(super) sni_hash: u64,
 }
 
 /// A connection refused before any route's TLS: why, the alert a TLS server would send for it
@@ -46,11 +48,26 @@ pub(super) fn route(
         t.sni = hello.sni().map(str::to_owned);
         t.alpn = hello.alpn().next().map(|p| String::from_utf8_lossy(p.as_bytes()).into_owned());
     }
+    let listener = if conn.handed_off { None } else { cfg.listener(conn.listen) };
+    super::admission::on_hello(listener, hello, t)?;
     let table = &cfg.table;
-    // getsockname only when the answer matters: dedicated IPs exist (and the listener is a
-    // wildcard, see Accepted::dialed).
-    let ip: IpAddr = if table.dedicated_ips().next().is_some() { conn.dialed().ip() } else { conn.listen.ip() };
-    let (id, how) = match table.lookup(ip, hello.sni()) {
+    // getsockname only when the answer matters: dedicated IPs or ALPN routes exist (and the
+    // listener is a wildcard, see Accepted::dialed).
+    let ip: IpAddr = if table.dedicated_ips().next().is_some() || table.has_alpn_routes() {
+        conn.dialed().ip()
+    } else {
+        conn.listen.ip()
+    };
+    let alpn_route = if table.has_alpn_routes() {
+        table.lookup_alpn(ip, hello.sni(), |want| hello.alpn().any(|p| p.as_bytes() == want))
+    } else {
+        None
+    };
+    let found = match alpn_route {
+        Some(id) => Ok((id, crate::route::Match::Alpn)),
+        None => table.lookup(ip, hello.sni()),
+    };
+    let (id, how) = match found {
         Ok(found) => found,
         Err(miss) => {
             // What a rustls server sends when no certificate resolves (access_denied), and
@@ -99,10 +116,14 @@ pub(super) fn route(
         }
     }
     res.metrics.routed(how);
+    let sni_hash = match route.upstream.balance {
+        crate::route::Balance::HashSni => crate::backend::Key::sni_hash(hello.sni()),
+        _ => 0,
+    };
     if route.proxy_protocol == ProxyProtocol::None || route.action.is_terminate() {
-        return Ok(Decision { id, header: None, check_server });
+        return Ok(Decision { id, header: None, check_server, sni_hash });
     }
     let alpn = hello.alpn().next();
     let header = proxy_header(res, route, conn, hello.sni(), alpn.as_ref().map(|p| p.as_bytes()), buf_len);
-    Ok(Decision { id, header: Some(header), check_server })
+    Ok(Decision { id, header: Some(header), check_server, sni_hash })
 }

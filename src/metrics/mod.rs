@@ -22,8 +22,8 @@ pub mod labels;
 
 pub use counters::{Counters, Family, Kind, Label, Tally, Value};
 pub use labels::{
-    AcceptCause, ConnectCause, Direction, DropReason, PipeMiss, QuicDatagramDrop, QuicFlowDrop, QuicFlowEnd,
-    RelayCause, RelayKind,
+    AcceptCause, CheckResult, ConnectCause, Direction, DropReason, HandoffCause, PipeMiss, QuicDatagramDrop,
+    QuicFlowDrop, QuicFlowEnd, RelayCause, RelayKind,
 };
 
 use crate::route::Match;

@@ -15,11 +15,13 @@
 //! lines of probing and one memcmp, with no allocation and no lock.
 
 mod names;
+mod upstream;
 
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
 pub use names::{NameIndex, NameIndexBuilder};
+pub use upstream::{Backend, Balance, CheckKind, Eject, HealthCheck, Target, TargetError, Upstream, MAX_UNIX_PATH};
 
 /// Index of a route in [`Table::routes`]. Small and `Copy` so that a lookup returns no borrow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -98,8 +100,13 @@ pub struct Route<T> {
     pub sni: Vec<String>,
     pub dedicated_ips: Vec<IpAddr>,
     pub min_tls: TlsVersion,
-    pub backends: Vec<SocketAddr>,
+    pub backends: Vec<Backend>,
     pub proxy_protocol: ProxyProtocol,
+    /// Balancing, health checks and ejection of `backends`.
+    pub upstream: Upstream,
+    /// ALPN protocols of which the ClientHello must offer one for this route to take it (an
+    /// ALPN route: see [`Table::lookup_alpn`]); empty for an ordinary route.
+    pub alpn_match: Vec<Vec<u8>>,
 }
 
 /// How a connection found its route; also the `how` label of the routed counter.
@@ -112,11 +119,19 @@ pub enum Match {
     NoSniFallback,
     /// `fallback.unknown_sni`: an SNI that no route names.
     UnknownSniFallback,
+    /// An ALPN route: the hello offered one of its `alpn_match` protocols, within its scope.
+    Alpn,
 }
 
 impl Match {
-    pub const ALL: [Self; 5] =
-        [Self::DedicatedIp, Self::ExactSni, Self::WildcardSni, Self::NoSniFallback, Self::UnknownSniFallback];
+    pub const ALL: [Self; 6] = [
+        Self::DedicatedIp,
+        Self::ExactSni,
+        Self::WildcardSni,
+        Self::NoSniFallback,
+        Self::UnknownSniFallback,
+        Self::Alpn,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -125,6 +140,7 @@ impl Match {
             Self::WildcardSni => "wildcard",
             Self::NoSniFallback => "fallback_no_sni",
             Self::UnknownSniFallback => "fallback_unknown_sni",
+            Self::Alpn => "alpn",
         }
     }
 }
@@ -157,6 +173,33 @@ pub struct Table<T> {
     wildcard: NameIndex,
     no_sni: Option<RouteId>,
     unknown_sni: Option<RouteId>,
+    /// ALPN routes, in configuration order: outside the name and IP indexes.
+    alpn: Vec<AlpnRoute>,
+}
+
+/// An ALPN route's scope: its names and dedicated IPs (none of either: every connection).
+#[derive(Debug)]
+struct AlpnRoute {
+    id: RouteId,
+    protocols: Vec<Vec<u8>>,
+    exact: Vec<String>,
+    /// `*.example.com` as `example.com`.
+    wildcard: Vec<String>,
+    ips: Vec<IpAddr>,
+}
+
+impl AlpnRoute {
+    fn covers(&self, local: IpAddr, sni: Option<&str>) -> bool {
+        if self.exact.is_empty() && self.wildcard.is_empty() && self.ips.is_empty() {
+            return true;
+        }
+        if self.ips.contains(&local) {
+            return true;
+        }
+        let Some(name) = sni else { return false };
+        self.exact.iter().any(|n| n == name)
+            || name.split_once('.').is_some_and(|(_, parent)| self.wildcard.iter().any(|w| w == parent))
+    }
 }
 
 /// Why a table could not be built. The config layer turns these into errors naming the file and key.
@@ -185,8 +228,13 @@ impl<T> Table<T> {
         let mut exact = NameIndexBuilder::with_capacity(total);
         let mut wildcard = NameIndexBuilder::with_capacity(0);
         let mut by_ip = Vec::new();
+        let mut alpn = Vec::new();
         for (i, route) in routes.iter_mut().enumerate() {
             let id = RouteId(i as u32);
+            if !route.alpn_match.is_empty() {
+                alpn.push(AlpnRoute::of(id, route));
+                continue;
+            }
             for pattern in std::mem::take(&mut route.sni) {
                 let (index, key) = match pattern.strip_prefix("*.") {
                     Some(parent) => (&mut wildcard, parent),
@@ -213,7 +261,22 @@ impl<T> Table<T> {
         if let Some(w) = by_ip.windows(2).find(|w| w[0].0 == w[1].0) {
             return Err(BuildError::DuplicateIp { ip: w[0].0, first: name_of(w[0].1), second: name_of(w[1].1) });
         }
-        Ok(Self { routes, by_ip, exact, wildcard, no_sni, unknown_sni })
+        Ok(Self { routes, by_ip, exact, wildcard, no_sni, unknown_sni, alpn })
+    }
+
+    /// Whether any route has `alpn_match` (when none does, [`Table::lookup_alpn`] need not run).
+    #[inline]
+    pub fn has_alpn_routes(&self) -> bool {
+        !self.alpn.is_empty()
+    }
+
+    /// The first ALPN route (in configuration order) whose scope covers a connection that dialed
+    /// `local` with `sni` and one of whose protocols the hello offers (`offers(protocol)`). ALPN
+    /// routes come before every other rule: within their scope they are the more specific match.
+    #[inline]
+    pub fn lookup_alpn(&self, local: IpAddr, sni: Option<&str>, offers: impl Fn(&[u8]) -> bool) -> Option<RouteId> {
+        let local = canonical_ip(local);
+        self.alpn.iter().find(|r| r.protocols.iter().any(|p| offers(p)) && r.covers(local, sni)).map(|r| r.id)
     }
 
     /// Finds the route for a connection that dialed `local` and sent `sni`
@@ -271,6 +334,22 @@ impl<T> Table<T> {
 
     pub fn dedicated_ips(&self) -> impl Iterator<Item = (IpAddr, RouteId)> + '_ {
         self.by_ip.iter().copied()
+    }
+}
+
+impl AlpnRoute {
+    /// Takes the route's names (an ALPN route's names are kept out of the name index, so they
+    /// may also belong to an ordinary route).
+    fn of<T>(id: RouteId, route: &mut Route<T>) -> Self {
+        let (mut exact, mut wildcard) = (Vec::new(), Vec::new());
+        for pattern in std::mem::take(&mut route.sni) {
+            match pattern.strip_prefix("*.") {
+                Some(parent) => wildcard.push(parent.to_owned()),
+                None => exact.push(pattern),
+            }
+        }
+        let ips = route.dedicated_ips.iter().map(|ip| canonical_ip(*ip)).collect();
+        Self { id, protocols: route.alpn_match.clone(), exact, wildcard, ips }
     }
 }
 

@@ -10,6 +10,8 @@ fn route(name: &str, sni: &[&str], ips: &[&str]) -> Route<()> {
         min_tls: TlsVersion::TLS12,
         backends: vec!["127.0.0.1:1".parse().unwrap()],
         proxy_protocol: ProxyProtocol::None,
+        upstream: Upstream::default(),
+        alpn_match: Vec::new(),
     }
 }
 
@@ -123,4 +125,29 @@ proptest! {
             prop_assert_eq!(idx.get(n), expected.get(n).copied());
         }
     }
+}
+
+#[test]
+fn alpn_routes_take_their_scope_first_and_stay_out_of_the_name_index() {
+    let mut acme_all = route("acme", &[], &[]);
+    acme_all.alpn_match = vec![b"acme-tls/1".to_vec()];
+    // Shares a name with "shop": allowed, since ALPN routes are not in the name index.
+    let mut scoped = route("scoped", &["shop.example.com", "*.wild.example.net"], &["127.0.0.9"]);
+    scoped.alpn_match = vec![b"x-test".to_vec(), b"x-other".to_vec()];
+    let t = Table::build(vec![route("shop", &["shop.example.com"], &[]), scoped, acme_all], None, None).unwrap();
+    assert!(t.has_alpn_routes());
+    let offers = |list: &'static [&'static [u8]]| move |p: &[u8]| list.contains(&p);
+    let lo = ip("127.0.0.1");
+    assert_eq!(t.lookup_alpn(lo, Some("shop.example.com"), offers(&[b"h2"])), None);
+    assert_eq!(t.lookup_alpn(lo, Some("shop.example.com"), offers(&[b"h2", b"acme-tls/1"])), Some(RouteId(2)));
+    assert_eq!(t.lookup_alpn(lo, None, offers(&[b"acme-tls/1"])), Some(RouteId(2)));
+    assert_eq!(t.lookup_alpn(lo, Some("shop.example.com"), offers(&[b"x-other"])), Some(RouteId(1)));
+    assert_eq!(t.lookup_alpn(lo, Some("a.wild.example.net"), offers(&[b"x-test"])), Some(RouteId(1)));
+    assert_eq!(t.lookup_alpn(lo, Some("a.b.wild.example.net"), offers(&[b"x-test"])), None);
+    assert_eq!(t.lookup_alpn(lo, Some("other.example.com"), offers(&[b"x-test"])), None);
+    assert_eq!(t.lookup_alpn(ip("::ffff:127.0.0.9"), None, offers(&[b"x-test"])), Some(RouteId(1)));
+    // The ordinary lookup does not see ALPN routes.
+    assert_eq!(t.lookup(lo, Some("shop.example.com")), Ok((RouteId(0), Match::ExactSni)));
+    assert_eq!(t.lookup(ip("127.0.0.9"), Some("nothing.example")), Err(Miss::UnknownSni));
+    assert!(!sample().has_alpn_routes());
 }

@@ -47,6 +47,10 @@ pub enum ServeError {
     Admin { addr: SocketAddr, source: io::Error },
     #[error("access log {path}: {source}")]
     AccessLog { path: String, source: io::Error },
+    #[error("hand-off listener {path}: {source}")]
+    Handoff { path: String, source: io::Error },
+    #[error("health checks: {0}")]
+    Health(io::Error),
 }
 
 /// A running set of workers (what [`serve`] drives; usable directly from tests and tools).
@@ -60,6 +64,7 @@ pub struct Server {
     accepting: Arc<AtomicBool>,
     admin: Option<Admin>,
     access_log: Option<Sink>,
+    pub(crate) checker: crate::backend::health::Checker,
     pub(crate) started: Instant,
 }
 
@@ -67,7 +72,7 @@ impl Server {
     /// Binds every listener (port 0 becomes one port shared by all workers), starts the workers
     /// and returns once each has its ring.
     pub fn start(config: Config) -> Result<Self, ServeError> {
-        if config.listeners.is_empty() {
+        if config.listeners.is_empty() && config.handoff.is_empty() {
             return Err(ServeError::NoListeners);
         }
         let rt = config.runtime.clone();
@@ -107,6 +112,28 @@ impl Server {
             }
         }
 
+        // Hand-off listeners: one socket, shared by every worker.
+        let mut handoff = Vec::new();
+        for h in &config.handoff {
+            let path = h.path.display().to_string();
+            let fd = sys::Socket::seqpacket_listen(&h.path, rt.backlog)
+                .map_err(|source| ServeError::Handoff { path: path.clone(), source })?;
+            handoff.push((fd, h.path.clone()));
+        }
+        let mut handoff_per_worker: Vec<Vec<(OwnedFd, std::path::PathBuf)>> = (0..n).map(|_| Vec::new()).collect();
+        for (fd, path) in &handoff {
+            for fds in &mut handoff_per_worker {
+                let dup = fd
+                    .try_clone()
+                    .map_err(|source| ServeError::Handoff { path: path.display().to_string(), source })?;
+                fds.push((dup, path.clone()));
+            }
+        }
+        drop(handoff);
+        let admission = Arc::new(crate::conn::admission::Tables::new(&local_addrs, n));
+        let checker = crate::backend::health::Checker::start(cpus::admin_cpu(&cpus)).map_err(ServeError::Health)?;
+        checker.watch(&config.pools);
+
         let started = Instant::now();
         let timing = !matches!(std::env::var_os(lifecycle::NO_LATENCY_ENV), Some(v) if !v.is_empty() && v != "0");
         let access_log = match &rt.access_log {
@@ -122,7 +149,13 @@ impl Server {
         let accepting = Arc::new(AtomicBool::new(true));
         let admin = match admin_addr {
             Some(addr) => {
-                let state = admin::State { registry: registry.clone(), accepting: Arc::clone(&accepting), started };
+                let state = admin::State {
+                    registry: registry.clone(),
+                    accepting: Arc::clone(&accepting),
+                    started,
+                    config: Arc::clone(&shared),
+                    rates: Arc::default(),
+                };
                 Some(
                     Admin::start(addr, state, cpus::admin_cpu(&cpus))
                         .map_err(|source| ServeError::Admin { addr, source })?,
@@ -134,7 +167,9 @@ impl Server {
         let (done_tx, done) = mpsc::channel();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), worker::StartError>>();
         let quic_listeners: Vec<SocketAddr> = config_quic_addrs(&udp_per_worker);
-        for (id, ((cpu, listeners), udp)) in cpus.iter().copied().zip(per_worker).zip(udp_per_worker).enumerate() {
+        for (id, (((cpu, listeners), udp), handoff)) in
+            cpus.iter().copied().zip(per_worker).zip(udp_per_worker).zip(handoff_per_worker).enumerate()
+        {
             let w = worker::Setup {
                 id,
                 cpu,
@@ -147,6 +182,8 @@ impl Server {
                 stop: stop_rx.clone(),
                 timing,
                 log: access_log.as_ref().map(|s| s.writer(rt.access_log_sample)),
+                admission: Arc::clone(&admission),
+                handoff,
             };
             let ready = ready_tx.clone();
             let done = done_tx.clone();
@@ -194,6 +231,7 @@ impl Server {
             accepting,
             admin,
             access_log,
+            checker,
             started,
         })
     }
@@ -240,6 +278,10 @@ impl Server {
         }
         if let Some(admin) = self.admin {
             admin.stop();
+        }
+        self.checker.stop();
+        for h in &self.config.load().handoff {
+            let _ = std::fs::remove_file(&h.path);
         }
         if let Some(log) = self.access_log {
             // Workers that finished have dropped their writers (after a final flush).

@@ -9,9 +9,13 @@ use std::sync::Arc;
 impl Server {
     /// Swaps in a new configuration for new connections. Listeners, worker count, CPUs, ring and
     /// pipe pool stay as started; a changed listener set is logged as a warning.
-    pub fn reload(&self, new: Config) {
+    pub fn reload(&self, mut new: Config) {
         let old = self.config.load();
-        if old.listeners != new.listeners {
+        // Back ends and routes that did not change keep their health, counts and statistics.
+        new.pools.adopt(&old.pools, &old.table, &new.table);
+        self.checker.watch(&new.pools);
+        let addresses = |c: &Config| c.listeners.iter().map(|l| l.address).collect::<Vec<_>>();
+        if addresses(&old) != addresses(&new) || old.handoff != new.handoff {
             tracing::warn!(
                 old = ?old.listeners,
                 new = ?new.listeners,

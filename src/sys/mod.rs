@@ -25,7 +25,7 @@ pub mod udp;
 pub mod unix;
 
 pub use alloc::release_free_memory;
-pub use limits::{advise_huge_pages, raise_fd_limit};
+pub use limits::{advise_huge_pages, raise_fd_limit, zeroed_atomics};
 pub use pipe::{Pipe, Spliced};
 pub use ring::{runtime, RingOptions};
 pub use socket::{Ready, Socket, POLLERR, POLLHUP, POLLIN, POLLOUT, POLLRDHUP};

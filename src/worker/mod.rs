@@ -11,6 +11,7 @@
 //! The configuration is read through an [`ArcSwap`] cache once per accepted connection (a
 //! pointer comparison); a reload is picked up by the next connection.
 pub mod accept;
+pub mod handoff;
 pub mod quic;
 
 use crate::access_log;
@@ -44,6 +45,10 @@ pub struct Setup {
     pub stop: watch::Receiver<bool>,
     pub timing: bool,
     pub log: Option<access_log::Writer>,
+    /// The listeners' per-client counts, shared by every worker.
+    pub admission: Arc<conn::admission::Tables>,
+    /// One socket per hand-off listener (`[[listener]] handoff`), with its path.
+    pub handoff: Vec<(OwnedFd, std::path::PathBuf)>,
 }
 
 /// Descriptors a process needs besides its connections and pipes: stdio, the admin listener,
@@ -156,7 +161,21 @@ impl Worker {
 /// The body of a worker thread: pins it, builds its ring, says it is ready (or why not), and
 /// serves its listeners until told to stop, then drains its connections.
 pub fn main(setup: Setup, ready: mpsc::Sender<Result<(), StartError>>) {
-    let Setup { id, cpu, ring: ring_opts, pipe_pool, listeners, udp, config, slot, stop, timing, log } = setup;
+    let Setup {
+        id,
+        cpu,
+        ring: ring_opts,
+        pipe_pool,
+        listeners,
+        udp,
+        config,
+        slot,
+        stop,
+        timing,
+        log,
+        admission,
+        handoff,
+    } = setup;
     if let Some(cpu) = cpu {
         if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
             tracing::warn!(worker = id, cpu, "cannot pin worker to its CPU; running unpinned");
@@ -185,6 +204,7 @@ pub fn main(setup: Setup, ready: mpsc::Sender<Result<(), StartError>>) {
                 timers: Timers::default(),
                 timing,
                 log,
+                admission,
             },
             open: Cell::new(0),
             slot_freed: Notify::new(),
@@ -193,6 +213,9 @@ pub fn main(setup: Setup, ready: mpsc::Sender<Result<(), StartError>>) {
         let mut accepting = Vec::new();
         for (fd, addr) in listeners {
             accepting.push(tokio_uring::spawn(accept::run(Rc::clone(&w), Socket::from(fd), addr)));
+        }
+        for (fd, path) in handoff {
+            accepting.push(tokio_uring::spawn(handoff::run(Rc::clone(&w), Socket::from(fd), path)));
         }
         let publisher = tokio_uring::spawn(tick_loop(Rc::clone(&w)));
         let quic = (!udp.is_empty()).then(|| Rc::new(quic::Quic::new(&w.config())));
