@@ -182,8 +182,8 @@ pub fn serve<'a>(res: &'a Resources, cfg: &'a Config, conn: &'a mut Accepted) ->
             }
             Err(reason) => (Outcome::Dropped(reason), false),
         };
-        close(res, cfg, conn, &mut t, outcome, logged);
-        trace::finish(res, cfg, &t);
+        close(res, cfg, conn, &t, outcome, logged);
+        trace::finish(res, cfg, &t, &outcome);
     }
 }
 
@@ -247,8 +247,8 @@ fn run<'a>(
     }
 }
 
-/// Counts the outcome (the one place that does) and records it in the trace.
-fn close(res: &Resources, cfg: &Config, conn: &Accepted, t: &mut Trace, outcome: Outcome, logged: bool) {
+/// Counts the outcome (the one place that does).
+fn close(res: &Resources, cfg: &Config, conn: &Accepted, t: &Trace, outcome: Outcome, logged: bool) {
     if let (true, Some(id)) = (t.route_open, t.route) {
         if let Some(stats) = cfg.pools.route_stats(id) {
             let dropped = match outcome {
@@ -287,15 +287,9 @@ fn close(res: &Resources, cfg: &Config, conn: &Accepted, t: &mut Trace, outcome:
                     relay::End::Error(cause) => c.relay_errors.bump(cause),
                 }
             });
-            t.to_backend += r.to_backend;
-            t.to_client += r.to_client;
-            if t.first_to_client.is_none() && res.timing {
-                t.first_to_client = r.first_to_client;
-            }
             tracing::trace!(worker = res.worker, end = ?r.end, "connection closed");
         }
     }
-    t.outcome = Some(outcome);
 }
 
 /// The PROXY header for `route` (empty when it sends none): the client's address, the address it
