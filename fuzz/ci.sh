@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 export RUSTC_BOOTSTRAP=1
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
-targets=(client_hello parse_message framing server_hello ja4 quic_initial)
+targets=(client_hello parse_message framing server_hello ja4 quic_initial ocsp_response session_ticket)
 for t in "${targets[@]}"; do
   mkdir -p "corpus/$t"
   cp -n "seeds/$t"/* "corpus/$t"/ 2>/dev/null || true

@@ -5,6 +5,7 @@
 
 use clap::{Args, Parser, Subcommand};
 use sni_dispatch::config::{Config, RuntimeOverrides};
+use sni_dispatch::server::UpgradeOptions;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -30,6 +31,9 @@ Start here:
   sni-dispatch check --config edge.toml      validate a config, its certificates and keys
   sni-dispatch run --config edge.toml        serve until SIGTERM/SIGINT (SIGHUP reloads; a second
                                              SIGTERM/SIGINT ends the drain at once, exit 3)
+  sni-dispatch run --config edge.toml --upgrade-socket /run/sni.sock --upgrade-from /run/sni.sock
+                                             start a new binary that takes over the listeners of
+                                             the running one (no refused connection); it drains
 
 Configuration reference: docs/configuration.md; metrics: docs/metrics.md; tuning: tuning/README.md.";
 
@@ -44,6 +48,15 @@ enum Command {
         /// its keys override the config's [runtime]; flags override both. Read once at start.
         #[arg(long, value_name = "FILE")]
         profile: Option<PathBuf>,
+        /// Offer the listening sockets on this unix socket, for a new binary started with
+        /// --upgrade-from (same user only); once one takes them, stop accepting, drain, exit 0.
+        #[arg(long, value_name = "PATH")]
+        upgrade_socket: Option<PathBuf>,
+        /// Take the listening sockets of the process offering them at this unix socket (its
+        /// --upgrade-socket), then tell it to stop accepting and drain: an upgrade with no
+        /// refused connection. Nobody there: bind them anew.
+        #[arg(long, value_name = "PATH")]
+        upgrade_from: Option<PathBuf>,
         #[command(flatten)]
         tuning: Tuning,
     },
@@ -162,12 +175,12 @@ fn main() -> ExitCode {
     init_logging(&cli.log);
     match cli.command {
         Command::Check { config } => check(&config),
-        Command::Run { config, profile, tuning } => {
+        Command::Run { config, profile, upgrade_socket, upgrade_from, tuning } => {
             let overrides = match profile.as_deref().map(RuntimeOverrides::from_profile).transpose() {
                 Ok(p) => p.unwrap_or_default().then(&tuning.overrides()),
                 Err(e) => return fail(&e),
             };
-            run(&config, &overrides)
+            run(&config, &overrides, &UpgradeOptions { socket: upgrade_socket, from: upgrade_from })
         }
         Command::Demo { port, tuning } => match sni_dispatch::demo::run(port, &tuning.overrides()) {
             Ok(()) => ExitCode::SUCCESS,
@@ -202,8 +215,8 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
-fn run(path: &Path, overrides: &RuntimeOverrides) -> ExitCode {
-    match sni_dispatch::server::serve(path, overrides) {
+fn run(path: &Path, overrides: &RuntimeOverrides, upgrade: &UpgradeOptions) -> ExitCode {
+    match sni_dispatch::server::serve(path, overrides, upgrade) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
     }

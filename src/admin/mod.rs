@@ -31,6 +31,8 @@ pub const MAX_REQUEST: usize = 8 * 1024;
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
 /// Requests served at once.
 pub const MAX_CLIENTS: usize = 16;
+/// How often the accept loop looks at its stop flag.
+const STOP_CHECK: Duration = Duration::from_millis(100);
 
 /// What the endpoint reads.
 #[derive(Debug, Clone)]
@@ -50,23 +52,35 @@ pub struct State {
 pub struct Admin {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
+    /// Requests being answered now (each on its own thread).
+    active: Arc<AtomicUsize>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Admin {
     /// Binds `addr` and serves on a thread named `sni-admin`, pinned to `cpu` if given.
     pub fn start(addr: SocketAddr, state: State, cpu: Option<usize>) -> io::Result<Self> {
-        let listener = TcpListener::bind(addr)?;
+        Self::start_on(TcpListener::bind(addr)?, state, cpu)
+    }
+
+    /// Serves on a listener already bound (one a binary upgrade handed over; it may still be
+    /// shared with the old process until that one stops).
+    pub fn start_on(listener: TcpListener, state: State, cpu: Option<usize>) -> io::Result<Self> {
         let addr = listener.local_addr()?;
+        // accept() wakes up this often to see `stop`: stopping must not depend on a connection
+        // reaching this thread (on a shared socket it may reach the other process).
+        listener.set_nonblocking(false)?;
+        socket2::SockRef::from(&listener).set_read_timeout(Some(STOP_CHECK))?;
         let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = Arc::clone(&stop);
+        let active = Arc::new(AtomicUsize::new(0));
+        let (stop2, active2) = (Arc::clone(&stop), Arc::clone(&active));
         let thread = std::thread::Builder::new().name("sni-admin".into()).spawn(move || {
             if let Some(cpu) = cpu {
                 core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
             }
-            accept_loop(&listener, &state, &stop2);
+            accept_loop(&listener, &state, &stop2, &active2);
         })?;
-        Ok(Self { addr, stop, thread: Some(thread) })
+        Ok(Self { addr, stop, active, thread: Some(thread) })
     }
 
     /// The bound address (port 0 resolved).
@@ -79,19 +93,17 @@ impl Admin {
         self.halt();
     }
 
+    /// Stops accepting, then lets the requests already accepted be answered (up to
+    /// [`REQUEST_DEADLINE`]), so that a process exiting right after does not cut them off.
     fn halt(&mut self) {
+        // The accept loop sees the flag within STOP_CHECK.
         self.stop.store(true, Ordering::SeqCst);
-        // Wake the blocking accept.
-        let mut wake = self.addr;
-        if wake.ip().is_unspecified() {
-            wake.set_ip(match wake {
-                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-            });
-        }
-        let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+        let end = Instant::now() + REQUEST_DEADLINE;
+        while self.active.load(Ordering::SeqCst) > 0 && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 }
@@ -104,14 +116,15 @@ impl Drop for Admin {
     }
 }
 
-fn accept_loop(listener: &TcpListener, state: &State, stop: &AtomicBool) {
-    let active = Arc::new(AtomicUsize::new(0));
+/// Accepts until `stop`; a connection accepted as the flag was set is still answered (dropping
+/// it unread would reset a client that, on a socket shared with a new process during an
+/// upgrade, had every right to an answer).
+fn accept_loop(listener: &TcpListener, state: &State, stop: &AtomicBool, active: &Arc<AtomicUsize>) {
     for conn in listener.incoming() {
-        if stop.load(Ordering::SeqCst) {
-            break;
-        }
         let mut s = match conn {
             Ok(s) => s,
+            Err(_) if stop.load(Ordering::SeqCst) => break,
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => continue,
             Err(e) => {
                 tracing::debug!(error = %e, "admin: accept failed");
                 // EMFILE and friends: don't spin.
@@ -126,13 +139,16 @@ fn accept_loop(listener: &TcpListener, state: &State, stop: &AtomicBool) {
             continue;
         }
         let state = state.clone();
-        let guard = ActiveGuard(Arc::clone(&active));
+        let guard = ActiveGuard(Arc::clone(active));
         let spawned = std::thread::Builder::new().name("sni-admin-req".into()).spawn(move || {
             let _guard = guard;
             serve(s, &state);
         });
         if let Err(e) = spawned {
             tracing::warn!(error = %e, "admin: cannot start a request thread");
+        }
+        if stop.load(Ordering::SeqCst) {
+            break;
         }
     }
 }

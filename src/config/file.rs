@@ -11,6 +11,8 @@ pub(super) struct FileConfig {
     #[serde(default)]
     pub(super) runtime: RuntimeOverrides,
     pub(super) admin: Option<AdminFile>,
+    #[serde(default)]
+    pub(super) tls: TlsFile,
     #[serde(default, rename = "listener")]
     pub(super) listeners: Vec<ListenerFile>,
     #[serde(default)]
@@ -23,6 +25,14 @@ pub(super) struct FileConfig {
 #[serde(deny_unknown_fields)]
 pub(super) struct AdminFile {
     pub(super) listen: Option<String>,
+}
+
+/// `[tls]`: what every terminating route shares.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TlsFile {
+    pub(super) ticket_keys: Option<PathBuf>,
+    pub(super) ticket_lifetime_s: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -70,6 +80,7 @@ pub(super) struct RouteFile {
     pub(super) action: String,
     pub(super) cert: Option<PathBuf>,
     pub(super) key: Option<PathBuf>,
+    pub(super) ocsp: Option<PathBuf>,
     pub(super) min_tls: Option<String>,
     #[serde(default)]
     pub(super) alpn: Vec<String>,

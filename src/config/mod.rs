@@ -41,6 +41,9 @@ pub struct Config {
     /// Hand-off listeners (`[[listener]] handoff = "/path"`).
     pub handoff: Vec<HandoffListener>,
     pub table: Table,
+    /// What every terminating route shares: the session-ticket keys (`[tls]`), the base rustls
+    /// configurations. Kept so that a route built later (one route changed) shares them too.
+    pub tls: Arc<crate::tls::Shared>,
     /// The state behind the routes' back ends (health, balancing, statistics).
     pub pools: Pools,
     /// Things that load but may not do what the operator meant, as "key: reason".
@@ -203,18 +206,24 @@ fn resolve(
         }
     }
 
-    let mut routes = Vec::with_capacity(file.routes.len());
+    let tls = Arc::new(certs::resolve_tls(&file.tls, base, errors));
     let mut names = std::collections::HashMap::new();
+    let mut keyed = Vec::with_capacity(file.routes.len());
     for (i, r) in file.routes.into_iter().enumerate() {
         let key = if r.name.is_empty() { format!("route[{i}]") } else { format!("route {:?}", r.name) };
+        let mut problems = Vec::new();
         if r.name.is_empty() {
-            errors.push(Located::new(format!("{key}.name"), "must not be empty"));
+            problems.push(Located::new(format!("{key}.name"), "must not be empty"));
         } else if let Some(first) = names.insert(r.name.clone(), i) {
-            errors.push(Located::new(format!("{key}.name"), format!("also used by route[{first}]")));
+            problems.push(Located::new(format!("{key}.name"), format!("also used by route[{first}]")));
         }
-        if let Some(route) = routes::resolve_route(r, &key, base, errors) {
-            routes.push(route);
-        }
+        keyed.push((r, key, problems));
+    }
+    // Certificates and keys are read and parsed on every allowed CPU (100,000 of them in ~1 s).
+    let mut routes = Vec::with_capacity(keyed.len());
+    for (route, problems) in routes::resolve_all(keyed, base, &tls) {
+        errors.extend(problems);
+        routes.extend(route);
     }
 
     let mut fallback = |field: &str, name: Option<String>| -> Option<RouteId> {
@@ -233,7 +242,7 @@ fn resolve(
     }
     match Table::build(routes, no_sni, unknown_sni) {
         Ok(table) => {
-            let warnings = table
+            let mut warnings: Vec<String> = table
                 .routes()
                 .iter()
                 .filter(|r| r.action.is_terminate() && r.min_tls < TlsVersion::TLS12)
@@ -241,6 +250,11 @@ fn resolve(
                     format!("route {:?}.min_tls: rustls serves TLS 1.2 and 1.3 only; {} acts as 1.2", r.name, r.min_tls)
                 })
                 .collect();
+            for r in table.routes() {
+                if let route::Action::Terminate(m) = &r.action {
+                    warnings.extend(m.warnings().into_iter().map(|(k, w)| format!("route {:?}.{k}: {w}", r.name)));
+                }
+            }
             let pools = match Pools::build(&table, worker_count(&runtime)) {
                 Ok(p) => p,
                 Err((id, e)) => {
@@ -249,7 +263,7 @@ fn resolve(
                     return None;
                 }
             };
-            Some(Config { path: path.to_owned(), runtime, admin, listeners, handoff, table, pools, warnings })
+            Some(Config { path: path.to_owned(), runtime, admin, listeners, handoff, table, tls, pools, warnings })
         }
         Err(e) => {
             let key = match &e {

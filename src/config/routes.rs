@@ -11,7 +11,61 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-pub(super) fn resolve_route(r: RouteFile, key: &str, base: &Path, errors: &mut Vec<Located>) -> Option<Route> {
+/// Resolves every route, in order, each with the problems found before (`problems`) and its
+/// own; on every allowed CPU when there are enough routes to pay for the threads (most of the
+/// cost of a large configuration is reading and parsing certificates and keys).
+pub(super) fn resolve_all(
+    routes: Vec<(RouteFile, String, Vec<Located>)>,
+    base: &Path,
+    tls: &crate::tls::Shared,
+) -> Vec<(Option<Route>, Vec<Located>)> {
+    const PER_THREAD: usize = 512;
+    let one = |(r, key, mut problems): (RouteFile, String, Vec<Located>)| {
+        let route = resolve_route(r, &key, base, tls, &mut problems);
+        (route, problems)
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(routes.len() / PER_THREAD).min(16);
+    if threads <= 1 {
+        return routes.into_iter().map(one).collect();
+    }
+    let chunk = routes.len().div_ceil(threads);
+    let mut chunks: Vec<Vec<_>> = Vec::with_capacity(threads);
+    let mut rest = routes.into_iter();
+    for _ in 0..threads {
+        chunks.push(rest.by_ref().take(chunk).collect());
+    }
+    std::thread::scope(|s| {
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|c| {
+                std::thread::Builder::new()
+                    .name("sni-config".into())
+                    .spawn_scoped(s, move || c.into_iter().map(one).collect::<Vec<_>>())
+            })
+            .collect();
+        let mut out = Vec::new();
+        for h in handles {
+            match h {
+                Ok(h) => match h.join() {
+                    Ok(part) => out.extend(part),
+                    Err(panic) => std::panic::resume_unwind(panic),
+                },
+                // No thread: cannot happen on Linux short of exhausting the process's threads;
+                // then the load fails rather than silently missing routes.
+                Err(e) => out.push((None, vec![Located::new("route", format!("cannot start a loader thread: {e}"))])),
+            }
+        }
+        out
+    })
+}
+
+pub(super) fn resolve_route(
+    r: RouteFile,
+    key: &str,
+    base: &Path,
+    tls: &crate::tls::Shared,
+    errors: &mut Vec<Located>,
+) -> Option<Route> {
     let before = errors.len();
     let mut bad = |field: &str, reason: String| errors.push(Located::new(format!("{key}.{field}"), reason));
 
@@ -143,8 +197,11 @@ pub(super) fn resolve_route(r: RouteFile, key: &str, base: &Path, errors: &mut V
             None
         }
         Some(Kind::Terminate) => match (&r.cert, &r.key) {
-            (Some(cert), Some(pkey)) => load_tls(&base.join(cert), &base.join(pkey), key, min_tls, &r.alpn, errors)
-                .map(|m| Action::Terminate(Arc::new(m))),
+            (Some(cert), Some(pkey)) => {
+                let ocsp = r.ocsp.as_ref().map(|p| base.join(p));
+                load_tls(tls, &base.join(cert), &base.join(pkey), ocsp.as_deref(), key, min_tls, &r.alpn, errors)
+                    .map(|m| Action::Terminate(Arc::new(m)))
+            }
             (c, k) => {
                 if c.is_none() {
                     bad("cert", "a terminate route needs a certificate chain (PEM)".into());
@@ -156,7 +213,12 @@ pub(super) fn resolve_route(r: RouteFile, key: &str, base: &Path, errors: &mut V
             }
         },
         Some(Kind::Passthrough) => {
-            for (field, set) in [("cert", r.cert.is_some()), ("key", r.key.is_some()), ("alpn", !r.alpn.is_empty())] {
+            for (field, set) in [
+                ("cert", r.cert.is_some()),
+                ("key", r.key.is_some()),
+                ("ocsp", r.ocsp.is_some()),
+                ("alpn", !r.alpn.is_empty()),
+            ] {
                 if set {
                     bad(field, "applies only to action = \"terminate\"".into());
                 }

@@ -103,6 +103,57 @@ labels! {
 }
 
 labels! {
+    /// What became of a session ticket: issued in a handshake, or presented by a client.
+    pub enum TicketResult: "result" {
+        /// A ticket was issued (TLS 1.3 NewSessionTicket, or TLS 1.2 ticket).
+        Issued = "issued",
+        /// A presented ticket decrypted with a configured key (or the random ticketer's).
+        Decrypted = "decrypted",
+        /// A presented ticket decrypted with a key no longer configured, within its window.
+        DecryptedRetired = "decrypted_retired",
+        /// A presented ticket named a key this host does not have (another fleet, or older than
+        /// the window): a full handshake follows.
+        UnknownKey = "unknown_key",
+        /// A presented ticket named a known key but did not decrypt (forged, corrupted or truncated).
+        Invalid = "invalid",
+    }
+}
+
+labels! {
+    /// The state of a terminating route's OCSP response in the running configuration.
+    pub enum OcspState: "state" {
+        /// Checked and stapled to every handshake (until its nextUpdate).
+        Stapled = "stapled",
+        /// Stapled, and it says the certificate is revoked.
+        Revoked = "revoked",
+        /// Not stapled: expired, not yet valid, for another certificate, badly signed or malformed.
+        Refused = "refused",
+    }
+}
+
+labels! {
+    /// Session-ticket keys in the running configuration.
+    pub enum TicketKeyState: "state" {
+        /// In `[tls] ticket_keys` (one of them encrypts, every one decrypts).
+        Configured = "configured",
+        /// Dropped from the file by a reload, still decrypting within its window.
+        Retired = "retired",
+    }
+}
+
+labels! {
+    /// What came of a new process asking for the listening sockets (`--upgrade-from`).
+    pub enum UpgradeResult: "result" {
+        /// It took them and said it was ready: this process stopped accepting and drained.
+        HandedOver = "handed_over",
+        /// Refused: another user (by SO_PEERCRED), or a protocol version this build does not speak.
+        Refused = "refused",
+        /// It took them but left, or never said it was ready: this process went on serving.
+        Aborted = "aborted",
+    }
+}
+
+labels! {
     /// Why one back-end connection attempt failed.
     pub enum ConnectCause: "cause" {
         /// Connection refused (nothing listens, or a RST).

@@ -22,8 +22,8 @@ pub mod labels;
 
 pub use counters::{Counters, Family, Kind, Label, Tally, Value};
 pub use labels::{
-    AcceptCause, CheckResult, ConnectCause, Direction, DropReason, HandoffCause, PipeMiss, QuicDatagramDrop,
-    QuicFlowDrop, QuicFlowEnd, RelayCause, RelayKind,
+    AcceptCause, CheckResult, ConnectCause, Direction, DropReason, HandoffCause, OcspState, PipeMiss, QuicDatagramDrop,
+    QuicFlowDrop, QuicFlowEnd, RelayCause, RelayKind, TicketKeyState, TicketResult, UpgradeResult,
 };
 
 use crate::route::Match;
@@ -293,16 +293,25 @@ impl Local {
     }
 }
 
-/// Every worker's slot, for readers (admin endpoint, tests, shutdown log).
+/// Every worker's slot, for readers (admin endpoint, tests, shutdown log), and one for what
+/// the process's control threads count (a binary upgrade's takers): merged with the workers',
+/// never shown as a worker.
 #[derive(Debug, Clone, Default)]
 pub struct Registry {
     slots: Vec<Slot>,
+    process: Slot,
 }
 
 impl Registry {
     /// Creates `n` empty slots.
     pub fn new(n: usize) -> Self {
-        Self { slots: (0..n).map(|_| Slot::default()).collect() }
+        Self { slots: (0..n).map(|_| Slot::default()).collect(), process: Slot::default() }
+    }
+
+    /// Applies `f` to the process's own counters (from a control thread, never a worker: it
+    /// takes a lock).
+    pub fn bump_process(&self, f: impl FnOnce(&mut Counters)) {
+        f(&mut lock(&self.process.counters));
     }
 
     pub fn slot(&self, i: usize) -> Slot {
@@ -337,9 +346,15 @@ impl Registry {
         total
     }
 
-    /// All workers merged.
+    /// What the process's control threads counted ([`Registry::bump_process`]): the start of
+    /// every merged view.
+    pub fn process(&self) -> Counters {
+        *lock(&self.process.counters)
+    }
+
+    /// All workers merged, with the process's own counters.
     pub fn merged(&self) -> Counters {
-        let mut total = Counters::default();
+        let mut total = self.process();
         for c in self.snapshot() {
             total.merge(&c);
         }

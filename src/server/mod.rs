@@ -6,12 +6,16 @@
 //!   each has its ring;
 //! - [`Server::reload`] swaps in a new configuration for new connections;
 //! - [`Server::shutdown`] stops accepting and drains open connections up to `drain_timeout_ms`;
-//! - [`lifecycle::serve`] drives all three from signals (what `sni-dispatch run` does).
+//! - [`lifecycle::serve`] drives all three from signals (what `sni-dispatch run` does);
+//! - [`upgrade`]: a new binary takes over the listening sockets ([`Server::start_with`] with
+//!   what [`upgrade::take`] brought, [`Server::offer_listeners`] on the running one).
 pub mod cpus;
 pub mod lifecycle;
 mod reload;
+pub mod upgrade;
 
 pub use lifecycle::{serve, NO_LATENCY_ENV};
+pub use upgrade::{Inherited, UpgradeError, UpgradeOptions};
 
 use crate::access_log::Sink;
 use crate::admin::{self, Admin};
@@ -24,7 +28,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
@@ -47,10 +51,48 @@ pub enum ServeError {
     Admin { addr: SocketAddr, source: io::Error },
     #[error("access log {path}: {source}")]
     AccessLog { path: String, source: io::Error },
+    #[error("{0}")]
+    Upgrade(#[from] UpgradeError),
     #[error("hand-off listener {path}: {source}")]
     Handoff { path: String, source: io::Error },
     #[error("health checks: {0}")]
     Health(io::Error),
+}
+
+/// What stops accepting, shared with the upgrade thread: a new process that took the
+/// listeners over stops them through [`upgrade::HandOver`].
+pub(crate) struct Control {
+    registry: Registry,
+    admin: std::sync::Mutex<Option<Admin>>,
+    stop: watch::Sender<bool>,
+    accepting: Arc<AtomicBool>,
+    handed_off: Arc<OnceLock<Vec<SocketAddr>>>,
+}
+
+impl Control {
+    fn stop_admin(&self) {
+        let admin = self.admin.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        if let Some(a) = admin {
+            a.stop();
+        }
+    }
+}
+
+impl upgrade::HandOver for Control {
+    fn hand_over(&self, adopted: Vec<SocketAddr>, admin: bool) {
+        // The admin socket first: once it is the new process's alone, /healthz there says 200
+        // while this one drains (503 here would be read as the host going down).
+        if admin {
+            self.stop_admin();
+        }
+        let _ = self.handed_off.set(adopted);
+        self.accepting.store(false, Ordering::SeqCst);
+        let _ = self.stop.send(true);
+    }
+
+    fn count(&self, result: crate::metrics::UpgradeResult) {
+        self.registry.bump_process(|c| c.upgrade_takers.bump(result));
+    }
 }
 
 /// A running set of workers (what [`serve`] drives; usable directly from tests and tools).
@@ -58,24 +100,40 @@ pub struct Server {
     pub(crate) config: Arc<ArcSwap<Config>>,
     registry: Registry,
     local_addrs: Vec<SocketAddr>,
-    stop: watch::Sender<bool>,
     done: mpsc::Receiver<usize>,
     workers: usize,
-    accepting: Arc<AtomicBool>,
-    admin: Option<Admin>,
+    control: Arc<Control>,
+    admin_addr: Option<SocketAddr>,
     access_log: Option<Sink>,
     pub(crate) checker: crate::backend::health::Checker,
     pub(crate) started: Instant,
+    /// Duplicates of every listening socket, kept to offer them to a new binary.
+    offerable: Option<(Vec<upgrade::Offered>, Option<upgrade::OfferedAdmin>)>,
+    offer: Option<upgrade::Offer>,
 }
 
 impl Server {
     /// Binds every listener (port 0 becomes one port shared by all workers), starts the workers
     /// and returns once each has its ring.
     pub fn start(config: Config) -> Result<Self, ServeError> {
+        Self::start_with(config, None, false)
+    }
+
+    /// As [`Server::start`], adopting the listening sockets (and the admin endpoint's) that a
+    /// running process handed over, for every listener configured as it was there (the others
+    /// are bound anew; workers beyond the sockets handed over bind theirs into the same
+    /// `SO_REUSEPORT` group). With `offerable`, keeps a duplicate of every listening socket so
+    /// that [`Server::offer_listeners`] can hand them on.
+    pub fn start_with(
+        config: Config,
+        mut inherited: Option<&mut Inherited>,
+        offerable: bool,
+    ) -> Result<Self, ServeError> {
         if config.listeners.is_empty() && config.handoff.is_empty() {
             return Err(ServeError::NoListeners);
         }
         let rt = config.runtime.clone();
+        reload::log_warnings(&config);
         let fd_limit = sys::raise_fd_limit().ok();
         let cpus = cpus::plan_cpus(&rt);
         let n = cpus.len();
@@ -89,18 +147,46 @@ impl Server {
         let pipe_pool = fds.as_ref().map_or(pipe_pool, |p| p.pipe_pool);
 
         // Per worker, one socket per listener; the first bound fixes the port of a `:0` listener.
+        // Handed-over sockets go round the workers (a worker may get two: none is closed, so none
+        // of their queued connections is lost); workers beyond them bind their own.
         let mut local_addrs = Vec::new();
         let mut per_worker: Vec<Vec<(OwnedFd, SocketAddr)>> = (0..n).map(|_| Vec::new()).collect();
         let mut udp_per_worker: Vec<Vec<_>> = (0..n).map(|_| Vec::new()).collect();
+        let mut offered = Vec::new();
         for l in &config.listeners {
             let addr = l.address;
-            let first = bind(addr, rt.backlog).map_err(|source| ServeError::Bind { addr, source })?;
-            let actual = first.local_addr().ok().and_then(|a| a.as_socket()).unwrap_or(addr);
-            local_addrs.push(actual);
-            per_worker[0].push((first.into(), actual));
-            for fds in per_worker.iter_mut().skip(1) {
+            let mut sockets: Vec<OwnedFd> = Vec::new();
+            let actual = match inherited.as_deref_mut().and_then(|i| i.listener(addr)) {
+                Some((bound, fds)) => {
+                    for fd in &fds {
+                        // A new backlog applies to a listening socket at once.
+                        let _ = socket2::SockRef::from(fd).listen(rt.backlog.min(i32::MAX as u32) as i32);
+                    }
+                    sockets = fds;
+                    bound
+                }
+                None => {
+                    let first = bind(addr, rt.backlog).map_err(|source| ServeError::Bind { addr, source })?;
+                    let actual = first.local_addr().ok().and_then(|a| a.as_socket()).unwrap_or(addr);
+                    sockets.push(first.into());
+                    actual
+                }
+            };
+            while sockets.len() < n {
                 let s = bind(actual, rt.backlog).map_err(|source| ServeError::Bind { addr: actual, source })?;
-                fds.push((s.into(), actual));
+                sockets.push(s.into());
+            }
+            if offerable {
+                let dups = sockets
+                    .iter()
+                    .map(OwnedFd::try_clone)
+                    .collect::<io::Result<Vec<_>>>()
+                    .map_err(|source| ServeError::Bind { addr: actual, source })?;
+                offered.push(upgrade::Offered { configured: addr, bound: actual, fds: dups });
+            }
+            local_addrs.push(actual);
+            for (i, fd) in sockets.into_iter().enumerate() {
+                per_worker[i % n].push((fd, actual));
             }
             if l.quic {
                 // UDP on the TCP listener's port (a `:0` listener's too), one socket per worker.
@@ -144,9 +230,11 @@ impl Server {
             None => None,
         };
         let admin_addr = config.admin;
-        let shared = Arc::new(ArcSwap::from_pointee(config));
         let registry = Registry::new(n);
+        reload::publish_gauges(&registry, &config);
+        let shared = Arc::new(ArcSwap::from_pointee(config));
         let accepting = Arc::new(AtomicBool::new(true));
+        let mut offered_admin = None;
         let admin = match admin_addr {
             Some(addr) => {
                 let state = admin::State {
@@ -156,14 +244,36 @@ impl Server {
                     config: Arc::clone(&shared),
                     rates: Arc::default(),
                 };
-                Some(
-                    Admin::start(addr, state, cpus::admin_cpu(&cpus))
-                        .map_err(|source| ServeError::Admin { addr, source })?,
-                )
+                let bad = |source| ServeError::Admin { addr, source };
+                let listener = match inherited.and_then(|i| i.admin(addr)) {
+                    Some(l) => l,
+                    None => std::net::TcpListener::bind(addr).map_err(bad)?,
+                };
+                if offerable {
+                    let bound = listener.local_addr().map_err(bad)?;
+                    let fd = OwnedFd::from(listener.try_clone().map_err(bad)?);
+                    offered_admin = Some(upgrade::OfferedAdmin { configured: addr, bound, fd });
+                }
+                Some(Admin::start_on(listener, state, cpus::admin_cpu(&cpus)).map_err(bad)?)
             }
             None => None,
         };
+        // Replaced configurations are freed here, off the workers (see worker::Snapshot).
+        let (reaper, reap) = mpsc::channel::<Arc<Config>>();
+        let reaper_cpu = cpus::admin_cpu(&cpus);
+        std::thread::Builder::new()
+            .name("sni-reaper".into())
+            .spawn(move || {
+                if let Some(cpu) = reaper_cpu {
+                    core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
+                }
+                for old in reap {
+                    drop(old);
+                }
+            })
+            .map_err(ServeError::Thread)?;
         let (stop, stop_rx) = watch::channel(false);
+        let handed_off = Arc::new(OnceLock::new());
         let (done_tx, done) = mpsc::channel();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), worker::StartError>>();
         let quic_listeners: Vec<SocketAddr> = config_quic_addrs(&udp_per_worker);
@@ -182,6 +292,8 @@ impl Server {
                 stop: stop_rx.clone(),
                 timing,
                 log: access_log.as_ref().map(|s| s.writer(rt.access_log_sample)),
+                reaper: reaper.clone(),
+                handed_off: Arc::clone(&handed_off),
                 admission: Arc::clone(&admission),
                 handoff,
             };
@@ -206,6 +318,14 @@ impl Server {
                 Err(_) => break,
             }
         }
+        let admin_bound = admin.as_ref().map(Admin::local_addr);
+        let control = Arc::new(Control {
+            registry: registry.clone(),
+            admin: std::sync::Mutex::new(admin),
+            stop,
+            accepting,
+            handed_off,
+        });
         tracing::info!(
             workers = n,
             cpus = ?cpus,
@@ -216,7 +336,7 @@ impl Server {
             ring_entries = rt.ring_entries,
             sqpoll = rt.sqpoll,
             fd_limit,
-            admin = ?admin.as_ref().map(Admin::local_addr),
+            admin = ?admin_bound,
             access_log = ?rt.access_log,
             latency_histograms = timing,
             "sni-dispatch serving"
@@ -225,20 +345,38 @@ impl Server {
             config: shared,
             registry,
             local_addrs,
-            stop,
             done,
             workers: n,
-            accepting,
-            admin,
+            control,
+            admin_addr: admin_bound,
             access_log,
             checker,
             started,
+            offerable: offerable.then_some((offered, offered_admin)),
+            offer: None,
         })
+    }
+
+    /// Offers the listening sockets on the unix socket `path` for a binary upgrade (see
+    /// [`upgrade`]); `then` runs once a new process has taken them over and this one has stopped
+    /// accepting (`run` raises SIGTERM there, to drain and exit). Needs a server started with
+    /// `offerable`.
+    pub fn offer_listeners(&mut self, path: &std::path::Path, then: Box<dyn Fn() + Send>) -> Result<(), ServeError> {
+        let Some((listeners, admin)) = self.offerable.take() else {
+            return Err(UpgradeError::Protocol {
+                path: path.to_owned(),
+                reason: "the server was started without keeping its sockets to offer".into(),
+            }
+            .into());
+        };
+        let control: Arc<dyn upgrade::HandOver> = Arc::clone(&self.control) as _;
+        self.offer = Some(upgrade::Offer::start(path, listeners, admin, control, then)?);
+        Ok(())
     }
 
     /// The admin endpoint's bound address, if one is configured.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin.as_ref().map(Admin::local_addr)
+        self.admin_addr
     }
 
     /// The one-screen summary (what SIGUSR1 prints).
@@ -263,10 +401,11 @@ impl Server {
 
     /// Stops accepting, waits for open connections up to `drain_timeout_ms`; returns whether every
     /// worker finished in time (the others are abandoned and end with the process).
-    pub fn shutdown(self) -> bool {
+    pub fn shutdown(mut self) -> bool {
+        drop(self.offer.take());
         let timeout = Duration::from_millis(self.config.load().runtime.drain_timeout_ms);
-        self.accepting.store(false, Ordering::SeqCst);
-        let _ = self.stop.send(true);
+        self.control.accepting.store(false, Ordering::SeqCst);
+        let _ = self.control.stop.send(true);
         let deadline = Instant::now() + timeout + Duration::from_millis(200);
         let mut finished = 0;
         while finished < self.workers {
@@ -276,9 +415,7 @@ impl Server {
                 Err(_) => break,
             }
         }
-        if let Some(admin) = self.admin {
-            admin.stop();
-        }
+        self.control.stop_admin();
         self.checker.stop();
         for h in &self.config.load().handoff {
             let _ = std::fs::remove_file(&h.path);

@@ -87,6 +87,22 @@ impl Socket {
         Ok(Socket::from(unsafe { OwnedFd::from_raw_fd(raw) }))
     }
 
+    /// Cancels every operation this ring has in flight on this socket (`IORING_OP_ASYNC_CANCEL`
+    /// by fd, Linux 5.19 and later); returns how many were cancelled. Each cancelled operation
+    /// completes with `ECANCELED`, or with its result if it had already finished (an accept that
+    /// took a connection returns it). Unlike [`shutdown`](Self::shutdown) this leaves the socket
+    /// itself alone: another process sharing it (a binary upgrade) keeps accepting on it.
+    pub async fn cancel_pending(&self) -> io::Result<u32> {
+        let sqe = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(self.fd.as_raw_fd())).all()).build();
+        // SAFETY: the entry holds no pointers; the Rc keeps the fd open until the completion.
+        let (res, _fd) = unsafe { submit(Rc::clone(&self.fd), sqe) }.await;
+        match res {
+            // Nothing was in flight.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(0),
+            other => other,
+        }
+    }
+
     /// One non-blocking accept(2) outside the ring (the listener must be non-blocking):
     /// `WouldBlock` when nothing is queued.
     pub fn try_accept(&self) -> io::Result<Socket> {

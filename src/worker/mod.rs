@@ -25,7 +25,7 @@ use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
 
@@ -45,6 +45,11 @@ pub struct Setup {
     pub stop: watch::Receiver<bool>,
     pub timing: bool,
     pub log: Option<access_log::Writer>,
+    /// Where snapshots this worker lets go of are freed (see [`Snapshot`]).
+    pub reaper: mpsc::Sender<Arc<Config>>,
+    /// Set before the stop signal when a new process took over these listeners (a binary
+    /// upgrade): the bound addresses it adopted, whose sockets it now accepts on.
+    pub handed_off: Arc<OnceLock<Vec<SocketAddr>>>,
     /// The listeners' per-client counts, shared by every worker.
     pub admission: Arc<conn::admission::Tables>,
     /// One socket per hand-off listener (`[[listener]] handoff`), with its path.
@@ -115,6 +120,32 @@ pub fn plan_descriptors(
     FdPlan { pipe_pool: pool, warning }
 }
 
+/// A configuration snapshot as a worker holds it. When the worker and its connections let go of
+/// it, the reference goes to the server's reaper thread instead of being dropped here, so that a
+/// worker never frees a whole replaced table itself (100,000 terminating routes take tens of
+/// milliseconds to free, which the first connection after a reload would wait for).
+pub(crate) struct Snapshot {
+    config: Option<Arc<Config>>,
+    reaper: mpsc::Sender<Arc<Config>>,
+}
+
+impl std::ops::Deref for Snapshot {
+    type Target = Config;
+    fn deref(&self) -> &Config {
+        // Always `Some` until drop.
+        self.config.as_deref().unwrap_or_else(|| unreachable!("a snapshot is emptied only by its drop"))
+    }
+}
+
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        if let Some(c) = self.config.take() {
+            // Without a reaper (the server is gone) it is dropped here, as any Arc.
+            let _ = self.reaper.send(c);
+        }
+    }
+}
+
 /// Why a worker could not start.
 #[derive(Debug, thiserror::Error)]
 #[error("worker {worker}: cannot set up io_uring: {source}")]
@@ -124,27 +155,28 @@ pub struct StartError {
 }
 
 /// A worker's state, shared by its tasks (one thread, so `Rc` and `RefCell`).
-#[allow(clippy::redundant_allocation)] // Rc<Arc<Config>>: per-connection clones stay non-atomic
 pub(crate) struct Worker {
     cache: RefCell<Cache<Arc<ArcSwap<Config>>, Arc<Config>>>,
-    current: RefCell<Rc<Arc<Config>>>,
+    /// Per-connection clones of the `Rc` stay non-atomic.
+    current: RefCell<Rc<Snapshot>>,
+    reaper: mpsc::Sender<Arc<Config>>,
     /// What its connections share: counters, pools, the access-log writer.
     pub(crate) conns: conn::Resources,
     pub(crate) open: Cell<usize>,
     /// Woken when a connection closes, for an accept loop waiting under `max_conns_per_worker`.
     pub(crate) slot_freed: Notify,
     pub(crate) stop: watch::Receiver<bool>,
+    pub(crate) handed_off: Arc<OnceLock<Vec<SocketAddr>>>,
 }
 
 impl Worker {
     /// The configuration snapshot for a new connection: a pointer comparison, and an `Rc` clone.
-    #[allow(clippy::redundant_allocation)]
-    pub(crate) fn config(&self) -> Rc<Arc<Config>> {
+    pub(crate) fn config(&self) -> Rc<Snapshot> {
         let mut cache = self.cache.borrow_mut();
         let latest = cache.load();
         let mut cur = self.current.borrow_mut();
-        if !Arc::ptr_eq(&cur, latest) {
-            *cur = Rc::new(Arc::clone(latest));
+        if !cur.config.as_ref().is_some_and(|c| Arc::ptr_eq(c, latest)) {
+            *cur = Rc::new(Snapshot { config: Some(Arc::clone(latest)), reaper: self.reaper.clone() });
         }
         Rc::clone(&cur)
     }
@@ -173,6 +205,8 @@ pub fn main(setup: Setup, ready: mpsc::Sender<Result<(), StartError>>) {
         stop,
         timing,
         log,
+        reaper,
+        handed_off,
         admission,
         handoff,
     } = setup;
@@ -191,10 +225,11 @@ pub fn main(setup: Setup, ready: mpsc::Sender<Result<(), StartError>>) {
     let _ = ready.send(Ok(()));
     drop(ready);
     rt.block_on(async move {
-        let current = Rc::new(config.load_full());
+        let current = Rc::new(Snapshot { config: Some(config.load_full()), reaper: reaper.clone() });
         let w = Rc::new(Worker {
             cache: RefCell::new(Cache::new(config)),
             current: RefCell::new(current),
+            reaper,
             conns: conn::Resources {
                 worker: id,
                 metrics: Local::new(slot),
@@ -209,6 +244,7 @@ pub fn main(setup: Setup, ready: mpsc::Sender<Result<(), StartError>>) {
             open: Cell::new(0),
             slot_freed: Notify::new(),
             stop,
+            handed_off,
         });
         let mut accepting = Vec::new();
         for (fd, addr) in listeners {
@@ -243,7 +279,10 @@ pub fn main(setup: Setup, ready: mpsc::Sender<Result<(), StartError>>) {
         }
         publisher.abort();
         let m = w.metrics();
-        m.bump(|c| c.open = 0);
+        m.bump(|c| {
+            c.open = 0;
+            crate::tls::drain_counts(c);
+        });
         if let Some(log) = &w.conns.log {
             log.flush(m);
         }
@@ -282,6 +321,8 @@ async fn tick_loop(w: Rc<Worker>) {
                 c.open = open;
                 c.pipes_open = pipes;
                 c.buffer_pool_bytes = buffered;
+                // What rustls's callbacks (tickets, OCSP staples) counted on this thread.
+                crate::tls::drain_counts(c);
             });
             if let Some(log) = &c.log {
                 log.flush(m);

@@ -21,7 +21,7 @@
 //! - flows are pinned to the client's address and port: a migrated client (new port or address)
 //!   is an unknown flow; QUIC-LB connection-ID routing is not done.
 
-use super::Worker;
+use super::{Snapshot, Worker};
 use crate::access_log;
 use crate::config::{Config, Route};
 use crate::hello::{self, Parsed, Reject, Transport};
@@ -36,7 +36,6 @@ use std::io;
 use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Largest datagram (or GRO train) read at once.
@@ -92,7 +91,6 @@ impl Cid {
 }
 
 /// A routed flow.
-#[allow(clippy::redundant_allocation)] // Rc<Arc<Config>>: the worker's snapshot, cloned without atomics
 struct Flow {
     key: Key,
     /// The client's Source Connection ID: an Initial under another one from the same address and
@@ -101,7 +99,8 @@ struct Flow {
     listener: Rc<Listener>,
     /// The address the client dialed (the source of every datagram sent back to it).
     local: IpAddr,
-    cfg: Rc<Arc<Config>>,
+    /// The worker's snapshot, cloned without atomics.
+    cfg: Rc<Snapshot>,
     route: RouteId,
     backend: RefCell<Socket>,
     backend_index: Cell<usize>,
@@ -536,7 +535,7 @@ fn open_flow(
     w: &Rc<Worker>,
     q: &Rc<Quic>,
     l: &Rc<Listener>,
-    cfg: Rc<Arc<Config>>,
+    cfg: Rc<Snapshot>,
     key: Key,
     p: Pending,
     last: &[u8],
