@@ -8,9 +8,10 @@
 //! enum's discriminant, so bumping a labelled counter is an array increment.
 
 use super::labels::{
-    AcceptCause, ConnectCause, Direction, DropReason, HandoffCause, OcspState, QuicDatagramDrop, QuicFlowDrop,
-    QuicFlowEnd, RelayCause, RelayKind, TicketKeyState, TicketResult, UpgradeResult,
+    AcceptCause, ConnectCause, Direction, DropReason, HandoffCause, OcspState, PipeMiss, QuicDatagramDrop,
+    QuicFlowDrop, QuicFlowEnd, RelayCause, RelayKind, TicketKeyState, TicketResult, UpgradeResult,
 };
+use crate::hello::Alert;
 use crate::route::Match;
 use std::fmt;
 use std::marker::PhantomData;
@@ -208,6 +209,16 @@ counter_set! {
     /// (connections beyond the cap wait in the listen backlog; none is refused).
     conn_limit_waits: u64 => Counter "connection_limit_waits_total"
         "Times a worker stopped accepting at max_conns_per_worker (later connections wait in the backlog).";
+    /// Spliced bursts copied through a buffer because no pipe could be had, by cause.
+    splice_fallbacks: tally(PipeMiss) => Counter "splice_fallbacks_total"
+        "Spliced relay bursts copied through a buffer instead because no pipe could be had, by cause.";
+    /// Pipes open now (lent to relays and pooled); two descriptors each.
+    pipes_open: u64 => Gauge "pipes_open" "Splice pipes open now, lent and pooled (two descriptors each).";
+    /// Bytes of free buffers the worker keeps for reuse.
+    buffer_pool_bytes: u64 => Gauge "buffer_pool_bytes" "Bytes of free relay buffers kept for reuse.";
+    /// Alerts sent before closing a connection whose hello was refused.
+    alerts_sent: tally(Alert) => Counter "alerts_sent_total"
+        "TLS alerts sent to clients whose ClientHello was refused, by alert.";
     /// Set by the process at start and on every reload, not by a worker.
     tls_ocsp_responses: tally(OcspState) => Gauge "tls_ocsp_responses"
         "OCSP responses of the running configuration's routes, by state (refused ones are not stapled).";

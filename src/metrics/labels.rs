@@ -7,6 +7,7 @@
 //! ([`ConnectCause::of`], [`RelayCause::of`], [`AcceptCause::of`]).
 
 use super::counters::Label;
+use crate::hello::Alert;
 use crate::route::Match;
 use std::io;
 
@@ -326,6 +327,51 @@ labels! {
 }
 
 labels! {
+    /// Why a spliced relay burst found no pipe (it was copied through a buffer instead).
+    pub enum PipeMiss: "cause" {
+        /// `pipe_pool` pipes are all moving bytes for other connections at this moment.
+        PoolFull = "pool_full",
+        /// A new pipe could not be made: out of descriptors (EMFILE, ENFILE).
+        Descriptors = "descriptors",
+        /// A new pipe could not be made for another reason (memory, pipe limits).
+        Other = "other",
+    }
+}
+
+impl PipeMiss {
+    /// Classifies a pipe2(2) failure.
+    pub fn of(e: &io::Error) -> Self {
+        match e.raw_os_error() {
+            Some(libc::EMFILE | libc::ENFILE) => Self::Descriptors,
+            _ => Self::Other,
+        }
+    }
+}
+
+/// The alert sent to a client whose hello was refused (`alerts_sent_total{alert}`).
+impl Label for Alert {
+    const ALL: &'static [Self] = &Alert::ALL;
+    const KEY: &'static str = "alert";
+    fn as_str(self) -> &'static str {
+        Alert::as_str(self)
+    }
+    fn index(self) -> usize {
+        match self {
+            Alert::UnexpectedMessage => 0,
+            Alert::RecordOverflow => 1,
+            Alert::HandshakeFailure => 2,
+            Alert::IllegalParameter => 3,
+            Alert::AccessDenied => 4,
+            Alert::DecodeError => 5,
+            Alert::ProtocolVersion => 6,
+            Alert::InternalError => 7,
+            Alert::UnrecognizedName => 8,
+            Alert::NoApplicationProtocol => 9,
+        }
+    }
+}
+
+labels! {
     /// Why a UDP datagram on a QUIC listener was not forwarded.
     pub enum QuicDatagramDrop: "reason" {
         /// A long header that does not parse, an Initial with the fixed bit clear, a bad
@@ -435,6 +481,8 @@ mod tests {
         check::<AcceptCause>();
         check::<Direction>();
         check::<RelayKind>();
+        check::<PipeMiss>();
+        check::<Alert>();
         check::<Match>();
         check::<HandoffCause>();
         check::<CheckResult>();

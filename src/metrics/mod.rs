@@ -22,7 +22,7 @@ pub mod labels;
 
 pub use counters::{Counters, Family, Kind, Label, Tally, Value};
 pub use labels::{
-    AcceptCause, CheckResult, ConnectCause, Direction, DropReason, HandoffCause, OcspState, QuicDatagramDrop,
+    AcceptCause, CheckResult, ConnectCause, Direction, DropReason, HandoffCause, OcspState, PipeMiss, QuicDatagramDrop,
     QuicFlowDrop, QuicFlowEnd, RelayCause, RelayKind, TicketKeyState, TicketResult, UpgradeResult,
 };
 

@@ -139,6 +139,14 @@ impl Server {
         let fd_limit = sys::raise_fd_limit().ok();
         let cpus = cpus::plan_cpus(&rt);
         let n = cpus.len();
+        // The pipe pools' descriptors count against the limit (worker::plan_descriptors).
+        let pipe_pool = if rt.splice { rt.pipe_pool } else { 0 };
+        let fds = fd_limit
+            .map(|l| worker::plan_descriptors(l, n, config.listeners.len(), pipe_pool, rt.max_conns_per_worker));
+        if let Some(w) = fds.as_ref().and_then(|p| p.warning.as_ref()) {
+            tracing::warn!("{w}");
+        }
+        let pipe_pool = fds.as_ref().map_or(pipe_pool, |p| p.pipe_pool);
 
         // Per worker, one socket per listener; the first bound fixes the port of a `:0` listener.
         // Handed-over sockets go round the workers (a worker may get two: none is closed, so none
@@ -278,7 +286,7 @@ impl Server {
                 id,
                 cpu,
                 ring: RingOptions { entries: rt.ring_entries, sqpoll: rt.sqpoll, sqpoll_idle_ms: rt.sqpoll_idle_ms },
-                pipe_pool: if rt.splice { rt.pipe_pool } else { 0 },
+                pipe_pool,
                 listeners,
                 udp,
                 config: Arc::clone(&shared),
@@ -326,7 +334,7 @@ impl Server {
             listeners = ?local_addrs,
             quic = ?quic_listeners,
             splice = rt.splice,
-            pipe_pool = rt.pipe_pool,
+            pipe_pool,
             ring_entries = rt.ring_entries,
             sqpoll = rt.sqpoll,
             fd_limit,

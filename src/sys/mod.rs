@@ -9,6 +9,7 @@
 //! - [`socket`]: [`Socket`], async accept/recv/send/poll through the ring, connect, addresses;
 //! - [`pipe`]: [`Pipe`] and non-blocking `splice(2)`;
 //! - [`limits`]: `RLIMIT_NOFILE`, huge-page hints;
+//! - [`alloc`]: giving freed allocator pages back to the system;
 //! - [`udp`]: UDP sockets for QUIC: `SO_REUSEPORT` listeners with the destination address of each
 //!   datagram, connected back-end sockets, non-blocking `recvmsg`/`sendmsg` with GRO and GSO;
 //! - [`unix`]: passing descriptors over unix sockets (`SCM_RIGHTS`), the peer's credentials;
@@ -16,6 +17,7 @@
 #![allow(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
+pub mod alloc;
 pub mod ktls;
 pub mod limits;
 pub mod pipe;
@@ -24,7 +26,8 @@ pub mod socket;
 pub mod udp;
 pub mod unix;
 
+pub use alloc::release_free_memory;
 pub use limits::{advise_huge_pages, raise_fd_limit, zeroed_atomics};
 pub use pipe::{Pipe, Spliced};
 pub use ring::{runtime, RingOptions};
-pub use socket::{Socket, POLLERR, POLLHUP, POLLIN, POLLOUT, POLLRDHUP};
+pub use socket::{Ready, Socket, POLLERR, POLLHUP, POLLIN, POLLOUT, POLLRDHUP};

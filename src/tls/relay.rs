@@ -311,7 +311,7 @@ async fn client_to_backend(s: &Shared<'_>, leftover: Vec<u8>) -> io::Result<()> 
     match &result {
         // The FIN to the back end (skipped when the other direction has ended: the close that
         // follows sends it).
-        Ok(()) => s.pair.end_of_stream(s.backend),
+        Ok(()) => pass_fin(&s.pair, s.backend),
         Err(_) => s.pair.abort(),
     }
     result
@@ -551,7 +551,7 @@ async fn backend_to_client_inner(s: &Shared<'_>) -> io::Result<()> {
             } else {
                 s.flush().await?;
             }
-            s.pair.end_of_stream(s.client);
+            pass_fin(&s.pair, s.client);
             return Ok(());
         }
         s.read_from_backend(n);
@@ -628,7 +628,7 @@ async fn ktls_client_to_backend(s: &Shared<'_>) -> io::Result<()> {
     match &result {
         // The FIN to the back end (skipped when the other direction has ended: the close that
         // follows sends it).
-        Ok(()) => s.pair.end_of_stream(s.backend),
+        Ok(()) => pass_fin(&s.pair, s.backend),
         Err(_) => s.pair.abort(),
     }
     result
@@ -700,7 +700,7 @@ async fn ktls_backend_to_client_inner(s: &Shared<'_>) -> io::Result<()> {
                 s.session.borrow_mut().mark_closed();
                 ktls_send_record(s, content::ALERT, &record::alert_payload(alert::CLOSE_NOTIFY)).await?;
             }
-            s.pair.end_of_stream(s.client);
+            pass_fin(&s.pair, s.client);
             return Ok(());
         }
         s.read_from_backend(n);
@@ -741,4 +741,12 @@ async fn ktls_backend_to_client_inner(s: &Shared<'_>) -> io::Result<()> {
 pub(super) fn geometry_fits(session: &Session) -> bool {
     let stride = session.prefix() + MAX_PLAINTEXT + session.suffix();
     stride <= MAX_PLAINTEXT + super::buffers::OVERHEAD && super::record::HEADER <= session.prefix()
+}
+
+/// A direction reached end of stream: its FIN goes on to `dst`, unless the other direction has
+/// ended too (the close that follows sends it).
+fn pass_fin(pair: &relay::Pair<'_>, dst: &Socket) {
+    if pair.end_of_stream() {
+        dst.shutdown(std::net::Shutdown::Write);
+    }
 }

@@ -124,8 +124,14 @@ fn failed(w: &Worker, addr: SocketAddr, e: &std::io::Error) -> Option<Duration> 
 }
 
 /// One connection's task: served with the snapshot current at accept, counted open until done.
-async fn serve(guard: OpenGuard, conn: Accepted) {
-    let w = &guard.0;
-    let cfg = w.config();
-    conn::serve(&w.conns, &cfg, conn).await;
+/// The task owns the connection (stored once: `conn::serve` borrows it) and closes it at the end.
+#[allow(clippy::manual_async_fn)] // an `async move` block: its arguments are stored once
+fn serve(guard: OpenGuard, mut conn: Accepted) -> impl std::future::Future<Output = ()> {
+    async move {
+        let w = &guard.0;
+        let cfg = w.config();
+        conn::serve(&w.conns, &cfg, &mut conn).await;
+        // Through the ring: batched with the other submissions, no close(2) of its own.
+        conn.client.close().await;
+    }
 }

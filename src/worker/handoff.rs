@@ -127,8 +127,9 @@ fn received(w: &Rc<Worker>, bytes: &[u8], fds: &mut Vec<OwnedFd>) {
     tokio_uring::spawn(serve(OpenGuard(Rc::clone(w)), conn));
 }
 
-async fn serve(guard: OpenGuard, conn: Accepted) {
+async fn serve(guard: OpenGuard, mut conn: Accepted) {
     let w = &guard.0;
     let cfg = w.config();
-    conn::serve(&w.conns, &cfg, conn).await;
+    conn::serve(&w.conns, &cfg, &mut conn).await;
+    conn.client.close().await;
 }

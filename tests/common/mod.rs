@@ -272,12 +272,24 @@ pub fn roundtrip(addr: SocketAddr, hello: &[u8]) -> Vec<u8> {
     read_to_end(&mut c).expect("reply")
 }
 
-/// Sends `bytes` and expects the proxy to close the connection without a byte.
-pub fn expect_dropped(addr: SocketAddr, bytes: &[u8]) {
+/// Sends `bytes` and expects the proxy to close the connection without relaying a byte: it
+/// sends nothing, or only the fatal alert a TLS server would send (see [`expect_alert`]).
+/// Returns the alert's description, if one came.
+pub fn expect_dropped(addr: SocketAddr, bytes: &[u8]) -> Option<u8> {
     let mut c = connect(addr);
     let _ = c.write_all(bytes);
     let got = read_to_end(&mut c).expect("proxy should close");
-    assert!(got.is_empty(), "expected a drop, got {} bytes", got.len());
+    match got.as_slice() {
+        [] => None,
+        [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, desc] => Some(*desc),
+        _ => panic!("expected a drop (nothing, or one alert record), got {} bytes: {got:02x?}", got.len()),
+    }
+}
+
+/// Sends `bytes` and expects the proxy to answer exactly one fatal alert record with
+/// description `desc` (RFC 8446 §6: `15 03 03 00 02 02 desc`), then close.
+pub fn expect_alert(addr: SocketAddr, bytes: &[u8], desc: u8) {
+    assert_eq!(expect_dropped(addr, bytes), Some(desc), "expected alert {desc}");
 }
 
 /// One HTTP exchange with the admin endpoint: raw request bytes in, (status, headers, body) out.
