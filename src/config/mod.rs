@@ -114,13 +114,13 @@ impl Config {
 
     /// A short human summary for `check` and the start-up log.
     pub fn summary(&self) -> String {
-        let routes = self.table.routes();
-        let terminate = routes.iter().filter(|r| r.action.is_terminate()).count();
+        let terminate = self.table.routes().filter(|(_, r)| r.action.is_terminate()).count();
+        let routes = self.table.len();
         let (exact, wild) = self.table.name_count();
         let mut s = String::new();
         let listeners: Vec<String> = self.listeners.iter().map(|l| l.address.to_string()).collect();
         s += &format!("listeners: {}\n", listeners.join(", "));
-        s += &format!("routes: {} ({} terminate, {} passthrough)\n", routes.len(), terminate, routes.len() - terminate);
+        s += &format!("routes: {} ({} terminate, {} passthrough)\n", routes, terminate, routes - terminate);
         s += &format!("names: {exact} exact, {wild} wildcard\n");
         s += &format!("dedicated IPs: {}\n", self.table.dedicated_ips().count());
         let name =
@@ -203,7 +203,7 @@ fn resolve(
         Ok(table) => {
             let warnings = table
                 .routes()
-                .iter()
+                .map(|(_, r)| r)
                 .filter(|r| r.action.is_terminate() && r.min_tls < TlsVersion::TLS12)
                 .map(|r| {
                     format!("route {:?}.min_tls: rustls serves TLS 1.2 and 1.3 only; {} acts as 1.2", r.name, r.min_tls)
@@ -218,6 +218,7 @@ fn resolve(
                     format!("route {second:?}.dedicated_ips")
                 }
                 route::BuildError::TooManyRoutes => "route".to_owned(),
+                route::BuildError::DuplicateRoute(name) => format!("route {name:?}.name"),
             };
             let reason = match &e {
                 route::BuildError::DuplicateName { name, first, second } if first == second => {

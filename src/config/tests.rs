@@ -45,7 +45,7 @@ fn good_config() {
     assert_eq!(c.runtime.cpus, Some(vec![0, 1]));
     assert_eq!(c.runtime.hello_timeout_ms, 5000);
     assert_eq!(c.admin, Some("127.0.0.1:9900".parse().unwrap()));
-    let shop = &c.table.routes()[0];
+    let shop = c.table.route(RouteId(0));
     let mut names: Vec<_> = c.table.names().collect();
     names.sort();
     assert_eq!(names, [("*.shop.example.com".to_owned(), RouteId(0)), ("shop.example.com".to_owned(), RouteId(0))]);
@@ -173,7 +173,7 @@ fn terminate_routes_check_their_keys() {
         )
     };
     let c = load(&cfg(&cert, &key)).unwrap();
-    assert!(c.table.routes()[0].action.is_terminate());
+    assert!(c.table.route(RouteId(0)).action.is_terminate());
     let e = errors(&cfg(&cert, &other));
     assert!(e.contains("route \"shop\".key:") && e.contains("does not match the certificate"), "{e}");
     let e = errors(&cfg(&key, &key));

@@ -18,7 +18,7 @@ impl Server {
                 "listener set changed; listeners are not rebound on reload (restart to apply)"
             );
         }
-        let (routes, names) = (new.table.routes().len(), new.table.name_count());
+        let (routes, names) = (new.table.len(), new.table.name_count());
         self.config.store(Arc::new(new));
         tracing::info!(routes, exact = names.0, wildcard = names.1, "configuration reloaded");
     }
