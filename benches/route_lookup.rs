@@ -21,23 +21,23 @@ fn name(i: usize) -> String {
 }
 
 fn routes(names: usize) -> Vec<Route<()>> {
-    (0..names.div_ceil(NAMES_PER_ROUTE))
-        .map(|r| {
-            let mut sni: Vec<String> =
-                (r * NAMES_PER_ROUTE..((r + 1) * NAMES_PER_ROUTE).min(names)).map(name).collect();
-            // One wildcard per route, over its own parent domain.
-            sni.push(format!("*.wild-{r}.example"));
-            Route {
-                name: format!("r{r}"),
-                action: Action::Passthrough,
-                sni,
-                dedicated_ips: vec![],
-                min_tls: TlsVersion::TLS12,
-                backends: vec!["127.0.0.1:8080".parse().unwrap()],
-                proxy_protocol: ProxyProtocol::None,
-            }
-        })
-        .collect()
+    (0..names.div_ceil(NAMES_PER_ROUTE)).map(|r| route(r, names)).collect()
+}
+
+/// Route `r` of a table of `names` names.
+fn route(r: usize, names: usize) -> Route<()> {
+    let mut sni: Vec<String> = (r * NAMES_PER_ROUTE..((r + 1) * NAMES_PER_ROUTE).min(names)).map(name).collect();
+    // One wildcard per route, over its own parent domain.
+    sni.push(format!("*.wild-{r}.example"));
+    Route {
+        name: format!("r{r}"),
+        action: Action::Passthrough,
+        sni,
+        dedicated_ips: vec![],
+        min_tls: TlsVersion::TLS12,
+        backends: vec!["127.0.0.1:8080".parse().unwrap()],
+        proxy_protocol: ProxyProtocol::None,
+    }
 }
 
 fn rss_bytes() -> usize {
@@ -130,7 +130,7 @@ fn change(c: &mut Criterion) {
     g.bench_function("replace_one_route", |b| {
         b.iter(|| {
             i = (i + 1) % (n / NAMES_PER_ROUTE);
-            let mut r = routes(NAMES_PER_ROUTE * (i + 1)).pop().unwrap();
+            let mut r = route(i, n);
             r.sni.push(format!("extra-{i}.example"));
             let mut ch = table.change();
             ch.upsert(r);

@@ -1,28 +1,45 @@
 //! The configuration file's syntax, as serde reads it: strict (`deny_unknown_fields`), every
 //! value still unchecked. [`super::resolve`] turns it into a [`super::Config`].
+//!
+//! Every table is an `Option` so that a file parsed in pieces ([`super::load`]) can tell a table
+//! given twice (an error, which the whole-file parse then reports in TOML's own words).
 
 use super::RuntimeOverrides;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct FileConfig {
-    #[serde(default)]
-    pub(super) runtime: RuntimeOverrides,
+    /// Files of more `[[route]]` tables: paths or `dir/*.toml` patterns.
+    pub(super) include: Option<Vec<String>>,
+    pub(super) watch: Option<bool>,
+    pub(super) watch_debounce_ms: Option<u64>,
+    pub(super) runtime: Option<RuntimeOverrides>,
     pub(super) admin: Option<AdminFile>,
     #[serde(default, rename = "listener")]
     pub(super) listeners: Vec<ListenerFile>,
-    #[serde(default)]
-    pub(super) fallback: FallbackFile,
+    pub(super) fallback: Option<FallbackFile>,
     #[serde(default, rename = "route")]
     pub(super) routes: Vec<RouteFile>,
 }
 
-#[derive(Debug, Deserialize)]
+/// An included file: `[[route]]` tables and nothing else.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct IncludedFile {
+    #[serde(default, rename = "route")]
+    pub(super) routes: Vec<RouteFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct AdminFile {
     pub(super) listen: Option<String>,
+    pub(super) socket: Option<PathBuf>,
+    pub(super) token_file: Option<PathBuf>,
+    pub(super) api_dir: Option<PathBuf>,
+    pub(super) max_connections: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -38,21 +55,26 @@ pub(super) struct FallbackFile {
     pub(super) unknown_sni: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// One `[[route]]` as written; also the body of `PUT /routes/NAME` (TOML or JSON).
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RouteFile {
     pub(super) name: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(super) sni: Vec<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(super) dedicated_ips: Vec<String>,
     pub(super) action: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) cert: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) key: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) min_tls: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(super) alpn: Vec<String>,
     #[serde(default)]
     pub(super) backends: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) proxy_protocol: Option<String>,
 }

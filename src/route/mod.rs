@@ -196,8 +196,8 @@ pub enum BuildError {
     DuplicateName { name: String, first: String, second: String },
     #[error("dedicated IP {ip} is claimed by routes {first:?} and {second:?}")]
     DuplicateIp { ip: IpAddr, first: String, second: String },
-    #[error("route name {0:?} is used twice")]
-    DuplicateRoute(String),
+    #[error("route name {name:?} is used twice")]
+    DuplicateRoute { name: String, first: RouteId, second: RouteId },
     #[error("too many routes")]
     TooManyRoutes,
 }
@@ -217,6 +217,15 @@ impl<T> Table<T> {
     /// validated and normalised (see [`normalize_pattern`]); fallbacks are indices into `routes`.
     pub fn build(
         routes: Vec<Route<T>>,
+        no_sni: Option<RouteId>,
+        unknown_sni: Option<RouteId>,
+    ) -> Result<Self, BuildError> {
+        Self::build_shared(routes.into_iter().map(Arc::new).collect(), no_sni, unknown_sni)
+    }
+
+    /// [`Table::build`] from routes that may already be shared (with an older table).
+    pub fn build_shared(
+        routes: Vec<Arc<Route<T>>>,
         no_sni: Option<RouteId>,
         unknown_sni: Option<RouteId>,
     ) -> Result<Self, BuildError> {
@@ -244,7 +253,8 @@ impl<T> Table<T> {
             first: name_of(a),
             second: name_of(b),
         })?;
-        let route_names = route_names.build().map_err(|(name, _, _)| BuildError::DuplicateRoute(name))?;
+        let route_names =
+            route_names.build().map_err(|(name, first, second)| BuildError::DuplicateRoute { name, first, second })?;
         by_ip.sort_by_key(|(ip, _)| *ip);
         if let Some(w) = by_ip.windows(2).find(|w| w[0].0 == w[1].0) {
             return Err(BuildError::DuplicateIp { ip: w[0].0, first: name_of(w[0].1), second: name_of(w[1].1) });
@@ -253,7 +263,7 @@ impl<T> Table<T> {
         let mut chunks = Vec::with_capacity(len.div_ceil(CHUNK));
         let mut routes = routes.into_iter();
         loop {
-            let chunk: Vec<Option<Arc<Route<T>>>> = routes.by_ref().take(CHUNK).map(|r| Some(Arc::new(r))).collect();
+            let chunk: Vec<Option<Arc<Route<T>>>> = routes.by_ref().take(CHUNK).map(Some).collect();
             if chunk.is_empty() {
                 break;
             }
@@ -452,7 +462,8 @@ impl<'a, T> Change<'a, T> {
         let mut upserted = std::collections::HashSet::new();
         for r in &self.upserts {
             if !upserted.insert(r.name.as_str()) {
-                errors.push(BuildError::DuplicateRoute(r.name.clone()));
+                let id = base.id_of(&r.name).unwrap_or(RouteId(u32::MAX));
+                errors.push(BuildError::DuplicateRoute { name: r.name.clone(), first: id, second: id });
             }
         }
         // 1. Everything that goes away first (removed routes and the old names of replaced
@@ -503,9 +514,8 @@ impl<'a, T> Change<'a, T> {
                     RouteId(id as u32)
                 }
             };
-            if let Err(owner) = route_names.insert(&r.name, Kind::Exact, id) {
-                let _ = owner;
-                errors.push(BuildError::DuplicateRoute(r.name.clone()));
+            if let Err(first) = route_names.insert(&r.name, Kind::Exact, id) {
+                errors.push(BuildError::DuplicateRoute { name: r.name.clone(), first, second: id });
                 continue;
             }
             ips_changed |= !r.dedicated_ips.is_empty();

@@ -25,7 +25,7 @@
 //! enough to copy in well under a millisecond.
 
 use super::RouteId;
-use crate::sys::advise_huge_pages;
+use crate::sys::{advise_huge_pages, parallel_map};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 
@@ -490,29 +490,6 @@ impl Shard {
         }
         *self = fresh;
     }
-}
-
-/// `f` over every item of `items`, on up to the machine's CPUs (scoped threads; the caller is the
-/// control plane, never a worker).
-pub(crate) fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
-    if threads < 2 || items.len() < 2 {
-        return items.iter().map(f).collect();
-    }
-    let per = items.len().div_ceil(threads);
-    let f = &f;
-    std::thread::scope(|s| {
-        let parts: Vec<_> =
-            items.chunks(per).map(|chunk| s.spawn(move || chunk.iter().map(f).collect::<Vec<R>>())).collect();
-        let mut out = Vec::with_capacity(items.len());
-        for p in parts {
-            match p.join() {
-                Ok(v) => out.extend(v),
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
-        }
-        out
-    })
 }
 
 /// A boxed slice of `n` copies of `value`, in transparent huge pages where the kernel allows.

@@ -9,7 +9,9 @@
 //! - [`socket`]: [`Socket`], async accept/recv/send/poll through the ring, connect, addresses;
 //! - [`pipe`]: [`Pipe`] and non-blocking `splice(2)`;
 //! - [`limits`]: `RLIMIT_NOFILE`, huge-page hints;
-//! - [`unix`]: passing descriptors over unix sockets (`SCM_RIGHTS`), the peer's credentials.
+//! - [`unix`]: passing descriptors over unix sockets (`SCM_RIGHTS`), the peer's credentials;
+//! - [`sched`]: control-plane threads off the workers' CPUs (affinity, `SCHED_IDLE`), parallel maps;
+//! - [`inotify`]: watching configuration directories.
 #![allow(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
@@ -17,9 +19,11 @@ pub mod limits;
 pub mod pipe;
 pub mod ring;
 pub mod socket;
+pub mod sched;
 pub mod unix;
 
 pub use limits::{advise_huge_pages, raise_fd_limit};
 pub use pipe::{Pipe, Spliced};
 pub use ring::{runtime, RingOptions};
+pub use sched::{parallel_map, place_control_thread, Placement};
 pub use socket::{Socket, POLLERR, POLLHUP, POLLIN, POLLOUT, POLLRDHUP};

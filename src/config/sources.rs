@@ -1,0 +1,793 @@
+//! Where the routes come from (the main file and its included files), and changing them
+//! without rebuilding what did not change: a reload re-reads only files whose stamp changed
+//! (parsing only those whose content did) and turns the routes those files added, changed or
+//! removed into one [`crate::route::Change`] of the running table; the admin API's `PUT` and
+//! `DELETE` are a change to one file of `api_dir` that is validated first, then written.
+
+use super::file::{FileConfig, IncludedFile, RouteFile};
+use super::load::{self, Stamp};
+use super::{settings, Config, ConfigError, Located, Route, RuntimeOverrides, Settings, Table};
+use crate::route::{BuildError, RouteId};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+/// The files behind a configuration.
+#[derive(Debug, Default)]
+pub(crate) struct Sources {
+    overrides: RuntimeOverrides,
+    /// The main file's `include` patterns.
+    patterns: Vec<String>,
+    /// Every file with routes, the main file included, with its routes in file order.
+    files: BTreeMap<PathBuf, Source>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Source {
+    stamp: Stamp,
+    routes: Vec<RouteId>,
+    /// A file with terminating routes is parsed again on every reload (its certificates and
+    /// keys are read again).
+    terminate: bool,
+}
+
+impl Sources {
+    pub(crate) fn files(&self) -> Vec<PathBuf> {
+        self.files.keys().cloned().collect()
+    }
+
+    pub(crate) fn file_count(&self) -> usize {
+        self.files.len().saturating_sub(1)
+    }
+
+    /// The directories to watch: the main file's and each included file's (and the pattern
+    /// directories, so that new files are seen).
+    pub(crate) fn dirs(&self, main: &Path) -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> =
+            self.files.keys().chain(std::iter::once(&main.to_path_buf())).filter_map(|f| f.parent().map(Path::to_path_buf)).collect();
+        dirs.sort();
+        dirs.dedup();
+        dirs
+    }
+
+    fn owner(&self, id: RouteId) -> Option<&Path> {
+        self.files.iter().find(|(_, s)| s.routes.contains(&id)).map(|(p, _)| p.as_path())
+    }
+}
+
+/// What a reload or an API change did, for the log, the API's answer and the metrics.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Report {
+    /// Files whose stamp had changed and were read.
+    pub files_read: usize,
+    /// Files whose content had changed and were parsed.
+    pub files_parsed: usize,
+    pub routes_added: usize,
+    pub routes_changed: usize,
+    pub routes_removed: usize,
+    /// Whether the table was built anew (else copied on write).
+    pub full_build: bool,
+    pub shards_touched: usize,
+    pub shards: usize,
+    pub parse_ms: f64,
+    pub build_ms: f64,
+    /// Nothing changed: the running configuration stays (its generation too).
+    pub unchanged: bool,
+}
+
+/// Why an admin API change was refused.
+#[derive(Debug)]
+pub enum ApiError {
+    /// The request itself is bad (a body that does not parse or validate): 400.
+    Invalid(ConfigError),
+    /// The route is not there (404), or belongs to a file the API does not own (409).
+    NotFound(String),
+    Conflict(String),
+    /// The API is not configured (no `api_dir`): 404 with the reason.
+    Disabled(String),
+    /// Writing the route's file failed: 500.
+    Io(String),
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Invalid(e) => write!(f, "{e}"),
+            Self::NotFound(s) | Self::Conflict(s) | Self::Disabled(s) | Self::Io(s) => f.write_str(s),
+        }
+    }
+}
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1e3
+}
+
+/// One file's routes as just parsed (`None` entries had problems, reported).
+struct FileRoutes {
+    path: PathBuf,
+    stamp: Stamp,
+    routes: Vec<Route>,
+}
+
+/// Reads and parses the included files `paths` in parallel (each file's problems located in it).
+fn parse_files(paths: &[(PathBuf, Option<Stamp>)], errors: &mut Vec<Located>) -> Vec<FileRoutes> {
+    let results = crate::sys::parallel_map(paths, |(path, _)| {
+        let mut errs = Vec::new();
+        let base = path.parent().unwrap_or(Path::new(""));
+        let out = match load::read(path) {
+            Err(e) => {
+                errs.push(Located::new("", e));
+                None
+            }
+            Ok((text, stamp)) => match load::parse::<IncludedFile>(&text, base, false, &mut errs) {
+                Ok(p) => Some(FileRoutes { path: path.clone(), stamp, routes: p.routes.into_iter().flatten().collect() }),
+                Err(e) => {
+                    errs.push(Located::new("", format!("{e}; an included file holds only [[route]] tables")));
+                    None
+                }
+            },
+        };
+        (out, errs.into_iter().map(|e| e.in_file(path)).collect::<Vec<_>>())
+    });
+    let mut out = Vec::new();
+    for (f, errs) in results {
+        errors.extend(errs);
+        out.extend(f);
+    }
+    out
+}
+
+/// The included files the patterns name, in order (the main file never counts twice).
+fn included(patterns: &[String], base: &Path, main: &Path, errors: &mut Vec<Located>) -> Vec<PathBuf> {
+    let mut seen = HashSet::new();
+    seen.insert(main.to_path_buf());
+    let mut out = Vec::new();
+    for (i, p) in patterns.iter().enumerate() {
+        match load::expand(p, base) {
+            Ok(files) => out.extend(files.into_iter().filter(|f| seen.insert(f.clone()))),
+            Err(e) => errors.push(Located::new(format!("include[{i}]"), e)),
+        }
+    }
+    out
+}
+
+/// Parses the main file: its settings and its own routes.
+fn parse_main(
+    text: &str,
+    path: &Path,
+    overrides: &RuntimeOverrides,
+    errors: &mut Vec<Located>,
+) -> Result<(Settings, Vec<Route>), ConfigError> {
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    // toml's message carries the line, column and the offending key.
+    let parsed = load::parse::<FileConfig>(text, &base, false, errors).map_err(|e| ConfigError::one(path, "", e))?;
+    let mut file = parsed.file;
+    let settings = settings(&mut file, &base, overrides, errors);
+    Ok((settings, parsed.routes.into_iter().flatten().collect()))
+}
+
+/// `Config::load`: every file read and parsed, the table built at once.
+pub(super) fn load(text: &str, stamp: Stamp, path: &Path, overrides: &RuntimeOverrides) -> Result<Config, ConfigError> {
+    let mut errors = Vec::new();
+    let (settings, main_routes) = parse_main(text, path, overrides, &mut errors)?;
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let paths = included(&settings.include, &base, path, &mut errors);
+    let work: Vec<(PathBuf, Option<Stamp>)> = paths.into_iter().map(|p| (p, None)).collect();
+    let files = parse_files(&work, &mut errors);
+    let mut all = vec![FileRoutes { path: path.to_owned(), stamp, routes: main_routes }];
+    all.extend(files);
+    if !errors.is_empty() {
+        // Every problem at once: the fallbacks too, against the routes that did load.
+        for (field, name) in [("no_sni", &settings.no_sni), ("unknown_sni", &settings.unknown_sni)] {
+            if let Some(name) = name {
+                if !all.iter().any(|f| f.routes.iter().any(|r| &r.name == name)) {
+                    errors.push(Located::new(format!("fallback.{field}"), format!("names no route: {name:?}")));
+                }
+            }
+        }
+        return Err(ConfigError { file: path.to_owned(), problems: errors });
+    }
+    build(path, settings, all, overrides, 1)
+}
+
+/// Builds a whole table from the files' routes (main file first), with the sources that say
+/// which file holds which route.
+fn build(
+    path: &Path,
+    settings: Settings,
+    files: Vec<FileRoutes>,
+    overrides: &RuntimeOverrides,
+    generation: u64,
+) -> Result<Config, ConfigError> {
+    let mut sources = Sources { overrides: overrides.clone(), patterns: settings.include.clone(), files: BTreeMap::new() };
+    let mut routes = Vec::new();
+    let mut owners: Vec<(usize, usize)> = Vec::new();
+    let mut paths = Vec::new();
+    for (fi, f) in files.into_iter().enumerate() {
+        let ids: Vec<RouteId> = (routes.len()..routes.len() + f.routes.len()).map(|i| RouteId(i as u32)).collect();
+        let terminate = f.routes.iter().any(|r| r.action.is_terminate());
+        owners.extend((0..f.routes.len()).map(|i| (fi, i)));
+        routes.extend(f.routes.into_iter().map(Arc::new));
+        sources.files.insert(f.path.clone(), Source { stamp: f.stamp, routes: ids, terminate });
+        paths.push(f.path);
+    }
+    let table = build_table(path, routes, &settings, |id| {
+        owners.get(id.0 as usize).map(|&(f, i)| (paths[f].clone(), i))
+    })?;
+    Ok(finish(path, settings, table, sources, generation))
+}
+
+/// `Table::build_shared` with the fallbacks resolved by name, its errors located.
+fn build_table(
+    path: &Path,
+    routes: Vec<Arc<Route>>,
+    settings: &Settings,
+    owner: impl Fn(RouteId) -> Option<(PathBuf, usize)>,
+) -> Result<Table, ConfigError> {
+    let mut errors = Vec::new();
+    let position = |name: &str| routes.iter().position(|r| r.name == name).map(|i| RouteId(i as u32));
+    let mut fallback = |field: &str, name: &Option<String>| -> Option<RouteId> {
+        let name = name.as_ref()?;
+        let found = position(name);
+        if found.is_none() {
+            errors.push(Located::new(format!("fallback.{field}"), format!("names no route: {name:?}")));
+        }
+        found
+    };
+    let no_sni = fallback("no_sni", &settings.no_sni);
+    let unknown_sni = fallback("unknown_sni", &settings.unknown_sni);
+    match Table::build_shared(routes, no_sni, unknown_sni) {
+        Ok(t) if errors.is_empty() => Ok(t),
+        Ok(_) => Err(ConfigError { file: path.to_owned(), problems: errors }),
+        Err(e) => {
+            errors.insert(0, located(&e, &|id| owner(id)));
+            Err(ConfigError { file: path.to_owned(), problems: errors })
+        }
+    }
+}
+
+/// A table conflict as a located problem: in the file of the route that came second.
+fn located(e: &BuildError, owner: &dyn Fn(RouteId) -> Option<(PathBuf, usize)>) -> Located {
+    match e {
+        BuildError::DuplicateName { name, first, second } if first == second => {
+            Located::new(format!("route {second:?}.sni"), format!("{name:?} is listed twice"))
+        }
+        BuildError::DuplicateName { second, .. } => Located::new(format!("route {second:?}.sni"), e),
+        BuildError::DuplicateIp { second, .. } => Located::new(format!("route {second:?}.dedicated_ips"), e),
+        BuildError::DuplicateRoute { name, first, second } => {
+            let (a, b) = (owner(*first), owner(*second));
+            let reason = match (&a, &b) {
+                (Some((fa, ia)), Some((fb, _))) if fa == fb => format!("also used by route[{ia}]"),
+                (Some((fa, ia)), _) => format!("also used by route[{ia}] of {}", fa.display()),
+                _ => "used twice".to_owned(),
+            };
+            let l = Located::new(format!("route {name:?}.name"), reason);
+            match b {
+                Some((fb, _)) => l.in_file(&fb),
+                None => l,
+            }
+        }
+        BuildError::TooManyRoutes => Located::new("route", e),
+    }
+}
+
+fn finish(path: &Path, s: Settings, table: Table, sources: Sources, generation: u64) -> Config {
+    let warnings = Config::table_warnings(&table);
+    Config {
+        path: path.to_owned(),
+        runtime: s.runtime,
+        admin: s.admin,
+        admin_settings: s.admin_settings,
+        listeners: s.listeners,
+        table,
+        watch: s.watch,
+        generation,
+        changed_at: SystemTime::now(),
+        warnings,
+        sources: Arc::new(sources),
+    }
+}
+
+/// Whether two routes are the same (a terminating route never is: its certificate and key are
+/// read again).
+fn same(a: &Route, b: &Route) -> bool {
+    !a.action.is_terminate()
+        && !b.action.is_terminate()
+        && a.name == b.name
+        && a.sni == b.sni
+        && a.dedicated_ips == b.dedicated_ips
+        && a.min_tls == b.min_tls
+        && a.backends == b.backends
+        && a.proxy_protocol == b.proxy_protocol
+}
+
+/// Keys that cannot change while the server runs, as `(key, old, new)`.
+fn immovable(old: &Config, new: &Settings) -> Vec<Located> {
+    let (a, b) = (&old.runtime, &new.runtime);
+    let mut out = Vec::new();
+    let mut check = |key: &str, same: bool, was: String, now: String| {
+        if !same {
+            out.push(Located::new(key, format!("cannot change while running ({was} → {now}); restart to apply")));
+        }
+    };
+    check("runtime.workers", a.workers == b.workers, a.workers.to_string(), b.workers.to_string());
+    check("runtime.cpus", a.cpus == b.cpus, format!("{:?}", a.cpus), format!("{:?}", b.cpus));
+    check("runtime.ring_entries", a.ring_entries == b.ring_entries, a.ring_entries.to_string(), b.ring_entries.to_string());
+    check("runtime.sqpoll", a.sqpoll == b.sqpoll, a.sqpoll.to_string(), b.sqpoll.to_string());
+    check("runtime.sqpoll_idle_ms", a.sqpoll_idle_ms == b.sqpoll_idle_ms, a.sqpoll_idle_ms.to_string(), b.sqpoll_idle_ms.to_string());
+    check("runtime.pipe_pool", a.pipe_pool == b.pipe_pool, a.pipe_pool.to_string(), b.pipe_pool.to_string());
+    check(
+        "runtime.access_log",
+        a.access_log.is_some() == b.access_log.is_some(),
+        format!("{:?}", a.access_log),
+        format!("{:?}", b.access_log),
+    );
+    check("admin.listen", old.admin == new.admin, format!("{:?}", old.admin), format!("{:?}", new.admin));
+    let (sa, sb) = (&old.admin_settings, &new.admin_settings);
+    check("admin.socket", sa.socket == sb.socket, format!("{:?}", sa.socket), format!("{:?}", sb.socket));
+    check(
+        "admin.max_connections",
+        sa.max_connections == sb.max_connections,
+        sa.max_connections.to_string(),
+        sb.max_connections.to_string(),
+    );
+    out
+}
+
+/// A file's new routes (`None`: the file is gone).
+type FileChange = (PathBuf, Option<FileRoutes>);
+
+/// The new configuration: `settings` (new, or the running ones) and the changed files applied
+/// to `old`'s table. Small changes are copied on write; large ones build the table anew.
+fn apply(old: &Config, settings: Settings, changes: Vec<FileChange>, mut report: Report) -> Result<(Config, Report), ConfigError> {
+    let path = &old.path;
+    let built = Instant::now();
+    let mut sources = Sources {
+        overrides: old.sources.overrides.clone(),
+        patterns: old.sources.patterns.clone(),
+        files: old.sources.files.clone(),
+    };
+    let t = &old.table;
+    let mut errors = Vec::new();
+    // Routes of changed files: what each now defines, and what the old table had there.
+    let changed: HashSet<PathBuf> = changes.iter().map(|(p, _)| p.clone()).collect();
+    let mut upserts: Vec<(Route, PathBuf)> = Vec::new();
+    let mut gone: HashSet<String> = HashSet::new();
+    let mut defined: HashMap<String, PathBuf> = HashMap::new();
+    for (p, f) in &changes {
+        if let Some(old_src) = old.sources.files.get(p) {
+            gone.extend(old_src.routes.iter().filter_map(|id| t.get(*id)).map(|r| r.name.clone()));
+        }
+        let _ = f;
+    }
+    for (p, f) in changes {
+        let Some(f) = f else {
+            sources.files.remove(&p);
+            continue;
+        };
+        let terminate = f.routes.iter().any(|r| r.action.is_terminate());
+        sources.files.insert(p.clone(), Source { stamp: f.stamp, routes: Vec::new(), terminate });
+        for r in f.routes {
+            if let Some(first) = defined.insert(r.name.clone(), p.clone()) {
+                let reason = if first == p { "used twice in this file".to_owned() } else { format!("also defined in {}", first.display()) };
+                errors.push(Located::new(format!("route {:?}.name", r.name), reason).in_file(&p));
+                continue;
+            }
+            if let Some(id) = t.id_of(&r.name) {
+                if let Some(owner) = old.sources.owner(id).filter(|o| !changed.contains(*o)) {
+                    errors.push(
+                        Located::new(format!("route {:?}.name", r.name), format!("also defined in {}", owner.display()))
+                            .in_file(&p),
+                    );
+                    continue;
+                }
+            }
+            gone.remove(&r.name);
+            upserts.push((r, p.clone()));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ConfigError { file: path.clone(), problems: errors });
+    }
+    let mut keep: Vec<(Route, PathBuf)> = Vec::with_capacity(upserts.len());
+    for (r, p) in upserts {
+        match t.id_of(&r.name).and_then(|id| t.get(id)) {
+            Some(o) if same(o, &r) => {}
+            Some(_) => {
+                report.routes_changed += 1;
+                keep.push((r, p));
+            }
+            None => {
+                report.routes_added += 1;
+                keep.push((r, p));
+            }
+        }
+    }
+    report.routes_removed = gone.len();
+    let fallbacks_same = settings.no_sni == fallback_name(t, t.no_sni()) && settings.unknown_sni == fallback_name(t, t.unknown_sni());
+    let touched = keep.len() + gone.len();
+    let settings_same = settings.runtime == old.runtime
+        && settings.listeners == old.listeners
+        && settings.admin_settings == old.admin_settings
+        && settings.watch == old.watch
+        && fallbacks_same;
+    if touched == 0 && settings_same {
+        report.unchanged = !report_has_terminate(&sources);
+    }
+    // Which file each route of the new table is in: files keep their ids, new routes get theirs
+    // from the change (recorded below).
+    let file_of: HashMap<String, PathBuf> = keep.iter().map(|(r, p)| (r.name.clone(), p.clone())).collect();
+    let table = if touched > t.len() / 4 + 1024 {
+        report.full_build = true;
+        full_rebuild(old, &settings, keep, &gone, &mut sources)?
+    } else {
+        let mut c = t.change();
+        for name in &gone {
+            c.remove(name);
+        }
+        for (r, _) in keep {
+            c.upsert(r);
+        }
+        c.fallbacks(settings.no_sni.clone(), settings.unknown_sni.clone());
+        let (table, stats, missing) = c.finish().map_err(|es| ConfigError {
+            file: path.clone(),
+            problems: es
+                .iter()
+                .map(|e| {
+                    let second = match e {
+                        BuildError::DuplicateName { second, .. } | BuildError::DuplicateIp { second, .. } => Some(second.clone()),
+                        _ => None,
+                    };
+                    let l = located(e, &|_| None);
+                    match second.and_then(|n| file_of.get(&n)) {
+                        Some(f) => l.in_file(f),
+                        None => l,
+                    }
+                })
+                .collect(),
+        })?;
+        if !missing.is_empty() {
+            return Err(ConfigError {
+                file: path.clone(),
+                problems: missing
+                    .iter()
+                    .map(|n| {
+                        let key = if settings.no_sni.as_deref() == Some(n) { "fallback.no_sni" } else { "fallback.unknown_sni" };
+                        Located::new(key, format!("names no route: {n:?}"))
+                    })
+                    .collect(),
+            });
+        }
+        report.shards_touched = stats.shards_touched;
+        report.shards = stats.shards;
+        // Record the routes' files: every changed file lists its routes by id again.
+        for (p, src) in sources.files.iter_mut() {
+            if changed.contains(p) {
+                src.routes.clear();
+            }
+        }
+        for (name, p) in &file_of {
+            if let (Some(id), Some(src)) = (table.id_of(name), sources.files.get_mut(p)) {
+                src.routes.push(id);
+            }
+        }
+        // Routes that stayed the same in a changed file keep their id.
+        for (p, _) in old.sources.files.iter().filter(|(p, _)| changed.contains(*p)) {
+            if let Some(old_src) = old.sources.files.get(p) {
+                for id in &old_src.routes {
+                    let Some(name) = t.get(*id).map(|r| r.name.clone()) else { continue };
+                    if file_of.contains_key(&name) || gone.contains(&name) {
+                        continue;
+                    }
+                    if let (Some(nid), Some(src)) = (table.id_of(&name), sources.files.get_mut(p)) {
+                        if !src.routes.contains(&nid) {
+                            src.routes.push(nid);
+                        }
+                    }
+                }
+            }
+        }
+        table
+    };
+    report.build_ms = ms(built);
+    if report.unchanged {
+        let generation = old.generation;
+        let mut c = finish(path, settings, table, sources, generation);
+        c.changed_at = old.changed_at;
+        return Ok((c, report));
+    }
+    Ok((finish(path, settings, table, sources, old.generation + 1), report))
+}
+
+fn report_has_terminate(s: &Sources) -> bool {
+    s.files.values().any(|f| f.terminate)
+}
+
+fn fallback_name(t: &Table, id: Option<RouteId>) -> Option<String> {
+    id.and_then(|id| t.get(id)).map(|r| r.name.clone())
+}
+
+/// The table built anew from the unchanged routes (shared with the old table) and `keep`.
+fn full_rebuild(
+    old: &Config,
+    settings: &Settings,
+    keep: Vec<(Route, PathBuf)>,
+    gone: &HashSet<String>,
+    sources: &mut Sources,
+) -> Result<Table, ConfigError> {
+    let t = &old.table;
+    let replaced: HashSet<&str> = keep.iter().map(|(r, _)| r.name.as_str()).collect();
+    let mut routes: Vec<Arc<Route>> = Vec::with_capacity(t.len() + keep.len());
+    let mut owner: Vec<PathBuf> = Vec::with_capacity(routes.capacity());
+    let mut ids: BTreeMap<PathBuf, Vec<RouteId>> = BTreeMap::new();
+    for (p, src) in &old.sources.files {
+        if !sources.files.contains_key(p) {
+            continue;
+        }
+        for id in &src.routes {
+            let Some(r) = t.get(*id) else { continue };
+            if gone.contains(&r.name) || replaced.contains(r.name.as_str()) {
+                continue;
+            }
+            ids.entry(p.clone()).or_default().push(RouteId(routes.len() as u32));
+            routes.push(Arc::clone(r));
+            owner.push(p.clone());
+        }
+    }
+    for (r, p) in keep {
+        ids.entry(p.clone()).or_default().push(RouteId(routes.len() as u32));
+        routes.push(Arc::new(r));
+        owner.push(p);
+    }
+    for (p, src) in sources.files.iter_mut() {
+        src.routes = ids.remove(p).unwrap_or_default();
+    }
+    build_table(&old.path, routes, settings, |id| owner.get(id.0 as usize).map(|p| (p.clone(), 0)))
+}
+
+/// The running settings, for a reload whose main file did not change.
+fn settings_of(c: &Config) -> Settings {
+    Settings {
+        runtime: c.runtime.clone(),
+        admin: c.admin,
+        admin_settings: c.admin_settings.clone(),
+        listeners: c.listeners.clone(),
+        no_sni: fallback_name(&c.table, c.table.no_sni()),
+        unknown_sni: fallback_name(&c.table, c.table.unknown_sni()),
+        include: Vec::new(),
+        watch: c.watch,
+    }
+}
+
+/// `Config::reload`.
+pub(super) fn reload(old: &Config) -> Result<(Config, Report), ConfigError> {
+    let path = &old.path;
+    let parsed_at = Instant::now();
+    let mut report = Report { shards: old.table.shard_count(), ..Default::default() };
+    let mut errors = Vec::new();
+    let mut changes: Vec<FileChange> = Vec::new();
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let old_main = old.sources.files.get(path);
+    let main_stamp = Stamp::of(path);
+    let main_same = match (old_main, main_stamp) {
+        (Some(o), Some(n)) => o.stamp.same_file(&n) && !o.terminate && o.stamp.hash != 0,
+        _ => false,
+    };
+    let (settings, patterns) = if main_same {
+        (settings_of(old), old.sources.patterns.clone())
+    } else {
+        report.files_read += 1;
+        let (text, stamp) = load::read(path).map_err(|e| ConfigError::one(path, "", e))?;
+        if old_main.is_some_and(|o| o.stamp.hash == stamp.hash && !o.terminate) {
+            // Touched, not changed (its stamp is refreshed below): not parsed again.
+            (settings_of(old), old.sources.patterns.clone())
+        } else {
+            report.files_parsed += 1;
+            let (s, routes) = parse_main(&text, path, &old.sources.overrides, &mut errors)?;
+            changes.push((path.clone(), Some(FileRoutes { path: path.clone(), stamp, routes })));
+            let patterns = s.include.clone();
+            (s, patterns)
+        }
+    };
+    let files = included(&patterns, &base, path, &mut errors);
+    let mut to_parse = Vec::new();
+    for f in &files {
+        let old_src = old.sources.files.get(f);
+        let stamp = Stamp::of(f);
+        match (old_src, stamp) {
+            (Some(o), Some(s)) if o.stamp.same_file(&s) && !o.terminate => continue,
+            _ => {}
+        }
+        report.files_read += 1;
+        to_parse.push((f.clone(), old_src.map(|o| o.stamp)));
+    }
+    // Content unchanged (a ConfigMap swap rewrites every file): skip the parse.
+    to_parse.retain(|(f, old_stamp)| {
+        let Some(old_stamp) = old_stamp else { return true };
+        match load::read(f) {
+            Ok((_, s)) if s.hash == old_stamp.hash && !old.sources.files.get(f).is_some_and(|o| o.terminate) => false,
+            _ => true,
+        }
+    });
+    report.files_parsed += to_parse.len();
+    for f in parse_files(&to_parse, &mut errors) {
+        changes.push((f.path.clone(), Some(f)));
+    }
+    for p in old.sources.files.keys() {
+        if p != path && !files.contains(p) {
+            changes.push((p.clone(), None));
+        }
+    }
+    errors.extend(immovable(old, &settings));
+    if !errors.is_empty() {
+        return Err(ConfigError { file: path.clone(), problems: errors });
+    }
+    report.parse_ms = ms(parsed_at);
+    let (mut new, report) = apply(old, settings, changes, report)?;
+    // Unchanged files whose stamp moved (touched, or a ConfigMap swap) keep their routes; their
+    // stamps are refreshed so that the next reload skips them at once.
+    if let Some(s) = Arc::get_mut(&mut new.sources) {
+        for (p, src) in s.files.iter_mut() {
+            if let Some(stamp) = Stamp::of(p) {
+                if src.stamp.same_file(&stamp) {
+                    continue;
+                }
+                if let Ok((_, st)) = load::read(p) {
+                    if st.hash == src.stamp.hash {
+                        src.stamp = st;
+                    }
+                }
+            }
+        }
+        s.patterns = patterns;
+    }
+    Ok((new, report))
+}
+
+/// Route names the API accepts: they name its file.
+fn api_name_ok(name: &str) -> bool {
+    (1..=200).contains(&name.len())
+        && !name.starts_with('.')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn api_file(old: &Config, name: &str) -> Result<PathBuf, ApiError> {
+    let dir = old.admin_settings.api_dir.as_ref().ok_or_else(|| {
+        ApiError::Disabled("the route API is off: set admin.api_dir (a directory that include covers)".into())
+    })?;
+    if !api_name_ok(name) {
+        return Err(ApiError::Invalid(ConfigError::one(
+            dir,
+            &format!("route {name:?}.name"),
+            "a route changed through the API is named with letters, digits, '.', '_' and '-' (1 to 200, not starting with '.')",
+        )));
+    }
+    Ok(dir.join(format!("{name}.toml")))
+}
+
+/// The route `name` must be the API's own (in `file`) if it exists.
+fn check_owner(old: &Config, name: &str, file: &Path) -> Result<bool, ApiError> {
+    let Some(id) = old.table.id_of(name) else { return Ok(false) };
+    match old.sources.owner(id) {
+        Some(owner) if owner != file => Err(ApiError::Conflict(format!(
+            "route {name:?} is defined in {}; change it there (the API changes only the routes it wrote, in {})",
+            owner.display(),
+            file.parent().unwrap_or(file).display()
+        ))),
+        _ => Ok(true),
+    }
+}
+
+/// `Config::put_route`.
+pub(super) fn put_route(old: &Config, name: &str, body: &str, json: bool) -> Result<(Config, Report), ApiError> {
+    let path = api_file(old, name)?;
+    let invalid = |reason: String| ApiError::Invalid(ConfigError::one(&path, &format!("route {name:?}"), reason));
+    let mut table: toml::Table = if json {
+        let v: serde_json::Value = serde_json::from_str(body).map_err(|e| invalid(format!("bad JSON: {e}")))?;
+        if !v.is_object() {
+            return Err(invalid("the body must be one route: a JSON object".into()));
+        }
+        toml::Table::try_from(v).map_err(|e| invalid(format!("not a route table: {e}")))?
+    } else {
+        toml::from_str(body).map_err(|e| invalid(format!("bad TOML: {}", e.to_string().trim_end())))?
+    };
+    match table.get("name") {
+        None => {
+            table.insert("name".into(), toml::Value::String(name.to_owned()));
+        }
+        Some(toml::Value::String(n)) if n == name => {}
+        Some(other) => return Err(invalid(format!("the body's name {other} is not the name in the path, {name:?}"))),
+    }
+    let route: RouteFile = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| {
+        invalid(e.to_string().trim_end().replace('\n', " "))
+    })?;
+    check_owner(old, name, &path)?;
+    let text = toml::to_string(&IncludedFile { routes: vec![route] })
+        .map_err(|e| ApiError::Io(format!("cannot write the route as TOML: {e}")))?;
+    let mut errors = Vec::new();
+    let base = path.parent().unwrap_or(Path::new("")).to_path_buf();
+    let parsed = load::parse::<IncludedFile>(&text, &base, false, &mut errors).map_err(|e| invalid(e))?;
+    if !errors.is_empty() {
+        return Err(ApiError::Invalid(ConfigError {
+            file: path.clone(),
+            problems: errors.into_iter().map(|e| e.in_file(&path)).collect(),
+        }));
+    }
+    let routes = parsed.routes.into_iter().flatten().collect();
+    let change = (path.clone(), Some(FileRoutes { path: path.clone(), stamp: Stamp::default(), routes }));
+    let report = Report { files_parsed: 1, shards: old.table.shard_count(), ..Default::default() };
+    let (mut new, report) = apply(old, settings_of(old), vec![change], report).map_err(ApiError::Invalid)?;
+    write_atomically(&path, text.as_bytes()).map_err(|e| ApiError::Io(format!("{}: cannot write: {e}", path.display())))?;
+    restamp(&mut new, &path);
+    Ok((new, report))
+}
+
+/// `Config::delete_route`.
+pub(super) fn delete_route(old: &Config, name: &str) -> Result<(Config, Report), ApiError> {
+    let path = api_file(old, name)?;
+    if !check_owner(old, name, &path)? {
+        return Err(ApiError::NotFound(format!("no route {name:?}")));
+    }
+    let report = Report { shards: old.table.shard_count(), ..Default::default() };
+    let (new, report) = apply(old, settings_of(old), vec![(path.clone(), None)], report).map_err(ApiError::Invalid)?;
+    std::fs::remove_file(&path).map_err(|e| ApiError::Io(format!("{}: cannot remove: {e}", path.display())))?;
+    if let Some(dir) = path.parent() {
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok((new, report))
+}
+
+fn restamp(c: &mut Config, path: &Path) {
+    if let (Some(s), Ok((_, stamp))) = (Arc::get_mut(&mut c.sources), load::read(path)) {
+        if let Some(src) = s.files.get_mut(path) {
+            src.stamp = stamp;
+        }
+    }
+}
+
+/// Writes `bytes` to `path` so that readers see the old file or the new one, never a part:
+/// a hidden temporary file in the same directory (no include pattern matches it), synced, renamed
+/// over `path`, and the directory synced.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("route");
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// `Config::route_json`.
+pub(super) fn route_json(c: &Config, name: &str) -> Option<serde_json::Value> {
+    use crate::route::{Action, ProxyProtocol};
+    let id = c.table.id_of(name)?;
+    let r = c.table.get(id)?;
+    let mut v = serde_json::json!({
+        "name": r.name,
+        "file": c.sources.owner(id).map(|p| p.display().to_string()),
+        "action": r.action.as_str(),
+        "sni": r.sni,
+        "dedicated_ips": r.dedicated_ips.iter().map(|ip| ip.to_string()).collect::<Vec<_>>(),
+        "min_tls": format!("1.{}", r.min_tls.0.saturating_sub(0x0301)),
+        "backends": r.backends.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        "proxy_protocol": match r.proxy_protocol { ProxyProtocol::None => "none", ProxyProtocol::V1 => "v1", ProxyProtocol::V2 => "v2" },
+    });
+    if let Action::Terminate(m) = &r.action {
+        v["cert"] = m.cert_path.display().to_string().into();
+        v["key"] = m.key_path.display().to_string().into();
+        v["alpn"] = m.server_config.alpn_protocols.iter().map(|p| String::from_utf8_lossy(p).into_owned()).collect::<Vec<_>>().into();
+    }
+    Some(v)
+}
