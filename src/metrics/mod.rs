@@ -20,8 +20,8 @@
 pub mod counters;
 pub mod labels;
 
-pub use counters::{Counters, Family, Kind, Label, Tally, Value};
-pub use labels::{AcceptCause, ConnectCause, Direction, DropReason, RelayCause, RelayKind};
+pub use counters::{ControlCounters, Counters, Family, Kind, Label, Tally, Value};
+pub use labels::{AcceptCause, AdminRefusal, ApiResult, ConnectCause, Direction, DropReason, RelayCause, RelayKind, ReloadResult};
 
 use crate::route::Match;
 use hdrhistogram::Histogram;
@@ -286,12 +286,37 @@ impl Local {
 #[derive(Debug, Clone, Default)]
 pub struct Registry {
     slots: Vec<Slot>,
+    control: Arc<Mutex<Control>>,
 }
+
+/// The control plane's state for the readers: its counters, when the configuration last
+/// changed and what the last reload cost.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Control {
+    pub counters: ControlCounters,
+    /// Seconds since the Unix epoch of the last change of the configuration.
+    pub changed_at: f64,
+    /// The last reload or API change: seconds spent parsing, building and swapping.
+    pub last: [f64; 3],
+}
+
+/// The phases of [`Control::last`], as the `phase` label.
+pub const PHASES: [&str; 3] = ["parse", "build", "swap"];
 
 impl Registry {
     /// Creates `n` empty slots.
     pub fn new(n: usize) -> Self {
-        Self { slots: (0..n).map(|_| Slot::default()).collect() }
+        Self { slots: (0..n).map(|_| Slot::default()).collect(), control: Arc::default() }
+    }
+
+    /// Updates the control plane's state (control and admin threads only).
+    pub fn control(&self, f: impl FnOnce(&mut Control)) {
+        f(&mut lock(&self.control));
+    }
+
+    /// A copy of the control plane's state.
+    pub fn control_snapshot(&self) -> Control {
+        *lock(&self.control)
     }
 
     pub fn slot(&self, i: usize) -> Slot {
