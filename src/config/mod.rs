@@ -13,7 +13,7 @@ mod runtime;
 mod sources;
 
 pub use crate::access_log::SampleRate;
-pub use runtime::{parse_cpu_list, Runtime, RuntimeOverrides};
+pub use runtime::{parse_cpu_list, Limits, Runtime, RuntimeOverrides};
 pub use sources::{ApiError, Report};
 
 use crate::route::{self, RouteId, TlsVersion};

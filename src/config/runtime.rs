@@ -57,6 +57,30 @@ impl Default for Runtime {
     }
 }
 
+/// What a connection needs of `[runtime]` for its whole life, copied at accept (so that it
+/// holds no configuration snapshot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub hello_timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub max_hello_bytes: usize,
+    pub splice: bool,
+}
+
+impl Runtime {
+    /// The per-connection limits.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            hello_timeout_ms: self.hello_timeout_ms,
+            connect_timeout_ms: self.connect_timeout_ms,
+            idle_timeout_ms: self.idle_timeout_ms,
+            max_hello_bytes: self.max_hello_bytes,
+            splice: self.splice,
+        }
+    }
+}
+
 /// `[runtime]` as written in the file, and also the command-line overrides: every key optional.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -4,8 +4,8 @@
 
 use super::routing::{route, Decision};
 use super::trace::Trace;
-use super::{Accepted, Resources, Routed};
-use crate::config::Config;
+use super::{Accepted, Resources, Routed, Snapshots};
+use crate::config::Limits;
 use crate::hello::{self as parser, ClientHello, Parsed, Reject};
 use crate::metrics::DropReason;
 use crate::relay::BUF_SIZE;
@@ -20,13 +20,18 @@ fn hello_capacity(max_hello_bytes: usize) -> usize {
 }
 
 /// Reads and routes the hello; the routed connection, or why it is dropped.
-pub(super) async fn read(res: &Resources, cfg: &Config, conn: &Accepted, t: &mut Trace) -> Result<Routed, DropReason> {
-    let rt = &cfg.runtime;
+pub(super) async fn read(
+    res: &Resources,
+    rt: &Limits,
+    snaps: &dyn Snapshots,
+    conn: &Accepted,
+    t: &mut Trace,
+) -> Result<Routed, DropReason> {
     let buf = res.bufs.borrow_mut().take(hello_capacity(rt.max_hello_bytes));
     let decide = |hello: &ClientHello<'_>, buf_len: usize| {
         t.hello_done = res.now();
         t.hello_bytes = Some(hello.len() as u64);
-        let d = route(res, cfg, conn, hello, buf_len, t);
+        let d = route(res, snaps, conn, hello, buf_len, t);
         t.routed_at = res.now();
         d
     };
@@ -44,11 +49,11 @@ pub(super) async fn read(res: &Resources, cfg: &Config, conn: &Accepted, t: &mut
         Ok(x) => x,
     };
     match decided {
-        Ok(Decision { header: None, id, check_server }) => Ok(Routed { id, first: buf, check_server }),
-        Ok(Decision { header: Some(mut first), id, check_server }) => {
+        Ok(Decision { header: None, id, route, check_server }) => Ok(Routed { id, route, first: buf, check_server }),
+        Ok(Decision { header: Some(mut first), id, route, check_server }) => {
             first.extend_from_slice(&buf);
             res.bufs.borrow_mut().give(buf);
-            Ok(Routed { id, first, check_server })
+            Ok(Routed { id, route, first, check_server })
         }
         Err(reason) => {
             res.bufs.borrow_mut().give(buf);

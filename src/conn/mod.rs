@@ -24,7 +24,7 @@ pub mod terminate;
 pub mod trace;
 
 use crate::access_log;
-use crate::config::{Config, Route};
+use crate::config::{Config, Limits, Route};
 use crate::metrics::{Direction, DropReason, Local};
 use crate::proxy_protocol;
 use crate::relay::{self, BufPool, PipePool, Relayed};
@@ -32,6 +32,8 @@ use crate::route::{ProxyProtocol, RouteId};
 use crate::sys::Socket;
 use std::cell::RefCell;
 use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 use trace::Trace;
 
@@ -99,9 +101,22 @@ impl Accepted {
     }
 }
 
+/// How a connection reaches the running configuration (its worker implements it): the
+/// current snapshot, read when the hello is complete, and the route it chose as a handle the
+/// connection keeps for its life. A connection holds neither the snapshot nor anything shared
+/// across cores after routing: the worker hands out `Rc`s of its own to each route's `Arc`.
+pub trait Snapshots {
+    /// The configuration new decisions use.
+    fn current(&self) -> Rc<Arc<Config>>;
+    /// Route `id` of `cfg` (an id `cfg`'s table gave), as the connection keeps it.
+    fn keep(&self, cfg: &Config, id: RouteId) -> Rc<Arc<Route>>;
+}
+
 /// A connection whose ClientHello was read and routed.
 pub struct Routed {
     pub id: RouteId,
+    /// The route, kept for the connection's life (not the snapshot it came from).
+    pub route: Rc<Arc<Route>>,
     /// What goes to the back end first: the PROXY header (passthrough, if configured) followed by
     /// the ClientHello bytes read. On a terminating route: the hello bytes, for rustls.
     pub first: Vec<u8>,
@@ -119,32 +134,45 @@ pub enum Outcome {
     Relayed(Relayed),
 }
 
-/// Serves one accepted connection to its end, then counts and logs how it ended.
-pub async fn serve(res: &Resources, cfg: &Config, conn: Accepted) {
+/// Serves one accepted connection to its end, then counts and logs how it ended. The limits
+/// (timeouts, sizes) are those of the configuration current at accept; the route is chosen
+/// with the one current when the hello is complete.
+pub async fn serve(res: &Resources, snaps: &dyn Snapshots, conn: Accepted) {
+    let lim = snaps.current().runtime.limits();
     let mut t = Trace::new(conn.at, res.log.as_ref().is_some_and(|l| l.sample()));
     if t.log {
         t.client = conn.peer();
         t.local = Some(conn.dialed());
     }
-    let outcome = run(res, cfg, &conn, &mut t).await;
+    let (outcome, route) = run(res, snaps, &lim, &conn, &mut t).await;
     close(res, &conn, &mut t, outcome);
-    trace::finish(res, cfg, &t);
+    trace::finish(res, route.as_deref().map(|r| &**r), &t);
 }
 
-async fn run(res: &Resources, cfg: &Config, conn: &Accepted, t: &mut Trace) -> Outcome {
-    let routed = match hello::read(res, cfg, conn, t).await {
+async fn run(
+    res: &Resources,
+    snaps: &dyn Snapshots,
+    lim: &Limits,
+    conn: &Accepted,
+    t: &mut Trace,
+) -> (Outcome, Option<Rc<Arc<Route>>>) {
+    let mut routed = match hello::read(res, lim, snaps, conn, t).await {
         Ok(r) => r,
-        Err(reason) => return Outcome::Dropped(reason),
+        Err(reason) => return (Outcome::Dropped(reason), None),
     };
-    let route = cfg.table.route(routed.id);
-    match &route.action {
-        crate::route::Action::Passthrough => passthrough::run(res, cfg, route, conn, routed, t).await,
+    let kept = Rc::clone(&routed.route);
+    let route: &Route = &kept;
+    let outcome = match &route.action {
+        crate::route::Action::Passthrough => passthrough::run(res, lim, route, conn, routed, t).await,
         // Boxed: the TLS state machine would otherwise make every connection's task (passthrough
         // included) several KiB larger, and each task is memcpy'd when it is spawned.
         crate::route::Action::Terminate(tls) => {
-            Box::pin(terminate::run(res, cfg, route, tls, conn, routed.first, t)).await
+            let first = std::mem::take(&mut routed.first);
+            drop(routed);
+            Box::pin(terminate::run(res, lim, route, tls, conn, first, t)).await
         }
-    }
+    };
+    (outcome, Some(kept))
 }
 
 /// Counts the outcome (the one place that does) and records it in the trace.

@@ -5,7 +5,7 @@
 use super::trace::Trace;
 use super::{send_and_recycle, Accepted, Outcome, Resources, Routed};
 use crate::backend;
-use crate::config::{Config, Route};
+use crate::config::{Limits, Route};
 use crate::hello::{server_hello_version, ServerVersion};
 use crate::metrics::DropReason;
 use crate::relay::{self, BUF_SIZE};
@@ -26,15 +26,14 @@ pub struct Connected {
 
 pub(super) async fn run(
     res: &Resources,
-    cfg: &Config,
+    rt: &Limits,
     route: &Route,
     conn: &Accepted,
     routed: Routed,
     t: &mut Trace,
 ) -> Outcome {
-    let rt = &cfg.runtime;
     t.connect_start = t.routed_at;
-    let connected = connect(res, cfg, route, routed.first, t).await;
+    let connected = connect(res, rt, route, routed.first, t).await;
     let mut c = match connected {
         Ok(c) => c,
         Err(reason) => return Outcome::Dropped(reason),
@@ -71,12 +70,12 @@ pub(super) async fn run(
 /// connect time and the chosen back end go into the trace).
 async fn connect(
     res: &Resources,
-    cfg: &Config,
+    rt: &Limits,
     route: &Route,
     first: Vec<u8>,
     t: &mut Trace,
 ) -> Result<Connected, DropReason> {
-    let timeout = Duration::from_millis(cfg.runtime.connect_timeout_ms);
+    let timeout = Duration::from_millis(rt.connect_timeout_ms);
     let connected = backend::connect(&route.backends, timeout, &res.metrics, &first).await;
     t.connected_at = res.now();
     match connected {

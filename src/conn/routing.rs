@@ -4,16 +4,19 @@
 //! checked); the PROXY header that goes in front of the hello bytes.
 
 use super::trace::Trace;
-use super::{proxy_header, Accepted, Resources};
-use crate::config::Config;
+use super::{proxy_header, Accepted, Resources, Snapshots};
+use crate::config::Route;
 use crate::hello::ClientHello;
 use crate::metrics::DropReason;
 use crate::route::{Action, Miss, ProxyProtocol, RouteId, TlsVersion};
 use std::net::IpAddr;
+use std::rc::Rc;
+use std::sync::Arc;
 
 /// Where a complete hello goes, and the PROXY header (if any) to send before it.
 pub(super) struct Decision {
     pub(super) id: RouteId,
+    pub(super) route: Rc<Arc<Route>>,
     pub(super) header: Option<Vec<u8>>,
     pub(super) check_server: Option<TlsVersion>,
 }
@@ -21,7 +24,7 @@ pub(super) struct Decision {
 /// Routes a complete hello: dedicated IP, SNI, fallback; `min_tls`; the PROXY header.
 pub(super) fn route(
     res: &Resources,
-    cfg: &Config,
+    snaps: &dyn Snapshots,
     conn: &Accepted,
     hello: &ClientHello<'_>,
     buf_len: usize,
@@ -31,17 +34,21 @@ pub(super) fn route(
         t.sni = hello.sni().map(str::to_owned);
         t.alpn = hello.alpn().next().map(|p| String::from_utf8_lossy(p.as_bytes()).into_owned());
     }
+    // The snapshot current now, held only for this decision.
+    let cfg = snaps.current();
     let table = &cfg.table;
     // getsockname only when the answer matters: dedicated IPs exist (and the listener is a
     // wildcard, see Accepted::dialed).
-    let ip: IpAddr = if table.dedicated_ips().next().is_some() { conn.dialed().ip() } else { conn.listen.ip() };
+    let ip: IpAddr = if table.has_dedicated_ips() { conn.dialed().ip() } else { conn.listen.ip() };
     let (id, how) = table.lookup(ip, hello.sni()).map_err(|m| match m {
         Miss::NoSni => DropReason::NoSni,
         Miss::UnknownSni => DropReason::UnknownSni,
     })?;
     t.how = Some(how);
     t.route = Some(id);
-    let route = table.route(id);
+    let kept = snaps.keep(&cfg, id);
+    drop(cfg);
+    let route: &Route = &kept;
     // A terminating route leaves the version to rustls, which answers with a protocol_version
     // alert. A passthrough route compares the best version offered (known versions only, so no
     // unknown value can lift an old offer past it); and when the client also offered versions
@@ -57,9 +64,9 @@ pub(super) fn route(
     }
     res.metrics.routed(how);
     if route.proxy_protocol == ProxyProtocol::None || route.action.is_terminate() {
-        return Ok(Decision { id, header: None, check_server });
+        return Ok(Decision { id, route: kept, header: None, check_server });
     }
     let alpn = hello.alpn().next();
     let header = proxy_header(res, route, conn, hello.sni(), alpn.as_ref().map(|p| p.as_bytes()), buf_len);
-    Ok(Decision { id, header: Some(header), check_server })
+    Ok(Decision { id, route: kept, header: Some(header), check_server })
 }

@@ -5,7 +5,7 @@
 use super::trace::Trace;
 use super::{proxy_header, send_and_recycle, Accepted, Outcome, Resources};
 use crate::backend;
-use crate::config::{Config, Route};
+use crate::config::{Limits, Route};
 use crate::metrics::DropReason;
 use crate::route::ProxyProtocol;
 use crate::tls::{self, HandshakeError, TlsMaterial};
@@ -14,14 +14,13 @@ use std::time::Duration;
 
 pub(super) async fn run(
     res: &Resources,
-    cfg: &Config,
+    rt: &Limits,
     route: &Route,
     material: &TlsMaterial,
     conn: &Accepted,
     hello: Vec<u8>,
     t: &mut Trace,
 ) -> Outcome {
-    let rt = &cfg.runtime;
     let client = &conn.client;
     let hs = tokio::time::timeout(
         Duration::from_millis(rt.hello_timeout_ms),

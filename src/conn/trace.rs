@@ -4,7 +4,7 @@
 
 use super::{Outcome, Resources};
 use crate::access_log;
-use crate::config::Config;
+use crate::config::Route;
 use crate::metrics::{Hist, RelayKind};
 use crate::relay::End;
 use crate::route::{Match, RouteId};
@@ -51,7 +51,7 @@ fn micros(d: Option<Duration>) -> Option<u64> {
 }
 
 /// Records a finished connection's latencies and, if sampled, its access-log line.
-pub fn finish(res: &Resources, cfg: &Config, t: &Trace) {
+pub fn finish(res: &Resources, route: Option<&Route>, t: &Trace) {
     let end = res.now();
     let m = &res.metrics;
     let hello_wait = between(t.accepted, t.hello_done);
@@ -78,7 +78,7 @@ pub fn finish(res: &Resources, cfg: &Config, t: &Trace) {
     let Some(log) = res.log.as_ref().filter(|_| t.log) else {
         return;
     };
-    let route = t.route.map(|id| cfg.table.route(id));
+
     let (outcome, reason) = match t.outcome {
         Some(Outcome::Dropped(r)) => ("dropped", Some(r.as_str())),
         Some(Outcome::Relayed(r)) => match r.end {

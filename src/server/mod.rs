@@ -4,12 +4,16 @@
 //! - [`Server::start`] binds each `[[listener]]` once per worker (`SO_REUSEPORT`; a `:0` listener
 //!   gets one port for all workers), starts the workers on their CPUs ([`cpus`]) and returns once
 //!   each has its ring;
-//! - [`Server::reload`] swaps in a new configuration for new connections;
+//! - [`Server::reload`] swaps in a new configuration for new connections; [`control`] runs
+//!   reloads (SIGHUP, the [`watcher`], `POST /reload`) and route API changes on a thread off the
+//!   workers' CPUs, one at a time;
 //! - [`Server::shutdown`] stops accepting and drains open connections up to `drain_timeout_ms`;
 //! - [`lifecycle::serve`] drives all three from signals (what `sni-dispatch run` does).
+pub mod control;
 pub mod cpus;
 pub mod lifecycle;
 mod reload;
+mod watcher;
 
 pub use lifecycle::{serve, NO_LATENCY_ENV};
 
@@ -24,7 +28,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
@@ -52,15 +56,31 @@ pub enum ServeError {
 /// A running set of workers (what [`serve`] drives; usable directly from tests and tools).
 pub struct Server {
     pub(crate) config: Arc<ArcSwap<Config>>,
+    pub(crate) shared: Arc<Shared>,
     registry: Registry,
-    local_addrs: Vec<SocketAddr>,
     stop: watch::Sender<bool>,
     done: mpsc::Receiver<usize>,
     workers: usize,
     accepting: Arc<AtomicBool>,
     admin: Option<Admin>,
-    access_log: Option<Sink>,
+    control: control::Handle,
+    watcher: Option<watcher::Watcher>,
     pub(crate) started: Instant,
+}
+
+/// What the control plane changes while the server runs: the configuration, the listeners (and
+/// each worker's command channel to hand them over), the access log, the published state.
+pub(crate) struct Shared {
+    pub(crate) config: Arc<ArcSwap<Config>>,
+    pub(crate) registry: Registry,
+    pub(crate) commands: Vec<tokio::sync::mpsc::UnboundedSender<worker::Command>>,
+    /// Each listener as configured, with the address its sockets are bound to.
+    pub(crate) listeners: Mutex<Vec<(SocketAddr, SocketAddr)>>,
+    pub(crate) access_log: Mutex<Option<Sink>>,
+    /// The CPUs the workers are pinned to (the control plane stays off them).
+    pub(crate) worker_cpus: Vec<usize>,
+    /// Replaced configurations, dropped here (not on a worker) once no worker holds them.
+    pub(crate) retired: Mutex<Vec<Arc<Config>>>,
 }
 
 impl Server {
@@ -79,13 +99,10 @@ impl Server {
         let mut local_addrs = Vec::new();
         let mut per_worker: Vec<Vec<(OwnedFd, SocketAddr)>> = (0..n).map(|_| Vec::new()).collect();
         for addr in config.listeners.iter().map(|l| l.address) {
-            let first = bind(addr, rt.backlog).map_err(|source| ServeError::Bind { addr, source })?;
-            let actual = first.local_addr().ok().and_then(|a| a.as_socket()).unwrap_or(addr);
-            local_addrs.push(actual);
-            per_worker[0].push((first.into(), actual));
-            for fds in per_worker.iter_mut().skip(1) {
-                let s = bind(actual, rt.backlog).map_err(|source| ServeError::Bind { addr: actual, source })?;
-                fds.push((s.into(), actual));
+            let (actual, fds) = bind_all(addr, n, rt.backlog)?;
+            local_addrs.push((addr, actual));
+            for (w, fd) in per_worker.iter_mut().zip(fds) {
+                w.push((fd, actual));
             }
         }
 
@@ -99,34 +116,64 @@ impl Server {
             None => None,
         };
         let admin_addr = config.admin;
-        let shared = Arc::new(ArcSwap::from_pointee(config));
+        let admin_socket = config.admin_settings.socket.clone();
+        let max_connections = config.admin_settings.max_connections;
         let registry = Registry::new(n);
+        publish_config(&registry, &config, None);
+        let shared_config = Arc::new(ArcSwap::from_pointee(config));
         let accepting = Arc::new(AtomicBool::new(true));
-        let admin = match admin_addr {
-            Some(addr) => {
-                let state = admin::State { registry: registry.clone(), accepting: Arc::clone(&accepting), started };
+        let mut commands = Vec::with_capacity(n);
+        let mut receivers = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            commands.push(tx);
+            receivers.push(rx);
+        }
+        let worker_cpus: Vec<usize> = cpus.iter().flatten().copied().collect();
+        let shared = Arc::new(Shared {
+            config: Arc::clone(&shared_config),
+            registry: registry.clone(),
+            commands,
+            listeners: Mutex::new(local_addrs),
+            access_log: Mutex::new(None),
+            worker_cpus,
+            retired: Mutex::new(Vec::new()),
+        });
+        let control = control::start(Arc::clone(&shared)).map_err(ServeError::Thread)?;
+        let admin = match (admin_addr, &admin_socket) {
+            (None, None) => None,
+            _ => {
+                let state = admin::State {
+                    registry: registry.clone(),
+                    accepting: Arc::clone(&accepting),
+                    started,
+                    config: Arc::clone(&shared_config),
+                    control: Some(Arc::new(control.submitter())),
+                    max_connections,
+                };
+                let addr = admin_addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
                 Some(
-                    Admin::start(addr, state, cpus::admin_cpu(&cpus))
+                    Admin::start(admin_addr, admin_socket, state, cpus::admin_cpu(&cpus))
                         .map_err(|source| ServeError::Admin { addr, source })?,
                 )
             }
-            None => None,
         };
         let (stop, stop_rx) = watch::channel(false);
         let (done_tx, done) = mpsc::channel();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), worker::StartError>>();
-        for (id, (cpu, listeners)) in cpus.iter().copied().zip(per_worker).enumerate() {
+        for (id, ((cpu, listeners), commands)) in cpus.iter().copied().zip(per_worker).zip(receivers).enumerate() {
             let w = worker::Setup {
                 id,
                 cpu,
                 ring: RingOptions { entries: rt.ring_entries, sqpoll: rt.sqpoll, sqpoll_idle_ms: rt.sqpoll_idle_ms },
                 pipe_pool: if rt.splice { rt.pipe_pool } else { 0 },
                 listeners,
-                config: Arc::clone(&shared),
+                config: Arc::clone(&shared_config),
                 slot: registry.slot(id),
                 stop: stop_rx.clone(),
                 timing,
                 log: access_log.as_ref().map(|s| s.writer(rt.access_log_sample)),
+                commands,
             };
             let ready = ready_tx.clone();
             let done = done_tx.clone();
@@ -149,37 +196,45 @@ impl Server {
                 Err(_) => break,
             }
         }
+        *lock(&shared.access_log) = access_log;
+        let watcher = watcher::start(Arc::clone(&shared), control.submitter());
         tracing::info!(
             workers = n,
             cpus = ?cpus,
-            listeners = ?local_addrs,
+            listeners = ?lock(&shared.listeners).iter().map(|l| l.1).collect::<Vec<_>>(),
             splice = rt.splice,
             pipe_pool = rt.pipe_pool,
             ring_entries = rt.ring_entries,
             sqpoll = rt.sqpoll,
             fd_limit,
-            admin = ?admin.as_ref().map(Admin::local_addr),
+            admin = ?admin.as_ref().and_then(Admin::local_addr),
             access_log = ?rt.access_log,
             latency_histograms = timing,
             "sni-dispatch serving"
         );
         Ok(Self {
-            config: shared,
+            config: shared_config,
+            shared,
             registry,
-            local_addrs,
             stop,
             done,
             workers: n,
             accepting,
             admin,
-            access_log,
+            control,
+            watcher,
             started,
         })
     }
 
     /// The admin endpoint's bound address, if one is configured.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin.as_ref().map(Admin::local_addr)
+        self.admin.as_ref().and_then(Admin::local_addr)
+    }
+
+    /// Asks the control thread for a reload (what SIGHUP does), without waiting for it.
+    pub fn request_reload(&self, why: &'static str) {
+        self.control.reload(why);
     }
 
     /// The one-screen summary (what SIGUSR1 prints).
@@ -188,8 +243,8 @@ impl Server {
     }
 
     /// The bound listener addresses, in configuration order (ports resolved).
-    pub fn local_addrs(&self) -> &[SocketAddr] {
-        &self.local_addrs
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        lock(&self.shared.listeners).iter().map(|l| l.1).collect()
     }
 
     /// Per-worker counters, published every [`metrics::PUBLISH_EVERY`].
@@ -217,15 +272,52 @@ impl Server {
                 Err(_) => break,
             }
         }
+        if let Some(w) = self.watcher {
+            w.stop();
+        }
+        self.control.stop();
         if let Some(admin) = self.admin {
             admin.stop();
         }
-        if let Some(log) = self.access_log {
+        if let Some(log) = lock(&self.shared.access_log).take() {
             // Workers that finished have dropped their writers (after a final flush).
             log.close(Duration::from_secs(if finished == self.workers { 5 } else { 0 }));
         }
         finished == self.workers
     }
+}
+
+/// Publishes what the configuration is (generation, size, when it changed) for the readers;
+/// `timings` are the last reload's parse, build and swap times.
+pub(crate) fn publish_config(registry: &Registry, c: &Config, timings: Option<[f64; 3]>) {
+    let at = c.changed_at.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+    let (exact, wild) = c.table.name_count();
+    registry.control(|m| {
+        m.counters.config_generation = c.generation;
+        m.counters.config_routes = c.table.len() as u64;
+        m.counters.config_names = (exact + wild) as u64;
+        m.changed_at = at;
+        if let Some(t) = timings {
+            m.last = t;
+        }
+    });
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Binds `n` sockets to `addr` (one per worker, `SO_REUSEPORT`); the first fixes the port of a
+/// `:0` address for the others. Returns the bound address and the sockets.
+pub(crate) fn bind_all(addr: SocketAddr, n: usize, backlog: u32) -> Result<(SocketAddr, Vec<OwnedFd>), ServeError> {
+    let first = bind(addr, backlog).map_err(|source| ServeError::Bind { addr, source })?;
+    let actual = first.local_addr().ok().and_then(|a| a.as_socket()).unwrap_or(addr);
+    let mut fds: Vec<OwnedFd> = vec![first.into()];
+    for _ in 1..n {
+        let s = bind(actual, backlog).map_err(|source| ServeError::Bind { addr: actual, source })?;
+        fds.push(s.into());
+    }
+    Ok((actual, fds))
 }
 
 fn bind(addr: SocketAddr, backlog: u32) -> io::Result<socket2::Socket> {

@@ -15,6 +15,7 @@
 #![allow(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
+pub mod inotify;
 pub mod limits;
 pub mod pipe;
 pub mod ring;

@@ -6,12 +6,17 @@
 //! - [`accept`]: the accept loop, its admission (`max_conns_per_worker`) and errno policy;
 //! - each connection runs as its own task through [`crate::conn::serve`].
 //!
-//! The configuration is read through an [`ArcSwap`] cache once per accepted connection (a
-//! pointer comparison); a reload is picked up by the next connection.
+//! The configuration is read through an [`ArcSwap`] cache (a pointer comparison) at accept and
+//! when a hello is complete; a reload is picked up by the next decision. A connection keeps
+//! only its route after routing, through the worker's own `Rc` of that route's `Arc`
+//! ([`conn::Snapshots`]): no snapshot kept alive by day-long connections, and no atomic
+//! reference count shared across cores bumped per connection.
 pub mod accept;
 
 use crate::access_log;
-use crate::config::Config;
+use crate::config::{Config, Route};
+use crate::route::RouteId;
+use std::collections::HashMap;
 use crate::conn;
 use crate::metrics::{self, Local};
 use crate::relay::{BufPool, PipePool};
@@ -24,6 +29,16 @@ use std::rc::Rc;
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
+
+/// What the server tells a running worker (after a reload changed the listeners).
+#[derive(Debug)]
+pub enum Command {
+    /// Accept on this new listening socket too.
+    Listen(OwnedFd, SocketAddr),
+    /// Stop accepting on the listener bound to this address and close it; its open connections
+    /// go on (and those already queued on it are still taken and served).
+    Unlisten(SocketAddr),
+}
 
 /// What a worker thread starts with.
 pub struct Setup {
@@ -38,6 +53,7 @@ pub struct Setup {
     pub stop: watch::Receiver<bool>,
     pub timing: bool,
     pub log: Option<access_log::Writer>,
+    pub commands: tokio::sync::mpsc::UnboundedReceiver<Command>,
 }
 
 /// Why a worker could not start.
@@ -53,6 +69,8 @@ pub struct StartError {
 pub(crate) struct Worker {
     cache: RefCell<Cache<Arc<ArcSwap<Config>>, Arc<Config>>>,
     current: RefCell<Rc<Arc<Config>>>,
+    /// This worker's handles on the routes of `current` that its connections chose.
+    routes: RefCell<HashMap<u32, Rc<Arc<Route>>, IdHash>>,
     /// What its connections share: counters, pools, the access-log writer.
     pub(crate) conns: conn::Resources,
     pub(crate) open: Cell<usize>,
@@ -70,6 +88,8 @@ impl Worker {
         let mut cur = self.current.borrow_mut();
         if !Arc::ptr_eq(&cur, latest) {
             *cur = Rc::new(Arc::clone(latest));
+            // Handles of the old snapshot's routes: open connections keep theirs.
+            self.routes.borrow_mut().clear();
         }
         Rc::clone(&cur)
     }
@@ -83,10 +103,55 @@ impl Worker {
     }
 }
 
+impl conn::Snapshots for Worker {
+    fn current(&self) -> Rc<Arc<Config>> {
+        self.config()
+    }
+
+    fn keep(&self, cfg: &Config, id: RouteId) -> Rc<Arc<Route>> {
+        let same = std::ptr::eq(&***self.current.borrow(), cfg);
+        if !same {
+            // A snapshot older than the cached one (a reload between the two reads): no handle
+            // to share, so an `Arc` of its own.
+            return Rc::new(Arc::clone(cfg.table.route_arc(id)));
+        }
+        let mut routes = self.routes.borrow_mut();
+        Rc::clone(routes.entry(id.0).or_insert_with(|| Rc::new(Arc::clone(cfg.table.route_arc(id)))))
+    }
+}
+
+/// A hasher for route ids (small integers): one multiply.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct IdHash;
+
+impl std::hash::BuildHasher for IdHash {
+    type Hasher = IdHasher;
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher(0)
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8 | b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.0 = (n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
 /// The body of a worker thread: pins it, builds its ring, says it is ready (or why not), and
 /// serves its listeners until told to stop, then drains its connections.
 pub fn main(setup: Setup, ready: mpsc::Sender<Result<(), StartError>>) {
-    let Setup { id, cpu, ring: ring_opts, pipe_pool, listeners, config, slot, stop, timing, log } = setup;
+    let Setup { id, cpu, ring: ring_opts, pipe_pool, listeners, config, slot, stop, timing, log, mut commands } = setup;
     if let Some(cpu) = cpu {
         if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
             tracing::warn!(worker = id, cpu, "cannot pin worker to its CPU; running unpinned");
@@ -106,6 +171,7 @@ pub fn main(setup: Setup, ready: mpsc::Sender<Result<(), StartError>>) {
         let w = Rc::new(Worker {
             cache: RefCell::new(Cache::new(config)),
             current: RefCell::new(current),
+            routes: RefCell::new(HashMap::default()),
             conns: conn::Resources {
                 worker: id,
                 metrics: Local::new(slot),
@@ -118,13 +184,49 @@ pub fn main(setup: Setup, ready: mpsc::Sender<Result<(), StartError>>) {
             slot_freed: Notify::new(),
             stop,
         });
-        let mut accepting = Vec::new();
+        let accepting: RefCell<Vec<Listening>> = RefCell::new(Vec::new());
+        let listen = |fd: OwnedFd, addr: SocketAddr| {
+            let (own, own_rx) = watch::channel(false);
+            let task = tokio_uring::spawn(accept::run(Rc::clone(&w), Socket::from(fd), addr, own_rx));
+            accepting.borrow_mut().push(Listening { addr, own, task });
+        };
         for (fd, addr) in listeners {
-            accepting.push(tokio_uring::spawn(accept::run(Rc::clone(&w), Socket::from(fd), addr)));
+            listen(fd, addr);
         }
         let publisher = tokio_uring::spawn(publish_loop(Rc::clone(&w)));
-        for task in accepting {
-            let _ = task.await;
+        let mut stopping = w.stop.clone();
+        loop {
+            if *stopping.borrow() {
+                break;
+            }
+            tokio::select! {
+                cmd = commands.recv() => match cmd {
+                    Some(Command::Listen(fd, addr)) => {
+                        tracing::debug!(worker = id, listener = %addr, "accepting on a new listener");
+                        listen(fd, addr);
+                    }
+                    Some(Command::Unlisten(addr)) => {
+                        // The accept loop drains its backlog, then the socket closes; its task
+                        // ends by itself and is not awaited.
+                        accepting.borrow_mut().retain(|l| {
+                            if l.addr == addr {
+                                let _ = l.own.send(true);
+                            }
+                            l.addr != addr
+                        });
+                    }
+                    None => {
+                        if stopping.changed().await.is_err() {
+                            break;
+                        }
+                    }
+                },
+                r = stopping.changed() => if r.is_err() { break },
+            }
+        }
+        let tasks: Vec<Listening> = accepting.borrow_mut().drain(..).collect();
+        for l in tasks {
+            let _ = l.task.await;
         }
         // Draining: the server gives up on us after drain_timeout_ms; until then, wait.
         while w.open.get() > 0 {
@@ -141,12 +243,22 @@ pub fn main(setup: Setup, ready: mpsc::Sender<Result<(), StartError>>) {
     });
 }
 
+/// One listener a worker accepts on.
+struct Listening {
+    addr: SocketAddr,
+    /// Set when a reload removed it.
+    own: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
 /// Every [`metrics::PUBLISH_EVERY`]: the open-connection gauge, the access-log buffer and the
 /// counters go out to the readers.
 async fn publish_loop(w: Rc<Worker>) {
     loop {
         tokio::time::sleep(metrics::PUBLISH_EVERY).await;
         let open = w.open.get() as u64;
+        // An idle worker lets go of a replaced snapshot too.
+        drop(w.config());
         let m = w.metrics();
         m.bump(|c| c.open = open);
         if let Some(log) = &w.conns.log {
