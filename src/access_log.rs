@@ -121,7 +121,9 @@ fn write_all(file: std::fs::File, rx: Receiver<Msg>) {
                         failed = false;
                         tracing::info!(path = %path.display(), "access log reopened");
                     }
-                    Err(e) => tracing::error!(path = %path.display(), error = %e, "access log: cannot reopen; still writing to the old file"),
+                    Err(e) => {
+                        tracing::error!(path = %path.display(), error = %e, "access log: cannot reopen; still writing to the old file")
+                    }
                 }
                 continue;
             }

@@ -231,7 +231,8 @@ fn explain(path: &Path, sni: Option<&str>, ip: Option<std::net::IpAddr>, alpn: O
         Some(route) => {
             println!("route: {route:?} ({})", s("action"));
             println!("rule: {} (matched {})", s("rule"), s("matched"));
-            let backends: Vec<&str> = v["backends"].as_array().map(|a| a.iter().filter_map(|b| b.as_str()).collect()).unwrap_or_default();
+            let backends: Vec<&str> =
+                v["backends"].as_array().map(|a| a.iter().filter_map(|b| b.as_str()).collect()).unwrap_or_default();
             println!("backends: {}", backends.join(", "));
             if let Some(a) = v["alpn"].as_str() {
                 println!("alpn: {a}");

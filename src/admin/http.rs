@@ -53,7 +53,13 @@ pub(super) fn run(listeners: Listeners, state: Arc<State>, stop: tokio::sync::wa
         }
         if let Some((l, path)) = listeners.unix {
             match l.set_nonblocking(true).and_then(|()| tokio::net::UnixListener::from_std(l)) {
-                Ok(l) => tasks.push(tokio::spawn(accept_unix(l, path, Arc::clone(&state), Arc::clone(&active), stop.clone()))),
+                Ok(l) => tasks.push(tokio::spawn(accept_unix(
+                    l,
+                    path,
+                    Arc::clone(&state),
+                    Arc::clone(&active),
+                    stop.clone(),
+                ))),
                 Err(e) => tracing::error!(error = %e, "admin: cannot serve its unix socket"),
             }
         }
@@ -147,7 +153,13 @@ enum ReadError {
 }
 
 /// Serves one connection: reads the request, answers it (or 503 when `busy`), closes.
-async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, peer: Option<SocketAddr>, local: bool, busy: bool, state: &State) {
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    peer: Option<SocketAddr>,
+    local: bool,
+    busy: bool,
+    state: &State,
+) {
     let deadline = if busy { BUSY_DEADLINE } else { REQUEST_DEADLINE };
     let read = tokio::time::timeout(deadline, read_request(&mut s, local)).await;
     let (resp, head_only) = match read {
@@ -298,7 +310,14 @@ pub(super) fn parse_head(head: &[u8], local: bool) -> Result<Request, u16> {
         }
         headers.push((name.to_ascii_lowercase(), value.trim().to_owned()));
     }
-    Ok(Request { method: method.to_owned(), path: path.to_owned(), query: query.to_owned(), headers, body: Vec::new(), local })
+    Ok(Request {
+        method: method.to_owned(),
+        path: path.to_owned(),
+        query: query.to_owned(),
+        headers,
+        body: Vec::new(),
+        local,
+    })
 }
 
 #[cfg(test)]
@@ -311,7 +330,8 @@ mod tests {
         assert_eq!((r.method.as_str(), r.path.as_str()), ("GET", "/metrics"));
         let r = parse_head(b"GET /route?sni=a.example&ip=127.0.0.2 HTTP/1.0\n\n", true).unwrap();
         assert_eq!((r.path.as_str(), r.query.as_str()), ("/route", "sni=a.example&ip=127.0.0.2"));
-        let r = parse_head(b"PUT /routes/x HTTP/1.1\r\nContent-Length: 5\r\nAuthorization: Bearer t\r\n\r\n", true).unwrap();
+        let r = parse_head(b"PUT /routes/x HTTP/1.1\r\nContent-Length: 5\r\nAuthorization: Bearer t\r\n\r\n", true)
+            .unwrap();
         assert_eq!(r.header("content-length"), Some("5"));
         assert_eq!(r.header("authorization"), Some("Bearer t"));
         for bad in [

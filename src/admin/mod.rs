@@ -189,7 +189,11 @@ fn stats(_: &Request, s: &State) -> Answer {
 }
 
 fn healthz(_: &Request, s: &State) -> Answer {
-    now(if s.accepting.load(Ordering::SeqCst) { Response::text(200, "ok\n") } else { Response::text(503, "draining\n") })
+    now(if s.accepting.load(Ordering::SeqCst) {
+        Response::text(200, "ok\n")
+    } else {
+        Response::text(503, "draining\n")
+    })
 }
 
 /// `GET /route?sni=NAME&ip=ADDR&alpn=P`: [`explain_json`] from the running table.
@@ -198,7 +202,12 @@ fn explain(r: &Request, s: &State) -> Answer {
         None => None,
         Some(v) => match v.parse::<IpAddr>() {
             Ok(ip) => Some(ip),
-            Err(_) => return now(Response::json(400, &serde_json::json!({ "error": format!("ip: {v:?} is not an IP address") }))),
+            Err(_) => {
+                return now(Response::json(
+                    400,
+                    &serde_json::json!({ "error": format!("ip: {v:?} is not an IP address") }),
+                ))
+            }
         },
     };
     let config = s.config.load();
@@ -302,8 +311,10 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
 
 /// Answers a parsed request.
 pub async fn dispatch(r: Request, s: &State) -> Response {
-    let Some(e) = ENDPOINTS.iter().find(|e| if e.prefix { r.path.starts_with(e.path) } else { r.path == e.path }) else {
-        let list: Vec<String> = ENDPOINTS.iter().map(|e| if e.prefix { format!("{}NAME", e.path) } else { e.path.to_owned() }).collect();
+    let Some(e) = ENDPOINTS.iter().find(|e| if e.prefix { r.path.starts_with(e.path) } else { r.path == e.path })
+    else {
+        let list: Vec<String> =
+            ENDPOINTS.iter().map(|e| if e.prefix { format!("{}NAME", e.path) } else { e.path.to_owned() }).collect();
         return Response::text(404, &format!("not found; try {}\n", list.join(", ")));
     };
     if !e.methods.split(", ").any(|m| m == r.method) {
@@ -321,7 +332,10 @@ pub async fn dispatch(r: Request, s: &State) -> Response {
         };
         if !allowed {
             s.refused(AdminRefusal::Unauthorized);
-            return Response::json(401, &serde_json::json!({ "error": "the route API needs Authorization: Bearer TOKEN (admin.token_file)" }));
+            return Response::json(
+                401,
+                &serde_json::json!({ "error": "the route API needs Authorization: Bearer TOKEN (admin.token_file)" }),
+            );
         }
     }
     match (e.handler)(&r, s) {
@@ -369,7 +383,12 @@ impl std::fmt::Debug for Admin {
 impl Admin {
     /// Binds `addr` and/or the unix socket `socket` (a stale socket file is replaced; the new
     /// one is made `0660`) and serves on a thread named `sni-admin`, pinned to `cpu` if given.
-    pub fn start(addr: Option<SocketAddr>, socket: Option<PathBuf>, state: State, cpu: Option<usize>) -> io::Result<Self> {
+    pub fn start(
+        addr: Option<SocketAddr>,
+        socket: Option<PathBuf>,
+        state: State,
+        cpu: Option<usize>,
+    ) -> io::Result<Self> {
         let tcp = addr.map(std::net::TcpListener::bind).transpose()?;
         let addr = tcp.as_ref().map(|l| l.local_addr()).transpose()?;
         let unix = match &socket {

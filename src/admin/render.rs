@@ -4,7 +4,9 @@
 //! Counters are merged over workers (a `worker` label only on the per-worker series
 //! `sni_dispatch_worker_*`, so summing a metric never double counts); latencies are summaries
 //! with quantiles 0.5, 0.9, 0.99, 0.999 merged across workers, plus `_sum` and `_count`.
-use crate::metrics::{ControlCounters, Counters, Direction, DropReason, Family, Hist, Histograms, Registry, RelayKind, Unit, PHASES};
+use crate::metrics::{
+    ControlCounters, Counters, Direction, DropReason, Family, Hist, Histograms, Registry, RelayKind, Unit, PHASES,
+};
 use crate::route::Match;
 use serde_json::{json, Map, Value};
 use std::fmt::Write as _;
@@ -69,7 +71,12 @@ pub fn prometheus(registry: &Registry, accepting: bool) -> String {
     m.visit(&mut family);
     let control = registry.control_snapshot();
     control.counters.visit(&mut family);
-    header(&mut out, "config_last_change_timestamp_seconds", "gauge", "When the configuration last changed (Unix time).");
+    header(
+        &mut out,
+        "config_last_change_timestamp_seconds",
+        "gauge",
+        "When the configuration last changed (Unix time).",
+    );
     let _ = writeln!(out, "{PREFIX}config_last_change_timestamp_seconds {}", f(control.changed_at));
     header(
         &mut out,

@@ -186,7 +186,8 @@ pub(super) fn parse<F: HasRoutes>(
         firsts.push(n);
         n += headers;
     }
-    let work: Vec<(usize, &str)> = ranges.iter().zip(&firsts).map(|(&(a, b, _), &first)| (first, &text[a..b])).collect();
+    let work: Vec<(usize, &str)> =
+        ranges.iter().zip(&firsts).map(|(&(a, b, _), &first)| (first, &text[a..b])).collect();
     let parsed = crate::sys::parallel_map(&work, |&(first, piece)| {
         let mut file: F = toml::from_str(piece).map_err(|e| toml_error(&e))?;
         let raw = file.take_routes();
@@ -195,7 +196,8 @@ pub(super) fn parse<F: HasRoutes>(
             .iter()
             .enumerate()
             .map(|(i, r)| {
-                let key = if r.name.is_empty() { format!("route[{}]", first + i) } else { format!("route {:?}", r.name) };
+                let key =
+                    if r.name.is_empty() { format!("route[{}]", first + i) } else { format!("route {:?}", r.name) };
                 resolve_route(r.clone(), &key, base, &mut errs)
             })
             .collect();
@@ -280,7 +282,13 @@ pub(crate) fn expand(pattern: &str, base: &Path) -> Result<Vec<PathBuf>, String>
     if dir.to_str().is_some_and(|p| p.contains(['*', '?'])) {
         return Err(format!("{pattern:?}: a pattern may have '*' and '?' only in its last part"));
     }
-    let entries = std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        // A directory that does not exist (yet) holds no file: `api_dir` before the first PUT,
+        // a ConfigMap not mounted yet. The watcher sees it appear.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(format!("{}: {e}", dir.display())),
+    };
     let mut out = Vec::new();
     for entry in entries.flatten() {
         let file = entry.file_name();

@@ -211,7 +211,9 @@ impl Config {
             .routes()
             .map(|(_, r)| r)
             .filter(|r| r.action.is_terminate() && r.min_tls < TlsVersion::TLS12)
-            .map(|r| format!("route {:?}.min_tls: rustls serves TLS 1.2 and 1.3 only; {} acts as 1.2", r.name, r.min_tls))
+            .map(|r| {
+                format!("route {:?}.min_tls: rustls serves TLS 1.2 and 1.3 only; {} acts as 1.2", r.name, r.min_tls)
+            })
             .collect()
     }
 }
@@ -251,7 +253,10 @@ fn settings(file: &mut FileConfig, base: &Path, overrides: &RuntimeOverrides, er
         match std::fs::read_to_string(&path) {
             Ok(t) if t.trim().len() >= 16 => Some(t.trim().to_owned()),
             Ok(_) => {
-                errors.push(Located::new("admin.token_file", format!("{}: the token must be at least 16 characters", path.display())));
+                errors.push(Located::new(
+                    "admin.token_file",
+                    format!("{}: the token must be at least 16 characters", path.display()),
+                ));
                 None
             }
             Err(e) => {
@@ -277,7 +282,8 @@ fn settings(file: &mut FileConfig, base: &Path, overrides: &RuntimeOverrides, er
     if let Some(dir) = &api_dir {
         let covered = include.iter().any(|p| {
             let full = base.join(p);
-            full.parent() == Some(dir.as_path()) && full.file_name().and_then(|n| n.to_str()).is_some_and(|n| n == "*.toml" || n == "*")
+            full.parent() == Some(dir.as_path())
+                && full.file_name().and_then(|n| n.to_str()).is_some_and(|n| n == "*.toml" || n == "*")
         });
         if !covered {
             errors.push(Located::new(
@@ -290,7 +296,8 @@ fn settings(file: &mut FileConfig, base: &Path, overrides: &RuntimeOverrides, er
             ));
         }
     }
-    let admin_settings = AdminSettings { socket: admin_file.socket.map(|s| base.join(s)), token, api_dir, max_connections };
+    let admin_settings =
+        AdminSettings { socket: admin_file.socket.map(|s| base.join(s)), token, api_dir, max_connections };
 
     if file.listeners.is_empty() {
         errors.push(Located::new("listener", "at least one [[listener]] with an address is required"));

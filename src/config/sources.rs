@@ -44,8 +44,15 @@ impl Sources {
     /// The directories to watch: the main file's and each included file's (and the pattern
     /// directories, so that new files are seen).
     pub(crate) fn dirs(&self, main: &Path) -> Vec<PathBuf> {
-        let mut dirs: Vec<PathBuf> =
-            self.files.keys().chain(std::iter::once(&main.to_path_buf())).filter_map(|f| f.parent().map(Path::to_path_buf)).collect();
+        let base = main.parent().map(Path::to_path_buf).unwrap_or_default();
+        let patterns = self.patterns.iter().filter_map(|p| base.join(p).parent().map(Path::to_path_buf));
+        let files = self
+            .files
+            .keys()
+            .chain(std::iter::once(&main.to_path_buf()))
+            .filter_map(|f| f.parent().map(Path::to_path_buf))
+            .collect::<Vec<_>>();
+        let mut dirs: Vec<PathBuf> = files.into_iter().chain(patterns).collect();
         dirs.sort();
         dirs.dedup();
         dirs
@@ -121,7 +128,9 @@ fn parse_files(paths: &[(PathBuf, Option<Stamp>)], errors: &mut Vec<Located>) ->
                 None
             }
             Ok((text, stamp)) => match load::parse::<IncludedFile>(&text, base, false, &mut errs) {
-                Ok(p) => Some(FileRoutes { path: path.clone(), stamp, routes: p.routes.into_iter().flatten().collect() }),
+                Ok(p) => {
+                    Some(FileRoutes { path: path.clone(), stamp, routes: p.routes.into_iter().flatten().collect() })
+                }
                 Err(e) => {
                     errs.push(Located::new("", format!("{e}; an included file holds only [[route]] tables")));
                     None
@@ -200,7 +209,8 @@ fn build(
     overrides: &RuntimeOverrides,
     generation: u64,
 ) -> Result<Config, ConfigError> {
-    let mut sources = Sources { overrides: overrides.clone(), patterns: settings.include.clone(), files: BTreeMap::new() };
+    let mut sources =
+        Sources { overrides: overrides.clone(), patterns: settings.include.clone(), files: BTreeMap::new() };
     let mut routes = Vec::new();
     let mut owners: Vec<(usize, usize)> = Vec::new();
     let mut paths = Vec::new();
@@ -212,9 +222,8 @@ fn build(
         sources.files.insert(f.path.clone(), Source { stamp: f.stamp, routes: ids, terminate });
         paths.push(f.path);
     }
-    let table = build_table(path, routes, &settings, |id| {
-        owners.get(id.0 as usize).map(|&(f, i)| (paths[f].clone(), i))
-    })?;
+    let table =
+        build_table(path, routes, &settings, |id| owners.get(id.0 as usize).map(|&(f, i)| (paths[f].clone(), i)))?;
     Ok(finish(path, settings, table, sources, generation))
 }
 
@@ -313,9 +322,19 @@ fn immovable(old: &Config, new: &Settings) -> Vec<Located> {
     };
     check("runtime.workers", a.workers == b.workers, a.workers.to_string(), b.workers.to_string());
     check("runtime.cpus", a.cpus == b.cpus, format!("{:?}", a.cpus), format!("{:?}", b.cpus));
-    check("runtime.ring_entries", a.ring_entries == b.ring_entries, a.ring_entries.to_string(), b.ring_entries.to_string());
+    check(
+        "runtime.ring_entries",
+        a.ring_entries == b.ring_entries,
+        a.ring_entries.to_string(),
+        b.ring_entries.to_string(),
+    );
     check("runtime.sqpoll", a.sqpoll == b.sqpoll, a.sqpoll.to_string(), b.sqpoll.to_string());
-    check("runtime.sqpoll_idle_ms", a.sqpoll_idle_ms == b.sqpoll_idle_ms, a.sqpoll_idle_ms.to_string(), b.sqpoll_idle_ms.to_string());
+    check(
+        "runtime.sqpoll_idle_ms",
+        a.sqpoll_idle_ms == b.sqpoll_idle_ms,
+        a.sqpoll_idle_ms.to_string(),
+        b.sqpoll_idle_ms.to_string(),
+    );
     check("runtime.pipe_pool", a.pipe_pool == b.pipe_pool, a.pipe_pool.to_string(), b.pipe_pool.to_string());
     check(
         "runtime.access_log",
@@ -340,7 +359,12 @@ type FileChange = (PathBuf, Option<FileRoutes>);
 
 /// The new configuration: `settings` (new, or the running ones) and the changed files applied
 /// to `old`'s table. Small changes are copied on write; large ones build the table anew.
-fn apply(old: &Config, settings: Settings, changes: Vec<FileChange>, mut report: Report) -> Result<(Config, Report), ConfigError> {
+fn apply(
+    old: &Config,
+    settings: Settings,
+    changes: Vec<FileChange>,
+    mut report: Report,
+) -> Result<(Config, Report), ConfigError> {
     let path = &old.path;
     let built = Instant::now();
     let mut sources = Sources {
@@ -370,15 +394,22 @@ fn apply(old: &Config, settings: Settings, changes: Vec<FileChange>, mut report:
         sources.files.insert(p.clone(), Source { stamp: f.stamp, routes: Vec::new(), terminate });
         for r in f.routes {
             if let Some(first) = defined.insert(r.name.clone(), p.clone()) {
-                let reason = if first == p { "used twice in this file".to_owned() } else { format!("also defined in {}", first.display()) };
+                let reason = if first == p {
+                    "used twice in this file".to_owned()
+                } else {
+                    format!("also defined in {}", first.display())
+                };
                 errors.push(Located::new(format!("route {:?}.name", r.name), reason).in_file(&p));
                 continue;
             }
             if let Some(id) = t.id_of(&r.name) {
                 if let Some(owner) = old.sources.owner(id).filter(|o| !changed.contains(*o)) {
                     errors.push(
-                        Located::new(format!("route {:?}.name", r.name), format!("also defined in {}", owner.display()))
-                            .in_file(&p),
+                        Located::new(
+                            format!("route {:?}.name", r.name),
+                            format!("also defined in {}", owner.display()),
+                        )
+                        .in_file(&p),
                     );
                     continue;
                 }
@@ -405,7 +436,8 @@ fn apply(old: &Config, settings: Settings, changes: Vec<FileChange>, mut report:
         }
     }
     report.routes_removed = gone.len();
-    let fallbacks_same = settings.no_sni == fallback_name(t, t.no_sni()) && settings.unknown_sni == fallback_name(t, t.unknown_sni());
+    let fallbacks_same =
+        settings.no_sni == fallback_name(t, t.no_sni()) && settings.unknown_sni == fallback_name(t, t.unknown_sni());
     let touched = keep.len() + gone.len();
     let settings_same = settings.runtime == old.runtime
         && settings.listeners == old.listeners
@@ -436,7 +468,9 @@ fn apply(old: &Config, settings: Settings, changes: Vec<FileChange>, mut report:
                 .iter()
                 .map(|e| {
                     let second = match e {
-                        BuildError::DuplicateName { second, .. } | BuildError::DuplicateIp { second, .. } => Some(second.clone()),
+                        BuildError::DuplicateName { second, .. } | BuildError::DuplicateIp { second, .. } => {
+                            Some(second.clone())
+                        }
                         _ => None,
                     };
                     let l = located(e, &|_| None);
@@ -453,7 +487,11 @@ fn apply(old: &Config, settings: Settings, changes: Vec<FileChange>, mut report:
                 problems: missing
                     .iter()
                     .map(|n| {
-                        let key = if settings.no_sni.as_deref() == Some(n) { "fallback.no_sni" } else { "fallback.unknown_sni" };
+                        let key = if settings.no_sni.as_deref() == Some(n) {
+                            "fallback.no_sni"
+                        } else {
+                            "fallback.unknown_sni"
+                        };
                         Located::new(key, format!("names no route: {n:?}"))
                     })
                     .collect(),
@@ -699,9 +737,9 @@ pub(super) fn put_route(old: &Config, name: &str, body: &str, json: bool) -> Res
         Some(toml::Value::String(n)) if n == name => {}
         Some(other) => return Err(invalid(format!("the body's name {other} is not the name in the path, {name:?}"))),
     }
-    let route: RouteFile = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| {
-        invalid(e.to_string().trim_end().replace('\n', " "))
-    })?;
+    let route: RouteFile = toml::Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| invalid(e.to_string().trim_end().replace('\n', " ")))?;
     check_owner(old, name, &path)?;
     let text = toml::to_string(&IncludedFile { routes: vec![route] })
         .map_err(|e| ApiError::Io(format!("cannot write the route as TOML: {e}")))?;
@@ -718,7 +756,11 @@ pub(super) fn put_route(old: &Config, name: &str, body: &str, json: bool) -> Res
     let change = (path.clone(), Some(FileRoutes { path: path.clone(), stamp: Stamp::default(), routes }));
     let report = Report { files_parsed: 1, shards: old.table.shard_count(), ..Default::default() };
     let (mut new, report) = apply(old, settings_of(old), vec![change], report).map_err(ApiError::Invalid)?;
-    write_atomically(&path, text.as_bytes()).map_err(|e| ApiError::Io(format!("{}: cannot write: {e}", path.display())))?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| ApiError::Io(format!("{}: cannot create: {e}", dir.display())))?;
+    }
+    write_atomically(&path, text.as_bytes())
+        .map_err(|e| ApiError::Io(format!("{}: cannot write: {e}", path.display())))?;
     restamp(&mut new, &path);
     Ok((new, report))
 }
@@ -787,7 +829,13 @@ pub(super) fn route_json(c: &Config, name: &str) -> Option<serde_json::Value> {
     if let Action::Terminate(m) = &r.action {
         v["cert"] = m.cert_path.display().to_string().into();
         v["key"] = m.key_path.display().to_string().into();
-        v["alpn"] = m.server_config.alpn_protocols.iter().map(|p| String::from_utf8_lossy(p).into_owned()).collect::<Vec<_>>().into();
+        v["alpn"] = m
+            .server_config
+            .alpn_protocols
+            .iter()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .collect::<Vec<_>>()
+            .into();
     }
     Some(v)
 }

@@ -7,7 +7,9 @@
 //! count per value of a [`Label`] enum (drop reasons, connect-failure causes, …), indexed by the
 //! enum's discriminant, so bumping a labelled counter is an array increment.
 
-use super::labels::{AcceptCause, AdminRefusal, ApiResult, ConnectCause, Direction, DropReason, RelayCause, RelayKind, ReloadResult};
+use super::labels::{
+    AcceptCause, AdminRefusal, ApiResult, ConnectCause, Direction, DropReason, RelayCause, RelayKind, ReloadResult,
+};
 use crate::route::Match;
 use std::fmt;
 use std::marker::PhantomData;

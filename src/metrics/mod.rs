@@ -21,7 +21,9 @@ pub mod counters;
 pub mod labels;
 
 pub use counters::{ControlCounters, Counters, Family, Kind, Label, Tally, Value};
-pub use labels::{AcceptCause, AdminRefusal, ApiResult, ConnectCause, Direction, DropReason, RelayCause, RelayKind, ReloadResult};
+pub use labels::{
+    AcceptCause, AdminRefusal, ApiResult, ConnectCause, Direction, DropReason, RelayCause, RelayKind, ReloadResult,
+};
 
 use crate::route::Match;
 use hdrhistogram::Histogram;

@@ -269,16 +269,7 @@ impl<T> Table<T> {
             }
             chunks.push(Arc::new(chunk));
         }
-        Ok(Self {
-            chunks,
-            free: Vec::new(),
-            len,
-            by_ip: Arc::new(by_ip),
-            names,
-            route_names,
-            no_sni,
-            unknown_sni,
-        })
+        Ok(Self { chunks, free: Vec::new(), len, by_ip: Arc::new(by_ip), names, route_names, no_sni, unknown_sni })
     }
 
     /// Finds the route for a connection that dialed `local` and sent `sni`
@@ -352,7 +343,10 @@ impl<T> Table<T> {
     /// Every route, by id.
     pub fn routes(&self) -> impl Iterator<Item = (RouteId, &Route<T>)> + '_ {
         self.chunks.iter().enumerate().flat_map(|(c, chunk)| {
-            chunk.iter().enumerate().filter_map(move |(i, r)| r.as_deref().map(|r| (RouteId((c * CHUNK + i) as u32), r)))
+            chunk
+                .iter()
+                .enumerate()
+                .filter_map(move |(i, r)| r.as_deref().map(|r| (RouteId((c * CHUNK + i) as u32), r)))
         })
     }
 
@@ -525,9 +519,11 @@ impl<'a, T> Change<'a, T> {
         }
         // 3. The names of every added or replaced route.
         let name_of = |t: &Table<T>, slots: &[(RouteId, Route<T>)], id: RouteId| -> String {
-            slots.iter().find(|(i, _)| *i == id).map(|(_, r)| r.name.clone()).unwrap_or_else(|| {
-                t.get(id).map(|r| r.name.clone()).unwrap_or_default()
-            })
+            slots
+                .iter()
+                .find(|(i, _)| *i == id)
+                .map(|(_, r)| r.name.clone())
+                .unwrap_or_else(|| t.get(id).map(|r| r.name.clone()).unwrap_or_default())
         };
         for (id, r) in &slots {
             let old = base.get(*id).filter(|o| o.name == r.name);

@@ -481,7 +481,8 @@ impl Shard {
 
     /// Re-inserts every key into `n` fresh slots and a compacted arena.
     fn rebuild(&mut self, n: usize) {
-        let live: usize = self.slots.iter().filter(|s| s.route != EMPTY).map(|s| self.arena[s.off as usize] as usize + 1).sum();
+        let live: usize =
+            self.slots.iter().filter(|s| s.route != EMPTY).map(|s| self.arena[s.off as usize] as usize + 1).sum();
         let mut fresh = Shard::with_slots(n, live);
         for slot in self.slots.iter().filter(|s| s.route != EMPTY) {
             let key = name_at(&self.arena, slot.off);

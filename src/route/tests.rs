@@ -143,16 +143,23 @@ fn changes_match_a_rebuild() {
         None,
     )
     .unwrap();
-    let queries = ["shop.example.com", "a.shop.example.com", "more.example.org", "v6.example.net", "x.example.com", "no.test"];
+    let queries =
+        ["shop.example.com", "a.shop.example.com", "more.example.org", "v6.example.net", "x.example.com", "no.test"];
     same_answers(&changed, &rebuilt, &queries);
-    assert_eq!(changed.lookup(ip("127.0.0.1"), None).map(|(id, _)| changed.route(id).name.clone()), Ok("default".into()));
+    assert_eq!(
+        changed.lookup(ip("127.0.0.1"), None).map(|(id, _)| changed.route(id).name.clone()),
+        Ok("default".into())
+    );
     // The old table is untouched.
     same_answers(&t, &sample(), &queries);
     // A name claimed by another route is refused, and nothing changes.
     let mut c = changed.change();
     c.upsert(route("other", &["more.example.org"], &[]));
     let e = c.finish().map(|_| ()).unwrap_err();
-    assert!(matches!(&e[0], BuildError::DuplicateName { name, first, second } if name == "more.example.org" && first == "shop" && second == "other"), "{e:?}");
+    assert!(
+        matches!(&e[0], BuildError::DuplicateName { name, first, second } if name == "more.example.org" && first == "shop" && second == "other"),
+        "{e:?}"
+    );
     // Removing the fallback's route is reported.
     let mut c = changed.change();
     c.remove("default");

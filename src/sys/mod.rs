@@ -19,8 +19,8 @@ pub mod inotify;
 pub mod limits;
 pub mod pipe;
 pub mod ring;
-pub mod socket;
 pub mod sched;
+pub mod socket;
 pub mod unix;
 
 pub use limits::{advise_huge_pages, raise_fd_limit};

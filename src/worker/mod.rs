@@ -15,14 +15,14 @@ pub mod accept;
 
 use crate::access_log;
 use crate::config::{Config, Route};
-use crate::route::RouteId;
-use std::collections::HashMap;
 use crate::conn;
 use crate::metrics::{self, Local};
 use crate::relay::{BufPool, PipePool};
+use crate::route::RouteId;
 use crate::sys::{self, RingOptions, Socket};
 use arc_swap::{ArcSwap, Cache};
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
