@@ -643,10 +643,7 @@ pub(super) fn reload(old: &Config) -> Result<(Config, Report), ConfigError> {
     // Content unchanged (a ConfigMap swap rewrites every file): skip the parse.
     to_parse.retain(|(f, old_stamp)| {
         let Some(old_stamp) = old_stamp else { return true };
-        match load::read(f) {
-            Ok((_, s)) if s.hash == old_stamp.hash && !old.sources.files.get(f).is_some_and(|o| o.terminate) => false,
-            _ => true,
-        }
+        !matches!(load::read(f), Ok((_, s)) if s.hash == old_stamp.hash && !old.sources.files.get(f).is_some_and(|o| o.terminate))
     });
     report.files_parsed += to_parse.len();
     for f in parse_files(&to_parse, &mut errors) {
@@ -745,7 +742,7 @@ pub(super) fn put_route(old: &Config, name: &str, body: &str, json: bool) -> Res
         .map_err(|e| ApiError::Io(format!("cannot write the route as TOML: {e}")))?;
     let mut errors = Vec::new();
     let base = path.parent().unwrap_or(Path::new("")).to_path_buf();
-    let parsed = load::parse::<IncludedFile>(&text, &base, false, &mut errors).map_err(|e| invalid(e))?;
+    let parsed = load::parse::<IncludedFile>(&text, &base, false, &mut errors).map_err(invalid)?;
     if !errors.is_empty() {
         return Err(ApiError::Invalid(ConfigError {
             file: path.clone(),

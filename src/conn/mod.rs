@@ -101,6 +101,11 @@ impl Accepted {
     }
 }
 
+/// A route as a connection keeps it: the worker's own `Rc` of the route's `Arc` (cloning it is
+/// a non-atomic increment on a count no other core touches).
+#[allow(clippy::redundant_allocation)]
+pub type Kept = Rc<Arc<Route>>;
+
 /// How a connection reaches the running configuration (its worker implements it): the
 /// current snapshot, read when the hello is complete, and the route it chose as a handle the
 /// connection keeps for its life. A connection holds neither the snapshot nor anything shared
@@ -109,14 +114,14 @@ pub trait Snapshots {
     /// The configuration new decisions use.
     fn current(&self) -> Rc<Arc<Config>>;
     /// Route `id` of `cfg` (an id `cfg`'s table gave), as the connection keeps it.
-    fn keep(&self, cfg: &Config, id: RouteId) -> Rc<Arc<Route>>;
+    fn keep(&self, cfg: &Config, id: RouteId) -> Kept;
 }
 
 /// A connection whose ClientHello was read and routed.
 pub struct Routed {
     pub id: RouteId,
     /// The route, kept for the connection's life (not the snapshot it came from).
-    pub route: Rc<Arc<Route>>,
+    pub route: Kept,
     /// What goes to the back end first: the PROXY header (passthrough, if configured) followed by
     /// the ClientHello bytes read. On a terminating route: the hello bytes, for rustls.
     pub first: Vec<u8>,
@@ -155,7 +160,7 @@ async fn run(
     lim: &Limits,
     conn: &Accepted,
     t: &mut Trace,
-) -> (Outcome, Option<Rc<Arc<Route>>>) {
+) -> (Outcome, Option<Kept>) {
     let mut routed = match hello::read(res, lim, snaps, conn, t).await {
         Ok(r) => r,
         Err(reason) => return (Outcome::Dropped(reason), None),

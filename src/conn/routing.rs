@@ -4,19 +4,17 @@
 //! checked); the PROXY header that goes in front of the hello bytes.
 
 use super::trace::Trace;
-use super::{proxy_header, Accepted, Resources, Snapshots};
+use super::{proxy_header, Accepted, Kept, Resources, Snapshots};
 use crate::config::Route;
 use crate::hello::ClientHello;
 use crate::metrics::DropReason;
 use crate::route::{Action, Miss, ProxyProtocol, RouteId, TlsVersion};
 use std::net::IpAddr;
-use std::rc::Rc;
-use std::sync::Arc;
 
 /// Where a complete hello goes, and the PROXY header (if any) to send before it.
 pub(super) struct Decision {
     pub(super) id: RouteId,
-    pub(super) route: Rc<Arc<Route>>,
+    pub(super) route: Kept,
     pub(super) header: Option<Vec<u8>>,
     pub(super) check_server: Option<TlsVersion>,
 }

@@ -155,11 +155,14 @@ impl Miss {
 /// Routes per chunk of the route store (the unit of copy-on-write for routes).
 const CHUNK: usize = 1024;
 
+/// One chunk of the route store: `None` for a free id.
+type Chunk<T> = Vec<Option<Arc<Route<T>>>>;
+
 /// The immutable routing snapshot (cheap to clone: its parts are shared).
 #[derive(Debug)]
 pub struct Table<T> {
     /// `chunks[id / CHUNK][id % CHUNK]`; `None` for a free id.
-    chunks: Vec<Arc<Vec<Option<Arc<Route<T>>>>>>,
+    chunks: Vec<Arc<Chunk<T>>>,
     /// Ids freed by removals, reused first.
     free: Vec<u32>,
     len: usize,

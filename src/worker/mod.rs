@@ -14,7 +14,7 @@
 pub mod accept;
 
 use crate::access_log;
-use crate::config::{Config, Route};
+use crate::config::Config;
 use crate::conn;
 use crate::metrics::{self, Local};
 use crate::relay::{BufPool, PipePool};
@@ -70,7 +70,7 @@ pub(crate) struct Worker {
     cache: RefCell<Cache<Arc<ArcSwap<Config>>, Arc<Config>>>,
     current: RefCell<Rc<Arc<Config>>>,
     /// This worker's handles on the routes of `current` that its connections chose.
-    routes: RefCell<HashMap<u32, Rc<Arc<Route>>, IdHash>>,
+    routes: RefCell<HashMap<u32, conn::Kept, IdHash>>,
     /// What its connections share: counters, pools, the access-log writer.
     pub(crate) conns: conn::Resources,
     pub(crate) open: Cell<usize>,
@@ -108,7 +108,7 @@ impl conn::Snapshots for Worker {
         self.config()
     }
 
-    fn keep(&self, cfg: &Config, id: RouteId) -> Rc<Arc<Route>> {
+    fn keep(&self, cfg: &Config, id: RouteId) -> conn::Kept {
         let same = std::ptr::eq(&***self.current.borrow(), cfg);
         if !same {
             // A snapshot older than the cached one (a reload between the two reads): no handle
