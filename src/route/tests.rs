@@ -181,7 +181,8 @@ fn a_change_at_many_names_copies_few_shards() {
     c.upsert(route("r7", &["www28.example", "fresh.example", "*.fresh.example"], &[]));
     c.remove("r8");
     let (t2, stats, _) = c.finish().unwrap();
-    assert!(stats.shards_touched <= 8 && stats.shards_touched < t.shard_count(), "{stats:?}");
+    // Nine keys change (three dropped, two added, four removed): at most nine shards.
+    assert!(stats.shards_touched <= 9 && stats.shards_touched < t.shard_count(), "{stats:?}");
     assert_eq!(t2.name_count(), (300_000 - 3 - 4 + 1, 1));
     let find = |t: &Table<()>, n: &str| t.lookup(ip("127.0.0.1"), Some(n)).ok().map(|(id, _)| t.route(id).name.clone());
     assert_eq!(find(&t2, "www28.example").as_deref(), Some("r7"));
