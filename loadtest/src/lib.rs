@@ -5,11 +5,13 @@
 //! peers and starts them, [`backends`] serves the built-in back ends, [`workloads`] drives the
 //! load ([`hello`] shapes ClientHellos, [`dist`] draws names, [`co`] paces open loops), [`procstat`]
 //! reads CPU time and RSS, [`report`] and [`plot`] write the results; [`scaling`] places the
-//! workers, load generators and back ends of scaling runs.
+//! workers, load generators and back ends of scaling runs; [`control`] measures changing a large
+//! configuration (the `[control_plane]` suites) beside HAProxy's map and runtime API.
 
 pub mod backends;
 pub mod certs;
 pub mod co;
+pub mod control;
 pub mod dist;
 pub mod hello;
 pub mod net;

@@ -41,6 +41,10 @@ pub struct Suite {
     /// replaced, size by size, by the allocation of [`crate::scaling::allocate`].
     #[serde(default)]
     pub scaling: Option<Scaling>,
+    /// A control-plane suite: the cost of checking, starting, reloading and changing a large
+    /// configuration (see [`crate::control`]); its workloads are its own.
+    #[serde(default)]
+    pub control_plane: Option<crate::control::ControlPlane>,
 }
 
 /// `[scaling]`: run every workload against every target with 1, 2, 4, ... workers.

@@ -398,6 +398,18 @@ impl<T> Table<T> {
         self.names.shard_count()
     }
 
+    /// Whether changes have copied enough of the name index out of its huge-page regions that
+    /// [`Table::packed`] is worth its copy (tens of milliseconds at a million names, done by the
+    /// control plane after the change already serves).
+    pub fn needs_packing(&self) -> bool {
+        self.names.needs_packing() || self.route_names.needs_packing()
+    }
+
+    /// The same table with its name indexes packed again into regions.
+    pub fn packed(&self) -> Self {
+        Self { names: self.names.packed(), route_names: self.route_names.packed(), ..self.clone() }
+    }
+
     /// Bytes of heap held by the name indexes.
     pub fn index_heap_bytes(&self) -> usize {
         self.names.heap_bytes() + self.route_names.heap_bytes()

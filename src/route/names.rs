@@ -19,18 +19,24 @@
 //! [`NameIndex::edit`] gives an [`Edit`] that copies only the shards a change touches (a memcpy
 //! of their slots and arena, then an in-place insert or a backward-shift delete) and shares every
 //! other shard with the index it came from, so adding or removing one route's names at a million
-//! names costs a few hundred microseconds and the old index stays valid for readers. Shards are
-//! a few MiB at a million names (`TARGET_PER_SHARD` names each): large enough for transparent
-//! huge pages (probed at random, 4 KiB pages would add a TLB miss to nearly every lookup), small
-//! enough to copy in well under a millisecond.
+//! names copies a few shards and the old index stays valid for readers. Shards are about 4 MiB
+//! at a million names (`TARGET_PER_SHARD` keys each), in transparent huge pages ([`HugeBuf`]):
+//! probed at random, 4 KiB pages would add a TLB miss to nearly every lookup (measured: twice
+//! the time of a cold lookup), and each copies in well under a millisecond.
+//!
+//! ## The wildcard filter
+//! A one-bit-per-slot filter (a bitmap of eight bits per wildcard, so it stays in cache) says
+//! whether a name's parent can be a wildcard at all; only then is the wildcard's slot read beside
+//! the exact one. An exact hit or a miss under a parent that has no wildcard reads what it
+//! would read without wildcards.
 
 use super::RouteId;
-use crate::sys::{advise_huge_pages, parallel_map};
+use crate::sys::{parallel_map, HugeBuf};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 
-/// Names per shard that a build aims for.
-const TARGET_PER_SHARD: usize = 32 * 1024;
+/// Keys per shard that a build aims for: slots and arena about 2 MiB each.
+const TARGET_PER_SHARD: usize = 80 * 1024;
 /// The most shards (a build at tens of millions of names).
 const MAX_BITS: u32 = 10;
 const EMPTY: u32 = u32::MAX;
@@ -69,11 +75,66 @@ pub enum Found {
 
 #[derive(Clone, Debug, Default)]
 struct Shard {
-    arena: Vec<u8>,
+    /// Keys back to back; `arena[..used]` holds them.
+    arena: Buf<u8>,
+    used: usize,
     /// Arena bytes of removed keys (compacted when they are half of it).
     garbage: usize,
-    slots: Box<[Slot]>,
+    slots: Buf<Slot>,
     len: usize,
+}
+
+/// A shard's slots or arena: a range of a region that a build (or a repack) made for every
+/// shard at once (one huge-page buffer for all slots, one for all arenas: measured, sixteen
+/// separate few-MiB buffers made a cold lookup half again slower than one), or a buffer of its
+/// own once a change copied it.
+#[derive(Clone, Debug)]
+enum Buf<T: Copy> {
+    Region(Arc<HugeBuf<T>>, usize, usize),
+    Own(HugeBuf<T>),
+}
+
+impl<T: Copy> Default for Buf<T> {
+    fn default() -> Self {
+        Self::Own(HugeBuf::default())
+    }
+}
+
+impl<T: Copy> std::ops::Deref for Buf<T> {
+    type Target = [T];
+    #[inline]
+    fn deref(&self) -> &[T] {
+        match self {
+            Self::Region(r, start, len) => &r[*start..*start + *len],
+            Self::Own(b) => b,
+        }
+    }
+}
+
+impl<T: Copy> Buf<T> {
+    /// This buffer, made its own (copied out of the region) to be changed.
+    #[allow(clippy::unreachable)]
+    fn to_mut(&mut self) -> &mut HugeBuf<T> {
+        if let Self::Region(r, start, len) = self {
+            let own = HugeBuf::from_slice(&r[*start..*start + *len]);
+            *self = Self::Own(own);
+        }
+        match self {
+            Self::Own(b) => b,
+            Self::Region(..) => unreachable!("made its own above"),
+        }
+    }
+
+    fn allocated(&self) -> usize {
+        match self {
+            Self::Region(_, _, len) => len * std::mem::size_of::<T>(),
+            Self::Own(b) => b.allocated(),
+        }
+    }
+
+    fn is_own(&self) -> bool {
+        matches!(self, Self::Own(_))
+    }
 }
 
 /// The index (cheap to clone: the shards are shared).
@@ -84,6 +145,8 @@ pub struct NameIndex {
     seed: u64,
     exact: usize,
     wildcard: usize,
+    /// Bit `((h32 * bits) >> 32)` set for each wildcard parent's hash `h32` ([`filter_bit`]).
+    filter: Arc<Vec<u64>>,
 }
 
 impl Default for NameIndex {
@@ -139,7 +202,7 @@ fn slots_for(n: usize) -> usize {
 impl NameIndex {
     fn empty(bits: u32, seed: u64) -> Self {
         let shards = (0..1usize << bits).map(|_| Arc::new(Shard::with_slots(8, 0))).collect();
-        Self { shards, bits, seed, exact: 0, wildcard: 0 }
+        Self { shards, bits, seed, exact: 0, wildcard: 0, filter: Arc::new(vec![0; 1]) }
     }
 
     fn from_keys<'a>(keys: impl Iterator<Item = (&'a str, Kind, RouteId)>, n: usize) -> Result<Self, Duplicate> {
@@ -177,7 +240,62 @@ impl NameIndex {
             }
             shards.push(Arc::new(s));
         }
-        Ok(Self { shards: shards.into_boxed_slice(), bits, seed, exact, wildcard })
+        let mut index = Self { shards: shards.into_boxed_slice(), bits, seed, exact, wildcard, filter: Arc::default() };
+        index.filter = Arc::new(index.build_filter());
+        Ok(index.packed())
+    }
+
+    /// Whether changes have copied half of the shards out of the regions (then
+    /// [`NameIndex::packed`] is worth its copy).
+    pub fn needs_packing(&self) -> bool {
+        let own = self.shards.iter().filter(|s| s.slots.is_own() && s.slots.len() > 64).count();
+        own * 2 > self.shards.len() && self.len() > 64 * 1024
+    }
+
+    /// The same index with every shard's slots in one region and every arena in another.
+    pub fn packed(&self) -> Self {
+        let slots: Vec<Slot> = self.shards.iter().flat_map(|s| s.slots.iter().copied()).collect();
+        let arena: Vec<u8> = self.shards.iter().flat_map(|s| s.arena[..s.used].iter().copied()).collect();
+        let (slots, arena) = (Arc::new(HugeBuf::from_slice(&slots)), Arc::new(HugeBuf::from_slice(&arena)));
+        let (mut at_s, mut at_a) = (0, 0);
+        let shards = self
+            .shards
+            .iter()
+            .map(|s| {
+                let shard = Shard {
+                    arena: Buf::Region(Arc::clone(&arena), at_a, s.used),
+                    used: s.used,
+                    garbage: s.garbage,
+                    slots: Buf::Region(Arc::clone(&slots), at_s, s.slots.len()),
+                    len: s.len,
+                };
+                at_s += s.slots.len();
+                at_a += s.used;
+                Arc::new(shard)
+            })
+            .collect();
+        Self { shards, ..self.clone() }
+    }
+
+    /// The wildcard filter for the keys now in the index: eight bits per wildcard (at least 64).
+    fn build_filter(&self) -> Vec<u64> {
+        let bits = (self.wildcard * 8).max(64).next_power_of_two();
+        let mut f = vec![0u64; bits / 64];
+        for s in self.shards.iter() {
+            for slot in s.slots.iter().filter(|s| s.route != EMPTY && s.route & WILD != 0) {
+                let b = filter_bit(slot.hash, bits);
+                f[b / 64] |= 1 << (b % 64);
+            }
+        }
+        f
+    }
+
+    /// Whether a wildcard parent may hash to `h32`.
+    #[inline]
+    fn may_be_wild(&self, h32: u32) -> bool {
+        let f = &self.filter;
+        let b = filter_bit(h32, f.len() * 64);
+        f.get(b / 64).is_some_and(|w| w >> (b % 64) & 1 != 0)
     }
 
     /// What `name` (already normalised) finds: its exact entry, else the wildcard over its
@@ -193,16 +311,23 @@ impl NameIndex {
         let hp = hash_parent(self.seed, parent);
         let he = hash_exact(hp, label);
         let (se, ie) = self.home(he);
-        if self.wildcard == 0 || dot.is_none() {
-            return match se.find(ie, he as u32, b, 0) {
-                Some(r) => Found::Exact(RouteId(r)),
-                None => Found::None,
-            };
+        let first_e = se.slots[ie];
+        // Most exact hits are in their home slot: answered from two cache lines (the slot and
+        // the name), as if there were no wildcards.
+        if first_e.hash == he as u32 && first_e.route & WILD == 0 && name_at(&se.arena, first_e.off) == b {
+            return Found::Exact(RouteId(first_e.route));
         }
         let hw = hash_wild(hp);
+        if dot.is_none() || !self.may_be_wild(hw as u32) {
+            return match first_e.route {
+                EMPTY => Found::None,
+                _ => se.find_from(ie, first_e, he as u32, b, 0).map_or(Found::None, |r| Found::Exact(RouteId(r))),
+            };
+        }
         let (sw, iw) = self.home(hw);
-        // Both first slots are loaded before either is compared: the misses overlap.
-        let (first_e, first_w) = (se.slots[ie], sw.slots[iw]);
+        // The wildcard's slot is loaded before the rest of the exact probe is compared: the
+        // misses overlap.
+        let first_w = sw.slots[iw];
         if first_e.route != EMPTY {
             if let Some(r) = se.find_from(ie, first_e, he as u32, b, 0) {
                 return Found::Exact(RouteId(r));
@@ -260,7 +385,7 @@ impl NameIndex {
 
     /// Bytes of heap this index holds (arenas and slots).
     pub fn heap_bytes(&self) -> usize {
-        self.shards.iter().map(|s| s.arena.capacity() + s.slots.len() * std::mem::size_of::<Slot>()).sum()
+        self.shards.iter().map(|s| s.arena.allocated() + s.slots.allocated()).sum::<usize>() + self.filter.len() * 8
     }
 
     /// Starts a change: the shards it touches are copied, the others shared.
@@ -298,7 +423,14 @@ impl Edit {
         shard.insert(h as u32, key.as_bytes(), kind, route).map_err(RouteId)?;
         match kind {
             Kind::Exact => self.base.exact += 1,
-            Kind::Wildcard => self.base.wildcard += 1,
+            Kind::Wildcard => {
+                self.base.wildcard += 1;
+                let f = Arc::make_mut(&mut self.base.filter);
+                let b = filter_bit(h as u32, f.len() * 64);
+                if let Some(w) = f.get_mut(b / 64) {
+                    *w |= 1 << (b % 64);
+                }
+            }
         }
         Ok(())
     }
@@ -341,8 +473,12 @@ impl Edit {
                 return rebuilt;
             }
         }
-        for s in index.shards.iter() {
-            s.advise();
+        let mut index = index;
+        // Removed wildcards leave their bits (a false positive costs one probe); a filter that
+        // has become crowded or sparse is made again.
+        let bits = index.filter.len() * 64;
+        if index.wildcard * 4 > bits || (bits > 4096 && index.wildcard * 32 < bits) {
+            index.filter = Arc::new(index.build_filter());
         }
         index
     }
@@ -365,13 +501,13 @@ fn duplicate(key: &str, kind: Kind, first: u32, second: RouteId) -> Duplicate {
 
 impl Shard {
     fn with_slots(n: usize, arena: usize) -> Self {
-        let s = Self { arena: Vec::with_capacity(arena), garbage: 0, slots: huge_filled(n, EMPTY_SLOT), len: 0 };
-        s.advise();
-        s
-    }
-
-    fn advise(&self) {
-        advise_huge_pages(self.arena.as_ptr(), self.arena.capacity());
+        Self {
+            arena: Buf::Own(HugeBuf::filled(arena, 0)),
+            used: 0,
+            garbage: 0,
+            slots: Buf::Own(HugeBuf::filled(n, EMPTY_SLOT)),
+            len: 0,
+        }
     }
 
     /// The first slot for a key hashing to `h`: the hash scaled to the shard's size (no modulo).
@@ -422,10 +558,18 @@ impl Shard {
         loop {
             let slot = self.slots[i];
             if slot.route == EMPTY {
-                let off = self.arena.len() as u32;
-                self.arena.push(key.len() as u8);
-                self.arena.extend_from_slice(key);
-                self.slots[i] = Slot { hash: h, off, route: route.0 | flag };
+                let need = self.used + 1 + key.len();
+                if need > self.arena.len() {
+                    let mut grown = HugeBuf::filled(need.max(self.arena.len() * 3 / 2).max(64), 0);
+                    grown[..self.used].copy_from_slice(&self.arena[..self.used]);
+                    self.arena = Buf::Own(grown);
+                }
+                let off = self.used as u32;
+                let arena = self.arena.to_mut();
+                arena[self.used] = key.len() as u8;
+                arena[self.used + 1..need].copy_from_slice(key);
+                self.used = need;
+                self.slots.to_mut()[i] = Slot { hash: h, off, route: route.0 | flag };
                 self.len += 1;
                 return Ok(());
             }
@@ -463,13 +607,13 @@ impl Shard {
             // Move `slot` into the hole unless its home lies cyclically in (hole, j].
             let stays = if hole <= j { hole < home && home <= j } else { hole < home || home <= j };
             if !stays {
-                self.slots[hole] = slot;
+                self.slots.to_mut()[hole] = slot;
                 hole = j;
             }
             j = self.next(j);
         }
-        self.slots[hole] = EMPTY_SLOT;
-        if self.garbage * 2 > self.arena.len() {
+        self.slots.to_mut()[hole] = EMPTY_SLOT;
+        if self.garbage * 2 > self.used {
             self.rebuild(self.slots.len());
         }
     }
@@ -493,12 +637,12 @@ impl Shard {
     }
 }
 
-/// A boxed slice of `n` copies of `value`, in transparent huge pages where the kernel allows.
-fn huge_filled<T: Copy>(n: usize, value: T) -> Box<[T]> {
-    let mut v: Vec<T> = Vec::with_capacity(n);
-    advise_huge_pages(v.as_ptr().cast(), n * std::mem::size_of::<T>());
-    v.resize(n, value);
-    v.into_boxed_slice()
+/// The filter bit of a wildcard parent's hash, among `bits`.
+#[inline]
+fn filter_bit(h32: u32, bits: usize) -> usize {
+    // The high bits of the 32: the slot position uses the product with the shard's size, and
+    // the two must not be the same bits.
+    ((h32.rotate_left(16) as u64 * bits as u64) >> 32) as usize
 }
 
 #[inline]

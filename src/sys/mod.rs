@@ -11,10 +11,12 @@
 //! - [`limits`]: `RLIMIT_NOFILE`, huge-page hints;
 //! - [`unix`]: passing descriptors over unix sockets (`SCM_RIGHTS`), the peer's credentials;
 //! - [`sched`]: control-plane threads off the workers' CPUs (affinity, `SCHED_IDLE`), parallel maps;
-//! - [`inotify`]: watching configuration directories.
+//! - [`inotify`]: watching configuration directories;
+//! - [`huge`]: [`HugeBuf`], large tables in transparent huge pages.
 #![allow(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
+pub mod huge;
 pub mod inotify;
 pub mod limits;
 pub mod pipe;
@@ -23,6 +25,7 @@ pub mod sched;
 pub mod socket;
 pub mod unix;
 
+pub use huge::HugeBuf;
 pub use limits::{advise_huge_pages, raise_fd_limit};
 pub use pipe::{Pipe, Spliced};
 pub use ring::{runtime, RingOptions};

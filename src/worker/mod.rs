@@ -116,9 +116,22 @@ impl conn::Snapshots for Worker {
             return Rc::new(Arc::clone(cfg.table.route_arc(id)));
         }
         let mut routes = self.routes.borrow_mut();
-        Rc::clone(routes.entry(id.0).or_insert_with(|| Rc::new(Arc::clone(cfg.table.route_arc(id)))))
+        if let Some(kept) = routes.get(&id.0) {
+            return Rc::clone(kept);
+        }
+        let kept = Rc::new(Arc::clone(cfg.table.route_arc(id)));
+        // Bounded, so that letting go of it at a reload stays cheap: beyond the bound, a route
+        // costs one atomic increment per connection instead.
+        if routes.len() < ROUTE_HANDLES {
+            routes.insert(id.0, Rc::clone(&kept));
+        }
+        kept
     }
 }
+
+/// Routes a worker keeps its own handle of (per configuration): the busiest ones, as they are
+/// the first to come.
+const ROUTE_HANDLES: usize = 4096;
 
 /// A hasher for route ids (small integers): one multiply.
 #[derive(Default, Clone, Copy)]
