@@ -147,6 +147,18 @@ pub struct NameIndex {
     wildcard: usize,
     /// Bit `((h32 * bits) >> 32)` set for each wildcard parent's hash `h32` ([`filter_bit`]).
     filter: Arc<Vec<u64>>,
+    /// The regions a pack made, and where each shard lies in them (`slots == 0`: the shard was
+    /// copied out by a change since): a lookup of a packed shard reads the offsets and the
+    /// region, as one flat table would, without going through the shard.
+    packed: Option<Packed>,
+}
+
+#[derive(Clone, Debug)]
+struct Packed {
+    slots: Arc<HugeBuf<Slot>>,
+    arena: Arc<HugeBuf<u8>>,
+    /// Per shard: first slot, slot count (0: not packed), first arena byte.
+    at: Box<[(u32, u32, u32)]>,
 }
 
 impl Default for NameIndex {
@@ -202,7 +214,7 @@ fn slots_for(n: usize) -> usize {
 impl NameIndex {
     fn empty(bits: u32, seed: u64) -> Self {
         let shards = (0..1usize << bits).map(|_| Arc::new(Shard::with_slots(8, 0))).collect();
-        Self { shards, bits, seed, exact: 0, wildcard: 0, filter: Arc::new(vec![0; 1]) }
+        Self { shards, bits, seed, exact: 0, wildcard: 0, filter: Arc::new(vec![0; 1]), packed: None }
     }
 
     fn from_keys<'a>(keys: impl Iterator<Item = (&'a str, Kind, RouteId)>, n: usize) -> Result<Self, Duplicate> {
@@ -240,7 +252,15 @@ impl NameIndex {
             }
             shards.push(Arc::new(s));
         }
-        let mut index = Self { shards: shards.into_boxed_slice(), bits, seed, exact, wildcard, filter: Arc::default() };
+        let mut index = Self {
+            shards: shards.into_boxed_slice(),
+            bits,
+            seed,
+            exact,
+            wildcard,
+            filter: Arc::default(),
+            packed: None,
+        };
         index.filter = Arc::new(index.build_filter());
         Ok(index.packed())
     }
@@ -258,6 +278,7 @@ impl NameIndex {
         let arena: Vec<u8> = self.shards.iter().flat_map(|s| s.arena[..s.used].iter().copied()).collect();
         let (slots, arena) = (Arc::new(HugeBuf::from_slice(&slots)), Arc::new(HugeBuf::from_slice(&arena)));
         let (mut at_s, mut at_a) = (0, 0);
+        let mut at = Vec::with_capacity(self.shards.len());
         let shards = self
             .shards
             .iter()
@@ -269,12 +290,18 @@ impl NameIndex {
                     slots: Buf::Region(Arc::clone(&slots), at_s, s.slots.len()),
                     len: s.len,
                 };
+                at.push((at_s as u32, s.slots.len() as u32, at_a as u32));
                 at_s += s.slots.len();
                 at_a += s.used;
                 Arc::new(shard)
             })
             .collect();
-        Self { shards, ..self.clone() }
+        let packed = (at_s < u32::MAX as usize && at_a < u32::MAX as usize).then(|| Packed {
+            slots,
+            arena,
+            at: at.into_boxed_slice(),
+        });
+        Self { shards, packed, ..self.clone() }
     }
 
     /// The wildcard filter for the keys now in the index: eight bits per wildcard (at least 64).
@@ -310,10 +337,24 @@ impl NameIndex {
         };
         let hp = hash_parent(self.seed, parent);
         let he = hash_exact(hp, label);
-        let (se, ie) = self.home(he);
-        let first_e = se.slots[ie];
         // Most exact hits are in their home slot: answered from two cache lines (the slot and
         // the name), as if there were no wildcards.
+        if let Some(p) = &self.packed {
+            let (s0, n, a0) = p.at.get(shard_of(he, self.bits)).copied().unwrap_or((0, 0, 0));
+            if n != 0 {
+                let i = s0 as usize + (((he as u32 as u64) * n as u64) >> 32) as usize;
+                if let Some(slot) = p.slots.get(i) {
+                    if slot.hash == he as u32
+                        && slot.route & WILD == 0
+                        && p.arena.get(a0 as usize..).is_some_and(|a| name_at(a, slot.off) == b)
+                    {
+                        return Found::Exact(RouteId(slot.route));
+                    }
+                }
+            }
+        }
+        let (se, ie) = self.home(he);
+        let first_e = se.slots[ie];
         if first_e.hash == he as u32 && first_e.route & WILD == 0 && name_at(&se.arena, first_e.off) == b {
             return Found::Exact(RouteId(first_e.route));
         }
@@ -410,6 +451,13 @@ impl Edit {
     fn shard(&mut self, h: u64) -> &mut Shard {
         let i = shard_of(h, self.base.bits);
         self.touched[i] = true;
+        if let Some(p) = &mut self.base.packed {
+            if p.at.get(i).is_some_and(|a| a.1 != 0) {
+                let mut at = p.at.to_vec();
+                at[i].1 = 0;
+                p.at = at.into_boxed_slice();
+            }
+        }
         Arc::make_mut(&mut self.base.shards[i])
     }
 
