@@ -485,7 +485,7 @@ fn write_haproxy(dir: &Path, cp: &ControlPlane, port: u16, backend: SocketAddrV4
     std::fs::write(&map, m).expect("write the map");
     let cfg = dir.join("haproxy.cfg");
     let mut c = format!(
-        "global\n  maxconn 20000\n  nbthread 1\n  stats socket {} mode 600 level admin\n\
+        "global\n  maxconn 8000\n  nbthread 1\n  stats socket {} mode 600 level admin\n\
          defaults\n  mode tcp\n  timeout connect 3s\n  timeout client 60s\n  timeout server 60s\n\
          frontend fe\n  bind 127.0.0.1:{port}\n  tcp-request inspect-delay 5s\n  tcp-request content accept if {{ req_ssl_hello_type 1 }}\n\
          \x20 use_backend %[req_ssl_sni,lower,map({})]\n",

@@ -298,19 +298,6 @@ fn finish(path: &Path, s: Settings, table: Table, sources: Sources, generation: 
     }
 }
 
-/// Whether two routes are the same (a terminating route never is: its certificate and key are
-/// read again).
-fn same(a: &Route, b: &Route) -> bool {
-    !a.action.is_terminate()
-        && !b.action.is_terminate()
-        && a.name == b.name
-        && a.sni == b.sni
-        && a.dedicated_ips == b.dedicated_ips
-        && a.min_tls == b.min_tls
-        && a.backends == b.backends
-        && a.proxy_protocol == b.proxy_protocol
-}
-
 /// Keys that cannot change while the server runs, as `(key, old, new)`.
 fn immovable(old: &Config, new: &Settings) -> Vec<Located> {
     let (a, b) = (&old.runtime, &new.runtime);
@@ -358,7 +345,9 @@ fn immovable(old: &Config, new: &Settings) -> Vec<Located> {
 type FileChange = (PathBuf, Option<FileRoutes>);
 
 /// The new configuration: `settings` (new, or the running ones) and the changed files applied
-/// to `old`'s table. Small changes are copied on write; large ones build the table anew.
+/// to `old`'s table. Small changes are copied on write; large ones build the table anew. Linear
+/// in the routes of the changed files (a million-name file that changed is parsed and compared
+/// route by route, and only the routes that differ go into the change).
 fn apply(
     old: &Config,
     settings: Settings,
@@ -374,17 +363,22 @@ fn apply(
     };
     let t = &old.table;
     let mut errors = Vec::new();
-    // Routes of changed files: what each now defines, and what the old table had there.
-    let changed: HashSet<PathBuf> = changes.iter().map(|(p, _)| p.clone()).collect();
-    let mut upserts: Vec<(Route, PathBuf)> = Vec::new();
+    // The ids the changed files held: a route of a changed file that the old table has under one
+    // of them is the same route (or one moving between changed files); under another id, it
+    // belongs to a file that did not change, and is a conflict.
+    let mut was_changed: HashSet<RouteId> = HashSet::new();
     let mut gone: HashSet<String> = HashSet::new();
-    let mut defined: HashMap<String, PathBuf> = HashMap::new();
-    for (p, f) in &changes {
+    for (p, _) in &changes {
         if let Some(old_src) = old.sources.files.get(p) {
+            was_changed.extend(old_src.routes.iter().copied());
             gone.extend(old_src.routes.iter().filter_map(|id| t.get(*id)).map(|r| r.name.clone()));
         }
-        let _ = f;
     }
+    let changed: HashSet<PathBuf> = changes.iter().map(|(p, _)| p.clone()).collect();
+    // Each changed file's route names in file order (its sources entry after the change).
+    let mut order: Vec<(PathBuf, Vec<String>)> = Vec::new();
+    let mut keep: Vec<(Route, PathBuf)> = Vec::new();
+    let mut defined: HashMap<String, PathBuf> = HashMap::new();
     for (p, f) in changes {
         let Some(f) = f else {
             sources.files.remove(&p);
@@ -392,6 +386,7 @@ fn apply(
         };
         let terminate = f.routes.iter().any(|r| r.action.is_terminate());
         sources.files.insert(p.clone(), Source { stamp: f.stamp, routes: Vec::new(), terminate });
+        let mut names = Vec::with_capacity(f.routes.len());
         for r in f.routes {
             if let Some(first) = defined.insert(r.name.clone(), p.clone()) {
                 let reason = if first == p {
@@ -402,42 +397,34 @@ fn apply(
                 errors.push(Located::new(format!("route {:?}.name", r.name), reason).in_file(&p));
                 continue;
             }
-            if let Some(id) = t.id_of(&r.name) {
-                if let Some(owner) = old.sources.owner(id).filter(|o| !changed.contains(*o)) {
-                    errors.push(
-                        Located::new(
-                            format!("route {:?}.name", r.name),
-                            format!("also defined in {}", owner.display()),
-                        )
-                        .in_file(&p),
-                    );
-                    continue;
-                }
+            let existing = t.id_of(&r.name);
+            if let Some(id) = existing.filter(|id| !was_changed.contains(id)) {
+                let owner = old.sources.owner(id).map_or_else(|| "another file".to_owned(), |o| o.display().to_string());
+                errors.push(Located::new(format!("route {:?}.name", r.name), format!("also defined in {owner}")).in_file(&p));
+                continue;
             }
             gone.remove(&r.name);
-            upserts.push((r, p.clone()));
+            names.push(r.name.clone());
+            match existing.and_then(|id| t.get(id)) {
+                Some(o) if o.same_as(&r) => {}
+                Some(_) => {
+                    report.routes_changed += 1;
+                    keep.push((r, p.clone()));
+                }
+                None => {
+                    report.routes_added += 1;
+                    keep.push((r, p.clone()));
+                }
+            }
         }
+        order.push((p, names));
     }
     if !errors.is_empty() {
         return Err(ConfigError { file: path.clone(), problems: errors });
     }
-    let mut keep: Vec<(Route, PathBuf)> = Vec::with_capacity(upserts.len());
-    for (r, p) in upserts {
-        match t.id_of(&r.name).and_then(|id| t.get(id)) {
-            Some(o) if same(o, &r) => {}
-            Some(_) => {
-                report.routes_changed += 1;
-                keep.push((r, p));
-            }
-            None => {
-                report.routes_added += 1;
-                keep.push((r, p));
-            }
-        }
-    }
     report.routes_removed = gone.len();
-    let fallbacks_same =
-        settings.no_sni == fallback_name(t, t.no_sni()) && settings.unknown_sni == fallback_name(t, t.unknown_sni());
+    let fallbacks_same = settings.no_sni == fallback_name(t, t.no_sni())
+        && settings.unknown_sni == fallback_name(t, t.unknown_sni());
     let touched = keep.len() + gone.len();
     let settings_same = settings.runtime == old.runtime
         && settings.listeners == old.listeners
@@ -447,13 +434,11 @@ fn apply(
     if touched == 0 && settings_same {
         report.unchanged = !report_has_terminate(&sources);
     }
-    // Which file each route of the new table is in: files keep their ids, new routes get theirs
-    // from the change (recorded below).
-    let file_of: HashMap<String, PathBuf> = keep.iter().map(|(r, p)| (r.name.clone(), p.clone())).collect();
     let table = if touched > t.len() / 4 + 1024 {
         report.full_build = true;
-        full_rebuild(old, &settings, keep, &gone, &mut sources)?
+        full_rebuild(old, &settings, keep, &gone, &mut sources, &changed)?
     } else {
+        let file_of: HashMap<String, PathBuf> = keep.iter().map(|(r, p)| (r.name.clone(), p.clone())).collect();
         let mut c = t.change();
         for name in &gone {
             c.remove(name);
@@ -474,7 +459,7 @@ fn apply(
                         _ => None,
                     };
                     let l = located(e, &|_| None);
-                    match second.and_then(|n| file_of.get(&n)) {
+                    match second.as_ref().and_then(|n| file_of.get(n)) {
                         Some(f) => l.in_file(f),
                         None => l,
                     }
@@ -487,11 +472,8 @@ fn apply(
                 problems: missing
                     .iter()
                     .map(|n| {
-                        let key = if settings.no_sni.as_deref() == Some(n) {
-                            "fallback.no_sni"
-                        } else {
-                            "fallback.unknown_sni"
-                        };
+                        let key =
+                            if settings.no_sni.as_deref() == Some(n) { "fallback.no_sni" } else { "fallback.unknown_sni" };
                         Located::new(key, format!("names no route: {n:?}"))
                     })
                     .collect(),
@@ -499,39 +481,17 @@ fn apply(
         }
         report.shards_touched = stats.shards_touched;
         report.shards = stats.shards;
-        // Record the routes' files: every changed file lists its routes by id again.
-        for (p, src) in sources.files.iter_mut() {
-            if changed.contains(p) {
-                src.routes.clear();
-            }
-        }
-        for (name, p) in &file_of {
-            if let (Some(id), Some(src)) = (table.id_of(name), sources.files.get_mut(p)) {
-                src.routes.push(id);
-            }
-        }
-        // Routes that stayed the same in a changed file keep their id.
-        for (p, _) in old.sources.files.iter().filter(|(p, _)| changed.contains(*p)) {
-            if let Some(old_src) = old.sources.files.get(p) {
-                for id in &old_src.routes {
-                    let Some(name) = t.get(*id).map(|r| r.name.clone()) else { continue };
-                    if file_of.contains_key(&name) || gone.contains(&name) {
-                        continue;
-                    }
-                    if let (Some(nid), Some(src)) = (table.id_of(&name), sources.files.get_mut(p)) {
-                        if !src.routes.contains(&nid) {
-                            src.routes.push(nid);
-                        }
-                    }
-                }
-            }
-        }
         table
     };
+    // Every changed file lists its routes by their ids in the new table, in file order.
+    for (p, names) in order {
+        if let Some(src) = sources.files.get_mut(&p) {
+            src.routes = names.iter().filter_map(|n| table.id_of(n)).collect();
+        }
+    }
     report.build_ms = ms(built);
     if report.unchanged {
-        let generation = old.generation;
-        let mut c = finish(path, settings, table, sources, generation);
+        let mut c = finish(path, settings, table, sources, old.generation);
         c.changed_at = old.changed_at;
         return Ok((c, report));
     }
@@ -546,40 +506,46 @@ fn fallback_name(t: &Table, id: Option<RouteId>) -> Option<String> {
     id.and_then(|id| t.get(id)).map(|r| r.name.clone())
 }
 
-/// The table built anew from the unchanged routes (shared with the old table) and `keep`.
+/// The table built anew from the unchanged routes (shared with the old table) and `keep`; the
+/// unchanged files' route lists follow their routes' new ids (the changed files' are set by the
+/// caller).
 fn full_rebuild(
     old: &Config,
     settings: &Settings,
     keep: Vec<(Route, PathBuf)>,
     gone: &HashSet<String>,
     sources: &mut Sources,
+    changed: &HashSet<PathBuf>,
 ) -> Result<Table, ConfigError> {
     let t = &old.table;
     let replaced: HashSet<&str> = keep.iter().map(|(r, _)| r.name.as_str()).collect();
     let mut routes: Vec<Arc<Route>> = Vec::with_capacity(t.len() + keep.len());
     let mut owner: Vec<PathBuf> = Vec::with_capacity(routes.capacity());
-    let mut ids: BTreeMap<PathBuf, Vec<RouteId>> = BTreeMap::new();
+    // Every route of the old table that stays as it is: the routes of unchanged files, and the
+    // unchanged routes of changed files.
     for (p, src) in &old.sources.files {
         if !sources.files.contains_key(p) {
             continue;
         }
+        let mut ids = Vec::with_capacity(src.routes.len());
         for id in &src.routes {
             let Some(r) = t.get(*id) else { continue };
             if gone.contains(&r.name) || replaced.contains(r.name.as_str()) {
                 continue;
             }
-            ids.entry(p.clone()).or_default().push(RouteId(routes.len() as u32));
+            ids.push(RouteId(routes.len() as u32));
             routes.push(Arc::clone(r));
             owner.push(p.clone());
         }
+        if !changed.contains(p) {
+            if let Some(s) = sources.files.get_mut(p) {
+                s.routes = ids;
+            }
+        }
     }
     for (r, p) in keep {
-        ids.entry(p.clone()).or_default().push(RouteId(routes.len() as u32));
         routes.push(Arc::new(r));
         owner.push(p);
-    }
-    for (p, src) in sources.files.iter_mut() {
-        src.routes = ids.remove(p).unwrap_or_default();
     }
     build_table(&old.path, routes, settings, |id| owner.get(id.0 as usize).map(|p| (p.clone(), 0)))
 }

@@ -109,6 +109,24 @@ pub struct Route<T> {
     pub proxy_protocol: ProxyProtocol,
 }
 
+impl<T> Route<T> {
+    /// Whether two routes are the same, for a reload that keeps what did not change: every field
+    /// equal, and neither terminates (a terminating route's certificate and key are read again).
+    /// Every field is named (no `..`), so a field added to `Route` does not compile here until it
+    /// is compared too.
+    pub fn same_as(&self, other: &Self) -> bool {
+        let Route { name, action, sni, dedicated_ips, min_tls, backends, proxy_protocol } = self;
+        matches!(action, Action::Passthrough)
+            && matches!(other.action, Action::Passthrough)
+            && *name == other.name
+            && *sni == other.sni
+            && *dedicated_ips == other.dedicated_ips
+            && *min_tls == other.min_tls
+            && *backends == other.backends
+            && *proxy_protocol == other.proxy_protocol
+    }
+}
+
 /// How a connection found its route; also the `how` label of the routed counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Match {
