@@ -49,6 +49,11 @@ impl Stamp {
         })
     }
 
+    /// A stamp of content only (its metadata unknown: the first reload looks at the file).
+    pub(crate) fn of_content(bytes: &[u8]) -> Self {
+        Self { hash: content_hash(bytes), ..Self::default() }
+    }
+
     /// Whether the metadata says the file is the one stamped (same inode, size and times).
     pub(crate) fn same_file(&self, other: &Self) -> bool {
         Self { hash: 0, ..*self } == Self { hash: 0, ..*other }
@@ -109,7 +114,13 @@ fn pieces(text: &str) -> Vec<(usize, usize, usize)> {
 struct Piece<F> {
     file: F,
     routes: Vec<Option<Route>>,
+    unchanged: Vec<String>,
 }
+
+/// For a reload: whether a parsed route is the same as the running one of its name (then only
+/// its name is kept, and the parsed copy is dropped as its piece is parsed: a reload of a big
+/// file holds the running table and the routes that changed, not a second table).
+pub(super) type Same<'a> = Option<&'a (dyn Fn(&Route) -> bool + Sync)>;
 
 /// What [`parse_main`] or [`parse_included`] produced.
 pub(super) struct Parsed<F> {
@@ -117,8 +128,8 @@ pub(super) struct Parsed<F> {
     pub(super) file: F,
     /// One per `[[route]]`, in order: `None` for a route with problems (they are in `errors`).
     pub(super) routes: Vec<Option<Route>>,
-    /// The route tables as written, kept only when asked (the API's files).
-    pub(super) raw: Vec<RouteFile>,
+    /// The names of the routes that `same` said are unchanged (they are not in `routes`).
+    pub(super) unchanged: Vec<String>,
 }
 
 /// A file's syntax whose `[[route]]` tables can be taken out.
@@ -176,7 +187,7 @@ fn toml_error(e: &toml::de::Error) -> String {
 pub(super) fn parse<F: HasRoutes>(
     text: &str,
     base: &Path,
-    keep_raw: bool,
+    same: Same<'_>,
     errors: &mut Vec<Located>,
 ) -> Result<Parsed<F>, String> {
     let ranges = pieces(text);
@@ -192,23 +203,23 @@ pub(super) fn parse<F: HasRoutes>(
         let mut file: F = toml::from_str(piece).map_err(|e| toml_error(&e))?;
         let raw = file.take_routes();
         let mut errs = Vec::new();
-        let routes: Vec<Option<Route>> = raw
-            .iter()
-            .enumerate()
-            .map(|(i, r)| {
-                let key =
-                    if r.name.is_empty() { format!("route[{}]", first + i) } else { format!("route {:?}", r.name) };
-                resolve_route(r.clone(), &key, base, &mut errs)
-            })
-            .collect();
-        Ok::<_, String>((Piece { file, routes }, errs, if keep_raw { raw } else { Vec::new() }))
+        let mut unchanged = Vec::new();
+        let mut routes: Vec<Option<Route>> = Vec::with_capacity(raw.len());
+        for (i, r) in raw.into_iter().enumerate() {
+            let key = if r.name.is_empty() { format!("route[{}]", first + i) } else { format!("route {:?}", r.name) };
+            match resolve_route(r, &key, base, &mut errs) {
+                Some(route) if same.is_some_and(|same| same(&route)) => unchanged.push(route.name),
+                resolved => routes.push(resolved),
+            }
+        }
+        Ok::<_, String>((Piece { file, routes, unchanged }, errs))
     });
     let mut out: Option<Parsed<F>> = None;
     let mut whole_file = false;
     let mut route_errors = Vec::new();
     let mut syntax = None;
     for (p, (first, _)) in parsed.into_iter().zip(&work) {
-        let (piece, errs, raw) = match p {
+        let (piece, errs) = match p {
             Ok(x) => x,
             Err(e) => {
                 whole_file = true;
@@ -216,23 +227,23 @@ pub(super) fn parse<F: HasRoutes>(
                 continue;
             }
         };
-        if out.as_ref().map_or(0, |o| o.routes.len()) != *first {
+        if out.as_ref().map_or(0, |o| o.routes.len() + o.unchanged.len()) != *first {
             // A `[[route]]` written differently (`[[ route ]]`): numbering would be off.
             whole_file = true;
         }
         match &mut out {
-            None => out = Some(Parsed { file: piece.file, routes: piece.routes, raw }),
+            None => out = Some(Parsed { file: piece.file, routes: piece.routes, unchanged: piece.unchanged }),
             Some(o) => {
                 whole_file |= !o.file.absorb(piece.file);
                 o.routes.extend(piece.routes);
-                o.raw.extend(raw);
+                o.unchanged.extend(piece.unchanged);
             }
         }
         route_errors.extend(errs);
     }
     if whole_file && work.len() > 1 {
         // One plain parse: TOML's own message for what the pieces could not settle.
-        return parse_whole(text, base, keep_raw, errors);
+        return parse_whole(text, base, same, errors);
     }
     if let Some(e) = syntax {
         return Err(e);
@@ -245,20 +256,21 @@ pub(super) fn parse<F: HasRoutes>(
 fn parse_whole<F: HasRoutes>(
     text: &str,
     base: &Path,
-    keep_raw: bool,
+    same: Same<'_>,
     errors: &mut Vec<Located>,
 ) -> Result<Parsed<F>, String> {
     let mut file: F = toml::from_str(text).map_err(|e| toml_error(&e))?;
     let raw = file.take_routes();
-    let routes = raw
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            let key = if r.name.is_empty() { format!("route[{i}]") } else { format!("route {:?}", r.name) };
-            resolve_route(r.clone(), &key, base, errors)
-        })
-        .collect();
-    Ok(Parsed { file, routes, raw: if keep_raw { raw } else { Vec::new() } })
+    let mut unchanged = Vec::new();
+    let mut routes = Vec::with_capacity(raw.len());
+    for (i, r) in raw.into_iter().enumerate() {
+        let key = if r.name.is_empty() { format!("route[{i}]") } else { format!("route {:?}", r.name) };
+        match resolve_route(r, &key, base, errors) {
+            Some(route) if same.is_some_and(|same| same(&route)) => unchanged.push(route.name),
+            resolved => routes.push(resolved),
+        }
+    }
+    Ok(Parsed { file, routes, unchanged })
 }
 
 /// The files an `include` entry names, sorted: a path, or a directory and a file pattern with

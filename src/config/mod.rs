@@ -14,7 +14,7 @@ mod sources;
 
 pub use crate::access_log::SampleRate;
 pub use runtime::{parse_cpu_list, Limits, Runtime, RuntimeOverrides};
-pub use sources::{ApiError, Report};
+pub use sources::{ApiError, PendingWrite, Report};
 
 use crate::route::{self, RouteId, TlsVersion};
 use crate::tls::TlsMaterial;
@@ -152,14 +152,15 @@ impl Config {
     }
 
     /// Adds or replaces the route `name` through the admin API: `body` is the route's table (TOML,
-    /// or JSON when `json`), validated as `check` would; the route is written to `api_dir` as its
-    /// own file (atomically) and applied.
-    pub fn put_route(&self, name: &str, body: &str, json: bool) -> Result<(Self, Report), ApiError> {
+    /// or JSON when `json`), validated as `check` would. Returns the new configuration and the
+    /// route's file in `api_dir`, to be written ([`PendingWrite::commit`]) once it serves.
+    pub fn put_route(&self, name: &str, body: &str, json: bool) -> Result<(Self, Report, PendingWrite), ApiError> {
         sources::put_route(self, name, body, json)
     }
 
-    /// Removes the route `name` that the admin API added (its file in `api_dir` goes too).
-    pub fn delete_route(&self, name: &str) -> Result<(Self, Report), ApiError> {
+    /// Removes the route `name` that the admin API added; its file in `api_dir` is removed by
+    /// the [`PendingWrite`].
+    pub fn delete_route(&self, name: &str) -> Result<(Self, Report, PendingWrite), ApiError> {
         sources::delete_route(self, name)
     }
 

@@ -115,10 +115,18 @@ struct FileRoutes {
     path: PathBuf,
     stamp: Stamp,
     routes: Vec<Route>,
+    /// Routes the file still defines exactly as the running table has them (a reload keeps
+    /// those and parses past them).
+    unchanged: Vec<String>,
+}
+
+/// For a reload over `table`: "this parsed route is the running one".
+fn same_as_running(table: &Table) -> impl Fn(&Route) -> bool + Sync + '_ {
+    move |r: &Route| table.id_of(&r.name).and_then(|id| table.get(id)).is_some_and(|o| o.same_as(r))
 }
 
 /// Reads and parses the included files `paths` in parallel (each file's problems located in it).
-fn parse_files(paths: &[(PathBuf, Option<Stamp>)], errors: &mut Vec<Located>) -> Vec<FileRoutes> {
+fn parse_files(paths: &[(PathBuf, Option<Stamp>)], same: load::Same<'_>, errors: &mut Vec<Located>) -> Vec<FileRoutes> {
     let results = crate::sys::parallel_map(paths, |(path, _)| {
         let mut errs = Vec::new();
         let base = path.parent().unwrap_or(Path::new(""));
@@ -127,10 +135,13 @@ fn parse_files(paths: &[(PathBuf, Option<Stamp>)], errors: &mut Vec<Located>) ->
                 errs.push(Located::new("", e));
                 None
             }
-            Ok((text, stamp)) => match load::parse::<IncludedFile>(&text, base, false, &mut errs) {
-                Ok(p) => {
-                    Some(FileRoutes { path: path.clone(), stamp, routes: p.routes.into_iter().flatten().collect() })
-                }
+            Ok((text, stamp)) => match load::parse::<IncludedFile>(&text, base, same, &mut errs) {
+                Ok(p) => Some(FileRoutes {
+                    path: path.clone(),
+                    stamp,
+                    routes: p.routes.into_iter().flatten().collect(),
+                    unchanged: p.unchanged,
+                }),
                 Err(e) => {
                     errs.push(Located::new("", format!("{e}; an included file holds only [[route]] tables")));
                     None
@@ -166,25 +177,26 @@ fn parse_main(
     text: &str,
     path: &Path,
     overrides: &RuntimeOverrides,
+    same: load::Same<'_>,
     errors: &mut Vec<Located>,
-) -> Result<(Settings, Vec<Route>), ConfigError> {
+) -> Result<(Settings, Vec<Route>, Vec<String>), ConfigError> {
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
     // toml's message carries the line, column and the offending key.
-    let parsed = load::parse::<FileConfig>(text, &base, false, errors).map_err(|e| ConfigError::one(path, "", e))?;
+    let parsed = load::parse::<FileConfig>(text, &base, same, errors).map_err(|e| ConfigError::one(path, "", e))?;
     let mut file = parsed.file;
     let settings = settings(&mut file, &base, overrides, errors);
-    Ok((settings, parsed.routes.into_iter().flatten().collect()))
+    Ok((settings, parsed.routes.into_iter().flatten().collect(), parsed.unchanged))
 }
 
 /// `Config::load`: every file read and parsed, the table built at once.
 pub(super) fn load(text: &str, stamp: Stamp, path: &Path, overrides: &RuntimeOverrides) -> Result<Config, ConfigError> {
     let mut errors = Vec::new();
-    let (settings, main_routes) = parse_main(text, path, overrides, &mut errors)?;
+    let (settings, main_routes, _) = parse_main(text, path, overrides, None, &mut errors)?;
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let paths = included(&settings.include, &base, path, &mut errors);
     let work: Vec<(PathBuf, Option<Stamp>)> = paths.into_iter().map(|p| (p, None)).collect();
-    let files = parse_files(&work, &mut errors);
-    let mut all = vec![FileRoutes { path: path.to_owned(), stamp, routes: main_routes }];
+    let files = parse_files(&work, None, &mut errors);
+    let mut all = vec![FileRoutes { path: path.to_owned(), stamp, routes: main_routes, unchanged: Vec::new() }];
     all.extend(files);
     if !errors.is_empty() {
         // Every problem at once: the fallbacks too, against the routes that did load.
@@ -386,7 +398,28 @@ fn apply(
         };
         let terminate = f.routes.iter().any(|r| r.action.is_terminate());
         sources.files.insert(p.clone(), Source { stamp: f.stamp, routes: Vec::new(), terminate });
-        let mut names = Vec::with_capacity(f.routes.len());
+        let mut names = Vec::with_capacity(f.routes.len() + f.unchanged.len());
+        for name in f.unchanged {
+            // The same as the running route of that name: kept as it is.
+            if let Some(first) = defined.insert(name.clone(), p.clone()) {
+                let reason = if first == p {
+                    "used twice in this file".to_owned()
+                } else {
+                    format!("also defined in {}", first.display())
+                };
+                errors.push(Located::new(format!("route {name:?}.name"), reason).in_file(&p));
+                continue;
+            }
+            if let Some(id) = t.id_of(&name).filter(|id| !was_changed.contains(id)) {
+                let owner =
+                    old.sources.owner(id).map_or_else(|| "another file".to_owned(), |o| o.display().to_string());
+                errors
+                    .push(Located::new(format!("route {name:?}.name"), format!("also defined in {owner}")).in_file(&p));
+                continue;
+            }
+            gone.remove(&name);
+            names.push(name);
+        }
         for r in f.routes {
             if let Some(first) = defined.insert(r.name.clone(), p.clone()) {
                 let reason = if first == p {
@@ -399,8 +432,11 @@ fn apply(
             }
             let existing = t.id_of(&r.name);
             if let Some(id) = existing.filter(|id| !was_changed.contains(id)) {
-                let owner = old.sources.owner(id).map_or_else(|| "another file".to_owned(), |o| o.display().to_string());
-                errors.push(Located::new(format!("route {:?}.name", r.name), format!("also defined in {owner}")).in_file(&p));
+                let owner =
+                    old.sources.owner(id).map_or_else(|| "another file".to_owned(), |o| o.display().to_string());
+                errors.push(
+                    Located::new(format!("route {:?}.name", r.name), format!("also defined in {owner}")).in_file(&p),
+                );
                 continue;
             }
             gone.remove(&r.name);
@@ -423,8 +459,8 @@ fn apply(
         return Err(ConfigError { file: path.clone(), problems: errors });
     }
     report.routes_removed = gone.len();
-    let fallbacks_same = settings.no_sni == fallback_name(t, t.no_sni())
-        && settings.unknown_sni == fallback_name(t, t.unknown_sni());
+    let fallbacks_same =
+        settings.no_sni == fallback_name(t, t.no_sni()) && settings.unknown_sni == fallback_name(t, t.unknown_sni());
     let touched = keep.len() + gone.len();
     let settings_same = settings.runtime == old.runtime
         && settings.listeners == old.listeners
@@ -472,8 +508,11 @@ fn apply(
                 problems: missing
                     .iter()
                     .map(|n| {
-                        let key =
-                            if settings.no_sni.as_deref() == Some(n) { "fallback.no_sni" } else { "fallback.unknown_sni" };
+                        let key = if settings.no_sni.as_deref() == Some(n) {
+                            "fallback.no_sni"
+                        } else {
+                            "fallback.unknown_sni"
+                        };
                         Located::new(key, format!("names no route: {n:?}"))
                     })
                     .collect(),
@@ -588,8 +627,9 @@ pub(super) fn reload(old: &Config) -> Result<(Config, Report), ConfigError> {
             (settings_of(old), old.sources.patterns.clone())
         } else {
             report.files_parsed += 1;
-            let (s, routes) = parse_main(&text, path, &old.sources.overrides, &mut errors)?;
-            changes.push((path.clone(), Some(FileRoutes { path: path.clone(), stamp, routes })));
+            let same = same_as_running(&old.table);
+            let (s, routes, unchanged) = parse_main(&text, path, &old.sources.overrides, Some(&same), &mut errors)?;
+            changes.push((path.clone(), Some(FileRoutes { path: path.clone(), stamp, routes, unchanged })));
             let patterns = s.include.clone();
             (s, patterns)
         }
@@ -612,7 +652,8 @@ pub(super) fn reload(old: &Config) -> Result<(Config, Report), ConfigError> {
         !matches!(load::read(f), Ok((_, s)) if s.hash == old_stamp.hash && !old.sources.files.get(f).is_some_and(|o| o.terminate))
     });
     report.files_parsed += to_parse.len();
-    for f in parse_files(&to_parse, &mut errors) {
+    let same = same_as_running(&old.table);
+    for f in parse_files(&to_parse, Some(&same), &mut errors) {
         changes.push((f.path.clone(), Some(f)));
     }
     for p in old.sources.files.keys() {
@@ -681,7 +722,12 @@ fn check_owner(old: &Config, name: &str, file: &Path) -> Result<bool, ApiError> 
 }
 
 /// `Config::put_route`.
-pub(super) fn put_route(old: &Config, name: &str, body: &str, json: bool) -> Result<(Config, Report), ApiError> {
+pub(super) fn put_route(
+    old: &Config,
+    name: &str,
+    body: &str,
+    json: bool,
+) -> Result<(Config, Report, PendingWrite), ApiError> {
     let path = api_file(old, name)?;
     let invalid = |reason: String| ApiError::Invalid(ConfigError::one(&path, &format!("route {name:?}"), reason));
     let mut table: toml::Table = if json {
@@ -708,7 +754,7 @@ pub(super) fn put_route(old: &Config, name: &str, body: &str, json: bool) -> Res
         .map_err(|e| ApiError::Io(format!("cannot write the route as TOML: {e}")))?;
     let mut errors = Vec::new();
     let base = path.parent().unwrap_or(Path::new("")).to_path_buf();
-    let parsed = load::parse::<IncludedFile>(&text, &base, false, &mut errors).map_err(invalid)?;
+    let parsed = load::parse::<IncludedFile>(&text, &base, None, &mut errors).map_err(invalid)?;
     if !errors.is_empty() {
         return Err(ApiError::Invalid(ConfigError {
             file: path.clone(),
@@ -716,41 +762,62 @@ pub(super) fn put_route(old: &Config, name: &str, body: &str, json: bool) -> Res
         }));
     }
     let routes = parsed.routes.into_iter().flatten().collect();
-    let change = (path.clone(), Some(FileRoutes { path: path.clone(), stamp: Stamp::default(), routes }));
+    // Stamped by content only: the next reload reads the file once, finds the same content and
+    // keeps it (then stamps its metadata too).
+    let stamp = Stamp::of_content(text.as_bytes());
+    let change = (path.clone(), Some(FileRoutes { path: path.clone(), stamp, routes, unchanged: Vec::new() }));
     let report = Report { files_parsed: 1, shards: old.table.shard_count(), ..Default::default() };
-    let (mut new, report) = apply(old, settings_of(old), vec![change], report).map_err(ApiError::Invalid)?;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| ApiError::Io(format!("{}: cannot create: {e}", dir.display())))?;
+    let (new, report) = apply(old, settings_of(old), vec![change], report).map_err(ApiError::Invalid)?;
+    Ok((new, report, PendingWrite { path, text: Some(text) }))
+}
+
+/// The file an API change still has to write (or remove), once the change serves: what makes it
+/// survive a restart. [`PendingWrite::commit`] writes it atomically and syncs it; if that fails
+/// the caller puts the previous configuration back.
+#[derive(Debug)]
+pub struct PendingWrite {
+    path: PathBuf,
+    /// `None`: remove the file.
+    text: Option<String>,
+}
+
+impl PendingWrite {
+    pub fn path(&self) -> &Path {
+        &self.path
     }
-    write_atomically(&path, text.as_bytes())
-        .map_err(|e| ApiError::Io(format!("{}: cannot write: {e}", path.display())))?;
-    restamp(&mut new, &path);
-    Ok((new, report))
+
+    /// Writes (or removes) the file and syncs it and its directory.
+    pub fn commit(&self) -> Result<(), String> {
+        let path = &self.path;
+        match &self.text {
+            Some(text) => {
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir).map_err(|e| format!("{}: cannot create: {e}", dir.display()))?;
+                }
+                write_atomically(path, text.as_bytes()).map_err(|e| format!("{}: cannot write: {e}", path.display()))
+            }
+            None => {
+                std::fs::remove_file(path).map_err(|e| format!("{}: cannot remove: {e}", path.display()))?;
+                if let Some(dir) = path.parent() {
+                    if let Ok(d) = std::fs::File::open(dir) {
+                        let _ = d.sync_all();
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 /// `Config::delete_route`.
-pub(super) fn delete_route(old: &Config, name: &str) -> Result<(Config, Report), ApiError> {
+pub(super) fn delete_route(old: &Config, name: &str) -> Result<(Config, Report, PendingWrite), ApiError> {
     let path = api_file(old, name)?;
     if !check_owner(old, name, &path)? {
         return Err(ApiError::NotFound(format!("no route {name:?}")));
     }
     let report = Report { shards: old.table.shard_count(), ..Default::default() };
     let (new, report) = apply(old, settings_of(old), vec![(path.clone(), None)], report).map_err(ApiError::Invalid)?;
-    std::fs::remove_file(&path).map_err(|e| ApiError::Io(format!("{}: cannot remove: {e}", path.display())))?;
-    if let Some(dir) = path.parent() {
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok((new, report))
-}
-
-fn restamp(c: &mut Config, path: &Path) {
-    if let (Some(s), Ok((_, stamp))) = (Arc::get_mut(&mut c.sources), load::read(path)) {
-        if let Some(src) = s.files.get_mut(path) {
-            src.stamp = stamp;
-        }
-    }
+    Ok((new, report, PendingWrite { path, text: None }))
 }
 
 /// Writes `bytes` to `path` so that readers see the old file or the new one, never a part:

@@ -254,28 +254,29 @@ impl<T> Table<T> {
             return Err(BuildError::TooManyRoutes);
         }
         let total: usize = routes.iter().map(|r| r.sni.len()).sum();
-        let mut index = NameIndexBuilder::with_capacity(total);
-        let mut route_names = NameIndexBuilder::with_capacity(routes.len());
+        // Keys borrowed from the routes: a million names are not copied to be indexed.
+        let mut index = Vec::with_capacity(total);
+        let mut route_names = Vec::with_capacity(routes.len());
         let mut by_ip = Vec::new();
         for (i, route) in routes.iter().enumerate() {
             let id = RouteId(i as u32);
             for pattern in &route.sni {
                 let (key, kind) = split_pattern(pattern);
-                index.push(key, kind, id);
+                index.push((key, kind, id));
             }
-            route_names.push(&route.name, Kind::Exact, id);
+            route_names.push((route.name.as_str(), Kind::Exact, id));
             for ip in &route.dedicated_ips {
                 by_ip.push((canonical_ip(*ip), id));
             }
         }
         let name_of = |id: RouteId| routes[id.0 as usize].name.clone();
-        let names = index.build().map_err(|(name, a, b)| BuildError::DuplicateName {
+        let names = NameIndex::from_borrowed(index).map_err(|(name, a, b)| BuildError::DuplicateName {
             name,
             first: name_of(a),
             second: name_of(b),
         })?;
-        let route_names =
-            route_names.build().map_err(|(name, first, second)| BuildError::DuplicateRoute { name, first, second })?;
+        let route_names = NameIndex::from_borrowed(route_names)
+            .map_err(|(name, first, second)| BuildError::DuplicateRoute { name, first, second })?;
         by_ip.sort_by_key(|(ip, _)| *ip);
         if let Some(w) = by_ip.windows(2).find(|w| w[0].0 == w[1].0) {
             return Err(BuildError::DuplicateIp { ip: w[0].0, first: name_of(w[0].1), second: name_of(w[1].1) });
@@ -414,18 +415,6 @@ impl<T> Table<T> {
     /// Name shards (the unit of copy-on-write of the name index).
     pub fn shard_count(&self) -> usize {
         self.names.shard_count()
-    }
-
-    /// Whether changes have copied enough of the name index out of its huge-page regions that
-    /// [`Table::packed`] is worth its copy (tens of milliseconds at a million names, done by the
-    /// control plane after the change already serves).
-    pub fn needs_packing(&self) -> bool {
-        self.names.needs_packing() || self.route_names.needs_packing()
-    }
-
-    /// The same table with its name indexes packed again into regions.
-    pub fn packed(&self) -> Self {
-        Self { names: self.names.packed(), route_names: self.route_names.packed(), ..self.clone() }
     }
 
     /// Bytes of heap held by the name indexes.

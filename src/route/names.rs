@@ -76,65 +76,12 @@ pub enum Found {
 #[derive(Clone, Debug, Default)]
 struct Shard {
     /// Keys back to back; `arena[..used]` holds them.
-    arena: Buf<u8>,
+    arena: HugeBuf<u8>,
     used: usize,
     /// Arena bytes of removed keys (compacted when they are half of it).
     garbage: usize,
-    slots: Buf<Slot>,
+    slots: HugeBuf<Slot>,
     len: usize,
-}
-
-/// A shard's slots or arena: a range of a region that a build (or a repack) made for every
-/// shard at once (one huge-page buffer for all slots, one for all arenas: measured, sixteen
-/// separate few-MiB buffers made a cold lookup half again slower than one), or a buffer of its
-/// own once a change copied it.
-#[derive(Clone, Debug)]
-enum Buf<T: Copy> {
-    Region(Arc<HugeBuf<T>>, usize, usize),
-    Own(HugeBuf<T>),
-}
-
-impl<T: Copy> Default for Buf<T> {
-    fn default() -> Self {
-        Self::Own(HugeBuf::default())
-    }
-}
-
-impl<T: Copy> std::ops::Deref for Buf<T> {
-    type Target = [T];
-    #[inline]
-    fn deref(&self) -> &[T] {
-        match self {
-            Self::Region(r, start, len) => &r[*start..*start + *len],
-            Self::Own(b) => b,
-        }
-    }
-}
-
-impl<T: Copy> Buf<T> {
-    /// This buffer, made its own (copied out of the region) to be changed.
-    #[allow(clippy::unreachable)]
-    fn to_mut(&mut self) -> &mut HugeBuf<T> {
-        if let Self::Region(r, start, len) = self {
-            let own = HugeBuf::from_slice(&r[*start..*start + *len]);
-            *self = Self::Own(own);
-        }
-        match self {
-            Self::Own(b) => b,
-            Self::Region(..) => unreachable!("made its own above"),
-        }
-    }
-
-    fn allocated(&self) -> usize {
-        match self {
-            Self::Region(_, _, len) => len * std::mem::size_of::<T>(),
-            Self::Own(b) => b.allocated(),
-        }
-    }
-
-    fn is_own(&self) -> bool {
-        matches!(self, Self::Own(_))
-    }
 }
 
 /// The index (cheap to clone: the shards are shared).
@@ -147,18 +94,6 @@ pub struct NameIndex {
     wildcard: usize,
     /// Bit `((h32 * bits) >> 32)` set for each wildcard parent's hash `h32` ([`filter_bit`]).
     filter: Arc<Vec<u64>>,
-    /// The regions a pack made, and where each shard lies in them (`slots == 0`: the shard was
-    /// copied out by a change since): a lookup of a packed shard reads the offsets and the
-    /// region, as one flat table would, without going through the shard.
-    packed: Option<Packed>,
-}
-
-#[derive(Clone, Debug)]
-struct Packed {
-    slots: Arc<HugeBuf<Slot>>,
-    arena: Arc<HugeBuf<u8>>,
-    /// Per shard: first slot, slot count (0: not packed), first arena byte.
-    at: Box<[(u32, u32, u32)]>,
 }
 
 impl Default for NameIndex {
@@ -214,7 +149,13 @@ fn slots_for(n: usize) -> usize {
 impl NameIndex {
     fn empty(bits: u32, seed: u64) -> Self {
         let shards = (0..1usize << bits).map(|_| Arc::new(Shard::with_slots(8, 0))).collect();
-        Self { shards, bits, seed, exact: 0, wildcard: 0, filter: Arc::new(vec![0; 1]), packed: None }
+        Self { shards, bits, seed, exact: 0, wildcard: 0, filter: Arc::new(vec![0; 1]) }
+    }
+
+    /// Builds an index of borrowed keys (no copy of each key is made on the way).
+    pub fn from_borrowed(keys: Vec<(&str, Kind, RouteId)>) -> Result<Self, Duplicate> {
+        let n = keys.len();
+        Self::from_keys(keys.into_iter(), n)
     }
 
     fn from_keys<'a>(keys: impl Iterator<Item = (&'a str, Kind, RouteId)>, n: usize) -> Result<Self, Duplicate> {
@@ -252,56 +193,9 @@ impl NameIndex {
             }
             shards.push(Arc::new(s));
         }
-        let mut index = Self {
-            shards: shards.into_boxed_slice(),
-            bits,
-            seed,
-            exact,
-            wildcard,
-            filter: Arc::default(),
-            packed: None,
-        };
+        let mut index = Self { shards: shards.into_boxed_slice(), bits, seed, exact, wildcard, filter: Arc::default() };
         index.filter = Arc::new(index.build_filter());
-        Ok(index.packed())
-    }
-
-    /// Whether changes have copied half of the shards out of the regions (then
-    /// [`NameIndex::packed`] is worth its copy).
-    pub fn needs_packing(&self) -> bool {
-        let own = self.shards.iter().filter(|s| s.slots.is_own() && s.slots.len() > 64).count();
-        own * 2 > self.shards.len() && self.len() > 64 * 1024
-    }
-
-    /// The same index with every shard's slots in one region and every arena in another.
-    pub fn packed(&self) -> Self {
-        let slots: Vec<Slot> = self.shards.iter().flat_map(|s| s.slots.iter().copied()).collect();
-        let arena: Vec<u8> = self.shards.iter().flat_map(|s| s.arena[..s.used].iter().copied()).collect();
-        let (slots, arena) = (Arc::new(HugeBuf::from_slice(&slots)), Arc::new(HugeBuf::from_slice(&arena)));
-        let (mut at_s, mut at_a) = (0, 0);
-        let mut at = Vec::with_capacity(self.shards.len());
-        let shards = self
-            .shards
-            .iter()
-            .map(|s| {
-                let shard = Shard {
-                    arena: Buf::Region(Arc::clone(&arena), at_a, s.used),
-                    used: s.used,
-                    garbage: s.garbage,
-                    slots: Buf::Region(Arc::clone(&slots), at_s, s.slots.len()),
-                    len: s.len,
-                };
-                at.push((at_s as u32, s.slots.len() as u32, at_a as u32));
-                at_s += s.slots.len();
-                at_a += s.used;
-                Arc::new(shard)
-            })
-            .collect();
-        let packed = (at_s < u32::MAX as usize && at_a < u32::MAX as usize).then(|| Packed {
-            slots,
-            arena,
-            at: at.into_boxed_slice(),
-        });
-        Self { shards, packed, ..self.clone() }
+        Ok(index)
     }
 
     /// The wildcard filter for the keys now in the index: eight bits per wildcard (at least 64).
@@ -337,24 +231,10 @@ impl NameIndex {
         };
         let hp = hash_parent(self.seed, parent);
         let he = hash_exact(hp, label);
-        // Most exact hits are in their home slot: answered from two cache lines (the slot and
-        // the name), as if there were no wildcards.
-        if let Some(p) = &self.packed {
-            let (s0, n, a0) = p.at.get(shard_of(he, self.bits)).copied().unwrap_or((0, 0, 0));
-            if n != 0 {
-                let i = s0 as usize + (((he as u32 as u64) * n as u64) >> 32) as usize;
-                if let Some(slot) = p.slots.get(i) {
-                    if slot.hash == he as u32
-                        && slot.route & WILD == 0
-                        && p.arena.get(a0 as usize..).is_some_and(|a| name_at(a, slot.off) == b)
-                    {
-                        return Found::Exact(RouteId(slot.route));
-                    }
-                }
-            }
-        }
         let (se, ie) = self.home(he);
         let first_e = se.slots[ie];
+        // Most exact hits are in their home slot: answered from two cache lines (the slot and
+        // the name), as if there were no wildcards.
         if first_e.hash == he as u32 && first_e.route & WILD == 0 && name_at(&se.arena, first_e.off) == b {
             return Found::Exact(RouteId(first_e.route));
         }
@@ -451,13 +331,6 @@ impl Edit {
     fn shard(&mut self, h: u64) -> &mut Shard {
         let i = shard_of(h, self.base.bits);
         self.touched[i] = true;
-        if let Some(p) = &mut self.base.packed {
-            if p.at.get(i).is_some_and(|a| a.1 != 0) {
-                let mut at = p.at.to_vec();
-                at[i].1 = 0;
-                p.at = at.into_boxed_slice();
-            }
-        }
         Arc::make_mut(&mut self.base.shards[i])
     }
 
@@ -549,13 +422,7 @@ fn duplicate(key: &str, kind: Kind, first: u32, second: RouteId) -> Duplicate {
 
 impl Shard {
     fn with_slots(n: usize, arena: usize) -> Self {
-        Self {
-            arena: Buf::Own(HugeBuf::filled(arena, 0)),
-            used: 0,
-            garbage: 0,
-            slots: Buf::Own(HugeBuf::filled(n, EMPTY_SLOT)),
-            len: 0,
-        }
+        Self { arena: HugeBuf::filled(arena, 0), used: 0, garbage: 0, slots: HugeBuf::filled(n, EMPTY_SLOT), len: 0 }
     }
 
     /// The first slot for a key hashing to `h`: the hash scaled to the shard's size (no modulo).
@@ -610,14 +477,14 @@ impl Shard {
                 if need > self.arena.len() {
                     let mut grown = HugeBuf::filled(need.max(self.arena.len() * 3 / 2).max(64), 0);
                     grown[..self.used].copy_from_slice(&self.arena[..self.used]);
-                    self.arena = Buf::Own(grown);
+                    self.arena = grown;
                 }
                 let off = self.used as u32;
-                let arena = self.arena.to_mut();
+                let arena = &mut self.arena;
                 arena[self.used] = key.len() as u8;
                 arena[self.used + 1..need].copy_from_slice(key);
                 self.used = need;
-                self.slots.to_mut()[i] = Slot { hash: h, off, route: route.0 | flag };
+                self.slots[i] = Slot { hash: h, off, route: route.0 | flag };
                 self.len += 1;
                 return Ok(());
             }
@@ -655,12 +522,12 @@ impl Shard {
             // Move `slot` into the hole unless its home lies cyclically in (hole, j].
             let stays = if hole <= j { hole < home && home <= j } else { hole < home || home <= j };
             if !stays {
-                self.slots.to_mut()[hole] = slot;
+                self.slots[hole] = slot;
                 hole = j;
             }
             j = self.next(j);
         }
-        self.slots.to_mut()[hole] = EMPTY_SLOT;
+        self.slots[hole] = EMPTY_SLOT;
         if self.garbage * 2 > self.used {
             self.rebuild(self.slots.len());
         }

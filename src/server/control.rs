@@ -126,6 +126,8 @@ fn run(shared: &Shared, rx: &mpsc::Receiver<Msg>) {
             }
         }
         shared.collect_retired();
+        // What the parse freed goes back to the kernel now (not at the allocator's leisure).
+        crate::sys::release_free_memory();
     }
 }
 
@@ -193,7 +195,9 @@ fn reload(shared: &Shared, why: &'static str) -> ControlReply {
     }
 }
 
-/// One route API change.
+/// One route API change: validated and built, swapped in (serving from then on), then its
+/// file written and synced; the answer comes once the file is safe. If the file cannot be
+/// written, the previous configuration is put back and the change refused.
 fn api(shared: &Shared, op: ControlOp) -> ControlReply {
     let started = Instant::now();
     let old = shared.config.load_full();
@@ -202,8 +206,8 @@ fn api(shared: &Shared, op: ControlOp) -> ControlReply {
         ControlOp::Delete { name } => (format!("DELETE /routes/{name}"), old.delete_route(name)),
         ControlOp::Reload => return reload(shared, "POST /reload"),
     };
-    drop(old);
     let bump = |r: ApiResult| shared.registry.control(|c| c.counters.route_changes.bump(r));
+    let refused = |status: u16, errors: Vec<String>| (status, json!({ "result": "refused", "errors": errors }));
     match result {
         Err(e) => {
             let (status, r) = match &e {
@@ -214,27 +218,34 @@ fn api(shared: &Shared, op: ControlOp) -> ControlReply {
             };
             bump(r);
             crate::debug_every_second!(change = %what, error = %e, "route API change refused");
-            let errors: Vec<String> = e.to_string().lines().map(str::to_owned).collect();
-            (status, json!({ "result": "refused", "errors": errors }))
+            refused(status, e.to_string().lines().map(str::to_owned).collect())
         }
-        Ok((new, report)) => {
+        Ok((new, report, pending)) => {
             let generation = new.generation;
             let timings = [report.parse_ms / 1e3, report.build_ms / 1e3];
-            match shared.swap(new, Some(timings)) {
+            let swap = match shared.swap(new, Some(timings)) {
+                Ok(swap) => swap,
                 Err(e) => {
                     bump(ApiResult::Io);
-                    (500, json!({ "result": "refused", "errors": [e.to_string()] }))
+                    return refused(500, vec![e.to_string()]);
                 }
-                Ok(swap) => {
-                    bump(ApiResult::Applied);
-                    let total = started.elapsed().as_secs_f64() * 1e3;
-                    tracing::info!(change = %what, generation, shards_touched = report.shards_touched, build_ms = report.build_ms, total_ms = total, "route change applied");
-                    let mut v = report_json(&report, generation, swap * 1e3);
-                    v["result"] = "applied".into();
-                    v["total_ms"] = total.into();
-                    (200, v)
-                }
+            };
+            let serving = started.elapsed().as_secs_f64() * 1e3;
+            if let Err(e) = pending.commit() {
+                // Not durable: back to the configuration the files still say.
+                let _ = shared.swap_arc(old, None);
+                bump(ApiResult::Io);
+                tracing::error!(change = %what, error = %e, "route API change undone: its file could not be written");
+                return refused(500, vec![e]);
             }
+            bump(ApiResult::Applied);
+            let total = started.elapsed().as_secs_f64() * 1e3;
+            tracing::info!(change = %what, generation, shards_touched = report.shards_touched, build_ms = report.build_ms, serving_ms = serving, total_ms = total, file = %pending.path().display(), "route change applied");
+            let mut v = report_json(&report, generation, swap * 1e3);
+            v["result"] = "applied".into();
+            v["serving_ms"] = serving.into();
+            v["total_ms"] = total.into();
+            (200, v)
         }
     }
 }

@@ -26,6 +26,8 @@ pub fn serve(path: &Path, overrides: &RuntimeOverrides) -> Result<(), ServeError
     let mut signals =
         signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1]).map_err(ServeError::Signals)?;
     let config = Config::load(path, overrides)?;
+    // Reading a large configuration frees much more than the table keeps.
+    crate::sys::release_free_memory();
     let server = Server::start(config)?;
     for sig in signals.forever() {
         match sig {

@@ -21,6 +21,11 @@ impl Shared {
     /// Swaps `new` in; returns how long the swap took (binding new listeners included). A
     /// listener that cannot be bound fails the whole swap: the running configuration stays.
     pub(crate) fn swap(&self, new: Config, timings: Option<[f64; 2]>) -> Result<f64, ServeError> {
+        self.swap_arc(Arc::new(new), timings)
+    }
+
+    /// [`Shared::swap`] of a configuration already shared (one that ran before, put back).
+    pub(crate) fn swap_arc(&self, new: Arc<Config>, timings: Option<[f64; 2]>) -> Result<f64, ServeError> {
         let started = Instant::now();
         let old = self.config.load_full();
         let n = self.commands.len();
@@ -41,7 +46,6 @@ impl Shared {
         }
         let generation = new.generation;
         let (routes, names) = (new.table.len(), new.table.name_count());
-        let new = Arc::new(new);
         self.config.store(Arc::clone(&new));
         for (configured, actual) in &removed {
             for tx in &self.commands {

@@ -72,7 +72,11 @@ fn run(shared: &Shared, control: &Submitter, stop: &AtomicBool) {
         let debounce = config.watch;
         if config.generation != generation || watched.is_empty() != debounce.is_none() {
             generation = config.generation;
-            sync(shared, &ino, &mut watched, debounce.map(|_| config.watched_dirs()).unwrap_or_default());
+            let added = sync(shared, &ino, &mut watched, debounce.map(|_| config.watched_dirs()).unwrap_or_default());
+            if added {
+                // A file that changed before its directory was watched gave no event: look once.
+                pending = Some(Instant::now());
+            }
         }
         drop(config);
         let wait = match (pending, debounce) {
@@ -114,8 +118,10 @@ fn run(shared: &Shared, control: &Submitter, stop: &AtomicBool) {
     }
 }
 
-/// Watches exactly `dirs` (a directory that cannot be watched is counted and retried later).
-fn sync(shared: &Shared, ino: &Inotify, watched: &mut BTreeMap<PathBuf, i32>, dirs: Vec<PathBuf>) {
+/// Watches exactly `dirs` (a directory that cannot be watched is counted and retried later);
+/// whether a directory was added.
+fn sync(shared: &Shared, ino: &Inotify, watched: &mut BTreeMap<PathBuf, i32>, dirs: Vec<PathBuf>) -> bool {
+    let mut added = false;
     watched.retain(|d, wd| {
         let keep = dirs.contains(d);
         if !keep {
@@ -130,6 +136,7 @@ fn sync(shared: &Shared, ino: &Inotify, watched: &mut BTreeMap<PathBuf, i32>, di
         match ino.watch(&d) {
             Ok(wd) => {
                 watched.insert(d, wd);
+                added = true;
             }
             Err(e) => {
                 crate::warn_every_second!(dir = %d.display(), error = %e, "file watcher: cannot watch");
@@ -137,4 +144,5 @@ fn sync(shared: &Shared, ino: &Inotify, watched: &mut BTreeMap<PathBuf, i32>, di
             }
         }
     }
+    added
 }
