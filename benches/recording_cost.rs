@@ -58,10 +58,12 @@ fn access_log_line(c: &mut Criterion) {
             let e = Entry {
                 time: &time,
                 worker: 0,
+                transport: "tcp",
                 client: Some(addr),
                 local: Some(addr),
                 sni: Some(&sni),
                 alpn: Some(&alpn),
+                ja4: None,
                 route: Some("www"),
                 how: Some("sni"),
                 action: Some("passthrough"),

@@ -211,10 +211,14 @@ pub struct Entry<'a> {
     /// When the connection closed, RFC 3339 UTC with microseconds.
     pub time: &'a str,
     pub worker: usize,
+    /// `tcp`, or `quic` for a QUIC flow (one line per flow, when it ends).
+    pub transport: &'static str,
     pub client: Option<SocketAddr>,
     pub local: Option<SocketAddr>,
     pub sni: Option<&'a str>,
     pub alpn: Option<&'a str>,
+    /// FoxIO's JA4 of the ClientHello (`q…` over QUIC), where it was computed.
+    pub ja4: Option<&'a str>,
     pub route: Option<&'a str>,
     /// How the route was chosen: dedicated_ip, sni, wildcard, fallback_no_sni, fallback_unknown_sni.
     pub how: Option<&'static str>,
@@ -233,6 +237,38 @@ pub struct Entry<'a> {
     pub tls_handshake_us: Option<u64>,
     pub first_byte_us: Option<u64>,
     pub lifetime_us: Option<u64>,
+}
+
+impl<'a> Entry<'a> {
+    /// A line with only its time, worker, transport and outcome: every other field `null` or 0,
+    /// for the caller to fill in (`Entry { client, ..Entry::new(…) }`).
+    pub fn new(time: &'a str, worker: usize, transport: &'static str, outcome: &'static str) -> Self {
+        Self {
+            time,
+            worker,
+            transport,
+            client: None,
+            local: None,
+            sni: None,
+            alpn: None,
+            ja4: None,
+            route: None,
+            how: None,
+            action: None,
+            backend: None,
+            outcome,
+            reason: None,
+            bytes_client_to_backend: 0,
+            bytes_backend_to_client: 0,
+            hello_bytes: None,
+            hello_wait_us: None,
+            route_lookup_ns: None,
+            backend_connect_us: None,
+            tls_handshake_us: None,
+            first_byte_us: None,
+            lifetime_us: None,
+        }
+    }
 }
 
 /// `t` as RFC 3339 UTC with microseconds, e.g. `2024-05-01T12:34:56.789012Z`.
@@ -291,27 +327,11 @@ mod tests {
         let time = rfc3339(SystemTime::now());
         for i in 0..3000 {
             let e = Entry {
-                time: &time,
-                worker: 0,
-                client: None,
-                local: None,
                 sni: Some("a\"b.example"),
-                alpn: None,
-                route: None,
-                how: None,
-                action: None,
-                backend: None,
-                outcome: "dropped",
                 reason: Some("unknown_sni"),
                 bytes_client_to_backend: i,
-                bytes_backend_to_client: 0,
-                hello_bytes: None,
-                hello_wait_us: None,
-                route_lookup_ns: None,
-                backend_connect_us: None,
-                tls_handshake_us: None,
-                first_byte_us: None,
                 lifetime_us: Some(1),
+                ..Entry::new(&time, 0, "tcp", "dropped")
             };
             w.log(&e, &local);
         }

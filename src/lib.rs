@@ -19,6 +19,7 @@
 //! | 3 | [`relay`] | moving bytes: splice or buffered, half-close, idle; the one relay outcome |
 //! | 3 | [`backend`] | connecting to a route's back ends, failures by cause |
 //! | 3 | [`access_log`] | the JSON-lines access log and its writer thread |
+//! | 3 | [`quic`] | QUIC Initials: keys, header protection, decryption, CRYPTO reassembly, pending flows |
 //! | 4 | [`tls`] | termination with rustls: certificates, handshake, the TLS relay |
 //! | 5 | [`config`] | TOML → validated [`config::Config`]; errors name file, key and reason |
 //! | 6 | [`conn`] | one connection from accept to close, as states; drop reasons |
@@ -40,6 +41,7 @@ pub mod metrics;
 
 pub mod access_log;
 pub mod backend;
+pub mod quic;
 pub mod relay;
 
 pub mod tls;

@@ -143,6 +143,12 @@ struct Tuning {
     /// Fraction of connections written to the access log, 0 to 1 [default: 1].
     #[arg(long, value_name = "RATE")]
     access_log_sample: Option<f64>,
+    /// Close a routed QUIC flow with no datagram either way for this long [default: 30000].
+    #[arg(long, value_name = "MS")]
+    quic_idle_timeout_ms: Option<u64>,
+    /// Turn UDP GRO/GSO off on QUIC sockets (one datagram per system call) [default: on where the kernel has it].
+    #[arg(long)]
+    no_quic_gro: bool,
 }
 
 impl Tuning {
@@ -164,7 +170,10 @@ impl Tuning {
             backlog: self.backlog,
             access_log: self.access_log.clone(),
             access_log_sample: self.access_log_sample,
+            quic_idle_timeout_ms: self.quic_idle_timeout_ms,
+            quic_gro: self.no_quic_gro.then_some(false),
             admin: self.admin,
+            ..RuntimeOverrides::default()
         }
     }
 }

@@ -17,6 +17,7 @@ const FLOORS: &[(&str, u8)] = &[
     ("relay", 3),
     ("backend", 3),
     ("access_log", 3),
+    ("quic", 3),
     ("tls", 4),
     ("config", 5),
     ("conn", 6),

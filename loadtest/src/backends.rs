@@ -1,11 +1,14 @@
-//! Built-in back ends: hello responder (PROXY v1/v2 aware), echo, sink, bulk, rustls terminator.
-//! Each listens on 127.0.0.1:PORT and serves connections from a pool of pinned threads.
+//! Built-in back ends: hello responder (PROXY v1/v2 aware), echo, sink, bulk, rustls terminator,
+//! and a holder of idle connections. Each listens on 127.0.0.1:PORT and serves connections from a
+//! pool of pinned threads (the holder: from one epoll thread).
 
 use crate::hello::hello_len;
 use crate::suite::BackendKind;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddrV4, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -112,6 +115,33 @@ pub fn repin(stats: &BackendStats, cpus: &[usize]) {
     }
 }
 
+const PROXY_V2_SIG: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
+
+/// Length of the PROXY v1 or v2 header at the start of `buf`: Ok(Some(n)) when it is complete,
+/// Ok(None) when more bytes are needed, Err when `buf` does not start with one.
+pub fn proxy_header_len(buf: &[u8]) -> Result<Option<usize>, &'static str> {
+    match buf.first() {
+        None => Ok(None),
+        Some(b'P') => match buf.windows(2).position(|w| w == b"\r\n") {
+            Some(p) if buf.starts_with(b"PROXY ") => Ok(Some(p + 2)),
+            Some(_) => Err("bad PROXY v1 header"),
+            None if buf.len() > 107 => Err("bad PROXY v1 header"),
+            None => Ok(None),
+        },
+        Some(0x0D) => {
+            if buf.len() < 16 {
+                return Ok(None);
+            }
+            if &buf[..12] != PROXY_V2_SIG {
+                return Err("bad PROXY v2 signature");
+            }
+            let len = 16 + u16::from_be_bytes([buf[14], buf[15]]) as usize;
+            Ok((buf.len() >= len).then_some(len))
+        }
+        Some(_) => Err("PROXY header missing"),
+    }
+}
+
 /// A connection with bytes read ahead.
 struct Buffered {
     s: TcpStream,
@@ -136,43 +166,13 @@ impl Buffered {
     fn consume(&mut self, n: usize) {
         self.buf.drain(..n);
     }
-    /// Skip a PROXY v1 or v2 header if one is there; true if one was.
-    fn skip_proxy_header(&mut self) -> io::Result<bool> {
-        self.need(1)?;
-        if self.buf[0] == b'P' {
-            loop {
-                if let Some(p) = self.buf.windows(2).position(|w| w == b"\r\n") {
-                    if !self.buf.starts_with(b"PROXY ") {
-                        return Err(io::Error::other("bad PROXY v1 header"));
-                    }
-                    self.consume(p + 2);
-                    return Ok(true);
-                }
-                if self.buf.len() > 107 || self.fill()? == 0 {
-                    return Err(io::Error::other("bad PROXY v1 header"));
-                }
-            }
-        }
-        if self.buf[0] == 0x0D {
-            self.need(16)?;
-            if &self.buf[..12] != b"\r\n\r\n\0\r\nQUIT\n" {
-                return Err(io::Error::other("bad PROXY v2 signature"));
-            }
-            let len = u16::from_be_bytes([self.buf[14], self.buf[15]]) as usize;
-            self.need(16 + len)?;
-            self.consume(16 + len);
-            return Ok(true);
-        }
-        Ok(false)
-    }
-    /// Read and drop one ClientHello if the stream starts with a TLS record.
-    fn skip_hello(&mut self) -> io::Result<()> {
-        self.need(1)?;
-        if self.buf[0] != 22 {
-            return Ok(());
-        }
+    /// Read until `len` finds a whole unit at the start of the buffer (Ok(Some(n))), then drop it.
+    fn skip_unit<E>(&mut self, len: impl Fn(&[u8]) -> Result<Option<usize>, E>) -> io::Result<()>
+    where
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         loop {
-            match hello_len(&self.buf) {
+            match len(&self.buf) {
                 Ok(Some(n)) => {
                     self.consume(n);
                     return Ok(());
@@ -185,6 +185,18 @@ impl Buffered {
                 Err(e) => return Err(io::Error::other(e)),
             }
         }
+    }
+    /// Skip the PROXY v1 or v2 header the stream must start with.
+    fn skip_proxy_header(&mut self) -> io::Result<()> {
+        self.skip_unit(proxy_header_len)
+    }
+    /// Read and drop one ClientHello if the stream starts with a TLS record.
+    fn skip_hello(&mut self) -> io::Result<()> {
+        self.need(1)?;
+        if self.buf[0] != 22 {
+            return Ok(());
+        }
+        self.skip_unit(hello_len)
     }
 }
 
@@ -231,9 +243,7 @@ impl Backend {
         let mut c = Buffered { s, buf: Vec::with_capacity(4096) };
         // a PROXY header only where the route asks for one: application data may start with 'P'
         if self.proxy_protocol {
-            if !c.skip_proxy_header()? {
-                return Err(io::Error::other("PROXY header missing"));
-            }
+            c.skip_proxy_header()?;
             self.stats.proxy_headers.fetch_add(1, Ordering::Relaxed);
         }
         match self.kind {
@@ -318,6 +328,7 @@ impl Backend {
                 let _ = c.s.read(&mut b);
                 Ok(())
             }
+            BackendKind::Hold => Err(io::Error::other("held connections are served by the holder's epoll thread")),
             BackendKind::Tls => {
                 let cfg = self.tls.clone().ok_or_else(|| io::Error::other("no TLS config"))?;
                 let conn = rustls::ServerConnection::new(cfg).map_err(io::Error::other)?;
@@ -352,8 +363,133 @@ pub fn listener(addr: SocketAddrV4) -> io::Result<TcpListener> {
     Ok(s.into())
 }
 
+/// Where a held connection is in its protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HoldPhase {
+    /// waiting for the PROXY header
+    Header,
+    /// waiting for a ClientHello (or the first byte of something else)
+    Hello,
+    /// echoing
+    Echo,
+}
+
+/// The held connection's protocol over the bytes in `buf`: the PROXY header (skipped), a
+/// ClientHello (answered with `answer`), then everything else echoed. Returns the bytes to send;
+/// Err closes the connection.
+fn hold_step(phase: &mut HoldPhase, buf: &mut Vec<u8>, answer: &[u8]) -> Result<Vec<u8>, &'static str> {
+    let mut out = Vec::new();
+    loop {
+        match *phase {
+            HoldPhase::Header => match proxy_header_len(buf)? {
+                Some(n) => {
+                    buf.drain(..n);
+                    *phase = HoldPhase::Hello;
+                }
+                None => return Ok(out),
+            },
+            HoldPhase::Hello => match buf.first() {
+                None => return Ok(out),
+                Some(22) => match hello_len(buf) {
+                    Ok(Some(n)) => {
+                        buf.drain(..n);
+                        out.extend_from_slice(answer);
+                        *phase = HoldPhase::Echo;
+                    }
+                    Ok(None) => return Ok(out),
+                    Err(_) => *phase = HoldPhase::Echo,
+                },
+                Some(_) => *phase = HoldPhase::Echo,
+            },
+            HoldPhase::Echo => {
+                out.append(buf);
+                return Ok(out);
+            }
+        }
+    }
+}
+
+fn epoll_ctl(ep: RawFd, op: libc::c_int, fd: RawFd) -> io::Result<()> {
+    let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: fd as u64 };
+    // SAFETY: a valid epoll descriptor and event struct; the kernel copies the event.
+    if unsafe { libc::epoll_ctl(ep, op, fd, &mut ev) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The `hold` back end: every connection on one epoll loop (level-triggered, blocking sockets
+/// read once per readiness), held until the client closes it.
+fn serve_hold(b: &Backend, l: TcpListener) -> io::Result<()> {
+    l.set_nonblocking(true)?;
+    // SAFETY: epoll_create1 has no preconditions; the descriptor is owned below.
+    let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if ep < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `ep` is a fresh descriptor nobody else owns.
+    let _owner = unsafe { std::os::fd::OwnedFd::from_raw_fd(ep) };
+    let lfd = l.as_raw_fd();
+    epoll_ctl(ep, libc::EPOLL_CTL_ADD, lfd)?;
+    let answer = answer(&b.label);
+    let first = if b.proxy_protocol { HoldPhase::Header } else { HoldPhase::Hello };
+    let mut conns: HashMap<RawFd, (TcpStream, Vec<u8>, HoldPhase)> = HashMap::new();
+    let mut evs = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
+    let mut tmp = vec![0u8; 16 * 1024];
+    loop {
+        // SAFETY: `evs` has room for the 256 events asked for.
+        let n = unsafe { libc::epoll_wait(ep, evs.as_mut_ptr(), evs.len() as libc::c_int, -1) };
+        if n < 0 {
+            std::thread::sleep(Duration::from_millis(1));
+            continue;
+        }
+        for ev in &evs[..n as usize] {
+            let fd = { ev.u64 } as RawFd;
+            if fd == lfd {
+                while let Ok((s, _)) = l.accept() {
+                    b.stats.accepted.fetch_add(1, Ordering::Relaxed);
+                    let _ = s.set_nodelay(true);
+                    let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
+                    if epoll_ctl(ep, libc::EPOLL_CTL_ADD, s.as_raw_fd()).is_ok() {
+                        conns.insert(s.as_raw_fd(), (s, Vec::new(), first));
+                    }
+                }
+                continue;
+            }
+            let Some((s, buf, phase)) = conns.get_mut(&fd) else { continue };
+            let close = match s.read(&mut tmp) {
+                Ok(0) => true,
+                Ok(k) => {
+                    buf.extend_from_slice(&tmp[..k]);
+                    let was = *phase;
+                    match hold_step(phase, buf, &answer) {
+                        Ok(out) => {
+                            if was == HoldPhase::Header && *phase != HoldPhase::Header {
+                                b.stats.proxy_headers.fetch_add(1, Ordering::Relaxed);
+                            }
+                            !out.is_empty() && s.write_all(&out).is_err()
+                        }
+                        Err(e) => {
+                            if std::env::var_os("SLT_BE_DEBUG").is_some() {
+                                eprintln!("backend {}: {e}", b.label);
+                            }
+                            b.stats.errors.fetch_add(1, Ordering::Relaxed);
+                            true
+                        }
+                    }
+                }
+                Err(e) => !matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted),
+            };
+            if close {
+                let _ = epoll_ctl(ep, libc::EPOLL_CTL_DEL, fd);
+                conns.remove(&fd);
+            }
+        }
+    }
+}
+
 /// Serve `backend` on `addr` (port 0: one the kernel picks) with `threads` threads pinned over
-/// `cpus`. Runs until the process exits. Returns the port it listens on and its counters.
+/// `cpus` (a `hold` back end: one thread). Runs until the process exits. Returns the port it listens on and its counters.
 pub fn spawn(
     backend: Backend,
     addr: SocketAddrV4,
@@ -365,7 +501,8 @@ pub fn spawn(
     let stats = backend.stats.clone();
     let b = Arc::new(backend);
     let (tx, rx) = std::sync::mpsc::channel();
-    let n = threads.max(1);
+    let hold = b.kind == BackendKind::Hold;
+    let n = if hold { 1 } else { threads.max(1) };
     for i in 0..n {
         let l = l.try_clone()?;
         let b = b.clone();
@@ -376,6 +513,12 @@ pub fn spawn(
             // SAFETY: gettid has no preconditions.
             let _ = tx.send((i, unsafe { libc::gettid() }));
             drop(tx);
+            if hold {
+                if let Err(e) = serve_hold(&b, l) {
+                    eprintln!("backend {}: the holder stopped: {e}", b.label);
+                }
+                return;
+            }
             loop {
                 match l.accept() {
                     Ok((s, _)) => {
@@ -430,5 +573,44 @@ mod tests {
         assert_eq!(v.len(), 3 * PATTERN_LEN + 5);
         assert_eq!(crc32fast::hash(&v), stream_crc(&p, v.len() as u64));
         assert_ne!(pattern(8)[..64], p[..64]);
+    }
+
+    #[test]
+    fn proxy_headers() {
+        assert_eq!(proxy_header_len(b""), Ok(None));
+        assert_eq!(proxy_header_len(b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2"), Ok(None));
+        assert_eq!(proxy_header_len(b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\nrest"), Ok(Some(32)));
+        assert!(proxy_header_len(b"POST / HTTP/1.1\r\n").is_err());
+        assert!(proxy_header_len(&[b'P'; 200]).is_err());
+        let mut v2 = PROXY_V2_SIG.to_vec();
+        v2.extend_from_slice(&[0x21, 0x11, 0, 12]);
+        assert_eq!(proxy_header_len(&v2), Ok(None));
+        v2.extend_from_slice(&[0; 12]);
+        assert_eq!(proxy_header_len(&v2), Ok(Some(28)));
+        assert!(proxy_header_len(b"\r\n\r\n\0\r\nQUITX1234").is_err());
+        assert_eq!(proxy_header_len(&[22, 3, 1]), Err("PROXY header missing"));
+    }
+
+    #[test]
+    fn held_connection_protocol() {
+        let a = answer("site");
+        let hello = crate::hello::generate(Some("www.example.com"));
+        // the hello in two pieces, answered once, then an echo
+        let (mut ph, mut buf) = (HoldPhase::Hello, hello[..20].to_vec());
+        assert_eq!(hold_step(&mut ph, &mut buf, &a), Ok(vec![]));
+        assert_eq!(ph, HoldPhase::Hello);
+        buf.extend_from_slice(&hello[20..]);
+        buf.extend_from_slice(b"ping");
+        assert_eq!(hold_step(&mut ph, &mut buf, &a).unwrap(), [&a[..], b"ping"].concat());
+        assert_eq!((ph, buf.len()), (HoldPhase::Echo, 0));
+        // plaintext behind a terminating target: echoed from the first byte
+        let (mut ph, mut buf) = (HoldPhase::Hello, b"SNILT-IDLE".to_vec());
+        assert_eq!(hold_step(&mut ph, &mut buf, &a).unwrap(), b"SNILT-IDLE");
+        // a PROXY header first
+        let (mut ph, mut buf) = (HoldPhase::Header, b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n".to_vec());
+        buf.extend_from_slice(&hello);
+        assert_eq!(hold_step(&mut ph, &mut buf, &a).unwrap(), a.to_vec());
+        let (mut ph, mut buf) = (HoldPhase::Header, hello.clone());
+        assert!(hold_step(&mut ph, &mut buf, &a).is_err());
     }
 }

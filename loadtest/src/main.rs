@@ -18,37 +18,10 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run a suite: start the back ends and the targets, run the workloads, report.
-    Suite {
-        /// the suite file (TOML), e.g. loadtest/suites/smoke.toml
-        file: PathBuf,
-        /// the sni-dispatch binary to measure (e.g. target/release/sni-dispatch)
-        #[arg(long)]
-        dispatcher: Option<PathBuf>,
-        /// write every figure as JSON here, and one SVG latency plot per workload beside it
-        #[arg(long)]
-        json: Option<PathBuf>,
-        /// peers to run the same workloads against, alternately: haproxy, haproxy-splice, nginx
-        #[arg(long, value_delimiter = ',')]
-        compare: Vec<String>,
-        /// alternating runs per target (default: the suite's `runs`)
-        #[arg(long)]
-        runs: Option<usize>,
-        /// run only these workloads
-        #[arg(long, value_delimiter = ',')]
-        only: Vec<String>,
-        /// multiply every workload's duration (e.g. 0.2 for a quick look)
-        #[arg(long, default_value_t = 1.0)]
-        duration_scale: f64,
-        /// keep the temporary directory with the generated configs and logs
-        #[arg(long)]
-        keep_tmp: bool,
-        /// exit 1 on any error even if the suite does not ask for it
-        #[arg(long)]
-        fail_on_error: bool,
-        /// no progress bars or per-run lines; print the report at the end
-        #[arg(long)]
-        quiet: bool,
-    },
+    Suite(Options),
+    /// QUIC: handshakes, bulk, idle flows and an Initial flood with quinn, through the dispatcher
+    /// and (--compare nginx) nginx's stream UDP proxy on the same traffic.
+    Quic(sni_loadtest::quic::QuicOptions),
     /// Write the dispatcher, HAProxy and nginx configs a suite generates into DIR, and exit.
     Configs {
         file: PathBuf,
@@ -60,25 +33,13 @@ enum Cmd {
 fn main() {
     let cli = Cli::parse();
     let code = match cli.cmd {
-        Cmd::Suite { file, dispatcher, json, compare, runs, only, duration_scale, keep_tmp, fail_on_error, quiet } => {
-            for c in &compare {
+        Cmd::Suite(o) => {
+            for c in &o.compare {
                 if !sni_loadtest::targets::PEERS.contains(&c.as_str()) {
                     eprintln!("unknown peer {c}; known: {}", sni_loadtest::targets::PEERS.join(", "));
                     std::process::exit(2);
                 }
             }
-            let o = Options {
-                suite: file,
-                dispatcher,
-                json,
-                compare,
-                runs,
-                only,
-                duration_scale,
-                keep_tmp,
-                fail_on_error,
-                quiet,
-            };
             match runner::run(&o) {
                 Ok(c) => c,
                 Err(e) => {
@@ -87,6 +48,13 @@ fn main() {
                 }
             }
         }
+        Cmd::Quic(o) => match sni_loadtest::quic::run(&o) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: {e}");
+                2
+            }
+        },
         Cmd::Configs { file, out } => match runner::write_configs(&file, &out) {
             Ok(()) => 0,
             Err(e) => {

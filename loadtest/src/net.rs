@@ -16,6 +16,11 @@ pub fn source_addr(i: u32) -> Ipv4Addr {
 /// Connect to `dst` from source address number `src`, letting the kernel pick the port at
 /// connect time (IP_BIND_ADDRESS_NO_PORT), with TCP_NODELAY and I/O timeouts.
 pub fn connect(dst: SocketAddrV4, src: u32, timeout: Duration) -> io::Result<TcpStream> {
+    connect_from(dst, source_addr(src), timeout)
+}
+
+/// [`connect`] from the source address `src` itself.
+pub fn connect_from(dst: SocketAddrV4, src: Ipv4Addr, timeout: Duration) -> io::Result<TcpStream> {
     let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
     let one: libc::c_int = 1;
     // SAFETY: plain setsockopt on a socket we own, with a c_int value.
@@ -28,7 +33,7 @@ pub fn connect(dst: SocketAddrV4, src: u32, timeout: Duration) -> io::Result<Tcp
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         );
     }
-    s.bind(&SockAddr::from(SocketAddrV4::new(source_addr(src), 0)))?;
+    s.bind(&SockAddr::from(SocketAddrV4::new(src, 0)))?;
     s.set_nodelay(true)?;
     // a blocking connect bounded by SO_SNDTIMEO (Linux applies it to connect): fewer system
     // calls than a non-blocking connect and poll
@@ -39,6 +44,25 @@ pub fn connect(dst: SocketAddrV4, src: u32, timeout: Duration) -> io::Result<Tcp
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Err(io::ErrorKind::TimedOut.into()),
         Err(e) => Err(e),
     }
+}
+
+/// Raise this process's soft limit on open files to its hard limit (idle workloads hold
+/// thousands of client and back-end sockets); returns the soft limit now in force.
+pub fn raise_nofile() -> u64 {
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit with a valid rlimit struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
+            return 0;
+        }
+        if r.rlim_cur < r.rlim_max {
+            let want = libc::rlimit { rlim_cur: r.rlim_max, rlim_max: r.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+                r.rlim_cur = r.rlim_max;
+            }
+        }
+    }
+    r.rlim_cur
 }
 
 /// Parse a CPU list such as "0-3,8".

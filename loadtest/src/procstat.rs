@@ -59,14 +59,42 @@ pub fn own_cpu_seconds() -> f64 {
     stat(std::process::id()).map(|(_, t)| t as f64 / clk_tck()).unwrap_or(0.0)
 }
 
-/// Peak resident set (VmHWM) in KiB, summed over `pid` and its descendants.
-pub fn peak_rss_kib(pid: u32) -> u64 {
+/// A `kB` field of /proc/PID/status (e.g. "VmRSS"), summed over `pid` and its descendants.
+fn status_kib(pid: u32, field: &str) -> u64 {
     tree(pid)
         .into_iter()
-        .filter_map(|p| {
-            let s = std::fs::read_to_string(format!("/proc/{p}/status")).ok()?;
-            s.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse::<u64>().ok()
-        })
+        .filter_map(|p| status_field(&std::fs::read_to_string(format!("/proc/{p}/status")).ok()?, field))
+        .sum()
+}
+
+/// The value of `field` ("VmRSS") in the text of a /proc/PID/status file, in kB.
+pub fn status_field(status: &str, field: &str) -> Option<u64> {
+    status
+        .lines()
+        .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Peak resident set (VmHWM) in KiB, summed over `pid` and its descendants.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmHWM")
+}
+
+/// Resident set now (VmRSS) in KiB, summed over `pid` and its descendants (nginx: master and
+/// workers; pages they share count in each).
+pub fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS")
+}
+
+/// Open file descriptors (entries of /proc/PID/fd), summed over `pid` and its descendants.
+pub fn fd_count(pid: u32) -> u64 {
+    tree(pid)
+        .into_iter()
+        .filter_map(|p| std::fs::read_dir(format!("/proc/{p}/fd")).ok())
+        .map(|d| d.count() as u64)
         .sum()
 }
 
@@ -87,5 +115,17 @@ mod tests {
         assert!(own_cpu_seconds() > 0.0);
         assert!(peak_rss_kib(me) > 100);
         assert!(tree(me).contains(&me));
+        assert!(rss_kib(me) > 100 && rss_kib(me) <= peak_rss_kib(me));
+        // stdin, stdout, stderr at least (other tests open and close files meanwhile)
+        assert!(fd_count(me) >= 3);
+    }
+
+    #[test]
+    fn status_fields() {
+        let s = "Name:\tx\nVmHWM:\t  2048 kB\nVmRSS:\t  1024 kB\nVmRSSX:\t 9 kB\n";
+        assert_eq!(status_field(s, "VmRSS"), Some(1024));
+        assert_eq!(status_field(s, "VmHWM"), Some(2048));
+        assert_eq!(status_field(s, "VmSwap"), None);
+        assert_eq!(status_field(s, "Name"), None);
     }
 }

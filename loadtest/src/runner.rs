@@ -6,9 +6,10 @@ use crate::net::{parse_cpus, pin};
 use crate::procstat;
 use crate::report::{self, Percentiles, Report, RunResult, WorkloadReport};
 use crate::scaling;
-use crate::suite::{Action, BackendKind, Kind, Model, Suite, Workload};
+use crate::suite::{Action, BackendKind, IdleState, Kind, Model, Suite, Workload};
 use crate::targets::{self, Env, RouteRt, Running, DISPATCHER};
 use crate::workloads::{self, new_hist, Live, Prepared};
+use crate::{counts, idle};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
@@ -17,17 +18,46 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// `sni-loadtest suite`'s arguments.
+#[derive(clap::Args)]
 pub struct Options {
+    /// the suite file (TOML), e.g. loadtest/suites/smoke.toml
+    #[arg(value_name = "FILE")]
     pub suite: PathBuf,
+    /// the sni-dispatch binary to measure (e.g. target/release/sni-dispatch)
+    #[arg(long)]
     pub dispatcher: Option<PathBuf>,
+    /// write every figure as JSON here, and one SVG latency plot per workload beside it
+    #[arg(long)]
     pub json: Option<PathBuf>,
+    /// peers to run the same workloads against, alternately: haproxy, haproxy-splice, nginx
+    #[arg(long, value_delimiter = ',')]
     pub compare: Vec<String>,
+    /// alternating runs per target (default: the suite's `runs`)
+    #[arg(long)]
     pub runs: Option<usize>,
+    /// run only these workloads
+    #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
+    /// multiply every workload's duration (e.g. 0.2 for a quick look)
+    #[arg(long, default_value_t = 1.0)]
     pub duration_scale: f64,
+    /// keep the temporary directory with the generated configs and logs
+    #[arg(long)]
     pub keep_tmp: bool,
+    /// exit 1 on any error even if the suite does not ask for it
+    #[arg(long)]
     pub fail_on_error: bool,
+    /// no progress bars or per-run lines; print the report at the end
+    #[arg(long)]
     pub quiet: bool,
+    /// count the target's system calls, io_uring submissions and wake-ups (perf stat on
+    /// tracepoints) and the host's TCP segments (nstat) in each measured window, per connection
+    #[arg(long)]
+    pub counts: bool,
+    /// idle workloads: hold N connections instead of the suite's `connections` (e.g. 1000, 3000, 5000)
+    #[arg(long, value_name = "N")]
+    pub connections: Option<usize>,
 }
 
 fn names_for_cert(r: &crate::suite::Route) -> Vec<String> {
@@ -63,6 +93,8 @@ fn host() -> String {
 /// What every measurement of a suite shares.
 struct Ctx<'a> {
     o: &'a Options,
+    /// the run's temporary directory (perf's output files)
+    dir: &'a Path,
     suite_dir: &'a Path,
     model: &'a Arc<Model>,
     ca: &'a Ca,
@@ -94,10 +126,22 @@ fn start_targets(
 }
 
 fn shape(w: &Workload, duration_scale: f64, unit: &str) -> String {
-    match w.rate {
+    if w.kind == Kind::Idle {
+        return format!(
+            "{} connections{unit} held, opened within {} s, read {} s after, {} s after they leave",
+            w.connections,
+            w.duration_s * duration_scale,
+            w.settle_s,
+            w.leave_s
+        );
+    }
+    let bg = w.background.as_ref().map(|b| format!(", beside {b}")).unwrap_or_default();
+    let src = w.source.map(|a| format!(", from {a}")).unwrap_or_default();
+    let shape = match w.rate {
         Some(r) => format!("open loop {r:.0}/s, pool {}{unit}, {} s", w.concurrency, w.duration_s * duration_scale),
         None => format!("closed loop {} conns{unit}, {} s", w.concurrency, w.duration_s * duration_scale),
-    }
+    };
+    format!("{shape}{src}{bg}")
 }
 
 fn kind_text(w: &Workload) -> &'static str {
@@ -111,27 +155,77 @@ fn kind_text(w: &Workload) -> &'static str {
             }
         }
         Kind::Bulk => "bulk",
+        Kind::Idle => match w.state {
+            Some(IdleState::PartialHello) => "idle, partial hello",
+            Some(IdleState::Spliced) => "idle, spliced passthrough",
+            Some(IdleState::Terminated) => "idle, terminated TLS",
+            None => "idle",
+        },
     }
 }
 
-/// `runs` runs of workload `w` against every running target, alternating the order between runs;
-/// the report is named `label`; a target that dies goes to `target_errors` under its name and `tag`.
-#[allow(clippy::too_many_arguments)]
+/// One workload as measured: its index (for seeds), itself (scaled in scaling runs), the
+/// workload running beside it, the report's name and the targets' tag.
+struct Job<'a> {
+    wi: usize,
+    w: &'a Workload,
+    bg: Option<Workload>,
+    label: &'a str,
+    tag: &'a str,
+}
+
+/// Half a second of background load before the workload's window opens.
+const BACKGROUND_LEAD: Duration = Duration::from_millis(500);
+
+/// Stop target `t` and start it again (idle workloads measure a fresh process).
+fn restart(t: &mut Running, env: &Env, o: &Options) -> Result<(), String> {
+    t.stop();
+    *t = targets::start(&t.name.clone(), env, o.dispatcher.as_deref())?;
+    Ok(())
+}
+
+/// One idle run against `t`: a fresh target, the connections held, the readings.
+fn idle_run(prep: &Prepared, t: &Running, run: usize, open_within: Duration, seed: u64) -> RunResult {
+    let pid = t.pid();
+    let cpu0 = procstat::cpu_seconds(pid);
+    let own0 = procstat::own_cpu_seconds();
+    let (st, errors) = idle::run(prep, pid, t.port, open_within, seed);
+    let cpu = procstat::cpu_seconds(pid) - cpu0;
+    RunResult {
+        target: t.name.clone(),
+        run,
+        ok: st.held,
+        errors,
+        elapsed_s: st.open_s,
+        rate: st.opened as f64 / st.open_s.max(1e-9),
+        cpu_s: cpu,
+        cpu_us_per_conn: if st.opened > 0 { cpu * 1e6 / st.opened as f64 } else { 0.0 },
+        peak_rss_kib: procstat::peak_rss_kib(pid),
+        load_cpu_s: procstat::own_cpu_seconds() - own0,
+        idle: Some(st),
+        ..Default::default()
+    }
+}
+
+/// `runs` runs of workload `job.w` against every running target, alternating the order between
+/// runs; a target that dies goes to `target_errors` under its name and `job.tag`.
 fn measure(
     ctx: &Ctx,
-    wi: usize,
-    w: &Workload,
-    label: &str,
-    tag: &str,
+    env: &Env,
+    job: &Job,
     running: &mut [Running],
     names: &[String],
     load_cpus: &[usize],
     target_errors: &mut BTreeMap<String, String>,
 ) -> Result<WorkloadReport, String> {
-    let o = ctx.o;
+    let (o, w, label, tag) = (ctx.o, job.w, job.label, job.tag);
     let runs = ctx.runs;
     let ca_der = Some(ctx.ca.der());
-    let prep = Arc::new(Prepared::new(w, ctx.model.clone(), ca_der, ctx.suite_dir)?);
+    let prep = Arc::new(Prepared::new(w, ctx.model.clone(), ca_der.clone(), ctx.suite_dir)?);
+    let bg = match &job.bg {
+        Some(b) => Some(Arc::new(Prepared::new(b, ctx.model.clone(), ca_der, ctx.suite_dir)?)),
+        None => None,
+    };
     let duration = Duration::from_secs_f64(w.duration_s * o.duration_scale);
     let mut results: Vec<RunResult> = Vec::new();
     let mut merged: BTreeMap<String, hdrhistogram::Histogram<u64>> = BTreeMap::new();
@@ -149,7 +243,30 @@ fn measure(
                 target_errors.entry(format!("{}{tag}", t.name)).or_insert(e);
                 continue;
             }
-            let seed = (wi as u64) << 32 | run as u64;
+            let seed = (job.wi as u64) << 32 | run as u64;
+            if w.kind == Kind::Idle {
+                if let Err(e) = restart(t, env, o) {
+                    eprintln!("!! {e}");
+                    target_errors.entry(format!("{}{tag}", t.name)).or_insert(e);
+                    continue;
+                }
+                let r = idle_run(&prep, t, run, duration, seed);
+                if !o.quiet {
+                    let st = r.idle.as_ref().unwrap();
+                    eprintln!(
+                        "  {label} · {} · run {}: {} held, {} errors, {:.1} KiB/conn, {:.2} fds/conn, RSS after leave {:.0}% of before",
+                        t.name,
+                        run + 1,
+                        st.held,
+                        r.error_count(),
+                        st.kib_per_conn,
+                        st.fds_per_conn,
+                        st.after_pct_of_baseline
+                    );
+                }
+                results.push(r);
+                continue;
+            }
             let live = Arc::new(Live::default());
             if w.warmup_s > 0.0 {
                 workloads::run(
@@ -163,25 +280,65 @@ fn measure(
             }
             let live = Arc::new(Live::default());
             let pid = t.pid();
+            // the window of CPU time and counts: the workload's, and its background's whole life
+            let perf = o.counts.then(|| {
+                counts::Perf::start(&procstat::tree(pid), ctx.dir, &format!("{}-{}-{run}", label, t.name))
+                    .and_then(|mut p| p.enable().map(|()| p))
+            });
+            let segs0 = o.counts.then(counts::tcp_out_segs);
             let cpu0 = procstat::cpu_seconds(pid);
             let own0 = procstat::own_cpu_seconds();
+            // the background starts first and opens connections until the workload ends
+            let bg_run = bg.clone().map(|b| {
+                let (port, cpus) = (t.port, load_cpus.to_vec());
+                let h = std::thread::spawn(move || {
+                    workloads::run(&b, port, &cpus, duration + BACKGROUND_LEAD, seed ^ 0xb6, &Arc::new(Live::default()))
+                });
+                std::thread::sleep(BACKGROUND_LEAD);
+                h
+            });
             let bar =
                 progress(o.quiet, duration, &format!("{label} · {} · run {}/{}", t.name, run + 1, runs), live.clone());
             let out = workloads::run(&prep, t.port, load_cpus, duration, seed, &live);
-            let cpu = procstat::cpu_seconds(pid) - cpu0;
-            let load_cpu = procstat::own_cpu_seconds() - own0;
             if let Some((b, stop)) = bar {
                 stop.store(true, Ordering::Relaxed);
                 b.finish_and_clear();
             }
+            let bg_out = bg_run.map(|h| h.join().unwrap_or_else(|_| workloads::Outcome::empty()));
+            let cpu = procstat::cpu_seconds(pid) - cpu0;
+            let load_cpu = procstat::own_cpu_seconds() - own0;
+            let segs = segs0.map(|a| Ok(counts::tcp_out_segs()?.saturating_sub(a?)));
+            let perf = perf.map(|p| p.and_then(counts::Perf::finish));
             let rss = procstat::peak_rss_kib(pid);
             let mut errors = out.errors.clone();
+            let background = bg_out.map(|b| {
+                for (k, v) in &b.errors {
+                    *errors.entry(format!("bg_{k}")).or_default() += v;
+                }
+                let gib = b.bytes as f64 / (1u64 << 30) as f64;
+                report::Background {
+                    workload: job.bg.as_ref().map(|x| x.name.clone()).unwrap_or_default(),
+                    ok: b.ok,
+                    refused: b.refused,
+                    errors: b.errors.clone(),
+                    elapsed_s: b.elapsed_s,
+                    bytes: b.bytes,
+                    conns: b.ok + b.refused + b.expected_drops,
+                    rate: b.ok as f64 / b.elapsed_s.max(1e-9),
+                    gib_per_s: gib / b.elapsed_s.max(1e-9),
+                    bulk: job.bg.as_ref().is_some_and(|x| x.kind == Kind::Bulk),
+                }
+            });
             if let Some(st) = t.exited() {
                 *errors.entry("target_exited".into()).or_default() += 1;
                 eprintln!("!! {}{tag} exited ({st}) during {label}:\n{}", t.name, t.log_tail());
             }
             let gib = out.bytes as f64 / (1u64 << 30) as f64;
-            let conns = out.ok + out.expected_drops;
+            let conns = out.ok + out.expected_drops + out.refused;
+            let counts = perf.map(|p| {
+                let all = conns + background.as_ref().map_or(0, |b| b.conns);
+                counts::Counts::new(all, p, segs.unwrap_or_else(|| Err("nstat: not read".into())))
+            });
             let r = RunResult {
                 target: t.name.clone(),
                 run,
@@ -202,11 +359,16 @@ fn measure(
                 load_cpu_s: load_cpu,
                 slowloris: out.slow.clone(),
                 not_started: out.not_started,
+                refused: out.refused,
+                idle: None,
+                counts,
+                background,
             };
             merged.entry(t.name.clone()).or_insert_with(new_hist).add(&out.latency).map_err(|e| format!("{e:?}"))?;
             if !o.quiet {
+                let c = r.counts.as_ref().map(counts_text).unwrap_or_default();
                 eprintln!(
-                    "  {label} · {} · run {}: {} ok, {} errors, {:.0}/s, p99 {}, CPU {:.1} µs/conn",
+                    "  {label} · {} · run {}: {} ok, {} errors, {:.0}/s, p99 {}, CPU {:.1} µs/conn{c}",
                     t.name,
                     run + 1,
                     r.ok,
@@ -219,12 +381,19 @@ fn measure(
             results.push(r);
         }
     }
-    let summary = names.iter().filter_map(|n| merged.get(n).map(|h| report::summarize(n, &results, h))).collect();
+    let summary = names
+        .iter()
+        .filter_map(|n| {
+            let h = merged.get(n).cloned().or_else(|| results.iter().any(|r| &r.target == n).then(new_hist))?;
+            Some(report::summarize(n, &results, &h))
+        })
+        .collect();
     let wr = WorkloadReport {
         name: label.to_string(),
         kind: kind_text(w).into(),
         shape: shape(w, o.duration_scale, ""),
         bulk: w.kind == Kind::Bulk,
+        idle: w.kind == Kind::Idle,
         runs: results,
         summary,
     };
@@ -235,14 +404,42 @@ fn measure(
     Ok(wr)
 }
 
+/// The per-run line's counts: ", 14.2 syscalls, 3.1 submits, 2.3 wake-ups, 20.0 segs per conn".
+fn counts_text(c: &counts::Counts) -> String {
+    let f = |x: Option<f64>| x.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into());
+    let mut s = format!(
+        ", per conn: {} syscalls, {} io_uring submits, {} wake-ups, {} TCP segs",
+        f(c.syscalls_per_conn),
+        f(c.io_uring_submits_per_conn),
+        f(c.wakeups_per_conn),
+        f(c.tcp_segs_per_conn)
+    );
+    for n in &c.notes {
+        s.push_str(&format!(" ({n})"));
+    }
+    s
+}
+
 pub fn run(o: &Options) -> Result<i32, String> {
     // the CPUs this process may use, read before the main thread is pinned
     let allowed = scaling::allowed_cpus();
-    let suite = Suite::load(&o.suite)?;
+    let mut suite = Suite::load(&o.suite)?;
     if let Some(cp) = &suite.control_plane {
         let bin = o.dispatcher.clone().unwrap_or_else(|| PathBuf::from("target/release/sni-dispatch"));
         let cpus = crate::control::Cpu { target: suite.cpus.dispatcher.clone(), load: parse_cpus(&suite.cpus.load)? };
         return crate::control::run(cp, &bin, &o.compare, cpus, o.json.as_deref());
+    }
+    if let Some(n) = o.connections {
+        for w in suite.workloads.iter_mut().filter(|w| w.kind == Kind::Idle) {
+            w.connections = n;
+        }
+        suite.validate()?;
+    }
+    // every client socket and every back-end socket of an idle workload is ours
+    let nofile = crate::net::raise_nofile();
+    let want = 2 * suite.peak_connections() as u64 + 256;
+    if nofile < want {
+        eprintln!("warning: open-file limit {nofile} < {want} (client and back-end sockets of the largest workload)");
     }
     let suite_dir = o
         .suite
@@ -253,8 +450,13 @@ pub fn run(o: &Options) -> Result<i32, String> {
     let model = Arc::new(Model::new(&suite));
     let tmp = tempfile::Builder::new().prefix("sni-loadtest-").tempdir().map_err(|e| e.to_string())?;
     let dir = tmp.path().to_path_buf();
-    let selected: Vec<(usize, &Workload)> =
-        suite.workloads.iter().enumerate().filter(|(_, w)| o.only.is_empty() || o.only.contains(&w.name)).collect();
+    // background-only workloads run beside others, or alone when --only names them
+    let selected: Vec<(usize, &Workload)> = suite
+        .workloads
+        .iter()
+        .enumerate()
+        .filter(|(_, w)| if o.only.is_empty() { !w.background_only } else { o.only.contains(&w.name) })
+        .collect();
 
     // scaling runs: a placement per size; the back ends and the load start where the first goes
     let plan = match &suite.scaling {
@@ -333,7 +535,7 @@ pub fn run(o: &Options) -> Result<i32, String> {
         return Err("nothing to measure: give --dispatcher PATH and/or --compare haproxy,nginx".into());
     }
     let runs = o.runs.unwrap_or(suite.runs).max(1);
-    let ctx = Ctx { o, suite_dir: &suite_dir, model: &model, ca: &ca, runs };
+    let ctx = Ctx { o, dir: &dir, suite_dir: &suite_dir, model: &model, ca: &ca, runs };
     let mut target_errors = BTreeMap::new();
     let mut reports = Vec::new();
     let mut scaling_report = None;
@@ -380,7 +582,9 @@ pub fn run(o: &Options) -> Result<i32, String> {
                 for (wi, w) in &selected {
                     let ws = scaling::scale_workload(w, p.workers, sc.scale_load);
                     let label = format!("{}.w{}", w.name, p.workers);
-                    let wr = measure(&ctx, *wi, &ws, &label, &tag, &mut running, &names, &p.load, &mut target_errors)?;
+                    let bg = background_of(&suite, w).map(|b| scaling::scale_workload(b, p.workers, sc.scale_load));
+                    let job = Job { wi: *wi, w: &ws, bg, label: &label, tag: &tag };
+                    let wr = measure(&ctx, &env, &job, &mut running, &names, &p.load, &mut target_errors)?;
                     if let Some(x) = sw.iter_mut().find(|x| x.name == w.name) {
                         x.rows.extend(scaling::rows_of(&wr, p));
                     }
@@ -410,7 +614,8 @@ pub fn run(o: &Options) -> Result<i32, String> {
                 eprintln!("configs and logs in {}", dir.display());
             }
             for (wi, w) in &selected {
-                reports.push(measure(&ctx, *wi, w, &w.name, "", &mut running, &names, &load_cpus, &mut target_errors)?);
+                let job = Job { wi: *wi, w, bg: background_of(&suite, w).cloned(), label: &w.name, tag: "" };
+                reports.push(measure(&ctx, &env, &job, &mut running, &names, &load_cpus, &mut target_errors)?);
             }
             for t in running.iter_mut() {
                 t.stop();
@@ -423,6 +628,7 @@ pub fn run(o: &Options) -> Result<i32, String> {
         .cloned()
         .unwrap_or_default();
     let ratios = report::ratios(&reports, &baseline);
+    let comparisons = comparisons_of(&suite, &reports);
     let rep = Report {
         suite: suite.name.clone(),
         description: suite.description.clone(),
@@ -433,6 +639,7 @@ pub fn run(o: &Options) -> Result<i32, String> {
         workloads: reports,
         ratios,
         scaling: scaling_report,
+        comparisons,
     };
     if o.quiet {
         println!("{}", rep.text());
@@ -441,6 +648,13 @@ pub fn run(o: &Options) -> Result<i32, String> {
             println!("!! {t} not measured: {}", e.lines().next().unwrap_or(""));
         }
         println!("{}", report::ratio_table(&rep.ratios));
+        let idle = report::idle_table(&rep.workloads);
+        if !idle.is_empty() {
+            println!("{idle}");
+        }
+        if !rep.comparisons.is_empty() {
+            println!("{}", report::comparison_table(&rep.comparisons));
+        }
         if let Some(s) = &rep.scaling {
             println!("{}", scaling::text(s));
         }
@@ -457,7 +671,8 @@ pub fn run(o: &Options) -> Result<i32, String> {
     if let Some(j) = &o.json {
         std::fs::write(j, serde_json::to_string_pretty(&rep).unwrap()).map_err(|e| format!("{}: {e}", j.display()))?;
         let stem = j.with_extension("");
-        for w in &rep.workloads {
+        let plotted: Vec<&WorkloadReport> = rep.workloads.iter().filter(|w| !w.idle).collect();
+        for w in &plotted {
             let curves: Vec<(String, Vec<(f64, f64)>)> =
                 w.summary.iter().map(|s| (s.target.clone(), s.curve.clone())).collect();
             let f = PathBuf::from(format!("{}.{}.svg", stem.display(), w.name));
@@ -467,7 +682,7 @@ pub fn run(o: &Options) -> Result<i32, String> {
             )
             .map_err(|e| format!("{}: {e}", f.display()))?;
         }
-        eprintln!("wrote {} and {} plot(s) beside it", j.display(), rep.workloads.len());
+        eprintln!("wrote {} and {} plot(s) beside it", j.display(), plotted.len());
     }
     if o.keep_tmp {
         let p = tmp.keep();
@@ -479,6 +694,27 @@ pub fn run(o: &Options) -> Result<i32, String> {
         return Ok(1);
     }
     Ok(0)
+}
+
+fn background_of<'a>(suite: &'a Suite, w: &Workload) -> Option<&'a Workload> {
+    w.background.as_deref().and_then(|b| suite.workload(b))
+}
+
+/// Every measured workload with `compare_to` against the report of the workload it names (in
+/// scaling runs, of the same size: `NAME.wN` against `BASELINE.wN`).
+fn comparisons_of(suite: &Suite, reports: &[WorkloadReport]) -> Vec<report::Comparison> {
+    let mut out = Vec::new();
+    for r in reports {
+        let (name, size) = match r.name.rsplit_once(".w") {
+            Some((n, k)) if suite.workload(n).is_some() && k.parse::<usize>().is_ok() => (n, format!(".w{k}")),
+            _ => (r.name.as_str(), String::new()),
+        };
+        let Some(base) = suite.workload(name).and_then(|w| w.compare_to.as_ref()) else { continue };
+        if let Some(alone) = reports.iter().find(|x| x.name == format!("{base}{size}")) {
+            out.extend(report::compare(r, alone));
+        }
+    }
+    out
 }
 
 type Bar = Option<(ProgressBar, Arc<std::sync::atomic::AtomicBool>)>;

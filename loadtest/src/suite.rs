@@ -175,6 +175,10 @@ pub enum BackendKind {
     Bulk,
     /// A rustls TLS terminator with the route's certificate, echoing the plaintext.
     Tls,
+    /// Holds connections open: answers a ClientHello like `hello` (after a PROXY header where
+    /// asked), echoes anything else, closes only when the client does. One epoll thread serves
+    /// them all, so thousands of idle connections cost no threads (idle workloads).
+    Hold,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -209,6 +213,21 @@ pub enum Kind {
     HelloReplay,
     FullTls,
     Bulk,
+    /// Open `connections` connections, hold them in one `state`, measure the target's memory
+    /// and descriptors per connection (see [`crate::idle`]).
+    Idle,
+}
+
+/// What an idle connection has done when it is held (`kind = "idle"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdleState {
+    /// The first `partial_bytes` bytes of the ClientHello, then nothing.
+    PartialHello,
+    /// The whole hello sent, the back end's answer read: a relayed (spliced) passthrough connection.
+    Spliced,
+    /// A TLS 1.3 handshake completed with the target and 16 bytes echoed through it.
+    Terminated,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -331,6 +350,9 @@ pub struct Workload {
     pub push_mib: f64,
     #[serde(default)]
     pub pull_mib: f64,
+    /// Bulk: keep each direction of each connection at this many MiB/s at most (0: as fast as it goes).
+    #[serde(default)]
+    pub mib_per_s: f64,
     #[serde(default = "io_timeout")]
     pub io_timeout_ms: u64,
     #[serde(default)]
@@ -338,6 +360,51 @@ pub struct Workload {
     /// Targets that skip this workload (e.g. a peer that cannot express it).
     #[serde(default)]
     pub skip_targets: Vec<String>,
+    /// Bind this source address before connecting (default: 32 addresses 127.1.0.x in turn).
+    #[serde(default)]
+    pub source: Option<Ipv4Addr>,
+    /// Connections the target refuses (connect refused or reset, closed or reset before the
+    /// answer) are counted as `refused`, not as errors (an admission flood).
+    #[serde(default)]
+    pub refusal_expected: bool,
+    /// Another workload of the suite that runs at the same time against the same target, from
+    /// half a second before this one starts until it ends (its own `max_count` still bounds it).
+    #[serde(default)]
+    pub background: Option<String>,
+    /// Run only as another workload's `background` (or when named by `--only`).
+    #[serde(default)]
+    pub background_only: bool,
+    /// Report this workload's latency against that workload's (e.g. the same load without the
+    /// background): p99 with ÷ p99 without, per target.
+    #[serde(default)]
+    pub compare_to: Option<String>,
+    /// Idle: connections to open and hold (`--connections N` overrides it).
+    #[serde(default = "five_thousand")]
+    pub connections: usize,
+    /// Idle: what each connection has done when it is held.
+    #[serde(default)]
+    pub state: Option<IdleState>,
+    /// Idle, `partial_hello`: bytes of the hello sent.
+    #[serde(default = "twenty")]
+    pub partial_bytes: usize,
+    /// Idle: seconds between the last connection opened and the measurement.
+    #[serde(default = "two")]
+    pub settle_s: f64,
+    /// Idle: seconds between closing every connection and the last RSS reading.
+    #[serde(default = "ten_f")]
+    pub leave_s: f64,
+}
+fn five_thousand() -> usize {
+    5000
+}
+fn twenty() -> usize {
+    20
+}
+fn two() -> f64 {
+    2.0
+}
+fn ten_f() -> f64 {
+    10.0
 }
 fn five() -> f64 {
     5.0
@@ -412,9 +479,14 @@ impl Suite {
             if !(0.0..=1.0).contains(&w.no_sni_share) || !(0.0..=1.0).contains(&w.dedicated_share) {
                 return Err(format!("workload {}: shares must be within 0..1", w.name));
             }
+            if !(w.mib_per_s >= 0.0 && w.mib_per_s.is_finite()) {
+                return Err(format!("workload {}: mib_per_s must be 0 or more", w.name));
+            }
             if w.kind == Kind::Bulk && w.push_mib <= 0.0 && w.pull_mib <= 0.0 {
                 return Err(format!("workload {}: bulk needs push_mib or pull_mib", w.name));
             }
+            self.validate_idle(w)?;
+            self.validate_links(w)?;
         }
         if let Some(sc) = &self.scaling {
             if sc.workers.is_empty() {
@@ -433,6 +505,75 @@ impl Suite {
             }
         }
         Ok(())
+    }
+}
+
+impl Suite {
+    /// The workload named `name`.
+    pub fn workload(&self, name: &str) -> Option<&Workload> {
+        self.workloads.iter().find(|w| w.name == name)
+    }
+
+    fn validate_idle(&self, w: &Workload) -> Result<(), String> {
+        if w.kind != Kind::Idle {
+            if w.state.is_some() {
+                return Err(format!("workload {}: `state` is for kind = \"idle\"", w.name));
+            }
+            return Ok(());
+        }
+        let Some(state) = w.state else {
+            return Err(format!("workload {}: idle needs state = partial_hello, spliced or terminated", w.name));
+        };
+        if w.connections == 0 || w.connections > 100_000 {
+            return Err(format!("workload {}: connections must be within 1..=100000", w.name));
+        }
+        if state == IdleState::PartialHello && w.partial_bytes == 0 {
+            return Err(format!("workload {}: partial_bytes must be positive", w.name));
+        }
+        if !(0.0..=600.0).contains(&w.settle_s) || !(0.0..=600.0).contains(&w.leave_s) {
+            return Err(format!("workload {}: settle_s and leave_s must be within 0..=600", w.name));
+        }
+        if w.slowloris.is_some() || w.background.is_some() || w.rate.is_some() {
+            return Err(format!("workload {}: an idle workload takes no slowloris, background or rate", w.name));
+        }
+        Ok(())
+    }
+
+    /// `background` and `compare_to` name other workloads; a background has none of its own.
+    fn validate_links(&self, w: &Workload) -> Result<(), String> {
+        if let Some(b) = &w.background {
+            let bg =
+                self.workload(b).ok_or_else(|| format!("workload {}: background {b} is not a workload", w.name))?;
+            if bg.name == w.name || bg.background.is_some() || bg.kind == Kind::Idle {
+                return Err(format!(
+                    "workload {}: background {b} must be another workload, not idle, without a background",
+                    w.name
+                ));
+            }
+        }
+        if let Some(c) = &w.compare_to {
+            if c == &w.name || self.workload(c).is_none() {
+                return Err(format!("workload {}: compare_to {c} is not another workload", w.name));
+            }
+        }
+        if w.source.is_some_and(|a| a.is_unspecified()) {
+            return Err(format!("workload {}: source must be an address", w.name));
+        }
+        Ok(())
+    }
+
+    /// The most client connections any workload keeps open at once (with its slowloris and
+    /// background): the generated peer configs raise `maxconn` and `worker_connections` to fit.
+    pub fn peak_connections(&self) -> usize {
+        let one = |w: &Workload| match w.kind {
+            Kind::Idle => w.connections,
+            _ => w.concurrency + w.slowloris.as_ref().map_or(0, |s| s.connections),
+        };
+        self.workloads
+            .iter()
+            .map(|w| one(w) + w.background.as_deref().and_then(|b| self.workload(b)).map_or(0, one))
+            .max()
+            .unwrap_or(0)
     }
 }
 

@@ -75,6 +75,18 @@ fn hello_timeout_ms(env: &Env) -> i64 {
     env.suite.dispatcher.runtime.get("hello_timeout_ms").and_then(|v| v.as_integer()).unwrap_or(5000)
 }
 
+/// The suite's `idle_timeout_ms`, if it sets one: the peers' idle timeouts follow it.
+fn idle_timeout_ms(env: &Env) -> Option<i64> {
+    env.suite.dispatcher.runtime.get("idle_timeout_ms").and_then(|v| v.as_integer())
+}
+
+/// HAProxy `maxconn` and nginx `worker_connections` (which counts both sides of a proxied
+/// connection): room for the suite's largest workload, never below the defaults of old.
+fn conn_limits(env: &Env) -> (usize, usize) {
+    let peak = env.suite.peak_connections();
+    ((peak + 1000).max(5000), (2 * peak + 1000).max(9000))
+}
+
 /// The dispatcher's TOML config (docs/configuration.md).
 pub fn dispatcher_config(env: &Env, port: u16) -> String {
     let s = env.suite;
@@ -190,6 +202,7 @@ pub fn haproxy_config(env: &Env, port: u16, splice: bool) -> Result<String, Stri
             }
         }
     }
+    let idle = idle_timeout_ms(env).map(|t| format!("{t}ms")).unwrap_or_else(|| "30s".into());
     let mut c = String::new();
     let mut cpu_map = String::new();
     for (t, cpu) in peer_cpus(env).into_iter().enumerate() {
@@ -197,8 +210,9 @@ pub fn haproxy_config(env: &Env, port: u16, splice: bool) -> Result<String, Stri
     }
     let _ = writeln!(
         c,
-        "global\n    nbthread {}\n{cpu_map}    maxconn 5000\n    ssl-default-bind-options ssl-min-ver TLSv1.2\n\ndefaults\n    mode tcp\n    timeout connect 3s\n    timeout client 30s\n    timeout server 30s\n{}",
+        "global\n    nbthread {}\n{cpu_map}    maxconn {}\n    ssl-default-bind-options ssl-min-ver TLSv1.2\n\ndefaults\n    mode tcp\n    timeout connect 3s\n    timeout client {idle}\n    timeout server {idle}\n{}",
         env.peer_workers.max(1),
+        conn_limits(env).0,
         if splice { "    option splice-request\n    option splice-response\n" } else { "" }
     );
     let _ = writeln!(
@@ -283,10 +297,13 @@ pub fn nginx_config(env: &Env, port: u16) -> Result<String, String> {
     }
     // several workers: one listening socket each, spread by the kernel (as the dispatcher's)
     let rp = if workers > 1 { " reuseport" } else { "" };
+    let wc = conn_limits(env).1;
+    let proxy_timeout = idle_timeout_ms(env).map(|t| format!("    proxy_timeout {t}ms;\n")).unwrap_or_default();
     let mut c = String::new();
     let _ = writeln!(
         c,
-        "load_module /usr/lib/nginx/modules/ngx_stream_module.so;\nworker_processes {workers};\n{affinity}worker_rlimit_nofile 20000;\npid {dir}/nginx.pid;\nerror_log {dir}/nginx-error.log crit;\nevents {{ worker_connections 9000; }}\nstream {{\n    map_hash_max_size {};\n    map_hash_bucket_size 128;\n    map $ssl_preread_server_name $sni_route {{\n        hostnames;",
+        "load_module /usr/lib/nginx/modules/ngx_stream_module.so;\nworker_processes {workers};\n{affinity}worker_rlimit_nofile {};\npid {dir}/nginx.pid;\nerror_log {dir}/nginx-error.log crit;\nevents {{ worker_connections {wc}; }}\nstream {{\n{proxy_timeout}    map_hash_max_size {};\n    map_hash_bucket_size 128;\n    map $ssl_preread_server_name $sni_route {{\n        hostnames;",
+        (wc + 1000).max(20000),
         (2 * n).max(2048),
         dir = env.dir.display()
     );
@@ -510,5 +527,31 @@ mod tests {
         let n = nginx_config(&env(1), 18446).unwrap();
         assert!(n.contains("worker_processes 1;\nworker_rlimit_nofile"), "{n}");
         assert!(!n.contains("reuseport"), "{n}");
+        // the defaults of old when no workload needs more
+        assert!(h.contains("maxconn 5000\n") && h.contains("timeout client 30s\n"), "{h}");
+        assert!(n.contains("worker_connections 9000;") && !n.contains("proxy_timeout"), "{n}");
+    }
+
+    #[test]
+    fn peer_limits_fit_the_largest_workload() {
+        let text = format!(
+            "{SUITE}\n[dispatcher]\nruntime = {{ idle_timeout_ms = 300000 }}\n\
+             [[workload]]\nname = \"i\"\nkind = \"idle\"\nstate = \"spliced\"\nconnections = 5000\n\
+             [[workload]]\nname = \"s\"\nkind = \"hello_replay\"\nconcurrency = 16\nslowloris = {{ connections = 2000, mode = \"stall\" }}\n"
+        );
+        let suite: Suite = toml::from_str(&text).unwrap();
+        suite.validate().unwrap();
+        assert_eq!(suite.peak_connections(), 5000);
+        let model = Model::new(&suite);
+        let routes = [RouteRt { backend_port: 19000, leaf: None }];
+        let dir = tempfile::tempdir().unwrap();
+        let env = Env { suite: &suite, model: &model, routes: &routes, dir: dir.path(), peer_workers: 1 };
+        let h = haproxy_config(&env, 18444, false).unwrap();
+        assert!(h.contains("maxconn 6000\n"), "{h}");
+        assert!(h.contains("timeout client 300000ms\n    timeout server 300000ms\n"), "{h}");
+        let n = nginx_config(&env, 18446).unwrap();
+        assert!(n.contains("worker_rlimit_nofile 20000;"), "{n}");
+        assert!(n.contains("worker_connections 11000;"), "{n}");
+        assert!(n.contains("stream {\n    proxy_timeout 300000ms;\n"), "{n}");
     }
 }

@@ -4,7 +4,7 @@ use crate::backends::{answer_label, bulk_cmd, stream_crc, write_stream, ANSWER_L
 use crate::co::{corrected_latency, record_with_expected_interval, Schedule};
 use crate::dist::IndexDist;
 use crate::hello::Hello;
-use crate::net::{connect, io_kind, pin};
+use crate::net::{connect, connect_from, io_kind, pin};
 use crate::suite::{DistKind, Kind, Model, SlowMode, Slowloris, Workload};
 use hdrhistogram::Histogram;
 use rand::rngs::SmallRng;
@@ -27,7 +27,7 @@ pub struct Prepared {
     names: Names,
     hello: Option<Hello>,
     hello_records: Vec<u8>,
-    tls: Option<Arc<rustls::ClientConfig>>,
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     dips: Vec<Ipv4Addr>,
     bulk: Option<BulkPlan>,
 }
@@ -117,7 +117,7 @@ impl Prepared {
             },
         };
         let hello = match w.kind {
-            Kind::HelloReplay | Kind::Bulk => {
+            Kind::HelloReplay | Kind::Bulk | Kind::Idle => {
                 let raw = match w.hello.as_deref() {
                     None | Some("rustls") => crate::hello::generate(Some("www.example.com")),
                     Some(path) => {
@@ -131,7 +131,7 @@ impl Prepared {
         };
         let hello_records = hello.as_ref().map(|h| h.to_records(w.record_size.unwrap_or(16384))).unwrap_or_default();
         // bulk uses TLS when the route it reaches terminates
-        let tls = matches!(w.kind, Kind::FullTls | Kind::Bulk).then(|| client_config(w, ca.clone()));
+        let tls = matches!(w.kind, Kind::FullTls | Kind::Bulk | Kind::Idle).then(|| client_config(w, ca.clone()));
         let mut dips = w.dedicated_ips.clone();
         if dips.is_empty() {
             dips = model.dip.keys().copied().collect();
@@ -157,8 +157,17 @@ impl Prepared {
         Ok(Prepared { w: w.clone(), model, names, hello, hello_records, tls, dips, bulk })
     }
 
+    /// Connect to `dst` from the workload's `source`, else from source address number `n`.
+    pub fn dial(&self, dst: SocketAddrV4, n: u32) -> io::Result<TcpStream> {
+        let to = Duration::from_millis(self.w.io_timeout_ms);
+        match self.w.source {
+            Some(ip) => connect_from(dst, ip, to),
+            None => connect(dst, n, to),
+        }
+    }
+
     /// Where the next connection goes: the IP dialed and the SNI (None: no SNI).
-    fn pick(&self, rng: &mut SmallRng) -> (Ipv4Addr, Option<String>) {
+    pub fn pick(&self, rng: &mut SmallRng) -> (Ipv4Addr, Option<String>) {
         let w = &self.w;
         let ip = if w.dedicated_share > 0.0 && rng.gen_bool(w.dedicated_share) {
             self.dips[rng.gen_range(0..self.dips.len())]
@@ -176,7 +185,7 @@ impl Prepared {
         (ip, sni)
     }
 
-    fn hello_bytes(&self, sni: Option<&str>) -> Vec<u8> {
+    pub fn hello_bytes(&self, sni: Option<&str>) -> Vec<u8> {
         let h = self.hello.as_ref().unwrap();
         if matches!(self.names, Names::Template) && sni.is_some() {
             return self.hello_records.clone();
@@ -244,6 +253,8 @@ pub struct Outcome {
     pub slow: Option<SlowStats>,
     /// open loop: connections due before the deadline that no worker could start in time
     pub not_started: u64,
+    /// `refusal_expected`: connections the target refused
+    pub refused: u64,
 }
 
 impl Outcome {
@@ -260,7 +271,23 @@ impl Outcome {
             elapsed_s: 0.0,
             slow: None,
             not_started: 0,
+            refused: 0,
         }
+    }
+
+    /// Add a thread's tallies (everything but the elapsed time and the slowloris figures).
+    pub fn add(&mut self, o: &Outcome) {
+        self.ok += o.ok;
+        self.expected_drops += o.expected_drops;
+        self.bytes += o.bytes;
+        self.resumed += o.resumed;
+        self.not_started += o.not_started;
+        self.refused += o.refused;
+        for (k, v) in &o.errors {
+            *self.errors.entry(k.clone()).or_default() += v;
+        }
+        self.latency.add(&o.latency).unwrap();
+        self.service.add(&o.service).unwrap();
     }
 }
 
@@ -360,6 +387,7 @@ pub fn run(p: &Arc<Prepared>, port: u16, cpus: &[usize], duration: Duration, see
                             Kind::HelloReplay => hello_once(&p, dst, n, sni.as_deref(), expect),
                             Kind::FullTls => tls_once(&p, dst, n, sni.as_deref(), expect, &mut rng),
                             Kind::Bulk => bulk_once(&p, dst, n, sni.as_deref(), expect, &cpus),
+                            Kind::Idle => Err("idle_in_load_loop"),
                         };
                         let end = Instant::now();
                         match r {
@@ -383,6 +411,10 @@ pub fn run(p: &Arc<Prepared>, port: u16, cpus: &[usize], duration: Duration, see
                                 }
                                 o.service.saturating_record(svc);
                             }
+                            Err(e) if p.w.refusal_expected && is_refusal(e) => {
+                                live.ok.fetch_add(1, Ordering::Relaxed);
+                                o.refused += 1;
+                            }
                             Err(e) => {
                                 live.err.fetch_add(1, Ordering::Relaxed);
                                 *o.errors.entry(e.to_string()).or_default() += 1;
@@ -396,17 +428,7 @@ pub fn run(p: &Arc<Prepared>, port: u16, cpus: &[usize], duration: Duration, see
     }
     let mut total = Outcome::empty();
     for h in handles {
-        let o = h.join().expect("client thread panicked");
-        total.ok += o.ok;
-        total.expected_drops += o.expected_drops;
-        total.bytes += o.bytes;
-        total.resumed += o.resumed;
-        total.not_started += o.not_started;
-        for (k, v) in o.errors {
-            *total.errors.entry(k).or_default() += v;
-        }
-        total.latency.add(&o.latency).unwrap();
-        total.service.add(&o.service).unwrap();
+        total.add(&h.join().expect("client thread panicked"));
     }
     total.elapsed_s = start.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
@@ -416,7 +438,22 @@ pub fn run(p: &Arc<Prepared>, port: u16, cpus: &[usize], duration: Duration, see
     total
 }
 
-fn io_err(e: io::Error) -> Err {
+/// A connection the target turned away: refused or reset at connect, closed or reset before answering.
+pub fn is_refusal(e: Err) -> bool {
+    matches!(
+        e,
+        "connect_refused"
+            | "connect_reset"
+            | "reset"
+            | "aborted"
+            | "closed_no_answer"
+            | "eof_early"
+            | "handshake_reset"
+            | "handshake_eof"
+    )
+}
+
+pub fn io_err(e: io::Error) -> Err {
     if let Some(re) = e.get_ref().and_then(|x| x.downcast_ref::<rustls::Error>()) {
         return match re {
             rustls::Error::InvalidCertificate(_) => "tls_cert",
@@ -427,7 +464,7 @@ fn io_err(e: io::Error) -> Err {
     io_kind(&e)
 }
 
-fn connect_err(e: io::Error) -> Err {
+pub fn connect_err(e: io::Error) -> Err {
     match io_kind(&e) {
         "timeout" => "connect_timeout",
         "refused" => "connect_refused",
@@ -437,7 +474,7 @@ fn connect_err(e: io::Error) -> Err {
 }
 
 /// Read until `buf` is full or EOF; returns the bytes read.
-fn read_full(s: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+pub fn read_full(s: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match s.read(&mut buf[n..]) {
@@ -458,8 +495,7 @@ fn hello_once(
     expect: Option<usize>,
 ) -> Result<Done, Err> {
     let bytes = p.hello_bytes(sni);
-    let to = Duration::from_millis(p.w.io_timeout_ms);
-    let mut s = connect(dst, src, to).map_err(connect_err)?;
+    let mut s = p.dial(dst, src).map_err(connect_err)?;
     match p.w.split_at {
         Some(k) if k > 0 && k < bytes.len() => {
             s.write_all(&bytes[..k]).map_err(|e| io_kind(&e))?;
@@ -502,6 +538,37 @@ fn hello_once(
     Ok(Done { bytes: (bytes.len() + ANSWER_LEN) as u64, resumed: false, dropped: false })
 }
 
+/// A rustls client for `sni` (no SNI: the IP dialed) over a connection from source `src`,
+/// before its handshake.
+pub fn tls_client(
+    p: &Prepared,
+    dst: SocketAddrV4,
+    src: u32,
+    sni: Option<&str>,
+) -> Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>, Err> {
+    let cfg = p.tls.clone().ok_or("tls_config")?;
+    let name: ServerName<'static> = match sni {
+        Some(n) => ServerName::try_from(n.to_string()).map_err(|_| "bad_name")?,
+        None => ServerName::IpAddress(PkiIp::from(*dst.ip())),
+    };
+    let conn = rustls::ClientConnection::new(cfg, name).map_err(|_| "tls_config")?;
+    let sock = p.dial(dst, src).map_err(connect_err)?;
+    Ok(rustls::StreamOwned::new(conn, sock))
+}
+
+/// Complete the client's handshake; socket failures are named `handshake_*`.
+pub fn handshake(tls: &mut rustls::StreamOwned<rustls::ClientConnection, TcpStream>) -> Result<(), Err> {
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock).map_err(|e| match io_err(e) {
+            "timeout" => "handshake_timeout",
+            "reset" => "handshake_reset",
+            "eof_early" => "handshake_eof",
+            k => k,
+        })?;
+    }
+    Ok(())
+}
+
 fn tls_once(
     p: &Prepared,
     dst: SocketAddrV4,
@@ -510,24 +577,9 @@ fn tls_once(
     expect: Option<usize>,
     rng: &mut SmallRng,
 ) -> Result<Done, Err> {
-    let cfg = p.tls.clone().unwrap();
-    let name: ServerName<'static> = match sni {
-        Some(n) => ServerName::try_from(n.to_string()).map_err(|_| "bad_name")?,
-        None => ServerName::IpAddress(PkiIp::from(*dst.ip())),
-    };
-    let conn = rustls::ClientConnection::new(cfg, name).map_err(|_| "tls_config")?;
-    let to = Duration::from_millis(p.w.io_timeout_ms);
-    let sock = connect(dst, src, to).map_err(connect_err)?;
-    let mut tls = rustls::StreamOwned::new(conn, sock);
+    let mut tls = tls_client(p, dst, src, sni)?;
     let r = (|| -> Result<(bool, u64), Err> {
-        while tls.conn.is_handshaking() {
-            tls.conn.complete_io(&mut tls.sock).map_err(|e| match io_err(e) {
-                "timeout" => "handshake_timeout",
-                "reset" => "handshake_reset",
-                "eof_early" => "handshake_eof",
-                k => k,
-            })?;
-        }
+        handshake(&mut tls)?;
         let resumed = tls.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
         let mut req = vec![0u8; p.w.request_bytes.max(1)];
         rng.fill(&mut req[..]);
@@ -575,18 +627,19 @@ fn bulk_once(
     }
     let plan = p.bulk.as_ref().unwrap();
     let hello = p.hello_bytes(sni);
-    let to = Duration::from_millis(p.w.io_timeout_ms);
-    let mut s = connect(dst, src, to).map_err(connect_err)?;
+    let mut s = p.dial(dst, src).map_err(connect_err)?;
     let mut w = s.try_clone().map_err(|e| io_kind(&e))?;
     let (push, pull, seed, pat) = (plan.push, plan.pull, plan.seed, plan.pattern.clone());
+    let mib_per_s = p.w.mib_per_s;
     let cpus = cpus.to_vec();
     let writer = std::thread::spawn(move || -> io::Result<()> {
         pin(&cpus, src as usize);
         let mut head = hello;
         head.extend_from_slice(&bulk_cmd(push, pull, seed));
         w.write_all(&head)?;
-        write_stream(&mut w, &pat, push)
+        write_stream(&mut Paced::new(w, mib_per_s), &pat, push)
     });
+    let pace = Pace::new(mib_per_s);
     let mut h = crc32fast::Hasher::new();
     let mut left = plan.pull;
     let mut b = vec![0u8; 256 * 1024];
@@ -601,6 +654,7 @@ fn bulk_once(
             Ok(n) => {
                 h.update(&b[..n]);
                 left -= n as u64;
+                pace.wait(plan.pull - left);
             }
             Err(e) => {
                 res = Err(io_kind(&e));
@@ -630,6 +684,58 @@ fn bulk_once(
         Err(e) => return Err(io_kind(&e)),
     }
     Ok(Done { bytes: plan.push + plan.pull, resumed: false, dropped: false })
+}
+
+/// Keeps a stream at `mib_per_s` at most, from its creation (0: unbounded).
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    start: Instant,
+    bytes_per_s: Option<f64>,
+}
+
+impl Pace {
+    fn new(mib_per_s: f64) -> Pace {
+        Pace { start: Instant::now(), bytes_per_s: (mib_per_s > 0.0).then_some(mib_per_s * 1048576.0) }
+    }
+    /// Sleep until `done` bytes are due.
+    fn wait(&self, done: u64) {
+        if let Some(r) = self.bytes_per_s {
+            let due = self.start + Duration::from_secs_f64(done as f64 / r);
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+        }
+    }
+}
+
+/// A writer kept at a `Pace` (64 KiB writes at most, so that it stays smooth).
+struct Paced<W> {
+    w: W,
+    pace: Pace,
+    done: u64,
+}
+
+impl<W: Write> Paced<W> {
+    fn new(w: W, mib_per_s: f64) -> Self {
+        Paced { w, pace: Pace::new(mib_per_s), done: 0 }
+    }
+}
+
+impl<W: Write> Write for Paced<W> {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        let n = if self.pace.bytes_per_s.is_some() {
+            self.w.write(&b[..b.len().min(64 * 1024)])?
+        } else {
+            self.w.write(b)?
+        };
+        self.done += n as u64;
+        self.pace.wait(self.done);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.w.flush()
+    }
 }
 
 /// The sending half of a TLS connection shared with a reading thread: plaintext is encrypted
@@ -748,34 +854,24 @@ fn tls_kind(e: rustls::Error) -> Err {
 fn bulk_tls_once(p: &Prepared, dst: SocketAddrV4, src: u32, sni: Option<&str>, cpus: &[usize]) -> Result<Done, Err> {
     use std::sync::Mutex;
     let plan = p.bulk.as_ref().unwrap();
-    let cfg = p.tls.clone().unwrap();
-    let name: ServerName<'static> = match sni {
-        Some(n) => ServerName::try_from(n.to_string()).map_err(|_| "bad_name")?,
-        None => ServerName::IpAddress(PkiIp::from(*dst.ip())),
-    };
-    let mut conn = rustls::ClientConnection::new(cfg, name).map_err(|_| "tls_config")?;
-    conn.set_buffer_limit(Some(512 * 1024));
-    let to = Duration::from_millis(p.w.io_timeout_ms);
-    let mut s = connect(dst, src, to).map_err(connect_err)?;
-    while conn.is_handshaking() {
-        conn.complete_io(&mut s).map_err(|e| match io_err(e) {
-            "timeout" => "handshake_timeout",
-            "reset" => "handshake_reset",
-            "eof_early" => "handshake_eof",
-            k => k,
-        })?;
-    }
+    let mut tls = tls_client(p, dst, src, sni)?;
+    tls.conn.set_buffer_limit(Some(512 * 1024));
+    handshake(&mut tls)?;
+    let rustls::StreamOwned { conn, sock: mut s } = tls;
     let conn = Arc::new(Mutex::new(conn));
     let wsock = Arc::new(Mutex::new(s.try_clone().map_err(|e| io_kind(&e))?));
     let mut out = Vec::new();
     let mut tx = TlsSender { conn: conn.clone(), sock: wsock.clone(), out: Vec::with_capacity(640 * 1024) };
     let (push, pull, seed, pat) = (plan.push, plan.pull, plan.seed, plan.pattern.clone());
+    let mib_per_s = p.w.mib_per_s;
     let cpus = cpus.to_vec();
     let writer = std::thread::spawn(move || -> io::Result<()> {
         pin(&cpus, src as usize);
         tx.write_all(&bulk_cmd(push, pull, seed))?;
-        write_stream(&mut tx, &pat, push)
+        write_stream(&mut Paced::new(tx, mib_per_s), &pat, push)
     });
+    let pace = Pace::new(mib_per_s);
+    let mut read = 0u64;
     let mut sink = PullSink {
         h: crc32fast::Hasher::new(),
         left: plan.pull,
@@ -792,7 +888,10 @@ fn bulk_tls_once(p: &Prepared, dst: SocketAddrV4, src: u32, sni: Option<&str>, c
                 break;
             }
             Ok(n) => match tls_feed(&conn, &wsock, &b[..n], &mut sink) {
-                Ok(true) => {}
+                Ok(true) => {
+                    read += n as u64;
+                    pace.wait(read);
+                }
                 Ok(false) => {
                     if sink.left > 0 || sink.trailer.len() < 8 {
                         res = Err("eof_early");
@@ -945,4 +1044,62 @@ pub fn slowloris(cfg: &Slowloris, dst: SocketAddrV4, hello: &[u8], stop: &Atomic
     st.open_at_end = conns.len() as u64;
     st.mean_life_s = if st.closed_by_target > 0 { life_sum / st.closed_by_target as f64 } else { 0.0 };
     st
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::suite::Suite;
+
+    fn prepared(extra: &str) -> Prepared {
+        let text = format!(
+            "[[route]]\nname = \"site\"\naction = \"passthrough\"\nsni = [\"www.example.com\"]\nbackend = \"hello\"\n\
+             [[workload]]\nname = \"w\"\nkind = \"hello_replay\"\n{extra}\n"
+        );
+        let suite: Suite = toml::from_str(&text).unwrap();
+        suite.validate().unwrap();
+        let model = Arc::new(Model::new(&suite));
+        Prepared::new(&suite.workloads[0], model, None, std::path::Path::new(".")).unwrap()
+    }
+
+    #[test]
+    fn source_address_is_bound_before_connect() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let dst = match l.local_addr().unwrap() {
+            std::net::SocketAddr::V4(a) => a,
+            _ => unreachable!(),
+        };
+        let _c = prepared("source = \"127.0.0.9\"").dial(dst, 7).unwrap();
+        assert_eq!(l.accept().unwrap().1.ip(), std::net::IpAddr::V4(Ipv4Addr::new(127, 0, 0, 9)));
+        // without `source`: the spread over 127.1.0.x
+        let _c = prepared("").dial(dst, 7).unwrap();
+        assert_eq!(l.accept().unwrap().1.ip(), std::net::IpAddr::V4(crate::net::source_addr(7)));
+    }
+
+    #[test]
+    fn paced_streams() {
+        // 10 MiB/s: 1 MiB is due after 100 ms
+        let t = Instant::now();
+        let mut w = Paced::new(Vec::new(), 10.0);
+        w.write_all(&vec![7u8; 1 << 20]).unwrap();
+        let e = t.elapsed();
+        assert!(e >= Duration::from_millis(95), "{e:?}");
+        assert_eq!(w.w.len(), 1 << 20);
+        // unbounded: no wait
+        let t = Instant::now();
+        Pace::new(0.0).wait(u64::MAX);
+        let mut w = Paced::new(Vec::new(), 0.0);
+        w.write_all(&vec![7u8; 1 << 20]).unwrap();
+        assert!(t.elapsed() < Duration::from_millis(50));
+    }
+
+    #[test]
+    fn refusals() {
+        for e in ["connect_refused", "reset", "closed_no_answer", "eof_early"] {
+            assert!(is_refusal(e), "{e}");
+        }
+        for e in ["wrong_route", "bad_answer", "timeout", "extra_bytes"] {
+            assert!(!is_refusal(e), "{e}");
+        }
+    }
 }

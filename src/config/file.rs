@@ -46,6 +46,9 @@ pub(super) struct AdminFile {
 #[serde(deny_unknown_fields)]
 pub(super) struct ListenerFile {
     pub(super) address: String,
+    /// Also a UDP socket on the same address for QUIC.
+    #[serde(default)]
+    pub(super) quic: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]

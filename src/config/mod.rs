@@ -37,6 +37,9 @@ pub type Route = route::Route<Arc<TlsMaterial>>;
 pub struct Listener {
     /// A wildcard address serves every local IP (dedicated IPs are read per connection).
     pub address: SocketAddr,
+    /// Also serve QUIC on UDP at the same address (`quic = true`): flows routed by the SNI of
+    /// their Initial's ClientHello and passed through to the route's back ends over UDP.
+    pub quic: bool,
 }
 
 /// The admin endpoint's settings beyond its address (`[admin]`).
@@ -185,7 +188,11 @@ impl Config {
         let routes = self.table.len();
         let (exact, wild) = self.table.name_count();
         let mut s = String::new();
-        let listeners: Vec<String> = self.listeners.iter().map(|l| l.address.to_string()).collect();
+        let listeners: Vec<String> = self
+            .listeners
+            .iter()
+            .map(|l| if l.quic { format!("{} (+ QUIC)", l.address) } else { l.address.to_string() })
+            .collect();
         s += &format!("listeners: {}\n", listeners.join(", "));
         s += &format!("routes: {} ({} terminate, {} passthrough)\n", routes, terminate, routes - terminate);
         s += &format!("names: {exact} exact, {wild} wildcard\n");
@@ -309,7 +316,7 @@ fn settings(file: &mut FileConfig, base: &Path, overrides: &RuntimeOverrides, er
             Ok(a) if listeners.iter().any(|l: &Listener| l.address == a) => {
                 errors.push(Located::new(format!("listener[{i}].address"), format!("{a} is listed twice")))
             }
-            Ok(a) => listeners.push(Listener { address: a }),
+            Ok(a) => listeners.push(Listener { address: a, quic: l.quic }),
             Err(_) => errors.push(Located::new(
                 format!("listener[{i}].address"),
                 format!("{:?} is not an address like \"0.0.0.0:443\"", l.address),

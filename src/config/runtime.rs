@@ -32,6 +32,21 @@ pub struct Runtime {
     pub access_log: Option<PathBuf>,
     /// Fraction of connections written to the access log.
     pub access_log_sample: SampleRate,
+    /// QUIC flows per worker whose ClientHello is not complete yet.
+    pub quic_pending_max: usize,
+    /// Bytes of datagrams one pending QUIC flow may buffer before its hello is complete.
+    pub quic_pending_bytes: usize,
+    /// How long a QUIC flow may take from its first Initial to a complete ClientHello.
+    pub quic_pending_timeout_ms: u64,
+    /// Routed QUIC flows per worker.
+    pub quic_max_flows: usize,
+    /// A routed QUIC flow with no datagram either way for this long is closed.
+    pub quic_idle_timeout_ms: u64,
+    /// A routed QUIC flow whose client has sent no short-header packet yet (its handshake is not
+    /// done) is closed after this long without a datagram.
+    pub quic_handshake_timeout_ms: u64,
+    /// UDP GRO on QUIC sockets (and GSO to send the trains on) where the kernel has it.
+    pub quic_gro: bool,
 }
 
 impl Default for Runtime {
@@ -53,6 +68,13 @@ impl Default for Runtime {
             backlog: 4096,
             access_log: None,
             access_log_sample: SampleRate::ALL,
+            quic_pending_max: 1024,
+            quic_pending_bytes: 64 * 1024,
+            quic_pending_timeout_ms: 1000,
+            quic_max_flows: 65_536,
+            quic_idle_timeout_ms: 30_000,
+            quic_handshake_timeout_ms: 10_000,
+            quic_gro: true,
         }
     }
 }
@@ -103,6 +125,13 @@ pub struct RuntimeOverrides {
     pub access_log: Option<PathBuf>,
     /// Fraction of connections logged, 0 to 1 [default: 1].
     pub access_log_sample: Option<f64>,
+    pub quic_pending_max: Option<usize>,
+    pub quic_pending_bytes: Option<usize>,
+    pub quic_pending_timeout_ms: Option<u64>,
+    pub quic_max_flows: Option<usize>,
+    pub quic_idle_timeout_ms: Option<u64>,
+    pub quic_handshake_timeout_ms: Option<u64>,
+    pub quic_gro: Option<bool>,
     /// `--admin ADDR`: not a `[runtime]` key (it overrides `[admin] listen`), so never read from the file.
     #[serde(skip)]
     pub admin: Option<SocketAddr>,
@@ -125,7 +154,14 @@ macro_rules! plain_runtime_keys {
             max_conns_per_worker,
             splice,
             pipe_pool,
-            backlog
+            backlog,
+            quic_pending_max,
+            quic_pending_bytes,
+            quic_pending_timeout_ms,
+            quic_max_flows,
+            quic_idle_timeout_ms,
+            quic_handshake_timeout_ms,
+            quic_gro
         )
     };
 }
@@ -208,6 +244,9 @@ pub(super) fn check_runtime(rt: &Runtime, errors: &mut Vec<Located>) {
         ("hello_timeout_ms", rt.hello_timeout_ms),
         ("connect_timeout_ms", rt.connect_timeout_ms),
         ("idle_timeout_ms", rt.idle_timeout_ms),
+        ("quic_pending_timeout_ms", rt.quic_pending_timeout_ms),
+        ("quic_idle_timeout_ms", rt.quic_idle_timeout_ms),
+        ("quic_handshake_timeout_ms", rt.quic_handshake_timeout_ms),
     ] {
         if v == 0 {
             bad(key, "must be greater than 0");
@@ -215,6 +254,13 @@ pub(super) fn check_runtime(rt: &Runtime, errors: &mut Vec<Located>) {
     }
     if rt.backlog == 0 {
         bad("backlog", "must be greater than 0");
+    }
+    if rt.quic_pending_max == 0 || rt.quic_max_flows == 0 {
+        let key = if rt.quic_pending_max == 0 { "quic_pending_max" } else { "quic_max_flows" };
+        bad(key, "must be greater than 0");
+    }
+    if rt.quic_pending_bytes < 1200 || rt.quic_pending_bytes > 16 << 20 {
+        bad("quic_pending_bytes", "must be between 1200 (one Initial) and 16777216");
     }
 }
 

@@ -341,6 +341,26 @@ fn immovable(old: &Config, new: &Settings) -> Vec<Located> {
         format!("{:?}", a.access_log),
         format!("{:?}", b.access_log),
     );
+    check(
+        "runtime.quic_pending_max",
+        a.quic_pending_max == b.quic_pending_max,
+        a.quic_pending_max.to_string(),
+        b.quic_pending_max.to_string(),
+    );
+    check("runtime.quic_gro", a.quic_gro == b.quic_gro, a.quic_gro.to_string(), b.quic_gro.to_string());
+    // QUIC sockets are bound at start: a listener may not gain, lose or change `quic` on reload.
+    let quic_of = |ls: &[super::Listener]| -> Vec<std::net::SocketAddr> {
+        ls.iter().filter(|l| l.quic).map(|l| l.address).collect()
+    };
+    let (qa, qb) = (quic_of(&old.listeners), quic_of(&new.listeners));
+    for (i, l) in new.listeners.iter().enumerate() {
+        if l.quic != qa.contains(&l.address) {
+            check(&format!("listener[{i}].quic"), false, (!l.quic).to_string(), l.quic.to_string());
+        }
+    }
+    for addr in qa.iter().filter(|a| !qb.contains(a) && new.listeners.iter().all(|l| l.address != **a)) {
+        check("listener", false, format!("{addr} with quic = true"), "removed".to_owned());
+    }
     check("admin.listen", old.admin == new.admin, format!("{:?}", old.admin), format!("{:?}", new.admin));
     let (sa, sb) = (&old.admin_settings, &new.admin_settings);
     check("admin.socket", sa.socket == sb.socket, format!("{:?}", sa.socket), format!("{:?}", sb.socket));

@@ -229,3 +229,23 @@ fn a_hundred_thousand_names_load_and_each_is_found() {
     }
     assert_eq!(c.table.lookup(local, Some(&name(n))), Err(route::Miss::UnknownSni));
 }
+
+#[test]
+fn quic_listeners_and_limits() {
+    let c = load(&GOOD.replace("address = \"127.0.0.1:8443\"", "address = \"127.0.0.1:8443\"\nquic = true")).unwrap();
+    assert!(c.listeners[0].quic);
+    assert_eq!((c.runtime.quic_pending_max, c.runtime.quic_pending_bytes), (1024, 65536));
+    assert_eq!((c.runtime.quic_pending_timeout_ms, c.runtime.quic_idle_timeout_ms), (1000, 30_000));
+    assert!(c.summary().contains("127.0.0.1:8443 (+ QUIC)"), "{}", c.summary());
+    assert!(!load(GOOD).unwrap().listeners[0].quic);
+    let e = errors(&GOOD.replace(
+        "cpus = \"0-1\"",
+        "quic_pending_bytes = 100\nquic_pending_max = 0\nquic_idle_timeout_ms = 0\nquic_pending_timeout_ms = 0",
+    ));
+    assert!(e.contains("edge.toml: runtime.quic_pending_bytes: must be between 1200"), "{e}");
+    assert!(e.contains("runtime.quic_pending_max: must be greater than 0"), "{e}");
+    assert!(e.contains("runtime.quic_idle_timeout_ms: must be greater than 0"), "{e}");
+    assert!(e.contains("runtime.quic_pending_timeout_ms: must be greater than 0"), "{e}");
+    let e = errors(&GOOD.replace("address = \"127.0.0.1:8443\"", "address = \"127.0.0.1:8443\"\nquic = \"yes\""));
+    assert!(e.contains("quic"), "{e}");
+}

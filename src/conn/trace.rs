@@ -96,10 +96,12 @@ pub fn finish(res: &Resources, route: Option<&Route>, t: &Trace) {
     let entry = access_log::Entry {
         time: &time,
         worker: res.worker,
+        transport: "tcp",
         client: t.client,
         local: t.local,
         sni: t.sni.as_deref(),
         alpn: t.alpn.as_deref(),
+        ja4: None,
         route: route.map(|r| r.name.as_str()),
         how: t.how.map(Match::as_str),
         action,

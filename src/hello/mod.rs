@@ -15,8 +15,28 @@
 //! No input can make the parser panic or read out of bounds: every access is checked, and
 //! there is no `unsafe` (forbidden below).
 //!
-//! The parser is stateless, so a caller that re-parses on each read does O(n) work per
-//! read; with TCP segments this is a handful of calls per connection.
+//! The parser is stateless. So that a connection costs work linear in its bytes however its
+//! client slices them, the caller drives a [`Framing`] after each read and parses once, when
+//! it says [`Progress::Complete`]; [`Framing::advance`] looks only at bytes it has not seen
+//! (record headers and the handshake header) and rejects framing faults as early as `parse`.
+//!
+//! Framing allowance: `max_hello_bytes` limits the ClientHello *body* (the 24-bit handshake
+//! length), not the raw bytes, so any legal fragmentation is accepted: records of 1 to 2^14
+//! bytes, each with its 5-byte header, i.e. `raw = 5 × records + 4 + body`, at most
+//! [`Framing::max_raw_bytes`] = `6 × (max_hello_bytes + 4)` (a 6,000-byte hello in 1-byte
+//! records is 36 KB raw, and accepted). [`Progress::NeedMore`]'s `at_least` says how far to grow
+//! the buffer, assuming the rest comes in one record, so a slow client costs what it sent.
+//!
+//! [`parse_message`] is the same parser over a bare handshake message, without the record
+//! layer (QUIC's CRYPTO frames); [`ja4()`] computes FoxIO's JA4 fingerprint of a parsed hello.
+//!
+//! Alert policy: [`Reject::alert`] names the fatal alert to send before closing, chosen to be
+//! the one a rustls 0.23 server sends for the same bytes (decode_error for undecodable input,
+//! protocol_version for no usable version, illegal_parameter for a duplicate extension,
+//! unexpected_message for a wrong message or data after the hello, none where rustls closes
+//! silently: a hello over its size limit, another record type inside the hello); its docs
+//! list the few inputs where rustls answers otherwise, and why. [`Alert::record`] is the
+//! 7-byte record, with rustls's record version `0x0303`.
 //!
 //! Version policy (RFC 8446 §4.2.1, [`Versions`]): the record-layer version is ignored beyond
 //! its major byte (TLS 1.x clients legitimately put `0x0300` or `0x0301` there). When
@@ -27,7 +47,10 @@
 //! SSL 3.0 as [`Reject::Ssl3OrOlder`].
 #![forbid(unsafe_code)]
 
+mod alert;
+mod framing;
 mod host;
+mod ja4;
 mod reader;
 mod server;
 #[cfg(test)]
@@ -35,8 +58,11 @@ mod tests;
 
 use core::fmt;
 
+pub use alert::Alert;
+pub use framing::{Framing, Progress};
 pub use host::HostName;
-use reader::{malformed, Cursor, Error, Reader, Span, HANDSHAKE, R};
+pub use ja4::{ja4, ja4_raw, Ja4, Transport};
+use reader::{malformed, Cursor, Error, Mark, Reader, Span, HANDSHAKE, R, REC_TRAILING};
 pub use server::{server_hello_version, ServerVersion};
 
 /// Default limit on the ClientHello body (its 24-bit handshake length). Post-quantum
@@ -54,6 +80,7 @@ pub const TLS1_3: u16 = 0x0304;
 
 const HANDSHAKE_CLIENT_HELLO: u8 = 1;
 const EXT_SERVER_NAME: u16 = 0;
+const EXT_SIGNATURE_ALGORITHMS: u16 = 13;
 const EXT_ALPN: u16 = 16;
 const EXT_SUPPORTED_VERSIONS: u16 = 43;
 const EXT_KEY_SHARE: u16 = 51;
@@ -204,6 +231,54 @@ pub fn is_grease(v: u16) -> bool {
 fn parse_hello(buf: &[u8], max_hello_bytes: usize) -> R<ClientHello<'_>> {
     sniff(buf)?;
     let mut cur = Cursor::new(buf);
+    let mut hello = parse_handshake(&mut cur, max_hello_bytes)?;
+    // The message is complete. Its last record must end with it: anything after it in the
+    // same record would be a second handshake message in the first flight.
+    if !cur.at_record_end() {
+        return Err(malformed(REC_TRAILING));
+    }
+    check_versions(&hello)?;
+    hello.len = cur.pos();
+    hello.records = cur.records();
+    Ok(hello)
+}
+
+/// Parses a bare ClientHello handshake message: the 4-byte handshake header and the body,
+/// with no TLS record layer around it. This is what QUIC carries in the CRYPTO frames of its
+/// Initial packets (RFC 9001 §4), once the caller has put the frames' data in order.
+///
+/// Same parser, results and accessors as [`parse`]: `msg` is the message bytes received so
+/// far, [`Parsed::NeedMore`] asks for more of them, and [`ClientHello::len`] counts message
+/// bytes (anything after the message is not consumed). The record-layer rejects
+/// (`NotTls`, `SslV2`, `Malformed("record …")`) cannot occur.
+pub fn parse_message(msg: &[u8], max_hello_bytes: usize) -> Parsed<'_> {
+    let mut cur = Cursor::message(msg);
+    let res = parse_handshake(&mut cur, max_hello_bytes).and_then(|mut hello| {
+        check_versions(&hello)?;
+        hello.len = cur.pos();
+        Ok(hello)
+    });
+    match res {
+        Ok(hello) => Parsed::Complete(hello),
+        Err(Error::NeedMore) => Parsed::NeedMore,
+        Err(Error::Reject(r)) => Parsed::Rejected(r),
+    }
+}
+
+/// The version policy of the module docs, applied once the whole message has been read.
+fn check_versions(hello: &ClientHello<'_>) -> R<()> {
+    match hello.versions.max() {
+        None if hello.versions.from_extension => Err(Error::Reject(Reject::NoKnownVersion)),
+        Some(v) if v >= TLS1_0 => Ok(()),
+        _ => Err(Error::Reject(Reject::Ssl3OrOlder)),
+    }
+}
+
+/// Reads the ClientHello handshake message (header and body) at `cur`, leaving `cur` just
+/// after it. Shared by the record-layer and bare-message entry points; `len` and `records`
+/// are left for the caller to fill in.
+fn parse_handshake<'a>(cur: &mut Cursor<'a>, max_hello_bytes: usize) -> R<ClientHello<'a>> {
+    let buf = cur.buf();
     if cur.u8()? != HANDSHAKE_CLIENT_HELLO {
         return Err(Error::Reject(Reject::NotClientHello));
     }
@@ -211,7 +286,7 @@ fn parse_hello(buf: &[u8], max_hello_bytes: usize) -> R<ClientHello<'_>> {
     if len > max_hello_bytes {
         return Err(Error::Reject(Reject::TooLarge));
     }
-    let mut body = Reader::new(&mut cur, len);
+    let mut body = Reader::new(cur, len);
 
     let legacy_version = body.u16("legacy_version")?;
     body.skip(32, "random")?;
@@ -226,7 +301,7 @@ fn parse_hello(buf: &[u8], max_hello_bytes: usize) -> R<ClientHello<'_>> {
         return Err(malformed("cipher_suites length"));
     }
     let mut suites = body.sub(n, "cipher_suites length")?;
-    let cipher_suites = suites.span();
+    let cipher_suites = suites.mark();
     suites.skip_rest()?;
 
     let n = body.u8("compression_methods length")?;
@@ -236,16 +311,20 @@ fn parse_hello(buf: &[u8], max_hello_bytes: usize) -> R<ClientHello<'_>> {
     body.skip(usize::from(n), "compression_methods length")?;
 
     let mut hello = ClientHello {
+        buf,
         len: 0,
         records: 0,
         legacy_version,
         versions: Versions::up_to_legacy(legacy_version),
+        top_version: legacy_version,
         sni: HostName::EMPTY,
         has_sni_ext: false,
         has_ech: false,
         cipher_suites,
-        alpn: Span::EMPTY,
-        key_shares: Span::EMPTY,
+        alpn: Mark::EMPTY,
+        key_shares: Mark::EMPTY,
+        extensions: Mark::EMPTY,
+        signature_algorithms: Mark::EMPTY,
     };
 
     // Extensions are optional (SSL 3.0 style) but, if present, fill the rest exactly.
@@ -254,6 +333,7 @@ fn parse_hello(buf: &[u8], max_hello_bytes: usize) -> R<ClientHello<'_>> {
         if n != body.left() {
             return Err(malformed("extensions length"));
         }
+        hello.extensions = body.mark();
         let mut seen = Seen::new();
         while !body.is_empty() {
             let typ = body.u16("extension type")?;
@@ -268,7 +348,10 @@ fn parse_hello(buf: &[u8], max_hello_bytes: usize) -> R<ClientHello<'_>> {
                     server_name(&mut ext, &mut hello.sni)?;
                 }
                 EXT_ALPN => hello.alpn = alpn(&mut ext)?,
-                EXT_SUPPORTED_VERSIONS => hello.versions = supported_versions(&mut ext)?,
+                EXT_SIGNATURE_ALGORITHMS => hello.signature_algorithms = signature_algorithms(&mut ext)?,
+                EXT_SUPPORTED_VERSIONS => {
+                    (hello.versions, hello.top_version) = supported_versions(&mut ext)?;
+                }
                 EXT_KEY_SHARE => hello.key_shares = key_share(&mut ext)?,
                 EXT_ECH => {
                     hello.has_ech = true;
@@ -279,20 +362,6 @@ fn parse_hello(buf: &[u8], max_hello_bytes: usize) -> R<ClientHello<'_>> {
             ext.finish("extension length")?;
         }
     }
-
-    // The message is complete. Its last record must end with it: anything after it in the
-    // same record would be a second handshake message in the first flight.
-    let end = body.cursor();
-    if !end.at_record_end() {
-        return Err(malformed("record: data after ClientHello"));
-    }
-    match hello.versions.max() {
-        None if hello.versions.from_extension => return Err(Error::Reject(Reject::NoKnownVersion)),
-        Some(v) if v >= TLS1_0 => {}
-        _ => return Err(Error::Reject(Reject::Ssl3OrOlder)),
-    }
-    hello.len = end.pos();
-    hello.records = end.records();
     Ok(hello)
 }
 
@@ -309,13 +378,13 @@ fn server_name(ext: &mut Reader<'_, '_>, name: &mut HostName) -> R<()> {
         if typ == 0 && found {
             return Err(Error::Reject(Reject::MultipleHostNames));
         }
-        let n = usize::from(ext.u16("server_name length")?);
         if typ != 0 {
-            // No other name type is defined; like other stacks, assume a u16-length
-            // opaque value so that the rest of the list stays parseable.
-            ext.skip(n, "server_name length")?;
-            continue;
+            // No other name type is defined, so its encoding (and whatever follows it) cannot
+            // be parsed: the rest of the list is ignored, as rustls does (RFC 6066 §3 lets a
+            // server skip name types it does not know).
+            return ext.skip_rest();
         }
+        let n = usize::from(ext.u16("server_name length")?);
         found = true;
         let mut r = ext.sub(n, "server_name length")?;
         host_name(&mut r, name)?;
@@ -352,13 +421,13 @@ fn host_name(r: &mut Reader<'_, '_>, name: &mut HostName) -> R<()> {
     Ok(())
 }
 
-/// ALPN (RFC 7301): validates the list and returns a reader positioned at its entries.
-fn alpn<'a>(ext: &mut Reader<'_, 'a>) -> R<Span<'a>> {
+/// ALPN (RFC 7301): validates the list and returns the position of its entries.
+fn alpn(ext: &mut Reader<'_, '_>) -> R<Mark> {
     let n = usize::from(ext.u16("alpn list length")?);
     if n == 0 || n != ext.left() {
         return Err(malformed("alpn list length"));
     }
-    let list = ext.span();
+    let list = ext.mark();
     while !ext.is_empty() {
         let n = ext.u8("alpn protocol length")?;
         if n == 0 {
@@ -370,17 +439,35 @@ fn alpn<'a>(ext: &mut Reader<'_, 'a>) -> R<Span<'a>> {
 }
 
 /// supported_versions (RFC 8446 §4.2.1): the known versions offered (GREASE and unknown
-/// values, such as drafts or versions not yet defined, are skipped).
-fn supported_versions(ext: &mut Reader<'_, '_>) -> R<Versions> {
+/// values, such as drafts or versions not yet defined, are skipped), and the highest value
+/// listed, GREASE aside, known or not (what JA4 reports).
+fn supported_versions(ext: &mut Reader<'_, '_>) -> R<(Versions, u16)> {
     let n = usize::from(ext.u8("supported_versions length")?);
     if n == 0 || n % 2 != 0 || n != ext.left() {
         return Err(malformed("supported_versions length"));
     }
     let mut set = Versions { bits: 0, from_extension: true };
+    let mut top = 0;
     while !ext.is_empty() {
-        set.insert(ext.u16("supported_versions length")?);
+        let v = ext.u16("supported_versions length")?;
+        set.insert(v);
+        if !is_grease(v) {
+            top = top.max(v);
+        }
     }
-    Ok(set)
+    Ok((set, top))
+}
+
+/// signature_algorithms (RFC 8446 §4.2.3): a non-empty list of 2-byte schemes; returns the
+/// position of the list.
+fn signature_algorithms(ext: &mut Reader<'_, '_>) -> R<Mark> {
+    let n = usize::from(ext.u16("signature_algorithms length")?);
+    if n == 0 || n % 2 != 0 || n != ext.left() {
+        return Err(malformed("signature_algorithms length"));
+    }
+    let list = ext.mark();
+    ext.skip_rest()?;
+    Ok(list)
 }
 
 /// The protocol versions a ClientHello offers, among the ones that exist: SSL 3.0 (`0x0300`)
@@ -437,14 +524,14 @@ impl Versions {
     }
 }
 
-/// key_share (RFC 8446 §4.2.8): validates the entries and returns a reader positioned at
-/// them. An empty list is valid (the client asks for a HelloRetryRequest).
-fn key_share<'a>(ext: &mut Reader<'_, 'a>) -> R<Span<'a>> {
+/// key_share (RFC 8446 §4.2.8): validates the entries and returns their position. An empty
+/// list is valid (the client asks for a HelloRetryRequest).
+fn key_share(ext: &mut Reader<'_, '_>) -> R<Mark> {
     let n = usize::from(ext.u16("key_share length")?);
     if n != ext.left() {
         return Err(malformed("key_share length"));
     }
-    let list = ext.span();
+    let list = ext.mark();
     while !ext.is_empty() {
         ext.u16("key_share entry")?;
         let n = usize::from(ext.u16("key_share entry")?);
@@ -518,22 +605,31 @@ fn bitmap_insert(bits: &mut [u64; 1024], t: u16) -> bool {
     }
 }
 
-/// A parsed ClientHello. `Copy` and heap-free (about 440 bytes, mostly the inline host
+/// A parsed ClientHello. `Copy` and heap-free (about 360 bytes, mostly the inline host
 /// name); borrows the buffer given to [`parse`] for the lists (ALPN, key shares, cipher
-/// suites), which are re-walked on demand rather than stored.
+/// suites, extensions, signature algorithms), which are re-walked on demand rather than
+/// stored.
 #[derive(Clone, Copy)]
 pub struct ClientHello<'a> {
+    /// The buffer given to [`parse`] or [`parse_message`]; the marks below point into it.
+    buf: &'a [u8],
     len: usize,
     records: u32,
     legacy_version: u16,
     versions: Versions,
+    /// The highest version listed in supported_versions, GREASE aside, known or not; else
+    /// `legacy_version`.
+    top_version: u16,
     /// Empty when there is no (valid) host name.
     sni: HostName,
     has_sni_ext: bool,
     has_ech: bool,
-    cipher_suites: Span<'a>,
-    alpn: Span<'a>,
-    key_shares: Span<'a>,
+    cipher_suites: Mark,
+    alpn: Mark,
+    key_shares: Mark,
+    /// The extensions block (empty without one).
+    extensions: Mark,
+    signature_algorithms: Mark,
 }
 
 impl<'a> ClientHello<'a> {
@@ -560,7 +656,7 @@ impl<'a> ClientHello<'a> {
     /// a protocol name may straddle two records; such a name is copied into the item
     /// (at most 255 bytes, inline), all others are borrowed from the buffer.
     pub fn alpn(&self) -> Alpn<'a> {
-        Alpn { r: self.alpn }
+        Alpn { r: self.alpn.span(self.buf) }
     }
 
     /// The highest known version offered (see [`Versions`]); wire value, `0x0304` is TLS 1.3.
@@ -593,16 +689,35 @@ impl<'a> ClientHello<'a> {
 
     /// Named groups of the key shares offered, in order, GREASE values skipped.
     pub fn key_share_groups(&self) -> KeyShareGroups<'a> {
-        KeyShareGroups { r: self.key_shares }
+        KeyShareGroups { r: self.key_shares.span(self.buf) }
     }
 
     /// Cipher suites offered, in order, GREASE values skipped.
     pub fn cipher_suites(&self) -> CipherSuites<'a> {
-        CipherSuites { r: self.cipher_suites }
+        CipherSuites { r: self.cipher_suites.span(self.buf) }
+    }
+
+    /// Extension types, in the client's order, GREASE values skipped.
+    pub fn extension_types(&self) -> ExtensionTypes<'a> {
+        ExtensionTypes { r: self.extensions.span(self.buf) }
+    }
+
+    /// The signature_algorithms extension's schemes, in the client's order, GREASE values
+    /// skipped; empty without the extension.
+    pub fn signature_algorithms(&self) -> SignatureAlgorithms<'a> {
+        SignatureAlgorithms { r: self.signature_algorithms.span(self.buf) }
+    }
+
+    /// The highest version value the client lists, as JA4 reads it: the largest non-GREASE
+    /// value in supported_versions (known or not, so a draft or future version counts), else
+    /// `legacy_version`. Not a policy input: use [`ClientHello::max_version`] for that.
+    pub fn highest_listed_version(&self) -> u16 {
+        self.top_version
     }
 
     /// Bytes of the buffer consumed: whole records, up to and including the record that
     /// holds the end of the ClientHello. Anything after (e.g. 0-RTT data) is not consumed.
+    /// From [`parse_message`]: the message's bytes (4-byte header and body).
     pub fn len(&self) -> usize {
         self.len
     }
@@ -631,6 +746,9 @@ impl PartialEq for ClientHello<'_> {
             && self.alpn().eq(o.alpn())
             && self.key_share_groups().eq(o.key_share_groups())
             && self.cipher_suites().eq(o.cipher_suites())
+            && self.top_version == o.top_version
+            && self.extension_types().eq(o.extension_types())
+            && self.signature_algorithms().eq(o.signature_algorithms())
     }
 }
 
@@ -666,6 +784,8 @@ impl fmt::Debug for ClientHello<'_> {
             .field("has_ech", &self.has_ech)
             .field("key_share_groups", &Hex(self.key_share_groups()))
             .field("cipher_suites", &Hex(self.cipher_suites()))
+            .field("extension_types", &Hex(self.extension_types()))
+            .field("signature_algorithms", &Hex(self.signature_algorithms()))
             .finish()
     }
 }
@@ -818,20 +938,54 @@ impl Iterator for KeyShareGroups<'_> {
     }
 }
 
-/// Iterator over the cipher suites of a [`ClientHello`].
+/// Iterator over a list of 2-byte code points of a [`ClientHello`], in the client's order,
+/// GREASE values skipped: [`CipherSuites`], [`SignatureAlgorithms`].
 #[derive(Clone)]
-pub struct CipherSuites<'a> {
+pub struct Codes<'a> {
     r: Span<'a>,
 }
 
-impl Iterator for CipherSuites<'_> {
+/// Iterator over the cipher suites of a [`ClientHello`].
+pub type CipherSuites<'a> = Codes<'a>;
+/// Iterator over the signature algorithms of a [`ClientHello`].
+pub type SignatureAlgorithms<'a> = Codes<'a>;
+
+impl Iterator for Codes<'_> {
     type Item = u16;
 
     fn next(&mut self) -> Option<u16> {
         while !self.r.is_empty() {
-            let suite = self.r.read(|r| r.u16("cipher_suites")).ok()?;
-            if !is_grease(suite) {
-                return Some(suite);
+            let v = self.r.read(|r| r.u16("list")).ok()?;
+            if !is_grease(v) {
+                return Some(v);
+            }
+        }
+        None
+    }
+}
+
+/// Iterator over the extension types of a [`ClientHello`].
+#[derive(Clone)]
+pub struct ExtensionTypes<'a> {
+    r: Span<'a>,
+}
+
+impl Iterator for ExtensionTypes<'_> {
+    type Item = u16;
+
+    fn next(&mut self) -> Option<u16> {
+        while !self.r.is_empty() {
+            let typ = self
+                .r
+                .read(|r| {
+                    let typ = r.u16("extension")?;
+                    let n = r.u16("extension")?;
+                    r.skip(usize::from(n), "extension")?;
+                    Ok(typ)
+                })
+                .ok()?;
+            if !is_grease(typ) {
+                return Some(typ);
             }
         }
         None

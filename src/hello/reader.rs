@@ -29,6 +29,65 @@ pub(crate) fn malformed(field: &'static str) -> Error {
 pub(crate) const HANDSHAKE: u8 = 0x16;
 /// RFC 8446 §5.1: a plaintext record carries at most 2^14 bytes.
 const MAX_RECORD_PAYLOAD: usize = 1 << 14;
+/// RFC 5246 §6.2.3 lets a protected record carry up to 2^14 + 2048 bytes; rustls deframes
+/// records shorter than that, whatever their type, and refuses the others as undecodable.
+const MAX_ANY_RECORD_PAYLOAD: usize = MAX_RECORD_PAYLOAD + 2048;
+/// Bytes of a TLS record header: type, version, length.
+pub(crate) const RECORD_HEADER: usize = 5;
+
+/// Field names of the record-layer rejects, shared with [`super::Reject::alert`].
+pub(crate) const REC_NOT_HANDSHAKE: &str = "record type: non-handshake record inside ClientHello";
+pub(crate) const REC_UNKNOWN_TYPE: &str = "record type: unknown content type inside ClientHello";
+pub(crate) const REC_VERSION: &str = "record version";
+pub(crate) const REC_EMPTY: &str = "record length: empty handshake record";
+pub(crate) const REC_OVER_2_14: &str = "record length: over 2^14";
+/// Longer than any record rustls deframes (it refuses 2^14 + 2048 and up with decode_error).
+pub(crate) const REC_OVER_MAX: &str = "record length: 2^14 + 2048 or more";
+pub(crate) const REC_TRAILING: &str = "record: data after ClientHello";
+
+/// Checks the record header at the start of `h` (a handshake record continuing, or starting,
+/// the ClientHello): whatever part of it is present is checked before asking for more, so
+/// that a bad prefix is rejected at once. Returns the payload length.
+///
+/// The one place that validates record headers: [`Cursor`] calls it when it crosses a
+/// record boundary, and so does [`super::Framing`] when it scans ahead of the parse.
+///
+/// The checks come in rustls's order (type, version, length), so that a refused record gets
+/// the alert rustls sends for it: a record of another known type is judged on its whole
+/// header, as rustls does, before it is refused as interleaved.
+#[inline]
+pub(crate) fn record_header(h: &[u8]) -> R<usize> {
+    let other = match h.first() {
+        None | Some(&HANDSHAKE) => false,
+        // change_cipher_spec, alert, application_data, heartbeat.
+        Some(0x14 | 0x15 | 0x17 | 0x18) => true,
+        Some(_) => return Err(malformed(REC_UNKNOWN_TYPE)),
+    };
+    if let Some(&major) = h.get(1) {
+        if major != 3 {
+            return Err(malformed(REC_VERSION));
+        }
+    }
+    let len = match (h.get(3), h.get(4)) {
+        (Some(&a), Some(&b)) => usize::from(u16::from_be_bytes([a, b])),
+        _ => return Err(Error::NeedMore),
+    };
+    // RFC 8446 §5.1 forbids zero-length handshake fragments (they would also let a peer make
+    // us walk an unbounded number of headers); only application data may be empty.
+    if len == 0 && h.first() != Some(&0x17) {
+        return Err(malformed(REC_EMPTY));
+    }
+    if len >= MAX_ANY_RECORD_PAYLOAD {
+        return Err(malformed(REC_OVER_MAX));
+    }
+    if other {
+        return Err(malformed(REC_NOT_HANDSHAKE));
+    }
+    if len > MAX_RECORD_PAYLOAD {
+        return Err(malformed(REC_OVER_2_14));
+    }
+    Ok(len)
+}
 
 /// Position in the handshake message, which is spread over the payloads of one or more
 /// handshake records in `buf`. Copy, so a position can be saved and re-read later.
@@ -58,6 +117,11 @@ impl<'a> Cursor<'a> {
         self.pos
     }
 
+    /// The whole buffer the cursor walks.
+    pub(crate) fn buf(&self) -> &'a [u8] {
+        self.buf
+    }
+
     pub(crate) fn records(&self) -> u32 {
         self.records
     }
@@ -67,36 +131,18 @@ impl<'a> Cursor<'a> {
         self.pos == self.rec_end
     }
 
-    /// Enters the record whose header starts at `pos` (== `rec_end`). Checks whatever part
-    /// of the header is present before asking for more, to reject early.
+    /// A cursor over a bare handshake message (no record layer, as in QUIC CRYPTO frames):
+    /// the whole of `msg` is one segment, and the "record" never ends.
+    pub(crate) fn message(msg: &'a [u8]) -> Self {
+        Cursor { buf: msg, pos: 0, seg_end: msg.len(), rec_end: usize::MAX, records: 0 }
+    }
+
+    /// Enters the record whose header starts at `pos` (== `rec_end`).
     #[cold]
     #[inline(never)]
     fn next_record(&mut self) -> R<()> {
-        let h = self.buf.get(self.pos..).unwrap_or(&[]);
-        if let Some(&t) = h.first() {
-            if t != HANDSHAKE {
-                return Err(malformed("record type: non-handshake record inside ClientHello"));
-            }
-        }
-        if let Some(&major) = h.get(1) {
-            if major != 3 {
-                return Err(malformed("record version"));
-            }
-        }
-        let hdr: [u8; 5] = match h.get(..5).and_then(|s| s.try_into().ok()) {
-            Some(hdr) => hdr,
-            None => return Err(Error::NeedMore),
-        };
-        let len = usize::from(u16::from_be_bytes([hdr[3], hdr[4]]));
-        if len == 0 {
-            // RFC 8446 §5.1 forbids zero-length handshake fragments; they would also
-            // let a peer make us walk an unbounded number of headers.
-            return Err(malformed("record length: empty handshake record"));
-        }
-        if len > MAX_RECORD_PAYLOAD {
-            return Err(malformed("record length: over 2^14"));
-        }
-        self.pos += 5;
+        let len = record_header(self.buf.get(self.pos..).unwrap_or(&[]))?;
+        self.pos += RECORD_HEADER;
         self.rec_end = self.pos + len;
         self.seg_end = self.rec_end.min(self.buf.len());
         self.records += 1;
@@ -193,10 +239,6 @@ impl<'c, 'a> Reader<'c, 'a> {
         Reader { cur, left }
     }
 
-    pub(crate) fn cursor(&self) -> Cursor<'a> {
-        *self.cur
-    }
-
     pub(crate) fn left(&self) -> usize {
         self.left
     }
@@ -205,9 +247,10 @@ impl<'c, 'a> Reader<'c, 'a> {
         self.left == 0
     }
 
-    /// The position and remaining length, to re-read this field later.
-    pub(crate) fn span(&self) -> Span<'a> {
-        Span { cur: *self.cur, left: self.left }
+    /// [`Reader::span`] in 12 bytes, without the buffer (see [`Mark`]).
+    #[inline(always)]
+    pub(crate) fn mark(&self) -> Mark {
+        Mark::of(self.cur, self.left)
     }
 
     #[inline(always)]
@@ -283,9 +326,6 @@ pub(crate) struct Span<'a> {
 }
 
 impl<'a> Span<'a> {
-    pub(crate) const EMPTY: Span<'static> =
-        Span { cur: Cursor { buf: &[], pos: 0, seg_end: 0, rec_end: 0, records: 0 }, left: 0 };
-
     pub(crate) fn is_empty(&self) -> bool {
         self.left == 0
     }
@@ -297,5 +337,34 @@ impl<'a> Span<'a> {
         let out = f(&mut r);
         self.left = r.left;
         out
+    }
+}
+
+/// A [`Span`] without its buffer, in 12 bytes: a parsed ClientHello keeps five of these and
+/// one reference to the buffer. Positions fit in `u32` because a handshake message is at
+/// most 2^24 bytes, so the records holding it are at most 6 × 2^24 bytes (see
+/// [`super::Framing::max_raw_bytes`]); `u32::MAX` stands for a bare message's endless record.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Mark {
+    pos: u32,
+    rec_end: u32,
+    left: u32,
+}
+
+impl Mark {
+    pub(crate) const EMPTY: Mark = Mark { pos: 0, rec_end: 0, left: 0 };
+
+    #[inline(always)]
+    fn of(cur: &Cursor<'_>, left: usize) -> Mark {
+        let narrow = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+        Mark { pos: narrow(cur.pos), rec_end: narrow(cur.rec_end), left: narrow(left) }
+    }
+
+    /// The span this mark was taken from, over the same `buf`.
+    #[inline(always)]
+    pub(crate) fn span(self, buf: &[u8]) -> Span<'_> {
+        let rec_end = if self.rec_end == u32::MAX { usize::MAX } else { self.rec_end as usize };
+        let cur = Cursor { buf, pos: self.pos as usize, seg_end: rec_end.min(buf.len()), rec_end, records: 0 };
+        Span { cur, left: self.left as usize }
     }
 }

@@ -8,7 +8,8 @@
 //! enum's discriminant, so bumping a labelled counter is an array increment.
 
 use super::labels::{
-    AcceptCause, AdminRefusal, ApiResult, ConnectCause, Direction, DropReason, RelayCause, RelayKind, ReloadResult,
+    AcceptCause, AdminRefusal, ApiResult, ConnectCause, Direction, DropReason, QuicDatagramDrop, QuicFlowDrop,
+    QuicFlowEnd, RelayCause, RelayKind, ReloadResult,
 };
 use crate::route::Match;
 use std::fmt;
@@ -205,6 +206,25 @@ counter_set! {
     access_log_lines: u64 => Counter "access_log_lines_total" "Access-log lines handed to the writer.";
     access_log_dropped: u64 => Counter "access_log_dropped_lines_total"
         "Access-log lines lost because the writer fell behind.";
+    quic_datagrams: tally(Direction) => Counter "quic_datagrams_total"
+        "QUIC datagrams forwarded, by direction (a GRO train counts each datagram).";
+    quic_bytes: tally(Direction) => Counter "quic_bytes_total" "QUIC datagram payload bytes forwarded, by direction.";
+    quic_datagrams_dropped: tally(QuicDatagramDrop) => Counter "quic_datagrams_dropped_total"
+        "UDP datagrams on QUIC listeners not forwarded, by reason.";
+    quic_routed: tally(Match) => Counter "quic_flows_routed_total" "QUIC flows routed, by how the route was chosen.";
+    quic_flows_dropped: tally(QuicFlowDrop) => Counter "quic_flows_dropped_total"
+        "QUIC flows given up before they were routed, by reason.";
+    quic_flows_closed: tally(QuicFlowEnd) => Counter "quic_flows_closed_total" "Routed QUIC flows ended, by how.";
+    /// Routed QUIC flows open now (a gauge).
+    quic_flows_open: u64 => Gauge "quic_flows_open" "Routed QUIC flows open now.";
+    /// QUIC flows whose ClientHello is not complete yet (a gauge).
+    quic_flows_pending: u64 => Gauge "quic_flows_pending" "QUIC flows whose ClientHello is not complete yet.";
+    quic_multi_packet_hellos: u64 => Counter "quic_multi_packet_hellos_total"
+        "Routed QUIC flows whose ClientHello took more than one datagram.";
+    quic_version_negotiations: u64 => Counter "quic_version_negotiations_total"
+        "Version Negotiation packets sent for Initials of versions other than 1 and 2.";
+    quic_backend_failovers: u64 => Counter "quic_backend_failovers_total"
+        "QUIC flows moved to their route's next back end after ICMP unreachable from one.";
 }
 
 counter_set! {

@@ -193,6 +193,80 @@ labels! {
     }
 }
 
+labels! {
+    /// Why a UDP datagram on a QUIC listener was not forwarded.
+    pub enum QuicDatagramDrop: "reason" {
+        /// A long header that does not parse, an Initial with the fixed bit clear, a bad
+        /// connection-ID length, frames an Initial may not carry, or CRYPTO data out of bounds.
+        BadInitial = "bad_initial",
+        /// A new flow's Initial in a datagram under 1200 bytes (RFC 9000 §14.1).
+        SmallInitial = "small_initial",
+        /// An Initial that does not open with the Initial keys of its Destination Connection ID
+        /// (mis-keyed, corrupted, or not QUIC at all).
+        Undecryptable = "undecryptable",
+        /// A short-header, 0-RTT or Handshake packet from an address with no flow.
+        UnknownFlow = "unknown_flow",
+        /// A long header of a version other than 1 and 2 (a Version Negotiation packet is sent
+        /// when the datagram is at least 1200 bytes).
+        UnknownVersion = "unknown_version",
+        /// A Version Negotiation or Retry packet from a client (only servers send them).
+        ServerOnly = "server_only",
+        /// The datagram was larger than the receive buffer (64 KiB).
+        Truncated = "truncated",
+        /// The kernel refused to send it on (send buffer full, or an error), in either direction.
+        SendFailed = "send_failed",
+        /// A new flow's first datagram while the worker drains.
+        Draining = "draining",
+    }
+}
+
+labels! {
+    /// Why a QUIC flow was given up before it was routed (its datagrams were not forwarded).
+    pub enum QuicFlowDrop: "reason" {
+        /// The CRYPTO data is not a ClientHello we can route (malformed, not a ClientHello).
+        BadHello = "bad_hello",
+        /// The ClientHello does not offer TLS 1.3, which QUIC requires (RFC 9001 §4.2).
+        NotTls13 = "not_tls13",
+        /// The ClientHello is larger than `max_hello_bytes`, or its CRYPTO data is in too many pieces.
+        Oversize = "oversize",
+        /// The pending table was full (`quic_pending_max`): the oldest pending flow made room.
+        PendingFull = "pending_full",
+        /// The ClientHello was not complete within `quic_pending_timeout_ms`.
+        PendingTimeout = "pending_timeout",
+        /// The flow's buffered datagrams passed `quic_pending_bytes` before its hello was complete.
+        PendingBytes = "pending_bytes",
+        /// The client sent CONNECTION_CLOSE before its ClientHello was complete.
+        ClientClosed = "client_closed",
+        /// No SNI on a shared address, and no `fallback.no_sni`.
+        NoSni = "no_sni",
+        /// SNI names no route, and no `fallback.unknown_sni`.
+        UnknownSni = "unknown_sni",
+        /// The route terminates TLS: QUIC is only passed through (the client falls back to TCP).
+        TerminateRoute = "terminate_route",
+        /// The flow table was full (`quic_max_flows`).
+        FlowsFull = "flows_full",
+        /// No back-end socket could be made (descriptors, memory, address), or every back end
+        /// answered with ICMP unreachable before its first datagram.
+        BackendsDown = "backends_down",
+    }
+}
+
+labels! {
+    /// How a routed QUIC flow ended.
+    pub enum QuicFlowEnd: "end" {
+        /// No datagram either way for `quic_idle_timeout_ms` (or, before the client's first
+        /// short-header packet, `quic_handshake_timeout_ms`).
+        Idle = "idle",
+        /// Every back end refused (ICMP unreachable) before answering.
+        BackendsDown = "backends_down",
+        /// The worker stopped (the drain ended).
+        Stopped = "stopped",
+        /// The client started another connection from the same address and port (an Initial
+        /// under a new Source Connection ID): the new one is routed afresh.
+        Replaced = "replaced",
+    }
+}
+
 impl Label for Match {
     const ALL: &'static [Self] = &Match::ALL;
     const KEY: &'static str = "how";
@@ -230,6 +304,9 @@ mod tests {
         check::<Direction>();
         check::<RelayKind>();
         check::<Match>();
+        check::<QuicDatagramDrop>();
+        check::<QuicFlowDrop>();
+        check::<QuicFlowEnd>();
     }
 
     #[test]

@@ -22,7 +22,8 @@ pub mod labels;
 
 pub use counters::{ControlCounters, Counters, Family, Kind, Label, Tally, Value};
 pub use labels::{
-    AcceptCause, AdminRefusal, ApiResult, ConnectCause, Direction, DropReason, RelayCause, RelayKind, ReloadResult,
+    AcceptCause, AdminRefusal, ApiResult, ConnectCause, Direction, DropReason, QuicDatagramDrop, QuicFlowDrop,
+    QuicFlowEnd, RelayCause, RelayKind, ReloadResult,
 };
 
 use crate::route::Match;
@@ -52,6 +53,9 @@ pub enum Hist {
     Lifetime,
     /// Bytes of the complete ClientHello (as read: records and all).
     HelloSize,
+    /// A QUIC flow's first Initial to routed (every Initial of its hello, decryption, parse,
+    /// lookup, the back-end socket).
+    QuicRouting,
 }
 
 /// What a [`Hist`] measures.
@@ -63,7 +67,7 @@ pub enum Unit {
 }
 
 impl Hist {
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::HelloWait,
         Self::RouteLookup,
         Self::BackendConnect,
@@ -71,6 +75,7 @@ impl Hist {
         Self::FirstByte,
         Self::Lifetime,
         Self::HelloSize,
+        Self::QuicRouting,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -84,6 +89,7 @@ impl Hist {
             Self::FirstByte => "backend_first_byte",
             Self::Lifetime => "connection_lifetime",
             Self::HelloSize => "client_hello_size",
+            Self::QuicRouting => "quic_initial_to_routed",
         }
     }
 
@@ -103,6 +109,9 @@ impl Hist {
             Self::FirstByte => "Back end connected to its first byte relayed to the client.",
             Self::Lifetime => "Accept to close, of every connection.",
             Self::HelloSize => "Size of complete ClientHellos as read.",
+            Self::QuicRouting => {
+                "A QUIC flow's first Initial to routed (all its hello's Initials, decrypt, parse, lookup)."
+            }
         }
     }
 

@@ -98,11 +98,21 @@ impl Server {
         // Per worker, one socket per listener; the first bound fixes the port of a `:0` listener.
         let mut local_addrs = Vec::new();
         let mut per_worker: Vec<Vec<(OwnedFd, SocketAddr)>> = (0..n).map(|_| Vec::new()).collect();
-        for addr in config.listeners.iter().map(|l| l.address) {
+        let mut udp_per_worker: Vec<Vec<_>> = (0..n).map(|_| Vec::new()).collect();
+        for l in &config.listeners {
+            let addr = l.address;
             let (actual, fds) = bind_all(addr, n, rt.backlog)?;
             local_addrs.push((addr, actual));
             for (w, fd) in per_worker.iter_mut().zip(fds) {
                 w.push((fd, actual));
+            }
+            if l.quic {
+                // UDP on the TCP listener's port (a `:0` listener's too), one socket per worker.
+                for fds in udp_per_worker.iter_mut() {
+                    let (fd, _, features) = sys::udp::bind_udp(actual, rt.quic_gro)
+                        .map_err(|source| ServeError::Bind { addr: actual, source })?;
+                    fds.push((fd, actual, features));
+                }
             }
         }
 
@@ -161,13 +171,17 @@ impl Server {
         let (stop, stop_rx) = watch::channel(false);
         let (done_tx, done) = mpsc::channel();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), worker::StartError>>();
-        for (id, ((cpu, listeners), commands)) in cpus.iter().copied().zip(per_worker).zip(receivers).enumerate() {
+        let quic_listeners: Vec<SocketAddr> = config_quic_addrs(&udp_per_worker);
+        for (id, (((cpu, listeners), udp), commands)) in
+            cpus.iter().copied().zip(per_worker).zip(udp_per_worker).zip(receivers).enumerate()
+        {
             let w = worker::Setup {
                 id,
                 cpu,
                 ring: RingOptions { entries: rt.ring_entries, sqpoll: rt.sqpoll, sqpoll_idle_ms: rt.sqpoll_idle_ms },
                 pipe_pool: if rt.splice { rt.pipe_pool } else { 0 },
                 listeners,
+                udp,
                 config: Arc::clone(&shared_config),
                 slot: registry.slot(id),
                 stop: stop_rx.clone(),
@@ -202,6 +216,7 @@ impl Server {
             workers = n,
             cpus = ?cpus,
             listeners = ?lock(&shared.listeners).iter().map(|l| l.1).collect::<Vec<_>>(),
+            quic = ?quic_listeners,
             splice = rt.splice,
             pipe_pool = rt.pipe_pool,
             ring_entries = rt.ring_entries,
@@ -318,6 +333,11 @@ pub(crate) fn bind_all(addr: SocketAddr, n: usize, backlog: u32) -> Result<(Sock
         fds.push(s.into());
     }
     Ok((actual, fds))
+}
+
+/// The QUIC listeners' addresses (one worker's list is every worker's).
+fn config_quic_addrs(udp: &[Vec<(OwnedFd, SocketAddr, sys::udp::UdpFeatures)>]) -> Vec<SocketAddr> {
+    udp.first().map(|v| v.iter().map(|(_, a, _)| *a).collect()).unwrap_or_default()
 }
 
 fn bind(addr: SocketAddr, backlog: u32) -> io::Result<socket2::Socket> {

@@ -9,6 +9,8 @@
 //! - [`socket`]: [`Socket`], async accept/recv/send/poll through the ring, connect, addresses;
 //! - [`pipe`]: [`Pipe`] and non-blocking `splice(2)`;
 //! - [`limits`]: `RLIMIT_NOFILE`, huge-page hints;
+//! - [`udp`]: UDP sockets for QUIC: `SO_REUSEPORT` listeners with the destination address of each
+//!   datagram, connected back-end sockets, non-blocking `recvmsg`/`sendmsg` with GRO and GSO;
 //! - [`unix`]: passing descriptors over unix sockets (`SCM_RIGHTS`), the peer's credentials;
 //! - [`sched`]: control-plane threads off the workers' CPUs (affinity, `SCHED_IDLE`), parallel maps;
 //! - [`inotify`]: watching configuration directories;
@@ -23,6 +25,7 @@ pub mod pipe;
 pub mod ring;
 pub mod sched;
 pub mod socket;
+pub mod udp;
 pub mod unix;
 
 pub use huge::HugeBuf;

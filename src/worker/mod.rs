@@ -4,6 +4,8 @@
 //!
 //! - [`main`]: the thread's body: pin, ring, accept loops, the publish tick, drain;
 //! - [`accept`]: the accept loop, its admission (`max_conns_per_worker`) and errno policy;
+//! - [`quic`]: the UDP loop of each QUIC listener: new flows routed by their Initials'
+//!   ClientHello, the pending and flow tables, forwarding both ways;
 //! - each connection runs as its own task through [`crate::conn::serve`].
 //!
 //! The configuration is read through an [`ArcSwap`] cache (a pointer comparison) at accept and
@@ -12,6 +14,7 @@
 //! ([`conn::Snapshots`]): no snapshot kept alive by day-long connections, and no atomic
 //! reference count shared across cores bumped per connection.
 pub mod accept;
+pub mod quic;
 
 use crate::access_log;
 use crate::config::Config;
@@ -48,6 +51,9 @@ pub struct Setup {
     pub pipe_pool: usize,
     /// One listening socket per `[[listener]]`, with its address.
     pub listeners: Vec<(OwnedFd, SocketAddr)>,
+    /// One UDP socket per `[[listener]]` with `quic = true`: the socket, the configured address
+    /// (port resolved), what the kernel offered.
+    pub udp: Vec<(OwnedFd, SocketAddr, sys::udp::UdpFeatures)>,
     pub config: Arc<ArcSwap<Config>>,
     pub slot: metrics::Slot,
     pub stop: watch::Receiver<bool>,
@@ -164,7 +170,8 @@ impl std::hash::Hasher for IdHasher {
 /// The body of a worker thread: pins it, builds its ring, says it is ready (or why not), and
 /// serves its listeners until told to stop, then drains its connections.
 pub fn main(setup: Setup, ready: mpsc::Sender<Result<(), StartError>>) {
-    let Setup { id, cpu, ring: ring_opts, pipe_pool, listeners, config, slot, stop, timing, log, mut commands } = setup;
+    let Setup { id, cpu, ring: ring_opts, pipe_pool, listeners, udp, config, slot, stop, timing, log, mut commands } =
+        setup;
     if let Some(cpu) = cpu {
         if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
             tracing::warn!(worker = id, cpu, "cannot pin worker to its CPU; running unpinned");
@@ -207,6 +214,15 @@ pub fn main(setup: Setup, ready: mpsc::Sender<Result<(), StartError>>) {
             listen(fd, addr);
         }
         let publisher = tokio_uring::spawn(publish_loop(Rc::clone(&w)));
+        let quic = (!udp.is_empty()).then(|| Rc::new(quic::Quic::new(&w.config())));
+        let mut udp_loops = Vec::new();
+        if let Some(q) = &quic {
+            for (i, (fd, addr, features)) in udp.into_iter().enumerate() {
+                let l = quic::Listener { index: i as u16, socket: Socket::from(fd), addr, features };
+                udp_loops.push(tokio_uring::spawn(quic::run(Rc::clone(&w), Rc::clone(q), Rc::new(l))));
+            }
+            udp_loops.push(tokio_uring::spawn(quic::sweep(Rc::clone(&w), Rc::clone(q))));
+        }
         let mut stopping = w.stop.clone();
         loop {
             if *stopping.borrow() {
@@ -241,9 +257,16 @@ pub fn main(setup: Setup, ready: mpsc::Sender<Result<(), StartError>>) {
         for l in tasks {
             let _ = l.task.await;
         }
-        // Draining: the server gives up on us after drain_timeout_ms; until then, wait.
+        // Draining: the server gives up on us after drain_timeout_ms; until then, wait. QUIC
+        // flows are forwarded meanwhile, and end with the drain.
         while w.open.get() > 0 {
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if let Some(q) = &quic {
+            quic::finish(&w, q);
+            for task in udp_loops {
+                let _ = task.await;
+            }
         }
         publisher.abort();
         let m = w.metrics();

@@ -1,13 +1,23 @@
+mod framing;
+mod ja4;
+mod message;
+mod vs_rustls;
+
 use super::*;
 use proptest::prelude::*;
 
 const MAX: usize = DEFAULT_MAX_HELLO_BYTES;
 
-const OPENSSL_SNI: &[u8] = include_bytes!("testdata/openssl-sni.bin");
-const OPENSSL_NOSNI: &[u8] = include_bytes!("testdata/openssl-nosni.bin");
-const OPENSSL_TLS12: &[u8] = include_bytes!("testdata/openssl-tls12.bin");
-const CURL: &[u8] = include_bytes!("testdata/curl.bin");
-const CHROMIUM_PQ: &[u8] = include_bytes!("testdata/chromium-pq.bin");
+const OPENSSL_SNI: &[u8] = include_bytes!("../testdata/openssl-sni.bin");
+const OPENSSL_NOSNI: &[u8] = include_bytes!("../testdata/openssl-nosni.bin");
+const OPENSSL_TLS12: &[u8] = include_bytes!("../testdata/openssl-tls12.bin");
+const CURL: &[u8] = include_bytes!("../testdata/curl.bin");
+const CHROMIUM_PQ: &[u8] = include_bytes!("../testdata/chromium-pq.bin");
+const FIREFOX: &[u8] = include_bytes!("../testdata/firefox.bin");
+const GO: &[u8] = include_bytes!("../testdata/go.bin");
+const JAVA: &[u8] = include_bytes!("../testdata/java.bin");
+const PYTHON: &[u8] = include_bytes!("../testdata/python.bin");
+const RUSTLS: &[u8] = include_bytes!("../testdata/rustls.bin");
 
 const CAPTURES: &[(&str, &[u8])] = &[
     ("openssl-sni", OPENSSL_SNI),
@@ -15,6 +25,11 @@ const CAPTURES: &[(&str, &[u8])] = &[
     ("openssl-tls12", OPENSSL_TLS12),
     ("curl", CURL),
     ("chromium-pq", CHROMIUM_PQ),
+    ("firefox", FIREFOX),
+    ("go", GO),
+    ("java", JAVA),
+    ("python", PYTHON),
+    ("rustls", RUSTLS),
 ];
 
 const X25519: u16 = 0x001d;
@@ -22,6 +37,39 @@ const X25519_MLKEM768: u16 = 0x11ec;
 
 // ---------------------------------------------------------------------------------------
 // Helpers
+
+/// A deterministic generator for seeded mutations (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+
+    /// 1 to 3 random byte edits.
+    fn mutate(&mut self, buf: &mut [u8]) {
+        for _ in 0..1 + self.below(3) {
+            self.mutate_once(buf);
+        }
+    }
+
+    /// One random byte edit: a new value, or a length-style nudge by ±1.
+    fn mutate_once(&mut self, buf: &mut [u8]) {
+        let i = self.below(buf.len());
+        buf[i] = match self.below(3) {
+            0 => self.next() as u8,
+            1 => buf[i].wrapping_add(1),
+            _ => buf[i].wrapping_sub(1),
+        };
+    }
+}
 
 /// Owned copy of everything a ClientHello exposes except its framing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +144,7 @@ fn u16b(v: usize) -> [u8; 2] {
 struct Hello {
     msg_type: u8,
     legacy_version: u16,
+    random: [u8; 32],
     session_id: Vec<u8>,
     suites: Vec<u8>,
     compression: Vec<u8>,
@@ -108,6 +157,7 @@ impl Hello {
         Hello {
             msg_type: 1,
             legacy_version: 0x0303,
+            random: [0x42; 32],
             session_id: vec![7; 32],
             suites: vec![0x13, 0x01, 0xc0, 0x2f],
             compression: vec![0],
@@ -127,7 +177,7 @@ impl Hello {
     fn body(&self) -> Vec<u8> {
         let mut b = Vec::new();
         b.extend_from_slice(&self.legacy_version.to_be_bytes());
-        b.extend_from_slice(&[0x42; 32]);
+        b.extend_from_slice(&self.random);
         b.push(self.session_id.len() as u8);
         b.extend_from_slice(&self.session_id);
         b.extend_from_slice(&u16b(self.suites.len()));
@@ -157,6 +207,54 @@ impl Hello {
 
     fn bytes(&self) -> Vec<u8> {
         reframe(&self.message(), 16384)
+    }
+
+    /// Decomposes a well-formed ClientHello message (a capture's), for editing.
+    fn from_message(msg: &[u8]) -> Self {
+        let b = &msg[4..];
+        let sid_len = usize::from(b[34]);
+        let mut at = 35 + sid_len;
+        let session_id = b[35..at].to_vec();
+        let n = usize::from(u16::from_be_bytes([b[at], b[at + 1]]));
+        let suites = b[at + 2..at + 2 + n].to_vec();
+        at += 2 + n;
+        let n = usize::from(b[at]);
+        let compression = b[at + 1..at + 1 + n].to_vec();
+        at += 1 + n;
+        let exts = (at < b.len()).then(|| {
+            let mut exts = Vec::new();
+            let mut e = &b[at + 2..];
+            while e.len() >= 4 {
+                let t = u16::from_be_bytes([e[0], e[1]]);
+                let n = usize::from(u16::from_be_bytes([e[2], e[3]]));
+                exts.push((t, e[4..4 + n].to_vec()));
+                e = &e[4 + n..];
+            }
+            exts
+        });
+        Hello {
+            msg_type: msg[0],
+            legacy_version: u16::from_be_bytes([b[0], b[1]]),
+            random: b[2..34].try_into().unwrap(),
+            session_id,
+            suites,
+            compression,
+            exts,
+        }
+    }
+
+    /// Replaces extension `typ`'s data (or adds the extension at the end).
+    fn set_ext(mut self, typ: u16, data: Vec<u8>) -> Self {
+        let exts = self.exts.get_or_insert_with(Vec::new);
+        match exts.iter_mut().find(|(t, _)| *t == typ) {
+            Some(e) => e.1 = data,
+            None => exts.push((typ, data)),
+        }
+        self
+    }
+
+    fn has_ext(&self, typ: u16) -> bool {
+        self.exts.iter().flatten().any(|(t, _)| *t == typ)
     }
 }
 
@@ -263,6 +361,40 @@ fn chromium_pq() {
     assert!(CHROMIUM_PQ.len() > 1800);
 }
 
+/// What each of the newer captures shows (see testdata/README.md).
+#[test]
+fn firefox_go_java_python_rustls() {
+    for (name, cap) in [("firefox", FIREFOX), ("go", GO), ("java", JAVA), ("python", PYTHON), ("rustls", RUSTLS)] {
+        let h = complete(cap);
+        assert_eq!(h.sni(), Some("www.example.com"), "{name}");
+        assert_eq!(h.max_version(), TLS1_3, "{name}");
+        assert_eq!(h.len(), cap.len(), "{name}");
+        assert!(h.key_share_groups().any(|g| g == X25519), "{name}");
+        assert!(h.signature_algorithms().count() > 0, "{name}");
+        let alpn: Vec<_> = h.alpn().collect();
+        assert_eq!(alpn, [&b"h2"[..], b"http/1.1"], "{name}");
+    }
+    assert!(complete(FIREFOX).has_ech(), "Firefox sends (GREASE) ECH");
+    assert_eq!(complete(JAVA).min_version(), TLS1_2);
+}
+
+/// Re-creates testdata/rustls.bin: the ClientHello a rustls 0.23 client (this crate's
+/// rustls, default provider) writes for www.example.com with ALPN h2 and http/1.1.
+#[test]
+#[ignore]
+fn write_rustls_capture() {
+    let mut cfg = ::rustls::ClientConfig::builder()
+        .with_root_certificates(::rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let name = rustls_pki_types::ServerName::try_from("www.example.com").unwrap();
+    let mut conn = ::rustls::ClientConnection::new(std::sync::Arc::new(cfg), name).unwrap();
+    let mut out = Vec::new();
+    conn.write_tls(&mut out).unwrap();
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/src/hello/testdata/rustls.bin");
+    std::fs::write(path, &out).unwrap();
+}
+
 #[test]
 fn trailing_bytes_after_hello_are_not_consumed() {
     for (name, cap) in CAPTURES {
@@ -362,12 +494,18 @@ fn grease_is_ignored() {
 }
 
 #[test]
-fn unknown_server_name_types_are_skipped() {
-    let buf = Hello::new().ext(0, sni_ext(&[(7, b"xx"), (0, b"a.example"), (9, b"")])).bytes();
+fn unknown_server_name_types_end_the_list() {
+    // As rustls: a name of unknown type cannot be skipped, so it and the rest are ignored.
+    let buf = Hello::new().ext(0, sni_ext(&[(0, b"a.example"), (7, b"xx"), (0, b"b.example")])).bytes();
     assert_eq!(complete(&buf).sni(), Some("a.example"));
-    let buf = Hello::new().ext(0, sni_ext(&[(7, b"xx")])).bytes();
+    let buf = Hello::new().ext(0, sni_ext(&[(7, b"xx"), (0, b"a.example")])).bytes();
     let c = complete(&buf);
     assert_eq!((c.sni(), c.has_sni_extension()), (None, true));
+    // Even when the rest is not a length-prefixed value.
+    let mut d = sni_ext(&[(0, b"a.example")]);
+    d.extend_from_slice(&[9, 1]);
+    d[1] += 2;
+    assert_eq!(complete(&Hello::new().ext(0, d).bytes()).sni(), Some("a.example"));
 }
 
 #[test]
@@ -584,7 +722,8 @@ fn malformed_lengths() {
     expect_malformed(|b| b[82] += 1, "server_name list length");
     expect_malformed(|b| b[82] = 0, "server_name list length");
     expect_malformed(|b| b[85] += 1, "server_name length");
-    expect_malformed(|b| b[85] -= 1, "server_name length");
+    // (A host_name 1 byte shorter leaves a byte that reads as a name of unknown type,
+    // which ends the list: see unknown_server_name_types_end_the_list.)
     expect_malformed(|b| b[100] += 1, "alpn list length");
     expect_malformed(|b| b[101] = 0, "alpn protocol length");
     expect_malformed(|b| b[101] = 3, "alpn protocol length");
@@ -608,6 +747,9 @@ fn malformed_extension_bodies() {
         (Hello::new().ext(16, vec![0, 0]), "alpn list length"),
         (Hello::new().ext(0, vec![0, 0]), "server_name list length"),
         (Hello::new().ext(0, vec![0]), "server_name list length"),
+        (Hello::new().ext(13, vec![0, 0]), "signature_algorithms length"),
+        (Hello::new().ext(13, vec![0, 3, 4, 3, 8]), "signature_algorithms length"),
+        (Hello::new().ext(13, vec![0, 4, 4, 3]), "signature_algorithms length"),
     ];
     for (h, field) in cases {
         assert_eq!(rejected(&h.bytes()), Reject::Malformed(field), "{field}");
@@ -637,13 +779,21 @@ fn malformed_records() {
     assert_eq!(rejected(&buf[..5]), Reject::Malformed("record length: over 2^14"));
     let buf = [0x16, 3, 1, 0, 0];
     assert_eq!(rejected(&buf), Reject::Malformed("record length: empty handshake record"));
-    // An alert or CCS interleaved before the hello completes; rejected on its first byte.
+    // An alert, CCS or application data interleaved before the hello completes: rejected
+    // on its header (judged whole, as rustls does), an unknown type on its first byte.
     let split = reframe(&msg, 40);
-    for bad in [0x15u8, 0x14, 0x17] {
+    for bad in [0x15u8, 0x14, 0x17, 0x18] {
         let mut buf = split[..45].to_vec();
-        buf.push(bad);
+        buf.extend_from_slice(&[bad, 3, 3, 0]);
+        assert_eq!(parse(&buf, MAX), Parsed::NeedMore);
+        buf.push(2);
         assert_eq!(rejected(&buf), Reject::Malformed("record type: non-handshake record inside ClientHello"));
+        buf[46] = 2;
+        assert_eq!(rejected(&buf[..47]), Reject::Malformed("record version"));
     }
+    let mut buf = split[..45].to_vec();
+    buf.push(0x42);
+    assert_eq!(rejected(&buf), Reject::Malformed("record type: unknown content type inside ClientHello"));
     // Bad version in a continuation record.
     let mut buf = split[..45].to_vec();
     buf.extend_from_slice(&[0x16, 0x02]);

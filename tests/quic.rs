@@ -1,0 +1,369 @@
+//! QUIC through the real binary with real QUIC programs: aioquic HTTP/3 clients and servers
+//! (`tests/quic/h3.py`; `.ci/run` installs aioquic from PyPI), routed by the SNI of the Initials'
+//! ClientHello and by dedicated IP; hellos over two and three Initials, in order, reversed and
+//! with a duplicate; and hostile datagrams (garbage, truncated, mis-keyed, small, short-header,
+//! other versions, an Initial flood from random ports), with the counters and memory they leave.
+mod common;
+
+use common::*;
+use sni_dispatch::quic::initial::{client_initial, client_initial_sized, crypto_frame};
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+fn h3_py() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/quic/h3.py")
+}
+
+/// Whether aioquic can be imported (CI installs it; a developer without it is told so).
+fn have_aioquic() -> bool {
+    let ok = Command::new("python3").args(["-c", "import aioquic"]).status().is_ok_and(|s| s.success());
+    assert!(
+        ok || std::env::var_os("CI").is_none(),
+        "aioquic is missing: `python3 -m pip install aioquic` (.ci/run does)"
+    );
+    if !ok {
+        eprintln!("skipping: aioquic is not installed (python3 -m pip install aioquic)");
+    }
+    ok
+}
+
+/// A free UDP port on 127.0.0.1 whose TCP twin is free too (the dispatcher binds both).
+fn free_udp_port() -> u16 {
+    loop {
+        let p = free_port();
+        if UdpSocket::bind(("127.0.0.1", p)).is_ok() && UdpSocket::bind(("127.0.0.3", p)).is_ok() {
+            return p;
+        }
+    }
+}
+
+/// An aioquic HTTP/3 server answering "NAME PATH", killed on drop.
+struct H3Server {
+    child: Child,
+    addr: SocketAddr,
+    cert: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for H3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn h3_server(name: &str) -> H3Server {
+    let dir = tempfile::tempdir().unwrap();
+    let leaf = sni_dispatch::pki::Leaf::self_signed(&["a.example", "b.example", "c.example"]).unwrap();
+    let files = leaf.write(dir.path(), name).unwrap();
+    let (cert, key) = (files.cert, files.key);
+    let port = free_udp_port();
+    let mut child = Command::new("python3")
+        .arg(h3_py())
+        .args(["server", "--port", &port.to_string(), "--name", name])
+        .arg("--cert")
+        .arg(&cert)
+        .arg("--key")
+        .arg(&key)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    let out = child.stdout.take().unwrap();
+    BufReader::new(out).read_line(&mut line).unwrap();
+    assert!(line.starts_with("READY"), "aioquic server did not start: {line:?}");
+    H3Server { child, addr: SocketAddr::from(([127, 0, 0, 1], port)), cert, _dir: dir }
+}
+
+/// One HTTP/3 GET with the aioquic client: Ok(body line) on a 200, Err(output) otherwise.
+fn h3_get(to: SocketAddr, sni: &str, path: &str, extra: &[&str]) -> Result<String, String> {
+    let out = Command::new("python3")
+        .arg(h3_py())
+        .args(["client", "--connect", &to.to_string(), "--sni", sni, "--path", path])
+        .args(extra)
+        .output()
+        .expect("python3");
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(format!("{text} {}", String::from_utf8_lossy(&out.stderr)))
+    }
+}
+
+/// The merged counters of `/stats`.
+fn counters(admin: SocketAddr) -> serde_json::Value {
+    let (status, _, body) = http_raw(admin, b"GET /stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["merged"]["counters"].clone()
+}
+
+fn count(c: &serde_json::Value, family: &str, label: &str) -> u64 {
+    c[family][label].as_u64().unwrap_or(0)
+}
+
+/// Waits (bounded) until `f` holds for the published counters; returns them.
+fn wait_counters(admin: SocketAddr, f: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    let ok = wait_until(Duration::from_secs(20), || {
+        last = counters(admin);
+        f(&last)
+    });
+    assert!(ok, "counters never matched: {last:#}");
+    last
+}
+
+struct Edge {
+    proc_: Proc,
+    shared: SocketAddr,
+    dedicated: SocketAddr,
+    admin: SocketAddr,
+    log: PathBuf,
+    _cfg: ConfigFile,
+}
+
+/// The binary with QUIC listeners on 127.0.0.1 and 127.0.0.3 (the latter b's dedicated IP):
+/// a.example → `a`, b.example → `b`; `extra` is appended to the file.
+fn edge(a: &H3Server, b: &H3Server, extra: &str) -> Edge {
+    edge_to(&format!("\"{}\"", a.addr), b, extra)
+}
+
+/// As [`edge`], with route `a`'s back ends given as TOML list items.
+fn edge_to(a_backends: &str, b: &H3Server, extra: &str) -> Edge {
+    let (port, dport, admin) = (free_udp_port(), free_udp_port(), free_port());
+    let toml = format!(
+        "[runtime]\nworkers = 1\ndrain_timeout_ms = 500\n{extra}\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
+         [[listener]]\naddress = \"127.0.0.1:{port}\"\nquic = true\n\
+         [[listener]]\naddress = \"127.0.0.3:{dport}\"\nquic = true\n\
+         [[route]]\nname = \"a\"\nsni = [\"a.example\"]\naction = \"passthrough\"\nbackends = [{}]\n\
+         [[route]]\nname = \"b\"\nsni = [\"b.example\"]\ndedicated_ips = [\"127.0.0.3\"]\naction = \"passthrough\"\nbackends = [\"{}\"]\n",
+        a_backends, b.addr
+    );
+    let cfg = config_file(&toml);
+    let log = cfg.dir.path().join("access.jsonl");
+    let shared = SocketAddr::from(([127, 0, 0, 1], port));
+    let proc_ = spawn_binary(&cfg, &["--access-log", log.to_str().unwrap()], shared);
+    Edge {
+        proc_,
+        shared,
+        dedicated: SocketAddr::from(([127, 0, 0, 3], dport)),
+        admin: SocketAddr::from(([127, 0, 0, 1], admin)),
+        log,
+        _cfg: cfg,
+    }
+}
+
+#[test]
+fn http3_by_sni_and_dedicated_ip_unknown_names_dropped() {
+    if !have_aioquic() {
+        return;
+    }
+    let (a, b) = (h3_server("A"), h3_server("B"));
+    let e = edge(&a, &b, "");
+    assert_eq!(h3_get(e.shared, "a.example", "/one", &[]), Ok("200 A /one".into()));
+    assert_eq!(h3_get(e.shared, "b.example", "/two", &[]), Ok("200 B /two".into()));
+    // The dedicated IP wins over the SNI.
+    assert_eq!(h3_get(e.dedicated, "a.example", "/three", &[]), Ok("200 B /three".into()));
+    // No route for c.example and no fallback: dropped, the client times out.
+    assert!(h3_get(e.shared, "c.example", "/", &["--timeout", "2"]).is_err());
+    let c = wait_counters(e.admin, |c| count(c, "quic_flows_dropped", "unknown_sni") >= 1);
+    assert_eq!(count(&c, "quic_routed", "sni"), 2, "{c:#}");
+    assert_eq!(count(&c, "quic_routed", "dedicated_ip"), 1, "{c:#}");
+    assert!(count(&c, "quic_datagrams", "backend_to_client") >= 6, "{c:#}");
+    // One access-log line per flow, when it ends (the drain ends them).
+    let mut p = e.proc_;
+    assert!(p.signal_and_wait(libc::SIGTERM, Duration::from_secs(10)).is_some_and(|s| s.success()));
+    let text = std::fs::read_to_string(&e.log).unwrap();
+    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let routed: Vec<_> = lines.iter().filter(|l| l["route"].is_string()).collect();
+    assert_eq!(routed.len(), 3, "{text}");
+    for l in &routed {
+        assert_eq!(l["transport"], "quic", "{l}");
+        assert!(l["ja4"].as_str().is_some_and(|j| j.starts_with("q13d")), "{l}");
+        assert!(l["bytes_backend_to_client"].as_u64() > Some(1000), "{l}");
+    }
+    assert!(lines.iter().any(|l| l["reason"] == "unknown_sni" && l["transport"] == "quic"), "{text}");
+}
+
+#[test]
+fn unknown_names_go_to_the_fallback() {
+    if !have_aioquic() {
+        return;
+    }
+    let (a, b) = (h3_server("A"), h3_server("B"));
+    let e = edge(&a, &b, "quic_idle_timeout_ms = 700\n[fallback]\nunknown_sni = \"a\"\n");
+    assert_eq!(h3_get(e.shared, "c.example", "/x", &[]), Ok("200 A /x".into()));
+    let c = wait_counters(e.admin, |c| count(c, "quic_routed", "fallback_unknown_sni") == 1);
+    assert_eq!(count(&c, "quic_flows_dropped", "unknown_sni"), 0, "{c:#}");
+    // The flow idles out (quic_idle_timeout_ms) once the client is gone.
+    wait_counters(e.admin, |c| count(c, "quic_flows_closed", "idle") == 1 && c["quic_flows_open"].as_u64() == Some(0));
+}
+
+#[test]
+fn hellos_over_two_and_three_initials_in_any_order() {
+    if !have_aioquic() {
+        return;
+    }
+    let (a, b) = (h3_server("A"), h3_server("B"));
+    let e = edge(&a, &b, "");
+    let mut n = 0;
+    // 45 extra ALPN values make a ~1.9 KB ClientHello (two Initials); 80 a ~3 KB one (three).
+    for pad in ["45", "80"] {
+        for order in ["none", "rev", "dup", "revdup"] {
+            let got = h3_get(e.shared, "b.example", "/big", &["--alpn-pad", pad, "--order", order]);
+            assert_eq!(got, Ok("200 B /big".into()), "pad {pad}, order {order}");
+            n += 1;
+        }
+    }
+    let c = wait_counters(e.admin, |c| c["quic_multi_packet_hellos"].as_u64() == Some(n));
+    assert_eq!(count(&c, "quic_routed", "sni"), n, "{c:#}");
+    // Each hello was read from the first flight as sent (reordered, duplicated), not from a
+    // client's retransmission after a failed attempt: no flow was ever given up.
+    let given_up: u64 = c["quic_flows_dropped"].as_object().map_or(0, |m| m.values().filter_map(|v| v.as_u64()).sum());
+    assert_eq!(given_up, 0, "{c:#}");
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn hostile_datagrams_and_an_initial_flood() {
+    if !have_aioquic() {
+        return;
+    }
+    let (a, b) = (h3_server("A"), h3_server("B"));
+    let e = edge(&a, &b, "quic_pending_max = 200\nquic_pending_bytes = 8192\n");
+    let to = e.shared;
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let pq = &CHROMIUM_PQ[5..];
+
+    // Garbage (a long header that does not parse), and a short-header packet for no flow.
+    s.send_to(&[0xc3, 0, 0, 0, 1, 200, 1, 2], to).unwrap();
+    s.send_to(&[0x41; 100], to).unwrap();
+    // A first Initial in a datagram under 1200 bytes.
+    s.send_to(&client_initial_sized(&[9; 8], 0, &crypto_frame(0, &pq[..900]), 1100), to).unwrap();
+    let good = client_initial(&[9; 8], 0, &crypto_frame(0, &pq[..900]));
+    // Truncated: the header's Length (bytes 16-17) runs far past the datagram's end.
+    let mut truncated = good[..40].to_vec();
+    truncated.resize(1200, 0);
+    truncated[16] = 0x7f;
+    s.send_to(&truncated, to).unwrap();
+    // Mis-keyed: sealed for another DCID.
+    let mut miskeyed = client_initial(&[7; 8], 0, &crypto_frame(0, &pq[..900]));
+    miskeyed[6..14].copy_from_slice(&[8; 8]);
+    s.send_to(&miskeyed, to).unwrap();
+    // Another version: a Version Negotiation packet comes back, listing 1 and 2.
+    let mut v = vec![0xc0, 0x0a, 0x1a, 0x2a, 0x3a, 8, 1, 2, 3, 4, 5, 6, 7, 8, 0];
+    v.resize(1200, 0);
+    s.send_to(&v, to).unwrap();
+    let mut buf = [0u8; 1500];
+    let (n, from) = s.recv_from(&mut buf).expect("a Version Negotiation packet");
+    assert_eq!(from, to);
+    assert_eq!(&buf[1..5], &[0, 0, 0, 0], "not a Version Negotiation packet");
+    assert!(buf[..n].windows(4).any(|w| w == [0, 0, 0, 1]), "v1 not listed");
+    let c = wait_counters(e.admin, |c| count(c, "quic_datagrams_dropped", "unknown_version") == 1);
+    for (reason, want) in [("bad_initial", 2), ("unknown_flow", 1), ("small_initial", 1), ("undecryptable", 1)] {
+        assert!(count(&c, "quic_datagrams_dropped", reason) >= want, "{reason}: {c:#}");
+    }
+
+    // An Initial flood from 5,000 source ports: first halves of a two-Initial hello, each
+    // leaving a pending flow. The first 1,000 fill the table to its cap (200) and warm the
+    // allocator; the next 4,000 must not grow memory (a table without its cap would hold 4,000
+    // more flows, each with its keys, reassembly buffer and datagram: over 10 MiB).
+    let flood = |from: usize, n: usize| {
+        let socks: Vec<UdpSocket> = (0..n).map(|_| UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
+        for (i, sock) in socks.iter().enumerate() {
+            let dcid = (0x5000_0000u64 + (from + i) as u64).to_be_bytes();
+            let _ = sock.send_to(&client_initial(&dcid, 0, &crypto_frame(0, &pq[..1000])), to);
+            if i % 100 == 99 {
+                // Paced a little, so the kernel's socket buffer keeps what a debug build reads slowly.
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    };
+    flood(0, 1000);
+    let c = wait_counters(e.admin, |c| count(c, "quic_flows_dropped", "pending_full") >= 700);
+    assert!(c["quic_flows_pending"].as_u64() <= Some(200), "{c:#}");
+    let rss_before = rss_kib(e.proc_.pid());
+    flood(1000, 4000);
+    let c = wait_counters(e.admin, |c| count(c, "quic_flows_dropped", "pending_full") >= 3700);
+    assert!(c["quic_flows_pending"].as_u64() <= Some(200), "{c:#}");
+    let grown = rss_kib(e.proc_.pid()).saturating_sub(rss_before);
+    eprintln!("RSS grew {grown} KiB over 4,000 more flood packets");
+    assert!(grown < 3 * 1024, "RSS grew {grown} KiB under the flood");
+    // Nobody else noticed: a real client is served after it.
+    assert_eq!(h3_get(e.shared, "a.example", "/after", &[]), Ok("200 A /after".into()));
+    // The pending flows time out (quic_pending_timeout_ms, 1 s).
+    let c = wait_counters(e.admin, |c| c["quic_flows_pending"].as_u64() == Some(0));
+    assert!(count(&c, "quic_flows_dropped", "pending_timeout") >= 100, "{c:#}");
+}
+
+/// The base64 SHA-256 of a PEM certificate's SubjectPublicKeyInfo, for Chromium's
+/// `--ignore-certificate-errors-spki-list` (openssl, as Chromium's docs do it).
+fn spki_hash(cert: &Path) -> String {
+    let script = format!(
+        "openssl x509 -in '{}' -pubkey -noout | openssl pkey -pubin -outform der | openssl dgst -sha256 -binary | base64",
+        cert.display()
+    );
+    let out = Command::new("sh").args(["-c", &script]).output().expect("openssl");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn chromium_loads_a_page_over_quic_through_the_dispatcher() {
+    let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].into_iter().find(|p| Path::new(p).exists());
+    let Some(chromium) = chromium else {
+        assert!(std::env::var_os("CI").is_none(), "chromium is required in CI (.ci/run installs it)");
+        eprintln!("skipped: chromium not installed");
+        return;
+    };
+    if !have_aioquic() {
+        return;
+    }
+    let (a, b) = (h3_server("A"), h3_server("B"));
+    let e = edge(&a, &b, "");
+    let profile = tempfile::tempdir().unwrap();
+    // QUIC forced on for the origin: no TCP at all, and the back end speaks only QUIC.
+    let origin = format!("a.example:{}", e.shared.port());
+    let out = Command::new("timeout")
+        .args(["60", chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"])
+        .args(["--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("--host-resolver-rules=MAP a.example 127.0.0.1")
+        .arg(format!("--origin-to-force-quic-on={origin}"))
+        .arg(format!("--ignore-certificate-errors-spki-list={}", spki_hash(&a.cert)))
+        .arg("--dump-dom")
+        .arg(format!("https://{origin}/chromium"))
+        .output()
+        .expect("chromium");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("A /chromium"), "stdout: {stdout}\nstderr: {}", String::from_utf8_lossy(&out.stderr));
+    let c = wait_counters(e.admin, |c| count(c, "quic_routed", "sni") >= 1);
+    // Chromium's post-quantum ClientHello spans two Initials.
+    assert!(c["quic_multi_packet_hellos"].as_u64() >= Some(1), "{c:#}");
+}
+
+#[test]
+fn a_back_end_answering_port_unreachable_fails_over_to_the_next() {
+    if !have_aioquic() {
+        return;
+    }
+    let (a, b) = (h3_server("A"), h3_server("B"));
+    // Nothing listens on the first back end's UDP port: the kernel answers ICMP port unreachable.
+    let dead = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
+    let e = edge_to(&format!("\"{dead}\", \"{}\"", a.addr), &b, "");
+    assert_eq!(h3_get(e.shared, "a.example", "/failover", &[]), Ok("200 A /failover".into()));
+    let c = wait_counters(e.admin, |c| c["quic_backend_failovers"].as_u64() >= Some(1));
+    assert_eq!(count(&c, "quic_routed", "sni"), 1, "{c:#}");
+}
