@@ -303,6 +303,47 @@ fn haproxy_cmd(sock: &Path, cmd: &str) -> Result<String, String> {
     Ok(out)
 }
 
+/// Full reloads of a target under the stream.
+struct Reloads {
+    pid: u32,
+    dst: SocketAddrV4,
+    steady_rss: u64,
+    give_up: Duration,
+    /// Pause after each reload.
+    settle: Duration,
+}
+
+impl Reloads {
+    /// `n` times: `rewrite(i)` changes the files and names a route only the new ones have, `sig`
+    /// goes to the target, and the time until that route serves is taken, with the RSS peak.
+    /// The stream's windows of each reload, the seconds to serving, the largest peak ÷ steady RSS.
+    fn run(
+        &self,
+        stream: &Stream,
+        n: usize,
+        sig: i32,
+        mut rewrite: impl FnMut(usize) -> String,
+    ) -> (Vec<(f64, f64)>, Vec<f64>, f64) {
+        let (mut windows, mut to_serving, mut peak_ratio) = (Vec::new(), Vec::new(), 0f64);
+        for i in 0..n {
+            let probe = rewrite(i);
+            let stop = Arc::new(AtomicBool::new(false));
+            let sampler = rss_sampler(self.pid, Arc::clone(&stop));
+            let a = stream.now();
+            signal(self.pid, sig);
+            let served = until_served(self.dst, &probe, self.give_up);
+            let b = stream.now();
+            stop.store(true, Ordering::Relaxed);
+            let peak = sampler.join().unwrap_or(0);
+            peak_ratio = peak_ratio.max(peak as f64 / self.steady_rss.max(1) as f64);
+            to_serving.push(served.map_or(f64::NAN, |d| d.as_secs_f64()));
+            windows.push((a, b + 0.25));
+            std::thread::sleep(self.settle);
+        }
+        (windows, to_serving, peak_ratio)
+    }
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     if v.is_empty() {
@@ -374,24 +415,17 @@ fn dispatcher(
     std::thread::sleep(Duration::from_secs_f64(cp.baseline_s));
     let baseline = (1.0, stream.now());
     let steady_rss = rss_kib(pid);
-    let mut reload_windows = Vec::new();
-    let mut to_serving = Vec::new();
-    let mut peak_ratio: f64 = 0.0;
-    for i in 0..cp.reloads {
+    let r = Reloads {
+        pid,
+        dst,
+        steady_rss,
+        give_up: Duration::from_secs_f64(cp.give_up_s),
+        settle: Duration::from_secs(2),
+    };
+    let (reload_windows, to_serving, peak_ratio) = r.run(&stream, cp.reloads, libc::SIGHUP, |i| {
         write_dispatcher_config(dir, cp, port, backend, i + 1);
-        let stop = Arc::new(AtomicBool::new(false));
-        let sampler = rss_sampler(pid, Arc::clone(&stop));
-        let a = stream.now();
-        signal(pid, libc::SIGHUP);
-        let served = until_served(dst, &name(cp.routes + i, 0), Duration::from_secs_f64(cp.give_up_s));
-        let b = stream.now();
-        stop.store(true, Ordering::Relaxed);
-        let peak = sampler.join().unwrap_or(0);
-        peak_ratio = peak_ratio.max(peak as f64 / steady_rss.max(1) as f64);
-        to_serving.push(served.map_or(f64::NAN, |d| d.as_secs_f64()));
-        reload_windows.push((a, b + 0.25));
-        std::thread::sleep(Duration::from_secs(2));
-    }
+        name(cp.routes + i, 0)
+    });
     // Single route changes through the API, under the same stream.
     let mut change_ms = Vec::new();
     let mut answer_ms = Vec::new();
@@ -539,25 +573,18 @@ fn haproxy(dir: &Path, cp: &ControlPlane, cpus: &Cpu, backend: SocketAddrV4) -> 
     let baseline = (1.0, stream.now());
     let steady_rss = rss_kib(pid);
     let map = dir.join("sni.map");
-    let mut windows = Vec::new();
-    let mut to_serving = Vec::new();
-    let mut peak_ratio: f64 = 0.0;
-    for i in 0..cp.reloads {
+    // The old worker finishes its connections and leaves before the next reload.
+    let r = Reloads {
+        pid,
+        dst,
+        steady_rss,
+        give_up: Duration::from_secs_f64(cp.give_up_s),
+        settle: Duration::from_secs(3),
+    };
+    let (windows, to_serving, peak_ratio) = r.run(&stream, cp.reloads, libc::SIGUSR2, |i| {
         write_haproxy(&dir, cp, port, backend, i + 1);
-        let stop = Arc::new(AtomicBool::new(false));
-        let sampler = rss_sampler(pid, Arc::clone(&stop));
-        let a = stream.now();
-        signal(pid, libc::SIGUSR2);
-        let served = until_served(dst, &name(cp.routes + i, 0), Duration::from_secs_f64(cp.give_up_s));
-        let b = stream.now();
-        stop.store(true, Ordering::Relaxed);
-        let peak = sampler.join().unwrap_or(0);
-        peak_ratio = peak_ratio.max(peak as f64 / steady_rss.max(1) as f64);
-        to_serving.push(served.map_or(f64::NAN, |d| d.as_secs_f64()));
-        windows.push((a, b + 0.25));
-        // The old worker finishes its connections and leaves.
-        std::thread::sleep(Duration::from_secs(3));
-    }
+        name(cp.routes + i, 0)
+    });
     let mut add_ms = Vec::new();
     let mut set_ms = Vec::new();
     let mut change_windows = Vec::new();

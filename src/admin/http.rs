@@ -91,6 +91,19 @@ async fn accept_failed(e: &io::Error) {
     tokio::time::sleep(Duration::from_millis(50)).await;
 }
 
+/// Serves one accepted connection on its own task, counted open for its life.
+fn spawn_conn<S>(s: S, peer: Option<SocketAddr>, local: bool, active: &Arc<AtomicUsize>, state: &Arc<State>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (guard, busy) = open(active, state);
+    let state = Arc::clone(state);
+    tokio::spawn(async move {
+        let _guard = guard;
+        serve(s, peer, local, busy, &state).await;
+    });
+}
+
 async fn accept_tcp(
     l: tokio::net::TcpListener,
     state: Arc<State>,
@@ -103,15 +116,7 @@ async fn accept_tcp(
             _ = stop.changed() => return,
         };
         match accepted {
-            Ok((s, peer)) => {
-                let (guard, busy) = open(&active, &state);
-                let state = Arc::clone(&state);
-                let local = peer.ip().is_loopback();
-                tokio::spawn(async move {
-                    let _guard = guard;
-                    serve(s, Some(peer), local, busy, &state).await;
-                });
-            }
+            Ok((s, peer)) => spawn_conn(s, Some(peer), peer.ip().is_loopback(), &active, &state),
             Err(e) => accept_failed(&e).await,
         }
     }
@@ -130,14 +135,8 @@ async fn accept_unix(
             _ = stop.changed() => break,
         };
         match accepted {
-            Ok((s, _)) => {
-                let (guard, busy) = open(&active, &state);
-                let state = Arc::clone(&state);
-                tokio::spawn(async move {
-                    let _guard = guard;
-                    serve(s, None, true, busy, &state).await;
-                });
-            }
+            // A unix socket's clients are local: who may connect is who may write the socket.
+            Ok((s, _)) => spawn_conn(s, None, true, &active, &state),
             Err(e) => accept_failed(&e).await,
         }
     }

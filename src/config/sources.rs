@@ -419,49 +419,40 @@ fn apply(
         let terminate = f.routes.iter().any(|r| r.action.is_terminate());
         sources.files.insert(p.clone(), Source { stamp: f.stamp, routes: Vec::new(), terminate });
         let mut names = Vec::with_capacity(f.routes.len() + f.unchanged.len());
-        for name in f.unchanged {
-            // The same as the running route of that name: kept as it is.
-            if let Some(first) = defined.insert(name.clone(), p.clone()) {
+        // A route name this change may give to `p`: not claimed twice among the changed files,
+        // nor by a file that did not change.
+        let mut claim = |name: &str, errors: &mut Vec<Located>| -> bool {
+            if let Some(first) = defined.insert(name.to_owned(), p.clone()) {
                 let reason = if first == p {
                     "used twice in this file".to_owned()
                 } else {
                     format!("also defined in {}", first.display())
                 };
                 errors.push(Located::new(format!("route {name:?}.name"), reason).in_file(&p));
-                continue;
+                return false;
             }
-            if let Some(id) = t.id_of(&name).filter(|id| !was_changed.contains(id)) {
+            if let Some(id) = t.id_of(name).filter(|id| !was_changed.contains(id)) {
                 let owner =
                     old.sources.owner(id).map_or_else(|| "another file".to_owned(), |o| o.display().to_string());
                 errors
                     .push(Located::new(format!("route {name:?}.name"), format!("also defined in {owner}")).in_file(&p));
-                continue;
+                return false;
             }
-            gone.remove(&name);
-            names.push(name);
+            gone.remove(name);
+            true
+        };
+        for name in f.unchanged {
+            // The same as the running route of that name: kept as it is.
+            if claim(&name, &mut errors) {
+                names.push(name);
+            }
         }
         for r in f.routes {
-            if let Some(first) = defined.insert(r.name.clone(), p.clone()) {
-                let reason = if first == p {
-                    "used twice in this file".to_owned()
-                } else {
-                    format!("also defined in {}", first.display())
-                };
-                errors.push(Located::new(format!("route {:?}.name", r.name), reason).in_file(&p));
+            if !claim(&r.name, &mut errors) {
                 continue;
             }
-            let existing = t.id_of(&r.name);
-            if let Some(id) = existing.filter(|id| !was_changed.contains(id)) {
-                let owner =
-                    old.sources.owner(id).map_or_else(|| "another file".to_owned(), |o| o.display().to_string());
-                errors.push(
-                    Located::new(format!("route {:?}.name", r.name), format!("also defined in {owner}")).in_file(&p),
-                );
-                continue;
-            }
-            gone.remove(&r.name);
             names.push(r.name.clone());
-            match existing.and_then(|id| t.get(id)) {
+            match t.id_of(&r.name).and_then(|id| t.get(id)) {
                 Some(o) if o.same_as(&r) => {}
                 Some(_) => {
                     report.routes_changed += 1;
