@@ -177,7 +177,7 @@ fn http3_by_sni_and_dedicated_ip_unknown_names_dropped() {
     assert!(count(&c, "quic_datagrams", "backend_to_client") >= 6, "{c:#}");
     // One access-log line per flow, when it ends (the drain ends them).
     let mut p = e.proc_;
-    assert!(p.signal_and_wait(libc::SIGTERM, Duration::from_secs(10)).is_some_and(|s| s.success()));
+    assert!(p.signal_and_wait(libc::SIGTERM, Duration::from_secs(30)).is_some_and(|s| s.success()));
     let text = std::fs::read_to_string(&e.log).unwrap();
     let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let routed: Vec<_> = lines.iter().filter(|l| l["route"].is_string()).collect();
