@@ -344,6 +344,35 @@ impl Reloads {
     }
 }
 
+/// The stream's latency before, during the reloads and during the single changes.
+fn stream_json(
+    cp: &ControlPlane,
+    samples: &[Sample],
+    baseline: (f64, f64),
+    reloads: &[(f64, f64)],
+    changes: &[(f64, f64)],
+) -> serde_json::Value {
+    let base = window(samples, &[baseline]);
+    let during = window(samples, reloads);
+    json!({
+        "rate": cp.rate,
+        "p99_ratio_during_reloads": during["p99_ms"].as_f64().unwrap_or(f64::NAN) / base["p99_ms"].as_f64().unwrap_or(f64::NAN),
+        "baseline": base,
+        "during_reloads": during,
+        "during_single_changes": window(samples, changes),
+    })
+}
+
+/// What the full reloads took: seconds to serving, the RSS peak over the steady RSS.
+fn reload_json(to_serving: &[f64], peak_ratio: f64, steady_rss: u64) -> serde_json::Value {
+    json!({
+        "seconds_to_serving": to_serving,
+        "median_seconds_to_serving": median(&mut to_serving.to_vec()),
+        "peak_rss_ratio": peak_ratio,
+        "steady_rss_mib": steady_rss as f64 / 1024.0,
+    })
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     if v.is_empty() {
@@ -457,22 +486,8 @@ fn dispatcher(
         std::thread::sleep(Duration::from_millis(200));
     }
     let samples = stream.stop();
-    let base = window(&samples, &[baseline]);
-    let during = window(&samples, &reload_windows);
-    let during_changes = window(&samples, &change_windows);
-    out["stream"] = json!({
-        "rate": cp.rate,
-        "baseline": base,
-        "during_reloads": during,
-        "during_single_changes": during_changes,
-        "p99_ratio_during_reloads": during["p99_ms"].as_f64().unwrap_or(f64::NAN) / base["p99_ms"].as_f64().unwrap_or(f64::NAN),
-    });
-    out["full_reload"] = json!({
-        "seconds_to_serving": to_serving,
-        "median_seconds_to_serving": median(&mut to_serving.clone()),
-        "peak_rss_ratio": peak_ratio,
-        "steady_rss_mib": steady_rss as f64 / 1024.0,
-    });
+    out["stream"] = stream_json(cp, &samples, baseline, &reload_windows, &change_windows);
+    out["full_reload"] = reload_json(&to_serving, peak_ratio, steady_rss);
     out["single_change"] = json!({
         "put_answer_ms_median": median(&mut answer_ms.clone()),
         "submitted_to_serving_ms_median": median(&mut change_ms.clone()),
@@ -602,21 +617,8 @@ fn haproxy(dir: &Path, cp: &ControlPlane, cpus: &Cpu, backend: SocketAddrV4) -> 
         std::thread::sleep(Duration::from_millis(200));
     }
     let samples = stream.stop();
-    let base = window(&samples, &[baseline]);
-    let during = window(&samples, &windows);
-    out["stream"] = json!({
-        "rate": cp.rate,
-        "baseline": base,
-        "during_reloads": during,
-        "during_single_changes": window(&samples, &change_windows),
-        "p99_ratio_during_reloads": during["p99_ms"].as_f64().unwrap_or(f64::NAN) / base["p99_ms"].as_f64().unwrap_or(f64::NAN),
-    });
-    out["full_reload"] = json!({
-        "seconds_to_serving": to_serving,
-        "median_seconds_to_serving": median(&mut to_serving.clone()),
-        "peak_rss_ratio": peak_ratio,
-        "steady_rss_mib": steady_rss as f64 / 1024.0,
-    });
+    out["stream"] = stream_json(cp, &samples, baseline, &windows, &change_windows);
+    out["full_reload"] = reload_json(&to_serving, peak_ratio, steady_rss);
     out["single_change"] = json!({
         "add_map_to_serving_ms_median": median(&mut add_ms.clone()),
         "set_map_answer_ms_median": median(&mut set_ms.clone()),
