@@ -33,6 +33,8 @@ fn table() -> Table<()> {
             min_tls: TlsVersion::TLS12,
             backends: vec!["127.0.0.1:8443".parse().unwrap()],
             proxy_protocol: ProxyProtocol::None,
+            upstream: Default::default(),
+            alpn_match: vec![],
         })
         .chain(std::iter::once(Route {
             name: "www".into(),
@@ -42,6 +44,8 @@ fn table() -> Table<()> {
             min_tls: TlsVersion::TLS12,
             backends: vec!["127.0.0.1:8443".parse().unwrap()],
             proxy_protocol: ProxyProtocol::None,
+            upstream: Default::default(),
+            alpn_match: vec![],
         }))
         .collect();
     Table::build(routes, None, None).unwrap()

@@ -55,6 +55,7 @@ fn access_log_line(c: &mut Criterion) {
             let sni = String::from("www.example.com");
             let alpn = String::from("h2");
             let time = rfc3339(SystemTime::now());
+            let backend = addr.to_string();
             let e = Entry {
                 time: &time,
                 worker: 0,
@@ -63,11 +64,11 @@ fn access_log_line(c: &mut Criterion) {
                 local: Some(addr),
                 sni: Some(&sni),
                 alpn: Some(&alpn),
-                ja4: None,
+                ja4: Some("t13d1516h2_8daaf6152771_e5627efa2ab1"),
                 route: Some("www"),
                 how: Some("sni"),
                 action: Some("passthrough"),
-                backend: Some(addr),
+                backend: Some(&backend),
                 outcome: "closed",
                 reason: None,
                 bytes_client_to_backend: 517 + black_box(i),

@@ -37,6 +37,8 @@ fn route(r: usize, names: usize) -> Route<()> {
         min_tls: TlsVersion::TLS12,
         backends: vec!["127.0.0.1:8080".parse().unwrap()],
         proxy_protocol: ProxyProtocol::None,
+        upstream: Default::default(),
+        alpn_match: vec![],
     }
 }
 
@@ -148,6 +150,8 @@ fn change(c: &mut Criterion) {
                 min_tls: TlsVersion::TLS12,
                 backends: vec!["127.0.0.1:8080".parse().unwrap()],
                 proxy_protocol: ProxyProtocol::None,
+                upstream: Default::default(),
+                alpn_match: vec![],
             });
             black_box(ch.finish().unwrap())
         })

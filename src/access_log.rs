@@ -217,14 +217,16 @@ pub struct Entry<'a> {
     pub local: Option<SocketAddr>,
     pub sni: Option<&'a str>,
     pub alpn: Option<&'a str>,
-    /// FoxIO's JA4 of the ClientHello (`q…` over QUIC), where it was computed.
+    /// FoxIO's JA4 of the ClientHello (`t13d1516h2_8daaf6152771_e5627efa2ab1`; `q…` over
+    /// QUIC), where it was computed.
     pub ja4: Option<&'a str>,
     pub route: Option<&'a str>,
-    /// How the route was chosen: dedicated_ip, sni, wildcard, fallback_no_sni, fallback_unknown_sni.
+    /// How the route was chosen: dedicated_ip, sni, wildcard, fallback_no_sni, fallback_unknown_sni, alpn.
     pub how: Option<&'static str>,
-    /// passthrough or terminate.
+    /// passthrough, terminate or handoff.
     pub action: Option<&'static str>,
-    pub backend: Option<SocketAddr>,
+    /// The back end: `IP:port`, `unix:/path` or `handoff:/path`.
+    pub backend: Option<&'a str>,
     /// closed, error, idle_timeout (relayed), or dropped (then `reason` says why).
     pub outcome: &'static str,
     pub reason: Option<&'static str>,

@@ -17,14 +17,14 @@
 //! | 1 | [`pki`] | throw-away CAs and certificates, for the demo and the tests |
 //! | 2 | [`metrics`] | per-core counters (defined once) and HDR histograms, their labels |
 //! | 3 | [`relay`] | moving bytes: splice or buffered, half-close, idle; the one relay outcome |
-//! | 3 | [`backend`] | connecting to a route's back ends, failures by cause |
+//! | 3 | [`backend`] | a route's back ends: TCP, unix, hand-off; balancing, health, ejection |
 //! | 3 | [`access_log`] | the JSON-lines access log and its writer thread |
 //! | 3 | [`quic`] | QUIC Initials: keys, header protection, decryption, CRYPTO reassembly, pending flows |
 //! | 4 | [`tls`] | termination with rustls: certificates, handshake, the TLS relay |
 //! | 5 | [`config`] | TOML → validated [`config::Config`]; errors name file, key and reason |
 //! | 6 | [`conn`] | one connection from accept to close, as states; drop reasons |
 //! | 7 | [`worker`] | a worker thread: ring, accept loops, publish tick |
-//! | 7 | [`admin`] | the admin HTTP endpoint: `/metrics`, `/stats`, `/healthz` |
+//! | 7 | [`admin`] | the admin HTTP endpoint: `/metrics`, `/stats`, `/healthz`, `/status` |
 //! | 8 | [`server`] | start, reload, signals, drain: the process's life |
 //! | 9 | [`demo`] | `sni-dispatch demo` |
 #![deny(unsafe_code)]

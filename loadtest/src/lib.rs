@@ -9,7 +9,8 @@
 //! results; [`quic`] runs the QUIC workloads (quinn) through the dispatcher and nginx's UDP proxy;
 //! [`scaling`] places the workers, load generators and back ends of scaling runs;
 //! [`control`] measures changing a large configuration (the `[control_plane]` suites) beside
-//! HAProxy's map and runtime API.
+//! HAProxy's map and runtime API; [`topology`] measures the edge topology (a pool with a back
+//! end killed, the hand-off, unix back ends) with processes of its own.
 
 pub mod backends;
 pub mod certs;
@@ -28,4 +29,5 @@ pub mod runner;
 pub mod scaling;
 pub mod suite;
 pub mod targets;
+pub mod topology;
 pub mod workloads;

@@ -19,6 +19,9 @@ struct Cli {
 enum Cmd {
     /// Run a suite: start the back ends and the targets, run the workloads, report.
     Suite(Options),
+    /// Measure the edge topology: a pool with a back end killed under load (pool), the hand-off
+    /// to a local terminator against passthrough (handoff), unix-socket back ends (unix).
+    Topology(sni_loadtest::topology::Options),
     /// QUIC: handshakes, bulk, idle flows and an Initial flood with quinn, through the dispatcher
     /// and (--compare nginx) nginx's stream UDP proxy on the same traffic.
     Quic(sni_loadtest::quic::QuicOptions),
@@ -48,6 +51,13 @@ fn main() {
                 }
             }
         }
+        Cmd::Topology(o) => match sni_loadtest::topology::run(&o) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: {e}");
+                2
+            }
+        },
         Cmd::Quic(o) => match sni_loadtest::quic::run(&o) {
             Ok(c) => c,
             Err(e) => {

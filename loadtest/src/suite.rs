@@ -33,6 +33,11 @@ pub struct Suite {
     pub backends: BackendsCfg,
     #[serde(default)]
     pub fallback: Fallback,
+    /// Per-client limits on the shared listener, for every target that has them: the
+    /// dispatcher's `max_conns_per_client`/`max_conn_rate_per_client`, HAProxy's stick-table
+    /// `conn_cur`/`conn_rate` rejects, nginx's `limit_conn` (nginx's stream module has no rate).
+    #[serde(default)]
+    pub admission: Option<AdmissionCfg>,
     #[serde(rename = "route", default)]
     pub routes: Vec<Route>,
     #[serde(rename = "workload", default)]
@@ -145,6 +150,17 @@ impl Default for BackendsCfg {
     fn default() -> Self {
         BackendsCfg { port: 0, threads: backend_threads() }
     }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdmissionCfg {
+    /// Connections open at once per client address.
+    #[serde(default)]
+    pub max_conns_per_client: Option<u32>,
+    /// New connections per second per client address.
+    #[serde(default)]
+    pub max_conn_rate_per_client: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

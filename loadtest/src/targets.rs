@@ -101,7 +101,16 @@ pub fn dispatcher_config(env: &Env, port: u16) -> String {
         let _ = writeln!(out, "[admin]\nlisten = {}\n", q(a));
     }
     for ip in listen_ips(env) {
-        let _ = writeln!(out, "[[listener]]\naddress = \"{ip}:{port}\"\n");
+        let _ = writeln!(out, "[[listener]]\naddress = \"{ip}:{port}\"");
+        if let Some(a) = &s.admission {
+            if let Some(n) = a.max_conns_per_client {
+                let _ = writeln!(out, "max_conns_per_client = {n}");
+            }
+            if let Some(n) = a.max_conn_rate_per_client {
+                let _ = writeln!(out, "max_conn_rate_per_client = {n}");
+            }
+        }
+        out.push('\n');
     }
     if s.fallback.no_sni.is_some() || s.fallback.unknown_sni.is_some() {
         out.push_str("[fallback]\n");
@@ -215,9 +224,19 @@ pub fn haproxy_config(env: &Env, port: u16, splice: bool) -> Result<String, Stri
         conn_limits(env).0,
         if splice { "    option splice-request\n    option splice-response\n" } else { "" }
     );
+    let mut limits = String::new();
+    if let Some(a) = &env.suite.admission {
+        limits.push_str("    stick-table type ip size 100k expire 10s store conn_cur,conn_rate(1s)\n    tcp-request connection track-sc0 src\n");
+        if let Some(n) = a.max_conns_per_client {
+            let _ = writeln!(limits, "    tcp-request connection reject if {{ sc0_conn_cur gt {n} }}");
+        }
+        if let Some(n) = a.max_conn_rate_per_client {
+            let _ = writeln!(limits, "    tcp-request connection reject if {{ sc0_conn_rate gt {n} }}");
+        }
+    }
     let _ = writeln!(
         c,
-        "frontend fe_shared\n    bind 127.0.0.1:{port}\n    tcp-request inspect-delay {}ms\n    tcp-request content accept if {{ req_ssl_hello_type 1 }}\n    use_backend %[req.ssl_sni,lower,map({})] if {{ req.ssl_sni -m found }}",
+        "frontend fe_shared\n    bind 127.0.0.1:{port}\n{limits}    tcp-request inspect-delay {}ms\n    tcp-request content accept if {{ req_ssl_hello_type 1 }}\n    use_backend %[req.ssl_sni,lower,map({})] if {{ req.ssl_sni -m found }}",
         hello_timeout_ms(env),
         map_path.display()
     );
@@ -321,7 +340,11 @@ pub fn nginx_config(env: &Env, port: u16) -> Result<String, String> {
         let _ = writeln!(c, "    upstream be_{i} {{ server 127.0.0.1:{}; }}", env.routes[i].backend_port);
     }
     c.push_str("    upstream be_drop { server 127.0.0.1:9; }\n");
-    let pp = if shared_pp { "        proxy_protocol on;\n" } else { "" };
+    let mut pp = if shared_pp { "        proxy_protocol on;\n".to_owned() } else { String::new() };
+    if let Some(n) = env.suite.admission.as_ref().and_then(|a| a.max_conns_per_client) {
+        c.push_str("    limit_conn_zone $binary_remote_addr zone=perclient:10m;\n");
+        let _ = writeln!(pp, "        limit_conn perclient {n};");
+    }
     let _ = writeln!(
         c,
         "    server {{\n        listen 127.0.0.1:{port} backlog=4096{rp};\n        ssl_preread on;\n        preread_timeout {}ms;\n        proxy_connect_timeout 3s;\n        proxy_pass $sni_route;\n{pp}    }}",

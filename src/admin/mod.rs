@@ -7,12 +7,16 @@
 //! function `fn(&Request, &State) -> Answer` that answers it. Adding an endpoint is writing that
 //! function and its row; the 404 page and the docs test list the rows.
 //!
-//! - `GET /metrics`, `GET /stats`, `GET /healthz`: what the workers published ([`render`]);
+//! - `GET /metrics`, `GET /stats`, `GET /healthz`: what the workers published ([`render`]), with
+//!   the routes' and back ends' figures ([`upstream`]);
+//! - `GET /status`: an HTML page of every route and back end ([`status`]);
 //! - `GET /route?sni=NAME&ip=ADDR&alpn=P`: which route a connection would get, and why;
 //! - `GET`, `PUT`, `DELETE /routes/NAME`, `POST /reload`: the route API (changes go to the
 //!   control plane, which validates them as `check` does, writes them to `api_dir` and swaps).
 pub mod http;
 pub mod render;
+pub mod status;
+pub mod upstream;
 
 use crate::config::Config;
 use crate::metrics::{AdminRefusal, Registry};
@@ -21,7 +25,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 use tokio::sync::oneshot;
@@ -54,12 +58,15 @@ pub struct State {
     /// False once the server stopped accepting (draining).
     pub accepting: Arc<AtomicBool>,
     pub started: Instant,
-    /// The running configuration (for `GET /route`, `GET /routes/NAME` and the token).
+    /// The running configuration (for `GET /route`, `GET /routes/NAME`, the token, and the
+    /// routes' back ends' state).
     pub config: Arc<ArcSwap<Config>>,
     /// Where route changes go; `None`: the route API answers 503.
     pub control: Option<Arc<dyn Control>>,
     /// Connections served at once (`admin.max_connections`).
     pub max_connections: usize,
+    /// `/status`'s earlier samples, for rates.
+    pub rates: Arc<Mutex<status::Rates>>,
 }
 
 impl State {
@@ -161,6 +168,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
     Endpoint { path: "/metrics", prefix: false, methods: "GET, HEAD", api: false, handler: metrics },
     Endpoint { path: "/stats", prefix: false, methods: "GET, HEAD", api: false, handler: stats },
     Endpoint { path: "/healthz", prefix: false, methods: "GET, HEAD", api: false, handler: healthz },
+    Endpoint { path: "/status", prefix: false, methods: "GET, HEAD", api: false, handler: status_page },
     Endpoint { path: "/route", prefix: false, methods: "GET", api: true, handler: explain },
     Endpoint { path: "/routes/", prefix: true, methods: "GET, PUT, DELETE", api: true, handler: routes },
     Endpoint { path: "/reload", prefix: false, methods: "POST", api: true, handler: reload },
@@ -174,7 +182,11 @@ fn metrics(_: &Request, s: &State) -> Answer {
     now(Response {
         status: 200,
         content_type: "text/plain; version=0.0.4; charset=utf-8",
-        body: render::prometheus(&s.registry, s.accepting.load(Ordering::SeqCst)).into_bytes(),
+        body: {
+            let mut body = render::prometheus(&s.registry, s.accepting.load(Ordering::SeqCst));
+            upstream::prometheus(&s.config.load(), &mut body);
+            body.into_bytes()
+        },
         allow: None,
     })
 }
@@ -183,7 +195,24 @@ fn stats(_: &Request, s: &State) -> Answer {
     now(Response {
         status: 200,
         content_type: "application/json",
-        body: render::stats_json(&s.registry, s.accepting.load(Ordering::SeqCst), s.started.elapsed()).into_bytes(),
+        body: render::stats_json_with(
+            &s.registry,
+            s.accepting.load(Ordering::SeqCst),
+            s.started.elapsed(),
+            Some(&s.config.load()),
+        )
+        .into_bytes(),
+        allow: None,
+    })
+}
+
+/// `GET /status`: an HTML page of every route and back end ([`status`]).
+fn status_page(_: &Request, s: &State) -> Answer {
+    let accepting = s.accepting.load(Ordering::SeqCst);
+    now(Response {
+        status: 200,
+        content_type: "text/html; charset=utf-8",
+        body: status::page(&s.config.load(), &s.registry, accepting, s.started.elapsed(), &s.rates).into_bytes(),
         allow: None,
     })
 }
@@ -225,7 +254,18 @@ pub fn explain_json(config: &Config, ip: Option<IpAddr>, sni: Option<&str>, alpn
     // As the hello parser normalises a client's SNI: lowercase, one trailing dot dropped; an
     // invalid name counts as none.
     let normalised = sni.and_then(|n| crate::route::normalize_pattern(n).ok()).filter(|n| !n.starts_with("*."));
-    let e = config.table.explain(ip, normalised.as_deref());
+    // An ALPN route comes first, within its scope, when the protocol asked about is one of its.
+    let alpn_route = alpn.filter(|_| config.table.has_alpn_routes()).and_then(|p| {
+        config.table.lookup_alpn(ip, normalised.as_deref(), |want| want == p.as_bytes()).map(|id| (id, p))
+    });
+    let e = match alpn_route {
+        Some((id, p)) => crate::route::Explained {
+            route: Some(id),
+            how: Ok(crate::route::Match::Alpn),
+            pattern: Some(format!("alpn_match {p}")),
+        },
+        None => config.table.explain(ip, normalised.as_deref()),
+    };
     let rule = match e.how {
         Ok(m) => m.as_str(),
         Err(_) => "drop",

@@ -166,6 +166,16 @@ fn hists_json(h: &Histograms) -> Value {
 
 /// `/stats`: counters and latency summaries (seconds; sizes in bytes) per worker and merged.
 pub fn stats_json(registry: &Registry, accepting: bool, uptime: Duration) -> String {
+    stats_json_with(registry, accepting, uptime, None)
+}
+
+/// [`stats_json`], with the routes' and back ends' figures of `config` (`routes`, `backends`).
+pub fn stats_json_with(
+    registry: &Registry,
+    accepting: bool,
+    uptime: Duration,
+    config: Option<&crate::config::Config>,
+) -> String {
     let per = registry.snapshot();
     let hists = registry.histograms();
     let mut merged = Counters::default();
@@ -182,7 +192,7 @@ pub fn stats_json(registry: &Registry, accepting: bool, uptime: Duration) -> Str
         .collect();
     let control = registry.control_snapshot();
     let last: Map<String, Value> = PHASES.iter().zip(control.last).map(|(p, v)| ((*p).to_owned(), v.into())).collect();
-    let v = json!({
+    let mut v = json!({
         "accepting": accepting,
         "uptime_seconds": uptime.as_secs_f64(),
         "control": {
@@ -193,6 +203,11 @@ pub fn stats_json(registry: &Registry, accepting: bool, uptime: Duration) -> Str
         "merged": { "counters": counters_json(&merged), "latency": hists_json(&merged_h) },
         "workers": workers,
     });
+    if let Some(cfg) = config {
+        let (backends, routes) = super::upstream::stats_json(cfg);
+        v["backends"] = backends;
+        v["routes"] = routes;
+    }
     let mut s = v.to_string();
     s.push('\n');
     s
@@ -263,10 +278,11 @@ pub fn summary(registry: &Registry, uptime: Duration) -> String {
     let _ = writeln!(out, "  dropped: {}", if dropped.is_empty() { "-".into() } else { dropped.join(", ") });
     let _ = writeln!(
         out,
-        "  relays:  splice {}, buffered {}, tls {} ({} handshakes, {} resumed); errors {}, idle timeouts {}, backend connect failures {}",
+        "  relays:  splice {}, buffered {}, tls {}, handoff {} ({} handshakes, {} resumed); errors {}, idle timeouts {}, backend connect failures {}",
         m.relays.get(RelayKind::Splice),
         m.relays.get(RelayKind::Buffered),
         m.relays.get(RelayKind::Tls),
+        m.relays.get(RelayKind::Handoff),
         m.tls_handshakes,
         m.tls_resumed,
         m.relay_errors.total(),

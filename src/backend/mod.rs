@@ -1,31 +1,75 @@
-//! Back ends: connecting to a route's back ends.
+//! Back ends: where a route's connections go, and getting there.
 //!
-//! [`connect`] tries the route's back ends in order, each within the connect timeout; the first
-//! that accepts wins. Each failed attempt is counted by cause (`backend_connect_failures_total
-//! {cause}`: refused, timed out, unreachable, local resources), and when every attempt failed the
-//! error says whether the back ends were down or this host ran out of descriptors or ports.
+//! - [`pool`]: the state behind the configured back ends: health verdicts, per-worker counts,
+//!   per-route statistics ([`Pools`], built from the routing table);
+//! - [`balance`]: the order in which a connection tries them ([`Plan`], by `balance`);
+//! - [`health`]: the active health checks, on their own thread;
+//! - [`handoff`]: handing the client's socket itself to a local terminator.
+//!
+//! [`connect`] walks the plan: each attempt within the connect timeout, the first that
+//! accepts wins (a TCP or unix connect with the first bytes sent at once, or a hand-off). Each
+//! failed attempt is counted by cause (`backend_connect_failures_total{cause}` and the back
+//! end's own failures) and may set the back end aside for this worker (passive ejection); when
+//! every attempt failed the error says whether the back ends were down or this host ran out of
+//! descriptors or ports.
+pub mod balance;
+pub mod handoff;
+pub mod health;
+pub mod pool;
+
+pub use balance::{client_key, Key, Plan};
+pub use pool::{Active, BackendId, BackendSnapshot, Hist, Pool, PoolError, Pools, RouteSnapshot, RouteStats, Shared};
 
 use crate::metrics::{ConnectCause, Local};
+use crate::route::{RouteId, Target};
 use crate::sys::Socket;
 use std::io;
 use std::net::{Shutdown, SocketAddr};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// A connected back end.
-#[derive(Debug)]
-pub struct Connected {
-    pub socket: Socket,
-    pub addr: SocketAddr,
-    /// How many bytes of the first bytes went out with the connect.
-    pub sent: usize,
+/// What a connection brings to [`connect`].
+pub struct Request<'a> {
+    pub route: RouteId,
+    pub worker: usize,
+    pub timeout: Duration,
+    pub metrics: &'a Local,
+    /// Sent with the connect to a TCP or unix back end (PROXY header + ClientHello), as much as
+    /// the socket takes at once.
+    pub first: &'a [u8],
+    /// What the hashes hash.
+    pub key: Key,
+    /// The client's socket and what goes with it, for hand-off back ends (passthrough only).
+    pub handoff: Option<(&'a Socket, handoff::Message<'a>)>,
+    /// Record the connect latency.
+    pub timing: bool,
 }
 
-/// Every back end failed; the last failure and its cause.
+/// How the connection reached its back end.
+#[derive(Debug)]
+pub enum Link {
+    /// A connected socket, with how many of the first bytes went out with the connect.
+    Socket { socket: Socket, sent: usize },
+    /// The client's socket went to a local terminator, which owns the connection now.
+    HandedOff,
+}
+
+/// A connection that reached a back end.
+#[derive(Debug)]
+pub struct Connected<'a> {
+    pub link: Link,
+    pub backend: BackendId,
+    /// Counts the connection open to the back end (least connections) while held.
+    pub active: Option<Active<'a>>,
+}
+
+/// No back end could be reached: the last failure and its cause (`tried` 0: every back end
+/// was down, none was tried).
 #[derive(Debug, thiserror::Error)]
-#[error("every back end failed; last {addr:?}: {source}")]
+#[error("no back end could be reached ({tried} tried); last: {source}")]
 pub struct ConnectError {
-    pub addr: Option<SocketAddr>,
+    pub backend: Option<BackendId>,
     pub cause: ConnectCause,
+    pub tried: usize,
     pub source: io::Error,
 }
 
@@ -36,35 +80,92 @@ impl ConnectError {
     }
 }
 
-/// Connects to `backends` in order, each within `timeout`; the first that accepts wins and gets
-/// as much of `first` (PROXY header + ClientHello) as its send buffer takes at once; the count
-/// comes back with the socket, and the caller sends the rest. Each failed attempt bumps
-/// `backend_connect_failures{cause}`.
-pub async fn connect(
-    backends: &[SocketAddr],
-    timeout: Duration,
-    metrics: &Local,
-    first: &[u8],
-) -> Result<Connected, ConnectError> {
-    let mut last = None;
-    for &addr in backends {
-        let err = match Socket::tcp_for(addr) {
-            Err(e) => e,
-            Ok(socket) => match dial(&socket, addr, timeout, first).await {
-                Ok(sent) => return Ok(Connected { socket, addr, sent }),
-                Err(e) => e,
-            },
-        };
-        let cause = ConnectCause::of(&err);
-        metrics.bump(|c| c.backend_connect_failures.bump(cause));
-        tracing::debug!(%addr, cause = cause.as_str(), error = %err, "back-end connect failed");
-        last = Some(ConnectError { addr: Some(addr), cause, source: err });
+/// Connects the connection of `req` to a back end of its route (in `pools`), in the order of
+/// its plan.
+pub async fn connect<'p>(pools: &'p Pools, req: &Request<'_>) -> Result<Connected<'p>, ConnectError> {
+    let none = || io::Error::new(io::ErrorKind::NotFound, "every back end is down");
+    let Some(pool) = pools.pool(req.route) else {
+        return Err(ConnectError { backend: None, cause: ConnectCause::Other, tried: 0, source: none() });
+    };
+    let mut last: Option<ConnectError> = None;
+    let mut tried = 0;
+    for (id, b) in Plan::new(pools, pool, req.worker, &req.key) {
+        tried += 1;
+        let started = req.timing.then(Instant::now);
+        let res = attempt(req, &b.target).await;
+        let took = started.map(|s| s.elapsed());
+        match res {
+            Ok(link) => {
+                b.connected(req.worker, took);
+                let active = matches!(link, Link::Socket { .. }).then(|| b.open(req.worker));
+                return Ok(Connected { link, backend: id, active });
+            }
+            Err((cause, err)) => {
+                req.metrics.bump(|c| c.backend_connect_failures.bump(cause));
+                if b.failed(req.worker, cause, &pool.eject) {
+                    req.metrics.bump(|c| c.backend_ejections += 1);
+                    crate::warn_every_second!(
+                        worker = req.worker,
+                        backend = %b.target,
+                        cause = cause.as_str(),
+                        "back end set aside after failed connects in a row"
+                    );
+                }
+                crate::debug_every_second!(backend = %b.target, cause = cause.as_str(), error = %err, "back-end connect failed");
+                last = Some(ConnectError { backend: Some(id), cause, tried, source: err });
+            }
+        }
     }
-    Err(last.unwrap_or_else(|| ConnectError {
-        addr: None,
-        cause: ConnectCause::Other,
-        source: io::Error::new(io::ErrorKind::NotFound, "route has no back ends"),
-    }))
+    Err(match last {
+        Some(mut e) => {
+            e.tried = tried;
+            e
+        }
+        None => ConnectError { backend: None, cause: ConnectCause::Other, tried: 0, source: none() },
+    })
+}
+
+/// One attempt at one back end.
+async fn attempt(req: &Request<'_>, target: &Target) -> Result<Link, (ConnectCause, io::Error)> {
+    let io_err = |e: io::Error| (ConnectCause::of(&e), e);
+    match target {
+        Target::Tcp(addr) => {
+            let socket = Socket::tcp_for(*addr).map_err(io_err)?;
+            let sent = dial(&socket, |s| s.start_connect(*addr), req.timeout, req.first).await.map_err(io_err)?;
+            Ok(Link::Socket { socket, sent })
+        }
+        Target::Unix(path) => {
+            let socket = Socket::unix_stream().map_err(io_err)?;
+            let sent = dial(&socket, |s| s.start_connect_unix(path), req.timeout, req.first).await.map_err(|e| {
+                // A unix listener with a full backlog refuses at once (EAGAIN): the back end's
+                // problem, not ours.
+                let cause = match e.raw_os_error() {
+                    Some(libc::EAGAIN) => ConnectCause::Refused,
+                    Some(libc::ENOENT) => ConnectCause::Refused,
+                    _ => ConnectCause::of(&e),
+                };
+                (cause, e)
+            })?;
+            Ok(Link::Socket { socket, sent })
+        }
+        Target::Handoff(path) => {
+            let Some((client, msg)) = &req.handoff else {
+                let e = io::Error::new(io::ErrorKind::Unsupported, "a hand-off needs the client's socket");
+                return Err((ConnectCause::Other, e));
+            };
+            match handoff::hand_off(path, client, msg, req.timeout).await {
+                Ok(()) => Ok(Link::HandedOff),
+                Err(cause) => Err((cause, io::Error::other(cause.as_str()))),
+            }
+        }
+    }
+}
+
+/// Connects `addr` with nothing sent first (tests and tools).
+pub async fn dial_tcp(addr: SocketAddr, timeout: Duration, first: &[u8]) -> io::Result<(Socket, usize)> {
+    let socket = Socket::tcp_for(addr)?;
+    let sent = dial(&socket, |s| s.start_connect(addr), timeout, first).await?;
+    Ok((socket, sent))
 }
 
 /// One back end: connect(2), then send `first` in the same breath, as HAProxy and nginx do. On
@@ -72,8 +173,13 @@ pub async fn connect(
 /// once, to a connection that already holds the ClientHello; through the ring the send would
 /// follow a completion round trip later and wake it a second time. A handshake still in flight
 /// (EAGAIN) is waited for with POLLOUT, and the bytes go later ([`relay`]); 0 are sent then.
-async fn dial(sock: &Socket, addr: SocketAddr, timeout: Duration, first: &[u8]) -> io::Result<usize> {
-    let connected = sock.start_connect(addr)?;
+async fn dial(
+    sock: &Socket,
+    start: impl FnOnce(&Socket) -> io::Result<bool>,
+    timeout: Duration,
+    first: &[u8],
+) -> io::Result<usize> {
+    let connected = start(sock)?;
     if !first.is_empty() {
         match sock.try_send_vectored(&[io::IoSlice::new(first)]) {
             Ok(n) => return Ok(n),
@@ -123,9 +229,7 @@ mod tests {
         });
         let hello = b"ClientHello bytes".to_vec();
         let sent = tokio_uring::start(async {
-            let metrics = Local::new(crate::metrics::Registry::new(1).slot(0));
-            let c = connect(&[addr], Duration::from_secs(10), &metrics, &hello).await.unwrap();
-            let (sock, sent) = (c.socket, c.sent);
+            let (sock, sent) = dial_tcp(addr, Duration::from_secs(10), &hello).await.unwrap();
             let (res, _) = sock.send_all(hello.clone(), sent).await;
             res.unwrap();
             sent

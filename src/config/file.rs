@@ -42,10 +42,28 @@ pub(super) struct AdminFile {
     pub(super) max_connections: Option<usize>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ListenerFile {
-    pub(super) address: String,
+    /// Required unless `handoff` is given.
+    #[serde(default)]
+    pub(super) address: Option<String>,
+    pub(super) accept_proxy: Option<String>,
+    #[serde(default)]
+    pub(super) trusted_sources: Vec<String>,
+    pub(super) max_conns_per_client: Option<u32>,
+    pub(super) max_conn_rate_per_client: Option<u32>,
+    #[serde(default)]
+    pub(super) allow: Vec<String>,
+    #[serde(default)]
+    pub(super) deny: Vec<String>,
+    #[serde(default)]
+    pub(super) allow_ja4: Vec<String>,
+    #[serde(default)]
+    pub(super) deny_ja4: Vec<String>,
+    /// A hand-off listener: the unix socket other sni-dispatch processes hand connections to.
+    pub(super) handoff: Option<PathBuf>,
+    pub(super) handoff_uids: Option<Vec<u32>>,
     /// Also a UDP socket on the same address for QUIC.
     #[serde(default)]
     pub(super) quic: bool,
@@ -77,7 +95,56 @@ pub(super) struct RouteFile {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(super) alpn: Vec<String>,
     #[serde(default)]
-    pub(super) backends: Vec<String>,
+    pub(super) backends: Vec<BackendFile>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) proxy_protocol: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) balance: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) eject_after: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) eject_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) eject_max_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(super) alpn_match: Vec<String>,
+    // Last: a table, which TOML writes after the plain keys.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) health_check: Option<HealthCheckFile>,
+}
+
+/// A back end: `"10.0.0.5:443"`, or `{ address = "10.0.0.5:443", weight = 2, backup = true }`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub(super) enum BackendFile {
+    Address(String),
+    Table(BackendTable),
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct BackendTable {
+    pub(super) address: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) weight: Option<u32>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(super) backup: bool,
+}
+
+/// `health_check = { type = "tls", sni = "…", interval_ms = 2000, timeout_ms = 1000, rise = 2, fall = 3 }`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct HealthCheckFile {
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub(super) kind: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) sni: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) interval_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) timeout_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) rise: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) fall: Option<u32>,
 }

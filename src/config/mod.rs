@@ -7,15 +7,18 @@
 
 mod certs;
 mod file;
+mod listeners;
 mod load;
 mod routes;
 mod runtime;
 mod sources;
 
 pub use crate::access_log::SampleRate;
+pub use listeners::{AcceptProxy, Admission, CidrSet, HandoffListener, Ja4Pattern, Listener};
 pub use runtime::{parse_cpu_list, Limits, Runtime, RuntimeOverrides};
 pub use sources::{ApiError, PendingWrite, Report};
 
+use crate::backend::Pools;
 use crate::route::{self, RouteId, TlsVersion};
 use crate::tls::TlsMaterial;
 use file::FileConfig;
@@ -32,16 +35,6 @@ pub type Table = route::Table<Arc<TlsMaterial>>;
 /// One configured route.
 pub type Route = route::Route<Arc<TlsMaterial>>;
 
-/// One `[[listener]]`: where each worker binds a socket of its own (`SO_REUSEPORT`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Listener {
-    /// A wildcard address serves every local IP (dedicated IPs are read per connection).
-    pub address: SocketAddr,
-    /// Also serve QUIC on UDP at the same address (`quic = true`): flows routed by the SNI of
-    /// their Initial's ClientHello and passed through to the route's back ends over UDP.
-    pub quic: bool,
-}
-
 /// The admin endpoint's settings beyond its address (`[admin]`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AdminSettings {
@@ -57,7 +50,6 @@ pub struct AdminSettings {
 
 /// Connections the admin endpoint serves at once, by default.
 pub const ADMIN_MAX_CONNECTIONS: usize = 4096;
-
 /// A validated configuration.
 #[derive(Debug)]
 pub struct Config {
@@ -67,7 +59,12 @@ pub struct Config {
     pub admin: Option<SocketAddr>,
     pub admin_settings: AdminSettings,
     pub listeners: Vec<Listener>,
+    /// Hand-off listeners (`[[listener]] handoff = "/path"`).
+    pub handoff: Vec<HandoffListener>,
     pub table: Table,
+    /// The state behind the routes' back ends (health, balancing, statistics); connections
+    /// keep it with their route.
+    pub pools: Arc<Pools>,
     /// Follow the files with inotify (`watch = true`), debounced by this.
     pub watch: Option<Duration>,
     /// Counts the configurations applied since start (1 for the first).
@@ -204,6 +201,12 @@ impl Config {
         if files > 0 {
             s += &format!("included files: {files}\n");
         }
+        let backends: Vec<_> = self.pools.backends().collect();
+        let checked = backends.iter().filter(|b| b.health.is_some()).count();
+        s += &format!("back ends: {} ({checked} health-checked)\n", backends.len());
+        for h in &self.handoff {
+            s += &format!("hand-off listener: {} (uids {:?})\n", h.path.display(), h.uids);
+        }
         if let Some(admin) = self.admin {
             s += &format!("admin: http://{admin}/metrics\n");
         }
@@ -226,12 +229,34 @@ impl Config {
     }
 }
 
+/// How many workers `rt` starts (as the server plans them: `workers`, else one per CPU of
+/// `cpus`, else per CPU the process may run on), for the per-worker state of back ends.
+pub fn worker_count(rt: &Runtime) -> usize {
+    match (rt.workers, &rt.cpus) {
+        (0, Some(cpus)) => cpus.len().max(1),
+        (0, None) => core_affinity::get_core_ids().map_or(1, |c| c.len().max(1)),
+        (n, _) => n,
+    }
+}
+
+impl Config {
+    /// The TCP listener bound to `address`, if one is (a listener configured with port 0
+    /// matches the port it was given).
+    #[inline]
+    pub fn listener(&self, address: std::net::SocketAddr) -> Option<&Listener> {
+        self.listeners
+            .iter()
+            .find(|l| l.address == address || (l.address.port() == 0 && l.address.ip() == address.ip()))
+    }
+}
+
 /// The settings of the main file (everything but its routes), validated.
 struct Settings {
     runtime: Runtime,
     admin: Option<SocketAddr>,
     admin_settings: AdminSettings,
     listeners: Vec<Listener>,
+    handoff: Vec<HandoffListener>,
     no_sni: Option<String>,
     unknown_sni: Option<String>,
     include: Vec<String>,
@@ -310,17 +335,18 @@ fn settings(file: &mut FileConfig, base: &Path, overrides: &RuntimeOverrides, er
     if file.listeners.is_empty() {
         errors.push(Located::new("listener", "at least one [[listener]] with an address is required"));
     }
-    let mut listeners = Vec::new();
+    let mut listeners: Vec<Listener> = Vec::new();
+    let mut handoff: Vec<HandoffListener> = Vec::new();
     for (i, l) in file.listeners.iter().enumerate() {
-        match l.address.parse::<SocketAddr>() {
-            Ok(a) if listeners.iter().any(|l: &Listener| l.address == a) => {
-                errors.push(Located::new(format!("listener[{i}].address"), format!("{a} is listed twice")))
+        match listeners::resolve_listener(i, l, errors) {
+            Some(listeners::Resolved::Tcp(l)) if listeners.iter().any(|o| o.address == l.address) => {
+                errors.push(Located::new(format!("listener[{i}].address"), format!("{} is listed twice", l.address)))
             }
-            Ok(a) => listeners.push(Listener { address: a, quic: l.quic }),
-            Err(_) => errors.push(Located::new(
-                format!("listener[{i}].address"),
-                format!("{:?} is not an address like \"0.0.0.0:443\"", l.address),
-            )),
+            Some(listeners::Resolved::Tcp(l)) => listeners.push(l),
+            Some(listeners::Resolved::Handoff(h)) if handoff.iter().any(|o| o.path == h.path) => errors
+                .push(Located::new(format!("listener[{i}].handoff"), format!("{} is listed twice", h.path.display()))),
+            Some(listeners::Resolved::Handoff(h)) => handoff.push(h),
+            None => {}
         }
     }
     let fallback = file.fallback.take().unwrap_or_default();
@@ -333,6 +359,7 @@ fn settings(file: &mut FileConfig, base: &Path, overrides: &RuntimeOverrides, er
         admin,
         admin_settings,
         listeners,
+        handoff,
         no_sni: fallback.no_sni.filter(|n| !n.is_empty()),
         unknown_sni: fallback.unknown_sni.filter(|n| !n.is_empty()),
         include,

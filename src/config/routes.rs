@@ -2,10 +2,12 @@
 //! validated; a terminating route's certificate and key through [`super::certs`].
 
 use super::certs::load_tls;
-use super::file::RouteFile;
+use super::file::{BackendFile, HealthCheckFile, RouteFile};
 use super::{Located, Route};
-use crate::route::{self, Action, ProxyProtocol, TlsVersion};
-use std::net::{IpAddr, SocketAddr};
+use crate::route::{
+    self, Action, Backend, Balance, CheckKind, Eject, HealthCheck, ProxyProtocol, TlsVersion, Upstream,
+};
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -60,12 +62,70 @@ pub(super) fn resolve_route(r: RouteFile, key: &str, base: &Path, errors: &mut V
     if r.backends.is_empty() {
         bad("backends", "at least one back end address is required".into());
     }
-    let mut backends = Vec::with_capacity(r.backends.len());
-    for raw in &r.backends {
-        match raw.parse::<SocketAddr>() {
-            Ok(a) => backends.push(a),
-            Err(_) => bad("backends", format!("{raw:?} is not an address like \"127.0.0.1:8080\"")),
+    if r.backends.len() > crate::backend::pool::MAX_BACKENDS {
+        bad("backends", format!("at most {} back ends", crate::backend::pool::MAX_BACKENDS));
+    }
+    let mut backends: Vec<Backend> = Vec::with_capacity(r.backends.len());
+    for (i, b) in r.backends.iter().enumerate() {
+        let (raw, weight, backup) = match b {
+            BackendFile::Address(a) => (a.as_str(), None, false),
+            BackendFile::Table(t) => (t.address.as_str(), t.weight, t.backup),
+        };
+        let target = match raw.parse::<route::Target>() {
+            Ok(t) => t,
+            Err(e) => {
+                bad("backends", format!("{raw:?} {e}"));
+                continue;
+            }
+        };
+        let weight = weight.unwrap_or(1);
+        if !(1..=1000).contains(&weight) {
+            bad("backends", format!("{raw:?}: weight {weight} is not from 1 to 1000"));
         }
+        if backends.iter().any(|o| o.target == target) {
+            bad("backends", format!("{raw:?} is listed twice (entry {i})"));
+        }
+        backends.push(Backend { target, weight, backup });
+    }
+    if !backends.is_empty() && backends.iter().all(|b| b.backup) {
+        bad("backends", "every back end is a backup: at least one must not be".into());
+    }
+    let balance = match r.balance.as_deref() {
+        None => Balance::First,
+        Some(b) => Balance::from_config(b).unwrap_or_else(|| {
+            let all: Vec<&str> = Balance::ALL.iter().map(|b| b.as_str()).collect();
+            bad("balance", format!("{b:?} is not one of {}", all.join(", ")));
+            Balance::First
+        }),
+    };
+    let health = r.health_check.as_ref().and_then(|h| health_check(h, &r.sni, &mut bad));
+    if matches!(health, Some(HealthCheck { kind: CheckKind::Tls { .. }, .. }))
+        && backends.iter().any(|b| b.target.is_handoff())
+    {
+        bad(
+            "health_check.type",
+            "a hand-off back end is checked by connecting to its socket: use type = \"connect\"".into(),
+        );
+    }
+    let defaults = Eject::default();
+    let base_ms = r.eject_ms.unwrap_or(defaults.base_ms);
+    let eject = Eject {
+        after: r.eject_after.unwrap_or(defaults.after),
+        base_ms,
+        max_ms: r.eject_max_ms.unwrap_or(defaults.max_ms.max(base_ms)),
+    };
+    if eject.base_ms == 0 {
+        bad("eject_ms", "must be greater than 0".into());
+    }
+    if eject.max_ms < eject.base_ms {
+        bad("eject_max_ms", format!("{} is below eject_ms ({})", eject.max_ms, eject.base_ms));
+    }
+    let mut alpn_match = Vec::with_capacity(r.alpn_match.len());
+    for (i, p) in r.alpn_match.iter().enumerate() {
+        if p.is_empty() || p.len() > 255 {
+            bad("alpn_match", format!("entry {i} must be 1 to 255 bytes"));
+        }
+        alpn_match.push(p.as_bytes().to_vec());
     }
     for (i, p) in r.alpn.iter().enumerate() {
         if p.is_empty() || p.len() > 255 {
@@ -74,6 +134,14 @@ pub(super) fn resolve_route(r: RouteFile, key: &str, base: &Path, errors: &mut V
     }
 
     let action = match kind {
+        Some(Kind::Terminate) if backends.iter().any(|b| b.target.is_handoff()) => {
+            bad(
+                "backends",
+                "a hand-off back end takes the client's TLS connection as it is: only for action = \"passthrough\""
+                    .into(),
+            );
+            None
+        }
         Some(Kind::Terminate) => match (&r.cert, &r.key) {
             (Some(cert), Some(pkey)) => load_tls(&base.join(cert), &base.join(pkey), key, min_tls, &r.alpn, errors)
                 .map(|m| Action::Terminate(Arc::new(m))),
@@ -100,5 +168,61 @@ pub(super) fn resolve_route(r: RouteFile, key: &str, base: &Path, errors: &mut V
     if errors.len() > before {
         return None;
     }
-    Some(Route { name: r.name, action: action?, sni, dedicated_ips, min_tls, backends, proxy_protocol })
+    let upstream = Upstream { balance, health, eject };
+    Some(Route {
+        name: r.name,
+        action: action?,
+        sni,
+        dedicated_ips,
+        min_tls,
+        backends,
+        proxy_protocol,
+        upstream,
+        alpn_match,
+    })
+}
+
+/// `health_check = { type, sni, interval_ms, timeout_ms, rise, fall }`, with HAProxy's defaults.
+fn health_check(h: &HealthCheckFile, names: &[String], bad: &mut impl FnMut(&str, String)) -> Option<HealthCheck> {
+    let d = HealthCheck::default();
+    let kind = match h.kind.as_deref() {
+        None | Some("connect") => {
+            if h.sni.is_some() {
+                bad("health_check.sni", "applies only to type = \"tls\"".into());
+            }
+            CheckKind::Connect
+        }
+        Some("tls") => {
+            let first_exact = names.iter().find(|n| !n.starts_with("*.")).cloned();
+            match h.sni.clone().or(first_exact) {
+                Some(sni) => CheckKind::Tls { sni },
+                None => {
+                    bad("health_check.sni", "type = \"tls\" needs an sni (the route has no exact name to use)".into());
+                    return None;
+                }
+            }
+        }
+        Some(other) => {
+            bad("health_check.type", format!("{other:?} is not \"connect\" or \"tls\""));
+            return None;
+        }
+    };
+    let spec = HealthCheck {
+        kind,
+        interval_ms: h.interval_ms.unwrap_or(d.interval_ms),
+        timeout_ms: h.timeout_ms.unwrap_or(d.timeout_ms),
+        rise: h.rise.unwrap_or(d.rise),
+        fall: h.fall.unwrap_or(d.fall),
+    };
+    for (key, v) in [("interval_ms", spec.interval_ms), ("timeout_ms", spec.timeout_ms)] {
+        if v == 0 {
+            bad(&format!("health_check.{key}"), "must be greater than 0".into());
+        }
+    }
+    for (key, v) in [("rise", spec.rise), ("fall", spec.fall)] {
+        if v == 0 {
+            bad(&format!("health_check.{key}"), "must be at least 1".into());
+        }
+    }
+    Some(spec)
 }

@@ -7,6 +7,7 @@
 use super::file::{FileConfig, IncludedFile, RouteFile};
 use super::load::{self, Stamp};
 use super::{settings, Config, ConfigError, Located, Route, RuntimeOverrides, Settings, Table};
+use crate::backend::Pools;
 use crate::route::{BuildError, RouteId};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -236,7 +237,7 @@ fn build(
     }
     let table =
         build_table(path, routes, &settings, |id| owners.get(id.0 as usize).map(|&(f, i)| (paths[f].clone(), i)))?;
-    Ok(finish(path, settings, table, sources, generation))
+    finish(path, settings, table, sources, generation)
 }
 
 /// `Table::build_shared` with the fallbacks resolved by name, its errors located.
@@ -293,21 +294,37 @@ fn located(e: &BuildError, owner: &dyn Fn(RouteId) -> Option<(PathBuf, usize)>) 
     }
 }
 
-fn finish(path: &Path, s: Settings, table: Table, sources: Sources, generation: u64) -> Config {
+/// The configuration of `table`, with the back-end state built for it (what the running one
+/// still has of it is taken over when it is swapped in: `Pools::adopt`).
+fn finish(path: &Path, s: Settings, table: Table, sources: Sources, generation: u64) -> Result<Config, ConfigError> {
     let warnings = Config::table_warnings(&table);
-    Config {
+    let pools = match Pools::build(&table, super::worker_count(&s.runtime)) {
+        Ok(p) => p,
+        Err((id, e)) => {
+            let name = table.get(id).map(|r| r.name.clone()).unwrap_or_default();
+            let l = Located::new(format!("route {name:?}.backends"), e);
+            let l = match sources.owner(id) {
+                Some(f) if f != path => l.in_file(f),
+                _ => l,
+            };
+            return Err(ConfigError { file: path.to_owned(), problems: vec![l] });
+        }
+    };
+    Ok(Config {
         path: path.to_owned(),
         runtime: s.runtime,
         admin: s.admin,
         admin_settings: s.admin_settings,
         listeners: s.listeners,
+        handoff: s.handoff,
         table,
+        pools: Arc::new(pools),
         watch: s.watch,
         generation,
         changed_at: SystemTime::now(),
         warnings,
         sources: Arc::new(sources),
-    }
+    })
 }
 
 /// Keys that cannot change while the server runs, as `(key, old, new)`.
@@ -361,6 +378,10 @@ fn immovable(old: &Config, new: &Settings) -> Vec<Located> {
     for addr in qa.iter().filter(|a| !qb.contains(a) && new.listeners.iter().all(|l| l.address != **a)) {
         check("listener", false, format!("{addr} with quic = true"), "removed".to_owned());
     }
+    // Hand-off sockets are bound at start, too (their `handoff_uids` may change).
+    let paths = |hs: &[super::HandoffListener]| hs.iter().map(|h| h.path.display().to_string()).collect::<Vec<_>>();
+    let (ha, hb) = (paths(&old.handoff), paths(&new.handoff));
+    check("listener.handoff", ha == hb, format!("{ha:?}"), format!("{hb:?}"));
     check("admin.listen", old.admin == new.admin, format!("{:?}", old.admin), format!("{:?}", new.admin));
     let (sa, sb) = (&old.admin_settings, &new.admin_settings);
     check("admin.socket", sa.socket == sb.socket, format!("{:?}", sa.socket), format!("{:?}", sb.socket));
@@ -475,6 +496,7 @@ fn apply(
     let touched = keep.len() + gone.len();
     let settings_same = settings.runtime == old.runtime
         && settings.listeners == old.listeners
+        && settings.handoff == old.handoff
         && settings.admin_settings == old.admin_settings
         && settings.watch == old.watch
         && fallbacks_same;
@@ -541,11 +563,11 @@ fn apply(
     }
     report.build_ms = ms(built);
     if report.unchanged {
-        let mut c = finish(path, settings, table, sources, old.generation);
+        let mut c = finish(path, settings, table, sources, old.generation)?;
         c.changed_at = old.changed_at;
         return Ok((c, report));
     }
-    Ok((finish(path, settings, table, sources, old.generation + 1), report))
+    Ok((finish(path, settings, table, sources, old.generation + 1)?, report))
 }
 
 fn report_has_terminate(s: &Sources) -> bool {
@@ -607,6 +629,7 @@ fn settings_of(c: &Config) -> Settings {
         admin: c.admin,
         admin_settings: c.admin_settings.clone(),
         listeners: c.listeners.clone(),
+        handoff: c.handoff.clone(),
         no_sni: fallback_name(&c.table, c.table.no_sni()),
         unknown_sni: fallback_name(&c.table, c.table.unknown_sni()),
         include: Vec::new(),
@@ -854,7 +877,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 /// `Config::route_json`.
 pub(super) fn route_json(c: &Config, name: &str) -> Option<serde_json::Value> {
-    use crate::route::{Action, ProxyProtocol};
+    use crate::route::{Action, CheckKind, ProxyProtocol};
     let id = c.table.id_of(name)?;
     let r = c.table.get(id)?;
     let mut v = serde_json::json!({
@@ -864,9 +887,34 @@ pub(super) fn route_json(c: &Config, name: &str) -> Option<serde_json::Value> {
         "sni": r.sni,
         "dedicated_ips": r.dedicated_ips.iter().map(|ip| ip.to_string()).collect::<Vec<_>>(),
         "min_tls": format!("1.{}", r.min_tls.0.saturating_sub(0x0301)),
-        "backends": r.backends.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        "backends": r.backends.iter().map(|b| if b.weight == 1 && !b.backup {
+            serde_json::Value::from(b.target.to_string())
+        } else {
+            serde_json::json!({ "address": b.target.to_string(), "weight": b.weight, "backup": b.backup })
+        }).collect::<Vec<_>>(),
         "proxy_protocol": match r.proxy_protocol { ProxyProtocol::None => "none", ProxyProtocol::V1 => "v1", ProxyProtocol::V2 => "v2" },
+        "balance": r.upstream.balance.as_str(),
+        "eject_after": r.upstream.eject.after,
+        "eject_ms": r.upstream.eject.base_ms,
+        "eject_max_ms": r.upstream.eject.max_ms,
     });
+    if let Some(h) = &r.upstream.health {
+        let mut check = serde_json::json!({
+            "type": match &h.kind { CheckKind::Connect => "connect", CheckKind::Tls { .. } => "tls" },
+            "interval_ms": h.interval_ms,
+            "timeout_ms": h.timeout_ms,
+            "rise": h.rise,
+            "fall": h.fall,
+        });
+        if let CheckKind::Tls { sni } = &h.kind {
+            check["sni"] = sni.clone().into();
+        }
+        v["health_check"] = check;
+    }
+    if r.is_alpn() {
+        v["alpn_match"] =
+            r.alpn_match.iter().map(|p| String::from_utf8_lossy(p).into_owned()).collect::<Vec<_>>().into();
+    }
     if let Action::Terminate(m) = &r.action {
         v["cert"] = m.cert_path.display().to_string().into();
         v["key"] = m.key_path.display().to_string().into();

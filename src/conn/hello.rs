@@ -5,7 +5,7 @@
 use super::routing::{route, Decision};
 use super::trace::Trace;
 use super::{Accepted, Resources, Routed, Snapshots};
-use crate::config::Limits;
+use crate::config::{Limits, Listener};
 use crate::hello::{self as parser, ClientHello, Parsed, Reject};
 use crate::metrics::DropReason;
 use crate::relay::BUF_SIZE;
@@ -24,19 +24,25 @@ pub(super) async fn read(
     res: &Resources,
     rt: &Limits,
     snaps: &dyn Snapshots,
+    listener: Option<&Listener>,
     conn: &Accepted,
     t: &mut Trace,
 ) -> Result<Routed, DropReason> {
-    let buf = res.bufs.borrow_mut().take(hello_capacity(rt.max_hello_bytes));
+    let mut buf = res.bufs.borrow_mut().take(hello_capacity(rt.max_hello_bytes));
+    // A connection handed over by another process comes with its hello bytes.
+    buf.extend_from_slice(&conn.early);
     let decide = |hello: &ClientHello<'_>, buf_len: usize| {
         t.hello_done = res.now();
         t.hello_bytes = Some(hello.len() as u64);
-        let d = route(res, snaps, conn, hello, buf_len, t);
+        let d = route(res, snaps, listener, conn, hello, buf_len, t);
         t.routed_at = res.now();
         d
     };
     let read = tokio::time::timeout(
-        Duration::from_millis(rt.hello_timeout_ms),
+        // Behind a PROXY header the header and the hello share the one timeout.
+        conn.hello_deadline.map_or(Duration::from_millis(rt.hello_timeout_ms), |d| {
+            d.saturating_duration_since(std::time::Instant::now())
+        }),
         read_until_complete(&conn.client, buf, rt.max_hello_bytes, decide),
     )
     .await;
@@ -49,11 +55,14 @@ pub(super) async fn read(
         Ok(x) => x,
     };
     match decided {
-        Ok(Decision { header: None, id, route, check_server }) => Ok(Routed { id, route, first: buf, check_server }),
-        Ok(Decision { header: Some(mut first), id, route, check_server }) => {
+        Ok(Decision { header: None, id, route, check_server, sni_hash }) => {
+            Ok(Routed { id, route, first: buf, header: 0, check_server, sni_hash })
+        }
+        Ok(Decision { header: Some(mut first), id, route, check_server, sni_hash }) => {
+            let header = first.len();
             first.extend_from_slice(&buf);
             res.bufs.borrow_mut().give(buf);
-            Ok(Routed { id, route, first, check_server })
+            Ok(Routed { id, route, first, header, check_server, sni_hash })
         }
         Err(reason) => {
             res.bufs.borrow_mut().give(buf);
@@ -70,6 +79,13 @@ async fn read_until_complete<R>(
     max: usize,
     mut decide: impl FnMut(&ClientHello<'_>, usize) -> Result<R, DropReason>,
 ) -> (Result<R, DropReason>, Vec<u8>) {
+    if !buf.is_empty() {
+        match parser::parse(&buf, max) {
+            Parsed::NeedMore => {}
+            Parsed::Complete(hello) => return (decide(&hello, buf.len()), buf),
+            Parsed::Rejected(r) => return (Err(drop_reason(r)), buf),
+        }
+    }
     loop {
         if buf.len() == buf.capacity() {
             return (Err(DropReason::Oversize), buf);

@@ -7,6 +7,10 @@
 //!    └──────────── any step ──────────────────────────────────────────────────▶ Dropped(reason)
 //! ```
 //!
+//! - [`proxy_in`]: on a listener with `accept_proxy`, the PROXY header first (its addresses
+//!   replace the socket's);
+//! - [`admission`]: the listener's address lists and per-client limits (before the hello), its
+//!   JA4 lists (on the hello);
 //! - [`hello`]: reading the ClientHello within `hello_timeout_ms`, one parse per hello;
 //! - [`routing`]: where the hello goes (dedicated IP, SNI, fallback), `min_tls`, the PROXY header;
 //! - [`passthrough`]: connecting to the back ends, the back end's ServerHello version where
@@ -17,13 +21,16 @@
 //! Every outcome is counted in one place, [`close`]: a drop by its [`DropReason`], a relay by
 //! its kind, bytes, and how it ended. Nothing a peer sends can end more than its own connection.
 
+pub mod admission;
 pub mod hello;
 pub mod passthrough;
+pub mod proxy_in;
 pub mod routing;
 pub mod terminate;
 pub mod trace;
 
 use crate::access_log;
+use crate::backend::Pools;
 use crate::config::{Config, Limits, Route};
 use crate::metrics::{Direction, DropReason, Local};
 use crate::proxy_protocol;
@@ -34,7 +41,7 @@ use std::cell::RefCell;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use trace::Trace;
 
 /// What connections share with their worker (one thread, so `RefCell`s): counters, pools, the
@@ -48,6 +55,8 @@ pub struct Resources {
     /// Record latency histograms (and read the clock for them).
     pub timing: bool,
     pub log: Option<access_log::Writer>,
+    /// The per-client counts of the listeners (shared by every worker).
+    pub admission: Arc<admission::Tables>,
 }
 
 impl Resources {
@@ -65,8 +74,18 @@ pub struct Accepted {
     /// When it was accepted (with latency histograms on).
     pub at: Option<Instant>,
     /// Who the client is and what it dialed, when something in front of us said so (a PROXY
-    /// header on a listener that accepts one); else the socket's own addresses count.
+    /// header on a listener that accepts one, or the process that handed the connection over);
+    /// else the socket's own addresses count.
     pub proxied: Option<Proxied>,
+    /// TLVs of the inbound PROXY v2 header to pass on in the outbound one.
+    pub tlvs: Vec<u8>,
+    /// ClientHello bytes already read (by the process that handed the connection over).
+    pub early: Vec<u8>,
+    /// Handed over on a hand-off listener: no listener's rules apply (the sender applied them).
+    pub handed_off: bool,
+    /// When the hello must be complete, if not `hello_timeout_ms` from when reading it starts
+    /// (behind a PROXY header: `hello_timeout_ms` from accept, header included).
+    pub hello_deadline: Option<Instant>,
 }
 
 /// The addresses a trusted PROXY header gave for a connection.
@@ -79,7 +98,16 @@ pub struct Proxied {
 impl Accepted {
     /// A connection accepted on `listen`, its addresses those of the socket.
     pub fn new(client: Socket, listen: SocketAddr, at: Option<Instant>) -> Self {
-        Self { client, listen, at, proxied: None }
+        Self {
+            client,
+            listen,
+            at,
+            proxied: None,
+            tlvs: Vec::new(),
+            early: Vec::new(),
+            handed_off: false,
+            hello_deadline: None,
+        }
     }
 
     /// The client's address (getpeername(2) unless a PROXY header said otherwise).
@@ -101,10 +129,34 @@ impl Accepted {
     }
 }
 
-/// A route as a connection keeps it: the worker's own `Rc` of the route's `Arc` (cloning it is
-/// a non-atomic increment on a count no other core touches).
-#[allow(clippy::redundant_allocation)]
-pub type Kept = Rc<Arc<Route>>;
+/// A route as a connection keeps it: the route and the back-end state of the configuration it
+/// was chosen in (balancing, health, per-route statistics). Workers hand out `Rc`s of their own
+/// to one `Held` per route, so cloning one is a non-atomic increment on a count no other core
+/// touches.
+#[derive(Debug)]
+pub struct Held {
+    /// The route's id in the table (and in `pools`) it came from.
+    pub id: RouteId,
+    pub route: Arc<Route>,
+    pub pools: Arc<Pools>,
+}
+
+impl Held {
+    /// Route `id` of `cfg`, with `cfg`'s back-end state.
+    pub fn of(cfg: &Config, id: RouteId) -> Self {
+        Self { id, route: Arc::clone(cfg.table.route_arc(id)), pools: Arc::clone(&cfg.pools) }
+    }
+}
+
+impl std::ops::Deref for Held {
+    type Target = Route;
+    fn deref(&self) -> &Route {
+        &self.route
+    }
+}
+
+/// A route as a connection keeps it (see [`Held`]).
+pub type Kept = Rc<Held>;
 
 /// How a connection reaches the running configuration (its worker implements it): the
 /// current snapshot, read when the hello is complete, and the route it chose as a handle the
@@ -125,6 +177,10 @@ pub struct Routed {
     /// What goes to the back end first: the PROXY header (passthrough, if configured) followed by
     /// the ClientHello bytes read. On a terminating route: the hello bytes, for rustls.
     pub first: Vec<u8>,
+    /// The PROXY header's length at the start of `first` (0 without one).
+    pub header: usize,
+    /// The SNI's hash, for `balance = "hash_sni"` (0 otherwise).
+    pub sni_hash: u64,
     /// The route's `min_tls`, when the client also offered versions below it: the back end's
     /// choice is then checked in its ServerHello ([`passthrough::check_server_version`]).
     pub check_server: Option<crate::route::TlsVersion>,
@@ -140,50 +196,107 @@ pub enum Outcome {
 }
 
 /// Serves one accepted connection to its end, then counts and logs how it ended. The limits
-/// (timeouts, sizes) are those of the configuration current at accept; the route is chosen
-/// with the one current when the hello is complete.
-pub async fn serve(res: &Resources, snaps: &dyn Snapshots, conn: Accepted) {
-    let lim = snaps.current().runtime.limits();
+/// (timeouts, sizes) and the listener's settings (PROXY in, admission) are those of the
+/// configuration current at accept; the route is chosen with the one current when the hello is
+/// complete.
+pub async fn serve(res: &Resources, snaps: &dyn Snapshots, mut conn: Accepted) {
+    let at_accept = snaps.current();
+    let lim = at_accept.runtime.limits();
     let mut t = Trace::new(conn.at, res.log.as_ref().is_some_and(|l| l.sample()));
+    let listener = if conn.handed_off { None } else { at_accept.listener(conn.listen) };
+    let admitted = admit(res, &lim, listener, &mut conn).await;
     if t.log {
         t.client = conn.peer();
         t.local = Some(conn.dialed());
     }
-    let (outcome, route) = run(res, snaps, &lim, &conn, &mut t).await;
-    close(res, &conn, &mut t, outcome);
-    trace::finish(res, route.as_deref().map(|r| &**r), &t);
+    let (outcome, route) = match admitted {
+        Ok(guard) => {
+            let o = run(res, snaps, &lim, at_accept, &conn, &mut t).await;
+            drop(guard);
+            o
+        }
+        Err(reason) => {
+            drop(at_accept);
+            (Outcome::Dropped(reason), None)
+        }
+    };
+    close(res, route.as_deref(), &conn, &mut t, outcome);
+    trace::finish(res, route.as_deref(), &t);
 }
 
+/// What happens before the hello: the PROXY header where the listener requires one, then the
+/// listener's address lists and per-client limits (the guard counts the connection open).
+async fn admit<'r>(
+    res: &'r Resources,
+    lim: &Limits,
+    listener: Option<&crate::config::Listener>,
+    conn: &mut Accepted,
+) -> Result<Option<admission::Admitted<'r>>, DropReason> {
+    let Some(l) = listener else { return Ok(None) };
+    if let Some(accept) = l.accept_proxy {
+        let timeout = Duration::from_millis(lim.hello_timeout_ms);
+        conn.hello_deadline = Some(conn.at.unwrap_or_else(Instant::now) + timeout);
+        proxy_in::read(res, l, accept, conn, timeout).await?;
+    }
+    if l.admission.before_hello() {
+        return admission::before_hello(res, l, conn);
+    }
+    Ok(None)
+}
+
+/// Reads and routes the hello, then serves the route. `at_accept` (the snapshot the listener's
+/// settings come from) is let go of once the hello is routed: from then on the connection holds
+/// only its route.
+#[allow(clippy::redundant_allocation)] // the worker's own `Rc` of the snapshot: no atomic count
 async fn run(
     res: &Resources,
     snaps: &dyn Snapshots,
     lim: &Limits,
+    at_accept: Rc<Arc<Config>>,
     conn: &Accepted,
     t: &mut Trace,
 ) -> (Outcome, Option<Kept>) {
-    let mut routed = match hello::read(res, lim, snaps, conn, t).await {
+    let listener = if conn.handed_off { None } else { at_accept.listener(conn.listen) };
+    let read = hello::read(res, lim, snaps, listener, conn, t).await;
+    drop(at_accept);
+    let routed = match read {
         Ok(r) => r,
         Err(reason) => return (Outcome::Dropped(reason), None),
     };
     let kept = Rc::clone(&routed.route);
+    if let Some(stats) = kept.pools.route_stats(routed.id) {
+        stats.routed(res.worker);
+        t.route_open = true;
+    }
     let route: &Route = &kept;
     let outcome = match &route.action {
         crate::route::Action::Passthrough => passthrough::run(res, lim, route, conn, routed, t).await,
         // Boxed: the TLS state machine would otherwise make every connection's task (passthrough
         // included) several KiB larger, and each task is memcpy'd when it is spawned.
-        crate::route::Action::Terminate(tls) => {
-            let first = std::mem::take(&mut routed.first);
-            drop(routed);
-            Box::pin(terminate::run(res, lim, route, tls, conn, first, t)).await
-        }
+        crate::route::Action::Terminate(tls) => Box::pin(terminate::run(res, lim, route, tls, conn, routed, t)).await,
     };
     (outcome, Some(kept))
 }
 
 /// Counts the outcome (the one place that does) and records it in the trace.
-fn close(res: &Resources, conn: &Accepted, t: &mut Trace, outcome: Outcome) {
+fn close(res: &Resources, route: Option<&Held>, conn: &Accepted, t: &mut Trace, outcome: Outcome) {
+    if let (true, Some(held)) = (t.route_open, route) {
+        if let Some(stats) = held.pools.route_stats(held.id) {
+            let dropped = match outcome {
+                Outcome::Dropped(r) => Some(r),
+                Outcome::Relayed(_) => None,
+            };
+            if let (Some(_), Some(d)) = (t.backend, trace::between(t.connect_start, t.connected_at)) {
+                stats.connected(res.worker, d);
+            }
+            stats.closed(res.worker, dropped);
+        }
+    }
     match outcome {
         Outcome::Dropped(reason) => {
+            if reason == DropReason::DeniedJa4 {
+                admission::send_refusal_alert(conn);
+            }
             res.metrics.dropped(reason);
             crate::debug_every_second!(
                 worker = res.worker,
@@ -227,7 +340,7 @@ fn proxy_header(
     let mut out = res.bufs.borrow_mut().take(room + 600);
     if route.proxy_protocol != ProxyProtocol::None {
         let peer = conn.peer().unwrap_or_else(|| SocketAddr::new(IpAddr::from([0, 0, 0, 0]), 0));
-        let header = proxy_protocol::Header { client: peer, local: conn.dialed(), sni, alpn };
+        let header = proxy_protocol::Header { client: peer, local: conn.dialed(), sni, alpn, tlvs: &conn.tlvs };
         proxy_protocol::encode(route.proxy_protocol, &header, &mut out);
     }
     out

@@ -1,15 +1,16 @@
-//! Routed → Connected → Relayed, for a passthrough route: connect to the back ends in order
-//! (the first bytes go out with the connect), read the back end's ServerHello version where
-//! `min_tls` needs it, then relay the raw bytes (splice, or buffered).
+//! Routed → Connected → Relayed, for a passthrough route: connect to a back end in the order of
+//! the route's balancing (the first bytes go out with the connect; a hand-off back end takes the
+//! client's socket itself instead, and the connection ends here), read the back end's
+//! ServerHello version where `min_tls` needs it, then relay the raw bytes (splice, or buffered).
 
 use super::trace::Trace;
 use super::{send_and_recycle, Accepted, Outcome, Resources, Routed};
-use crate::backend;
+use crate::backend::{self, handoff, Key, Link};
 use crate::config::{Limits, Route};
 use crate::hello::{server_hello_version, ServerVersion};
-use crate::metrics::DropReason;
-use crate::relay::{self, BUF_SIZE};
-use crate::route::TlsVersion;
+use crate::metrics::{DropReason, RelayKind};
+use crate::relay::{self, End, Relayed, BUF_SIZE};
+use crate::route::{Balance, TlsVersion};
 use crate::sys::Socket;
 use std::net::Shutdown;
 use std::time::Duration;
@@ -33,12 +34,66 @@ pub(super) async fn run(
     t: &mut Trace,
 ) -> Outcome {
     t.connect_start = t.routed_at;
-    let connected = connect(res, rt, route, routed.first, t).await;
-    let mut c = match connected {
-        Ok(c) => c,
-        Err(reason) => return Outcome::Dropped(reason),
+    let Routed { id, route: held, first, header, check_server, sni_hash } = routed;
+    let (c, _active) = {
+        let client = match route.upstream.balance {
+            Balance::HashClient => conn.peer().map(|p| p.ip()),
+            _ => None,
+        };
+        // The receiver asks the socket for its addresses itself (when it needs them), unless a
+        // PROXY header gave them.
+        let handoff = route.backends.iter().any(|b| b.target.is_handoff()).then(|| {
+            let msg = handoff::Message {
+                addresses: conn.proxied.map(|p| (p.source, p.destination)),
+                hello: first.get(header..).unwrap_or_default(),
+            };
+            (&conn.client, msg)
+        });
+        let req = backend::Request {
+            route: id,
+            worker: res.worker,
+            timeout: Duration::from_millis(rt.connect_timeout_ms),
+            metrics: &res.metrics,
+            first: &first,
+            key: Key { client, sni: sni_hash },
+            handoff,
+            timing: res.timing,
+        };
+        let connected = backend::connect(&held.pools, &req).await;
+        t.connected_at = res.now();
+        match connected {
+            Ok(b) => {
+                t.backend = Some(b.backend);
+                match b.link {
+                    Link::HandedOff => {
+                        // The receiver owns the connection now; ours closes with this task.
+                        let moved = (first.len() - header) as u64;
+                        res.bufs.borrow_mut().give(first);
+                        return Outcome::Relayed(Relayed {
+                            kind: RelayKind::Handoff,
+                            end: End::Closed,
+                            to_backend: moved,
+                            to_client: 0,
+                            first_to_client: None,
+                        });
+                    }
+                    Link::Socket { socket, sent } => {
+                        (Connected { backend: socket, first, sent, early: Vec::new() }, b.active)
+                    }
+                }
+            }
+            Err(e) => {
+                res.bufs.borrow_mut().give(first);
+                return Outcome::Dropped(if e.is_local() {
+                    DropReason::LocalResources
+                } else {
+                    DropReason::BackendsDown
+                });
+            }
+        }
     };
-    if let Some(min) = routed.check_server {
+    let mut c = c;
+    if let Some(min) = check_server {
         let limit = Duration::from_millis(rt.hello_timeout_ms);
         c = match check_server_version(res, &conn.client, c, min, limit).await {
             Ok(c) => c,
@@ -64,30 +119,6 @@ pub(super) async fn run(
     done.to_backend += n_first;
     done.to_client += n_early;
     Outcome::Relayed(done)
-}
-
-/// Connects to the route's back ends in order, sending what it can of `first` at once (the
-/// connect time and the chosen back end go into the trace).
-async fn connect(
-    res: &Resources,
-    rt: &Limits,
-    route: &Route,
-    first: Vec<u8>,
-    t: &mut Trace,
-) -> Result<Connected, DropReason> {
-    let timeout = Duration::from_millis(rt.connect_timeout_ms);
-    let connected = backend::connect(&route.backends, timeout, &res.metrics, &first).await;
-    t.connected_at = res.now();
-    match connected {
-        Ok(b) => {
-            t.backend = Some(b.addr);
-            Ok(Connected { backend: b.socket, first, sent: b.sent, early: Vec::new() })
-        }
-        Err(e) => {
-            res.bufs.borrow_mut().give(first);
-            Err(if e.is_local() { DropReason::LocalResources } else { DropReason::BackendsDown })
-        }
-    }
 }
 
 /// A fatal `protocol_version` alert (RFC 8446 §6.2), as a TLS server sends it.

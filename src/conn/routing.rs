@@ -5,7 +5,7 @@
 
 use super::trace::Trace;
 use super::{proxy_header, Accepted, Kept, Resources, Snapshots};
-use crate::config::Route;
+use crate::config::{Listener, Route};
 use crate::hello::ClientHello;
 use crate::metrics::DropReason;
 use crate::route::{Action, Miss, ProxyProtocol, RouteId, TlsVersion};
@@ -17,12 +17,15 @@ pub(super) struct Decision {
     pub(super) route: Kept,
     pub(super) header: Option<Vec<u8>>,
     pub(super) check_server: Option<TlsVersion>,
+    /// The SNI's hash for `balance = "hash_sni"` (0 otherwise).
+    pub(super) sni_hash: u64,
 }
 
 /// Routes a complete hello: dedicated IP, SNI, fallback; `min_tls`; the PROXY header.
 pub(super) fn route(
     res: &Resources,
     snaps: &dyn Snapshots,
+    listener: Option<&Listener>,
     conn: &Accepted,
     hello: &ClientHello<'_>,
     buf_len: usize,
@@ -32,16 +35,26 @@ pub(super) fn route(
         t.sni = hello.sni().map(str::to_owned);
         t.alpn = hello.alpn().next().map(|p| String::from_utf8_lossy(p.as_bytes()).into_owned());
     }
+    super::admission::on_hello(listener, hello, t)?;
     // The snapshot current now, held only for this decision.
     let cfg = snaps.current();
     let table = &cfg.table;
-    // getsockname only when the answer matters: dedicated IPs exist (and the listener is a
-    // wildcard, see Accepted::dialed).
-    let ip: IpAddr = if table.has_dedicated_ips() { conn.dialed().ip() } else { conn.listen.ip() };
-    let (id, how) = table.lookup(ip, hello.sni()).map_err(|m| match m {
-        Miss::NoSni => DropReason::NoSni,
-        Miss::UnknownSni => DropReason::UnknownSni,
-    })?;
+    // getsockname only when the answer matters: dedicated IPs or ALPN routes exist (and the
+    // listener is a wildcard, see Accepted::dialed).
+    let ip: IpAddr =
+        if table.has_dedicated_ips() || table.has_alpn_routes() { conn.dialed().ip() } else { conn.listen.ip() };
+    let alpn_route = if table.has_alpn_routes() {
+        table.lookup_alpn(ip, hello.sni(), |want| hello.alpn().any(|p| p.as_bytes() == want))
+    } else {
+        None
+    };
+    let (id, how) = match alpn_route {
+        Some(id) => (id, crate::route::Match::Alpn),
+        None => table.lookup(ip, hello.sni()).map_err(|m| match m {
+            Miss::NoSni => DropReason::NoSni,
+            Miss::UnknownSni => DropReason::UnknownSni,
+        })?,
+    };
     t.how = Some(how);
     t.route = Some(id);
     let kept = snaps.keep(&cfg, id);
@@ -61,10 +74,14 @@ pub(super) fn route(
         }
     }
     res.metrics.routed(how);
+    let sni_hash = match route.upstream.balance {
+        crate::route::Balance::HashSni => crate::backend::Key::sni_hash(hello.sni()),
+        _ => 0,
+    };
     if route.proxy_protocol == ProxyProtocol::None || route.action.is_terminate() {
-        return Ok(Decision { id, route: kept, header: None, check_server });
+        return Ok(Decision { id, route: kept, header: None, check_server, sni_hash });
     }
     let alpn = hello.alpn().next();
     let header = proxy_header(res, route, conn, hello.sni(), alpn.as_ref().map(|p| p.as_bytes()), buf_len);
-    Ok(Decision { id, route: kept, header: Some(header), check_server })
+    Ok(Decision { id, route: kept, header: Some(header), check_server, sni_hash })
 }

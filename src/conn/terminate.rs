@@ -18,9 +18,10 @@ pub(super) async fn run(
     route: &Route,
     material: &TlsMaterial,
     conn: &Accepted,
-    hello: Vec<u8>,
+    routed: super::Routed,
     t: &mut Trace,
 ) -> Outcome {
+    let (id, hello, held) = (routed.id, routed.first, routed.route);
     let client = &conn.client;
     let hs = tokio::time::timeout(
         Duration::from_millis(rt.hello_timeout_ms),
@@ -49,13 +50,30 @@ pub(super) async fn run(
         c.tls_resumed += u64::from(resumed);
     });
     t.connect_start = t.handshake_done;
-    let timeout = Duration::from_millis(rt.connect_timeout_ms);
-    let connected = backend::connect(&route.backends, timeout, &res.metrics, &[]).await;
+    let client_ip = match route.upstream.balance {
+        crate::route::Balance::HashClient => conn.peer().map(|p| p.ip()),
+        _ => None,
+    };
+    let req = backend::Request {
+        route: id,
+        worker: res.worker,
+        timeout: Duration::from_millis(rt.connect_timeout_ms),
+        metrics: &res.metrics,
+        first: &[],
+        key: backend::Key { client: client_ip, sni: backend::Key::sni_hash(tls.server_name()) },
+        handoff: None,
+        timing: res.timing,
+    };
+    let connected = backend::connect(&held.pools, &req).await;
     t.connected_at = res.now();
-    let backend = match connected {
-        Ok(b) => {
-            t.backend = Some(b.addr);
-            b.socket
+    let (backend, _active) = match connected {
+        Ok(backend::Connected { link: backend::Link::Socket { socket, .. }, backend, active }) => {
+            t.backend = Some(backend);
+            (socket, active)
+        }
+        Ok(backend::Connected { link: backend::Link::HandedOff, .. }) => {
+            // Config validation keeps hand-off back ends out of terminating routes.
+            return Outcome::Dropped(DropReason::BackendsDown);
         }
         Err(e) => {
             // Tell the client politely: close_notify rather than a bare FIN.

@@ -26,7 +26,12 @@ pub struct Trace {
     pub first_to_client: Option<Instant>,
     pub how: Option<Match>,
     pub route: Option<RouteId>,
-    pub backend: Option<SocketAddr>,
+    /// The route's statistics count this connection open (to be closed with it).
+    pub route_open: bool,
+    /// The back end reached (its index in the configuration's pools).
+    pub backend: Option<crate::backend::BackendId>,
+    /// The hello's JA4 (sampled connections, or a listener with JA4 rules).
+    pub ja4: Option<crate::hello::Ja4>,
     pub outcome: Option<Outcome>,
     pub to_backend: u64,
     pub to_client: u64,
@@ -42,7 +47,7 @@ impl Trace {
     }
 }
 
-fn between(a: Option<Instant>, b: Option<Instant>) -> Option<Duration> {
+pub(super) fn between(a: Option<Instant>, b: Option<Instant>) -> Option<Duration> {
     Some(b?.saturating_duration_since(a?))
 }
 
@@ -51,7 +56,8 @@ fn micros(d: Option<Duration>) -> Option<u64> {
 }
 
 /// Records a finished connection's latencies and, if sampled, its access-log line.
-pub fn finish(res: &Resources, route: Option<&Route>, t: &Trace) {
+pub fn finish(res: &Resources, held: Option<&super::Held>, t: &Trace) {
+    let route: Option<&Route> = held.map(|h| &*h.route);
     let end = res.now();
     let m = &res.metrics;
     let hello_wait = between(t.accepted, t.hello_done);
@@ -90,9 +96,11 @@ pub fn finish(res: &Resources, route: Option<&Route>, t: &Trace) {
     };
     let action = match t.outcome {
         Some(Outcome::Relayed(r)) if r.kind == RelayKind::Tls => Some("terminate"),
+        Some(Outcome::Relayed(r)) if r.kind == RelayKind::Handoff => Some("handoff"),
         _ => route.map(|r| r.action.as_str()),
     };
     let time = access_log::rfc3339(std::time::SystemTime::now());
+    let backend = t.backend.and_then(|id| held?.pools.backend(id)).map(|b| b.target.to_string());
     let entry = access_log::Entry {
         time: &time,
         worker: res.worker,
@@ -101,11 +109,11 @@ pub fn finish(res: &Resources, route: Option<&Route>, t: &Trace) {
         local: t.local,
         sni: t.sni.as_deref(),
         alpn: t.alpn.as_deref(),
-        ja4: None,
         route: route.map(|r| r.name.as_str()),
         how: t.how.map(Match::as_str),
         action,
-        backend: t.backend,
+        backend: backend.as_deref(),
+        ja4: t.ja4.as_ref().map(|j| j.as_str()),
         outcome,
         reason,
         bytes_client_to_backend: t.to_backend,

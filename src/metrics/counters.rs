@@ -8,8 +8,8 @@
 //! enum's discriminant, so bumping a labelled counter is an array increment.
 
 use super::labels::{
-    AcceptCause, AdminRefusal, ApiResult, ConnectCause, Direction, DropReason, QuicDatagramDrop, QuicFlowDrop,
-    QuicFlowEnd, RelayCause, RelayKind, ReloadResult,
+    AcceptCause, AdminRefusal, ApiResult, ConnectCause, Direction, DropReason, HandoffCause, QuicDatagramDrop,
+    QuicFlowDrop, QuicFlowEnd, RelayCause, RelayKind, ReloadResult,
 };
 use crate::route::Match;
 use std::fmt;
@@ -206,6 +206,14 @@ counter_set! {
     access_log_lines: u64 => Counter "access_log_lines_total" "Access-log lines handed to the writer.";
     access_log_dropped: u64 => Counter "access_log_dropped_lines_total"
         "Access-log lines lost because the writer fell behind.";
+    /// Connections received on hand-off listeners (each then counted like an accepted one).
+    handoffs_received: u64 => Counter "handoffs_received_total"
+        "Connections handed over by another sni-dispatch on a hand-off listener.";
+    handoffs_rejected: tally(HandoffCause) => Counter "handoffs_rejected_total"
+        "Hand-off channels or messages refused by a hand-off listener, by cause.";
+    /// Passive ejections: a worker set a back end aside after `eject_after` failures in a row.
+    backend_ejections: u64 => Counter "ejections_total"
+        "Times a worker set a back end aside after eject_after failed connects in a row.";
     quic_datagrams: tally(Direction) => Counter "quic_datagrams_total"
         "QUIC datagrams forwarded, by direction (a GRO train counts each datagram).";
     quic_bytes: tally(Direction) => Counter "quic_bytes_total" "QUIC datagram payload bytes forwarded, by direction.";

@@ -85,6 +85,19 @@ labels! {
         TlsClientClosed = "tls_client_closed",
         /// The PROXY header or ClientHello could not be written to the back end.
         BackendWrite = "backend_write",
+        /// A listener with `accept_proxy`: the PROXY header was missing, malformed, of the wrong
+        /// version, or not complete within `hello_timeout_ms`.
+        ProxyHeader = "proxy_header",
+        /// A listener with `accept_proxy`: the connection came from outside `trusted_sources`.
+        ProxyUntrusted = "proxy_untrusted",
+        /// The client address is in the listener's `deny` list, or not in its `allow` list.
+        DeniedAddress = "denied_address",
+        /// The hello's JA4 fingerprint is in the listener's `deny_ja4`, or not in its `allow_ja4`.
+        DeniedJa4 = "denied_ja4",
+        /// The client address already had `max_conns_per_client` connections open.
+        ClientConnLimit = "client_conn_limit",
+        /// The client address opened more than `max_conn_rate_per_client` connections in the last second.
+        ClientRateLimit = "client_rate_limit",
     }
 }
 
@@ -101,6 +114,12 @@ labels! {
         LocalResources = "local_resources",
         /// Anything else (reset during the handshake, …).
         Other = "other",
+        /// A hand-off back end's queue was full (the receiver is not keeping up).
+        HandoffFull = "handoff_full",
+        /// A hand-off back end is gone: nothing listens on its socket, or the receiver closed it.
+        HandoffGone = "handoff_gone",
+        /// A hand-off receiver refused this process's channel (its uid is not in `handoff_uids`).
+        HandoffRefused = "handoff_refused",
     }
 }
 
@@ -189,6 +208,33 @@ labels! {
         /// Through user-space buffers (`--no-splice`, or no pipes free).
         Buffered = "buffered",
         /// Decrypted and encrypted by rustls (terminating routes).
+        Tls = "tls",
+        /// Not relayed here: the connection itself was handed off to a local terminator.
+        Handoff = "handoff",
+    }
+}
+
+labels! {
+    /// Why a hand-off listener refused a sender's channel or one connection handed over.
+    pub enum HandoffCause: "cause" {
+        /// The sending process's uid is not in `handoff_uids` (SO_PEERCRED).
+        Uid = "uid",
+        /// A message that is not a hand-off (bad length, magic, version or addresses).
+        Malformed = "malformed",
+        /// A message without exactly one descriptor, or one that is not a stream socket.
+        Descriptor = "descriptor",
+    }
+}
+
+labels! {
+    /// How an active health check came out.
+    pub enum CheckResult: "result" {
+        Ok = "ok",
+        /// Refused, reset or unreachable.
+        Refused = "refused",
+        /// No answer within `timeout_ms`.
+        TimedOut = "timed_out",
+        /// Connected, but the TLS handshake failed.
         Tls = "tls",
     }
 }
@@ -304,6 +350,8 @@ mod tests {
         check::<Direction>();
         check::<RelayKind>();
         check::<Match>();
+        check::<HandoffCause>();
+        check::<CheckResult>();
         check::<QuicDatagramDrop>();
         check::<QuicFlowDrop>();
         check::<QuicFlowEnd>();

@@ -22,8 +22,8 @@ pub mod labels;
 
 pub use counters::{ControlCounters, Counters, Family, Kind, Label, Tally, Value};
 pub use labels::{
-    AcceptCause, AdminRefusal, ApiResult, ConnectCause, Direction, DropReason, QuicDatagramDrop, QuicFlowDrop,
-    QuicFlowEnd, RelayCause, RelayKind, ReloadResult,
+    AcceptCause, AdminRefusal, ApiResult, CheckResult, ConnectCause, Direction, DropReason, HandoffCause,
+    QuicDatagramDrop, QuicFlowDrop, QuicFlowEnd, RelayCause, RelayKind, ReloadResult,
 };
 
 use crate::route::Match;

@@ -21,11 +21,13 @@
 //!   shared with the old table (copy-on-write), which readers may go on using.
 
 mod names;
+mod upstream;
 
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
 pub use names::{Found, Kind, NameIndex, NameIndexBuilder};
+pub use upstream::{Backend, Balance, CheckKind, Eject, HealthCheck, Target, TargetError, Upstream, MAX_UNIX_PATH};
 
 use std::sync::Arc;
 
@@ -105,8 +107,13 @@ pub struct Route<T> {
     pub sni: Vec<String>,
     pub dedicated_ips: Vec<IpAddr>,
     pub min_tls: TlsVersion,
-    pub backends: Vec<SocketAddr>,
+    pub backends: Vec<Backend>,
     pub proxy_protocol: ProxyProtocol,
+    /// Balancing, health checks and ejection of `backends`.
+    pub upstream: Upstream,
+    /// ALPN protocols of which the ClientHello must offer one for this route to take it (an
+    /// ALPN route: see [`Table::lookup_alpn`]); empty for an ordinary route.
+    pub alpn_match: Vec<Vec<u8>>,
 }
 
 impl<T> Route<T> {
@@ -115,7 +122,7 @@ impl<T> Route<T> {
     /// Every field is named (no `..`), so a field added to `Route` does not compile here until it
     /// is compared too.
     pub fn same_as(&self, other: &Self) -> bool {
-        let Route { name, action, sni, dedicated_ips, min_tls, backends, proxy_protocol } = self;
+        let Route { name, action, sni, dedicated_ips, min_tls, backends, proxy_protocol, upstream, alpn_match } = self;
         matches!(action, Action::Passthrough)
             && matches!(other.action, Action::Passthrough)
             && *name == other.name
@@ -124,6 +131,13 @@ impl<T> Route<T> {
             && *min_tls == other.min_tls
             && *backends == other.backends
             && *proxy_protocol == other.proxy_protocol
+            && *upstream == other.upstream
+            && *alpn_match == other.alpn_match
+    }
+
+    /// Whether it is an ALPN route (kept out of the name and IP indexes).
+    pub fn is_alpn(&self) -> bool {
+        !self.alpn_match.is_empty()
     }
 }
 
@@ -137,11 +151,19 @@ pub enum Match {
     NoSniFallback,
     /// `fallback.unknown_sni`: an SNI that no route names.
     UnknownSniFallback,
+    /// An ALPN route: the hello offered one of its `alpn_match` protocols, within its scope.
+    Alpn,
 }
 
 impl Match {
-    pub const ALL: [Self; 5] =
-        [Self::DedicatedIp, Self::ExactSni, Self::WildcardSni, Self::NoSniFallback, Self::UnknownSniFallback];
+    pub const ALL: [Self; 6] = [
+        Self::DedicatedIp,
+        Self::ExactSni,
+        Self::WildcardSni,
+        Self::NoSniFallback,
+        Self::UnknownSniFallback,
+        Self::Alpn,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -150,6 +172,7 @@ impl Match {
             Self::WildcardSni => "wildcard",
             Self::NoSniFallback => "fallback_no_sni",
             Self::UnknownSniFallback => "fallback_unknown_sni",
+            Self::Alpn => "alpn",
         }
     }
 }
@@ -192,6 +215,34 @@ pub struct Table<T> {
     route_names: NameIndex,
     no_sni: Option<RouteId>,
     unknown_sni: Option<RouteId>,
+    /// ALPN routes, in configuration order (a change keeps their order and appends the new
+    /// ones): outside the name and IP indexes.
+    alpn: Arc<Vec<AlpnRoute>>,
+}
+
+/// An ALPN route's scope: its names and dedicated IPs (none of either: every connection).
+#[derive(Debug)]
+struct AlpnRoute {
+    id: RouteId,
+    protocols: Vec<Vec<u8>>,
+    exact: Vec<String>,
+    /// `*.example.com` as `example.com`.
+    wildcard: Vec<String>,
+    ips: Vec<IpAddr>,
+}
+
+impl AlpnRoute {
+    fn covers(&self, local: IpAddr, sni: Option<&str>) -> bool {
+        if self.exact.is_empty() && self.wildcard.is_empty() && self.ips.is_empty() {
+            return true;
+        }
+        if self.ips.contains(&local) {
+            return true;
+        }
+        let Some(name) = sni else { return false };
+        self.exact.iter().any(|n| n == name)
+            || name.split_once('.').is_some_and(|(_, parent)| self.wildcard.iter().any(|w| w == parent))
+    }
 }
 
 impl<T> Clone for Table<T> {
@@ -205,6 +256,7 @@ impl<T> Clone for Table<T> {
             route_names: self.route_names.clone(),
             no_sni: self.no_sni,
             unknown_sni: self.unknown_sni,
+            alpn: Arc::clone(&self.alpn),
         }
     }
 }
@@ -258,13 +310,19 @@ impl<T> Table<T> {
         let mut index = Vec::with_capacity(total);
         let mut route_names = Vec::with_capacity(routes.len());
         let mut by_ip = Vec::new();
+        let mut alpn = Vec::new();
         for (i, route) in routes.iter().enumerate() {
             let id = RouteId(i as u32);
+            route_names.push((route.name.as_str(), Kind::Exact, id));
+            if !route.alpn_match.is_empty() {
+                // Outside the name and IP indexes: its names may also be an ordinary route's.
+                alpn.push(AlpnRoute::of(id, route));
+                continue;
+            }
             for pattern in &route.sni {
                 let (key, kind) = split_pattern(pattern);
                 index.push((key, kind, id));
             }
-            route_names.push((route.name.as_str(), Kind::Exact, id));
             for ip in &route.dedicated_ips {
                 by_ip.push((canonical_ip(*ip), id));
             }
@@ -291,7 +349,32 @@ impl<T> Table<T> {
             }
             chunks.push(Arc::new(chunk));
         }
-        Ok(Self { chunks, free: Vec::new(), len, by_ip: Arc::new(by_ip), names, route_names, no_sni, unknown_sni })
+        Ok(Self {
+            chunks,
+            free: Vec::new(),
+            len,
+            by_ip: Arc::new(by_ip),
+            names,
+            route_names,
+            no_sni,
+            unknown_sni,
+            alpn: Arc::new(alpn),
+        })
+    }
+
+    /// Whether any route has `alpn_match` (when none does, [`Table::lookup_alpn`] need not run).
+    #[inline]
+    pub fn has_alpn_routes(&self) -> bool {
+        !self.alpn.is_empty()
+    }
+
+    /// The first ALPN route (in configuration order) whose scope covers a connection that dialed
+    /// `local` with `sni` and one of whose protocols the hello offers (`offers(protocol)`). ALPN
+    /// routes come before every other rule: within their scope they are the more specific match.
+    #[inline]
+    pub fn lookup_alpn(&self, local: IpAddr, sni: Option<&str>, offers: impl Fn(&[u8]) -> bool) -> Option<RouteId> {
+        let local = canonical_ip(local);
+        self.alpn.iter().find(|r| r.protocols.iter().any(|p| offers(p)) && r.covers(local, sni)).map(|r| r.id)
     }
 
     /// Finds the route for a connection that dialed `local` and sent `sni`
@@ -325,6 +408,8 @@ impl<T> Table<T> {
                     Match::WildcardSni => sni.and_then(|n| n.split_once('.')).map(|(_, p)| format!("*.{p}")),
                     Match::NoSniFallback => Some("fallback.no_sni".to_owned()),
                     Match::UnknownSniFallback => Some("fallback.unknown_sni".to_owned()),
+                    // Not an outcome of `lookup` (ALPN routes are looked up apart).
+                    Match::Alpn => None,
                 };
                 Explained { route: Some(id), how: Ok(how), pattern }
             }
@@ -475,6 +560,7 @@ impl<'a, T> Change<'a, T> {
         let mut route_names = base.route_names.edit();
         let mut errors = Vec::new();
         let mut ips_changed = false;
+        let mut alpn_changed = false;
         let mut upserted = std::collections::HashSet::new();
         for r in &self.upserts {
             if !upserted.insert(r.name.as_str()) {
@@ -492,12 +578,16 @@ impl<'a, T> Change<'a, T> {
             }
             let Some(id) = base.id_of(name) else { continue };
             let old = base.route_arc(id);
-            for p in &old.sni {
-                let (key, kind) = split_pattern(p);
-                names.remove(key, kind, id);
+            if old.is_alpn() {
+                alpn_changed = true;
+            } else {
+                for p in &old.sni {
+                    let (key, kind) = split_pattern(p);
+                    names.remove(key, kind, id);
+                }
+                ips_changed |= !old.dedicated_ips.is_empty();
             }
             route_names.remove(&old.name, Kind::Exact, id);
-            ips_changed |= !old.dedicated_ips.is_empty();
             t.set(id, None);
             t.free.push(id.0);
             t.len -= 1;
@@ -507,11 +597,17 @@ impl<'a, T> Change<'a, T> {
             match base.id_of(&r.name) {
                 Some(id) => {
                     let old = base.route_arc(id);
-                    for p in old.sni.iter().filter(|p| !r.sni.contains(p)) {
-                        let (key, kind) = split_pattern(p);
-                        names.remove(key, kind, id);
+                    if !old.is_alpn() {
+                        // Names it gives up (all of them when it becomes an ALPN route).
+                        for p in old.sni.iter().filter(|p| r.is_alpn() || !r.sni.contains(p)) {
+                            let (key, kind) = split_pattern(p);
+                            names.remove(key, kind, id);
+                        }
                     }
-                    ips_changed |= old.dedicated_ips != r.dedicated_ips;
+                    alpn_changed |= old.is_alpn() || r.is_alpn();
+                    ips_changed |= old.dedicated_ips != r.dedicated_ips
+                        || (old.is_alpn() != r.is_alpn()
+                            && !(old.dedicated_ips.is_empty() && r.dedicated_ips.is_empty()));
                     slots.push((id, r));
                 }
                 None => fresh.push(r),
@@ -534,7 +630,11 @@ impl<'a, T> Change<'a, T> {
                 errors.push(BuildError::DuplicateRoute { name: r.name.clone(), first, second: id });
                 continue;
             }
-            ips_changed |= !r.dedicated_ips.is_empty();
+            if r.is_alpn() {
+                alpn_changed = true;
+            } else {
+                ips_changed |= !r.dedicated_ips.is_empty();
+            }
             t.len += 1;
             stats.added += 1;
             slots.push((id, r));
@@ -547,8 +647,8 @@ impl<'a, T> Change<'a, T> {
                 .map(|(_, r)| r.name.clone())
                 .unwrap_or_else(|| t.get(id).map(|r| r.name.clone()).unwrap_or_default())
         };
-        for (id, r) in &slots {
-            let old = base.get(*id).filter(|o| o.name == r.name);
+        for (id, r) in slots.iter().filter(|(_, r)| !r.is_alpn()) {
+            let old = base.get(*id).filter(|o| o.name == r.name && !o.is_alpn());
             for p in &r.sni {
                 if old.is_some_and(|o| o.sni.contains(p)) {
                     continue;
@@ -571,7 +671,7 @@ impl<'a, T> Change<'a, T> {
         }
         if ips_changed {
             let mut by_ip: Vec<(IpAddr, RouteId)> = Vec::new();
-            for (id, r) in t.routes() {
+            for (id, r) in t.routes().filter(|(_, r)| !r.is_alpn()) {
                 by_ip.extend(r.dedicated_ips.iter().map(|ip| (canonical_ip(*ip), id)));
             }
             by_ip.sort_by_key(|(ip, _)| *ip);
@@ -583,6 +683,21 @@ impl<'a, T> Change<'a, T> {
                 });
             }
             t.by_ip = Arc::new(by_ip);
+        }
+        if alpn_changed {
+            // The ALPN routes that stay keep their place; new ones come last.
+            let mut alpn: Vec<AlpnRoute> = Vec::with_capacity(base.alpn.len() + 1);
+            for a in base.alpn.iter() {
+                if let Some(r) = t.get(a.id).filter(|r| r.is_alpn()) {
+                    alpn.push(AlpnRoute::of(a.id, r));
+                }
+            }
+            let fresh: Vec<(RouteId, &Route<T>)> =
+                t.routes().filter(|(id, r)| r.is_alpn() && !alpn.iter().any(|a| a.id == *id)).collect();
+            for (id, r) in fresh {
+                alpn.push(AlpnRoute::of(id, r));
+            }
+            t.alpn = Arc::new(alpn);
         }
         let mut missing = Vec::new();
         t.names = names.finish();
@@ -646,6 +761,22 @@ fn split_pattern(p: &str) -> (&str, Kind) {
     match p.strip_prefix("*.") {
         Some(parent) => (parent, Kind::Wildcard),
         None => (p, Kind::Exact),
+    }
+}
+
+impl AlpnRoute {
+    /// The scope of an ALPN route, from its names (an ALPN route's names are kept out of the
+    /// name index, so they may also belong to an ordinary route).
+    fn of<T>(id: RouteId, route: &Route<T>) -> Self {
+        let (mut exact, mut wildcard) = (Vec::new(), Vec::new());
+        for pattern in &route.sni {
+            match pattern.strip_prefix("*.") {
+                Some(parent) => wildcard.push(parent.to_owned()),
+                None => exact.push(pattern.clone()),
+            }
+        }
+        let ips = route.dedicated_ips.iter().map(|ip| canonical_ip(*ip)).collect();
+        Self { id, protocols: route.alpn_match.clone(), exact, wildcard, ips }
     }
 }
 

@@ -10,6 +10,8 @@ fn route(name: &str, sni: &[&str], ips: &[&str]) -> Route<()> {
         min_tls: TlsVersion::TLS12,
         backends: vec!["127.0.0.1:1".parse().unwrap()],
         proxy_protocol: ProxyProtocol::None,
+        upstream: Upstream::default(),
+        alpn_match: Vec::new(),
     }
 }
 
@@ -264,4 +266,89 @@ proptest! {
             prop_assert_eq!(idx.get(&key, Kind::Exact), expected.get(&key).copied());
         }
     }
+}
+
+#[test]
+fn alpn_routes_take_their_scope_first_and_stay_out_of_the_name_index() {
+    let mut acme_all = route("acme", &[], &[]);
+    acme_all.alpn_match = vec![b"acme-tls/1".to_vec()];
+    // Shares a name with "shop": allowed, since ALPN routes are not in the name index.
+    let mut scoped = route("scoped", &["shop.example.com", "*.wild.example.net"], &["127.0.0.9"]);
+    scoped.alpn_match = vec![b"x-test".to_vec(), b"x-other".to_vec()];
+    let t = Table::build(vec![route("shop", &["shop.example.com"], &[]), scoped, acme_all], None, None).unwrap();
+    assert!(t.has_alpn_routes());
+    let offers = |list: &'static [&'static [u8]]| move |p: &[u8]| list.contains(&p);
+    let lo = ip("127.0.0.1");
+    assert_eq!(t.lookup_alpn(lo, Some("shop.example.com"), offers(&[b"h2"])), None);
+    assert_eq!(t.lookup_alpn(lo, Some("shop.example.com"), offers(&[b"h2", b"acme-tls/1"])), Some(RouteId(2)));
+    assert_eq!(t.lookup_alpn(lo, None, offers(&[b"acme-tls/1"])), Some(RouteId(2)));
+    assert_eq!(t.lookup_alpn(lo, Some("shop.example.com"), offers(&[b"x-other"])), Some(RouteId(1)));
+    assert_eq!(t.lookup_alpn(lo, Some("a.wild.example.net"), offers(&[b"x-test"])), Some(RouteId(1)));
+    assert_eq!(t.lookup_alpn(lo, Some("a.b.wild.example.net"), offers(&[b"x-test"])), None);
+    assert_eq!(t.lookup_alpn(lo, Some("other.example.com"), offers(&[b"x-test"])), None);
+    assert_eq!(t.lookup_alpn(ip("::ffff:127.0.0.9"), None, offers(&[b"x-test"])), Some(RouteId(1)));
+    // The ordinary lookup does not see ALPN routes.
+    assert_eq!(t.lookup(lo, Some("shop.example.com")), Ok((RouteId(0), Match::ExactSni)));
+    assert_eq!(t.lookup(ip("127.0.0.9"), Some("nothing.example")), Err(Miss::UnknownSni));
+    assert!(!sample().has_alpn_routes());
+}
+
+#[test]
+fn changes_keep_the_alpn_route_list() {
+    let alpn = |name: &str, sni: &[&str], ips: &[&str], p: &[u8]| {
+        let mut r = route(name, sni, ips);
+        r.alpn_match = vec![p.to_vec()];
+        r
+    };
+    let offers = |want: &'static [u8]| move |p: &[u8]| p == want;
+    let lo = ip("127.0.0.1");
+    let t =
+        Table::build(vec![route("shop", &["shop.example.com"], &[]), alpn("a", &[], &[], b"x-a")], None, None).unwrap();
+    // Added: an ALPN route sharing a name and taking a dedicated IP, kept out of both indexes.
+    let mut c = t.change();
+    c.upsert(alpn("b", &["shop.example.com"], &["127.0.0.7"], b"x-b"));
+    let (t2, _, _) = c.finish().unwrap();
+    assert_eq!(t2.lookup_alpn(lo, Some("shop.example.com"), offers(b"x-b")), t2.id_of("b"));
+    assert_eq!(t2.lookup_alpn(lo, None, offers(b"x-a")), t2.id_of("a"));
+    assert_eq!(t2.lookup(lo, Some("shop.example.com")).map(|(id, _)| id), Ok(t2.id_of("shop").unwrap()));
+    assert_eq!(t2.lookup(ip("127.0.0.7"), None), Err(Miss::NoSni));
+    // An ordinary route becoming an ALPN route gives up its names; and back again.
+    let mut c = t2.change();
+    c.upsert(alpn("shop", &["shop.example.com"], &[], b"x-shop"));
+    let (t3, _, _) = c.finish().unwrap();
+    assert_eq!(t3.lookup(lo, Some("shop.example.com")), Err(Miss::UnknownSni));
+    assert_eq!(t3.lookup_alpn(lo, Some("shop.example.com"), offers(b"x-shop")), t3.id_of("shop"));
+    let mut c = t3.change();
+    c.upsert(route("shop", &["shop.example.com"], &["127.0.0.8"]));
+    c.remove("a");
+    let (t4, _, _) = c.finish().unwrap();
+    assert_eq!(t4.lookup(lo, Some("shop.example.com")).map(|(id, _)| id), Ok(t4.id_of("shop").unwrap()));
+    assert_eq!(t4.lookup(ip("127.0.0.8"), None).map(|(id, _)| id), Ok(t4.id_of("shop").unwrap()));
+    assert_eq!(t4.lookup_alpn(lo, Some("shop.example.com"), offers(b"x-shop")), None);
+    assert_eq!(t4.lookup_alpn(lo, None, offers(b"x-a")), None, "a removed ALPN route still answers");
+    assert_eq!(t4.lookup_alpn(lo, Some("shop.example.com"), offers(b"x-b")), t4.id_of("b"));
+    // The old tables answer as before (copy-on-write).
+    assert_eq!(t.lookup_alpn(lo, None, offers(b"x-a")), t.id_of("a"));
+    assert!(!t.has_alpn_routes() || t.lookup_alpn(lo, Some("shop.example.com"), offers(b"x-b")).is_none());
+}
+
+#[test]
+fn same_as_compares_the_upstream_and_alpn_match() {
+    let a = route("r", &["r.example"], &[]);
+    assert!(a.same_as(&a.clone()));
+    let mut b = a.clone();
+    b.upstream.balance = Balance::RoundRobin;
+    assert!(!a.same_as(&b), "balance");
+    let mut b = a.clone();
+    b.upstream.eject.after = 9;
+    assert!(!a.same_as(&b), "ejection");
+    let mut b = a.clone();
+    b.upstream.health = Some(HealthCheck::default());
+    assert!(!a.same_as(&b), "health check");
+    let mut b = a.clone();
+    b.alpn_match = vec![b"h2".to_vec()];
+    assert!(!a.same_as(&b), "alpn_match");
+    let mut b = a.clone();
+    b.backends[0].weight = 3;
+    assert!(!a.same_as(&b), "weight");
 }

@@ -51,6 +51,10 @@ pub enum ServeError {
     Admin { addr: SocketAddr, source: io::Error },
     #[error("access log {path}: {source}")]
     AccessLog { path: String, source: io::Error },
+    #[error("hand-off listener {path}: {source}")]
+    Handoff { path: String, source: io::Error },
+    #[error("health checks: {0}")]
+    Health(io::Error),
 }
 
 /// A running set of workers (what [`serve`] drives; usable directly from tests and tools).
@@ -81,13 +85,17 @@ pub(crate) struct Shared {
     pub(crate) worker_cpus: Vec<usize>,
     /// Replaced configurations, dropped here (not on a worker) once no worker holds them.
     pub(crate) retired: Mutex<Vec<Arc<Config>>>,
+    /// The health checker: told of each configuration's back ends as it is swapped in.
+    pub(crate) checker: crate::backend::health::Checker,
+    /// The listeners' per-client counts (a listener added by a reload gets its table here).
+    pub(crate) admission: Arc<crate::conn::admission::Tables>,
 }
 
 impl Server {
     /// Binds every listener (port 0 becomes one port shared by all workers), starts the workers
     /// and returns once each has its ring.
     pub fn start(config: Config) -> Result<Self, ServeError> {
-        if config.listeners.is_empty() {
+        if config.listeners.is_empty() && config.handoff.is_empty() {
             return Err(ServeError::NoListeners);
         }
         let rt = config.runtime.clone();
@@ -115,6 +123,29 @@ impl Server {
                 }
             }
         }
+
+        // Hand-off listeners: one socket, shared by every worker.
+        let mut handoff = Vec::new();
+        for h in &config.handoff {
+            let path = h.path.display().to_string();
+            let fd = sys::Socket::seqpacket_listen(&h.path, rt.backlog)
+                .map_err(|source| ServeError::Handoff { path: path.clone(), source })?;
+            handoff.push((fd, h.path.clone()));
+        }
+        let mut handoff_per_worker: Vec<Vec<(OwnedFd, std::path::PathBuf)>> = (0..n).map(|_| Vec::new()).collect();
+        for (fd, path) in &handoff {
+            for fds in &mut handoff_per_worker {
+                let dup = fd
+                    .try_clone()
+                    .map_err(|source| ServeError::Handoff { path: path.display().to_string(), source })?;
+                fds.push((dup, path.clone()));
+            }
+        }
+        drop(handoff);
+        let bound: Vec<SocketAddr> = local_addrs.iter().map(|(_, actual)| *actual).collect();
+        let admission = Arc::new(crate::conn::admission::Tables::new(&bound, n));
+        let checker = crate::backend::health::Checker::start(cpus::admin_cpu(&cpus)).map_err(ServeError::Health)?;
+        checker.watch(&config.pools);
 
         let started = Instant::now();
         let timing = !matches!(std::env::var_os(lifecycle::NO_LATENCY_ENV), Some(v) if !v.is_empty() && v != "0");
@@ -148,6 +179,8 @@ impl Server {
             access_log: Mutex::new(None),
             worker_cpus,
             retired: Mutex::new(Vec::new()),
+            checker,
+            admission: Arc::clone(&admission),
         });
         let control = control::start(Arc::clone(&shared)).map_err(ServeError::Thread)?;
         let admin = match (admin_addr, &admin_socket) {
@@ -160,6 +193,7 @@ impl Server {
                     config: Arc::clone(&shared_config),
                     control: Some(Arc::new(control.submitter())),
                     max_connections,
+                    rates: Arc::default(),
                 };
                 let addr = admin_addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
                 Some(
@@ -172,8 +206,8 @@ impl Server {
         let (done_tx, done) = mpsc::channel();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), worker::StartError>>();
         let quic_listeners: Vec<SocketAddr> = config_quic_addrs(&udp_per_worker);
-        for (id, (((cpu, listeners), udp), commands)) in
-            cpus.iter().copied().zip(per_worker).zip(udp_per_worker).zip(receivers).enumerate()
+        for (id, ((((cpu, listeners), udp), commands), handoff)) in
+            cpus.iter().copied().zip(per_worker).zip(udp_per_worker).zip(receivers).zip(handoff_per_worker).enumerate()
         {
             let w = worker::Setup {
                 id,
@@ -188,6 +222,8 @@ impl Server {
                 timing,
                 log: access_log.as_ref().map(|s| s.writer(rt.access_log_sample)),
                 commands,
+                admission: Arc::clone(&admission),
+                handoff,
             };
             let ready = ready_tx.clone();
             let done = done_tx.clone();
@@ -293,6 +329,10 @@ impl Server {
         self.control.stop();
         if let Some(admin) = self.admin {
             admin.stop();
+        }
+        self.shared.checker.stop();
+        for h in &self.config.load().handoff {
+            let _ = std::fs::remove_file(&h.path);
         }
         if let Some(log) = lock(&self.shared.access_log).take() {
             // Workers that finished have dropped their writers (after a final flush).

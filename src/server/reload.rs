@@ -25,9 +25,19 @@ impl Shared {
     }
 
     /// [`Shared::swap`] of a configuration already shared (one that ran before, put back).
-    pub(crate) fn swap_arc(&self, new: Arc<Config>, timings: Option<[f64; 2]>) -> Result<f64, ServeError> {
+    ///
+    /// Back ends and routes that did not change keep their health, counts and statistics: the
+    /// new configuration's pools take the running one's state over ([`crate::backend::Pools::adopt`], when the
+    /// configuration is not shared yet; one put back still has its own), and the health checker
+    /// follows the new back ends.
+    pub(crate) fn swap_arc(&self, mut new: Arc<Config>, timings: Option<[f64; 2]>) -> Result<f64, ServeError> {
         let started = Instant::now();
         let old = self.config.load_full();
+        if let Some(c) = Arc::get_mut(&mut new) {
+            if let Some(pools) = Arc::get_mut(&mut c.pools) {
+                pools.adopt(&old.pools, &old.table, &c.table);
+            }
+        }
         let n = self.commands.len();
         let mut bound = lock(&self.listeners);
         let wanted: Vec<std::net::SocketAddr> = new.listeners.iter().map(|l| l.address).collect();
@@ -38,6 +48,9 @@ impl Shared {
         let removed: Vec<(std::net::SocketAddr, std::net::SocketAddr)> =
             bound.iter().filter(|(c, _)| !wanted.contains(c)).copied().collect();
         for (configured, (actual, fds)) in added {
+            if !self.admission.add(actual) {
+                tracing::warn!(listener = %actual, "too many listeners for per-client limits; this one has none");
+            }
             for (tx, fd) in self.commands.iter().zip(fds) {
                 let _ = tx.send(Command::Listen(fd, actual));
             }
@@ -46,6 +59,7 @@ impl Shared {
         }
         let generation = new.generation;
         let (routes, names) = (new.table.len(), new.table.name_count());
+        self.checker.watch(&new.pools);
         self.config.store(Arc::clone(&new));
         for (configured, actual) in &removed {
             for tx in &self.commands {

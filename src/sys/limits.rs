@@ -51,3 +51,25 @@ pub fn release_free_memory() {
     // SAFETY: mi_collect takes a flag, returns nothing and may run on any thread at any time.
     unsafe { mi_collect(true) };
 }
+
+/// `n` zeroed atomics from one zeroed allocation: large ones come straight from the kernel as
+/// untouched zero pages, which cost no memory until written (the admission tables).
+pub fn zeroed_atomics(n: usize) -> Box<[std::sync::atomic::AtomicU64]> {
+    use std::alloc::{alloc_zeroed, handle_alloc_error, Layout};
+    use std::sync::atomic::AtomicU64;
+    let Ok(layout) = Layout::array::<AtomicU64>(n) else {
+        return (0..n).map(|_| AtomicU64::new(0)).collect();
+    };
+    if layout.size() == 0 {
+        return Box::new([]);
+    }
+    // SAFETY: the layout has a non-zero size; all-zero bytes are a valid AtomicU64; the pointer
+    // comes from the global allocator with exactly this layout, which is what `Box` frees with.
+    unsafe {
+        let p = alloc_zeroed(layout).cast::<AtomicU64>();
+        if p.is_null() {
+            handle_alloc_error(layout);
+        }
+        Box::from_raw(std::ptr::slice_from_raw_parts_mut(p, n))
+    }
+}

@@ -29,7 +29,7 @@ pub mod udp;
 pub mod unix;
 
 pub use huge::HugeBuf;
-pub use limits::{advise_huge_pages, raise_fd_limit, release_free_memory};
+pub use limits::{advise_huge_pages, raise_fd_limit, release_free_memory, zeroed_atomics};
 pub use pipe::{Pipe, Spliced};
 pub use ring::{runtime, RingOptions};
 pub use sched::{parallel_map, place_control_thread, Placement};

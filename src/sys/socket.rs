@@ -98,18 +98,46 @@ impl Socket {
 
     /// Receives into the spare capacity of `buf` (after its current length), extending its length by
     /// the bytes received. `Ok(0)` is end of stream (or no spare capacity).
-    pub async fn recv(&self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
-        let spare = buf.capacity() - buf.len();
+    pub async fn recv(&self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        self.recv_at_most(buf, usize::MAX).await
+    }
+
+    /// Like [`recv`](Self::recv), reading at most `max` bytes.
+    pub async fn recv_at_most(&self, mut buf: Vec<u8>, max: usize) -> (io::Result<usize>, Vec<u8>) {
+        let spare = (buf.capacity() - buf.len()).min(max);
         let ptr = buf.spare_capacity_mut().as_mut_ptr().cast::<u8>();
         let sqe = opcode::Recv::new(types::Fd(self.fd.as_raw_fd()), ptr, spare.min(u32::MAX as usize) as u32).build();
-        // SAFETY: `ptr..ptr+spare` is the heap spare capacity of `buf`, which the stored data owns
-        // until the completion (moving a Vec does not move its heap block); the Rc keeps the fd open.
+        // SAFETY: as in `recv`: `ptr..ptr+spare` lies in the heap spare capacity of `buf`, owned by
+        // the stored data until the completion; the Rc keeps the fd open.
         let (res, (_fd, mut buf)) = unsafe { submit((Rc::clone(&self.fd), buf), sqe) }.await;
         match res {
             Ok(n) => {
                 let n = (n as usize).min(spare);
                 // SAFETY: the kernel initialised the first `n` bytes of the spare capacity.
                 unsafe { buf.set_len(buf.len() + n) };
+                (Ok(n), buf)
+            }
+            Err(e) => (Err(e), buf),
+        }
+    }
+
+    /// Reads up to `max` bytes of what is queued without consuming them (`MSG_PEEK`) into
+    /// `buf` (cleared first); waits until something is queued. `Ok(0)` is end of stream.
+    pub async fn peek(&self, mut buf: Vec<u8>, max: usize) -> (io::Result<usize>, Vec<u8>) {
+        buf.clear();
+        let spare = buf.capacity().min(max);
+        let ptr = buf.spare_capacity_mut().as_mut_ptr().cast::<u8>();
+        let sqe = opcode::Recv::new(types::Fd(self.fd.as_raw_fd()), ptr, spare.min(u32::MAX as usize) as u32)
+            .flags(libc::MSG_PEEK)
+            .build();
+        // SAFETY: as in `recv`: the spare capacity of `buf` is owned by the stored data until the
+        // completion; the Rc keeps the fd open.
+        let (res, (_fd, mut buf)) = unsafe { submit((Rc::clone(&self.fd), buf), sqe) }.await;
+        match res {
+            Ok(n) => {
+                let n = (n as usize).min(spare);
+                // SAFETY: the kernel initialised the first `n` bytes.
+                unsafe { buf.set_len(n) };
                 (Ok(n), buf)
             }
             Err(e) => (Err(e), buf),
@@ -167,6 +195,63 @@ impl Socket {
             socket2::Socket::new(domain, socket2::Type::STREAM.nonblocking().cloexec(), Some(socket2::Protocol::TCP))?;
         sock.set_nodelay(true)?;
         Ok(Socket::from(OwnedFd::from(sock)))
+    }
+
+    /// A new non-blocking unix stream socket, ready to [`start_connect_unix`](Self::start_connect_unix).
+    pub fn unix_stream() -> io::Result<Socket> {
+        let sock = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM.nonblocking().cloexec(), None)?;
+        Ok(Socket::from(OwnedFd::from(sock)))
+    }
+
+    /// Starts a connect to the unix socket at `path` (see [`start_connect`](Self::start_connect));
+    /// a full backlog is `WouldBlock`.
+    pub fn start_connect_unix(&self, path: &std::path::Path) -> io::Result<bool> {
+        let addr = socket2::SockAddr::unix(path)?;
+        match self.sock_ref().connect(&addr) {
+            Ok(()) => Ok(true),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINPROGRESS) | Some(libc::EALREADY)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A non-blocking unix `SOCK_SEQPACKET` socket connected to `path` (a local connect
+    /// completes at once, or fails: `EAGAIN` when the listener's backlog is full).
+    pub fn seqpacket_connect(path: &std::path::Path) -> io::Result<Socket> {
+        let sock = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::SEQPACKET.nonblocking().cloexec(), None)?;
+        sock.connect(&socket2::SockAddr::unix(path)?)?;
+        Ok(Socket::from(OwnedFd::from(sock)))
+    }
+
+    /// A listening unix `SOCK_SEQPACKET` socket at `path`, non-blocking; a stale socket file
+    /// (nothing listening) is replaced, anything else at `path` is an error.
+    pub fn seqpacket_listen(path: &std::path::Path, backlog: u32) -> io::Result<OwnedFd> {
+        use std::os::unix::fs::FileTypeExt;
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            if !meta.file_type().is_socket() {
+                return Err(io::Error::new(io::ErrorKind::AlreadyExists, "exists and is not a socket"));
+            }
+            match Self::seqpacket_connect(path) {
+                Ok(_) => return Err(io::Error::new(io::ErrorKind::AddrInUse, "another process listens on it")),
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                    return Err(io::Error::new(io::ErrorKind::AddrInUse, "another process listens on it"))
+                }
+                Err(_) => std::fs::remove_file(path)?,
+            }
+        }
+        let sock = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::SEQPACKET.nonblocking().cloexec(), None)?;
+        sock.bind(&socket2::SockAddr::unix(path)?)?;
+        // Any local process may connect: who may hand off is decided by its uid (SO_PEERCRED)
+        // once connected, not by the file's mode (the sender usually runs as another user).
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+        sock.listen(backlog.min(i32::MAX as u32) as i32)?;
+        Ok(OwnedFd::from(sock))
+    }
+
+    /// Makes the next close send a reset (`SO_LINGER` 0): how a refused connection is closed
+    /// without leaving TIME_WAIT here.
+    pub fn set_reset_on_close(&self) {
+        let _ = self.sock_ref().set_linger(Some(std::time::Duration::ZERO));
     }
 
     /// Starts a connect with a plain non-blocking connect(2): `Ok(true)` when it is already

@@ -99,6 +99,12 @@ pub fn recv_fds(sock: &impl AsRawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>, fla
     Ok(n as usize)
 }
 
+/// The real uid of this process.
+pub fn uid() -> u32 {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    unsafe { libc::getuid() }
+}
+
 /// The credentials of the peer of a connected unix socket.
 pub fn peer_cred(sock: &impl AsRawFd) -> io::Result<PeerCred> {
     let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };

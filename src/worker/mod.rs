@@ -14,6 +14,7 @@
 //! ([`conn::Snapshots`]): no snapshot kept alive by day-long connections, and no atomic
 //! reference count shared across cores bumped per connection.
 pub mod accept;
+pub mod handoff;
 pub mod quic;
 
 use crate::access_log;
@@ -60,6 +61,10 @@ pub struct Setup {
     pub timing: bool,
     pub log: Option<access_log::Writer>,
     pub commands: tokio::sync::mpsc::UnboundedReceiver<Command>,
+    /// The listeners' per-client counts, shared by every worker.
+    pub admission: Arc<conn::admission::Tables>,
+    /// One socket per hand-off listener (`[[listener]] handoff`), with its path.
+    pub handoff: Vec<(OwnedFd, std::path::PathBuf)>,
 }
 
 /// Why a worker could not start.
@@ -119,13 +124,13 @@ impl conn::Snapshots for Worker {
         if !same {
             // A snapshot older than the cached one (a reload between the two reads): no handle
             // to share, so an `Arc` of its own.
-            return Rc::new(Arc::clone(cfg.table.route_arc(id)));
+            return Rc::new(conn::Held::of(cfg, id));
         }
         let mut routes = self.routes.borrow_mut();
         if let Some(kept) = routes.get(&id.0) {
             return Rc::clone(kept);
         }
-        let kept = Rc::new(Arc::clone(cfg.table.route_arc(id)));
+        let kept = Rc::new(conn::Held::of(cfg, id));
         // Bounded, so that letting go of it at a reload stays cheap: beyond the bound, a route
         // costs one atomic increment per connection instead.
         if routes.len() < ROUTE_HANDLES {
@@ -170,8 +175,22 @@ impl std::hash::Hasher for IdHasher {
 /// The body of a worker thread: pins it, builds its ring, says it is ready (or why not), and
 /// serves its listeners until told to stop, then drains its connections.
 pub fn main(setup: Setup, ready: mpsc::Sender<Result<(), StartError>>) {
-    let Setup { id, cpu, ring: ring_opts, pipe_pool, listeners, udp, config, slot, stop, timing, log, mut commands } =
-        setup;
+    let Setup {
+        id,
+        cpu,
+        ring: ring_opts,
+        pipe_pool,
+        listeners,
+        udp,
+        config,
+        slot,
+        stop,
+        timing,
+        log,
+        mut commands,
+        admission,
+        handoff,
+    } = setup;
     if let Some(cpu) = cpu {
         if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
             tracing::warn!(worker = id, cpu, "cannot pin worker to its CPU; running unpinned");
@@ -199,6 +218,7 @@ pub fn main(setup: Setup, ready: mpsc::Sender<Result<(), StartError>>) {
                 bufs: RefCell::new(BufPool::default()),
                 timing,
                 log,
+                admission,
             },
             open: Cell::new(0),
             slot_freed: Notify::new(),
@@ -213,6 +233,10 @@ pub fn main(setup: Setup, ready: mpsc::Sender<Result<(), StartError>>) {
         for (fd, addr) in listeners {
             listen(fd, addr);
         }
+        let handoffs: Vec<_> = handoff
+            .into_iter()
+            .map(|(fd, path)| tokio_uring::spawn(handoff::run(Rc::clone(&w), Socket::from(fd), path)))
+            .collect();
         let publisher = tokio_uring::spawn(publish_loop(Rc::clone(&w)));
         let quic = (!udp.is_empty()).then(|| Rc::new(quic::Quic::new(&w.config())));
         let mut udp_loops = Vec::new();
@@ -256,6 +280,9 @@ pub fn main(setup: Setup, ready: mpsc::Sender<Result<(), StartError>>) {
         let tasks: Vec<Listening> = accepting.borrow_mut().drain(..).collect();
         for l in tasks {
             let _ = l.task.await;
+        }
+        for task in handoffs {
+            let _ = task.await;
         }
         // Draining: the server gives up on us after drain_timeout_ms; until then, wait. QUIC
         // flows are forwarded meanwhile, and end with the drain.

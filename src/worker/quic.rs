@@ -598,7 +598,9 @@ fn open_flow(
 
 /// A UDP socket connected to the route's back end `from` or the next one that can be dialed.
 fn connect_from(route: &Route, from: usize, gro: bool) -> Option<(Socket, usize, bool)> {
-    for (i, addr) in route.backends.iter().enumerate().skip(from) {
+    for (i, b) in route.backends.iter().enumerate().skip(from) {
+        // QUIC goes to UDP back ends: unix and hand-off back ends are TCP-only.
+        let crate::route::Target::Tcp(addr) = &b.target else { continue };
         match udp::connect_udp(*addr, gro) {
             Ok((s, f)) => return Some((s, i, f.gro)),
             Err(e) => {
@@ -734,7 +736,7 @@ fn close(w: &Worker, q: &Quic, flow: &Rc<Flow>, end: QuicFlowEnd) {
         let (_, up) = flow.to_backend.get();
         let (_, down) = flow.to_client.get();
         let route: &Route = &flow.route;
-        let backend = route.backends.get(flow.backend_index.get()).copied();
+        let backend = route.backends.get(flow.backend_index.get()).map(|b| b.target.to_string());
         let time = access_log::rfc3339(std::time::SystemTime::now());
         let outcome = match end {
             QuicFlowEnd::Idle => "idle_timeout",
@@ -750,7 +752,7 @@ fn close(w: &Worker, q: &Quic, flow: &Rc<Flow>, end: QuicFlowEnd) {
             route: Some(route.name.as_str()),
             how: Some(info.how.as_str()),
             action: Some("passthrough"),
-            backend,
+            backend: backend.as_deref(),
             reason: (end == QuicFlowEnd::BackendsDown).then_some("backends_down"),
             bytes_client_to_backend: up,
             bytes_backend_to_client: down,

@@ -2,6 +2,8 @@
 //! back ends, ClientHellos. Every wait is bounded; timeouts are generous (loaded 2-core CI).
 #![allow(dead_code)]
 
+pub mod peers;
+
 use sni_dispatch::config::{Config, RuntimeOverrides};
 use sni_dispatch::metrics::Counters;
 use sni_dispatch::server::Server;

@@ -1,0 +1,799 @@
+//! The state behind the routes' back ends, built from a routing table: one [`Shared`] per
+//! back-end target (its health verdict, published by the health checker, and one [`Slot`] per
+//! worker), one [`Pool`] per distinct list of back ends (the balancer's per-worker cursors), and
+//! per-route statistics ([`RouteStats`], allocated on a route's first connection).
+//!
+//! Nothing here is locked or updated with an atomic read-modify-write on the connection path:
+//! each worker writes only its own slots (a relaxed load and a store, since no other thread
+//! writes them), the health checker alone writes the verdicts, and readers (the admin endpoint)
+//! load. A slot is 64-byte aligned, so workers never share a cache line they write.
+
+use crate::metrics::{CheckResult, ConnectCause, DropReason};
+use crate::route::{self, Backend, Balance, Eject, HealthCheck, RouteId, Target, Upstream};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Adds `n` to a counter that only the calling thread writes (a load and a store, no RMW).
+#[inline]
+pub(crate) fn add(a: &AtomicU64, n: u64) {
+    a.store(a.load(Relaxed).wrapping_add(n), Relaxed);
+}
+
+#[inline]
+fn sub(a: &AtomicU64, n: u64) {
+    a.store(a.load(Relaxed).saturating_sub(n), Relaxed);
+}
+
+/// Milliseconds since the first call (a process-wide monotonic epoch), never 0.
+pub(crate) fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX).saturating_add(1)
+}
+
+/// Upper bounds of the latency buckets, in seconds (the Prometheus `le` values); one more
+/// bucket (`+Inf`) holds the rest.
+pub const BUCKETS_S: [f64; 19] = [
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+];
+const BUCKETS_NS: [u64; 19] = {
+    let mut out = [0u64; 19];
+    let mut i = 0;
+    while i < 19 {
+        out[i] = (BUCKETS_S[i] * 1e9) as u64;
+        i += 1;
+    }
+    out
+};
+
+/// A latency histogram with fixed buckets, written by one thread.
+#[derive(Debug, Default)]
+pub struct AtomicHist {
+    buckets: [AtomicU64; BUCKETS_S.len() + 1],
+    sum_ns: AtomicU64,
+}
+
+impl AtomicHist {
+    #[inline]
+    pub fn record(&self, d: Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        let i = BUCKETS_NS.iter().position(|&b| ns <= b).unwrap_or(BUCKETS_NS.len());
+        add(&self.buckets[i], 1);
+        add(&self.sum_ns, ns);
+    }
+
+    /// Adds this histogram into `into` (a reader's merge).
+    pub fn merge_into(&self, into: &mut Hist) {
+        for (a, b) in into.buckets.iter_mut().zip(&self.buckets) {
+            *a += b.load(Relaxed);
+        }
+        into.sum_ns += self.sum_ns.load(Relaxed);
+    }
+}
+
+/// A merged copy of [`AtomicHist`]s.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Hist {
+    /// Per bucket (not cumulative), the last one `+Inf`.
+    pub buckets: [u64; BUCKETS_S.len() + 1],
+    pub sum_ns: u64,
+}
+
+impl Hist {
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
+
+    /// The value at quantile `q` in seconds, interpolated linearly inside its bucket (as
+    /// Prometheus's `histogram_quantile`); `None` when empty.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let n = self.count();
+        if n == 0 {
+            return None;
+        }
+        let rank = q.clamp(0.0, 1.0) * n as f64;
+        let mut seen = 0u64;
+        for (i, &c) in self.buckets.iter().enumerate() {
+            if c > 0 && (seen + c) as f64 >= rank {
+                let Some(&hi) = BUCKETS_S.get(i) else { return BUCKETS_S.last().copied() };
+                let lo = if i == 0 { 0.0 } else { BUCKETS_S[i - 1] };
+                let into = (rank - seen as f64) / c as f64;
+                return Some(lo + (hi - lo) * into.clamp(0.0, 1.0));
+            }
+            seen += c;
+        }
+        BUCKETS_S.last().copied()
+    }
+}
+
+/// What one worker knows of one back end (written by that worker only).
+#[derive(Debug, Default)]
+#[repr(align(64))]
+pub struct Slot {
+    /// This worker's connections open to it now (least connections counts these).
+    pub(crate) active: AtomicU64,
+    /// Failed connects in a row.
+    fail_streak: AtomicU32,
+    /// Ejections in a row (the back-off doubles with each).
+    ejections: AtomicU32,
+    /// Set aside until this [`now_ms`] (0: not ejected).
+    ejected_until: AtomicU64,
+    /// Connections made (or handed off) to it.
+    connections: AtomicU64,
+    failures: [AtomicU64; ConnectCause::COUNT],
+    ejected_total: AtomicU64,
+    connect: AtomicHist,
+}
+
+/// One back end, shared by every route that names it and by every worker.
+#[derive(Debug)]
+pub struct Shared {
+    pub target: Target,
+    /// Its active health check (the same for every route that names it).
+    pub health: Option<HealthCheck>,
+    /// The health checker's verdict; true without checks.
+    up: AtomicBool,
+    /// Check results (written by the health checker alone).
+    checks: [AtomicU64; CheckResult::COUNT],
+    /// The last check's result (its index), `u8::MAX` before the first.
+    last_check: AtomicU8,
+    /// Times it went down (health checks).
+    downs: AtomicU64,
+    slots: Box<[Slot]>,
+    /// The target's name hashed: the rendezvous hashes' seed, the same in every process.
+    pub(crate) seed: u64,
+}
+
+/// A 64-bit FNV-1a of `bytes` (stable across processes and builds), finished with a mix.
+pub(crate) fn stable_hash(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    mix(h)
+}
+
+/// splitmix64's finaliser: a good 64-bit mix.
+#[inline]
+pub(crate) fn mix(mut x: u64) -> u64 {
+    x ^= x >> 30;
+    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x ^= x >> 27;
+    x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+impl Shared {
+    pub(crate) fn new(target: Target, health: Option<HealthCheck>, workers: usize) -> Self {
+        let seed = stable_hash(target.to_string().as_bytes());
+        Self {
+            target,
+            health,
+            up: AtomicBool::new(true),
+            checks: Default::default(),
+            last_check: AtomicU8::new(u8::MAX),
+            downs: AtomicU64::new(0),
+            slots: (0..workers.max(1)).map(|_| Slot::default()).collect(),
+            seed,
+        }
+    }
+
+    /// The slot of `worker` (workers beyond the count the pools were built for share slots,
+    /// which only blurs their counts).
+    #[inline]
+    pub(crate) fn slot(&self, worker: usize) -> &Slot {
+        &self.slots[worker % self.slots.len()]
+    }
+
+    /// The health checker's verdict.
+    #[inline]
+    pub fn is_up(&self) -> bool {
+        self.up.load(Relaxed)
+    }
+
+    /// Publishes a verdict (the health checker; tests).
+    pub fn set_up(&self, up: bool) {
+        if self.up.swap(up, Relaxed) && !up {
+            add(&self.downs, 1);
+        }
+    }
+
+    /// Counts one check (the health checker alone calls this).
+    pub(crate) fn checked(&self, r: CheckResult) {
+        add(&self.checks[r as usize], 1);
+        self.last_check.store(r as u8, Relaxed);
+    }
+
+    /// Whether `worker` has it set aside at `now` (a [`now_ms`]).
+    #[inline]
+    pub(crate) fn ejected(&self, worker: usize, now: u64) -> bool {
+        self.ejected_with(worker, || now)
+    }
+
+    /// [`Shared::ejected`], reading the clock (`now`) only when it was set aside at all.
+    #[inline]
+    pub(crate) fn ejected_with(&self, worker: usize, now: impl FnOnce() -> u64) -> bool {
+        let until = self.slot(worker).ejected_until.load(Relaxed);
+        until != 0 && now() < until
+    }
+
+    /// A successful connect by `worker`, which took `took`.
+    pub(crate) fn connected(&self, worker: usize, took: Option<Duration>) {
+        let s = self.slot(worker);
+        add(&s.connections, 1);
+        if s.fail_streak.load(Relaxed) != 0 {
+            s.fail_streak.store(0, Relaxed);
+            s.ejections.store(0, Relaxed);
+            s.ejected_until.store(0, Relaxed);
+        }
+        if let Some(d) = took {
+            s.connect.record(d);
+        }
+    }
+
+    /// A failed connect by `worker`; whether it was ejected by it.
+    pub(crate) fn failed(&self, worker: usize, cause: ConnectCause, eject: &Eject) -> bool {
+        let s = self.slot(worker);
+        add(&s.failures[cause as usize], 1);
+        // A local shortage says nothing about the back end.
+        if cause == ConnectCause::LocalResources || eject.after == 0 {
+            return false;
+        }
+        // Attempts that were in flight when it was set aside do not extend the back-off.
+        let now = now_ms();
+        let until = s.ejected_until.load(Relaxed);
+        if until != 0 && now < until {
+            return false;
+        }
+        let streak = s.fail_streak.load(Relaxed).saturating_add(1);
+        s.fail_streak.store(streak, Relaxed);
+        if streak < eject.after {
+            return false;
+        }
+        let n = s.ejections.load(Relaxed);
+        s.ejections.store(n.saturating_add(1), Relaxed);
+        let backoff = eject.base_ms.saturating_mul(1u64 << n.min(20)).min(eject.max_ms.max(eject.base_ms));
+        s.ejected_until.store(now.saturating_add(backoff), Relaxed);
+        // The next attempt after the back-off is a trial: one more failure ejects it again.
+        s.fail_streak.store(eject.after.saturating_sub(1), Relaxed);
+        add(&s.ejected_total, 1);
+        true
+    }
+
+    /// Counts a connection open to it (least connections) until the guard drops.
+    pub(crate) fn open(&self, worker: usize) -> Active<'_> {
+        let slot = self.slot(worker);
+        add(&slot.active, 1);
+        Active { slot }
+    }
+
+    /// Its figures, merged over workers.
+    pub fn snapshot(&self) -> BackendSnapshot {
+        let now = now_ms();
+        let mut s = BackendSnapshot {
+            target: self.target.to_string(),
+            up: self.is_up(),
+            checked: self.health.is_some(),
+            last_check: CheckResult::ALL.get(usize::from(self.last_check.load(Relaxed))).copied(),
+            checks: CheckResult::ALL.iter().map(|r| (*r, self.checks[*r as usize].load(Relaxed))).collect(),
+            downs: self.downs.load(Relaxed),
+            ..BackendSnapshot::default()
+        };
+        for (w, slot) in self.slots.iter().enumerate() {
+            s.active += slot.active.load(Relaxed);
+            s.connections += slot.connections.load(Relaxed);
+            s.ejections += slot.ejected_total.load(Relaxed);
+            if self.ejected(w, now) {
+                s.ejected_by += 1;
+            }
+            for (total, f) in s.failures.iter_mut().zip(&slot.failures) {
+                *total += f.load(Relaxed);
+            }
+            slot.connect.merge_into(&mut s.connect);
+        }
+        s
+    }
+}
+
+/// A connection counted open to a back end; uncounted when dropped.
+#[derive(Debug)]
+pub struct Active<'a> {
+    slot: &'a Slot,
+}
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        sub(&self.slot.active, 1);
+    }
+}
+
+/// A back end's figures merged over workers, for `/metrics`, `/stats` and `/status`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BackendSnapshot {
+    pub target: String,
+    /// The health checker's verdict (true without checks).
+    pub up: bool,
+    /// Whether it has an active health check.
+    pub checked: bool,
+    pub last_check: Option<CheckResult>,
+    pub checks: Vec<(CheckResult, u64)>,
+    pub downs: u64,
+    /// Connections open to it now.
+    pub active: u64,
+    pub connections: u64,
+    /// Failed connects by cause (indexed like `ConnectCause::ALL`).
+    pub failures: [u64; ConnectCause::COUNT],
+    pub ejections: u64,
+    /// Workers that have it set aside right now.
+    pub ejected_by: u64,
+    pub connect: Hist,
+}
+
+impl BackendSnapshot {
+    /// `up`, `down` (health checks) or `ejected` (up, but set aside by some worker).
+    pub fn state(&self) -> &'static str {
+        match (self.up, self.ejected_by) {
+            (false, _) => "down",
+            (true, 0) => "up",
+            (true, _) => "ejected",
+        }
+    }
+}
+
+/// One worker's counts for one route.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct RouteSlot {
+    connections: AtomicU64,
+    open: AtomicU64,
+    dropped: [AtomicU64; DropReason::COUNT],
+    connect: AtomicHist,
+}
+
+/// A route's figures (connections routed to it, open now, drops by reason, back-end connect
+/// latency), one slot per worker.
+#[derive(Debug)]
+pub struct RouteStats {
+    slots: Box<[RouteSlot]>,
+}
+
+impl RouteStats {
+    fn new(workers: usize) -> Self {
+        Self { slots: (0..workers.max(1)).map(|_| RouteSlot::default()).collect() }
+    }
+
+    #[inline]
+    fn slot(&self, worker: usize) -> &RouteSlot {
+        &self.slots[worker % self.slots.len()]
+    }
+
+    /// A connection routed here by `worker` (open until [`RouteStats::closed`]).
+    #[inline]
+    pub fn routed(&self, worker: usize) {
+        let s = self.slot(worker);
+        add(&s.connections, 1);
+        add(&s.open, 1);
+    }
+
+    /// Its back end connected (or handed off) after `took`.
+    #[inline]
+    pub fn connected(&self, worker: usize, took: Duration) {
+        self.slot(worker).connect.record(took);
+    }
+
+    /// A connection routed here closed; `dropped` when it was dropped (and why).
+    #[inline]
+    pub fn closed(&self, worker: usize, dropped: Option<DropReason>) {
+        let s = self.slot(worker);
+        sub(&s.open, 1);
+        if let Some(r) = dropped {
+            add(&s.dropped[r as usize], 1);
+        }
+    }
+
+    pub fn snapshot(&self) -> RouteSnapshot {
+        let mut out = RouteSnapshot::default();
+        for s in self.slots.iter() {
+            out.connections += s.connections.load(Relaxed);
+            out.open += s.open.load(Relaxed);
+            for (t, d) in out.dropped.iter_mut().zip(&s.dropped) {
+                *t += d.load(Relaxed);
+            }
+            s.connect.merge_into(&mut out.connect);
+        }
+        out
+    }
+}
+
+/// A route's figures merged over workers.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RouteSnapshot {
+    pub connections: u64,
+    pub open: u64,
+    /// Drops by reason (indexed like `DropReason::ALL`).
+    pub dropped: [u64; DropReason::COUNT],
+    pub connect: Hist,
+}
+
+/// A back end of a pool.
+#[derive(Debug, Clone)]
+pub(crate) struct Member {
+    /// Index into [`Pools::backends`].
+    pub(crate) id: u32,
+    pub(crate) weight: u32,
+    pub(crate) backup: bool,
+}
+
+/// The balancer's per-worker state of a pool (written by its worker only).
+#[derive(Debug, Default)]
+#[repr(align(64))]
+pub(crate) struct Cursor {
+    /// Position in the round-robin schedule; also the rotating start of least connections.
+    pub(crate) pos: AtomicU64,
+    /// xorshift64 state of random_two.
+    pub(crate) rng: AtomicU64,
+}
+
+/// One distinct list of back ends with its balancing: shared by the routes that name the same.
+#[derive(Debug)]
+pub struct Pool {
+    pub(crate) members: Vec<Member>,
+    pub(crate) balance: Balance,
+    pub(crate) eject: Eject,
+    /// Weighted round-robin order of the primaries (indices into `members`), smooth as nginx's.
+    pub(crate) schedule: Box<[u16]>,
+    pub(crate) cursors: Box<[Cursor]>,
+}
+
+/// Most back ends a route may have.
+pub const MAX_BACKENDS: usize = 256;
+/// Longest round-robin schedule (weights are scaled down beyond it).
+const MAX_SCHEDULE: u64 = 4096;
+
+impl Pool {
+    fn new(members: Vec<Member>, upstream: &Upstream, workers: usize) -> Self {
+        let primaries: Vec<(usize, u64)> = members
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| !m.backup)
+            .map(|(i, m)| (i, u64::from(m.weight.max(1))))
+            .collect();
+        let schedule = smooth_schedule(&primaries);
+        let workers = workers.max(1);
+        let cursors = (0..workers)
+            .map(|w| {
+                // Workers start spread over the schedule, so they do not pick in step.
+                let start = (w * schedule.len()) / workers;
+                Cursor { pos: AtomicU64::new(start as u64), rng: AtomicU64::new(mix(0x5eed ^ (w as u64 + 1)) | 1) }
+            })
+            .collect();
+        Self { members, balance: upstream.balance, eject: upstream.eject, schedule, cursors }
+    }
+
+    #[inline]
+    pub(crate) fn cursor(&self, worker: usize) -> &Cursor {
+        &self.cursors[worker % self.cursors.len()]
+    }
+}
+
+/// nginx's smooth weighted round robin, unrolled into one cycle (length: the sum of the
+/// weights, scaled down to at most [`MAX_SCHEDULE`]).
+fn smooth_schedule(members: &[(usize, u64)]) -> Box<[u16]> {
+    let total: u64 = members.iter().map(|m| m.1).sum();
+    if total == 0 {
+        return Box::new([]);
+    }
+    let scaled: Vec<(usize, i64)> = members
+        .iter()
+        .map(|&(i, w)| (i, if total > MAX_SCHEDULE { ((w * MAX_SCHEDULE) / total).max(1) as i64 } else { w as i64 }))
+        .collect();
+    let total: i64 = scaled.iter().map(|m| m.1).sum();
+    let mut current = vec![0i64; scaled.len()];
+    let mut out = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        let mut best = 0;
+        for (j, &(_, w)) in scaled.iter().enumerate() {
+            current[j] += w;
+            if current[j] > current[best] {
+                best = j;
+            }
+        }
+        current[best] -= total;
+        out.push(scaled[best].0 as u16);
+    }
+    out.into_boxed_slice()
+}
+
+/// The back-end state of a configuration: built from its routing table, then (on reload)
+/// handed the running configuration's state for what did not change ([`Pools::adopt`]).
+#[derive(Debug, Default)]
+pub struct Pools {
+    backends: Vec<Arc<Shared>>,
+    pools: Vec<Pool>,
+    /// `RouteId` → index into `pools`.
+    by_route: Vec<u32>,
+    /// `RouteId` → its statistics, made on its first connection.
+    route_stats: Box<[OnceLock<Arc<RouteStats>>]>,
+    workers: usize,
+}
+
+/// The hasher of [`Pools::build`]'s maps (keys from the configuration, not from peers): FNV-1a
+/// over the bytes, finished with [`mix`]; several times faster than SipHash on these small keys,
+/// which matters when every reload of a quarter-million routes builds the pools anew.
+type Fast = std::hash::BuildHasherDefault<FastHasher>;
+
+#[derive(Default)]
+struct FastHasher(u64);
+
+impl std::hash::Hasher for FastHasher {
+    fn finish(&self) -> u64 {
+        mix(self.0)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = self.0 ^ 0xcbf2_9ce4_8422_2325;
+        for &b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29);
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+    fn write_u16(&mut self, n: u16) {
+        self.write_u64(u64::from(n));
+    }
+    fn write_u8(&mut self, n: u8) {
+        self.write_u64(u64::from(n));
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+}
+
+/// In [`Pools::by_route`]: an id no route has.
+const NO_POOL: u32 = u32::MAX;
+
+/// A back end's index in its [`Pools`] (what a connection's trace keeps).
+pub type BackendId = u32;
+
+/// Why back ends cannot be built as configured (the configuration turns it into an error).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PoolError {
+    #[error("{target} is also a back end of route {other:?}, with a different health_check")]
+    HealthConflict { target: String, other: String },
+    #[error("more than {MAX_BACKENDS} back ends")]
+    TooMany,
+}
+
+impl Pools {
+    /// Builds the state for `table`'s routes, each worker of `workers` with its own slots. Two
+    /// routes naming one target share its state (they must then agree on its health check).
+    pub fn build<T>(table: &route::Table<T>, workers: usize) -> Result<Self, (RouteId, PoolError)> {
+        let workers = workers.max(1);
+        let mut backends: Vec<Arc<Shared>> = Vec::new();
+        let mut by_target: HashMap<Target, (u32, RouteId), Fast> = HashMap::default();
+        let mut pools: Vec<Pool> = Vec::new();
+        let mut by_key: HashMap<(&[Backend], &Upstream), u32, Fast> = HashMap::default();
+        // Ids may have gaps (a table changed in place reuses the ids of removed routes).
+        let bound = table.routes().map(|(id, _)| id.0 as usize + 1).max().unwrap_or(0);
+        let mut by_route = vec![NO_POOL; bound];
+        for (id, r) in table.routes() {
+            if r.backends.len() > MAX_BACKENDS {
+                return Err((id, PoolError::TooMany));
+            }
+            if let Some(&p) = by_key.get(&(r.backends.as_slice(), &r.upstream)) {
+                by_route[id.0 as usize] = p;
+                continue;
+            }
+            let mut members = Vec::with_capacity(r.backends.len());
+            for b in &r.backends {
+                let health = r.upstream.health.clone();
+                let bid = match by_target.get(&b.target) {
+                    Some(&(bid, owner)) => {
+                        if backends[bid as usize].health != health {
+                            let other = table.route(owner).name.clone();
+                            return Err((id, PoolError::HealthConflict { target: b.target.to_string(), other }));
+                        }
+                        bid
+                    }
+                    None => {
+                        let bid = backends.len() as u32;
+                        backends.push(Arc::new(Shared::new(b.target.clone(), health, workers)));
+                        by_target.insert(b.target.clone(), (bid, id));
+                        bid
+                    }
+                };
+                members.push(Member { id: bid, weight: b.weight, backup: b.backup });
+            }
+            let p = pools.len() as u32;
+            pools.push(Pool::new(members, &r.upstream, workers));
+            by_key.insert((r.backends.as_slice(), &r.upstream), p);
+            by_route[id.0 as usize] = p;
+        }
+        let route_stats = (0..bound).map(|_| OnceLock::new()).collect();
+        Ok(Self { backends, pools, by_route, route_stats, workers })
+    }
+
+    /// Takes over `old`'s state where it still applies: a back end with the same target and
+    /// health check keeps its verdict, counters and per-worker state (connections open to it
+    /// included); a route of the same name keeps its statistics. Call before the configuration
+    /// serves (on reload).
+    pub fn adopt<T>(&mut self, old: &Pools, old_table: &route::Table<T>, new_table: &route::Table<T>) {
+        let by_target: HashMap<&Target, &Arc<Shared>> = old.backends.iter().map(|b| (&b.target, b)).collect();
+        for b in &mut self.backends {
+            if let Some(o) = by_target.get(&b.target) {
+                if o.health == b.health && o.slots.len() == b.slots.len() {
+                    *b = Arc::clone(o);
+                }
+            }
+        }
+        // Only routes that had a connection have statistics; a table changed in place keeps the
+        // ids of the routes it kept, so most are found without a lookup by name.
+        for (i, stats) in old.route_stats.iter().enumerate() {
+            let (Some(stats), Some(old_route)) = (stats.get(), old_table.get(RouteId(i as u32))) else { continue };
+            let same_id = new_table.get(RouteId(i as u32)).is_some_and(|r| r.name == old_route.name);
+            let id = if same_id { Some(RouteId(i as u32)) } else { new_table.id_of(&old_route.name) };
+            if let Some(cell) = id.and_then(|id| self.route_stats.get(id.0 as usize)) {
+                let _ = cell.set(Arc::clone(stats));
+            }
+        }
+    }
+
+    /// The pool of route `id`.
+    #[inline]
+    pub fn pool(&self, id: RouteId) -> Option<&Pool> {
+        self.by_route.get(id.0 as usize).and_then(|&p| self.pools.get(p as usize))
+    }
+
+    /// The back end `id` names.
+    #[inline]
+    pub fn backend(&self, id: BackendId) -> Option<&Shared> {
+        self.backends.get(id as usize).map(|b| &**b)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn shared(&self) -> &[Arc<Shared>] {
+        &self.backends
+    }
+
+    /// Every back end (for the health checker and the readers).
+    pub fn backends(&self) -> impl Iterator<Item = &Arc<Shared>> + '_ {
+        self.backends.iter()
+    }
+
+    /// The back ends of route `id`, in configuration order, with their weight and backup flag.
+    pub fn route_backends(&self, id: RouteId) -> impl Iterator<Item = (&Shared, u32, bool)> + '_ {
+        self.pool(id)
+            .into_iter()
+            .flat_map(move |p| p.members.iter())
+            .filter_map(move |m| self.backend(m.id).map(|b| (b, m.weight, m.backup)))
+    }
+
+    /// Route `id`'s statistics, made on first use.
+    #[inline]
+    pub fn route_stats(&self, id: RouteId) -> Option<&RouteStats> {
+        let cell = self.route_stats.get(id.0 as usize)?;
+        Some(cell.get_or_init(|| Arc::new(RouteStats::new(self.workers))))
+    }
+
+    /// Route `id`'s statistics if it has had a connection.
+    pub fn route_stats_if_used(&self, id: RouteId) -> Option<&RouteStats> {
+        self.route_stats.get(id.0 as usize)?.get().map(|s| &**s)
+    }
+
+    /// The workers the slots were made for.
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smooth_schedules_follow_the_weights_and_interleave() {
+        let s = smooth_schedule(&[(0, 5), (1, 1), (2, 1)]);
+        assert_eq!(&*s, &[0, 0, 1, 0, 2, 0, 0]);
+        let s = smooth_schedule(&[(0, 1), (1, 1), (2, 1)]);
+        assert_eq!(&*s, &[0, 1, 2]);
+        let big = smooth_schedule(&[(0, 10_000), (1, 30_000)]);
+        assert!(big.len() as u64 <= MAX_SCHEDULE);
+        let ones = big.iter().filter(|&&i| i == 1).count();
+        assert_eq!(ones * 4, big.len() * 3);
+    }
+
+    #[test]
+    fn histogram_quantiles_interpolate() {
+        let h = AtomicHist::default();
+        for _ in 0..90 {
+            h.record(Duration::from_micros(30)); // (25µs, 50µs]
+        }
+        for _ in 0..10 {
+            h.record(Duration::from_millis(20)); // (10ms, 25ms]
+        }
+        h.record(Duration::from_secs(100)); // +Inf
+        let mut m = Hist::default();
+        h.merge_into(&mut m);
+        assert_eq!(m.count(), 101);
+        let p50 = m.quantile(0.5).unwrap();
+        assert!((0.000025..=0.00005).contains(&p50), "{p50}");
+        let p95 = m.quantile(0.95).unwrap();
+        assert!((0.01..=0.025).contains(&p95), "{p95}");
+        assert_eq!(m.quantile(1.0), Some(10.0));
+        assert_eq!(Hist::default().quantile(0.5), None);
+    }
+
+    #[test]
+    fn passive_ejection_backs_off_and_a_success_ends_it() {
+        let b = Shared::new("127.0.0.1:1".parse().unwrap(), None, 2);
+        let eject = Eject { after: 2, base_ms: 60_000, max_ms: 240_000 };
+        assert!(!b.failed(0, ConnectCause::Refused, &eject));
+        assert!(b.failed(0, ConnectCause::Refused, &eject));
+        let now = now_ms();
+        assert!(b.ejected(0, now) && !b.ejected(1, now), "ejection is per worker");
+        let first = b.slot(0).ejected_until.load(Relaxed) - now;
+        // Attempts in flight when it was ejected change nothing.
+        assert!(!b.failed(0, ConnectCause::Refused, &eject));
+        // The trial after the back-off fails: ejected again for twice as long.
+        b.slot(0).ejected_until.store(1, Relaxed);
+        assert!(b.failed(0, ConnectCause::TimedOut, &eject));
+        let second = b.slot(0).ejected_until.load(Relaxed) - now_ms();
+        assert!(second > first + 50_000, "{first} then {second}");
+        assert!(!b.failed(0, ConnectCause::LocalResources, &eject) || b.ejected(0, now_ms()));
+        b.connected(0, None);
+        assert!(!b.ejected(0, now_ms()));
+        let s = b.snapshot();
+        assert_eq!((s.connections, s.ejections), (1, 2));
+        assert_eq!(s.failures[ConnectCause::Refused as usize], 3);
+        assert_eq!(s.state(), "up");
+        b.set_up(false);
+        assert_eq!(b.snapshot().state(), "down");
+        assert_eq!(b.snapshot().downs, 1);
+    }
+}
+
+#[cfg(test)]
+mod cost {
+    use super::*;
+    use crate::route::{Action, ProxyProtocol, Route, Table, TlsVersion};
+
+    /// What building the pools of a large table costs (every reload and API change builds them):
+    /// `cargo test --release --lib pools_of_a_large_table -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn pools_of_a_large_table() {
+        let routes: Vec<Route<()>> = (0..250_000)
+            .map(|i| Route {
+                name: format!("r{i}"),
+                action: Action::Passthrough,
+                sni: vec![format!("n{i}.example")],
+                dedicated_ips: vec![],
+                min_tls: TlsVersion::TLS12,
+                backends: vec![format!("127.0.0.{}:443", 1 + i % 200).parse().unwrap()],
+                proxy_protocol: ProxyProtocol::None,
+                upstream: Upstream::default(),
+                alpn_match: vec![],
+            })
+            .collect();
+        let table = Table::build(routes, None, None).unwrap();
+        let old = Pools::build(&table, 2).unwrap();
+        for i in (0..250_000).step_by(10) {
+            old.route_stats(RouteId(i));
+        }
+        let started = Instant::now();
+        let mut new = Pools::build(&table, 2).unwrap();
+        let built = started.elapsed();
+        new.adopt(&old, &table, &table);
+        eprintln!("250,000 routes (25,000 with statistics): build {built:?}, adopt {:?}", started.elapsed() - built);
+        assert!(new.route_stats_if_used(RouteId(10)).is_some() && new.route_stats_if_used(RouteId(11)).is_none());
+    }
+}
