@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Fuzz smoke run for CI: every target from the committed seeds (fuzz/seeds/<target>, copied
 # into the git-ignored corpus/), the ClientHello parser for 60 s and the others for 25 s each
-# (160 s of fuzzing in all; FUZZ_HELLO_SECS and FUZZ_OTHER_SECS change that), failing on any crash. Needs no nightly: RUSTC_BOOTSTRAP=1 lets
+# (FUZZ_HELLO_SECS and FUZZ_OTHER_SECS change that), failing on any crash. Needs no nightly: RUSTC_BOOTSTRAP=1 lets
 # cargo-fuzz use the stable toolchain's unstable flags; cargo-fuzz is installed if missing.
 set -euo pipefail
 cd "$(dirname "$0")"
 export RUSTC_BOOTSTRAP=1
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
-targets=(client_hello parse_message framing server_hello ja4 quic_initial)
+targets=(client_hello parse_message framing server_hello ja4 quic_initial ocsp_response session_ticket proxy_header)
 for t in "${targets[@]}"; do
   mkdir -p "corpus/$t"
   cp -n "seeds/$t"/* "corpus/$t"/ 2>/dev/null || true

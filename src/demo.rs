@@ -99,7 +99,7 @@ pub fn run(port: u16, overrides: &RuntimeOverrides) -> Result<(), String> {
     let (config, text) = prepare(&dir, port)?;
     // The banner is advice: a closed stdout (a pipe whose reader left) must not stop the edge.
     let _ = writeln!(std::io::stdout(), "{text}");
-    let result = crate::server::serve(&config, overrides).map_err(|e| e.to_string());
+    let result = crate::server::serve(&config, overrides, &Default::default()).map_err(|e| e.to_string());
     let _ = std::fs::remove_dir_all(&dir);
     result
 }

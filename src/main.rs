@@ -5,6 +5,7 @@
 
 use clap::{Args, Parser, Subcommand};
 use sni_dispatch::config::{Config, RuntimeOverrides};
+use sni_dispatch::server::UpgradeOptions;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -32,6 +33,9 @@ Start here:
                                              SIGTERM/SIGINT ends the drain at once, exit 3)
   sni-dispatch route --config edge.toml --sni shop.example.com
                                              which route a connection would get, and why
+  sni-dispatch run --config edge.toml --upgrade-socket /run/sni.sock --upgrade-from /run/sni.sock
+                                             start a new binary that takes over the listeners of
+                                             the running one (no refused connection); it drains
 
 Configuration reference: docs/configuration.md; metrics: docs/metrics.md; tuning: tuning/README.md.";
 
@@ -46,6 +50,15 @@ enum Command {
         /// its keys override the config's [runtime]; flags override both. Read once at start.
         #[arg(long, value_name = "FILE")]
         profile: Option<PathBuf>,
+        /// Offer the listening sockets on this unix socket, for a new binary started with
+        /// --upgrade-from (same user only); once one takes them, stop accepting, drain, exit 0.
+        #[arg(long, value_name = "PATH")]
+        upgrade_socket: Option<PathBuf>,
+        /// Take the listening sockets that a process run with --upgrade-socket offers at this
+        /// unix socket, then tell it to stop accepting and drain: an upgrade with no refused
+        /// connection. Nobody there: bind them anew.
+        #[arg(long, value_name = "PATH")]
+        upgrade_from: Option<PathBuf>,
         #[command(flatten)]
         tuning: Tuning,
     },
@@ -143,6 +156,9 @@ struct Tuning {
     /// Fraction of connections written to the access log, 0 to 1 [default: 1].
     #[arg(long, value_name = "RATE")]
     access_log_sample: Option<f64>,
+    /// Kernel TLS for terminated connections where the kernel has it [default: off].
+    #[arg(long, value_name = "MODE")]
+    ktls: Option<sni_dispatch::tls::ktls::Ktls>,
     /// Close a routed QUIC flow with no datagram either way for this long [default: 30000].
     #[arg(long, value_name = "MS")]
     quic_idle_timeout_ms: Option<u64>,
@@ -170,6 +186,7 @@ impl Tuning {
             backlog: self.backlog,
             access_log: self.access_log.clone(),
             access_log_sample: self.access_log_sample,
+            ktls: self.ktls,
             quic_idle_timeout_ms: self.quic_idle_timeout_ms,
             quic_gro: self.no_quic_gro.then_some(false),
             admin: self.admin,
@@ -184,12 +201,12 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Route { config, sni, ip, alpn, json } => explain(&config, sni.as_deref(), ip, alpn.as_deref(), json),
-        Command::Run { config, profile, tuning } => {
+        Command::Run { config, profile, upgrade_socket, upgrade_from, tuning } => {
             let overrides = match profile.as_deref().map(RuntimeOverrides::from_profile).transpose() {
                 Ok(p) => p.unwrap_or_default().then(&tuning.overrides()),
                 Err(e) => return fail(&e),
             };
-            run(&config, &overrides)
+            run(&config, &overrides, &UpgradeOptions { socket: upgrade_socket, from: upgrade_from })
         }
         Command::Demo { port, tuning } => match sni_dispatch::demo::run(port, &tuning.overrides()) {
             Ok(()) => ExitCode::SUCCESS,
@@ -252,8 +269,8 @@ fn explain(path: &Path, sni: Option<&str>, ip: Option<std::net::IpAddr>, alpn: O
     ExitCode::SUCCESS
 }
 
-fn run(path: &Path, overrides: &RuntimeOverrides) -> ExitCode {
-    match sni_dispatch::server::serve(path, overrides) {
+fn run(path: &Path, overrides: &RuntimeOverrides, upgrade: &UpgradeOptions) -> ExitCode {
+    match sni_dispatch::server::serve(path, overrides, upgrade) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
     }

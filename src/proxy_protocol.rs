@@ -189,6 +189,11 @@ fn decode_v1(buf: &[u8]) -> Decoded<'_> {
         };
     };
     let len = cr + 2;
+    // The same bytes are refused whole as in pieces (above): a header must not be accepted
+    // or refused depending on how the client's segments fell.
+    if !buf[6..cr].iter().all(|b| (0x20..0x7f).contains(b)) {
+        return Decoded::Invalid("v1 header with a byte that is not printable ASCII");
+    }
     let Ok(line) = std::str::from_utf8(&buf[6..cr]) else { return Decoded::Invalid("v1 header is not ASCII") };
     let mut parts = line.split(' ');
     let addresses = match parts.next() {
@@ -293,6 +298,13 @@ mod tests {
 
     fn h<'a>(c: &str, l: &str, sni: Option<&'a str>, alpn: Option<&'a [u8]>) -> Header<'a> {
         Header { client: c.parse().unwrap(), local: l.parse().unwrap(), sni, alpn, tlvs: &[] }
+    }
+
+    #[test]
+    fn v1_refused_alike_whole_and_in_pieces() {
+        let whole = b"PROXY UNKNOWN \x01\r\n";
+        assert!(matches!(decode(whole, Accept::V1), Decoded::Invalid(_)));
+        assert!(matches!(decode(&whole[..whole.len() - 2], Accept::V1), Decoded::Invalid(_)));
     }
 
     #[test]

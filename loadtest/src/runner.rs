@@ -299,13 +299,18 @@ fn measure(
             });
             let bar =
                 progress(o.quiet, duration, &format!("{label} · {} · run {}/{}", t.name, run + 1, runs), live.clone());
+            let hook = w.during.as_ref().map(|d| during(d, t, env, o, ctx.suite_dir));
             let out = workloads::run(&prep, t.port, load_cpus, duration, seed, &live);
             if let Some((b, stop)) = bar {
                 stop.store(true, Ordering::Relaxed);
                 b.finish_and_clear();
             }
             let bg_out = bg_run.map(|h| h.join().unwrap_or_else(|_| workloads::Outcome::empty()));
-            let cpu = procstat::cpu_seconds(pid) - cpu0;
+            let hook = hook.map(|h| h.finish(t));
+            // A process that replaced the target (or its workers: nginx's reload) took its CPU
+            // time with it: not comparable, not reported.
+            let replaced = t.pid() != pid;
+            let cpu = if w.during.is_some() { 0.0 } else { procstat::cpu_seconds(pid) - cpu0 };
             let load_cpu = procstat::own_cpu_seconds() - own0;
             let segs = segs0.map(|a| Ok(counts::tcp_out_segs()?.saturating_sub(a?)));
             let perf = perf.map(|p| p.and_then(counts::Perf::finish));
@@ -329,9 +334,16 @@ fn measure(
                     bulk: job.bg.as_ref().is_some_and(|x| x.kind == Kind::Bulk),
                 }
             });
+            if let Some(Err(e)) = &hook {
+                *errors.entry("during_failed".into()).or_default() += 1;
+                eprintln!("!! {}{tag}: the `during` command of {label} failed: {e}", t.name);
+            }
             if let Some(st) = t.exited() {
                 *errors.entry("target_exited".into()).or_default() += 1;
                 eprintln!("!! {}{tag} exited ({st}) during {label}:\n{}", t.name, t.log_tail());
+            }
+            if replaced && !o.quiet {
+                eprintln!("  {label} · {}: now pid {} (was {pid})", t.name, t.pid());
             }
             let gib = out.bytes as f64 / (1u64 << 30) as f64;
             let conns = out.ok + out.expected_drops + out.refused;
@@ -402,6 +414,61 @@ fn measure(
         println!("{}", report::workload_table(&wr));
     }
     Ok(wr)
+}
+
+/// A `during` command running beside a workload.
+struct Hook {
+    thread: std::thread::JoinHandle<Result<(), String>>,
+    pidfile: PathBuf,
+}
+
+/// Starts `d.command` after `d.after_s`, on its own thread, with the target in `SLT_*`.
+fn during(d: &crate::suite::During, t: &Running, env: &Env, o: &Options, root: &Path) -> Hook {
+    let pidfile = env.dir.join(format!("{}.successor.pid", t.name));
+    let _ = std::fs::remove_file(&pidfile);
+    let s = env.suite;
+    let mut cmd = std::process::Command::new("timeout");
+    cmd.args(["-s", "KILL", &format!("{}", d.timeout_s)]).arg("sh").arg("-c").arg(&d.command);
+    // The repository root, where suites name their files from (the suite sits in loadtest/suites).
+    let repo = root.ancestors().find(|p| p.join("Cargo.toml").exists() && p.join("loadtest").is_dir()).unwrap_or(root);
+    cmd.current_dir(repo)
+        .env("SLT_TARGET", &t.name)
+        .env("SLT_PID", t.pid().to_string())
+        .env("SLT_PORT", t.port.to_string())
+        .env("SLT_CONFIG", &t.config)
+        .env("SLT_LOG", &t.log)
+        .env("SLT_DIR", env.dir)
+        .env("SLT_PIDFILE", &pidfile)
+        .env("SLT_CPUS", &s.cpus.dispatcher)
+        .env("SLT_WORKERS", s.cpus.workers.to_string())
+        .env("SLT_EXTRA_ARGS", crate::targets::extra_args(env).join(" "))
+        .env("SLT_DISPATCHER", o.dispatcher.as_deref().map(|p| p.as_os_str().to_owned()).unwrap_or_default())
+        .stdin(std::process::Stdio::null());
+    let after = Duration::from_secs_f64(d.after_s * o.duration_scale);
+    let thread = std::thread::spawn(move || {
+        std::thread::sleep(after);
+        let out = cmd.output().map_err(|e| format!("cannot run: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            let text = String::from_utf8_lossy(&out.stderr);
+            Err(format!("{} ({})", out.status, text.lines().rev().take(5).collect::<Vec<_>>().join(" | ")))
+        }
+    });
+    Hook { thread, pidfile }
+}
+
+impl Hook {
+    /// Waits for the command; if it wrote the pid of a process that replaced the target to
+    /// `SLT_PIDFILE`, the target is that process from now on.
+    fn finish(self, t: &mut Running) -> Result<(), String> {
+        let r = self.thread.join().unwrap_or_else(|_| Err("the command's thread panicked".into()));
+        if let Some(pid) = std::fs::read_to_string(&self.pidfile).ok().and_then(|s| s.trim().parse::<u32>().ok()) {
+            t.replaced_by(pid);
+            let _ = std::fs::remove_file(&self.pidfile);
+        }
+        r
+    }
 }
 
 /// The per-run line's counts: ", 14.2 syscalls, 3.1 submits, 2.3 wake-ups, 20.0 segs per conn".

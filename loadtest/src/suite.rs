@@ -283,6 +283,23 @@ pub enum SlowMode {
     Stall,
 }
 
+/// A command run while a workload runs (`[workload.during]`), e.g. a binary upgrade or a reload
+/// of the target: the workload's errors are what its clients saw across it.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct During {
+    /// Seconds after the workload's window opens.
+    pub after_s: f64,
+    /// Run with `sh -c` from the repository root, with the target described in `SLT_*`
+    /// variables (see the README); bounded by `timeout_s`.
+    pub command: String,
+    #[serde(default = "sixty")]
+    pub timeout_s: f64,
+}
+fn sixty() -> f64 {
+    60.0
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Slowloris {
@@ -373,6 +390,9 @@ pub struct Workload {
     pub io_timeout_ms: u64,
     #[serde(default)]
     pub slowloris: Option<Slowloris>,
+    /// A command run while the workload runs (a binary upgrade, a reload).
+    #[serde(default)]
+    pub during: Option<During>,
     /// Targets that skip this workload (e.g. a peer that cannot express it).
     #[serde(default)]
     pub skip_targets: Vec<String>,
@@ -500,6 +520,18 @@ impl Suite {
             }
             if w.kind == Kind::Bulk && w.push_mib <= 0.0 && w.pull_mib <= 0.0 {
                 return Err(format!("workload {}: bulk needs push_mib or pull_mib", w.name));
+            }
+            if let Some(d) = &w.during {
+                let within = (0.0..w.duration_s).contains(&d.after_s) && d.timeout_s > 0.0 && d.timeout_s <= 600.0;
+                if !within {
+                    return Err(format!(
+                        "workload {}: during.after_s must be within the workload's duration_s, timeout_s within 0..=600",
+                        w.name
+                    ));
+                }
+                if w.kind == Kind::Idle {
+                    return Err(format!("workload {}: an idle workload takes no `during`", w.name));
+                }
             }
             self.validate_idle(w)?;
             self.validate_links(w)?;
@@ -812,6 +844,29 @@ mod tests {
         assert!(n >= 9, "only {n} suites");
         let smoke = Suite::load(&dir.join("smoke.toml")).unwrap();
         assert!(smoke.fail_on_error);
+    }
+
+    #[test]
+    fn a_during_command_must_run_within_the_workload() {
+        let suite = |during: &str| -> Result<Suite, String> {
+            let text = format!(
+                "[[route]]\nname = \"a\"\naction = \"passthrough\"\nsni = [\"a.example.com\"]\nbackend = \"hello\"\n\
+                 [[workload]]\nname = \"w\"\nkind = \"hello_replay\"\nhello = \"rustls\"\nduration_s = 4\n{during}\n"
+            );
+            let s: Suite = toml::from_str(&text).map_err(|e| e.to_string())?;
+            s.validate().map(|()| s)
+        };
+        let ok = suite("during = { after_s = 1, command = \"true\" }").unwrap();
+        let d = ok.workloads[0].during.as_ref().unwrap();
+        assert_eq!((d.after_s, d.command.as_str(), d.timeout_s), (1.0, "true", 60.0));
+        for bad in [
+            "during = { after_s = 4, command = \"true\" }",
+            "during = { after_s = -1, command = \"true\" }",
+            "during = { after_s = 1, command = \"true\", timeout_s = 0 }",
+            "during = { after_s = 1, command = \"true\", when = 2 }",
+        ] {
+            assert!(suite(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -219,9 +219,10 @@ pub fn haproxy_config(env: &Env, port: u16, splice: bool) -> Result<String, Stri
     }
     let _ = writeln!(
         c,
-        "global\n    nbthread {}\n{cpu_map}    maxconn {}\n    ssl-default-bind-options ssl-min-ver TLSv1.2\n\ndefaults\n    mode tcp\n    timeout connect 3s\n    timeout client {idle}\n    timeout server {idle}\n{}",
+        "global\n    nbthread {}\n{cpu_map}    maxconn {}\n    ssl-default-bind-options ssl-min-ver TLSv1.2\n    # For a seamless reload (haproxy -x SOCKET -sf PID), as a `during` command does.\n    stats socket {} mode 600 level admin expose-fd listeners\n\ndefaults\n    mode tcp\n    timeout connect 3s\n    timeout client {idle}\n    timeout server {idle}\n{}",
         env.peer_workers.max(1),
         conn_limits(env).0,
+        env.dir.join(if splice { "haproxy-splice.sock" } else { "haproxy.sock" }).display(),
         if splice { "    option splice-request\n    option splice-response\n" } else { "" }
     );
     let mut limits = String::new();
@@ -373,6 +374,13 @@ pub fn nginx_config(env: &Env, port: u16) -> Result<String, String> {
     Ok(c)
 }
 
+/// `[dispatcher] extra_args`, with `{dir}` replaced by the run's temporary directory (e.g.
+/// `--upgrade-socket {dir}/upgrade.sock`).
+pub fn extra_args(env: &Env) -> Vec<String> {
+    let dir = env.dir.display().to_string();
+    env.suite.dispatcher.extra_args.iter().map(|a| a.replace("{dir}", &dir)).collect()
+}
+
 /// A started target.
 pub struct Running {
     pub name: String,
@@ -380,18 +388,39 @@ pub struct Running {
     pub child: Child,
     pub log: PathBuf,
     pub config: PathBuf,
+    /// The process that replaced `child` (a binary upgrade by a `during` command), once one did:
+    /// not our child, so it is watched through /proc.
+    pub successor: Option<u32>,
+}
+
+/// Whether process `pid` is gone (or a zombie).
+fn gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next()) == Some("Z"),
+    }
 }
 
 impl Running {
+    /// The process serving now: the one started, or its successor.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.successor.unwrap_or_else(|| self.child.id())
     }
     /// None while running; the exit status text once it has exited.
     pub fn exited(&mut self) -> Option<String> {
+        if let Some(pid) = self.successor {
+            return gone(pid).then(|| format!("successor pid {pid} exited"));
+        }
         match self.child.try_wait() {
             Ok(Some(st)) => Some(format!("{st}")),
             _ => None,
         }
+    }
+    /// From now on the target is `pid` (which a `during` command started to replace it).
+    pub fn replaced_by(&mut self, pid: u32) {
+        // Reap the process we started, if it has exited already; else `stop` will.
+        let _ = self.child.try_wait();
+        self.successor = Some(pid);
     }
     pub fn log_tail(&self) -> String {
         let s = std::fs::read_to_string(&self.log).unwrap_or_default();
@@ -399,6 +428,20 @@ impl Running {
         lines[lines.len().saturating_sub(15)..].join("\n")
     }
     pub fn stop(&mut self) {
+        if let Some(pid) = self.successor.take() {
+            if !gone(pid) {
+                // SAFETY: kill(2) on the pid a `during` command reported as its replacement.
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+                let t = Instant::now();
+                while !gone(pid) && t.elapsed() < Duration::from_secs(5) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                if !gone(pid) {
+                    // SAFETY: as above.
+                    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+                }
+            }
+        }
         if self.child.try_wait().ok().flatten().is_some() {
             return;
         }
@@ -453,7 +496,7 @@ fn start_on(name: &str, env: &Env, dispatcher: Option<&Path>, port: u16) -> Resu
             let mut c = Command::new("taskset");
             c.arg("-c").arg(&cpus).arg(bin).arg("run").arg("--config").arg(&cfg);
             c.arg("--workers").arg(s.cpus.workers.to_string()).arg("--cpus").arg(&cpus);
-            c.args(&s.dispatcher.extra_args);
+            c.args(extra_args(env));
             (cfg, c)
         }
         "haproxy" | "haproxy-splice" => {
@@ -476,7 +519,7 @@ fn start_on(name: &str, env: &Env, dispatcher: Option<&Path>, port: u16) -> Resu
     let logf = std::fs::File::create(&log).map_err(|e| e.to_string())?;
     cmd.stdin(Stdio::null()).stdout(logf.try_clone().unwrap()).stderr(logf);
     let child = cmd.spawn().map_err(|e| format!("{name}: cannot start: {e}"))?;
-    let mut r = Running { name: name.to_string(), port, child, log, config };
+    let mut r = Running { name: name.to_string(), port, child, log, config, successor: None };
     let deadline = Instant::now() + Duration::from_secs_f64(s.dispatcher.start_timeout_s);
     loop {
         if let Some(st) = r.exited() {

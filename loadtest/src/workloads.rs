@@ -487,6 +487,11 @@ pub fn read_full(s: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
+/// One plaintext fatal alert record and nothing else (`15 03 0x 00 02 02 desc`).
+fn is_fatal_alert(b: &[u8]) -> bool {
+    matches!(b, [0x15, 0x03, _, 0x00, 0x02, 0x02, _])
+}
+
 fn hello_once(
     p: &Prepared,
     dst: SocketAddrV4,
@@ -507,9 +512,11 @@ fn hello_once(
     let mut a = [0u8; ANSWER_LEN];
     let got = read_full(&mut s, &mut a);
     let Some(route) = expect else {
-        // no route: the target must close without answering
+        // no route: the target must close without answering, or with nothing but a fatal
+        // alert (sni-dispatch sends unrecognized_name, as a TLS server would)
         return match got {
             Ok(0) => Ok(Done { bytes: 0, resumed: false, dropped: true }),
+            Ok(n) if is_fatal_alert(&a[..n]) => Ok(Done { bytes: 0, resumed: false, dropped: true }),
             Err(e) if io_kind(&e) == "reset" => Ok(Done { bytes: 0, resumed: false, dropped: true }),
             Err(e) => Err(io_kind(&e)),
             Ok(_) => Err("not_dropped"),

@@ -30,10 +30,12 @@ const BUSY_DEADLINE: Duration = Duration::from_secs(1);
 /// Where the server listens.
 pub(super) struct Listeners {
     pub(super) tcp: Option<std::net::TcpListener>,
-    pub(super) unix: Option<(std::os::unix::net::UnixListener, PathBuf)>,
+    /// The socket, its path and the inode it was bound as (the file is removed at the end only
+    /// if it is still that one: after a binary upgrade it is the new process's).
+    pub(super) unix: Option<(std::os::unix::net::UnixListener, PathBuf, u64)>,
 }
 
-/// Runs the server until `stop` fires.
+/// Runs the server until `stop` fires, then until the connections it accepted are answered.
 pub(super) fn run(listeners: Listeners, state: Arc<State>, stop: tokio::sync::watch::Receiver<bool>) {
     let rt = match tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build() {
         Ok(rt) => rt,
@@ -51,11 +53,12 @@ pub(super) fn run(listeners: Listeners, state: Arc<State>, stop: tokio::sync::wa
                 Err(e) => tracing::error!(error = %e, "admin: cannot serve its TCP listener"),
             }
         }
-        if let Some((l, path)) = listeners.unix {
+        if let Some((l, path, ino)) = listeners.unix {
             match l.set_nonblocking(true).and_then(|()| tokio::net::UnixListener::from_std(l)) {
                 Ok(l) => tasks.push(tokio::spawn(accept_unix(
                     l,
                     path,
+                    ino,
                     Arc::clone(&state),
                     Arc::clone(&active),
                     stop.clone(),
@@ -65,6 +68,11 @@ pub(super) fn run(listeners: Listeners, state: Arc<State>, stop: tokio::sync::wa
         }
         for t in tasks {
             let _ = t.await;
+        }
+        // Stopped accepting: the requests already accepted are answered (each has its deadline).
+        let end = tokio::time::Instant::now() + REQUEST_DEADLINE + BUSY_DEADLINE;
+        while active.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < end {
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     });
 }
@@ -125,6 +133,7 @@ async fn accept_tcp(
 async fn accept_unix(
     l: tokio::net::UnixListener,
     path: PathBuf,
+    ino: u64,
     state: Arc<State>,
     active: Arc<AtomicUsize>,
     mut stop: tokio::sync::watch::Receiver<bool>,
@@ -140,7 +149,10 @@ async fn accept_unix(
             Err(e) => accept_failed(&e).await,
         }
     }
-    let _ = std::fs::remove_file(&path);
+    use std::os::unix::fs::MetadataExt;
+    if std::fs::symlink_metadata(&path).is_ok_and(|m| m.ino() == ino) {
+        let _ = std::fs::remove_file(&path);
+    }
 }
 
 /// Why a request could not be read.

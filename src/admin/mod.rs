@@ -430,6 +430,17 @@ impl Admin {
         cpu: Option<usize>,
     ) -> io::Result<Self> {
         let tcp = addr.map(std::net::TcpListener::bind).transpose()?;
+        Self::start_on(tcp, socket, state, cpu)
+    }
+
+    /// As [`Admin::start`], serving TCP on a listener already bound (`tcp`): one that a binary
+    /// upgrade handed over, which may still be shared with the old process until it stops.
+    pub fn start_on(
+        tcp: Option<std::net::TcpListener>,
+        socket: Option<PathBuf>,
+        state: State,
+        cpu: Option<usize>,
+    ) -> io::Result<Self> {
         let addr = tcp.as_ref().map(|l| l.local_addr()).transpose()?;
         let unix = match &socket {
             Some(path) => {
@@ -439,7 +450,8 @@ impl Admin {
                 }
                 let l = std::os::unix::net::UnixListener::bind(path)?;
                 std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
-                Some((l, path.clone()))
+                let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::symlink_metadata(path)?);
+                Some((l, path.clone(), ino))
             }
             None => None,
         };
@@ -464,7 +476,10 @@ impl Admin {
         self.socket.as_ref()
     }
 
-    /// Stops accepting and joins the thread (requests in progress are abandoned).
+    /// Stops accepting, lets the requests already accepted be answered (up to
+    /// [`REQUEST_DEADLINE`], so that a process exiting right after does not cut them off), and
+    /// joins the thread. Connections still queued on the listening socket are not taken: on a
+    /// socket shared with a new process (an upgrade) they are that process's to answer.
     pub fn stop(mut self) {
         self.halt();
     }

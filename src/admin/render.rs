@@ -48,7 +48,7 @@ fn metric_name(k: Hist) -> String {
 /// The Prometheus text exposition (format 0.0.4) of `registry`.
 pub fn prometheus(registry: &Registry, accepting: bool) -> String {
     let per = registry.snapshot();
-    let mut m = Counters::default();
+    let mut m = registry.process();
     for c in &per {
         m.merge(c);
     }
@@ -178,7 +178,7 @@ pub fn stats_json_with(
 ) -> String {
     let per = registry.snapshot();
     let hists = registry.histograms();
-    let mut merged = Counters::default();
+    let mut merged = registry.process();
     let mut merged_h = Histograms::default();
     let workers: Vec<Value> = per
         .iter()
@@ -247,7 +247,7 @@ fn pcts(h: &Histograms, k: Hist) -> String {
 pub fn summary(registry: &Registry, uptime: Duration) -> String {
     let per = registry.snapshot();
     let hists = registry.histograms();
-    let mut m = Counters::default();
+    let mut m = registry.process();
     let mut mh = Histograms::default();
     for (c, h) in per.iter().zip(&hists) {
         m.merge(c);

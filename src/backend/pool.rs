@@ -345,13 +345,25 @@ impl BackendSnapshot {
 }
 
 /// One worker's counts for one route.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 #[repr(align(64))]
 struct RouteSlot {
     connections: AtomicU64,
     open: AtomicU64,
     dropped: [AtomicU64; DropReason::COUNT],
     connect: AtomicHist,
+}
+
+// By hand: `Default` is derived for arrays of at most 32 elements, and there are more drop reasons.
+impl Default for RouteSlot {
+    fn default() -> Self {
+        Self {
+            connections: AtomicU64::new(0),
+            open: AtomicU64::new(0),
+            dropped: std::array::from_fn(|_| AtomicU64::new(0)),
+            connect: AtomicHist::default(),
+        }
+    }
 }
 
 /// A route's figures (connections routed to it, open now, drops by reason, back-end connect
@@ -410,13 +422,19 @@ impl RouteStats {
 }
 
 /// A route's figures merged over workers.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RouteSnapshot {
     pub connections: u64,
     pub open: u64,
     /// Drops by reason (indexed like `DropReason::ALL`).
     pub dropped: [u64; DropReason::COUNT],
     pub connect: Hist,
+}
+
+impl Default for RouteSnapshot {
+    fn default() -> Self {
+        Self { connections: 0, open: 0, dropped: [0; DropReason::COUNT], connect: Hist::default() }
+    }
 }
 
 /// A back end of a pool.

@@ -17,6 +17,7 @@ pub(super) struct FileConfig {
     pub(super) watch_debounce_ms: Option<u64>,
     pub(super) runtime: Option<RuntimeOverrides>,
     pub(super) admin: Option<AdminFile>,
+    pub(super) tls: Option<TlsFile>,
     #[serde(default, rename = "listener")]
     pub(super) listeners: Vec<ListenerFile>,
     pub(super) fallback: Option<FallbackFile>,
@@ -40,6 +41,14 @@ pub(super) struct AdminFile {
     pub(super) token_file: Option<PathBuf>,
     pub(super) api_dir: Option<PathBuf>,
     pub(super) max_connections: Option<usize>,
+}
+
+/// `[tls]`: what every terminating route shares.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TlsFile {
+    pub(super) ticket_keys: Option<PathBuf>,
+    pub(super) ticket_lifetime_s: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -90,6 +99,8 @@ pub(super) struct RouteFile {
     pub(super) cert: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) key: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) ocsp: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) min_tls: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

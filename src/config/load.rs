@@ -160,6 +160,7 @@ impl HasRoutes for FileConfig {
             & once(&mut self.watch_debounce_ms, later.watch_debounce_ms)
             & once(&mut self.runtime, later.runtime)
             & once(&mut self.admin, later.admin)
+            & once(&mut self.tls, later.tls)
             & once(&mut self.fallback, later.fallback);
         self.listeners.extend(later.listeners);
         ok
@@ -188,6 +189,7 @@ pub(super) fn parse<F: HasRoutes>(
     text: &str,
     base: &Path,
     same: Same<'_>,
+    tls: &crate::tls::Shared,
     errors: &mut Vec<Located>,
 ) -> Result<Parsed<F>, String> {
     let ranges = pieces(text);
@@ -207,7 +209,7 @@ pub(super) fn parse<F: HasRoutes>(
         let mut routes: Vec<Option<Route>> = Vec::with_capacity(raw.len());
         for (i, r) in raw.into_iter().enumerate() {
             let key = if r.name.is_empty() { format!("route[{}]", first + i) } else { format!("route {:?}", r.name) };
-            match resolve_route(r, &key, base, &mut errs) {
+            match resolve_route(r, &key, base, tls, &mut errs) {
                 Some(route) if same.is_some_and(|same| same(&route)) => unchanged.push(route.name),
                 resolved => routes.push(resolved),
             }
@@ -243,7 +245,7 @@ pub(super) fn parse<F: HasRoutes>(
     }
     if whole_file && work.len() > 1 {
         // One plain parse: TOML's own message for what the pieces could not settle.
-        return parse_whole(text, base, same, errors);
+        return parse_whole(text, base, same, tls, errors);
     }
     if let Some(e) = syntax {
         return Err(e);
@@ -257,6 +259,7 @@ fn parse_whole<F: HasRoutes>(
     text: &str,
     base: &Path,
     same: Same<'_>,
+    tls: &crate::tls::Shared,
     errors: &mut Vec<Located>,
 ) -> Result<Parsed<F>, String> {
     let mut file: F = toml::from_str(text).map_err(|e| toml_error(&e))?;
@@ -265,7 +268,7 @@ fn parse_whole<F: HasRoutes>(
     let mut routes = Vec::with_capacity(raw.len());
     for (i, r) in raw.into_iter().enumerate() {
         let key = if r.name.is_empty() { format!("route[{i}]") } else { format!("route {:?}", r.name) };
-        match resolve_route(r, &key, base, errors) {
+        match resolve_route(r, &key, base, tls, errors) {
             Some(route) if same.is_some_and(|same| same(&route)) => unchanged.push(route.name),
             resolved => routes.push(resolved),
         }

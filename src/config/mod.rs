@@ -14,6 +14,7 @@ mod runtime;
 mod sources;
 
 pub use crate::access_log::SampleRate;
+pub use certs::TlsSettings;
 pub use listeners::{AcceptProxy, Admission, CidrSet, HandoffListener, Ja4Pattern, Listener};
 pub use runtime::{parse_cpu_list, Limits, Runtime, RuntimeOverrides};
 pub use sources::{ApiError, PendingWrite, Report};
@@ -65,6 +66,13 @@ pub struct Config {
     /// The state behind the routes' back ends (health, balancing, statistics); connections
     /// keep it with their route.
     pub pools: Arc<Pools>,
+    /// What every terminating route shares: the session-ticket keys (`[tls]`), the base rustls
+    /// configurations. Kept so that a route built later (one route changed through the API)
+    /// shares them too; a reload makes a new one (the key file read again) and carries the
+    /// retired keys' window over (`Tickets::inherit`).
+    pub tls: Arc<crate::tls::Shared>,
+    /// `[tls]` as configured, for a reload whose main file did not change.
+    pub tls_settings: TlsSettings,
     /// Follow the files with inotify (`watch = true`), debounced by this.
     pub watch: Option<Duration>,
     /// Counts the configurations applied since start (1 for the first).
@@ -216,16 +224,23 @@ impl Config {
         s
     }
 
-    /// The warnings a table gives (terminating routes below TLS 1.2).
+    /// The warnings a table gives (terminating routes below TLS 1.2, OCSP responses not
+    /// stapled or about to expire).
     fn table_warnings(table: &Table) -> Vec<String> {
-        table
+        let mut warnings: Vec<String> = table
             .routes()
             .map(|(_, r)| r)
             .filter(|r| r.action.is_terminate() && r.min_tls < TlsVersion::TLS12)
             .map(|r| {
                 format!("route {:?}.min_tls: rustls serves TLS 1.2 and 1.3 only; {} acts as 1.2", r.name, r.min_tls)
             })
-            .collect()
+            .collect();
+        for (_, r) in table.routes() {
+            if let route::Action::Terminate(m) = &r.action {
+                warnings.extend(m.warnings().into_iter().map(|(k, w)| format!("route {:?}.{k}: {w}", r.name)));
+            }
+        }
+        warnings
     }
 }
 
@@ -261,6 +276,7 @@ struct Settings {
     unknown_sni: Option<String>,
     include: Vec<String>,
     watch: Option<Duration>,
+    tls: TlsSettings,
 }
 
 /// The main file's tables, validated into [`Settings`] (routes are resolved elsewhere).
@@ -350,6 +366,7 @@ fn settings(file: &mut FileConfig, base: &Path, overrides: &RuntimeOverrides, er
         }
     }
     let fallback = file.fallback.take().unwrap_or_default();
+    let tls = certs::resolve_tls(&file.tls.take().unwrap_or_default(), base, errors);
     let debounce = file.watch_debounce_ms.unwrap_or(200);
     if debounce > 60_000 {
         errors.push(Located::new("watch_debounce_ms", "must be at most 60000"));
@@ -364,6 +381,7 @@ fn settings(file: &mut FileConfig, base: &Path, overrides: &RuntimeOverrides, er
         unknown_sni: fallback.unknown_sni.filter(|n| !n.is_empty()),
         include,
         watch: file.watch.unwrap_or(false).then(|| Duration::from_millis(debounce)),
+        tls,
     }
 }
 

@@ -11,7 +11,16 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-pub(super) fn resolve_route(r: RouteFile, key: &str, base: &Path, errors: &mut Vec<Located>) -> Option<Route> {
+/// One route as written, resolved (its certificate loaded through `tls`, whose cache makes an
+/// unchanged one cheap); `None` with its problems in `errors`. Routes are resolved on every
+/// allowed CPU as their pieces of the file are parsed ([`super::load::parse`]).
+pub(super) fn resolve_route(
+    r: RouteFile,
+    key: &str,
+    base: &Path,
+    tls: &crate::tls::Shared,
+    errors: &mut Vec<Located>,
+) -> Option<Route> {
     let before = errors.len();
     let mut bad = |field: &str, reason: String| errors.push(Located::new(format!("{key}.{field}"), reason));
 
@@ -143,8 +152,11 @@ pub(super) fn resolve_route(r: RouteFile, key: &str, base: &Path, errors: &mut V
             None
         }
         Some(Kind::Terminate) => match (&r.cert, &r.key) {
-            (Some(cert), Some(pkey)) => load_tls(&base.join(cert), &base.join(pkey), key, min_tls, &r.alpn, errors)
-                .map(|m| Action::Terminate(Arc::new(m))),
+            (Some(cert), Some(pkey)) => {
+                let ocsp = r.ocsp.as_ref().map(|p| base.join(p));
+                load_tls(tls, &base.join(cert), &base.join(pkey), ocsp.as_deref(), key, min_tls, &r.alpn, errors)
+                    .map(|m| Action::Terminate(Arc::new(m)))
+            }
             (c, k) => {
                 if c.is_none() {
                     bad("cert", "a terminate route needs a certificate chain (PEM)".into());
@@ -156,7 +168,12 @@ pub(super) fn resolve_route(r: RouteFile, key: &str, base: &Path, errors: &mut V
             }
         },
         Some(Kind::Passthrough) => {
-            for (field, set) in [("cert", r.cert.is_some()), ("key", r.key.is_some()), ("alpn", !r.alpn.is_empty())] {
+            for (field, set) in [
+                ("cert", r.cert.is_some()),
+                ("key", r.key.is_some()),
+                ("ocsp", r.ocsp.is_some()),
+                ("alpn", !r.alpn.is_empty()),
+            ] {
                 if set {
                     bad(field, "applies only to action = \"terminate\"".into());
                 }

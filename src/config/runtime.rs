@@ -3,6 +3,7 @@
 
 use super::{ConfigError, Located};
 use crate::access_log::SampleRate;
+use crate::tls::ktls::Ktls;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -32,6 +33,8 @@ pub struct Runtime {
     pub access_log: Option<PathBuf>,
     /// Fraction of connections written to the access log.
     pub access_log_sample: SampleRate,
+    /// Kernel TLS for terminated connections (`tls::ktls`).
+    pub ktls: Ktls,
     /// QUIC flows per worker whose ClientHello is not complete yet.
     pub quic_pending_max: usize,
     /// Bytes of datagrams one pending QUIC flow may buffer before its hello is complete.
@@ -68,6 +71,7 @@ impl Default for Runtime {
             backlog: 4096,
             access_log: None,
             access_log_sample: SampleRate::ALL,
+            ktls: Ktls::Off,
             quic_pending_max: 1024,
             quic_pending_bytes: 64 * 1024,
             quic_pending_timeout_ms: 1000,
@@ -88,6 +92,8 @@ pub struct Limits {
     pub idle_timeout_ms: u64,
     pub max_hello_bytes: usize,
     pub splice: bool,
+    /// Start-only (refused on reload), so the same in every snapshot.
+    pub ktls: Ktls,
 }
 
 impl Runtime {
@@ -99,6 +105,7 @@ impl Runtime {
             idle_timeout_ms: self.idle_timeout_ms,
             max_hello_bytes: self.max_hello_bytes,
             splice: self.splice,
+            ktls: self.ktls,
         }
     }
 }
@@ -121,6 +128,8 @@ pub struct RuntimeOverrides {
     pub splice: Option<bool>,
     pub pipe_pool: Option<usize>,
     pub backlog: Option<u32>,
+    /// Kernel TLS for terminated connections: "auto", "off" or "on" [default: off].
+    pub ktls: Option<Ktls>,
     /// Path of the JSON-lines access log (relative paths are used as given, from the working directory).
     pub access_log: Option<PathBuf>,
     /// Fraction of connections logged, 0 to 1 [default: 1].
@@ -155,6 +164,7 @@ macro_rules! plain_runtime_keys {
             splice,
             pipe_pool,
             backlog,
+            ktls,
             quic_pending_max,
             quic_pending_bytes,
             quic_pending_timeout_ms,
@@ -254,6 +264,11 @@ pub(super) fn check_runtime(rt: &Runtime, errors: &mut Vec<Located>) {
     }
     if rt.backlog == 0 {
         bad("backlog", "must be greater than 0");
+    }
+    if rt.ktls == Ktls::On {
+        if let Err(why) = crate::tls::ktls::probe() {
+            bad("ktls", &format!("\"on\" needs kernel TLS, which this kernel does not offer: {why}"));
+        }
     }
     if rt.quic_pending_max == 0 || rt.quic_max_flows == 0 {
         let key = if rt.quic_pending_max == 0 { "quic_pending_max" } else { "quic_max_flows" };

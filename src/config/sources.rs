@@ -9,6 +9,7 @@ use super::load::{self, Stamp};
 use super::{settings, Config, ConfigError, Located, Route, RuntimeOverrides, Settings, Table};
 use crate::backend::Pools;
 use crate::route::{BuildError, RouteId};
+use crate::tls::Shared;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -127,7 +128,12 @@ fn same_as_running(table: &Table) -> impl Fn(&Route) -> bool + Sync + '_ {
 }
 
 /// Reads and parses the included files `paths` in parallel (each file's problems located in it).
-fn parse_files(paths: &[(PathBuf, Option<Stamp>)], same: load::Same<'_>, errors: &mut Vec<Located>) -> Vec<FileRoutes> {
+fn parse_files(
+    paths: &[(PathBuf, Option<Stamp>)],
+    same: load::Same<'_>,
+    tls: &Shared,
+    errors: &mut Vec<Located>,
+) -> Vec<FileRoutes> {
     let results = crate::sys::parallel_map(paths, |(path, _)| {
         let mut errs = Vec::new();
         let base = path.parent().unwrap_or(Path::new(""));
@@ -136,7 +142,7 @@ fn parse_files(paths: &[(PathBuf, Option<Stamp>)], same: load::Same<'_>, errors:
                 errs.push(Located::new("", e));
                 None
             }
-            Ok((text, stamp)) => match load::parse::<IncludedFile>(&text, base, same, &mut errs) {
+            Ok((text, stamp)) => match load::parse::<IncludedFile>(&text, base, same, tls, &mut errs) {
                 Ok(p) => Some(FileRoutes {
                     path: path.clone(),
                     stamp,
@@ -179,11 +185,13 @@ fn parse_main(
     path: &Path,
     overrides: &RuntimeOverrides,
     same: load::Same<'_>,
+    tls: &Shared,
     errors: &mut Vec<Located>,
 ) -> Result<(Settings, Vec<Route>, Vec<String>), ConfigError> {
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
     // toml's message carries the line, column and the offending key.
-    let parsed = load::parse::<FileConfig>(text, &base, same, errors).map_err(|e| ConfigError::one(path, "", e))?;
+    let parsed =
+        load::parse::<FileConfig>(text, &base, same, tls, errors).map_err(|e| ConfigError::one(path, "", e))?;
     let mut file = parsed.file;
     let settings = settings(&mut file, &base, overrides, errors);
     Ok((settings, parsed.routes.into_iter().flatten().collect(), parsed.unchanged))
@@ -192,11 +200,15 @@ fn parse_main(
 /// `Config::load`: every file read and parsed, the table built at once.
 pub(super) fn load(text: &str, stamp: Stamp, path: &Path, overrides: &RuntimeOverrides) -> Result<Config, ConfigError> {
     let mut errors = Vec::new();
-    let (settings, main_routes, _) = parse_main(text, path, overrides, None, &mut errors)?;
+    // Routes are resolved as the files are parsed, before `[tls]` may have been read: the
+    // ticket keys are given once it has been.
+    let tls = Arc::new(Shared::pending());
+    let (settings, main_routes, _) = parse_main(text, path, overrides, None, &tls, &mut errors)?;
+    super::certs::configure_tickets(&settings.tls, &tls, &mut errors);
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let paths = included(&settings.include, &base, path, &mut errors);
     let work: Vec<(PathBuf, Option<Stamp>)> = paths.into_iter().map(|p| (p, None)).collect();
-    let files = parse_files(&work, None, &mut errors);
+    let files = parse_files(&work, None, &tls, &mut errors);
     let mut all = vec![FileRoutes { path: path.to_owned(), stamp, routes: main_routes, unchanged: Vec::new() }];
     all.extend(files);
     if !errors.is_empty() {
@@ -210,7 +222,7 @@ pub(super) fn load(text: &str, stamp: Stamp, path: &Path, overrides: &RuntimeOve
         }
         return Err(ConfigError { file: path.to_owned(), problems: errors });
     }
-    build(path, settings, all, overrides, 1)
+    build(path, settings, all, overrides, 1, tls)
 }
 
 /// Builds a whole table from the files' routes (main file first), with the sources that say
@@ -221,6 +233,7 @@ fn build(
     files: Vec<FileRoutes>,
     overrides: &RuntimeOverrides,
     generation: u64,
+    tls: Arc<Shared>,
 ) -> Result<Config, ConfigError> {
     let mut sources =
         Sources { overrides: overrides.clone(), patterns: settings.include.clone(), files: BTreeMap::new() };
@@ -237,7 +250,7 @@ fn build(
     }
     let table =
         build_table(path, routes, &settings, |id| owners.get(id.0 as usize).map(|&(f, i)| (paths[f].clone(), i)))?;
-    finish(path, settings, table, sources, generation)
+    finish(path, settings, table, sources, generation, tls)
 }
 
 /// `Table::build_shared` with the fallbacks resolved by name, its errors located.
@@ -296,7 +309,14 @@ fn located(e: &BuildError, owner: &dyn Fn(RouteId) -> Option<(PathBuf, usize)>) 
 
 /// The configuration of `table`, with the back-end state built for it (what the running one
 /// still has of it is taken over when it is swapped in: `Pools::adopt`).
-fn finish(path: &Path, s: Settings, table: Table, sources: Sources, generation: u64) -> Result<Config, ConfigError> {
+fn finish(
+    path: &Path,
+    s: Settings,
+    table: Table,
+    sources: Sources,
+    generation: u64,
+    tls: Arc<Shared>,
+) -> Result<Config, ConfigError> {
     let warnings = Config::table_warnings(&table);
     let pools = match Pools::build(&table, super::worker_count(&s.runtime)) {
         Ok(p) => p,
@@ -319,6 +339,8 @@ fn finish(path: &Path, s: Settings, table: Table, sources: Sources, generation: 
         handoff: s.handoff,
         table,
         pools: Arc::new(pools),
+        tls,
+        tls_settings: s.tls,
         watch: s.watch,
         generation,
         changed_at: SystemTime::now(),
@@ -365,6 +387,8 @@ fn immovable(old: &Config, new: &Settings) -> Vec<Located> {
         b.quic_pending_max.to_string(),
     );
     check("runtime.quic_gro", a.quic_gro == b.quic_gro, a.quic_gro.to_string(), b.quic_gro.to_string());
+    // Probed and set up at start (the probe's answer decides every worker's record path).
+    check("runtime.ktls", a.ktls == b.ktls, a.ktls.as_str().to_owned(), b.ktls.as_str().to_owned());
     // QUIC sockets are bound at start: a listener may not gain, lose or change `quic` on reload.
     let quic_of = |ls: &[super::Listener]| -> Vec<std::net::SocketAddr> {
         ls.iter().filter(|l| l.quic).map(|l| l.address).collect()
@@ -406,6 +430,7 @@ fn apply(
     settings: Settings,
     changes: Vec<FileChange>,
     mut report: Report,
+    tls: Arc<Shared>,
 ) -> Result<(Config, Report), ConfigError> {
     let path = &old.path;
     let built = Instant::now();
@@ -499,6 +524,7 @@ fn apply(
         && settings.handoff == old.handoff
         && settings.admin_settings == old.admin_settings
         && settings.watch == old.watch
+        && settings.tls == old.tls_settings
         && fallbacks_same;
     if touched == 0 && settings_same {
         report.unchanged = !report_has_terminate(&sources);
@@ -563,11 +589,11 @@ fn apply(
     }
     report.build_ms = ms(built);
     if report.unchanged {
-        let mut c = finish(path, settings, table, sources, old.generation)?;
+        let mut c = finish(path, settings, table, sources, old.generation, tls)?;
         c.changed_at = old.changed_at;
         return Ok((c, report));
     }
-    Ok((finish(path, settings, table, sources, old.generation + 1)?, report))
+    Ok((finish(path, settings, table, sources, old.generation + 1, tls)?, report))
 }
 
 fn report_has_terminate(s: &Sources) -> bool {
@@ -634,6 +660,7 @@ fn settings_of(c: &Config) -> Settings {
         unknown_sni: fallback_name(&c.table, c.table.unknown_sni()),
         include: Vec::new(),
         watch: c.watch,
+        tls: c.tls_settings.clone(),
     }
 }
 
@@ -644,6 +671,9 @@ pub(super) fn reload(old: &Config) -> Result<(Config, Report), ConfigError> {
     let mut report = Report { shards: old.table.shard_count(), ..Default::default() };
     let mut errors = Vec::new();
     let mut changes: Vec<FileChange> = Vec::new();
+    // Every terminating route is resolved again (its files are always parsed), with this: the
+    // `[tls]` key file is read again below, also when the main file did not change.
+    let tls = Arc::new(Shared::pending());
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let old_main = old.sources.files.get(path);
     let main_stamp = Stamp::of(path);
@@ -662,12 +692,14 @@ pub(super) fn reload(old: &Config) -> Result<(Config, Report), ConfigError> {
         } else {
             report.files_parsed += 1;
             let same = same_as_running(&old.table);
-            let (s, routes, unchanged) = parse_main(&text, path, &old.sources.overrides, Some(&same), &mut errors)?;
+            let (s, routes, unchanged) =
+                parse_main(&text, path, &old.sources.overrides, Some(&same), &tls, &mut errors)?;
             changes.push((path.clone(), Some(FileRoutes { path: path.clone(), stamp, routes, unchanged })));
             let patterns = s.include.clone();
             (s, patterns)
         }
     };
+    super::certs::configure_tickets(&settings.tls, &tls, &mut errors);
     let files = included(&patterns, &base, path, &mut errors);
     let mut to_parse = Vec::new();
     for f in &files {
@@ -687,7 +719,7 @@ pub(super) fn reload(old: &Config) -> Result<(Config, Report), ConfigError> {
     });
     report.files_parsed += to_parse.len();
     let same = same_as_running(&old.table);
-    for f in parse_files(&to_parse, Some(&same), &mut errors) {
+    for f in parse_files(&to_parse, Some(&same), &tls, &mut errors) {
         changes.push((f.path.clone(), Some(f)));
     }
     for p in old.sources.files.keys() {
@@ -700,7 +732,7 @@ pub(super) fn reload(old: &Config) -> Result<(Config, Report), ConfigError> {
         return Err(ConfigError { file: path.clone(), problems: errors });
     }
     report.parse_ms = ms(parsed_at);
-    let (mut new, report) = apply(old, settings, changes, report)?;
+    let (mut new, report) = apply(old, settings, changes, report, tls)?;
     // Unchanged files whose stamp moved (touched, or a ConfigMap swap) keep their routes; their
     // stamps are refreshed so that the next reload skips them at once.
     if let Some(s) = Arc::get_mut(&mut new.sources) {
@@ -788,7 +820,8 @@ pub(super) fn put_route(
         .map_err(|e| ApiError::Io(format!("cannot write the route as TOML: {e}")))?;
     let mut errors = Vec::new();
     let base = path.parent().unwrap_or(Path::new("")).to_path_buf();
-    let parsed = load::parse::<IncludedFile>(&text, &base, None, &mut errors).map_err(invalid)?;
+    // The running configuration's TLS state: the other routes keep it, so this one shares it.
+    let parsed = load::parse::<IncludedFile>(&text, &base, None, &old.tls, &mut errors).map_err(invalid)?;
     if !errors.is_empty() {
         return Err(ApiError::Invalid(ConfigError {
             file: path.clone(),
@@ -801,7 +834,8 @@ pub(super) fn put_route(
     let stamp = Stamp::of_content(text.as_bytes());
     let change = (path.clone(), Some(FileRoutes { path: path.clone(), stamp, routes, unchanged: Vec::new() }));
     let report = Report { files_parsed: 1, shards: old.table.shard_count(), ..Default::default() };
-    let (new, report) = apply(old, settings_of(old), vec![change], report).map_err(ApiError::Invalid)?;
+    let (new, report) =
+        apply(old, settings_of(old), vec![change], report, Arc::clone(&old.tls)).map_err(ApiError::Invalid)?;
     Ok((new, report, PendingWrite { path, text: Some(text) }))
 }
 
@@ -850,7 +884,8 @@ pub(super) fn delete_route(old: &Config, name: &str) -> Result<(Config, Report, 
         return Err(ApiError::NotFound(format!("no route {name:?}")));
     }
     let report = Report { shards: old.table.shard_count(), ..Default::default() };
-    let (new, report) = apply(old, settings_of(old), vec![(path.clone(), None)], report).map_err(ApiError::Invalid)?;
+    let (new, report) = apply(old, settings_of(old), vec![(path.clone(), None)], report, Arc::clone(&old.tls))
+        .map_err(ApiError::Invalid)?;
     Ok((new, report, PendingWrite { path, text: None }))
 }
 
@@ -916,8 +951,8 @@ pub(super) fn route_json(c: &Config, name: &str) -> Option<serde_json::Value> {
             r.alpn_match.iter().map(|p| String::from_utf8_lossy(p).into_owned()).collect::<Vec<_>>().into();
     }
     if let Action::Terminate(m) = &r.action {
-        v["cert"] = m.cert_path.display().to_string().into();
-        v["key"] = m.key_path.display().to_string().into();
+        v["cert"] = m.cert_path().display().to_string().into();
+        v["key"] = m.key_path().display().to_string().into();
         v["alpn"] = m
             .server_config
             .alpn_protocols

@@ -231,7 +231,7 @@ pub(super) fn on_hello(listener: Option<&Listener>, hello: &ClientHello<'_>, t: 
     }
     let fp = ja4(hello, Transport::Tcp);
     if t.log {
-        t.ja4 = Some(fp);
+        t.ja4 = Some(Box::new(fp));
     }
     match listener {
         Some(l) if check && !l.admission.ja4_allowed(&fp) => Err(DropReason::DeniedJa4),

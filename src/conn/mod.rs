@@ -34,10 +34,11 @@ use crate::backend::Pools;
 use crate::config::{Config, Limits, Route};
 use crate::metrics::{Direction, DropReason, Local};
 use crate::proxy_protocol;
-use crate::relay::{self, BufPool, PipePool, Relayed};
+use crate::relay::{self, BufPool, PipePool, Relayed, Scratch, Timers};
 use crate::route::{ProxyProtocol, RouteId};
 use crate::sys::Socket;
 use std::cell::RefCell;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -45,13 +46,17 @@ use std::time::{Duration, Instant};
 use trace::Trace;
 
 /// What connections share with their worker (one thread, so `RefCell`s): counters, pools, the
-/// access-log writer.
+/// scratch buffer every read lands in, the wheel of deadlines, the access-log writer.
 pub struct Resources {
     /// The worker's index, for log lines.
     pub worker: usize,
     pub metrics: Local,
     pub pipes: RefCell<PipePool>,
     pub bufs: RefCell<BufPool>,
+    /// Borrowed only between awaits (see [`Scratch`]).
+    pub scratch: RefCell<Scratch>,
+    /// Hello timeouts, idle watchdogs: one wheel, advanced by the worker's tick.
+    pub timers: Timers,
     /// Record latency histograms (and read the clock for them).
     pub timing: bool,
     pub log: Option<access_log::Writer>,
@@ -195,33 +200,48 @@ pub enum Outcome {
     Relayed(Relayed),
 }
 
-/// Serves one accepted connection to its end, then counts and logs how it ended. The limits
-/// (timeouts, sizes) and the listener's settings (PROXY in, admission) are those of the
-/// configuration current at accept; the route is chosen with the one current when the hello is
-/// complete.
-pub async fn serve(res: &Resources, snaps: &dyn Snapshots, mut conn: Accepted) {
-    let at_accept = snaps.current();
-    let lim = at_accept.runtime.limits();
-    let mut t = Trace::new(conn.at, res.log.as_ref().is_some_and(|l| l.sample()));
-    let listener = if conn.handed_off { None } else { at_accept.listener(conn.listen) };
-    let admitted = admit(res, &lim, listener, &mut conn).await;
-    if t.log {
-        t.client = conn.peer();
-        t.local = Some(conn.dialed());
+/// Serves one accepted connection to its end, then counts and logs how it ended. The caller
+/// owns the connection (and closes it when this is done), so that the task stores it once.
+///
+/// The limits (timeouts, sizes) and the listener's settings (PROXY in, admission) are those of
+/// the configuration current at accept; the route is chosen with the one current when the hello
+/// is complete, and from then on the connection holds only its route (no snapshot).
+///
+/// The futures of the stages a connection keeps while it is idle (this one, the passthrough
+/// relay) are `async move` blocks rather than `async fn`s, whose arguments rustc stores twice;
+/// stages that pass quickly are boxed. An idle connection's task is what it costs (see
+/// `tuning/README.md`, "Memory per connection").
+#[allow(clippy::manual_async_fn)] // an `async move` block: its arguments are stored once
+pub fn serve<'a>(
+    res: &'a Resources,
+    snaps: &'a dyn Snapshots,
+    conn: &'a mut Accepted,
+) -> impl Future<Output = ()> + 'a {
+    async move {
+        let at_accept = snaps.current();
+        let lim = at_accept.runtime.limits();
+        let mut t = Trace::new(conn.at, res.log.as_ref().is_some_and(|l| l.sample()));
+        let listener = if conn.handed_off { None } else { at_accept.listener(conn.listen) };
+        // Boxed: it is passed through quickly, and the task need not hold its state.
+        let admitted = Box::pin(admit(res, &lim, listener, conn)).await;
+        if t.log {
+            t.client = conn.peer();
+            t.local = Some(conn.dialed());
+        }
+        let (outcome, logged, route) = match admitted {
+            Ok(guard) => {
+                let o = run(res, snaps, &lim, at_accept, conn, &mut t).await;
+                drop(guard);
+                o
+            }
+            Err(reason) => {
+                drop(at_accept);
+                (Outcome::Dropped(reason), false, None)
+            }
+        };
+        close(res, route.as_deref(), conn, &t, outcome, logged);
+        trace::finish(res, route.as_deref(), &t, &outcome);
     }
-    let (outcome, route) = match admitted {
-        Ok(guard) => {
-            let o = run(res, snaps, &lim, at_accept, &conn, &mut t).await;
-            drop(guard);
-            o
-        }
-        Err(reason) => {
-            drop(at_accept);
-            (Outcome::Dropped(reason), None)
-        }
-    };
-    close(res, route.as_deref(), &conn, &mut t, outcome);
-    trace::finish(res, route.as_deref(), &t);
 }
 
 /// What happens before the hello: the PROXY header where the listener requires one, then the
@@ -244,42 +264,58 @@ async fn admit<'r>(
     Ok(None)
 }
 
-/// Reads and routes the hello, then serves the route. `at_accept` (the snapshot the listener's
+/// The connection's outcome, whether its drop line was written already (a refused hello's,
+/// where the cause was at hand), and its route. `at_accept` (the snapshot the listener's
 /// settings come from) is let go of once the hello is routed: from then on the connection holds
 /// only its route.
+#[allow(clippy::manual_async_fn)] // an `async move` block: its arguments are stored once
 #[allow(clippy::redundant_allocation)] // the worker's own `Rc` of the snapshot: no atomic count
-async fn run(
-    res: &Resources,
-    snaps: &dyn Snapshots,
-    lim: &Limits,
+fn run<'a>(
+    res: &'a Resources,
+    snaps: &'a dyn Snapshots,
+    lim: &'a Limits,
     at_accept: Rc<Arc<Config>>,
-    conn: &Accepted,
-    t: &mut Trace,
-) -> (Outcome, Option<Kept>) {
-    let listener = if conn.handed_off { None } else { at_accept.listener(conn.listen) };
-    let read = hello::read(res, lim, snaps, listener, conn, t).await;
-    drop(at_accept);
-    let routed = match read {
-        Ok(r) => r,
-        Err(reason) => return (Outcome::Dropped(reason), None),
-    };
-    let kept = Rc::clone(&routed.route);
-    if let Some(stats) = kept.pools.route_stats(routed.id) {
-        stats.routed(res.worker);
-        t.route_open = true;
+    conn: &'a Accepted,
+    t: &'a mut Trace,
+) -> impl Future<Output = (Outcome, bool, Option<Kept>)> + 'a {
+    async move {
+        let listener = if conn.handed_off { None } else { at_accept.listener(conn.listen) };
+        let read = hello::read(res, lim, snaps, listener, conn, t).await;
+        drop(at_accept);
+        let routed = match read {
+            Ok(r) => r,
+            Err(r) => return (Outcome::Dropped(r.reason), r.logged, None),
+        };
+        let kept = Rc::clone(&routed.route);
+        if let Some(stats) = kept.pools.route_stats(routed.id) {
+            stats.routed(res.worker);
+            t.route_open = true;
+        }
+        let held: &Held = &kept;
+        let route: &Route = held;
+        let tls = match &route.action {
+            crate::route::Action::Passthrough => None,
+            crate::route::Action::Terminate(tls) => Some(tls),
+        };
+        let outcome = if let Some(tls) = tls {
+            // Boxed: the TLS state machine would otherwise make every connection's task (passthrough
+            // included) several KiB larger, and each task is memcpy'd when it is spawned.
+            Box::pin(terminate::run(res, lim, route, tls, conn, routed, t)).await
+        } else {
+            // Opening is boxed, as every stage a connection passes through quickly: the task
+            // then holds little more than the relay, which is what an idle connection costs.
+            let opened = Box::pin(passthrough::open(res, lim, held, conn, routed, t)).await;
+            match opened {
+                Ok(opened) => passthrough::relay(res, lim, conn, opened).await,
+                Err(outcome) => outcome,
+            }
+        };
+        (outcome, false, Some(kept))
     }
-    let route: &Route = &kept;
-    let outcome = match &route.action {
-        crate::route::Action::Passthrough => passthrough::run(res, lim, route, conn, routed, t).await,
-        // Boxed: the TLS state machine would otherwise make every connection's task (passthrough
-        // included) several KiB larger, and each task is memcpy'd when it is spawned.
-        crate::route::Action::Terminate(tls) => Box::pin(terminate::run(res, lim, route, tls, conn, routed, t)).await,
-    };
-    (outcome, Some(kept))
 }
 
-/// Counts the outcome (the one place that does) and records it in the trace.
-fn close(res: &Resources, route: Option<&Held>, conn: &Accepted, t: &mut Trace, outcome: Outcome) {
+/// Counts the outcome (the one place that does).
+fn close(res: &Resources, route: Option<&Held>, conn: &Accepted, t: &Trace, outcome: Outcome, logged: bool) {
     if let (true, Some(held)) = (t.route_open, route) {
         if let Some(stats) = held.pools.route_stats(held.id) {
             let dropped = match outcome {
@@ -298,12 +334,14 @@ fn close(res: &Resources, route: Option<&Held>, conn: &Accepted, t: &mut Trace, 
                 admission::send_refusal_alert(conn);
             }
             res.metrics.dropped(reason);
-            crate::debug_every_second!(
-                worker = res.worker,
-                peer = ?conn.peer(),
-                reason = reason.as_str(),
-                "connection dropped"
-            );
+            if !logged {
+                crate::debug_every_second!(
+                    worker = res.worker,
+                    peer = ?conn.peer(),
+                    reason = reason.as_str(),
+                    "connection dropped"
+                );
+            }
         }
         Outcome::Relayed(r) => {
             res.metrics.bump(|c| {
@@ -316,34 +354,38 @@ fn close(res: &Resources, route: Option<&Held>, conn: &Accepted, t: &mut Trace, 
                     relay::End::Error(cause) => c.relay_errors.bump(cause),
                 }
             });
-            t.to_backend += r.to_backend;
-            t.to_client += r.to_client;
-            if t.first_to_client.is_none() && res.timing {
-                t.first_to_client = r.first_to_client;
-            }
             tracing::trace!(worker = res.worker, end = ?r.end, "connection closed");
         }
     }
-    t.outcome = Some(outcome);
 }
 
 /// The PROXY header for `route` (empty when it sends none): the client's address, the address it
 /// dialed, SNI and ALPN. `room` is extra capacity to reserve for what follows the header.
 fn proxy_header(
-    res: &Resources,
+    _res: &Resources,
     route: &Route,
     conn: &Accepted,
     sni: Option<&str>,
     alpn: Option<&[u8]>,
     room: usize,
 ) -> Vec<u8> {
-    let mut out = res.bufs.borrow_mut().take(room + 600);
+    let mut out = Vec::with_capacity(room + proxy_protocol_room(route.proxy_protocol, sni, alpn));
     if route.proxy_protocol != ProxyProtocol::None {
         let peer = conn.peer().unwrap_or_else(|| SocketAddr::new(IpAddr::from([0, 0, 0, 0]), 0));
         let header = proxy_protocol::Header { client: peer, local: conn.dialed(), sni, alpn, tlvs: &conn.tlvs };
         proxy_protocol::encode(route.proxy_protocol, &header, &mut out);
     }
     out
+}
+
+/// Room for a PROXY header: v1 is at most 107 bytes; v2 is 16 + 36 (IPv6 addresses) plus the
+/// SNI and ALPN TLVs (3 bytes of header each).
+fn proxy_protocol_room(p: ProxyProtocol, sni: Option<&str>, alpn: Option<&[u8]>) -> usize {
+    match p {
+        ProxyProtocol::None => 0,
+        ProxyProtocol::V1 => 108,
+        ProxyProtocol::V2 => 52 + 3 + sni.map_or(0, str::len) + 3 + alpn.map_or(0, <[u8]>::len),
+    }
 }
 
 /// Sends all of `buf[from..]`, then returns the buffer to the pool; whether it all went.

@@ -4,15 +4,15 @@
 //! ServerHello version where `min_tls` needs it, then relay the raw bytes (splice, or buffered).
 
 use super::trace::Trace;
-use super::{send_and_recycle, Accepted, Outcome, Resources, Routed};
+use super::{send_and_recycle, Accepted, Held, Outcome, Resources, Routed};
 use crate::backend::{self, handoff, Key, Link};
-use crate::config::{Limits, Route};
-use crate::hello::{server_hello_version, ServerVersion};
+use crate::config::Limits;
+use crate::hello::{server_hello_version, Alert, ServerVersion};
 use crate::metrics::{DropReason, RelayKind};
 use crate::relay::{self, End, Relayed, BUF_SIZE};
 use crate::route::{Balance, TlsVersion};
 use crate::sys::Socket;
-use std::net::Shutdown;
+use std::future::Future;
 use std::time::Duration;
 
 /// A passthrough connection with its back end: `first[sent..]` is still to be sent.
@@ -25,17 +25,64 @@ pub struct Connected {
     pub early: Vec<u8>,
 }
 
-pub(super) async fn run(
+/// A passthrough connection ready to relay: its back end, and the bytes already sent each way
+/// (the first bytes, the back end's ServerHello read for the version check).
+pub(super) struct Opened<'a> {
+    backend: Socket,
+    to_backend: u64,
+    to_client: u64,
+    /// Counts the connection open to its back end (least connections) until the relay ends.
+    _active: Option<backend::Active<'a>>,
+}
+
+/// Relays an opened connection until both sides are done. An `async move` block, not an
+/// `async fn` (whose arguments rustc stores twice): an idle connection's task holds this.
+#[allow(clippy::manual_async_fn)] // an `async move` block: its arguments are stored once
+pub(super) fn relay<'a>(
+    res: &'a Resources,
+    rt: &'a Limits,
+    conn: &'a Accepted,
+    opened: Opened<'a>,
+) -> impl Future<Output = Outcome> + 'a {
+    async move {
+        let env = relay::Env {
+            pipes: &res.pipes,
+            bufs: &res.bufs,
+            scratch: &res.scratch,
+            timers: &res.timers,
+            metrics: &res.metrics,
+            splice: rt.splice,
+            idle: Duration::from_millis(rt.idle_timeout_ms),
+            timing: res.timing,
+        };
+        let mut done = relay::relay(&env, &conn.client, &opened.backend).await;
+        done.to_backend += opened.to_backend;
+        done.to_client += opened.to_client;
+        // Through the ring: batched with the other submissions, no close(2) of its own.
+        let Opened { backend, _active, .. } = opened;
+        backend.close().await;
+        drop(_active);
+        Outcome::Relayed(done)
+    }
+}
+
+/// Everything before the relay: the connect (the first bytes with it), the back end's version
+/// where `min_tls` needs it, the rest of the first bytes and the back end's early bytes. The
+/// back end, and the bytes sent each way; or how the connection ended already (dropped, or
+/// handed off). `route` is the connection's route with the back-end state of the configuration
+/// it was chosen in (which the open connection counts in).
+pub(super) async fn open<'a>(
     res: &Resources,
     rt: &Limits,
-    route: &Route,
+    route: &'a Held,
     conn: &Accepted,
     routed: Routed,
     t: &mut Trace,
-) -> Outcome {
+) -> Result<Opened<'a>, Outcome> {
     t.connect_start = t.routed_at;
-    let Routed { id, route: held, first, header, check_server, sni_hash } = routed;
-    let (c, _active) = {
+    // `routed.route` is `route` (the caller keeps it for the connection's life).
+    let Routed { id, route: _, first, header, check_server, sni_hash } = routed;
+    let (c, active) = {
         let client = match route.upstream.balance {
             Balance::HashClient => conn.peer().map(|p| p.ip()),
             _ => None,
@@ -59,7 +106,7 @@ pub(super) async fn run(
             handoff,
             timing: res.timing,
         };
-        let connected = backend::connect(&held.pools, &req).await;
+        let connected = backend::connect(&route.pools, &req).await;
         t.connected_at = res.now();
         match connected {
             Ok(b) => {
@@ -69,13 +116,13 @@ pub(super) async fn run(
                         // The receiver owns the connection now; ours closes with this task.
                         let moved = (first.len() - header) as u64;
                         res.bufs.borrow_mut().give(first);
-                        return Outcome::Relayed(Relayed {
+                        return Err(Outcome::Relayed(Relayed {
                             kind: RelayKind::Handoff,
                             end: End::Closed,
                             to_backend: moved,
                             to_client: 0,
                             first_to_client: None,
-                        });
+                        }));
                     }
                     Link::Socket { socket, sent } => {
                         (Connected { backend: socket, first, sent, early: Vec::new() }, b.active)
@@ -84,45 +131,30 @@ pub(super) async fn run(
             }
             Err(e) => {
                 res.bufs.borrow_mut().give(first);
-                return Outcome::Dropped(if e.is_local() {
+                return Err(Outcome::Dropped(if e.is_local() {
                     DropReason::LocalResources
                 } else {
                     DropReason::BackendsDown
-                });
+                }));
             }
         }
     };
     let mut c = c;
     if let Some(min) = check_server {
         let limit = Duration::from_millis(rt.hello_timeout_ms);
-        c = match check_server_version(res, &conn.client, c, min, limit).await {
-            Ok(c) => c,
-            Err(reason) => return Outcome::Dropped(reason),
-        };
+        c = check_server_version(res, &conn.client, c, min, limit).await.map_err(Outcome::Dropped)?;
     }
     let (n_first, n_early) = (c.first.len() as u64, c.early.len() as u64);
-    if !send_and_recycle(res, &c.backend, c.first, c.sent).await {
-        res.bufs.borrow_mut().give(c.early);
-        return Outcome::Dropped(DropReason::BackendWrite);
+    let Connected { backend, first, sent, early } = c;
+    // The hello usually went out with the connect: its bytes are freed before the relay starts.
+    if sent < first.len() && !send_and_recycle(res, &backend, first, sent).await {
+        return Err(Outcome::Dropped(DropReason::BackendWrite));
     }
-    if !send_and_recycle(res, &conn.client, c.early, 0).await {
-        return Outcome::Dropped(DropReason::ClientClosed);
+    if !early.is_empty() && !send_and_recycle(res, &conn.client, early, 0).await {
+        return Err(Outcome::Dropped(DropReason::ClientClosed));
     }
-    let env = relay::Env {
-        pipes: &res.pipes,
-        bufs: &res.bufs,
-        splice: rt.splice,
-        idle: Duration::from_millis(rt.idle_timeout_ms),
-        timing: res.timing,
-    };
-    let mut done = relay::relay(&env, &conn.client, &c.backend).await;
-    done.to_backend += n_first;
-    done.to_client += n_early;
-    Outcome::Relayed(done)
+    Ok(Opened { backend, to_backend: n_first, to_client: n_early, _active: active })
 }
-
-/// A fatal `protocol_version` alert (RFC 8446 §6.2), as a TLS server sends it.
-const PROTOCOL_VERSION_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 70];
 
 /// Sends the rest of the first bytes to the back end, then reads its first flight up to the end
 /// of its ServerHello and checks the version it chose against `min`: below it, the client gets a
@@ -143,6 +175,7 @@ pub async fn check_server_version(
     }
     c.sent = c.first.len();
     let buf = res.bufs.borrow_mut().take(BUF_SIZE);
+    let deadline = res.timers.arm([Some(&c.backend), None], limit);
     let read = async {
         let mut buf = buf;
         loop {
@@ -161,21 +194,21 @@ pub async fn check_server_version(
             }
         }
     };
-    let (verdict, buf) = match tokio::time::timeout(limit, read).await {
-        Ok(x) => x,
-        Err(_) => {
-            c.backend.shutdown(Shutdown::Both);
-            (ServerVersion::Invalid("no ServerHello in time"), Vec::new())
-        }
-    };
+    let (mut verdict, buf) = read.await;
+    if deadline.fired() {
+        verdict = ServerVersion::Invalid("no ServerHello in time");
+    }
+    drop(deadline);
     let reason = match verdict {
         ServerVersion::Chosen(v) if v < min.0 => {
             let version = TlsVersion(v);
             tracing::debug!(worker = res.worker, %version, %min, "back end chose a version below min_tls");
             let mut alert = buf;
             alert.clear();
-            alert.extend_from_slice(&PROTOCOL_VERSION_ALERT);
-            send_and_recycle(res, client, alert, 0).await;
+            alert.extend_from_slice(&Alert::ProtocolVersion.record());
+            if send_and_recycle(res, client, alert, 0).await {
+                res.metrics.bump(|c| c.alerts_sent.bump(Alert::ProtocolVersion));
+            }
             DropReason::BackendBelowMinTls
         }
         ServerVersion::Chosen(_) | ServerVersion::Alert => {

@@ -6,7 +6,7 @@
 use super::trace::Trace;
 use super::{proxy_header, Accepted, Kept, Resources, Snapshots};
 use crate::config::{Listener, Route};
-use crate::hello::ClientHello;
+use crate::hello::{Alert, ClientHello};
 use crate::metrics::DropReason;
 use crate::route::{Action, Miss, ProxyProtocol, RouteId, TlsVersion};
 use std::net::IpAddr;
@@ -21,6 +21,21 @@ pub(super) struct Decision {
     pub(super) sni_hash: u64,
 }
 
+/// A connection refused before any route's TLS: why, the alert a TLS server would send for it
+/// (sent before the close), and whether its debug line (peer and cause) was written already.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Refusal {
+    pub(crate) reason: DropReason,
+    pub(crate) alert: Option<Alert>,
+    pub(crate) logged: bool,
+}
+
+impl From<DropReason> for Refusal {
+    fn from(reason: DropReason) -> Self {
+        Self { reason, alert: None, logged: false }
+    }
+}
+
 /// Routes a complete hello: dedicated IP, SNI, fallback; `min_tls`; the PROXY header.
 pub(super) fn route(
     res: &Resources,
@@ -30,7 +45,7 @@ pub(super) fn route(
     hello: &ClientHello<'_>,
     buf_len: usize,
     t: &mut Trace,
-) -> Result<Decision, DropReason> {
+) -> Result<Decision, Refusal> {
     if t.log {
         t.sni = hello.sni().map(str::to_owned);
         t.alpn = hello.alpn().next().map(|p| String::from_utf8_lossy(p.as_bytes()).into_owned());
@@ -48,12 +63,30 @@ pub(super) fn route(
     } else {
         None
     };
-    let (id, how) = match alpn_route {
-        Some(id) => (id, crate::route::Match::Alpn),
-        None => table.lookup(ip, hello.sni()).map_err(|m| match m {
-            Miss::NoSni => DropReason::NoSni,
-            Miss::UnknownSni => DropReason::UnknownSni,
-        })?,
+    let found = match alpn_route {
+        Some(id) => Ok((id, crate::route::Match::Alpn)),
+        None => table.lookup(ip, hello.sni()),
+    };
+    let (id, how) = match found {
+        Ok(found) => found,
+        Err(miss) => {
+            // What a rustls server sends when no certificate resolves (access_denied), and
+            // for a name it does not serve RFC 6066's unrecognized_name, as nginx does.
+            let (reason, alert) = match miss {
+                Miss::NoSni => (DropReason::NoSni, Alert::AccessDenied),
+                Miss::UnknownSni => (DropReason::UnknownSni, Alert::UnrecognizedName),
+            };
+            crate::debug_every_second!(
+                worker = res.worker,
+                peer = ?conn.peer(),
+                reason = reason.as_str(),
+                sni = hello.sni(),
+                local = %ip,
+                alert = alert.as_str(),
+                "hello refused: no route"
+            );
+            return Err(Refusal { reason, alert: Some(alert), logged: true });
+        }
     };
     t.how = Some(how);
     t.route = Some(id);
@@ -67,7 +100,18 @@ pub(super) fn route(
     let mut check_server = None;
     if matches!(route.action, Action::Passthrough) {
         if hello.max_version() < route.min_tls.0 {
-            return Err(DropReason::BelowMinTls);
+            let alert = Alert::ProtocolVersion;
+            crate::debug_every_second!(
+                worker = res.worker,
+                peer = ?conn.peer(),
+                reason = DropReason::BelowMinTls.as_str(),
+                route = %route.name,
+                offered = %TlsVersion(hello.max_version()),
+                min_tls = %route.min_tls,
+                alert = alert.as_str(),
+                "hello refused: best version offered is below the route's min_tls"
+            );
+            return Err(Refusal { reason: DropReason::BelowMinTls, alert: Some(alert), logged: true });
         }
         if hello.min_version() < route.min_tls.0 {
             check_server = Some(route.min_tls);

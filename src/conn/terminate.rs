@@ -8,7 +8,7 @@ use crate::backend;
 use crate::config::{Limits, Route};
 use crate::metrics::DropReason;
 use crate::route::ProxyProtocol;
-use crate::tls::{self, HandshakeError, TlsMaterial};
+use crate::tls::{self, TlsMaterial};
 use std::net::Shutdown;
 use std::time::Duration;
 
@@ -21,30 +21,48 @@ pub(super) async fn run(
     routed: super::Routed,
     t: &mut Trace,
 ) -> Outcome {
-    let (id, hello, held) = (routed.id, routed.first, routed.route);
+    let (id, hello, sni_hash, held) = (routed.id, routed.first, routed.sni_hash, routed.route);
     let client = &conn.client;
+    // The SNI for a PROXY header: rustls's unbuffered connection does not keep it, the hello does.
+    let sni = (route.proxy_protocol != ProxyProtocol::None).then_some(()).and_then(|()| {
+        match crate::hello::parse(&hello, rt.max_hello_bytes) {
+            crate::hello::Parsed::Complete(h) => h.sni().map(str::to_owned),
+            _ => None,
+        }
+    });
     let hs = tokio::time::timeout(
         Duration::from_millis(rt.hello_timeout_ms),
-        tls::handshake(client, material.server_config.clone(), &hello),
+        tls::handshake(client, &material.server_config, hello, tls::ktls::enabled(rt.ktls)),
     )
     .await;
-    res.bufs.borrow_mut().give(hello);
-    let tls = match hs {
+    let mut est = match hs {
         Err(_) => {
             client.shutdown(Shutdown::Both);
             return Outcome::Dropped(DropReason::TlsTimeout);
         }
         Ok(Err(e)) => {
-            tracing::debug!(worker = res.worker, route = %route.name, error = %e, "TLS handshake failed");
-            return Outcome::Dropped(handshake_drop(&e));
+            let reason = e.drop_reason();
+            crate::debug_every_second!(
+                worker = res.worker,
+                route = %route.name,
+                peer = ?conn.peer(),
+                reason = reason.as_str(),
+                error = %e,
+                "TLS handshake failed"
+            );
+            return Outcome::Dropped(reason);
         }
-        Ok(Ok(tls)) => tls,
+        Ok(Ok(est)) => est,
     };
+    if let Some(buf) = est.take_spare_buffer() {
+        // The hello's buffer, unless it holds what the client sent after its Finished.
+        res.bufs.borrow_mut().give(buf);
+    }
     t.handshake_done = res.now();
     if t.log {
-        t.alpn = tls.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned());
+        t.alpn = est.alpn(&material.server_config).map(|p| String::from_utf8_lossy(p).into_owned());
     }
-    let resumed = tls.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+    let resumed = est.resumed();
     res.metrics.bump(|c| {
         c.tls_handshakes += 1;
         c.tls_resumed += u64::from(resumed);
@@ -60,7 +78,7 @@ pub(super) async fn run(
         timeout: Duration::from_millis(rt.connect_timeout_ms),
         metrics: &res.metrics,
         first: &[],
-        key: backend::Key { client: client_ip, sni: backend::Key::sni_hash(tls.server_name()) },
+        key: backend::Key { client: client_ip, sni: sni_hash },
         handoff: None,
         timing: res.timing,
     };
@@ -77,28 +95,16 @@ pub(super) async fn run(
         }
         Err(e) => {
             // Tell the client politely: close_notify rather than a bare FIN.
-            let mut tls = tls;
-            tls.send_close_notify();
-            let mut out = res.bufs.borrow_mut().take(64);
-            while tls.wants_write() && tls.write_tls(&mut out).is_ok() {}
+            let out = est.close_notify(res.bufs.borrow_mut().take(64));
             send_and_recycle(res, client, out, 0).await;
             return Outcome::Dropped(if e.is_local() { DropReason::LocalResources } else { DropReason::BackendsDown });
         }
     };
     if route.proxy_protocol != ProxyProtocol::None {
-        let header = proxy_header(res, route, conn, tls.server_name(), tls.alpn_protocol(), 0);
+        let header = proxy_header(res, route, conn, sni.as_deref(), est.alpn(&material.server_config), 0);
         if !send_and_recycle(res, &backend, header, 0).await {
             return Outcome::Dropped(DropReason::BackendWrite);
         }
     }
-    Outcome::Relayed(tls::relay(client, tls, &backend, Duration::from_millis(rt.idle_timeout_ms)).await)
-}
-
-/// The drop reason of a failed handshake.
-fn handshake_drop(e: &HandshakeError) -> DropReason {
-    match e {
-        HandshakeError::Tls(rustls::Error::PeerIncompatible(_)) => DropReason::BelowMinTls,
-        HandshakeError::Eof | HandshakeError::Io(_) => DropReason::TlsClientClosed,
-        HandshakeError::Tls(_) => DropReason::TlsHandshake,
-    }
+    Outcome::Relayed(tls::relay(client, est, &backend, Duration::from_millis(rt.idle_timeout_ms)).await)
 }

@@ -23,7 +23,6 @@ pub struct Trace {
     pub handshake_done: Option<Instant>,
     pub connect_start: Option<Instant>,
     pub connected_at: Option<Instant>,
-    pub first_to_client: Option<Instant>,
     pub how: Option<Match>,
     pub route: Option<RouteId>,
     /// The route's statistics count this connection open (to be closed with it).
@@ -31,10 +30,9 @@ pub struct Trace {
     /// The back end reached (its index in the configuration's pools).
     pub backend: Option<crate::backend::BackendId>,
     /// The hello's JA4 (sampled connections, or a listener with JA4 rules).
-    pub ja4: Option<crate::hello::Ja4>,
-    pub outcome: Option<Outcome>,
-    pub to_backend: u64,
-    pub to_client: u64,
+    /// Boxed: only sampled connections and listeners with JA4 rules have one, and every
+    /// connection's task holds the trace for its whole life.
+    pub ja4: Option<Box<crate::hello::Ja4>>,
     pub client: Option<SocketAddr>,
     pub local: Option<SocketAddr>,
     pub sni: Option<String>,
@@ -55,16 +53,22 @@ fn micros(d: Option<Duration>) -> Option<u64> {
     d.map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
-/// Records a finished connection's latencies and, if sampled, its access-log line.
-pub fn finish(res: &Resources, held: Option<&super::Held>, t: &Trace) {
-    let route: Option<&Route> = held.map(|h| &*h.route);
+/// Records a finished connection's latencies and, if sampled, its access-log line. (The outcome
+/// and what it moved come from the `outcome`, not the trace, which every connection's task holds
+/// for its whole life.)
+pub fn finish(res: &Resources, held: Option<&super::Held>, t: &Trace, outcome: &Outcome) {
     let end = res.now();
+    let relayed = match outcome {
+        Outcome::Relayed(r) => Some(r),
+        Outcome::Dropped(_) => None,
+    };
+    let first_to_client = relayed.and_then(|r| r.first_to_client).filter(|_| res.timing);
     let m = &res.metrics;
     let hello_wait = between(t.accepted, t.hello_done);
     let lookup = between(t.hello_done, t.routed_at);
     let connect = between(t.connect_start, t.connected_at);
     let handshake = between(t.routed_at, t.handshake_done);
-    let first_byte = between(t.connected_at, t.first_to_client);
+    let first_byte = between(t.connected_at, first_to_client);
     let lifetime = between(t.accepted, end);
     for (k, d) in [
         (Hist::HelloWait, hello_wait),
@@ -84,19 +88,18 @@ pub fn finish(res: &Resources, held: Option<&super::Held>, t: &Trace) {
     let Some(log) = res.log.as_ref().filter(|_| t.log) else {
         return;
     };
-
-    let (outcome, reason) = match t.outcome {
-        Some(Outcome::Dropped(r)) => ("dropped", Some(r.as_str())),
-        Some(Outcome::Relayed(r)) => match r.end {
+    let route: Option<&Route> = held.map(|h| &*h.route);
+    let (outcome, reason) = match outcome {
+        Outcome::Dropped(r) => ("dropped", Some(r.as_str())),
+        Outcome::Relayed(r) => match r.end {
             End::Closed => ("closed", None),
             End::Idle => ("idle_timeout", None),
             End::Error(cause) => ("error", Some(cause.as_str())),
         },
-        None => ("closed", None),
     };
-    let action = match t.outcome {
-        Some(Outcome::Relayed(r)) if r.kind == RelayKind::Tls => Some("terminate"),
-        Some(Outcome::Relayed(r)) if r.kind == RelayKind::Handoff => Some("handoff"),
+    let action = match relayed {
+        Some(r) if r.kind == RelayKind::Tls => Some("terminate"),
+        Some(r) if r.kind == RelayKind::Handoff => Some("handoff"),
         _ => route.map(|r| r.action.as_str()),
     };
     let time = access_log::rfc3339(std::time::SystemTime::now());
@@ -113,11 +116,11 @@ pub fn finish(res: &Resources, held: Option<&super::Held>, t: &Trace) {
         how: t.how.map(Match::as_str),
         action,
         backend: backend.as_deref(),
-        ja4: t.ja4.as_ref().map(|j| j.as_str()),
+        ja4: t.ja4.as_deref().map(|j| j.as_str()),
         outcome,
         reason,
-        bytes_client_to_backend: t.to_backend,
-        bytes_backend_to_client: t.to_client,
+        bytes_client_to_backend: relayed.map_or(0, |r| r.to_backend),
+        bytes_backend_to_client: relayed.map_or(0, |r| r.to_client),
         hello_bytes: t.hello_bytes,
         hello_wait_us: micros(hello_wait),
         route_lookup_ns: lookup.map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),

@@ -8,9 +8,11 @@
 //! enum's discriminant, so bumping a labelled counter is an array increment.
 
 use super::labels::{
-    AcceptCause, AdminRefusal, ApiResult, ConnectCause, Direction, DropReason, HandoffCause, QuicDatagramDrop,
-    QuicFlowDrop, QuicFlowEnd, RelayCause, RelayKind, ReloadResult,
+    AcceptCause, AdminRefusal, ApiResult, ConnectCause, Direction, DropReason, HandoffCause, OcspState, PipeMiss,
+    QuicDatagramDrop, QuicFlowDrop, QuicFlowEnd, RelayCause, RelayKind, ReloadResult, TicketKeyState, TicketResult,
+    UpgradeResult,
 };
+use crate::hello::Alert;
 use crate::route::Match;
 use std::fmt;
 use std::marker::PhantomData;
@@ -195,6 +197,13 @@ counter_set! {
     relays: tally(RelayKind) => Counter "relays_total" "Relays started, by how they moved bytes.";
     tls_handshakes: u64 => Counter "tls_handshakes_total" "Completed TLS handshakes on terminating routes.";
     tls_resumed: u64 => Counter "tls_resumed_total" "Completed TLS handshakes that resumed a session.";
+    /// Session tickets issued, and the tickets clients presented by what became of them.
+    tls_tickets: tally(TicketResult) => Counter "tls_tickets_total"
+        "Session tickets issued, and tickets presented by clients by what became of them.";
+    /// Full handshakes of a route whose OCSP response had expired since it was loaded (sent
+    /// without a staple).
+    tls_ocsp_withheld: u64 => Counter "tls_ocsp_withheld_total"
+        "Handshakes sent without their route's OCSP staple because the response had expired (nextUpdate past).";
     idle_timeouts: u64 => Counter "relay_idle_timeouts_total" "Relayed connections closed by idle_timeout_ms.";
     relay_errors: tally(RelayCause) => Counter "relay_errors_total"
         "Relays ended by an error rather than two clean shutdowns, by cause.";
@@ -203,6 +212,24 @@ counter_set! {
     /// (connections beyond the cap wait in the listen backlog; none is refused).
     conn_limit_waits: u64 => Counter "connection_limit_waits_total"
         "Times a worker stopped accepting at max_conns_per_worker (later connections wait in the backlog).";
+    /// Spliced bursts copied through a buffer because no pipe could be had, by cause.
+    splice_fallbacks: tally(PipeMiss) => Counter "splice_fallbacks_total"
+        "Spliced relay bursts copied through a buffer instead because no pipe could be had, by cause.";
+    /// Pipes open now (lent to relays and pooled); two descriptors each.
+    pipes_open: u64 => Gauge "pipes_open" "Splice pipes open now, lent and pooled (two descriptors each).";
+    /// Bytes of free buffers the worker keeps for reuse.
+    buffer_pool_bytes: u64 => Gauge "buffer_pool_bytes" "Bytes of free relay buffers kept for reuse.";
+    /// Alerts sent before closing a connection whose hello was refused.
+    alerts_sent: tally(Alert) => Counter "alerts_sent_total"
+        "TLS alerts sent to clients whose ClientHello was refused, by alert.";
+    /// Set by the process at start and on every reload, not by a worker.
+    tls_ocsp_responses: tally(OcspState) => Gauge "tls_ocsp_responses"
+        "OCSP responses of the running configuration's routes, by state (refused ones are not stapled).";
+    tls_ticket_keys: tally(TicketKeyState) => Gauge "tls_ticket_keys"
+        "Session-ticket keys of the running configuration, by state.";
+    /// Counted by the process (the upgrade thread), not by a worker.
+    upgrade_takers: tally(UpgradeResult) => Counter "upgrade_takers_total"
+        "New processes that asked for the listening sockets (--upgrade-from), by what came of it.";
     access_log_lines: u64 => Counter "access_log_lines_total" "Access-log lines handed to the writer.";
     access_log_dropped: u64 => Counter "access_log_dropped_lines_total"
         "Access-log lines lost because the writer fell behind.";

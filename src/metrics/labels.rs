@@ -7,6 +7,7 @@
 //! ([`ConnectCause::of`], [`RelayCause::of`], [`AcceptCause::of`]).
 
 use super::counters::Label;
+use crate::hello::Alert;
 use crate::route::Match;
 use std::io;
 
@@ -77,8 +78,37 @@ labels! {
         /// No back end could even be tried for lack of local resources (descriptors, memory,
         /// ephemeral ports): this host's problem, not the back ends'.
         LocalResources = "local_resources",
-        /// A terminating route's TLS handshake failed (bad or incompatible client; an alert was sent).
+        /// A terminating route's TLS handshake failed for a reason no other `tls_*` value names
+        /// (an internal error; an alert was sent).
         TlsHandshake = "tls_handshake",
+        /// No protocol version in common: the client offers none of the route's (a TLS 1.2-only
+        /// client on a `min_tls = "1.3"` route); a `protocol_version` alert was sent.
+        TlsVersion = "tls_version",
+        /// No cipher suite in common (a `handshake_failure` alert was sent).
+        TlsNoCommonCipher = "tls_no_common_cipher",
+        /// No key-exchange group in common, or no key share or groups where one is required.
+        TlsNoCommonGroup = "tls_no_common_group",
+        /// No signature scheme the client accepts fits the route's certificate key.
+        TlsNoCommonSignature = "tls_no_common_signature",
+        /// The client's ALPN list names none of the route's `alpn` protocols
+        /// (`no_application_protocol` alert).
+        TlsNoAlpn = "tls_no_alpn",
+        /// Another incompatibility (extended master secret or null compression missing, …).
+        TlsIncompatible = "tls_incompatible",
+        /// rustls refused the ClientHello for its size (a handshake message over 64 KiB or a
+        /// record over 18 KiB) although it was within `max_hello_bytes`.
+        TlsHelloTooLarge = "tls_hello_too_large",
+        /// A malformed or unexpected handshake message (`decode_error`, `unexpected_message`).
+        TlsBadMessage = "tls_bad_message",
+        /// A well-formed message that breaks the protocol: an illegal value, a bad Finished or
+        /// binder, a record that does not decrypt (`illegal_parameter`, `decrypt_error`, …).
+        TlsProtocolViolation = "tls_protocol_violation",
+        /// The client refused our certificate (its alert: `bad_certificate`, `unknown_ca`,
+        /// `certificate_expired`, …).
+        TlsCertRejected = "tls_cert_rejected",
+        /// The client ended the handshake with another alert (`user_canceled`,
+        /// `handshake_failure`, …).
+        TlsClientAlert = "tls_client_alert",
         /// A terminating route's TLS handshake did not finish within `hello_timeout_ms`.
         TlsTimeout = "tls_timeout",
         /// The client closed or reset during a terminating route's TLS handshake.
@@ -98,6 +128,57 @@ labels! {
         ClientConnLimit = "client_conn_limit",
         /// The client address opened more than `max_conn_rate_per_client` connections in the last second.
         ClientRateLimit = "client_rate_limit",
+    }
+}
+
+labels! {
+    /// What became of a session ticket: issued in a handshake, or presented by a client.
+    pub enum TicketResult: "result" {
+        /// A ticket was issued (TLS 1.3 NewSessionTicket, or TLS 1.2 ticket).
+        Issued = "issued",
+        /// A presented ticket decrypted with a configured key (or the random ticketer's).
+        Decrypted = "decrypted",
+        /// A presented ticket decrypted with a key no longer configured, within its window.
+        DecryptedRetired = "decrypted_retired",
+        /// A presented ticket named a key this host does not have (another fleet, or older than
+        /// the window): a full handshake follows.
+        UnknownKey = "unknown_key",
+        /// A presented ticket named a known key but did not decrypt (forged, corrupted or truncated).
+        Invalid = "invalid",
+    }
+}
+
+labels! {
+    /// The state of a terminating route's OCSP response in the running configuration.
+    pub enum OcspState: "state" {
+        /// Checked and stapled to every handshake (until its nextUpdate).
+        Stapled = "stapled",
+        /// Stapled, and it says the certificate is revoked.
+        Revoked = "revoked",
+        /// Not stapled: expired, not yet valid, for another certificate, badly signed or malformed.
+        Refused = "refused",
+    }
+}
+
+labels! {
+    /// Session-ticket keys in the running configuration.
+    pub enum TicketKeyState: "state" {
+        /// In `[tls] ticket_keys` (one of them encrypts, every one decrypts).
+        Configured = "configured",
+        /// Dropped from the file by a reload, still decrypting within its window.
+        Retired = "retired",
+    }
+}
+
+labels! {
+    /// What came of a new process asking for the listening sockets (`--upgrade-from`).
+    pub enum UpgradeResult: "result" {
+        /// It took them and said it was ready: this process stopped accepting and drained.
+        HandedOver = "handed_over",
+        /// Refused: another user (by SO_PEERCRED), or a protocol version this build does not speak.
+        Refused = "refused",
+        /// It took them but left, or never said it was ready: this process went on serving.
+        Aborted = "aborted",
     }
 }
 
@@ -148,6 +229,9 @@ labels! {
         Tls = "tls",
         /// A write made no progress.
         WriteZero = "write_zero",
+        /// The kernel refused kernel TLS keys (at set-up, or a TLS 1.3 rekey on a kernel
+        /// without rekey support).
+        Ktls = "ktls",
         /// Anything else.
         Other = "other",
     }
@@ -162,6 +246,7 @@ impl RelayCause {
             }
             io::ErrorKind::InvalidData => Self::Tls,
             io::ErrorKind::WriteZero => Self::WriteZero,
+            io::ErrorKind::Unsupported => Self::Ktls,
             _ => Self::Other,
         }
     }
@@ -207,8 +292,10 @@ labels! {
         Splice = "splice",
         /// Through user-space buffers (`--no-splice`, or no pipes free).
         Buffered = "buffered",
-        /// Decrypted and encrypted by rustls (terminating routes).
+        /// Terminating routes: records protected in user space (rustls's keys, our record layer).
         Tls = "tls",
+        /// Terminating routes handed to kernel TLS (`[runtime] ktls`).
+        Ktls = "ktls",
         /// Not relayed here: the connection itself was handed off to a local terminator.
         Handoff = "handoff",
     }
@@ -236,6 +323,51 @@ labels! {
         TimedOut = "timed_out",
         /// Connected, but the TLS handshake failed.
         Tls = "tls",
+    }
+}
+
+labels! {
+    /// Why a spliced relay burst found no pipe (it was copied through a buffer instead).
+    pub enum PipeMiss: "cause" {
+        /// `pipe_pool` pipes are all moving bytes for other connections at this moment.
+        PoolFull = "pool_full",
+        /// A new pipe could not be made: out of descriptors (EMFILE, ENFILE).
+        Descriptors = "descriptors",
+        /// A new pipe could not be made for another reason (memory, pipe limits).
+        Other = "other",
+    }
+}
+
+impl PipeMiss {
+    /// Classifies a pipe2(2) failure.
+    pub fn of(e: &io::Error) -> Self {
+        match e.raw_os_error() {
+            Some(libc::EMFILE | libc::ENFILE) => Self::Descriptors,
+            _ => Self::Other,
+        }
+    }
+}
+
+/// The alert sent to a client whose hello was refused (`alerts_sent_total{alert}`).
+impl Label for Alert {
+    const ALL: &'static [Self] = &Alert::ALL;
+    const KEY: &'static str = "alert";
+    fn as_str(self) -> &'static str {
+        Alert::as_str(self)
+    }
+    fn index(self) -> usize {
+        match self {
+            Alert::UnexpectedMessage => 0,
+            Alert::RecordOverflow => 1,
+            Alert::HandshakeFailure => 2,
+            Alert::IllegalParameter => 3,
+            Alert::AccessDenied => 4,
+            Alert::DecodeError => 5,
+            Alert::ProtocolVersion => 6,
+            Alert::InternalError => 7,
+            Alert::UnrecognizedName => 8,
+            Alert::NoApplicationProtocol => 9,
+        }
     }
 }
 
@@ -349,6 +481,8 @@ mod tests {
         check::<AcceptCause>();
         check::<Direction>();
         check::<RelayKind>();
+        check::<PipeMiss>();
+        check::<Alert>();
         check::<Match>();
         check::<HandoffCause>();
         check::<CheckResult>();

@@ -22,8 +22,9 @@ pub mod labels;
 
 pub use counters::{ControlCounters, Counters, Family, Kind, Label, Tally, Value};
 pub use labels::{
-    AcceptCause, AdminRefusal, ApiResult, CheckResult, ConnectCause, Direction, DropReason, HandoffCause,
-    QuicDatagramDrop, QuicFlowDrop, QuicFlowEnd, RelayCause, RelayKind, ReloadResult,
+    AcceptCause, AdminRefusal, ApiResult, CheckResult, ConnectCause, Direction, DropReason, HandoffCause, OcspState,
+    PipeMiss, QuicDatagramDrop, QuicFlowDrop, QuicFlowEnd, RelayCause, RelayKind, ReloadResult, TicketKeyState,
+    TicketResult, UpgradeResult,
 };
 
 use crate::route::Match;
@@ -293,11 +294,14 @@ impl Local {
     }
 }
 
-/// Every worker's slot, for readers (admin endpoint, tests, shutdown log).
+/// Every worker's slot, for readers (admin endpoint, tests, shutdown log), and one for what
+/// the process's control threads count (a binary upgrade's takers): merged with the workers',
+/// never shown as a worker.
 #[derive(Debug, Clone, Default)]
 pub struct Registry {
     slots: Vec<Slot>,
     control: Arc<Mutex<Control>>,
+    process: Slot,
 }
 
 /// The control plane's state for the readers: its counters, when the configuration last
@@ -317,7 +321,7 @@ pub const PHASES: [&str; 3] = ["parse", "build", "swap"];
 impl Registry {
     /// Creates `n` empty slots.
     pub fn new(n: usize) -> Self {
-        Self { slots: (0..n).map(|_| Slot::default()).collect(), control: Arc::default() }
+        Self { slots: (0..n).map(|_| Slot::default()).collect(), control: Arc::default(), process: Slot::default() }
     }
 
     /// Updates the control plane's state (control and admin threads only).
@@ -328,6 +332,12 @@ impl Registry {
     /// A copy of the control plane's state.
     pub fn control_snapshot(&self) -> Control {
         *lock(&self.control)
+    }
+
+    /// Applies `f` to the process's own counters (from a control thread, never a worker: it
+    /// takes a lock).
+    pub fn bump_process(&self, f: impl FnOnce(&mut Counters)) {
+        f(&mut lock(&self.process.counters));
     }
 
     pub fn slot(&self, i: usize) -> Slot {
@@ -362,9 +372,15 @@ impl Registry {
         total
     }
 
-    /// All workers merged.
+    /// What the process's control threads counted ([`Registry::bump_process`]): the start of
+    /// every merged view.
+    pub fn process(&self) -> Counters {
+        *lock(&self.process.counters)
+    }
+
+    /// All workers merged, with the process's own counters.
     pub fn merged(&self) -> Counters {
-        let mut total = Counters::default();
+        let mut total = self.process();
         for c in self.snapshot() {
             total.merge(&c);
         }

@@ -1,41 +1,56 @@
-//! Buffered relay: io_uring RECV into a pooled buffer, then SEND it all, per direction.
-use super::{Moved, Pair};
+//! Buffered bursts: one non-blocking recv(2) into the worker's scratch buffer, one non-blocking
+//! send(2) of it ([`read`]); only the part a full `dst` did not take is copied into a pooled
+//! buffer and sent as `dst` drains ([`send`]). So an idle connection holds no buffer, and a busy
+//! one holds one only while its peer is slower than its source.
+use super::{Burst, Env, Moved, Pair};
 use crate::sys::Socket;
 use std::io;
 
-/// Relays `src` → `dst` until `src` ends its stream (then shuts down `dst`'s write half) or an
-/// error (then aborts both sockets). `buf` is returned for reuse; `moved` counts the bytes.
-pub(crate) async fn direction(
+/// Reads what `src` has into the scratch buffer and sends it on at once: the burst, and the part
+/// `dst` could not take (to be sent with [`send`] as it drains).
+pub(crate) fn read(
     pair: &Pair<'_>,
+    env: &Env<'_>,
     src: &Socket,
     dst: &Socket,
-    mut buf: Vec<u8>,
     moved: &Moved,
-) -> (io::Result<()>, Vec<u8>) {
-    loop {
-        buf.clear();
-        let (res, b) = src.recv(buf).await;
-        buf = b;
-        let n = match res {
-            Ok(0) => {
-                pair.end_of_stream(dst);
-                return (Ok(()), buf);
+) -> io::Result<(Burst, Option<Vec<u8>>)> {
+    let mut scratch = env.scratch.borrow_mut();
+    let n = match src.try_recv(&mut scratch) {
+        Ok(0) => return Ok((Burst::Eof, None)),
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((Burst::WouldBlock, None)),
+        Err(e) => return Err(e),
+    };
+    pair.touch();
+    let got = scratch.get(..n).unwrap_or_default();
+    let sent = match dst.try_send(got) {
+        Ok(k) => k,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+        Err(e) => return Err(e),
+    };
+    moved.add(sent as u64);
+    let rest = got.get(sent..).filter(|r| !r.is_empty()).map(|r| {
+        let mut rest = env.bufs.borrow_mut().take(r.len());
+        rest.extend_from_slice(r);
+        rest
+    });
+    Ok((Burst::Moved { n, more: n == scratch.len() }, rest))
+}
+
+/// Sends what `dst` takes now of `rest[*from..]`: `true` once all of it went, `false` when `dst`
+/// is full (wait for POLLOUT, then call again).
+pub(crate) fn send(dst: &Socket, rest: &[u8], from: &mut usize, moved: &Moved) -> io::Result<bool> {
+    while let Some(left) = rest.get(*from..).filter(|l| !l.is_empty()) {
+        match dst.try_send(left) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(k) => {
+                *from += k;
+                moved.add(k as u64);
             }
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                pair.abort();
-                return (Err(e), buf);
-            }
-        };
-        pair.touch();
-        let (res, b) = dst.send_all(buf, 0).await;
-        buf = b;
-        if let Err(e) = res {
-            pair.abort();
-            return (Err(e), buf);
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) => return Err(e),
         }
-        moved.add(n as u64);
-        pair.touch();
     }
+    Ok(true)
 }

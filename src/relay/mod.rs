@@ -1,11 +1,18 @@
 //! Moving bytes between a client and its back end once both are connected and the first bytes
 //! (PROXY header, ClientHello) have gone out.
 //!
-//! - [`relay`] relays both directions until both are shut down, through one of two strategies:
-//!   - [`splice`]: zero-copy. Readiness comes from io_uring POLL_ADD; data moves with non-blocking
-//!     `splice(2)` socket → pipe → socket. Needs two pipes from the worker's [`PipePool`].
-//!   - [`copy`]: buffered, io_uring RECV/SEND through a pooled buffer per direction. Used with
-//!     `--no-splice` or when the pipe pool is exhausted.
+//! - [`relay`] relays both directions until both are shut down. Each direction waits for its
+//!   source to be readable (io_uring POLL_ADD, which holds no buffer and no pipe), then moves
+//!   one burst through one of two strategies:
+//!   - [`splice`]: zero-copy `splice(2)` socket → pipe → socket, with a pipe borrowed from the
+//!     worker's [`PipePool`] for the burst and given back once drained, so an idle connection
+//!     holds no pipe and `pipe_pool` pipes serve every connection, not the first few hundred;
+//!     a burst that finds no pipe is copied instead (`splice_fallbacks_total{cause}`);
+//!   - [`copy`]: a non-blocking read into the worker's [`Scratch`] buffer and a non-blocking
+//!     send; only what a full socket did not take is kept (in a pooled buffer) until it goes;
+//!     `--no-splice` uses it for every burst.
+//! - **Fairness**: a direction that keeps finding data yields to the worker's other tasks after
+//!   every [`YIELD_AFTER`] bytes, so one bulk stream cannot hold its worker.
 //! - The TLS relay of terminating routes ([`crate::tls`]) ends the same way: every relay returns
 //!   one [`Relayed`] (how it ended, bytes each way), which the connection counts in one place.
 //! - **Half-close**: when one side ends its stream (EOF), the other side's write half is shut down
@@ -14,29 +21,51 @@
 //! - **Errors** (reset, broken pipe) in one direction shut both sockets down entirely, which ends
 //!   the other direction too ([`Pair::abort`]).
 //! - **Idle timeout**: a connection with no bytes moved in either direction for `idle` is shut
-//!   down (both sockets, which completes every pending operation) and dropped ([`Pair::idle`]).
+//!   down (both sockets, which completes every pending operation) and dropped: for passthrough
+//!   by the worker's wheel ([`Timers`], no timer per connection), for TLS by [`Pair::watch`].
 pub mod copy;
 pub mod pool;
 pub mod splice;
+pub mod timers;
 
-pub use pool::{BufPool, PipePool, BUF_SIZE, PIPE_SIZE};
+pub use pool::{BufPool, PipePool, Scratch, BUF_SIZE, PIPE_SIZE, SCRATCH_SIZE};
+pub use timers::{Deadline, Timers};
 
-use crate::metrics::{RelayCause, RelayKind};
-use crate::sys::Socket;
+use crate::metrics::{Local, RelayCause, RelayKind};
+use crate::sys::{Socket, POLLHUP, POLLIN, POLLOUT, POLLRDHUP};
 use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::io;
 use std::net::Shutdown;
 use std::time::{Duration, Instant};
+
+/// Bytes a relay direction moves before it lets the worker's other tasks run (when its source
+/// keeps having data; a direction that has to wait for data yields anyway).
+pub const YIELD_AFTER: usize = 256 * 1024;
 
 /// What a relay needs from its worker.
 pub struct Env<'a> {
     pub pipes: &'a RefCell<PipePool>,
     pub bufs: &'a RefCell<BufPool>,
-    /// Use splice when two pipes are available.
+    pub scratch: &'a RefCell<Scratch>,
+    pub timers: &'a Timers,
+    pub metrics: &'a Local,
+    /// Splice through pooled pipes (else every burst is copied).
     pub splice: bool,
     pub idle: Duration,
     /// Stamp the first byte relayed from the back end to the client (for the first-byte latency).
     pub timing: bool,
+}
+
+/// What one burst of a direction did.
+pub(crate) enum Burst {
+    /// Moved `n` bytes; `more` when the source probably has more right now (the read filled
+    /// all the room it had), so the next burst need not wait for readiness.
+    Moved { n: usize, more: bool },
+    /// Nothing to read after all (a spurious wake-up): wait for readiness.
+    WouldBlock,
+    /// The source ended its stream.
+    Eof,
 }
 
 /// How a relay ended.
@@ -97,29 +126,38 @@ pub struct Pair<'a> {
     pub client: &'a Socket,
     pub backend: &'a Socket,
     last_activity: Cell<Instant>,
+    /// The worker's wheel watches this pair for idleness (else [`Pair::watch`] does).
+    deadline: Option<&'a Deadline<'a>>,
     /// Directions that have reached end of stream.
     ended: Cell<u8>,
 }
 
 impl<'a> Pair<'a> {
     pub fn new(client: &'a Socket, backend: &'a Socket) -> Self {
-        Self { client, backend, last_activity: Cell::new(Instant::now()), ended: Cell::new(0) }
+        Self { client, backend, last_activity: Cell::new(Instant::now()), deadline: None, ended: Cell::new(0) }
+    }
+
+    /// A pair whose idleness `deadline` watches (it shuts both sockets down when it fires).
+    pub fn watched(client: &'a Socket, backend: &'a Socket, deadline: &'a Deadline<'a>) -> Self {
+        Self { deadline: Some(deadline), ..Self::new(client, backend) }
     }
 
     /// Bytes moved: the idle clock restarts.
     #[inline]
     pub fn touch(&self) {
-        self.last_activity.set(Instant::now());
+        match self.deadline {
+            Some(d) => d.touch(),
+            None => self.last_activity.set(Instant::now()),
+        }
     }
 
-    /// `src` reached end of stream: passes it on as a FIN on `dst`. The direction that ends last
-    /// skips the shutdown(2): both sockets are closed right after, and close sends the same FIN.
-    pub(crate) fn end_of_stream(&self, dst: &Socket) {
+    /// A direction reached end of stream: whether its FIN must be passed on with a shutdown of
+    /// the other socket's write half. The direction that ends last skips it: both sockets are
+    /// closed right after, and the close sends the same FIN.
+    pub(crate) fn end_of_stream(&self) -> bool {
         let ended = self.ended.get() + 1;
         self.ended.set(ended);
-        if ended < 2 {
-            dst.shutdown(Shutdown::Write);
-        }
+        ended < 2
     }
 
     /// Ends both directions after an error (pending operations complete, later writes fail).
@@ -164,43 +202,176 @@ pub fn end_of(res: io::Result<()>, idle: bool) -> End {
 
 /// Relays both directions until both have ended, an error, or the idle timeout. The caller has
 /// sent the first bytes already and closes both sockets afterwards.
-pub async fn relay(env: &Env<'_>, client: &Socket, backend: &Socket) -> Relayed {
-    let pair = Pair::new(client, backend);
-    let pipes = if env.splice { pool::take_two(env.pipes) } else { None };
-    let kind = if pipes.is_some() { RelayKind::Splice } else { RelayKind::Buffered };
-    let up = Moved::new(false);
-    let down = Moved::new(env.timing);
-    let work = async {
-        match pipes {
-            Some((mut p1, mut p2)) => {
-                let (a, b) = tokio::join!(
-                    splice::direction(&pair, client, backend, p1.get(), &up),
-                    splice::direction(&pair, backend, client, p2.get(), &down),
-                );
-                a.and(b)
+#[allow(clippy::manual_async_fn)] // an `async move` block: its arguments are stored once
+pub fn relay<'a>(env: &'a Env<'a>, client: &'a Socket, backend: &'a Socket) -> impl Future<Output = Relayed> + 'a {
+    async move {
+        let deadline = env.timers.arm([Some(client), Some(backend)], env.idle);
+        let pair = Pair::watched(client, backend, &deadline);
+        let kind = if env.splice { RelayKind::Splice } else { RelayKind::Buffered };
+        let up = Moved::new(false);
+        let down = Moved::new(env.timing);
+        let to_backend = Dir { pair: &pair, env, src: client, dst: backend, moved: &up };
+        let to_client = Dir { pair: &pair, env, src: backend, dst: client, moved: &down };
+        let (a, b) = tokio::join!(direction(&to_backend), direction(&to_client));
+        Relayed {
+            kind,
+            end: end_of(a.and(b), deadline.fired()),
+            to_backend: up.bytes(),
+            to_client: down.bytes(),
+            first_to_client: down.first(),
+        }
+    }
+}
+
+/// One direction of a relay: what its loop needs, behind one reference.
+struct Dir<'a> {
+    pair: &'a Pair<'a>,
+    env: &'a Env<'a>,
+    src: &'a Socket,
+    dst: &'a Socket,
+    moved: &'a Moved,
+}
+
+/// One direction, `src` → `dst`, until `src` ends its stream (then `dst`'s write half is shut
+/// down) or an error (then both sockets are, which ends the other direction too).
+///
+/// One flat loop, on purpose: an idle connection's task holds two of these (waiting on a poll),
+/// and each nested `async fn` would add its own state to every connection's task. The bursts
+/// themselves are [`splice::fill`]/[`splice::drain`] and [`copy::read`]/[`copy::send`].
+#[allow(clippy::manual_async_fn)] // an `async move` block: its arguments are stored once
+fn direction<'a>(d: &'a Dir<'a>) -> impl Future<Output = io::Result<()>> + 'a {
+    async move {
+        macro_rules! or_abort {
+            ($e:expr) => {
+                match $e {
+                    Ok(v) => v,
+                    Err(e) => {
+                        d.pair.abort();
+                        return Err(e);
+                    }
+                }
+            };
+        }
+        // `src` is known to have data (the last burst filled its room, or the peer's FIN was seen:
+        // the next read returns the rest or 0), so the next burst needs no poll first.
+        let mut ready = false;
+        let mut hup = false;
+        let mut budget = YIELD_AFTER;
+        loop {
+            if !ready {
+                hup = or_abort!(d.src.poll(POLLIN | POLLRDHUP).await) & (POLLRDHUP | POLLHUP) != 0;
             }
-            None => {
-                let (first, second) = {
-                    let mut bufs = env.bufs.borrow_mut();
-                    (bufs.take(BUF_SIZE), bufs.take(BUF_SIZE))
-                };
-                let (a, b) = tokio::join!(
-                    copy::direction(&pair, client, backend, first, &up),
-                    copy::direction(&pair, backend, client, second, &down),
-                );
-                let mut bufs = env.bufs.borrow_mut();
-                bufs.give(a.1);
-                bufs.give(b.1);
-                a.0.and(b.0)
+            // A burst: spliced through a pipe lent for it, or copied (no splice, or no pipe).
+            // Each arm keeps its own state across its await, so the two share the space.
+            let burst = if let Some(mut loan) = d.env.splice.then(|| splice::loan(d.env)).flatten() {
+                let burst = or_abort!(splice::fill(loan.get(), d.src));
+                if let Burst::Moved { .. } = burst {
+                    d.pair.touch();
+                    while or_abort!(splice::drain(loan.get(), d.dst, d.moved)) {
+                        or_abort!(d.dst.poll(POLLOUT).await);
+                    }
+                    d.pair.touch();
+                }
+                burst
+            } else {
+                let (burst, rest) = or_abort!(copy::read(d.pair, d.env, d.src, d.dst, d.moved));
+                if let Some(rest) = rest {
+                    let sent = copy_rest(d, &rest).await;
+                    d.env.bufs.borrow_mut().give(rest);
+                    or_abort!(sent);
+                }
+                burst
+            };
+            match burst {
+                Burst::Eof => {
+                    if d.pair.end_of_stream() {
+                        d.dst.shutdown(Shutdown::Write);
+                    }
+                    return Ok(());
+                }
+                Burst::WouldBlock => ready = false,
+                Burst::Moved { n, more } => {
+                    ready = more || hup;
+                    budget = budget.saturating_sub(n);
+                    if budget == 0 {
+                        // Yield through the ring, not to the scheduler: the poll completes at
+                        // once, but only after the worker has parked, which is when tokio-uring
+                        // hands every task's queued submissions to the kernel (a `yield_now`
+                        // would let the other tasks run, yet leave their new operations, an
+                        // accept included, unsubmitted for as long as this one stays busy).
+                        budget = YIELD_AFTER;
+                        ready = false;
+                    }
+                }
             }
         }
-    };
-    let (res, idle) = pair.watch(env.idle, work).await;
-    Relayed {
-        kind,
-        end: end_of(res, idle),
-        to_backend: up.bytes(),
-        to_client: down.bytes(),
-        first_to_client: down.first(),
+    }
+}
+
+/// Sends what a full `dst` did not take of a copied burst, as it drains.
+#[allow(clippy::manual_async_fn)] // an `async move` block: its arguments are stored once
+fn copy_rest<'a>(d: &'a Dir<'a>, rest: &'a [u8]) -> impl Future<Output = io::Result<()>> + 'a {
+    async move {
+        let mut from = 0;
+        while !copy::send(d.dst, rest, &mut from, d.moved)? {
+            d.pair.touch();
+            d.dst.poll(POLLOUT).await?;
+        }
+        d.pair.touch();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::{Local, Registry};
+    use std::fs::{File, OpenOptions};
+    use std::os::fd::OwnedFd;
+
+    /// /dev/zero → /dev/null never waits: both are always ready. A direction that kept going
+    /// while it can would never give the worker back, and another task's ring operation (here a
+    /// poll, as an accept or another connection's read would be) would never be submitted: the
+    /// test then times out. With the byte budget it yields through the ring every
+    /// [`YIELD_AFTER`] bytes.
+    #[test]
+    fn a_direction_that_never_waits_still_lets_other_tasks_run() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            tokio_uring::start(async move {
+                let zero = Socket::from(OwnedFd::from(File::open("/dev/zero").unwrap()));
+                let null = Socket::from(OwnedFd::from(OpenOptions::new().write(true).open("/dev/null").unwrap()));
+                let timers = Timers::default();
+                let metrics = Local::new(Registry::new(1).slot(0));
+                let env = Env {
+                    pipes: &RefCell::new(PipePool::new(2)),
+                    bufs: &RefCell::new(BufPool::default()),
+                    scratch: &RefCell::new(Scratch::default()),
+                    timers: &timers,
+                    metrics: &metrics,
+                    splice: true,
+                    idle: Duration::from_secs(60),
+                    timing: false,
+                };
+                let pair = Pair::new(&zero, &null);
+                let moved = Moved::new(false);
+                let d = Dir { pair: &pair, env: &env, src: &zero, dst: &null, moved: &moved };
+                // Another connection's operations go through the ring while the direction runs.
+                let other = Socket::from(OwnedFd::from(OpenOptions::new().write(true).open("/dev/null").unwrap()));
+                let enough = 8 * YIELD_AFTER as u64;
+                tokio::select! {
+                    biased;
+                    r = direction(&d) => panic!("/dev/zero ended: {r:?}"),
+                    () = async {
+                        while moved.bytes() < enough {
+                            other.poll(crate::sys::POLLOUT).await.unwrap();
+                        }
+                    } => {}
+                }
+                tx.send(moved.bytes()).unwrap();
+            })
+        });
+        let moved = rx.recv_timeout(Duration::from_secs(60)).expect("the relay never let another task run");
+        assert!(moved >= 8 * YIELD_AFTER as u64, "moved {moved}");
     }
 }

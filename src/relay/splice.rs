@@ -1,61 +1,52 @@
-//! Zero-copy relay: POLL_ADD through io_uring for readiness, non-blocking `splice(2)` to move
-//! bytes socket → pipe → socket. No io-wq threads are involved (IORING_OP_SPLICE is not used).
+//! Zero-copy bursts: non-blocking `splice(2)` socket → pipe → socket, through a pipe borrowed
+//! from the worker's pool for the burst. No io-wq threads are involved (IORING_OP_SPLICE is not
+//! used; readiness comes from POLL_ADD, see [`super::relay`]).
 //!
-//! Per direction: wait for `src` to be readable, fill the pipe from `src`, empty the pipe into
-//! `dst` (waiting for POLLOUT when `dst` is full). When a fill filled the whole pipe more is
-//! probably queued, so the next fill is tried at once, and so it is when the poll reported the
-//! peer's FIN (POLLRDHUP: the next fill returns the rest or 0, with no second poll); otherwise the
-//! direction waits for readiness first. A fill of 0 bytes is end of stream: the pipe is empty at
-//! that point (it is always emptied before the next fill), so the FIN is passed on to `dst`
-//! ([`Pair::end_of_stream`]) and the direction ends.
-use super::{Moved, Pair};
-use crate::sys::{Pipe, Socket, Spliced, POLLHUP, POLLIN, POLLOUT, POLLRDHUP};
+//! A burst fills the pipe from `src` once ([`fill`]), then empties it into `dst` ([`drain`],
+//! waiting for POLLOUT when `dst` is full) and gives the pipe back: a pipe is lent only while it
+//! holds bytes, so idle connections hold none. A fill of 0 bytes is end of stream: the pipe is
+//! empty at that point (it is always emptied before the next fill). With no pipe to be had
+//! (every pipe of the pool is moving bytes right now, or the process is out of descriptors) the
+//! burst is copied ([`super::copy`]) and counted in `splice_fallbacks_total{cause}`.
+use super::pool::PipeLoan;
+use super::{Burst, Env, Moved};
+use crate::metrics::PipeMiss;
+use crate::sys::{Pipe, Socket, Spliced};
 use std::io;
 
-pub(crate) async fn direction(
-    pair: &Pair<'_>,
-    src: &Socket,
-    dst: &Socket,
-    pipe: &mut Pipe,
-    moved: &Moved,
-) -> io::Result<()> {
-    let res = run(pair, src, dst, pipe, moved).await;
-    if res.is_err() {
-        pair.abort();
+/// A pipe for one burst, or `None` (counted) when there is none to be had.
+pub(crate) fn loan<'a>(env: &Env<'a>) -> Option<PipeLoan<'a>> {
+    match PipeLoan::take(env.pipes) {
+        Ok(loan) => Some(loan),
+        Err(miss) => {
+            env.metrics.bump(|c| c.splice_fallbacks.bump(miss));
+            if miss != PipeMiss::PoolFull {
+                crate::warn_every_second!(cause = miss.as_str(), "cannot make a splice pipe; copying through buffers");
+            }
+            None
+        }
     }
-    res
 }
 
-async fn run(pair: &Pair<'_>, src: &Socket, dst: &Socket, pipe: &mut Pipe, moved: &Moved) -> io::Result<()> {
-    let mut ready = false;
-    // The peer's FIN has been seen: after this fill the stream ends, so no poll is needed before
-    // the next fill (which returns the rest, or 0).
-    let mut hup = false;
-    loop {
-        if !ready {
-            hup = src.poll(POLLIN | POLLRDHUP).await? & (POLLRDHUP | POLLHUP) != 0;
-        }
-        let room = pipe.capacity - pipe.held;
-        match pipe.fill_from(src)? {
-            Spliced::WouldBlock => ready = false,
-            Spliced::Moved(0) => {
-                pair.end_of_stream(dst);
-                return Ok(());
-            }
-            Spliced::Moved(n) => {
-                pair.touch();
-                ready = n >= room || hup;
-                while pipe.held > 0 {
-                    match pipe.drain_to(dst)? {
-                        Spliced::Moved(0) => return Err(io::ErrorKind::WriteZero.into()),
-                        Spliced::Moved(m) => moved.add(m as u64),
-                        Spliced::WouldBlock => {
-                            dst.poll(POLLOUT).await?;
-                        }
-                    }
-                }
-                pair.touch();
-            }
+/// Fills the (empty) pipe from `src` once.
+pub(crate) fn fill(pipe: &mut Pipe, src: &Socket) -> io::Result<Burst> {
+    let room = pipe.capacity - pipe.held;
+    Ok(match pipe.fill_from(src)? {
+        Spliced::WouldBlock => Burst::WouldBlock,
+        Spliced::Moved(0) => Burst::Eof,
+        Spliced::Moved(n) => Burst::Moved { n, more: n >= room },
+    })
+}
+
+/// Empties the pipe into `dst` as far as it takes now: `true` when `dst` is full (wait for
+/// POLLOUT, then call again), `false` once the pipe is empty.
+pub(crate) fn drain(pipe: &mut Pipe, dst: &Socket, moved: &Moved) -> io::Result<bool> {
+    while pipe.held > 0 {
+        match pipe.drain_to(dst)? {
+            Spliced::Moved(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Spliced::Moved(m) => moved.add(m as u64),
+            Spliced::WouldBlock => return Ok(true),
         }
     }
+    Ok(false)
 }

@@ -127,7 +127,7 @@ fn run(shared: &Shared, rx: &mpsc::Receiver<Msg>) {
         }
         shared.collect_retired();
         // What the parse freed goes back to the kernel now (not at the allocator's leisure).
-        crate::sys::release_free_memory();
+        crate::sys::release_all_free_memory();
     }
 }
 

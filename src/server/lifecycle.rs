@@ -5,6 +5,7 @@
 //! SIGHUP asks the control thread for a reload (a bad file is logged and the old one kept;
 //! the access log is reopened), SIGUSR1 prints the one-screen summary, SIGTERM/SIGINT stop accepting and drain.
 
+use super::upgrade::{self, UpgradeOptions};
 use super::{ServeError, Server};
 use crate::admin;
 use crate::config::{Config, RuntimeOverrides};
@@ -20,15 +21,46 @@ pub const EXIT_FORCED: i32 = 3;
 /// Loads the configuration, starts the workers and serves until SIGTERM or SIGINT, then drains
 /// open connections for up to `drain_timeout_ms` and returns `Ok(())`. SIGHUP reloads `path`
 /// (with the same `overrides`): a bad file is logged and the running configuration kept.
-pub fn serve(path: &Path, overrides: &RuntimeOverrides) -> Result<(), ServeError> {
+///
+/// With `upgrade.from`, the listening sockets are taken from the process offering them there
+/// (after the configuration loaded: a bad one leaves the running process alone), which then
+/// drains; with `upgrade.socket`, this process offers its own, and once a new process has
+/// taken them it drains and exits as on SIGTERM.
+pub fn serve(path: &Path, overrides: &RuntimeOverrides, upgrade: &UpgradeOptions) -> Result<(), ServeError> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
     // Register before starting workers so an early SIGTERM is not lost (or fatal).
     let mut signals =
         signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1]).map_err(ServeError::Signals)?;
+    if let Some(socket) = upgrade.socket.as_deref().filter(|s| upgrade.from.as_deref() != Some(*s)) {
+        upgrade::check_free(socket)?;
+    }
     let config = Config::load(path, overrides)?;
     // Reading a large configuration frees much more than the table keeps.
-    crate::sys::release_free_memory();
-    let server = Server::start(config)?;
+    crate::sys::release_all_free_memory();
+    let mut inherited = match &upgrade.from {
+        Some(from) => upgrade::take(from)?,
+        None => None,
+    };
+    let mut server = Server::start_with(config, inherited.as_mut(), upgrade.socket.is_some())?;
+    if let Some(inherited) = inherited {
+        let from = inherited.from_pid();
+        match inherited.finish() {
+            Ok(_) => tracing::info!(from, "binary upgrade: the previous process stopped accepting; serving"),
+            // Both processes accept on the shared sockets meanwhile: nothing is refused.
+            Err(e) => {
+                tracing::warn!(from, error = %e, "binary upgrade: the previous process did not confirm; serving anyway")
+            }
+        }
+    }
+    if let Some(socket) = &upgrade.socket {
+        // Once a new process has our listeners: drain and exit as on SIGTERM.
+        let raise = || {
+            if let Err(e) = signal_hook::low_level::raise(SIGTERM) {
+                tracing::error!(error = %e, "cannot raise SIGTERM after the hand-over; send it to drain and exit");
+            }
+        };
+        server.offer_listeners(socket, Box::new(raise))?;
+    }
     for sig in signals.forever() {
         match sig {
             // Read, built and swapped on the control thread, off the workers' CPUs; the access

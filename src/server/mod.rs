@@ -8,14 +8,18 @@
 //!   reloads (SIGHUP, the [`watcher`], `POST /reload`) and route API changes on a thread off the
 //!   workers' CPUs, one at a time;
 //! - [`Server::shutdown`] stops accepting and drains open connections up to `drain_timeout_ms`;
-//! - [`lifecycle::serve`] drives all three from signals (what `sni-dispatch run` does).
+//! - [`lifecycle::serve`] drives all three from signals (what `sni-dispatch run` does);
+//! - [`upgrade`]: a new binary takes over the listening sockets ([`Server::start_with`] with
+//!   what [`upgrade::take`] brought, [`Server::offer_listeners`] on the running one).
 pub mod control;
 pub mod cpus;
 pub mod lifecycle;
 mod reload;
+pub mod upgrade;
 mod watcher;
 
 pub use lifecycle::{serve, NO_LATENCY_ENV};
+pub use upgrade::{Inherited, UpgradeError, UpgradeOptions};
 
 use crate::access_log::Sink;
 use crate::admin::{self, Admin};
@@ -28,7 +32,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
@@ -51,10 +55,49 @@ pub enum ServeError {
     Admin { addr: SocketAddr, source: io::Error },
     #[error("access log {path}: {source}")]
     AccessLog { path: String, source: io::Error },
+    #[error("{0}")]
+    Upgrade(#[from] UpgradeError),
     #[error("hand-off listener {path}: {source}")]
     Handoff { path: String, source: io::Error },
     #[error("health checks: {0}")]
     Health(io::Error),
+}
+
+/// What stops accepting, shared with the upgrade thread: a new process that took the
+/// listeners over stops them through [`upgrade::HandOver`].
+pub(crate) struct Control {
+    registry: Registry,
+    admin: Mutex<Option<Admin>>,
+    stop: watch::Sender<bool>,
+    accepting: Arc<AtomicBool>,
+    handed_off: Arc<OnceLock<Vec<SocketAddr>>>,
+}
+
+impl Control {
+    /// Stops the admin endpoint (the requests it accepted are answered first).
+    fn stop_admin(&self) {
+        let admin = lock(&self.admin).take();
+        if let Some(a) = admin {
+            a.stop();
+        }
+    }
+}
+
+impl upgrade::HandOver for Control {
+    fn hand_over(&self, adopted: Vec<SocketAddr>, admin: bool) {
+        // The admin socket first: once it is the new process's alone, /healthz there says 200
+        // while this one drains (503 here would be read as the host going down).
+        if admin {
+            self.stop_admin();
+        }
+        let _ = self.handed_off.set(adopted);
+        self.accepting.store(false, Ordering::SeqCst);
+        let _ = self.stop.send(true);
+    }
+
+    fn count(&self, result: crate::metrics::UpgradeResult) {
+        self.registry.bump_process(|c| c.upgrade_takers.bump(result));
+    }
 }
 
 /// A running set of workers (what [`serve`] drives; usable directly from tests and tools).
@@ -62,14 +105,18 @@ pub struct Server {
     pub(crate) config: Arc<ArcSwap<Config>>,
     pub(crate) shared: Arc<Shared>,
     registry: Registry,
-    stop: watch::Sender<bool>,
     done: mpsc::Receiver<usize>,
     workers: usize,
-    accepting: Arc<AtomicBool>,
-    admin: Option<Admin>,
-    control: control::Handle,
+    control: Arc<Control>,
+    admin_addr: Option<SocketAddr>,
+    /// The control plane's thread (reloads, route API changes).
+    plane: control::Handle,
     watcher: Option<watcher::Watcher>,
     pub(crate) started: Instant,
+    /// A duplicate of the admin endpoint's socket, kept to offer it to a new binary (the
+    /// listeners' are in [`Shared::offered`]).
+    offered_admin: Option<upgrade::OfferedAdmin>,
+    offer: Option<upgrade::Offer>,
 }
 
 /// What the control plane changes while the server runs: the configuration, the listeners (and
@@ -89,30 +136,76 @@ pub(crate) struct Shared {
     pub(crate) checker: crate::backend::health::Checker,
     /// The listeners' per-client counts (a listener added by a reload gets its table here).
     pub(crate) admission: Arc<crate::conn::admission::Tables>,
+    /// With `--upgrade-socket`: a duplicate of every listening socket, to offer to a new binary
+    /// (a reload adds and removes entries as it adds and removes listeners).
+    pub(crate) offered: Option<Arc<Mutex<Vec<upgrade::Offered>>>>,
 }
 
 impl Server {
     /// Binds every listener (port 0 becomes one port shared by all workers), starts the workers
     /// and returns once each has its ring.
     pub fn start(config: Config) -> Result<Self, ServeError> {
+        Self::start_with(config, None, false)
+    }
+
+    /// As [`Server::start`], adopting the listening sockets (and the admin endpoint's) that a
+    /// running process handed over, for every listener configured as it was there (the others
+    /// are bound anew; workers beyond the sockets handed over bind theirs into the same
+    /// `SO_REUSEPORT` group). With `offerable`, keeps a duplicate of every listening socket so
+    /// that [`Server::offer_listeners`] can hand them on.
+    pub fn start_with(
+        config: Config,
+        mut inherited: Option<&mut Inherited>,
+        offerable: bool,
+    ) -> Result<Self, ServeError> {
         if config.listeners.is_empty() && config.handoff.is_empty() {
             return Err(ServeError::NoListeners);
         }
         let rt = config.runtime.clone();
+        // Kernel TLS is probed (and the answer logged) once, at start.
+        crate::tls::ktls::enabled(rt.ktls);
+        reload::log_warnings(&config);
         let fd_limit = sys::raise_fd_limit().ok();
         let cpus = cpus::plan_cpus(&rt);
         let n = cpus.len();
+        // The pipe pools' descriptors count against the limit (worker::plan_descriptors).
+        let pipe_pool = if rt.splice { rt.pipe_pool } else { 0 };
+        let fds = fd_limit
+            .map(|l| worker::plan_descriptors(l, n, config.listeners.len(), pipe_pool, rt.max_conns_per_worker));
+        if let Some(w) = fds.as_ref().and_then(|p| p.warning.as_ref()) {
+            tracing::warn!("{w}");
+        }
+        let pipe_pool = fds.as_ref().map_or(pipe_pool, |p| p.pipe_pool);
 
         // Per worker, one socket per listener; the first bound fixes the port of a `:0` listener.
+        // Handed-over sockets go round the workers (a worker may get two: none is closed, so none
+        // of their queued connections is lost); workers beyond them bind their own.
         let mut local_addrs = Vec::new();
         let mut per_worker: Vec<Vec<(OwnedFd, SocketAddr)>> = (0..n).map(|_| Vec::new()).collect();
         let mut udp_per_worker: Vec<Vec<_>> = (0..n).map(|_| Vec::new()).collect();
+        let mut offered = Vec::new();
         for l in &config.listeners {
             let addr = l.address;
-            let (actual, fds) = bind_all(addr, n, rt.backlog)?;
+            let (actual, mut sockets) = match inherited.as_deref_mut().and_then(|i| i.listener(addr)) {
+                Some((bound, fds)) => {
+                    for fd in &fds {
+                        // A new backlog applies to a listening socket at once.
+                        let _ = socket2::SockRef::from(fd).listen(rt.backlog.min(i32::MAX as u32) as i32);
+                    }
+                    (bound, fds)
+                }
+                None => bind_all(addr, 1, rt.backlog)?,
+            };
+            while sockets.len() < n {
+                let s = bind(actual, rt.backlog).map_err(|source| ServeError::Bind { addr: actual, source })?;
+                sockets.push(s.into());
+            }
+            if offerable {
+                offered.push(upgrade::Offered { configured: addr, bound: actual, fds: dup_all(&sockets, actual)? });
+            }
             local_addrs.push((addr, actual));
-            for (w, fd) in per_worker.iter_mut().zip(fds) {
-                w.push((fd, actual));
+            for (i, fd) in sockets.into_iter().enumerate() {
+                per_worker[i % n].push((fd, actual));
             }
             if l.quic {
                 // UDP on the TCP listener's port (a `:0` listener's too), one socket per worker.
@@ -161,6 +254,7 @@ impl Server {
         let max_connections = config.admin_settings.max_connections;
         let registry = Registry::new(n);
         publish_config(&registry, &config, None);
+        reload::publish_gauges(&registry, &config);
         let shared_config = Arc::new(ArcSwap::from_pointee(config));
         let accepting = Arc::new(AtomicBool::new(true));
         let mut commands = Vec::with_capacity(n);
@@ -181,8 +275,10 @@ impl Server {
             retired: Mutex::new(Vec::new()),
             checker,
             admission: Arc::clone(&admission),
+            offered: offerable.then(|| Arc::new(Mutex::new(offered))),
         });
-        let control = control::start(Arc::clone(&shared)).map_err(ServeError::Thread)?;
+        let plane = control::start(Arc::clone(&shared)).map_err(ServeError::Thread)?;
+        let mut offered_admin = None;
         let admin = match (admin_addr, &admin_socket) {
             (None, None) => None,
             _ => {
@@ -191,18 +287,30 @@ impl Server {
                     accepting: Arc::clone(&accepting),
                     started,
                     config: Arc::clone(&shared_config),
-                    control: Some(Arc::new(control.submitter())),
+                    control: Some(Arc::new(plane.submitter())),
                     max_connections,
                     rates: Arc::default(),
                 };
                 let addr = admin_addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
-                Some(
-                    Admin::start(admin_addr, admin_socket, state, cpus::admin_cpu(&cpus))
-                        .map_err(|source| ServeError::Admin { addr, source })?,
-                )
+                let bad = |source| ServeError::Admin { addr, source };
+                // The TCP socket a binary upgrade handed over, else one bound now.
+                let tcp = match admin_addr {
+                    Some(a) => Some(match inherited.and_then(|i| i.admin(a)) {
+                        Some(l) => l,
+                        None => std::net::TcpListener::bind(a).map_err(bad)?,
+                    }),
+                    None => None,
+                };
+                if let (true, Some(l)) = (offerable, &tcp) {
+                    let bound = l.local_addr().map_err(bad)?;
+                    let fd = OwnedFd::from(l.try_clone().map_err(bad)?);
+                    offered_admin = Some(upgrade::OfferedAdmin { configured: addr, bound, fd });
+                }
+                Some(Admin::start_on(tcp, admin_socket, state, cpus::admin_cpu(&cpus)).map_err(bad)?)
             }
         };
         let (stop, stop_rx) = watch::channel(false);
+        let handed_off = Arc::new(OnceLock::new());
         let (done_tx, done) = mpsc::channel();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), worker::StartError>>();
         let quic_listeners: Vec<SocketAddr> = config_quic_addrs(&udp_per_worker);
@@ -213,7 +321,7 @@ impl Server {
                 id,
                 cpu,
                 ring: RingOptions { entries: rt.ring_entries, sqpoll: rt.sqpoll, sqpoll_idle_ms: rt.sqpoll_idle_ms },
-                pipe_pool: if rt.splice { rt.pipe_pool } else { 0 },
+                pipe_pool,
                 listeners,
                 udp,
                 config: Arc::clone(&shared_config),
@@ -222,6 +330,7 @@ impl Server {
                 timing,
                 log: access_log.as_ref().map(|s| s.writer(rt.access_log_sample)),
                 commands,
+                handed_off: Arc::clone(&handed_off),
                 admission: Arc::clone(&admission),
                 handoff,
             };
@@ -247,18 +356,21 @@ impl Server {
             }
         }
         *lock(&shared.access_log) = access_log;
-        let watcher = watcher::start(Arc::clone(&shared), control.submitter());
+        let watcher = watcher::start(Arc::clone(&shared), plane.submitter());
+        let admin_bound = admin.as_ref().and_then(Admin::local_addr);
+        let control =
+            Arc::new(Control { registry: registry.clone(), admin: Mutex::new(admin), stop, accepting, handed_off });
         tracing::info!(
             workers = n,
             cpus = ?cpus,
             listeners = ?lock(&shared.listeners).iter().map(|l| l.1).collect::<Vec<_>>(),
             quic = ?quic_listeners,
             splice = rt.splice,
-            pipe_pool = rt.pipe_pool,
+            pipe_pool,
             ring_entries = rt.ring_entries,
             sqpoll = rt.sqpoll,
             fd_limit,
-            admin = ?admin.as_ref().and_then(Admin::local_addr),
+            admin = ?admin_bound,
             access_log = ?rt.access_log,
             latency_histograms = timing,
             "sni-dispatch serving"
@@ -267,25 +379,43 @@ impl Server {
             config: shared_config,
             shared,
             registry,
-            stop,
             done,
             workers: n,
-            accepting,
-            admin,
             control,
+            admin_addr: admin_bound,
+            plane,
             watcher,
             started,
+            offered_admin,
+            offer: None,
         })
+    }
+
+    /// Offers the listening sockets on the unix socket `path` for a binary upgrade (see
+    /// [`upgrade`]); `then` runs once a new process has taken them over and this one has stopped
+    /// accepting (`run` raises SIGTERM there, to drain and exit). Needs a server started with
+    /// `offerable`.
+    pub fn offer_listeners(&mut self, path: &std::path::Path, then: Box<dyn Fn() + Send>) -> Result<(), ServeError> {
+        let Some(listeners) = self.shared.offered.clone().filter(|_| self.offer.is_none()) else {
+            return Err(UpgradeError::Protocol {
+                path: path.to_owned(),
+                reason: "the server was started without keeping its sockets to offer".into(),
+            }
+            .into());
+        };
+        let control: Arc<dyn upgrade::HandOver> = Arc::clone(&self.control) as _;
+        self.offer = Some(upgrade::Offer::start(path, listeners, self.offered_admin.take(), control, then)?);
+        Ok(())
     }
 
     /// The admin endpoint's bound address, if one is configured.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin.as_ref().and_then(Admin::local_addr)
+        self.admin_addr
     }
 
     /// Asks the control thread for a reload (what SIGHUP does), without waiting for it.
     pub fn request_reload(&self, why: &'static str) {
-        self.control.reload(why);
+        self.plane.reload(why);
     }
 
     /// The one-screen summary (what SIGUSR1 prints).
@@ -310,10 +440,11 @@ impl Server {
 
     /// Stops accepting, waits for open connections up to `drain_timeout_ms`; returns whether every
     /// worker finished in time (the others are abandoned and end with the process).
-    pub fn shutdown(self) -> bool {
+    pub fn shutdown(mut self) -> bool {
+        drop(self.offer.take());
         let timeout = Duration::from_millis(self.config.load().runtime.drain_timeout_ms);
-        self.accepting.store(false, Ordering::SeqCst);
-        let _ = self.stop.send(true);
+        self.control.accepting.store(false, Ordering::SeqCst);
+        let _ = self.control.stop.send(true);
         let deadline = Instant::now() + timeout + Duration::from_millis(200);
         let mut finished = 0;
         while finished < self.workers {
@@ -326,10 +457,8 @@ impl Server {
         if let Some(w) = self.watcher {
             w.stop();
         }
-        self.control.stop();
-        if let Some(admin) = self.admin {
-            admin.stop();
-        }
+        self.plane.stop();
+        self.control.stop_admin();
         self.shared.checker.stop();
         for h in &self.config.load().handoff {
             let _ = std::fs::remove_file(&h.path);
@@ -373,6 +502,15 @@ pub(crate) fn bind_all(addr: SocketAddr, n: usize, backlog: u32) -> Result<(Sock
         fds.push(s.into());
     }
     Ok((actual, fds))
+}
+
+/// Duplicates of a listener's sockets (to offer them to a new binary).
+pub(crate) fn dup_all(sockets: &[OwnedFd], addr: SocketAddr) -> Result<Vec<OwnedFd>, ServeError> {
+    sockets
+        .iter()
+        .map(OwnedFd::try_clone)
+        .collect::<io::Result<Vec<_>>>()
+        .map_err(|source| ServeError::Bind { addr, source })
 }
 
 /// The QUIC listeners' addresses (one worker's list is every worker's).

@@ -1,7 +1,9 @@
 //! Swapping in a new configuration: the listeners it adds are bound (one socket per worker) and
 //! handed to the workers before the swap, those it removes are closed after it (their open
 //! connections go on); the access log is reopened on request; the replaced configuration is
-//! retired here and dropped on the control thread once no worker holds it.
+//! retired here and dropped on the control thread once no worker holds it (the one mechanism
+//! that keeps a worker from freeing a replaced table). Session-ticket keys the new
+//! configuration no longer has keep decrypting for their window.
 
 use super::{bind_all, lock, publish_config, ServeError, Server, Shared};
 use crate::config::Config;
@@ -48,6 +50,11 @@ impl Shared {
         let removed: Vec<(std::net::SocketAddr, std::net::SocketAddr)> =
             bound.iter().filter(|(c, _)| !wanted.contains(c)).copied().collect();
         for (configured, (actual, fds)) in added {
+            if let Some(offered) = &self.offered {
+                // Offered to a new binary as the listeners bound at start are.
+                let dups = super::dup_all(&fds, actual)?;
+                lock(offered).push(super::upgrade::Offered { configured, bound: actual, fds: dups });
+            }
             if !self.admission.add(actual) {
                 tracing::warn!(listener = %actual, "too many listeners for per-client limits; this one has none");
             }
@@ -57,6 +64,11 @@ impl Shared {
             tracing::info!(listener = %actual, "listener added");
             bound.push((configured, actual));
         }
+        // Session-ticket keys dropped from the file keep decrypting for their window (a
+        // configuration that shares the running one's TLS state, an API change, has it already).
+        new.tls.tickets.inherit(&old.tls.tickets);
+        log_warnings(&new);
+        publish_gauges(&self.registry, &new);
         let generation = new.generation;
         let (routes, names) = (new.table.len(), new.table.name_count());
         self.checker.watch(&new.pools);
@@ -67,6 +79,10 @@ impl Shared {
             }
             tracing::info!(listener = %actual, "listener removed; its open connections go on");
             bound.retain(|(c, _)| c != configured);
+            if let Some(offered) = &self.offered {
+                // Its duplicate would keep the socket listening (in the SO_REUSEPORT group).
+                lock(offered).retain(|o| o.configured != *configured);
+            }
         }
         // Keep configured order.
         bound.sort_by_key(|(c, _)| wanted.iter().position(|w| w == c).unwrap_or(usize::MAX));
@@ -76,7 +92,16 @@ impl Shared {
         if !Arc::ptr_eq(&old, &new) {
             lock(&self.retired).push(old);
         }
-        tracing::info!(generation, routes, exact = names.0, wildcard = names.1, "configuration reloaded");
+        let (certs_parsed, certs_reused) = new.tls.loads();
+        tracing::info!(
+            generation,
+            routes,
+            exact = names.0,
+            wildcard = names.1,
+            certs_parsed,
+            certs_reused,
+            "configuration reloaded"
+        );
         Ok(swap)
     }
 
@@ -95,4 +120,42 @@ impl Shared {
     pub(crate) fn collect_retired(&self) {
         lock(&self.retired).retain(|c| Arc::strong_count(c) > 1);
     }
+}
+
+/// What loads but may not do what the operator meant (an OCSP response not stapled, …), one
+/// line each, at start and on every reload.
+pub(super) fn log_warnings(config: &Config) {
+    for w in &config.warnings {
+        tracing::warn!(config = %config.path.display(), "{w}");
+    }
+}
+
+/// The gauges that describe the configuration rather than traffic: OCSP responses by state,
+/// session-ticket keys by state.
+pub(super) fn publish_gauges(registry: &crate::metrics::Registry, config: &Config) {
+    use crate::metrics::{OcspState, TicketKeyState};
+    use crate::tls::Stapling;
+    let mut ocsp = [0u64; OcspState::COUNT];
+    for (_, r) in config.table.routes() {
+        if let crate::route::Action::Terminate(m) = &r.action {
+            let state = match &m.stapling {
+                None => continue,
+                Some(Stapling::Stapled(c)) if c.revoked => OcspState::Revoked,
+                Some(Stapling::Stapled(_)) => OcspState::Stapled,
+                Some(Stapling::Refused(_)) => OcspState::Refused,
+            };
+            ocsp[state as usize] += 1;
+        }
+    }
+    let configured = config.tls.ticket_file().map_or(0, |f| f.len()) as u64;
+    let retired = config.tls.tickets.retired_names().len() as u64;
+    registry.bump_process(|c| {
+        c.tls_ocsp_responses = Default::default();
+        for (s, n) in OcspState::ALL.iter().zip(ocsp) {
+            c.tls_ocsp_responses.add(*s, n);
+        }
+        c.tls_ticket_keys = Default::default();
+        c.tls_ticket_keys.add(TicketKeyState::Configured, configured);
+        c.tls_ticket_keys.add(TicketKeyState::Retired, retired);
+    });
 }

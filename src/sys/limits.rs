@@ -34,24 +34,6 @@ pub fn advise_huge_pages(ptr: *const u8, len: usize) {
     }
 }
 
-// Links mimalloc (the binary's allocator) into every build of the crate, tests included, for
-// the symbol below.
-use mimalloc as _;
-
-extern "C" {
-    /// mimalloc's `mi_collect`.
-    fn mi_collect(force: bool);
-}
-
-/// Hands memory that was freed back to the kernel now, instead of when the allocator gets to it:
-/// after a configuration was read (parsing a million names frees hundreds of MiB) the RSS then
-/// is what the table needs. Costs a walk of the calling thread's heap and the abandoned ones;
-/// the control plane calls it, never a worker.
-pub fn release_free_memory() {
-    // SAFETY: mi_collect takes a flag, returns nothing and may run on any thread at any time.
-    unsafe { mi_collect(true) };
-}
-
 /// `n` zeroed atomics from one zeroed allocation: large ones come straight from the kernel as
 /// untouched zero pages, which cost no memory until written (the admission tables).
 pub fn zeroed_atomics(n: usize) -> Box<[std::sync::atomic::AtomicU64]> {

@@ -9,17 +9,21 @@
 //! - [`socket`]: [`Socket`], async accept/recv/send/poll through the ring, connect, addresses;
 //! - [`pipe`]: [`Pipe`] and non-blocking `splice(2)`;
 //! - [`limits`]: `RLIMIT_NOFILE`, huge-page hints;
+//! - [`alloc`]: giving freed allocator pages back to the system;
 //! - [`udp`]: UDP sockets for QUIC: `SO_REUSEPORT` listeners with the destination address of each
 //!   datagram, connected back-end sockets, non-blocking `recvmsg`/`sendmsg` with GRO and GSO;
 //! - [`unix`]: passing descriptors over unix sockets (`SCM_RIGHTS`), the peer's credentials;
+//! - [`ktls`]: kernel TLS (`TCP_ULP "tls"`, `TLS_TX`/`TLS_RX`, record types in control messages);
 //! - [`sched`]: control-plane threads off the workers' CPUs (affinity, `SCHED_IDLE`), parallel maps;
 //! - [`inotify`]: watching configuration directories;
 //! - [`huge`]: [`HugeBuf`], large tables in transparent huge pages.
 #![allow(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
+pub mod alloc;
 pub mod huge;
 pub mod inotify;
+pub mod ktls;
 pub mod limits;
 pub mod pipe;
 pub mod ring;
@@ -28,9 +32,10 @@ pub mod socket;
 pub mod udp;
 pub mod unix;
 
+pub use alloc::{release_all_free_memory, release_free_memory};
 pub use huge::HugeBuf;
-pub use limits::{advise_huge_pages, raise_fd_limit, release_free_memory, zeroed_atomics};
+pub use limits::{advise_huge_pages, raise_fd_limit, zeroed_atomics};
 pub use pipe::{Pipe, Spliced};
 pub use ring::{runtime, RingOptions};
 pub use sched::{parallel_map, place_control_thread, Placement};
-pub use socket::{Socket, POLLERR, POLLHUP, POLLIN, POLLOUT, POLLRDHUP};
+pub use socket::{Ready, Socket, POLLERR, POLLHUP, POLLIN, POLLOUT, POLLRDHUP};

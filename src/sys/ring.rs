@@ -7,9 +7,12 @@
 //! data to own both until then (see [`super::socket`]).
 
 use io_uring::{cqueue, squeue};
+use std::future::Future;
 use std::io;
 use std::marker::PhantomData;
-use tokio_uring::{OneshotOutputTransform, UnsubmittedOneshot};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio_uring::{InFlightOneshot, OneshotOutputTransform, UnsubmittedOneshot};
 
 /// Turns a completion into `(result, stored data)`.
 struct Completion<D>(PhantomData<fn() -> D>);
@@ -25,14 +28,30 @@ impl<D> OneshotOutputTransform for Completion<D> {
     }
 }
 
-/// Submits `sqe`, keeping `data` alive until the kernel completes it, even if the returned future
-/// is dropped first (tokio-uring then parks `data` in its driver until the completion arrives).
+/// An operation in flight: resolves to `(result, stored data)`. A named type, not an `async fn`,
+/// so that a connection's future holds only these few words per pending operation (a pending
+/// POLL_ADD is 24 bytes plus its data), which is most of what an idle connection holds.
+#[must_use = "the operation is already submitted; dropping it parks its data until completion"]
+pub(super) struct Submitted<D: Unpin + 'static>(InFlightOneshot<D, Completion<D>>);
+
+impl<D: Unpin + 'static> Future for Submitted<D> {
+    type Output = (io::Result<u32>, D);
+
+    #[inline]
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+/// Submits `sqe` now (it goes to the kernel with the ring's next submission), keeping `data` alive
+/// until the kernel completes it, even if the returned future is dropped first (tokio-uring then
+/// parks `data` in its driver until the completion arrives). Create it right where it is awaited.
 ///
 /// # Safety
 /// Every pointer inside `sqe` must point into memory owned by `data` (heap memory, so moving `data`
 /// does not move it), and every fd in `sqe` must be kept open by `data`.
-pub(super) async unsafe fn submit<D: Unpin + 'static>(data: D, sqe: squeue::Entry) -> (io::Result<u32>, D) {
-    UnsubmittedOneshot::new(data, Completion(PhantomData), sqe).submit().await
+pub(super) unsafe fn submit<D: Unpin + 'static>(data: D, sqe: squeue::Entry) -> Submitted<D> {
+    Submitted(UnsubmittedOneshot::new(data, Completion(PhantomData), sqe).submit())
 }
 
 /// Ring settings of one worker.

@@ -7,12 +7,15 @@
 //! gives up on a pending operation (timeout, idle, drain) calls [`Socket::shutdown`] first, which
 //! completes every pending operation on it promptly.
 
-use super::ring::submit;
+use super::ring::{submit, Submitted};
 use io_uring::{opcode, types};
+use std::future::Future;
 use std::io;
 use std::net::{Shutdown, SocketAddr};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::{Context, Poll};
 
 /// poll(2) event bits, re-exported so callers need no libc.
 pub const POLLIN: u32 = libc::POLLIN as u32;
@@ -31,6 +34,19 @@ pub struct Socket {
 impl std::fmt::Debug for Socket {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_tuple("Socket").field(&self.fd.as_raw_fd()).finish()
+    }
+}
+
+/// A pending POLL_ADD ([`Socket::poll`]): the ready mask, or the error.
+#[must_use = "the poll is already submitted"]
+pub struct Ready(Submitted<Rc<OwnedFd>>);
+
+impl Future for Ready {
+    type Output = io::Result<u32>;
+
+    #[inline]
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx).map(|(res, _fd)| res)
     }
 }
 
@@ -69,6 +85,22 @@ impl Socket {
         let raw = res? as RawFd;
         // SAFETY: a successful accept returns a new fd that nobody else owns.
         Ok(Socket::from(unsafe { OwnedFd::from_raw_fd(raw) }))
+    }
+
+    /// Cancels every operation this ring has in flight on this socket (`IORING_OP_ASYNC_CANCEL`
+    /// by fd, Linux 5.19 and later); returns how many were cancelled. Each cancelled operation
+    /// completes with `ECANCELED`, or with its result if it had already finished (an accept that
+    /// took a connection returns it). Unlike [`shutdown`](Self::shutdown) this leaves the socket
+    /// itself alone: another process sharing it (a binary upgrade) keeps accepting on it.
+    pub async fn cancel_pending(&self) -> io::Result<u32> {
+        let sqe = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(self.fd.as_raw_fd())).all()).build();
+        // SAFETY: the entry holds no pointers; the Rc keeps the fd open until the completion.
+        let (res, _fd) = unsafe { submit(Rc::clone(&self.fd), sqe) }.await;
+        match res {
+            // Nothing was in flight.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(0),
+            other => other,
+        }
     }
 
     /// One non-blocking accept(2) outside the ring (the listener must be non-blocking):
@@ -180,12 +212,76 @@ impl Socket {
         self.sock_ref().send_vectored_with_flags(bufs, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
     }
 
+    /// As [`try_send_vectored`](Self::try_send_vectored), with MSG_MORE: the bytes wait in the
+    /// kernel for what follows, so that a FIN sent right after (the close) leaves in the same
+    /// segment (one segment and one wake-up of the peer fewer). Only for the last bytes before
+    /// a close that comes at once: corked bytes wait for it.
+    pub fn try_send_vectored_before_close(&self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.sock_ref().send_vectored_with_flags(bufs, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL | libc::MSG_MORE)
+    }
+
+    /// One non-blocking readv(2) into `bufs` in order (see [`try_recv`](Self::try_recv)).
+    pub fn try_recv_vectored(&self, bufs: &mut [io::IoSliceMut<'_>]) -> io::Result<usize> {
+        let count = bufs.len().min(libc::UIO_MAXIOV as usize) as libc::c_int;
+        loop {
+            // SAFETY: `IoSliceMut` is ABI-compatible with `struct iovec` (std guarantees it on
+            // Unix) and each describes memory valid for writes for the duration of the call; the
+            // fd is borrowed from `self`. The socket is non-blocking (every socket here is).
+            let n = unsafe { libc::readv(self.fd.as_raw_fd(), bufs.as_mut_ptr().cast(), count) };
+            if n >= 0 {
+                return Ok(n as usize);
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+
     /// Waits until the socket is ready for `events` (POLLIN, POLLOUT); returns the ready mask.
-    pub async fn poll(&self, events: u32) -> io::Result<u32> {
+    /// The POLL_ADD is submitted when this is called (await it at once): waiting this way holds
+    /// no buffer, and the future is a few words ([`Ready`]).
+    pub fn poll(&self, events: u32) -> Ready {
         let sqe = opcode::PollAdd::new(types::Fd(self.fd.as_raw_fd()), events).build();
         // SAFETY: the entry holds no pointers; the Rc keeps the fd open until the completion.
-        let (res, _fd) = unsafe { submit(Rc::clone(&self.fd), sqe) }.await;
-        res
+        Ready(unsafe { submit(Rc::clone(&self.fd), sqe) })
+    }
+
+    /// One non-blocking recv(2) into `buf`, outside the ring: `Ok(0)` is end of stream,
+    /// `WouldBlock` means nothing has arrived. For reads into a buffer that is not kept while
+    /// waiting (the worker's scratch buffer): wait with [`poll`](Self::poll) first.
+    pub fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            // SAFETY: `buf` is valid for writes of its length for the duration of the call; the
+            // fd is borrowed from `self`, which keeps it open.
+            let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+            if n >= 0 {
+                return Ok(n as usize);
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+
+    /// One non-blocking send(2) of `buf`, outside the ring (no SIGPIPE): how many bytes the
+    /// kernel took; `WouldBlock` when the send buffer is full.
+    pub fn try_send(&self, buf: &[u8]) -> io::Result<usize> {
+        loop {
+            // SAFETY: `buf` is valid for reads of its length for the duration of the call (the
+            // kernel copies it before returning); the fd is borrowed from `self`.
+            let n = unsafe {
+                libc::send(self.fd.as_raw_fd(), buf.as_ptr().cast(), buf.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+            };
+            if n >= 0 {
+                return Ok(n as usize);
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
     }
 
     /// A new non-blocking TCP socket with TCP_NODELAY, of `addr`'s family, ready to [`start_connect`](Self::start_connect).
@@ -274,6 +370,27 @@ impl Socket {
         match self.sock_ref().take_error()? {
             None => Ok(()),
             Some(e) => Err(e),
+        }
+    }
+
+    /// Closes the socket through the ring when this is its last holder (the close goes to the
+    /// kernel with the ring's next batch of submissions, not as a close(2) of its own, and runs
+    /// inline: a socket has no `flush`, so no io-wq thread); else the last holder's drop closes
+    /// it. On a kernel without IORING_OP_CLOSE, close(2). (IORING_OP_SHUTDOWN is not used: the
+    /// kernel always hands it to an io-wq thread.)
+    pub async fn close(self) {
+        let Ok(fd) = Rc::try_unwrap(self.fd) else { return };
+        let raw = fd.into_raw_fd();
+        let sqe = opcode::Close::new(types::Fd(raw)).build();
+        // SAFETY: the entry holds no pointers. The fd is owned by the operation from here on:
+        // `into_raw_fd` gave up the only owner, so nothing else uses or closes the number until
+        // the kernel has closed it (even if this future is dropped, the operation completes).
+        let (res, ()) = unsafe { submit((), sqe) }.await;
+        // EINVAL: the kernel does not know the opcode, so the fd is still open (any other
+        // error comes from the close itself, after which the number must not be touched).
+        if res.is_err_and(|e| e.raw_os_error() == Some(libc::EINVAL)) {
+            // SAFETY: the close was refused before it began, so `raw` is still ours alone.
+            drop(unsafe { OwnedFd::from_raw_fd(raw) });
         }
     }
 

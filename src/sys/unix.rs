@@ -99,6 +99,12 @@ pub fn recv_fds(sock: &impl AsRawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>, fla
     Ok(n as usize)
 }
 
+/// The effective user id of this process (what `SO_PEERCRED` reports of a peer).
+pub fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
 /// The real uid of this process.
 pub fn uid() -> u32 {
     // SAFETY: getuid has no preconditions and cannot fail.

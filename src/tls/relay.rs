@@ -1,123 +1,266 @@
-//! The TLS relay of a terminating route: plaintext between a handshaken rustls connection and
-//! the back end.
+//! The TLS relay of a terminating route: plaintext between an established TLS client and the
+//! back end, through the record layer ([`Session`]) in buffers of our own ([`RecordBuf`]).
 //!
-//! Ring sockets take owned buffers and are not `AsyncRead`/`AsyncWrite`, so this is the small
-//! adapter between the two:
-//! - ciphertext from the client arrives by io_uring recv into a reused `Vec<u8>`;
-//! - what rustls produces (records for the client, plaintext for the back end) leaves its buffers
-//!   by non-blocking send(2) ([`Direct`], `plaintext_to_backend`), waiting for POLLOUT only when a
-//!   socket's send buffer is full, so no byte is copied out of rustls first.
+//! - **Nothing is held while idle.** Each direction waits for readiness (io_uring POLL_ADD)
+//!   without a buffer, takes a record buffer to read, and gives it back once what it read has
+//!   gone out. Only a record the client has half sent is kept, in a buffer of its size.
+//! - **Back end → client**: one `readv` puts the back end's bytes straight into the plaintext
+//!   slots of up to four full 16 KiB records, which are sealed where they lie and leave in one
+//!   `send`: no copy between the two system calls, no allocation.
+//! - **Client → back end**: records are opened in place where `recv` put them, and their
+//!   plaintext leaves in one vectored `send`.
+//! - A direction that read a full buffer reads again at once (more is queued); one that read
+//!   less waits for readiness first.
+//! - **One outgoing queue.** Records for the client leave in the order they were sealed
+//!   (sequence numbers and key changes depend on it), whichever direction sealed them: data
+//!   from the back end, our KeyUpdate answering the client's, alerts. Each direction waits until
+//!   what it queued has gone, so the queue holds at most one buffer of data.
 //!
-//! The two directions share the connection through a `RefCell` (one thread, no borrow is held
-//! across an await); records leave in the order of rustls's single outgoing queue, whichever
-//! direction flushes it. The idle watchdog, abort and the outcome are the passthrough relay's
-//! ([`relay::Pair`], [`relay::Relayed`]).
+//! Half-close in both directions: the client's close_notify (or EOF) shuts the back end's write
+//! side; the back end's EOF sends close_notify and shuts the client's write side; the other
+//! direction keeps flowing. The direction that ends second leaves its FIN to the close that
+//! follows ([`Pair::end_of_stream`]), one system call fewer. A TLS error sends its alert and ends both. The idle watchdog, abort
+//! and the outcome are the passthrough relay's ([`relay::Pair`], [`relay::Relayed`]).
 
-use super::handshake::READ_SIZE;
+use super::buffers::{RecordBuf, RECORDS};
+use super::handshake::Established;
+use super::ktls;
+use super::record::{self, alert, content, Event, Fatal, Message, Session, Version, MAX_PLAINTEXT};
 use crate::metrics::RelayKind;
 use crate::relay::{self, Pair, Relayed};
-use crate::sys::{Socket as TcpStream, POLLOUT};
-use rustls::ServerConnection;
+use crate::sys::ktls::{self as abi, Direction};
+use crate::sys::{Socket, POLLHUP, POLLIN, POLLOUT, POLLRDHUP};
 use std::cell::{Cell, RefCell};
-use std::io::{self, BufRead, Write};
-use std::net::Shutdown;
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, IoSliceMut};
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
-/// Relay reads start at one record's worth and grow to this once a read fills its buffer:
-/// a bulk transfer then moves four full records per system call, while an idle or chatty
-/// connection keeps small buffers. A multiple of 16 KiB, so that plaintext from the back end
-/// becomes whole records rather than a full one and a sliver.
-const RELAY_READ_SIZE: usize = 64 * 1024;
+/// Plaintext ranges passed to one vectored send to the back end.
+const MAX_IOV: usize = 8;
 
-/// Grows a relay buffer whose last read filled it (see [`RELAY_READ_SIZE`]).
-fn grow_if_full(buf: &mut Vec<u8>, n: usize) {
-    if n == buf.capacity() && n < RELAY_READ_SIZE {
-        buf.clear();
-        buf.reserve_exact(RELAY_READ_SIZE);
+/// A piece of the queue for the client.
+enum Seg {
+    /// Sealed data records in a record buffer.
+    Records(RecordBuf, Range<usize>),
+    /// Control records (alerts, KeyUpdate); `usize` bytes of it already sent.
+    Bytes(Vec<u8>, usize),
+}
+
+impl Seg {
+    fn pending(&self) -> &[u8] {
+        match self {
+            Self::Records(b, r) => &b[r.clone()],
+            Self::Bytes(v, at) => &v[*at..],
+        }
+    }
+
+    /// Marks `n` of the pending bytes sent; whether the piece is done.
+    fn advance(&mut self, n: usize) -> bool {
+        match self {
+            Self::Records(_, r) => {
+                r.start += n;
+                r.start >= r.end
+            }
+            Self::Bytes(v, at) => {
+                *at += n;
+                *at >= v.len()
+            }
+        }
+    }
+}
+
+/// Records sealed for the client, not yet sent, in order.
+#[derive(Default)]
+struct Out {
+    segs: VecDeque<Seg>,
+}
+
+impl Out {
+    fn is_empty(&self) -> bool {
+        self.segs.is_empty()
+    }
+
+    /// Queues control records (`bytes`, emptied).
+    fn push_bytes(&mut self, bytes: &mut Vec<u8>) {
+        if bytes.is_empty() {
+            return;
+        }
+        match self.segs.back_mut() {
+            Some(Seg::Bytes(v, _)) => v.append(bytes),
+            _ => self.segs.push_back(Seg::Bytes(std::mem::take(bytes), 0)),
+        }
+    }
+
+    /// One non-blocking vectored send of what is queued; drops the pieces that went entirely.
+    /// `last`: nothing follows but the close (MSG_MORE: the FIN joins these bytes' segment).
+    fn send_to(&mut self, sock: &Socket, last: bool) -> io::Result<usize> {
+        let mut iov = [IoSlice::new(&[]); 4];
+        let mut k = 0;
+        for (slot, seg) in iov.iter_mut().zip(self.segs.iter()) {
+            *slot = IoSlice::new(seg.pending());
+            k += 1;
+        }
+        let mut n =
+            if last { sock.try_send_vectored_before_close(&iov[..k])? } else { sock.try_send_vectored(&iov[..k])? };
+        let sent = n;
+        while n > 0 {
+            let Some(front) = self.segs.front_mut() else { break };
+            let len = front.pending().len();
+            let take = n.min(len);
+            if front.advance(take) {
+                self.segs.pop_front();
+            }
+            n -= take;
+        }
+        if self.segs.is_empty() {
+            // An idle connection keeps no queue.
+            self.segs = VecDeque::new();
+        }
+        Ok(sent)
     }
 }
 
 struct Shared<'a> {
     pair: Pair<'a>,
-    client: &'a TcpStream,
-    backend: &'a TcpStream,
-    tls: RefCell<ServerConnection>,
+    client: &'a Socket,
+    backend: &'a Socket,
+    session: RefCell<Box<Session>>,
+    out: RefCell<Out>,
+    /// Tasks inside [`Shared::flush`]: one of them sends whatever is queued.
+    flushers: Cell<u8>,
     to_backend: Cell<u64>,
     to_client: Cell<u64>,
     first_to_client: Cell<Option<Instant>>,
+    /// Kernel TLS: the client asked for our KeyUpdate (sent before our next data).
+    ktls_tx_update: Cell<bool>,
+    /// The client → back end direction ended cleanly: the back end's EOF ends the relay.
+    client_done: Cell<bool>,
+}
+
+/// A TLS failure of the connection, as the relay's error (counted as `relay_errors{cause="tls"}`).
+fn tls_error(f: Fatal) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, f.why)
 }
 
 impl Shared<'_> {
-    /// Sends every record rustls has queued. The records go to the kernel straight from rustls's
-    /// own buffers ([`Direct`]), one copy fewer than collecting them into a buffer for an io_uring
-    /// send. Both directions may call this; rustls's queue keeps the records in order, and no
-    /// borrow of it is held across the wait for room.
-    async fn flush_to_client(&self) -> io::Result<()> {
+    /// `n` bytes read from the back end for the client: the idle watchdog, the time of the
+    /// first byte, the count.
+    fn read_from_backend(&self, n: usize) {
+        self.pair.touch();
+        if self.first_to_client.get().is_none() {
+            self.first_to_client.set(Some(Instant::now()));
+        }
+        self.to_client.set(self.to_client.get() + n as u64);
+    }
+
+    /// Sends everything queued for the client, waiting for room as needed; returns once the
+    /// queue is empty (whoever queued it).
+    async fn flush(&self) -> io::Result<()> {
+        self.flushers.set(self.flushers.get() + 1);
+        let res = self.flush_inner(false).await;
+        self.flushers.set(self.flushers.get() - 1);
+        res
+    }
+
+    /// As [`flush`](Self::flush), for the last bytes before the close (see [`Out::send_to`]).
+    async fn flush_before_close(&self) -> io::Result<()> {
+        self.flushers.set(self.flushers.get() + 1);
+        let res = self.flush_inner(true).await;
+        self.flushers.set(self.flushers.get() - 1);
+        res
+    }
+
+    async fn flush_inner(&self, last: bool) -> io::Result<()> {
         loop {
             let sent = {
-                let mut tls = self.tls.borrow_mut();
-                if !tls.wants_write() {
+                let mut out = self.out.borrow_mut();
+                if out.is_empty() {
                     return Ok(());
                 }
-                tls.write_tls(&mut Direct(self.client))
-            };
-            if let Err(e) = sent {
-                wait_for_room(self.client, e).await?;
-            }
-        }
-    }
-
-    /// Sends the plaintext rustls has decrypted to the back end, straight from rustls's buffer
-    /// ([`Direct`]); true once the client's close_notify has been read.
-    async fn plaintext_to_backend(&self) -> io::Result<bool> {
-        loop {
-            let sent = {
-                let mut tls = self.tls.borrow_mut();
-                let mut reader = tls.reader();
-                let sent = match reader.fill_buf() {
-                    Ok([]) => return Ok(true),
-                    Ok(chunk) => Direct(self.backend).write(chunk),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                    Err(e) => return Err(e),
-                };
-                if let Ok(n) = sent {
-                    reader.consume(n);
-                }
-                sent
+                out.send_to(self.client, last)
             };
             match sent {
-                Ok(n) => self.to_backend.set(self.to_backend.get() + n as u64),
-                Err(e) => wait_for_room(self.backend, e).await?,
+                Ok(_) => self.pair.touch(),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.client.poll(POLLOUT).await?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
             }
         }
     }
 
-    fn abort(&self) {
-        self.pair.abort();
+    /// Ends the connection for `f`: its alert, if any, goes out with what is queued (one
+    /// non-blocking attempt: a client that does not read gets the close alone).
+    fn fail(&self, f: Fatal) -> io::Error {
+        tracing::debug!(reason = f.why, "TLS relay: closing the connection");
+        if let Some(desc) = f.alert {
+            let mut ctl = Vec::new();
+            self.session.borrow_mut().seal_alert(desc, &mut ctl);
+            let mut out = self.out.borrow_mut();
+            out.push_bytes(&mut ctl);
+            while !out.is_empty() && matches!(out.send_to(self.client, false), Ok(n) if n > 0) {}
+        }
+        tls_error(f)
     }
 }
 
-/// Relays plaintext between a handshaken TLS client and `backend` until both directions are
-/// closed. Half-close in both directions: the client's close_notify (or EOF) shuts the back
-/// end's write side; the back end's EOF sends close_notify and shuts the client's write side;
-/// the other direction keeps flowing. `idle` closes both with no traffic either way.
-pub async fn relay(client: &TcpStream, tls: ServerConnection, backend: &TcpStream, idle: Duration) -> Relayed {
+/// Relays plaintext between the client of an established TLS session and `backend` until both
+/// directions are closed (see the module docs). `idle` closes both with no traffic either way.
+/// With the traffic secrets kept ([`Established`] made for kernel TLS), the connection goes to
+/// kernel TLS when it can ([`ktls`]), else stays with the user-space record layer.
+pub async fn relay(client: &Socket, est: Box<Established>, backend: &Socket, idle: Duration) -> Relayed {
+    let Established { session, leftover, secrets, mut pending, .. } = *est;
     let s = Shared {
         pair: Pair::new(client, backend),
         client,
         backend,
-        tls: RefCell::new(tls),
+        session: RefCell::new(session),
+        out: RefCell::new(Out::default()),
+        flushers: Cell::new(0),
         to_backend: Cell::new(0),
         to_client: Cell::new(0),
         first_to_client: Cell::new(None),
+        ktls_tx_update: Cell::new(false),
+        client_done: Cell::new(false),
     };
+    // The handshake's held-back ticket is queued first: it leaves with the first answer, or
+    // sooner (see `client_to_backend_inner`).
+    s.out.borrow_mut().push_bytes(&mut pending);
+    let kernel = Cell::new(false);
     let both = async {
-        let (up, down) = tokio::join!(client_to_backend(&s), backend_to_client(&s));
+        let leftover = match secrets {
+            // Boxed: kernel TLS is the rare path, and its futures would otherwise make every
+            // connection's future (held while it is idle) as large as theirs.
+            Some(secrets) => match Box::pin(to_kernel(&s, leftover, &secrets)).await? {
+                None => {
+                    kernel.set(true);
+                    return Box::pin(async {
+                        let (up, down) = tokio::join!(ktls_client_to_backend(&s), ktls_backend_to_client(&s));
+                        up.and(down)
+                    })
+                    .await;
+                }
+                Some(leftover) => leftover,
+            },
+            None => leftover,
+        };
+        let (up, down) = tokio::join!(client_to_backend(&s, leftover), backend_to_client(&s));
         up.and(down)
     };
-    let (res, idle) = s.pair.watch(idle, both).await;
+    // The idle watchdog, inline (as `Pair::watch`, whose argument would take a second copy of
+    // `both` in this future: both directions' state, held while the connection is idle).
+    let mut both = std::pin::pin!(both);
+    let (res, idle) = tokio::select! {
+        out = &mut both => (out, false),
+        () = s.pair.idle(idle) => {
+            s.pair.abort();
+            ((&mut both).await, true)
+        }
+    };
     Relayed {
-        kind: RelayKind::Tls,
+        kind: if kernel.get() { RelayKind::Ktls } else { RelayKind::Tls },
         end: relay::end_of(res, idle),
         to_backend: s.to_backend.get(),
         to_client: s.to_client.get(),
@@ -125,87 +268,220 @@ pub async fn relay(client: &TcpStream, tls: ServerConnection, backend: &TcpStrea
     }
 }
 
-/// `io::Write` over a socket's non-blocking send(2): the kernel has copied the bytes when a
-/// write returns, so rustls can hand over its buffers without copying them out first. A full
-/// send buffer is `WouldBlock`, for [`wait_for_room`].
-struct Direct<'a>(&'a TcpStream);
-
-/// After a failed [`Direct`] write: waits for POLLOUT on a full send buffer, retries at once
-/// after EINTR, and passes any other error on.
-async fn wait_for_room(sock: &TcpStream, e: io::Error) -> io::Result<()> {
-    match e.kind() {
-        io::ErrorKind::WouldBlock => sock.poll(POLLOUT).await.map(drop),
-        io::ErrorKind::Interrupted => Ok(()),
-        _ => Err(e),
-    }
-}
-
-impl Write for Direct<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.try_send_vectored(&[io::IoSlice::new(buf)])
-    }
-
-    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        self.0.try_send_vectored(bufs)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-async fn client_to_backend(s: &Shared<'_>) -> io::Result<()> {
-    let result = client_to_backend_inner(s).await;
-    match &result {
-        Ok(()) => {
-            s.backend.shutdown(Shutdown::Write);
+/// Hands the connection to kernel TLS if it is in a state the kernel can take over: the
+/// client's leftover bytes are whole records, opened (and their plaintext sent) here first,
+/// all of them data. `Ok(None)`: the kernel has it; `Ok(Some(leftover))`: it stays in user space
+/// (the leftover, possibly already consumed, goes on to the user-space relay).
+async fn to_kernel(
+    s: &Shared<'_>,
+    mut leftover: Vec<u8>,
+    secrets: &rustls::ExtractedSecrets,
+) -> io::Result<Option<Vec<u8>>> {
+    let whole = {
+        let session = s.session.borrow();
+        let mut at = 0;
+        while let Ok(Some(n)) = session.record_len(&leftover[at..]) {
+            if at + n > leftover.len() {
+                break;
+            }
+            at += n;
         }
-        Err(_) => s.abort(),
+        at == leftover.len()
+    };
+    if !whole {
+        return Ok(Some(leftover));
+    }
+    let (consumed, _) = process_records(s, &mut leftover).await?;
+    // What rustls sealed (a held-back ticket) leaves before the kernel seals anything.
+    s.flush().await?;
+    let session = s.session.borrow();
+    if consumed < leftover.len() || session.peer_closed() || session.rekeyed() || !s.out.borrow().is_empty() {
+        return Ok(Some(leftover[consumed..].to_vec()));
+    }
+    match ktls::offload(s.client, &session, secrets) {
+        Ok(()) => Ok(None),
+        Err(false) => Ok(Some(Vec::new())),
+        Err(true) => Err(io::Error::new(io::ErrorKind::Unsupported, "the kernel refused the TLS keys")),
+    }
+}
+
+async fn client_to_backend(s: &Shared<'_>, leftover: Vec<u8>) -> io::Result<()> {
+    let result = client_to_backend_inner(s, leftover).await;
+    s.client_done.set(result.is_ok());
+    match &result {
+        // The FIN to the back end (skipped when the other direction has ended: the close that
+        // follows sends it).
+        Ok(()) => pass_fin(&s.pair, s.backend),
+        Err(_) => s.pair.abort(),
     }
     result
 }
 
-async fn client_to_backend_inner(s: &Shared<'_>) -> io::Result<()> {
-    let mut buf = Vec::with_capacity(READ_SIZE);
-    // Application data that arrived with the handshake's last flight.
-    let mut closed = s.plaintext_to_backend().await?;
-    while !closed {
-        buf.clear();
-        let (res, b) = s.client.recv(buf).await;
-        buf = b;
-        if res? == 0 {
-            // EOF without close_notify: a truncation, but the bytes relayed so far stand.
+/// The ciphertext the client → back end direction holds between reads.
+enum Held {
+    /// Nothing (a record boundary): an idle connection.
+    None,
+    /// The start of a record, in a buffer of its own size (the client paused in mid-record).
+    Stash(Vec<u8>),
+    /// `usize` bytes at the front of a record buffer.
+    Buf(RecordBuf, usize),
+}
+
+async fn client_to_backend_inner(s: &Shared<'_>, mut leftover: Vec<u8>) -> io::Result<()> {
+    // The first wait keeps a held-back ticket (the answer to the leftover request carries it).
+    let mut first = !leftover.is_empty();
+    if !first {
+        // No request came with the Finished: nothing to wait for.
+        s.flush().await?;
+    }
+    if s.session.borrow().peer_closed() {
+        // close_notify came with the handshake's leftover (kernel TLS declined).
+        return Ok(());
+    }
+    let mut held = Held::None;
+    if !leftover.is_empty() {
+        // What came with the client's Finished: opened where it lies, in the handshake's buffer.
+        let (consumed, closed) = process_records(s, &mut leftover).await?;
+        if closed {
             return Ok(());
         }
+        if consumed < leftover.len() {
+            held = Held::Stash(leftover[consumed..].to_vec());
+        }
+    }
+    drop(leftover);
+    // A full read (more is queued): read again without waiting for readiness.
+    let mut ready = false;
+    loop {
+        if !s.out.borrow().is_empty() && s.flushers.get() == 0 && !(ready || first) {
+            // A held-back ticket whose answer did not come before the client spoke again.
+            s.flush().await?;
+        }
+        first = false;
+        if !ready {
+            held = match held {
+                // Going idle: no buffer, only a partial record's bytes in one of their size.
+                Held::Buf(b, 0) => {
+                    drop(b);
+                    Held::None
+                }
+                Held::Buf(b, len) => Held::Stash(b[..len].to_vec()),
+                h => h,
+            };
+            s.client.poll(POLLIN | POLLRDHUP).await?;
+        }
+        let (mut buf, mut len) = match std::mem::replace(&mut held, Held::None) {
+            Held::Buf(b, len) => (b, len),
+            Held::None => (RecordBuf::take(), 0),
+            Held::Stash(v) => {
+                let mut b = RecordBuf::take();
+                b[..v.len()].copy_from_slice(&v);
+                (b, v.len())
+            }
+        };
+        let n = match s.client.try_recv(&mut buf[len..]) {
+            // EOF without close_notify: a truncation, but the bytes relayed so far stand.
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                held = Held::Buf(buf, len);
+                ready = false;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         s.pair.touch();
-        // rustls holds at most 16 KiB of decrypted plaintext: pass it on after every record
-        // batch, or a client uploading full-size records fills it and the read fails.
-        let mut at = 0;
-        let mut bad = None;
-        while at < buf.len() && !closed {
-            let processed = {
-                let mut tls = s.tls.borrow_mut();
-                let mut rest = &buf[at..];
-                let read = tls.read_tls(&mut rest)?;
-                at = buf.len() - rest.len();
-                if read == 0 {
+        ready = len + n == buf.len();
+        len += n;
+        let (consumed, closed) = process_records(s, &mut buf[..len]).await?;
+        if closed {
+            return Ok(());
+        }
+        // What is left is the start of one record, shorter than the largest (every complete
+        // one was consumed), and a buffer holds two of those: room remains for the next read.
+        buf.copy_within(consumed..len, 0);
+        held = Held::Buf(buf, len - consumed);
+    }
+}
+
+/// Opens the complete records at the front of `buf` in place and sends their plaintext to the
+/// back end; answers KeyUpdates. Returns the bytes consumed and whether the client closed.
+async fn process_records(s: &Shared<'_>, buf: &mut [u8]) -> io::Result<(usize, bool)> {
+    let mut at = 0;
+    loop {
+        let mut ranges: [Range<usize>; MAX_IOV] = std::array::from_fn(|_| 0..0);
+        let mut k = 0;
+        let mut closed = false;
+        let mut failed = None;
+        {
+            let mut session = s.session.borrow_mut();
+            while k < MAX_IOV {
+                let len = match session.record_len(&buf[at..]) {
+                    Ok(Some(n)) if n <= buf.len() - at => n,
+                    Ok(_) => break,
+                    Err(f) => {
+                        failed = Some(f);
+                        break;
+                    }
+                };
+                match session.open(&mut buf[at..at + len]) {
+                    Ok(Event::Data(r)) => {
+                        if r.start < r.end {
+                            ranges[k] = at + r.start..at + r.end;
+                            k += 1;
+                        }
+                    }
+                    Ok(Event::Closed) => closed = true,
+                    Ok(Event::Nothing) => {}
+                    Err(f) => {
+                        failed = Some(f);
+                        break;
+                    }
+                }
+                at += len;
+                if closed {
                     break;
                 }
-                tls.process_new_packets().map(|_| ())
-            };
-            if let Err(e) = processed {
-                bad = Some(e);
-                break;
             }
-            closed = s.plaintext_to_backend().await?;
         }
-        let n = buf.len();
-        grow_if_full(&mut buf, n);
-        // Alerts, key-update answers: whatever rustls has to say goes out first.
-        s.flush_to_client().await?;
-        if let Some(e) = bad {
-            tracing::debug!("TLS error from client: {e}");
-            return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+        send_plaintext(s, buf, &mut ranges[..k]).await?;
+        if let Some(f) = failed {
+            return Err(s.fail(f));
+        }
+        if closed || k < MAX_IOV {
+            return Ok((at, closed));
+        }
+    }
+}
+
+/// Sends the plaintext at `ranges` of `buf` to the back end, all of it.
+async fn send_plaintext(s: &Shared<'_>, buf: &[u8], ranges: &mut [Range<usize>]) -> io::Result<()> {
+    let mut first = 0;
+    while first < ranges.len() {
+        let mut iov = [IoSlice::new(&[]); MAX_IOV];
+        let n = ranges.len() - first;
+        for (slot, r) in iov.iter_mut().zip(&ranges[first..]) {
+            *slot = IoSlice::new(&buf[r.clone()]);
+        }
+        match s.backend.try_send_vectored(&iov[..n]) {
+            Ok(mut sent) => {
+                s.to_backend.set(s.to_backend.get() + sent as u64);
+                s.pair.touch();
+                while sent > 0 && first < ranges.len() {
+                    let r = &mut ranges[first];
+                    let take = sent.min(r.len());
+                    r.start += take;
+                    sent -= take;
+                    if r.start >= r.end {
+                        first += 1;
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                s.backend.poll(POLLOUT).await?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(())
@@ -214,32 +490,263 @@ async fn client_to_backend_inner(s: &Shared<'_>) -> io::Result<()> {
 async fn backend_to_client(s: &Shared<'_>) -> io::Result<()> {
     let result = backend_to_client_inner(s).await;
     if result.is_err() {
-        s.abort();
+        s.pair.abort();
     }
     result
 }
 
-async fn backend_to_client_inner(s: &Shared<'_>) -> io::Result<()> {
-    let mut buf = Vec::with_capacity(16 * 1024);
+/// The back end's next bytes, in a record buffer taken only once the back end is readable
+/// (nothing is held while it is idle): `read` reads into the buffer. `ready` (the last read
+/// filled its buffer: more is queued) and `hup` (the back end's FIN was seen: the next reads
+/// return the rest, then 0) skip the wait for readiness; a read that would block clears both.
+async fn read_backend(
+    s: &Shared<'_>,
+    ready: &mut bool,
+    hup: &mut bool,
+    mut read: impl FnMut(&mut RecordBuf) -> io::Result<usize>,
+) -> io::Result<(RecordBuf, usize)> {
     loop {
-        buf.clear();
-        let (res, b) = s.backend.recv(buf).await;
-        buf = b;
-        let n = res?;
+        if !*ready && !*hup {
+            *hup = s.backend.poll(POLLIN | POLLRDHUP).await? & (POLLRDHUP | POLLHUP) != 0;
+        }
+        let mut buf = RecordBuf::take();
+        match read(&mut buf) {
+            Ok(n) => return Ok((buf, n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                *ready = false;
+                *hup = false;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn backend_to_client_inner(s: &Shared<'_>) -> io::Result<()> {
+    let (prefix, suffix) = {
+        let session = s.session.borrow();
+        (session.prefix(), session.suffix())
+    };
+    let stride = prefix + MAX_PLAINTEXT + suffix;
+    // `ready`: a full read (more is queued); `hup`: the back end's FIN was seen (the next reads
+    // return the rest, then 0). Either way, read without waiting for readiness.
+    let (mut ready, mut hup) = (false, false);
+    loop {
+        let (mut buf, n) = read_backend(s, &mut ready, &mut hup, |buf| {
+            let mut iov: [IoSliceMut<'_>; RECORDS] = std::array::from_fn(|_| IoSliceMut::new(&mut []));
+            for (v, slot) in iov.iter_mut().zip(buf.chunks_mut(stride)) {
+                *v = IoSliceMut::new(&mut slot[prefix..prefix + MAX_PLAINTEXT]);
+            }
+            s.backend.try_recv_vectored(&mut iov)
+        })
+        .await?;
         if n == 0 {
-            s.tls.borrow_mut().send_close_notify();
-            s.flush_to_client().await?;
-            s.client.shutdown(Shutdown::Write);
+            drop(buf);
+            let mut ctl = Vec::new();
+            s.session.borrow_mut().seal_alert(alert::CLOSE_NOTIFY, &mut ctl);
+            s.out.borrow_mut().push_bytes(&mut ctl);
+            if s.client_done.get() {
+                // The relay ends here and the close follows at once: close_notify and the FIN
+                // in one segment.
+                s.flush_before_close().await?;
+            } else {
+                s.flush().await?;
+            }
+            pass_fin(&s.pair, s.client);
             return Ok(());
         }
-        s.pair.touch();
-        let now = Instant::now();
-        if s.first_to_client.get().is_none() {
-            s.first_to_client.set(Some(now));
+        s.read_from_backend(n);
+        ready = n == RECORDS * MAX_PLAINTEXT;
+        let records = n.div_ceil(MAX_PLAINTEXT);
+        let mut ctl = Vec::new();
+        let sealed = {
+            let mut session = s.session.borrow_mut();
+            session.reserve(records as u64, &mut ctl).and_then(|()| {
+                let mut end = 0;
+                for i in 0..records {
+                    let len = (n - i * MAX_PLAINTEXT).min(MAX_PLAINTEXT);
+                    end = i * stride + session.seal(content::APPLICATION_DATA, &mut buf[i * stride..], len)?;
+                }
+                Ok(end)
+            })
+        };
+        let end = sealed.map_err(|f| s.fail(f))?;
+        {
+            let mut out = s.out.borrow_mut();
+            out.push_bytes(&mut ctl);
+            out.segs.push_back(Seg::Records(buf, 0..end));
         }
-        s.to_client.set(s.to_client.get() + n as u64);
-        s.tls.borrow_mut().writer().write_all(&buf[..n])?;
-        grow_if_full(&mut buf, n);
-        s.flush_to_client().await?;
+        s.flush().await?;
+    }
+}
+
+// ---- kernel TLS: the client socket carries plaintext --------------------------------------
+
+/// Sends one control record (an alert, our KeyUpdate) through kernel TLS, waiting for room.
+async fn ktls_send_record(s: &Shared<'_>, typ: u8, payload: &[u8]) -> io::Result<()> {
+    loop {
+        match abi::send_record(s.client, typ, payload) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                s.client.poll(POLLOUT).await?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Ends a kernel TLS connection for `f`: its alert (one non-blocking try), then the error.
+fn ktls_fail(s: &Shared<'_>, f: Fatal) -> io::Error {
+    tracing::debug!(reason = f.why, "kernel TLS relay: closing the connection");
+    if let Some(desc) = f.alert {
+        let mut session = s.session.borrow_mut();
+        if !session.is_closed() {
+            session.mark_closed();
+            let _ = abi::send_record(s.client, content::ALERT, &record::alert_payload(desc));
+        }
+    }
+    tls_error(f)
+}
+
+/// Our KeyUpdate, then our next key to the kernel (no await between the two, so nothing is
+/// sent under the old key after the KeyUpdate).
+async fn ktls_update_tx(s: &Shared<'_>) -> io::Result<()> {
+    ktls_send_record(s, content::HANDSHAKE, &record::KEY_UPDATE_NOT_REQUESTED).await?;
+    let r = ktls::rekey(s.client, &mut s.session.borrow_mut(), Direction::Tx);
+    r.map_err(|e| ktls_rekey_error(s, e))
+}
+
+fn ktls_rekey_error(s: &Shared<'_>, e: ktls::RekeyError) -> io::Error {
+    match e {
+        ktls::RekeyError::Fatal(f) => ktls_fail(s, f),
+        // Counted as relay_errors{cause="ktls"}.
+        ktls::RekeyError::Refused(e) => e,
+    }
+}
+
+async fn ktls_client_to_backend(s: &Shared<'_>) -> io::Result<()> {
+    let result = ktls_client_to_backend_inner(s).await;
+    match &result {
+        // The FIN to the back end (skipped when the other direction has ended: the close that
+        // follows sends it).
+        Ok(()) => pass_fin(&s.pair, s.backend),
+        Err(_) => s.pair.abort(),
+    }
+    result
+}
+
+async fn ktls_client_to_backend_inner(s: &Shared<'_>) -> io::Result<()> {
+    let mut ready = false;
+    loop {
+        if !ready {
+            s.client.poll(POLLIN | POLLRDHUP).await?;
+        }
+        let mut buf = RecordBuf::take();
+        let (n, typ) = match abi::recv_record(s.client, &mut buf) {
+            Ok((0, _)) => return Ok(()),
+            Ok(r) => r,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                ready = false;
+                continue;
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EBADMSG) => {
+                return Err(ktls_fail(s, Fatal { alert: Some(alert::BAD_RECORD_MAC), why: "bad record MAC" }));
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => {
+                return Err(ktls_fail(s, Fatal { alert: Some(alert::RECORD_OVERFLOW), why: "record too large" }));
+            }
+            Err(e) => return Err(e),
+        };
+        s.pair.touch();
+        ready = n == buf.len();
+        let message = s.session.borrow_mut().classify(typ, &buf[..n]);
+        match message.map_err(|f| ktls_fail(s, f))? {
+            Message::Data => {
+                let mut whole = [Range { start: 0, end: n }];
+                send_plaintext(s, &buf, &mut whole).await?;
+            }
+            Message::Closed => return Ok(()),
+            Message::Nothing => {}
+            Message::KeyUpdate { requested } => {
+                // Ours goes out before our next data (the back end → client direction sends
+                // it), as in user space.
+                if requested {
+                    s.ktls_tx_update.set(true);
+                }
+                let r = ktls::rekey(s.client, &mut s.session.borrow_mut(), Direction::Rx);
+                r.map_err(|e| ktls_rekey_error(s, e))?;
+            }
+        }
+    }
+}
+
+async fn ktls_backend_to_client(s: &Shared<'_>) -> io::Result<()> {
+    let result = ktls_backend_to_client_inner(s).await;
+    if result.is_err() {
+        s.pair.abort();
+    }
+    result
+}
+
+async fn ktls_backend_to_client_inner(s: &Shared<'_>) -> io::Result<()> {
+    // Records the kernel sealed under the current key, at most: one per send, one per 16 KiB.
+    let mut records = s.session.borrow().seqs().0;
+    let (mut ready, mut hup) = (false, false);
+    loop {
+        let (buf, n) = read_backend(s, &mut ready, &mut hup, |buf| s.backend.try_recv(buf)).await?;
+        if n == 0 {
+            drop(buf);
+            let open = !s.session.borrow().is_closed();
+            if open {
+                s.session.borrow_mut().mark_closed();
+                ktls_send_record(s, content::ALERT, &record::alert_payload(alert::CLOSE_NOTIFY)).await?;
+            }
+            pass_fin(&s.pair, s.client);
+            return Ok(());
+        }
+        s.read_from_backend(n);
+        ready = n == buf.len();
+        let (version, limit) = {
+            let session = s.session.borrow();
+            (session.version(), session.limit())
+        };
+        records += 1 + n.div_ceil(MAX_PLAINTEXT) as u64;
+        if records + 2 * RECORDS as u64 >= limit {
+            if version != Version::Tls13 {
+                return Err(ktls_fail(
+                    s,
+                    Fatal { alert: Some(alert::CLOSE_NOTIFY), why: "TLS 1.2 keys at their limit" },
+                ));
+            }
+            ktls_update_tx(s).await?;
+            records = 0;
+        }
+        let mut at = 0;
+        while at < n {
+            match s.client.try_send(&buf[at..n]) {
+                Ok(m) => {
+                    at += m;
+                    s.pair.touch();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    s.client.poll(POLLOUT).await?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+pub(super) fn geometry_fits(session: &Session) -> bool {
+    let stride = session.prefix() + MAX_PLAINTEXT + session.suffix();
+    stride <= MAX_PLAINTEXT + super::buffers::OVERHEAD && super::record::HEADER <= session.prefix()
+}
+
+/// A direction reached end of stream: its FIN goes on to `dst`, unless the other direction has
+/// ended too (the close that follows sends it).
+fn pass_fin(pair: &relay::Pair<'_>, dst: &Socket) {
+    if pair.end_of_stream() {
+        dst.shutdown(std::net::Shutdown::Write);
     }
 }

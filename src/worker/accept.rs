@@ -58,10 +58,33 @@ pub(crate) async fn run(w: Rc<Worker>, listener: Socket, addr: SocketAddr, mut o
 /// Connections already queued: takes them without blocking, then shuts the listener down,
 /// which completes the accept in flight (with a connection that came in meanwhile, or an
 /// error), so its fd is not left to a completion nobody reads; serves what they brought.
+///
+/// A listener a new process took over (a binary upgrade) is shared with it: its backlog is the
+/// new process's to serve and shutting it down would close it for both. Only the accept in
+/// flight is cancelled (a connection it already took is served here).
 async fn stop_accepting<F>(w: &Rc<Worker>, listener: &Socket, addr: SocketAddr, pending: Option<std::pin::Pin<&mut F>>)
 where
     F: std::future::Future<Output = std::io::Result<Socket>>,
 {
+    if w.handed_off.get().is_some_and(|adopted| adopted.contains(&addr)) {
+        let mut served = 0;
+        if let Some(accept) = pending {
+            match listener.cancel_pending().await {
+                Ok(_) => {
+                    if let Ok(client) = accept.await {
+                        spawn(w, client, addr);
+                        served = 1;
+                    }
+                }
+                // Before Linux 5.19: the accept stays armed until this ring closes.
+                Err(e) => {
+                    tracing::warn!(worker = w.id(), listener = %addr, error = %e, "cannot cancel the accept in flight")
+                }
+            }
+        }
+        tracing::debug!(worker = w.id(), listener = %addr, served, "handed over: stopped accepting");
+        return;
+    }
     let mut drained = 0;
     if listener.set_nonblocking().is_ok() {
         while let Ok(client) = listener.try_accept() {
@@ -106,8 +129,14 @@ fn failed(w: &Worker, addr: SocketAddr, e: &std::io::Error) -> Option<Duration> 
 }
 
 /// One connection's task: served with the configuration of the moment (it keeps only its
-/// route), counted open until done.
-async fn serve(guard: OpenGuard, conn: Accepted) {
-    let w = &guard.0;
-    conn::serve(&w.conns, &**w, conn).await;
+/// route), counted open until done. The task owns the connection (stored once: `conn::serve`
+/// borrows it) and closes it at the end.
+#[allow(clippy::manual_async_fn)] // an `async move` block: its arguments are stored once
+fn serve(guard: OpenGuard, mut conn: Accepted) -> impl std::future::Future<Output = ()> {
+    async move {
+        let w = &guard.0;
+        conn::serve(&w.conns, &**w, &mut conn).await;
+        // Through the ring: batched with the other submissions, no close(2) of its own.
+        conn.client.close().await;
+    }
 }

@@ -127,7 +127,8 @@ fn received(w: &Rc<Worker>, bytes: &[u8], fds: &mut Vec<OwnedFd>) {
     tokio_uring::spawn(serve(OpenGuard(Rc::clone(w)), conn));
 }
 
-async fn serve(guard: OpenGuard, conn: Accepted) {
+async fn serve(guard: OpenGuard, mut conn: Accepted) {
     let w = &guard.0;
-    conn::serve(&w.conns, &**w, conn).await;
+    conn::serve(&w.conns, &**w, &mut conn).await;
+    conn.client.close().await;
 }

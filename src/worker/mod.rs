@@ -21,7 +21,7 @@ use crate::access_log;
 use crate::config::Config;
 use crate::conn;
 use crate::metrics::{self, Local};
-use crate::relay::{BufPool, PipePool};
+use crate::relay::{timers, BufPool, PipePool, Scratch, Timers};
 use crate::route::RouteId;
 use crate::sys::{self, RingOptions, Socket};
 use arc_swap::{ArcSwap, Cache};
@@ -30,7 +30,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
 
@@ -61,10 +61,77 @@ pub struct Setup {
     pub timing: bool,
     pub log: Option<access_log::Writer>,
     pub commands: tokio::sync::mpsc::UnboundedReceiver<Command>,
+    /// Set before the stop signal when a new process took over these listeners (a binary
+    /// upgrade): the bound addresses it adopted, whose sockets it now accepts on.
+    pub handed_off: Arc<OnceLock<Vec<SocketAddr>>>,
     /// The listeners' per-client counts, shared by every worker.
     pub admission: Arc<conn::admission::Tables>,
     /// One socket per hand-off listener (`[[listener]] handoff`), with its path.
     pub handoff: Vec<(OwnedFd, std::path::PathBuf)>,
+}
+
+/// Descriptors a process needs besides its connections and pipes: stdio, the admin listener,
+/// the access log, signal and runtime internals.
+const FIXED_FDS: u64 = 32;
+/// Descriptors each worker needs besides its connections and pipes: its ring, its runtime's
+/// epoll and wake-up fds (its listeners are counted apart).
+const WORKER_FDS: u64 = 4;
+
+/// How the splice pipe pool fits under `RLIMIT_NOFILE` (checked at start).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FdPlan {
+    /// Pipes each worker may have at once (`pipe_pool`, or less to fit the limit).
+    pub pipe_pool: usize,
+    /// What the operator should know, when the configuration does not fit the limit.
+    pub warning: Option<String>,
+}
+
+/// Counts the pipe pool's descriptors (two per pipe, `pipe_pool` per worker) against the
+/// open-file limit: the pools may take at most a quarter of it, so that connections (two
+/// descriptors each) keep the rest, and `pipe_pool` is lowered to fit; with
+/// `max_conns_per_worker` set, says whether the connections it allows fit beside them.
+pub fn plan_descriptors(
+    limit: u64,
+    workers: usize,
+    listeners: usize,
+    pipe_pool: usize,
+    max_conns_per_worker: usize,
+) -> FdPlan {
+    let w = workers.max(1) as u64;
+    let fixed = FIXED_FDS + w * (WORKER_FDS + listeners as u64);
+    let cap = (limit / 4 / (2 * w)) as usize;
+    let mut notes = Vec::new();
+    let pool = if pipe_pool > cap {
+        notes.push(format!(
+            "pipe_pool = {pipe_pool} per worker would take {} of the {limit} descriptors this process may open (RLIMIT_NOFILE); capped at {cap} per worker, a quarter of the limit, so that connections keep the rest",
+            2 * pipe_pool as u64 * w
+        ));
+        cap
+    } else {
+        pipe_pool
+    };
+    let pipes = 2 * pool as u64 * w;
+    if max_conns_per_worker > 0 {
+        let conns = 2 * max_conns_per_worker as u64 * w;
+        if fixed + pipes + conns > limit {
+            notes.push(format!(
+                "max_conns_per_worker = {max_conns_per_worker} on {w} worker(s) needs {conns} descriptors (two per connection), which with the pipe pools ({pipes}) and the process's own ({fixed}) exceeds RLIMIT_NOFILE = {limit}: accepts will fail with EMFILE before the cap is reached"
+            ));
+        }
+    } else {
+        let room = limit.saturating_sub(fixed + pipes) / 2;
+        if room < 1024 {
+            notes.push(format!(
+                "RLIMIT_NOFILE = {limit} leaves room for about {room} connections beside the pipe pools ({pipes} descriptors) and the process's own ({fixed})"
+            ));
+        }
+    }
+    let warning = (!notes.is_empty()).then(|| {
+        notes
+            .push("raise the limit (ulimit -n, systemd LimitNOFILE=) or lower pipe_pool / max_conns_per_worker".into());
+        notes.join("; ")
+    });
+    FdPlan { pipe_pool: pool, warning }
 }
 
 /// Why a worker could not start.
@@ -88,11 +155,12 @@ pub(crate) struct Worker {
     /// Woken when a connection closes, for an accept loop waiting under `max_conns_per_worker`.
     pub(crate) slot_freed: Notify,
     pub(crate) stop: watch::Receiver<bool>,
+    pub(crate) handed_off: Arc<OnceLock<Vec<SocketAddr>>>,
 }
 
 impl Worker {
     /// The configuration snapshot for a new connection: a pointer comparison, and an `Rc` clone.
-    #[allow(clippy::redundant_allocation)]
+    #[allow(clippy::redundant_allocation)] // the worker's own `Rc`: clones stay non-atomic
     pub(crate) fn config(&self) -> Rc<Arc<Config>> {
         let mut cache = self.cache.borrow_mut();
         let latest = cache.load();
@@ -188,6 +256,7 @@ pub fn main(setup: Setup, ready: mpsc::Sender<Result<(), StartError>>) {
         timing,
         log,
         mut commands,
+        handed_off,
         admission,
         handoff,
     } = setup;
@@ -216,6 +285,8 @@ pub fn main(setup: Setup, ready: mpsc::Sender<Result<(), StartError>>) {
                 metrics: Local::new(slot),
                 pipes: RefCell::new(PipePool::new(pipe_pool)),
                 bufs: RefCell::new(BufPool::default()),
+                scratch: RefCell::new(Scratch::default()),
+                timers: Timers::default(),
                 timing,
                 log,
                 admission,
@@ -223,6 +294,7 @@ pub fn main(setup: Setup, ready: mpsc::Sender<Result<(), StartError>>) {
             open: Cell::new(0),
             slot_freed: Notify::new(),
             stop,
+            handed_off,
         });
         let accepting: RefCell<Vec<Listening>> = RefCell::new(Vec::new());
         let listen = |fd: OwnedFd, addr: SocketAddr| {
@@ -237,7 +309,7 @@ pub fn main(setup: Setup, ready: mpsc::Sender<Result<(), StartError>>) {
             .into_iter()
             .map(|(fd, path)| tokio_uring::spawn(handoff::run(Rc::clone(&w), Socket::from(fd), path)))
             .collect();
-        let publisher = tokio_uring::spawn(publish_loop(Rc::clone(&w)));
+        let publisher = tokio_uring::spawn(tick_loop(Rc::clone(&w)));
         let quic = (!udp.is_empty()).then(|| Rc::new(quic::Quic::new(&w.config())));
         let mut udp_loops = Vec::new();
         if let Some(q) = &quic {
@@ -297,7 +369,10 @@ pub fn main(setup: Setup, ready: mpsc::Sender<Result<(), StartError>>) {
         }
         publisher.abort();
         let m = w.metrics();
-        m.bump(|c| c.open = 0);
+        m.bump(|c| {
+            c.open = 0;
+            crate::tls::drain_counts(c);
+        });
         if let Some(log) = &w.conns.log {
             log.flush(m);
         }
@@ -314,20 +389,47 @@ struct Listening {
     task: tokio::task::JoinHandle<()>,
 }
 
-/// Every [`metrics::PUBLISH_EVERY`]: the open-connection gauge, the access-log buffer and the
-/// counters go out to the readers.
-async fn publish_loop(w: Rc<Worker>) {
+/// Ticks of the housekeeping loop between two trims of the pools.
+const TRIM_EVERY_TICKS: u32 = 10;
+
+/// The worker's housekeeping, every [`timers::TICK`]: the wheel of deadlines advances (hello
+/// timeouts, idle connections), and every [`metrics::PUBLISH_EVERY`] the gauges, the access-log
+/// buffer and the counters go out to the readers (and an idle worker lets go of a replaced
+/// snapshot); about once a second the pools give back what the last second did not need and
+/// the allocator returns freed pages to the system.
+async fn tick_loop(w: Rc<Worker>) {
+    let publish_every = (metrics::PUBLISH_EVERY.as_nanos() / timers::TICK.as_nanos()).max(1) as u32;
+    let mut n: u32 = 0;
     loop {
-        tokio::time::sleep(metrics::PUBLISH_EVERY).await;
-        let open = w.open.get() as u64;
-        // An idle worker lets go of a replaced snapshot too.
-        drop(w.config());
-        let m = w.metrics();
-        m.bump(|c| c.open = open);
-        if let Some(log) = &w.conns.log {
-            log.flush(m);
+        tokio::time::sleep(timers::TICK).await;
+        n = n.wrapping_add(1);
+        let c = &w.conns;
+        c.timers.advance(std::time::Instant::now());
+        if n.is_multiple_of(TRIM_EVERY_TICKS) {
+            c.pipes.borrow_mut().trim();
+            c.bufs.borrow_mut().trim();
+            c.timers.shrink();
+            sys::release_free_memory();
         }
-        m.publish();
+        if n.is_multiple_of(publish_every) {
+            // An idle worker lets go of a replaced snapshot too (the control thread frees it).
+            drop(w.config());
+            let open = w.open.get() as u64;
+            let pipes = c.pipes.borrow().live() as u64;
+            let buffered = c.bufs.borrow().free_bytes() as u64;
+            let m = w.metrics();
+            m.bump(|c| {
+                c.open = open;
+                c.pipes_open = pipes;
+                c.buffer_pool_bytes = buffered;
+                // What rustls's callbacks (tickets, OCSP staples) counted on this thread.
+                crate::tls::drain_counts(c);
+            });
+            if let Some(log) = &c.log {
+                log.flush(m);
+            }
+            m.publish();
+        }
     }
 }
 
@@ -338,5 +440,26 @@ impl Drop for OpenGuard {
     fn drop(&mut self) {
         self.0.open.set(self.0.open.get().saturating_sub(1));
         self.0.slot_freed.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pipe_pools_fit_a_quarter_of_the_fd_limit() {
+        // The default pool on a generous limit: unchanged, nothing to say.
+        assert_eq!(plan_descriptors(1 << 20, 4, 1, 1024, 0), FdPlan { pipe_pool: 1024, warning: None });
+        // ulimit -n 256, one worker: 1024 pipes would be 2048 fds; capped at 32 pipes (64 fds).
+        let p = plan_descriptors(256, 1, 1, 1024, 0);
+        assert_eq!(p.pipe_pool, 32);
+        let w = p.warning.unwrap();
+        assert!(w.contains("capped at 32") && w.contains("RLIMIT_NOFILE"), "{w}");
+        // Connections that cannot fit beside the pools are called out.
+        let p = plan_descriptors(20_000, 2, 1, 1024, 10_000);
+        assert_eq!(p.pipe_pool, 1024);
+        assert!(p.warning.unwrap().contains("max_conns_per_worker = 10000"));
+        assert_eq!(plan_descriptors(100_000, 2, 1, 1024, 10_000).warning, None);
     }
 }

@@ -272,12 +272,24 @@ pub fn roundtrip(addr: SocketAddr, hello: &[u8]) -> Vec<u8> {
     read_to_end(&mut c).expect("reply")
 }
 
-/// Sends `bytes` and expects the proxy to close the connection without a byte.
-pub fn expect_dropped(addr: SocketAddr, bytes: &[u8]) {
+/// Sends `bytes` and expects the proxy to close the connection without relaying a byte: it
+/// sends nothing, or only the fatal alert a TLS server would send (see [`expect_alert`]).
+/// Returns the alert's description, if one came.
+pub fn expect_dropped(addr: SocketAddr, bytes: &[u8]) -> Option<u8> {
     let mut c = connect(addr);
     let _ = c.write_all(bytes);
     let got = read_to_end(&mut c).expect("proxy should close");
-    assert!(got.is_empty(), "expected a drop, got {} bytes", got.len());
+    match got.as_slice() {
+        [] => None,
+        [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, desc] => Some(*desc),
+        _ => panic!("expected a drop (nothing, or one alert record), got {} bytes: {got:02x?}", got.len()),
+    }
+}
+
+/// Sends `bytes` and expects the proxy to answer exactly one fatal alert record with
+/// description `desc` (RFC 8446 §6: `15 03 03 00 02 02 desc`), then close.
+pub fn expect_alert(addr: SocketAddr, bytes: &[u8], desc: u8) {
+    assert_eq!(expect_dropped(addr, bytes), Some(desc), "expected alert {desc}");
 }
 
 /// One HTTP exchange with the admin endpoint: raw request bytes in, (status, headers, body) out.
@@ -444,4 +456,67 @@ impl Stream {
 /// build: the kernel moves the bytes), unless `SNI_BULK_BYTES` says otherwise.
 pub fn bulk_bytes() -> u64 {
     std::env::var("SNI_BULK_BYTES").ok().and_then(|s| s.parse().ok()).unwrap_or(1 << 30)
+}
+
+// ---- openssl s_client ---------------------------------------------------------------------
+
+/// Runs `openssl s_client` against `addr`; returns its stdout and stderr together.
+pub fn s_client(addr: SocketAddr, sni: Option<&str>, extra: &[&str]) -> String {
+    s_client_with(addr, sni, extra, b"")
+}
+
+/// As [`s_client`], sending `input` and waiting for the server to close (`-ign_eof`) when there is any.
+pub fn s_client_with(addr: SocketAddr, sni: Option<&str>, extra: &[&str], input: &[u8]) -> String {
+    let mut cmd = Command::new("timeout");
+    cmd.args(["20", "openssl", "s_client", "-connect", &addr.to_string()]);
+    match sni {
+        Some(name) => cmd.args(["-servername", name]),
+        None => cmd.arg("-noservername"),
+    };
+    cmd.args(extra);
+    if input.is_empty() {
+        cmd.stdin(Stdio::null());
+    } else {
+        cmd.arg("-ign_eof").stdin(Stdio::piped());
+    }
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("openssl s_client");
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(input).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// The CN of the certificate `s_client` was shown, or None.
+pub fn subject(out: &str) -> Option<String> {
+    let line = out.lines().find(|l| l.starts_with("subject="))?;
+    Some(line.rsplit("CN").next()?.trim_start_matches([' ', '=']).trim().to_owned())
+}
+
+/// An HTTP origin that answers `site NAME path PATH` and closes.
+pub fn http_origin(name: &'static str) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut s = s;
+                s.set_read_timeout(Some(IO_TIMEOUT)).ok();
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let path = String::from_utf8_lossy(&head).split_whitespace().nth(1).unwrap_or("/").to_owned();
+                let body = format!("site {name} path {path}\n");
+                let _ =
+                    write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+            });
+        }
+    });
+    addr
 }
