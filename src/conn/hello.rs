@@ -25,7 +25,6 @@ use crate::sys::{POLLIN, POLLRDHUP};
 use std::borrow::Cow;
 use std::io;
 use std::net::Shutdown;
-use std::time::Duration;
 
 /// The least a partial hello's buffer is grown by (within what the headers say it needs), so
 /// a client that dribbles bytes does not make a reallocation per byte.
@@ -37,28 +36,34 @@ const DRAIN_READS: usize = 4;
 /// What routing a hello needs besides the connection: the worker's snapshots (the route is
 /// chosen in the one current when the hello is complete) and the listener's settings (from the
 /// snapshot current at accept).
-#[derive(Clone, Copy)]
-struct Where<'a> {
-    snaps: &'a dyn Snapshots,
+struct Where<'a, S> {
+    snaps: &'a S,
     listener: Option<&'a Listener>,
 }
 
+impl<S> Clone for Where<'_, S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<S> Copy for Where<'_, S> {}
+
 /// Reads and routes the hello; the routed connection, or why it is refused.
-pub(super) async fn read(
+pub(super) async fn read<S: Snapshots>(
     res: &Resources,
     lim: &Limits,
-    snaps: &dyn Snapshots,
+    snaps: &S,
     listener: Option<&Listener>,
     conn: &Accepted,
     t: &mut Trace,
 ) -> Result<Routed, Refusal> {
     // Behind a PROXY header the header and the hello share the one timeout.
-    let timeout = conn.hello_deadline.map_or(Duration::from_millis(lim.hello_timeout_ms), |d| {
-        d.saturating_duration_since(std::time::Instant::now())
-    });
+    let timeout =
+        conn.hello_deadline.map_or(lim.hello_timeout(), |d| d.saturating_duration_since(std::time::Instant::now()));
     let deadline = res.timers.arm([Some(&conn.client), None], timeout);
     let at = Where { snaps, listener };
-    let mut out = read_and_route(res, lim.max_hello_bytes, at, conn, t).await;
+    let mut out = read_and_route(res, lim.max_hello_bytes(), at, conn, t).await;
     if let Err(r) = &mut out {
         if r.reason == DropReason::ClientClosed && deadline.fired() {
             // The wheel shut the socket down: that was the timeout, not the client.
@@ -78,10 +83,10 @@ enum Step {
     Done(Result<Routed, Refusal>),
 }
 
-async fn read_and_route(
+async fn read_and_route<S: Snapshots>(
     res: &Resources,
     max_hello_bytes: usize,
-    at: Where<'_>,
+    at: Where<'_, S>,
     conn: &Accepted,
     t: &mut Trace,
 ) -> Result<Routed, Refusal> {
@@ -121,7 +126,7 @@ impl Partial {
 
     /// One non-blocking read into the worker's scratch buffer, and what it made of the hello.
     /// Synchronous: the scratch buffer is borrowed only here.
-    fn read(&mut self, res: &Resources, at: Where<'_>, conn: &Accepted, t: &mut Trace) -> Step {
+    fn read(&mut self, res: &Resources, at: Where<'_, impl Snapshots>, conn: &Accepted, t: &mut Trace) -> Step {
         let mut scratch = res.scratch.borrow_mut();
         let n = match conn.client.try_recv(&mut scratch) {
             Ok(0) => return Step::Done(Err(DropReason::ClientClosed.into())),
@@ -134,7 +139,14 @@ impl Partial {
     }
 
     /// What the bytes `got` (just received) make of the hello.
-    fn take(&mut self, res: &Resources, at: Where<'_>, conn: &Accepted, t: &mut Trace, got: &[u8]) -> Step {
+    fn take(
+        &mut self,
+        res: &Resources,
+        at: Where<'_, impl Snapshots>,
+        conn: &Accepted,
+        t: &mut Trace,
+        got: &[u8],
+    ) -> Step {
         if self.held.is_empty() {
             // The whole hello in one read: parsed where it landed, copied once to go on.
             match self.framing.advance(got) {
@@ -178,7 +190,7 @@ impl Partial {
     fn route(
         &self,
         res: &Resources,
-        at: Where<'_>,
+        at: Where<'_, impl Snapshots>,
         conn: &Accepted,
         t: &mut Trace,
         bytes: Cow<'_, [u8]>,
@@ -199,7 +211,7 @@ impl Partial {
     fn decide(
         &self,
         res: &Resources,
-        at: Where<'_>,
+        at: Where<'_, impl Snapshots>,
         conn: &Accepted,
         t: &mut Trace,
         bytes: &[u8],

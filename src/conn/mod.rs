@@ -42,7 +42,7 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use trace::Trace;
 
 /// What connections share with their worker (one thread, so `RefCell`s): counters, pools, the
@@ -212,18 +212,20 @@ pub enum Outcome {
 /// stages that pass quickly are boxed. An idle connection's task is what it costs (see
 /// `tuning/README.md`, "Memory per connection").
 #[allow(clippy::manual_async_fn)] // an `async move` block: its arguments are stored once
-pub fn serve<'a>(
+pub fn serve<'a, S: Snapshots>(
     res: &'a Resources,
-    snaps: &'a dyn Snapshots,
+    snaps: &'a S,
     conn: &'a mut Accepted,
 ) -> impl Future<Output = ()> + 'a {
     async move {
         let at_accept = snaps.current();
         let lim = at_accept.runtime.limits();
         let mut t = Trace::new(conn.at, res.log.as_ref().is_some_and(|l| l.sample()));
-        let listener = if conn.handed_off { None } else { at_accept.listener(conn.listen) };
-        // Boxed: it is passed through quickly, and the task need not hold its state.
-        let admitted = Box::pin(admit(res, &lim, listener, conn)).await;
+        let admitted = {
+            let listener = if conn.handed_off { None } else { at_accept.listener(conn.listen) };
+            // Boxed: it is passed through quickly, and the task need not hold its state.
+            Box::pin(admit(res, &lim, listener, conn)).await
+        };
         if t.log {
             t.client = conn.peer();
             t.local = Some(conn.dialed());
@@ -254,7 +256,7 @@ async fn admit<'r>(
 ) -> Result<Option<admission::Admitted<'r>>, DropReason> {
     let Some(l) = listener else { return Ok(None) };
     if let Some(accept) = l.accept_proxy {
-        let timeout = Duration::from_millis(lim.hello_timeout_ms);
+        let timeout = lim.hello_timeout();
         conn.hello_deadline = Some(conn.at.unwrap_or_else(Instant::now) + timeout);
         proxy_in::read(res, l, accept, conn, timeout).await?;
     }
@@ -270,46 +272,52 @@ async fn admit<'r>(
 /// only its route.
 #[allow(clippy::manual_async_fn)] // an `async move` block: its arguments are stored once
 #[allow(clippy::redundant_allocation)] // the worker's own `Rc` of the snapshot: no atomic count
-fn run<'a>(
+fn run<'a, S: Snapshots>(
     res: &'a Resources,
-    snaps: &'a dyn Snapshots,
+    snaps: &'a S,
     lim: &'a Limits,
     at_accept: Rc<Arc<Config>>,
     conn: &'a Accepted,
     t: &'a mut Trace,
 ) -> impl Future<Output = (Outcome, bool, Option<Kept>)> + 'a {
     async move {
-        let listener = if conn.handed_off { None } else { at_accept.listener(conn.listen) };
-        let read = hello::read(res, lim, snaps, listener, conn, t).await;
-        drop(at_accept);
-        let routed = match read {
-            Ok(r) => r,
-            Err(r) => return (Outcome::Dropped(r.reason), r.logged, None),
-        };
-        let kept = Rc::clone(&routed.route);
-        if let Some(stats) = kept.pools.route_stats(routed.id) {
-            stats.routed(res.worker);
-            t.route_open = true;
-        }
-        let held: &Held = &kept;
-        let route: &Route = held;
-        let tls = match &route.action {
-            crate::route::Action::Passthrough => None,
-            crate::route::Action::Terminate(tls) => Some(tls),
-        };
-        let outcome = if let Some(tls) = tls {
-            // Boxed: the TLS state machine would otherwise make every connection's task (passthrough
-            // included) several KiB larger, and each task is memcpy'd when it is spawned.
-            Box::pin(terminate::run(res, lim, route, tls, conn, routed, t)).await
-        } else {
-            // Opening is boxed, as every stage a connection passes through quickly: the task
-            // then holds little more than the relay, which is what an idle connection costs.
-            let opened = Box::pin(passthrough::open(res, lim, held, conn, routed, t)).await;
-            match opened {
-                Ok(opened) => passthrough::relay(res, lim, conn, opened).await,
-                Err(outcome) => outcome,
+        // The blocks keep what only the hello and the opening need out of the task's state
+        // while it relays (what an idle connection costs).
+        let kept: Kept;
+        // The block's value is the relay future, awaited in place (a named future would be
+        // stored twice).
+        let outcome = {
+            let routed = {
+                let listener = if conn.handed_off { None } else { at_accept.listener(conn.listen) };
+                let read = hello::read(res, lim, snaps, listener, conn, t).await;
+                drop(at_accept);
+                match read {
+                    Ok(r) => r,
+                    Err(r) => return (Outcome::Dropped(r.reason), r.logged, None),
+                }
+            };
+            kept = Rc::clone(&routed.route);
+            if let Some(stats) = kept.pools.route_stats(routed.id) {
+                stats.routed(res.worker);
+                t.route_open = true;
             }
-        };
+            let opened = match &kept.route.action {
+                // Boxed: the TLS state machine would otherwise make every connection's task
+                // (passthrough included) several KiB larger, and each task is memcpy'd when it
+                // is spawned.
+                crate::route::Action::Terminate(tls) => {
+                    Err(Box::pin(terminate::run(res, lim, &kept, tls, conn, routed, t)).await)
+                }
+                // Opening is boxed, as every stage a connection passes through quickly: the task
+                // then holds little more than the relay, which is what an idle connection costs.
+                crate::route::Action::Passthrough => {
+                    Box::pin(passthrough::open(res, lim, &kept, conn, routed, t)).await
+                }
+            };
+            // The relay owns what it relays (nothing of this block stays in the task's state).
+            passthrough::relay(res, lim, conn, opened)
+        }
+        .await;
         (outcome, false, Some(kept))
     }
 }

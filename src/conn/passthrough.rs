@@ -35,16 +35,22 @@ pub(super) struct Opened<'a> {
     _active: Option<backend::Active<'a>>,
 }
 
-/// Relays an opened connection until both sides are done. An `async move` block, not an
-/// `async fn` (whose arguments rustc stores twice): an idle connection's task holds this.
+/// Relays an opened connection until both sides are done (a connection that did not open ends
+/// with its outcome at once). An `async move` block, not an `async fn` (whose arguments rustc
+/// stores twice): an idle connection's task holds this.
 #[allow(clippy::manual_async_fn)] // an `async move` block: its arguments are stored once
 pub(super) fn relay<'a>(
     res: &'a Resources,
     rt: &'a Limits,
     conn: &'a Accepted,
-    opened: Opened<'a>,
+    opened: Result<Opened<'a>, Outcome>,
 ) -> impl Future<Output = Outcome> + 'a {
     async move {
+        // Borrowed, not moved out: the argument is the one copy the task holds.
+        let o = match &opened {
+            Ok(o) => o,
+            Err(outcome) => return *outcome,
+        };
         let env = relay::Env {
             pipes: &res.pipes,
             bufs: &res.bufs,
@@ -52,16 +58,17 @@ pub(super) fn relay<'a>(
             timers: &res.timers,
             metrics: &res.metrics,
             splice: rt.splice,
-            idle: Duration::from_millis(rt.idle_timeout_ms),
+            idle: rt.idle_timeout(),
             timing: res.timing,
         };
-        let mut done = relay::relay(&env, &conn.client, &opened.backend).await;
-        done.to_backend += opened.to_backend;
-        done.to_client += opened.to_client;
+        let mut done = relay::relay(&env, &conn.client, &o.backend).await;
+        done.to_backend += o.to_backend;
+        done.to_client += o.to_client;
         // Through the ring: batched with the other submissions, no close(2) of its own.
-        let Opened { backend, _active, .. } = opened;
-        backend.close().await;
-        drop(_active);
+        if let Ok(Opened { backend, _active, .. }) = opened {
+            backend.close().await;
+            drop(_active);
+        }
         Outcome::Relayed(done)
     }
 }
@@ -99,7 +106,7 @@ pub(super) async fn open<'a>(
         let req = backend::Request {
             route: id,
             worker: res.worker,
-            timeout: Duration::from_millis(rt.connect_timeout_ms),
+            timeout: rt.connect_timeout(),
             metrics: &res.metrics,
             first: &first,
             key: Key { client, sni: sni_hash },
@@ -141,7 +148,7 @@ pub(super) async fn open<'a>(
     };
     let mut c = c;
     if let Some(min) = check_server {
-        let limit = Duration::from_millis(rt.hello_timeout_ms);
+        let limit = rt.hello_timeout();
         c = check_server_version(res, &conn.client, c, min, limit).await.map_err(Outcome::Dropped)?;
     }
     let (n_first, n_early) = (c.first.len() as u64, c.early.len() as u64);

@@ -10,7 +10,6 @@ use crate::metrics::DropReason;
 use crate::route::ProxyProtocol;
 use crate::tls::{self, TlsMaterial};
 use std::net::Shutdown;
-use std::time::Duration;
 
 pub(super) async fn run(
     res: &Resources,
@@ -25,13 +24,13 @@ pub(super) async fn run(
     let client = &conn.client;
     // The SNI for a PROXY header: rustls's unbuffered connection does not keep it, the hello does.
     let sni = (route.proxy_protocol != ProxyProtocol::None).then_some(()).and_then(|()| {
-        match crate::hello::parse(&hello, rt.max_hello_bytes) {
+        match crate::hello::parse(&hello, rt.max_hello_bytes()) {
             crate::hello::Parsed::Complete(h) => h.sni().map(str::to_owned),
             _ => None,
         }
     });
     let hs = tokio::time::timeout(
-        Duration::from_millis(rt.hello_timeout_ms),
+        rt.hello_timeout(),
         tls::handshake(client, &material.server_config, hello, tls::ktls::enabled(rt.ktls)),
     )
     .await;
@@ -75,7 +74,7 @@ pub(super) async fn run(
     let req = backend::Request {
         route: id,
         worker: res.worker,
-        timeout: Duration::from_millis(rt.connect_timeout_ms),
+        timeout: rt.connect_timeout(),
         metrics: &res.metrics,
         first: &[],
         key: backend::Key { client: client_ip, sni: sni_hash },
@@ -106,5 +105,5 @@ pub(super) async fn run(
             return Outcome::Dropped(DropReason::BackendWrite);
         }
     }
-    Outcome::Relayed(tls::relay(client, est, &backend, Duration::from_millis(rt.idle_timeout_ms)).await)
+    Outcome::Relayed(tls::relay(client, est, &backend, rt.idle_timeout()).await)
 }
