@@ -21,25 +21,25 @@ fn name(i: usize) -> String {
 }
 
 fn routes(names: usize) -> Vec<Route<()>> {
-    (0..names.div_ceil(NAMES_PER_ROUTE))
-        .map(|r| {
-            let mut sni: Vec<String> =
-                (r * NAMES_PER_ROUTE..((r + 1) * NAMES_PER_ROUTE).min(names)).map(name).collect();
-            // One wildcard per route, over its own parent domain.
-            sni.push(format!("*.wild-{r}.example"));
-            Route {
-                name: format!("r{r}"),
-                action: Action::Passthrough,
-                sni,
-                dedicated_ips: vec![],
-                min_tls: TlsVersion::TLS12,
-                backends: vec!["127.0.0.1:8080".parse().unwrap()],
-                proxy_protocol: ProxyProtocol::None,
-                upstream: Default::default(),
-                alpn_match: vec![],
-            }
-        })
-        .collect()
+    (0..names.div_ceil(NAMES_PER_ROUTE)).map(|r| route(r, names)).collect()
+}
+
+/// Route `r` of a table of `names` names.
+fn route(r: usize, names: usize) -> Route<()> {
+    let mut sni: Vec<String> = (r * NAMES_PER_ROUTE..((r + 1) * NAMES_PER_ROUTE).min(names)).map(name).collect();
+    // One wildcard per route, over its own parent domain.
+    sni.push(format!("*.wild-{r}.example"));
+    Route {
+        name: format!("r{r}"),
+        action: Action::Passthrough,
+        sni,
+        dedicated_ips: vec![],
+        min_tls: TlsVersion::TLS12,
+        backends: vec!["127.0.0.1:8080".parse().unwrap()],
+        proxy_protocol: ProxyProtocol::None,
+        upstream: Default::default(),
+        alpn_match: vec![],
+    }
 }
 
 fn rss_bytes() -> usize {
@@ -121,5 +121,50 @@ fn config_load(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, lookups, build, config_load);
+/// One route replaced (a name added, one dropped), one added and one removed at 1M names: the
+/// copy-on-write change and the new table, the work a single-route API call does.
+fn change(c: &mut Criterion) {
+    let n = 1_000_000;
+    let table = Table::build(routes(n), None, None).unwrap();
+    let mut g = c.benchmark_group("change/1000000");
+    g.sample_size(20);
+    let mut i = 0usize;
+    g.bench_function("replace_one_route", |b| {
+        b.iter(|| {
+            i = (i + 1) % (n / NAMES_PER_ROUTE);
+            let mut r = route(i, n);
+            r.sni.push(format!("extra-{i}.example"));
+            let mut ch = table.change();
+            ch.upsert(r);
+            black_box(ch.finish().unwrap())
+        })
+    });
+    g.bench_function("add_one_route", |b| {
+        b.iter(|| {
+            let mut ch = table.change();
+            ch.upsert(Route {
+                name: "brand-new".into(),
+                action: Action::Passthrough,
+                sni: vec!["brand-new.example".into(), "*.brand-new.example".into()],
+                dedicated_ips: vec![],
+                min_tls: TlsVersion::TLS12,
+                backends: vec!["127.0.0.1:8080".parse().unwrap()],
+                proxy_protocol: ProxyProtocol::None,
+                upstream: Default::default(),
+                alpn_match: vec![],
+            });
+            black_box(ch.finish().unwrap())
+        })
+    });
+    g.bench_function("remove_one_route", |b| {
+        b.iter(|| {
+            let mut ch = table.change();
+            ch.remove("r12345");
+            black_box(ch.finish().unwrap())
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, lookups, build, config_load, change);
 criterion_main!(benches);

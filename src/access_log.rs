@@ -44,8 +44,15 @@ const QUEUE: usize = 256;
 /// The writer thread: appends buffers to the file until every [`Writer`] is gone.
 #[derive(Debug)]
 pub struct Sink {
-    tx: SyncSender<Vec<u8>>,
+    tx: SyncSender<Msg>,
     thread: JoinHandle<()>,
+}
+
+/// What the writer thread receives: lines, or "open the file again" (SIGHUP, for logrotate).
+#[derive(Debug)]
+enum Msg {
+    Lines(Vec<u8>),
+    Reopen(std::path::PathBuf),
 }
 
 impl Sink {
@@ -55,6 +62,24 @@ impl Sink {
         let (tx, rx) = mpsc::sync_channel(QUEUE);
         let thread = std::thread::Builder::new().name("sni-access-log".into()).spawn(move || write_all(file, rx))?;
         Ok(Self { tx, thread })
+    }
+
+    /// Makes the writer thread open `path` again (appending, created if missing) after writing
+    /// what it has: after logrotate moved the file away, lines go to a new file at `path`
+    /// (no `copytruncate` needed). Waits for room in the queue for at most a second.
+    pub fn reopen(&self, path: &Path) -> bool {
+        let mut msg = Msg::Reopen(path.to_owned());
+        for _ in 0..100 {
+            match self.tx.try_send(msg) {
+                Ok(()) => return true,
+                Err(TrySendError::Full(m)) => {
+                    msg = m;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(TrySendError::Disconnected(_)) => return false,
+            }
+        }
+        false
     }
 
     /// A worker's writer, logging a `rate` fraction of its connections.
@@ -82,10 +107,27 @@ impl Sink {
     }
 }
 
-fn write_all(file: std::fs::File, rx: Receiver<Vec<u8>>) {
+fn write_all(file: std::fs::File, rx: Receiver<Msg>) {
     let mut out = io::BufWriter::with_capacity(256 * 1024, file);
     let mut failed = false;
-    while let Ok(buf) = rx.recv() {
+    while let Ok(msg) = rx.recv() {
+        let buf = match msg {
+            Msg::Lines(buf) => buf,
+            Msg::Reopen(path) => {
+                let _ = out.flush();
+                match std::fs::OpenOptions::new().create(true).append(true).open(&path) {
+                    Ok(f) => {
+                        out = io::BufWriter::with_capacity(256 * 1024, f);
+                        failed = false;
+                        tracing::info!(path = %path.display(), "access log reopened");
+                    }
+                    Err(e) => {
+                        tracing::error!(path = %path.display(), error = %e, "access log: cannot reopen; still writing to the old file")
+                    }
+                }
+                continue;
+            }
+        };
         if let Err(e) = out.write_all(&buf) {
             if !failed {
                 tracing::error!(error = %e, "access log: write failed; lines are being lost");
@@ -102,7 +144,7 @@ fn write_all(file: std::fs::File, rx: Receiver<Vec<u8>>) {
 /// A worker's side of the access log (one thread, so `Cell`s).
 #[derive(Debug)]
 pub struct Writer {
-    tx: SyncSender<Vec<u8>>,
+    tx: SyncSender<Msg>,
     buf: RefCell<Vec<u8>>,
     lines: Cell<u64>,
     /// Parts per million of connections to log, and the running remainder.
@@ -148,7 +190,7 @@ impl Writer {
         }
         let full = std::mem::replace(&mut *self.buf.borrow_mut(), Vec::with_capacity(FLUSH_AT + 1024));
         self.lines.set(0);
-        let sent = match self.tx.try_send(full) {
+        let sent = match self.tx.try_send(Msg::Lines(full)) {
             Ok(()) => true,
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
         };

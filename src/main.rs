@@ -1,4 +1,4 @@
-//! The `sni-dispatch` command: `run`, `check` and `demo`.
+//! The `sni-dispatch` command: `run`, `check`, `route` and `demo`.
 //!
 //! Exit codes: 0 success; 1 the configuration (or a certificate, key or address) is bad;
 //! 2 the command line is bad (clap's own code); 3 a second SIGTERM/SIGINT ended the drain early.
@@ -31,6 +31,8 @@ Start here:
   sni-dispatch check --config edge.toml      validate a config, its certificates and keys
   sni-dispatch run --config edge.toml        serve until SIGTERM/SIGINT (SIGHUP reloads; a second
                                              SIGTERM/SIGINT ends the drain at once, exit 3)
+  sni-dispatch route --config edge.toml --sni shop.example.com
+                                             which route a connection would get, and why
   sni-dispatch run --config edge.toml --upgrade-socket /run/sni.sock --upgrade-from /run/sni.sock
                                              start a new binary that takes over the listeners of
                                              the running one (no refused connection); it drains
@@ -74,6 +76,25 @@ enum Command {
         /// The TOML configuration file.
         #[arg(long, short)]
         config: PathBuf,
+    },
+    /// Print which route a connection would get and by which rule (dedicated IP, exact name,
+    /// wildcard, fallback, drop), as the running server decides. Exit 0, or 1 if the config is bad.
+    Route {
+        /// The TOML configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The SNI the client sends (none: a client without SNI).
+        #[arg(long, value_name = "NAME")]
+        sni: Option<String>,
+        /// The local address the client dialed [default: the first listener's].
+        #[arg(long, value_name = "ADDR")]
+        ip: Option<std::net::IpAddr>,
+        /// The client's first ALPN protocol (what a terminating route would answer).
+        #[arg(long, value_name = "PROTOCOL")]
+        alpn: Option<String>,
+        /// Print the answer as JSON (what GET /route answers).
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -179,6 +200,7 @@ fn main() -> ExitCode {
     init_logging(&cli.log);
     match cli.command {
         Command::Check { config } => check(&config),
+        Command::Route { config, sni, ip, alpn, json } => explain(&config, sni.as_deref(), ip, alpn.as_deref(), json),
         Command::Run { config, profile, upgrade_socket, upgrade_from, tuning } => {
             let overrides = match profile.as_deref().map(RuntimeOverrides::from_profile).transpose() {
                 Ok(p) => p.unwrap_or_default().then(&tuning.overrides()),
@@ -217,6 +239,34 @@ fn check(path: &Path) -> ExitCode {
         }
         Err(e) => fail(&e),
     }
+}
+
+fn explain(path: &Path, sni: Option<&str>, ip: Option<std::net::IpAddr>, alpn: Option<&str>, json: bool) -> ExitCode {
+    let config = match Config::load(path, &RuntimeOverrides::default()) {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    let v = sni_dispatch::admin::explain_json(&config, ip, sni, alpn);
+    if json {
+        println!("{v}");
+        return ExitCode::SUCCESS;
+    }
+    let s = |k: &str| v[k].as_str().unwrap_or("").to_owned();
+    println!("ip {}, sni {}", s("ip"), v["sni"].as_str().map_or("(none)".to_owned(), |n| format!("{n:?}")));
+    match v["route"].as_str() {
+        Some(route) => {
+            println!("route: {route:?} ({})", s("action"));
+            println!("rule: {} (matched {})", s("rule"), s("matched"));
+            let backends: Vec<&str> =
+                v["backends"].as_array().map(|a| a.iter().filter_map(|b| b.as_str()).collect()).unwrap_or_default();
+            println!("backends: {}", backends.join(", "));
+            if let Some(a) = v["alpn"].as_str() {
+                println!("alpn: {a}");
+            }
+        }
+        None => println!("rule: drop ({})", s("drop_reason")),
+    }
+    ExitCode::SUCCESS
 }
 
 fn run(path: &Path, overrides: &RuntimeOverrides, upgrade: &UpgradeOptions) -> ExitCode {

@@ -237,10 +237,16 @@ fn a_killed_back_end_is_taken_out_by_its_checks_and_its_return_picked_up() {
     // A reload keeps what the checks know: b stays down (a fresh state would start up).
     let f = _f;
     let reloaded = sni_dispatch::config::Config::load(&f.path, &RuntimeOverrides::default()).unwrap();
-    server.reload(reloaded);
+    server.reload(reloaded).unwrap();
     let cfg = server.config();
     let b_state = cfg.pools.backends().find(|s| s.target.to_string() == b.addr.to_string()).unwrap();
     assert!(!b_state.is_up(), "the reload forgot that b is down");
+    // So does an incremental reload (the table shared with the running one, the pools built anew).
+    let (incremental, _) = server.config().reload().unwrap();
+    server.reload(incremental).unwrap();
+    let cfg = server.config();
+    let b_state = cfg.pools.backends().find(|s| s.target.to_string() == b.addr.to_string()).unwrap();
+    assert!(!b_state.is_up(), "the incremental reload forgot that b is down");
     assert_eq!(tally(&server, 4, |_| "r.example".into()), HashMap::from([("a".into(), 4)]));
     b.up();
     assert!(wait_until(Duration::from_secs(20), || b_state.is_up()), "b never came back");

@@ -161,6 +161,7 @@ fn expected_fields(error: &str) -> Option<Vec<String>> {
 /// Every table of the file and its keys, as the parser reports them: `(heading, keys)` with
 /// `heading` `[name]` or `[[name]]`; an error line for a key whose keys cannot be listed.
 fn config_tables() -> (Vec<(String, Vec<String>)>, Vec<String>) {
+    let mut top_level = Vec::new();
     let top = parse_error(&format!("{PROBE} = 1\n")).and_then(|e| expected_fields(&e));
     let top = top.expect("the configuration no longer rejects an unknown top-level key (deny_unknown_fields)");
     let mut tables = Vec::new();
@@ -168,15 +169,22 @@ fn config_tables() -> (Vec<(String, Vec<String>)>, Vec<String>) {
     for name in top {
         let as_table = parse_error(&format!("[{name}]\n{PROBE} = 1\n")).unwrap_or_default();
         let as_array = parse_error(&format!("[[{name}]]\n{PROBE} = 1\n")).unwrap_or_default();
+        let plain_key = |answer: &str| answer.contains("invalid type: map, expected");
         match (expected_fields(&as_table), expected_fields(&as_array)) {
             (Some(keys), _) => tables.push((format!("[{name}]"), keys)),
             (None, Some(keys)) => tables.push((format!("[[{name}]]"), keys)),
+            // A plain top-level key (`include = [...]`, `watch = true`): its row is in the
+            // table of top-level keys.
+            (None, None) if plain_key(&as_table) => top_level.push(name),
             (None, None) => unlisted.push(format!(
                 "the keys of the configuration's `{name}` cannot be listed: as a table it answered {as_table:?}, \
                  as an array of tables {as_array:?}; give its struct #[serde(deny_unknown_fields)] (or teach tests/docs.rs \
                  this kind of value) and document it in docs/configuration.md"
             )),
         }
+    }
+    if !top_level.is_empty() {
+        tables.push(("top-level keys".to_owned(), top_level));
     }
     (tables, unlisted)
 }
@@ -190,7 +198,8 @@ fn every_configuration_key_is_documented() {
         assert!(names.contains(&t), "the parser no longer reports the table {t}: {names:?}");
     }
     for (table, keys) in &tables {
-        let Some((_, section)) = doc.section(&format!("`{table}`")) else {
+        let heading = if table == "top-level keys" { "Top-level keys".to_owned() } else { format!("`{table}`") };
+        let Some((_, section)) = doc.section(&heading) else {
             missing.push(format!(
                 "{}: the configuration table {table} has no heading: add \"### `{table}`\" with a row per key ({})",
                 doc.name,

@@ -7,13 +7,15 @@
 //! holds idle connections), [`procstat`] reads CPU time, RSS and descriptors, [`counts`] counts
 //! system calls, io_uring submissions, wake-ups and TCP segments, [`report`] and [`plot`] write the
 //! results; [`quic`] runs the QUIC workloads (quinn) through the dispatcher and nginx's UDP proxy;
-//! [`scaling`] places the workers, load generators and back ends of scaling runs; [`topology`]
-//! measures the edge topology (a pool with a back end killed, the hand-off, unix back ends) with
-//! processes of its own.
+//! [`scaling`] places the workers, load generators and back ends of scaling runs;
+//! [`control`] measures changing a large configuration (the `[control_plane]` suites) beside
+//! HAProxy's map and runtime API; [`topology`] measures the edge topology (a pool with a back
+//! end killed, the hand-off, unix back ends) with processes of its own.
 
 pub mod backends;
 pub mod certs;
 pub mod co;
+pub mod control;
 pub mod counts;
 pub mod dist;
 pub mod hello;

@@ -491,6 +491,11 @@ pub fn run(o: &Options) -> Result<i32, String> {
     // the CPUs this process may use, read before the main thread is pinned
     let allowed = scaling::allowed_cpus();
     let mut suite = Suite::load(&o.suite)?;
+    if let Some(cp) = &suite.control_plane {
+        let bin = o.dispatcher.clone().unwrap_or_else(|| PathBuf::from("target/release/sni-dispatch"));
+        let cpus = crate::control::Cpu { target: suite.cpus.dispatcher.clone(), load: parse_cpus(&suite.cpus.load)? };
+        return crate::control::run(cp, &bin, &o.compare, cpus, o.json.as_deref());
+    }
     if let Some(n) = o.connections {
         for w in suite.workloads.iter_mut().filter(|w| w.kind == Kind::Idle) {
             w.connections = n;

@@ -46,6 +46,10 @@ pub struct Suite {
     /// replaced, size by size, by the allocation of [`crate::scaling::allocate`].
     #[serde(default)]
     pub scaling: Option<Scaling>,
+    /// A control-plane suite: the cost of checking, starting, reloading and changing a large
+    /// configuration (see [`crate::control`]); its workloads are its own.
+    #[serde(default)]
+    pub control_plane: Option<crate::control::ControlPlane>,
 }
 
 /// `[scaling]`: run every workload against every target with 1, 2, 4, ... workers.
@@ -466,6 +470,10 @@ impl Suite {
     }
 
     pub fn validate(&self) -> Result<(), String> {
+        if self.control_plane.is_some() {
+            // Its routes and load are generated (crate::control).
+            return Ok(());
+        }
         if self.routes.is_empty() {
             return Err("a suite needs at least one [[route]]".into());
         }
@@ -814,6 +822,11 @@ mod tests {
                 continue;
             }
             let s = Suite::load(&p).unwrap_or_else(|e| panic!("{e}"));
+            if s.control_plane.is_some() {
+                // Its load is its own (crate::control).
+                n += 1;
+                continue;
+            }
             assert!(!s.workloads.is_empty(), "{}", p.display());
             let m = Model::new(&s);
             for w in &s.workloads {

@@ -4,7 +4,9 @@
 //! Counters are merged over workers (a `worker` label only on the per-worker series
 //! `sni_dispatch_worker_*`, so summing a metric never double counts); latencies are summaries
 //! with quantiles 0.5, 0.9, 0.99, 0.999 merged across workers, plus `_sum` and `_count`.
-use crate::metrics::{Counters, Direction, DropReason, Hist, Histograms, Registry, RelayKind, Unit};
+use crate::metrics::{
+    ControlCounters, Counters, Direction, DropReason, Family, Hist, Histograms, Registry, RelayKind, Unit, PHASES,
+};
 use crate::route::Match;
 use serde_json::{json, Map, Value};
 use std::fmt::Write as _;
@@ -57,7 +59,7 @@ pub fn prometheus(registry: &Registry, accepting: bool) -> String {
     let _ = writeln!(out, "{PREFIX}accepting {}", u8::from(accepting));
     header(&mut out, "workers", "gauge", "Worker threads.");
     let _ = writeln!(out, "{PREFIX}workers {}", per.len());
-    m.visit(&mut |family, value| {
+    let mut family = |family: &Family, value: &dyn crate::metrics::Value| {
         header(&mut out, family.name, family.kind.as_str(), family.help);
         value.samples(&mut |label, n| {
             let _ = match label {
@@ -65,7 +67,26 @@ pub fn prometheus(registry: &Registry, accepting: bool) -> String {
                 Some((key, v)) => writeln!(out, "{PREFIX}{}{{{key}=\"{v}\"}} {n}", family.name),
             };
         });
-    });
+    };
+    m.visit(&mut family);
+    let control = registry.control_snapshot();
+    control.counters.visit(&mut family);
+    header(
+        &mut out,
+        "config_last_change_timestamp_seconds",
+        "gauge",
+        "When the configuration last changed (Unix time).",
+    );
+    let _ = writeln!(out, "{PREFIX}config_last_change_timestamp_seconds {}", f(control.changed_at));
+    header(
+        &mut out,
+        "config_last_reload_seconds",
+        "gauge",
+        "What the last reload or API change spent, by phase (parse, build, swap).",
+    );
+    for (phase, v) in PHASES.iter().zip(control.last) {
+        let _ = writeln!(out, "{PREFIX}config_last_reload_seconds{{phase=\"{phase}\"}} {}", f(v));
+    }
 
     for k in Hist::ALL {
         let name = metric_name(k);
@@ -97,7 +118,19 @@ pub fn prometheus(registry: &Registry, accepting: bool) -> String {
 /// Every family of `c` under its field name: a number, or an object by label value.
 fn counters_json(c: &Counters) -> Value {
     let mut out = Map::new();
-    c.visit(&mut |family, value| {
+    c.visit(&mut |family, value| family_json(&mut out, family, value));
+    Value::Object(out)
+}
+
+/// The control plane's counters, as [`counters_json`] renders a worker's.
+fn control_json(c: &ControlCounters) -> Value {
+    let mut out = Map::new();
+    c.visit(&mut |family, value| family_json(&mut out, family, value));
+    Value::Object(out)
+}
+
+fn family_json(out: &mut Map<String, Value>, family: &Family, value: &dyn crate::metrics::Value) {
+    {
         let mut by = Map::new();
         let mut plain = None;
         value.samples(&mut |label, n| match label {
@@ -107,8 +140,7 @@ fn counters_json(c: &Counters) -> Value {
             }
         });
         out.insert(family.field.to_owned(), plain.map_or(Value::Object(by), Value::from));
-    });
-    Value::Object(out)
+    }
 }
 
 fn hists_json(h: &Histograms) -> Value {
@@ -158,9 +190,16 @@ pub fn stats_json_with(
             json!({ "worker": i, "counters": counters_json(c), "latency": hists_json(h) })
         })
         .collect();
+    let control = registry.control_snapshot();
+    let last: Map<String, Value> = PHASES.iter().zip(control.last).map(|(p, v)| ((*p).to_owned(), v.into())).collect();
     let mut v = json!({
         "accepting": accepting,
         "uptime_seconds": uptime.as_secs_f64(),
+        "control": {
+            "counters": control_json(&control.counters),
+            "last_change_timestamp_seconds": control.changed_at,
+            "last_reload_seconds": last,
+        },
         "merged": { "counters": counters_json(&merged), "latency": hists_json(&merged_h) },
         "workers": workers,
     });

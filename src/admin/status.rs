@@ -142,7 +142,7 @@ pub fn page(cfg: &Config, registry: &Registry, accepting: bool, uptime: Duration
         m.routed_total(),
         m.dropped_total(),
         m.relays.get(crate::metrics::RelayKind::Handoff),
-        cfg.table.routes().len(),
+        cfg.table.len(),
         cfg.pools.backends().count(),
     );
     out.push_str(
@@ -154,8 +154,8 @@ pub fn page(cfg: &Config, registry: &Registry, accepting: bool, uptime: Duration
         route_rows(&mut out, v, &mut rates, now);
     }
     out.push_str("</table>");
-    if cfg.table.routes().len() > MAX_ROUTES {
-        let _ = write!(out, "<p>… and {} more routes (see /stats).</p>", cfg.table.routes().len() - MAX_ROUTES);
+    if cfg.table.len() > MAX_ROUTES {
+        let _ = write!(out, "<p>… and {} more routes (see /stats).</p>", cfg.table.len() - MAX_ROUTES);
     }
     let _ = write!(out, "</main><script>{SCRIPT}</script></body></html>");
     out

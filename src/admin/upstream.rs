@@ -30,21 +30,15 @@ pub const LISTED_ROUTES: usize = 1000;
 pub fn routes(cfg: &Config, limit: usize) -> Vec<RouteView> {
     cfg.table
         .routes()
-        .iter()
         .enumerate()
-        .filter(|(i, _)| {
-            *i < LISTED_ROUTES || cfg.pools.route_stats_if_used(crate::route::RouteId(*i as u32)).is_some()
-        })
+        .filter(|(i, (id, _))| *i < LISTED_ROUTES || cfg.pools.route_stats_if_used(*id).is_some())
         .take(limit)
-        .map(|(i, r)| {
-            let id = crate::route::RouteId(i as u32);
-            RouteView {
-                name: r.name.clone(),
-                action: r.action.as_str(),
-                balance: r.upstream.balance.as_str(),
-                backends: cfg.pools.route_backends(id).map(|(b, w, backup)| (b.snapshot(), w, backup)).collect(),
-                stats: cfg.pools.route_stats_if_used(id).map(|s| s.snapshot()),
-            }
+        .map(|(_, (id, r))| RouteView {
+            name: r.name.clone(),
+            action: r.action.as_str(),
+            balance: r.upstream.balance.as_str(),
+            backends: cfg.pools.route_backends(id).map(|(b, w, backup)| (b.snapshot(), w, backup)).collect(),
+            stats: cfg.pools.route_stats_if_used(id).map(|s| s.snapshot()),
         })
         .collect()
 }

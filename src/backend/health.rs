@@ -73,7 +73,8 @@ impl Checker {
         }
     }
 
-    pub fn stop(self) {
+    /// Stops (and joins) the thread; the checks end with it.
+    pub fn stop(&self) {
         self.halt();
     }
 

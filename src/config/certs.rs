@@ -7,7 +7,7 @@ use super::file::TlsFile;
 use super::Located;
 use crate::route::TlsVersion;
 use crate::tls::{self, TlsMaterial};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Reads a PEM chain and key (and the route's OCSP response), and checks that they belong
 /// together, so that a route whose key was swapped for another site's fails `check` instead of
@@ -32,8 +32,17 @@ pub(super) fn load_tls(
     }
 }
 
+/// `[tls]` as configured: the session-ticket key file (resolved against the main file's
+/// directory) and the ticket lifetime. Kept with the configuration: the key file is read again
+/// on every reload, also one whose main file did not change.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsSettings {
+    pub ticket_keys: Option<PathBuf>,
+    pub ticket_lifetime_s: u32,
+}
+
 /// `[tls]`: the session-ticket key file and lifetime. Relative paths are relative to `base`.
-pub(super) fn resolve_tls(t: &TlsFile, base: &Path, errors: &mut Vec<Located>) -> tls::Shared {
+pub(super) fn resolve_tls(t: &TlsFile, base: &Path, errors: &mut Vec<Located>) -> TlsSettings {
     let lifetime = match t.ticket_lifetime_s {
         None => tls::tickets::DEFAULT_LIFETIME_S,
         Some(s) if (1..=tls::tickets::MAX_LIFETIME_S).contains(&s) => s,
@@ -45,15 +54,18 @@ pub(super) fn resolve_tls(t: &TlsFile, base: &Path, errors: &mut Vec<Located>) -
             tls::tickets::DEFAULT_LIFETIME_S
         }
     };
-    let file = t.ticket_keys.as_ref().and_then(|p| {
-        let path = base.join(p);
-        match tls::KeyFile::read(&path) {
-            Ok(f) => Some(f),
-            Err(reason) => {
-                errors.push(Located::new("tls.ticket_keys", format!("{}: {reason}", path.display())));
-                None
-            }
+    TlsSettings { ticket_keys: t.ticket_keys.as_ref().map(|p| base.join(p)), ticket_lifetime_s: lifetime }
+}
+
+/// Reads the `[tls]` key file (if any) and gives `shared` (made with [`tls::Shared::pending`])
+/// its session-ticket keys; a file that cannot be read or holds bad keys is a problem.
+pub(super) fn configure_tickets(s: &TlsSettings, shared: &tls::Shared, errors: &mut Vec<Located>) {
+    let file = s.ticket_keys.as_ref().and_then(|path| match tls::KeyFile::read(path) {
+        Ok(f) => Some(f),
+        Err(reason) => {
+            errors.push(Located::new("tls.ticket_keys", format!("{}: {reason}", path.display())));
+            None
         }
     });
-    tls::Shared::new(file, lifetime)
+    shared.configure_tickets(file, s.ticket_lifetime_s);
 }

@@ -1,30 +1,46 @@
 //! The configuration file's syntax, as serde reads it: strict (`deny_unknown_fields`), every
 //! value still unchecked. [`super::resolve`] turns it into a [`super::Config`].
+//!
+//! Every table is an `Option` so that a file parsed in pieces ([`super::load`]) can tell a table
+//! given twice (an error, which the whole-file parse then reports in TOML's own words).
 
 use super::RuntimeOverrides;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct FileConfig {
-    #[serde(default)]
-    pub(super) runtime: RuntimeOverrides,
+    /// Files of more `[[route]]` tables: paths or `dir/*.toml` patterns.
+    pub(super) include: Option<Vec<String>>,
+    pub(super) watch: Option<bool>,
+    pub(super) watch_debounce_ms: Option<u64>,
+    pub(super) runtime: Option<RuntimeOverrides>,
     pub(super) admin: Option<AdminFile>,
-    #[serde(default)]
-    pub(super) tls: TlsFile,
+    pub(super) tls: Option<TlsFile>,
     #[serde(default, rename = "listener")]
     pub(super) listeners: Vec<ListenerFile>,
-    #[serde(default)]
-    pub(super) fallback: FallbackFile,
+    pub(super) fallback: Option<FallbackFile>,
     #[serde(default, rename = "route")]
     pub(super) routes: Vec<RouteFile>,
 }
 
-#[derive(Debug, Deserialize)]
+/// An included file: `[[route]]` tables and nothing else.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct IncludedFile {
+    #[serde(default, rename = "route")]
+    pub(super) routes: Vec<RouteFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct AdminFile {
     pub(super) listen: Option<String>,
+    pub(super) socket: Option<PathBuf>,
+    pub(super) token_file: Option<PathBuf>,
+    pub(super) api_dir: Option<PathBuf>,
+    pub(super) max_connections: Option<usize>,
 }
 
 /// `[tls]`: what every terminating route shares.
@@ -69,59 +85,77 @@ pub(super) struct FallbackFile {
     pub(super) unknown_sni: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// One `[[route]]` as written; also the body of `PUT /routes/NAME` (TOML or JSON).
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RouteFile {
     pub(super) name: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(super) sni: Vec<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(super) dedicated_ips: Vec<String>,
     pub(super) action: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) cert: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) key: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) ocsp: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) min_tls: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(super) alpn: Vec<String>,
     #[serde(default)]
     pub(super) backends: Vec<BackendFile>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) proxy_protocol: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) balance: Option<String>,
-    pub(super) health_check: Option<HealthCheckFile>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) eject_after: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) eject_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) eject_max_ms: Option<u64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(super) alpn_match: Vec<String>,
+    // Last: a table, which TOML writes after the plain keys.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) health_check: Option<HealthCheckFile>,
 }
 
 /// A back end: `"10.0.0.5:443"`, or `{ address = "10.0.0.5:443", weight = 2, backup = true }`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(untagged)]
 pub(super) enum BackendFile {
     Address(String),
     Table(BackendTable),
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct BackendTable {
     pub(super) address: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) weight: Option<u32>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub(super) backup: bool,
 }
 
 /// `health_check = { type = "tls", sni = "…", interval_ms = 2000, timeout_ms = 1000, rise = 2, fall = 3 }`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct HealthCheckFile {
-    #[serde(rename = "type")]
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
     pub(super) kind: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) sni: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) interval_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) timeout_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) rise: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) fall: Option<u32>,
 }

@@ -8,66 +8,114 @@
 mod certs;
 mod file;
 mod listeners;
+mod load;
 mod routes;
 mod runtime;
+mod sources;
 
 pub use crate::access_log::SampleRate;
+pub use certs::TlsSettings;
 pub use listeners::{AcceptProxy, Admission, CidrSet, HandoffListener, Ja4Pattern, Listener};
-pub use runtime::{parse_cpu_list, Runtime, RuntimeOverrides};
+pub use runtime::{parse_cpu_list, Limits, Runtime, RuntimeOverrides};
+pub use sources::{ApiError, PendingWrite, Report};
 
 use crate::backend::Pools;
 use crate::route::{self, RouteId, TlsVersion};
 use crate::tls::TlsMaterial;
 use file::FileConfig;
 use runtime::check_runtime;
+use sources::Sources;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 /// The routing table as configured: a terminating route carries its TLS material.
 pub type Table = route::Table<Arc<TlsMaterial>>;
 /// One configured route.
 pub type Route = route::Route<Arc<TlsMaterial>>;
 
+/// The admin endpoint's settings beyond its address (`[admin]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AdminSettings {
+    /// A unix socket to serve on as well (or instead).
+    pub socket: Option<PathBuf>,
+    /// The bearer token the route API requires (read from `token_file`).
+    pub token: Option<String>,
+    /// Where `PUT`/`DELETE /routes/NAME` write their files; inside an `include` pattern.
+    pub api_dir: Option<PathBuf>,
+    /// Connections served at once; beyond, each gets 503 after its request was read.
+    pub max_connections: usize,
+}
+
+/// Connections the admin endpoint serves at once, by default.
+pub const ADMIN_MAX_CONNECTIONS: usize = 4096;
 /// A validated configuration.
 #[derive(Debug)]
 pub struct Config {
-    /// The file it was read from; relative cert/key paths were resolved against its directory.
+    /// The file it was read from; relative paths in it are relative to its directory.
     pub path: PathBuf,
     pub runtime: Runtime,
     pub admin: Option<SocketAddr>,
+    pub admin_settings: AdminSettings,
     pub listeners: Vec<Listener>,
     /// Hand-off listeners (`[[listener]] handoff = "/path"`).
     pub handoff: Vec<HandoffListener>,
     pub table: Table,
+    /// The state behind the routes' back ends (health, balancing, statistics); connections
+    /// keep it with their route.
+    pub pools: Arc<Pools>,
     /// What every terminating route shares: the session-ticket keys (`[tls]`), the base rustls
-    /// configurations. Kept so that a route built later (one route changed) shares them too.
+    /// configurations. Kept so that a route built later (one route changed through the API)
+    /// shares them too; a reload makes a new one (the key file read again) and carries the
+    /// retired keys' window over (`Tickets::inherit`).
     pub tls: Arc<crate::tls::Shared>,
-    /// The state behind the routes' back ends (health, balancing, statistics).
-    pub pools: Pools,
+    /// `[tls]` as configured, for a reload whose main file did not change.
+    pub tls_settings: TlsSettings,
+    /// Follow the files with inotify (`watch = true`), debounced by this.
+    pub watch: Option<Duration>,
+    /// Counts the configurations applied since start (1 for the first).
+    pub generation: u64,
+    /// When the routes or settings last changed.
+    pub changed_at: SystemTime,
     /// Things that load but may not do what the operator meant, as "key: reason".
     pub warnings: Vec<String>,
+    /// Which file holds which routes, and how each file was when read.
+    pub(crate) sources: Arc<Sources>,
 }
 
-/// One problem, located by key (`route "shop".cert`).
+/// One problem, located by file and key (`route "shop".cert`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Located {
+    /// The file, when it is not the configuration file itself (an included file).
+    pub file: Option<PathBuf>,
     pub key: String,
     pub reason: String,
 }
 
 impl Located {
     pub(crate) fn new(key: impl Into<String>, reason: impl fmt::Display) -> Self {
-        Self { key: key.into(), reason: reason.to_string() }
+        Self { file: None, key: key.into(), reason: reason.to_string() }
+    }
+
+    pub(crate) fn in_file(mut self, file: &Path) -> Self {
+        self.file.get_or_insert_with(|| file.to_owned());
+        self
     }
 }
 
-/// Everything wrong with a configuration file.
+/// Everything wrong with a configuration.
 #[derive(Debug)]
 pub struct ConfigError {
     pub file: PathBuf,
     pub problems: Vec<Located>,
+}
+
+impl ConfigError {
+    pub(crate) fn one(file: &Path, key: &str, reason: impl fmt::Display) -> Self {
+        Self { file: file.to_owned(), problems: vec![Located::new(key, reason)] }
+    }
 }
 
 impl fmt::Display for ConfigError {
@@ -76,10 +124,11 @@ impl fmt::Display for ConfigError {
             if i > 0 {
                 writeln!(f)?;
             }
+            let file = p.file.as_deref().unwrap_or(&self.file);
             if p.key.is_empty() {
-                write!(f, "{}: {}", self.file.display(), p.reason)?;
+                write!(f, "{}: {}", file.display(), p.reason)?;
             } else {
-                write!(f, "{}: {}: {}", self.file.display(), p.key, p.reason)?;
+                write!(f, "{}: {}: {}", file.display(), p.key, p.reason)?;
             }
         }
         Ok(())
@@ -89,36 +138,59 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl Config {
-    /// Reads, parses and validates `path`, then applies command-line `overrides` on top of its
-    /// `[runtime]` table. Certificates and keys are read and checked here, so a config that
-    /// loads can be served.
+    /// Reads, parses and validates `path` and the files it includes, then applies command-line
+    /// `overrides` on top of its `[runtime]` table. Certificates and keys are read and checked
+    /// here, so a config that loads can be served.
     pub fn load(path: &Path, overrides: &RuntimeOverrides) -> Result<Self, ConfigError> {
-        let fail = |reason: String| ConfigError { file: path.to_owned(), problems: vec![Located::new("", reason)] };
-        let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read: {e}")))?;
-        Self::from_str(&text, path, overrides)
+        let (text, stamp) = load::read(path).map_err(|e| ConfigError::one(path, "", e))?;
+        sources::load(&text, stamp, path, overrides)
     }
 
     /// As [`Config::load`], from text already read; `path` names the file in errors and anchors
-    /// relative cert/key paths.
+    /// relative paths (included files are read from the file system).
     pub fn from_str(text: &str, path: &Path, overrides: &RuntimeOverrides) -> Result<Self, ConfigError> {
-        let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError {
-            file: path.to_owned(),
-            // toml's message carries the line, column and the offending key.
-            problems: vec![Located::new("", e.to_string().trim_end())],
-        })?;
-        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let mut errors = Vec::new();
-        let config = resolve(file, path, &base, overrides, &mut errors);
-        match config {
-            Some(c) if errors.is_empty() => Ok(c),
-            _ => Err(ConfigError { file: path.to_owned(), problems: errors }),
-        }
+        sources::load(text, load::Stamp::default(), path, overrides)
+    }
+
+    /// Reads the configuration again for a reload: only the files that changed are parsed, and
+    /// only the routes that changed go into the new table (which shares everything else with
+    /// this one). Keys that cannot change while running are refused, naming them.
+    pub fn reload(&self) -> Result<(Self, Report), ConfigError> {
+        sources::reload(self)
+    }
+
+    /// Adds or replaces the route `name` through the admin API: `body` is the route's table (TOML,
+    /// or JSON when `json`), validated as `check` would. Returns the new configuration and the
+    /// route's file in `api_dir`, to be written ([`PendingWrite::commit`]) once it serves.
+    pub fn put_route(&self, name: &str, body: &str, json: bool) -> Result<(Self, Report, PendingWrite), ApiError> {
+        sources::put_route(self, name, body, json)
+    }
+
+    /// Removes the route `name` that the admin API added; its file in `api_dir` is removed by
+    /// the [`PendingWrite`].
+    pub fn delete_route(&self, name: &str) -> Result<(Self, Report, PendingWrite), ApiError> {
+        sources::delete_route(self, name)
+    }
+
+    /// The route `name` as JSON (what `GET /routes/NAME` answers), with the file it comes from.
+    pub fn route_json(&self, name: &str) -> Option<serde_json::Value> {
+        sources::route_json(self, name)
+    }
+
+    /// The files the configuration was read from (the main file first), for the watcher.
+    pub fn files(&self) -> Vec<PathBuf> {
+        self.sources.files()
+    }
+
+    /// The directories the watcher follows: the main file's and each include pattern's.
+    pub fn watched_dirs(&self) -> Vec<PathBuf> {
+        self.sources.dirs(&self.path)
     }
 
     /// A short human summary for `check` and the start-up log.
     pub fn summary(&self) -> String {
-        let routes = self.table.routes();
-        let terminate = routes.iter().filter(|r| r.action.is_terminate()).count();
+        let terminate = self.table.routes().filter(|(_, r)| r.action.is_terminate()).count();
+        let routes = self.table.len();
         let (exact, wild) = self.table.name_count();
         let mut s = String::new();
         let listeners: Vec<String> = self
@@ -127,12 +199,16 @@ impl Config {
             .map(|l| if l.quic { format!("{} (+ QUIC)", l.address) } else { l.address.to_string() })
             .collect();
         s += &format!("listeners: {}\n", listeners.join(", "));
-        s += &format!("routes: {} ({} terminate, {} passthrough)\n", routes.len(), terminate, routes.len() - terminate);
+        s += &format!("routes: {} ({} terminate, {} passthrough)\n", routes, terminate, routes - terminate);
         s += &format!("names: {exact} exact, {wild} wildcard\n");
         s += &format!("dedicated IPs: {}\n", self.table.dedicated_ips().count());
         let name =
             |id: Option<RouteId>| id.map_or("drop".to_owned(), |id| format!("route {:?}", self.table.route(id).name));
         s += &format!("no SNI: {}; unknown SNI: {}\n", name(self.table.no_sni()), name(self.table.unknown_sni()));
+        let files = self.sources.file_count();
+        if files > 0 {
+            s += &format!("included files: {files}\n");
+        }
         let backends: Vec<_> = self.pools.backends().collect();
         let checked = backends.iter().filter(|b| b.health.is_some()).count();
         s += &format!("back ends: {} ({checked} health-checked)\n", backends.len());
@@ -142,7 +218,29 @@ impl Config {
         if let Some(admin) = self.admin {
             s += &format!("admin: http://{admin}/metrics\n");
         }
+        if let Some(sock) = &self.admin_settings.socket {
+            s += &format!("admin socket: {}\n", sock.display());
+        }
         s
+    }
+
+    /// The warnings a table gives (terminating routes below TLS 1.2, OCSP responses not
+    /// stapled or about to expire).
+    fn table_warnings(table: &Table) -> Vec<String> {
+        let mut warnings: Vec<String> = table
+            .routes()
+            .map(|(_, r)| r)
+            .filter(|r| r.action.is_terminate() && r.min_tls < TlsVersion::TLS12)
+            .map(|r| {
+                format!("route {:?}.min_tls: rustls serves TLS 1.2 and 1.3 only; {} acts as 1.2", r.name, r.min_tls)
+            })
+            .collect();
+        for (_, r) in table.routes() {
+            if let route::Action::Terminate(m) = &r.action {
+                warnings.extend(m.warnings().into_iter().map(|(k, w)| format!("route {:?}.{k}: {w}", r.name)));
+            }
+        }
+        warnings
     }
 }
 
@@ -167,19 +265,31 @@ impl Config {
     }
 }
 
-fn resolve(
-    file: FileConfig,
-    path: &Path,
-    base: &Path,
-    overrides: &RuntimeOverrides,
-    errors: &mut Vec<Located>,
-) -> Option<Config> {
+/// The settings of the main file (everything but its routes), validated.
+struct Settings {
+    runtime: Runtime,
+    admin: Option<SocketAddr>,
+    admin_settings: AdminSettings,
+    listeners: Vec<Listener>,
+    handoff: Vec<HandoffListener>,
+    no_sni: Option<String>,
+    unknown_sni: Option<String>,
+    include: Vec<String>,
+    watch: Option<Duration>,
+    tls: TlsSettings,
+}
+
+/// The main file's tables, validated into [`Settings`] (routes are resolved elsewhere).
+fn settings(file: &mut FileConfig, base: &Path, overrides: &RuntimeOverrides, errors: &mut Vec<Located>) -> Settings {
     let mut runtime = Runtime::default();
-    file.runtime.apply(&mut runtime, "runtime", errors);
+    if let Some(rt) = &file.runtime {
+        rt.apply(&mut runtime, "runtime", errors);
+    }
     overrides.apply(&mut runtime, "--flag", errors);
     check_runtime(&runtime, errors);
 
-    let admin = file.admin.and_then(|a| a.listen).and_then(|s| match s.parse::<SocketAddr>() {
+    let admin_file = file.admin.take().unwrap_or_default();
+    let admin = admin_file.listen.and_then(|s| match s.parse::<SocketAddr>() {
         Ok(a) => Some(a),
         Err(_) => {
             errors.push(Located::new("admin.listen", format!("{s:?} is not an address like \"127.0.0.1:9900\"")));
@@ -187,6 +297,56 @@ fn resolve(
         }
     });
     let admin = overrides.admin.or(admin);
+    let token = admin_file.token_file.as_ref().and_then(|p| {
+        let path = base.join(p);
+        match std::fs::read_to_string(&path) {
+            Ok(t) if t.trim().len() >= 16 => Some(t.trim().to_owned()),
+            Ok(_) => {
+                errors.push(Located::new(
+                    "admin.token_file",
+                    format!("{}: the token must be at least 16 characters", path.display()),
+                ));
+                None
+            }
+            Err(e) => {
+                errors.push(Located::new("admin.token_file", format!("{}: cannot read: {e}", path.display())));
+                None
+            }
+        }
+    });
+    if let Some(a) = admin {
+        if !a.ip().is_loopback() && admin_file.token_file.is_none() {
+            errors.push(Located::new(
+                "admin.token_file",
+                format!("required when the admin endpoint listens on {a}, which is not a loopback address"),
+            ));
+        }
+    }
+    let max_connections = admin_file.max_connections.unwrap_or(ADMIN_MAX_CONNECTIONS);
+    if max_connections == 0 {
+        errors.push(Located::new("admin.max_connections", "must be greater than 0"));
+    }
+    let include = file.include.take().unwrap_or_default();
+    let api_dir = admin_file.api_dir.map(|d| base.join(d));
+    if let Some(dir) = &api_dir {
+        let covered = include.iter().any(|p| {
+            let full = base.join(p);
+            full.parent() == Some(dir.as_path())
+                && full.file_name().and_then(|n| n.to_str()).is_some_and(|n| n == "*.toml" || n == "*")
+        });
+        if !covered {
+            errors.push(Located::new(
+                "admin.api_dir",
+                format!(
+                    "{}: no include pattern covers it (add \"{}/*.toml\" to include), so routes added through the API would be lost at the next start",
+                    dir.display(),
+                    dir.strip_prefix(base).unwrap_or(dir).display()
+                ),
+            ));
+        }
+    }
+    let admin_settings =
+        AdminSettings { socket: admin_file.socket.map(|s| base.join(s)), token, api_dir, max_connections };
 
     if file.listeners.is_empty() {
         errors.push(Located::new("listener", "at least one [[listener]] with an address is required"));
@@ -205,83 +365,23 @@ fn resolve(
             None => {}
         }
     }
-
-    let tls = Arc::new(certs::resolve_tls(&file.tls, base, errors));
-    let mut names = std::collections::HashMap::new();
-    let mut keyed = Vec::with_capacity(file.routes.len());
-    for (i, r) in file.routes.into_iter().enumerate() {
-        let key = if r.name.is_empty() { format!("route[{i}]") } else { format!("route {:?}", r.name) };
-        let mut problems = Vec::new();
-        if r.name.is_empty() {
-            problems.push(Located::new(format!("{key}.name"), "must not be empty"));
-        } else if let Some(first) = names.insert(r.name.clone(), i) {
-            problems.push(Located::new(format!("{key}.name"), format!("also used by route[{first}]")));
-        }
-        keyed.push((r, key, problems));
+    let fallback = file.fallback.take().unwrap_or_default();
+    let tls = certs::resolve_tls(&file.tls.take().unwrap_or_default(), base, errors);
+    let debounce = file.watch_debounce_ms.unwrap_or(200);
+    if debounce > 60_000 {
+        errors.push(Located::new("watch_debounce_ms", "must be at most 60000"));
     }
-    // Certificates and keys are read and parsed on every allowed CPU (100,000 of them in ~1 s).
-    let mut routes = Vec::with_capacity(keyed.len());
-    for (route, problems) in routes::resolve_all(keyed, base, &tls) {
-        errors.extend(problems);
-        routes.extend(route);
-    }
-
-    let mut fallback = |field: &str, name: Option<String>| -> Option<RouteId> {
-        let name = name.filter(|n| !n.is_empty())?;
-        let found = routes.iter().position(|r| r.name == name).map(|i| RouteId(i as u32));
-        if found.is_none() {
-            errors.push(Located::new(format!("fallback.{field}"), format!("names no route: {name:?}")));
-        }
-        found
-    };
-    let no_sni = fallback("no_sni", file.fallback.no_sni);
-    let unknown_sni = fallback("unknown_sni", file.fallback.unknown_sni);
-
-    if !errors.is_empty() {
-        return None;
-    }
-    match Table::build(routes, no_sni, unknown_sni) {
-        Ok(table) => {
-            let mut warnings: Vec<String> = table
-                .routes()
-                .iter()
-                .filter(|r| r.action.is_terminate() && r.min_tls < TlsVersion::TLS12)
-                .map(|r| {
-                    format!("route {:?}.min_tls: rustls serves TLS 1.2 and 1.3 only; {} acts as 1.2", r.name, r.min_tls)
-                })
-                .collect();
-            for r in table.routes() {
-                if let route::Action::Terminate(m) = &r.action {
-                    warnings.extend(m.warnings().into_iter().map(|(k, w)| format!("route {:?}.{k}: {w}", r.name)));
-                }
-            }
-            let pools = match Pools::build(&table, worker_count(&runtime)) {
-                Ok(p) => p,
-                Err((id, e)) => {
-                    let key = format!("route {:?}.backends", table.route(id).name);
-                    errors.push(Located::new(key, e));
-                    return None;
-                }
-            };
-            Some(Config { path: path.to_owned(), runtime, admin, listeners, handoff, table, tls, pools, warnings })
-        }
-        Err(e) => {
-            let key = match &e {
-                route::BuildError::DuplicateName { second, .. } => format!("route {second:?}.sni"),
-                route::BuildError::DuplicateIp { second, .. } => {
-                    format!("route {second:?}.dedicated_ips")
-                }
-                route::BuildError::TooManyRoutes => "route".to_owned(),
-            };
-            let reason = match &e {
-                route::BuildError::DuplicateName { name, first, second } if first == second => {
-                    format!("{name:?} is listed twice")
-                }
-                _ => e.to_string(),
-            };
-            errors.push(Located::new(key, reason));
-            None
-        }
+    Settings {
+        runtime,
+        admin,
+        admin_settings,
+        listeners,
+        handoff,
+        no_sni: fallback.no_sni.filter(|n| !n.is_empty()),
+        unknown_sni: fallback.unknown_sni.filter(|n| !n.is_empty()),
+        include,
+        watch: file.watch.unwrap_or(false).then(|| Duration::from_millis(debounce)),
+        tls,
     }
 }
 

@@ -11,54 +11,9 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-/// Resolves every route, in order, each with the problems found before (`problems`) and its
-/// own; on every allowed CPU when there are enough routes to pay for the threads (most of the
-/// cost of a large configuration is reading and parsing certificates and keys).
-pub(super) fn resolve_all(
-    routes: Vec<(RouteFile, String, Vec<Located>)>,
-    base: &Path,
-    tls: &crate::tls::Shared,
-) -> Vec<(Option<Route>, Vec<Located>)> {
-    const PER_THREAD: usize = 512;
-    let one = |(r, key, mut problems): (RouteFile, String, Vec<Located>)| {
-        let route = resolve_route(r, &key, base, tls, &mut problems);
-        (route, problems)
-    };
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(routes.len() / PER_THREAD).min(16);
-    if threads <= 1 {
-        return routes.into_iter().map(one).collect();
-    }
-    let chunk = routes.len().div_ceil(threads);
-    let mut chunks: Vec<Vec<_>> = Vec::with_capacity(threads);
-    let mut rest = routes.into_iter();
-    for _ in 0..threads {
-        chunks.push(rest.by_ref().take(chunk).collect());
-    }
-    std::thread::scope(|s| {
-        let handles: Vec<_> = chunks
-            .into_iter()
-            .map(|c| {
-                std::thread::Builder::new()
-                    .name("sni-config".into())
-                    .spawn_scoped(s, move || c.into_iter().map(one).collect::<Vec<_>>())
-            })
-            .collect();
-        let mut out = Vec::new();
-        for h in handles {
-            match h {
-                Ok(h) => match h.join() {
-                    Ok(part) => out.extend(part),
-                    Err(panic) => std::panic::resume_unwind(panic),
-                },
-                // No thread: cannot happen on Linux short of exhausting the process's threads;
-                // then the load fails rather than silently missing routes.
-                Err(e) => out.push((None, vec![Located::new("route", format!("cannot start a loader thread: {e}"))])),
-            }
-        }
-        out
-    })
-}
-
+/// One route as written, resolved (its certificate loaded through `tls`, whose cache makes an
+/// unchanged one cheap); `None` with its problems in `errors`. Routes are resolved on every
+/// allowed CPU as their pieces of the file are parsed ([`super::load::parse`]).
 pub(super) fn resolve_route(
     r: RouteFile,
     key: &str,

@@ -7,6 +7,7 @@ use crate::tls::ktls::Ktls;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// The `[runtime]` table with defaults applied and flags merged in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +80,57 @@ impl Default for Runtime {
             quic_idle_timeout_ms: 30_000,
             quic_handshake_timeout_ms: 10_000,
             quic_gro: true,
+        }
+    }
+}
+
+/// What a connection needs of `[runtime]` for its whole life, copied at accept (so that it
+/// holds no configuration snapshot). Packed small: every connection's task holds one (times in
+/// milliseconds up to 49 days, sizes up to 4 GiB; larger values are clamped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    hello_timeout_ms: u32,
+    connect_timeout_ms: u32,
+    idle_timeout_ms: u32,
+    max_hello_bytes: u32,
+    pub splice: bool,
+    /// Start-only (refused on reload), so the same in every snapshot.
+    pub ktls: Ktls,
+}
+
+impl Limits {
+    /// `hello_timeout_ms`.
+    pub fn hello_timeout(&self) -> Duration {
+        Duration::from_millis(self.hello_timeout_ms.into())
+    }
+
+    /// `connect_timeout_ms`.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms.into())
+    }
+
+    /// `idle_timeout_ms`.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms.into())
+    }
+
+    /// `max_hello_bytes`.
+    pub fn max_hello_bytes(&self) -> usize {
+        self.max_hello_bytes as usize
+    }
+}
+
+impl Runtime {
+    /// The per-connection limits.
+    pub fn limits(&self) -> Limits {
+        let small = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
+        Limits {
+            hello_timeout_ms: small(self.hello_timeout_ms),
+            connect_timeout_ms: small(self.connect_timeout_ms),
+            idle_timeout_ms: small(self.idle_timeout_ms),
+            max_hello_bytes: small(self.max_hello_bytes as u64),
+            splice: self.splice,
+            ktls: self.ktls,
         }
     }
 }

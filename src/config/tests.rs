@@ -45,7 +45,7 @@ fn good_config() {
     assert_eq!(c.runtime.cpus, Some(vec![0, 1]));
     assert_eq!(c.runtime.hello_timeout_ms, 5000);
     assert_eq!(c.admin, Some("127.0.0.1:9900".parse().unwrap()));
-    let shop = &c.table.routes()[0];
+    let shop = c.table.route(RouteId(0));
     let mut names: Vec<_> = c.table.names().collect();
     names.sort();
     assert_eq!(names, [("*.shop.example.com".to_owned(), RouteId(0)), ("shop.example.com".to_owned(), RouteId(0))]);
@@ -173,7 +173,7 @@ fn terminate_routes_check_their_keys() {
         )
     };
     let c = load(&cfg(&cert, &key)).unwrap();
-    assert!(c.table.routes()[0].action.is_terminate());
+    assert!(c.table.route(RouteId(0)).action.is_terminate());
     let e = errors(&cfg(&cert, &other));
     assert!(e.contains("route \"shop\".key:") && e.contains("does not match the certificate"), "{e}");
     let e = errors(&cfg(&key, &key));
@@ -248,4 +248,63 @@ fn quic_listeners_and_limits() {
     assert!(e.contains("runtime.quic_pending_timeout_ms: must be greater than 0"), "{e}");
     let e = errors(&GOOD.replace("address = \"127.0.0.1:8443\"", "address = \"127.0.0.1:8443\"\nquic = \"yes\""));
     assert!(e.contains("quic"), "{e}");
+}
+
+/// `[tls] ticket_keys` is read again on every reload, also one whose main file did not change
+/// (its terminating routes in an included file), and the new routes use the new keys; a route
+/// API change keeps the running TLS state (keys and retired window).
+#[test]
+fn ticket_keys_follow_every_reload_and_api_changes_keep_them() {
+    use base64::Engine;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, _) = cert_files(dir.path());
+    let line = |seed: u8| base64::engine::general_purpose::STANDARD.encode([seed; 80]);
+    let keys = dir.path().join("ticket.keys");
+    std::fs::write(&keys, format!("{}\n", line(1))).unwrap();
+    std::fs::create_dir(dir.path().join("routes.d")).unwrap();
+    std::fs::create_dir(dir.path().join("api")).unwrap();
+    let main = dir.path().join("edge.toml");
+    std::fs::write(
+        &main,
+        "include = [\"routes.d/*.toml\", \"api/*.toml\"]\n[admin]\napi_dir = \"api\"\n[tls]\nticket_keys = \"ticket.keys\"\n[[listener]]\naddress = \"127.0.0.1:8443\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("routes.d/shop.toml"),
+        format!(
+            "[[route]]\nname = \"shop\"\nsni = [\"shop.example.com\"]\naction = \"terminate\"\ncert = {cert:?}\nkey = {key:?}\nbackends = [\"127.0.0.1:80\"]\n"
+        ),
+    )
+    .unwrap();
+    let old = Config::load(&main, &RuntimeOverrides::default()).unwrap();
+    let encrypting = |c: &Config| c.tls.ticket_file().map(|f| f.encrypting());
+    let first = encrypting(&old);
+    assert!(first.is_some());
+    // The key file rotated, the main file untouched.
+    std::fs::write(&keys, format!("{}\n{}\n", line(2), line(3))).unwrap();
+    let (new, _) = old.reload().unwrap();
+    assert_ne!(encrypting(&new), first, "the key file was not read again");
+    assert_eq!(new.tls.ticket_file().map(|f| f.len()), Some(2));
+    // The terminating route was built with the new configuration's ticketer.
+    let id = new.table.id_of("shop").unwrap();
+    let crate::route::Action::Terminate(m) = &new.table.get(id).unwrap().action else { panic!("terminate") };
+    let ticketer = Arc::as_ptr(&m.server_config.ticketer).cast::<()>();
+    assert_eq!(ticketer, Arc::as_ptr(&new.tls.tickets).cast::<()>(), "the route kept the old ticketer");
+    // What the swap does: the dropped key keeps decrypting for its window.
+    new.tls.tickets.inherit(&old.tls.tickets);
+    assert_eq!(new.tls.tickets.retired_names().len(), 1);
+    // A route added through the API shares the running TLS state, window included.
+    let (api, _, _) = new
+        .put_route(
+            "extra",
+            "sni = [\"extra.example.com\"]\naction = \"passthrough\"\nbackends = [\"127.0.0.1:81\"]\n",
+            false,
+        )
+        .unwrap();
+    assert!(Arc::ptr_eq(&api.tls, &new.tls));
+    assert_eq!(api.tls.tickets.retired_names().len(), 1);
+    // A key file that no longer reads fails the reload, naming the key.
+    std::fs::write(&keys, "not base64\n").unwrap();
+    let e = new.reload().unwrap_err().to_string();
+    assert!(e.contains("tls.ticket_keys:"), "{e}");
 }

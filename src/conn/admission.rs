@@ -153,19 +153,45 @@ impl Drop for Admitted<'_> {
 }
 
 /// One [`ClientTable`] per TCP listener of the server, shared by its workers. The tables'
-/// memory is zeroed pages that cost nothing until a listener's limits touch them.
+/// memory is zeroed pages that cost nothing until a listener's limits touch them. A listener
+/// that a reload adds gets a table of its own ([`Tables::add`], from the control thread): the
+/// places are set once each, so the workers read them without a lock.
 #[derive(Debug, Default)]
 pub struct Tables {
-    by_listener: Vec<(SocketAddr, ClientTable)>,
+    by_listener: Box<[std::sync::OnceLock<(SocketAddr, ClientTable)>]>,
+    workers: usize,
 }
+
+/// Listeners with per-client counts, at most (beyond, a listener that a reload adds has none,
+/// with a warning).
+pub const MAX_LISTENERS: usize = 256;
 
 impl Tables {
     pub fn new(listeners: &[SocketAddr], workers: usize) -> Self {
-        Self { by_listener: listeners.iter().map(|&a| (a, ClientTable::new(workers))).collect() }
+        let t = Self {
+            by_listener: (0..MAX_LISTENERS.max(listeners.len())).map(|_| std::sync::OnceLock::new()).collect(),
+            workers,
+        };
+        for &a in listeners {
+            t.add(a);
+        }
+        t
+    }
+
+    /// Gives the listener bound to `listen` its table, unless it has one (the control thread
+    /// alone calls this); false when every place is taken.
+    pub fn add(&self, listen: SocketAddr) -> bool {
+        if self.get(listen).is_some() {
+            return true;
+        }
+        match self.by_listener.iter().find(|c| c.get().is_none()) {
+            Some(cell) => cell.set((listen, ClientTable::new(self.workers))).is_ok(),
+            None => false,
+        }
     }
 
     fn get(&self, listen: SocketAddr) -> Option<&ClientTable> {
-        self.by_listener.iter().find(|(a, _)| *a == listen).map(|(_, t)| t)
+        self.by_listener.iter().map_while(|c| c.get()).find(|(a, _)| *a == listen).map(|(_, t)| t)
     }
 }
 

@@ -17,15 +17,14 @@
 
 use super::routing::{route, Decision, Refusal};
 use super::trace::Trace;
-use super::{Accepted, Resources, Routed};
-use crate::config::Config;
+use super::{Accepted, Resources, Routed, Snapshots};
+use crate::config::{Limits, Listener};
 use crate::hello::{self as parser, Framing, Parsed, Progress, Reject};
 use crate::metrics::DropReason;
 use crate::sys::{POLLIN, POLLRDHUP};
 use std::borrow::Cow;
 use std::io;
 use std::net::Shutdown;
-use std::time::Duration;
 
 /// The least a partial hello's buffer is grown by (within what the headers say it needs), so
 /// a client that dribbles bytes does not make a reallocation per byte.
@@ -34,14 +33,37 @@ const MIN_HELD: usize = 64;
 /// the alert, not a reset that could overtake it).
 const DRAIN_READS: usize = 4;
 
+/// What routing a hello needs besides the connection: the worker's snapshots (the route is
+/// chosen in the one current when the hello is complete) and the listener's settings (from the
+/// snapshot current at accept).
+struct Where<'a, S> {
+    snaps: &'a S,
+    listener: Option<&'a Listener>,
+}
+
+impl<S> Clone for Where<'_, S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<S> Copy for Where<'_, S> {}
+
 /// Reads and routes the hello; the routed connection, or why it is refused.
-pub(super) async fn read(res: &Resources, cfg: &Config, conn: &Accepted, t: &mut Trace) -> Result<Routed, Refusal> {
+pub(super) async fn read<S: Snapshots>(
+    res: &Resources,
+    lim: &Limits,
+    snaps: &S,
+    listener: Option<&Listener>,
+    conn: &Accepted,
+    t: &mut Trace,
+) -> Result<Routed, Refusal> {
     // Behind a PROXY header the header and the hello share the one timeout.
-    let timeout = conn.hello_deadline.map_or(Duration::from_millis(cfg.runtime.hello_timeout_ms), |d| {
-        d.saturating_duration_since(std::time::Instant::now())
-    });
+    let timeout =
+        conn.hello_deadline.map_or(lim.hello_timeout(), |d| d.saturating_duration_since(std::time::Instant::now()));
     let deadline = res.timers.arm([Some(&conn.client), None], timeout);
-    let mut out = read_and_route(res, cfg, conn, t).await;
+    let at = Where { snaps, listener };
+    let mut out = read_and_route(res, lim.max_hello_bytes(), at, conn, t).await;
     if let Err(r) = &mut out {
         if r.reason == DropReason::ClientClosed && deadline.fired() {
             // The wheel shut the socket down: that was the timeout, not the client.
@@ -61,16 +83,22 @@ enum Step {
     Done(Result<Routed, Refusal>),
 }
 
-async fn read_and_route(res: &Resources, cfg: &Config, conn: &Accepted, t: &mut Trace) -> Result<Routed, Refusal> {
-    let mut hello = Partial::new(cfg.runtime.max_hello_bytes);
+async fn read_and_route<S: Snapshots>(
+    res: &Resources,
+    max_hello_bytes: usize,
+    at: Where<'_, S>,
+    conn: &Accepted,
+    t: &mut Trace,
+) -> Result<Routed, Refusal> {
+    let mut hello = Partial::new(max_hello_bytes);
     // A connection handed over by another process comes with its hello bytes.
     if !conn.early.is_empty() {
-        if let Step::Done(r) = hello.take(res, cfg, conn, t, &conn.early) {
+        if let Step::Done(r) = hello.take(res, at, conn, t, &conn.early) {
             return r;
         }
     }
     loop {
-        match hello.read(res, cfg, conn, t) {
+        match hello.read(res, at, conn, t) {
             Step::Done(r) => return r,
             Step::Wait => {
                 if conn.client.poll(POLLIN | POLLRDHUP).await.is_err() {
@@ -98,7 +126,7 @@ impl Partial {
 
     /// One non-blocking read into the worker's scratch buffer, and what it made of the hello.
     /// Synchronous: the scratch buffer is borrowed only here.
-    fn read(&mut self, res: &Resources, cfg: &Config, conn: &Accepted, t: &mut Trace) -> Step {
+    fn read(&mut self, res: &Resources, at: Where<'_, impl Snapshots>, conn: &Accepted, t: &mut Trace) -> Step {
         let mut scratch = res.scratch.borrow_mut();
         let n = match conn.client.try_recv(&mut scratch) {
             Ok(0) => return Step::Done(Err(DropReason::ClientClosed.into())),
@@ -107,15 +135,22 @@ impl Partial {
             Err(_) => return Step::Done(Err(DropReason::ClientClosed.into())),
         };
         let got = scratch.get(..n).unwrap_or_default();
-        self.take(res, cfg, conn, t, got)
+        self.take(res, at, conn, t, got)
     }
 
     /// What the bytes `got` (just received) make of the hello.
-    fn take(&mut self, res: &Resources, cfg: &Config, conn: &Accepted, t: &mut Trace, got: &[u8]) -> Step {
+    fn take(
+        &mut self,
+        res: &Resources,
+        at: Where<'_, impl Snapshots>,
+        conn: &Accepted,
+        t: &mut Trace,
+        got: &[u8],
+    ) -> Step {
         if self.held.is_empty() {
             // The whole hello in one read: parsed where it landed, copied once to go on.
             match self.framing.advance(got) {
-                Progress::Complete => return Step::Done(self.route(res, cfg, conn, t, Cow::Borrowed(got))),
+                Progress::Complete => return Step::Done(self.route(res, at, conn, t, Cow::Borrowed(got))),
                 Progress::Rejected(r) => return Step::Done(Err(rejected(res, conn, r))),
                 Progress::NeedMore { at_least } => self.at_least = at_least,
             }
@@ -134,7 +169,7 @@ impl Partial {
             Progress::Rejected(r) => Step::Done(Err(rejected(res, conn, r))),
             Progress::Complete => {
                 let held = std::mem::take(&mut self.held);
-                Step::Done(self.route(res, cfg, conn, t, Cow::Owned(held)))
+                Step::Done(self.route(res, at, conn, t, Cow::Owned(held)))
             }
         }
     }
@@ -155,12 +190,12 @@ impl Partial {
     fn route(
         &self,
         res: &Resources,
-        cfg: &Config,
+        at: Where<'_, impl Snapshots>,
         conn: &Accepted,
         t: &mut Trace,
         bytes: Cow<'_, [u8]>,
     ) -> Result<Routed, Refusal> {
-        let Decision { header, id, check_server, sni_hash } = self.decide(res, cfg, conn, t, &bytes)?;
+        let Decision { header, id, route, check_server, sni_hash } = self.decide(res, at, conn, t, &bytes)?;
         let (first, header) = match header {
             Some(mut h) => {
                 let len = h.len();
@@ -169,14 +204,14 @@ impl Partial {
             }
             None => (bytes.into_owned(), 0),
         };
-        Ok(Routed { id, first, header, check_server, sni_hash })
+        Ok(Routed { id, route, first, header, check_server, sni_hash })
     }
 
     /// The one parse of a complete hello, and the route it gets.
     fn decide(
         &self,
         res: &Resources,
-        cfg: &Config,
+        at: Where<'_, impl Snapshots>,
         conn: &Accepted,
         t: &mut Trace,
         bytes: &[u8],
@@ -185,7 +220,7 @@ impl Partial {
             Parsed::Complete(hello) => {
                 t.hello_done = res.now();
                 t.hello_bytes = Some(hello.len() as u64);
-                let d = route(res, cfg, conn, &hello, bytes.len(), t);
+                let d = route(res, at.snaps, at.listener, conn, &hello, bytes.len(), t);
                 t.routed_at = res.now();
                 d
             }

@@ -30,7 +30,8 @@ pub mod terminate;
 pub mod trace;
 
 use crate::access_log;
-use crate::config::{Config, Route};
+use crate::backend::Pools;
+use crate::config::{Config, Limits, Route};
 use crate::metrics::{Direction, DropReason, Local};
 use crate::proxy_protocol;
 use crate::relay::{self, BufPool, PipePool, Relayed, Scratch, Timers};
@@ -39,8 +40,9 @@ use crate::sys::Socket;
 use std::cell::RefCell;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use trace::Trace;
 
 /// What connections share with their worker (one thread, so `RefCell`s): counters, pools, the
@@ -132,9 +134,51 @@ impl Accepted {
     }
 }
 
+/// A route as a connection keeps it: the route and the back-end state of the configuration it
+/// was chosen in (balancing, health, per-route statistics). Workers hand out `Rc`s of their own
+/// to one `Held` per route, so cloning one is a non-atomic increment on a count no other core
+/// touches.
+#[derive(Debug)]
+pub struct Held {
+    /// The route's id in the table (and in `pools`) it came from.
+    pub id: RouteId,
+    pub route: Arc<Route>,
+    pub pools: Arc<Pools>,
+}
+
+impl Held {
+    /// Route `id` of `cfg`, with `cfg`'s back-end state.
+    pub fn of(cfg: &Config, id: RouteId) -> Self {
+        Self { id, route: Arc::clone(cfg.table.route_arc(id)), pools: Arc::clone(&cfg.pools) }
+    }
+}
+
+impl std::ops::Deref for Held {
+    type Target = Route;
+    fn deref(&self) -> &Route {
+        &self.route
+    }
+}
+
+/// A route as a connection keeps it (see [`Held`]).
+pub type Kept = Rc<Held>;
+
+/// How a connection reaches the running configuration (its worker implements it): the
+/// current snapshot, read when the hello is complete, and the route it chose as a handle the
+/// connection keeps for its life. A connection holds neither the snapshot nor anything shared
+/// across cores after routing: the worker hands out `Rc`s of its own to each route's `Arc`.
+pub trait Snapshots {
+    /// The configuration new decisions use.
+    fn current(&self) -> Rc<Arc<Config>>;
+    /// Route `id` of `cfg` (an id `cfg`'s table gave), as the connection keeps it.
+    fn keep(&self, cfg: &Config, id: RouteId) -> Kept;
+}
+
 /// A connection whose ClientHello was read and routed.
 pub struct Routed {
     pub id: RouteId,
+    /// The route, kept for the connection's life (not the snapshot it came from).
+    pub route: Kept,
     /// What goes to the back end first: the PROXY header (passthrough, if configured) followed by
     /// the ClientHello bytes read. On a terminating route: the hello bytes, for rustls.
     pub first: Vec<u8>,
@@ -159,31 +203,46 @@ pub enum Outcome {
 /// Serves one accepted connection to its end, then counts and logs how it ended. The caller
 /// owns the connection (and closes it when this is done), so that the task stores it once.
 ///
+/// The limits (timeouts, sizes) and the listener's settings (PROXY in, admission) are those of
+/// the configuration current at accept; the route is chosen with the one current when the hello
+/// is complete, and from then on the connection holds only its route (no snapshot).
+///
 /// The futures of the stages a connection keeps while it is idle (this one, the passthrough
 /// relay) are `async move` blocks rather than `async fn`s, whose arguments rustc stores twice;
 /// stages that pass quickly are boxed. An idle connection's task is what it costs (see
 /// `tuning/README.md`, "Memory per connection").
 #[allow(clippy::manual_async_fn)] // an `async move` block: its arguments are stored once
-pub fn serve<'a>(res: &'a Resources, cfg: &'a Config, conn: &'a mut Accepted) -> impl Future<Output = ()> + 'a {
+pub fn serve<'a, S: Snapshots>(
+    res: &'a Resources,
+    snaps: &'a S,
+    conn: &'a mut Accepted,
+) -> impl Future<Output = ()> + 'a {
     async move {
+        let at_accept = snaps.current();
+        let lim = at_accept.runtime.limits();
         let mut t = Trace::new(conn.at, res.log.as_ref().is_some_and(|l| l.sample()));
-        let listener = if conn.handed_off { None } else { cfg.listener(conn.listen) };
-        // Boxed: it is passed through quickly, and the task need not hold its state.
-        let admitted = Box::pin(admit(res, cfg, listener, conn)).await;
+        let admitted = {
+            let listener = if conn.handed_off { None } else { at_accept.listener(conn.listen) };
+            // Boxed: it is passed through quickly, and the task need not hold its state.
+            Box::pin(admit(res, &lim, listener, conn)).await
+        };
         if t.log {
             t.client = conn.peer();
             t.local = Some(conn.dialed());
         }
-        let (outcome, logged) = match admitted {
+        let (outcome, logged, route) = match admitted {
             Ok(guard) => {
-                let o = run(res, cfg, conn, &mut t).await;
+                let o = run(res, snaps, &lim, at_accept, conn, &mut t).await;
                 drop(guard);
                 o
             }
-            Err(reason) => (Outcome::Dropped(reason), false),
+            Err(reason) => {
+                drop(at_accept);
+                (Outcome::Dropped(reason), false, None)
+            }
         };
-        close(res, cfg, conn, &t, outcome, logged);
-        trace::finish(res, cfg, &t, &outcome);
+        close(res, route.as_deref(), conn, &t, outcome, logged);
+        trace::finish(res, route.as_deref(), &t, &outcome);
     }
 }
 
@@ -191,13 +250,13 @@ pub fn serve<'a>(res: &'a Resources, cfg: &'a Config, conn: &'a mut Accepted) ->
 /// listener's address lists and per-client limits (the guard counts the connection open).
 async fn admit<'r>(
     res: &'r Resources,
-    cfg: &Config,
+    lim: &Limits,
     listener: Option<&crate::config::Listener>,
     conn: &mut Accepted,
 ) -> Result<Option<admission::Admitted<'r>>, DropReason> {
     let Some(l) = listener else { return Ok(None) };
     if let Some(accept) = l.accept_proxy {
-        let timeout = Duration::from_millis(cfg.runtime.hello_timeout_ms);
+        let timeout = lim.hello_timeout();
         conn.hello_deadline = Some(conn.at.unwrap_or_else(Instant::now) + timeout);
         proxy_in::read(res, l, accept, conn, timeout).await?;
     }
@@ -207,50 +266,66 @@ async fn admit<'r>(
     Ok(None)
 }
 
-/// The connection's outcome, and whether its drop line was written already (a refused hello's,
-/// where the cause was at hand).
+/// The connection's outcome, whether its drop line was written already (a refused hello's,
+/// where the cause was at hand), and its route. `at_accept` (the snapshot the listener's
+/// settings come from) is let go of once the hello is routed: from then on the connection holds
+/// only its route.
 #[allow(clippy::manual_async_fn)] // an `async move` block: its arguments are stored once
-fn run<'a>(
+#[allow(clippy::redundant_allocation)] // the worker's own `Rc` of the snapshot: no atomic count
+fn run<'a, S: Snapshots>(
     res: &'a Resources,
-    cfg: &'a Config,
+    snaps: &'a S,
+    lim: &'a Limits,
+    at_accept: Rc<Arc<Config>>,
     conn: &'a Accepted,
     t: &'a mut Trace,
-) -> impl Future<Output = (Outcome, bool)> + 'a {
+) -> impl Future<Output = (Outcome, bool, Option<Kept>)> + 'a {
     async move {
-        let routed = match hello::read(res, cfg, conn, t).await {
-            Ok(r) => r,
-            Err(r) => return (Outcome::Dropped(r.reason), r.logged),
-        };
-        if let Some(stats) = cfg.pools.route_stats(routed.id) {
-            stats.routed(res.worker);
-            t.route_open = true;
-        }
-        let route = cfg.table.route(routed.id);
-        let tls = match &route.action {
-            crate::route::Action::Passthrough => None,
-            crate::route::Action::Terminate(tls) => Some(tls),
-        };
-        let outcome = if let Some(tls) = tls {
-            // Boxed: the TLS state machine would otherwise make every connection's task (passthrough
-            // included) several KiB larger, and each task is memcpy'd when it is spawned.
-            Box::pin(terminate::run(res, cfg, route, tls, conn, routed, t)).await
-        } else {
-            // Opening is boxed, as every stage a connection passes through quickly: the task
-            // then holds little more than the relay, which is what an idle connection costs.
-            let opened = Box::pin(passthrough::open(res, cfg, route, conn, routed, t)).await;
-            match opened {
-                Ok(opened) => passthrough::relay(res, cfg, conn, opened).await,
-                Err(outcome) => outcome,
+        // The blocks keep what only the hello and the opening need out of the task's state
+        // while it relays (what an idle connection costs).
+        let kept: Kept;
+        // The block's value is the relay future, awaited in place (a named future would be
+        // stored twice).
+        let outcome = {
+            let routed = {
+                let listener = if conn.handed_off { None } else { at_accept.listener(conn.listen) };
+                let read = hello::read(res, lim, snaps, listener, conn, t).await;
+                drop(at_accept);
+                match read {
+                    Ok(r) => r,
+                    Err(r) => return (Outcome::Dropped(r.reason), r.logged, None),
+                }
+            };
+            kept = Rc::clone(&routed.route);
+            if let Some(stats) = kept.pools.route_stats(routed.id) {
+                stats.routed(res.worker);
+                t.route_open = true;
             }
-        };
-        (outcome, false)
+            let opened = match &kept.route.action {
+                // Boxed: the TLS state machine would otherwise make every connection's task
+                // (passthrough included) several KiB larger, and each task is memcpy'd when it
+                // is spawned.
+                crate::route::Action::Terminate(tls) => {
+                    Err(Box::pin(terminate::run(res, lim, &kept, tls, conn, routed, t)).await)
+                }
+                // Opening is boxed, as every stage a connection passes through quickly: the task
+                // then holds little more than the relay, which is what an idle connection costs.
+                crate::route::Action::Passthrough => {
+                    Box::pin(passthrough::open(res, lim, &kept, conn, routed, t)).await
+                }
+            };
+            // The relay owns what it relays (nothing of this block stays in the task's state).
+            passthrough::relay(res, lim, conn, opened)
+        }
+        .await;
+        (outcome, false, Some(kept))
     }
 }
 
 /// Counts the outcome (the one place that does).
-fn close(res: &Resources, cfg: &Config, conn: &Accepted, t: &Trace, outcome: Outcome, logged: bool) {
-    if let (true, Some(id)) = (t.route_open, t.route) {
-        if let Some(stats) = cfg.pools.route_stats(id) {
+fn close(res: &Resources, route: Option<&Held>, conn: &Accepted, t: &Trace, outcome: Outcome, logged: bool) {
+    if let (true, Some(held)) = (t.route_open, route) {
+        if let Some(stats) = held.pools.route_stats(held.id) {
             let dropped = match outcome {
                 Outcome::Dropped(r) => Some(r),
                 Outcome::Relayed(_) => None,

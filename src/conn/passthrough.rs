@@ -4,9 +4,9 @@
 //! ServerHello version where `min_tls` needs it, then relay the raw bytes (splice, or buffered).
 
 use super::trace::Trace;
-use super::{send_and_recycle, Accepted, Outcome, Resources, Routed};
+use super::{send_and_recycle, Accepted, Held, Outcome, Resources, Routed};
 use crate::backend::{self, handoff, Key, Link};
-use crate::config::{Config, Route};
+use crate::config::Limits;
 use crate::hello::{server_hello_version, Alert, ServerVersion};
 use crate::metrics::{DropReason, RelayKind};
 use crate::relay::{self, End, Relayed, BUF_SIZE};
@@ -35,17 +35,22 @@ pub(super) struct Opened<'a> {
     _active: Option<backend::Active<'a>>,
 }
 
-/// Relays an opened connection until both sides are done. An `async move` block, not an
-/// `async fn` (whose arguments rustc stores twice): an idle connection's task holds this.
+/// Relays an opened connection until both sides are done (a connection that did not open ends
+/// with its outcome at once). An `async move` block, not an `async fn` (whose arguments rustc
+/// stores twice): an idle connection's task holds this.
 #[allow(clippy::manual_async_fn)] // an `async move` block: its arguments are stored once
 pub(super) fn relay<'a>(
     res: &'a Resources,
-    cfg: &'a Config,
+    rt: &'a Limits,
     conn: &'a Accepted,
-    opened: Opened<'a>,
+    opened: Result<Opened<'a>, Outcome>,
 ) -> impl Future<Output = Outcome> + 'a {
     async move {
-        let rt = &cfg.runtime;
+        // Borrowed, not moved out: the argument is the one copy the task holds.
+        let o = match &opened {
+            Ok(o) => o,
+            Err(outcome) => return *outcome,
+        };
         let env = relay::Env {
             pipes: &res.pipes,
             bufs: &res.bufs,
@@ -53,16 +58,17 @@ pub(super) fn relay<'a>(
             timers: &res.timers,
             metrics: &res.metrics,
             splice: rt.splice,
-            idle: Duration::from_millis(rt.idle_timeout_ms),
+            idle: rt.idle_timeout(),
             timing: res.timing,
         };
-        let mut done = relay::relay(&env, &conn.client, &opened.backend).await;
-        done.to_backend += opened.to_backend;
-        done.to_client += opened.to_client;
+        let mut done = relay::relay(&env, &conn.client, &o.backend).await;
+        done.to_backend += o.to_backend;
+        done.to_client += o.to_client;
         // Through the ring: batched with the other submissions, no close(2) of its own.
-        let Opened { backend, _active, .. } = opened;
-        backend.close().await;
-        drop(_active);
+        if let Ok(Opened { backend, _active, .. }) = opened {
+            backend.close().await;
+            drop(_active);
+        }
         Outcome::Relayed(done)
     }
 }
@@ -70,18 +76,19 @@ pub(super) fn relay<'a>(
 /// Everything before the relay: the connect (the first bytes with it), the back end's version
 /// where `min_tls` needs it, the rest of the first bytes and the back end's early bytes. The
 /// back end, and the bytes sent each way; or how the connection ended already (dropped, or
-/// handed off).
+/// handed off). `route` is the connection's route with the back-end state of the configuration
+/// it was chosen in (which the open connection counts in).
 pub(super) async fn open<'a>(
     res: &Resources,
-    cfg: &'a Config,
-    route: &Route,
+    rt: &Limits,
+    route: &'a Held,
     conn: &Accepted,
     routed: Routed,
     t: &mut Trace,
 ) -> Result<Opened<'a>, Outcome> {
-    let rt = &cfg.runtime;
     t.connect_start = t.routed_at;
-    let Routed { id, first, header, check_server, sni_hash } = routed;
+    // `routed.route` is `route` (the caller keeps it for the connection's life).
+    let Routed { id, route: _, first, header, check_server, sni_hash } = routed;
     let (c, active) = {
         let client = match route.upstream.balance {
             Balance::HashClient => conn.peer().map(|p| p.ip()),
@@ -99,14 +106,14 @@ pub(super) async fn open<'a>(
         let req = backend::Request {
             route: id,
             worker: res.worker,
-            timeout: Duration::from_millis(rt.connect_timeout_ms),
+            timeout: rt.connect_timeout(),
             metrics: &res.metrics,
             first: &first,
             key: Key { client, sni: sni_hash },
             handoff,
             timing: res.timing,
         };
-        let connected = backend::connect(&cfg.pools, &req).await;
+        let connected = backend::connect(&route.pools, &req).await;
         t.connected_at = res.now();
         match connected {
             Ok(b) => {
@@ -141,7 +148,7 @@ pub(super) async fn open<'a>(
     };
     let mut c = c;
     if let Some(min) = check_server {
-        let limit = Duration::from_millis(rt.hello_timeout_ms);
+        let limit = rt.hello_timeout();
         c = check_server_version(res, &conn.client, c, min, limit).await.map_err(Outcome::Dropped)?;
     }
     let (n_first, n_early) = (c.first.len() as u64, c.early.len() as u64);

@@ -4,8 +4,8 @@
 //! checked); the PROXY header that goes in front of the hello bytes.
 
 use super::trace::Trace;
-use super::{proxy_header, Accepted, Resources};
-use crate::config::Config;
+use super::{proxy_header, Accepted, Kept, Resources, Snapshots};
+use crate::config::{Listener, Route};
 use crate::hello::{Alert, ClientHello};
 use crate::metrics::DropReason;
 use crate::route::{Action, Miss, ProxyProtocol, RouteId, TlsVersion};
@@ -14,6 +14,7 @@ use std::net::IpAddr;
 /// Where a complete hello goes, and the PROXY header (if any) to send before it.
 pub(super) struct Decision {
     pub(super) id: RouteId,
+    pub(super) route: Kept,
     pub(super) header: Option<Vec<u8>>,
     pub(super) check_server: Option<TlsVersion>,
     /// The SNI's hash for `balance = "hash_sni"` (0 otherwise).
@@ -38,7 +39,8 @@ impl From<DropReason> for Refusal {
 /// Routes a complete hello: dedicated IP, SNI, fallback; `min_tls`; the PROXY header.
 pub(super) fn route(
     res: &Resources,
-    cfg: &Config,
+    snaps: &dyn Snapshots,
+    listener: Option<&Listener>,
     conn: &Accepted,
     hello: &ClientHello<'_>,
     buf_len: usize,
@@ -48,16 +50,14 @@ pub(super) fn route(
         t.sni = hello.sni().map(str::to_owned);
         t.alpn = hello.alpn().next().map(|p| String::from_utf8_lossy(p.as_bytes()).into_owned());
     }
-    let listener = if conn.handed_off { None } else { cfg.listener(conn.listen) };
     super::admission::on_hello(listener, hello, t)?;
+    // The snapshot current now, held only for this decision.
+    let cfg = snaps.current();
     let table = &cfg.table;
     // getsockname only when the answer matters: dedicated IPs or ALPN routes exist (and the
     // listener is a wildcard, see Accepted::dialed).
-    let ip: IpAddr = if table.dedicated_ips().next().is_some() || table.has_alpn_routes() {
-        conn.dialed().ip()
-    } else {
-        conn.listen.ip()
-    };
+    let ip: IpAddr =
+        if table.has_dedicated_ips() || table.has_alpn_routes() { conn.dialed().ip() } else { conn.listen.ip() };
     let alpn_route = if table.has_alpn_routes() {
         table.lookup_alpn(ip, hello.sni(), |want| hello.alpn().any(|p| p.as_bytes() == want))
     } else {
@@ -90,7 +90,9 @@ pub(super) fn route(
     };
     t.how = Some(how);
     t.route = Some(id);
-    let route = table.route(id);
+    let kept = snaps.keep(&cfg, id);
+    drop(cfg);
+    let route: &Route = &kept;
     // A terminating route leaves the version to rustls, which answers with a protocol_version
     // alert. A passthrough route compares the best version offered (known versions only, so no
     // unknown value can lift an old offer past it); and when the client also offered versions
@@ -121,9 +123,9 @@ pub(super) fn route(
         _ => 0,
     };
     if route.proxy_protocol == ProxyProtocol::None || route.action.is_terminate() {
-        return Ok(Decision { id, header: None, check_server, sni_hash });
+        return Ok(Decision { id, route: kept, header: None, check_server, sni_hash });
     }
     let alpn = hello.alpn().next();
     let header = proxy_header(res, route, conn, hello.sni(), alpn.as_ref().map(|p| p.as_bytes()), buf_len);
-    Ok(Decision { id, header: Some(header), check_server, sni_hash })
+    Ok(Decision { id, route: kept, header: Some(header), check_server, sni_hash })
 }

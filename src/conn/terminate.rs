@@ -5,34 +5,32 @@
 use super::trace::Trace;
 use super::{proxy_header, send_and_recycle, Accepted, Outcome, Resources};
 use crate::backend;
-use crate::config::{Config, Route};
+use crate::config::{Limits, Route};
 use crate::metrics::DropReason;
 use crate::route::ProxyProtocol;
 use crate::tls::{self, TlsMaterial};
 use std::net::Shutdown;
-use std::time::Duration;
 
 pub(super) async fn run(
     res: &Resources,
-    cfg: &Config,
+    rt: &Limits,
     route: &Route,
     material: &TlsMaterial,
     conn: &Accepted,
     routed: super::Routed,
     t: &mut Trace,
 ) -> Outcome {
-    let (id, hello, sni_hash) = (routed.id, routed.first, routed.sni_hash);
-    let rt = &cfg.runtime;
+    let (id, hello, sni_hash, held) = (routed.id, routed.first, routed.sni_hash, routed.route);
     let client = &conn.client;
     // The SNI for a PROXY header: rustls's unbuffered connection does not keep it, the hello does.
     let sni = (route.proxy_protocol != ProxyProtocol::None).then_some(()).and_then(|()| {
-        match crate::hello::parse(&hello, rt.max_hello_bytes) {
+        match crate::hello::parse(&hello, rt.max_hello_bytes()) {
             crate::hello::Parsed::Complete(h) => h.sni().map(str::to_owned),
             _ => None,
         }
     });
     let hs = tokio::time::timeout(
-        Duration::from_millis(rt.hello_timeout_ms),
+        rt.hello_timeout(),
         tls::handshake(client, &material.server_config, hello, tls::ktls::enabled(rt.ktls)),
     )
     .await;
@@ -76,14 +74,14 @@ pub(super) async fn run(
     let req = backend::Request {
         route: id,
         worker: res.worker,
-        timeout: Duration::from_millis(rt.connect_timeout_ms),
+        timeout: rt.connect_timeout(),
         metrics: &res.metrics,
         first: &[],
         key: backend::Key { client: client_ip, sni: sni_hash },
         handoff: None,
         timing: res.timing,
     };
-    let connected = backend::connect(&cfg.pools, &req).await;
+    let connected = backend::connect(&held.pools, &req).await;
     t.connected_at = res.now();
     let (backend, _active) = match connected {
         Ok(backend::Connected { link: backend::Link::Socket { socket, .. }, backend, active }) => {
@@ -107,5 +105,5 @@ pub(super) async fn run(
             return Outcome::Dropped(DropReason::BackendWrite);
         }
     }
-    Outcome::Relayed(tls::relay(client, est, &backend, Duration::from_millis(rt.idle_timeout_ms)).await)
+    Outcome::Relayed(tls::relay(client, est, &backend, rt.idle_timeout()).await)
 }

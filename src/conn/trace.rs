@@ -4,7 +4,7 @@
 
 use super::{Outcome, Resources};
 use crate::access_log;
-use crate::config::Config;
+use crate::config::Route;
 use crate::metrics::{Hist, RelayKind};
 use crate::relay::End;
 use crate::route::{Match, RouteId};
@@ -56,7 +56,7 @@ fn micros(d: Option<Duration>) -> Option<u64> {
 /// Records a finished connection's latencies and, if sampled, its access-log line. (The outcome
 /// and what it moved come from the `outcome`, not the trace, which every connection's task holds
 /// for its whole life.)
-pub fn finish(res: &Resources, cfg: &Config, t: &Trace, outcome: &Outcome) {
+pub fn finish(res: &Resources, held: Option<&super::Held>, t: &Trace, outcome: &Outcome) {
     let end = res.now();
     let relayed = match outcome {
         Outcome::Relayed(r) => Some(r),
@@ -88,7 +88,7 @@ pub fn finish(res: &Resources, cfg: &Config, t: &Trace, outcome: &Outcome) {
     let Some(log) = res.log.as_ref().filter(|_| t.log) else {
         return;
     };
-    let route = t.route.map(|id| cfg.table.route(id));
+    let route: Option<&Route> = held.map(|h| &*h.route);
     let (outcome, reason) = match outcome {
         Outcome::Dropped(r) => ("dropped", Some(r.as_str())),
         Outcome::Relayed(r) => match r.end {
@@ -103,7 +103,7 @@ pub fn finish(res: &Resources, cfg: &Config, t: &Trace, outcome: &Outcome) {
         _ => route.map(|r| r.action.as_str()),
     };
     let time = access_log::rfc3339(std::time::SystemTime::now());
-    let backend = t.backend.and_then(|id| cfg.pools.backend(id)).map(|b| b.target.to_string());
+    let backend = t.backend.and_then(|id| held?.pools.backend(id)).map(|b| b.target.to_string());
     let entry = access_log::Entry {
         time: &time,
         worker: res.worker,

@@ -8,8 +8,9 @@
 //! enum's discriminant, so bumping a labelled counter is an array increment.
 
 use super::labels::{
-    AcceptCause, ConnectCause, Direction, DropReason, HandoffCause, OcspState, PipeMiss, QuicDatagramDrop,
-    QuicFlowDrop, QuicFlowEnd, RelayCause, RelayKind, TicketKeyState, TicketResult, UpgradeResult,
+    AcceptCause, AdminRefusal, ApiResult, ConnectCause, Direction, DropReason, HandoffCause, OcspState, PipeMiss,
+    QuicDatagramDrop, QuicFlowDrop, QuicFlowEnd, RelayCause, RelayKind, ReloadResult, TicketKeyState, TicketResult,
+    UpgradeResult,
 };
 use crate::hello::Alert;
 use crate::route::Match;
@@ -147,15 +148,14 @@ impl<L: Label, const N: usize> Value for Tally<L, N> {
 macro_rules! counter_set {
     (@ty u64) => { u64 };
     (@ty tally($label:ty)) => { Tally<$label, { <$label as Label>::ALL.len() }> };
-    ($( $(#[$doc:meta])* $field:ident : $ty:tt $(($label:ty))? => $kind:ident $name:literal $help:literal; )*) => {
-        /// One worker's counters (or several merged). Plain `Copy` data: bumped without atomics
-        /// by its worker, copied out when published.
+    ($(#[$sdoc:meta])* struct $set:ident; $( $(#[$doc:meta])* $field:ident : $ty:tt $(($label:ty))? => $kind:ident $name:literal $help:literal; )*) => {
+        $(#[$sdoc])*
         #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-        pub struct Counters {
+        pub struct $set {
             $( $(#[$doc])* pub $field: counter_set!(@ty $ty $(($label))?), )*
         }
 
-        impl Counters {
+        impl $set {
             /// Every family, in the order they are rendered.
             pub const FAMILIES: &'static [Family] = &[
                 $( Family { field: stringify!($field), name: $name, help: $help, kind: Kind::$kind }, )*
@@ -180,6 +180,9 @@ macro_rules! counter_set {
 }
 
 counter_set! {
+    /// One worker's counters (or several merged). Plain `Copy` data: bumped without atomics
+    /// by its worker, copied out when published.
+    struct Counters;
     accepted: u64 => Counter "connections_accepted_total" "Connections accepted.";
     /// Connections open now (a gauge; merged by summing).
     open: u64 => Gauge "connections_open" "Connections open now.";
@@ -257,6 +260,26 @@ counter_set! {
         "Version Negotiation packets sent for Initials of versions other than 1 and 2.";
     quic_backend_failovers: u64 => Counter "quic_backend_failovers_total"
         "QUIC flows moved to their route's next back end after ICMP unreachable from one.";
+}
+
+counter_set! {
+    /// The control plane's counters and gauges (reloads, the route API, the admin endpoint, the
+    /// watcher): bumped by the control and admin threads, never by a worker; rendered beside the
+    /// workers' counters.
+    struct ControlCounters;
+    config_generation: u64 => Gauge "config_generation"
+        "Configurations applied since start (1 for the first); goes up with every reload or API change that changed something.";
+    config_routes: u64 => Gauge "config_routes" "Routes in the running configuration.";
+    config_names: u64 => Gauge "config_names" "Names (exact and wildcard) in the running configuration.";
+    reloads: tally(ReloadResult) => Counter "config_reloads_total"
+        "Reloads (SIGHUP, the file watcher, POST /reload), by result.";
+    route_changes: tally(ApiResult) => Counter "config_api_changes_total"
+        "Route changes through the admin API (PUT and DELETE /routes/NAME), by result.";
+    watch_events: u64 => Counter "config_watch_events_total" "File-system events that the watcher acted on (debounced into reloads).";
+    watch_errors: u64 => Counter "config_watch_errors_total" "Watcher failures (a directory that cannot be watched, an overflowed event queue).";
+    admin_requests: u64 => Counter "admin_requests_total" "Requests the admin endpoint answered.";
+    admin_refused: tally(AdminRefusal) => Counter "admin_refused_total" "Admin requests refused, by cause.";
+    admin_connections: u64 => Gauge "admin_connections_open" "Connections open to the admin endpoint.";
 }
 
 impl Counters {

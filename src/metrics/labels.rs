@@ -505,3 +505,48 @@ mod tests {
         assert_eq!(AcceptCause::of(&os(libc::ECONNABORTED)), AcceptCause::Aborted);
     }
 }
+
+labels! {
+    /// How a reload ended (SIGHUP, the watcher, `POST /reload`).
+    pub enum ReloadResult: "result" {
+        /// A new configuration is serving.
+        Applied = "applied",
+        /// The files had not changed: the running configuration stays.
+        Unchanged = "unchanged",
+        /// The files do not load (or change a key that cannot change while running): the
+        /// running configuration stays.
+        Failed = "failed",
+    }
+}
+
+labels! {
+    /// How a route change through the admin API (`PUT`/`DELETE /routes/NAME`) ended.
+    pub enum ApiResult: "result" {
+        /// Written to `api_dir` and serving.
+        Applied = "applied",
+        /// The body does not parse or validate (400).
+        Invalid = "invalid",
+        /// The route belongs to a file the API does not own (409).
+        Conflict = "conflict",
+        /// No such route (404), or the API is off.
+        NotFound = "not_found",
+        /// The route's file could not be written (500).
+        Io = "io",
+    }
+}
+
+labels! {
+    /// Why the admin endpoint refused a request.
+    pub enum AdminRefusal: "cause" {
+        /// More connections than `admin.max_connections`: 503 after the request was read.
+        Busy = "busy",
+        /// The route API without the bearer token (401).
+        Unauthorized = "unauthorized",
+        /// A malformed request (400), an unsupported body encoding (411, 501) or method (405).
+        BadRequest = "bad_request",
+        /// The request (head or body) did not arrive within 5 s (408).
+        Timeout = "timeout",
+        /// A head over 8 KiB (431) or a body over 1 MiB (413).
+        TooLarge = "too_large",
+    }
+}

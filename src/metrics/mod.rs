@@ -20,10 +20,11 @@
 pub mod counters;
 pub mod labels;
 
-pub use counters::{Counters, Family, Kind, Label, Tally, Value};
+pub use counters::{ControlCounters, Counters, Family, Kind, Label, Tally, Value};
 pub use labels::{
-    AcceptCause, CheckResult, ConnectCause, Direction, DropReason, HandoffCause, OcspState, PipeMiss, QuicDatagramDrop,
-    QuicFlowDrop, QuicFlowEnd, RelayCause, RelayKind, TicketKeyState, TicketResult, UpgradeResult,
+    AcceptCause, AdminRefusal, ApiResult, CheckResult, ConnectCause, Direction, DropReason, HandoffCause, OcspState,
+    PipeMiss, QuicDatagramDrop, QuicFlowDrop, QuicFlowEnd, RelayCause, RelayKind, ReloadResult, TicketKeyState,
+    TicketResult, UpgradeResult,
 };
 
 use crate::route::Match;
@@ -299,13 +300,38 @@ impl Local {
 #[derive(Debug, Clone, Default)]
 pub struct Registry {
     slots: Vec<Slot>,
+    control: Arc<Mutex<Control>>,
     process: Slot,
 }
+
+/// The control plane's state for the readers: its counters, when the configuration last
+/// changed and what the last reload cost.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Control {
+    pub counters: ControlCounters,
+    /// Seconds since the Unix epoch of the last change of the configuration.
+    pub changed_at: f64,
+    /// The last reload or API change: seconds spent parsing, building and swapping.
+    pub last: [f64; 3],
+}
+
+/// The phases of [`Control::last`], as the `phase` label.
+pub const PHASES: [&str; 3] = ["parse", "build", "swap"];
 
 impl Registry {
     /// Creates `n` empty slots.
     pub fn new(n: usize) -> Self {
-        Self { slots: (0..n).map(|_| Slot::default()).collect(), process: Slot::default() }
+        Self { slots: (0..n).map(|_| Slot::default()).collect(), control: Arc::default(), process: Slot::default() }
+    }
+
+    /// Updates the control plane's state (control and admin threads only).
+    pub fn control(&self, f: impl FnOnce(&mut Control)) {
+        f(&mut lock(&self.control));
+    }
+
+    /// A copy of the control plane's state.
+    pub fn control_snapshot(&self) -> Control {
+        *lock(&self.control)
     }
 
     /// Applies `f` to the process's own counters (from a control thread, never a worker: it

@@ -1,177 +1,563 @@
-//! A read-only map from host name to route, built for a million names.
+//! A map from host name to route, built for a million names and changed one route at a time.
 //!
-//! All names are stored back to back in one byte arena, each behind a length byte; the index is
-//! split into shards by the top bits of the hash, each an open-addressing table (linear probing,
-//! sized for a load factor of 1/2) of 12-byte slots holding the hash, the name's place in the
-//! arena and the route. A lookup hashes once, lands in one shard and compares bytes only on a
-//! full 32-bit hash match. Per name that is about 24 bytes of index and one length byte beyond the
-//! name's own bytes, and a handful of allocations for the whole map instead of one per name.
+//! One index holds both kinds of key: exact names (`shop.example.com`) and wildcard parents
+//! (`*.example.com` is stored as `example.com`, flagged as a wildcard). Names live in byte arenas
+//! (a length byte, then the bytes); the slots are open-addressing tables (linear probing, load
+//! factor at most 3/4, 1/2 after a build) of 12-byte entries holding the low 32 bits of the
+//! hash, the name's place in the arena and the route.
+//!
+//! ## One pass, two probes in flight
+//! A lookup of `a.shop.example.com` needs the exact name and, failing that, the wildcard over
+//! its parent `shop.example.com`. The hash is built for that: the parent is hashed first and the
+//! exact name's hash continues from the parent's state over the first label, so one pass over the
+//! bytes yields both hashes. Both home slots are then read before either is compared, so the two
+//! cache misses overlap instead of following each other (a wildcard hit no longer pays a whole
+//! exact miss first).
+//!
+//! ## Shards, copy-on-write
+//! The index is split into `2^bits` shards by the hash's top bits, each behind its own `Arc`.
+//! [`NameIndex::edit`] gives an [`Edit`] that copies only the shards a change touches (a memcpy
+//! of their slots and arena, then an in-place insert or a backward-shift delete) and shares every
+//! other shard with the index it came from, so adding or removing one route's names at a million
+//! names copies a few shards and the old index stays valid for readers. Shards are about 4 MiB
+//! at a million names (`TARGET_PER_SHARD` keys each), in transparent huge pages ([`HugeBuf`]):
+//! probed at random, 4 KiB pages would add a TLB miss to nearly every lookup (measured: twice
+//! the time of a cold lookup), and each copies in well under a millisecond.
+//!
+//! ## The wildcard filter
+//! A one-bit-per-slot filter (a bitmap of eight bits per wildcard, so it stays in cache) says
+//! whether a name's parent can be a wildcard at all; only then is the wildcard's slot read beside
+//! the exact one. An exact hit or a miss under a parent that has no wildcard reads what it
+//! would read without wildcards.
 
 use super::RouteId;
-use crate::sys::advise_huge_pages;
+use crate::sys::{parallel_map, HugeBuf};
 use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
 
-/// Shards: each stays a modest allocation-sized run at a million names, and building can place
-/// one shard at a time in cache.
-const MAX_SHARD_BITS: u32 = 6;
+/// Keys per shard that a build aims for: slots and arena about 2 MiB each.
+const TARGET_PER_SHARD: usize = 80 * 1024;
+/// The most shards (a build at tens of millions of names).
+const MAX_BITS: u32 = 10;
 const EMPTY: u32 = u32::MAX;
+/// Set in [`Slot::route`] for a wildcard parent.
+const WILD: u32 = 1 << 31;
+/// Route ids must stay below this (the top bit is the wildcard flag, `EMPTY` is taken).
+pub const MAX_ROUTES: usize = (WILD - 1) as usize;
 
 #[derive(Clone, Copy, Debug)]
 struct Slot {
+    /// The low 32 bits of the key's hash (which also place it in its shard).
     hash: u32,
-    /// Offset of the length byte in the arena.
+    /// Offset of the key's length byte in the shard's arena.
     off: u32,
+    /// The route, with [`WILD`] for a wildcard parent; [`EMPTY`] for a free slot.
     route: u32,
 }
 
 const EMPTY_SLOT: Slot = Slot { hash: 0, off: 0, route: EMPTY };
 
-#[derive(Debug)]
-pub struct NameIndex {
-    arena: Box<[u8]>,
-    slots: Box<[Slot]>,
-    /// `shards[i]..shards[i + 1]` are shard i's slots.
-    shards: Box<[u32]>,
-    shard_bits: u32,
-    seed: u64,
+/// The kind of a key: an exact name or the parent of a `*.` wildcard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Exact,
+    Wildcard,
+}
+
+/// What a lookup found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Found {
+    Exact(RouteId),
+    /// The wildcard over the name's parent.
+    Wildcard(RouteId),
+    None,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Shard {
+    /// Keys back to back; `arena[..used]` holds them.
+    arena: HugeBuf<u8>,
+    used: usize,
+    /// Arena bytes of removed keys (compacted when they are half of it).
+    garbage: usize,
+    slots: HugeBuf<Slot>,
     len: usize,
 }
 
-/// Collects names, then builds a [`NameIndex`].
-pub struct NameIndexBuilder {
-    arena: Vec<u8>,
-    entries: Vec<(u32, RouteId)>,
+/// The index (cheap to clone: the shards are shared).
+#[derive(Clone, Debug)]
+pub struct NameIndex {
+    shards: Box<[Arc<Shard>]>,
+    bits: u32,
+    seed: u64,
+    exact: usize,
+    wildcard: usize,
+    /// Bit `((h32 * bits) >> 32)` set for each wildcard parent's hash `h32` ([`filter_bit`]).
+    filter: Arc<Vec<u64>>,
 }
+
+impl Default for NameIndex {
+    fn default() -> Self {
+        Self::empty(0, new_seed())
+    }
+}
+
+fn new_seed() -> u64 {
+    std::collections::hash_map::RandomState::new().build_hasher().finish()
+}
+
+/// Collects keys, then builds a [`NameIndex`] (in parallel over shards).
+#[derive(Default)]
+pub struct NameIndexBuilder {
+    keys: Vec<(Box<str>, Kind, RouteId)>,
+}
+
+/// A key claimed twice: the key (wildcards as `*.parent`) and both routes.
+pub type Duplicate = (String, RouteId, RouteId);
 
 impl NameIndexBuilder {
     pub fn with_capacity(names: usize) -> Self {
-        Self { arena: Vec::with_capacity(names * 24), entries: Vec::with_capacity(names) }
+        Self { keys: Vec::with_capacity(names) }
     }
 
-    /// Adds a name of at most 255 bytes (host names are at most 253).
-    pub fn push(&mut self, name: &str, route: RouteId) {
-        let off = self.arena.len() as u32;
-        let bytes = &name.as_bytes()[..name.len().min(255)];
-        self.arena.push(bytes.len() as u8);
-        self.arena.extend_from_slice(bytes);
-        self.entries.push((off, route));
+    /// Adds a key of at most 255 bytes (host names are at most 253): an exact name, or the parent
+    /// of a wildcard.
+    pub fn push(&mut self, key: &str, kind: Kind, route: RouteId) {
+        self.keys.push((key.into(), kind, route));
     }
 
-    /// Builds the index; a name pushed twice is an error carrying the name and both routes.
-    pub fn build(self) -> Result<NameIndex, (String, RouteId, RouteId)> {
-        let n = self.entries.len();
-        let shard_bits = if n < 4096 { 0 } else { MAX_SHARD_BITS };
-        let seed = std::collections::hash_map::RandomState::new().build_hasher().finish();
-        let arena = huge_copy(&self.arena);
-        // Hash once; count per shard so that each shard gets exactly twice its names in slots.
-        let hashes: Vec<u64> = self.entries.iter().map(|&(off, _)| hash(seed, name_at(&arena, off))).collect();
-        let mut counts = vec![0u32; 1 << shard_bits];
-        for &h in &hashes {
-            counts[shard_of(h, shard_bits)] += 1;
-        }
-        let mut shards = Vec::with_capacity(counts.len() + 1);
-        let mut total = 0u32;
-        shards.push(0);
-        for c in counts {
-            total += c * 2 + 1;
-            shards.push(total);
-        }
-        let mut index = NameIndex {
-            arena,
-            slots: huge_filled(total as usize, EMPTY_SLOT),
-            shards: shards.into_boxed_slice(),
-            shard_bits,
-            seed,
-            len: n,
-        };
-        for (&(off, route), &h) in self.entries.iter().zip(&hashes) {
-            let (mut i, start, end) = index.home(h);
-            loop {
-                let slot = index.slots[i];
-                if slot.route == EMPTY {
-                    index.slots[i] = Slot { hash: h as u32, off, route: route.0 };
-                    break;
-                }
-                if slot.hash == h as u32 && name_at(&index.arena, slot.off) == name_at(&index.arena, off) {
-                    let name = String::from_utf8_lossy(name_at(&index.arena, off)).into_owned();
-                    return Err((name, RouteId(slot.route), route));
-                }
-                i = if i + 1 == end { start } else { i + 1 };
-            }
-        }
-        Ok(index)
+    /// Builds the index; a key pushed twice is an error carrying it and both routes.
+    pub fn build(self) -> Result<NameIndex, Duplicate> {
+        NameIndex::from_keys(self.keys.iter().map(|(k, kind, r)| (k.as_ref(), *kind, *r)), self.keys.len())
     }
+}
+
+/// Shard bits for `n` keys.
+fn bits_for(n: usize) -> u32 {
+    let mut bits = 0;
+    while bits < MAX_BITS && (n >> bits) > TARGET_PER_SHARD {
+        bits += 1;
+    }
+    bits
+}
+
+/// Slots for a shard holding `n` keys (load factor 1/2, at least 8).
+fn slots_for(n: usize) -> usize {
+    (n * 2 + 1).max(8)
 }
 
 impl NameIndex {
-    /// The route of `name`, which must already be normalised.
+    fn empty(bits: u32, seed: u64) -> Self {
+        let shards = (0..1usize << bits).map(|_| Arc::new(Shard::with_slots(8, 0))).collect();
+        Self { shards, bits, seed, exact: 0, wildcard: 0, filter: Arc::new(vec![0; 1]) }
+    }
+
+    /// Builds an index of borrowed keys (no copy of each key is made on the way).
+    pub fn from_borrowed(keys: Vec<(&str, Kind, RouteId)>) -> Result<Self, Duplicate> {
+        let n = keys.len();
+        Self::from_keys(keys.into_iter(), n)
+    }
+
+    fn from_keys<'a>(keys: impl Iterator<Item = (&'a str, Kind, RouteId)>, n: usize) -> Result<Self, Duplicate> {
+        let seed = new_seed();
+        let bits = bits_for(n);
+        // Hash once, in parallel; bucket by shard; build the shards in parallel.
+        let keys: Vec<(&str, Kind, RouteId)> = keys.collect();
+        let hash = |&(k, kind, _): &(&str, Kind, RouteId)| key_hash(seed, k, kind);
+        let hashes = if n >= 16 * 1024 { parallel_map(&keys, hash) } else { keys.iter().map(hash).collect() };
+        let mut per_shard: Vec<Vec<u32>> = vec![Vec::new(); 1 << bits];
+        for (i, &h) in hashes.iter().enumerate() {
+            per_shard[shard_of(h, bits)].push(i as u32);
+        }
+        let built = parallel_map(&per_shard, |members| {
+            let bytes: usize = members.iter().map(|&i| keys[i as usize].0.len().min(255) + 1).sum();
+            let mut shard = Shard::with_slots(slots_for(members.len()), bytes);
+            for &i in members {
+                let (k, kind, route) = keys[i as usize];
+                if let Err(other) = shard.insert(hashes[i as usize] as u32, k.as_bytes(), kind, route) {
+                    return Err(duplicate(k, kind, other, route));
+                }
+            }
+            Ok(shard)
+        });
+        let mut shards = Vec::with_capacity(built.len());
+        let (mut exact, mut wildcard) = (0, 0);
+        for s in built {
+            let s = s?;
+            for slot in s.slots.iter().filter(|s| s.route != EMPTY) {
+                if slot.route & WILD != 0 {
+                    wildcard += 1;
+                } else {
+                    exact += 1;
+                }
+            }
+            shards.push(Arc::new(s));
+        }
+        let mut index = Self { shards: shards.into_boxed_slice(), bits, seed, exact, wildcard, filter: Arc::default() };
+        index.filter = Arc::new(index.build_filter());
+        Ok(index)
+    }
+
+    /// The wildcard filter for the keys now in the index: eight bits per wildcard (at least 64).
+    fn build_filter(&self) -> Vec<u64> {
+        let bits = (self.wildcard * 8).max(64).next_power_of_two();
+        let mut f = vec![0u64; bits / 64];
+        for s in self.shards.iter() {
+            for slot in s.slots.iter().filter(|s| s.route != EMPTY && s.route & WILD != 0) {
+                let b = filter_bit(slot.hash, bits);
+                f[b / 64] |= 1 << (b % 64);
+            }
+        }
+        f
+    }
+
+    /// Whether a wildcard parent may hash to `h32`.
     #[inline]
-    pub fn get(&self, name: &str) -> Option<RouteId> {
-        if self.len == 0 {
-            return None;
+    fn may_be_wild(&self, h32: u32) -> bool {
+        let f = &self.filter;
+        let b = filter_bit(h32, f.len() * 64);
+        f.get(b / 64).is_some_and(|w| w >> (b % 64) & 1 != 0)
+    }
+
+    /// What `name` (already normalised) finds: its exact entry, else the wildcard over its
+    /// parent, else nothing.
+    #[inline]
+    pub fn lookup(&self, name: &str) -> Found {
+        let b = name.as_bytes();
+        let dot = b.iter().position(|&c| c == b'.');
+        let (label, parent) = match dot {
+            Some(i) => (&b[..i], &b[i + 1..]),
+            None => (b, &b[b.len()..]),
+        };
+        let hp = hash_parent(self.seed, parent);
+        let he = hash_exact(hp, label);
+        let (se, ie) = self.home(he);
+        let first_e = se.slots[ie];
+        // Most exact hits are in their home slot: answered from two cache lines (the slot and
+        // the name), as if there were no wildcards.
+        if first_e.hash == he as u32 && first_e.route & WILD == 0 && name_at(&se.arena, first_e.off) == b {
+            return Found::Exact(RouteId(first_e.route));
         }
-        let name = name.as_bytes();
-        let h = hash(self.seed, name);
-        let (mut i, start, end) = self.home(h);
-        loop {
-            let slot = self.slots[i];
-            if slot.route == EMPTY {
-                return None;
-            }
-            if slot.hash == h as u32 && name_at(&self.arena, slot.off) == name {
-                return Some(RouteId(slot.route));
-            }
-            i = if i + 1 == end { start } else { i + 1 };
+        let hw = hash_wild(hp);
+        if dot.is_none() || !self.may_be_wild(hw as u32) {
+            return match first_e.route {
+                EMPTY => Found::None,
+                _ => se.find_from(ie, first_e, he as u32, b, 0).map_or(Found::None, |r| Found::Exact(RouteId(r))),
+            };
         }
+        let (sw, iw) = self.home(hw);
+        // The wildcard's slot is loaded before the rest of the exact probe is compared: the
+        // misses overlap.
+        let first_w = sw.slots[iw];
+        if first_e.route != EMPTY {
+            if let Some(r) = se.find_from(ie, first_e, he as u32, b, 0) {
+                return Found::Exact(RouteId(r));
+            }
+        }
+        if first_w.route == EMPTY {
+            return Found::None;
+        }
+        match sw.find_from(iw, first_w, hw as u32, parent, WILD) {
+            Some(r) => Found::Wildcard(RouteId(r)),
+            None => Found::None,
+        }
+    }
+
+    /// The route of `key` of `kind`, exactly (no wildcard fallback).
+    pub fn get(&self, key: &str, kind: Kind) -> Option<RouteId> {
+        let h = key_hash(self.seed, key, kind);
+        let (s, i) = self.home(h);
+        s.find(i, h as u32, key.as_bytes(), flag(kind)).map(RouteId)
+    }
+
+    /// Exact names.
+    pub fn exact_len(&self) -> usize {
+        self.exact
+    }
+
+    /// Wildcard parents.
+    pub fn wildcard_len(&self) -> usize {
+        self.wildcard
     }
 
     pub fn len(&self) -> usize {
-        self.len
+        self.exact + self.wildcard
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
     }
 
-    /// Every name with its route, in no particular order.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, RouteId)> + '_ {
-        self.slots.iter().filter(|s| s.route != EMPTY).map(|s| {
-            // The arena holds only names that arrived as `&str`.
-            (std::str::from_utf8(name_at(&self.arena, s.off)).unwrap_or(""), RouteId(s.route))
+    /// Shards (the unit of copy-on-write).
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Every key with its kind and route, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, Kind, RouteId)> + '_ {
+        self.shards.iter().flat_map(|s| {
+            s.slots.iter().filter(|s| s.route != EMPTY).map(move |slot| {
+                let kind = if slot.route & WILD != 0 { Kind::Wildcard } else { Kind::Exact };
+                // The arena holds only keys that arrived as `&str`.
+                (std::str::from_utf8(name_at(&s.arena, slot.off)).unwrap_or(""), kind, RouteId(slot.route & !WILD))
+            })
         })
     }
 
-    /// Bytes of heap this index holds (names and slots).
+    /// Bytes of heap this index holds (arenas and slots).
     pub fn heap_bytes(&self) -> usize {
-        self.arena.len() + self.slots.len() * std::mem::size_of::<Slot>() + self.shards.len() * 4
+        self.shards.iter().map(|s| s.arena.allocated() + s.slots.allocated()).sum::<usize>() + self.filter.len() * 8
     }
 
-    /// The first slot to probe and the bounds of its shard: the shard from the hash's top bits,
-    /// the place in it from the low 32 bits scaled to the shard's size (no modulo).
+    /// Starts a change: the shards it touches are copied, the others shared.
+    pub fn edit(&self) -> Edit {
+        Edit { base: self.clone(), touched: vec![false; self.shards.len()] }
+    }
+
     #[inline]
-    fn home(&self, h: u64) -> (usize, usize, usize) {
-        let shard = shard_of(h, self.shard_bits);
-        let (start, end) = (self.shards[shard] as usize, self.shards[shard + 1] as usize);
-        let size = (end - start) as u64;
-        (start + (((h as u32 as u64) * size) >> 32) as usize, start, end)
+    fn home(&self, h: u64) -> (&Shard, usize) {
+        let s = &self.shards[shard_of(h, self.bits)];
+        (s, s.home(h as u32))
     }
 }
 
-/// A boxed slice of `n` copies of `value`, in transparent huge pages where the kernel allows.
-/// At a million names the slots and the arena are tens of MiB probed at random: with 4 KiB
-/// pages nearly every lookup also misses the TLB.
-fn huge_filled<T: Copy>(n: usize, value: T) -> Box<[T]> {
-    let mut v: Vec<T> = Vec::with_capacity(n);
-    advise_huge_pages(v.as_ptr().cast(), n * std::mem::size_of::<T>());
-    v.resize(n, value);
-    v.into_boxed_slice()
+/// A change in progress to a [`NameIndex`] (see [`NameIndex::edit`]).
+pub struct Edit {
+    base: NameIndex,
+    touched: Vec<bool>,
 }
 
-fn huge_copy(bytes: &[u8]) -> Box<[u8]> {
-    let mut v: Vec<u8> = Vec::with_capacity(bytes.len());
-    advise_huge_pages(v.as_ptr(), bytes.len());
-    v.extend_from_slice(bytes);
-    v.into_boxed_slice()
+impl Edit {
+    fn shard(&mut self, h: u64) -> &mut Shard {
+        let i = shard_of(h, self.base.bits);
+        self.touched[i] = true;
+        Arc::make_mut(&mut self.base.shards[i])
+    }
+
+    /// Adds `key`; if it is already claimed, the route that claims it.
+    pub fn insert(&mut self, key: &str, kind: Kind, route: RouteId) -> Result<(), RouteId> {
+        let h = key_hash(self.base.seed, key, kind);
+        let shard = self.shard(h);
+        if (shard.len + 1) * 4 > shard.slots.len() * 3 {
+            shard.grow();
+        }
+        shard.insert(h as u32, key.as_bytes(), kind, route).map_err(RouteId)?;
+        match kind {
+            Kind::Exact => self.base.exact += 1,
+            Kind::Wildcard => {
+                self.base.wildcard += 1;
+                let f = Arc::make_mut(&mut self.base.filter);
+                let b = filter_bit(h as u32, f.len() * 64);
+                if let Some(w) = f.get_mut(b / 64) {
+                    *w |= 1 << (b % 64);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes `key` if `route` owns it; whether it did.
+    pub fn remove(&mut self, key: &str, kind: Kind, route: RouteId) -> bool {
+        let h = key_hash(self.base.seed, key, kind);
+        let owner = self.base.get(key, kind);
+        if owner != Some(route) {
+            return false;
+        }
+        let shard = self.shard(h);
+        shard.remove(h as u32, key.as_bytes(), flag(kind));
+        match kind {
+            Kind::Exact => self.base.exact -= 1,
+            Kind::Wildcard => self.base.wildcard -= 1,
+        }
+        true
+    }
+
+    /// The current owner of `key`, this change included.
+    pub fn get(&self, key: &str, kind: Kind) -> Option<RouteId> {
+        self.base.get(key, kind)
+    }
+
+    /// Shards copied so far.
+    pub fn touched(&self) -> usize {
+        self.touched.iter().filter(|t| **t).count()
+    }
+
+    /// The new index. When the table has outgrown its shards (8 times the names they were
+    /// sized for), it is rebuilt with more.
+    pub fn finish(self) -> NameIndex {
+        let index = self.base;
+        if bits_for(index.len()) > index.bits + 2 {
+            let n = index.len();
+            let keys: Vec<(String, Kind, RouteId)> = index.iter().map(|(k, kind, r)| (k.to_owned(), kind, r)).collect();
+            // The keys were unique in the old index, so they are in the new one.
+            if let Ok(rebuilt) = NameIndex::from_keys(keys.iter().map(|(k, kind, r)| (k.as_str(), *kind, *r)), n) {
+                return rebuilt;
+            }
+        }
+        let mut index = index;
+        // Removed wildcards leave their bits (a false positive costs one probe); a filter that
+        // has become crowded or sparse is made again.
+        let bits = index.filter.len() * 64;
+        if index.wildcard * 4 > bits || (bits > 4096 && index.wildcard * 32 < bits) {
+            index.filter = Arc::new(index.build_filter());
+        }
+        index
+    }
+}
+
+fn flag(kind: Kind) -> u32 {
+    match kind {
+        Kind::Exact => 0,
+        Kind::Wildcard => WILD,
+    }
+}
+
+fn duplicate(key: &str, kind: Kind, first: u32, second: RouteId) -> Duplicate {
+    let name = match kind {
+        Kind::Exact => key.to_owned(),
+        Kind::Wildcard => format!("*.{key}"),
+    };
+    (name, RouteId(first), second)
+}
+
+impl Shard {
+    fn with_slots(n: usize, arena: usize) -> Self {
+        Self { arena: HugeBuf::filled(arena, 0), used: 0, garbage: 0, slots: HugeBuf::filled(n, EMPTY_SLOT), len: 0 }
+    }
+
+    /// The first slot for a key hashing to `h`: the hash scaled to the shard's size (no modulo).
+    #[inline]
+    fn home(&self, h: u32) -> usize {
+        ((h as u64 * self.slots.len() as u64) >> 32) as usize
+    }
+
+    #[inline]
+    fn next(&self, i: usize) -> usize {
+        if i + 1 == self.slots.len() {
+            0
+        } else {
+            i + 1
+        }
+    }
+
+    #[inline]
+    fn find(&self, i: usize, h: u32, key: &[u8], flag: u32) -> Option<u32> {
+        let first = self.slots[i];
+        if first.route == EMPTY {
+            return None;
+        }
+        self.find_from(i, first, h, key, flag)
+    }
+
+    /// Probes from slot `i` (whose content `slot` was already read) for `key` with `flag`.
+    #[inline]
+    fn find_from(&self, mut i: usize, mut slot: Slot, h: u32, key: &[u8], flag: u32) -> Option<u32> {
+        loop {
+            if slot.hash == h && slot.route & WILD == flag && name_at(&self.arena, slot.off) == key {
+                return Some(slot.route & !WILD);
+            }
+            i = self.next(i);
+            slot = self.slots[i];
+            if slot.route == EMPTY {
+                return None;
+            }
+        }
+    }
+
+    /// Inserts; the owner's raw route if the key is already there. The caller keeps the load
+    /// factor below 1.
+    fn insert(&mut self, h: u32, key: &[u8], kind: Kind, route: RouteId) -> Result<(), u32> {
+        let key = &key[..key.len().min(255)];
+        let flag = flag(kind);
+        let mut i = self.home(h);
+        loop {
+            let slot = self.slots[i];
+            if slot.route == EMPTY {
+                let need = self.used + 1 + key.len();
+                if need > self.arena.len() {
+                    let mut grown = HugeBuf::filled(need.max(self.arena.len() * 3 / 2).max(64), 0);
+                    grown[..self.used].copy_from_slice(&self.arena[..self.used]);
+                    self.arena = grown;
+                }
+                let off = self.used as u32;
+                let arena = &mut self.arena;
+                arena[self.used] = key.len() as u8;
+                arena[self.used + 1..need].copy_from_slice(key);
+                self.used = need;
+                self.slots[i] = Slot { hash: h, off, route: route.0 | flag };
+                self.len += 1;
+                return Ok(());
+            }
+            if slot.hash == h && slot.route & WILD == flag && name_at(&self.arena, slot.off) == key {
+                return Err(slot.route & !WILD);
+            }
+            i = self.next(i);
+        }
+    }
+
+    /// Removes a key known to be present, shifting later entries of its run back so that no
+    /// probe sequence is broken (no tombstones).
+    fn remove(&mut self, h: u32, key: &[u8], flag: u32) {
+        let mut i = self.home(h);
+        loop {
+            let slot = self.slots[i];
+            if slot.route == EMPTY {
+                return;
+            }
+            if slot.hash == h && slot.route & WILD == flag && name_at(&self.arena, slot.off) == key {
+                break;
+            }
+            i = self.next(i);
+        }
+        self.garbage += name_at(&self.arena, self.slots[i].off).len() + 1;
+        self.len -= 1;
+        let mut hole = i;
+        let mut j = self.next(hole);
+        loop {
+            let slot = self.slots[j];
+            if slot.route == EMPTY {
+                break;
+            }
+            let home = self.home(slot.hash);
+            // Move `slot` into the hole unless its home lies cyclically in (hole, j].
+            let stays = if hole <= j { hole < home && home <= j } else { hole < home || home <= j };
+            if !stays {
+                self.slots[hole] = slot;
+                hole = j;
+            }
+            j = self.next(j);
+        }
+        self.slots[hole] = EMPTY_SLOT;
+        if self.garbage * 2 > self.used {
+            self.rebuild(self.slots.len());
+        }
+    }
+
+    /// Doubles the slots (a shard that filled up through changes).
+    fn grow(&mut self) {
+        self.rebuild(slots_for(self.len + 1).max(self.slots.len() * 2));
+    }
+
+    /// Re-inserts every key into `n` fresh slots and a compacted arena.
+    fn rebuild(&mut self, n: usize) {
+        let live: usize =
+            self.slots.iter().filter(|s| s.route != EMPTY).map(|s| self.arena[s.off as usize] as usize + 1).sum();
+        let mut fresh = Shard::with_slots(n, live);
+        for slot in self.slots.iter().filter(|s| s.route != EMPTY) {
+            let key = name_at(&self.arena, slot.off);
+            let kind = if slot.route & WILD != 0 { Kind::Wildcard } else { Kind::Exact };
+            let _ = fresh.insert(slot.hash, key, kind, RouteId(slot.route & !WILD));
+        }
+        *self = fresh;
+    }
+}
+
+/// The filter bit of a wildcard parent's hash, among `bits`.
+#[inline]
+fn filter_bit(h32: u32, bits: usize) -> usize {
+    // The high bits of the 32: the slot position uses the product with the shard's size, and
+    // the two must not be the same bits.
+    ((h32.rotate_left(16) as u64 * bits as u64) >> 32) as usize
 }
 
 #[inline]
@@ -183,7 +569,7 @@ fn shard_of(h: u64, bits: u32) -> usize {
     }
 }
 
-/// The name stored at `off`: a length byte, then the bytes. Offsets come only from the builder.
+/// The key stored at `off`: a length byte, then the bytes. Offsets come only from the shard.
 #[inline]
 fn name_at(arena: &[u8], off: u32) -> &[u8] {
     let off = off as usize;
@@ -191,12 +577,26 @@ fn name_at(arena: &[u8], off: u32) -> &[u8] {
     arena.get(off + 1..off + 1 + len).unwrap_or(&[])
 }
 
-/// A fast seeded hash for short strings: 8 bytes at a time with a multiply-fold, finished with
-/// murmur3's avalanche so that both the low (slot) and high (shard) bits are well mixed.
+/// The hash of a key: an exact name continues from its parent's state over its first label;
+/// a wildcard parent is its parent's state, finished differently.
+fn key_hash(seed: u64, key: &str, kind: Kind) -> u64 {
+    let b = key.as_bytes();
+    let b = &b[..b.len().min(255)];
+    match kind {
+        Kind::Wildcard => hash_wild(hash_parent(seed, b)),
+        Kind::Exact => match b.iter().position(|&c| c == b'.') {
+            Some(i) => hash_exact(hash_parent(seed, &b[i + 1..]), &b[..i]),
+            None => hash_exact(hash_parent(seed, &[]), b),
+        },
+    }
+}
+
+const K: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// Folds `bytes` into `h`, 8 at a time with a multiply-fold.
 #[inline]
-fn hash(seed: u64, bytes: &[u8]) -> u64 {
-    const K: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut h = seed ^ (bytes.len() as u64).wrapping_mul(K);
+fn fold(mut h: u64, bytes: &[u8]) -> u64 {
+    h ^= (bytes.len() as u64).wrapping_mul(K);
     let mut chunks = bytes.chunks_exact(8);
     for c in &mut chunks {
         let mut w = [0u8; 8];
@@ -209,9 +609,31 @@ fn hash(seed: u64, bytes: &[u8]) -> u64 {
         w[..rest.len()].copy_from_slice(rest);
         h = (h ^ u64::from_le_bytes(w)).wrapping_mul(K).rotate_left(29);
     }
+    h
+}
+
+/// murmur3's avalanche, so that both the low (slot) and high (shard) bits are well mixed.
+#[inline]
+fn finish(mut h: u64) -> u64 {
     h ^= h >> 33;
     h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
     h ^= h >> 33;
     h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
     h ^ (h >> 33)
+}
+
+/// The unfinished state after the parent domain.
+#[inline]
+fn hash_parent(seed: u64, parent: &[u8]) -> u64 {
+    fold(seed, parent)
+}
+
+#[inline]
+fn hash_exact(parent_state: u64, label: &[u8]) -> u64 {
+    finish(fold(parent_state ^ 0x51_7cc1_b727_220a, label))
+}
+
+#[inline]
+fn hash_wild(parent_state: u64) -> u64 {
+    finish(parent_state ^ 0x2545_f491_4f6c_dd1d)
 }

@@ -108,21 +108,162 @@ fn many_names() {
     assert_eq!(t.lookup(ip("127.0.0.1"), Some("site0.customer1.example")), Err(Miss::UnknownSni));
 }
 
+/// A table that went through changes answers every query as a table built from scratch with
+/// the same routes would.
+fn same_answers(a: &Table<()>, b: &Table<()>, queries: &[&str]) {
+    for q in queries {
+        for local in [ip("127.0.0.1"), ip("127.0.0.2"), ip("127.0.0.9")] {
+            let name = |t: &Table<()>| t.lookup(local, Some(q)).map(|(id, how)| (t.route(id).name.clone(), how));
+            assert_eq!(name(a), name(b), "{q} from {local}");
+        }
+    }
+    assert_eq!(a.name_count(), b.name_count());
+    assert_eq!(a.len(), b.len());
+}
+
+#[test]
+fn changes_match_a_rebuild() {
+    let t = sample();
+    // Replace "shop" (a name moves to "wild", one is dropped, the IP changes), remove "v6", add
+    // "new" with v6's name, in one change.
+    let mut c = t.change();
+    c.upsert(route("shop", &["*.shop.example.com", "more.example.org"], &["127.0.0.9"]));
+    c.upsert(route("wild", &["*.example.com", "shop.example.com"], &[]));
+    c.remove("v6");
+    c.upsert(route("new", &["v6.example.net"], &["127.0.0.2"]));
+    let (changed, stats, missing) = c.finish().unwrap();
+    assert_eq!((stats.added, stats.replaced, stats.removed), (1, 2, 1));
+    assert!(missing.is_empty());
+    let rebuilt = Table::build(
+        vec![
+            route("shop", &["*.shop.example.com", "more.example.org"], &["127.0.0.9"]),
+            route("wild", &["*.example.com", "shop.example.com"], &[]),
+            route("default", &[], &[]),
+            route("new", &["v6.example.net"], &["127.0.0.2"]),
+        ],
+        Some(RouteId(2)),
+        None,
+    )
+    .unwrap();
+    let queries =
+        ["shop.example.com", "a.shop.example.com", "more.example.org", "v6.example.net", "x.example.com", "no.test"];
+    same_answers(&changed, &rebuilt, &queries);
+    assert_eq!(
+        changed.lookup(ip("127.0.0.1"), None).map(|(id, _)| changed.route(id).name.clone()),
+        Ok("default".into())
+    );
+    // The old table is untouched.
+    same_answers(&t, &sample(), &queries);
+    // A name claimed by another route is refused, and nothing changes.
+    let mut c = changed.change();
+    c.upsert(route("other", &["more.example.org"], &[]));
+    let e = c.finish().map(|_| ()).unwrap_err();
+    assert!(
+        matches!(&e[0], BuildError::DuplicateName { name, first, second } if name == "more.example.org" && first == "shop" && second == "other"),
+        "{e:?}"
+    );
+    // Removing the fallback's route is reported.
+    let mut c = changed.change();
+    c.remove("default");
+    let (_, _, missing) = c.finish().unwrap();
+    assert_eq!(missing, vec!["default".to_string()]);
+}
+
+#[test]
+fn a_change_at_many_names_copies_few_shards() {
+    let names: Vec<String> = (0..300_000).map(|i| format!("www{i}.example")).collect();
+    let routes: Vec<Route<()>> = names
+        .chunks(4)
+        .enumerate()
+        .map(|(i, c)| route(&format!("r{i}"), &c.iter().map(String::as_str).collect::<Vec<_>>(), &[]))
+        .collect();
+    let t = Table::build(routes, None, None).unwrap();
+    assert!(t.shard_count() >= 4, "{}", t.shard_count());
+    // One name added: one shard copied, the others shared.
+    let mut c = t.change();
+    c.upsert(route("r7", &["www28.example", "www29.example", "www30.example", "www31.example", "fresh.example"], &[]));
+    let (t1, stats, _) = c.finish().unwrap();
+    assert_eq!((stats.replaced, stats.shards_touched), (1, 1), "{stats:?}");
+    assert_eq!(t1.name_count(), (300_001, 0));
+    let mut c = t1.change();
+    c.upsert(route("r7", &["www28.example", "fresh.example", "*.fresh.example"], &[]));
+    c.remove("r8");
+    let (t2, stats, _) = c.finish().unwrap();
+    assert!(stats.shards_touched <= 9, "{stats:?}");
+    assert_eq!(t2.name_count(), (300_000 - 3 - 4 + 1, 1));
+    let find = |t: &Table<()>, n: &str| t.lookup(ip("127.0.0.1"), Some(n)).ok().map(|(id, _)| t.route(id).name.clone());
+    assert_eq!(find(&t2, "www28.example").as_deref(), Some("r7"));
+    assert_eq!(find(&t2, "www29.example"), None);
+    assert_eq!(find(&t2, "www32.example"), None);
+    assert_eq!(find(&t2, "a.fresh.example").as_deref(), Some("r7"));
+    assert_eq!(find(&t2, "www33.example"), None, "r8 was removed");
+    assert_eq!(find(&t2, "www36.example").as_deref(), Some("r9"));
+    assert_eq!(find(&t, "www29.example").as_deref(), Some("r7"), "the old table is untouched");
+    // The new route takes a freed id.
+    let mut c = t2.change();
+    c.upsert(route("r-new", &["brand.new"], &[]));
+    let (t3, _, _) = c.finish().unwrap();
+    assert_eq!(t3.id_of("r-new"), t.id_of("r8"));
+    assert_eq!(t3.len(), t.len());
+}
+
 proptest! {
-    /// The index agrees with a HashMap for any set of names and any query.
+    /// The index agrees with a HashMap for any set of names, wildcards and queries.
     #[test]
     fn agrees_with_hashmap(names in proptest::collection::hash_set("[a-z0-9]{1,12}(\\.[a-z0-9]{1,8}){0,3}", 0..300),
+                           wild in proptest::collection::hash_set("[a-z0-9]{1,8}(\\.[a-z0-9]{1,8}){0,2}", 0..50),
                            queries in proptest::collection::vec("[a-z0-9]{1,12}(\\.[a-z0-9]{1,8}){0,3}", 0..50)) {
         let names: Vec<String> = names.into_iter().collect();
+        let wild: Vec<String> = wild.into_iter().collect();
         let mut b = NameIndexBuilder::with_capacity(names.len());
-        let mut expected = std::collections::HashMap::new();
+        let mut exact = std::collections::HashMap::new();
+        let mut parents = std::collections::HashMap::new();
         for (i, n) in names.iter().enumerate() {
-            b.push(n, RouteId(i as u32));
-            expected.insert(n.clone(), RouteId(i as u32));
+            b.push(n, Kind::Exact, RouteId(i as u32));
+            exact.insert(n.clone(), RouteId(i as u32));
+        }
+        for (i, n) in wild.iter().enumerate() {
+            b.push(n, Kind::Wildcard, RouteId(1000 + i as u32));
+            parents.insert(n.clone(), RouteId(1000 + i as u32));
         }
         let idx = b.build().unwrap();
-        for n in names.iter().chain(queries.iter()) {
-            prop_assert_eq!(idx.get(n), expected.get(n).copied());
+        for n in names.iter().chain(queries.iter()).chain(wild.iter()) {
+            let expected = match exact.get(n) {
+                Some(id) => Found::Exact(*id),
+                None => match n.split_once('.').and_then(|(_, p)| parents.get(p)) {
+                    Some(id) => Found::Wildcard(*id),
+                    None => Found::None,
+                },
+            };
+            prop_assert_eq!(idx.lookup(n), expected);
+        }
+    }
+
+    /// Inserting and removing keys one by one (through copy-on-write edits) leaves an index that
+    /// agrees with a HashMap, and every earlier index is unchanged.
+    #[test]
+    fn edits_agree_with_hashmap(ops in proptest::collection::vec((any::<bool>(), 0u32..400), 1..600)) {
+        let mut idx = NameIndexBuilder::default().build().unwrap();
+        let mut expected = std::collections::HashMap::new();
+        for (insert, k) in ops {
+            let key = format!("n{k}.example");
+            let before = idx.clone();
+            let mut e = idx.edit();
+            if insert {
+                let r = e.insert(&key, Kind::Exact, RouteId(k));
+                prop_assert_eq!(r.is_err(), expected.contains_key(&key));
+                expected.insert(key.clone(), RouteId(k));
+            } else {
+                let removed = e.remove(&key, Kind::Exact, RouteId(k));
+                prop_assert_eq!(removed, expected.remove(&key).is_some());
+            }
+            idx = e.finish();
+            prop_assert_eq!(before.get(&key, Kind::Exact).is_some(), before.lookup(&key) != Found::None);
+        }
+        prop_assert_eq!(idx.len(), expected.len());
+        for k in 0..400 {
+            let key = format!("n{k}.example");
+            prop_assert_eq!(idx.get(&key, Kind::Exact), expected.get(&key).copied());
         }
     }
 }
@@ -150,4 +291,64 @@ fn alpn_routes_take_their_scope_first_and_stay_out_of_the_name_index() {
     assert_eq!(t.lookup(lo, Some("shop.example.com")), Ok((RouteId(0), Match::ExactSni)));
     assert_eq!(t.lookup(ip("127.0.0.9"), Some("nothing.example")), Err(Miss::UnknownSni));
     assert!(!sample().has_alpn_routes());
+}
+
+#[test]
+fn changes_keep_the_alpn_route_list() {
+    let alpn = |name: &str, sni: &[&str], ips: &[&str], p: &[u8]| {
+        let mut r = route(name, sni, ips);
+        r.alpn_match = vec![p.to_vec()];
+        r
+    };
+    let offers = |want: &'static [u8]| move |p: &[u8]| p == want;
+    let lo = ip("127.0.0.1");
+    let t =
+        Table::build(vec![route("shop", &["shop.example.com"], &[]), alpn("a", &[], &[], b"x-a")], None, None).unwrap();
+    // Added: an ALPN route sharing a name and taking a dedicated IP, kept out of both indexes.
+    let mut c = t.change();
+    c.upsert(alpn("b", &["shop.example.com"], &["127.0.0.7"], b"x-b"));
+    let (t2, _, _) = c.finish().unwrap();
+    assert_eq!(t2.lookup_alpn(lo, Some("shop.example.com"), offers(b"x-b")), t2.id_of("b"));
+    assert_eq!(t2.lookup_alpn(lo, None, offers(b"x-a")), t2.id_of("a"));
+    assert_eq!(t2.lookup(lo, Some("shop.example.com")).map(|(id, _)| id), Ok(t2.id_of("shop").unwrap()));
+    assert_eq!(t2.lookup(ip("127.0.0.7"), None), Err(Miss::NoSni));
+    // An ordinary route becoming an ALPN route gives up its names; and back again.
+    let mut c = t2.change();
+    c.upsert(alpn("shop", &["shop.example.com"], &[], b"x-shop"));
+    let (t3, _, _) = c.finish().unwrap();
+    assert_eq!(t3.lookup(lo, Some("shop.example.com")), Err(Miss::UnknownSni));
+    assert_eq!(t3.lookup_alpn(lo, Some("shop.example.com"), offers(b"x-shop")), t3.id_of("shop"));
+    let mut c = t3.change();
+    c.upsert(route("shop", &["shop.example.com"], &["127.0.0.8"]));
+    c.remove("a");
+    let (t4, _, _) = c.finish().unwrap();
+    assert_eq!(t4.lookup(lo, Some("shop.example.com")).map(|(id, _)| id), Ok(t4.id_of("shop").unwrap()));
+    assert_eq!(t4.lookup(ip("127.0.0.8"), None).map(|(id, _)| id), Ok(t4.id_of("shop").unwrap()));
+    assert_eq!(t4.lookup_alpn(lo, Some("shop.example.com"), offers(b"x-shop")), None);
+    assert_eq!(t4.lookup_alpn(lo, None, offers(b"x-a")), None, "a removed ALPN route still answers");
+    assert_eq!(t4.lookup_alpn(lo, Some("shop.example.com"), offers(b"x-b")), t4.id_of("b"));
+    // The old tables answer as before (copy-on-write).
+    assert_eq!(t.lookup_alpn(lo, None, offers(b"x-a")), t.id_of("a"));
+    assert!(!t.has_alpn_routes() || t.lookup_alpn(lo, Some("shop.example.com"), offers(b"x-b")).is_none());
+}
+
+#[test]
+fn same_as_compares_the_upstream_and_alpn_match() {
+    let a = route("r", &["r.example"], &[]);
+    assert!(a.same_as(&a.clone()));
+    let mut b = a.clone();
+    b.upstream.balance = Balance::RoundRobin;
+    assert!(!a.same_as(&b), "balance");
+    let mut b = a.clone();
+    b.upstream.eject.after = 9;
+    assert!(!a.same_as(&b), "ejection");
+    let mut b = a.clone();
+    b.upstream.health = Some(HealthCheck::default());
+    assert!(!a.same_as(&b), "health check");
+    let mut b = a.clone();
+    b.alpn_match = vec![b"h2".to_vec()];
+    assert!(!a.same_as(&b), "alpn_match");
+    let mut b = a.clone();
+    b.backends[0].weight = 3;
+    assert!(!a.same_as(&b), "weight");
 }

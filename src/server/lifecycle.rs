@@ -2,8 +2,8 @@
 //!
 //! [`serve`] registers the signals first (so an early SIGTERM is neither lost nor fatal), loads
 //! the configuration, starts the [`Server`], then waits for signals on this (the control) thread:
-//! SIGHUP reloads the configuration into the running server (a bad file is logged and the old
-//! one kept), SIGUSR1 prints the one-screen summary, SIGTERM/SIGINT stop accepting and drain.
+//! SIGHUP asks the control thread for a reload (a bad file is logged and the old one kept;
+//! the access log is reopened), SIGUSR1 prints the one-screen summary, SIGTERM/SIGINT stop accepting and drain.
 
 use super::upgrade::{self, UpgradeOptions};
 use super::{ServeError, Server};
@@ -35,6 +35,8 @@ pub fn serve(path: &Path, overrides: &RuntimeOverrides, upgrade: &UpgradeOptions
         upgrade::check_free(socket)?;
     }
     let config = Config::load(path, overrides)?;
+    // Reading a large configuration frees much more than the table keeps.
+    crate::sys::release_all_free_memory();
     let mut inherited = match &upgrade.from {
         Some(from) => upgrade::take(from)?,
         None => None,
@@ -61,10 +63,9 @@ pub fn serve(path: &Path, overrides: &RuntimeOverrides, upgrade: &UpgradeOptions
     }
     for sig in signals.forever() {
         match sig {
-            SIGHUP => match Config::load(path, overrides) {
-                Ok(c) => server.reload(c),
-                Err(e) => tracing::error!("reload failed; keeping the running configuration:\n{e}"),
-            },
+            // Read, built and swapped on the control thread, off the workers' CPUs; the access
+            // log is reopened too.
+            SIGHUP => server.request_reload("SIGHUP"),
             SIGUSR1 => print_summary(&server.summary()),
             _ => {
                 tracing::info!(signal = sig, "stopping: no new connections, draining open ones");

@@ -4,15 +4,19 @@
 //! - [`Server::start`] binds each `[[listener]]` once per worker (`SO_REUSEPORT`; a `:0` listener
 //!   gets one port for all workers), starts the workers on their CPUs ([`cpus`]) and returns once
 //!   each has its ring;
-//! - [`Server::reload`] swaps in a new configuration for new connections;
+//! - [`Server::reload`] swaps in a new configuration for new connections; [`control`] runs
+//!   reloads (SIGHUP, the [`watcher`], `POST /reload`) and route API changes on a thread off the
+//!   workers' CPUs, one at a time;
 //! - [`Server::shutdown`] stops accepting and drains open connections up to `drain_timeout_ms`;
 //! - [`lifecycle::serve`] drives all three from signals (what `sni-dispatch run` does);
 //! - [`upgrade`]: a new binary takes over the listening sockets ([`Server::start_with`] with
 //!   what [`upgrade::take`] brought, [`Server::offer_listeners`] on the running one).
+pub mod control;
 pub mod cpus;
 pub mod lifecycle;
 mod reload;
 pub mod upgrade;
+mod watcher;
 
 pub use lifecycle::{serve, NO_LATENCY_ENV};
 pub use upgrade::{Inherited, UpgradeError, UpgradeOptions};
@@ -28,7 +32,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, OnceLock};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
@@ -63,15 +67,16 @@ pub enum ServeError {
 /// listeners over stops them through [`upgrade::HandOver`].
 pub(crate) struct Control {
     registry: Registry,
-    admin: std::sync::Mutex<Option<Admin>>,
+    admin: Mutex<Option<Admin>>,
     stop: watch::Sender<bool>,
     accepting: Arc<AtomicBool>,
     handed_off: Arc<OnceLock<Vec<SocketAddr>>>,
 }
 
 impl Control {
+    /// Stops the admin endpoint (the requests it accepted are answered first).
     fn stop_admin(&self) {
-        let admin = self.admin.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        let admin = lock(&self.admin).take();
         if let Some(a) = admin {
             a.stop();
         }
@@ -98,18 +103,42 @@ impl upgrade::HandOver for Control {
 /// A running set of workers (what [`serve`] drives; usable directly from tests and tools).
 pub struct Server {
     pub(crate) config: Arc<ArcSwap<Config>>,
+    pub(crate) shared: Arc<Shared>,
     registry: Registry,
-    local_addrs: Vec<SocketAddr>,
     done: mpsc::Receiver<usize>,
     workers: usize,
     control: Arc<Control>,
     admin_addr: Option<SocketAddr>,
-    access_log: Option<Sink>,
-    pub(crate) checker: crate::backend::health::Checker,
+    /// The control plane's thread (reloads, route API changes).
+    plane: control::Handle,
+    watcher: Option<watcher::Watcher>,
     pub(crate) started: Instant,
-    /// Duplicates of every listening socket, kept to offer them to a new binary.
-    offerable: Option<(Vec<upgrade::Offered>, Option<upgrade::OfferedAdmin>)>,
+    /// A duplicate of the admin endpoint's socket, kept to offer it to a new binary (the
+    /// listeners' are in [`Shared::offered`]).
+    offered_admin: Option<upgrade::OfferedAdmin>,
     offer: Option<upgrade::Offer>,
+}
+
+/// What the control plane changes while the server runs: the configuration, the listeners (and
+/// each worker's command channel to hand them over), the access log, the published state.
+pub(crate) struct Shared {
+    pub(crate) config: Arc<ArcSwap<Config>>,
+    pub(crate) registry: Registry,
+    pub(crate) commands: Vec<tokio::sync::mpsc::UnboundedSender<worker::Command>>,
+    /// Each listener as configured, with the address its sockets are bound to.
+    pub(crate) listeners: Mutex<Vec<(SocketAddr, SocketAddr)>>,
+    pub(crate) access_log: Mutex<Option<Sink>>,
+    /// The CPUs the workers are pinned to (the control plane stays off them).
+    pub(crate) worker_cpus: Vec<usize>,
+    /// Replaced configurations, dropped here (not on a worker) once no worker holds them.
+    pub(crate) retired: Mutex<Vec<Arc<Config>>>,
+    /// The health checker: told of each configuration's back ends as it is swapped in.
+    pub(crate) checker: crate::backend::health::Checker,
+    /// The listeners' per-client counts (a listener added by a reload gets its table here).
+    pub(crate) admission: Arc<crate::conn::admission::Tables>,
+    /// With `--upgrade-socket`: a duplicate of every listening socket, to offer to a new binary
+    /// (a reload adds and removes entries as it adds and removes listeners).
+    pub(crate) offered: Option<Arc<Mutex<Vec<upgrade::Offered>>>>,
 }
 
 impl Server {
@@ -157,36 +186,24 @@ impl Server {
         let mut offered = Vec::new();
         for l in &config.listeners {
             let addr = l.address;
-            let mut sockets: Vec<OwnedFd> = Vec::new();
-            let actual = match inherited.as_deref_mut().and_then(|i| i.listener(addr)) {
+            let (actual, mut sockets) = match inherited.as_deref_mut().and_then(|i| i.listener(addr)) {
                 Some((bound, fds)) => {
                     for fd in &fds {
                         // A new backlog applies to a listening socket at once.
                         let _ = socket2::SockRef::from(fd).listen(rt.backlog.min(i32::MAX as u32) as i32);
                     }
-                    sockets = fds;
-                    bound
+                    (bound, fds)
                 }
-                None => {
-                    let first = bind(addr, rt.backlog).map_err(|source| ServeError::Bind { addr, source })?;
-                    let actual = first.local_addr().ok().and_then(|a| a.as_socket()).unwrap_or(addr);
-                    sockets.push(first.into());
-                    actual
-                }
+                None => bind_all(addr, 1, rt.backlog)?,
             };
             while sockets.len() < n {
                 let s = bind(actual, rt.backlog).map_err(|source| ServeError::Bind { addr: actual, source })?;
                 sockets.push(s.into());
             }
             if offerable {
-                let dups = sockets
-                    .iter()
-                    .map(OwnedFd::try_clone)
-                    .collect::<io::Result<Vec<_>>>()
-                    .map_err(|source| ServeError::Bind { addr: actual, source })?;
-                offered.push(upgrade::Offered { configured: addr, bound: actual, fds: dups });
+                offered.push(upgrade::Offered { configured: addr, bound: actual, fds: dup_all(&sockets, actual)? });
             }
-            local_addrs.push(actual);
+            local_addrs.push((addr, actual));
             for (i, fd) in sockets.into_iter().enumerate() {
                 per_worker[i % n].push((fd, actual));
             }
@@ -218,7 +235,8 @@ impl Server {
             }
         }
         drop(handoff);
-        let admission = Arc::new(crate::conn::admission::Tables::new(&local_addrs, n));
+        let bound: Vec<SocketAddr> = local_addrs.iter().map(|(_, actual)| *actual).collect();
+        let admission = Arc::new(crate::conn::admission::Tables::new(&bound, n));
         let checker = crate::backend::health::Checker::start(cpus::admin_cpu(&cpus)).map_err(ServeError::Health)?;
         checker.watch(&config.pools);
 
@@ -232,55 +250,72 @@ impl Server {
             None => None,
         };
         let admin_addr = config.admin;
+        let admin_socket = config.admin_settings.socket.clone();
+        let max_connections = config.admin_settings.max_connections;
         let registry = Registry::new(n);
+        publish_config(&registry, &config, None);
         reload::publish_gauges(&registry, &config);
-        let shared = Arc::new(ArcSwap::from_pointee(config));
+        let shared_config = Arc::new(ArcSwap::from_pointee(config));
         let accepting = Arc::new(AtomicBool::new(true));
+        let mut commands = Vec::with_capacity(n);
+        let mut receivers = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            commands.push(tx);
+            receivers.push(rx);
+        }
+        let worker_cpus: Vec<usize> = cpus.iter().flatten().copied().collect();
+        let shared = Arc::new(Shared {
+            config: Arc::clone(&shared_config),
+            registry: registry.clone(),
+            commands,
+            listeners: Mutex::new(local_addrs),
+            access_log: Mutex::new(None),
+            worker_cpus,
+            retired: Mutex::new(Vec::new()),
+            checker,
+            admission: Arc::clone(&admission),
+            offered: offerable.then(|| Arc::new(Mutex::new(offered))),
+        });
+        let plane = control::start(Arc::clone(&shared)).map_err(ServeError::Thread)?;
         let mut offered_admin = None;
-        let admin = match admin_addr {
-            Some(addr) => {
+        let admin = match (admin_addr, &admin_socket) {
+            (None, None) => None,
+            _ => {
                 let state = admin::State {
                     registry: registry.clone(),
                     accepting: Arc::clone(&accepting),
                     started,
-                    config: Arc::clone(&shared),
+                    config: Arc::clone(&shared_config),
+                    control: Some(Arc::new(plane.submitter())),
+                    max_connections,
                     rates: Arc::default(),
                 };
+                let addr = admin_addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
                 let bad = |source| ServeError::Admin { addr, source };
-                let listener = match inherited.and_then(|i| i.admin(addr)) {
-                    Some(l) => l,
-                    None => std::net::TcpListener::bind(addr).map_err(bad)?,
+                // The TCP socket a binary upgrade handed over, else one bound now.
+                let tcp = match admin_addr {
+                    Some(a) => Some(match inherited.and_then(|i| i.admin(a)) {
+                        Some(l) => l,
+                        None => std::net::TcpListener::bind(a).map_err(bad)?,
+                    }),
+                    None => None,
                 };
-                if offerable {
-                    let bound = listener.local_addr().map_err(bad)?;
-                    let fd = OwnedFd::from(listener.try_clone().map_err(bad)?);
+                if let (true, Some(l)) = (offerable, &tcp) {
+                    let bound = l.local_addr().map_err(bad)?;
+                    let fd = OwnedFd::from(l.try_clone().map_err(bad)?);
                     offered_admin = Some(upgrade::OfferedAdmin { configured: addr, bound, fd });
                 }
-                Some(Admin::start_on(listener, state, cpus::admin_cpu(&cpus)).map_err(bad)?)
+                Some(Admin::start_on(tcp, admin_socket, state, cpus::admin_cpu(&cpus)).map_err(bad)?)
             }
-            None => None,
         };
-        // Replaced configurations are freed here, off the workers (see worker::Snapshot).
-        let (reaper, reap) = mpsc::channel::<Arc<Config>>();
-        let reaper_cpu = cpus::admin_cpu(&cpus);
-        std::thread::Builder::new()
-            .name("sni-reaper".into())
-            .spawn(move || {
-                if let Some(cpu) = reaper_cpu {
-                    core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
-                }
-                for old in reap {
-                    drop(old);
-                }
-            })
-            .map_err(ServeError::Thread)?;
         let (stop, stop_rx) = watch::channel(false);
         let handed_off = Arc::new(OnceLock::new());
         let (done_tx, done) = mpsc::channel();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), worker::StartError>>();
         let quic_listeners: Vec<SocketAddr> = config_quic_addrs(&udp_per_worker);
-        for (id, (((cpu, listeners), udp), handoff)) in
-            cpus.iter().copied().zip(per_worker).zip(udp_per_worker).zip(handoff_per_worker).enumerate()
+        for (id, ((((cpu, listeners), udp), commands), handoff)) in
+            cpus.iter().copied().zip(per_worker).zip(udp_per_worker).zip(receivers).zip(handoff_per_worker).enumerate()
         {
             let w = worker::Setup {
                 id,
@@ -289,12 +324,12 @@ impl Server {
                 pipe_pool,
                 listeners,
                 udp,
-                config: Arc::clone(&shared),
+                config: Arc::clone(&shared_config),
                 slot: registry.slot(id),
                 stop: stop_rx.clone(),
                 timing,
                 log: access_log.as_ref().map(|s| s.writer(rt.access_log_sample)),
-                reaper: reaper.clone(),
+                commands,
                 handed_off: Arc::clone(&handed_off),
                 admission: Arc::clone(&admission),
                 handoff,
@@ -320,18 +355,15 @@ impl Server {
                 Err(_) => break,
             }
         }
-        let admin_bound = admin.as_ref().map(Admin::local_addr);
-        let control = Arc::new(Control {
-            registry: registry.clone(),
-            admin: std::sync::Mutex::new(admin),
-            stop,
-            accepting,
-            handed_off,
-        });
+        *lock(&shared.access_log) = access_log;
+        let watcher = watcher::start(Arc::clone(&shared), plane.submitter());
+        let admin_bound = admin.as_ref().and_then(Admin::local_addr);
+        let control =
+            Arc::new(Control { registry: registry.clone(), admin: Mutex::new(admin), stop, accepting, handed_off });
         tracing::info!(
             workers = n,
             cpus = ?cpus,
-            listeners = ?local_addrs,
+            listeners = ?lock(&shared.listeners).iter().map(|l| l.1).collect::<Vec<_>>(),
             quic = ?quic_listeners,
             splice = rt.splice,
             pipe_pool,
@@ -344,17 +376,17 @@ impl Server {
             "sni-dispatch serving"
         );
         Ok(Self {
-            config: shared,
+            config: shared_config,
+            shared,
             registry,
-            local_addrs,
             done,
             workers: n,
             control,
             admin_addr: admin_bound,
-            access_log,
-            checker,
+            plane,
+            watcher,
             started,
-            offerable: offerable.then_some((offered, offered_admin)),
+            offered_admin,
             offer: None,
         })
     }
@@ -364,7 +396,7 @@ impl Server {
     /// accepting (`run` raises SIGTERM there, to drain and exit). Needs a server started with
     /// `offerable`.
     pub fn offer_listeners(&mut self, path: &std::path::Path, then: Box<dyn Fn() + Send>) -> Result<(), ServeError> {
-        let Some((listeners, admin)) = self.offerable.take() else {
+        let Some(listeners) = self.shared.offered.clone().filter(|_| self.offer.is_none()) else {
             return Err(UpgradeError::Protocol {
                 path: path.to_owned(),
                 reason: "the server was started without keeping its sockets to offer".into(),
@@ -372,7 +404,7 @@ impl Server {
             .into());
         };
         let control: Arc<dyn upgrade::HandOver> = Arc::clone(&self.control) as _;
-        self.offer = Some(upgrade::Offer::start(path, listeners, admin, control, then)?);
+        self.offer = Some(upgrade::Offer::start(path, listeners, self.offered_admin.take(), control, then)?);
         Ok(())
     }
 
@@ -381,14 +413,19 @@ impl Server {
         self.admin_addr
     }
 
+    /// Asks the control thread for a reload (what SIGHUP does), without waiting for it.
+    pub fn request_reload(&self, why: &'static str) {
+        self.plane.reload(why);
+    }
+
     /// The one-screen summary (what SIGUSR1 prints).
     pub fn summary(&self) -> String {
         admin::render::summary(&self.registry, self.started.elapsed())
     }
 
     /// The bound listener addresses, in configuration order (ports resolved).
-    pub fn local_addrs(&self) -> &[SocketAddr] {
-        &self.local_addrs
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        lock(&self.shared.listeners).iter().map(|l| l.1).collect()
     }
 
     /// Per-worker counters, published every [`metrics::PUBLISH_EVERY`].
@@ -417,17 +454,63 @@ impl Server {
                 Err(_) => break,
             }
         }
+        if let Some(w) = self.watcher {
+            w.stop();
+        }
+        self.plane.stop();
         self.control.stop_admin();
-        self.checker.stop();
+        self.shared.checker.stop();
         for h in &self.config.load().handoff {
             let _ = std::fs::remove_file(&h.path);
         }
-        if let Some(log) = self.access_log {
+        if let Some(log) = lock(&self.shared.access_log).take() {
             // Workers that finished have dropped their writers (after a final flush).
             log.close(Duration::from_secs(if finished == self.workers { 5 } else { 0 }));
         }
         finished == self.workers
     }
+}
+
+/// Publishes what the configuration is (generation, size, when it changed) for the readers;
+/// `timings` are the last reload's parse, build and swap times.
+pub(crate) fn publish_config(registry: &Registry, c: &Config, timings: Option<[f64; 3]>) {
+    let at = c.changed_at.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+    let (exact, wild) = c.table.name_count();
+    registry.control(|m| {
+        m.counters.config_generation = c.generation;
+        m.counters.config_routes = c.table.len() as u64;
+        m.counters.config_names = (exact + wild) as u64;
+        m.changed_at = at;
+        if let Some(t) = timings {
+            m.last = t;
+        }
+    });
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Binds `n` sockets to `addr` (one per worker, `SO_REUSEPORT`); the first fixes the port of a
+/// `:0` address for the others. Returns the bound address and the sockets.
+pub(crate) fn bind_all(addr: SocketAddr, n: usize, backlog: u32) -> Result<(SocketAddr, Vec<OwnedFd>), ServeError> {
+    let first = bind(addr, backlog).map_err(|source| ServeError::Bind { addr, source })?;
+    let actual = first.local_addr().ok().and_then(|a| a.as_socket()).unwrap_or(addr);
+    let mut fds: Vec<OwnedFd> = vec![first.into()];
+    for _ in 1..n {
+        let s = bind(actual, backlog).map_err(|source| ServeError::Bind { addr: actual, source })?;
+        fds.push(s.into());
+    }
+    Ok((actual, fds))
+}
+
+/// Duplicates of a listener's sockets (to offer them to a new binary).
+pub(crate) fn dup_all(sockets: &[OwnedFd], addr: SocketAddr) -> Result<Vec<OwnedFd>, ServeError> {
+    sockets
+        .iter()
+        .map(OwnedFd::try_clone)
+        .collect::<io::Result<Vec<_>>>()
+        .map_err(|source| ServeError::Bind { addr, source })
 }
 
 /// The QUIC listeners' addresses (one worker's list is every worker's).

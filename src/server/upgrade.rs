@@ -40,7 +40,7 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -179,7 +179,7 @@ impl Offer {
     /// process drains and exits as on a stop signal).
     pub(crate) fn start(
         path: &Path,
-        listeners: Vec<Offered>,
+        listeners: Arc<Mutex<Vec<Offered>>>,
         admin: Option<OfferedAdmin>,
         control: Arc<dyn HandOver>,
         then: Box<dyn Fn() + Send>,
@@ -278,7 +278,7 @@ fn serve_offer(
     listener: &Socket,
     path: &Path,
     ino: u64,
-    listeners: &[Offered],
+    listeners: &Mutex<Vec<Offered>>,
     admin: Option<&OfferedAdmin>,
     control: &dyn HandOver,
     then: &dyn Fn(),
@@ -301,7 +301,12 @@ fn serve_offer(
                 continue;
             }
         };
-        match offer_to(&conn, listeners, admin) {
+        // The listeners of the moment (a reload adds and removes them): held through the
+        // exchange, so that none is added or closed while a taker adopts them.
+        let offered = super::lock(listeners);
+        let taken = offer_to(&conn, &offered, admin);
+        drop(offered);
+        match taken {
             Ok(TakenBy { adopted, admin: took_admin, pid }) => {
                 control.count(UpgradeResult::HandedOver);
                 control.hand_over(adopted.clone(), took_admin);

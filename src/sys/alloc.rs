@@ -30,3 +30,12 @@ pub fn release_free_memory() {
     // only walks and releases the calling thread's own free pages.
     unsafe { mi_collect(false) }
 }
+
+/// Hands memory that was freed back to the kernel now, purge delay or not: after a configuration
+/// was read (parsing a million names frees hundreds of MiB) the RSS then is what the table needs.
+/// Costs a walk of the calling thread's heap and the abandoned ones; the control plane calls it,
+/// never a worker (workers use [`release_free_memory`] on their tick).
+pub fn release_all_free_memory() {
+    // SAFETY: as in `release_free_memory`: no pointers, any thread, any time.
+    unsafe { mi_collect(true) }
+}

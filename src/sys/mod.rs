@@ -13,21 +13,29 @@
 //! - [`udp`]: UDP sockets for QUIC: `SO_REUSEPORT` listeners with the destination address of each
 //!   datagram, connected back-end sockets, non-blocking `recvmsg`/`sendmsg` with GRO and GSO;
 //! - [`unix`]: passing descriptors over unix sockets (`SCM_RIGHTS`), the peer's credentials;
-//! - [`ktls`]: kernel TLS (`TCP_ULP "tls"`, `TLS_TX`/`TLS_RX`, record types in control messages).
+//! - [`ktls`]: kernel TLS (`TCP_ULP "tls"`, `TLS_TX`/`TLS_RX`, record types in control messages);
+//! - [`sched`]: control-plane threads off the workers' CPUs (affinity, `SCHED_IDLE`), parallel maps;
+//! - [`inotify`]: watching configuration directories;
+//! - [`huge`]: [`HugeBuf`], large tables in transparent huge pages.
 #![allow(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 pub mod alloc;
+pub mod huge;
+pub mod inotify;
 pub mod ktls;
 pub mod limits;
 pub mod pipe;
 pub mod ring;
+pub mod sched;
 pub mod socket;
 pub mod udp;
 pub mod unix;
 
-pub use alloc::release_free_memory;
+pub use alloc::{release_all_free_memory, release_free_memory};
+pub use huge::HugeBuf;
 pub use limits::{advise_huge_pages, raise_fd_limit, zeroed_atomics};
 pub use pipe::{Pipe, Spliced};
 pub use ring::{runtime, RingOptions};
+pub use sched::{parallel_map, place_control_thread, Placement};
 pub use socket::{Ready, Socket, POLLERR, POLLHUP, POLLIN, POLLOUT, POLLRDHUP};

@@ -183,7 +183,7 @@ type BaseKey = (bool, Vec<String>);
 pub struct Shared {
     pub tickets: Arc<Tickets>,
     /// The `[tls] ticket_keys` file, if configured.
-    pub ticket_file: Option<KeyFile>,
+    ticket_file: OnceLock<Option<KeyFile>>,
     bases: Mutex<HashMap<BaseKey, Arc<ServerConfig>>>,
     /// Chains and keys read and parsed by [`Shared::material`], and reused from the cache.
     parsed: AtomicUsize,
@@ -192,9 +192,7 @@ pub struct Shared {
 
 impl fmt::Debug for Shared {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Shared")
-            .field("ticket_file", &self.ticket_file.as_ref().map(|k| &k.path))
-            .finish_non_exhaustive()
+        f.debug_struct("Shared").field("ticket_file", &self.ticket_file().map(|k| &k.path)).finish_non_exhaustive()
     }
 }
 
@@ -217,11 +215,35 @@ impl Shared {
     pub fn new(ticket_file: Option<KeyFile>, lifetime_s: u32) -> Self {
         Self {
             tickets: Tickets::new(ticket_file.as_ref(), lifetime_s),
-            ticket_file,
+            ticket_file: OnceLock::from(ticket_file),
             bases: Mutex::new(HashMap::new()),
             parsed: AtomicUsize::new(0),
             reused: AtomicUsize::new(0),
         }
+    }
+
+    /// A `Shared` whose session-ticket keys are given later ([`Shared::configure_tickets`]):
+    /// routes are resolved with it while the files are parsed, before the `[tls]` table may
+    /// have been read.
+    pub fn pending() -> Self {
+        Self {
+            tickets: Tickets::pending(),
+            ticket_file: OnceLock::new(),
+            bases: Mutex::new(HashMap::new()),
+            parsed: AtomicUsize::new(0),
+            reused: AtomicUsize::new(0),
+        }
+    }
+
+    /// Gives a [`Shared::pending`] its `[tls]` keys (once; later calls change nothing).
+    pub fn configure_tickets(&self, ticket_file: Option<KeyFile>, lifetime_s: u32) {
+        self.tickets.configure(ticket_file.as_ref(), lifetime_s);
+        let _ = self.ticket_file.set(ticket_file);
+    }
+
+    /// The `[tls] ticket_keys` file, if configured.
+    pub fn ticket_file(&self) -> Option<&KeyFile> {
+        self.ticket_file.get().and_then(Option::as_ref)
     }
 
     /// Chains and keys this configuration's routes (and routes built later with it) read and

@@ -258,7 +258,10 @@ struct Retired {
 /// The ticketer of one configuration: every terminating route's `ServerConfig` shares it.
 #[derive(Debug)]
 pub struct Tickets {
-    mode: Mode,
+    /// Set once: at once by [`Tickets::new`], or by [`Tickets::configure`] once the `[tls]`
+    /// table is read (a configuration's routes are resolved while its files are parsed, before
+    /// that table may have been seen); the random ticketer if neither happened.
+    mode: OnceLock<Mode>,
     retired: OnceLock<Retired>,
 }
 
@@ -269,7 +272,25 @@ impl Tickets {
             None => Mode::Random(random()),
             Some(f) => Mode::File { keys: f.keys.clone(), encrypt: f.encrypt_index(), lifetime: lifetime_s },
         };
-        Arc::new(Self { mode, retired: OnceLock::new() })
+        Arc::new(Self { mode: OnceLock::from(mode), retired: OnceLock::new() })
+    }
+
+    /// A ticketer whose keys are given later by [`Tickets::configure`].
+    pub fn pending() -> Arc<Self> {
+        Arc::new(Self { mode: OnceLock::new(), retired: OnceLock::new() })
+    }
+
+    /// Gives a [`Tickets::pending`] ticketer its keys; before it serves. A second call (or a
+    /// call on a ticketer made by `new`) changes nothing.
+    pub fn configure(&self, file: Option<&KeyFile>, lifetime_s: u32) {
+        let _ = self.mode.set(match file {
+            None => Mode::Random(random()),
+            Some(f) => Mode::File { keys: f.keys.clone(), encrypt: f.encrypt_index(), lifetime: lifetime_s },
+        });
+    }
+
+    fn mode(&self) -> &Mode {
+        self.mode.get_or_init(|| Mode::Random(random()))
     }
 
     /// Carries over from the configuration this one replaces what must keep decrypting: keys
@@ -282,17 +303,17 @@ impl Tickets {
         }
         let now = super::ocsp::now();
         let mut retired = Retired::default();
-        let known = |name: &[u8; NAME_LEN]| match &self.mode {
+        let known = |name: &[u8; NAME_LEN]| match self.mode() {
             Mode::File { keys, .. } => keys.iter().any(|k| &k.name == name),
             Mode::Random(_) => false,
         };
         if let Some(prev) = old.retired.get() {
             retired.keys.extend(prev.keys.iter().filter(|(k, until)| *until > now && !known(&k.name)).cloned());
-            if matches!(self.mode, Mode::File { .. }) {
+            if matches!(self.mode(), Mode::File { .. }) {
                 retired.random = prev.random.clone().filter(|(_, until)| *until > now);
             }
         }
-        match &old.mode {
+        match old.mode() {
             Mode::File { keys, lifetime, .. } => {
                 let until = now + i64::from(*lifetime);
                 for k in keys.iter().filter(|k| !known(&k.name)) {
@@ -300,7 +321,7 @@ impl Tickets {
                     retired.keys.push((Arc::clone(k), until));
                 }
             }
-            Mode::Random(r) if matches!(self.mode, Mode::File { .. }) => {
+            Mode::Random(r) if matches!(self.mode(), Mode::File { .. }) => {
                 retired.random = Some((Arc::clone(r), now + 2 * i64::from(r.lifetime())));
             }
             Mode::Random(_) => {}
@@ -323,21 +344,21 @@ impl Tickets {
 
 impl ProducesTickets for Tickets {
     fn enabled(&self) -> bool {
-        match &self.mode {
+        match self.mode() {
             Mode::Random(r) => r.enabled(),
             Mode::File { .. } => true,
         }
     }
 
     fn lifetime(&self) -> u32 {
-        match &self.mode {
+        match self.mode() {
             Mode::Random(r) => r.lifetime(),
             Mode::File { lifetime, .. } => *lifetime,
         }
     }
 
     fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
-        let out = match &self.mode {
+        let out = match self.mode() {
             Mode::Random(r) => r.encrypt(plain),
             Mode::File { keys, encrypt, .. } => keys.get(*encrypt)?.seal(plain),
         };
@@ -352,7 +373,7 @@ impl ProducesTickets for Tickets {
             count(TicketResult::Invalid);
             return None;
         }
-        let keys = match &self.mode {
+        let keys = match self.mode() {
             Mode::File { keys, .. } => keys.as_slice(),
             Mode::Random(r) => {
                 let out = r.decrypt(ticket);

@@ -9,17 +9,19 @@ use crate::sys::Socket;
 use std::net::{Shutdown, SocketAddr};
 use std::rc::Rc;
 use std::time::Duration;
+use tokio::sync::watch;
 
-/// Accepts on `listener` until the worker is told to stop, spawning a task per connection.
+/// Accepts on `listener` until the worker is told to stop, or `own` says this listener was
+/// removed (a reload), spawning a task per connection.
 ///
 /// Stopping loses no connection the kernel already accepted: the connections queued in the
 /// backlog are taken without blocking and served, and the accept still in flight in the ring is
 /// completed (by shutting the listener down) and, if it brought a connection, that one is served
 /// too. They count as open, so the drain waits for them like for the others.
-pub(crate) async fn run(w: Rc<Worker>, listener: Socket, addr: SocketAddr) {
+pub(crate) async fn run(w: Rc<Worker>, listener: Socket, addr: SocketAddr, mut own: watch::Receiver<bool>) {
     let mut stop = w.stop.clone();
     loop {
-        if *stop.borrow() {
+        if *stop.borrow() || *own.borrow() {
             break;
         }
         let max = w.config().runtime.max_conns_per_worker;
@@ -28,12 +30,14 @@ pub(crate) async fn run(w: Rc<Worker>, listener: Socket, addr: SocketAddr) {
             tokio::select! {
                 () = w.slot_freed.notified() => continue,
                 _ = stop.changed() => break,
+                _ = own.changed() => break,
             }
         }
         let mut accept = std::pin::pin!(listener.accept());
         let res = tokio::select! {
             r = &mut accept => r,
             _ = stop.changed() => return stop_accepting(&w, &listener, addr, Some(accept)).await,
+            _ = own.changed() => return stop_accepting(&w, &listener, addr, Some(accept)).await,
         };
         match res {
             Ok(client) => spawn(&w, client, addr),
@@ -42,6 +46,7 @@ pub(crate) async fn run(w: Rc<Worker>, listener: Socket, addr: SocketAddr) {
                     tokio::select! {
                         () = tokio::time::sleep(d) => {}
                         _ = stop.changed() => break,
+                        _ = own.changed() => break,
                     }
                 }
             }
@@ -123,14 +128,14 @@ fn failed(w: &Worker, addr: SocketAddr, e: &std::io::Error) -> Option<Duration> 
     }
 }
 
-/// One connection's task: served with the snapshot current at accept, counted open until done.
-/// The task owns the connection (stored once: `conn::serve` borrows it) and closes it at the end.
+/// One connection's task: served with the configuration of the moment (it keeps only its
+/// route), counted open until done. The task owns the connection (stored once: `conn::serve`
+/// borrows it) and closes it at the end.
 #[allow(clippy::manual_async_fn)] // an `async move` block: its arguments are stored once
 fn serve(guard: OpenGuard, mut conn: Accepted) -> impl std::future::Future<Output = ()> {
     async move {
         let w = &guard.0;
-        let cfg = w.config();
-        conn::serve(&w.conns, &cfg, &mut conn).await;
+        conn::serve(&w.conns, &**w, &mut conn).await;
         // Through the ring: batched with the other submissions, no close(2) of its own.
         conn.client.close().await;
     }

@@ -129,7 +129,6 @@ fn received(w: &Rc<Worker>, bytes: &[u8], fds: &mut Vec<OwnedFd>) {
 
 async fn serve(guard: OpenGuard, mut conn: Accepted) {
     let w = &guard.0;
-    let cfg = w.config();
-    conn::serve(&w.conns, &cfg, &mut conn).await;
+    conn::serve(&w.conns, &**w, &mut conn).await;
     conn.client.close().await;
 }

@@ -8,8 +8,11 @@
 //!   ClientHello, the pending and flow tables, forwarding both ways;
 //! - each connection runs as its own task through [`crate::conn::serve`].
 //!
-//! The configuration is read through an [`ArcSwap`] cache once per accepted connection (a
-//! pointer comparison); a reload is picked up by the next connection.
+//! The configuration is read through an [`ArcSwap`] cache (a pointer comparison) at accept and
+//! when a hello is complete; a reload is picked up by the next decision. A connection keeps
+//! only its route after routing, through the worker's own `Rc` of that route's `Arc`
+//! ([`conn::Snapshots`]): no snapshot kept alive by day-long connections, and no atomic
+//! reference count shared across cores bumped per connection.
 pub mod accept;
 pub mod handoff;
 pub mod quic;
@@ -19,15 +22,27 @@ use crate::config::Config;
 use crate::conn;
 use crate::metrics::{self, Local};
 use crate::relay::{timers, BufPool, PipePool, Scratch, Timers};
+use crate::route::RouteId;
 use crate::sys::{self, RingOptions, Socket};
 use arc_swap::{ArcSwap, Cache};
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
 use std::sync::{mpsc, Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
+
+/// What the server tells a running worker (after a reload changed the listeners).
+#[derive(Debug)]
+pub enum Command {
+    /// Accept on this new listening socket too.
+    Listen(OwnedFd, SocketAddr),
+    /// Stop accepting on the listener bound to this address and close it; its open connections
+    /// go on (and those already queued on it are still taken and served).
+    Unlisten(SocketAddr),
+}
 
 /// What a worker thread starts with.
 pub struct Setup {
@@ -45,8 +60,7 @@ pub struct Setup {
     pub stop: watch::Receiver<bool>,
     pub timing: bool,
     pub log: Option<access_log::Writer>,
-    /// Where snapshots this worker lets go of are freed (see [`Snapshot`]).
-    pub reaper: mpsc::Sender<Arc<Config>>,
+    pub commands: tokio::sync::mpsc::UnboundedReceiver<Command>,
     /// Set before the stop signal when a new process took over these listeners (a binary
     /// upgrade): the bound addresses it adopted, whose sockets it now accepts on.
     pub handed_off: Arc<OnceLock<Vec<SocketAddr>>>,
@@ -120,32 +134,6 @@ pub fn plan_descriptors(
     FdPlan { pipe_pool: pool, warning }
 }
 
-/// A configuration snapshot as a worker holds it. When the worker and its connections let go of
-/// it, the reference goes to the server's reaper thread instead of being dropped here, so that a
-/// worker never frees a whole replaced table itself (100,000 terminating routes take tens of
-/// milliseconds to free, which the first connection after a reload would wait for).
-pub(crate) struct Snapshot {
-    config: Option<Arc<Config>>,
-    reaper: mpsc::Sender<Arc<Config>>,
-}
-
-impl std::ops::Deref for Snapshot {
-    type Target = Config;
-    fn deref(&self) -> &Config {
-        // Always `Some` until drop.
-        self.config.as_deref().unwrap_or_else(|| unreachable!("a snapshot is emptied only by its drop"))
-    }
-}
-
-impl Drop for Snapshot {
-    fn drop(&mut self) {
-        if let Some(c) = self.config.take() {
-            // Without a reaper (the server is gone) it is dropped here, as any Arc.
-            let _ = self.reaper.send(c);
-        }
-    }
-}
-
 /// Why a worker could not start.
 #[derive(Debug, thiserror::Error)]
 #[error("worker {worker}: cannot set up io_uring: {source}")]
@@ -155,11 +143,12 @@ pub struct StartError {
 }
 
 /// A worker's state, shared by its tasks (one thread, so `Rc` and `RefCell`).
+#[allow(clippy::redundant_allocation)] // Rc<Arc<Config>>: per-connection clones stay non-atomic
 pub(crate) struct Worker {
     cache: RefCell<Cache<Arc<ArcSwap<Config>>, Arc<Config>>>,
-    /// Per-connection clones of the `Rc` stay non-atomic.
-    current: RefCell<Rc<Snapshot>>,
-    reaper: mpsc::Sender<Arc<Config>>,
+    current: RefCell<Rc<Arc<Config>>>,
+    /// This worker's handles on the routes of `current` that its connections chose.
+    routes: RefCell<HashMap<u32, conn::Kept, IdHash>>,
     /// What its connections share: counters, pools, the access-log writer.
     pub(crate) conns: conn::Resources,
     pub(crate) open: Cell<usize>,
@@ -171,12 +160,15 @@ pub(crate) struct Worker {
 
 impl Worker {
     /// The configuration snapshot for a new connection: a pointer comparison, and an `Rc` clone.
-    pub(crate) fn config(&self) -> Rc<Snapshot> {
+    #[allow(clippy::redundant_allocation)] // the worker's own `Rc`: clones stay non-atomic
+    pub(crate) fn config(&self) -> Rc<Arc<Config>> {
         let mut cache = self.cache.borrow_mut();
         let latest = cache.load();
         let mut cur = self.current.borrow_mut();
-        if !cur.config.as_ref().is_some_and(|c| Arc::ptr_eq(c, latest)) {
-            *cur = Rc::new(Snapshot { config: Some(Arc::clone(latest)), reaper: self.reaper.clone() });
+        if !Arc::ptr_eq(&cur, latest) {
+            *cur = Rc::new(Arc::clone(latest));
+            // Handles of the old snapshot's routes: open connections keep theirs.
+            self.routes.borrow_mut().clear();
         }
         Rc::clone(&cur)
     }
@@ -187,6 +179,64 @@ impl Worker {
 
     pub(crate) fn metrics(&self) -> &Local {
         &self.conns.metrics
+    }
+}
+
+impl conn::Snapshots for Worker {
+    fn current(&self) -> Rc<Arc<Config>> {
+        self.config()
+    }
+
+    fn keep(&self, cfg: &Config, id: RouteId) -> conn::Kept {
+        let same = std::ptr::eq(&***self.current.borrow(), cfg);
+        if !same {
+            // A snapshot older than the cached one (a reload between the two reads): no handle
+            // to share, so an `Arc` of its own.
+            return Rc::new(conn::Held::of(cfg, id));
+        }
+        let mut routes = self.routes.borrow_mut();
+        if let Some(kept) = routes.get(&id.0) {
+            return Rc::clone(kept);
+        }
+        let kept = Rc::new(conn::Held::of(cfg, id));
+        // Bounded, so that letting go of it at a reload stays cheap: beyond the bound, a route
+        // costs one atomic increment per connection instead.
+        if routes.len() < ROUTE_HANDLES {
+            routes.insert(id.0, Rc::clone(&kept));
+        }
+        kept
+    }
+}
+
+/// Routes a worker keeps its own handle of (per configuration): the busiest ones, as they are
+/// the first to come.
+const ROUTE_HANDLES: usize = 4096;
+
+/// A hasher for route ids (small integers): one multiply.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct IdHash;
+
+impl std::hash::BuildHasher for IdHash {
+    type Hasher = IdHasher;
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher(0)
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8 | b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.0 = (n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     }
 }
 
@@ -205,7 +255,7 @@ pub fn main(setup: Setup, ready: mpsc::Sender<Result<(), StartError>>) {
         stop,
         timing,
         log,
-        reaper,
+        mut commands,
         handed_off,
         admission,
         handoff,
@@ -225,11 +275,11 @@ pub fn main(setup: Setup, ready: mpsc::Sender<Result<(), StartError>>) {
     let _ = ready.send(Ok(()));
     drop(ready);
     rt.block_on(async move {
-        let current = Rc::new(Snapshot { config: Some(config.load_full()), reaper: reaper.clone() });
+        let current = Rc::new(config.load_full());
         let w = Rc::new(Worker {
             cache: RefCell::new(Cache::new(config)),
             current: RefCell::new(current),
-            reaper,
+            routes: RefCell::new(HashMap::default()),
             conns: conn::Resources {
                 worker: id,
                 metrics: Local::new(slot),
@@ -246,13 +296,19 @@ pub fn main(setup: Setup, ready: mpsc::Sender<Result<(), StartError>>) {
             stop,
             handed_off,
         });
-        let mut accepting = Vec::new();
+        let accepting: RefCell<Vec<Listening>> = RefCell::new(Vec::new());
+        let listen = |fd: OwnedFd, addr: SocketAddr| {
+            let (own, own_rx) = watch::channel(false);
+            let task = tokio_uring::spawn(accept::run(Rc::clone(&w), Socket::from(fd), addr, own_rx));
+            accepting.borrow_mut().push(Listening { addr, own, task });
+        };
         for (fd, addr) in listeners {
-            accepting.push(tokio_uring::spawn(accept::run(Rc::clone(&w), Socket::from(fd), addr)));
+            listen(fd, addr);
         }
-        for (fd, path) in handoff {
-            accepting.push(tokio_uring::spawn(handoff::run(Rc::clone(&w), Socket::from(fd), path)));
-        }
+        let handoffs: Vec<_> = handoff
+            .into_iter()
+            .map(|(fd, path)| tokio_uring::spawn(handoff::run(Rc::clone(&w), Socket::from(fd), path)))
+            .collect();
         let publisher = tokio_uring::spawn(tick_loop(Rc::clone(&w)));
         let quic = (!udp.is_empty()).then(|| Rc::new(quic::Quic::new(&w.config())));
         let mut udp_loops = Vec::new();
@@ -263,7 +319,41 @@ pub fn main(setup: Setup, ready: mpsc::Sender<Result<(), StartError>>) {
             }
             udp_loops.push(tokio_uring::spawn(quic::sweep(Rc::clone(&w), Rc::clone(q))));
         }
-        for task in accepting {
+        let mut stopping = w.stop.clone();
+        loop {
+            if *stopping.borrow() {
+                break;
+            }
+            tokio::select! {
+                cmd = commands.recv() => match cmd {
+                    Some(Command::Listen(fd, addr)) => {
+                        tracing::debug!(worker = id, listener = %addr, "accepting on a new listener");
+                        listen(fd, addr);
+                    }
+                    Some(Command::Unlisten(addr)) => {
+                        // The accept loop drains its backlog, then the socket closes; its task
+                        // ends by itself and is not awaited.
+                        accepting.borrow_mut().retain(|l| {
+                            if l.addr == addr {
+                                let _ = l.own.send(true);
+                            }
+                            l.addr != addr
+                        });
+                    }
+                    None => {
+                        if stopping.changed().await.is_err() {
+                            break;
+                        }
+                    }
+                },
+                r = stopping.changed() => if r.is_err() { break },
+            }
+        }
+        let tasks: Vec<Listening> = accepting.borrow_mut().drain(..).collect();
+        for l in tasks {
+            let _ = l.task.await;
+        }
+        for task in handoffs {
             let _ = task.await;
         }
         // Draining: the server gives up on us after drain_timeout_ms; until then, wait. QUIC
@@ -291,13 +381,22 @@ pub fn main(setup: Setup, ready: mpsc::Sender<Result<(), StartError>>) {
     });
 }
 
+/// One listener a worker accepts on.
+struct Listening {
+    addr: SocketAddr,
+    /// Set when a reload removed it.
+    own: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
 /// Ticks of the housekeeping loop between two trims of the pools.
 const TRIM_EVERY_TICKS: u32 = 10;
 
 /// The worker's housekeeping, every [`timers::TICK`]: the wheel of deadlines advances (hello
 /// timeouts, idle connections), and every [`metrics::PUBLISH_EVERY`] the gauges, the access-log
-/// buffer and the counters go out to the readers; about once a second the pools give back what
-/// the last second did not need and the allocator returns freed pages to the system.
+/// buffer and the counters go out to the readers (and an idle worker lets go of a replaced
+/// snapshot); about once a second the pools give back what the last second did not need and
+/// the allocator returns freed pages to the system.
 async fn tick_loop(w: Rc<Worker>) {
     let publish_every = (metrics::PUBLISH_EVERY.as_nanos() / timers::TICK.as_nanos()).max(1) as u32;
     let mut n: u32 = 0;
@@ -313,6 +412,8 @@ async fn tick_loop(w: Rc<Worker>) {
             sys::release_free_memory();
         }
         if n.is_multiple_of(publish_every) {
+            // An idle worker lets go of a replaced snapshot too (the control thread frees it).
+            drop(w.config());
             let open = w.open.get() as u64;
             let pipes = c.pipes.borrow().live() as u64;
             let buffered = c.bufs.borrow().free_bytes() as u64;

@@ -21,7 +21,7 @@
 //! - flows are pinned to the client's address and port: a migrated client (new port or address)
 //!   is an unknown flow; QUIC-LB connection-ID routing is not done.
 
-use super::{Snapshot, Worker};
+use super::Worker;
 use crate::access_log;
 use crate::config::{Config, Route};
 use crate::hello::{self, Parsed, Reject, Transport};
@@ -36,6 +36,7 @@ use std::io;
 use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Largest datagram (or GRO train) read at once.
@@ -90,7 +91,8 @@ impl Cid {
     }
 }
 
-/// A routed flow.
+/// A routed flow: it keeps its route (the worker's own handle of it), not the configuration
+/// snapshot it was routed with, so a reload frees the old table under long-lived flows.
 struct Flow {
     key: Key,
     /// The client's Source Connection ID: an Initial under another one from the same address and
@@ -99,9 +101,7 @@ struct Flow {
     listener: Rc<Listener>,
     /// The address the client dialed (the source of every datagram sent back to it).
     local: IpAddr,
-    /// The worker's snapshot, cloned without atomics.
-    cfg: Rc<Snapshot>,
-    route: RouteId,
+    route: crate::conn::Kept,
     backend: RefCell<Socket>,
     backend_index: Cell<usize>,
     backend_gro: Cell<bool>,
@@ -535,7 +535,7 @@ fn open_flow(
     w: &Rc<Worker>,
     q: &Rc<Quic>,
     l: &Rc<Listener>,
-    cfg: Rc<Snapshot>,
+    cfg: Rc<Arc<Config>>,
     key: Key,
     p: Pending,
     last: &[u8],
@@ -565,8 +565,7 @@ fn open_flow(
         scid: p.scid,
         listener: Rc::clone(l),
         local: p.local,
-        cfg: Rc::clone(&cfg),
-        route: d.route,
+        route: crate::conn::Snapshots::keep(&**w, &cfg, d.route),
         backend: RefCell::new(backend),
         backend_index: Cell::new(index),
         backend_gro: Cell::new(gro),
@@ -616,7 +615,7 @@ fn connect_from(route: &Route, from: usize, gro: bool) -> Option<(Socket, usize,
 /// the next back end with the client's datagrams so far; after it, the error is transient.
 fn backend_refused(w: &Worker, q: &Quic, flow: &Rc<Flow>) {
     let Some(replay) = flow.replay.borrow_mut().take() else { return };
-    let route = route_of(&flow.cfg, flow.route);
+    let route: &Route = &flow.route;
     let next = flow.backend_index.get() + 1;
     match connect_from(route, next, w.config().runtime.quic_gro) {
         Some((s, i, gro)) => {
@@ -736,7 +735,7 @@ fn close(w: &Worker, q: &Quic, flow: &Rc<Flow>, end: QuicFlowEnd) {
     if let (Some(info), Some(log)) = (flow.log.as_ref(), w.conns.log.as_ref()) {
         let (_, up) = flow.to_backend.get();
         let (_, down) = flow.to_client.get();
-        let route = route_of(&flow.cfg, flow.route);
+        let route: &Route = &flow.route;
         let backend = route.backends.get(flow.backend_index.get()).map(|b| b.target.to_string());
         let time = access_log::rfc3339(std::time::SystemTime::now());
         let outcome = match end {
