@@ -85,6 +85,11 @@ where
         tracing::debug!(worker = w.id(), listener = %addr, served, "handed over: stopped accepting");
         return;
     }
+    // New handshakes are dropped first (their clients retry and find the listener closed), so
+    // the drain below empties a queue that nothing joins before the shutdown.
+    if let Err(e) = listener.refuse_new_handshakes() {
+        tracing::debug!(worker = w.id(), listener = %addr, error = %e, "cannot filter new handshakes before the drain");
+    }
     let mut drained = 0;
     if listener.set_nonblocking().is_ok() {
         while let Ok(client) = listener.try_accept() {
