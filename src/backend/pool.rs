@@ -531,7 +531,12 @@ fn smooth_schedule(members: &[(usize, u64)]) -> Box<[u16]> {
 #[derive(Debug, Default)]
 pub struct Pools {
     backends: Vec<Arc<Shared>>,
-    pools: Vec<Pool>,
+    /// How many pools name each back end: 0 for one that a [`Pools::change`] left behind (not
+    /// checked, not listed; the next [`Pools::build`] drops it).
+    backend_refs: Vec<u32>,
+    pools: Vec<Arc<Pool>>,
+    /// How many routes use each pool (0: left behind by a change).
+    pool_refs: Vec<u32>,
     /// `RouteId` → index into `pools`.
     by_route: Vec<u32>,
     /// `RouteId` → its statistics, made on its first connection.
@@ -598,7 +603,8 @@ impl Pools {
         let workers = workers.max(1);
         let mut backends: Vec<Arc<Shared>> = Vec::new();
         let mut by_target: HashMap<Target, (u32, RouteId), Fast> = HashMap::default();
-        let mut pools: Vec<Pool> = Vec::new();
+        let mut pools: Vec<Arc<Pool>> = Vec::new();
+        let mut pool_refs: Vec<u32> = Vec::new();
         let mut by_key: HashMap<(&[Backend], &Upstream), u32, Fast> = HashMap::default();
         // Ids may have gaps (a table changed in place reuses the ids of removed routes).
         let bound = table.routes().map(|(id, _)| id.0 as usize + 1).max().unwrap_or(0);
@@ -609,6 +615,7 @@ impl Pools {
             }
             if let Some(&p) = by_key.get(&(r.backends.as_slice(), &r.upstream)) {
                 by_route[id.0 as usize] = p;
+                pool_refs[p as usize] += 1;
                 continue;
             }
             let mut members = Vec::with_capacity(r.backends.len());
@@ -632,12 +639,116 @@ impl Pools {
                 members.push(Member { id: bid, weight: b.weight, backup: b.backup });
             }
             let p = pools.len() as u32;
-            pools.push(Pool::new(members, &r.upstream, workers));
+            pools.push(Arc::new(Pool::new(members, &r.upstream, workers)));
+            pool_refs.push(1);
             by_key.insert((r.backends.as_slice(), &r.upstream), p);
             by_route[id.0 as usize] = p;
         }
+        let mut backend_refs = vec![0u32; backends.len()];
+        for pool in &pools {
+            for m in &pool.members {
+                backend_refs[m.id as usize] += 1;
+            }
+        }
         let route_stats = (0..bound).map(|_| OnceLock::new()).collect();
-        Ok(Self { backends, pools, by_route, route_stats, workers })
+        Ok(Self { backends, backend_refs, pools, pool_refs, by_route, route_stats, workers })
+    }
+
+    /// The state for `new_table`, which differs from `old_table` (whose state `old` is) only in
+    /// the routes named in `touched` (added, replaced or removed): `old`'s pools, back ends and
+    /// statistics shared, a pool built for each touched route, in time proportional to the
+    /// change (plus a copy of the id maps), not to the table: what keeps one API change at a
+    /// million names within milliseconds. `None` where a full [`build`](Self::build) is the
+    /// right answer: many routes touched, much left behind by earlier changes, or a health-check
+    /// disagreement that `build` reports with its owner's name.
+    pub fn change<T>(
+        old: &Pools,
+        old_table: &route::Table<T>,
+        new_table: &route::Table<T>,
+        touched: &[&str],
+    ) -> Option<Result<Self, (RouteId, PoolError)>> {
+        if touched.len() > 64 || old.pools.len() > new_table.len() + 4096 {
+            return None;
+        }
+        let mut p = Pools {
+            backends: old.backends.clone(),
+            backend_refs: old.backend_refs.clone(),
+            pools: old.pools.clone(),
+            pool_refs: old.pool_refs.clone(),
+            by_route: old.by_route.clone(),
+            route_stats: old.route_stats.clone(),
+            workers: old.workers,
+        };
+        // Let go of what the touched routes held.
+        for name in touched {
+            let Some(id) = old_table.id_of(name) else { continue };
+            let Some(slot) = p.by_route.get_mut(id.0 as usize) else { continue };
+            let pool = std::mem::replace(slot, NO_POOL);
+            if pool == NO_POOL {
+                continue;
+            }
+            p.pool_refs[pool as usize] -= 1;
+            if p.pool_refs[pool as usize] == 0 {
+                for m in &p.pools[pool as usize].members {
+                    p.backend_refs[m.id as usize] -= 1;
+                }
+            }
+            // A route keeps its statistics where the new table has it under the same id and
+            // name (a replacement); an id reused by another route starts afresh.
+            let same = new_table.get(id).is_some_and(|r| r.name == **name);
+            if !same {
+                if let Some(cell) = p.route_stats.get_mut(id.0 as usize) {
+                    *cell = OnceLock::new();
+                }
+            }
+        }
+        // A pool for each touched route the new table has.
+        for name in touched {
+            let Some(id) = new_table.id_of(name) else { continue };
+            let r = new_table.route(id);
+            if r.backends.len() > MAX_BACKENDS {
+                return Some(Err((id, PoolError::TooMany)));
+            }
+            let mut members = Vec::with_capacity(r.backends.len());
+            for b in &r.backends {
+                let health = r.upstream.health.clone();
+                let found = p.backends.iter().enumerate().filter(|(_, s)| s.target == b.target).find_map(|(i, s)| {
+                    let live = p.backend_refs[i] > 0;
+                    match (s.health == health, live) {
+                        (true, _) => Some(Ok(i as u32)),
+                        (false, true) => Some(Err(())),
+                        (false, false) => None,
+                    }
+                });
+                let bid = match found {
+                    Some(Ok(bid)) => bid,
+                    // Another route names this target with another health check.
+                    Some(Err(())) => return None,
+                    None => {
+                        p.backends.push(Arc::new(Shared::new(b.target.clone(), health, p.workers)));
+                        p.backend_refs.push(0);
+                        (p.backends.len() - 1) as u32
+                    }
+                };
+                members.push(Member { id: bid, weight: b.weight, backup: b.backup });
+            }
+            for m in &members {
+                p.backend_refs[m.id as usize] += 1;
+            }
+            let i = id.0 as usize;
+            if p.by_route.len() <= i {
+                p.by_route.resize(i + 1, NO_POOL);
+            }
+            if p.route_stats.len() <= i {
+                let mut v = std::mem::take(&mut p.route_stats).into_vec();
+                v.resize_with(i + 1, OnceLock::new);
+                p.route_stats = v.into_boxed_slice();
+            }
+            p.by_route[i] = p.pools.len() as u32;
+            p.pools.push(Arc::new(Pool::new(members, &r.upstream, p.workers)));
+            p.pool_refs.push(1);
+        }
+        Some(Ok(p))
     }
 
     /// Takes over `old`'s state where it still applies: a back end with the same target and
@@ -668,7 +779,7 @@ impl Pools {
     /// The pool of route `id`.
     #[inline]
     pub fn pool(&self, id: RouteId) -> Option<&Pool> {
-        self.by_route.get(id.0 as usize).and_then(|&p| self.pools.get(p as usize))
+        self.by_route.get(id.0 as usize).and_then(|&p| self.pools.get(p as usize)).map(|p| &**p)
     }
 
     /// The back end `id` names.
@@ -682,9 +793,9 @@ impl Pools {
         &self.backends
     }
 
-    /// Every back end (for the health checker and the readers).
+    /// Every back end a route names (for the health checker and the readers).
     pub fn backends(&self) -> impl Iterator<Item = &Arc<Shared>> + '_ {
-        self.backends.iter()
+        self.backends.iter().zip(&self.backend_refs).filter(|(_, &refs)| refs > 0).map(|(b, _)| b)
     }
 
     /// The back ends of route `id`, in configuration order, with their weight and backup flag.
@@ -716,6 +827,76 @@ impl Pools {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::route::{Action, Backend, ProxyProtocol, Route, Table, TlsVersion};
+
+    fn route(name: &str, targets: &[&str]) -> Route<()> {
+        Route {
+            name: name.into(),
+            action: Action::Passthrough,
+            sni: vec![format!("{name}.example")],
+            dedicated_ips: vec![],
+            min_tls: TlsVersion::TLS12,
+            backends: targets
+                .iter()
+                .map(|t| Backend { target: t.parse().unwrap(), weight: 1, backup: false })
+                .collect(),
+            proxy_protocol: ProxyProtocol::None,
+            upstream: Upstream::default(),
+            alpn_match: vec![],
+        }
+    }
+
+    fn plan(p: &Pools, t: &Table<()>) -> Vec<(String, Vec<String>)> {
+        let mut v: Vec<_> = t
+            .routes()
+            .map(|(id, r)| (r.name.clone(), p.route_backends(id).map(|(b, _, _)| b.target.to_string()).collect()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn listed(p: &Pools) -> Vec<String> {
+        let mut v: Vec<_> = p.backends().map(|b| b.target.to_string()).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_change_builds_only_what_it_touches_and_equals_a_build() {
+        let t = Table::build(
+            vec![
+                route("a", &["10.0.0.1:443"]),
+                route("b", &["10.0.0.1:443", "10.0.0.2:443"]),
+                route("c", &["10.0.0.3:443"]),
+            ],
+            None,
+            None,
+        )
+        .unwrap();
+        let old = Pools::build(&t, 2).unwrap();
+        let mut c = t.change();
+        c.remove("c");
+        c.upsert(route("b", &["10.0.0.2:443", "10.0.0.4:443"]));
+        c.upsert(route("d", &["10.0.0.1:443"]));
+        let (t2, _, _) = c.finish().unwrap();
+        let changed = Pools::change(&old, &t, &t2, &["c", "b", "d"]).expect("a small change").unwrap();
+        let built = Pools::build(&t2, 2).unwrap();
+        assert_eq!(plan(&changed, &t2), plan(&built, &t2));
+        // What no route names any more is neither listed nor checked.
+        assert_eq!(listed(&changed), listed(&built));
+        // An untouched route's pool, and a back end still named, keep their state.
+        let a = t2.id_of("a").unwrap();
+        assert!(std::ptr::eq(changed.pool(a).unwrap(), old.pool(t.id_of("a").unwrap()).unwrap()));
+        let shared = |p: &Pools, target: &str| p.backends().find(|b| b.target.to_string() == target).cloned().unwrap();
+        assert!(Arc::ptr_eq(&shared(&changed, "10.0.0.2:443"), &shared(&old, "10.0.0.2:443")));
+        // A change naming a target with another health check is left to a full build.
+        let mut c = t2.change();
+        let mut checked = route("e", &["10.0.0.1:443"]);
+        checked.upstream.health = Some(Default::default());
+        c.upsert(checked);
+        let (t3, _, _) = c.finish().unwrap();
+        assert!(Pools::change(&changed, &t2, &t3, &["e"]).is_none());
+    }
 
     #[test]
     fn smooth_schedules_follow_the_weights_and_interleave() {

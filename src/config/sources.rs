@@ -250,7 +250,7 @@ fn build(
     }
     let table =
         build_table(path, routes, &settings, |id| owners.get(id.0 as usize).map(|&(f, i)| (paths[f].clone(), i)))?;
-    finish(path, settings, table, sources, generation, tls)
+    finish(path, settings, table, sources, generation, tls, None)
 }
 
 /// `Table::build_shared` with the fallbacks resolved by name, its errors located.
@@ -309,6 +309,10 @@ fn located(e: &BuildError, owner: &dyn Fn(RouteId) -> Option<(PathBuf, usize)>) 
 
 /// The configuration of `table`, with the back-end state built for it (what the running one
 /// still has of it is taken over when it is swapped in: `Pools::adopt`).
+/// What a change touched, for building the pools in proportion to it: the running
+/// configuration's pools and table, and the names of the routes added, replaced or removed.
+type Touched<'a> = (&'a Pools, &'a Table, &'a [&'a str]);
+
 fn finish(
     path: &Path,
     s: Settings,
@@ -316,9 +320,14 @@ fn finish(
     sources: Sources,
     generation: u64,
     tls: Arc<Shared>,
+    touched: Option<Touched<'_>>,
 ) -> Result<Config, ConfigError> {
     let warnings = Config::table_warnings(&table);
-    let pools = match Pools::build(&table, super::worker_count(&s.runtime)) {
+    let workers = super::worker_count(&s.runtime);
+    let pools = touched
+        .filter(|(old, _, _)| old.workers() == workers.max(1))
+        .and_then(|(old, old_table, names)| Pools::change(old, old_table, &table, names));
+    let pools = match pools.unwrap_or_else(|| Pools::build(&table, workers)) {
         Ok(p) => p,
         Err((id, e)) => {
             let name = table.get(id).map(|r| r.name.clone()).unwrap_or_default();
@@ -529,10 +538,13 @@ fn apply(
     if touched == 0 && settings_same {
         report.unchanged = !report_has_terminate(&sources);
     }
+    // The routes this change touches, by name (for the pools), when the table changes in place.
+    let mut touched_names: Option<Vec<String>> = None;
     let table = if touched > t.len() / 4 + 1024 {
         report.full_build = true;
         full_rebuild(old, &settings, keep, &gone, &mut sources, &changed)?
     } else {
+        touched_names = Some(gone.iter().cloned().chain(keep.iter().map(|(r, _)| r.name.clone())).collect());
         let file_of: HashMap<String, PathBuf> = keep.iter().map(|(r, p)| (r.name.clone(), p.clone())).collect();
         let mut c = t.change();
         for name in &gone {
@@ -588,12 +600,14 @@ fn apply(
         }
     }
     report.build_ms = ms(built);
+    let names: Vec<&str> = touched_names.iter().flatten().map(String::as_str).collect();
+    let touched = touched_names.is_some().then_some((&*old.pools, &old.table, names.as_slice()));
     if report.unchanged {
-        let mut c = finish(path, settings, table, sources, old.generation, tls)?;
+        let mut c = finish(path, settings, table, sources, old.generation, tls, touched)?;
         c.changed_at = old.changed_at;
         return Ok((c, report));
     }
-    Ok((finish(path, settings, table, sources, old.generation + 1, tls)?, report))
+    Ok((finish(path, settings, table, sources, old.generation + 1, tls, touched)?, report))
 }
 
 fn report_has_terminate(s: &Sources) -> bool {
