@@ -227,17 +227,35 @@ impl Config {
     /// The warnings a table gives (terminating routes below TLS 1.2, OCSP responses not
     /// stapled or about to expire).
     fn table_warnings(table: &Table) -> Vec<String> {
-        let mut warnings: Vec<String> = table
-            .routes()
-            .map(|(_, r)| r)
-            .filter(|r| r.action.is_terminate() && r.min_tls < TlsVersion::TLS12)
-            .map(|r| {
-                format!("route {:?}.min_tls: rustls serves TLS 1.2 and 1.3 only; {} acts as 1.2", r.name, r.min_tls)
-            })
-            .collect();
+        let mut warnings = Vec::new();
         for (_, r) in table.routes() {
-            if let route::Action::Terminate(m) = &r.action {
-                warnings.extend(m.warnings().into_iter().map(|(k, w)| format!("route {:?}.{k}: {w}", r.name)));
+            Self::route_warnings(r, &mut warnings);
+        }
+        warnings
+    }
+
+    /// The warnings of one route (each begins `route "NAME".`).
+    fn route_warnings(r: &route::Route<Arc<TlsMaterial>>, out: &mut Vec<String>) {
+        if let route::Action::Terminate(m) = &r.action {
+            if r.min_tls < TlsVersion::TLS12 {
+                out.push(format!(
+                    "route {:?}.min_tls: rustls serves TLS 1.2 and 1.3 only; {} acts as 1.2",
+                    r.name, r.min_tls
+                ));
+            }
+            out.extend(m.warnings().into_iter().map(|(k, w)| format!("route {:?}.{k}: {w}", r.name)));
+        }
+    }
+
+    /// The warnings of `table`, which differs from the table that gave `old` only in the routes
+    /// named in `touched`: `old`'s for the others, the touched routes' own anew.
+    fn changed_table_warnings(table: &Table, old: &[String], touched: &[&str]) -> Vec<String> {
+        let prefixes: Vec<String> = touched.iter().map(|n| format!("route {n:?}.")).collect();
+        let mut warnings: Vec<String> =
+            old.iter().filter(|w| !prefixes.iter().any(|p| w.starts_with(p.as_str()))).cloned().collect();
+        for name in touched {
+            if let Some(id) = table.id_of(name) {
+                Self::route_warnings(table.route(id), &mut warnings);
             }
         }
         warnings

@@ -311,7 +311,7 @@ fn located(e: &BuildError, owner: &dyn Fn(RouteId) -> Option<(PathBuf, usize)>) 
 /// still has of it is taken over when it is swapped in: `Pools::adopt`).
 /// What a change touched, for building the pools in proportion to it: the running
 /// configuration's pools and table, and the names of the routes added, replaced or removed.
-type Touched<'a> = (&'a Pools, &'a Table, &'a [&'a str]);
+type Touched<'a> = (&'a Config, &'a [&'a str]);
 
 fn finish(
     path: &Path,
@@ -322,11 +322,14 @@ fn finish(
     tls: Arc<Shared>,
     touched: Option<Touched<'_>>,
 ) -> Result<Config, ConfigError> {
-    let warnings = Config::table_warnings(&table);
+    let warnings = match touched {
+        Some((old, names)) => Config::changed_table_warnings(&table, &old.warnings, names),
+        None => Config::table_warnings(&table),
+    };
     let workers = super::worker_count(&s.runtime);
     let pools = touched
-        .filter(|(old, _, _)| old.workers() == workers.max(1))
-        .and_then(|(old, old_table, names)| Pools::change(old, old_table, &table, names));
+        .filter(|(old, _)| old.pools.workers() == workers.max(1))
+        .and_then(|(old, names)| Pools::change(&old.pools, &old.table, &table, names));
     let pools = match pools.unwrap_or_else(|| Pools::build(&table, workers)) {
         Ok(p) => p,
         Err((id, e)) => {
@@ -601,7 +604,7 @@ fn apply(
     }
     report.build_ms = ms(built);
     let names: Vec<&str> = touched_names.iter().flatten().map(String::as_str).collect();
-    let touched = touched_names.is_some().then_some((&*old.pools, &old.table, names.as_slice()));
+    let touched = touched_names.is_some().then_some((old, names.as_slice()));
     if report.unchanged {
         let mut c = finish(path, settings, table, sources, old.generation, tls, touched)?;
         c.changed_at = old.changed_at;

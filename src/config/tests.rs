@@ -308,3 +308,37 @@ fn ticket_keys_follow_every_reload_and_api_changes_keep_them() {
     let e = new.reload().unwrap_err().to_string();
     assert!(e.contains("tls.ticket_keys:"), "{e}");
 }
+
+/// An API change keeps the warnings of the routes it did not touch and gives the touched ones
+/// their own (the warnings are carried over, not computed over the whole table again).
+#[test]
+fn api_changes_keep_the_other_routes_warnings_and_renew_their_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, _) = cert_files(dir.path());
+    std::fs::create_dir(dir.path().join("api")).unwrap();
+    let main = dir.path().join("edge.toml");
+    let terminate = |name: &str, min_tls: &str| {
+        format!("[[route]]\nname = {name:?}\nsni = [\"{name}.example.com\"]\naction = \"terminate\"\ncert = {cert:?}\nkey = {key:?}\nmin_tls = {min_tls:?}\nbackends = [\"127.0.0.1:80\"]\n")
+    };
+    std::fs::write(
+        &main,
+        format!(
+            "include = [\"api/*.toml\"]\n[admin]\napi_dir = \"api\"\n[[listener]]\naddress = \"127.0.0.1:8443\"\n{}{}",
+            terminate("old", "1.0"),
+            terminate("fine", "1.2")
+        ),
+    )
+    .unwrap();
+    let c = Config::load(&main, &RuntimeOverrides::default()).unwrap();
+    let about =
+        |c: &Config, name: &str| c.warnings.iter().filter(|w| w.starts_with(&format!("route {name:?}."))).count();
+    assert_eq!((about(&c, "old"), about(&c, "fine")), (1, 0), "{:?}", c.warnings);
+    let body = |min_tls: &str| {
+        format!("sni = [\"new.example.com\"]\naction = \"terminate\"\ncert = {cert:?}\nkey = {key:?}\nmin_tls = {min_tls:?}\nbackends = [\"127.0.0.1:81\"]\n")
+    };
+    let (c, _, _) = c.put_route("new", &body("1.1"), false).unwrap();
+    assert_eq!((about(&c, "old"), about(&c, "new")), (1, 1), "{:?}", c.warnings);
+    let (c, _, _) = c.put_route("new", &body("1.3"), false).unwrap();
+    assert_eq!((about(&c, "old"), about(&c, "new")), (1, 0), "{:?}", c.warnings);
+    assert_eq!(c.warnings, Config::table_warnings(&c.table), "the same as computed over the whole table");
+}
