@@ -229,6 +229,8 @@ fn init_logging(filter: &str) {
 }
 
 fn check(path: &Path) -> ExitCode {
+    // Nothing serves here: memory the parse frees goes back at once (a lower peak).
+    let _purge = sni_dispatch::sys::purge_at_once();
     match Config::load(path, &RuntimeOverrides::default()) {
         Ok(c) => {
             print!("{}: ok\n{}", path.display(), c.summary());

@@ -34,9 +34,13 @@ pub fn serve(path: &Path, overrides: &RuntimeOverrides, upgrade: &UpgradeOptions
     if let Some(socket) = upgrade.socket.as_deref().filter(|s| upgrade.from.as_deref() != Some(*s)) {
         upgrade::check_free(socket)?;
     }
+    // Reading a large configuration frees much more than the table keeps: given back at once
+    // while nothing serves yet (a lower start-up peak), the default purge delay restored before
+    // the workers start.
+    let purge = crate::sys::purge_at_once();
     let config = Config::load(path, overrides)?;
-    // Reading a large configuration frees much more than the table keeps.
     crate::sys::release_all_free_memory();
+    drop(purge);
     let mut inherited = match &upgrade.from {
         Some(from) => upgrade::take(from)?,
         None => None,

@@ -32,7 +32,7 @@ pub mod socket;
 pub mod udp;
 pub mod unix;
 
-pub use alloc::{release_all_free_memory, release_free_memory};
+pub use alloc::{purge_at_once, release_all_free_memory, release_free_memory, PurgeAtOnce};
 pub use huge::HugeBuf;
 pub use limits::{advise_huge_pages, raise_fd_limit, zeroed_atomics};
 pub use pipe::{Pipe, Spliced};
