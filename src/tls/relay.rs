@@ -352,7 +352,13 @@ async fn client_to_backend_inner(s: &Shared<'_>, mut leftover: Vec<u8>) -> io::R
     drop(leftover);
     // A full read (more is queued): read again without waiting for readiness.
     let mut ready = false;
+    let mut budget = relay::YIELD_AFTER;
     loop {
+        if budget == 0 {
+            // As in `backend_to_client_inner`: an upload that never waits yields after a budget.
+            budget = relay::YIELD_AFTER;
+            ready = false;
+        }
         if !s.out.borrow().is_empty() && s.flushers.get() == 0 && !(ready || first) {
             // A held-back ticket whose answer did not come before the client spoke again.
             s.flush().await?;
@@ -392,6 +398,7 @@ async fn client_to_backend_inner(s: &Shared<'_>, mut leftover: Vec<u8>) -> io::R
         };
         s.pair.touch();
         ready = len + n == buf.len();
+        budget = budget.saturating_sub(n);
         len += n;
         let (consumed, closed) = process_records(s, &mut buf[..len]).await?;
         if closed {
@@ -530,7 +537,16 @@ async fn backend_to_client_inner(s: &Shared<'_>) -> io::Result<()> {
     // `ready`: a full read (more is queued); `hup`: the back end's FIN was seen (the next reads
     // return the rest, then 0). Either way, read without waiting for readiness.
     let (mut ready, mut hup) = (false, false);
+    let mut budget = relay::YIELD_AFTER;
     loop {
+        if budget == 0 {
+            // Fair to the client's direction (a KeyUpdate, a close) and to the worker's other
+            // connections: with the back end always ready and the client's socket always taking
+            // more, this loop would never wait. A poll through the ring completes at once, but
+            // only once the worker has parked (as in `relay`).
+            budget = relay::YIELD_AFTER;
+            s.backend.poll(POLLIN | POLLRDHUP).await?;
+        }
         let (mut buf, n) = read_backend(s, &mut ready, &mut hup, |buf| {
             let mut iov: [IoSliceMut<'_>; RECORDS] = std::array::from_fn(|_| IoSliceMut::new(&mut []));
             for (v, slot) in iov.iter_mut().zip(buf.chunks_mut(stride)) {
@@ -556,6 +572,7 @@ async fn backend_to_client_inner(s: &Shared<'_>) -> io::Result<()> {
         }
         s.read_from_backend(n);
         ready = n == RECORDS * MAX_PLAINTEXT;
+        budget = budget.saturating_sub(n);
         let records = n.div_ceil(MAX_PLAINTEXT);
         let mut ctl = Vec::new();
         let sealed = {
