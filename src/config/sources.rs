@@ -307,12 +307,13 @@ fn located(e: &BuildError, owner: &dyn Fn(RouteId) -> Option<(PathBuf, usize)>) 
     }
 }
 
-/// The configuration of `table`, with the back-end state built for it (what the running one
-/// still has of it is taken over when it is swapped in: `Pools::adopt`).
-/// What a change touched, for building the pools in proportion to it: the running
-/// configuration's pools and table, and the names of the routes added, replaced or removed.
+/// What a change made in place touched, so that the pools and the warnings follow it instead of
+/// being built for the whole table again: the running configuration, and the names of the
+/// routes added, replaced or removed.
 type Touched<'a> = (&'a Config, &'a [&'a str]);
 
+/// The configuration of `table`, with the back-end state built for it (what the running one
+/// still has of it is taken over when it is swapped in: `Pools::adopt`).
 fn finish(
     path: &Path,
     s: Settings,

@@ -22,33 +22,43 @@ extern "C" {
     fn mi_collect(force: bool);
     /// mimalloc's `mi_option_set(option, value)` (process-wide; read when pages are purged).
     fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
+    /// mimalloc's `mi_option_get(option)` (the value set, or from `MIMALLOC_*`, or the default).
+    fn mi_option_get(option: std::ffi::c_int) -> std::ffi::c_long;
 }
 
-/// `mi_option_purge_delay` in mimalloc v2's `mi_option_e` (the 16th option; the vendored v2
-/// header, `libmimalloc-sys`'s default), and its default in milliseconds.
+/// `mi_option_purge_delay` in `mi_option_e` (the 16th option, in v3, which `libmimalloc-sys`
+/// builds by default, as in v2).
 const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
-const PURGE_DELAY_DEFAULT_MS: std::ffi::c_long = 10;
 
 /// While the returned guard lives, memory freed is given back to the kernel at once instead of
 /// after mimalloc's purge delay. For reading a configuration before anything serves (`check`,
 /// start): parsing a million names on several threads frees hundreds of MiB, and the peak RSS of
 /// `check` at 1M names was 452 MB with the delay, 309 MB without (measured). Never while workers
 /// serve: an immediate purge costs their frees system calls. Dropping the guard restores the
-/// default delay.
+/// delay that was in force (mimalloc's default, or what `MIMALLOC_PURGE_DELAY` set).
 pub fn purge_at_once() -> PurgeAtOnce {
+    let before = purge_delay_ms();
     // SAFETY: mi_option_set takes plain integers and may be called at any time; the option is
     // an int read by later purges.
     unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
-    PurgeAtOnce(())
+    PurgeAtOnce { before }
+}
+
+/// mimalloc's purge delay now, in milliseconds.
+fn purge_delay_ms() -> std::ffi::c_long {
+    // SAFETY: mi_option_get takes a plain integer and may be called at any time.
+    unsafe { mi_option_get(MI_OPTION_PURGE_DELAY) }
 }
 
 /// See [`purge_at_once`].
-pub struct PurgeAtOnce(());
+pub struct PurgeAtOnce {
+    before: std::ffi::c_long,
+}
 
 impl Drop for PurgeAtOnce {
     fn drop(&mut self) {
         // SAFETY: as in `purge_at_once`.
-        unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_DEFAULT_MS) };
+        unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, self.before) };
     }
 }
 
@@ -68,4 +78,23 @@ pub fn release_free_memory() {
 pub fn release_all_free_memory() {
     // SAFETY: as in `release_free_memory`: no pointers, any thread, any time.
     unsafe { mi_collect(true) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn purging_at_once_sets_the_purge_delay_and_gives_the_old_one_back() {
+        let before = purge_delay_ms();
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+            // mimalloc v3's default for `purge_delay` (1000 ms; no other option defaults to it):
+            // the option number is the right one.
+            assert_eq!(before, 1000);
+        }
+        let guard = purge_at_once();
+        assert_eq!(purge_delay_ms(), 0);
+        drop(guard);
+        assert_eq!(purge_delay_ms(), before);
+    }
 }
