@@ -373,6 +373,26 @@ fn reload_json(to_serving: &[f64], peak_ratio: f64, steady_rss: u64) -> serde_js
     })
 }
 
+/// The phases of each API change as the dispatcher logged them ("route change applied" lines:
+/// `parse_ms=… table_ms=…`): median and max of each.
+fn server_phases(log: &std::path::Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let mut out = serde_json::Map::new();
+    for key in ["parse_ms", "table_ms", "pools_ms", "build_ms", "swap_ms", "serving_ms", "total_ms"] {
+        let mut v: Vec<f64> = text
+            .lines()
+            .filter(|l| l.contains("route change applied"))
+            .filter_map(|l| {
+                let at = l.find(&format!(" {key}="))? + key.len() + 2;
+                l[at..].split(|c: char| c == ' ' || c == ',').next()?.parse().ok()
+            })
+            .collect();
+        let max = v.iter().copied().fold(f64::NAN, f64::max);
+        out.insert(key.into(), json!({ "median": median(&mut v), "max": max, "count": v.len() }));
+    }
+    serde_json::Value::Object(out)
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     if v.is_empty() {
@@ -493,6 +513,7 @@ fn dispatcher(
         "submitted_to_serving_ms_median": median(&mut change_ms.clone()),
         "submitted_to_serving_ms_max": change_ms.iter().copied().fold(f64::NAN, f64::max),
         "count": change_ms.len(),
+        "server_phases_ms": server_phases(&dir.join("dispatcher.log")),
     });
 
     // Memory over many full reloads with long-lived connections open.

@@ -538,10 +538,13 @@ pub struct Pools {
     /// How many routes use each pool (0: left behind by a change).
     pool_refs: Vec<u32>,
     /// `RouteId` → index into `pools`.
-    by_route: Vec<u32>,
+    by_route: PerRoute<u32>,
     /// `RouteId` → its statistics, made on its first connection.
-    route_stats: Box<[OnceLock<Arc<RouteStats>>]>,
+    route_stats: PerRoute<OnceLock<Arc<RouteStats>>>,
     workers: usize,
+    /// Made by [`Pools::change`] from the running pools: their back ends' state and the routes'
+    /// statistics are already shared, so [`Pools::adopt`] has nothing to take over.
+    inherited: bool,
 }
 
 /// The hasher of [`Pools::build`]'s maps (keys from the configuration, not from peers): FNV-1a
@@ -583,6 +586,54 @@ impl std::hash::Hasher for FastHasher {
 
 /// In [`Pools::by_route`]: an id no route has.
 const NO_POOL: u32 = u32::MAX;
+
+/// Routes per chunk of a [`PerRoute`].
+const PER_ROUTE_CHUNK: usize = 1024;
+
+/// A value per route id, in chunks each behind its own `Arc`: a change to a few routes copies
+/// their chunks (a few KiB), not a quarter-million entries, and shares the others. A read is one
+/// more pointer than a flat vector.
+#[derive(Debug, Clone, Default)]
+struct PerRoute<T> {
+    chunks: Vec<Arc<Vec<T>>>,
+    len: usize,
+}
+
+impl<T: Clone> PerRoute<T> {
+    fn new(len: usize, fill: impl Fn() -> T) -> Self {
+        let chunks = (0..len.div_ceil(PER_ROUTE_CHUNK))
+            .map(|c| Arc::new((0..PER_ROUTE_CHUNK.min(len - c * PER_ROUTE_CHUNK)).map(|_| fill()).collect()))
+            .collect();
+        Self { chunks, len }
+    }
+
+    #[inline]
+    fn get(&self, i: usize) -> Option<&T> {
+        self.chunks.get(i / PER_ROUTE_CHUNK)?.get(i % PER_ROUTE_CHUNK)
+    }
+
+    /// The entry, its chunk copied first if it is shared.
+    fn get_mut(&mut self, i: usize) -> Option<&mut T> {
+        Arc::make_mut(self.chunks.get_mut(i / PER_ROUTE_CHUNK)?).get_mut(i % PER_ROUTE_CHUNK)
+    }
+
+    /// Grows to at least `len` entries, new ones `fill()`.
+    fn grow_to(&mut self, len: usize, fill: impl Fn() -> T) {
+        while self.len < len {
+            if self.len % PER_ROUTE_CHUNK == 0 {
+                self.chunks.push(Arc::new(Vec::with_capacity(PER_ROUTE_CHUNK)));
+            }
+            if let Some(last) = self.chunks.last_mut() {
+                Arc::make_mut(last).push(fill());
+            }
+            self.len += 1;
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &T> + '_ {
+        self.chunks.iter().flat_map(|c| c.iter())
+    }
+}
 
 /// A back end's index in its [`Pools`] (what a connection's trace keeps).
 pub type BackendId = u32;
@@ -650,8 +701,14 @@ impl Pools {
                 backend_refs[m.id as usize] += 1;
             }
         }
-        let route_stats = (0..bound).map(|_| OnceLock::new()).collect();
-        Ok(Self { backends, backend_refs, pools, pool_refs, by_route, route_stats, workers })
+        let route_stats = PerRoute::new(bound, OnceLock::new);
+        let by_route = {
+            let mut per = PerRoute::new(0, || NO_POOL);
+            per.chunks = by_route.chunks(PER_ROUTE_CHUNK).map(|c| Arc::new(c.to_vec())).collect();
+            per.len = bound;
+            per
+        };
+        Ok(Self { backends, backend_refs, pools, pool_refs, by_route, route_stats, workers, inherited: false })
     }
 
     /// The state for `new_table`, which differs from `old_table` (whose state `old` is) only in
@@ -678,10 +735,14 @@ impl Pools {
             by_route: old.by_route.clone(),
             route_stats: old.route_stats.clone(),
             workers: old.workers,
+            inherited: true,
         };
         // Let go of what the touched routes held.
         for name in touched {
             let Some(id) = old_table.id_of(name) else { continue };
+            if p.by_route.get(id.0 as usize).is_none_or(|&s| s == NO_POOL) {
+                continue;
+            }
             let Some(slot) = p.by_route.get_mut(id.0 as usize) else { continue };
             let pool = std::mem::replace(slot, NO_POOL);
             if pool == NO_POOL {
@@ -736,15 +797,11 @@ impl Pools {
                 p.backend_refs[m.id as usize] += 1;
             }
             let i = id.0 as usize;
-            if p.by_route.len() <= i {
-                p.by_route.resize(i + 1, NO_POOL);
+            p.by_route.grow_to(i + 1, || NO_POOL);
+            p.route_stats.grow_to(i + 1, OnceLock::new);
+            if let Some(slot) = p.by_route.get_mut(i) {
+                *slot = p.pools.len() as u32;
             }
-            if p.route_stats.len() <= i {
-                let mut v = std::mem::take(&mut p.route_stats).into_vec();
-                v.resize_with(i + 1, OnceLock::new);
-                p.route_stats = v.into_boxed_slice();
-            }
-            p.by_route[i] = p.pools.len() as u32;
             p.pools.push(Arc::new(Pool::new(members, &r.upstream, p.workers)));
             p.pool_refs.push(1);
         }
@@ -756,6 +813,11 @@ impl Pools {
     /// included); a route of the same name keeps its statistics. Call before the configuration
     /// serves (on reload).
     pub fn adopt<T>(&mut self, old: &Pools, old_table: &route::Table<T>, new_table: &route::Table<T>) {
+        if self.inherited {
+            // Shared already (a route whose first connection came after the change was built
+            // starts its statistics afresh; nothing else is lost).
+            return;
+        }
         let by_target: HashMap<&Target, &Arc<Shared>> = old.backends.iter().map(|b| (&b.target, b)).collect();
         for b in &mut self.backends {
             if let Some(o) = by_target.get(&b.target) {

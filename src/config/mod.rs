@@ -52,7 +52,7 @@ pub struct AdminSettings {
 /// Connections the admin endpoint serves at once, by default.
 pub const ADMIN_MAX_CONNECTIONS: usize = 4096;
 /// A validated configuration.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Config {
     /// The file it was read from; relative paths in it are relative to its directory.
     pub path: PathBuf,
@@ -81,6 +81,10 @@ pub struct Config {
     pub changed_at: SystemTime,
     /// Things that load but may not do what the operator meant, as "key: reason".
     pub warnings: Vec<String>,
+    /// Terminating routes with an `ocsp` file, by what became of it (the gauge
+    /// `tls_ocsp_responses`): counted when the table is built, followed by each change, so a
+    /// swap does not walk every route.
+    pub ocsp: [u64; crate::metrics::OcspState::COUNT],
     /// Which file holds which routes, and how each file was when read.
     pub(crate) sources: Arc<Sources>,
 }
@@ -138,6 +142,13 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl Config {
+    /// The same configuration (generation included) with the table's delta folded into its
+    /// shards ([`Table::folded`]); `None` when the table has none. Everything else is shared.
+    pub fn folded(&self) -> Option<Self> {
+        let table = self.table.folded()?;
+        Some(Self { table, ..self.clone() })
+    }
+
     /// Reads, parses and validates `path` and the files it includes, then applies command-line
     /// `overrides` on top of its `[runtime]` table. Certificates and keys are read and checked
     /// here, so a config that loads can be served.
@@ -245,6 +256,40 @@ impl Config {
             }
             out.extend(m.warnings().into_iter().map(|(k, w)| format!("route {:?}.{k}: {w}", r.name)));
         }
+    }
+
+    /// What became of `r`'s OCSP response, if it has one.
+    fn ocsp_state(r: &route::Route<Arc<TlsMaterial>>) -> Option<crate::metrics::OcspState> {
+        use crate::metrics::OcspState;
+        use crate::tls::Stapling;
+        let route::Action::Terminate(m) = &r.action else { return None };
+        match m.stapling.as_ref()? {
+            Stapling::Stapled(c) if c.revoked => Some(OcspState::Revoked),
+            Stapling::Stapled(_) => Some(OcspState::Stapled),
+            Stapling::Refused(_) => Some(OcspState::Refused),
+        }
+    }
+
+    /// [`Config::ocsp`] for `table`, which differs from `old`'s only in the routes named in
+    /// `touched` (every route counted when there is no `old`).
+    fn ocsp_counts(table: &Table, touched: Option<(&Config, &[&str])>) -> [u64; crate::metrics::OcspState::COUNT] {
+        let Some((old, names)) = touched else {
+            let mut n = [0; crate::metrics::OcspState::COUNT];
+            for s in table.routes().filter_map(|(_, r)| Self::ocsp_state(r)) {
+                n[s as usize] += 1;
+            }
+            return n;
+        };
+        let mut n = old.ocsp;
+        for name in names {
+            if let Some(s) = old.table.id_of(name).and_then(|id| old.table.get(id)).and_then(|r| Self::ocsp_state(r)) {
+                n[s as usize] = n[s as usize].saturating_sub(1);
+            }
+            if let Some(s) = table.id_of(name).and_then(|id| table.get(id)).and_then(|r| Self::ocsp_state(r)) {
+                n[s as usize] += 1;
+            }
+        }
+        n
     }
 
     /// The warnings of `table`, which differs from the table that gave `old` only in the routes

@@ -79,8 +79,16 @@ pub struct Report {
     pub full_build: bool,
     pub shards_touched: usize,
     pub shards: usize,
+    /// Reading and parsing the files (or the API's body), certificates included.
     pub parse_ms: f64,
+    /// From parsed to a configuration ready to swap in: `table_ms` and `pools_ms` are parts of it.
     pub build_ms: f64,
+    /// The table changed in place (`Table::change`) or built anew.
+    pub table_ms: f64,
+    /// The back-end pools and the warnings of the new table.
+    pub pools_ms: f64,
+    /// Names waiting in the table's delta, to be folded into its shards once changes pause.
+    pub delta: usize,
     /// Nothing changed: the running configuration stays (its generation too).
     pub unchanged: bool,
 }
@@ -327,6 +335,7 @@ fn finish(
         Some((old, names)) => Config::changed_table_warnings(&table, &old.warnings, names),
         None => Config::table_warnings(&table),
     };
+    let ocsp = Config::ocsp_counts(&table, touched);
     let workers = super::worker_count(&s.runtime);
     let pools = touched
         .filter(|(old, _)| old.pools.workers() == workers.max(1))
@@ -358,6 +367,7 @@ fn finish(
         generation,
         changed_at: SystemTime::now(),
         warnings,
+        ocsp,
         sources: Arc::new(sources),
     })
 }
@@ -544,6 +554,7 @@ fn apply(
     }
     // The routes this change touches, by name (for the pools), when the table changes in place.
     let mut touched_names: Option<Vec<String>> = None;
+    let table_at = Instant::now();
     let table = if touched > t.len() / 4 + 1024 {
         report.full_build = true;
         full_rebuild(old, &settings, keep, &gone, &mut sources, &changed)?
@@ -597,21 +608,25 @@ fn apply(
         report.shards = stats.shards;
         table
     };
+    report.table_ms = ms(table_at);
+    report.delta = table.delta_len();
     // Every changed file lists its routes by their ids in the new table, in file order.
     for (p, names) in order {
         if let Some(src) = sources.files.get_mut(&p) {
             src.routes = names.iter().filter_map(|n| table.id_of(n)).collect();
         }
     }
-    report.build_ms = ms(built);
     let names: Vec<&str> = touched_names.iter().flatten().map(String::as_str).collect();
     let touched = touched_names.is_some().then_some((old, names.as_slice()));
+    let pools_at = Instant::now();
+    let generation = if report.unchanged { old.generation } else { old.generation + 1 };
+    let mut c = finish(path, settings, table, sources, generation, tls, touched)?;
     if report.unchanged {
-        let mut c = finish(path, settings, table, sources, old.generation, tls, touched)?;
         c.changed_at = old.changed_at;
-        return Ok((c, report));
     }
-    Ok((finish(path, settings, table, sources, old.generation + 1, tls, touched)?, report))
+    report.pools_ms = ms(pools_at);
+    report.build_ms = ms(built);
+    Ok((c, report))
 }
 
 fn report_has_terminate(s: &Sources) -> bool {
@@ -812,6 +827,7 @@ pub(super) fn put_route(
     body: &str,
     json: bool,
 ) -> Result<(Config, Report, PendingWrite), ApiError> {
+    let parsed_at = Instant::now();
     let path = api_file(old, name)?;
     let invalid = |reason: String| ApiError::Invalid(ConfigError::one(&path, &format!("route {name:?}"), reason));
     let mut table: toml::Table = if json {
@@ -851,7 +867,8 @@ pub(super) fn put_route(
     // keeps it (then stamps its metadata too).
     let stamp = Stamp::of_content(text.as_bytes());
     let change = (path.clone(), Some(FileRoutes { path: path.clone(), stamp, routes, unchanged: Vec::new() }));
-    let report = Report { files_parsed: 1, shards: old.table.shard_count(), ..Default::default() };
+    let report =
+        Report { files_parsed: 1, shards: old.table.shard_count(), parse_ms: ms(parsed_at), ..Default::default() };
     let (new, report) =
         apply(old, settings_of(old), vec![change], report, Arc::clone(&old.tls)).map_err(ApiError::Invalid)?;
     Ok((new, report, PendingWrite { path, text: Some(text) }))

@@ -507,6 +507,28 @@ impl<T> Table<T> {
         self.names.heap_bytes() + self.route_names.heap_bytes()
     }
 
+    /// Keys (names and route names) changed since the name indexes were last folded: a change
+    /// writes them to a small delta probed first, instead of copying shards.
+    pub fn delta_len(&self) -> usize {
+        self.names.delta_len() + self.route_names.delta_len()
+    }
+
+    /// The same table with the name indexes' deltas folded into their shards (only the shards
+    /// they touch copied); `None` when there is nothing to fold. Lookups answer the same.
+    pub fn folded(&self) -> Option<Self> {
+        if self.delta_len() == 0 {
+            return None;
+        }
+        let mut t = self.clone();
+        if let Some(n) = self.names.folded() {
+            t.names = n;
+        }
+        if let Some(n) = self.route_names.folded() {
+            t.route_names = n;
+        }
+        Some(t)
+    }
+
     /// Starts a change to this table: routes added, replaced or removed by name, applied by
     /// [`Change::finish`] into a new table that shares everything the change did not touch.
     pub fn change(&self) -> Change<'_, T> {
@@ -528,9 +550,11 @@ pub struct ChangeStats {
     pub added: usize,
     pub replaced: usize,
     pub removed: usize,
-    /// Name shards copied, of how many.
+    /// Name shards copied, of how many (0 when the change went to the delta).
     pub shards_touched: usize,
     pub shards: usize,
+    /// Keys waiting in the name indexes' deltas after the change (folded later).
+    pub delta: usize,
 }
 
 impl<'a, T> Change<'a, T> {
@@ -702,6 +726,7 @@ impl<'a, T> Change<'a, T> {
         let mut missing = Vec::new();
         t.names = names.finish();
         t.route_names = route_names.finish();
+        stats.delta = t.delta_len();
         let resolve = |t: &Table<T>, name: Option<String>, missing: &mut Vec<String>| {
             let name = name.filter(|n| !n.is_empty())?;
             let id = t.id_of(&name);

@@ -44,6 +44,9 @@ const EMPTY: u32 = u32::MAX;
 const WILD: u32 = 1 << 31;
 /// Route ids must stay below this (the top bit is the wildcard flag, `EMPTY` is taken).
 pub const MAX_ROUTES: usize = (WILD - 1) as usize;
+/// Keys a [`Delta`] holds at most: an edit that would pass this folds the delta into the shards
+/// and goes on there (a change of thousands of routes, a reload).
+const DELTA_MAX: usize = 4096;
 
 #[derive(Clone, Copy, Debug)]
 struct Slot {
@@ -94,6 +97,9 @@ pub struct NameIndex {
     wildcard: usize,
     /// Bit `((h32 * bits) >> 32)` set for each wildcard parent's hash `h32` ([`filter_bit`]).
     filter: Arc<Vec<u64>>,
+    /// Keys changed since the shards were last folded ([`Delta`]), probed before them; `None`
+    /// (the usual state) costs a lookup one branch.
+    delta: Option<Arc<Delta>>,
 }
 
 impl Default for NameIndex {
@@ -149,7 +155,7 @@ fn slots_for(n: usize) -> usize {
 impl NameIndex {
     fn empty(bits: u32, seed: u64) -> Self {
         let shards = (0..1usize << bits).map(|_| Arc::new(Shard::with_slots(8, 0))).collect();
-        Self { shards, bits, seed, exact: 0, wildcard: 0, filter: Arc::new(vec![0; 1]) }
+        Self { shards, bits, seed, exact: 0, wildcard: 0, filter: Arc::new(vec![0; 1]), delta: None }
     }
 
     /// Builds an index of borrowed keys (no copy of each key is made on the way).
@@ -193,7 +199,8 @@ impl NameIndex {
             }
             shards.push(Arc::new(s));
         }
-        let mut index = Self { shards: shards.into_boxed_slice(), bits, seed, exact, wildcard, filter: Arc::default() };
+        let mut index =
+            Self { shards: shards.into_boxed_slice(), bits, seed, exact, wildcard, filter: Arc::default(), delta: None };
         index.filter = Arc::new(index.build_filter());
         Ok(index)
     }
@@ -223,6 +230,9 @@ impl NameIndex {
     /// parent, else nothing.
     #[inline]
     pub fn lookup(&self, name: &str) -> Found {
+        if let Some(d) = &self.delta {
+            return self.lookup_with(d, name);
+        }
         let b = name.as_bytes();
         let dot = b.iter().position(|&c| c == b'.');
         let (label, parent) = match dot {
@@ -263,9 +273,51 @@ impl NameIndex {
         }
     }
 
+    /// [`NameIndex::lookup`] while keys changed since the last fold wait in the delta: the
+    /// delta answers first for each of the two keys, the shards for what it does not hold.
+    #[inline(never)]
+    fn lookup_with(&self, d: &Delta, name: &str) -> Found {
+        let b = name.as_bytes();
+        let dot = b.iter().position(|&c| c == b'.');
+        let (label, parent) = match dot {
+            Some(i) => (&b[..i], &b[i + 1..]),
+            None => (b, &b[b.len()..]),
+        };
+        let hp = hash_parent(self.seed, parent);
+        let he = hash_exact(hp, label);
+        match d.get(he, b, 0) {
+            Some(Some(r)) => return Found::Exact(RouteId(r)),
+            Some(None) => {}
+            None => {
+                let (s, i) = self.home(he);
+                if let Some(r) = s.find(i, he as u32, b, 0) {
+                    return Found::Exact(RouteId(r));
+                }
+            }
+        }
+        if dot.is_none() {
+            return Found::None;
+        }
+        let hw = hash_wild(hp);
+        match d.get(hw, parent, WILD) {
+            Some(Some(r)) => Found::Wildcard(RouteId(r)),
+            Some(None) => Found::None,
+            None if self.may_be_wild(hw as u32) => {
+                let (s, i) = self.home(hw);
+                s.find(i, hw as u32, parent, WILD).map_or(Found::None, |r| Found::Wildcard(RouteId(r)))
+            }
+            None => Found::None,
+        }
+    }
+
     /// The route of `key` of `kind`, exactly (no wildcard fallback).
     pub fn get(&self, key: &str, kind: Kind) -> Option<RouteId> {
         let h = key_hash(self.seed, key, kind);
+        if let Some(d) = &self.delta {
+            if let Some(r) = d.get(h, key.as_bytes(), flag(kind)) {
+                return r.map(RouteId);
+            }
+        }
         let (s, i) = self.home(h);
         s.find(i, h as u32, key.as_bytes(), flag(kind)).map(RouteId)
     }
@@ -295,23 +347,98 @@ impl NameIndex {
 
     /// Every key with its kind and route, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, Kind, RouteId)> + '_ {
-        self.shards.iter().flat_map(|s| {
+        let delta = self.delta.as_deref();
+        let seed = self.seed;
+        let kind_of = |flag: u32| if flag & WILD != 0 { Kind::Wildcard } else { Kind::Exact };
+        let stored = self.shards.iter().flat_map(move |s| {
             s.slots.iter().filter(|s| s.route != EMPTY).map(move |slot| {
-                let kind = if slot.route & WILD != 0 { Kind::Wildcard } else { Kind::Exact };
                 // The arena holds only keys that arrived as `&str`.
-                (std::str::from_utf8(name_at(&s.arena, slot.off)).unwrap_or(""), kind, RouteId(slot.route & !WILD))
+                (std::str::from_utf8(name_at(&s.arena, slot.off)).unwrap_or(""), kind_of(slot.route), RouteId(slot.route & !WILD))
             })
-        })
+        });
+        // Keys the delta holds are its to give (or to hide: removed ones).
+        let stored = stored.filter(move |(k, kind, _)| {
+            delta.is_none_or(|d| d.find(key_hash(seed, k, *kind), k.as_bytes(), flag(*kind)).is_none())
+        });
+        let changed = delta.into_iter().flat_map(move |d| {
+            d.entries.iter().filter(|e| e.route != EMPTY).map(move |e| {
+                (std::str::from_utf8(name_at(&d.keys, e.off)).unwrap_or(""), kind_of(e.flag), RouteId(e.route))
+            })
+        });
+        stored.chain(changed)
     }
 
-    /// Bytes of heap this index holds (arenas and slots).
+    /// Bytes of heap this index holds (arenas, slots and the delta).
     pub fn heap_bytes(&self) -> usize {
-        self.shards.iter().map(|s| s.arena.allocated() + s.slots.allocated()).sum::<usize>() + self.filter.len() * 8
+        self.shards.iter().map(|s| s.arena.allocated() + s.slots.allocated()).sum::<usize>()
+            + self.filter.len() * 8
+            + self.delta.as_ref().map_or(0, |d| d.bytes())
     }
 
-    /// Starts a change: the shards it touches are copied, the others shared.
+    /// Shards this index shares with `other` (the same `Arc`).
+    #[cfg(test)]
+    pub(crate) fn shards_shared_with(&self, other: &Self) -> usize {
+        self.shards.iter().zip(other.shards.iter()).filter(|(a, b)| Arc::ptr_eq(a, b)).count()
+    }
+
+    /// Keys changed since the shards were last folded (0: the index is all in its shards).
+    pub fn delta_len(&self) -> usize {
+        self.delta.as_ref().map_or(0, |d| d.entries.len())
+    }
+
+    /// This index with its delta folded into the shards (the shards that delta touches copied,
+    /// the others shared); `None` when there is no delta. The control thread does this once
+    /// changes pause, off the path of any change.
+    pub fn folded(&self) -> Option<Self> {
+        self.delta.as_ref()?;
+        let mut index = self.clone();
+        let mut touched = vec![false; index.shards.len()];
+        index.fold(&mut touched);
+        index.refilter();
+        Some(index)
+    }
+
+    /// Moves the delta's keys into the shards (copying each shard it touches once).
+    fn fold(&mut self, touched: &mut [bool]) {
+        let Some(d) = self.delta.take() else { return };
+        for e in &d.entries {
+            let i = shard_of(e.hash, self.bits);
+            touched[i] = true;
+            let shard = Arc::make_mut(&mut self.shards[i]);
+            let key = name_at(&d.keys, e.off);
+            // Whatever the shard had for the key goes; what the delta says comes in.
+            shard.remove(e.hash as u32, key, e.flag);
+            if e.route == EMPTY {
+                continue;
+            }
+            if (shard.len + 1) * 4 > shard.slots.len() * 3 {
+                shard.grow();
+            }
+            let kind = if e.flag != 0 { Kind::Wildcard } else { Kind::Exact };
+            let _ = shard.insert(e.hash as u32, key, kind, RouteId(e.route));
+            if e.flag != 0 {
+                let f = Arc::make_mut(&mut self.filter);
+                let b = filter_bit(e.hash as u32, f.len() * 64);
+                if let Some(w) = f.get_mut(b / 64) {
+                    *w |= 1 << (b % 64);
+                }
+            }
+        }
+    }
+
+    /// Removed wildcards leave their bits (a false positive costs one probe); a filter that has
+    /// become crowded or sparse is made again.
+    fn refilter(&mut self) {
+        let bits = self.filter.len() * 64;
+        if self.wildcard * 4 > bits || (bits > 4096 && self.wildcard * 32 < bits) {
+            self.filter = Arc::new(self.build_filter());
+        }
+    }
+
+    /// Starts a change: it goes to the delta (copied: a few KiB), or, past [`DELTA_MAX`], to
+    /// the shards it touches (copied), the others shared.
     pub fn edit(&self) -> Edit {
-        Edit { base: self.clone(), touched: vec![false; self.shards.len()] }
+        Edit { base: self.clone(), touched: vec![false; self.shards.len()], direct: false }
     }
 
     #[inline]
@@ -325,9 +452,24 @@ impl NameIndex {
 pub struct Edit {
     base: NameIndex,
     touched: Vec<bool>,
+    /// The delta was full and folded: the rest of this edit goes to the shards.
+    direct: bool,
 }
 
 impl Edit {
+    /// The delta to write to, or `None` once this edit writes to the shards (the delta folded
+    /// into them when it would grow past [`DELTA_MAX`]).
+    fn delta(&mut self) -> Option<&mut Delta> {
+        if !self.direct && self.base.delta_len() >= DELTA_MAX {
+            self.base.fold(&mut self.touched);
+            self.direct = true;
+        }
+        if self.direct {
+            return None;
+        }
+        Some(Arc::make_mut(self.base.delta.get_or_insert_with(Arc::default)))
+    }
+
     fn shard(&mut self, h: u64) -> &mut Shard {
         let i = shard_of(h, self.base.bits);
         self.touched[i] = true;
@@ -337,21 +479,29 @@ impl Edit {
     /// Adds `key`; if it is already claimed, the route that claims it.
     pub fn insert(&mut self, key: &str, kind: Kind, route: RouteId) -> Result<(), RouteId> {
         let h = key_hash(self.base.seed, key, kind);
-        let shard = self.shard(h);
-        if (shard.len + 1) * 4 > shard.slots.len() * 3 {
-            shard.grow();
+        if let Some(owner) = self.base.get(key, kind) {
+            return Err(owner);
         }
-        shard.insert(h as u32, key.as_bytes(), kind, route).map_err(RouteId)?;
-        match kind {
-            Kind::Exact => self.base.exact += 1,
-            Kind::Wildcard => {
-                self.base.wildcard += 1;
+        if let Some(d) = self.delta() {
+            // The lookup asks the delta before the filter: the bit is set when it is folded.
+            d.set(h, key.as_bytes(), flag(kind), route.0);
+        } else {
+            let shard = self.shard(h);
+            if (shard.len + 1) * 4 > shard.slots.len() * 3 {
+                shard.grow();
+            }
+            shard.insert(h as u32, key.as_bytes(), kind, route).map_err(RouteId)?;
+            if kind == Kind::Wildcard {
                 let f = Arc::make_mut(&mut self.base.filter);
                 let b = filter_bit(h as u32, f.len() * 64);
                 if let Some(w) = f.get_mut(b / 64) {
                     *w |= 1 << (b % 64);
                 }
             }
+        }
+        match kind {
+            Kind::Exact => self.base.exact += 1,
+            Kind::Wildcard => self.base.wildcard += 1,
         }
         Ok(())
     }
@@ -363,8 +513,11 @@ impl Edit {
         if owner != Some(route) {
             return false;
         }
-        let shard = self.shard(h);
-        shard.remove(h as u32, key.as_bytes(), flag(kind));
+        if let Some(d) = self.delta() {
+            d.set(h, key.as_bytes(), flag(kind), EMPTY);
+        } else {
+            self.shard(h).remove(h as u32, key.as_bytes(), flag(kind));
+        }
         match kind {
             Kind::Exact => self.base.exact -= 1,
             Kind::Wildcard => self.base.wildcard -= 1,
@@ -395,12 +548,7 @@ impl Edit {
             }
         }
         let mut index = index;
-        // Removed wildcards leave their bits (a false positive costs one probe); a filter that
-        // has become crowded or sparse is made again.
-        let bits = index.filter.len() * 64;
-        if index.wildcard * 4 > bits || (bits > 4096 && index.wildcard * 32 < bits) {
-            index.filter = Arc::new(index.build_filter());
-        }
+        index.refilter();
         index
     }
 }
@@ -418,6 +566,91 @@ fn duplicate(key: &str, kind: Kind, first: u32, second: RouteId) -> Duplicate {
         Kind::Wildcard => format!("*.{key}"),
     };
     (name, RouteId(first), second)
+}
+
+/// Keys added, moved or removed since the shards were last folded: a small open-addressing
+/// table (its own arena of keys, so that copying it for the next change is two `memcpy`s),
+/// probed before the shards. A change of one route writes here instead of copying the shards
+/// its names fall in (a few MiB each at a million names); the control thread folds it into the
+/// shards once changes pause ([`NameIndex::folded`]).
+#[derive(Clone, Debug, Default)]
+struct Delta {
+    entries: Vec<DeltaEntry>,
+    /// Keys as in a shard's arena: a length byte, then the bytes.
+    keys: Vec<u8>,
+    /// `entries` index + 1 per slot (0: free); a power of two, at most half full.
+    index: Vec<u32>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct DeltaEntry {
+    hash: u64,
+    off: u32,
+    /// [`WILD`] for a wildcard parent, else 0.
+    flag: u32,
+    /// The route; [`EMPTY`] for a key removed.
+    route: u32,
+}
+
+impl Delta {
+    #[inline]
+    fn find(&self, h: u64, key: &[u8], flag: u32) -> Option<usize> {
+        if self.index.is_empty() {
+            return None;
+        }
+        let key = &key[..key.len().min(255)];
+        let mask = self.index.len() - 1;
+        let mut i = h as usize & mask;
+        loop {
+            let e = self.index[i].checked_sub(1)? as usize;
+            let entry = self.entries.get(e)?;
+            if entry.hash == h && entry.flag == flag && name_at(&self.keys, entry.off) == key {
+                return Some(e);
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// What the delta says of a key: `Some(Some(route))`, `Some(None)` for removed, `None` when
+    /// the shards know.
+    #[inline]
+    fn get(&self, h: u64, key: &[u8], flag: u32) -> Option<Option<u32>> {
+        self.find(h, key, flag).map(|e| Some(self.entries[e].route).filter(|&r| r != EMPTY))
+    }
+
+    /// Sets a key's route ([`EMPTY`]: removed).
+    fn set(&mut self, h: u64, key: &[u8], flag: u32, route: u32) {
+        if let Some(e) = self.find(h, key, flag) {
+            self.entries[e].route = route;
+            return;
+        }
+        if (self.entries.len() + 1) * 2 > self.index.len() {
+            let n = (self.index.len() * 2).max(16);
+            self.index = vec![0; n];
+            for e in 0..self.entries.len() {
+                self.place(e);
+            }
+        }
+        let key = &key[..key.len().min(255)];
+        let off = self.keys.len() as u32;
+        self.keys.push(key.len() as u8);
+        self.keys.extend_from_slice(key);
+        self.entries.push(DeltaEntry { hash: h, off, flag, route });
+        self.place(self.entries.len() - 1);
+    }
+
+    fn place(&mut self, e: usize) {
+        let mask = self.index.len() - 1;
+        let mut i = self.entries[e].hash as usize & mask;
+        while self.index[i] != 0 {
+            i = (i + 1) & mask;
+        }
+        self.index[i] = e as u32 + 1;
+    }
+
+    fn bytes(&self) -> usize {
+        self.entries.capacity() * std::mem::size_of::<DeltaEntry>() + self.keys.capacity() + self.index.capacity() * 4
+    }
 }
 
 impl Shard {

@@ -3,10 +3,16 @@
 //! CPUs they do not use, or at `SCHED_IDLE` when they use them all; the threads that parse big
 //! files in parallel inherit that). Reloads asked for while one runs are coalesced into one.
 //! Each says when it starts and how long parsing, building and swapping took.
+//!
+//! A route change writes its names to the table's small delta instead of copying the shards
+//! they fall in ([`crate::route::Table::folded`]); once changes pause ([`FOLD_AFTER`]), or the
+//! delta has grown to [`FOLD_AT`] names, a helper thread folds the delta into the shards and the
+//! control thread swaps the folded table in, if nothing changed meanwhile (lookups answer the
+//! same either way; a fold is never on the path of a change).
 
 use super::{lock, Shared};
 use crate::admin::{Control, ControlOp, ControlReply};
-use crate::config::{ApiError, ConfigError, Report};
+use crate::config::{ApiError, Config, ConfigError, Report};
 use crate::metrics::{ApiResult, ReloadResult};
 use crate::sys::{place_control_thread, Placement};
 use serde_json::json;
@@ -18,8 +24,15 @@ use tokio::sync::oneshot;
 enum Msg {
     Reload { why: &'static str, reply: Option<oneshot::Sender<ControlReply>> },
     Api(ControlOp, oneshot::Sender<ControlReply>),
+    /// A fold done: `folded` is `from` with its table's delta in the shards (`None`: it had none).
+    Folded { from: Arc<Config>, folded: Option<Box<Config>> },
     Stop,
 }
+
+/// No change for this long: the table's delta is folded into its shards.
+const FOLD_AFTER: Duration = Duration::from_millis(50);
+/// A delta this large is folded after the change that made it, pause or not.
+const FOLD_AT: usize = 1024;
 
 /// The running control thread.
 pub(crate) struct Handle {
@@ -67,22 +80,32 @@ impl Handle {
 
 pub(crate) fn start(shared: Arc<Shared>) -> std::io::Result<Handle> {
     let (tx, rx) = mpsc::channel();
+    let fold_tx = tx.clone();
     let thread = std::thread::Builder::new().name("sni-control".into()).spawn(move || {
         match place_control_thread(&shared.worker_cpus) {
             Placement::Pinned(cpus) => tracing::debug!(?cpus, "control thread pinned off the workers' CPUs"),
             Placement::Idle => tracing::debug!("control thread at SCHED_IDLE (the workers have every CPU)"),
             Placement::Unchanged(e) => tracing::warn!(error = %e, "control thread: cannot leave the workers' CPUs"),
         }
-        run(&shared, &rx);
+        run(&shared, &rx, &fold_tx);
     })?;
     Ok(Handle { tx, thread: Some(thread) })
 }
 
-fn run(shared: &Shared, rx: &mpsc::Receiver<Msg>) {
+fn run(shared: &Shared, rx: &mpsc::Receiver<Msg>, tx: &mpsc::Sender<Msg>) {
+    let mut folding = false;
     loop {
-        let msg = match rx.recv_timeout(Duration::from_millis(500)) {
+        let delta = shared.config.load().table.delta_len();
+        if delta >= FOLD_AT && !folding {
+            folding = start_fold(shared, tx);
+        }
+        let wait = if delta > 0 && !folding { FOLD_AFTER } else { Duration::from_millis(500) };
+        let msg = match rx.recv_timeout(wait) {
             Ok(m) => m,
             Err(mpsc::RecvTimeoutError::Timeout) => {
+                if delta > 0 && !folding {
+                    folding = start_fold(shared, tx);
+                }
                 shared.collect_retired();
                 continue;
             }
@@ -90,6 +113,18 @@ fn run(shared: &Shared, rx: &mpsc::Receiver<Msg>) {
         };
         match msg {
             Msg::Stop => return,
+            Msg::Folded { from, folded } => {
+                folding = false;
+                // Only onto the configuration it was folded from: a change since has its own
+                // delta (which holds this one's) and is folded in turn.
+                let Some(folded) = folded else { continue };
+                if Arc::ptr_eq(&shared.config.load(), &from) {
+                    let names = folded.table.delta_len();
+                    shared.replace_folded(Arc::new(*folded));
+                    tracing::debug!(names_left = names, "table delta folded into its shards");
+                }
+                continue;
+            }
             Msg::Reload { why, reply } => {
                 // Coalesce: every reload already queued is answered by this one.
                 let mut replies: Vec<oneshot::Sender<ControlReply>> = reply.into_iter().collect();
@@ -117,6 +152,8 @@ fn run(shared: &Shared, rx: &mpsc::Receiver<Msg>) {
                             let _ = reply.send(api(shared, op));
                         }
                         Msg::Stop => return,
+                        // Folded from a configuration this reload replaced.
+                        Msg::Folded { .. } => folding = false,
                         Msg::Reload { .. } => {}
                     }
                 }
@@ -128,6 +165,26 @@ fn run(shared: &Shared, rx: &mpsc::Receiver<Msg>) {
         shared.collect_retired();
         // What the parse freed goes back to the kernel now (not at the allocator's leisure).
         crate::sys::release_all_free_memory();
+    }
+}
+
+/// Folds the running table's delta on a helper thread (placed as this one is), which sends the
+/// result back; whether one was started.
+fn start_fold(shared: &Shared, tx: &mpsc::Sender<Msg>) -> bool {
+    let from = shared.config.load_full();
+    let tx = tx.clone();
+    let spawned = std::thread::Builder::new().name("sni-fold".into()).spawn(move || {
+        let started = Instant::now();
+        let folded = from.folded().map(Box::new);
+        tracing::debug!(ms = started.elapsed().as_secs_f64() * 1e3, "table delta folded");
+        let _ = tx.send(Msg::Folded { from, folded });
+    });
+    match spawned {
+        Ok(_) => true,
+        Err(e) => {
+            crate::warn_every_second!(error = %e, "cannot start the thread that folds the table's delta; lookups stay correct");
+            false
+        }
     }
 }
 
@@ -240,7 +297,21 @@ fn api(shared: &Shared, op: ControlOp) -> ControlReply {
             }
             bump(ApiResult::Applied);
             let total = started.elapsed().as_secs_f64() * 1e3;
-            tracing::info!(change = %what, generation, shards_touched = report.shards_touched, build_ms = report.build_ms, serving_ms = serving, total_ms = total, file = %pending.path().display(), "route change applied");
+            tracing::info!(
+                change = %what,
+                generation,
+                shards_touched = report.shards_touched,
+                delta = report.delta,
+                parse_ms = report.parse_ms,
+                build_ms = report.build_ms,
+                table_ms = report.table_ms,
+                pools_ms = report.pools_ms,
+                swap_ms = swap * 1e3,
+                serving_ms = serving,
+                total_ms = total,
+                file = %pending.path().display(),
+                "route change applied"
+            );
             let mut v = report_json(&report, generation, swap * 1e3);
             v["result"] = "applied".into();
             v["serving_ms"] = serving.into();

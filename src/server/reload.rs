@@ -105,6 +105,13 @@ impl Shared {
         Ok(swap)
     }
 
+    /// Swaps in `new`, the running configuration with its table's delta folded (the same
+    /// routes, generation and everything else): nothing to bind, adopt or publish.
+    pub(crate) fn replace_folded(&self, new: Arc<Config>) {
+        let old = self.config.swap(new);
+        lock(&self.retired).push(old);
+    }
+
     /// Reopens the access log at the running configuration's path (SIGHUP: after logrotate).
     pub(crate) fn reopen_access_log(&self) {
         let path = self.config.load().runtime.access_log.clone();
@@ -134,19 +141,8 @@ pub(super) fn log_warnings(config: &Config) {
 /// session-ticket keys by state.
 pub(super) fn publish_gauges(registry: &crate::metrics::Registry, config: &Config) {
     use crate::metrics::{OcspState, TicketKeyState};
-    use crate::tls::Stapling;
-    let mut ocsp = [0u64; OcspState::COUNT];
-    for (_, r) in config.table.routes() {
-        if let crate::route::Action::Terminate(m) = &r.action {
-            let state = match &m.stapling {
-                None => continue,
-                Some(Stapling::Stapled(c)) if c.revoked => OcspState::Revoked,
-                Some(Stapling::Stapled(_)) => OcspState::Stapled,
-                Some(Stapling::Refused(_)) => OcspState::Refused,
-            };
-            ocsp[state as usize] += 1;
-        }
-    }
+    // Counted with the table (not by walking 250,000 routes on every swap).
+    let ocsp = config.ocsp;
     let configured = config.tls.ticket_file().map_or(0, |f| f.len()) as u64;
     let retired = config.tls.tickets.retired_names().len() as u64;
     registry.bump_process(|c| {
