@@ -70,6 +70,27 @@ fn lookups(c: &mut Criterion) {
                 })
             });
         }
+        if n == 1_000_000 {
+            // The same lookups while 64 route changes wait in the delta (before the fold).
+            let mut changed = table.clone();
+            for r in 0..64 {
+                let mut route = route(r * 997, n);
+                route.sni.push(format!("extra-{r}.example"));
+                let mut ch = changed.change();
+                ch.upsert(route);
+                changed = ch.finish().unwrap().0;
+            }
+            assert!(changed.delta_len() > 64);
+            for (what, qs) in [("exact_hit_delta", &queries), ("wildcard_hit_delta", &wild), ("miss_delta", &miss)] {
+                let mut i = 0;
+                g.bench_function(what, |b| {
+                    b.iter(|| {
+                        i = (i + 1) & 4095;
+                        black_box(changed.lookup(local, Some(black_box(qs[i].as_str()))))
+                    })
+                });
+            }
+        }
         g.finish();
     }
 }
@@ -163,6 +184,14 @@ fn change(c: &mut Criterion) {
             black_box(ch.finish().unwrap())
         })
     });
+    // What the control thread's helper does once changes pause: one replaced route's delta
+    // folded into the shards (copying the shards it touches).
+    let mut ch = table.change();
+    let mut r = route(777, n);
+    r.sni.push("extra-777.example".into());
+    ch.upsert(r);
+    let one = ch.finish().unwrap().0;
+    g.bench_function("fold_one_route", |b| b.iter(|| black_box(one.folded().unwrap())));
     g.finish();
 }
 

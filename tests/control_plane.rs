@@ -295,6 +295,117 @@ fn every_route_api_verb_and_a_restart_that_keeps_api_changes() {
     assert!(routed(e.addr, "api.example").is_none());
 }
 
+/// `PUT /routes/NAME` with the chain and key inline, then `PUT /certs/NAME`: the new
+/// certificate is served at once (seen by `openssl s_client`), a file route keeps its own,
+/// bad bundles are refused with FILE: KEY: REASON and leave nothing behind, the key is never
+/// answered, and a restart serves what the API wrote.
+#[test]
+fn certificates_through_the_api_serve_at_once_and_survive_a_restart() {
+    use sni_dispatch::pki;
+    let b = backend(Mode::ReplyAfter { n: 1, reply: Arc::new(REPLY.to_vec()) });
+    let ca = pki::Ca::new("test CA").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let files = ca.issue(&["static.example"]).unwrap().write(dir.path(), "static").unwrap();
+    let main = format!(
+        "include = [\"routes.d/*.toml\", \"api.d/*.toml\"]\n{}",
+        head("api_dir = \"api.d\"\ntoken_file = \"token\"")
+    );
+    let file_route = format!(
+        "[[route]]\nname = \"static-tls\"\nsni = [\"static.example\"]\naction = \"terminate\"\ncert = \"{}\"\nkey = \"{}\"\nbackends = [\"{}\"]\n",
+        files.cert.display(),
+        files.key.display(),
+        b.addr
+    );
+    let refs = [("routes.d/static.toml", file_route.as_str()), ("token", &format!("{TOKEN}\n"))];
+    let mut e = edge(&main, &refs);
+    let api = e.cfg.dir.path().join("api.d");
+    std::fs::create_dir_all(&api).unwrap();
+    let auth = format!("Authorization: Bearer {TOKEN}");
+    let put = |path: &str, body: &str, ctype: &str| {
+        curl(&e.sock, &["-X", "PUT", "-H", &auth, "-H", &format!("Content-Type: {ctype}"), "--data-binary", body, &format!("http://x{path}")])
+    };
+    let served = |addr: SocketAddr, sni: &str| subject(&s_client(addr, Some(sni), &[]));
+    let cert_files = || {
+        let mut v: Vec<String> = std::fs::read_dir(api.join("certs/api-tls"))
+            .map(|d| d.flatten().map(|f| f.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+
+    // A terminating route made through the API, its certificate inline.
+    let v1 = ca.issue(&["tls.example"]).unwrap();
+    let body = serde_json::json!({
+        "sni": ["tls.example"], "action": "terminate", "backends": [b.addr.to_string()],
+        "cert_pem": v1.chain_pem(), "key_pem": v1.key_pem(),
+    })
+    .to_string();
+    let (status, answer) = put("/routes/api-tls", &body, "application/json");
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(served(e.addr, "tls.example").as_deref(), Some("tls.example"));
+    let written = cert_files();
+    assert_eq!(written.len(), 2, "{written:?}");
+    let key_file = api.join("certs/api-tls").join(written.iter().find(|f| f.ends_with(".key")).unwrap());
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777, 0o600);
+    let route_file = std::fs::read_to_string(api.join("api-tls.toml")).unwrap();
+    assert!(!route_file.contains("PRIVATE KEY") && route_file.contains("certs/api-tls/"), "{route_file}");
+
+    // A new chain and key as one PEM bundle: served at once, the file route untouched, the
+    // old files gone.
+    let v2 = ca.issue(&["v2.tls.example", "tls.example"]).unwrap();
+    let (status, answer) = put("/certs/api-tls", &format!("{}{}", v2.chain_pem(), v2.key_pem()), "application/x-pem-file");
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(json(&answer)["result"].as_str(), Some("applied"), "{answer}");
+    assert!(json(&answer)["serving_ms"].as_f64().is_some(), "{answer}");
+    assert_eq!(served(e.addr, "tls.example").as_deref(), Some("v2.tls.example"));
+    assert_eq!(served(e.addr, "static.example").as_deref(), Some("static.example"));
+    let now = cert_files();
+    assert_eq!(now.len(), 2, "{now:?}");
+    assert!(now.iter().all(|f| !written.contains(f)), "{now:?} {written:?}");
+
+    // GET says which certificate serves, never the key.
+    let (status, got) = curl(&e.sock, &["-H", &auth, "http://x/certs/api-tls"]);
+    assert_eq!(status, 200, "{got}");
+    let v = json(&got);
+    assert_eq!(v["set_through_api"], serde_json::json!(true), "{v}");
+    assert_eq!(v["covers"]["tls.example"], serde_json::json!(true), "{v}");
+    assert_eq!(v["leaf_sha256"].as_str().map(str::len), Some(64), "{v}");
+    let (_, route) = curl(&e.sock, &["-H", &auth, "http://x/routes/api-tls"]);
+    for answer in [&got, &route] {
+        assert!(!answer.contains("PRIVATE") && !answer.contains(v2.key_pem().lines().nth(1).unwrap()), "{answer}");
+    }
+
+    // Refused with FILE: KEY: REASON, the running certificate kept, nothing left behind: another
+    // certificate's key, a certificate that does not cover the route's names, no key, not PEM.
+    let v3 = ca.issue(&["tls.example"]).unwrap();
+    let (status, answer) = put("/certs/api-tls", &format!("{}{}", v3.chain_pem(), v1.key_pem()), "application/x-pem-file");
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.contains("api.d/api-tls.toml: route \\\"api-tls\\\".key:") && answer.contains("does not match"), "{answer}");
+    let other = ca.issue(&["other.example"]).unwrap();
+    let (status, answer) = put("/certs/api-tls", &format!("{}{}", other.chain_pem(), other.key_pem()), "application/x-pem-file");
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.contains("not valid for \\\"tls.example\\\""), "{answer}");
+    let (status, answer) = put("/certs/api-tls", v3.chain_pem(), "application/x-pem-file");
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.contains(".key: holds no private key"), "{answer}");
+    assert_eq!(put("/certs/api-tls", "not pem at all", "application/x-pem-file").0, 400);
+    assert_eq!(cert_files(), now);
+    assert_eq!(served(e.addr, "tls.example").as_deref(), Some("v2.tls.example"));
+    // Routes the API did not write, or that do not exist.
+    assert_eq!(put("/certs/static-tls", &format!("{}{}", v3.chain_pem(), v3.key_pem()), "application/x-pem-file").0, 409);
+    assert_eq!(put("/certs/nobody", &format!("{}{}", v3.chain_pem(), v3.key_pem()), "application/x-pem-file").0, 404);
+    assert!(metric(&e.sock, "sni_dispatch_config_api_changes_total{result=\"invalid\"}") >= 4.0);
+
+    // A restart serves what the API wrote.
+    let p = restart(&mut e);
+    assert_eq!(served(e.addr, "tls.example").as_deref(), Some("v2.tls.example"), "{}", p.stderr());
+    assert_eq!(served(e.addr, "static.example").as_deref(), Some("static.example"));
+    // Deleting the route removes its certificates.
+    assert_eq!(curl(&e.sock, &["-X", "DELETE", "-H", &auth, "http://x/routes/api-tls"]).0, 200);
+    assert!(!api.join("certs/api-tls").exists());
+}
+
 #[test]
 fn api_routes_take_every_back_end_form_a_file_route_takes() {
     let b = backend(Mode::ReplyAfter { n: 1, reply: Arc::new(REPLY.to_vec()) });

@@ -12,7 +12,8 @@
 //! - `GET /status`: an HTML page of every route and back end ([`status`]);
 //! - `GET /route?sni=NAME&ip=ADDR&alpn=P`: which route a connection would get, and why;
 //! - `GET`, `PUT`, `DELETE /routes/NAME`, `POST /reload`: the route API (changes go to the
-//!   control plane, which validates them as `check` does, writes them to `api_dir` and swaps).
+//!   control plane, which validates them as `check` does, writes them to `api_dir` and swaps);
+//! - `GET`, `PUT /certs/NAME`: the certificate of a route, replaced through the API.
 pub mod http;
 pub mod render;
 pub mod status;
@@ -39,6 +40,8 @@ pub enum ControlOp {
     Put { name: String, body: String, json: bool },
     /// `DELETE /routes/NAME`.
     Delete { name: String },
+    /// `PUT /certs/NAME`: a PEM bundle (the chain, leaf first, and the private key).
+    PutCert { name: String, pem: String },
     /// `POST /reload`.
     Reload,
 }
@@ -171,6 +174,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
     Endpoint { path: "/status", prefix: false, methods: "GET, HEAD", api: false, handler: status_page },
     Endpoint { path: "/route", prefix: false, methods: "GET", api: true, handler: explain },
     Endpoint { path: "/routes/", prefix: true, methods: "GET, PUT, DELETE", api: true, handler: routes },
+    Endpoint { path: "/certs/", prefix: true, methods: "GET, PUT", api: true, handler: certs },
     Endpoint { path: "/reload", prefix: false, methods: "POST", api: true, handler: reload },
 ];
 
@@ -323,6 +327,28 @@ fn routes(r: &Request, s: &State) -> Answer {
         _ => ControlOp::Delete { name },
     };
     submit(s, op)
+}
+
+/// `GET /certs/NAME`: the certificate the route serves (never its key); `PUT /certs/NAME`: a
+/// new chain and key for a route the API added.
+fn certs(r: &Request, s: &State) -> Answer {
+    let name = decode(r.path.strip_prefix("/certs/").unwrap_or_default());
+    if name.is_empty() {
+        return now(Response::json(404, &serde_json::json!({ "error": "GET or PUT /certs/NAME" })));
+    }
+    match r.method.as_str() {
+        "GET" => {
+            let config = s.config.load();
+            now(match config.cert_json(&name) {
+                Some(v) => Response::json(200, &v),
+                None => Response::json(404, &serde_json::json!({ "error": format!("no route {name:?}") })),
+            })
+        }
+        _ => match String::from_utf8(r.body.clone()) {
+            Ok(pem) => submit(s, ControlOp::PutCert { name, pem }),
+            Err(_) => now(Response::json(400, &serde_json::json!({ "error": "the body is not UTF-8 (PEM text)" }))),
+        },
+    }
 }
 
 fn reload(_: &Request, s: &State) -> Answer {

@@ -183,6 +183,19 @@ impl Config {
         sources::delete_route(self, name)
     }
 
+    /// Replaces the certificate chain and key of the route `name` that the admin API added with
+    /// the PEM bundle `pem` (`PUT /certs/NAME`), validated as `check` validates a route's files
+    /// and required to cover the route's names; written under `api_dir/certs/NAME/`.
+    pub fn put_cert(&self, name: &str, pem: &str) -> Result<(Self, Report, PendingWrite), ApiError> {
+        sources::put_cert(self, name, pem)
+    }
+
+    /// The certificate route `name` serves, as JSON (`GET /certs/NAME`): its files, the chain's
+    /// length, the leaf's SHA-256 and which of the route's names it covers; never the key.
+    pub fn cert_json(&self, name: &str) -> Option<serde_json::Value> {
+        sources::cert_json(self, name)
+    }
+
     /// The route `name` as JSON (what `GET /routes/NAME` answers), with the file it comes from.
     pub fn route_json(&self, name: &str) -> Option<serde_json::Value> {
         sources::route_json(self, name)

@@ -830,7 +830,7 @@ pub(super) fn put_route(
     let parsed_at = Instant::now();
     let path = api_file(old, name)?;
     let invalid = |reason: String| ApiError::Invalid(ConfigError::one(&path, &format!("route {name:?}"), reason));
-    let mut table: toml::Table = if json {
+    let table: toml::Table = if json {
         let v: serde_json::Value = serde_json::from_str(body).map_err(|e| invalid(format!("bad JSON: {e}")))?;
         if !v.is_object() {
             return Err(invalid("the body must be one route: a JSON object".into()));
@@ -839,6 +839,208 @@ pub(super) fn put_route(
     } else {
         toml::from_str(body).map_err(|e| invalid(format!("bad TOML: {}", e.to_string().trim_end())))?
     };
+    put_route_table(old, name, path, table, parsed_at)
+}
+
+/// `Config::put_cert`: the API route `name` with its certificate chain and key replaced by the
+/// PEM bundle `pem` (everything else of the route as its file says).
+pub(super) fn put_cert(old: &Config, name: &str, pem: &str) -> Result<(Config, Report, PendingWrite), ApiError> {
+    let parsed_at = Instant::now();
+    let path = api_file(old, name)?;
+    let invalid = |key: &str, reason: String| ApiError::Invalid(ConfigError::one(&path, &format!("route {name:?}.{key}"), reason));
+    let Some(id) = old.table.id_of(name) else {
+        return Err(ApiError::NotFound(format!("no route {name:?} (create it with PUT /routes/{name}, cert_pem and key_pem inline)")));
+    };
+    check_owner(old, name, &path)?;
+    if !old.table.route(id).action.is_terminate() {
+        return Err(invalid("action", "passes through: only a terminating route has a certificate".into()));
+    }
+    let (certs, key) = split_pem(pem).map_err(|(k, r)| invalid(k, r))?;
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| ApiError::Io(format!("{}: cannot read the route's file: {e}", path.display())))?;
+    let file: IncludedFile = toml::from_str(&text)
+        .map_err(|e| ApiError::Io(format!("{}: not the route file the API wrote: {e}", path.display())))?;
+    let route = file.routes.into_iter().next().ok_or_else(|| ApiError::Io(format!("{}: holds no route", path.display())))?;
+    let mut table = toml::Table::try_from(route).map_err(|e| ApiError::Io(format!("cannot read the route back: {e}")))?;
+    // The new chain and key replace the route's files; its OCSP response was for the old chain.
+    for k in ["cert", "key", "ocsp"] {
+        table.remove(k);
+    }
+    table.insert("cert_pem".into(), toml::Value::String(certs));
+    table.insert("key_pem".into(), toml::Value::String(key));
+    put_route_table(old, name, path, table, parsed_at)
+}
+
+/// Splits a PEM bundle into its `CERTIFICATE` blocks (in order, leaf first) and its one private
+/// key block; `(key, reason)` when it is not that.
+fn split_pem(pem: &str) -> Result<(String, String), (&'static str, String)> {
+    let (mut certs, mut keys) = (String::new(), Vec::new());
+    let mut lines = pem.lines().map(str::trim);
+    while let Some(line) = lines.next() {
+        if line.is_empty() {
+            continue;
+        }
+        let Some(label) = line.strip_prefix("-----BEGIN ").and_then(|l| l.strip_suffix("-----")) else {
+            return Err(("cert", format!("not PEM: {:?} outside a -----BEGIN ...----- block", line.chars().take(40).collect::<String>())));
+        };
+        let end = format!("-----END {label}-----");
+        let mut block = format!("{line}\n");
+        loop {
+            match lines.next() {
+                Some(l) if l == end => break,
+                Some(l) => {
+                    block += l;
+                    block.push('\n');
+                }
+                None => return Err(("cert", format!("the {label} block has no {end} line"))),
+            }
+        }
+        block += &end;
+        block.push('\n');
+        match label {
+            "CERTIFICATE" => certs += &block,
+            l if l.ends_with("PRIVATE KEY") => keys.push(block),
+            l => return Err(("cert", format!("unexpected PEM block {l:?} (a chain of CERTIFICATE blocks and one PRIVATE KEY)"))),
+        }
+    }
+    if certs.is_empty() {
+        return Err(("cert", "holds no CERTIFICATE block".into()));
+    }
+    match keys.len() {
+        1 => Ok((certs, keys.remove(0))),
+        0 => Err(("key", "holds no private key (PKCS#8, PKCS#1 or SEC1 PEM block)".into())),
+        n => Err(("key", format!("holds {n} private keys; one is expected"))),
+    }
+}
+
+/// Where the API keeps route `name`'s certificates: `api_dir/certs/NAME/` (no include pattern
+/// of `*.toml` matches what is in it).
+fn cert_dir(api_file: &Path, name: &str) -> PathBuf {
+    api_file.parent().unwrap_or(Path::new("")).join("certs").join(name)
+}
+
+/// Writes an inline chain and key (`cert_pem`, `key_pem` of a route the API is given) to files
+/// named by the chain's digest in the route's certificate directory (the key readable by the
+/// owner only), not yet synced, and points the route's `cert` and `key` at them (relative to
+/// `api_dir`). The files are new names: nothing refers to them until the route's file does (the
+/// same chain and key again are the same files, kept as they are). Returns the files the route
+/// now names and those of them this call wrote.
+fn stash_pem(table: &mut toml::Table, api_file: &Path, name: &str) -> Result<Stash, (&'static str, String)> {
+    let (cert, key) = match (table.remove("cert_pem"), table.remove("key_pem")) {
+        (None, None) => return Ok(Stash::default()),
+        (Some(toml::Value::String(c)), Some(toml::Value::String(k))) => (c, k),
+        (Some(_), Some(_)) => return Err(("cert_pem", "cert_pem and key_pem are PEM text (strings)".into())),
+        (None, Some(_)) => return Err(("cert_pem", "key_pem without cert_pem".into())),
+        (Some(_), None) => return Err(("key_pem", "cert_pem without key_pem".into())),
+    };
+    for k in ["cert", "key"] {
+        if table.contains_key(k) {
+            return Err(("cert_pem", format!("give {k} (a path) or {k}_pem (inline), not both")));
+        }
+    }
+    if cert.len() as u64 > crate::tls::store::MAX_PEM_BYTES || key.len() as u64 > crate::tls::store::MAX_PEM_BYTES {
+        return Err(("cert_pem", format!("larger than {} bytes", crate::tls::store::MAX_PEM_BYTES)));
+    }
+    let digest = {
+        use std::hash::{Hash, Hasher};
+        #[allow(deprecated)]
+        let mut h = std::hash::SipHasher::new();
+        (&cert, &key).hash(&mut h);
+        h.finish()
+    };
+    let dir = cert_dir(api_file, name);
+    let io = |e: std::io::Error| ("cert_pem", format!("{}: cannot write: {e}", dir.display()));
+    std::fs::create_dir_all(&dir).map_err(io)?;
+    let (crt, pkey) = (dir.join(format!("{digest:016x}.crt")), dir.join(format!("{digest:016x}.key")));
+    let mut written = Vec::new();
+    if !(crt.exists() && pkey.exists()) {
+        write_file(&crt, cert.as_bytes(), 0o644, false).map_err(io)?;
+        if let Err(e) = write_file(&pkey, key.as_bytes(), 0o600, false) {
+            let _ = std::fs::remove_file(&crt);
+            return Err(io(e));
+        }
+        written = vec![crt.clone(), pkey.clone()];
+    }
+    let rel = |p: &Path| format!("certs/{name}/{}", p.file_name().and_then(|n| n.to_str()).unwrap_or_default());
+    table.insert("cert".into(), toml::Value::String(rel(&crt)));
+    table.insert("key".into(), toml::Value::String(rel(&pkey)));
+    Ok(Stash { names: vec![crt, pkey], written })
+}
+
+/// What [`stash_pem`] did.
+#[derive(Debug, Default)]
+struct Stash {
+    /// The chain and key files the route names now (empty: it was given none inline).
+    names: Vec<PathBuf>,
+    /// Those of them written by this change (removed again if it is refused).
+    written: Vec<PathBuf>,
+}
+
+/// Writes `bytes` to a new file `path` with `mode` (synced when `sync`).
+fn write_file(path: &Path, bytes: &[u8], mode: u32, sync: bool) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(path)?;
+    f.write_all(bytes)?;
+    if sync {
+        f.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Whether the leaf certificate `der` is valid for every name of `sni` (a wildcard `*.x` as a
+/// name one label under `x`); the first name it does not cover.
+fn uncovered(der: &rustls::pki_types::CertificateDer<'_>, sni: &[String]) -> Option<String> {
+    let Ok(cert) = webpki::EndEntityCert::try_from(der) else { return sni.first().cloned() };
+    sni.iter()
+        .find(|p| {
+            let probe = match p.strip_prefix("*.") {
+                Some(parent) => format!("wildcard-probe.{parent}"),
+                None => (*p).clone(),
+            };
+            let Ok(name) = rustls::pki_types::ServerName::try_from(probe) else { return true };
+            cert.verify_is_valid_for_subject_name(&name).is_err()
+        })
+        .cloned()
+}
+
+/// `Config::cert_json`.
+pub(super) fn cert_json(c: &Config, name: &str) -> Option<serde_json::Value> {
+    let route = c.table.get(c.table.id_of(name)?)?;
+    let crate::route::Action::Terminate(m) = &route.action else {
+        return Some(serde_json::json!({ "route": name, "action": "passthrough", "error": "a passthrough route has no certificate" }));
+    };
+    let chain = &m.certified_key.cert;
+    let leaf = chain.first()?;
+    let sha256: String =
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, leaf.as_ref()).as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    let covers: serde_json::Map<String, serde_json::Value> = route
+        .sni
+        .iter()
+        .map(|n| (n.clone(), (uncovered(leaf, std::slice::from_ref(n)).is_none()).into()))
+        .collect();
+    let via_api = c.admin_settings.api_dir.as_ref().is_some_and(|d| m.cert_path().starts_with(d.join("certs")));
+    Some(serde_json::json!({
+        "route": name,
+        "cert": m.cert_path().display().to_string(),
+        "key": m.key_path().display().to_string(),
+        "ocsp": m.ocsp_path.as_ref().map(|p| p.display().to_string()),
+        "set_through_api": via_api,
+        "chain": chain.len(),
+        "leaf_sha256": sha256,
+        "covers": covers,
+    }))
+}
+
+/// `PUT /routes/NAME` and `PUT /certs/NAME` once the body is a TOML table.
+fn put_route_table(
+    old: &Config,
+    name: &str,
+    path: PathBuf,
+    mut table: toml::Table,
+    parsed_at: Instant,
+) -> Result<(Config, Report, PendingWrite), ApiError> {
+    let invalid = |reason: String| ApiError::Invalid(ConfigError::one(&path, &format!("route {name:?}"), reason));
     match table.get("name") {
         None => {
             table.insert("name".into(), toml::Value::String(name.to_owned()));
@@ -846,32 +1048,62 @@ pub(super) fn put_route(
         Some(toml::Value::String(n)) if n == name => {}
         Some(other) => return Err(invalid(format!("the body's name {other} is not the name in the path, {name:?}"))),
     }
+    check_owner(old, name, &path)?;
+    let stashed = stash_pem(&mut table, &path, name).map_err(|(key, reason)| {
+        ApiError::Invalid(ConfigError::one(&path, &format!("route {name:?}.{key}"), reason))
+    })?;
+    // Whatever goes wrong from here leaves no certificate file behind.
+    let unstash = |e: ApiError| {
+        for f in &stashed.written {
+            let _ = std::fs::remove_file(f);
+        }
+        e
+    };
     let route: RouteFile = toml::Value::Table(table)
         .try_into()
-        .map_err(|e: toml::de::Error| invalid(e.to_string().trim_end().replace('\n', " ")))?;
-    check_owner(old, name, &path)?;
+        .map_err(|e: toml::de::Error| unstash(invalid(e.to_string().trim_end().replace('\n', " "))))?;
     let text = toml::to_string(&IncludedFile { routes: vec![route] })
-        .map_err(|e| ApiError::Io(format!("cannot write the route as TOML: {e}")))?;
+        .map_err(|e| unstash(ApiError::Io(format!("cannot write the route as TOML: {e}"))))?;
     let mut errors = Vec::new();
     let base = path.parent().unwrap_or(Path::new("")).to_path_buf();
     // The running configuration's TLS state: the other routes keep it, so this one shares it.
-    let parsed = load::parse::<IncludedFile>(&text, &base, None, &old.tls, &mut errors).map_err(invalid)?;
+    // A certificate given inline is read back from the file it was written to, through the
+    // same code as `check`.
+    let parsed = load::parse::<IncludedFile>(&text, &base, None, &old.tls, &mut errors)
+        .map_err(|e| unstash(invalid(e.to_string())))?;
     if !errors.is_empty() {
-        return Err(ApiError::Invalid(ConfigError {
+        return Err(unstash(ApiError::Invalid(ConfigError {
             file: path.clone(),
             problems: errors.into_iter().map(|e| e.in_file(&path)).collect(),
-        }));
+        })));
     }
-    let routes = parsed.routes.into_iter().flatten().collect();
+    let routes: Vec<Route> = parsed.routes.into_iter().flatten().collect();
+    if !stashed.names.is_empty() {
+        // A certificate handed to the API must serve the route's names (a file's is only read).
+        for r in &routes {
+            if let crate::route::Action::Terminate(m) = &r.action {
+                if let Some(leaf) = m.certified_key.cert.first() {
+                    if let Some(n) = uncovered(leaf, &r.sni) {
+                        return Err(unstash(ApiError::Invalid(ConfigError::one(
+                            &path,
+                            &format!("route {name:?}.cert_pem"),
+                            format!("the certificate is not valid for {n:?}, one of the route's names"),
+                        ))));
+                    }
+                }
+            }
+        }
+    }
     // Stamped by content only: the next reload reads the file once, finds the same content and
     // keeps it (then stamps its metadata too).
     let stamp = Stamp::of_content(text.as_bytes());
     let change = (path.clone(), Some(FileRoutes { path: path.clone(), stamp, routes, unchanged: Vec::new() }));
     let report =
         Report { files_parsed: 1, shards: old.table.shard_count(), parse_ms: ms(parsed_at), ..Default::default() };
-    let (new, report) =
-        apply(old, settings_of(old), vec![change], report, Arc::clone(&old.tls)).map_err(ApiError::Invalid)?;
-    Ok((new, report, PendingWrite { path, text: Some(text) }))
+    let (new, report) = apply(old, settings_of(old), vec![change], report, Arc::clone(&old.tls))
+        .map_err(|e| unstash(ApiError::Invalid(e)))?;
+    let certs = (!stashed.names.is_empty()).then_some((stashed.names, stashed.written));
+    Ok((new, report, PendingWrite { path, text: Some(text), certs }))
 }
 
 /// The file an API change still has to write (or remove), once the change serves: what makes it
@@ -882,6 +1114,11 @@ pub struct PendingWrite {
     path: PathBuf,
     /// `None`: remove the file.
     text: Option<String>,
+    /// The certificate files the route names after this change and those of them it wrote
+    /// (synced before the route's file that names them); the route's other certificate files
+    /// are removed once it is written. `None`: the change brings no certificate (a route's
+    /// certificate directory is removed with the route).
+    certs: Option<(Vec<PathBuf>, Vec<PathBuf>)>,
 }
 
 impl PendingWrite {
@@ -889,15 +1126,32 @@ impl PendingWrite {
         &self.path
     }
 
-    /// Writes (or removes) the file and syncs it and its directory.
+    /// Writes (or removes) the file and syncs it and its directory; certificate files first.
     pub fn commit(&self) -> Result<(), String> {
         let path = &self.path;
+        let name = path.file_stem().and_then(|n| n.to_str()).unwrap_or_default();
+        let certs = cert_dir(path, name);
         match &self.text {
             Some(text) => {
                 if let Some(dir) = path.parent() {
                     std::fs::create_dir_all(dir).map_err(|e| format!("{}: cannot create: {e}", dir.display()))?;
                 }
-                write_atomically(path, text.as_bytes()).map_err(|e| format!("{}: cannot write: {e}", path.display()))
+                for f in self.certs.iter().flat_map(|(_, written)| written) {
+                    std::fs::File::open(f).and_then(|f| f.sync_all()).map_err(|e| format!("{}: cannot sync: {e}", f.display()))?;
+                }
+                if self.certs.is_some() {
+                    std::fs::File::open(&certs).and_then(|d| d.sync_all()).map_err(|e| format!("{}: cannot sync: {e}", certs.display()))?;
+                }
+                write_atomically(path, text.as_bytes()).map_err(|e| format!("{}: cannot write: {e}", path.display()))?;
+                if let Some((keep, _)) = &self.certs {
+                    // The certificates this route used before: nothing names them any more.
+                    for old in std::fs::read_dir(&certs).into_iter().flatten().flatten() {
+                        if !keep.contains(&old.path()) {
+                            let _ = std::fs::remove_file(old.path());
+                        }
+                    }
+                }
+                Ok(())
             }
             None => {
                 std::fs::remove_file(path).map_err(|e| format!("{}: cannot remove: {e}", path.display()))?;
@@ -906,8 +1160,17 @@ impl PendingWrite {
                         let _ = d.sync_all();
                     }
                 }
+                let _ = std::fs::remove_dir_all(&certs);
                 Ok(())
             }
+        }
+    }
+
+    /// Undoes what was written before the change served (its certificate files), when the
+    /// change is not kept.
+    pub fn abandon(&self) {
+        for f in self.certs.iter().flat_map(|(_, written)| written) {
+            let _ = std::fs::remove_file(f);
         }
     }
 }
@@ -921,7 +1184,7 @@ pub(super) fn delete_route(old: &Config, name: &str) -> Result<(Config, Report, 
     let report = Report { shards: old.table.shard_count(), ..Default::default() };
     let (new, report) = apply(old, settings_of(old), vec![(path.clone(), None)], report, Arc::clone(&old.tls))
         .map_err(ApiError::Invalid)?;
-    Ok((new, report, PendingWrite { path, text: None }))
+    Ok((new, report, PendingWrite { path, text: None, certs: None }))
 }
 
 /// Writes `bytes` to `path` so that readers see the old file or the new one, never a part:

@@ -261,6 +261,7 @@ fn api(shared: &Shared, op: ControlOp) -> ControlReply {
     let (what, result) = match &op {
         ControlOp::Put { name, body, json } => (format!("PUT /routes/{name}"), old.put_route(name, body, *json)),
         ControlOp::Delete { name } => (format!("DELETE /routes/{name}"), old.delete_route(name)),
+        ControlOp::PutCert { name, pem } => (format!("PUT /certs/{name}"), old.put_cert(name, pem)),
         ControlOp::Reload => return reload(shared, "POST /reload"),
     };
     let bump = |r: ApiResult| shared.registry.control(|c| c.counters.route_changes.bump(r));
@@ -283,6 +284,7 @@ fn api(shared: &Shared, op: ControlOp) -> ControlReply {
             let swap = match shared.swap(new, Some(timings)) {
                 Ok(swap) => swap,
                 Err(e) => {
+                    pending.abandon();
                     bump(ApiResult::Io);
                     return refused(500, vec![e.to_string()]);
                 }
@@ -291,6 +293,7 @@ fn api(shared: &Shared, op: ControlOp) -> ControlReply {
             if let Err(e) = pending.commit() {
                 // Not durable: back to the configuration the files still say.
                 let _ = shared.swap_arc(old, None);
+                pending.abandon();
                 bump(ApiResult::Io);
                 tracing::error!(change = %what, error = %e, "route API change undone: its file could not be written");
                 return refused(500, vec![e]);
