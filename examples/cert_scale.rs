@@ -4,7 +4,10 @@
 //! certificate, a full SIGHUP reload with nothing changed, and one route's certificate
 //! rewritten and reloaded: SIGHUP until the new certificate is served, the time from the swap
 //! to the first handshake with it, and a sample of the other routes checked to still serve
-//! their old certificates. In this process: the live heap per route of the loaded
+//! their old certificates. Then one route's certificate changed through the admin API
+//! (`PUT /certs/NAME`, a route made by `PUT /routes/NAME` with its certificate inline), 20
+//! times: submitted to the new certificate served, median and max, with the server's own
+//! `serving_ms`. In this process: the live heap per route of the loaded
 //! configuration, and what building one route's certificate costs (the work a one-route change
 //! does). With `--haproxy`, HAProxy 2.6 with the same certificates (`crt-list`) beside it: its
 //! `-c` check, its start and its RSS.
@@ -84,6 +87,9 @@ fn name(i: usize) -> String {
     format!("r{i}.certs.example")
 }
 
+/// The name of the route whose certificate changes through the admin API.
+const API_NAME: &str = "api-cert.certs.example";
+
 /// Writes `DIR/ca.pem` and `DIR/certs/rI.{pem,key}` for every route (skipped when `DIR/count`
 /// says they are there), in parallel.
 fn generate(dir: &Path, n: usize) -> Vec<u8> {
@@ -112,6 +118,10 @@ fn generate(dir: &Path, n: usize) -> Vec<u8> {
     ca.issue(&[&name(n / 2)])
         .and_then(|leaf| leaf.write(&dir.join("certs"), "alt"))
         .unwrap_or_else(|e| die(&e.to_string()));
+    // Two for the route changed through the admin API.
+    for stem in ["api1", "api2"] {
+        ca.issue(&[API_NAME]).and_then(|leaf| leaf.write(&dir.join("certs"), stem)).unwrap_or_else(|e| die(&e.to_string()));
+    }
     std::fs::write(&marker, n.to_string()).unwrap_or_else(|e| die(&e.to_string()));
     println!("generated {n} certificates in {:.1} s", t.elapsed().as_secs_f64());
     ca.der().to_vec()
@@ -137,7 +147,14 @@ fn origin() -> SocketAddr {
 }
 
 fn write_config(dir: &Path, n: usize, port: u16, origin: SocketAddr) -> PathBuf {
-    let mut toml = format!("[[listener]]\naddress = \"127.0.0.1:{port}\"\n\n");
+    // The admin API on a unix socket, its routes in `api-N/` (emptied: each run starts afresh).
+    let api = dir.join(format!("api-{n}"));
+    let _ = std::fs::remove_dir_all(&api);
+    std::fs::create_dir_all(&api).unwrap_or_else(|e| die(&e.to_string()));
+    let mut toml = format!(
+        "include = [\"api-{n}/*.toml\"]\n[admin]\nsocket = \"{}\"\napi_dir = \"api-{n}\"\n\n[[listener]]\naddress = \"127.0.0.1:{port}\"\n\n",
+        dir.join(format!("admin-{n}.sock")).display()
+    );
     for i in 0..n {
         toml += &format!(
             "[[route]]\nname = \"r{i}\"\nsni = [\"{}\"]\naction = \"terminate\"\ncert = \"certs/r{i}.pem\"\nkey = \"certs/r{i}.key\"\nbackends = [\"{origin}\"]\n\n",
@@ -151,7 +168,100 @@ fn write_config(dir: &Path, n: usize, port: u16, origin: SocketAddr) -> PathBuf 
 
 /// One TLS handshake to `addr` for route `i`: the leaf certificate served, or why not.
 fn handshake(client: &Arc<rustls::ClientConfig>, addr: SocketAddr, i: usize) -> Result<Vec<u8>, String> {
-    let name = ServerName::try_from(name(i)).map_err(|e| e.to_string())?;
+    handshake_to(client, addr, &name(i))
+}
+
+/// One request to the admin API's unix socket: (status, body).
+fn admin(sock: &Path, method: &str, path: &str, body: &str) -> Result<(u16, String), String> {
+    let mut s = std::os::unix::net::UnixStream::connect(sock).map_err(|e| format!("{}: {e}", sock.display()))?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok();
+    let ctype = if body.starts_with('{') { "application/json" } else { "application/x-pem-file" };
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
+    let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    Ok((status, out.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned()))
+}
+
+/// The route whose certificate changes through the admin API: made with `api1` inline, then
+/// its certificate switched between `api2` and `api1` `times` times, each polled until served.
+/// Prints submitted-to-served median and max, and the server's `serving_ms`.
+fn api_changes(dir: &Path, n: usize, client: &Arc<rustls::ClientConfig>, addr: SocketAddr, origin: SocketAddr, times: usize) {
+    let sock = dir.join(format!("admin-{n}.sock"));
+    let read = |stem: &str, ext: &str| {
+        std::fs::read_to_string(dir.join("certs").join(format!("{stem}.{ext}"))).unwrap_or_else(|e| die(&e.to_string()))
+    };
+    let body = format!(
+        "{{\"sni\": [\"{API_NAME}\"], \"action\": \"terminate\", \"backends\": [\"{origin}\"], \"cert_pem\": {:?}, \"key_pem\": {:?}}}",
+        read("api1", "pem"),
+        read("api1", "key")
+    );
+    match admin(&sock, "PUT", "/routes/api-cert", &body) {
+        Ok((200, _)) => {}
+        other => die(&format!("PUT /routes/api-cert: {other:?}")),
+    }
+    let mut current = wait_served_name(client, addr, API_NAME, None, Duration::from_secs(30))
+        .unwrap_or_else(|| die("the API route never served"))
+        .1;
+    let (mut served_ms, mut server_ms) = (Vec::new(), Vec::new());
+    for i in 0..times {
+        let stem = if i % 2 == 0 { "api2" } else { "api1" };
+        let bundle = format!("{}{}", read(stem, "pem"), read(stem, "key"));
+        let sock = sock.clone();
+        let t = Instant::now();
+        let put = std::thread::spawn(move || admin(&sock, "PUT", "/certs/api-cert", &bundle));
+        let (at, leaf) = wait_served_name(client, addr, API_NAME, Some(&current), Duration::from_secs(30))
+            .unwrap_or_else(|| die("the new certificate was never served"));
+        served_ms.push((at - t).as_secs_f64() * 1e3);
+        match put.join() {
+            Ok(Ok((200, answer))) => {
+                let ms = answer.split("\"serving_ms\":").nth(1).and_then(|v| v.split([',', '}']).next()?.parse::<f64>().ok());
+                server_ms.extend(ms);
+            }
+            other => die(&format!("PUT /certs/api-cert: {other:?}")),
+        }
+        current = leaf;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let stats = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        (v.get(v.len() / 2).copied().unwrap_or(f64::NAN), v.last().copied().unwrap_or(f64::NAN))
+    };
+    let ((m, x), (sm, sx)) = (stats(&mut served_ms), stats(&mut server_ms));
+    let all: Vec<String> = served_ms.iter().map(|v| format!("{v:.1}")).collect();
+    println!("  submitted to served, each (ms, sorted): {}", all.join(" "));
+    println!(
+        "certificate through the API ({times} changes of one route's certificate among {n}): submitted to served {m:.2} ms median, {x:.2} ms max; server's serving_ms {sm:.2} median, {sx:.2} max"
+    );
+}
+
+/// [`wait_served`] for a name.
+fn wait_served_name(
+    client: &Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+    name: &str,
+    not: Option<&[u8]>,
+    limit: Duration,
+) -> Option<(Instant, Vec<u8>)> {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if let Ok(leaf) = handshake_to(client, addr, name) {
+            if not != Some(&leaf[..]) {
+                return Some((Instant::now(), leaf));
+            }
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    None
+}
+
+/// One TLS handshake to `addr` for `name`: the leaf certificate served, or why not.
+fn handshake_to(client: &Arc<rustls::ClientConfig>, addr: SocketAddr, name: &str) -> Result<Vec<u8>, String> {
+    let name = ServerName::try_from(name.to_owned()).map_err(|e| e.to_string())?;
     let mut conn = rustls::ClientConnection::new(Arc::clone(client), name).map_err(|e| e.to_string())?;
     let mut sock = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
     sock.set_read_timeout(Some(Duration::from_secs(5))).ok();
@@ -389,6 +499,8 @@ fn main() {
         std::fs::copy(certs.join(format!("orig.{ext}")), certs.join(format!("r{k}.{ext}")))
             .unwrap_or_else(|e| die(&e.to_string()));
     }
+
+    api_changes(&a.dir, n, &client, addr, origin, 20);
 
     let after: Vec<Vec<u8>> = sample
         .iter()

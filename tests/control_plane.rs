@@ -390,6 +390,11 @@ fn certificates_through_the_api_serve_at_once_and_survive_a_restart() {
     assert_eq!(status, 400, "{answer}");
     assert!(answer.contains(".key: holds no private key"), "{answer}");
     assert_eq!(put("/certs/api-tls", "not pem at all", "application/x-pem-file").0, 400);
+    // A body that does not parse is quoted in the answer (and the debug log), its keys not.
+    let secret = v1.key_pem().lines().nth(1).unwrap().to_owned();
+    let (status, answer) = put("/routes/api-bad", &format!("key_pem = \"-----BEGIN PRIVATE KEY-----{secret}"), "application/toml");
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.contains("bad TOML") && !answer.contains(&secret), "{answer}");
     assert_eq!(cert_files(), now);
     assert_eq!(served(e.addr, "tls.example").as_deref(), Some("v2.tls.example"));
     // Routes the API did not write, or that do not exist.

@@ -829,7 +829,9 @@ pub(super) fn put_route(
 ) -> Result<(Config, Report, PendingWrite), ApiError> {
     let parsed_at = Instant::now();
     let path = api_file(old, name)?;
-    let invalid = |reason: String| ApiError::Invalid(ConfigError::one(&path, &format!("route {name:?}"), reason));
+    // Parse errors quote the body: never a key given inline.
+    let invalid =
+        |reason: String| ApiError::Invalid(ConfigError::one(&path, &format!("route {name:?}"), redact_pem(&reason)));
     let table: toml::Table = if json {
         let v: serde_json::Value = serde_json::from_str(body).map_err(|e| invalid(format!("bad JSON: {e}")))?;
         if !v.is_object() {
@@ -911,6 +913,26 @@ fn split_pem(pem: &str) -> Result<(String, String), (&'static str, String)> {
         0 => Err(("key", "holds no private key (PKCS#8, PKCS#1 or SEC1 PEM block)".into())),
         n => Err(("key", format!("holds {n} private keys; one is expected"))),
     }
+}
+
+/// `text` with the inside of every PEM block (`-----BEGIN …` to `-----END …-----`) replaced by
+/// `[PEM]`: an error that quotes a request body must not carry a private key into an answer or
+/// a log.
+fn redact_pem(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("-----BEGIN") {
+        out.push_str(&rest[..at]);
+        out.push_str("[PEM]");
+        rest = &rest[at..];
+        // To the end of the block's END line, or of the text.
+        rest = match rest.find("-----END").and_then(|e| rest[e + 8..].find("-----").map(|t| e + 8 + t + 5)) {
+            Some(end) => &rest[end..],
+            None => "",
+        };
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Where the API keeps route `name`'s certificates: `api_dir/certs/NAME/` (no include pattern
@@ -1061,7 +1083,7 @@ fn put_route_table(
     };
     let route: RouteFile = toml::Value::Table(table)
         .try_into()
-        .map_err(|e: toml::de::Error| unstash(invalid(e.to_string().trim_end().replace('\n', " "))))?;
+        .map_err(|e: toml::de::Error| unstash(invalid(redact_pem(&e.to_string()).trim_end().replace('\n', " "))))?;
     let text = toml::to_string(&IncludedFile { routes: vec![route] })
         .map_err(|e| unstash(ApiError::Io(format!("cannot write the route as TOML: {e}"))))?;
     let mut errors = Vec::new();
