@@ -144,7 +144,8 @@ fn until_served(dst: SocketAddrV4, sni: &str, limit: Duration) -> Option<Duratio
             return Some(t.elapsed());
         }
         i += 1;
-        std::thread::sleep(Duration::from_millis(2));
+        // Fine enough to time a change of a millisecond or two (one probe is a connection).
+        std::thread::sleep(Duration::from_micros(250));
     }
     None
 }

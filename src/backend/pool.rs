@@ -659,13 +659,15 @@ impl Pools {
         let mut by_key: HashMap<(&[Backend], &Upstream), u32, Fast> = HashMap::default();
         // Ids may have gaps (a table changed in place reuses the ids of removed routes).
         let bound = table.routes().map(|(id, _)| id.0 as usize + 1).max().unwrap_or(0);
-        let mut by_route = vec![NO_POOL; bound];
+        let mut by_route = PerRoute::new(bound, || NO_POOL);
         for (id, r) in table.routes() {
             if r.backends.len() > MAX_BACKENDS {
                 return Err((id, PoolError::TooMany));
             }
             if let Some(&p) = by_key.get(&(r.backends.as_slice(), &r.upstream)) {
-                by_route[id.0 as usize] = p;
+                if let Some(slot) = by_route.get_mut(id.0 as usize) {
+                    *slot = p;
+                }
                 pool_refs[p as usize] += 1;
                 continue;
             }
@@ -693,7 +695,9 @@ impl Pools {
             pools.push(Arc::new(Pool::new(members, &r.upstream, workers)));
             pool_refs.push(1);
             by_key.insert((r.backends.as_slice(), &r.upstream), p);
-            by_route[id.0 as usize] = p;
+            if let Some(slot) = by_route.get_mut(id.0 as usize) {
+                *slot = p;
+            }
         }
         let mut backend_refs = vec![0u32; backends.len()];
         for pool in &pools {
@@ -702,12 +706,6 @@ impl Pools {
             }
         }
         let route_stats = PerRoute::new(bound, OnceLock::new);
-        let by_route = {
-            let mut per = PerRoute::new(0, || NO_POOL);
-            per.chunks = by_route.chunks(PER_ROUTE_CHUNK).map(|c| Arc::new(c.to_vec())).collect();
-            per.len = bound;
-            per
-        };
         Ok(Self { backends, backend_refs, pools, pool_refs, by_route, route_stats, workers, inherited: false })
     }
 
