@@ -120,7 +120,9 @@ fn generate(dir: &Path, n: usize) -> Vec<u8> {
         .unwrap_or_else(|e| die(&e.to_string()));
     // Two for the route changed through the admin API.
     for stem in ["api1", "api2"] {
-        ca.issue(&[API_NAME]).and_then(|leaf| leaf.write(&dir.join("certs"), stem)).unwrap_or_else(|e| die(&e.to_string()));
+        ca.issue(&[API_NAME])
+            .and_then(|leaf| leaf.write(&dir.join("certs"), stem))
+            .unwrap_or_else(|e| die(&e.to_string()));
     }
     std::fs::write(&marker, n.to_string()).unwrap_or_else(|e| die(&e.to_string()));
     println!("generated {n} certificates in {:.1} s", t.elapsed().as_secs_f64());
@@ -190,7 +192,14 @@ fn admin(sock: &Path, method: &str, path: &str, body: &str) -> Result<(u16, Stri
 /// The route whose certificate changes through the admin API: made with `api1` inline, then
 /// its certificate switched between `api2` and `api1` `times` times, each polled until served.
 /// Prints submitted-to-served median and max, and the server's `serving_ms`.
-fn api_changes(dir: &Path, n: usize, client: &Arc<rustls::ClientConfig>, addr: SocketAddr, origin: SocketAddr, times: usize) {
+fn api_changes(
+    dir: &Path,
+    n: usize,
+    client: &Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+    origin: SocketAddr,
+    times: usize,
+) {
     let sock = dir.join(format!("admin-{n}.sock"));
     let read = |stem: &str, ext: &str| {
         std::fs::read_to_string(dir.join("certs").join(format!("{stem}.{ext}"))).unwrap_or_else(|e| die(&e.to_string()))
@@ -219,7 +228,10 @@ fn api_changes(dir: &Path, n: usize, client: &Arc<rustls::ClientConfig>, addr: S
         served_ms.push((at - t).as_secs_f64() * 1e3);
         match put.join() {
             Ok(Ok((200, answer))) => {
-                let ms = answer.split("\"serving_ms\":").nth(1).and_then(|v| v.split([',', '}']).next()?.parse::<f64>().ok());
+                let ms = answer
+                    .split("\"serving_ms\":")
+                    .nth(1)
+                    .and_then(|v| v.split([',', '}']).next()?.parse::<f64>().ok());
                 server_ms.extend(ms);
             }
             other => die(&format!("PUT /certs/api-cert: {other:?}")),

@@ -322,7 +322,20 @@ fn certificates_through_the_api_serve_at_once_and_survive_a_restart() {
     std::fs::create_dir_all(&api).unwrap();
     let auth = format!("Authorization: Bearer {TOKEN}");
     let put = |path: &str, body: &str, ctype: &str| {
-        curl(&e.sock, &["-X", "PUT", "-H", &auth, "-H", &format!("Content-Type: {ctype}"), "--data-binary", body, &format!("http://x{path}")])
+        curl(
+            &e.sock,
+            &[
+                "-X",
+                "PUT",
+                "-H",
+                &auth,
+                "-H",
+                &format!("Content-Type: {ctype}"),
+                "--data-binary",
+                body,
+                &format!("http://x{path}"),
+            ],
+        )
     };
     let served = |addr: SocketAddr, sni: &str| subject(&s_client(addr, Some(sni), &[]));
     let cert_files = || {
@@ -354,7 +367,8 @@ fn certificates_through_the_api_serve_at_once_and_survive_a_restart() {
     // A new chain and key as one PEM bundle: served at once, the file route untouched, the
     // old files gone.
     let v2 = ca.issue(&["v2.tls.example", "tls.example"]).unwrap();
-    let (status, answer) = put("/certs/api-tls", &format!("{}{}", v2.chain_pem(), v2.key_pem()), "application/x-pem-file");
+    let (status, answer) =
+        put("/certs/api-tls", &format!("{}{}", v2.chain_pem(), v2.key_pem()), "application/x-pem-file");
     assert_eq!(status, 200, "{answer}");
     assert_eq!(json(&answer)["result"].as_str(), Some("applied"), "{answer}");
     assert!(json(&answer)["serving_ms"].as_f64().is_some(), "{answer}");
@@ -379,11 +393,16 @@ fn certificates_through_the_api_serve_at_once_and_survive_a_restart() {
     // Refused with FILE: KEY: REASON, the running certificate kept, nothing left behind: another
     // certificate's key, a certificate that does not cover the route's names, no key, not PEM.
     let v3 = ca.issue(&["tls.example"]).unwrap();
-    let (status, answer) = put("/certs/api-tls", &format!("{}{}", v3.chain_pem(), v1.key_pem()), "application/x-pem-file");
+    let (status, answer) =
+        put("/certs/api-tls", &format!("{}{}", v3.chain_pem(), v1.key_pem()), "application/x-pem-file");
     assert_eq!(status, 400, "{answer}");
-    assert!(answer.contains("api.d/api-tls.toml: route \\\"api-tls\\\".key:") && answer.contains("does not match"), "{answer}");
+    assert!(
+        answer.contains("api.d/api-tls.toml: route \\\"api-tls\\\".key:") && answer.contains("does not match"),
+        "{answer}"
+    );
     let other = ca.issue(&["other.example"]).unwrap();
-    let (status, answer) = put("/certs/api-tls", &format!("{}{}", other.chain_pem(), other.key_pem()), "application/x-pem-file");
+    let (status, answer) =
+        put("/certs/api-tls", &format!("{}{}", other.chain_pem(), other.key_pem()), "application/x-pem-file");
     assert_eq!(status, 400, "{answer}");
     assert!(answer.contains("not valid for \\\"tls.example\\\""), "{answer}");
     let (status, answer) = put("/certs/api-tls", v3.chain_pem(), "application/x-pem-file");
@@ -392,13 +411,17 @@ fn certificates_through_the_api_serve_at_once_and_survive_a_restart() {
     assert_eq!(put("/certs/api-tls", "not pem at all", "application/x-pem-file").0, 400);
     // A body that does not parse is quoted in the answer (and the debug log), its keys not.
     let secret = v1.key_pem().lines().nth(1).unwrap().to_owned();
-    let (status, answer) = put("/routes/api-bad", &format!("key_pem = \"-----BEGIN PRIVATE KEY-----{secret}"), "application/toml");
+    let (status, answer) =
+        put("/routes/api-bad", &format!("key_pem = \"-----BEGIN PRIVATE KEY-----{secret}"), "application/toml");
     assert_eq!(status, 400, "{answer}");
     assert!(answer.contains("bad TOML") && !answer.contains(&secret), "{answer}");
     assert_eq!(cert_files(), now);
     assert_eq!(served(e.addr, "tls.example").as_deref(), Some("v2.tls.example"));
     // Routes the API did not write, or that do not exist.
-    assert_eq!(put("/certs/static-tls", &format!("{}{}", v3.chain_pem(), v3.key_pem()), "application/x-pem-file").0, 409);
+    assert_eq!(
+        put("/certs/static-tls", &format!("{}{}", v3.chain_pem(), v3.key_pem()), "application/x-pem-file").0,
+        409
+    );
     assert_eq!(put("/certs/nobody", &format!("{}{}", v3.chain_pem(), v3.key_pem()), "application/x-pem-file").0, 404);
     assert!(metric(&e.sock, "sni_dispatch_config_api_changes_total{result=\"invalid\"}") >= 4.0);
 

@@ -385,7 +385,7 @@ fn server_phases(log: &std::path::Path) -> serde_json::Value {
             .filter(|l| l.contains("route change applied"))
             .filter_map(|l| {
                 let at = l.find(&format!(" {key}="))? + key.len() + 2;
-                l[at..].split(|c: char| c == ' ' || c == ',').next()?.parse().ok()
+                l[at..].split([' ', ',']).next()?.parse().ok()
             })
             .collect();
         let max = v.iter().copied().fold(f64::NAN, f64::max);

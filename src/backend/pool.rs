@@ -620,7 +620,7 @@ impl<T: Clone> PerRoute<T> {
     /// Grows to at least `len` entries, new ones `fill()`.
     fn grow_to(&mut self, len: usize, fill: impl Fn() -> T) {
         while self.len < len {
-            if self.len % PER_ROUTE_CHUNK == 0 {
+            if self.len.is_multiple_of(PER_ROUTE_CHUNK) {
                 self.chunks.push(Arc::new(Vec::with_capacity(PER_ROUTE_CHUNK)));
             }
             if let Some(last) = self.chunks.last_mut() {

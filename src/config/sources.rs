@@ -849,9 +849,13 @@ pub(super) fn put_route(
 pub(super) fn put_cert(old: &Config, name: &str, pem: &str) -> Result<(Config, Report, PendingWrite), ApiError> {
     let parsed_at = Instant::now();
     let path = api_file(old, name)?;
-    let invalid = |key: &str, reason: String| ApiError::Invalid(ConfigError::one(&path, &format!("route {name:?}.{key}"), reason));
+    let invalid = |key: &str, reason: String| {
+        ApiError::Invalid(ConfigError::one(&path, &format!("route {name:?}.{key}"), reason))
+    };
     let Some(id) = old.table.id_of(name) else {
-        return Err(ApiError::NotFound(format!("no route {name:?} (create it with PUT /routes/{name}, cert_pem and key_pem inline)")));
+        return Err(ApiError::NotFound(format!(
+            "no route {name:?} (create it with PUT /routes/{name}, cert_pem and key_pem inline)"
+        )));
     };
     check_owner(old, name, &path)?;
     if !old.table.route(id).action.is_terminate() {
@@ -862,8 +866,10 @@ pub(super) fn put_cert(old: &Config, name: &str, pem: &str) -> Result<(Config, R
         .map_err(|e| ApiError::Io(format!("{}: cannot read the route's file: {e}", path.display())))?;
     let file: IncludedFile = toml::from_str(&text)
         .map_err(|e| ApiError::Io(format!("{}: not the route file the API wrote: {e}", path.display())))?;
-    let route = file.routes.into_iter().next().ok_or_else(|| ApiError::Io(format!("{}: holds no route", path.display())))?;
-    let mut table = toml::Table::try_from(route).map_err(|e| ApiError::Io(format!("cannot read the route back: {e}")))?;
+    let route =
+        file.routes.into_iter().next().ok_or_else(|| ApiError::Io(format!("{}: holds no route", path.display())))?;
+    let mut table =
+        toml::Table::try_from(route).map_err(|e| ApiError::Io(format!("cannot read the route back: {e}")))?;
     // The new chain and key replace the route's files; its OCSP response was for the old chain.
     for k in ["cert", "key", "ocsp"] {
         table.remove(k);
@@ -883,7 +889,10 @@ fn split_pem(pem: &str) -> Result<(String, String), (&'static str, String)> {
             continue;
         }
         let Some(label) = line.strip_prefix("-----BEGIN ").and_then(|l| l.strip_suffix("-----")) else {
-            return Err(("cert", format!("not PEM: {:?} outside a -----BEGIN ...----- block", line.chars().take(40).collect::<String>())));
+            return Err((
+                "cert",
+                format!("not PEM: {:?} outside a -----BEGIN ...----- block", line.chars().take(40).collect::<String>()),
+            ));
         };
         let end = format!("-----END {label}-----");
         let mut block = format!("{line}\n");
@@ -902,7 +911,12 @@ fn split_pem(pem: &str) -> Result<(String, String), (&'static str, String)> {
         match label {
             "CERTIFICATE" => certs += &block,
             l if l.ends_with("PRIVATE KEY") => keys.push(block),
-            l => return Err(("cert", format!("unexpected PEM block {l:?} (a chain of CERTIFICATE blocks and one PRIVATE KEY)"))),
+            l => {
+                return Err((
+                    "cert",
+                    format!("unexpected PEM block {l:?} (a chain of CERTIFICATE blocks and one PRIVATE KEY)"),
+                ))
+            }
         }
     }
     if certs.is_empty() {
@@ -1030,17 +1044,19 @@ fn uncovered(der: &rustls::pki_types::CertificateDer<'_>, sni: &[String]) -> Opt
 pub(super) fn cert_json(c: &Config, name: &str) -> Option<serde_json::Value> {
     let route = c.table.get(c.table.id_of(name)?)?;
     let crate::route::Action::Terminate(m) = &route.action else {
-        return Some(serde_json::json!({ "route": name, "action": "passthrough", "error": "a passthrough route has no certificate" }));
+        return Some(
+            serde_json::json!({ "route": name, "action": "passthrough", "error": "a passthrough route has no certificate" }),
+        );
     };
     let chain = &m.certified_key.cert;
     let leaf = chain.first()?;
-    let sha256: String =
-        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, leaf.as_ref()).as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    let covers: serde_json::Map<String, serde_json::Value> = route
-        .sni
+    let sha256: String = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, leaf.as_ref())
+        .as_ref()
         .iter()
-        .map(|n| (n.clone(), (uncovered(leaf, std::slice::from_ref(n)).is_none()).into()))
+        .map(|b| format!("{b:02x}"))
         .collect();
+    let covers: serde_json::Map<String, serde_json::Value> =
+        route.sni.iter().map(|n| (n.clone(), (uncovered(leaf, std::slice::from_ref(n)).is_none()).into())).collect();
     let via_api = c.admin_settings.api_dir.as_ref().is_some_and(|d| m.cert_path().starts_with(d.join("certs")));
     Some(serde_json::json!({
         "route": name,
@@ -1159,12 +1175,17 @@ impl PendingWrite {
                     std::fs::create_dir_all(dir).map_err(|e| format!("{}: cannot create: {e}", dir.display()))?;
                 }
                 for f in self.certs.iter().flat_map(|(_, written)| written) {
-                    std::fs::File::open(f).and_then(|f| f.sync_all()).map_err(|e| format!("{}: cannot sync: {e}", f.display()))?;
+                    std::fs::File::open(f)
+                        .and_then(|f| f.sync_all())
+                        .map_err(|e| format!("{}: cannot sync: {e}", f.display()))?;
                 }
                 if self.certs.is_some() {
-                    std::fs::File::open(&certs).and_then(|d| d.sync_all()).map_err(|e| format!("{}: cannot sync: {e}", certs.display()))?;
+                    std::fs::File::open(&certs)
+                        .and_then(|d| d.sync_all())
+                        .map_err(|e| format!("{}: cannot sync: {e}", certs.display()))?;
                 }
-                write_atomically(path, text.as_bytes()).map_err(|e| format!("{}: cannot write: {e}", path.display()))?;
+                write_atomically(path, text.as_bytes())
+                    .map_err(|e| format!("{}: cannot write: {e}", path.display()))?;
                 if let Some((keep, _)) = &self.certs {
                     // The certificates this route used before: nothing names them any more.
                     for old in std::fs::read_dir(&certs).into_iter().flatten().flatten() {

@@ -199,8 +199,15 @@ impl NameIndex {
             }
             shards.push(Arc::new(s));
         }
-        let mut index =
-            Self { shards: shards.into_boxed_slice(), bits, seed, exact, wildcard, filter: Arc::default(), delta: None };
+        let mut index = Self {
+            shards: shards.into_boxed_slice(),
+            bits,
+            seed,
+            exact,
+            wildcard,
+            filter: Arc::default(),
+            delta: None,
+        };
         index.filter = Arc::new(index.build_filter());
         Ok(index)
     }
@@ -353,7 +360,11 @@ impl NameIndex {
         let stored = self.shards.iter().flat_map(move |s| {
             s.slots.iter().filter(|s| s.route != EMPTY).map(move |slot| {
                 // The arena holds only keys that arrived as `&str`.
-                (std::str::from_utf8(name_at(&s.arena, slot.off)).unwrap_or(""), kind_of(slot.route), RouteId(slot.route & !WILD))
+                (
+                    std::str::from_utf8(name_at(&s.arena, slot.off)).unwrap_or(""),
+                    kind_of(slot.route),
+                    RouteId(slot.route & !WILD),
+                )
             })
         });
         // Keys the delta holds are its to give (or to hide: removed ones).

@@ -22,10 +22,16 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 enum Msg {
-    Reload { why: &'static str, reply: Option<oneshot::Sender<ControlReply>> },
+    Reload {
+        why: &'static str,
+        reply: Option<oneshot::Sender<ControlReply>>,
+    },
     Api(ControlOp, oneshot::Sender<ControlReply>),
     /// A fold done: `folded` is `from` with its table's delta in the shards (`None`: it had none).
-    Folded { from: Arc<Config>, folded: Option<Box<Config>> },
+    Folded {
+        from: Arc<Config>,
+        folded: Option<Box<Config>>,
+    },
     Stop,
 }
 
