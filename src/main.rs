@@ -36,6 +36,10 @@ Start here:
   sni-dispatch run --config edge.toml --upgrade-socket /run/sni.sock --upgrade-from /run/sni.sock
                                              start a new binary that takes over the listeners of
                                              the running one (no refused connection); it drains
+  curl --unix-socket admin.sock -X PUT --data-binary @route.toml http://x/routes/shop
+  curl --unix-socket admin.sock -X PUT --data-binary @shop.pem http://x/certs/shop
+                                             the admin API ([admin] socket, api_dir): a route, then
+                                             its certificate (chain + key, PEM), serving at once
 
 Configuration reference: docs/configuration.md; metrics: docs/metrics.md; tuning: tuning/README.md.";
 
