@@ -251,7 +251,7 @@ fn api_changes(
     );
 }
 
-/// [`wait_served`] for a name.
+/// Polls `name` until it answers (with a certificate other than `not`, if given).
 fn wait_served_name(
     client: &Arc<rustls::ClientConfig>,
     addr: SocketAddr,
@@ -396,16 +396,7 @@ fn wait_served(
     not: Option<&[u8]>,
     limit: Duration,
 ) -> Option<(Instant, Vec<u8>)> {
-    let end = Instant::now() + limit;
-    while Instant::now() < end {
-        if let Ok(leaf) = handshake(client, addr, i) {
-            if not != Some(&leaf[..]) {
-                return Some((Instant::now(), leaf));
-            }
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    None
+    wait_served_name(client, addr, &name(i), not, limit)
 }
 
 fn main() {

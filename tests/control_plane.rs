@@ -36,6 +36,12 @@ fn curl(sock: &Path, args: &[&str]) -> (u16, String) {
     (code, body.to_owned())
 }
 
+/// `PUT` of `body` (as `ctype`) to `path` on the admin socket, with the bearer header `auth`.
+fn put_to(sock: &Path, auth: &str, path: &str, body: &str, ctype: &str) -> (u16, String) {
+    let ctype = format!("Content-Type: {ctype}");
+    curl(sock, &["-X", "PUT", "-H", auth, "-H", &ctype, "--data-binary", body, &format!("http://x{path}")])
+}
+
 fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
 }
@@ -216,22 +222,7 @@ fn every_route_api_verb_and_a_restart_that_keeps_api_changes() {
     let mut e = edge(&main, &refs);
     std::fs::create_dir_all(e.cfg.dir.path().join("api.d")).unwrap();
     let auth = format!("Authorization: Bearer {TOKEN}");
-    let put = |name: &str, body: &str, ctype: &str| {
-        curl(
-            &e.sock,
-            &[
-                "-X",
-                "PUT",
-                "-H",
-                &auth,
-                "-H",
-                &format!("Content-Type: {ctype}"),
-                "--data-binary",
-                body,
-                &format!("http://x/routes/{name}"),
-            ],
-        )
-    };
+    let put = |name: &str, body: &str, ctype: &str| put_to(&e.sock, &auth, &format!("/routes/{name}"), body, ctype);
 
     // No token, a wrong token: 401, nothing changes.
     let (status, _) = curl(&e.sock, &["-X", "PUT", "--data-binary", "action = \"passthrough\"", "http://x/routes/x"]);
@@ -321,22 +312,7 @@ fn certificates_through_the_api_serve_at_once_and_survive_a_restart() {
     let api = e.cfg.dir.path().join("api.d");
     std::fs::create_dir_all(&api).unwrap();
     let auth = format!("Authorization: Bearer {TOKEN}");
-    let put = |path: &str, body: &str, ctype: &str| {
-        curl(
-            &e.sock,
-            &[
-                "-X",
-                "PUT",
-                "-H",
-                &auth,
-                "-H",
-                &format!("Content-Type: {ctype}"),
-                "--data-binary",
-                body,
-                &format!("http://x{path}"),
-            ],
-        )
-    };
+    let put = |path: &str, body: &str, ctype: &str| put_to(&e.sock, &auth, path, body, ctype);
     let served = |addr: SocketAddr, sni: &str| subject(&s_client(addr, Some(sni), &[]));
     let cert_files = || {
         let mut v: Vec<String> = std::fs::read_dir(api.join("certs/api-tls"))
@@ -444,11 +420,7 @@ fn api_routes_take_every_back_end_form_a_file_route_takes() {
     let mut e = edge(&main, &[("token", token.as_str())]);
     std::fs::create_dir_all(e.cfg.dir.path().join("api.d")).unwrap();
     let auth = format!("Authorization: Bearer {TOKEN}");
-    let put = |name: &str, body: &str, ctype: &str| {
-        let url = format!("http://x/routes/{name}");
-        let ctype = format!("Content-Type: {ctype}");
-        curl(&e.sock, &["-X", "PUT", "-H", &auth, "-H", &ctype, "--data-binary", body, &url])
-    };
+    let put = |name: &str, body: &str, ctype: &str| put_to(&e.sock, &auth, &format!("/routes/{name}"), body, ctype);
     // TOML: weighted and backup tables, a unix back end, balancing, a health check, ejection.
     let toml = format!(
         "sni = [\"pool.example\"]\naction = \"passthrough\"\nmin_tls = \"1.0\"\nbalance = \"round_robin\"\n\

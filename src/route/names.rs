@@ -241,13 +241,7 @@ impl NameIndex {
             return self.lookup_with(d, name);
         }
         let b = name.as_bytes();
-        let dot = b.iter().position(|&c| c == b'.');
-        let (label, parent) = match dot {
-            Some(i) => (&b[..i], &b[i + 1..]),
-            None => (b, &b[b.len()..]),
-        };
-        let hp = hash_parent(self.seed, parent);
-        let he = hash_exact(hp, label);
+        let (dot, parent, hp, he) = self.hash_name(b);
         let (se, ie) = self.home(he);
         let first_e = se.slots[ie];
         // Most exact hits are in their home slot: answered from two cache lines (the slot and
@@ -280,18 +274,25 @@ impl NameIndex {
         }
     }
 
-    /// [`NameIndex::lookup`] while keys changed since the last fold wait in the delta: the
-    /// delta answers first for each of the two keys, the shards for what it does not hold.
-    #[inline(never)]
-    fn lookup_with(&self, d: &Delta, name: &str) -> Found {
-        let b = name.as_bytes();
+    /// One pass over a name: where its first dot is, its parent, the parent's hash state and the
+    /// name's exact hash (the wildcard's is `hash_wild` of the state).
+    #[inline(always)]
+    fn hash_name<'n>(&self, b: &'n [u8]) -> (Option<usize>, &'n [u8], u64, u64) {
         let dot = b.iter().position(|&c| c == b'.');
         let (label, parent) = match dot {
             Some(i) => (&b[..i], &b[i + 1..]),
             None => (b, &b[b.len()..]),
         };
         let hp = hash_parent(self.seed, parent);
-        let he = hash_exact(hp, label);
+        (dot, parent, hp, hash_exact(hp, label))
+    }
+
+    /// [`NameIndex::lookup`] while keys changed since the last fold wait in the delta: the
+    /// delta answers first for each of the two keys, the shards for what it does not hold.
+    #[inline(never)]
+    fn lookup_with(&self, d: &Delta, name: &str) -> Found {
+        let b = name.as_bytes();
+        let (dot, parent, hp, he) = self.hash_name(b);
         match d.get(he, b, 0) {
             Some(Some(r)) => return Found::Exact(RouteId(r)),
             Some(None) => {}
