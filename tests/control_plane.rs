@@ -245,6 +245,13 @@ fn every_route_api_verb_and_a_restart_that_keeps_api_changes() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(routed(e.addr, "x.json.example").as_deref(), Some(REPLY));
     assert!(e.cfg.dir.path().join("api.d/api-two.toml").exists());
+    // The changes wait in the table's delta, then are folded into its shards once changes
+    // pause; what serves is the same.
+    assert!(wait_until(Duration::from_secs(20), || metric(&e.sock, "sni_dispatch_config_delta_folds_total") >= 1.0
+        && metric(&e.sock, "sni_dispatch_config_delta_names") == 0.0));
+    assert_eq!(routed(e.addr, "x.json.example").as_deref(), Some(REPLY));
+    assert_eq!(routed(e.addr, "api.example").as_deref(), Some(REPLY));
+    assert_eq!(routed(e.addr, "static.example").as_deref(), Some(REPLY));
 
     // GET answers the route and its file.
     let (status, body) = curl(&e.sock, &["-H", &auth, "http://x/routes/api-two"]);

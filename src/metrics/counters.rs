@@ -271,10 +271,14 @@ counter_set! {
         "Configurations applied since start (1 for the first); goes up with every reload or API change that changed something.";
     config_routes: u64 => Gauge "config_routes" "Routes in the running configuration.";
     config_names: u64 => Gauge "config_names" "Names (exact and wildcard) in the running configuration.";
+    config_delta_names: u64 => Gauge "config_delta_names"
+        "Names (and route names) changed by recent route changes that wait in the table's delta, to be folded into its shards.";
+    config_delta_folds: u64 => Counter "config_delta_folds_total"
+        "Times the table's delta was folded into its shards and the folded table swapped in.";
     reloads: tally(ReloadResult) => Counter "config_reloads_total"
         "Reloads (SIGHUP, the file watcher, POST /reload), by result.";
     route_changes: tally(ApiResult) => Counter "config_api_changes_total"
-        "Route changes through the admin API (PUT and DELETE /routes/NAME), by result.";
+        "Route and certificate changes through the admin API (PUT and DELETE /routes/NAME, PUT /certs/NAME), by result.";
     watch_events: u64 => Counter "config_watch_events_total" "File-system events that the watcher acted on (debounced into reloads).";
     watch_errors: u64 => Counter "config_watch_errors_total" "Watcher failures (a directory that cannot be watched, an overflowed event queue).";
     admin_requests: u64 => Counter "admin_requests_total" "Requests the admin endpoint answered.";

@@ -480,6 +480,7 @@ pub(crate) fn publish_config(registry: &Registry, c: &Config, timings: Option<[f
         m.counters.config_generation = c.generation;
         m.counters.config_routes = c.table.len() as u64;
         m.counters.config_names = (exact + wild) as u64;
+        m.counters.config_delta_names = c.table.delta_len() as u64;
         m.changed_at = at;
         if let Some(t) = timings {
             m.last = t;

@@ -108,8 +108,13 @@ impl Shared {
     /// Swaps in `new`, the running configuration with its table's delta folded (the same
     /// routes, generation and everything else): nothing to bind, adopt or publish.
     pub(crate) fn replace_folded(&self, new: Arc<Config>) {
+        let delta = new.table.delta_len() as u64;
         let old = self.config.swap(new);
         lock(&self.retired).push(old);
+        self.registry.control(|m| {
+            m.counters.config_delta_names = delta;
+            m.counters.config_delta_folds += 1;
+        });
     }
 
     /// Reopens the access log at the running configuration's path (SIGHUP: after logrotate).
