@@ -23,8 +23,8 @@ pub mod labels;
 pub use counters::{ControlCounters, Counters, Family, Kind, Label, Tally, Value};
 pub use labels::{
     AcceptCause, AdminRefusal, ApiResult, CheckResult, ConnectCause, Direction, DropReason, HandoffCause, OcspState,
-    PipeMiss, QuicDatagramDrop, QuicFlowDrop, QuicFlowEnd, RelayCause, RelayKind, ReloadResult, TicketKeyState,
-    TicketResult, UpgradeResult,
+    PipeMiss, QuicDatagramDrop, QuicFlowDrop, QuicFlowEnd, RelayCause, RelayKind, ReloadResult, ShunCause,
+    TicketKeyState, TicketResult, UpgradeResult,
 };
 
 use crate::route::Match;

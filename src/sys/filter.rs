@@ -67,27 +67,21 @@ fn op(code: u32, jt: u8, jf: u8, k: u32) -> sock_filter {
     sock_filter { code: code as u16, jt, jf, k }
 }
 
-const LDB_ABS: u32 = (libc::BPF_LD | libc::BPF_B | libc::BPF_ABS) as u32;
-const LDW_ABS: u32 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u32;
-const LD_IMM: u32 = (libc::BPF_LD | libc::BPF_IMM) as u32;
-const LD_MEM: u32 = (libc::BPF_LD | libc::BPF_MEM) as u32;
-const ST: u32 = libc::BPF_ST as u32;
-const AND: u32 = (libc::BPF_ALU | libc::BPF_AND | libc::BPF_K) as u32;
-const RSH: u32 = (libc::BPF_ALU | libc::BPF_RSH | libc::BPF_K) as u32;
-const JEQ: u32 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u32;
-const JGT: u32 = (libc::BPF_JMP | libc::BPF_JGT | libc::BPF_K) as u32;
-const JA: u32 = (libc::BPF_JMP | libc::BPF_JA) as u32;
-const RET: u32 = (libc::BPF_RET | libc::BPF_K) as u32;
+const LDB_ABS: u32 = libc::BPF_LD | libc::BPF_B | libc::BPF_ABS;
+const LDW_ABS: u32 = libc::BPF_LD | libc::BPF_W | libc::BPF_ABS;
+const LD_IMM: u32 = libc::BPF_LD | libc::BPF_IMM;
+const LD_MEM: u32 = libc::BPF_LD | libc::BPF_MEM;
+const ST: u32 = libc::BPF_ST;
+const AND: u32 = libc::BPF_ALU | libc::BPF_AND | libc::BPF_K;
+const RSH: u32 = libc::BPF_ALU | libc::BPF_RSH | libc::BPF_K;
+const JEQ: u32 = libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K;
+const JGT: u32 = libc::BPF_JMP | libc::BPF_JGT | libc::BPF_K;
+const JA: u32 = libc::BPF_JMP | libc::BPF_JA;
+const RET: u32 = libc::BPF_RET | libc::BPF_K;
 
 /// Drops every pure SYN, passes everything else.
 pub fn refuse_all() -> Vec<sock_filter> {
-    vec![
-        op(LDB_ABS, 0, 0, 13),
-        op(AND, 0, 0, SYN | ACK),
-        op(JEQ, 1, 0, SYN),
-        op(RET, 0, 0, PASS),
-        op(RET, 0, 0, DROP),
-    ]
+    vec![op(LDB_ABS, 0, 0, 13), op(AND, 0, 0, SYN | ACK), op(JEQ, 1, 0, SYN), op(RET, 0, 0, PASS), op(RET, 0, 0, DROP)]
 }
 
 /// Drops the pure SYNs whose source is one of `keys` (sorted, without duplicates), passes
