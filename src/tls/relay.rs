@@ -10,7 +10,9 @@
 //! - **Client → back end**: records are opened in place where `recv` put them, and their
 //!   plaintext leaves in one vectored `send`.
 //! - A direction that read a full buffer reads again at once (more is queued); one that read
-//!   less waits for readiness first.
+//!   less waits for readiness first. Every direction, user space and kernel TLS alike, yields
+//!   through the ring after [`relay::YIELD_AFTER`] bytes, so a bulk stream that never has to
+//!   wait cannot hold the worker.
 //! - **One outgoing queue.** Records for the client leave in the order they were sealed
 //!   (sequence numbers and key changes depend on it), whichever direction sealed them: data
 //!   from the back end, our KeyUpdate answering the client's, alerts. Each direction waits until
