@@ -468,6 +468,27 @@ mod tests {
         drop(queued);
     }
 
+    /// The filter reads an IPv6 source's /64 from the IPv6 header (the kernel, not our
+    /// interpreter): ::1 shunned gets no answer, another /64 shunned leaves it alone.
+    #[test]
+    fn an_ipv6_source_is_shunned_by_its_64() {
+        use super::super::filter::ShunKey;
+        let Ok(l) = std::net::TcpListener::bind("[::1]:0") else {
+            eprintln!("skipped: no IPv6 loopback");
+            return;
+        };
+        let addr = l.local_addr().unwrap();
+        let s = Socket::from(OwnedFd::from(l));
+        let other = ShunKey::of("2001:db8::1".parse().unwrap());
+        s.shun_sources(&[other]).unwrap();
+        assert!(std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_ok());
+        let mut keys = vec![other, ShunKey::of("::1".parse().unwrap())];
+        keys.sort();
+        s.shun_sources(&keys).unwrap();
+        let e = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).map(|_| ()).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+    }
+
     /// Connects from `src` to `addr` within 300 ms, or says why not.
     fn connect_from(src: std::net::IpAddr, addr: SocketAddr) -> io::Result<socket2::Socket> {
         let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
