@@ -141,6 +141,24 @@ struct Shared<'a> {
 }
 
 /// A TLS failure of the connection, as the relay's error (counted as `relay_errors{cause="tls"}`).
+impl<'a> Shared<'a> {
+    fn new(client: &'a Socket, backend: &'a Socket, session: Box<Session>) -> Self {
+        Self {
+            pair: Pair::new(client, backend),
+            client,
+            backend,
+            session: RefCell::new(session),
+            out: RefCell::new(Out::default()),
+            flushers: Cell::new(0),
+            to_backend: Cell::new(0),
+            to_client: Cell::new(0),
+            first_to_client: Cell::new(None),
+            ktls_tx_update: Cell::new(false),
+            client_done: Cell::new(false),
+        }
+    }
+}
+
 fn tls_error(f: Fatal) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, f.why)
 }
@@ -214,19 +232,7 @@ impl Shared<'_> {
 /// kernel TLS when it can ([`ktls`]), else stays with the user-space record layer.
 pub async fn relay(client: &Socket, est: Box<Established>, backend: &Socket, idle: Duration) -> Relayed {
     let Established { session, leftover, secrets, mut pending, .. } = *est;
-    let s = Shared {
-        pair: Pair::new(client, backend),
-        client,
-        backend,
-        session: RefCell::new(session),
-        out: RefCell::new(Out::default()),
-        flushers: Cell::new(0),
-        to_backend: Cell::new(0),
-        to_client: Cell::new(0),
-        first_to_client: Cell::new(None),
-        ktls_tx_update: Cell::new(false),
-        client_done: Cell::new(false),
-    };
+    let s = Shared::new(client, backend, session);
     // The handshake's held-back ticket is queued first: it leaves with the first answer, or
     // sooner (see `client_to_backend_inner`).
     s.out.borrow_mut().push_bytes(&mut pending);
@@ -832,19 +838,7 @@ mod tests {
                     .unwrap();
                 let est = crate::tls::tests::record_layer::pair_for(suite, b"").est;
                 let (client, backend) = if upload { (&src, &dst) } else { (&dst, &src) };
-                let s = Shared {
-                    pair: Pair::new(client, backend),
-                    client,
-                    backend,
-                    session: RefCell::new(est.session),
-                    out: RefCell::new(Out::default()),
-                    flushers: Cell::new(0),
-                    to_backend: Cell::new(0),
-                    to_client: Cell::new(0),
-                    first_to_client: Cell::new(None),
-                    ktls_tx_update: Cell::new(false),
-                    client_done: Cell::new(false),
-                };
+                let s = Shared::new(client, backend, est.session);
                 let moved = || if upload { s.to_backend.get() } else { s.to_client.get() };
                 let other =
                     Socket::from(OwnedFd::from(std::fs::OpenOptions::new().write(true).open("/dev/null").unwrap()));
