@@ -231,8 +231,12 @@ mod tests {
         for n in [0, 1, 2, 7, 8, 9, 16, 17, 33, 100, 255, 256, MAX_SHUNNED] {
             let ips: Vec<IpAddr> = (0..n)
                 .map(|i| {
-                    if i % 3 == 0 {
+                    if i % 4 == 0 {
                         IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, i as u16, 7, 1, 2, 3, 4))
+                    } else if i % 4 == 1 {
+                        // High words that differ, low words above every high word: a tree that
+                        // compared the wrong word would go the wrong way.
+                        IpAddr::V6(Ipv6Addr::new(0x2001, i as u16, 0xffff, 0xfff0 + (i % 16) as u16, 0, 0, 0, 1))
                     } else {
                         IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + (i as u32) * 7919))
                     }
