@@ -342,3 +342,23 @@ fn api_changes_keep_the_other_routes_warnings_and_renew_their_own() {
     assert_eq!((about(&c, "old"), about(&c, "new")), (1, 0), "{:?}", c.warnings);
     assert_eq!(c.warnings, Config::table_warnings(&c.table), "the same as computed over the whole table");
 }
+
+#[test]
+fn shunning_is_on_with_the_limits_and_off_behind_a_balancer() {
+    let c = load(GOOD).unwrap();
+    assert!(c.listeners[0].admission.shun);
+    assert_eq!(c.listeners[0].admission.shun_max, listeners::DEFAULT_SHUN_MAX);
+    let l = "address = \"127.0.0.1:8443\"";
+    let c = load(&GOOD.replace(l, &format!("{l}\nshun = false\nshun_max = 640"))).unwrap();
+    assert!(!c.listeners[0].admission.shun);
+    assert_eq!(c.listeners[0].admission.shun_max, 640);
+    // Behind accept_proxy the kernel sees the balancer: off unless asked, refused if asked.
+    let behind = format!("{l}\naccept_proxy = \"v2\"\ntrusted_sources = [\"10.0.0.0/8\"]");
+    assert!(!load(&GOOD.replace(l, &behind)).unwrap().listeners[0].admission.shun);
+    let e = errors(&GOOD.replace(l, &format!("{behind}\nshun = true")));
+    assert!(e.contains("edge.toml: listener[0].shun: cannot apply with accept_proxy"), "{e}");
+    for n in [0, 641] {
+        let e = errors(&GOOD.replace(l, &format!("{l}\nshun_max = {n}")));
+        assert!(e.contains("listener[0].shun_max: must be 1 to 640"), "{e}");
+    }
+}
