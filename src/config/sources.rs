@@ -454,11 +454,14 @@ fn immovable(old: &Config, new: &Settings) -> Vec<Located> {
 /// A file's new routes (`None`: the file is gone).
 type FileChange = (PathBuf, Option<FileRoutes>);
 
-/// A route of a changed file, in file order: one the old table has (same id after a change), or
-/// a new one by name.
-enum Entry {
-    Old(RouteId),
-    New(String),
+/// A changed file's routes in file order: ids of the old table (a change keeps them), with the
+/// new routes' places filled in once the new table has given them ids. Four bytes a route, as
+/// the file of a million names has a quarter of a million.
+struct Order {
+    path: PathBuf,
+    ids: Vec<RouteId>,
+    /// Routes the old table does not have: their place in `ids`, and their name.
+    new: Vec<(usize, String)>,
 }
 
 /// Who holds an id of the old table during [`apply`].
@@ -469,7 +472,7 @@ enum Claim {
     /// A changed file's route, not defined again yet.
     Held,
     /// Defined again by the changed file of this index.
-    By(usize),
+    By(u32),
 }
 
 /// The route names the changed files define, each once.
@@ -509,9 +512,9 @@ impl Claims {
             };
         };
         match self.by_id.get(id.0 as usize).copied().unwrap_or(Claim::Unchanged) {
-            Claim::By(first) => twice(first, errors),
+            Claim::By(first) => twice(first as usize, errors),
             Claim::Held => {
-                self.by_id[id.0 as usize] = Claim::By(k);
+                self.by_id[id.0 as usize] = Claim::By(k as u32);
                 true
             }
             Claim::Unchanged => {
@@ -563,7 +566,7 @@ fn apply(
     let changed: HashSet<PathBuf> = changes.iter().map(|(p, _)| p.clone()).collect();
     let files: Vec<PathBuf> = changes.iter().map(|(p, _)| p.clone()).collect();
     // Each changed file's routes in file order (its sources entry after the change).
-    let mut order: Vec<(PathBuf, Vec<Entry>)> = Vec::new();
+    let mut order: Vec<Order> = Vec::new();
     let mut keep: Vec<(Route, PathBuf)> = Vec::new();
     for (k, (p, f)) in changes.into_iter().enumerate() {
         let Some(f) = f else {
@@ -574,12 +577,13 @@ fn apply(
         let terminate = f.routes.iter().any(|r| r.action.is_terminate())
             || f.unchanged.iter().any(|id| t.get(*id).is_some_and(|r| r.action.is_terminate()));
         sources.files.insert(p.clone(), Source { stamp: f.stamp, routes: Vec::new(), terminate });
-        let mut entries = Vec::with_capacity(f.routes.len() + f.unchanged.len());
+        let mut entries =
+            Order { path: p.clone(), ids: Vec::with_capacity(f.routes.len() + f.unchanged.len()), new: Vec::new() };
         for id in f.unchanged {
             // The same as the running route of that id: kept as it is.
             let name = t.get(id).map_or("", |r| r.name.as_str());
             if claims.claim(Some(id), name, k, &files, old, &mut errors) {
-                entries.push(Entry::Old(id));
+                entries.ids.push(id);
             }
         }
         for r in f.routes {
@@ -588,20 +592,21 @@ fn apply(
                 continue;
             }
             match id.and_then(|id| t.get(id).map(|o| (id, o))) {
-                Some((id, o)) if same_route(o, &r) => entries.push(Entry::Old(id)),
+                Some((id, o)) if same_route(o, &r) => entries.ids.push(id),
                 Some((id, _)) => {
                     report.routes_changed += 1;
-                    entries.push(Entry::Old(id));
+                    entries.ids.push(id);
                     keep.push((r, p.clone()));
                 }
                 None => {
                     report.routes_added += 1;
-                    entries.push(Entry::New(r.name.clone()));
+                    entries.new.push((entries.ids.len(), r.name.clone()));
+                    entries.ids.push(RouteId(u32::MAX));
                     keep.push((r, p.clone()));
                 }
             }
         }
-        order.push((p, entries));
+        order.push(entries);
     }
     if !errors.is_empty() {
         return Err(ConfigError { file: path.clone(), problems: errors });
@@ -637,6 +642,8 @@ fn apply(
         let gone = |id: RouteId| matches!(claims.by_id.get(id.0 as usize), Some(Claim::Held));
         full_rebuild(old, &settings, keep, &gone, &mut sources, &changed)?
     } else {
+        // Not needed any more: freed before the shards are copied (the peak of a reload).
+        drop(claims);
         touched_names = Some(gone_names.iter().cloned().chain(keep.iter().map(|(r, _)| r.name.clone())).collect());
         let file_of: HashMap<String, PathBuf> = keep.iter().map(|(r, p)| (r.name.clone(), p.clone())).collect();
         let mut c = t.change();
@@ -688,16 +695,18 @@ fn apply(
     };
     // Every changed file lists its routes by their ids in the new table, in file order (a
     // change keeps the ids of the routes that stay; a full build gives new ones).
-    for (p, entries) in order {
+    for Order { path: p, mut ids, new } in order {
+        if report.full_build {
+            for id in ids.iter_mut() {
+                *id = t.get(*id).and_then(|r| table.id_of(&r.name)).unwrap_or(RouteId(u32::MAX));
+            }
+        }
+        for (at, name) in new {
+            ids[at] = table.id_of(&name).unwrap_or(RouteId(u32::MAX));
+        }
+        ids.retain(|id| id.0 != u32::MAX);
         if let Some(src) = sources.files.get_mut(&p) {
-            src.routes = entries
-                .iter()
-                .filter_map(|e| match e {
-                    Entry::Old(id) if !report.full_build => Some(*id),
-                    Entry::Old(id) => t.get(*id).and_then(|r| table.id_of(&r.name)),
-                    Entry::New(name) => table.id_of(name),
-                })
-                .collect();
+            src.routes = ids;
         }
     }
     report.build_ms = ms(built);

@@ -83,7 +83,11 @@ fn run(shared: &Shared, rx: &mpsc::Receiver<Msg>) {
         let msg = match rx.recv_timeout(Duration::from_millis(500)) {
             Ok(m) => m,
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                shared.collect_retired();
+                if shared.collect_retired() {
+                    // A replaced configuration the workers let go of since: its memory goes
+                    // back to the kernel now, not at the allocator's leisure.
+                    crate::sys::release_all_free_memory();
+                }
                 continue;
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
