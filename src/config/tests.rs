@@ -402,3 +402,46 @@ fn a_reload_tells_who_defines_each_route() {
     assert_eq!(owner(&c3, "b2"), Some(file("c.toml")));
     assert_eq!(c3.table.len(), 6);
 }
+
+/// A reload keeps a terminating route whose certificate, key and ticket keys did not change as
+/// the running route (not a second copy of its TLS configuration), and replaces the one whose
+/// certificate was rewritten.
+#[test]
+fn a_reload_keeps_the_terminating_routes_that_did_not_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, _) = cert_files(dir.path());
+    let (cert2, key2) = (dir.path().join("b.pem"), dir.path().join("b.key"));
+    std::fs::copy(&cert, &cert2).unwrap();
+    std::fs::copy(&key, &key2).unwrap();
+    let main = dir.path().join("edge.toml");
+    let terminate = |name: &str, cert: &Path, key: &Path| {
+        format!("[[route]]\nname = {name:?}\nsni = [\"{name}.example.com\"]\naction = \"terminate\"\ncert = {cert:?}\nkey = {key:?}\nbackends = [\"127.0.0.1:80\"]\n")
+    };
+    std::fs::write(
+        &main,
+        format!(
+            "[[listener]]\naddress = \"127.0.0.1:8443\"\n{}{}",
+            terminate("a", &cert, &key),
+            terminate("b", &cert2, &key2)
+        ),
+    )
+    .unwrap();
+    // Certificates written just now are parsed again on the next load (the cache trusts only
+    // files that settled): let them settle.
+    std::thread::sleep(crate::tls::store::SETTLE * 2);
+    let c = Config::load(&main, &RuntimeOverrides::default()).unwrap();
+    let route = |c: &Config, name: &str| Arc::clone(c.table.get(c.table.id_of(name).unwrap()).unwrap());
+    let (c2, report) = c.reload().unwrap();
+    assert_eq!((report.routes_changed, report.files_parsed), (0, 1), "{report:?}");
+    assert!(Arc::ptr_eq(&route(&c, "a"), &route(&c2, "a")), "an unchanged terminating route was built again");
+    assert!(Arc::ptr_eq(&c.tls, &c2.tls));
+    assert_eq!(c2.tls.loads(), (0, 2));
+    // b's certificate rewritten (the same bytes: a new file all the same): b only is new.
+    std::fs::write(&cert2, std::fs::read(&cert).unwrap()).unwrap();
+    let (c3, report) = c2.reload().unwrap();
+    assert_eq!(report.routes_changed, 1, "{report:?}");
+    assert!(Arc::ptr_eq(&route(&c2, "a"), &route(&c3, "a")));
+    assert!(!Arc::ptr_eq(&route(&c2, "b"), &route(&c3, "b")));
+    // The file is still read again on every reload (its certificates may change).
+    assert_eq!(c3.reload().unwrap().1.files_parsed, 1);
+}
