@@ -220,19 +220,12 @@ impl Cutter {
     }
 }
 
-/// One parsed piece: its syntax (routes removed) and its routes, resolved.
-struct Piece<F> {
-    file: F,
-    routes: Vec<Option<Route>>,
-    unchanged: Vec<RouteId>,
-}
-
 /// For a reload: the running route that a parsed route is the same as (then only its id is
 /// kept, and the parsed copy is dropped as its piece is parsed: a reload of a big file holds
 /// the running table and the routes that changed, not a second table).
 pub(super) type Same<'a> = Option<&'a (dyn Fn(&Route) -> Option<RouteId> + Sync)>;
 
-/// What [`parse`] or [`parse_file`] produced.
+/// What [`parse`] or [`parse_file`] produced (or one piece of it).
 pub(super) struct Parsed<F> {
     /// The file's tables, routes taken out.
     pub(super) file: F,
@@ -294,7 +287,7 @@ fn parse_piece<F: HasRoutes>(
     base: &Path,
     same: Same<'_>,
     tls: &crate::tls::Shared,
-) -> Result<(Piece<F>, Vec<Located>), String> {
+) -> Result<(Parsed<F>, Vec<Located>), String> {
     let mut file: F = toml::from_str(piece).map_err(|e| toml_error(&e))?;
     let raw = file.take_routes();
     let mut errs = Vec::new();
@@ -308,7 +301,7 @@ fn parse_piece<F: HasRoutes>(
             None => routes.push(resolved),
         }
     }
-    Ok((Piece { file, routes, unchanged }, errs))
+    Ok((Parsed { file, routes, unchanged }, errs))
 }
 
 /// The pieces' results put together in file order; `whole_file` once they cannot be (a piece that
@@ -326,7 +319,7 @@ impl<F: HasRoutes> Merged<F> {
         Self { out: None, errors: Vec::new(), syntax: None, whole_file: false, pieces: 0 }
     }
 
-    fn add(&mut self, first: usize, result: Result<(Piece<F>, Vec<Located>), String>) {
+    fn add(&mut self, first: usize, result: Result<(Parsed<F>, Vec<Located>), String>) {
         self.pieces += 1;
         let (piece, errs) = match result {
             Ok(x) => x,
@@ -341,7 +334,7 @@ impl<F: HasRoutes> Merged<F> {
             self.whole_file = true;
         }
         match &mut self.out {
-            None => self.out = Some(Parsed { file: piece.file, routes: piece.routes, unchanged: piece.unchanged }),
+            None => self.out = Some(piece),
             Some(o) => {
                 self.whole_file |= !o.file.absorb(piece.file);
                 o.routes.extend(piece.routes);
@@ -480,19 +473,9 @@ fn parse_whole<F: HasRoutes>(
     tls: &crate::tls::Shared,
     errors: &mut Vec<Located>,
 ) -> Result<Parsed<F>, String> {
-    let mut file: F = toml::from_str(text).map_err(|e| toml_error(&e))?;
-    let raw = file.take_routes();
-    let mut unchanged = Vec::new();
-    let mut routes = Vec::with_capacity(raw.len());
-    for (i, r) in raw.into_iter().enumerate() {
-        let key = if r.name.is_empty() { format!("route[{i}]") } else { format!("route {:?}", r.name) };
-        let resolved = resolve_route(r, &key, base, tls, errors);
-        match resolved.as_ref().and_then(|route| same.and_then(|same| same(route))) {
-            Some(id) => unchanged.push(id),
-            None => routes.push(resolved),
-        }
-    }
-    Ok(Parsed { file, routes, unchanged })
+    let (piece, errs) = parse_piece::<F>(0, text, base, same, tls)?;
+    errors.extend(errs);
+    Ok(piece)
 }
 
 /// The files an `include` entry names, sorted: a path, or a directory and a file pattern with
@@ -623,7 +606,7 @@ mod tests {
             |p: &Parsed<FileConfig>| p.routes.iter().map(|r| r.as_ref().map(|r| r.name.clone())).collect::<Vec<_>>();
         assert_eq!(names(&a), names(&b));
         assert_eq!(a.unchanged, b.unchanged);
-        assert_eq!(b.unchanged.len(), 6_667);
+        assert_eq!(b.unchanged.len(), 6_666, "every third, less the route with a problem");
         assert!(b.unchanged.windows(2).all(|w| w[0].0 < w[1].0), "in file order");
         assert_eq!(b.routes.len() + b.unchanged.len(), 20_000);
         assert_eq!(b.routes.iter().filter(|r| r.is_none()).count(), 1);
