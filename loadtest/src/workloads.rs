@@ -438,11 +438,13 @@ pub fn run(p: &Arc<Prepared>, port: u16, cpus: &[usize], duration: Duration, see
     total
 }
 
-/// A connection the target turned away: refused or reset at connect, closed or reset before answering.
+/// A connection the target turned away: refused, reset or unanswered at connect (a target that
+/// drops a shunned client's SYNs in the kernel), closed or reset before answering.
 pub fn is_refusal(e: Err) -> bool {
     matches!(
         e,
         "connect_refused"
+            | "connect_timeout"
             | "connect_reset"
             | "reset"
             | "aborted"
@@ -1102,7 +1104,7 @@ mod tests {
 
     #[test]
     fn refusals() {
-        for e in ["connect_refused", "reset", "closed_no_answer", "eof_early"] {
+        for e in ["connect_refused", "connect_timeout", "reset", "closed_no_answer", "eof_early"] {
             assert!(is_refusal(e), "{e}");
         }
         for e in ["wrong_route", "bad_answer", "timeout", "extra_bytes"] {

@@ -62,6 +62,8 @@ pub(super) struct ListenerFile {
     pub(super) trusted_sources: Vec<String>,
     pub(super) max_conns_per_client: Option<u32>,
     pub(super) max_conn_rate_per_client: Option<u32>,
+    pub(super) shun: Option<bool>,
+    pub(super) shun_max: Option<u32>,
     #[serde(default)]
     pub(super) allow: Vec<String>,
     #[serde(default)]

@@ -157,7 +157,15 @@ pub struct Admission {
     pub allow_ja4: Vec<Ja4Pattern>,
     /// Never hellos with a matching JA4 (wins over `allow_ja4`).
     pub deny_ja4: Vec<Ja4Pattern>,
+    /// A client refused by a limit is shunned in the kernel while the limit would refuse it
+    /// (`shun`; off behind `accept_proxy`, where the kernel sees the balancer).
+    pub shun: bool,
+    /// Clients shunned at most, per worker (`shun_max`).
+    pub shun_max: u32,
 }
+
+/// `shun_max` unless set.
+pub const DEFAULT_SHUN_MAX: u32 = 256;
 
 impl Admission {
     /// Whether anything is checked before the hello (addresses, limits).
@@ -243,6 +251,8 @@ pub(super) fn resolve_listener(i: usize, l: &ListenerFile, errors: &mut Vec<Loca
             ("trusted_sources", !l.trusted_sources.is_empty()),
             ("max_conns_per_client", l.max_conns_per_client.is_some()),
             ("max_conn_rate_per_client", l.max_conn_rate_per_client.is_some()),
+            ("shun", l.shun.is_some()),
+            ("shun_max", l.shun_max.is_some()),
             ("allow", !l.allow.is_empty()),
             ("deny", !l.deny.is_empty()),
             ("allow_ja4", !l.allow_ja4.is_empty()),
@@ -324,10 +334,27 @@ pub(super) fn resolve_listener(i: usize, l: &ListenerFile, errors: &mut Vec<Loca
     if accept_proxy.is_none() && !l.trusted_sources.is_empty() {
         errors.push(Located::new(key("trusted_sources"), "applies only with accept_proxy"));
     }
+    if accept_proxy.is_some() && l.shun == Some(true) {
+        errors.push(Located::new(
+            key("shun"),
+            "cannot apply with accept_proxy: the kernel sees the balancer's address, not the client's (shunning it would drop everyone behind it)",
+        ));
+    }
+    let max = crate::sys::filter::MAX_SHUNNED as u32;
+    if l.shun_max.is_some_and(|n| n == 0 || n > max) {
+        errors.push(Located::new(
+            key("shun_max"),
+            format!(
+                "must be 1 to {max} (the kernel's filter holds at most {max} clients); shun = false turns shunning off"
+            ),
+        ));
+    }
     if errors.len() > before {
         return None;
     }
     let admission = Admission {
+        shun: l.shun.unwrap_or(accept_proxy.is_none()),
+        shun_max: l.shun_max.unwrap_or(DEFAULT_SHUN_MAX),
         max_conns_per_client: l.max_conns_per_client.unwrap_or(0),
         max_conn_rate_per_client: l.max_conn_rate_per_client.unwrap_or(0),
         allow,

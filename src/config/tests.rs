@@ -444,4 +444,23 @@ fn a_reload_keeps_the_terminating_routes_that_did_not_change() {
     assert!(!Arc::ptr_eq(&route(&c2, "b"), &route(&c3, "b")));
     // The file is still read again on every reload (its certificates may change).
     assert_eq!(c3.reload().unwrap().1.files_parsed, 1);
+
+#[test]
+fn shunning_is_on_with_the_limits_and_off_behind_a_balancer() {
+    let c = load(GOOD).unwrap();
+    assert!(c.listeners[0].admission.shun);
+    assert_eq!(c.listeners[0].admission.shun_max, listeners::DEFAULT_SHUN_MAX);
+    let l = "address = \"127.0.0.1:8443\"";
+    let c = load(&GOOD.replace(l, &format!("{l}\nshun = false\nshun_max = 640"))).unwrap();
+    assert!(!c.listeners[0].admission.shun);
+    assert_eq!(c.listeners[0].admission.shun_max, 640);
+    // Behind accept_proxy the kernel sees the balancer: off unless asked, refused if asked.
+    let behind = format!("{l}\naccept_proxy = \"v2\"\ntrusted_sources = [\"10.0.0.0/8\"]");
+    assert!(!load(&GOOD.replace(l, &behind)).unwrap().listeners[0].admission.shun);
+    let e = errors(&GOOD.replace(l, &format!("{behind}\nshun = true")));
+    assert!(e.contains("edge.toml: listener[0].shun: cannot apply with accept_proxy"), "{e}");
+    for n in [0, 641] {
+        let e = errors(&GOOD.replace(l, &format!("{l}\nshun_max = {n}")));
+        assert!(e.contains("listener[0].shun_max: must be 1 to 640"), "{e}");
+    }
 }

@@ -3,7 +3,9 @@
 //! per-client limits — connections open at once (`max_conns_per_client`, `client_conn_limit`) and
 //! new connections per second (`max_conn_rate_per_client`, `client_rate_limit`). After the hello:
 //! the JA4 lists (`denied_ja4`, with a `handshake_failure` alert). A client is its IPv4 address or
-//! its IPv6 /64 ([`client_key`]); behind `accept_proxy` it is the PROXY header's source.
+//! its IPv6 /64 ([`client_key`]); behind `accept_proxy` it is the PROXY header's source. A client
+//! refused by a limit is also shunned in the kernel while the limit would refuse it
+//! ([`super::shun`], `shun`).
 //!
 //! The limits hold over all workers: a [`ClientTable`] per listener has one row per worker
 //! (count-min, two hashed slots of 16,384 per client), each row written only by its worker (a
@@ -117,6 +119,18 @@ impl ClientTable {
         }
     }
 
+    /// Whether `limits` would refuse the client at `ip` now, and by which limit (a read: nothing
+    /// counted).
+    pub fn refuses(&self, ip: std::net::IpAddr, limits: &Admission) -> Option<DropReason> {
+        let slots = self.slots(client_key(Some(ip))?);
+        if limits.max_conns_per_client > 0 && self.open(slots) >= u64::from(limits.max_conns_per_client) {
+            return Some(DropReason::ClientConnLimit);
+        }
+        let over = limits.max_conn_rate_per_client > 0
+            && self.rate(slots, now_ms()) >= u64::from(limits.max_conn_rate_per_client);
+        over.then_some(DropReason::ClientRateLimit)
+    }
+
     /// Admits or refuses a client on `worker` under `limits`.
     fn admit(&self, worker: usize, key: u64, limits: &Admission) -> Result<Admitted<'_>, DropReason> {
         let slots = self.slots(key);
@@ -190,7 +204,7 @@ impl Tables {
         }
     }
 
-    fn get(&self, listen: SocketAddr) -> Option<&ClientTable> {
+    pub(super) fn get(&self, listen: SocketAddr) -> Option<&ClientTable> {
         self.by_listener.iter().map_while(|c| c.get()).find(|(a, _)| *a == listen).map(|(_, t)| t)
     }
 }
@@ -220,7 +234,13 @@ pub(super) fn before_hello<'r>(
         return Ok(None);
     }
     let (Some(table), Some(key)) = (res.admission.get(conn.listen), client_key(Some(ip))) else { return Ok(None) };
-    table.admit(res.worker, key, rules).map(Some).map_err(refuse)
+    table.admit(res.worker, key, rules).map(Some).map_err(|reason| {
+        if rules.shun {
+            let max = rules.shun_max as usize;
+            res.shuns.borrow_mut().shun(&res.metrics, res.worker, conn.listen, ip, reason, max);
+        }
+        refuse(reason)
+    })
 }
 
 /// The checks on the hello: the JA4 lists. The fingerprint goes to the access log too.

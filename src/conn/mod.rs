@@ -12,6 +12,7 @@
 //! - [`admission`]: the listener's address lists and per-client limits (before the hello), its
 //!   JA4 lists (on the hello);
 //! - [`hello`]: reading the ClientHello within `hello_timeout_ms`, one parse per hello;
+//! - [`shun`]: clients over their limits shunned in the kernel (the listener's SYN filter);
 //! - [`routing`]: where the hello goes (dedicated IP, SNI, fallback), `min_tls`, the PROXY header;
 //! - [`passthrough`]: connecting to the back ends, the back end's ServerHello version where
 //!   `min_tls` needs it, and the relay (splice or buffered);
@@ -26,6 +27,7 @@ pub mod hello;
 pub mod passthrough;
 pub mod proxy_in;
 pub mod routing;
+pub mod shun;
 pub mod terminate;
 pub mod trace;
 
@@ -62,6 +64,9 @@ pub struct Resources {
     pub log: Option<access_log::Writer>,
     /// The per-client counts of the listeners (shared by every worker).
     pub admission: Arc<admission::Tables>,
+    /// The clients this worker's listening sockets drop in the kernel (borrowed, never across
+    /// an await).
+    pub shuns: RefCell<shun::Shuns>,
 }
 
 impl Resources {

@@ -9,8 +9,8 @@
 
 use super::labels::{
     AcceptCause, AdminRefusal, ApiResult, ConnectCause, Direction, DropReason, HandoffCause, OcspState, PipeMiss,
-    QuicDatagramDrop, QuicFlowDrop, QuicFlowEnd, RelayCause, RelayKind, ReloadResult, TicketKeyState, TicketResult,
-    UpgradeResult,
+    QuicDatagramDrop, QuicFlowDrop, QuicFlowEnd, RelayCause, RelayKind, ReloadResult, ShunCause, ShunSkip,
+    TicketKeyState, TicketResult, UpgradeResult,
 };
 use crate::hello::Alert;
 use crate::route::Match;
@@ -212,6 +212,15 @@ counter_set! {
     /// (connections beyond the cap wait in the listen backlog; none is refused).
     conn_limit_waits: u64 => Counter "connection_limit_waits_total"
         "Times a worker stopped accepting at max_conns_per_worker (later connections wait in the backlog).";
+    /// Clients over a per-client limit shunned in the kernel (their SYNs dropped by the
+    /// listener's filter), by the limit.
+    shuns: tally(ShunCause) => Counter "admission_shuns_total"
+        "Clients over a per-client limit added to a listener's kernel filter (their new handshakes dropped before accept), by limit.";
+    shun_skipped: tally(ShunSkip) => Counter "admission_shun_skipped_total"
+        "Clients over a limit that were not shunned (refused after accept instead), by cause.";
+    /// Clients shunned now (a gauge, summed over workers: a client shunned on two workers'
+    /// sockets counts twice).
+    shunned: u64 => Gauge "admission_shunned" "Clients shunned now: entries in the listeners' kernel filters, summed over workers.";
     /// Spliced bursts copied through a buffer because no pipe could be had, by cause.
     splice_fallbacks: tally(PipeMiss) => Counter "splice_fallbacks_total"
         "Spliced relay bursts copied through a buffer instead because no pipe could be had, by cause.";

@@ -314,6 +314,26 @@ labels! {
 }
 
 labels! {
+    /// Which limit a client shunned in the kernel was over (the drop reason's name).
+    pub enum ShunCause: "reason" {
+        /// `max_conns_per_client`.
+        ConnLimit = "client_conn_limit",
+        /// `max_conn_rate_per_client`.
+        RateLimit = "client_rate_limit",
+    }
+}
+
+labels! {
+    /// Why a client over its limit was not shunned (it is refused after accept instead).
+    pub enum ShunSkip: "cause" {
+        /// `shun_max` clients were shunned on that listener's socket already.
+        Full = "full",
+        /// The kernel refused the filter.
+        Filter = "filter",
+    }
+}
+
+labels! {
     /// How an active health check came out.
     pub enum CheckResult: "result" {
         Ok = "ok",
@@ -485,6 +505,8 @@ mod tests {
         check::<Alert>();
         check::<Match>();
         check::<HandoffCause>();
+        check::<ShunCause>();
+        check::<ShunSkip>();
         check::<CheckResult>();
         check::<QuicDatagramDrop>();
         check::<QuicFlowDrop>();

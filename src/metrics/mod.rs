@@ -7,8 +7,9 @@
 //!   nothing is shared and nothing is atomic.
 //! - [`Histograms`] are HDR histograms (1 ns to 60 s, 3 significant digits, created once per
 //!   worker; recording is an index computation and an increment, saturating at the top). The
-//!   worker records into an *interval* set; publishing adds the interval into the slot's
-//!   cumulative set and clears it, so readers see everything since start.
+//!   worker keeps the values recorded since its last publish as they are (up to 4,096; beyond,
+//!   in an *interval* set); publishing records them into the slot's cumulative set, so readers
+//!   see everything since start.
 //! - Every [`PUBLISH_EVERY`] and when the worker stops, the worker copies its counters into its
 //!   [`Slot`] and adds its interval histograms to the slot's (each behind its own `Mutex`; the
 //!   worker uses `try_lock`, so a slow reader never blocks it: a skipped interval is simply
@@ -23,8 +24,8 @@ pub mod labels;
 pub use counters::{ControlCounters, Counters, Family, Kind, Label, Tally, Value};
 pub use labels::{
     AcceptCause, AdminRefusal, ApiResult, CheckResult, ConnectCause, Direction, DropReason, HandoffCause, OcspState,
-    PipeMiss, QuicDatagramDrop, QuicFlowDrop, QuicFlowEnd, RelayCause, RelayKind, ReloadResult, TicketKeyState,
-    TicketResult, UpgradeResult,
+    PipeMiss, QuicDatagramDrop, QuicFlowDrop, QuicFlowEnd, RelayCause, RelayKind, ReloadResult, ShunCause,
+    TicketKeyState, TicketResult, UpgradeResult,
 };
 
 use crate::route::Match;
@@ -213,12 +214,24 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     }
 }
 
+/// Values a worker keeps as recorded between two publishes, at most (beyond, they go into
+/// interval histograms).
+const VALUES_MAX: usize = 4096;
+
 /// The worker-owned, thread-local counters and histograms.
 #[derive(Debug)]
 pub struct Local {
     counters: RefCell<Counters>,
-    /// Recorded since the last successful publish.
-    interval: RefCell<Histograms>,
+    /// Recorded since the last successful publish, as recorded: publishing records them into
+    /// the slot's histograms, a few instructions each. (Adding an interval histogram into the
+    /// slot's and clearing it walks and zeroes all 28,000 buckets of each: 1.4 MB through
+    /// the worker's cache ten times a second, 13 % of a short connection's instructions at
+    /// 5,000 connections per second.)
+    values: RefCell<Vec<(Hist, u64)>>,
+    /// Recorded since the last successful publish beyond [`VALUES_MAX`] values (made at the
+    /// first overflow).
+    interval: RefCell<Option<Box<Histograms>>>,
+    overflowed: Cell<bool>,
     pending: Cell<bool>,
     slot: Slot,
 }
@@ -227,7 +240,9 @@ impl Local {
     pub fn new(slot: Slot) -> Self {
         Self {
             counters: RefCell::new(Counters::default()),
-            interval: RefCell::new(Histograms::default()),
+            values: RefCell::new(Vec::new()),
+            interval: RefCell::new(None),
+            overflowed: Cell::new(false),
             pending: Cell::new(false),
             slot,
         }
@@ -236,8 +251,29 @@ impl Local {
     /// Records one value (ns or bytes) of `k`.
     #[inline]
     pub fn record(&self, k: Hist, v: u64) {
-        self.interval.borrow_mut().record(k, v);
+        let mut values = self.values.borrow_mut();
+        if values.len() < VALUES_MAX {
+            values.push((k, v));
+        } else {
+            self.interval.borrow_mut().get_or_insert_with(Box::default).record(k, v);
+            self.overflowed.set(true);
+        }
         self.pending.set(true);
+    }
+
+    /// Adds what was recorded since the last publish into `into` and forgets it.
+    fn flush_into(&self, into: &mut Histograms) {
+        for (k, v) in self.values.borrow_mut().drain(..) {
+            into.record(k, v);
+        }
+        if self.overflowed.get() {
+            if let Some(interval) = self.interval.borrow_mut().as_mut() {
+                into.merge(interval);
+                interval.clear();
+            }
+            self.overflowed.set(false);
+        }
+        self.pending.set(false);
     }
 
     /// Records a duration of `k` in nanoseconds (saturating).
@@ -274,10 +310,7 @@ impl Local {
         }
         if self.pending.get() {
             if let Ok(mut slot) = self.slot.hists.try_lock() {
-                let mut interval = self.interval.borrow_mut();
-                slot.merge(&interval);
-                interval.clear();
-                self.pending.set(false);
+                self.flush_into(&mut slot);
             }
         }
     }
@@ -286,10 +319,7 @@ impl Local {
     pub fn publish_final(&self) {
         *lock(&self.slot.counters) = self.get();
         if self.pending.get() {
-            let mut interval = self.interval.borrow_mut();
-            lock(&self.slot.hists).merge(&interval);
-            interval.clear();
-            self.pending.set(false);
+            self.flush_into(&mut lock(&self.slot.hists));
         }
     }
 }
@@ -407,6 +437,26 @@ mod tests {
         assert_eq!(m.dropped_by(DropReason::NotTls), 1);
         assert_eq!(m.routed_by(Match::ExactSni), 2);
         assert_eq!(m.bytes.get(Direction::ClientToBackend), 10);
+    }
+
+    /// Past the values a worker keeps between publishes, the rest go into interval histograms:
+    /// nothing is lost, counts and sums stay exact.
+    #[test]
+    fn values_beyond_the_buffer_are_counted_too() {
+        let reg = Registry::new(1);
+        let a = Local::new(reg.slot(0));
+        let n = VALUES_MAX as u64 + 10;
+        for i in 0..n {
+            a.record(Hist::HelloSize, 100 + i % 7);
+        }
+        assert!(a.overflowed.get());
+        a.publish();
+        a.record(Hist::HelloSize, 5);
+        a.publish_final();
+        let h = reg.merged_histograms();
+        assert_eq!(h.count(Hist::HelloSize), n + 1);
+        assert_eq!(h.sum(Hist::HelloSize), (0..n).map(|i| 100 + i % 7).sum::<u64>() + 5);
+        assert!(a.values.borrow().is_empty() && !a.overflowed.get());
     }
 
     #[test]

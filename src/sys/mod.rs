@@ -7,6 +7,8 @@
 //!
 //! - [`ring`]: a worker's io_uring runtime and one-shot submission;
 //! - [`socket`]: [`Socket`], async accept/recv/send/poll through the ring, connect, addresses;
+//! - [`filter`]: the listener's handshake filter (classic BPF): every new handshake dropped
+//!   before a close, or those of shunned sources (admission);
 //! - [`pipe`]: [`Pipe`] and non-blocking `splice(2)`;
 //! - [`limits`]: `RLIMIT_NOFILE`, huge-page hints;
 //! - [`alloc`]: giving freed allocator pages back to the system;
@@ -21,6 +23,7 @@
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 pub mod alloc;
+pub mod filter;
 pub mod huge;
 pub mod inotify;
 pub mod ktls;

@@ -132,17 +132,25 @@ impl Socket {
     /// its TCP header; byte 13 holds the flags. Children of the listener inherit the filter,
     /// which never matches on an established connection.)
     pub fn refuse_new_handshakes(&self) -> io::Result<()> {
-        const SYN: u32 = 0x02;
-        const ACK: u32 = 0x10;
-        let op = |code: u32, jt: u8, jf: u8, k: u32| libc::sock_filter { code: code as u16, jt, jf, k };
-        let program = [
-            op(libc::BPF_LD | libc::BPF_B | libc::BPF_ABS, 0, 0, 13),
-            op(libc::BPF_ALU | libc::BPF_AND | libc::BPF_K, 0, 0, SYN | ACK),
-            op(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K, 1, 0, SYN),
-            op(libc::BPF_RET | libc::BPF_K, 0, 0, u32::MAX),
-            op(libc::BPF_RET | libc::BPF_K, 0, 0, 0),
-        ];
-        self.sock_ref().attach_filter(&program)
+        self.sock_ref().attach_filter(&super::filter::refuse_all())
+    }
+
+    /// Makes a TCP listener drop the new handshakes (pure SYNs) of the sources in `keys`
+    /// (sorted, unique, at most [`filter::MAX_SHUNNED`](super::filter::MAX_SHUNNED)), replacing
+    /// the filter it had; with no keys, takes the filter off. Everything else passes.
+    pub fn shun_sources(&self, keys: &[super::filter::ShunKey]) -> io::Result<()> {
+        if keys.is_empty() {
+            return self.clear_filter();
+        }
+        self.sock_ref().attach_filter(&super::filter::shunning(keys))
+    }
+
+    /// Takes the socket filter off (none attached: fine).
+    pub fn clear_filter(&self) -> io::Result<()> {
+        match self.sock_ref().detach_filter() {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            other => other,
+        }
     }
 
     /// Makes the socket non-blocking (for [`try_accept`](Self::try_accept) on a listener).
@@ -458,5 +466,68 @@ mod tests {
         s.set_nonblocking().unwrap();
         assert!(s.try_accept().is_ok());
         drop(queued);
+    }
+
+    /// The filter reads an IPv6 source's /64 from the IPv6 header (the kernel, not our
+    /// interpreter): ::1 shunned gets no answer, another /64 shunned leaves it alone.
+    #[test]
+    fn an_ipv6_source_is_shunned_by_its_64() {
+        use super::super::filter::ShunKey;
+        let Ok(l) = std::net::TcpListener::bind("[::1]:0") else {
+            eprintln!("skipped: no IPv6 loopback");
+            return;
+        };
+        let addr = l.local_addr().unwrap();
+        let s = Socket::from(OwnedFd::from(l));
+        let other = ShunKey::of("2001:db8::1".parse().unwrap());
+        s.shun_sources(&[other]).unwrap();
+        assert!(std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_ok());
+        let mut keys = vec![other, ShunKey::of("::1".parse().unwrap())];
+        keys.sort();
+        s.shun_sources(&keys).unwrap();
+        let e = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).map(|_| ()).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+    }
+
+    /// Connects from `src` to `addr` within 300 ms, or says why not.
+    fn connect_from(src: std::net::IpAddr, addr: SocketAddr) -> io::Result<socket2::Socket> {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        s.bind(&SocketAddr::new(src, 0).into())?;
+        s.connect_timeout(&addr.into(), Duration::from_millis(300))?;
+        Ok(s)
+    }
+
+    #[test]
+    fn a_shunned_source_gets_no_answer_and_others_are_served() {
+        use super::super::filter::ShunKey;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let (bad, good): (std::net::IpAddr, std::net::IpAddr) =
+            ("127.0.0.9".parse().unwrap(), "127.0.0.10".parse().unwrap());
+        let s = Socket::from(OwnedFd::from(l));
+        // A connection of the source made before the shun stays.
+        let before = connect_from(bad, addr).unwrap();
+        let mut keys = vec![ShunKey::of(bad), ShunKey::of("10.1.2.3".parse().unwrap())];
+        keys.sort();
+        s.shun_sources(&keys).unwrap();
+        let refused = connect_from(bad, addr).map(|_| ()).unwrap_err();
+        assert_eq!(refused.kind(), io::ErrorKind::TimedOut, "{refused}");
+        let served = connect_from(good, addr);
+        assert!(served.is_ok(), "{served:?}");
+        // The kernel takes the largest program too (its verifier checks every jump).
+        let mut many: Vec<ShunKey> = (1..super::super::filter::MAX_SHUNNED as u32)
+            .map(|i| ShunKey::of(std::net::Ipv4Addr::from(0x0a00_0000 + i * 3).into()))
+            .chain([ShunKey::of(bad)])
+            .collect();
+        many.sort();
+        assert_eq!(many.len(), super::super::filter::MAX_SHUNNED);
+        s.shun_sources(&many).unwrap();
+        assert!(connect_from(bad, addr).is_err());
+        assert!(connect_from(good, addr).is_ok());
+        // The entry gone, the source is answered again.
+        s.shun_sources(&[]).unwrap();
+        assert!(connect_from(bad, addr).is_ok());
+        s.clear_filter().unwrap();
+        drop(before);
     }
 }

@@ -10,7 +10,9 @@
 //! - **Client → back end**: records are opened in place where `recv` put them, and their
 //!   plaintext leaves in one vectored `send`.
 //! - A direction that read a full buffer reads again at once (more is queued); one that read
-//!   less waits for readiness first.
+//!   less waits for readiness first. Every direction, user space and kernel TLS alike, yields
+//!   through the ring after [`relay::YIELD_AFTER`] bytes, so a bulk stream that never has to
+//!   wait cannot hold the worker.
 //! - **One outgoing queue.** Records for the client leave in the order they were sealed
 //!   (sequence numbers and key changes depend on it), whichever direction sealed them: data
 //!   from the back end, our KeyUpdate answering the client's, alerts. Each direction waits until
@@ -139,6 +141,24 @@ struct Shared<'a> {
 }
 
 /// A TLS failure of the connection, as the relay's error (counted as `relay_errors{cause="tls"}`).
+impl<'a> Shared<'a> {
+    fn new(client: &'a Socket, backend: &'a Socket, session: Box<Session>) -> Self {
+        Self {
+            pair: Pair::new(client, backend),
+            client,
+            backend,
+            session: RefCell::new(session),
+            out: RefCell::new(Out::default()),
+            flushers: Cell::new(0),
+            to_backend: Cell::new(0),
+            to_client: Cell::new(0),
+            first_to_client: Cell::new(None),
+            ktls_tx_update: Cell::new(false),
+            client_done: Cell::new(false),
+        }
+    }
+}
+
 fn tls_error(f: Fatal) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, f.why)
 }
@@ -212,19 +232,7 @@ impl Shared<'_> {
 /// kernel TLS when it can ([`ktls`]), else stays with the user-space record layer.
 pub async fn relay(client: &Socket, est: Box<Established>, backend: &Socket, idle: Duration) -> Relayed {
     let Established { session, leftover, secrets, mut pending, .. } = *est;
-    let s = Shared {
-        pair: Pair::new(client, backend),
-        client,
-        backend,
-        session: RefCell::new(session),
-        out: RefCell::new(Out::default()),
-        flushers: Cell::new(0),
-        to_backend: Cell::new(0),
-        to_client: Cell::new(0),
-        first_to_client: Cell::new(None),
-        ktls_tx_update: Cell::new(false),
-        client_done: Cell::new(false),
-    };
+    let s = Shared::new(client, backend, session);
     // The handshake's held-back ticket is queued first: it leaves with the first answer, or
     // sooner (see `client_to_backend_inner`).
     s.out.borrow_mut().push_bytes(&mut pending);
@@ -653,7 +661,14 @@ async fn ktls_client_to_backend(s: &Shared<'_>) -> io::Result<()> {
 
 async fn ktls_client_to_backend_inner(s: &Shared<'_>) -> io::Result<()> {
     let mut ready = false;
+    let mut budget = relay::YIELD_AFTER;
     loop {
+        if budget == 0 {
+            // As in user space: an upload that never waits yields through the ring after a
+            // budget (the poll completes at once, once the worker has parked).
+            budget = relay::YIELD_AFTER;
+            ready = false;
+        }
         if !ready {
             s.client.poll(POLLIN | POLLRDHUP).await?;
         }
@@ -675,6 +690,7 @@ async fn ktls_client_to_backend_inner(s: &Shared<'_>) -> io::Result<()> {
         };
         s.pair.touch();
         ready = n == buf.len();
+        budget = budget.saturating_sub(n);
         let message = s.session.borrow_mut().classify(typ, &buf[..n]);
         match message.map_err(|f| ktls_fail(s, f))? {
             Message::Data => {
@@ -708,7 +724,14 @@ async fn ktls_backend_to_client_inner(s: &Shared<'_>) -> io::Result<()> {
     // Records the kernel sealed under the current key, at most: one per send, one per 16 KiB.
     let mut records = s.session.borrow().seqs().0;
     let (mut ready, mut hup) = (false, false);
+    let mut budget = relay::YIELD_AFTER;
     loop {
+        if budget == 0 {
+            // Fair, as in user space (`backend_to_client_inner`): with the back end always
+            // ready and the kernel always taking more, this loop would never wait.
+            budget = relay::YIELD_AFTER;
+            s.backend.poll(POLLIN | POLLRDHUP).await?;
+        }
         let (buf, n) = read_backend(s, &mut ready, &mut hup, |buf| s.backend.try_recv(buf)).await?;
         if n == 0 {
             drop(buf);
@@ -722,6 +745,7 @@ async fn ktls_backend_to_client_inner(s: &Shared<'_>) -> io::Result<()> {
         }
         s.read_from_backend(n);
         ready = n == buf.len();
+        budget = budget.saturating_sub(n);
         let (version, limit) = {
             let session = s.session.borrow();
             (session.version(), session.limit())
@@ -765,5 +789,96 @@ pub(super) fn geometry_fits(session: &Session) -> bool {
 fn pass_fin(pair: &relay::Pair<'_>, dst: &Socket) {
     if pair.end_of_stream() {
         dst.shutdown(std::net::Shutdown::Write);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::fd::OwnedFd;
+    use std::os::unix::net::UnixStream;
+
+    /// The kernel TLS loops, run over plain sockets (what they see of kernel TLS is plaintext
+    /// on the client socket; a read without a record-type message is application data): a
+    /// direction whose source holds more than [`relay::YIELD_AFTER`] bytes and whose
+    /// destination takes them all never has to wait, and without the budget would move them all
+    /// before another task's ring operation (a poll, as an accept would be) is submitted. The
+    /// other task sees the count between 0 and all of it only if the loop yielded on the way.
+    fn yields_after_its_budget(upload: bool) {
+        let (src, feed) = UnixStream::pair().unwrap();
+        let (dst, sink) = UnixStream::pair().unwrap();
+        for s in [&feed, &dst] {
+            let _ = socket2::SockRef::from(s).set_send_buffer_size(4 << 20);
+        }
+        let room = [&feed, &dst].iter().map(|s| socket2::SockRef::from(*s).send_buffer_size().unwrap()).min().unwrap();
+        // Unix stream sockets charge queued bytes to the sender's buffer (with per-skb
+        // overhead): fill at most half of it.
+        let total = (room / 2).min(4 * relay::YIELD_AFTER);
+        if total < relay::YIELD_AFTER + (64 << 10) {
+            eprintln!("skipped: socket buffers of {room} bytes cannot hold more than one budget");
+            return;
+        }
+        feed.set_nonblocking(true).unwrap();
+        let chunk = vec![7u8; 64 << 10];
+        let mut fed = 0;
+        while fed < total {
+            fed += (&feed).write(&chunk[..(total - fed).min(chunk.len())]).expect("the feed fits its buffer");
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            tokio_uring::start(async move {
+                let (src, dst) = (Socket::from(OwnedFd::from(src)), Socket::from(OwnedFd::from(dst)));
+                for s in [&src, &dst] {
+                    s.set_nonblocking().unwrap();
+                }
+                let suite = crate::tls::tests::record_layer::suites()
+                    .into_iter()
+                    .find(|s| s.version() == &rustls::version::TLS13)
+                    .unwrap();
+                let est = crate::tls::tests::record_layer::pair_for(suite, b"").est;
+                let (client, backend) = if upload { (&src, &dst) } else { (&dst, &src) };
+                let s = Shared::new(client, backend, est.session);
+                let moved = || if upload { s.to_backend.get() } else { s.to_client.get() };
+                let other =
+                    Socket::from(OwnedFd::from(std::fs::OpenOptions::new().write(true).open("/dev/null").unwrap()));
+                let mut seen = Vec::new();
+                let direction = async {
+                    if upload {
+                        ktls_client_to_backend_inner(&s).await
+                    } else {
+                        ktls_backend_to_client_inner(&s).await
+                    }
+                };
+                tokio::select! {
+                    biased;
+                    r = direction => panic!("the direction ended: {r:?}"),
+                    () = async {
+                        while moved() < total as u64 {
+                            other.poll(crate::sys::POLLOUT).await.unwrap();
+                            seen.push(moved());
+                        }
+                    } => {}
+                }
+                tx.send(seen).unwrap();
+            })
+        });
+        let seen = rx.recv_timeout(Duration::from_secs(60)).expect("the relay never let another task run");
+        drop((feed, sink));
+        let total = total as u64;
+        assert!(
+            seen.iter().any(|&n| n > 0 && n < total),
+            "upload {upload}: another task ran only at {seen:?} of {total} bytes"
+        );
+    }
+
+    #[test]
+    fn the_kernel_tls_download_yields_after_its_budget() {
+        yields_after_its_budget(false);
+    }
+
+    #[test]
+    fn the_kernel_tls_upload_yields_after_its_budget() {
+        yields_after_its_budget(true);
     }
 }

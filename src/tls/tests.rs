@@ -206,14 +206,14 @@ fn upload_to_a_paused_backend_waits_for_room() {
 
 /// A rustls client and our server handshake over two in-memory buffers; then the client's
 /// records are opened by our record layer and ours read by the client.
-mod in_memory {
+pub(super) mod in_memory {
     use super::*;
     use crate::tls::handshake::{Handshaker, Step};
     use crate::tls::record::{content, Event, MAX_PLAINTEXT};
 
-    pub(super) struct Pair {
+    pub(in crate::tls) struct Pair {
         pub client: rustls::ClientConnection,
-        pub est: crate::tls::Established,
+        pub(in crate::tls) est: crate::tls::Established,
     }
 
     /// Handshakes `client_cfg` against `server` in memory; returns both ends. `early` is
@@ -308,14 +308,14 @@ mod data_in_memory {
 }
 
 /// Our record layer against rustls's, for every cipher suite rustls negotiates here.
-mod record_layer {
+pub(super) mod record_layer {
     use super::in_memory::{handshake_pair, Pair};
     use super::*;
     use crate::tls::record::{alert, content, Event, Fatal, MAX_PLAINTEXT};
 
     /// Every suite of the provider that an ECDSA certificate can serve (the RSA ones of TLS 1.2
     /// use the same three AEADs).
-    fn suites() -> Vec<rustls::SupportedCipherSuite> {
+    pub(in crate::tls) fn suites() -> Vec<rustls::SupportedCipherSuite> {
         let all = rustls::crypto::aws_lc_rs::default_provider().cipher_suites;
         let usable: Vec<_> = all
             .into_iter()
@@ -326,7 +326,7 @@ mod record_layer {
     }
 
     /// A client offering only `suite`, handshaken with our server.
-    fn pair_for(suite: rustls::SupportedCipherSuite, early: &[u8]) -> Pair {
+    pub(in crate::tls) fn pair_for(suite: rustls::SupportedCipherSuite, early: &[u8]) -> Pair {
         let site = site("shop.example.com");
         let server = crate::tls::server_config(site.key.clone(), TlsVersion::TLS12, &[]).unwrap();
         let provider = rustls::crypto::CryptoProvider {

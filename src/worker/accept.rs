@@ -20,6 +20,7 @@ use tokio::sync::watch;
 /// too. They count as open, so the drain waits for them like for the others.
 pub(crate) async fn run(w: Rc<Worker>, listener: Socket, addr: SocketAddr, mut own: watch::Receiver<bool>) {
     let mut stop = w.stop.clone();
+    w.conns.shuns.borrow_mut().register(addr, listener.clone());
     loop {
         if *stop.borrow() || *own.borrow() {
             break;
@@ -66,6 +67,9 @@ async fn stop_accepting<F>(w: &Rc<Worker>, listener: &Socket, addr: SocketAddr, 
 where
     F: std::future::Future<Output = std::io::Result<Socket>>,
 {
+    // No more shunning here; a shunning filter comes off (a listener handed over serves on in
+    // the new process, which knows nothing of our entries).
+    w.conns.shuns.borrow_mut().forget(addr);
     if w.handed_off.get().is_some_and(|adopted| adopted.contains(&addr)) {
         let mut served = 0;
         if let Some(accept) = pending {

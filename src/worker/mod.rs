@@ -290,6 +290,7 @@ pub fn main(setup: Setup, ready: mpsc::Sender<Result<(), StartError>>) {
                 timing,
                 log,
                 admission,
+                shuns: RefCell::default(),
             },
             open: Cell::new(0),
             slot_freed: Notify::new(),
@@ -405,6 +406,10 @@ async fn tick_loop(w: Rc<Worker>) {
         n = n.wrapping_add(1);
         let c = &w.conns;
         c.timers.advance(std::time::Instant::now());
+        if !c.shuns.borrow().is_empty() {
+            let cfg = w.config();
+            c.shuns.borrow_mut().expire(&c.metrics, c.worker, &cfg, &c.admission);
+        }
         if n.is_multiple_of(TRIM_EVERY_TICKS) {
             c.pipes.borrow_mut().trim();
             c.bufs.borrow_mut().trim();
@@ -417,11 +422,13 @@ async fn tick_loop(w: Rc<Worker>) {
             let open = w.open.get() as u64;
             let pipes = c.pipes.borrow().live() as u64;
             let buffered = c.bufs.borrow().free_bytes() as u64;
+            let shunned = c.shuns.borrow().len() as u64;
             let m = w.metrics();
             m.bump(|c| {
                 c.open = open;
                 c.pipes_open = pipes;
                 c.buffer_pool_bytes = buffered;
+                c.shunned = shunned;
                 // What rustls's callbacks (tickets, OCSP staples) counted on this thread.
                 crate::tls::drain_counts(c);
             });
