@@ -444,6 +444,7 @@ fn a_reload_keeps_the_terminating_routes_that_did_not_change() {
     assert!(!Arc::ptr_eq(&route(&c2, "b"), &route(&c3, "b")));
     // The file is still read again on every reload (its certificates may change).
     assert_eq!(c3.reload().unwrap().1.files_parsed, 1);
+}
 
 #[test]
 fn shunning_is_on_with_the_limits_and_off_behind_a_balancer() {
