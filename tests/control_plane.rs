@@ -695,10 +695,11 @@ fn the_admin_endpoint_under_a_thousand_idle_connections() {
     }
     // Past the cap: the request is read, then 503. (Idle connections are closed after 5 s, so
     // count how many are open now and go well past the cap: some may time out meanwhile; on a
-    // loaded machine so many may that the count is taken and topped up again, a few times:
-    // ten, as under the whole suite's load five were seen not to be enough.)
+    // loaded machine so many may that the count is taken and topped up again, up to forty
+    // times, each after a pause that lets the admin thread accept what waits in its queue: under
+    // the whole suite's load ten tries without a pause were seen not to be enough.)
     let mut answer = (0, String::new());
-    for _ in 0..10 {
+    for _ in 0..40 {
         let (_, _, body) = http_raw(admin, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
         let open: usize = body
             .lines()
@@ -706,6 +707,7 @@ fn the_admin_endpoint_under_a_thousand_idle_connections() {
             .and_then(|v| v.trim().parse().ok())
             .expect("the admin connection gauge");
         idle.extend((0..(1250 + 300usize).saturating_sub(open)).map(|_| TcpStream::connect(admin).unwrap()));
+        std::thread::sleep(Duration::from_millis(100));
         let (status, _, body) = http_raw(admin, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
         answer = (status, body);
         if status == 503 {

@@ -7,7 +7,10 @@
 //! - a steady open-loop stream of `rate` connections per second (hello in, answer out), its
 //!   p50/p99 before and during each full reload (a route added to the big file, then SIGHUP;
 //!   HAProxy: the map file edited, then a master-worker reload), the time from the signal to the
-//!   new route serving, and the peak RSS during the reload;
+//!   new route serving, and the peak RSS during the reload; and during a window of the same
+//!   probing (a connection every 2 ms until a name serves) with nothing reloaded, which is the
+//!   load tool's own share of the reload windows' latency (`p99_ratio_probing_only`). The load
+//!   tool's threads (stream, probes, back ends, RSS sampler) all run on the `load` CPUs;
 //! - single route changes under the same stream: `PUT /routes/NAME` on the admin socket until
 //!   the new name is served (HAProxy: `add map` and `set map` on its stats socket);
 //! - memory over `memory_reloads` full reloads with `long_lived` connections held open.
@@ -232,8 +235,12 @@ fn window(samples: &[Sample], windows: &[(f64, f64)]) -> serde_json::Value {
 }
 
 fn rss_kib(pid: u32) -> u64 {
-    procstat::tree(pid)
-        .into_iter()
+    rss_of(&procstat::tree(pid))
+}
+
+/// The RSS of these processes, KiB.
+fn rss_of(pids: &[u32]) -> u64 {
+    pids.iter()
         .filter_map(|p| {
             let s = std::fs::read_to_string(format!("/proc/{p}/status")).ok()?;
             s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse::<u64>().ok()
@@ -241,16 +248,51 @@ fn rss_kib(pid: u32) -> u64 {
         .sum()
 }
 
-/// Samples the RSS of `pid`'s tree every 10 ms until `stop`; the peak.
+/// Samples the RSS of `pid`'s tree every 10 ms until `stop`; the peak. The tree is found again
+/// every 100 ms only (finding it reads every process's stat: done every 10 ms, that was the
+/// load tool's own load on the machine during a reload).
 fn rss_sampler(pid: u32, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
     std::thread::spawn(move || {
         let mut peak = 0;
+        let mut tree = procstat::tree(pid);
+        let mut i = 0u32;
         while !stop.load(Ordering::Relaxed) {
-            peak = peak.max(rss_kib(pid));
+            if i % 10 == 9 {
+                tree = procstat::tree(pid);
+            }
+            peak = peak.max(rss_of(&tree));
+            i += 1;
             std::thread::sleep(Duration::from_millis(10));
         }
         peak
     })
+}
+
+/// Pins the calling thread to `cpus` (all of them; threads it starts inherit the set): the load
+/// tool's own threads (back ends, probes, the RSS sampler) stay off the target's CPUs, as the
+/// stream's do.
+fn pin_to(cpus: &[usize]) {
+    if cpus.is_empty() {
+        return;
+    }
+    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET writes within it for ids below
+    // CPU_SETSIZE (checked); sched_setaffinity(0) reads it for the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &c in cpus.iter().filter(|&&c| c < libc::CPU_SETSIZE as usize) {
+            libc::CPU_SET(c, &mut set);
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// A window of the same probing a reload's is (until a name serves, every 2 ms), for a name
+/// that never serves, with nothing changing: the stream's latency there is what the load tool's
+/// own probing costs it.
+fn probing_only(stream: &Stream, dst: SocketAddrV4, seconds: f64) -> (f64, f64) {
+    let a = stream.now();
+    let _ = until_served(dst, "never-served.example.com", Duration::from_secs_f64(seconds));
+    (a, stream.now() + 0.25)
 }
 
 /// Runs `cmd` to its end: (wall seconds, peak RSS KiB, success), from wait4's rusage.
@@ -350,15 +392,21 @@ fn stream_json(
     cp: &ControlPlane,
     samples: &[Sample],
     baseline: (f64, f64),
+    probing: (f64, f64),
     reloads: &[(f64, f64)],
     changes: &[(f64, f64)],
 ) -> serde_json::Value {
     let base = window(samples, &[baseline]);
     let during = window(samples, reloads);
+    let probed = window(samples, &[probing]);
+    let p99 = |v: &serde_json::Value| v["p99_ms"].as_f64().unwrap_or(f64::NAN);
     json!({
         "rate": cp.rate,
-        "p99_ratio_during_reloads": during["p99_ms"].as_f64().unwrap_or(f64::NAN) / base["p99_ms"].as_f64().unwrap_or(f64::NAN),
+        "p99_ratio_during_reloads": p99(&during) / p99(&base),
+        // The same probing as during a reload, nothing reloaded: the load tool's own share.
+        "p99_ratio_probing_only": p99(&probed) / p99(&base),
         "baseline": base,
+        "during_probing_only": probed,
         "during_reloads": during,
         "during_single_changes": window(samples, changes),
     })
@@ -465,6 +513,8 @@ fn dispatcher(
     std::thread::sleep(Duration::from_secs_f64(cp.baseline_s));
     let baseline = (1.0, stream.now());
     let steady_rss = rss_kib(pid);
+    let probing = probing_only(&stream, dst, 1.0);
+    std::thread::sleep(Duration::from_secs(1));
     let r = Reloads {
         pid,
         dst,
@@ -507,7 +557,7 @@ fn dispatcher(
         std::thread::sleep(Duration::from_millis(200));
     }
     let samples = stream.stop();
-    out["stream"] = stream_json(cp, &samples, baseline, &reload_windows, &change_windows);
+    out["stream"] = stream_json(cp, &samples, baseline, probing, &reload_windows, &change_windows);
     out["full_reload"] = reload_json(&to_serving, peak_ratio, steady_rss);
     out["single_change"] = json!({
         "put_answer_ms_median": median(&mut answer_ms.clone()),
@@ -609,6 +659,8 @@ fn haproxy(dir: &Path, cp: &ControlPlane, cpus: &Cpu, backend: SocketAddrV4) -> 
     std::thread::sleep(Duration::from_secs_f64(cp.baseline_s));
     let baseline = (1.0, stream.now());
     let steady_rss = rss_kib(pid);
+    let probing = probing_only(&stream, dst, 1.0);
+    std::thread::sleep(Duration::from_secs(1));
     let map = dir.join("sni.map");
     // The old worker finishes its connections and leaves before the next reload.
     let r = Reloads {
@@ -639,7 +691,7 @@ fn haproxy(dir: &Path, cp: &ControlPlane, cpus: &Cpu, backend: SocketAddrV4) -> 
         std::thread::sleep(Duration::from_millis(200));
     }
     let samples = stream.stop();
-    out["stream"] = stream_json(cp, &samples, baseline, &windows, &change_windows);
+    out["stream"] = stream_json(cp, &samples, baseline, probing, &windows, &change_windows);
     out["full_reload"] = reload_json(&to_serving, peak_ratio, steady_rss);
     out["single_change"] = json!({
         "add_map_to_serving_ms_median": median(&mut add_ms.clone()),
@@ -665,6 +717,9 @@ pub fn run(
     json_out: Option<&Path>,
 ) -> Result<i32, String> {
     let tmp = tempfile::Builder::new().prefix("sni-loadtest-cp-").tempdir().map_err(|e| e.to_string())?;
+    // Everything the load tool runs itself stays on the load CPUs (the targets are started on
+    // theirs with taskset).
+    pin_to(&cpus.load);
     let stop = Arc::new(AtomicBool::new(false));
     let backend = backend(Arc::clone(&stop)).map_err(|e| e.to_string())?;
     let mut report = json!({ "routes": cp.routes, "names_per_route": cp.names_per_route });

@@ -153,14 +153,13 @@ impl Config {
     /// `overrides` on top of its `[runtime]` table. Certificates and keys are read and checked
     /// here, so a config that loads can be served.
     pub fn load(path: &Path, overrides: &RuntimeOverrides) -> Result<Self, ConfigError> {
-        let (text, stamp) = load::read(path).map_err(|e| ConfigError::one(path, "", e))?;
-        sources::load(&text, stamp, path, overrides)
+        sources::load(None, path, overrides)
     }
 
     /// As [`Config::load`], from text already read; `path` names the file in errors and anchors
     /// relative paths (included files are read from the file system).
     pub fn from_str(text: &str, path: &Path, overrides: &RuntimeOverrides) -> Result<Self, ConfigError> {
-        sources::load(text, load::Stamp::default(), path, overrides)
+        sources::load(Some((text, load::Stamp::default())), path, overrides)
     }
 
     /// Reads the configuration again for a reload: only the files that changed are parsed, and

@@ -60,7 +60,7 @@ impl Sources {
         dirs
     }
 
-    fn owner(&self, id: RouteId) -> Option<&Path> {
+    pub(super) fn owner(&self, id: RouteId) -> Option<&Path> {
         self.files.iter().find(|(_, s)| s.routes.contains(&id)).map(|(p, _)| p.as_path())
     }
 }
@@ -125,14 +125,20 @@ struct FileRoutes {
     path: PathBuf,
     stamp: Stamp,
     routes: Vec<Route>,
-    /// Routes the file still defines exactly as the running table has them (a reload keeps
+    /// The running routes the file still defines exactly as the table has them (a reload keeps
     /// those and parses past them).
-    unchanged: Vec<String>,
+    unchanged: Vec<RouteId>,
 }
 
-/// For a reload over `table`: "this parsed route is the running one".
-fn same_as_running(table: &Table) -> impl Fn(&Route) -> bool + Sync + '_ {
-    move |r: &Route| table.id_of(&r.name).and_then(|id| table.get(id)).is_some_and(|o| o.same_as(r))
+/// For a reload over `table`: the running route that a parsed route is the same as.
+fn same_as_running(table: &Table) -> impl Fn(&Route) -> Option<RouteId> + Sync + '_ {
+    move |r: &Route| table.id_of(&r.name).filter(|id| table.get(*id).is_some_and(|o| same_route(o, r)))
+}
+
+/// Whether two routes are the same, terminating ones included (the same certificate material,
+/// built with the same TLS state).
+fn same_route(a: &Route, b: &Route) -> bool {
+    a.same_as_with(b, |x, y| x.same(y))
 }
 
 /// Reads and parses the included files `paths` in parallel (each file's problems located in it).
@@ -145,23 +151,21 @@ fn parse_files(
     let results = crate::sys::parallel_map(paths, |(path, _)| {
         let mut errs = Vec::new();
         let base = path.parent().unwrap_or(Path::new(""));
-        let out = match load::read(path) {
-            Err(e) => {
+        let out = match load::parse_file::<IncludedFile>(path, base, same, tls, &mut errs) {
+            Err(load::FileError::Read(e)) => {
                 errs.push(Located::new("", e));
                 None
             }
-            Ok((text, stamp)) => match load::parse::<IncludedFile>(&text, base, same, tls, &mut errs) {
-                Ok(p) => Some(FileRoutes {
-                    path: path.clone(),
-                    stamp,
-                    routes: p.routes.into_iter().flatten().collect(),
-                    unchanged: p.unchanged,
-                }),
-                Err(e) => {
-                    errs.push(Located::new("", format!("{e}; an included file holds only [[route]] tables")));
-                    None
-                }
-            },
+            Ok((p, stamp)) => Some(FileRoutes {
+                path: path.clone(),
+                stamp,
+                routes: p.routes.into_iter().flatten().collect(),
+                unchanged: p.unchanged,
+            }),
+            Err(load::FileError::Syntax(e)) => {
+                errs.push(Located::new("", format!("{e}; an included file holds only [[route]] tables")));
+                None
+            }
         };
         (out, errs.into_iter().map(|e| e.in_file(path)).collect::<Vec<_>>())
     });
@@ -187,31 +191,47 @@ fn included(patterns: &[String], base: &Path, main: &Path, errors: &mut Vec<Loca
     out
 }
 
-/// Parses the main file: its settings and its own routes.
+/// The main file parsed: its settings, its own routes, the running routes it keeps unchanged,
+/// and the stamp of what was read.
+type Main = (Settings, Vec<Route>, Vec<RouteId>, Stamp);
+
+/// Parses the main file (`text`, or read from `path` in pieces): its settings and its own routes.
 fn parse_main(
-    text: &str,
+    text: Option<(&str, Stamp)>,
     path: &Path,
     overrides: &RuntimeOverrides,
     same: load::Same<'_>,
     tls: &Shared,
     errors: &mut Vec<Located>,
-) -> Result<(Settings, Vec<Route>, Vec<String>), ConfigError> {
+) -> Result<Main, ConfigError> {
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
     // toml's message carries the line, column and the offending key.
-    let parsed =
-        load::parse::<FileConfig>(text, &base, same, tls, errors).map_err(|e| ConfigError::one(path, "", e))?;
+    let (parsed, stamp) = match text {
+        Some((text, stamp)) => (
+            load::parse::<FileConfig>(text, &base, same, tls, errors).map_err(|e| ConfigError::one(path, "", e))?,
+            stamp,
+        ),
+        None => load::parse_file::<FileConfig>(path, &base, same, tls, errors).map_err(|e| match e {
+            load::FileError::Read(e) | load::FileError::Syntax(e) => ConfigError::one(path, "", e),
+        })?,
+    };
     let mut file = parsed.file;
     let settings = settings(&mut file, &base, overrides, errors);
-    Ok((settings, parsed.routes.into_iter().flatten().collect(), parsed.unchanged))
+    Ok((settings, parsed.routes.into_iter().flatten().collect(), parsed.unchanged, stamp))
 }
 
-/// `Config::load`: every file read and parsed, the table built at once.
-pub(super) fn load(text: &str, stamp: Stamp, path: &Path, overrides: &RuntimeOverrides) -> Result<Config, ConfigError> {
+/// `Config::load`: every file read and parsed (`text`: the main file's, already read), the table
+/// built at once.
+pub(super) fn load(
+    text: Option<(&str, Stamp)>,
+    path: &Path,
+    overrides: &RuntimeOverrides,
+) -> Result<Config, ConfigError> {
     let mut errors = Vec::new();
     // Routes are resolved as the files are parsed, before `[tls]` may have been read: the
     // ticket keys are given once it has been.
     let tls = Arc::new(Shared::pending());
-    let (settings, main_routes, _) = parse_main(text, path, overrides, None, &tls, &mut errors)?;
+    let (settings, main_routes, _, stamp) = parse_main(text, path, overrides, None, &tls, &mut errors)?;
     super::certs::configure_tickets(&settings.tls, &tls, &mut errors);
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let paths = included(&settings.include, &base, path, &mut errors);
@@ -444,6 +464,80 @@ fn immovable(old: &Config, new: &Settings) -> Vec<Located> {
 /// A file's new routes (`None`: the file is gone).
 type FileChange = (PathBuf, Option<FileRoutes>);
 
+/// A changed file's routes in file order: ids of the old table (a change keeps them), with the
+/// new routes' places filled in once the new table has given them ids. Four bytes a route, as
+/// the file of a million names has a quarter of a million.
+struct Order {
+    path: PathBuf,
+    ids: Vec<RouteId>,
+    /// Routes the old table does not have: their place in `ids`, and their name.
+    new: Vec<(usize, String)>,
+}
+
+/// Who holds an id of the old table during [`apply`].
+#[derive(Debug, Clone, Copy)]
+enum Claim {
+    /// A route of a file that did not change (or no route).
+    Unchanged,
+    /// A changed file's route, not defined again yet.
+    Held,
+    /// Defined again by the changed file of this index.
+    By(u32),
+}
+
+/// The route names the changed files define, each once.
+struct Claims {
+    by_id: Vec<Claim>,
+    /// Names the old table does not have, by the index of the changed file defining them.
+    fresh: HashMap<String, usize>,
+}
+
+impl Claims {
+    /// Whether the changed file `k` (of `files`) may define the route `name` (the old table's
+    /// `id`, if it has one): not defined twice among the changed files, nor by a file that did
+    /// not change (each refusal is a problem in `errors`).
+    fn claim(
+        &mut self,
+        id: Option<RouteId>,
+        name: &str,
+        k: usize,
+        files: &[PathBuf],
+        old: &Config,
+        errors: &mut Vec<Located>,
+    ) -> bool {
+        let p = &files[k];
+        let twice = |first: usize, errors: &mut Vec<Located>| {
+            let reason = if first == k {
+                "used twice in this file".to_owned()
+            } else {
+                format!("also defined in {}", files[first].display())
+            };
+            errors.push(Located::new(format!("route {name:?}.name"), reason).in_file(p));
+            false
+        };
+        let Some(id) = id else {
+            return match self.fresh.insert(name.to_owned(), k) {
+                Some(first) => twice(first, errors),
+                None => true,
+            };
+        };
+        match self.by_id.get(id.0 as usize).copied().unwrap_or(Claim::Unchanged) {
+            Claim::By(first) => twice(first as usize, errors),
+            Claim::Held => {
+                self.by_id[id.0 as usize] = Claim::By(k as u32);
+                true
+            }
+            Claim::Unchanged => {
+                let owner =
+                    old.sources.owner(id).map_or_else(|| "another file".to_owned(), |o| o.display().to_string());
+                errors
+                    .push(Located::new(format!("route {name:?}.name"), format!("also defined in {owner}")).in_file(p));
+                false
+            }
+        }
+    }
+}
+
 /// The new configuration: `settings` (new, or the running ones) and the changed files applied
 /// to `old`'s table. Small changes are copied on write; large ones build the table anew. Linear
 /// in the routes of the changed files (a million-name file that changed is parsed and compared
@@ -464,80 +558,79 @@ fn apply(
     };
     let t = &old.table;
     let mut errors = Vec::new();
-    // The ids the changed files held: a route of a changed file that the old table has under one
-    // of them is the same route (or one moving between changed files); under another id, it
-    // belongs to a file that did not change, and is a conflict.
-    let mut was_changed: HashSet<RouteId> = HashSet::new();
-    let mut gone: HashSet<String> = HashSet::new();
+    // Who holds each id of the old table: a route of a changed file that the old table has
+    // under one of that file's ids is the same route (or one moving between changed files);
+    // under another id, it belongs to a file that did not change, and is a conflict. By id, not
+    // by name: a reload of a million-name file keeps no set of its names.
+    let bound = old.sources.files.values().flat_map(|s| s.routes.iter()).map(|id| id.0 as usize + 1).max();
+    let mut claims = Claims { by_id: vec![Claim::Unchanged; bound.unwrap_or(0)], fresh: HashMap::new() };
     for (p, _) in &changes {
         if let Some(old_src) = old.sources.files.get(p) {
-            was_changed.extend(old_src.routes.iter().copied());
-            gone.extend(old_src.routes.iter().filter_map(|id| t.get(*id)).map(|r| r.name.clone()));
+            for id in &old_src.routes {
+                if let Some(c) = claims.by_id.get_mut(id.0 as usize) {
+                    *c = Claim::Held;
+                }
+            }
         }
     }
     let changed: HashSet<PathBuf> = changes.iter().map(|(p, _)| p.clone()).collect();
-    // Each changed file's route names in file order (its sources entry after the change).
-    let mut order: Vec<(PathBuf, Vec<String>)> = Vec::new();
+    let files: Vec<PathBuf> = changes.iter().map(|(p, _)| p.clone()).collect();
+    // Each changed file's routes in file order (its sources entry after the change).
+    let mut order: Vec<Order> = Vec::new();
     let mut keep: Vec<(Route, PathBuf)> = Vec::new();
-    let mut defined: HashMap<String, PathBuf> = HashMap::new();
-    for (p, f) in changes {
+    for (k, (p, f)) in changes.into_iter().enumerate() {
         let Some(f) = f else {
             sources.files.remove(&p);
             continue;
         };
-        let terminate = f.routes.iter().any(|r| r.action.is_terminate());
+        // Its unchanged routes count too: a file that terminates is read again on every reload.
+        let terminate = f.routes.iter().any(|r| r.action.is_terminate())
+            || f.unchanged.iter().any(|id| t.get(*id).is_some_and(|r| r.action.is_terminate()));
         sources.files.insert(p.clone(), Source { stamp: f.stamp, routes: Vec::new(), terminate });
-        let mut names = Vec::with_capacity(f.routes.len() + f.unchanged.len());
-        // A route name this change may give to `p`: not claimed twice among the changed files,
-        // nor by a file that did not change.
-        let mut claim = |name: &str, errors: &mut Vec<Located>| -> bool {
-            if let Some(first) = defined.insert(name.to_owned(), p.clone()) {
-                let reason = if first == p {
-                    "used twice in this file".to_owned()
-                } else {
-                    format!("also defined in {}", first.display())
-                };
-                errors.push(Located::new(format!("route {name:?}.name"), reason).in_file(&p));
-                return false;
-            }
-            if let Some(id) = t.id_of(name).filter(|id| !was_changed.contains(id)) {
-                let owner =
-                    old.sources.owner(id).map_or_else(|| "another file".to_owned(), |o| o.display().to_string());
-                errors
-                    .push(Located::new(format!("route {name:?}.name"), format!("also defined in {owner}")).in_file(&p));
-                return false;
-            }
-            gone.remove(name);
-            true
-        };
-        for name in f.unchanged {
-            // The same as the running route of that name: kept as it is.
-            if claim(&name, &mut errors) {
-                names.push(name);
+        let mut entries =
+            Order { path: p.clone(), ids: Vec::with_capacity(f.routes.len() + f.unchanged.len()), new: Vec::new() };
+        for id in f.unchanged {
+            // The same as the running route of that id: kept as it is.
+            let name = t.get(id).map_or("", |r| r.name.as_str());
+            if claims.claim(Some(id), name, k, &files, old, &mut errors) {
+                entries.ids.push(id);
             }
         }
         for r in f.routes {
-            if !claim(&r.name, &mut errors) {
+            let id = t.id_of(&r.name);
+            if !claims.claim(id, &r.name, k, &files, old, &mut errors) {
                 continue;
             }
-            names.push(r.name.clone());
-            match t.id_of(&r.name).and_then(|id| t.get(id)) {
-                Some(o) if o.same_as(&r) => {}
-                Some(_) => {
+            match id.and_then(|id| t.get(id).map(|o| (id, o))) {
+                Some((id, o)) if same_route(o, &r) => entries.ids.push(id),
+                Some((id, _)) => {
                     report.routes_changed += 1;
+                    entries.ids.push(id);
                     keep.push((r, p.clone()));
                 }
                 None => {
                     report.routes_added += 1;
+                    entries.new.push((entries.ids.len(), r.name.clone()));
+                    entries.ids.push(RouteId(u32::MAX));
                     keep.push((r, p.clone()));
                 }
             }
         }
-        order.push((p, names));
+        order.push(entries);
     }
     if !errors.is_empty() {
         return Err(ConfigError { file: path.clone(), problems: errors });
     }
+    // What the changed files held and no longer define.
+    let gone: Vec<RouteId> = claims
+        .by_id
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| matches!(c, Claim::Held))
+        .map(|(i, _)| RouteId(i as u32))
+        .filter(|id| t.get(*id).is_some())
+        .collect();
+    let gone_names: Vec<String> = gone.iter().filter_map(|id| t.get(*id)).map(|r| r.name.clone()).collect();
     report.routes_removed = gone.len();
     let fallbacks_same =
         settings.no_sni == fallback_name(t, t.no_sni()) && settings.unknown_sni == fallback_name(t, t.unknown_sni());
@@ -557,12 +650,15 @@ fn apply(
     let table_at = Instant::now();
     let table = if touched > t.len() / 4 + 1024 {
         report.full_build = true;
+        let gone = |id: RouteId| matches!(claims.by_id.get(id.0 as usize), Some(Claim::Held));
         full_rebuild(old, &settings, keep, &gone, &mut sources, &changed)?
     } else {
-        touched_names = Some(gone.iter().cloned().chain(keep.iter().map(|(r, _)| r.name.clone())).collect());
+        // Not needed any more: freed before the shards are copied (the peak of a reload).
+        drop(claims);
+        touched_names = Some(gone_names.iter().cloned().chain(keep.iter().map(|(r, _)| r.name.clone())).collect());
         let file_of: HashMap<String, PathBuf> = keep.iter().map(|(r, p)| (r.name.clone(), p.clone())).collect();
         let mut c = t.change();
-        for name in &gone {
+        for name in &gone_names {
             c.remove(name);
         }
         for (r, _) in keep {
@@ -610,10 +706,20 @@ fn apply(
     };
     report.table_ms = ms(table_at);
     report.delta = table.delta_len();
-    // Every changed file lists its routes by their ids in the new table, in file order.
-    for (p, names) in order {
+    // Every changed file lists its routes by their ids in the new table, in file order (a
+    // change keeps the ids of the routes that stay; a full build gives new ones).
+    for Order { path: p, mut ids, new } in order {
+        if report.full_build {
+            for id in ids.iter_mut() {
+                *id = t.get(*id).and_then(|r| table.id_of(&r.name)).unwrap_or(RouteId(u32::MAX));
+            }
+        }
+        for (at, name) in new {
+            ids[at] = table.id_of(&name).unwrap_or(RouteId(u32::MAX));
+        }
+        ids.retain(|id| id.0 != u32::MAX);
         if let Some(src) = sources.files.get_mut(&p) {
-            src.routes = names.iter().filter_map(|n| table.id_of(n)).collect();
+            src.routes = ids;
         }
     }
     let names: Vec<&str> = touched_names.iter().flatten().map(String::as_str).collect();
@@ -644,7 +750,7 @@ fn full_rebuild(
     old: &Config,
     settings: &Settings,
     keep: Vec<(Route, PathBuf)>,
-    gone: &HashSet<String>,
+    gone: &dyn Fn(RouteId) -> bool,
     sources: &mut Sources,
     changed: &HashSet<PathBuf>,
 ) -> Result<Table, ConfigError> {
@@ -661,7 +767,7 @@ fn full_rebuild(
         let mut ids = Vec::with_capacity(src.routes.len());
         for id in &src.routes {
             let Some(r) = t.get(*id) else { continue };
-            if gone.contains(&r.name) || replaced.contains(r.name.as_str()) {
+            if gone(*id) || replaced.contains(r.name.as_str()) {
                 continue;
             }
             ids.push(RouteId(routes.len() as u32));
@@ -699,14 +805,37 @@ fn settings_of(c: &Config) -> Settings {
 
 /// `Config::reload`.
 pub(super) fn reload(old: &Config) -> Result<(Config, Report), ConfigError> {
+    reload_with(old, tls_unchanged(old))
+}
+
+/// Whether the `[tls]` key file still holds the keys the running configuration has (or there is
+/// none, as before): a reload then resolves its terminating routes with the running TLS state,
+/// so that those whose files did not change are the running routes, kept and not built again.
+fn tls_unchanged(old: &Config) -> bool {
+    match (&old.tls_settings.ticket_keys, old.tls.ticket_file()) {
+        (None, None) => true,
+        (Some(path), Some(running)) => crate::tls::KeyFile::read(path).is_ok_and(|f| f.same_keys(running)),
+        _ => false,
+    }
+}
+
+/// [`reload`], with the running TLS state (`reuse`) or a new one.
+fn reload_with(old: &Config, reuse: bool) -> Result<(Config, Report), ConfigError> {
     let path = &old.path;
     let parsed_at = Instant::now();
     let mut report = Report { shards: old.table.shard_count(), ..Default::default() };
     let mut errors = Vec::new();
     let mut changes: Vec<FileChange> = Vec::new();
     // Every terminating route is resolved again (its files are always parsed), with this: the
-    // `[tls]` key file is read again below, also when the main file did not change.
-    let tls = Arc::new(Shared::pending());
+    // running TLS state when the key file did not change (a route whose files did not change is
+    // then the running one), else a new one whose `[tls]` key file is read again below, also
+    // when the main file did not change.
+    let tls = if reuse {
+        old.tls.reset_loads();
+        Arc::clone(&old.tls)
+    } else {
+        Arc::new(Shared::pending())
+    };
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let old_main = old.sources.files.get(path);
     let main_stamp = Stamp::of(path);
@@ -718,21 +847,29 @@ pub(super) fn reload(old: &Config) -> Result<(Config, Report), ConfigError> {
         (settings_of(old), old.sources.patterns.clone())
     } else {
         report.files_read += 1;
-        let (text, stamp) = load::read(path).map_err(|e| ConfigError::one(path, "", e))?;
+        // Hashed first, in blocks: a file touched but not changed is not parsed again.
+        let stamp = load::stamp_with_hash(path).map_err(|e| ConfigError::one(path, "", e))?;
         if old_main.is_some_and(|o| o.stamp.hash == stamp.hash && !o.terminate) {
             // Touched, not changed (its stamp is refreshed below): not parsed again.
             (settings_of(old), old.sources.patterns.clone())
         } else {
             report.files_parsed += 1;
             let same = same_as_running(&old.table);
-            let (s, routes, unchanged) =
-                parse_main(&text, path, &old.sources.overrides, Some(&same), &tls, &mut errors)?;
+            let (s, routes, unchanged, stamp) =
+                parse_main(None, path, &old.sources.overrides, Some(&same), &tls, &mut errors)?;
             changes.push((path.clone(), Some(FileRoutes { path: path.clone(), stamp, routes, unchanged })));
             let patterns = s.include.clone();
             (s, patterns)
         }
     };
-    super::certs::configure_tickets(&settings.tls, &tls, &mut errors);
+    if reuse && settings.tls != old.tls_settings {
+        // The `[tls]` table changed: a new TLS state for every terminating route.
+        drop(changes);
+        return reload_with(old, false);
+    }
+    if !reuse {
+        super::certs::configure_tickets(&settings.tls, &tls, &mut errors);
+    }
     let files = included(&patterns, &base, path, &mut errors);
     let mut to_parse = Vec::new();
     for f in &files {
@@ -748,7 +885,7 @@ pub(super) fn reload(old: &Config) -> Result<(Config, Report), ConfigError> {
     // Content unchanged (a ConfigMap swap rewrites every file): skip the parse.
     to_parse.retain(|(f, old_stamp)| {
         let Some(old_stamp) = old_stamp else { return true };
-        !matches!(load::read(f), Ok((_, s)) if s.hash == old_stamp.hash && !old.sources.files.get(f).is_some_and(|o| o.terminate))
+        !matches!(load::stamp_with_hash(f), Ok(s) if s.hash == old_stamp.hash && !old.sources.files.get(f).is_some_and(|o| o.terminate))
     });
     report.files_parsed += to_parse.len();
     let same = same_as_running(&old.table);
@@ -774,7 +911,7 @@ pub(super) fn reload(old: &Config) -> Result<(Config, Report), ConfigError> {
                 if src.stamp.same_file(&stamp) {
                     continue;
                 }
-                if let Ok((_, st)) = load::read(p) {
+                if let Ok(st) = load::stamp_with_hash(p) {
                     if st.hash == src.stamp.hash {
                         src.stamp = st;
                     }

@@ -343,6 +343,109 @@ fn api_changes_keep_the_other_routes_warnings_and_renew_their_own() {
     assert_eq!(c.warnings, Config::table_warnings(&c.table), "the same as computed over the whole table");
 }
 
+/// A reload sorts out which changed file defines which route by the old table's ids: a route
+/// moving between two changed files, one defined twice, one that a file that did not change
+/// holds, a new name in two changed files, a route removed (and later defined elsewhere).
+#[test]
+fn a_reload_tells_who_defines_each_route() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("routes.d")).unwrap();
+    let main = dir.path().join("edge.toml");
+    std::fs::write(&main, "include = [\"routes.d/*.toml\"]\n[[listener]]\naddress = \"127.0.0.1:8443\"\n").unwrap();
+    let route = |name: &str| {
+        format!("[[route]]\nname = {name:?}\nsni = [\"{name}.example.com\"]\naction = \"passthrough\"\nbackends = [\"127.0.0.1:80\"]\n")
+    };
+    let write = |file: &str, names: &[&str]| {
+        std::fs::write(dir.path().join("routes.d").join(file), names.iter().map(|n| route(n)).collect::<String>())
+            .unwrap();
+    };
+    write("a.toml", &["a1", "a2"]);
+    write("b.toml", &["b1", "b2"]);
+    write("c.toml", &["c1"]);
+    let c = Config::load(&main, &RuntimeOverrides::default()).unwrap();
+    let file = |f: &str| dir.path().join("routes.d").join(f).display().to_string();
+    // A route of a file that did not change.
+    write("a.toml", &["a1", "a2", "c1"]);
+    let e = c.reload().unwrap_err().to_string();
+    assert!(e.contains(&format!("{}: route \"c1\".name: also defined in {}", file("a.toml"), file("c.toml"))), "{e}");
+    // Twice in one file, unchanged or new.
+    write("a.toml", &["a1", "a2", "a1"]);
+    let e = c.reload().unwrap_err().to_string();
+    assert!(e.contains(&format!("{}: route \"a1\".name: used twice in this file", file("a.toml"))), "{e}");
+    write("a.toml", &["a1", "a2", "x", "x"]);
+    let e = c.reload().unwrap_err().to_string();
+    assert!(e.contains(&format!("{}: route \"x\".name: used twice in this file", file("a.toml"))), "{e}");
+    // A new name in two changed files.
+    write("a.toml", &["a1", "a2", "x"]);
+    write("b.toml", &["b1", "b2", "x"]);
+    let e = c.reload().unwrap_err().to_string();
+    assert!(e.contains(&format!("{}: route \"x\".name: also defined in {}", file("b.toml"), file("a.toml"))), "{e}");
+    // A route moving from a to b, one removed from b, one added to a: the rest kept as they were.
+    write("a.toml", &["a1", "y"]);
+    write("b.toml", &["b1", "a2"]);
+    let (c2, report) = c.reload().unwrap();
+    assert_eq!((report.routes_added, report.routes_changed, report.routes_removed), (1, 0, 1), "{report:?}");
+    assert!(c2.table.id_of("b2").is_none());
+    assert_eq!(c2.table.id_of("a2"), c.table.id_of("a2"), "a route that moved keeps its id");
+    assert!(Arc::ptr_eq(
+        c2.table.get(c2.table.id_of("a2").unwrap()).unwrap(),
+        c.table.get(c.table.id_of("a2").unwrap()).unwrap()
+    ));
+    let owner = |c: &Config, name: &str| c.sources.owner(c.table.id_of(name).unwrap()).map(|p| p.display().to_string());
+    assert_eq!(owner(&c2, "a2"), Some(file("b.toml")));
+    assert_eq!(owner(&c2, "y"), Some(file("a.toml")));
+    assert_eq!(owner(&c2, "c1"), Some(file("c.toml")));
+    // The removed route may now be defined by the file that did not change before.
+    write("c.toml", &["c1", "b2"]);
+    let (c3, report) = c2.reload().unwrap();
+    assert_eq!((report.routes_added, report.routes_removed), (1, 0), "{report:?}");
+    assert_eq!(owner(&c3, "b2"), Some(file("c.toml")));
+    assert_eq!(c3.table.len(), 6);
+}
+
+/// A reload keeps a terminating route whose certificate, key and ticket keys did not change as
+/// the running route (not a second copy of its TLS configuration), and replaces the one whose
+/// certificate was rewritten.
+#[test]
+fn a_reload_keeps_the_terminating_routes_that_did_not_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, _) = cert_files(dir.path());
+    let (cert2, key2) = (dir.path().join("b.pem"), dir.path().join("b.key"));
+    std::fs::copy(&cert, &cert2).unwrap();
+    std::fs::copy(&key, &key2).unwrap();
+    let main = dir.path().join("edge.toml");
+    let terminate = |name: &str, cert: &Path, key: &Path| {
+        format!("[[route]]\nname = {name:?}\nsni = [\"{name}.example.com\"]\naction = \"terminate\"\ncert = {cert:?}\nkey = {key:?}\nbackends = [\"127.0.0.1:80\"]\n")
+    };
+    std::fs::write(
+        &main,
+        format!(
+            "[[listener]]\naddress = \"127.0.0.1:8443\"\n{}{}",
+            terminate("a", &cert, &key),
+            terminate("b", &cert2, &key2)
+        ),
+    )
+    .unwrap();
+    // Certificates written just now are parsed again on the next load (the cache trusts only
+    // files that settled): let them settle.
+    std::thread::sleep(crate::tls::store::SETTLE * 2);
+    let c = Config::load(&main, &RuntimeOverrides::default()).unwrap();
+    let route = |c: &Config, name: &str| Arc::clone(c.table.get(c.table.id_of(name).unwrap()).unwrap());
+    let (c2, report) = c.reload().unwrap();
+    assert_eq!((report.routes_changed, report.files_parsed), (0, 1), "{report:?}");
+    assert!(Arc::ptr_eq(&route(&c, "a"), &route(&c2, "a")), "an unchanged terminating route was built again");
+    assert!(Arc::ptr_eq(&c.tls, &c2.tls));
+    assert_eq!(c2.tls.loads(), (0, 2));
+    // b's certificate rewritten (the same bytes: a new file all the same): b only is new.
+    std::fs::write(&cert2, std::fs::read(&cert).unwrap()).unwrap();
+    let (c3, report) = c2.reload().unwrap();
+    assert_eq!(report.routes_changed, 1, "{report:?}");
+    assert!(Arc::ptr_eq(&route(&c2, "a"), &route(&c3, "a")));
+    assert!(!Arc::ptr_eq(&route(&c2, "b"), &route(&c3, "b")));
+    // The file is still read again on every reload (its certificates may change).
+    assert_eq!(c3.reload().unwrap().1.files_parsed, 1);
+}
+
 #[test]
 fn shunning_is_on_with_the_limits_and_off_behind_a_balancer() {
     let c = load(GOOD).unwrap();

@@ -122,9 +122,19 @@ impl<T> Route<T> {
     /// Every field is named (no `..`), so a field added to `Route` does not compile here until it
     /// is compared too.
     pub fn same_as(&self, other: &Self) -> bool {
+        self.same_as_with(other, |_, _| false)
+    }
+
+    /// [`Route::same_as`], terminating routes included: the same when `same_terminate` says their
+    /// payloads are (the layer that knows what a terminating route carries decides).
+    pub fn same_as_with(&self, other: &Self, same_terminate: impl Fn(&T, &T) -> bool) -> bool {
         let Route { name, action, sni, dedicated_ips, min_tls, backends, proxy_protocol, upstream, alpn_match } = self;
-        matches!(action, Action::Passthrough)
-            && matches!(other.action, Action::Passthrough)
+        let actions = match (action, &other.action) {
+            (Action::Passthrough, Action::Passthrough) => true,
+            (Action::Terminate(a), Action::Terminate(b)) => same_terminate(a, b),
+            _ => false,
+        };
+        actions
             && *name == other.name
             && *sni == other.sni
             && *dedicated_ips == other.dedicated_ips

@@ -112,7 +112,11 @@ fn run(shared: &Shared, rx: &mpsc::Receiver<Msg>, tx: &mpsc::Sender<Msg>) {
                 if delta > 0 && !folding {
                     folding = start_fold(shared, tx);
                 }
-                shared.collect_retired();
+                if shared.collect_retired() {
+                    // A replaced configuration the workers let go of since: its memory goes
+                    // back to the kernel now, not at the allocator's leisure.
+                    crate::sys::release_all_free_memory();
+                }
                 continue;
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => return,

@@ -128,9 +128,12 @@ impl Shared {
     }
 
     /// Drops the retired configurations that no worker holds any more (this thread then pays
-    /// for freeing them, not a worker).
-    pub(crate) fn collect_retired(&self) {
-        lock(&self.retired).retain(|c| Arc::strong_count(c) > 1);
+    /// for freeing them, not a worker); whether it dropped any.
+    pub(crate) fn collect_retired(&self) -> bool {
+        let mut retired = lock(&self.retired);
+        let before = retired.len();
+        retired.retain(|c| Arc::strong_count(c) > 1);
+        retired.len() < before
     }
 }
 

@@ -40,5 +40,5 @@ pub use huge::HugeBuf;
 pub use limits::{advise_huge_pages, raise_fd_limit, zeroed_atomics};
 pub use pipe::{Pipe, Spliced};
 pub use ring::{runtime, RingOptions};
-pub use sched::{parallel_map, place_control_thread, Placement};
+pub use sched::{parallel_map, parallelism, place_control_thread, Placement};
 pub use socket::{Ready, Socket, POLLERR, POLLHUP, POLLIN, POLLOUT, POLLRDHUP};

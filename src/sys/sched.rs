@@ -45,10 +45,15 @@ pub fn place_control_thread(workers: &[usize]) -> Placement {
     }
 }
 
+/// The threads [`parallel_map`] uses: the CPUs the caller may run on, at most 8.
+pub fn parallelism() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()).min(8)
+}
+
 /// `f` over every item of `items`, on up to the machine's CPUs (scoped threads, which inherit the caller's
 /// CPU placement; the caller is the control plane, never a worker).
 pub fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+    let threads = parallelism();
     if threads < 2 || items.len() < 2 {
         return items.iter().map(f).collect();
     }

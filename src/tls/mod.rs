@@ -87,6 +87,24 @@ pub enum Stapling {
 }
 
 impl TlsMaterial {
+    /// Whether `other` serves exactly what this does: the same chain and key from the cache
+    /// (files unchanged), the same OCSP response with the same verdict, the same ALPN and the
+    /// same ticketer (built with the same configuration's TLS state). A reload keeps the running
+    /// route then, instead of a second copy of every certificate's configuration.
+    pub fn same(&self, other: &Self) -> bool {
+        let ocsp_same = match (&self.loaded.1, &other.loaded.1) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        Arc::ptr_eq(&self.loaded.0, &other.loaded.0)
+            && ocsp_same
+            && self.ocsp_path == other.ocsp_path
+            && self.stapling == other.stapling
+            && self.server_config.alpn_protocols == other.server_config.alpn_protocols
+            && std::ptr::addr_eq(Arc::as_ptr(&self.server_config.ticketer), Arc::as_ptr(&other.server_config.ticketer))
+    }
+
     /// The route's `cert` file.
     pub fn cert_path(&self) -> &Path {
         &self.loaded.0.cert_path
@@ -247,9 +265,16 @@ impl Shared {
     }
 
     /// Chains and keys this configuration's routes (and routes built later with it) read and
-    /// parsed, and found unchanged in the cache: `(parsed, reused)`.
+    /// parsed, and found unchanged in the cache, since it was made or the last reload that
+    /// reused it began: `(parsed, reused)`.
     pub fn loads(&self) -> (usize, usize) {
         (self.parsed.load(Ordering::Relaxed), self.reused.load(Ordering::Relaxed))
+    }
+
+    /// Starts [`Shared::loads`] again from zero (a reload that keeps this TLS state counts its own).
+    pub fn reset_loads(&self) {
+        self.parsed.store(0, Ordering::Relaxed);
+        self.reused.store(0, Ordering::Relaxed);
     }
 
     /// A route's configuration: the base for its versions and ALPN, with `resolver`.

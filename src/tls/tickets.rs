@@ -110,12 +110,21 @@ impl Key {
 
 /// Reads and checks a key file: its keys in file order, or why not (a message for
 /// `FILE: KEY: REASON`).
-fn read_keys(path: &Path) -> Result<Vec<Arc<Key>>, String> {
+/// With a digest of the raw keys (what tells that a file read again holds the same keys).
+fn read_keys(path: &Path) -> Result<(Vec<Arc<Key>>, [u8; 32]), String> {
     let (bytes, _) = read_with_id(path, MAX_FILE_BYTES).map_err(|e| format!("cannot read: {e}"))?;
-    parse_keys(&bytes)?
+    let raw = parse_keys(&bytes)?;
+    let mut digest = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for k in &raw {
+        digest.update(k);
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.finish().as_ref());
+    let keys = raw
         .iter()
         .map(|raw| Key::from_raw(raw).map(Arc::new).ok_or_else(|| "cannot derive a key (aws-lc)".to_owned()))
-        .collect()
+        .collect::<Result<_, _>>()?;
+    Ok((keys, out))
 }
 
 fn parse_keys(bytes: &[u8]) -> Result<Vec<Vec<u8>>, String> {
@@ -161,12 +170,20 @@ fn parse_keys(bytes: &[u8]) -> Result<Vec<Vec<u8>>, String> {
 pub struct KeyFile {
     pub path: PathBuf,
     keys: Vec<Arc<Key>>,
+    /// SHA-256 of the raw keys, in file order.
+    digest: [u8; 32],
 }
 
 impl KeyFile {
     /// Reads `path`; the error is the reason, for `FILE: tls.ticket_keys: REASON`.
     pub fn read(path: &Path) -> Result<Self, String> {
-        Ok(Self { path: path.to_owned(), keys: read_keys(path)? })
+        let (keys, digest) = read_keys(path)?;
+        Ok(Self { path: path.to_owned(), keys, digest })
+    }
+
+    /// Whether `other` is the same file with the same keys in the same order.
+    pub fn same_keys(&self, other: &Self) -> bool {
+        self.path == other.path && self.digest == other.digest
     }
 
     /// Keys in the file.
