@@ -135,14 +135,19 @@ fn edge(a: &H3Server, b: &H3Server, extra: &str) -> Edge {
 
 /// As [`edge`], with route `a`'s back ends given as TOML list items.
 fn edge_to(a_backends: &str, b: &H3Server, extra: &str) -> Edge {
+    edge_route(&format!("backends = [{a_backends}]"), b, extra)
+}
+
+/// As [`edge`], with route `a`'s `backends` (and any more of its keys) given as TOML lines.
+fn edge_route(a_route: &str, b: &H3Server, extra: &str) -> Edge {
     let (port, dport, admin) = (free_udp_port(), free_udp_port(), free_port());
     let toml = format!(
         "[runtime]\nworkers = 1\ndrain_timeout_ms = 500\n{extra}\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
          [[listener]]\naddress = \"127.0.0.1:{port}\"\nquic = true\n\
          [[listener]]\naddress = \"127.0.0.3:{dport}\"\nquic = true\n\
-         [[route]]\nname = \"a\"\nsni = [\"a.example\"]\naction = \"passthrough\"\nbackends = [{}]\n\
+         [[route]]\nname = \"a\"\nsni = [\"a.example\"]\naction = \"passthrough\"\n{}\n\
          [[route]]\nname = \"b\"\nsni = [\"b.example\"]\ndedicated_ips = [\"127.0.0.3\"]\naction = \"passthrough\"\nbackends = [\"{}\"]\n",
-        a_backends, b.addr
+        a_route, b.addr
     );
     let cfg = config_file(&toml);
     let log = cfg.dir.path().join("access.jsonl");
@@ -362,8 +367,132 @@ fn a_back_end_answering_port_unreachable_fails_over_to_the_next() {
     let (a, b) = (h3_server("A"), h3_server("B"));
     // Nothing listens on the first back end's UDP port: the kernel answers ICMP port unreachable.
     let dead = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
-    let e = edge_to(&format!("\"{dead}\", \"{}\"", a.addr), &b, "");
+    let e = edge_route(&format!("backends = [\"{dead}\", \"{}\"]\neject_after = 1\neject_ms = 60000", a.addr), &b, "");
     assert_eq!(h3_get(e.shared, "a.example", "/failover", &[]), Ok("200 A /failover".into()));
     let c = wait_counters(e.admin, |c| c["quic_backend_failovers"].as_u64() >= Some(1));
     assert_eq!(count(&c, "quic_routed", "sni"), 1, "{c:#}");
+    // The ICMP error on the flow's first datagrams was a failed connect of that back end, which
+    // set it aside (eject_after = 1): the next flow goes straight to the one that answers.
+    let s = backend_stats(e.admin, dead);
+    assert_eq!((s["failures"]["refused"].as_u64(), s["ejections"].as_u64()), (Some(1), Some(1)), "{s}");
+    assert_eq!(s["state"], "ejected", "{s}");
+    assert_eq!(h3_get(e.shared, "a.example", "/after", &[]), Ok("200 A /after".into()));
+    let c = wait_counters(e.admin, |c| count(c, "quic_routed", "sni") == 2);
+    assert_eq!(c["quic_backend_failovers"].as_u64(), Some(1), "{c:#}");
+    assert!(count(&c, "backend_connect_failures", "refused") >= 1, "{c:#}");
+    assert_eq!(backend_stats(e.admin, a.addr)["connections"], 2);
+}
+
+/// `/stats`' figures of back end `addr`.
+fn backend_stats(admin: SocketAddr, addr: SocketAddr) -> serde_json::Value {
+    let (status, _, body) = http_raw(admin, b"GET /stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let all = v["backends"].as_array().cloned().unwrap_or_default();
+    all.into_iter().find(|b| b["backend"] == addr.to_string()).unwrap_or_else(|| panic!("{addr} not in {body}"))
+}
+
+/// The servers that answered `n` HTTP/3 GETs for a.example (`extra`: the client's options).
+fn served(to: SocketAddr, n: usize, path: &str, extra: &[&str]) -> Vec<String> {
+    (0..n)
+        .map(|_| {
+            let got = h3_get(to, "a.example", path, extra).unwrap_or_else(|e| panic!("GET {path}: {e}"));
+            got.split(' ').nth(1).unwrap_or_default().to_owned()
+        })
+        .collect()
+}
+
+fn tally(names: &[String], name: &str) -> usize {
+    names.iter().filter(|n| *n == name).count()
+}
+
+/// QUIC flows choose their back end through the route's pool: round robin sends them to both
+/// back ends in turn, and each back end's figures count them (connections, open while the flow
+/// lives, back to 0 when flows idle out).
+#[test]
+fn round_robin_spreads_quic_flows_and_back_ends_count_them() {
+    if !have_aioquic() {
+        return;
+    }
+    let (a1, a2, b) = (h3_server("A1"), h3_server("A2"), h3_server("B"));
+    let e = edge_route(
+        &format!("balance = \"round_robin\"\nbackends = [\"{}\", \"{}\"]", a1.addr, a2.addr),
+        &b,
+        "quic_idle_timeout_ms = 1500\n",
+    );
+    let got = served(e.shared, 4, "/rr", &[]);
+    assert_eq!((tally(&got, "A1"), tally(&got, "A2")), (2, 2), "{got:?}");
+    for a in [a1.addr, a2.addr] {
+        let s = backend_stats(e.admin, a);
+        assert_eq!(s["connections"], 2, "{s}");
+        assert_eq!(s["connections_open"], 2, "flows open count as open connections: {s}");
+    }
+    // The flows idle out: nothing is counted open any more.
+    assert!(wait_until(Duration::from_secs(20), || [a1.addr, a2.addr]
+        .iter()
+        .all(|a| backend_stats(e.admin, *a)["connections_open"] == 0)));
+}
+
+/// least_conn counts a worker's open QUIC flows: with every flow still open, new ones alternate.
+#[test]
+fn least_conn_counts_open_quic_flows() {
+    if !have_aioquic() {
+        return;
+    }
+    let (a1, a2, b) = (h3_server("A1"), h3_server("A2"), h3_server("B"));
+    let e = edge_route(&format!("balance = \"least_conn\"\nbackends = [\"{}\", \"{}\"]", a1.addr, a2.addr), &b, "");
+    let got = served(e.shared, 4, "/lc", &[]);
+    assert_eq!((tally(&got, "A1"), tally(&got, "A2")), (2, 2), "{got:?}");
+}
+
+/// A back end the health checks (`type = "quic"`: Version Negotiation probes over UDP) mark
+/// down is skipped, not tried; the backup serves only once every primary is down.
+#[test]
+fn quic_flows_skip_down_back_ends_and_use_the_backup_last() {
+    if !have_aioquic() {
+        return;
+    }
+    let (a1, a2, bk, b) = (h3_server("A1"), h3_server("A2"), h3_server("BK"), h3_server("B"));
+    let e = edge_route(
+        &format!(
+            "balance = \"round_robin\"\nbackends = [\"{}\", \"{}\", {{ address = \"{}\", backup = true }}]\n\
+             health_check = {{ type = \"quic\", interval_ms = 100, timeout_ms = 500, rise = 1, fall = 2 }}",
+            a1.addr, a2.addr, bk.addr
+        ),
+        &b,
+        "",
+    );
+    let got = served(e.shared, 4, "/all-up", &[]);
+    assert_eq!((tally(&got, "A1"), tally(&got, "A2"), tally(&got, "BK")), (2, 2, 0), "{got:?}");
+    assert_eq!(backend_stats(e.admin, a1.addr)["checks"]["ok"].as_u64().map(|n| n > 0), Some(true));
+    let a1_addr = a1.addr;
+    drop(a1);
+    assert!(wait_until(Duration::from_secs(20), || backend_stats(e.admin, a1_addr)["state"] == "down"));
+    let got = served(e.shared, 3, "/one-down", &[]);
+    assert_eq!(tally(&got, "A2"), 3, "{got:?}");
+    let c = counters(e.admin);
+    assert_eq!(c["quic_backend_failovers"].as_u64().unwrap_or(0), 0, "a down back end was tried: {c:#}");
+    let a2_addr = a2.addr;
+    drop(a2);
+    assert!(wait_until(Duration::from_secs(20), || backend_stats(e.admin, a2_addr)["state"] == "down"));
+    let got = served(e.shared, 2, "/primaries-down", &[]);
+    assert_eq!(tally(&got, "BK"), 2, "{got:?}");
+}
+
+/// hash_client keeps a client address on one back end, flow after flow (each from a new port),
+/// and spreads addresses over both.
+#[test]
+fn hash_client_keeps_an_address_on_one_back_end() {
+    if !have_aioquic() {
+        return;
+    }
+    let (a1, a2, b) = (h3_server("A1"), h3_server("A2"), h3_server("B"));
+    let e = edge_route(&format!("balance = \"hash_client\"\nbackends = [\"{}\", \"{}\"]", a1.addr, a2.addr), &b, "");
+    let mut seen = std::collections::HashSet::new();
+    for host in ["127.0.0.5", "127.0.0.6", "127.0.0.7", "127.0.0.8", "127.0.0.9", "127.0.0.10"] {
+        let got = served(e.shared, 3, "/hash", &["--local-host", host]);
+        assert!(got.iter().all(|g| *g == got[0]), "{host}: {got:?}");
+        seen.insert(got[0].clone());
+    }
+    assert_eq!(seen.len(), 2, "six addresses all hashed to {seen:?}");
 }

@@ -62,6 +62,10 @@ enum Tier {
     LastResort,
 }
 
+/// Which members of a pool a [`Plan`] has handed out (a bit each; a pool has at most
+/// [`MAX_BACKENDS`](super::pool::MAX_BACKENDS)).
+pub type Tried = [u64; 4];
+
 /// The order in which one connection tries its route's back ends (an iterator of back ends).
 pub struct Plan<'a> {
     pools: &'a Pools,
@@ -70,7 +74,7 @@ pub struct Plan<'a> {
     hash: u64,
     /// [`now_ms`](super::pool::now_ms), read when a back end turns out to be set aside (0: not yet).
     now: std::cell::Cell<u64>,
-    tried: [u64; 4],
+    tried: Tried,
     tier: Tier,
     /// Round robin: where the walk of the schedule is.
     rr_at: Option<usize>,
@@ -81,10 +85,29 @@ pub struct Plan<'a> {
 
 impl<'a> Plan<'a> {
     pub fn new(pools: &'a Pools, pool: &'a Pool, worker: usize, key: &Key) -> Self {
+        Self::make(pools, pool, worker, key, true)
+    }
+
+    /// The rest of a plan that has handed out the members in `tried` ([`Plan::tried`]): a QUIC
+    /// flow whose back end turned out to be unreachable after its first datagrams went out goes
+    /// on from here, with the health verdicts and ejections of now. The worker's cursor is not
+    /// stepped again (one step per connection).
+    pub fn resume(pools: &'a Pools, pool: &'a Pool, worker: usize, key: &Key, tried: Tried) -> Self {
+        let mut p = Self::make(pools, pool, worker, key, false);
+        p.tried = tried;
+        p
+    }
+
+    /// The members handed out so far.
+    pub fn tried(&self) -> Tried {
+        self.tried
+    }
+
+    fn make(pools: &'a Pools, pool: &'a Pool, worker: usize, key: &Key, step: bool) -> Self {
         let cursor = pool.cursor(worker);
         let pos = cursor.pos.load(Relaxed);
         // One step per connection (not per attempt): the worker's own cursor.
-        if matches!(pool.balance, Balance::RoundRobin | Balance::LeastConn | Balance::RandomTwo) {
+        if step && matches!(pool.balance, Balance::RoundRobin | Balance::LeastConn | Balance::RandomTwo) {
             cursor.pos.store(pos.wrapping_add(1), Relaxed);
         }
         let n = pool.members.len().max(1);

@@ -342,3 +342,22 @@ fn api_changes_keep_the_other_routes_warnings_and_renew_their_own() {
     assert_eq!((about(&c, "old"), about(&c, "new")), (1, 0), "{:?}", c.warnings);
     assert_eq!(c.warnings, Config::table_warnings(&c.table), "the same as computed over the whole table");
 }
+
+#[test]
+fn quic_health_checks_take_udp_addresses_only() {
+    let quic = "health_check = { type = \"quic\", interval_ms = 500 }";
+    let cfg =
+        load(&GOOD.replace("backends = [\"127.0.0.1:9003\"]", &format!("backends = [\"127.0.0.1:9003\"]\n{quic}")))
+            .unwrap();
+    let id = cfg.table.id_of("default").unwrap();
+    let h = cfg.table.route(id).upstream.health.clone().unwrap();
+    assert_eq!((h.kind, h.interval_ms), (crate::route::CheckKind::Quic, 500));
+    let e =
+        errors(&GOOD.replace("backends = [\"127.0.0.1:9003\"]", &format!("backends = [\"unix:/run/a.sock\"]\n{quic}")));
+    assert!(e.contains("route \"default\".health_check.type: type = \"quic\" checks host:port back ends"), "{e}");
+    let e = errors(&GOOD.replace(
+        "backends = [\"127.0.0.1:9003\"]",
+        "backends = [\"127.0.0.1:9003\"]\nhealth_check = { type = \"udp\" }",
+    ));
+    assert!(e.contains("\"udp\" is not \"connect\", \"tls\" or \"quic\""), "{e}");
+}

@@ -23,11 +23,12 @@
 
 use super::Worker;
 use crate::access_log;
+use crate::backend::{self, BackendId, Plan, Pool, Shared, Tried};
 use crate::config::{Config, Route};
 use crate::hello::{self, Parsed, Reject, Transport};
-use crate::metrics::{Direction, Hist, QuicDatagramDrop, QuicFlowDrop, QuicFlowEnd};
+use crate::metrics::{ConnectCause, Direction, DropReason, Hist, QuicDatagramDrop, QuicFlowDrop, QuicFlowEnd};
 use crate::quic::{self, packet, Head, Hello, LongType, PendingTable};
-use crate::route::{Action, Match, Miss, RouteId};
+use crate::route::{Action, Balance, Match, Miss, RouteId, Target};
 use crate::sys::udp::{self, Received, RecvBatch, UdpFeatures};
 use crate::sys::{Socket, POLLIN};
 use std::cell::{Cell, RefCell};
@@ -103,7 +104,16 @@ struct Flow {
     local: IpAddr,
     route: crate::conn::Kept,
     backend: RefCell<Socket>,
-    backend_index: Cell<usize>,
+    /// Its back end in `route.pools`, counted open there (least connections) while the flow
+    /// lives ([`Shared::hold`]).
+    backend_id: Cell<BackendId>,
+    /// The pool members its plan has handed out (a failover goes on from there).
+    tried: Cell<Tried>,
+    /// What the hashes hash: the client's address, the SNI.
+    balance_key: backend::Key,
+    /// When the current back end got the flow's first datagrams (its first answer ends the
+    /// "connect": latency, failures in a row reset).
+    dialed_at: Cell<Instant>,
     backend_gro: Cell<bool>,
     /// Until the back end's first datagram: the client's first datagrams, to replay to the next
     /// back end if this one answers with ICMP unreachable.
@@ -502,6 +512,8 @@ fn keep_pending(w: &Worker, q: &Quic, key: Key, p: Pending) {
 struct Decision {
     route: RouteId,
     how: Match,
+    /// The SNI's hash where the route balances by it (0 otherwise).
+    sni_hash: u64,
     info: Option<Box<LogInfo>>,
 }
 
@@ -523,7 +535,11 @@ fn decide(cfg: &Config, p: &Pending, ch: &hello::ClientHello<'_>) -> Result<Deci
             routing_ns: 0,
         })
     });
-    Ok(Decision { route, how, info })
+    let sni_hash = match cfg.pools.pool(route).map(|p| p.balance) {
+        Some(Balance::HashSni) => backend::Key::sni_hash(ch.sni()),
+        _ => 0,
+    };
+    Ok(Decision { route, how, sni_hash, info })
 }
 
 fn route_of(cfg: &Config, id: RouteId) -> &Route {
@@ -549,7 +565,22 @@ fn open_flow(
     if q.flows.borrow().len() >= cfg.runtime.quic_max_flows {
         return flow_dropped(w, from, &p, QuicFlowDrop::FlowsFull);
     }
-    let Some((backend, index, gro)) = connect_from(route, 0, cfg.runtime.quic_gro) else {
+    // The back end, chosen as a TCP connection's is: the pool's balance, weights, backups,
+    // health verdicts and this worker's ejections.
+    let held = crate::conn::Snapshots::keep(&**w, &cfg, d.route);
+    let balance_key = backend::Key { client: Some(from.ip()), sni: d.sni_hash };
+    let stats = held.pools.route_stats(d.route);
+    if let Some(s) = stats {
+        s.routed(w.id());
+    }
+    let dialed = held.pools.pool(d.route).map(|pool| {
+        let mut plan = Plan::new(&held.pools, pool, w.id(), &balance_key);
+        (dial(w, &mut plan, pool, cfg.runtime.quic_gro), plan.tried())
+    });
+    let Some((Some((backend, backend_id, gro)), tried)) = dialed else {
+        if let Some(s) = stats {
+            s.closed(w.id(), Some(DropReason::BackendsDown));
+        }
         return flow_dropped(w, from, &p, QuicFlowDrop::BackendsDown);
     };
     let multi = p.hello.packets > 1;
@@ -565,9 +596,12 @@ fn open_flow(
         scid: p.scid,
         listener: Rc::clone(l),
         local: p.local,
-        route: crate::conn::Snapshots::keep(&**w, &cfg, d.route),
+        route: held,
         backend: RefCell::new(backend),
-        backend_index: Cell::new(index),
+        backend_id: Cell::new(backend_id),
+        tried: Cell::new(tried),
+        balance_key,
+        dialed_at: Cell::new(Instant::now()),
         backend_gro: Cell::new(gro),
         replay: RefCell::new(None),
         last: Cell::new(q.now.get()),
@@ -596,41 +630,84 @@ fn open_flow(
     }
 }
 
-/// A UDP socket connected to the route's back end `from` or the next one that can be dialed.
-fn connect_from(route: &Route, from: usize, gro: bool) -> Option<(Socket, usize, bool)> {
-    for (i, b) in route.backends.iter().enumerate().skip(from) {
-        // QUIC goes to UDP back ends: unix and hand-off back ends are TCP-only.
-        let crate::route::Target::Tcp(addr) = &b.target else { continue };
+/// A UDP socket connected to the next back end of `plan` that can be dialed (QUIC goes to
+/// `host:port` back ends: unix and hand-off ones are TCP-only and skipped), counted open to it
+/// ([`Shared::hold`]). A socket that cannot be made is a failed connect of that back end.
+fn dial(w: &Worker, plan: &mut Plan<'_>, pool: &Pool, gro: bool) -> Option<(Socket, BackendId, bool)> {
+    for (id, b) in plan.by_ref() {
+        let Target::Tcp(addr) = &b.target else { continue };
         match udp::connect_udp(*addr, gro) {
-            Ok((s, f)) => return Some((s, i, f.gro)),
+            Ok((s, f)) => {
+                b.hold(w.id());
+                return Some((s, id, f.gro));
+            }
             Err(e) => {
                 crate::warn_every_second!(backend = %addr, error = %e, "QUIC: cannot make a socket to the back end");
+                connect_failed(w, b, pool, ConnectCause::of(&e));
             }
         }
     }
     None
 }
 
-/// The back end answered with ICMP unreachable: before its first datagram, the flow moves to
-/// the next back end with the client's datagrams so far; after it, the error is transient.
+/// One failed "connect" of a flow to `b` (a socket that could not be made, ICMP unreachable on
+/// its first datagrams, no answer within the handshake timeout): counted by cause, for the back
+/// end too, and towards its passive ejection, as a TCP connect failure is.
+fn connect_failed(w: &Worker, b: &Shared, pool: &Pool, cause: ConnectCause) {
+    w.metrics().bump(|c| c.backend_connect_failures.bump(cause));
+    if b.failed(w.id(), cause, &pool.eject) {
+        w.metrics().bump(|c| c.backend_ejections += 1);
+        crate::warn_every_second!(
+            worker = w.id(),
+            backend = %b.target,
+            cause = cause.as_str(),
+            "back end set aside after failed connects in a row (QUIC)"
+        );
+    }
+    crate::debug_every_second!(backend = %b.target, cause = cause.as_str(), "QUIC flow: back end unreachable");
+}
+
+/// The flow's back end and its pool (while the flow holds its route, both are there).
+fn current(flow: &Flow) -> Option<(&Shared, &Pool)> {
+    let pools = &flow.route.pools;
+    Some((pools.backend(flow.backend_id.get())?, pools.pool(flow.route.id)?))
+}
+
+/// The back end answered with ICMP unreachable: before its first datagram, a failed connect of
+/// that back end, and the flow moves to the next one of its plan with the client's datagrams so
+/// far; after it, the error is transient.
 fn backend_refused(w: &Worker, q: &Quic, flow: &Rc<Flow>) {
     let Some(replay) = flow.replay.borrow_mut().take() else { return };
-    let route: &Route = &flow.route;
-    let next = flow.backend_index.get() + 1;
-    match connect_from(route, next, w.config().runtime.quic_gro) {
-        Some((s, i, gro)) => {
+    let worker = w.id();
+    let next = {
+        let pools = &flow.route.pools;
+        let Some((b, pool)) = current(flow) else { return close(w, q, flow, QuicFlowEnd::BackendsDown) };
+        connect_failed(w, b, pool, ConnectCause::Refused);
+        b.release(worker);
+        let mut plan = Plan::resume(pools, pool, worker, &flow.balance_key, flow.tried.get());
+        let got = dial(w, &mut plan, pool, w.config().runtime.quic_gro);
+        flow.tried.set(plan.tried());
+        got
+    };
+    match next {
+        Some((s, id, gro)) => {
             w.metrics().bump(|c| c.quic_backend_failovers += 1);
             let old = flow.backend.replace(s);
             // Completes the old socket's poll: the relay task then polls the new one.
             old.shutdown(Shutdown::Both);
-            flow.backend_index.set(i);
+            flow.backend_id.set(id);
             flow.backend_gro.set(gro);
+            flow.dialed_at.set(Instant::now());
             for d in &replay {
                 let _ = udp::try_send(&flow.backend.borrow(), d, None, None, None);
             }
             *flow.replay.borrow_mut() = Some(replay);
         }
-        None => close(w, q, flow, QuicFlowEnd::BackendsDown),
+        None => {
+            // Released above: nothing is counted open any more.
+            flow.backend_id.set(BackendId::MAX);
+            close(w, q, flow, QuicFlowEnd::BackendsDown)
+        }
     }
 }
 
@@ -691,6 +768,7 @@ fn to_client(w: &Worker, q: &Quic, flow: &Flow, batch: &RecvBatch) {
     flow.last.set(q.now.get());
     if flow.replay.borrow().is_some() {
         *flow.replay.borrow_mut() = None;
+        answered(w, flow);
     }
     let src = wildcard_source(&flow.listener, Some(flow.local));
     let to = Some(flow.key.1);
@@ -724,6 +802,18 @@ fn to_client(w: &Worker, q: &Quic, flow: &Flow, batch: &RecvBatch) {
     });
 }
 
+/// The back end's first datagram to a flow: its "connect" succeeded (the back end's connection
+/// count, the connect latency of back end and route, its failures in a row forgotten).
+fn answered(w: &Worker, flow: &Flow) {
+    let took = w.conns.timing.then(|| flow.dialed_at.get().elapsed());
+    if let Some(b) = flow.route.pools.backend(flow.backend_id.get()) {
+        b.connected(w.id(), took);
+    }
+    if let (Some(s), Some(d)) = (flow.route.pools.route_stats_if_used(flow.route.id), took) {
+        s.connected(w.id(), d);
+    }
+}
+
 /// Closes a routed flow: counted, logged, its relay task ended.
 fn close(w: &Worker, q: &Quic, flow: &Rc<Flow>, end: QuicFlowEnd) {
     if flow.closed.replace(true) {
@@ -732,11 +822,21 @@ fn close(w: &Worker, q: &Quic, flow: &Rc<Flow>, end: QuicFlowEnd) {
     q.flows.borrow_mut().remove(&flow.key);
     flow.backend.borrow().shutdown(Shutdown::Both);
     w.metrics().bump(|c| c.quic_flows_closed.bump(end));
+    if let Some((b, pool)) = current(flow) {
+        // Never answered within the handshake timeout: a connect that timed out.
+        if end == QuicFlowEnd::Idle && flow.replay.borrow().is_some() {
+            connect_failed(w, b, pool, ConnectCause::TimedOut);
+        }
+        b.release(w.id());
+    }
+    if let Some(s) = flow.route.pools.route_stats(flow.route.id) {
+        s.closed(w.id(), (end == QuicFlowEnd::BackendsDown).then_some(DropReason::BackendsDown));
+    }
     if let (Some(info), Some(log)) = (flow.log.as_ref(), w.conns.log.as_ref()) {
         let (_, up) = flow.to_backend.get();
         let (_, down) = flow.to_client.get();
         let route: &Route = &flow.route;
-        let backend = route.backends.get(flow.backend_index.get()).map(|b| b.target.to_string());
+        let backend = flow.route.pools.backend(flow.backend_id.get()).map(|b| b.target.to_string());
         let time = access_log::rfc3339(std::time::SystemTime::now());
         let outcome = match end {
             QuicFlowEnd::Idle => "idle_timeout",

@@ -8,11 +8,13 @@
       One HTTP/3 GET; prints the status line and body, exits 0 on a 200, 1 otherwise.
       --alpn-pad N offers N extra ALPN values (after h3) so the ClientHello spans several
       Initial packets; --order rev|dup|revdup sends the client's first Initial datagrams
-      reversed, with a duplicate of the first, or both.
+      reversed, with a duplicate of the first, or both. --local-host ADDR sends from ADDR.
 """
 
 import argparse
 import asyncio
+import contextlib
+import socket
 import ssl
 import sys
 
@@ -21,6 +23,7 @@ from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.h3.connection import H3_ALPN, H3Connection
 from aioquic.h3.events import DataReceived, HeadersReceived
 from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import ProtocolNegotiated, QuicEvent
 
 
@@ -99,6 +102,26 @@ class Mangle:
         return getattr(self.inner, k)
 
 
+@contextlib.asynccontextmanager
+async def open_client(host, port, cfg, local_host):
+    """aioquic's `connect`, from `local_host` when one is given (its own binds "::" only)."""
+    if local_host == "::":
+        async with connect(host, port, configuration=cfg, create_protocol=Client, wait_connected=False) as c:
+            yield c
+        return
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((local_host, 0))
+    transport, protocol = await loop.create_datagram_endpoint(lambda: Client(QuicConnection(configuration=cfg)), sock=sock)
+    try:
+        protocol.connect((host, port), transmit=False)
+        yield protocol
+    finally:
+        protocol.close()
+        await protocol.wait_closed()
+        transport.close()
+
+
 async def run_client(args) -> int:
     host, port = args.connect.rsplit(":", 1)
     cfg = QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN + [f"x-pad-{i:04d}-{'z' * 20}" for i in range(args.alpn_pad)])
@@ -111,7 +134,7 @@ async def run_client(args) -> int:
         # of CRYPTO data each).
         hold = 1 + (len(b"".join(p.encode() for p in cfg.alpn_protocols)) + 400) // 1100
     try:
-        async with connect(host, int(port), configuration=cfg, create_protocol=Client, wait_connected=False) as c:
+        async with open_client(host, int(port), cfg, args.local_host) as c:
             if hold:
                 c._transport = Mangle(c._transport, hold, args.order)
             await asyncio.wait_for(c.get(args.sni, args.path), args.timeout)
@@ -147,6 +170,7 @@ def main() -> int:
     c.add_argument("--alpn-pad", type=int, default=0)
     c.add_argument("--order", default="none", choices=["none", "rev", "dup", "revdup"])
     c.add_argument("--timeout", type=float, default=15.0)
+    c.add_argument("--local-host", default="::", help="the address the client sends from (127.0.0.5: another client)")
     a = p.parse_args()
     if a.cmd == "server":
         asyncio.run(run_server(a))
