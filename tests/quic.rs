@@ -140,9 +140,16 @@ fn edge_to(a_backends: &str, b: &H3Server, extra: &str) -> Edge {
 
 /// As [`edge`], with route `a`'s `backends` (and any more of its keys) given as TOML lines.
 fn edge_route(a_route: &str, b: &H3Server, extra: &str) -> Edge {
+    edge_args(a_route, b, extra, &[])
+}
+
+/// As [`edge_route`], with more arguments for `run`.
+fn edge_args(a_route: &str, b: &H3Server, extra: &str, args: &[&str]) -> Edge {
     let (port, dport, admin) = (free_udp_port(), free_udp_port(), free_port());
+    // One worker unless told otherwise (balance shares are per worker).
+    let workers = if extra.contains("workers =") { "" } else { "workers = 1\n" };
     let toml = format!(
-        "[runtime]\nworkers = 1\ndrain_timeout_ms = 500\n{extra}\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
+        "[runtime]\n{workers}drain_timeout_ms = 500\n{extra}\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
          [[listener]]\naddress = \"127.0.0.1:{port}\"\nquic = true\n\
          [[listener]]\naddress = \"127.0.0.3:{dport}\"\nquic = true\n\
          [[route]]\nname = \"a\"\nsni = [\"a.example\"]\naction = \"passthrough\"\n{}\n\
@@ -152,7 +159,9 @@ fn edge_route(a_route: &str, b: &H3Server, extra: &str) -> Edge {
     let cfg = config_file(&toml);
     let log = cfg.dir.path().join("access.jsonl");
     let shared = SocketAddr::from(([127, 0, 0, 1], port));
-    let proc_ = spawn_binary(&cfg, &["--access-log", log.to_str().unwrap()], shared);
+    let mut all = vec!["--access-log", log.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let proc_ = spawn_binary(&cfg, &all, shared);
     Edge {
         proc_,
         shared,
@@ -418,7 +427,7 @@ fn round_robin_spreads_quic_flows_and_back_ends_count_them() {
     let e = edge_route(
         &format!("balance = \"round_robin\"\nbackends = [\"{}\", \"{}\"]", a1.addr, a2.addr),
         &b,
-        "quic_idle_timeout_ms = 1500\n",
+        "quic_idle_timeout_ms = 600000\n",
     );
     let got = served(e.shared, 4, "/rr", &[]);
     assert_eq!((tally(&got, "A1"), tally(&got, "A2")), (2, 2), "{got:?}");
@@ -427,7 +436,11 @@ fn round_robin_spreads_quic_flows_and_back_ends_count_them() {
         assert_eq!(s["connections"], 2, "{s}");
         assert_eq!(s["connections_open"], 2, "flows open count as open connections: {s}");
     }
-    // The flows idle out: nothing is counted open any more.
+    // A reload shortens the idle timeout: the flows idle out, and nothing is counted open any more.
+    let text = std::fs::read_to_string(&e._cfg.path).unwrap();
+    std::fs::write(&e._cfg.path, text.replace("quic_idle_timeout_ms = 600000", "quic_idle_timeout_ms = 100")).unwrap();
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(e.proc_.pid() as i32, libc::SIGHUP) };
     assert!(wait_until(Duration::from_secs(20), || [a1.addr, a2.addr]
         .iter()
         .all(|a| backend_stats(e.admin, *a)["connections_open"] == 0)));
@@ -456,7 +469,7 @@ fn quic_flows_skip_down_back_ends_and_use_the_backup_last() {
     let e = edge_route(
         &format!(
             "balance = \"round_robin\"\nbackends = [\"{}\", \"{}\", {{ address = \"{}\", backup = true }}]\n\
-             health_check = {{ type = \"quic\", interval_ms = 100, timeout_ms = 500, rise = 1, fall = 2 }}",
+             health_check = {{ type = \"quic\", interval_ms = 100, timeout_ms = 1000, rise = 1, fall = 3 }}",
             a1.addr, a2.addr, bk.addr
         ),
         &b,
@@ -495,4 +508,74 @@ fn hash_client_keeps_an_address_on_one_back_end() {
         seen.insert(got[0].clone());
     }
     assert_eq!(seen.len(), 2, "six addresses all hashed to {seen:?}");
+}
+
+/// A binary upgrade keeps QUIC: the new process takes the QUIC listeners' UDP sockets and the
+/// open flows (with their sockets to the back ends), so an HTTP/3 connection opened before the
+/// upgrade goes on after it, with the old process gone; new connections are served too.
+#[test]
+fn a_quic_connection_survives_a_binary_upgrade() {
+    if !have_aioquic() {
+        return;
+    }
+    let (a, b) = (h3_server("A"), h3_server("B"));
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("upgrade.sock");
+    let sock_arg = sock.to_str().unwrap();
+    let mut e =
+        edge_args(&format!("backends = [\"{}\"]", a.addr), &b, "workers = 2\n", &["--upgrade-socket", sock_arg]);
+    assert!(wait_until(Duration::from_secs(20), || sock.exists()), "no upgrade socket");
+    let pause = dir.path().join("go");
+    let mut client = Command::new("python3")
+        .arg(h3_py())
+        .args(["client", "--connect", &e.shared.to_string(), "--sni", "a.example", "--path", "/before"])
+        .args(["--then-path", "/after", "--pause-file", pause.to_str().unwrap(), "--timeout", "20"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3");
+    let mut out = BufReader::new(client.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "200 A /before");
+
+    // The upgrade: the new process (the same configuration) takes the sockets and the flow.
+    let log = dir.path().join("new.log");
+    let bin = std::env::var("SNI_DISPATCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_sni-dispatch").to_string());
+    let mut new = Command::new(bin)
+        .args(["run", "--config"])
+        .arg(&e._cfg.path)
+        .args(["--upgrade-from", sock_arg])
+        .env("SNI_DISPATCH_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("spawn sni-dispatch");
+    let new_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        wait_until(Duration::from_secs(30), || new_log().contains("the previous process stopped accepting")),
+        "the upgrade did not complete:\n{}",
+        new_log()
+    );
+    let mut old_exit = None;
+    assert!(wait_until(Duration::from_secs(30), || {
+        old_exit = e.proc_.child.try_wait().ok().flatten();
+        old_exit.is_some()
+    }));
+    assert!(old_exit.is_some_and(|s| s.success()), "{old_exit:?}");
+    // Only the new process is left: the connection goes on through it.
+    std::fs::write(&pause, b"").unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "200 A /after", "the connection did not survive:\n{}", new_log());
+    assert!(client.wait().unwrap().success());
+    // The admin endpoint came with the sockets: these are the new process's figures.
+    let c = counters(e.admin);
+    assert_eq!(c["quic_flows_adopted"].as_u64(), Some(1), "{c:#}");
+    assert_eq!(h3_get(e.shared, "a.example", "/new", &[]), Ok("200 A /new".into()));
+    let c = counters(e.admin);
+    assert_eq!(count(&c, "quic_datagrams_dropped", "unknown_flow"), 0, "{c:#}");
+    let _ = new.kill();
+    let _ = new.wait();
 }

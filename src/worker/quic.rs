@@ -35,7 +35,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Shutdown, SocketAddr};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -62,6 +62,24 @@ pub(crate) struct Listener {
     pub(crate) addr: SocketAddr,
     /// What the kernel offered (GRO), for the log.
     pub(crate) features: UdpFeatures,
+    /// Its position among the listener's sockets (what a flow handed over in an upgrade names).
+    pub(crate) slot: usize,
+}
+
+/// An open flow handed over in a binary upgrade (by the old process; to the new one): which
+/// socket of which listener its client's datagrams arrive on, the client, the address it dialed,
+/// its Source Connection ID, its route and back end by name, and its socket connected to the back
+/// end (the same kernel socket in both processes).
+#[derive(Debug)]
+pub struct Handed {
+    pub listener: SocketAddr,
+    pub slot: usize,
+    pub client: SocketAddr,
+    pub local: IpAddr,
+    pub scid: Vec<u8>,
+    pub route: String,
+    pub backend: String,
+    pub fd: std::os::fd::OwnedFd,
 }
 
 /// A client whose ClientHello is not complete yet.
@@ -152,6 +170,8 @@ pub(crate) struct Quic {
     gso: Cell<bool>,
     /// The worker stops: new flows are refused, open ones still forwarded.
     stopping: Cell<bool>,
+    /// A binary upgrade has the flows: new ones are refused until it is done (or failed).
+    exported: Cell<bool>,
     /// The worker has drained: the loops end.
     done: Cell<bool>,
     wake: tokio::sync::Notify,
@@ -168,6 +188,7 @@ impl Quic {
             now: Cell::new(Instant::now()),
             gso: Cell::new(true),
             stopping: Cell::new(false),
+            exported: Cell::new(false),
             done: Cell::new(false),
             wake: tokio::sync::Notify::new(),
         }
@@ -212,17 +233,28 @@ pub(crate) async fn run(w: Rc<Worker>, q: Rc<Quic>, l: Rc<Listener>) {
             }
         }
     }
-    // Completes the poll still in the ring, so the socket is closed.
-    l.socket.shutdown(Shutdown::Both);
+    if handed_over(&w, &l) {
+        // The socket is the new process's too: cancel our poll, leave the socket alone.
+        hand_over_flows(&w, &q, l.index);
+        let _ = l.socket.cancel_pending().await;
+    } else {
+        // Completes the poll still in the ring, so the socket is closed.
+        l.socket.shutdown(Shutdown::Both);
+    }
     drop(poll);
     tracing::debug!(worker = w.id(), listener = %l.addr, gro = l.features.gro, "QUIC listener stopped");
 }
 
-/// The worker has drained: closes every flow and ends the loops.
+/// The worker has drained: closes every flow (those a new process took over are let go
+/// instead) and ends the loops.
 pub(crate) fn finish(w: &Worker, q: &Quic) {
     let all: Vec<Rc<Flow>> = q.flows.borrow().values().cloned().collect();
     for f in all {
-        close(w, q, &f, QuicFlowEnd::Stopped);
+        if handed_over(w, &f.listener) {
+            let_go(w, q, &f);
+        } else {
+            close(w, q, &f, QuicFlowEnd::Stopped);
+        }
     }
     q.done.set(true);
     q.wake.notify_waiters();
@@ -468,7 +500,7 @@ fn on_initial(
         };
     }
     drop(table);
-    if q.stopping.get() {
+    if q.stopping.get() || q.exported.get() {
         return dropped(w, from, QuicDatagramDrop::Draining);
     }
     // Cheap refusals before any key is derived.
@@ -841,7 +873,7 @@ fn close(w: &Worker, q: &Quic, flow: &Rc<Flow>, end: QuicFlowEnd) {
         let outcome = match end {
             QuicFlowEnd::Idle => "idle_timeout",
             QuicFlowEnd::BackendsDown => "error",
-            QuicFlowEnd::Stopped | QuicFlowEnd::Replaced => "closed",
+            QuicFlowEnd::Stopped | QuicFlowEnd::Replaced | QuicFlowEnd::HandedOver => "closed",
         };
         let entry = access_log::Entry {
             client: Some(flow.key.1),
@@ -881,6 +913,156 @@ fn flow_dropped(w: &Worker, from: SocketAddr, p: &Pending, reason: QuicFlowDrop)
         };
         log.log(&entry, w.metrics());
     }
+}
+
+// ---- binary upgrade ------------------------------------------------------------------------
+//
+// The old process offers its QUIC listeners' UDP sockets and every open flow (`export`: client,
+// dialed address, Source Connection ID, route and back end by name, and a duplicate of the
+// flow's socket connected to the back end); from then on it opens no new flow (an Initial is
+// dropped as `draining`; the client retransmits it, and the new process routes it). The new
+// process starts its workers on the same kernel sockets with those flows in their tables
+// (`adopt`), so until the old one lets go both forward every flow correctly: whichever process
+// reads a datagram, from a client or from a back end, sends it on through the same sockets. Once
+// the new process is ready the old one lets go (`hand_over_flows`): its polls on the shared
+// sockets are cancelled, nothing is shut down (that would shut them for the new process too).
+
+/// Whether the new process of a binary upgrade took over listener `l`'s socket.
+fn handed_over(w: &Worker, l: &Listener) -> bool {
+    w.quic_handed_off.get().is_some_and(|list| list.contains(&l.addr))
+}
+
+/// Every open flow, each with a duplicate of its socket, for a binary upgrade; no new flow is
+/// opened until [`resume`] or the stop.
+pub(crate) fn export(w: &Worker, q: &Quic) -> Vec<Handed> {
+    q.exported.set(true);
+    let flows: Vec<Rc<Flow>> = q.flows.borrow().values().cloned().collect();
+    let mut out = Vec::with_capacity(flows.len());
+    for f in flows.iter().filter(|f| !f.closed.get()) {
+        let fd = match f.backend.borrow().as_fd().try_clone_to_owned() {
+            Ok(fd) => fd,
+            Err(e) => {
+                crate::warn_every_second!(error = %e, "QUIC: cannot duplicate a flow's socket for the upgrade; it stays here");
+                continue;
+            }
+        };
+        let backend = f.route.pools.backend(f.backend_id.get()).map(|b| b.target.to_string()).unwrap_or_default();
+        out.push(Handed {
+            listener: f.listener.addr,
+            slot: f.listener.slot,
+            client: f.key.1,
+            local: f.local,
+            scid: f.scid.0[..usize::from(f.scid.1)].to_vec(),
+            route: f.route.name.clone(),
+            backend,
+            fd,
+        });
+    }
+    tracing::debug!(worker = w.id(), flows = out.len(), "QUIC flows offered to a new process");
+    out
+}
+
+/// The upgrade that asked for the flows failed: new flows are opened again.
+pub(crate) fn resume(q: &Quic) {
+    q.exported.set(false);
+}
+
+/// The new process took over the flows of listener `index`: they leave the table without a
+/// shutdown (their sockets are the new process's too), their relay tasks end.
+fn hand_over_flows(w: &Worker, q: &Quic, index: u16) {
+    let mine: Vec<Rc<Flow>> = q.flows.borrow().values().filter(|f| f.listener.index == index).cloned().collect();
+    for f in mine {
+        let_go(w, q, &f);
+    }
+}
+
+/// One flow handed over: counted (`handed_over`), no longer forwarded here; its relay task's
+/// poll is cancelled, not the socket shut down.
+fn let_go(w: &Worker, q: &Quic, flow: &Rc<Flow>) {
+    if flow.closed.replace(true) {
+        return;
+    }
+    q.flows.borrow_mut().remove(&flow.key);
+    w.metrics().bump(|c| c.quic_flows_closed.bump(QuicFlowEnd::HandedOver));
+    if let Some((b, _)) = current(flow) {
+        b.release(w.id());
+    }
+    if let Some(s) = flow.route.pools.route_stats(flow.route.id) {
+        s.closed(w.id(), None);
+    }
+    let sock = flow.backend.borrow().clone();
+    tokio_uring::spawn(async move {
+        let _ = sock.cancel_pending().await;
+    });
+}
+
+/// Takes the flows the previous process handed over into the table, each on the socket
+/// (`listeners`) its client's datagrams arrive on, with its route (by name, in the configuration
+/// now) and back end, counted open there. A flow whose route is gone (or terminates now), or whose
+/// socket is not here, is left out: its client's connection times out and it reconnects.
+pub(crate) fn adopt(w: &Rc<Worker>, q: &Rc<Quic>, listeners: &[Rc<Listener>], flows: Vec<Handed>) {
+    if flows.is_empty() {
+        return;
+    }
+    let cfg = w.config();
+    let now = Instant::now();
+    let (mut adopted, mut left) = (0u64, 0usize);
+    for h in flows {
+        let Some(l) = listeners.iter().find(|l| l.addr == h.listener && l.slot == h.slot) else {
+            left += 1;
+            continue;
+        };
+        let Some(id) =
+            cfg.table.id_of(&h.route).filter(|id| matches!(cfg.table.route(*id).action, Action::Passthrough))
+        else {
+            left += 1;
+            continue;
+        };
+        let held = crate::conn::Snapshots::keep(&**w, &cfg, id);
+        let backend_id = held
+            .pools
+            .pool(id)
+            .and_then(|p| {
+                p.members.iter().find(|m| held.pools.backend(m.id).is_some_and(|b| b.target.to_string() == h.backend))
+            })
+            .map_or(BackendId::MAX, |m| m.id);
+        if let Some(b) = held.pools.backend(backend_id) {
+            b.hold(w.id());
+        }
+        if let Some(s) = held.pools.route_stats(id) {
+            s.routed(w.id());
+        }
+        let gro = udp::adopt_udp(&h.fd, cfg.runtime.quic_gro).map(|f| f.gro).unwrap_or(false);
+        let key = (l.index, h.client);
+        let flow = Rc::new(Flow {
+            key,
+            scid: Cid::of(&h.scid),
+            listener: Rc::clone(l),
+            local: h.local,
+            route: held,
+            backend: RefCell::new(Socket::from(h.fd)),
+            backend_id: Cell::new(backend_id),
+            tried: Cell::new([0; 4]),
+            balance_key: backend::Key { client: Some(h.client.ip()), sni: 0 },
+            dialed_at: Cell::new(now),
+            backend_gro: Cell::new(gro),
+            replay: RefCell::new(None),
+            last: Cell::new(now),
+            confirmed: Cell::new(true),
+            closed: Cell::new(false),
+            opened: now,
+            to_backend: Cell::new((0, 0)),
+            to_client: Cell::new((0, 0)),
+            log: None,
+        });
+        if let Some(old) = q.flows.borrow_mut().insert(key, Rc::clone(&flow)) {
+            old.closed.set(true);
+        }
+        tokio_uring::spawn(backend_loop(Rc::clone(w), Rc::clone(q), flow));
+        adopted += 1;
+    }
+    w.metrics().bump(|c| c.quic_flows_adopted += adopted);
+    tracing::info!(worker = w.id(), adopted, left_out = left, "QUIC flows taken over from the previous process");
 }
 
 /// Every [`TICK`]: the clock, pending timeouts, idle flows (each second), the gauges.

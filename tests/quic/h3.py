@@ -9,11 +9,14 @@
       --alpn-pad N offers N extra ALPN values (after h3) so the ClientHello spans several
       Initial packets; --order rev|dup|revdup sends the client's first Initial datagrams
       reversed, with a duplicate of the first, or both. --local-host ADDR sends from ADDR.
+      --then-path /y --pause-file F: after the first GET, waits for F to exist, then GETs /y on
+      the same QUIC connection (a binary upgrade happens in between).
 """
 
 import argparse
 import asyncio
 import contextlib
+import os
 import socket
 import ssl
 import sys
@@ -66,6 +69,8 @@ class Client(QuicConnectionProtocol):
                     self.done.set_result(True)
 
     async def get(self, authority: str, path: str):
+        self.done = asyncio.get_event_loop().create_future()
+        self.status, self.body = b"", b""
         sid = self._quic.get_next_available_stream_id()
         self.h3.send_headers(
             sid,
@@ -138,8 +143,21 @@ async def run_client(args) -> int:
             if hold:
                 c._transport = Mangle(c._transport, hold, args.order)
             await asyncio.wait_for(c.get(args.sni, args.path), args.timeout)
-            print(c.status.decode(), c.body.decode())
-            return 0 if c.status == b"200" else 1
+            print(c.status.decode(), c.body.decode(), flush=True)
+            if c.status != b"200":
+                return 1
+            if args.then_path:
+                # The same connection, once the file exists (a binary upgrade in between).
+                deadline = asyncio.get_event_loop().time() + args.timeout
+                while not os.path.exists(args.pause_file):
+                    if asyncio.get_event_loop().time() > deadline:
+                        print("failed: no", args.pause_file, flush=True)
+                        return 1
+                    await asyncio.sleep(0.05)
+                await asyncio.wait_for(c.get(args.sni, args.then_path), args.timeout)
+                print(c.status.decode(), c.body.decode(), flush=True)
+                return 0 if c.status == b"200" else 1
+            return 0
     except (asyncio.TimeoutError, ConnectionError) as e:
         print("failed:", type(e).__name__, e)
         return 1
@@ -170,6 +188,8 @@ def main() -> int:
     c.add_argument("--alpn-pad", type=int, default=0)
     c.add_argument("--order", default="none", choices=["none", "rev", "dup", "revdup"])
     c.add_argument("--timeout", type=float, default=15.0)
+    c.add_argument("--then-path", help="after the first GET, another on the same connection once --pause-file exists")
+    c.add_argument("--pause-file", default="")
     c.add_argument("--local-host", default="::", help="the address the client sends from (127.0.0.5: another client)")
     a = p.parse_args()
     if a.cmd == "server":
