@@ -200,12 +200,19 @@ impl Quic {
 /// prolong the drain (their end is not visible to us), they end with it.
 pub(crate) async fn run(w: Rc<Worker>, q: Rc<Quic>, l: Rc<Listener>) {
     let mut stop = w.stop.clone();
+    let mut stopped = false;
     let mut poll = Box::pin(l.socket.poll(POLLIN));
     while !q.done.get() {
         let ready = tokio::select! {
             r = &mut poll => r.is_ok(),
-            _ = stop.changed(), if !q.stopping.get() => {
-                q.stopping.set(*stop.borrow());
+            _ = stop.changed(), if !stopped => {
+                stopped = *stop.borrow();
+                q.stopping.set(q.stopping.get() || stopped);
+                // A new process took this socket over (a binary upgrade): it reads it now, and
+                // this process would only refuse the Initials it reads (`draining`).
+                if stopped && handed_over(&w, &l) {
+                    break;
+                }
                 continue;
             }
             () = q.wake.notified() => continue,
