@@ -73,6 +73,8 @@ pub(crate) struct Control {
     handed_off: Arc<OnceLock<Vec<SocketAddr>>>,
     /// Set with `handed_off`: the QUIC listeners whose UDP sockets and flows the new process took.
     quic_handed_off: Arc<OnceLock<Vec<SocketAddr>>>,
+    /// Set with `handed_off`: the hand-off listeners (paths) the new process accepts on.
+    handoff_handed_off: Arc<OnceLock<Vec<std::path::PathBuf>>>,
     /// Each worker's command channel (to ask for its QUIC flows).
     commands: Vec<tokio::sync::mpsc::UnboundedSender<worker::Command>>,
 }
@@ -88,13 +90,20 @@ impl Control {
 }
 
 impl upgrade::HandOver for Control {
-    fn hand_over(&self, adopted: Vec<SocketAddr>, admin: bool, quic: Vec<SocketAddr>) {
+    fn hand_over(
+        &self,
+        adopted: Vec<SocketAddr>,
+        admin: bool,
+        quic: Vec<SocketAddr>,
+        handoff: Vec<std::path::PathBuf>,
+    ) {
         // The admin socket first: once it is the new process's alone, /healthz there says 200
         // while this one drains (503 here would be read as the host going down).
         if admin {
             self.stop_admin();
         }
         let _ = self.quic_handed_off.set(quic);
+        let _ = self.handoff_handed_off.set(handoff);
         let _ = self.handed_off.set(adopted);
         self.accepting.store(false, Ordering::SeqCst);
         let _ = self.stop.send(true);
@@ -147,6 +156,8 @@ pub struct Server {
     /// A duplicate of the admin endpoint's socket, kept to offer it to a new binary (the
     /// listeners' are in [`Shared::offered`]).
     offered_admin: Option<upgrade::OfferedAdmin>,
+    /// Duplicates of the hand-off listeners' sockets, kept to offer them too.
+    offered_handoff: Vec<upgrade::OfferedHandoff>,
     offer: Option<upgrade::Offer>,
 }
 
@@ -282,11 +293,20 @@ impl Server {
         }
 
         // Hand-off listeners: one socket, shared by every worker.
+        // (The socket a binary upgrade handed over, else one bound now.)
         let mut handoff = Vec::new();
+        let mut offered_handoff = Vec::new();
         for h in &config.handoff {
             let path = h.path.display().to_string();
-            let fd = sys::Socket::seqpacket_listen(&h.path, rt.backlog)
-                .map_err(|source| ServeError::Handoff { path: path.clone(), source })?;
+            let bad = |source| ServeError::Handoff { path: path.clone(), source };
+            let fd = match inherited.as_deref_mut().and_then(|i| i.handoff(&h.path)) {
+                Some(fd) => fd,
+                None => sys::Socket::seqpacket_listen(&h.path, rt.backlog).map_err(bad)?,
+            };
+            if offerable {
+                offered_handoff
+                    .push(upgrade::OfferedHandoff { path: h.path.clone(), fd: fd.try_clone().map_err(bad)? });
+            }
             handoff.push((fd, h.path.clone()));
         }
         let mut handoff_per_worker: Vec<Vec<(OwnedFd, std::path::PathBuf)>> = (0..n).map(|_| Vec::new()).collect();
@@ -379,6 +399,7 @@ impl Server {
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), worker::StartError>>();
         let quic_listeners: Vec<SocketAddr> = config_quic_addrs(&udp_per_worker);
         let quic_handed_off = Arc::new(OnceLock::new());
+        let handoff_handed_off = Arc::new(OnceLock::new());
         for (id, (((((cpu, listeners), udp), commands), handoff), quic_flows)) in cpus
             .iter()
             .copied()
@@ -398,6 +419,7 @@ impl Server {
                 udp,
                 quic_flows,
                 quic_handed_off: Arc::clone(&quic_handed_off),
+                handoff_handed_off: Arc::clone(&handoff_handed_off),
                 config: Arc::clone(&shared_config),
                 slot: registry.slot(id),
                 stop: stop_rx.clone(),
@@ -439,6 +461,7 @@ impl Server {
             accepting,
             handed_off,
             quic_handed_off,
+            handoff_handed_off,
             commands: shared.commands.clone(),
         });
         tracing::info!(
@@ -468,6 +491,7 @@ impl Server {
             watcher,
             started,
             offered_admin,
+            offered_handoff,
             offer: None,
         })
     }
@@ -485,7 +509,8 @@ impl Server {
             .into());
         };
         let control: Arc<dyn upgrade::HandOver> = Arc::clone(&self.control) as _;
-        self.offer = Some(upgrade::Offer::start(path, listeners, self.offered_admin.take(), control, then)?);
+        let handoff = std::mem::take(&mut self.offered_handoff);
+        self.offer = Some(upgrade::Offer::start(path, listeners, self.offered_admin.take(), handoff, control, then)?);
         Ok(())
     }
 
@@ -541,7 +566,9 @@ impl Server {
         self.plane.stop();
         self.control.stop_admin();
         self.shared.checker.stop();
-        for h in &self.config.load().handoff {
+        // A hand-off socket a new process took over is its own now, file included.
+        let handed = self.control.handoff_handed_off.get().cloned().unwrap_or_default();
+        for h in self.config.load().handoff.iter().filter(|h| !handed.contains(&h.path)) {
             let _ = std::fs::remove_file(&h.path);
         }
         if let Some(log) = lock(&self.shared.access_log).take() {

@@ -116,6 +116,10 @@ pub(crate) enum Msg {
         /// Open QUIC flows that follow in `flows` messages (version 2; absent: none).
         #[serde(default, skip_serializing_if = "is_zero")]
         flows: usize,
+        /// Hand-off listeners (`[[listener]] handoff`), by path; their sockets follow the admin
+        /// endpoint's (version 2; absent: none).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        handoff: Vec<PathBuf>,
     },
     Fds {
         count: usize,
@@ -132,6 +136,9 @@ pub(crate) enum Msg {
         /// serves now (version 2; absent: none).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         quic: Vec<SocketAddr>,
+        /// The hand-off listeners (paths) whose sockets the new process accepts on now.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        handoff: Vec<PathBuf>,
     },
     Released {},
     Refused {
@@ -228,12 +235,21 @@ pub(crate) struct OfferedAdmin {
     pub(crate) fd: OwnedFd,
 }
 
+/// A hand-off listener's socket, as offered.
+#[derive(Debug)]
+pub(crate) struct OfferedHandoff {
+    pub(crate) path: PathBuf,
+    pub(crate) fd: OwnedFd,
+}
+
 /// What the offering thread does once a new process is ready: stop what it adopted.
 pub(crate) trait HandOver: Send + Sync + 'static {
     /// The new process accepts on `adopted` (bound addresses) and, if `admin`, on the admin
     /// socket, and serves the QUIC listeners `quic` (their UDP sockets and the flows it took):
     /// stop accepting and receiving on them without closing them, and start draining.
-    fn hand_over(&self, adopted: Vec<SocketAddr>, admin: bool, quic: Vec<SocketAddr>);
+    /// The same for the hand-off listeners `handoff` (paths): stop accepting there, and leave
+    /// the socket files to the new process.
+    fn hand_over(&self, adopted: Vec<SocketAddr>, admin: bool, quic: Vec<SocketAddr>, handoff: Vec<PathBuf>);
     /// The open QUIC flows, each with a duplicate of its socket; from now until
     /// [`HandOver::quic_resume`] or the hand-over, no new flow is opened (their Initials are
     /// dropped, `draining`, and retransmitted by the clients), so the taker misses none.
@@ -266,6 +282,7 @@ impl Offer {
         path: &Path,
         listeners: Arc<Mutex<Vec<Offered>>>,
         admin: Option<OfferedAdmin>,
+        handoff: Vec<OfferedHandoff>,
         control: Arc<dyn HandOver>,
         then: Box<dyn Fn() + Send>,
     ) -> Result<Self, UpgradeError> {
@@ -277,7 +294,10 @@ impl Offer {
         let path2 = path.to_owned();
         let thread = std::thread::Builder::new()
             .name("sni-upgrade".into())
-            .spawn(move || serve_offer(&listener, &path2, ino, &listeners, admin.as_ref(), &*control, &*then, &flags))
+            .spawn(move || {
+                let offer = Offering { listeners: &listeners, admin: admin.as_ref(), handoff: &handoff };
+                serve_offer(&listener, &path2, ino, &offer, &*control, &*then, &flags)
+            })
             .map_err(err)?;
         tracing::info!(path = %path.display(), "offering the listeners for a binary upgrade (sni-dispatch run --upgrade-from PATH)");
         Ok(Self { path: path.to_owned(), ino, stop, handed_over, thread: Some(thread) })
@@ -358,13 +378,18 @@ struct Flags {
     handed_over: Arc<AtomicBool>,
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Everything on offer.
+struct Offering<'a> {
+    listeners: &'a Mutex<Vec<Offered>>,
+    admin: Option<&'a OfferedAdmin>,
+    handoff: &'a [OfferedHandoff],
+}
+
 fn serve_offer(
     listener: &Socket,
     path: &Path,
     ino: u64,
-    listeners: &Mutex<Vec<Offered>>,
-    admin: Option<&OfferedAdmin>,
+    offer: &Offering<'_>,
     control: &dyn HandOver,
     then: &dyn Fn(),
     flags: &Flags,
@@ -388,13 +413,13 @@ fn serve_offer(
         };
         // The listeners of the moment (a reload adds and removes them): held through the
         // exchange, so that none is added or closed while a taker adopts them.
-        let offered = super::lock(listeners);
-        let taken = offer_to(&conn, &offered, admin, control);
+        let offered = super::lock(offer.listeners);
+        let taken = offer_to(&conn, &offered, offer.admin, offer.handoff, control);
         drop(offered);
         match taken {
-            Ok(TakenBy { adopted, admin: took_admin, quic, pid }) => {
+            Ok(TakenBy { adopted, admin: took_admin, quic, handoff, pid }) => {
                 control.count(UpgradeResult::HandedOver);
-                control.hand_over(adopted.clone(), took_admin, quic.clone());
+                control.hand_over(adopted.clone(), took_admin, quic.clone(), handoff.clone());
                 // Unlink before `released`: the successor renames its own socket over the path
                 // only after it, so this cannot remove the successor's.
                 unlink_if_ours(path, ino);
@@ -405,6 +430,7 @@ fn serve_offer(
                     adopted = ?adopted,
                     admin = took_admin,
                     quic = ?quic,
+                    handoff = ?handoff,
                     "binary upgrade: the new process accepts on our listeners; draining"
                 );
                 then();
@@ -433,6 +459,7 @@ struct TakenBy {
     adopted: Vec<SocketAddr>,
     admin: bool,
     quic: Vec<SocketAddr>,
+    handoff: Vec<PathBuf>,
     pid: u32,
 }
 
@@ -446,9 +473,10 @@ fn offer_to(
     conn: &Socket,
     listeners: &[Offered],
     admin: Option<&OfferedAdmin>,
+    handoff: &[OfferedHandoff],
     control: &dyn HandOver,
 ) -> Result<TakenBy, NotTaken> {
-    offer_steps(conn, listeners, admin, control).map_err(|why| {
+    offer_steps(conn, listeners, admin, handoff, control).map_err(|why| {
         let result = if why.starts_with(REFUSED) {
             Some(UpgradeResult::Refused)
         } else if why.starts_with(SILENT) {
@@ -469,6 +497,7 @@ fn offer_steps(
     conn: &Socket,
     listeners: &[Offered],
     admin: Option<&OfferedAdmin>,
+    handoff: &[OfferedHandoff],
     control: &dyn HandOver,
 ) -> Result<TakenBy, String> {
     conn.set_read_timeout(Some(STEP)).map_err(|e| e.to_string())?;
@@ -502,6 +531,7 @@ fn offer_steps(
         .iter()
         .flat_map(|l| l.fds.iter().chain(l.udp.iter().filter(|_| quic)))
         .chain(admin.map(|a| &a.fd))
+        .chain(handoff.iter().filter(|_| quic).map(|h| &h.fd))
         .collect();
     let flows = if quic && listeners.iter().any(|l| !l.udp.is_empty()) { control.quic_flows() } else { Vec::new() };
     let header = Msg::Listeners {
@@ -519,6 +549,7 @@ fn offer_steps(
         admin: admin.map(|a| AdminMsg { configured: a.configured, bound: a.bound }),
         fds: fds.len(),
         flows: flows.len(),
+        handoff: if quic { handoff.iter().map(|h| h.path.clone()).collect() } else { Vec::new() },
     };
     send(conn, &header, &[]).map_err(|e| e.to_string())?;
     for chunk in fds.chunks(unix::MAX_FDS) {
@@ -536,7 +567,7 @@ fn offer_steps(
     drop(flows);
     conn.set_read_timeout(Some(READY_WITHIN)).map_err(|e| e.to_string())?;
     match recv(conn, &mut none) {
-        Ok(Msg::Ready { adopted, admin, quic }) => Ok(TakenBy { adopted, admin, quic, pid }),
+        Ok(Msg::Ready { adopted, admin, quic, handoff }) => Ok(TakenBy { adopted, admin, quic, handoff, pid }),
         Ok(other) => Err(format!("pid {pid}: expected ready, got {other:?}")),
         Err(e) => Err(format!("pid {pid} did not become ready: {e}")),
     }
@@ -561,6 +592,9 @@ pub struct Inherited {
     took_admin: bool,
     /// The QUIC listeners (bound) whose UDP sockets were adopted.
     quic: Vec<SocketAddr>,
+    /// The hand-off listeners' sockets, by path.
+    handoff: Vec<(PathBuf, OwnedFd)>,
+    took_handoff: Vec<PathBuf>,
 }
 
 /// Takes the listening sockets of the process offering them at `path`. `Ok(None)` when no
@@ -589,14 +623,15 @@ fn take_as(path: &Path, version: u32) -> Result<Option<Inherited>, UpgradeError>
     conn.set_write_timeout(Some(STEP)).map_err(io_err)?;
     send(&conn, &Msg::Take { version, pid: std::process::id() }, &[]).map_err(io_err)?;
     let mut fds = Vec::new();
-    let (from_pid, listeners, admin, count, flow_count) = match recv(&conn, &mut fds).map_err(io_err)? {
-        Msg::Listeners { version: v, pid, listeners, admin, fds, flows } if v == version => {
-            (pid, listeners, admin, fds, flows)
+    let (from_pid, listeners, admin, count, flow_count, handoff) = match recv(&conn, &mut fds).map_err(io_err)? {
+        Msg::Listeners { version: v, pid, listeners, admin, fds, flows, handoff } if v == version => {
+            (pid, listeners, admin, fds, flows, handoff)
         }
         Msg::Refused { reason } => return Err(UpgradeError::Refused { path: path.to_owned(), reason }),
         other => return Err(proto(format!("expected the listeners, got {other:?}"))),
     };
-    let expected = listeners.iter().map(|l| l.sockets + l.udp).sum::<usize>() + usize::from(admin.is_some());
+    let expected =
+        listeners.iter().map(|l| l.sockets + l.udp).sum::<usize>() + usize::from(admin.is_some()) + handoff.len();
     if count != expected || count > 16 * 1024 || flow_count > MAX_FLOWS {
         return Err(proto(format!("{count} descriptors announced for {expected} sockets, {flow_count} flows")));
     }
@@ -633,6 +668,7 @@ fn take_as(path: &Path, version: u32) -> Result<Option<Inherited>, UpgradeError>
         })
         .collect();
     let admin = admin.and_then(|a| fds.next().map(|fd| (a, fd)));
+    let handoff = handoff.into_iter().zip(fds).collect();
     tracing::info!(from = from_pid, quic_flows = flows.len(), "took the listening sockets of the running process");
     Ok(Some(Inherited {
         path: path.to_owned(),
@@ -644,6 +680,8 @@ fn take_as(path: &Path, version: u32) -> Result<Option<Inherited>, UpgradeError>
         adopted: Vec::new(),
         took_admin: false,
         quic: Vec::new(),
+        handoff,
+        took_handoff: Vec::new(),
     }))
 }
 
@@ -714,6 +752,24 @@ impl Inherited {
         mine
     }
 
+    /// The socket of the hand-off listener at `path`, if the running process had one there and it
+    /// is a listening unix socket bound to that path.
+    pub fn handoff(&mut self, path: &Path) -> Option<OwnedFd> {
+        let i = self.handoff.iter().position(|(p, _)| p == path)?;
+        let (p, fd) = self.handoff.swap_remove(i);
+        let s = socket2::SockRef::from(&fd);
+        let bound = s.local_addr().ok().and_then(|a| a.as_pathname().map(Path::to_path_buf));
+        if s.r#type().ok() != Some(Type::SEQPACKET)
+            || !s.is_listener().unwrap_or(false)
+            || bound.as_deref() != Some(path)
+        {
+            tracing::warn!(path = %path.display(), "the hand-off socket handed over is not listening there; binding anew");
+            return None;
+        }
+        self.took_handoff.push(p);
+        Some(fd)
+    }
+
     /// The admin endpoint's socket, if the running process's was configured as `configured`.
     pub fn admin(&mut self, configured: SocketAddr) -> Option<std::net::TcpListener> {
         if self.admin.as_ref().map(|(a, _)| a.configured) != Some(configured) {
@@ -738,7 +794,9 @@ impl Inherited {
             adopted: std::mem::take(&mut self.adopted),
             admin: self.took_admin,
             quic: std::mem::take(&mut self.quic),
+            handoff: std::mem::take(&mut self.took_handoff),
         };
+        self.handoff.clear();
         send(&self.conn, &ready, &[]).map_err(io_err)?;
         let mut none = Vec::new();
         match recv(&self.conn, &mut none).map_err(io_err)? {
@@ -769,12 +827,13 @@ mod tests {
             admin: None,
             fds: 2,
             flows: 0,
+            handoff: vec![],
         };
         let text = serde_json::to_string(&m).unwrap();
         assert!(text.starts_with(r#"{"msg":"listeners","version":2"#), "{text}");
         // Without QUIC, what a version-1 process reads (no field it does not know).
         assert!(!text.contains("udp") && !text.contains("flows"), "{text}");
-        let ready = Msg::Ready { adopted: vec![], admin: false, quic: vec![] };
+        let ready = Msg::Ready { adopted: vec![], admin: false, quic: vec![], handoff: vec![] };
         assert_eq!(serde_json::to_string(&ready).unwrap(), r#"{"msg":"ready","adopted":[],"admin":false}"#);
         assert_eq!(serde_json::from_str::<Msg>(&text).unwrap(), m);
         for bad in [r#"{"msg":"explode"}"#, r#"{"msg":"take","version":1}"#, r#"{"msg":"released","x":1}"#, "", "[]"] {

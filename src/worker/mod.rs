@@ -76,6 +76,8 @@ pub struct Setup {
     /// Set before the stop signal when a new process took over QUIC listeners (bound addresses):
     /// their sockets and flows are its now.
     pub quic_handed_off: Arc<OnceLock<Vec<SocketAddr>>>,
+    /// Set before the stop signal when a new process took over hand-off listeners (paths).
+    pub handoff_handed_off: Arc<OnceLock<Vec<std::path::PathBuf>>>,
     pub config: Arc<ArcSwap<Config>>,
     pub slot: metrics::Slot,
     pub stop: watch::Receiver<bool>,
@@ -178,6 +180,7 @@ pub(crate) struct Worker {
     pub(crate) stop: watch::Receiver<bool>,
     pub(crate) handed_off: Arc<OnceLock<Vec<SocketAddr>>>,
     pub(crate) quic_handed_off: Arc<OnceLock<Vec<SocketAddr>>>,
+    pub(crate) handoff_handed_off: Arc<OnceLock<Vec<std::path::PathBuf>>>,
 }
 
 impl Worker {
@@ -274,6 +277,7 @@ pub fn main(setup: Setup, ready: mpsc::Sender<Result<(), StartError>>) {
         udp,
         quic_flows,
         quic_handed_off,
+        handoff_handed_off,
         config,
         slot,
         stop,
@@ -320,6 +324,7 @@ pub fn main(setup: Setup, ready: mpsc::Sender<Result<(), StartError>>) {
             stop,
             handed_off,
             quic_handed_off,
+            handoff_handed_off,
         });
         let accepting: RefCell<Vec<Listening>> = RefCell::new(Vec::new());
         let listen = |fd: OwnedFd, addr: SocketAddr| {
