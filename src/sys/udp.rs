@@ -98,6 +98,11 @@ pub fn bind_udp(addr: SocketAddr, gro: bool) -> io::Result<(OwnedFd, SocketAddr,
     Ok((OwnedFd::from(s), actual, features))
 }
 
+/// Turns `UDP_GRO` on for `sock` (kernels from 5.0); whether it took.
+pub fn enable_gro(sock: &Socket) -> bool {
+    try_gro(sock)
+}
+
 /// A UDP socket another process handed over (a binary upgrade): made non-blocking (the flag
 /// lives on the shared file, so it is usually set already), GRO tried again when `gro`.
 pub fn adopt_udp(fd: &OwnedFd, gro: bool) -> io::Result<UdpFeatures> {

@@ -132,6 +132,7 @@ struct Flow {
     /// When the current back end got the flow's first datagrams (its first answer ends the
     /// "connect": latency, failures in a row reset).
     dialed_at: Cell<Instant>,
+    /// GRO was asked for on the back-end socket (made without: see [`backend_loop`]).
     backend_gro: Cell<bool>,
     /// Until the back end's first datagram: the client's first datagrams, to replay to the next
     /// back end if this one answers with ICMP unreachable.
@@ -614,7 +615,7 @@ fn open_flow(
     }
     let dialed = held.pools.pool(d.route).map(|pool| {
         let mut plan = Plan::new(&held.pools, pool, w.id(), &balance_key);
-        (dial(w, &mut plan, pool, cfg.runtime.quic_gro), plan.tried())
+        (dial(w, &mut plan, pool), plan.tried())
     });
     let Some((Some((backend, backend_id, gro)), tried)) = dialed else {
         if let Some(s) = stats {
@@ -672,10 +673,11 @@ fn open_flow(
 /// A UDP socket connected to the next back end of `plan` that can be dialed (QUIC goes to
 /// `host:port` back ends: unix and hand-off ones are TCP-only and skipped), counted open to it
 /// ([`Shared::hold`]). A socket that cannot be made is a failed connect of that back end.
-fn dial(w: &Worker, plan: &mut Plan<'_>, pool: &Pool, gro: bool) -> Option<(Socket, BackendId, bool)> {
+fn dial(w: &Worker, plan: &mut Plan<'_>, pool: &Pool) -> Option<(Socket, BackendId, bool)> {
     for (id, b) in plan.by_ref() {
         let Target::Tcp(addr) = &b.target else { continue };
-        match udp::connect_udp(*addr, gro) {
+        // Without GRO: the back-end loop turns it on when the back end sends trains.
+        match udp::connect_udp(*addr, false) {
             Ok((s, f)) => {
                 b.hold(w.id());
                 return Some((s, id, f.gro));
@@ -724,7 +726,7 @@ fn backend_refused(w: &Worker, q: &Quic, flow: &Rc<Flow>) {
         connect_failed(w, b, pool, ConnectCause::Refused);
         b.release(worker);
         let mut plan = Plan::resume(pools, pool, worker, &flow.balance_key, flow.tried.get());
-        let got = dial(w, &mut plan, pool, w.config().runtime.quic_gro);
+        let got = dial(w, &mut plan, pool);
         flow.tried.set(plan.tried());
         got
     };
@@ -779,6 +781,12 @@ async fn backend_loop(w: Rc<Worker>, q: Rc<Quic>, flow: Rc<Flow>) {
             };
             if k < SLOTS {
                 break;
+            }
+            // A full batch: the back end sends trains (a download). GRO from now on (a flow's
+            // socket is made without it: a short flow never needs it, and the setsockopt is one
+            // system call per flow).
+            if !flow.backend_gro.replace(true) && w.config().runtime.quic_gro {
+                udp::enable_gro(&sock);
             }
         }
     }
