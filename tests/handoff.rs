@@ -211,30 +211,8 @@ fn a_binary_upgrade_takes_the_hand_off_listener_over() {
     let (server, _f) = front(&term.socket, term.tcp, &log);
     let port = server.local_addrs()[0].port();
     assert_eq!(curl(port, &term.ca), "terminated by the second process");
-    let new_log = dir.path().join("new.log");
-    let bin = std::env::var("SNI_DISPATCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_sni-dispatch").to_string());
-    let mut new = Command::new(bin)
-        .args(["run", "--config"])
-        .arg(&term._cfg.path)
-        .args(["--upgrade-from", up_arg])
-        .env("SNI_DISPATCH_LOG", "info")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&new_log).unwrap())
-        .spawn()
-        .expect("spawn sni-dispatch");
-    let text = || std::fs::read_to_string(&new_log).unwrap_or_default();
-    assert!(
-        wait_until(Duration::from_secs(30), || text().contains("the previous process stopped accepting")),
-        "the upgrade did not complete:\n{}",
-        text()
-    );
-    let mut old_exit = None;
-    assert!(wait_until(Duration::from_secs(30), || {
-        old_exit = term.proc.child.try_wait().ok().flatten();
-        old_exit.is_some()
-    }));
-    assert!(old_exit.is_some_and(|s| s.success()), "{old_exit:?}: {}", term.proc.stderr());
+    let new = upgrade(&term._cfg.path, &up, &mut term.proc, dir.path().join("new.log"));
+    let text = || new.stderr();
     assert!(term.socket.exists(), "the old process removed the socket file the new one listens on");
     // The admin endpoint came over too: these are the new process's figures.
     assert!(metric(term.admin, "sni_dispatch_handoffs_received_total 0"), "{}", text());
@@ -247,6 +225,4 @@ fn a_binary_upgrade_takes_the_hand_off_listener_over() {
         text()
     );
     assert!(server.shutdown());
-    let _ = new.kill();
-    let _ = new.wait();
 }

@@ -446,14 +446,20 @@ fn round_robin_spreads_quic_flows_and_back_ends_count_them() {
         .all(|a| backend_stats(e.admin, *a)["connections_open"] == 0)));
 }
 
+/// Route `a` over aioquic servers A1 and A2 by `balance` (the servers live as long as the first).
+fn two_back_ends(balance: &str) -> ([H3Server; 3], Edge) {
+    let (a1, a2, b) = (h3_server("A1"), h3_server("A2"), h3_server("B"));
+    let e = edge_route(&format!("balance = \"{balance}\"\nbackends = [\"{}\", \"{}\"]", a1.addr, a2.addr), &b, "");
+    ([a1, a2, b], e)
+}
+
 /// least_conn counts a worker's open QUIC flows: with every flow still open, new ones alternate.
 #[test]
 fn least_conn_counts_open_quic_flows() {
     if !have_aioquic() {
         return;
     }
-    let (a1, a2, b) = (h3_server("A1"), h3_server("A2"), h3_server("B"));
-    let e = edge_route(&format!("balance = \"least_conn\"\nbackends = [\"{}\", \"{}\"]", a1.addr, a2.addr), &b, "");
+    let (_servers, e) = two_back_ends("least_conn");
     let got = served(e.shared, 4, "/lc", &[]);
     assert_eq!((tally(&got, "A1"), tally(&got, "A2")), (2, 2), "{got:?}");
 }
@@ -499,8 +505,7 @@ fn hash_client_keeps_an_address_on_one_back_end() {
     if !have_aioquic() {
         return;
     }
-    let (a1, a2, b) = (h3_server("A1"), h3_server("A2"), h3_server("B"));
-    let e = edge_route(&format!("balance = \"hash_client\"\nbackends = [\"{}\", \"{}\"]", a1.addr, a2.addr), &b, "");
+    let (_servers, e) = two_back_ends("hash_client");
     let mut seen = std::collections::HashSet::new();
     // The back ends' ports (part of their hash seeds) change from run to run: with 16
     // addresses, all on one back end has a chance of 2^-15.
@@ -543,30 +548,8 @@ fn a_quic_connection_survives_a_binary_upgrade() {
     assert_eq!(line.trim(), "200 A /before");
 
     // The upgrade: the new process (the same configuration) takes the sockets and the flow.
-    let log = dir.path().join("new.log");
-    let bin = std::env::var("SNI_DISPATCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_sni-dispatch").to_string());
-    let mut new = Command::new(bin)
-        .args(["run", "--config"])
-        .arg(&e._cfg.path)
-        .args(["--upgrade-from", sock_arg])
-        .env("SNI_DISPATCH_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("spawn sni-dispatch");
-    let new_log = || std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(
-        wait_until(Duration::from_secs(30), || new_log().contains("the previous process stopped accepting")),
-        "the upgrade did not complete:\n{}",
-        new_log()
-    );
-    let mut old_exit = None;
-    assert!(wait_until(Duration::from_secs(30), || {
-        old_exit = e.proc_.child.try_wait().ok().flatten();
-        old_exit.is_some()
-    }));
-    assert!(old_exit.is_some_and(|s| s.success()), "{old_exit:?}");
+    let new = upgrade(&e._cfg.path, &sock, &mut e.proc_, dir.path().join("new.log"));
+    let new_log = || new.stderr();
     // Only the new process is left: the connection goes on through it.
     std::fs::write(&pause, b"").unwrap();
     line.clear();
@@ -579,6 +562,4 @@ fn a_quic_connection_survives_a_binary_upgrade() {
     assert_eq!(h3_get(e.shared, "a.example", "/new", &[]), Ok("200 A /new".into()));
     let c = counters(e.admin);
     assert_eq!(count(&c, "quic_datagrams_dropped", "unknown_flow"), 0, "{c:#}");
-    let _ = new.kill();
-    let _ = new.wait();
 }

@@ -295,7 +295,7 @@ impl Offer {
         let thread = std::thread::Builder::new()
             .name("sni-upgrade".into())
             .spawn(move || {
-                let offer = Offering { listeners: &listeners, admin: admin.as_ref(), handoff: &handoff };
+                let offer = Offering { listeners: &listeners, rest: Rest { admin: admin.as_ref(), handoff: &handoff } };
                 serve_offer(&listener, &path2, ino, &offer, &*control, &*then, &flags)
             })
             .map_err(err)?;
@@ -381,6 +381,12 @@ struct Flags {
 /// Everything on offer.
 struct Offering<'a> {
     listeners: &'a Mutex<Vec<Offered>>,
+    rest: Rest<'a>,
+}
+
+/// What is on offer besides the listeners: the admin endpoint's socket, the hand-off listeners'.
+#[derive(Clone, Copy)]
+struct Rest<'a> {
     admin: Option<&'a OfferedAdmin>,
     handoff: &'a [OfferedHandoff],
 }
@@ -414,7 +420,7 @@ fn serve_offer(
         // The listeners of the moment (a reload adds and removes them): held through the
         // exchange, so that none is added or closed while a taker adopts them.
         let offered = super::lock(offer.listeners);
-        let taken = offer_to(&conn, &offered, offer.admin, offer.handoff, control);
+        let taken = offer_to(&conn, &offered, offer.rest, control);
         drop(offered);
         match taken {
             Ok(TakenBy { adopted, admin: took_admin, quic, handoff, pid }) => {
@@ -469,14 +475,8 @@ struct NotTaken {
     why: String,
 }
 
-fn offer_to(
-    conn: &Socket,
-    listeners: &[Offered],
-    admin: Option<&OfferedAdmin>,
-    handoff: &[OfferedHandoff],
-    control: &dyn HandOver,
-) -> Result<TakenBy, NotTaken> {
-    offer_steps(conn, listeners, admin, handoff, control).map_err(|why| {
+fn offer_to(conn: &Socket, listeners: &[Offered], rest: Rest<'_>, control: &dyn HandOver) -> Result<TakenBy, NotTaken> {
+    offer_steps(conn, listeners, rest, control).map_err(|why| {
         let result = if why.starts_with(REFUSED) {
             Some(UpgradeResult::Refused)
         } else if why.starts_with(SILENT) {
@@ -496,10 +496,10 @@ const SILENT: &str = "closed before asking: ";
 fn offer_steps(
     conn: &Socket,
     listeners: &[Offered],
-    admin: Option<&OfferedAdmin>,
-    handoff: &[OfferedHandoff],
+    rest: Rest<'_>,
     control: &dyn HandOver,
 ) -> Result<TakenBy, String> {
+    let Rest { admin, handoff } = rest;
     conn.set_read_timeout(Some(STEP)).map_err(|e| e.to_string())?;
     conn.set_write_timeout(Some(STEP)).map_err(|e| e.to_string())?;
     let cred = unix::peer_cred(conn).map_err(|e| format!("SO_PEERCRED: {e}"))?;
