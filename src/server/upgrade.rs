@@ -813,6 +813,108 @@ impl Inherited {
 mod tests {
     use super::*;
 
+    /// A running process's side for the exchange tests: it offers one QUIC listener (a TCP and
+    /// a UDP socket) and one flow, and records what it is told.
+    #[derive(Default)]
+    struct Recorder {
+        quic: Mutex<Option<Vec<SocketAddr>>>,
+        asked_flows: AtomicBool,
+        flow_fd: Mutex<Option<OwnedFd>>,
+    }
+
+    impl HandOver for Recorder {
+        fn hand_over(&self, _: Vec<SocketAddr>, _: bool, quic: Vec<SocketAddr>, _: Vec<PathBuf>) {
+            *super::super::lock(&self.quic) = Some(quic);
+        }
+        fn quic_flows(&self) -> Vec<Flow> {
+            self.asked_flows.store(true, Ordering::SeqCst);
+            let fd = super::super::lock(&self.flow_fd).take();
+            fd.into_iter()
+                .map(|fd| Flow {
+                    msg: FlowMsg {
+                        listener: "127.0.0.1:4433".parse().unwrap(),
+                        socket: 0,
+                        client: "192.0.2.7:5000".parse().unwrap(),
+                        local: "127.0.0.1".parse().unwrap(),
+                        scid: "0a0b".into(),
+                        route: "a".into(),
+                        backend: "127.0.0.1:9".into(),
+                    },
+                    fd,
+                })
+                .collect()
+        }
+        fn quic_resume(&self) {}
+        fn count(&self, _: UpgradeResult) {}
+    }
+
+    /// Offers a TCP listener with a QUIC twin on 127.0.0.1 (the UDP socket bound to the TCP
+    /// port), and one flow; returns the offer, its socket path, the recorder and the bound address.
+    fn offer_one(dir: &Path) -> (Offer, PathBuf, Arc<Recorder>, SocketAddr) {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let bound = tcp.local_addr().unwrap();
+        let udp = std::net::UdpSocket::bind(bound).unwrap();
+        let flow = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let rec = Arc::new(Recorder { flow_fd: Mutex::new(Some(OwnedFd::from(flow))), ..Recorder::default() });
+        let offered = Offered {
+            configured: "127.0.0.1:4433".parse().unwrap(),
+            bound,
+            fds: vec![OwnedFd::from(tcp)],
+            udp: vec![OwnedFd::from(udp)],
+        };
+        let path = dir.join("up.sock");
+        let control: Arc<dyn HandOver> = Arc::clone(&rec) as _;
+        let offer =
+            Offer::start(&path, Arc::new(Mutex::new(vec![offered])), None, Vec::new(), control, Box::new(|| {}))
+                .unwrap();
+        (offer, path, rec, bound)
+    }
+
+    /// Version 2: the UDP socket and the flow (with its socket) come over, and `ready` names the
+    /// QUIC listener adopted.
+    #[test]
+    fn a_taker_gets_the_quic_sockets_and_flows() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_offer, path, rec, bound) = offer_one(dir.path());
+        let mut got = take(&path).unwrap().expect("an offer");
+        let configured: SocketAddr = "127.0.0.1:4433".parse().unwrap();
+        assert_eq!(got.listener(configured).map(|(b, fds)| (b, fds.len())), Some((bound, 1)));
+        let (b, udp) = got.udp(configured).expect("the UDP socket");
+        assert_eq!((b, udp.len()), (bound, 1));
+        let flows = got.quic_flows(bound);
+        assert!(flows.is_empty(), "the flow names another listener: {flows:?}");
+        let flows = got.quic_flows("127.0.0.1:4433".parse().unwrap());
+        assert_eq!(flows.len(), 1);
+        assert_eq!((flows[0].msg.route.as_str(), flows[0].msg.scid.as_str()), ("a", "0a0b"));
+        assert!(socket2::SockRef::from(&flows[0].fd).r#type().ok() == Some(Type::DGRAM));
+        got.finish().unwrap();
+        assert_eq!(*super::super::lock(&rec.quic), Some(vec![bound]));
+    }
+
+    /// Version 1 (an older binary taking over): neither the UDP sockets nor the flows, and
+    /// messages without the fields it does not know.
+    #[test]
+    fn a_version_1_taker_gets_no_quic_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_offer, path, rec, _) = offer_one(dir.path());
+        let mut got = take_as(&path, 1).unwrap().expect("an offer");
+        assert_eq!(got.listeners.len(), 1);
+        assert!(got.listeners[0].2.is_empty() && got.flows.is_empty());
+        assert!(got.udp("127.0.0.1:4433".parse().unwrap()).is_none());
+        assert!(!rec.asked_flows.load(Ordering::SeqCst), "flows were exported for a taker that cannot take them");
+        // Gone without `ready`: the offer serves the next taker.
+        drop(got);
+        // What a version-1 process reads: the first message has no "udp" or "flows".
+        let conn = seqpacket().unwrap();
+        conn.connect(&SockAddr::unix(&path).unwrap()).unwrap();
+        send(&conn, &Msg::Take { version: 1, pid: 1 }, &[]).unwrap();
+        let mut buf = vec![0u8; MAX_MSG];
+        let mut fds = Vec::new();
+        let n = unix::recv_fds(&conn, &mut buf, &mut fds, 0).unwrap();
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        assert!(text.contains(r#""version":1"#) && !text.contains("udp") && !text.contains("flows"), "{text}");
+    }
+
     #[test]
     fn messages_read_back_as_written_and_unknown_ones_are_refused() {
         let m = Msg::Listeners {
