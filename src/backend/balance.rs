@@ -365,6 +365,27 @@ mod tests {
         assert!(all(&p, 0, &k).is_empty(), "all down: nothing to try");
     }
 
+    /// A resumed plan (a QUIC flow failing over later) skips what was handed out and does not
+    /// step the worker's round-robin cursor again.
+    #[test]
+    fn a_resumed_plan_goes_on_without_stepping_the_cursor() {
+        let t = targets(3);
+        let list: Vec<(&str, u32, bool)> = t.iter().map(|s| (s.as_str(), 1, false)).collect();
+        let p = pools(&list, Balance::RoundRobin);
+        let pool = p.pool(RouteId(0)).unwrap();
+        let k = Key::default();
+        let mut plan = Plan::new(&p, pool, 0, &k);
+        let first = plan.next().unwrap().1.target.to_string();
+        let tried = plan.tried();
+        let before = pool.cursor(0).pos.load(Relaxed);
+        let rest: Vec<String> = Plan::resume(&p, pool, 0, &k, tried).map(|(_, b)| b.target.to_string()).collect();
+        assert_eq!(pool.cursor(0).pos.load(Relaxed), before, "resuming stepped the cursor");
+        assert_eq!(rest.len(), 2, "{rest:?}");
+        assert!(!rest.contains(&first), "{first} handed out twice: {rest:?}");
+        // The next connection's plan starts where round robin left off.
+        assert_ne!(first_pick(&p, 0, &k).unwrap(), first);
+    }
+
     #[test]
     fn ejected_back_ends_come_last_and_only_for_the_worker_that_ejected_them() {
         let p = pools(&[("10.0.0.1:1", 1, false), ("10.0.0.2:1", 1, false)], Balance::First);
