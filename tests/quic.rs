@@ -563,3 +563,23 @@ fn a_quic_connection_survives_a_binary_upgrade() {
     let c = counters(e.admin);
     assert_eq!(count(&c, "quic_datagrams_dropped", "unknown_flow"), 0, "{c:#}");
 }
+
+/// A back end that never answers: the flow closes after quic_handshake_timeout_ms, and that
+/// counts as a connect of that back end that timed out.
+#[test]
+fn a_silent_back_end_is_a_connect_that_timed_out() {
+    if !have_aioquic() {
+        return;
+    }
+    let b = h3_server("B");
+    // A UDP socket that reads nothing: no ICMP error, no answer.
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dead = silent.local_addr().unwrap();
+    let e = edge_route(&format!("backends = [\"{dead}\"]"), &b, "quic_handshake_timeout_ms = 300\n");
+    assert!(h3_get(e.shared, "a.example", "/silent", &["--timeout", "2"]).is_err());
+    assert!(wait_until(Duration::from_secs(20), || backend_stats(e.admin, dead)["failures"]["timed_out"] == 1));
+    let c = wait_counters(e.admin, |c| count(c, "quic_flows_closed", "idle") >= 1);
+    assert!(count(&c, "backend_connect_failures", "timed_out") >= 1, "{c:#}");
+    assert_eq!(backend_stats(e.admin, dead)["connections"], 0);
+    drop(silent);
+}
