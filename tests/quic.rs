@@ -550,6 +550,9 @@ fn a_quic_connection_survives_a_binary_upgrade() {
     // The upgrade: the new process (the same configuration) takes the sockets and the flow.
     let new = upgrade(&e._cfg.path, &sock, &mut e.proc_, dir.path().join("new.log"));
     let new_log = || new.stderr();
+    // The old process logged the flow it gave away.
+    let text = std::fs::read_to_string(&e.log).unwrap_or_default();
+    assert!(text.lines().any(|l| l.contains(r#""outcome":"handed_over""#) && l.contains(r#""route":"a""#)), "{text}");
     // Only the new process is left: the connection goes on through it.
     std::fs::write(&pause, b"").unwrap();
     line.clear();

@@ -879,6 +879,12 @@ fn close(w: &Worker, q: &Quic, flow: &Rc<Flow>, end: QuicFlowEnd) {
     if let Some(s) = flow.route.pools.route_stats(flow.route.id) {
         s.closed(w.id(), (end == QuicFlowEnd::BackendsDown).then_some(DropReason::BackendsDown));
     }
+    log_flow(w, flow, end);
+    let _ = q;
+}
+
+/// A routed flow's access-log line (sampled when it was routed), as it ends here.
+fn log_flow(w: &Worker, flow: &Flow, end: QuicFlowEnd) {
     if let (Some(info), Some(log)) = (flow.log.as_ref(), w.conns.log.as_ref()) {
         let (_, up) = flow.to_backend.get();
         let (_, down) = flow.to_client.get();
@@ -888,7 +894,8 @@ fn close(w: &Worker, q: &Quic, flow: &Rc<Flow>, end: QuicFlowEnd) {
         let outcome = match end {
             QuicFlowEnd::Idle => "idle_timeout",
             QuicFlowEnd::BackendsDown => "error",
-            QuicFlowEnd::Stopped | QuicFlowEnd::Replaced | QuicFlowEnd::HandedOver => "closed",
+            QuicFlowEnd::Stopped | QuicFlowEnd::Replaced => "closed",
+            QuicFlowEnd::HandedOver => "handed_over",
         };
         let entry = access_log::Entry {
             client: Some(flow.key.1),
@@ -910,7 +917,6 @@ fn close(w: &Worker, q: &Quic, flow: &Rc<Flow>, end: QuicFlowEnd) {
         };
         log.log(&entry, w.metrics());
     }
-    let _ = q;
 }
 
 /// Counts (and, if sampled, logs) a flow given up before it was routed.
@@ -1005,6 +1011,7 @@ fn let_go(w: &Worker, q: &Quic, flow: &Rc<Flow>) {
     if let Some(s) = flow.route.pools.route_stats(flow.route.id) {
         s.closed(w.id(), None);
     }
+    log_flow(w, flow, QuicFlowEnd::HandedOver);
     let sock = flow.backend.borrow().clone();
     tokio_uring::spawn(async move {
         let _ = sock.cancel_pending().await;
