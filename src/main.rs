@@ -54,8 +54,9 @@ enum Command {
         /// its keys override the config's [runtime]; flags override both. Read once at start.
         #[arg(long, value_name = "FILE")]
         profile: Option<PathBuf>,
-        /// Offer the listening sockets on this unix socket, for a new binary started with
-        /// --upgrade-from (same user only); once one takes them, stop accepting, drain, exit 0.
+        /// Offer the listening sockets on this unix socket (TCP, QUIC's UDP with the open flows,
+        /// hand-off, admin), for a new binary started with --upgrade-from (same user only); once
+        /// one takes them, stop accepting, drain, exit 0.
         #[arg(long, value_name = "PATH")]
         upgrade_socket: Option<PathBuf>,
         /// Take the listening sockets that a process run with --upgrade-socket offers at this

@@ -50,6 +50,11 @@ fn terminator(uids: Option<&str>) -> Terminator {
 
 /// [`terminator`], its hand-off socket at `socket` if given.
 fn terminator_at(uids: Option<&str>, socket: Option<&Path>) -> Terminator {
+    terminator_with(uids, socket, &[])
+}
+
+/// [`terminator_at`], with more arguments for `run`.
+fn terminator_with(uids: Option<&str>, socket: Option<&Path>, args: &[&str]) -> Terminator {
     let cfg = config_file("");
     let dir = cfg.dir.path();
     let ca = sni_dispatch::pki::Ca::new("hand-off test CA").unwrap();
@@ -69,7 +74,7 @@ fn terminator_at(uids: Option<&str>, socket: Option<&Path>) -> Terminator {
     );
     std::fs::write(&cfg.path, toml).unwrap();
     let tcp: SocketAddr = format!("127.0.0.1:{tcp}").parse().unwrap();
-    let proc = spawn_binary(&cfg, &[], tcp);
+    let proc = spawn_binary(&cfg, args, tcp);
     assert!(wait_until(Duration::from_secs(10), || socket.exists()), "no hand-off socket: {}", proc.stderr());
     Terminator { proc, socket, tcp, admin: format!("127.0.0.1:{admin}").parse().unwrap(), ca: ca_path, _cfg: cfg }
 }
@@ -190,4 +195,34 @@ fn a_restarted_receiver_is_reached_again() {
     assert_eq!(m.backend_connect_failures.total(), 0, "the stale channel was replaced, not counted: {m:#?}");
     assert!(wait_until(Duration::from_secs(10), || metric(b.admin, "sni_dispatch_handoffs_received_total 1")));
     server.shutdown();
+}
+
+/// A binary upgrade of the receiver takes its hand-off listener over too (no longer refused as
+/// "another process listens on it"): the socket file stays, the old process exits, and the
+/// front's next hand-off reaches the new process.
+#[test]
+fn a_binary_upgrade_takes_the_hand_off_listener_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = dir.path().join("upgrade.sock");
+    let up_arg = up.to_str().unwrap();
+    let mut term = terminator_with(None, None, &["--upgrade-socket", up_arg]);
+    assert!(wait_until(Duration::from_secs(10), || up.exists()), "no upgrade socket: {}", term.proc.stderr());
+    let log = dir.path().join("access.log");
+    let (server, _f) = front(&term.socket, term.tcp, &log);
+    let port = server.local_addrs()[0].port();
+    assert_eq!(curl(port, &term.ca), "terminated by the second process");
+    let new = upgrade(&term._cfg.path, &up, &mut term.proc, dir.path().join("new.log"));
+    let text = || new.stderr();
+    assert!(term.socket.exists(), "the old process removed the socket file the new one listens on");
+    // The admin endpoint came over too: these are the new process's figures.
+    assert!(metric(term.admin, "sni_dispatch_handoffs_received_total 0"), "{}", text());
+    for _ in 0..2 {
+        assert_eq!(curl(port, &term.ca), "terminated by the second process");
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || metric(term.admin, "sni_dispatch_handoffs_received_total 2")),
+        "the front did not hand off to the new process:\n{}",
+        text()
+    );
+    assert!(server.shutdown());
 }

@@ -135,19 +135,33 @@ fn edge(a: &H3Server, b: &H3Server, extra: &str) -> Edge {
 
 /// As [`edge`], with route `a`'s back ends given as TOML list items.
 fn edge_to(a_backends: &str, b: &H3Server, extra: &str) -> Edge {
+    edge_route(&format!("backends = [{a_backends}]"), b, extra)
+}
+
+/// As [`edge`], with route `a`'s `backends` (and any more of its keys) given as TOML lines.
+fn edge_route(a_route: &str, b: &H3Server, extra: &str) -> Edge {
+    edge_args(a_route, b, extra, &[])
+}
+
+/// As [`edge_route`], with more arguments for `run`.
+fn edge_args(a_route: &str, b: &H3Server, extra: &str, args: &[&str]) -> Edge {
     let (port, dport, admin) = (free_udp_port(), free_udp_port(), free_port());
+    // One worker unless told otherwise (balance shares are per worker).
+    let workers = if extra.contains("workers =") { "" } else { "workers = 1\n" };
     let toml = format!(
-        "[runtime]\nworkers = 1\ndrain_timeout_ms = 500\n{extra}\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
+        "[runtime]\n{workers}drain_timeout_ms = 500\n{extra}\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
          [[listener]]\naddress = \"127.0.0.1:{port}\"\nquic = true\n\
          [[listener]]\naddress = \"127.0.0.3:{dport}\"\nquic = true\n\
-         [[route]]\nname = \"a\"\nsni = [\"a.example\"]\naction = \"passthrough\"\nbackends = [{}]\n\
+         [[route]]\nname = \"a\"\nsni = [\"a.example\"]\naction = \"passthrough\"\n{}\n\
          [[route]]\nname = \"b\"\nsni = [\"b.example\"]\ndedicated_ips = [\"127.0.0.3\"]\naction = \"passthrough\"\nbackends = [\"{}\"]\n",
-        a_backends, b.addr
+        a_route, b.addr
     );
     let cfg = config_file(&toml);
     let log = cfg.dir.path().join("access.jsonl");
     let shared = SocketAddr::from(([127, 0, 0, 1], port));
-    let proc_ = spawn_binary(&cfg, &["--access-log", log.to_str().unwrap()], shared);
+    let mut all = vec!["--access-log", log.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let proc_ = spawn_binary(&cfg, &all, shared);
     Edge {
         proc_,
         shared,
@@ -362,8 +376,218 @@ fn a_back_end_answering_port_unreachable_fails_over_to_the_next() {
     let (a, b) = (h3_server("A"), h3_server("B"));
     // Nothing listens on the first back end's UDP port: the kernel answers ICMP port unreachable.
     let dead = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
-    let e = edge_to(&format!("\"{dead}\", \"{}\"", a.addr), &b, "");
+    let e = edge_route(&format!("backends = [\"{dead}\", \"{}\"]\neject_after = 1\neject_ms = 60000", a.addr), &b, "");
     assert_eq!(h3_get(e.shared, "a.example", "/failover", &[]), Ok("200 A /failover".into()));
     let c = wait_counters(e.admin, |c| c["quic_backend_failovers"].as_u64() >= Some(1));
     assert_eq!(count(&c, "quic_routed", "sni"), 1, "{c:#}");
+    // The ICMP error on the flow's first datagrams was a failed connect of that back end, which
+    // set it aside (eject_after = 1): the next flow goes straight to the one that answers.
+    let s = backend_stats(e.admin, dead);
+    assert_eq!((s["failures"]["refused"].as_u64(), s["ejections"].as_u64()), (Some(1), Some(1)), "{s}");
+    assert_eq!(s["state"], "ejected", "{s}");
+    assert_eq!(h3_get(e.shared, "a.example", "/after", &[]), Ok("200 A /after".into()));
+    let c = wait_counters(e.admin, |c| count(c, "quic_routed", "sni") == 2);
+    assert_eq!(c["quic_backend_failovers"].as_u64(), Some(1), "{c:#}");
+    assert!(count(&c, "backend_connect_failures", "refused") >= 1, "{c:#}");
+    assert_eq!(backend_stats(e.admin, a.addr)["connections"], 2);
+}
+
+/// `/stats`' figures of back end `addr`.
+fn backend_stats(admin: SocketAddr, addr: SocketAddr) -> serde_json::Value {
+    let (status, _, body) = http_raw(admin, b"GET /stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let all = v["backends"].as_array().cloned().unwrap_or_default();
+    all.into_iter().find(|b| b["backend"] == addr.to_string()).unwrap_or_else(|| panic!("{addr} not in {body}"))
+}
+
+/// The servers that answered `n` HTTP/3 GETs for a.example (`extra`: the client's options).
+fn served(to: SocketAddr, n: usize, path: &str, extra: &[&str]) -> Vec<String> {
+    (0..n)
+        .map(|_| {
+            let got = h3_get(to, "a.example", path, extra).unwrap_or_else(|e| panic!("GET {path}: {e}"));
+            got.split(' ').nth(1).unwrap_or_default().to_owned()
+        })
+        .collect()
+}
+
+fn tally(names: &[String], name: &str) -> usize {
+    names.iter().filter(|n| *n == name).count()
+}
+
+/// QUIC flows choose their back end through the route's pool: round robin sends them to both
+/// back ends in turn, and each back end's figures count them (connections, open while the flow
+/// lives, back to 0 when flows idle out).
+#[test]
+fn round_robin_spreads_quic_flows_and_back_ends_count_them() {
+    if !have_aioquic() {
+        return;
+    }
+    let (a1, a2, b) = (h3_server("A1"), h3_server("A2"), h3_server("B"));
+    let e = edge_route(
+        &format!("balance = \"round_robin\"\nbackends = [\"{}\", \"{}\"]", a1.addr, a2.addr),
+        &b,
+        "quic_idle_timeout_ms = 600000\n",
+    );
+    let got = served(e.shared, 4, "/rr", &[]);
+    assert_eq!((tally(&got, "A1"), tally(&got, "A2")), (2, 2), "{got:?}");
+    for a in [a1.addr, a2.addr] {
+        let s = backend_stats(e.admin, a);
+        assert_eq!(s["connections"], 2, "{s}");
+        assert_eq!(s["connections_open"], 2, "flows open count as open connections: {s}");
+    }
+    // A reload shortens the idle timeout: the flows idle out, and nothing is counted open any more.
+    let text = std::fs::read_to_string(&e._cfg.path).unwrap();
+    std::fs::write(&e._cfg.path, text.replace("quic_idle_timeout_ms = 600000", "quic_idle_timeout_ms = 100")).unwrap();
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(e.proc_.pid() as i32, libc::SIGHUP) };
+    assert!(wait_until(Duration::from_secs(20), || [a1.addr, a2.addr]
+        .iter()
+        .all(|a| backend_stats(e.admin, *a)["connections_open"] == 0)));
+}
+
+/// Route `a` over aioquic servers A1 and A2 by `balance` (the servers live as long as the first).
+fn two_back_ends(balance: &str) -> ([H3Server; 3], Edge) {
+    let (a1, a2, b) = (h3_server("A1"), h3_server("A2"), h3_server("B"));
+    let e = edge_route(&format!("balance = \"{balance}\"\nbackends = [\"{}\", \"{}\"]", a1.addr, a2.addr), &b, "");
+    ([a1, a2, b], e)
+}
+
+/// least_conn counts a worker's open QUIC flows: with every flow still open, new ones alternate.
+#[test]
+fn least_conn_counts_open_quic_flows() {
+    if !have_aioquic() {
+        return;
+    }
+    let (_servers, e) = two_back_ends("least_conn");
+    let got = served(e.shared, 4, "/lc", &[]);
+    assert_eq!((tally(&got, "A1"), tally(&got, "A2")), (2, 2), "{got:?}");
+}
+
+/// A back end the health checks (`type = "quic"`: Version Negotiation probes over UDP) mark
+/// down is skipped, not tried; the backup serves only once every primary is down.
+#[test]
+fn quic_flows_skip_down_back_ends_and_use_the_backup_last() {
+    if !have_aioquic() {
+        return;
+    }
+    let (a1, a2, bk, b) = (h3_server("A1"), h3_server("A2"), h3_server("BK"), h3_server("B"));
+    let e = edge_route(
+        &format!(
+            "balance = \"round_robin\"\nbackends = [\"{}\", \"{}\", {{ address = \"{}\", backup = true }}]\n\
+             health_check = {{ type = \"quic\", interval_ms = 100, timeout_ms = 1000, rise = 1, fall = 3 }}",
+            a1.addr, a2.addr, bk.addr
+        ),
+        &b,
+        "",
+    );
+    let got = served(e.shared, 4, "/all-up", &[]);
+    assert_eq!((tally(&got, "A1"), tally(&got, "A2"), tally(&got, "BK")), (2, 2, 0), "{got:?}");
+    assert_eq!(backend_stats(e.admin, a1.addr)["checks"]["ok"].as_u64().map(|n| n > 0), Some(true));
+    let a1_addr = a1.addr;
+    drop(a1);
+    assert!(wait_until(Duration::from_secs(20), || backend_stats(e.admin, a1_addr)["state"] == "down"));
+    let got = served(e.shared, 3, "/one-down", &[]);
+    assert_eq!(tally(&got, "A2"), 3, "{got:?}");
+    let c = counters(e.admin);
+    assert_eq!(c["quic_backend_failovers"].as_u64().unwrap_or(0), 0, "a down back end was tried: {c:#}");
+    let a2_addr = a2.addr;
+    drop(a2);
+    assert!(wait_until(Duration::from_secs(20), || backend_stats(e.admin, a2_addr)["state"] == "down"));
+    let got = served(e.shared, 2, "/primaries-down", &[]);
+    assert_eq!(tally(&got, "BK"), 2, "{got:?}");
+}
+
+/// hash_client keeps a client address on one back end, flow after flow (each from a new port),
+/// and spreads addresses over both.
+#[test]
+fn hash_client_keeps_an_address_on_one_back_end() {
+    if !have_aioquic() {
+        return;
+    }
+    let (_servers, e) = two_back_ends("hash_client");
+    let mut seen = std::collections::HashSet::new();
+    // The back ends' ports (part of their hash seeds) change from run to run: with 16
+    // addresses, all on one back end has a chance of 2^-15.
+    for i in 5..21 {
+        let host = format!("127.0.0.{i}");
+        let got = served(e.shared, 2, "/hash", &["--local-host", &host]);
+        assert!(got.iter().all(|g| *g == got[0]), "{host}: {got:?}");
+        seen.insert(got[0].clone());
+    }
+    assert_eq!(seen.len(), 2, "16 addresses all hashed to {seen:?}");
+}
+
+/// A binary upgrade keeps QUIC: the new process takes the QUIC listeners' UDP sockets and the
+/// open flows (with their sockets to the back ends), so an HTTP/3 connection opened before the
+/// upgrade goes on after it, with the old process gone; new connections are served too.
+#[test]
+fn a_quic_connection_survives_a_binary_upgrade() {
+    if !have_aioquic() {
+        return;
+    }
+    let (a, b) = (h3_server("A"), h3_server("B"));
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("upgrade.sock");
+    let sock_arg = sock.to_str().unwrap();
+    let mut e =
+        edge_args(&format!("backends = [\"{}\"]", a.addr), &b, "workers = 2\n", &["--upgrade-socket", sock_arg]);
+    assert!(wait_until(Duration::from_secs(20), || sock.exists()), "no upgrade socket");
+    let pause = dir.path().join("go");
+    let mut client = Command::new("python3")
+        .arg(h3_py())
+        .args(["client", "--connect", &e.shared.to_string(), "--sni", "a.example", "--path", "/before"])
+        .args(["--then-path", "/after", "--pause-file", pause.to_str().unwrap(), "--timeout", "20"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3");
+    let mut out = BufReader::new(client.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "200 A /before");
+
+    // The upgrade: the new process (the same configuration) takes the sockets and the flow.
+    let new = upgrade(&e._cfg.path, &sock, &mut e.proc_, dir.path().join("new.log"));
+    let new_log = || new.stderr();
+    // The old process logged the flow it gave away.
+    let text = std::fs::read_to_string(&e.log).unwrap_or_default();
+    assert!(text.lines().any(|l| l.contains(r#""outcome":"handed_over""#) && l.contains(r#""route":"a""#)), "{text}");
+    // Only the new process is left: the connection goes on through it.
+    std::fs::write(&pause, b"").unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "200 A /after", "the connection did not survive:\n{}", new_log());
+    assert!(client.wait().unwrap().success());
+    // The admin endpoint came with the sockets: these are the new process's figures.
+    let c = counters(e.admin);
+    assert_eq!(c["quic_flows_adopted"].as_u64(), Some(1), "{c:#}");
+    assert_eq!(h3_get(e.shared, "a.example", "/new", &[]), Ok("200 A /new".into()));
+    let c = counters(e.admin);
+    assert_eq!(count(&c, "quic_datagrams_dropped", "unknown_flow"), 0, "{c:#}");
+}
+
+/// A back end that never answers: the flow closes after quic_handshake_timeout_ms, and that
+/// counts as a connect of that back end that timed out.
+#[test]
+fn a_silent_back_end_is_a_connect_that_timed_out() {
+    if !have_aioquic() {
+        return;
+    }
+    let b = h3_server("B");
+    // A UDP socket that reads nothing: no ICMP error, no answer.
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dead = silent.local_addr().unwrap();
+    let e = edge_route(&format!("backends = [\"{dead}\"]"), &b, "quic_handshake_timeout_ms = 300\n");
+    assert!(h3_get(e.shared, "a.example", "/silent", &["--timeout", "2"]).is_err());
+    // At least one: the client may retransmit its Initials after the first flow idled out, which
+    // opens a second flow to the same silent back end.
+    assert!(wait_until(Duration::from_secs(20), || backend_stats(e.admin, dead)["failures"]["timed_out"]
+        .as_u64()
+        .unwrap_or(0)
+        >= 1));
+    let c = wait_counters(e.admin, |c| count(c, "quic_flows_closed", "idle") >= 1);
+    assert!(count(&c, "backend_connect_failures", "timed_out") >= 1, "{c:#}");
+    assert_eq!(backend_stats(e.admin, dead)["connections"], 0);
+    drop(silent);
 }

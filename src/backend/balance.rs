@@ -62,6 +62,10 @@ enum Tier {
     LastResort,
 }
 
+/// Which members of a pool a [`Plan`] has handed out (a bit each; a pool has at most
+/// [`MAX_BACKENDS`](super::pool::MAX_BACKENDS)).
+pub type Tried = [u64; 4];
+
 /// The order in which one connection tries its route's back ends (an iterator of back ends).
 pub struct Plan<'a> {
     pools: &'a Pools,
@@ -70,7 +74,7 @@ pub struct Plan<'a> {
     hash: u64,
     /// [`now_ms`](super::pool::now_ms), read when a back end turns out to be set aside (0: not yet).
     now: std::cell::Cell<u64>,
-    tried: [u64; 4],
+    tried: Tried,
     tier: Tier,
     /// Round robin: where the walk of the schedule is.
     rr_at: Option<usize>,
@@ -81,10 +85,29 @@ pub struct Plan<'a> {
 
 impl<'a> Plan<'a> {
     pub fn new(pools: &'a Pools, pool: &'a Pool, worker: usize, key: &Key) -> Self {
+        Self::make(pools, pool, worker, key, true)
+    }
+
+    /// The rest of a plan that has handed out the members in `tried` ([`Plan::tried`]): a QUIC
+    /// flow whose back end turned out to be unreachable after its first datagrams went out goes
+    /// on from here, with the health verdicts and ejections of now. The worker's cursor is not
+    /// stepped again (one step per connection).
+    pub fn resume(pools: &'a Pools, pool: &'a Pool, worker: usize, key: &Key, tried: Tried) -> Self {
+        let mut p = Self::make(pools, pool, worker, key, false);
+        p.tried = tried;
+        p
+    }
+
+    /// The members handed out so far.
+    pub fn tried(&self) -> Tried {
+        self.tried
+    }
+
+    fn make(pools: &'a Pools, pool: &'a Pool, worker: usize, key: &Key, step: bool) -> Self {
         let cursor = pool.cursor(worker);
         let pos = cursor.pos.load(Relaxed);
         // One step per connection (not per attempt): the worker's own cursor.
-        if matches!(pool.balance, Balance::RoundRobin | Balance::LeastConn | Balance::RandomTwo) {
+        if step && matches!(pool.balance, Balance::RoundRobin | Balance::LeastConn | Balance::RandomTwo) {
             cursor.pos.store(pos.wrapping_add(1), Relaxed);
         }
         let n = pool.members.len().max(1);
@@ -340,6 +363,27 @@ mod tests {
         assert_eq!(all(&p, 0, &k), ["10.0.0.2:1"]);
         p.shared()[1].set_up(false);
         assert!(all(&p, 0, &k).is_empty(), "all down: nothing to try");
+    }
+
+    /// A resumed plan (a QUIC flow failing over later) skips what was handed out and does not
+    /// step the worker's round-robin cursor again.
+    #[test]
+    fn a_resumed_plan_goes_on_without_stepping_the_cursor() {
+        let t = targets(3);
+        let list: Vec<(&str, u32, bool)> = t.iter().map(|s| (s.as_str(), 1, false)).collect();
+        let p = pools(&list, Balance::RoundRobin);
+        let pool = p.pool(RouteId(0)).unwrap();
+        let k = Key::default();
+        let mut plan = Plan::new(&p, pool, 0, &k);
+        let first = plan.next().unwrap().1.target.to_string();
+        let tried = plan.tried();
+        let before = pool.cursor(0).pos.load(Relaxed);
+        let rest: Vec<String> = Plan::resume(&p, pool, 0, &k, tried).map(|(_, b)| b.target.to_string()).collect();
+        assert_eq!(pool.cursor(0).pos.load(Relaxed), before, "resuming stepped the cursor");
+        assert_eq!(rest.len(), 2, "{rest:?}");
+        assert!(!rest.contains(&first), "{first} handed out twice: {rest:?}");
+        // The next connection's plan starts where round robin left off.
+        assert_ne!(first_pick(&p, 0, &k).unwrap(), first);
     }
 
     #[test]

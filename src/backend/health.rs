@@ -1,7 +1,8 @@
 //! Active health checks: one thread (`sni-health`, off the workers' CPUs) with a small tokio
 //! runtime checks every back end whose route has a `health_check`, every `interval_ms`: a
-//! connect (TCP, unix socket, or a hand-off socket), or a TLS handshake with the configured SNI
-//! (certificates are not verified: the check asks whether it answers TLS). `fall` failures in a
+//! connect (TCP, unix socket, or a hand-off socket), a TLS handshake with the configured SNI
+//! (certificates are not verified: the check asks whether it answers TLS), or a QUIC probe over
+//! UDP that any QUIC server answers with Version Negotiation (`type = "quic"`). `fall` failures in a
 //! row mark a back end down, `rise` successes up again (HAProxy's names and meaning); the
 //! verdict is published to the workers through one atomic per back end ([`Shared::set_up`]),
 //! which they read without a lock. A back end starts up: a process that starts or reloads does
@@ -214,6 +215,59 @@ async fn check_inner(target: &Target, spec: &HealthCheck, tls: &Arc<rustls::Clie
             Ok(s) => tls_handshake(s, sni, tls).await,
             Err(_) => CheckResult::Refused,
         },
+        (Target::Tcp(addr), CheckKind::Quic) => quic_probe(*addr).await,
+        // Refused by the configuration (a QUIC probe needs a UDP address).
+        (Target::Unix(_), CheckKind::Quic) => CheckResult::Refused,
+    }
+}
+
+/// The version a QUIC probe offers: reserved for forcing Version Negotiation (RFC 9000 §15).
+const PROBE_VERSION: [u8; 4] = [0x1a, 0x2a, 0x3a, 0x4a];
+
+/// The probe datagram: a long header of [`PROBE_VERSION`] with 8-byte connection IDs (the
+/// source one is `scid`), padded to the 1,200 bytes below which a server need not answer.
+fn probe_datagram(scid: [u8; 8]) -> Vec<u8> {
+    let mut d = Vec::with_capacity(1200);
+    d.push(0xc0);
+    d.extend_from_slice(&PROBE_VERSION);
+    d.push(8);
+    d.extend_from_slice(&crate::backend::pool::mix(u64::from_be_bytes(scid)).to_be_bytes());
+    d.push(8);
+    d.extend_from_slice(&scid);
+    d.resize(1200, 0);
+    d
+}
+
+/// Whether `reply` is a Version Negotiation packet answering a probe from `scid` (its
+/// Destination Connection ID is the probe's Source Connection ID).
+fn is_negotiation_for(reply: &[u8], scid: &[u8; 8]) -> bool {
+    reply.len() >= 6 + 8
+        && reply[0] & 0x80 != 0
+        && reply[1..5] == [0, 0, 0, 0]
+        && reply[5] == 8
+        && reply[6..14] == scid[..]
+}
+
+/// A QUIC probe ([`CheckKind::Quic`]): up when a Version Negotiation packet comes back, refused
+/// on ICMP unreachable; anything else is ignored until the check's timeout.
+async fn quic_probe(addr: std::net::SocketAddr) -> CheckResult {
+    let local: std::net::SocketAddr =
+        if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
+    let Ok(sock) = tokio::net::UdpSocket::bind(local).await else { return CheckResult::Refused };
+    if sock.connect(addr).await.is_err() {
+        return CheckResult::Refused;
+    }
+    let scid = super::pool::now_ms().wrapping_mul(0x9E37_79B9_7F4A_7C15).to_be_bytes();
+    if sock.send(&probe_datagram(scid)).await.is_err() {
+        return CheckResult::Refused;
+    }
+    let mut buf = [0u8; 1500];
+    loop {
+        match sock.recv(&mut buf).await {
+            Ok(n) if is_negotiation_for(&buf[..n], &scid) => return CheckResult::Ok,
+            Ok(_) => {}
+            Err(_) => return CheckResult::Refused,
+        }
     }
 }
 
@@ -396,6 +450,46 @@ mod tests {
         });
         assert_eq!(rt.block_on(check(&Target::Tcp(addr), &spec(sni), &tls)), CheckResult::Ok);
         t.join().unwrap();
+    }
+
+    /// The QUIC probe: a Version Negotiation answer addressed to it is `ok`, a closed UDP port
+    /// `refused`, a server answering something else (or nothing) `timed_out`.
+    #[test]
+    fn quic_probes_want_version_negotiation() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let tls = Arc::new(tls_config());
+        let quic = HealthCheck { timeout_ms: 500, ..spec(CheckKind::Quic) };
+        let serve = |answer: fn(&[u8]) -> Vec<u8>| {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let addr = s.local_addr().unwrap();
+            let t = std::thread::spawn(move || {
+                let mut buf = [0u8; 2048];
+                let (n, from) = s.recv_from(&mut buf).unwrap();
+                s.send_to(&answer(&buf[..n]), from).unwrap();
+                n
+            });
+            (addr, t)
+        };
+        // A server's answer: version 0, the probe's SCID as its DCID, then versions 1 and 2.
+        let negotiation = |probe: &[u8]| {
+            let (dlen, rest) = (usize::from(probe[5]), &probe[6..]);
+            let (dcid, rest) = rest.split_at(dlen);
+            let scid = &rest[1..1 + usize::from(rest[0])];
+            let mut v = vec![0x80, 0, 0, 0, 0, scid.len() as u8];
+            v.extend_from_slice(scid);
+            v.push(dcid.len() as u8);
+            v.extend_from_slice(dcid);
+            v.extend_from_slice(&[0, 0, 0, 1, 0x6b, 0x33, 0x43, 0xcf]);
+            v
+        };
+        let (addr, t) = serve(negotiation);
+        assert_eq!(rt.block_on(check(&Target::Tcp(addr), &quic, &tls)), CheckResult::Ok);
+        assert_eq!(t.join().unwrap(), 1200, "the probe is padded to 1,200 bytes");
+        let (addr, t) = serve(|probe| probe.to_vec());
+        assert_eq!(rt.block_on(check(&Target::Tcp(addr), &quic, &tls)), CheckResult::TimedOut);
+        t.join().unwrap();
+        let closed = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        assert_eq!(rt.block_on(check(&Target::Tcp(closed), &quic, &tls)), CheckResult::Refused);
     }
 
     #[test]

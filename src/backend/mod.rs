@@ -17,7 +17,7 @@ pub mod handoff;
 pub mod health;
 pub mod pool;
 
-pub use balance::{client_key, Key, Plan};
+pub use balance::{client_key, Key, Plan, Tried};
 pub use pool::{Active, BackendId, BackendSnapshot, Hist, Pool, PoolError, Pools, RouteSnapshot, RouteStats, Shared};
 
 use crate::metrics::{ConnectCause, Local};

@@ -266,9 +266,20 @@ impl Shared {
 
     /// Counts a connection open to it (least connections) until the guard drops.
     pub(crate) fn open(&self, worker: usize) -> Active<'_> {
-        let slot = self.slot(worker);
-        add(&slot.active, 1);
-        Active { slot }
+        self.hold(worker);
+        Active { slot: self.slot(worker) }
+    }
+
+    /// Counts a connection open to it until [`Shared::release`] by the same worker: for a holder
+    /// that cannot keep an [`Active`] guard beside the pools it borrows from (a QUIC flow keeps
+    /// its route's pools and releases on close).
+    pub(crate) fn hold(&self, worker: usize) {
+        add(&self.slot(worker).active, 1);
+    }
+
+    /// Ends one [`Shared::hold`].
+    pub(crate) fn release(&self, worker: usize) {
+        sub(&self.slot(worker).active, 1);
     }
 
     /// Its figures, merged over workers.

@@ -116,6 +116,11 @@ pub(super) fn resolve_route(
             "a hand-off back end is checked by connecting to its socket: use type = \"connect\"".into(),
         );
     }
+    if matches!(health, Some(HealthCheck { kind: CheckKind::Quic, .. }))
+        && backends.iter().any(|b| !matches!(b.target, crate::route::Target::Tcp(_)))
+    {
+        bad("health_check.type", "type = \"quic\" checks host:port back ends over UDP only".into());
+    }
     let defaults = Eject::default();
     let base_ms = r.eject_ms.unwrap_or(defaults.base_ms);
     let eject = Eject {
@@ -219,8 +224,14 @@ fn health_check(h: &HealthCheckFile, names: &[String], bad: &mut impl FnMut(&str
                 }
             }
         }
+        Some("quic") => {
+            if h.sni.is_some() {
+                bad("health_check.sni", "applies only to type = \"tls\"".into());
+            }
+            CheckKind::Quic
+        }
         Some(other) => {
-            bad("health_check.type", format!("{other:?} is not \"connect\" or \"tls\""));
+            bad("health_check.type", format!("{other:?} is not \"connect\", \"tls\" or \"quic\""));
             return None;
         }
     };

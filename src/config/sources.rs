@@ -1413,7 +1413,7 @@ pub(super) fn route_json(c: &Config, name: &str) -> Option<serde_json::Value> {
     });
     if let Some(h) = &r.upstream.health {
         let mut check = serde_json::json!({
-            "type": match &h.kind { CheckKind::Connect => "connect", CheckKind::Tls { .. } => "tls" },
+            "type": match &h.kind { CheckKind::Connect => "connect", CheckKind::Tls { .. } => "tls", CheckKind::Quic => "quic" },
             "interval_ms": h.interval_ms,
             "timeout_ms": h.timeout_ms,
             "rise": h.rise,

@@ -465,3 +465,22 @@ fn shunning_is_on_with_the_limits_and_off_behind_a_balancer() {
         assert!(e.contains("listener[0].shun_max: must be 1 to 640"), "{e}");
     }
 }
+
+#[test]
+fn quic_health_checks_take_udp_addresses_only() {
+    let quic = "health_check = { type = \"quic\", interval_ms = 500 }";
+    let cfg =
+        load(&GOOD.replace("backends = [\"127.0.0.1:9003\"]", &format!("backends = [\"127.0.0.1:9003\"]\n{quic}")))
+            .unwrap();
+    let id = cfg.table.id_of("default").unwrap();
+    let h = cfg.table.route(id).upstream.health.clone().unwrap();
+    assert_eq!((h.kind, h.interval_ms), (crate::route::CheckKind::Quic, 500));
+    let e =
+        errors(&GOOD.replace("backends = [\"127.0.0.1:9003\"]", &format!("backends = [\"unix:/run/a.sock\"]\n{quic}")));
+    assert!(e.contains("route \"default\".health_check.type: type = \"quic\" checks host:port back ends"), "{e}");
+    let e = errors(&GOOD.replace(
+        "backends = [\"127.0.0.1:9003\"]",
+        "backends = [\"127.0.0.1:9003\"]\nhealth_check = { type = \"udp\" }",
+    ));
+    assert!(e.contains("\"udp\" is not \"connect\", \"tls\" or \"quic\""), "{e}");
+}

@@ -269,6 +269,8 @@ counter_set! {
         "Version Negotiation packets sent for Initials of versions other than 1 and 2.";
     quic_backend_failovers: u64 => Counter "quic_backend_failovers_total"
         "QUIC flows moved to their route's next back end after ICMP unreachable from one.";
+    quic_flows_adopted: u64 => Counter "quic_flows_adopted_total"
+        "Open QUIC flows taken over from the previous process in a binary upgrade.";
 }
 
 counter_set! {

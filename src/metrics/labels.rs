@@ -462,6 +462,8 @@ labels! {
         /// The client started another connection from the same address and port (an Initial
         /// under a new Source Connection ID): the new one is routed afresh.
         Replaced = "replaced",
+        /// A binary upgrade: the new process took the flow over (it goes on there).
+        HandedOver = "handed_over",
     }
 }
 

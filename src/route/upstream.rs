@@ -152,6 +152,11 @@ pub enum CheckKind {
     /// A TLS handshake with this SNI (certificates are not verified: the check asks "does it
     /// answer TLS", not "do I trust it").
     Tls { sni: String },
+    /// A QUIC liveness probe over UDP: a 1,200-byte long-header packet of a reserved version
+    /// (`0x?a?a?a?a`, RFC 9000 §15), which every QUIC server must answer with Version
+    /// Negotiation; answered means up. No keys, no handshake: it asks "does a QUIC server
+    /// listen on this UDP address".
+    Quic,
 }
 
 /// An active health check, with HAProxy's names: every `interval_ms` a check within

@@ -71,6 +71,12 @@ pub(crate) struct Control {
     stop: watch::Sender<bool>,
     accepting: Arc<AtomicBool>,
     handed_off: Arc<OnceLock<Vec<SocketAddr>>>,
+    /// Set with `handed_off`: the QUIC listeners whose UDP sockets and flows the new process took.
+    quic_handed_off: Arc<OnceLock<Vec<SocketAddr>>>,
+    /// Set with `handed_off`: the hand-off listeners (paths) the new process accepts on.
+    handoff_handed_off: Arc<OnceLock<Vec<std::path::PathBuf>>>,
+    /// Each worker's command channel (to ask for its QUIC flows).
+    commands: Vec<tokio::sync::mpsc::UnboundedSender<worker::Command>>,
 }
 
 impl Control {
@@ -84,15 +90,49 @@ impl Control {
 }
 
 impl upgrade::HandOver for Control {
-    fn hand_over(&self, adopted: Vec<SocketAddr>, admin: bool) {
+    fn hand_over(
+        &self,
+        adopted: Vec<SocketAddr>,
+        admin: bool,
+        quic: Vec<SocketAddr>,
+        handoff: Vec<std::path::PathBuf>,
+    ) {
         // The admin socket first: once it is the new process's alone, /healthz there says 200
         // while this one drains (503 here would be read as the host going down).
         if admin {
             self.stop_admin();
         }
+        let _ = self.quic_handed_off.set(quic);
+        let _ = self.handoff_handed_off.set(handoff);
         let _ = self.handed_off.set(adopted);
         self.accepting.store(false, Ordering::SeqCst);
         let _ = self.stop.send(true);
+    }
+
+    fn quic_flows(&self) -> Vec<upgrade::Flow> {
+        // Each worker answers on its own thread; one that does not within the limit (stuck, or
+        // gone) keeps its flows, which then end with this process's drain.
+        let mut waiting = Vec::new();
+        for tx in &self.commands {
+            let (reply, rx) = mpsc::channel();
+            if tx.send(worker::Command::ExportQuic(reply)).is_ok() {
+                waiting.push(rx);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut all = Vec::new();
+        for rx in waiting {
+            if let Ok(flows) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                all.extend(flows.into_iter().map(offer_flow));
+            }
+        }
+        all
+    }
+
+    fn quic_resume(&self) {
+        for tx in &self.commands {
+            let _ = tx.send(worker::Command::ResumeQuic);
+        }
     }
 
     fn count(&self, result: crate::metrics::UpgradeResult) {
@@ -116,6 +156,8 @@ pub struct Server {
     /// A duplicate of the admin endpoint's socket, kept to offer it to a new binary (the
     /// listeners' are in [`Shared::offered`]).
     offered_admin: Option<upgrade::OfferedAdmin>,
+    /// Duplicates of the hand-off listeners' sockets, kept to offer them too.
+    offered_handoff: Vec<upgrade::OfferedHandoff>,
     offer: Option<upgrade::Offer>,
 }
 
@@ -182,7 +224,8 @@ impl Server {
         // of their queued connections is lost); workers beyond them bind their own.
         let mut local_addrs = Vec::new();
         let mut per_worker: Vec<Vec<(OwnedFd, SocketAddr)>> = (0..n).map(|_| Vec::new()).collect();
-        let mut udp_per_worker: Vec<Vec<_>> = (0..n).map(|_| Vec::new()).collect();
+        let mut udp_per_worker: Vec<Vec<worker::UdpSocket>> = (0..n).map(|_| Vec::new()).collect();
+        let mut quic_flows: Vec<Vec<worker::quic::Handed>> = (0..n).map(|_| Vec::new()).collect();
         let mut offered = Vec::new();
         for l in &config.listeners {
             let addr = l.address;
@@ -200,29 +243,70 @@ impl Server {
                 let s = bind(actual, rt.backlog).map_err(|source| ServeError::Bind { addr: actual, source })?;
                 sockets.push(s.into());
             }
+            let mut udp_dups = Vec::new();
+            if l.quic {
+                // UDP on the TCP listener's port (a `:0` listener's too), one socket per worker:
+                // those a binary upgrade handed over first (socket j to worker j % n, with the
+                // open flows that arrive on it), then one bound for each worker still without.
+                let bad = |source| ServeError::Bind { addr: actual, source };
+                let (taken, mut flows) = match inherited.as_deref_mut().and_then(|i| i.udp(addr)) {
+                    Some((bound, fds)) if bound == actual => {
+                        let flows = inherited.as_deref_mut().map(|i| i.quic_flows(bound)).unwrap_or_default();
+                        (fds, flows)
+                    }
+                    _ => (Vec::new(), Vec::new()),
+                };
+                let mut sockets: Vec<(OwnedFd, sys::udp::UdpFeatures)> = Vec::new();
+                for fd in taken {
+                    let features = sys::udp::adopt_udp(&fd, rt.quic_gro).map_err(bad)?;
+                    sockets.push((fd, features));
+                }
+                while sockets.len() < n {
+                    let (fd, _, features) = sys::udp::bind_udp(actual, rt.quic_gro).map_err(bad)?;
+                    sockets.push((fd, features));
+                }
+                for (slot, (fd, features)) in sockets.into_iter().enumerate() {
+                    if offerable {
+                        udp_dups.push(fd.try_clone().map_err(bad)?);
+                    }
+                    let handed: Vec<worker::quic::Handed> =
+                        flows.extract_if(.., |f| f.msg.socket == slot).filter_map(upgrade_flow).collect();
+                    quic_flows[slot % n].extend(handed);
+                    udp_per_worker[slot % n].push(worker::UdpSocket { fd, addr: actual, features, slot });
+                }
+                if !flows.is_empty() {
+                    tracing::warn!(listener = %actual, flows = flows.len(), "QUIC flows handed over on sockets that were not: not taken");
+                }
+            }
             if offerable {
-                offered.push(upgrade::Offered { configured: addr, bound: actual, fds: dup_all(&sockets, actual)? });
+                offered.push(upgrade::Offered {
+                    configured: addr,
+                    bound: actual,
+                    fds: dup_all(&sockets, actual)?,
+                    udp: udp_dups,
+                });
             }
             local_addrs.push((addr, actual));
             for (i, fd) in sockets.into_iter().enumerate() {
                 per_worker[i % n].push((fd, actual));
             }
-            if l.quic {
-                // UDP on the TCP listener's port (a `:0` listener's too), one socket per worker.
-                for fds in udp_per_worker.iter_mut() {
-                    let (fd, _, features) = sys::udp::bind_udp(actual, rt.quic_gro)
-                        .map_err(|source| ServeError::Bind { addr: actual, source })?;
-                    fds.push((fd, actual, features));
-                }
-            }
         }
 
         // Hand-off listeners: one socket, shared by every worker.
+        // (The socket a binary upgrade handed over, else one bound now.)
         let mut handoff = Vec::new();
+        let mut offered_handoff = Vec::new();
         for h in &config.handoff {
             let path = h.path.display().to_string();
-            let fd = sys::Socket::seqpacket_listen(&h.path, rt.backlog)
-                .map_err(|source| ServeError::Handoff { path: path.clone(), source })?;
+            let bad = |source| ServeError::Handoff { path: path.clone(), source };
+            let fd = match inherited.as_deref_mut().and_then(|i| i.handoff(&h.path)) {
+                Some(fd) => fd,
+                None => sys::Socket::seqpacket_listen(&h.path, rt.backlog).map_err(bad)?,
+            };
+            if offerable {
+                offered_handoff
+                    .push(upgrade::OfferedHandoff { path: h.path.clone(), fd: fd.try_clone().map_err(bad)? });
+            }
             handoff.push((fd, h.path.clone()));
         }
         let mut handoff_per_worker: Vec<Vec<(OwnedFd, std::path::PathBuf)>> = (0..n).map(|_| Vec::new()).collect();
@@ -314,8 +398,17 @@ impl Server {
         let (done_tx, done) = mpsc::channel();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), worker::StartError>>();
         let quic_listeners: Vec<SocketAddr> = config_quic_addrs(&udp_per_worker);
-        for (id, ((((cpu, listeners), udp), commands), handoff)) in
-            cpus.iter().copied().zip(per_worker).zip(udp_per_worker).zip(receivers).zip(handoff_per_worker).enumerate()
+        let quic_handed_off = Arc::new(OnceLock::new());
+        let handoff_handed_off = Arc::new(OnceLock::new());
+        for (id, (((((cpu, listeners), udp), commands), handoff), quic_flows)) in cpus
+            .iter()
+            .copied()
+            .zip(per_worker)
+            .zip(udp_per_worker)
+            .zip(receivers)
+            .zip(handoff_per_worker)
+            .zip(quic_flows)
+            .enumerate()
         {
             let w = worker::Setup {
                 id,
@@ -324,6 +417,9 @@ impl Server {
                 pipe_pool,
                 listeners,
                 udp,
+                quic_flows,
+                quic_handed_off: Arc::clone(&quic_handed_off),
+                handoff_handed_off: Arc::clone(&handoff_handed_off),
                 config: Arc::clone(&shared_config),
                 slot: registry.slot(id),
                 stop: stop_rx.clone(),
@@ -358,8 +454,16 @@ impl Server {
         *lock(&shared.access_log) = access_log;
         let watcher = watcher::start(Arc::clone(&shared), plane.submitter());
         let admin_bound = admin.as_ref().and_then(Admin::local_addr);
-        let control =
-            Arc::new(Control { registry: registry.clone(), admin: Mutex::new(admin), stop, accepting, handed_off });
+        let control = Arc::new(Control {
+            registry: registry.clone(),
+            admin: Mutex::new(admin),
+            stop,
+            accepting,
+            handed_off,
+            quic_handed_off,
+            handoff_handed_off,
+            commands: shared.commands.clone(),
+        });
         tracing::info!(
             workers = n,
             cpus = ?cpus,
@@ -387,6 +491,7 @@ impl Server {
             watcher,
             started,
             offered_admin,
+            offered_handoff,
             offer: None,
         })
     }
@@ -404,7 +509,8 @@ impl Server {
             .into());
         };
         let control: Arc<dyn upgrade::HandOver> = Arc::clone(&self.control) as _;
-        self.offer = Some(upgrade::Offer::start(path, listeners, self.offered_admin.take(), control, then)?);
+        let handoff = std::mem::take(&mut self.offered_handoff);
+        self.offer = Some(upgrade::Offer::start(path, listeners, self.offered_admin.take(), handoff, control, then)?);
         Ok(())
     }
 
@@ -460,7 +566,9 @@ impl Server {
         self.plane.stop();
         self.control.stop_admin();
         self.shared.checker.stop();
-        for h in &self.config.load().handoff {
+        // A hand-off socket a new process took over is its own now, file included.
+        let handed = self.control.handoff_handed_off.get().cloned().unwrap_or_default();
+        for h in self.config.load().handoff.iter().filter(|h| !handed.contains(&h.path)) {
             let _ = std::fs::remove_file(&h.path);
         }
         if let Some(log) = lock(&self.shared.access_log).take() {
@@ -515,8 +623,47 @@ pub(crate) fn dup_all(sockets: &[OwnedFd], addr: SocketAddr) -> Result<Vec<Owned
 }
 
 /// The QUIC listeners' addresses (one worker's list is every worker's).
-fn config_quic_addrs(udp: &[Vec<(OwnedFd, SocketAddr, sys::udp::UdpFeatures)>]) -> Vec<SocketAddr> {
-    udp.first().map(|v| v.iter().map(|(_, a, _)| *a).collect()).unwrap_or_default()
+fn config_quic_addrs(udp: &[Vec<worker::UdpSocket>]) -> Vec<SocketAddr> {
+    let mut all: Vec<SocketAddr> = udp.first().map(|v| v.iter().map(|u| u.addr).collect()).unwrap_or_default();
+    all.dedup();
+    all
+}
+
+/// A QUIC flow as the running process handed it over, as a worker takes it (`None`: its
+/// connection ID is not hex, so the flow is left out).
+fn upgrade_flow(f: upgrade::Flow) -> Option<worker::quic::Handed> {
+    let m = f.msg;
+    let scid = (0..m.scid.len())
+        .step_by(2)
+        .map(|i| m.scid.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .collect::<Option<Vec<u8>>>()?;
+    Some(worker::quic::Handed {
+        listener: m.listener,
+        slot: m.socket,
+        client: m.client,
+        local: m.local,
+        scid,
+        route: m.route,
+        backend: m.backend,
+        fd: f.fd,
+    })
+}
+
+/// A worker's QUIC flow as this process hands it over.
+fn offer_flow(h: worker::quic::Handed) -> upgrade::Flow {
+    let scid = h.scid.iter().map(|b| format!("{b:02x}")).collect();
+    upgrade::Flow {
+        msg: upgrade::FlowMsg {
+            listener: h.listener,
+            socket: h.slot,
+            client: h.client,
+            local: h.local,
+            scid,
+            route: h.route,
+            backend: h.backend,
+        },
+        fd: h.fd,
+    }
 }
 
 fn bind(addr: SocketAddr, backlog: u32) -> io::Result<socket2::Socket> {

@@ -53,7 +53,8 @@ impl Shared {
             if let Some(offered) = &self.offered {
                 // Offered to a new binary as the listeners bound at start are.
                 let dups = super::dup_all(&fds, actual)?;
-                lock(offered).push(super::upgrade::Offered { configured, bound: actual, fds: dups });
+                // A reload adds no QUIC listener (a listener's `quic` is fixed at start).
+                lock(offered).push(super::upgrade::Offered { configured, bound: actual, fds: dups, udp: Vec::new() });
             }
             if !self.admission.add(actual) {
                 tracing::warn!(listener = %actual, "too many listeners for per-client limits; this one has none");

@@ -98,6 +98,18 @@ pub fn bind_udp(addr: SocketAddr, gro: bool) -> io::Result<(OwnedFd, SocketAddr,
     Ok((OwnedFd::from(s), actual, features))
 }
 
+/// Turns `UDP_GRO` on for `sock` (kernels from 5.0); whether it took.
+pub fn enable_gro(sock: &Socket) -> bool {
+    try_gro(sock)
+}
+
+/// A UDP socket another process handed over (a binary upgrade): made non-blocking (the flag
+/// lives on the shared file, so it is usually set already), GRO tried again when `gro`.
+pub fn adopt_udp(fd: &OwnedFd, gro: bool) -> io::Result<UdpFeatures> {
+    socket2::SockRef::from(fd).set_nonblocking(true)?;
+    Ok(UdpFeatures { gro: gro && try_gro(fd) })
+}
+
 /// A non-blocking UDP socket connected to `backend` (an ephemeral local port), with GRO when `gro`
 /// and the kernel has it: what a flow sends its client's datagrams from.
 pub fn connect_udp(backend: SocketAddr, gro: bool) -> io::Result<(Socket, UdpFeatures)> {

@@ -59,7 +59,13 @@ pub(crate) async fn run(w: Rc<Worker>, listener: Socket, path: PathBuf) {
             }
         }
     }
-    listener.shutdown(Shutdown::Both);
+    if w.handoff_handed_off.get().is_some_and(|paths| paths.contains(&path)) {
+        // A binary upgrade: the new process accepts on this socket now; cancel our accept,
+        // leave the socket alone.
+        let _ = listener.cancel_pending().await;
+    } else {
+        listener.shutdown(Shutdown::Both);
+    }
 }
 
 /// One sender's channel: each message is a connection to serve.

@@ -42,6 +42,22 @@ pub enum Command {
     /// Stop accepting on the listener bound to this address and close it; its open connections
     /// go on (and those already queued on it are still taken and served).
     Unlisten(SocketAddr),
+    /// A binary upgrade: answer with every open QUIC flow (each with a duplicate of its socket)
+    /// and open no new flow until [`Command::ResumeQuic`] or the stop.
+    ExportQuic(mpsc::Sender<Vec<quic::Handed>>),
+    /// The upgrade that asked for the flows failed: open new flows again.
+    ResumeQuic,
+}
+
+/// One UDP socket of a QUIC listener, as a worker gets it.
+pub struct UdpSocket {
+    pub fd: OwnedFd,
+    /// The listener's address (port resolved).
+    pub addr: SocketAddr,
+    /// What the kernel offered.
+    pub features: sys::udp::UdpFeatures,
+    /// Its position among the listener's sockets (what a handed-over flow names).
+    pub slot: usize,
 }
 
 /// What a worker thread starts with.
@@ -52,9 +68,16 @@ pub struct Setup {
     pub pipe_pool: usize,
     /// One listening socket per `[[listener]]`, with its address.
     pub listeners: Vec<(OwnedFd, SocketAddr)>,
-    /// One UDP socket per `[[listener]]` with `quic = true`: the socket, the configured address
-    /// (port resolved), what the kernel offered.
-    pub udp: Vec<(OwnedFd, SocketAddr, sys::udp::UdpFeatures)>,
+    /// The UDP sockets of the `[[listener]]`s with `quic = true` (one each, or more when a
+    /// binary upgrade handed over more sockets than there are workers).
+    pub udp: Vec<UdpSocket>,
+    /// Open QUIC flows the previous process handed over on those sockets.
+    pub quic_flows: Vec<quic::Handed>,
+    /// Set before the stop signal when a new process took over QUIC listeners (bound addresses):
+    /// their sockets and flows are its now.
+    pub quic_handed_off: Arc<OnceLock<Vec<SocketAddr>>>,
+    /// Set before the stop signal when a new process took over hand-off listeners (paths).
+    pub handoff_handed_off: Arc<OnceLock<Vec<std::path::PathBuf>>>,
     pub config: Arc<ArcSwap<Config>>,
     pub slot: metrics::Slot,
     pub stop: watch::Receiver<bool>,
@@ -156,6 +179,8 @@ pub(crate) struct Worker {
     pub(crate) slot_freed: Notify,
     pub(crate) stop: watch::Receiver<bool>,
     pub(crate) handed_off: Arc<OnceLock<Vec<SocketAddr>>>,
+    pub(crate) quic_handed_off: Arc<OnceLock<Vec<SocketAddr>>>,
+    pub(crate) handoff_handed_off: Arc<OnceLock<Vec<std::path::PathBuf>>>,
 }
 
 impl Worker {
@@ -250,6 +275,9 @@ pub fn main(setup: Setup, ready: mpsc::Sender<Result<(), StartError>>) {
         pipe_pool,
         listeners,
         udp,
+        quic_flows,
+        quic_handed_off,
+        handoff_handed_off,
         config,
         slot,
         stop,
@@ -296,6 +324,8 @@ pub fn main(setup: Setup, ready: mpsc::Sender<Result<(), StartError>>) {
             slot_freed: Notify::new(),
             stop,
             handed_off,
+            quic_handed_off,
+            handoff_handed_off,
         });
         let accepting: RefCell<Vec<Listening>> = RefCell::new(Vec::new());
         let listen = |fd: OwnedFd, addr: SocketAddr| {
@@ -314,9 +344,20 @@ pub fn main(setup: Setup, ready: mpsc::Sender<Result<(), StartError>>) {
         let quic = (!udp.is_empty()).then(|| Rc::new(quic::Quic::new(&w.config())));
         let mut udp_loops = Vec::new();
         if let Some(q) = &quic {
-            for (i, (fd, addr, features)) in udp.into_iter().enumerate() {
-                let l = quic::Listener { index: i as u16, socket: Socket::from(fd), addr, features };
-                udp_loops.push(tokio_uring::spawn(quic::run(Rc::clone(&w), Rc::clone(q), Rc::new(l))));
+            let mut sockets = Vec::new();
+            for (i, u) in udp.into_iter().enumerate() {
+                let l = quic::Listener {
+                    index: i as u16,
+                    socket: Socket::from(u.fd),
+                    addr: u.addr,
+                    features: u.features,
+                    slot: u.slot,
+                };
+                sockets.push(Rc::new(l));
+            }
+            quic::adopt(&w, q, &sockets, quic_flows);
+            for l in sockets {
+                udp_loops.push(tokio_uring::spawn(quic::run(Rc::clone(&w), Rc::clone(q), l)));
             }
             udp_loops.push(tokio_uring::spawn(quic::sweep(Rc::clone(&w), Rc::clone(q))));
         }
@@ -340,6 +381,14 @@ pub fn main(setup: Setup, ready: mpsc::Sender<Result<(), StartError>>) {
                             }
                             l.addr != addr
                         });
+                    }
+                    Some(Command::ExportQuic(reply)) => {
+                        let _ = reply.send(quic.as_ref().map(|q| quic::export(&w, q)).unwrap_or_default());
+                    }
+                    Some(Command::ResumeQuic) => {
+                        if let Some(q) = &quic {
+                            quic::resume(q);
+                        }
                     }
                     None => {
                         if stopping.changed().await.is_err() {

@@ -23,18 +23,19 @@
 
 use super::Worker;
 use crate::access_log;
+use crate::backend::{self, BackendId, Plan, Pool, Shared, Tried};
 use crate::config::{Config, Route};
 use crate::hello::{self, Parsed, Reject, Transport};
-use crate::metrics::{Direction, Hist, QuicDatagramDrop, QuicFlowDrop, QuicFlowEnd};
+use crate::metrics::{ConnectCause, Direction, DropReason, Hist, QuicDatagramDrop, QuicFlowDrop, QuicFlowEnd};
 use crate::quic::{self, packet, Head, Hello, LongType, PendingTable};
-use crate::route::{Action, Match, Miss, RouteId};
+use crate::route::{Action, Balance, Match, Miss, RouteId, Target};
 use crate::sys::udp::{self, Received, RecvBatch, UdpFeatures};
 use crate::sys::{Socket, POLLIN};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Shutdown, SocketAddr};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -61,6 +62,24 @@ pub(crate) struct Listener {
     pub(crate) addr: SocketAddr,
     /// What the kernel offered (GRO), for the log.
     pub(crate) features: UdpFeatures,
+    /// Its position among the listener's sockets (what a flow handed over in an upgrade names).
+    pub(crate) slot: usize,
+}
+
+/// An open flow handed over in a binary upgrade (by the old process; to the new one): which
+/// socket of which listener its client's datagrams arrive on, the client, the address it dialed,
+/// its Source Connection ID, its route and back end by name, and its socket connected to the back
+/// end (the same kernel socket in both processes).
+#[derive(Debug)]
+pub struct Handed {
+    pub listener: SocketAddr,
+    pub slot: usize,
+    pub client: SocketAddr,
+    pub local: IpAddr,
+    pub scid: Vec<u8>,
+    pub route: String,
+    pub backend: String,
+    pub fd: std::os::fd::OwnedFd,
 }
 
 /// A client whose ClientHello is not complete yet.
@@ -103,7 +122,17 @@ struct Flow {
     local: IpAddr,
     route: crate::conn::Kept,
     backend: RefCell<Socket>,
-    backend_index: Cell<usize>,
+    /// Its back end in `route.pools`, counted open there (least connections) while the flow
+    /// lives ([`Shared::hold`]).
+    backend_id: Cell<BackendId>,
+    /// The pool members its plan has handed out (a failover goes on from there).
+    tried: Cell<Tried>,
+    /// What the hashes hash: the client's address, the SNI.
+    balance_key: backend::Key,
+    /// When the current back end got the flow's first datagrams (its first answer ends the
+    /// "connect": latency, failures in a row reset).
+    dialed_at: Cell<Instant>,
+    /// GRO was asked for on the back-end socket (made without: see [`backend_loop`]).
     backend_gro: Cell<bool>,
     /// Until the back end's first datagram: the client's first datagrams, to replay to the next
     /// back end if this one answers with ICMP unreachable.
@@ -142,6 +171,8 @@ pub(crate) struct Quic {
     gso: Cell<bool>,
     /// The worker stops: new flows are refused, open ones still forwarded.
     stopping: Cell<bool>,
+    /// A binary upgrade has the flows: new ones are refused until it is done (or failed).
+    exported: Cell<bool>,
     /// The worker has drained: the loops end.
     done: Cell<bool>,
     wake: tokio::sync::Notify,
@@ -158,6 +189,7 @@ impl Quic {
             now: Cell::new(Instant::now()),
             gso: Cell::new(true),
             stopping: Cell::new(false),
+            exported: Cell::new(false),
             done: Cell::new(false),
             wake: tokio::sync::Notify::new(),
         }
@@ -169,12 +201,19 @@ impl Quic {
 /// prolong the drain (their end is not visible to us), they end with it.
 pub(crate) async fn run(w: Rc<Worker>, q: Rc<Quic>, l: Rc<Listener>) {
     let mut stop = w.stop.clone();
+    let mut stopped = false;
     let mut poll = Box::pin(l.socket.poll(POLLIN));
     while !q.done.get() {
         let ready = tokio::select! {
             r = &mut poll => r.is_ok(),
-            _ = stop.changed(), if !q.stopping.get() => {
-                q.stopping.set(*stop.borrow());
+            _ = stop.changed(), if !stopped => {
+                stopped = *stop.borrow();
+                q.stopping.set(q.stopping.get() || stopped);
+                // A new process took this socket over (a binary upgrade): it reads it now, and
+                // this process would only refuse the Initials it reads (`draining`).
+                if stopped && handed_over(&w, &l) {
+                    break;
+                }
                 continue;
             }
             () = q.wake.notified() => continue,
@@ -202,17 +241,28 @@ pub(crate) async fn run(w: Rc<Worker>, q: Rc<Quic>, l: Rc<Listener>) {
             }
         }
     }
-    // Completes the poll still in the ring, so the socket is closed.
-    l.socket.shutdown(Shutdown::Both);
+    if handed_over(&w, &l) {
+        // The socket is the new process's too: cancel our poll, leave the socket alone.
+        hand_over_flows(&w, &q, l.index);
+        let _ = l.socket.cancel_pending().await;
+    } else {
+        // Completes the poll still in the ring, so the socket is closed.
+        l.socket.shutdown(Shutdown::Both);
+    }
     drop(poll);
     tracing::debug!(worker = w.id(), listener = %l.addr, gro = l.features.gro, "QUIC listener stopped");
 }
 
-/// The worker has drained: closes every flow and ends the loops.
+/// The worker has drained: closes every flow (those a new process took over are let go
+/// instead) and ends the loops.
 pub(crate) fn finish(w: &Worker, q: &Quic) {
     let all: Vec<Rc<Flow>> = q.flows.borrow().values().cloned().collect();
     for f in all {
-        close(w, q, &f, QuicFlowEnd::Stopped);
+        if handed_over(w, &f.listener) {
+            let_go(w, q, &f);
+        } else {
+            close(w, q, &f, QuicFlowEnd::Stopped);
+        }
     }
     q.done.set(true);
     q.wake.notify_waiters();
@@ -458,7 +508,7 @@ fn on_initial(
         };
     }
     drop(table);
-    if q.stopping.get() {
+    if q.stopping.get() || q.exported.get() {
         return dropped(w, from, QuicDatagramDrop::Draining);
     }
     // Cheap refusals before any key is derived.
@@ -502,6 +552,8 @@ fn keep_pending(w: &Worker, q: &Quic, key: Key, p: Pending) {
 struct Decision {
     route: RouteId,
     how: Match,
+    /// The SNI's hash where the route balances by it (0 otherwise).
+    sni_hash: u64,
     info: Option<Box<LogInfo>>,
 }
 
@@ -523,7 +575,11 @@ fn decide(cfg: &Config, p: &Pending, ch: &hello::ClientHello<'_>) -> Result<Deci
             routing_ns: 0,
         })
     });
-    Ok(Decision { route, how, info })
+    let sni_hash = match cfg.pools.pool(route).map(|p| p.balance) {
+        Some(Balance::HashSni) => backend::Key::sni_hash(ch.sni()),
+        _ => 0,
+    };
+    Ok(Decision { route, how, sni_hash, info })
 }
 
 fn route_of(cfg: &Config, id: RouteId) -> &Route {
@@ -549,7 +605,22 @@ fn open_flow(
     if q.flows.borrow().len() >= cfg.runtime.quic_max_flows {
         return flow_dropped(w, from, &p, QuicFlowDrop::FlowsFull);
     }
-    let Some((backend, index, gro)) = connect_from(route, 0, cfg.runtime.quic_gro) else {
+    // The back end, chosen as a TCP connection's is: the pool's balance, weights, backups,
+    // health verdicts and this worker's ejections.
+    let held = crate::conn::Snapshots::keep(&**w, &cfg, d.route);
+    let balance_key = backend::Key { client: Some(from.ip()), sni: d.sni_hash };
+    let stats = held.pools.route_stats(d.route);
+    if let Some(s) = stats {
+        s.routed(w.id());
+    }
+    let dialed = held.pools.pool(d.route).map(|pool| {
+        let mut plan = Plan::new(&held.pools, pool, w.id(), &balance_key);
+        (dial(w, &mut plan, pool), plan.tried())
+    });
+    let Some((Some((backend, backend_id, gro)), tried)) = dialed else {
+        if let Some(s) = stats {
+            s.closed(w.id(), Some(DropReason::BackendsDown));
+        }
         return flow_dropped(w, from, &p, QuicFlowDrop::BackendsDown);
     };
     let multi = p.hello.packets > 1;
@@ -565,9 +636,12 @@ fn open_flow(
         scid: p.scid,
         listener: Rc::clone(l),
         local: p.local,
-        route: crate::conn::Snapshots::keep(&**w, &cfg, d.route),
+        route: held,
         backend: RefCell::new(backend),
-        backend_index: Cell::new(index),
+        backend_id: Cell::new(backend_id),
+        tried: Cell::new(tried),
+        balance_key,
+        dialed_at: Cell::new(Instant::now()),
         backend_gro: Cell::new(gro),
         replay: RefCell::new(None),
         last: Cell::new(q.now.get()),
@@ -596,41 +670,85 @@ fn open_flow(
     }
 }
 
-/// A UDP socket connected to the route's back end `from` or the next one that can be dialed.
-fn connect_from(route: &Route, from: usize, gro: bool) -> Option<(Socket, usize, bool)> {
-    for (i, b) in route.backends.iter().enumerate().skip(from) {
-        // QUIC goes to UDP back ends: unix and hand-off back ends are TCP-only.
-        let crate::route::Target::Tcp(addr) = &b.target else { continue };
-        match udp::connect_udp(*addr, gro) {
-            Ok((s, f)) => return Some((s, i, f.gro)),
+/// A UDP socket connected to the next back end of `plan` that can be dialed (QUIC goes to
+/// `host:port` back ends: unix and hand-off ones are TCP-only and skipped), counted open to it
+/// ([`Shared::hold`]). A socket that cannot be made is a failed connect of that back end.
+fn dial(w: &Worker, plan: &mut Plan<'_>, pool: &Pool) -> Option<(Socket, BackendId, bool)> {
+    for (id, b) in plan.by_ref() {
+        let Target::Tcp(addr) = &b.target else { continue };
+        // Without GRO: the back-end loop turns it on when the back end sends trains.
+        match udp::connect_udp(*addr, false) {
+            Ok((s, f)) => {
+                b.hold(w.id());
+                return Some((s, id, f.gro));
+            }
             Err(e) => {
                 crate::warn_every_second!(backend = %addr, error = %e, "QUIC: cannot make a socket to the back end");
+                connect_failed(w, b, pool, ConnectCause::of(&e));
             }
         }
     }
     None
 }
 
-/// The back end answered with ICMP unreachable: before its first datagram, the flow moves to
-/// the next back end with the client's datagrams so far; after it, the error is transient.
+/// One failed "connect" of a flow to `b` (a socket that could not be made, ICMP unreachable on
+/// its first datagrams, no answer within the handshake timeout): counted by cause, for the back
+/// end too, and towards its passive ejection, as a TCP connect failure is.
+fn connect_failed(w: &Worker, b: &Shared, pool: &Pool, cause: ConnectCause) {
+    w.metrics().bump(|c| c.backend_connect_failures.bump(cause));
+    if b.failed(w.id(), cause, &pool.eject) {
+        w.metrics().bump(|c| c.backend_ejections += 1);
+        crate::warn_every_second!(
+            worker = w.id(),
+            backend = %b.target,
+            cause = cause.as_str(),
+            "back end set aside after failed connects in a row (QUIC)"
+        );
+    }
+    crate::debug_every_second!(backend = %b.target, cause = cause.as_str(), "QUIC flow: back end unreachable");
+}
+
+/// The flow's back end and its pool (while the flow holds its route, both are there).
+fn current(flow: &Flow) -> Option<(&Shared, &Pool)> {
+    let pools = &flow.route.pools;
+    Some((pools.backend(flow.backend_id.get())?, pools.pool(flow.route.id)?))
+}
+
+/// The back end answered with ICMP unreachable: before its first datagram, a failed connect of
+/// that back end, and the flow moves to the next one of its plan with the client's datagrams so
+/// far; after it, the error is transient.
 fn backend_refused(w: &Worker, q: &Quic, flow: &Rc<Flow>) {
     let Some(replay) = flow.replay.borrow_mut().take() else { return };
-    let route: &Route = &flow.route;
-    let next = flow.backend_index.get() + 1;
-    match connect_from(route, next, w.config().runtime.quic_gro) {
-        Some((s, i, gro)) => {
+    let worker = w.id();
+    let next = {
+        let pools = &flow.route.pools;
+        let Some((b, pool)) = current(flow) else { return close(w, q, flow, QuicFlowEnd::BackendsDown) };
+        connect_failed(w, b, pool, ConnectCause::Refused);
+        b.release(worker);
+        let mut plan = Plan::resume(pools, pool, worker, &flow.balance_key, flow.tried.get());
+        let got = dial(w, &mut plan, pool);
+        flow.tried.set(plan.tried());
+        got
+    };
+    match next {
+        Some((s, id, gro)) => {
             w.metrics().bump(|c| c.quic_backend_failovers += 1);
             let old = flow.backend.replace(s);
             // Completes the old socket's poll: the relay task then polls the new one.
             old.shutdown(Shutdown::Both);
-            flow.backend_index.set(i);
+            flow.backend_id.set(id);
             flow.backend_gro.set(gro);
+            flow.dialed_at.set(Instant::now());
             for d in &replay {
                 let _ = udp::try_send(&flow.backend.borrow(), d, None, None, None);
             }
             *flow.replay.borrow_mut() = Some(replay);
         }
-        None => close(w, q, flow, QuicFlowEnd::BackendsDown),
+        None => {
+            // Released above: nothing is counted open any more.
+            flow.backend_id.set(BackendId::MAX);
+            close(w, q, flow, QuicFlowEnd::BackendsDown)
+        }
     }
 }
 
@@ -664,6 +782,12 @@ async fn backend_loop(w: Rc<Worker>, q: Rc<Quic>, flow: Rc<Flow>) {
             if k < SLOTS {
                 break;
             }
+            // A full batch: the back end sends trains (a download). GRO from now on (a flow's
+            // socket is made without it: a short flow never needs it, and the setsockopt is one
+            // system call per flow).
+            if !flow.backend_gro.replace(true) && w.config().runtime.quic_gro {
+                udp::enable_gro(&sock);
+            }
         }
     }
 }
@@ -691,6 +815,7 @@ fn to_client(w: &Worker, q: &Quic, flow: &Flow, batch: &RecvBatch) {
     flow.last.set(q.now.get());
     if flow.replay.borrow().is_some() {
         *flow.replay.borrow_mut() = None;
+        answered(w, flow);
     }
     let src = wildcard_source(&flow.listener, Some(flow.local));
     let to = Some(flow.key.1);
@@ -724,6 +849,18 @@ fn to_client(w: &Worker, q: &Quic, flow: &Flow, batch: &RecvBatch) {
     });
 }
 
+/// The back end's first datagram to a flow: its "connect" succeeded (the back end's connection
+/// count, the connect latency of back end and route, its failures in a row forgotten).
+fn answered(w: &Worker, flow: &Flow) {
+    let took = w.conns.timing.then(|| flow.dialed_at.get().elapsed());
+    if let Some(b) = flow.route.pools.backend(flow.backend_id.get()) {
+        b.connected(w.id(), took);
+    }
+    if let (Some(s), Some(d)) = (flow.route.pools.route_stats_if_used(flow.route.id), took) {
+        s.connected(w.id(), d);
+    }
+}
+
 /// Closes a routed flow: counted, logged, its relay task ended.
 fn close(w: &Worker, q: &Quic, flow: &Rc<Flow>, end: QuicFlowEnd) {
     if flow.closed.replace(true) {
@@ -732,16 +869,33 @@ fn close(w: &Worker, q: &Quic, flow: &Rc<Flow>, end: QuicFlowEnd) {
     q.flows.borrow_mut().remove(&flow.key);
     flow.backend.borrow().shutdown(Shutdown::Both);
     w.metrics().bump(|c| c.quic_flows_closed.bump(end));
+    if let Some((b, pool)) = current(flow) {
+        // Never answered within the handshake timeout: a connect that timed out.
+        if end == QuicFlowEnd::Idle && flow.replay.borrow().is_some() {
+            connect_failed(w, b, pool, ConnectCause::TimedOut);
+        }
+        b.release(w.id());
+    }
+    if let Some(s) = flow.route.pools.route_stats(flow.route.id) {
+        s.closed(w.id(), (end == QuicFlowEnd::BackendsDown).then_some(DropReason::BackendsDown));
+    }
+    log_flow(w, flow, end);
+    let _ = q;
+}
+
+/// A routed flow's access-log line (sampled when it was routed), as it ends here.
+fn log_flow(w: &Worker, flow: &Flow, end: QuicFlowEnd) {
     if let (Some(info), Some(log)) = (flow.log.as_ref(), w.conns.log.as_ref()) {
         let (_, up) = flow.to_backend.get();
         let (_, down) = flow.to_client.get();
         let route: &Route = &flow.route;
-        let backend = route.backends.get(flow.backend_index.get()).map(|b| b.target.to_string());
+        let backend = flow.route.pools.backend(flow.backend_id.get()).map(|b| b.target.to_string());
         let time = access_log::rfc3339(std::time::SystemTime::now());
         let outcome = match end {
             QuicFlowEnd::Idle => "idle_timeout",
             QuicFlowEnd::BackendsDown => "error",
             QuicFlowEnd::Stopped | QuicFlowEnd::Replaced => "closed",
+            QuicFlowEnd::HandedOver => "handed_over",
         };
         let entry = access_log::Entry {
             client: Some(flow.key.1),
@@ -763,7 +917,6 @@ fn close(w: &Worker, q: &Quic, flow: &Rc<Flow>, end: QuicFlowEnd) {
         };
         log.log(&entry, w.metrics());
     }
-    let _ = q;
 }
 
 /// Counts (and, if sampled, logs) a flow given up before it was routed.
@@ -781,6 +934,157 @@ fn flow_dropped(w: &Worker, from: SocketAddr, p: &Pending, reason: QuicFlowDrop)
         };
         log.log(&entry, w.metrics());
     }
+}
+
+// ---- binary upgrade ------------------------------------------------------------------------
+//
+// The old process offers its QUIC listeners' UDP sockets and every open flow (`export`: client,
+// dialed address, Source Connection ID, route and back end by name, and a duplicate of the
+// flow's socket connected to the back end); from then on it opens no new flow (an Initial is
+// dropped as `draining`; the client retransmits it, and the new process routes it). The new
+// process starts its workers on the same kernel sockets with those flows in their tables
+// (`adopt`), so until the old one lets go both forward every flow correctly: whichever process
+// reads a datagram, from a client or from a back end, sends it on through the same sockets. Once
+// the new process is ready the old one lets go (`hand_over_flows`): its polls on the shared
+// sockets are cancelled, nothing is shut down (that would shut them for the new process too).
+
+/// Whether the new process of a binary upgrade took over listener `l`'s socket.
+fn handed_over(w: &Worker, l: &Listener) -> bool {
+    w.quic_handed_off.get().is_some_and(|list| list.contains(&l.addr))
+}
+
+/// Every open flow, each with a duplicate of its socket, for a binary upgrade; no new flow is
+/// opened until [`resume`] or the stop.
+pub(crate) fn export(w: &Worker, q: &Quic) -> Vec<Handed> {
+    q.exported.set(true);
+    let flows: Vec<Rc<Flow>> = q.flows.borrow().values().cloned().collect();
+    let mut out = Vec::with_capacity(flows.len());
+    for f in flows.iter().filter(|f| !f.closed.get()) {
+        let fd = match f.backend.borrow().as_fd().try_clone_to_owned() {
+            Ok(fd) => fd,
+            Err(e) => {
+                crate::warn_every_second!(error = %e, "QUIC: cannot duplicate a flow's socket for the upgrade; it stays here");
+                continue;
+            }
+        };
+        let backend = f.route.pools.backend(f.backend_id.get()).map(|b| b.target.to_string()).unwrap_or_default();
+        out.push(Handed {
+            listener: f.listener.addr,
+            slot: f.listener.slot,
+            client: f.key.1,
+            local: f.local,
+            scid: f.scid.0[..usize::from(f.scid.1)].to_vec(),
+            route: f.route.name.clone(),
+            backend,
+            fd,
+        });
+    }
+    tracing::debug!(worker = w.id(), flows = out.len(), "QUIC flows offered to a new process");
+    out
+}
+
+/// The upgrade that asked for the flows failed: new flows are opened again.
+pub(crate) fn resume(q: &Quic) {
+    q.exported.set(false);
+}
+
+/// The new process took over the flows of listener `index`: they leave the table without a
+/// shutdown (their sockets are the new process's too), their relay tasks end.
+fn hand_over_flows(w: &Worker, q: &Quic, index: u16) {
+    let mine: Vec<Rc<Flow>> = q.flows.borrow().values().filter(|f| f.listener.index == index).cloned().collect();
+    for f in mine {
+        let_go(w, q, &f);
+    }
+}
+
+/// One flow handed over: counted (`handed_over`), no longer forwarded here; its relay task's
+/// poll is cancelled, not the socket shut down.
+fn let_go(w: &Worker, q: &Quic, flow: &Rc<Flow>) {
+    if flow.closed.replace(true) {
+        return;
+    }
+    q.flows.borrow_mut().remove(&flow.key);
+    w.metrics().bump(|c| c.quic_flows_closed.bump(QuicFlowEnd::HandedOver));
+    if let Some((b, _)) = current(flow) {
+        b.release(w.id());
+    }
+    if let Some(s) = flow.route.pools.route_stats(flow.route.id) {
+        s.closed(w.id(), None);
+    }
+    log_flow(w, flow, QuicFlowEnd::HandedOver);
+    let sock = flow.backend.borrow().clone();
+    tokio_uring::spawn(async move {
+        let _ = sock.cancel_pending().await;
+    });
+}
+
+/// Takes the flows the previous process handed over into the table, each on the socket
+/// (`listeners`) its client's datagrams arrive on, with its route (by name, in the configuration
+/// now) and back end, counted open there. A flow whose route is gone (or terminates now), or whose
+/// socket is not here, is left out: its client's connection times out and it reconnects.
+pub(crate) fn adopt(w: &Rc<Worker>, q: &Rc<Quic>, listeners: &[Rc<Listener>], flows: Vec<Handed>) {
+    if flows.is_empty() {
+        return;
+    }
+    let cfg = w.config();
+    let now = Instant::now();
+    let (mut adopted, mut left) = (0u64, 0usize);
+    for h in flows {
+        let Some(l) = listeners.iter().find(|l| l.addr == h.listener && l.slot == h.slot) else {
+            left += 1;
+            continue;
+        };
+        let Some(id) =
+            cfg.table.id_of(&h.route).filter(|id| matches!(cfg.table.route(*id).action, Action::Passthrough))
+        else {
+            left += 1;
+            continue;
+        };
+        let held = crate::conn::Snapshots::keep(&**w, &cfg, id);
+        let backend_id = held
+            .pools
+            .pool(id)
+            .and_then(|p| {
+                p.members.iter().find(|m| held.pools.backend(m.id).is_some_and(|b| b.target.to_string() == h.backend))
+            })
+            .map_or(BackendId::MAX, |m| m.id);
+        if let Some(b) = held.pools.backend(backend_id) {
+            b.hold(w.id());
+        }
+        if let Some(s) = held.pools.route_stats(id) {
+            s.routed(w.id());
+        }
+        let gro = udp::adopt_udp(&h.fd, cfg.runtime.quic_gro).map(|f| f.gro).unwrap_or(false);
+        let key = (l.index, h.client);
+        let flow = Rc::new(Flow {
+            key,
+            scid: Cid::of(&h.scid),
+            listener: Rc::clone(l),
+            local: h.local,
+            route: held,
+            backend: RefCell::new(Socket::from(h.fd)),
+            backend_id: Cell::new(backend_id),
+            tried: Cell::new([0; 4]),
+            balance_key: backend::Key { client: Some(h.client.ip()), sni: 0 },
+            dialed_at: Cell::new(now),
+            backend_gro: Cell::new(gro),
+            replay: RefCell::new(None),
+            last: Cell::new(now),
+            confirmed: Cell::new(true),
+            closed: Cell::new(false),
+            opened: now,
+            to_backend: Cell::new((0, 0)),
+            to_client: Cell::new((0, 0)),
+            log: None,
+        });
+        if let Some(old) = q.flows.borrow_mut().insert(key, Rc::clone(&flow)) {
+            old.closed.set(true);
+        }
+        tokio_uring::spawn(backend_loop(Rc::clone(w), Rc::clone(q), flow));
+        adopted += 1;
+    }
+    w.metrics().bump(|c| c.quic_flows_adopted += adopted);
+    tracing::info!(worker = w.id(), adopted, left_out = left, "QUIC flows taken over from the previous process");
 }
 
 /// Every [`TICK`]: the clock, pending timeouts, idle flows (each second), the gauges.

@@ -9,7 +9,7 @@ use sni_dispatch::metrics::Counters;
 use sni_dispatch::server::Server;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -519,4 +519,36 @@ pub fn http_origin(name: &'static str) -> SocketAddr {
         }
     });
     addr
+}
+
+/// A binary upgrade: a new process of the binary with the configuration at `config` takes over
+/// from `old`, which offers its sockets at `socket`; waits (bounded) until the new one says the
+/// upgrade is done and `old` has exited 0. The new process logs to `log`.
+#[allow(dead_code)] // not every test binary upgrades
+pub fn upgrade(config: &Path, socket: &Path, old: &mut Proc, log: PathBuf) -> Proc {
+    let bin = std::env::var("SNI_DISPATCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_sni-dispatch").to_string());
+    let child = Command::new(bin)
+        .args(["run", "--config"])
+        .arg(config)
+        .arg("--upgrade-from")
+        .arg(socket)
+        .env("SNI_DISPATCH_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("spawn sni-dispatch");
+    let new = Proc { child, stderr_path: log };
+    assert!(
+        wait_until(Duration::from_secs(30), || new.stderr().contains("the previous process stopped accepting")),
+        "the upgrade did not complete:\n{}",
+        new.stderr()
+    );
+    let mut old_exit = None;
+    assert!(wait_until(Duration::from_secs(30), || {
+        old_exit = old.child.try_wait().ok().flatten();
+        old_exit.is_some()
+    }));
+    assert!(old_exit.is_some_and(|s| s.success()), "{old_exit:?}: {}", old.stderr());
+    new
 }

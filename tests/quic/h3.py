@@ -8,11 +8,16 @@
       One HTTP/3 GET; prints the status line and body, exits 0 on a 200, 1 otherwise.
       --alpn-pad N offers N extra ALPN values (after h3) so the ClientHello spans several
       Initial packets; --order rev|dup|revdup sends the client's first Initial datagrams
-      reversed, with a duplicate of the first, or both.
+      reversed, with a duplicate of the first, or both. --local-host ADDR sends from ADDR.
+      --then-path /y --pause-file F: after the first GET, waits for F to exist, then GETs /y on
+      the same QUIC connection (a binary upgrade happens in between).
 """
 
 import argparse
 import asyncio
+import contextlib
+import os
+import socket
 import ssl
 import sys
 
@@ -21,6 +26,7 @@ from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.h3.connection import H3_ALPN, H3Connection
 from aioquic.h3.events import DataReceived, HeadersReceived
 from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import ProtocolNegotiated, QuicEvent
 
 
@@ -63,6 +69,8 @@ class Client(QuicConnectionProtocol):
                     self.done.set_result(True)
 
     async def get(self, authority: str, path: str):
+        self.done = asyncio.get_event_loop().create_future()
+        self.status, self.body = b"", b""
         sid = self._quic.get_next_available_stream_id()
         self.h3.send_headers(
             sid,
@@ -99,6 +107,26 @@ class Mangle:
         return getattr(self.inner, k)
 
 
+@contextlib.asynccontextmanager
+async def open_client(host, port, cfg, local_host):
+    """aioquic's `connect`, from `local_host` when one is given (its own binds "::" only)."""
+    if local_host == "::":
+        async with connect(host, port, configuration=cfg, create_protocol=Client, wait_connected=False) as c:
+            yield c
+        return
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((local_host, 0))
+    transport, protocol = await loop.create_datagram_endpoint(lambda: Client(QuicConnection(configuration=cfg)), sock=sock)
+    try:
+        protocol.connect((host, port), transmit=False)
+        yield protocol
+    finally:
+        protocol.close()
+        await protocol.wait_closed()
+        transport.close()
+
+
 async def run_client(args) -> int:
     host, port = args.connect.rsplit(":", 1)
     cfg = QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN + [f"x-pad-{i:04d}-{'z' * 20}" for i in range(args.alpn_pad)])
@@ -111,12 +139,25 @@ async def run_client(args) -> int:
         # of CRYPTO data each).
         hold = 1 + (len(b"".join(p.encode() for p in cfg.alpn_protocols)) + 400) // 1100
     try:
-        async with connect(host, int(port), configuration=cfg, create_protocol=Client, wait_connected=False) as c:
+        async with open_client(host, int(port), cfg, args.local_host) as c:
             if hold:
                 c._transport = Mangle(c._transport, hold, args.order)
             await asyncio.wait_for(c.get(args.sni, args.path), args.timeout)
-            print(c.status.decode(), c.body.decode())
-            return 0 if c.status == b"200" else 1
+            print(c.status.decode(), c.body.decode(), flush=True)
+            if c.status != b"200":
+                return 1
+            if args.then_path:
+                # The same connection, once the file exists (a binary upgrade in between).
+                deadline = asyncio.get_event_loop().time() + args.timeout
+                while not os.path.exists(args.pause_file):
+                    if asyncio.get_event_loop().time() > deadline:
+                        print("failed: no", args.pause_file, flush=True)
+                        return 1
+                    await asyncio.sleep(0.05)
+                await asyncio.wait_for(c.get(args.sni, args.then_path), args.timeout)
+                print(c.status.decode(), c.body.decode(), flush=True)
+                return 0 if c.status == b"200" else 1
+            return 0
     except (asyncio.TimeoutError, ConnectionError) as e:
         print("failed:", type(e).__name__, e)
         return 1
@@ -147,6 +188,9 @@ def main() -> int:
     c.add_argument("--alpn-pad", type=int, default=0)
     c.add_argument("--order", default="none", choices=["none", "rev", "dup", "revdup"])
     c.add_argument("--timeout", type=float, default=15.0)
+    c.add_argument("--then-path", help="after the first GET, another on the same connection once --pause-file exists")
+    c.add_argument("--pause-file", default="")
+    c.add_argument("--local-host", default="::", help="the address the client sends from (127.0.0.5: another client)")
     a = p.parse_args()
     if a.cmd == "server":
         asyncio.run(run_server(a))
