@@ -329,7 +329,9 @@ mod tests {
                 held.push(a);
             }
         }
-        // 2,000 clients in 16,384 slots: refusals need both slots taken, rare.
-        assert!(held.len() > 1950, "{} of 2000 admitted", held.len());
+        // 2,000 clients in 16,384 slots: refusals need both slots taken, rare. The k-th client
+        // finds both taken with a chance of about (2k / 16,384)^2: about 40 refusals expected
+        // (the seed is random; the standard deviation about 6), so more than 100 means broken.
+        assert!(held.len() > 1900, "{} of 2000 admitted", held.len());
     }
 }
