@@ -43,6 +43,34 @@ use std::time::{Duration, Instant};
 /// keeps having data; a direction that has to wait for data yields anyway).
 pub const YIELD_AFTER: usize = 256 * 1024;
 
+/// A relay direction's byte budget: [`YIELD_AFTER`] bytes moved without waiting, then the
+/// direction yields through the ring once (every relay loop, plain and TLS, in user space and
+/// kernel TLS, keeps one).
+#[derive(Debug)]
+pub struct Budget(usize);
+
+impl Default for Budget {
+    fn default() -> Self {
+        Self(YIELD_AFTER)
+    }
+}
+
+impl Budget {
+    /// Counts `n` bytes moved.
+    pub fn spend(&mut self, n: usize) {
+        self.0 = self.0.saturating_sub(n);
+    }
+
+    /// Whether the budget is spent: then it starts again, and the caller yields now.
+    pub fn renew(&mut self) -> bool {
+        let spent = self.0 == 0;
+        if spent {
+            self.0 = YIELD_AFTER;
+        }
+        spent
+    }
+}
+
 /// What a relay needs from its worker.
 pub struct Env<'a> {
     pub pipes: &'a RefCell<PipePool>,
@@ -256,7 +284,7 @@ fn direction<'a>(d: &'a Dir<'a>) -> impl Future<Output = io::Result<()>> + 'a {
         // the next read returns the rest or 0), so the next burst needs no poll first.
         let mut ready = false;
         let mut hup = false;
-        let mut budget = YIELD_AFTER;
+        let mut budget = Budget::default();
         loop {
             if !ready {
                 hup = or_abort!(d.src.poll(POLLIN | POLLRDHUP).await) & (POLLRDHUP | POLLHUP) != 0;
@@ -292,14 +320,13 @@ fn direction<'a>(d: &'a Dir<'a>) -> impl Future<Output = io::Result<()>> + 'a {
                 Burst::WouldBlock => ready = false,
                 Burst::Moved { n, more } => {
                     ready = more || hup;
-                    budget = budget.saturating_sub(n);
-                    if budget == 0 {
+                    budget.spend(n);
+                    if budget.renew() {
                         // Yield through the ring, not to the scheduler: the poll completes at
                         // once, but only after the worker has parked, which is when tokio-uring
                         // hands every task's queued submissions to the kernel (a `yield_now`
                         // would let the other tasks run, yet leave their new operations, an
                         // accept included, unsubmitted for as long as this one stays busy).
-                        budget = YIELD_AFTER;
                         ready = false;
                     }
                 }

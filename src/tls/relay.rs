@@ -360,11 +360,10 @@ async fn client_to_backend_inner(s: &Shared<'_>, mut leftover: Vec<u8>) -> io::R
     drop(leftover);
     // A full read (more is queued): read again without waiting for readiness.
     let mut ready = false;
-    let mut budget = relay::YIELD_AFTER;
+    let mut budget = relay::Budget::default();
     loop {
-        if budget == 0 {
+        if budget.renew() {
             // As in `backend_to_client_inner`: an upload that never waits yields after a budget.
-            budget = relay::YIELD_AFTER;
             ready = false;
         }
         if !s.out.borrow().is_empty() && s.flushers.get() == 0 && !(ready || first) {
@@ -406,7 +405,7 @@ async fn client_to_backend_inner(s: &Shared<'_>, mut leftover: Vec<u8>) -> io::R
         };
         s.pair.touch();
         ready = len + n == buf.len();
-        budget = budget.saturating_sub(n);
+        budget.spend(n);
         len += n;
         let (consumed, closed) = process_records(s, &mut buf[..len]).await?;
         if closed {
@@ -545,14 +544,13 @@ async fn backend_to_client_inner(s: &Shared<'_>) -> io::Result<()> {
     // `ready`: a full read (more is queued); `hup`: the back end's FIN was seen (the next reads
     // return the rest, then 0). Either way, read without waiting for readiness.
     let (mut ready, mut hup) = (false, false);
-    let mut budget = relay::YIELD_AFTER;
+    let mut budget = relay::Budget::default();
     loop {
-        if budget == 0 {
+        if budget.renew() {
             // Fair to the client's direction (a KeyUpdate, a close) and to the worker's other
             // connections: with the back end always ready and the client's socket always taking
             // more, this loop would never wait. A poll through the ring completes at once, but
             // only once the worker has parked (as in `relay`).
-            budget = relay::YIELD_AFTER;
             s.backend.poll(POLLIN | POLLRDHUP).await?;
         }
         let (mut buf, n) = read_backend(s, &mut ready, &mut hup, |buf| {
@@ -580,7 +578,7 @@ async fn backend_to_client_inner(s: &Shared<'_>) -> io::Result<()> {
         }
         s.read_from_backend(n);
         ready = n == RECORDS * MAX_PLAINTEXT;
-        budget = budget.saturating_sub(n);
+        budget.spend(n);
         let records = n.div_ceil(MAX_PLAINTEXT);
         let mut ctl = Vec::new();
         let sealed = {
@@ -661,12 +659,11 @@ async fn ktls_client_to_backend(s: &Shared<'_>) -> io::Result<()> {
 
 async fn ktls_client_to_backend_inner(s: &Shared<'_>) -> io::Result<()> {
     let mut ready = false;
-    let mut budget = relay::YIELD_AFTER;
+    let mut budget = relay::Budget::default();
     loop {
-        if budget == 0 {
+        if budget.renew() {
             // As in user space: an upload that never waits yields through the ring after a
             // budget (the poll completes at once, once the worker has parked).
-            budget = relay::YIELD_AFTER;
             ready = false;
         }
         if !ready {
@@ -690,7 +687,7 @@ async fn ktls_client_to_backend_inner(s: &Shared<'_>) -> io::Result<()> {
         };
         s.pair.touch();
         ready = n == buf.len();
-        budget = budget.saturating_sub(n);
+        budget.spend(n);
         let message = s.session.borrow_mut().classify(typ, &buf[..n]);
         match message.map_err(|f| ktls_fail(s, f))? {
             Message::Data => {
@@ -724,12 +721,11 @@ async fn ktls_backend_to_client_inner(s: &Shared<'_>) -> io::Result<()> {
     // Records the kernel sealed under the current key, at most: one per send, one per 16 KiB.
     let mut records = s.session.borrow().seqs().0;
     let (mut ready, mut hup) = (false, false);
-    let mut budget = relay::YIELD_AFTER;
+    let mut budget = relay::Budget::default();
     loop {
-        if budget == 0 {
+        if budget.renew() {
             // Fair, as in user space (`backend_to_client_inner`): with the back end always
             // ready and the kernel always taking more, this loop would never wait.
-            budget = relay::YIELD_AFTER;
             s.backend.poll(POLLIN | POLLRDHUP).await?;
         }
         let (buf, n) = read_backend(s, &mut ready, &mut hup, |buf| s.backend.try_recv(buf)).await?;
@@ -745,7 +741,7 @@ async fn ktls_backend_to_client_inner(s: &Shared<'_>) -> io::Result<()> {
         }
         s.read_from_backend(n);
         ready = n == buf.len();
-        budget = budget.saturating_sub(n);
+        budget.spend(n);
         let (version, limit) = {
             let session = s.session.borrow();
             (session.version(), session.limit())
