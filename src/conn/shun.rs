@@ -40,6 +40,8 @@ struct Listening {
     socket: Socket,
     /// Sorted by key, unique.
     entries: Vec<Entry>,
+    /// The attached filter is not of `entries` (an update failed): tried again every tick.
+    stale: bool,
 }
 
 /// A worker's shunned clients, per listener it accepts on.
@@ -52,7 +54,7 @@ impl Shuns {
     /// A listener this worker accepts on (its accept loop calls this when it starts).
     pub fn register(&mut self, listen: SocketAddr, socket: Socket) {
         self.forget(listen);
-        self.listeners.push(Listening { listen, socket, entries: Vec::new() });
+        self.listeners.push(Listening { listen, socket, entries: Vec::new(), stale: false });
     }
 
     /// The listener stops accepting here (a stop, a reload removed it, a binary upgrade handed
@@ -60,7 +62,7 @@ impl Shuns {
     /// handed over keeps serving in the new process, which knows nothing of our entries).
     pub fn forget(&mut self, listen: SocketAddr) {
         self.listeners.retain(|l| {
-            if l.listen == listen && !l.entries.is_empty() {
+            if l.listen == listen && (!l.entries.is_empty() || l.stale) {
                 let _ = l.socket.clear_filter();
             }
             l.listen != listen
@@ -74,6 +76,11 @@ impl Shuns {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Whether [`Shuns::expire`] has anything to do: a client shunned, or a filter to update.
+    pub fn pending(&self) -> bool {
+        self.listeners.iter().any(|l| !l.entries.is_empty() || l.stale)
     }
 
     /// Shuns the client at `ip` on the listener bound to `listen`, refused by `reason`, with at
@@ -94,6 +101,7 @@ impl Shuns {
             crate::warn_every_second!(worker, listener = %listen, peer = %ip, error = %e, "cannot attach the shunning filter");
             return;
         }
+        l.stale = false;
         let cause = if reason == DropReason::ClientConnLimit { ShunCause::ConnLimit } else { ShunCause::RateLimit };
         m.bump(|c| c.shuns.bump(cause));
         crate::warn_every_second!(worker, listener = %listen, peer = %ip, reason = reason.as_str(), shunned = l.entries.len(), "client shunned: its new connections are dropped in the kernel while its limit would refuse them");
@@ -103,7 +111,7 @@ impl Shuns {
     /// whose configuration no longer shuns), re-attaching the filters that changed.
     pub fn expire(&mut self, m: &Local, worker: usize, cfg: &Config, tables: &Tables) {
         for l in &mut self.listeners {
-            if l.entries.is_empty() {
+            if l.entries.is_empty() && !l.stale {
                 continue;
             }
             let before = l.entries.len();
@@ -113,9 +121,11 @@ impl Shuns {
                 }
                 _ => l.entries.clear(),
             }
-            if l.entries.len() != before {
-                if let Err(e) = attach(l) {
-                    // The old filter stays: its clients stay shunned until the next try.
+            if l.entries.len() != before || l.stale {
+                let attached = attach(l);
+                l.stale = attached.is_err();
+                if let Err(e) = attached {
+                    // The old filter stays: its clients stay shunned until the next tick tries again.
                     m.bump(|c| c.shun_skipped.bump(ShunSkip::Filter));
                     crate::warn_every_second!(worker, listener = %l.listen, error = %e, "cannot update the shunning filter");
                 }
@@ -127,4 +137,43 @@ impl Shuns {
 fn attach(l: &Listening) -> std::io::Result<()> {
     let keys: Vec<ShunKey> = l.entries.iter().map(|e| e.key).collect();
     l.socket.shun_sources(&keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RuntimeOverrides;
+    use crate::metrics::Registry;
+    use std::os::fd::OwnedFd;
+    use std::path::Path;
+
+    /// A filter the kernel would not update (here: a descriptor that is no socket) stays marked
+    /// stale and is tried again every tick until it takes: otherwise a client the limits let go
+    /// of would stay dropped in the kernel.
+    #[test]
+    fn a_filter_that_failed_to_update_is_tried_again() {
+        let reg = Registry::new(1);
+        let m = Local::new(reg.slot(0));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let listen = listener.local_addr().unwrap();
+        let real = Socket::from(OwnedFd::from(listener));
+        let mut shuns = Shuns::default();
+        shuns.register(listen, real.clone());
+        shuns.shun(&m, 0, listen, "127.0.0.9".parse().unwrap(), DropReason::ClientRateLimit, 8);
+        assert_eq!((shuns.len(), shuns.pending()), (1, true));
+        let not_a_socket = Socket::from(OwnedFd::from(std::fs::File::open("/dev/null").unwrap()));
+        shuns.listeners[0].socket = not_a_socket;
+        // A configuration without that listener: its clients are let go.
+        let toml = "[[listener]]\naddress = \"127.0.0.1:0\"\n[[route]]\nname = \"r\"\nsni = [\"a.example\"]\naction = \"passthrough\"\nbackends = [\"127.0.0.1:9\"]\n";
+        let cfg = Config::from_str(toml, Path::new("edge.toml"), &RuntimeOverrides::default()).unwrap();
+        let tables = Tables::new(&[], 1);
+        let failed = |m: &Local| m.get().shun_skipped.get(ShunSkip::Filter);
+        shuns.expire(&m, 0, &cfg, &tables);
+        assert_eq!((shuns.len(), shuns.pending(), failed(&m)), (0, true, 1));
+        shuns.expire(&m, 0, &cfg, &tables);
+        assert_eq!((shuns.pending(), failed(&m)), (true, 2), "tried again");
+        shuns.listeners[0].socket = real;
+        shuns.expire(&m, 0, &cfg, &tables);
+        assert_eq!((shuns.pending(), failed(&m)), (false, 2), "updated once the kernel takes it");
+    }
 }

@@ -455,7 +455,7 @@ async fn tick_loop(w: Rc<Worker>) {
         n = n.wrapping_add(1);
         let c = &w.conns;
         c.timers.advance(std::time::Instant::now());
-        if !c.shuns.borrow().is_empty() {
+        if c.shuns.borrow().pending() {
             let cfg = w.config();
             c.shuns.borrow_mut().expire(&c.metrics, c.worker, &cfg, &c.admission);
         }
