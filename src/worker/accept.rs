@@ -126,7 +126,9 @@ fn spawn(w: &Rc<Worker>, client: Socket, listen: SocketAddr) {
     let at = w.conns.now();
     w.open.set(w.open.get() + 1);
     w.metrics().bump(|c| c.accepted += 1);
-    tokio_uring::spawn(serve(OpenGuard(Rc::clone(w)), Accepted::new(client, listen, at)));
+    // Boxed: tokio moves a task's future by value when it spawns it and writes its stage (as
+    // large as the future) when it completes; a box makes those copies a pointer's.
+    tokio_uring::spawn(Box::pin(serve(OpenGuard(Rc::clone(w)), Accepted::new(client, listen, at))));
 }
 
 /// Counts a failed accept and says how long to back off before the next one.
