@@ -48,7 +48,9 @@ pub struct Request<'a> {
 #[derive(Debug)]
 pub enum Link {
     /// A connected socket, with how many of the first bytes went out with the connect.
-    Socket { socket: Socket, sent: usize },
+    /// `nodelay_later`: a TCP socket made for first bytes, whose TCP_NODELAY is still to be set
+    /// before anything more goes ([`Socket::tcp_for_first_bytes`]).
+    Socket { socket: Socket, sent: usize, nodelay_later: bool },
     /// The client's socket went to a local terminator, which owns the connection now.
     HandedOff,
 }
@@ -130,9 +132,12 @@ async fn attempt(req: &Request<'_>, target: &Target) -> Result<Link, (ConnectCau
     let io_err = |e: io::Error| (ConnectCause::of(&e), e);
     match target {
         Target::Tcp(addr) => {
-            let socket = Socket::tcp_for(*addr).map_err(io_err)?;
+            // With first bytes, their segment carries the handshake's last ACK, and TCP_NODELAY
+            // waits until more than them goes (the relay sets it: `relay::Pair::nodelay_later`).
+            let socket = if req.first.is_empty() { Socket::tcp_for(*addr) } else { Socket::tcp_for_first_bytes(*addr) };
+            let socket = socket.map_err(io_err)?;
             let sent = dial(&socket, |s| s.start_connect(*addr), req.timeout, req.first).await.map_err(io_err)?;
-            Ok(Link::Socket { socket, sent })
+            Ok(Link::Socket { socket, sent, nodelay_later: !req.first.is_empty() })
         }
         Target::Unix(path) => {
             let socket = Socket::unix_stream().map_err(io_err)?;
@@ -146,7 +151,7 @@ async fn attempt(req: &Request<'_>, target: &Target) -> Result<Link, (ConnectCau
                 };
                 (cause, e)
             })?;
-            Ok(Link::Socket { socket, sent })
+            Ok(Link::Socket { socket, sent, nodelay_later: false })
         }
         Target::Handoff(path) => {
             let Some((client, msg)) = &req.handoff else {

@@ -18,6 +18,9 @@ use std::time::Duration;
 /// A passthrough connection with its back end: `first[sent..]` is still to be sent.
 pub struct Connected {
     pub backend: Socket,
+    /// TCP_NODELAY is still to be set before more than the first bytes go
+    /// ([`crate::sys::Socket::tcp_for_first_bytes`]).
+    pub nodelay_later: bool,
     pub first: Vec<u8>,
     pub sent: usize,
     /// Bytes the back end already sent that are still to go to the client (its ServerHello,
@@ -33,6 +36,8 @@ pub(super) struct Opened<'a> {
     to_client: u64,
     /// The route's `half_close`.
     half_close: bool,
+    /// The back end's TCP_NODELAY is for the relay to set, before its first burst there.
+    nodelay_later: bool,
     /// Counts the connection open to its back end (least connections) until the relay ends.
     _active: Option<backend::Active<'a>>,
 }
@@ -63,7 +68,13 @@ pub(super) fn relay<'a>(
             idle: rt.idle_timeout(),
             timing: res.timing,
         };
-        let mut done = relay::relay(&env, &conn.client, &o.backend, o.half_close).await;
+        let mut done = relay::relay(
+            &env,
+            &conn.client,
+            &o.backend,
+            relay::Ends { half_close: o.half_close, nodelay_later: o.nodelay_later },
+        )
+        .await;
         done.to_backend += o.to_backend;
         done.to_client += o.to_client;
         // Through the ring: batched with the other submissions, no close(2) of its own.
@@ -133,8 +144,8 @@ pub(super) async fn open<'a>(
                             first_to_client: None,
                         }));
                     }
-                    Link::Socket { socket, sent } => {
-                        (Connected { backend: socket, first, sent, early: Vec::new() }, b.active)
+                    Link::Socket { socket, sent, nodelay_later } => {
+                        (Connected { backend: socket, nodelay_later, first, sent, early: Vec::new() }, b.active)
                     }
                 }
             }
@@ -149,12 +160,17 @@ pub(super) async fn open<'a>(
         }
     };
     let mut c = c;
+    if c.nodelay_later && c.sent < c.first.len() {
+        // The hello did not all go with the connect: the rest must not wait for an ACK.
+        c.backend.set_nodelay();
+        c.nodelay_later = false;
+    }
     if let Some(min) = check_server {
         let limit = rt.hello_timeout();
         c = check_server_version(res, &conn.client, c, min, limit).await.map_err(Outcome::Dropped)?;
     }
     let (n_first, n_early) = (c.first.len() as u64, c.early.len() as u64);
-    let Connected { backend, first, sent, early } = c;
+    let Connected { backend, nodelay_later, first, sent, early } = c;
     // The hello usually went out with the connect: its bytes are freed before the relay starts.
     if sent < first.len() && !send_and_recycle(res, &backend, first, sent).await {
         return Err(Outcome::Dropped(DropReason::BackendWrite));
@@ -162,7 +178,14 @@ pub(super) async fn open<'a>(
     if !early.is_empty() && !send_and_recycle(res, &conn.client, early, 0).await {
         return Err(Outcome::Dropped(DropReason::ClientClosed));
     }
-    Ok(Opened { backend, to_backend: n_first, to_client: n_early, half_close: route.half_close, _active: active })
+    Ok(Opened {
+        backend,
+        to_backend: n_first,
+        to_client: n_early,
+        half_close: route.half_close,
+        nodelay_later,
+        _active: active,
+    })
 }
 
 /// Sends the rest of the first bytes to the back end, then reads its first flight up to the end

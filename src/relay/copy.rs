@@ -35,6 +35,7 @@ pub(crate) fn read(
         }
     }
     pair.touch();
+    pair.before_send(dst);
     let got = scratch.get(..n).unwrap_or_default();
     let sent = if last { dst.try_send_vectored_before_close(&[io::IoSlice::new(got)]) } else { dst.try_send(got) };
     let sent = match sent {

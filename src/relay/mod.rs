@@ -83,6 +83,23 @@ impl Budget {
     }
 }
 
+/// How a relay treats its two ends (from the route and the back end's socket).
+#[derive(Debug, Clone, Copy)]
+pub struct Ends {
+    /// The route's `half_close` ([`Pair::pass_end`]).
+    pub half_close: bool,
+    /// The back end's socket still has Nagle on (made for first bytes,
+    /// [`Socket::tcp_for_first_bytes`]): TCP_NODELAY is set before the first burst to it, so a
+    /// connection that sends nothing after its first bytes never pays the system call.
+    pub nodelay_later: bool,
+}
+
+impl Default for Ends {
+    fn default() -> Self {
+        Self { half_close: true, nodelay_later: false }
+    }
+}
+
 /// What a relay needs from its worker.
 pub struct Env<'a> {
     pub pipes: &'a RefCell<PipePool>,
@@ -180,6 +197,8 @@ pub struct Pair<'a> {
     closing: Cell<bool>,
     /// Directions waiting for their destination to take bytes (POLLOUT).
     waiting_out: Cell<u8>,
+    /// TCP_NODELAY is still to be set on the back end's socket ([`Ends::nodelay_later`]).
+    nodelay_later: Cell<bool>,
 }
 
 impl<'a> Pair<'a> {
@@ -193,6 +212,7 @@ impl<'a> Pair<'a> {
             half_close: true,
             closing: Cell::new(false),
             waiting_out: Cell::new(0),
+            nodelay_later: Cell::new(false),
         }
     }
 
@@ -214,6 +234,16 @@ impl<'a> Pair<'a> {
     pub fn half_close(mut self, on: bool) -> Self {
         self.half_close = on;
         self
+    }
+
+    /// Bytes are about to go to `dst`: the back end's TCP_NODELAY, if still to be set, is set
+    /// first ([`Ends::nodelay_later`]).
+    #[inline]
+    pub(crate) fn before_send(&self, dst: &Socket) {
+        if self.nodelay_later.get() && std::ptr::eq(dst, self.backend) {
+            self.nodelay_later.set(false);
+            dst.set_nodelay();
+        }
     }
 
     /// A direction reached end of stream; `dst` is the socket it wrote to.
@@ -301,11 +331,12 @@ pub fn relay<'a>(
     env: &'a Env<'a>,
     client: &'a Socket,
     backend: &'a Socket,
-    half_close: bool,
+    ends: Ends,
 ) -> impl Future<Output = Relayed> + 'a {
     async move {
         let deadline = env.timers.arm([Some(client), Some(backend)], env.idle);
-        let pair = Pair::watched(client, backend, &deadline).half_close(half_close);
+        let pair = Pair::watched(client, backend, &deadline).half_close(ends.half_close);
+        pair.nodelay_later.set(ends.nodelay_later);
         let kind = if env.splice { RelayKind::Splice } else { RelayKind::Buffered };
         let up = Moved::new(false);
         let down = Moved::new(env.timing);
@@ -373,6 +404,7 @@ fn direction<'a>(d: &'a Dir<'a>) -> impl Future<Output = io::Result<()>> + 'a {
                 if let Burst::Moved { .. } | Burst::Last = burst {
                     let last = matches!(burst, Burst::Last);
                     d.pair.touch();
+                    d.pair.before_send(d.dst);
                     while or_abort!(splice::drain(loan.get(), d.dst, d.moved, last)) {
                         or_abort!(d.pair.writable(d.dst).await);
                     }
@@ -509,7 +541,7 @@ mod tests {
                     timing: false,
                 };
                 backend_peer.shutdown(Shutdown::Write).unwrap();
-                let done = relay(&env, &client, &backend, false).await;
+                let done = relay(&env, &client, &backend, Ends { half_close: false, ..Ends::default() }).await;
                 // The client's later bytes go nowhere: the relay is over.
                 let _ = std::io::Write::write_all(&mut client_peer, b"late");
                 let mut got = Vec::new();

@@ -323,6 +323,39 @@ impl Socket {
         Ok(Socket::from(OwnedFd::from(sock)))
     }
 
+    /// A new non-blocking TCP socket for a connection whose first bytes are sent as soon as it
+    /// is established (passthrough: the ClientHello). `TCP_DEFER_ACCEPT` on a connecting socket
+    /// makes the kernel hold back the handshake's last ACK for the first bytes, which carry it:
+    /// one segment fewer, and the back end takes the connection and its first bytes from one.
+    /// (The ACK goes alone after 200 ms if no bytes come.) TCP_NODELAY is left for
+    /// [`set_nodelay`](Self::set_nodelay) once more than the first bytes go: a short
+    /// connection sends nothing else, and nothing is ever delayed before then (a send with no
+    /// bytes unacknowledged goes at once).
+    pub fn tcp_for_first_bytes(addr: SocketAddr) -> io::Result<Socket> {
+        let domain = socket2::Domain::for_address(addr);
+        let sock =
+            socket2::Socket::new(domain, socket2::Type::STREAM.nonblocking().cloexec(), Some(socket2::Protocol::TCP))?;
+        let one: libc::c_int = 1;
+        // SAFETY: `one` is a valid c_int for the duration of the call; the fd is owned by `sock`.
+        // A refusal costs one segment more, nothing else: the socket is used as it is.
+        let _ = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_DEFER_ACCEPT,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        Ok(Socket::from(OwnedFd::from(sock)))
+    }
+
+    /// Sets TCP_NODELAY (see [`tcp_for_first_bytes`](Self::tcp_for_first_bytes)); a socket that
+    /// is not TCP (a unix back end) is left as it is.
+    pub fn set_nodelay(&self) {
+        let _ = self.sock_ref().set_nodelay(true);
+    }
+
     /// A new non-blocking unix stream socket, ready to [`start_connect_unix`](Self::start_connect_unix).
     pub fn unix_stream() -> io::Result<Socket> {
         let sock = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM.nonblocking().cloexec(), None)?;
