@@ -586,4 +586,32 @@ mod tests {
         s.clear_filter().unwrap();
         drop(before);
     }
+
+    /// Segments the accepting side receives for a connection whose first bytes go right after
+    /// the connect: with [`Socket::tcp_for_first_bytes`] the handshake's last ACK rides with
+    /// them (one segment fewer than with [`Socket::tcp_for`]), and Nagle is off only once
+    /// [`Socket::set_nodelay`] says so.
+    #[test]
+    fn first_bytes_carry_the_handshake_ack() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let mut seen = Vec::new();
+        for first in [false, true] {
+            let s = if first { Socket::tcp_for_first_bytes(addr) } else { Socket::tcp_for(addr) }.unwrap();
+            let nodelay = || s.sock_ref().nodelay().unwrap();
+            assert_eq!(nodelay(), !first);
+            // On loopback the handshake is over when connect returns (as `backend::dial` finds).
+            s.start_connect(addr).unwrap();
+            assert_eq!(s.try_send(b"hello").unwrap(), 5);
+            let (mut peer, _) = l.accept().unwrap();
+            let mut got = [0u8; 5];
+            std::io::Read::read_exact(&mut peer, &mut got).unwrap();
+            assert_eq!(&got, b"hello");
+            let peer = Socket::from(OwnedFd::from(peer));
+            seen.push(peer.segments_in().unwrap());
+            s.set_nodelay();
+            assert!(nodelay());
+        }
+        assert_eq!(seen[1] + 1, seen[0], "segments received, plain then first bytes: {seen:?}");
+    }
 }
