@@ -636,7 +636,13 @@ fn an_upgrade_from_a_version_1_process_keeps_tcp_and_serves_quic_anew() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("upgrade.sock");
     let sock_arg = sock.to_str().unwrap();
-    let v1 = [(sni_dispatch::server::upgrade::TEST_VERSION_ENV, "1")];
+    // SNI_DISPATCH_V1_BIN: a real binary of before version 2 (built from 3c0f88c) plays the old
+    // process; otherwise this build does, speaking version 1 only.
+    let real = std::env::var("SNI_DISPATCH_V1_BIN").ok();
+    let v1 = match &real {
+        Some(bin) => [("SNI_DISPATCH_BIN", bin.as_str())],
+        None => [(sni_dispatch::server::upgrade::TEST_VERSION_ENV, "1")],
+    };
     let mut e = edge_full(
         &["a.example"],
         &format!("backends = [\"{}\"]", a.addr),

@@ -363,13 +363,17 @@ pub fn spawn_binary(cfg: &ConfigFile, args: &[&str], probe: SocketAddr) -> Proc 
     spawn_binary_env(cfg, args, probe, &[])
 }
 
-/// As [`spawn_binary`], with more variables in the process's environment.
+/// As [`spawn_binary`], with more variables in the process's environment (`SNI_DISPATCH_BIN`
+/// among them runs that binary).
 #[allow(dead_code)] // not every test binary sets any
 pub fn spawn_binary_env(cfg: &ConfigFile, args: &[&str], probe: SocketAddr, env: &[(&str, &str)]) -> Proc {
     let stderr_path = cfg.dir.path().join("stderr.log");
     let stderr = std::fs::File::create(&stderr_path).unwrap();
     // SNI_DISPATCH_BIN: test another build of the binary (e.g. a release one).
-    let bin = std::env::var("SNI_DISPATCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_sni-dispatch").to_string());
+    let bin = env.iter().find(|(k, _)| *k == "SNI_DISPATCH_BIN").map(|(_, v)| v.to_string());
+    let bin = bin
+        .or_else(|| std::env::var("SNI_DISPATCH_BIN").ok())
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_sni-dispatch").to_string());
     let child = Command::new(bin)
         .arg("run")
         .arg("--config")
