@@ -35,6 +35,7 @@ fn table() -> Table<()> {
             proxy_protocol: ProxyProtocol::None,
             upstream: Default::default(),
             alpn_match: vec![],
+            half_close: true,
         })
         .chain(std::iter::once(Route {
             name: "www".into(),
@@ -46,6 +47,7 @@ fn table() -> Table<()> {
             proxy_protocol: ProxyProtocol::None,
             upstream: Default::default(),
             alpn_match: vec![],
+            half_close: true,
         }))
         .collect();
     Table::build(routes, None, None).unwrap()

@@ -39,6 +39,7 @@ fn route(r: usize, names: usize) -> Route<()> {
         proxy_protocol: ProxyProtocol::None,
         upstream: Default::default(),
         alpn_match: vec![],
+        half_close: true,
     }
 }
 
@@ -169,6 +170,7 @@ fn change(c: &mut Criterion) {
                 proxy_protocol: ProxyProtocol::None,
                 upstream: Default::default(),
                 alpn_match: vec![],
+                half_close: true,
             });
             black_box(ch.finish().unwrap())
         })

@@ -321,6 +321,58 @@ fn half_close_both_ways_buffered() {
     half_close_case(false);
 }
 
+/// One connection relayed and closed.
+fn relayed_one(m: &sni_dispatch::metrics::Counters) -> bool {
+    m.open == 0 && m.relays.get(RelayKind::Splice) + m.relays.get(RelayKind::Buffered) == 1
+}
+
+/// `half_close = false` (nginx's `proxy_half_close off`): the first end of stream, from either
+/// side, closes the connection both ways.
+fn no_half_close_case(splice: bool) {
+    let overrides = RuntimeOverrides { splice: Some(splice), ..Default::default() };
+    let route = "sni = [\"www.example.com\"]\nhalf_close = false";
+    // The back end ends first: the client reads the reply and the end while it still holds its
+    // socket open, and the back end reads its end without the client having closed.
+    let b = backend(Mode::ReplyThenRead { n: OPENSSL_SNI.len(), reply: Arc::new(REPLY.to_vec()) });
+    let toml = format!("{RUNTIME}{}{}", listener("127.0.0.1:0"), passthrough("r", route, &[b.addr]));
+    let (server, _f) = start(&toml, &overrides);
+    let mut c = connect(server.local_addrs()[0]);
+    c.write_all(OPENSSL_SNI).unwrap();
+    assert_eq!(read_to_end(&mut c).unwrap(), REPLY);
+    assert_eq!(b.next().bytes, OPENSSL_SNI, "the back end's read ended while the client was still open");
+    wait_metrics(&server, relayed_one);
+    drop(c);
+    server.shutdown();
+
+    // The client ends first: the back end reads the request and its end, and its answer after
+    // that reaches nobody (the connection is closed).
+    let b = backend(Mode::ReplyAtEof { reply: Arc::new(REPLY.to_vec()) });
+    let toml = format!("{RUNTIME}{}{}", listener("127.0.0.1:0"), passthrough("r", route, &[b.addr]));
+    let (server, _f) = start(&toml, &overrides);
+    let mut c = connect(server.local_addrs()[0]);
+    c.write_all(OPENSSL_SNI).unwrap();
+    c.write_all(b"request").unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    let got = read_to_end(&mut c).unwrap_or_default();
+    assert!(got.is_empty(), "the answer after the client's end went through: {got:?}");
+    let mut want = OPENSSL_SNI.to_vec();
+    want.extend_from_slice(b"request");
+    assert_eq!(b.next().bytes, want);
+    let m = wait_metrics(&server, relayed_one);
+    assert_eq!(m.relays.get(RelayKind::Splice), splice as u64);
+    server.shutdown();
+}
+
+#[test]
+fn no_half_close_ends_both_ways_at_the_first_end_splice() {
+    no_half_close_case(true);
+}
+
+#[test]
+fn no_half_close_ends_both_ways_at_the_first_end_buffered() {
+    no_half_close_case(false);
+}
+
 #[test]
 fn idle_and_hello_timeouts_close_connections() {
     let b = backend(Mode::Echo);

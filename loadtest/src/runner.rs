@@ -58,6 +58,11 @@ pub struct Options {
     /// idle workloads: hold N connections instead of the suite's `connections` (e.g. 1000, 3000, 5000)
     #[arg(long, value_name = "N")]
     pub connections: Option<usize>,
+    /// every route's `half_close` for every target: `true` relays the other way after one side's
+    /// end of stream until it ends too, `false` closes both ways at the first end (nginx's
+    /// default `proxy_half_close off`; HAProxy always half-closes)
+    #[arg(long, value_name = "BOOL")]
+    pub half_close: Option<bool>,
 }
 
 fn names_for_cert(r: &crate::suite::Route) -> Vec<String> {
@@ -495,6 +500,11 @@ pub fn run(o: &Options) -> Result<i32, String> {
         let bin = o.dispatcher.clone().unwrap_or_else(|| PathBuf::from("target/release/sni-dispatch"));
         let cpus = crate::control::Cpu { target: suite.cpus.dispatcher.clone(), load: parse_cpus(&suite.cpus.load)? };
         return crate::control::run(cp, &bin, &o.compare, cpus, o.json.as_deref());
+    }
+    if let Some(on) = o.half_close {
+        for r in &mut suite.routes {
+            r.half_close = Some(on);
+        }
     }
     if let Some(n) = o.connections {
         for w in suite.workloads.iter_mut().filter(|w| w.kind == Kind::Idle) {

@@ -218,6 +218,12 @@ pub struct Route {
     pub alpn: Vec<String>,
     #[serde(default)]
     pub min_tls: Option<String>,
+    /// TCP half-close: `true` passes one side's end of stream on and relays the other way until
+    /// it ends too; `false` closes both ways at the first end (nginx's default,
+    /// `proxy_half_close off`). Unset: each target's default (sni-dispatch and HAProxy
+    /// half-close; nginx does not). HAProxy always half-closes.
+    #[serde(default)]
+    pub half_close: Option<bool>,
 }
 fn pp_none() -> String {
     "none".into()
@@ -809,6 +815,7 @@ mod tests {
             proxy_protocol: "none".into(),
             alpn: vec![],
             min_tls: None,
+            half_close: None,
         }
     }
 

@@ -150,6 +150,9 @@ pub fn dispatcher_config(env: &Env, port: u16) -> String {
         }
         let _ = writeln!(out, "backends = [\"127.0.0.1:{}\"]", env.routes[i].backend_port);
         let _ = writeln!(out, "proxy_protocol = {}", q(&r.proxy_protocol));
+        if let Some(on) = r.half_close {
+            let _ = writeln!(out, "half_close = {on}");
+        }
         if r.action == Action::Terminate {
             let leaf = env.routes[i].leaf.as_ref().expect("terminate route has a certificate");
             let _ = writeln!(out, "cert = {}", q(&leaf.cert_pem_path.to_string_lossy()));
@@ -342,6 +345,20 @@ pub fn nginx_config(env: &Env, port: u16) -> Result<String, String> {
     }
     c.push_str("    upstream be_drop { server 127.0.0.1:9; }\n");
     let mut pp = if shared_pp { "        proxy_protocol on;\n".to_owned() } else { String::new() };
+    // nginx closes both ways at the first end unless `proxy_half_close on` (one switch per server:
+    // the shared server half-closes when every route it reaches asks for it)
+    let half = |r: &crate::suite::Route| if r.half_close == Some(true) { "        proxy_half_close on;\n" } else { "" };
+    let shared_routes: Vec<&crate::suite::Route> = env
+        .suite
+        .routes
+        .iter()
+        .enumerate()
+        .filter(|(i, r)| passthrough(env, *i) && (!r.sni.is_empty() || r.sni_pattern.is_some()))
+        .map(|(_, r)| r)
+        .collect();
+    if !shared_routes.is_empty() && shared_routes.iter().all(|r| r.half_close == Some(true)) {
+        pp.push_str("        proxy_half_close on;\n");
+    }
     if let Some(n) = env.suite.admission.as_ref().and_then(|a| a.max_conns_per_client) {
         c.push_str("    limit_conn_zone $binary_remote_addr zone=perclient:10m;\n");
         let _ = writeln!(pp, "        limit_conn perclient {n};");
@@ -352,7 +369,7 @@ pub fn nginx_config(env: &Env, port: u16) -> Result<String, String> {
         hello_timeout_ms(env)
     );
     for (i, r) in env.suite.routes.iter().enumerate() {
-        let pp = if r.proxy_protocol != "none" { "        proxy_protocol on;\n" } else { "" };
+        let pp = format!("{}{}", if r.proxy_protocol != "none" { "        proxy_protocol on;\n" } else { "" }, half(r));
         for ip in &r.dedicated_ips {
             match r.action {
                 Action::Passthrough => {

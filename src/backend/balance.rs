@@ -333,6 +333,7 @@ mod tests {
             proxy_protocol: ProxyProtocol::None,
             upstream: Upstream { balance, ..Upstream::default() },
             alpn_match: vec![],
+            half_close: true,
         };
         let table = Table::build(vec![route], None, None).unwrap();
         Pools::build(&table, 2).unwrap()

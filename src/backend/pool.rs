@@ -914,6 +914,7 @@ mod tests {
             proxy_protocol: ProxyProtocol::None,
             upstream: Upstream::default(),
             alpn_match: vec![],
+            half_close: true,
         }
     }
 
@@ -1052,6 +1053,7 @@ mod cost {
                 proxy_protocol: ProxyProtocol::None,
                 upstream: Upstream::default(),
                 alpn_match: vec![],
+                half_close: true,
             })
             .collect();
         let table = Table::build(routes, None, None).unwrap();

@@ -112,6 +112,8 @@ pub(super) struct RouteFile {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) proxy_protocol: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) half_close: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) balance: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) eject_after: Option<u32>,

@@ -201,6 +201,7 @@ pub(super) fn resolve_route(
         proxy_protocol,
         upstream,
         alpn_match,
+        half_close: r.half_close.unwrap_or(true),
     })
 }
 

@@ -1406,6 +1406,7 @@ pub(super) fn route_json(c: &Config, name: &str) -> Option<serde_json::Value> {
             serde_json::json!({ "address": b.target.to_string(), "weight": b.weight, "backup": b.backup })
         }).collect::<Vec<_>>(),
         "proxy_protocol": match r.proxy_protocol { ProxyProtocol::None => "none", ProxyProtocol::V1 => "v1", ProxyProtocol::V2 => "v2" },
+        "half_close": r.half_close,
         "balance": r.upstream.balance.as_str(),
         "eject_after": r.upstream.eject.after,
         "eject_ms": r.upstream.eject.base_ms,

@@ -31,6 +31,8 @@ pub(super) struct Opened<'a> {
     backend: Socket,
     to_backend: u64,
     to_client: u64,
+    /// The route's `half_close`.
+    half_close: bool,
     /// Counts the connection open to its back end (least connections) until the relay ends.
     _active: Option<backend::Active<'a>>,
 }
@@ -61,7 +63,7 @@ pub(super) fn relay<'a>(
             idle: rt.idle_timeout(),
             timing: res.timing,
         };
-        let mut done = relay::relay(&env, &conn.client, &o.backend).await;
+        let mut done = relay::relay(&env, &conn.client, &o.backend, o.half_close).await;
         done.to_backend += o.to_backend;
         done.to_client += o.to_client;
         // Through the ring: batched with the other submissions, no close(2) of its own.
@@ -160,7 +162,7 @@ pub(super) async fn open<'a>(
     if !early.is_empty() && !send_and_recycle(res, &conn.client, early, 0).await {
         return Err(Outcome::Dropped(DropReason::ClientClosed));
     }
-    Ok(Opened { backend, to_backend: n_first, to_client: n_early, _active: active })
+    Ok(Opened { backend, to_backend: n_first, to_client: n_early, half_close: route.half_close, _active: active })
 }
 
 /// Sends the rest of the first bytes to the back end, then reads its first flight up to the end

@@ -105,5 +105,5 @@ pub(super) async fn run(
             return Outcome::Dropped(DropReason::BackendWrite);
         }
     }
-    Outcome::Relayed(tls::relay(client, est, &backend, rt.idle_timeout()).await)
+    Outcome::Relayed(tls::relay(client, est, &backend, rt.idle_timeout(), route.half_close).await)
 }

@@ -7,24 +7,37 @@ use crate::sys::Socket;
 use std::io;
 
 /// Reads what `src` has into the scratch buffer and sends it on at once: the burst, and the part
-/// `dst` could not take (to be sent with [`send`] as it drains).
+/// `dst` could not take (to be sent with [`send`] as it drains). With `peek`, a read that leaves
+/// room is tried once more at once: if it finds the end of the stream, the bytes go out corked
+/// for the FIN that follows ([`Burst::Last`]).
 pub(crate) fn read(
     pair: &Pair<'_>,
     env: &Env<'_>,
     src: &Socket,
     dst: &Socket,
     moved: &Moved,
+    peek: bool,
 ) -> io::Result<(Burst, Option<Vec<u8>>)> {
     let mut scratch = env.scratch.borrow_mut();
-    let n = match src.try_recv(&mut scratch) {
+    let mut n = match src.try_recv(&mut scratch) {
         Ok(0) => return Ok((Burst::Eof, None)),
         Ok(n) => n,
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((Burst::WouldBlock, None)),
         Err(e) => return Err(e),
     };
+    let mut last = false;
+    if peek && n < scratch.len() {
+        match src.try_recv(scratch.get_mut(n..).unwrap_or_default()) {
+            Ok(0) => last = true,
+            Ok(m) => n += m,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
     pair.touch();
     let got = scratch.get(..n).unwrap_or_default();
-    let sent = match dst.try_send(got) {
+    let sent = if last { dst.try_send_vectored_before_close(&[io::IoSlice::new(got)]) } else { dst.try_send(got) };
+    let sent = match sent {
         Ok(k) => k,
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
         Err(e) => return Err(e),
@@ -35,7 +48,8 @@ pub(crate) fn read(
         rest.extend_from_slice(r);
         rest
     });
-    Ok((Burst::Moved { n, more: n == scratch.len() }, rest))
+    let burst = if last { Burst::Last } else { Burst::Moved { n, more: n == scratch.len() } };
+    Ok((burst, rest))
 }
 
 /// Sends what `dst` takes now of `rest[*from..]`: `true` once all of it went, `false` when `dst`

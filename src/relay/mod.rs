@@ -15,9 +15,16 @@
 //!   every [`YIELD_AFTER`] bytes, so one bulk stream cannot hold its worker.
 //! - The TLS relay of terminating routes ([`crate::tls`]) ends the same way: every relay returns
 //!   one [`Relayed`] (how it ended, bytes each way), which the connection counts in one place.
-//! - **Half-close**: when one side ends its stream (EOF), the other side's write half is shut down
-//!   and the opposite direction keeps going. The relay ends when both directions have ended; the
-//!   second EOF is passed on by the close that follows rather than by one more shutdown(2).
+//! - **Half-close** (a route's `half_close`, on by default): when one side ends its stream (EOF),
+//!   the other side's write half is shut down and the opposite direction keeps going. The relay
+//!   ends when both directions have ended; the second EOF is passed on by the close that follows
+//!   rather than by one more shutdown(2). With `half_close = false` the first EOF ends the
+//!   connection both ways, as nginx's `proxy_half_close off` does ([`Pair::pass_end`]).
+//! - **The FIN rides with the last bytes**: a direction's first [`PEEK_BURSTS`] bursts that do
+//!   not fill their room read once more at once; when that read finds the end of the stream, the
+//!   burst goes out corked (`MSG_MORE`) and the shutdown or close that follows sends its FIN in
+//!   the same segment: a short response costs the client one segment and one wake-up fewer,
+//!   and the relay no poll for the end.
 //! - **Errors** (reset, broken pipe) in one direction shut both sockets down entirely, which ends
 //!   the other direction too ([`Pair::abort`]).
 //! - **Idle timeout**: a connection with no bytes moved in either direction for `idle` is shut
@@ -42,6 +49,11 @@ use std::time::{Duration, Instant};
 /// Bytes a relay direction moves before it lets the worker's other tasks run (when its source
 /// keeps having data; a direction that has to wait for data yields anyway).
 pub const YIELD_AFTER: usize = 256 * 1024;
+
+/// Bursts of a direction, from its first, after which a short read looks for the end of the
+/// stream at once (one read more; see the module doc). Beyond them a long-lived connection's
+/// small bursts (interactive traffic) pay no extra read each.
+pub const PEEK_BURSTS: u8 = 2;
 
 /// A relay direction's byte budget: [`YIELD_AFTER`] bytes moved without waiting, then the
 /// direction yields through the ring once (every relay loop, plain and TLS, in user space and
@@ -94,6 +106,9 @@ pub(crate) enum Burst {
     WouldBlock,
     /// The source ended its stream.
     Eof,
+    /// Moved bytes, then the source ended its stream (found by the read right after): the bytes
+    /// went out corked, for the FIN to go with them.
+    Last,
 }
 
 /// How a relay ended.
@@ -158,11 +173,27 @@ pub struct Pair<'a> {
     deadline: Option<&'a Deadline<'a>>,
     /// Directions that have reached end of stream.
     ended: Cell<u8>,
+    /// Pass one side's end of stream on and keep the other direction going (else the first end
+    /// closes both ways).
+    half_close: bool,
+    /// Not half-closing, and one direction ended: the other stops at its next wake-up.
+    closing: Cell<bool>,
+    /// Directions waiting for their destination to take bytes (POLLOUT).
+    waiting_out: Cell<u8>,
 }
 
 impl<'a> Pair<'a> {
     pub fn new(client: &'a Socket, backend: &'a Socket) -> Self {
-        Self { client, backend, last_activity: Cell::new(Instant::now()), deadline: None, ended: Cell::new(0) }
+        Self {
+            client,
+            backend,
+            last_activity: Cell::new(Instant::now()),
+            deadline: None,
+            ended: Cell::new(0),
+            half_close: true,
+            closing: Cell::new(false),
+            waiting_out: Cell::new(0),
+        }
     }
 
     /// A pair whose idleness `deadline` watches (it shuts both sockets down when it fires).
@@ -179,13 +210,48 @@ impl<'a> Pair<'a> {
         }
     }
 
-    /// A direction reached end of stream: whether its FIN must be passed on with a shutdown of
-    /// the other socket's write half. The direction that ends last skips it: both sockets are
-    /// closed right after, and the close sends the same FIN.
-    pub(crate) fn end_of_stream(&self) -> bool {
+    /// The route's `half_close` (on unless this says otherwise).
+    pub fn half_close(mut self, on: bool) -> Self {
+        self.half_close = on;
+        self
+    }
+
+    /// A direction reached end of stream; `dst` is the socket it wrote to.
+    /// - Half-closing: the FIN goes on with a shutdown of `dst`'s write half. The direction that
+    ///   ends last skips it: both sockets are closed right after, and the close sends the same FIN.
+    /// - Not half-closing (the first end closes both ways): `dst` is shut down both ways, which
+    ///   sends the FIN and wakes the other direction's wait for data; that direction then stops
+    ///   without reading ([`closing`](Self::closing)). One waiting for its destination to drain is
+    ///   woken by shutting both sockets down.
+    pub(crate) fn pass_end(&self, dst: &Socket) {
         let ended = self.ended.get() + 1;
         self.ended.set(ended);
-        ended < 2
+        if ended >= 2 {
+            return;
+        }
+        if self.half_close {
+            dst.shutdown(Shutdown::Write);
+        } else if self.waiting_out.get() > 0 {
+            self.closing.set(true);
+            self.abort();
+        } else {
+            self.closing.set(true);
+            dst.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// Not half-closing and the other direction has ended: stop without reading more.
+    pub(crate) fn closing(&self) -> bool {
+        self.closing.get()
+    }
+
+    /// Waits until `dst` takes bytes again (counted, so that an end of stream without half-close
+    /// knows to wake this wait).
+    pub(crate) async fn writable(&self, dst: &Socket) -> io::Result<u32> {
+        self.waiting_out.set(self.waiting_out.get() + 1);
+        let r = dst.poll(POLLOUT).await;
+        self.waiting_out.set(self.waiting_out.get() - 1);
+        r
     }
 
     /// Ends both directions after an error (pending operations complete, later writes fail).
@@ -231,10 +297,15 @@ pub fn end_of(res: io::Result<()>, idle: bool) -> End {
 /// Relays both directions until both have ended, an error, or the idle timeout. The caller has
 /// sent the first bytes already and closes both sockets afterwards.
 #[allow(clippy::manual_async_fn)] // an `async move` block: its arguments are stored once
-pub fn relay<'a>(env: &'a Env<'a>, client: &'a Socket, backend: &'a Socket) -> impl Future<Output = Relayed> + 'a {
+pub fn relay<'a>(
+    env: &'a Env<'a>,
+    client: &'a Socket,
+    backend: &'a Socket,
+    half_close: bool,
+) -> impl Future<Output = Relayed> + 'a {
     async move {
         let deadline = env.timers.arm([Some(client), Some(backend)], env.idle);
-        let pair = Pair::watched(client, backend, &deadline);
+        let pair = Pair::watched(client, backend, &deadline).half_close(half_close);
         let kind = if env.splice { RelayKind::Splice } else { RelayKind::Buffered };
         let up = Moved::new(false);
         let down = Moved::new(env.timing);
@@ -285,24 +356,31 @@ fn direction<'a>(d: &'a Dir<'a>) -> impl Future<Output = io::Result<()>> + 'a {
         let mut ready = false;
         let mut hup = false;
         let mut budget = Budget::default();
+        let mut peeks = PEEK_BURSTS;
         loop {
             if !ready {
                 hup = or_abort!(d.src.poll(POLLIN | POLLRDHUP).await) & (POLLRDHUP | POLLHUP) != 0;
+                if d.pair.closing() {
+                    return Ok(());
+                }
             }
+            let peek = peeks > 0;
+            peeks = peeks.saturating_sub(1);
             // A burst: spliced through a pipe lent for it, or copied (no splice, or no pipe).
             // Each arm keeps its own state across its await, so the two share the space.
             let burst = if let Some(mut loan) = d.env.splice.then(|| splice::loan(d.env)).flatten() {
-                let burst = or_abort!(splice::fill(loan.get(), d.src));
-                if let Burst::Moved { .. } = burst {
+                let burst = or_abort!(splice::fill(loan.get(), d.src, peek));
+                if let Burst::Moved { .. } | Burst::Last = burst {
+                    let last = matches!(burst, Burst::Last);
                     d.pair.touch();
-                    while or_abort!(splice::drain(loan.get(), d.dst, d.moved)) {
-                        or_abort!(d.dst.poll(POLLOUT).await);
+                    while or_abort!(splice::drain(loan.get(), d.dst, d.moved, last)) {
+                        or_abort!(d.pair.writable(d.dst).await);
                     }
                     d.pair.touch();
                 }
                 burst
             } else {
-                let (burst, rest) = or_abort!(copy::read(d.pair, d.env, d.src, d.dst, d.moved));
+                let (burst, rest) = or_abort!(copy::read(d.pair, d.env, d.src, d.dst, d.moved, peek));
                 if let Some(rest) = rest {
                     let sent = copy_rest(d, &rest).await;
                     d.env.bufs.borrow_mut().give(rest);
@@ -311,10 +389,8 @@ fn direction<'a>(d: &'a Dir<'a>) -> impl Future<Output = io::Result<()>> + 'a {
                 burst
             };
             match burst {
-                Burst::Eof => {
-                    if d.pair.end_of_stream() {
-                        d.dst.shutdown(Shutdown::Write);
-                    }
+                Burst::Eof | Burst::Last => {
+                    d.pair.pass_end(d.dst);
                     return Ok(());
                 }
                 Burst::WouldBlock => ready = false,
@@ -342,7 +418,7 @@ fn copy_rest<'a>(d: &'a Dir<'a>, rest: &'a [u8]) -> impl Future<Output = io::Res
         let mut from = 0;
         while !copy::send(d.dst, rest, &mut from, d.moved)? {
             d.pair.touch();
-            d.dst.poll(POLLOUT).await?;
+            d.pair.writable(d.dst).await?;
         }
         d.pair.touch();
         Ok(())
@@ -355,6 +431,101 @@ mod tests {
     use crate::metrics::{Local, Registry};
     use std::fs::{File, OpenOptions};
     use std::os::fd::OwnedFd;
+
+    /// A TCP pair on loopback, both ends non-blocking: (the end the relay uses, its peer).
+    fn tcp_pair() -> (Socket, std::net::TcpStream) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let ours = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (peer, _) = l.accept().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        (Socket::from(OwnedFd::from(ours)), peer)
+    }
+
+    /// A source whose last bytes and FIN are both waiting: the direction sends the bytes and the
+    /// FIN in one segment (its peer counts the segments it receives), through a pipe and copied.
+    /// Without the read that looks for the end right after the bytes, they leave in two.
+    #[test]
+    fn the_fin_leaves_with_the_last_bytes() {
+        for splice in [true, false] {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                tokio_uring::start(async move {
+                    let (src, mut writer) = tcp_pair();
+                    let (dst, mut reader) = tcp_pair();
+                    std::io::Write::write_all(&mut writer, b"the last bytes").unwrap();
+                    writer.shutdown(Shutdown::Write).unwrap();
+                    // Both have arrived once the source reports its peer's FIN.
+                    while src.poll(POLLIN | POLLRDHUP).await.unwrap() & POLLRDHUP == 0 {}
+                    let reader_sock = Socket::from(OwnedFd::from(reader.try_clone().unwrap()));
+                    let before = reader_sock.segments_in().unwrap();
+                    let timers = Timers::default();
+                    let metrics = Local::new(Registry::new(1).slot(0));
+                    let env = Env {
+                        pipes: &RefCell::new(PipePool::new(2)),
+                        bufs: &RefCell::new(BufPool::default()),
+                        scratch: &RefCell::new(Scratch::default()),
+                        timers: &timers,
+                        metrics: &metrics,
+                        splice,
+                        idle: Duration::from_secs(60),
+                        timing: false,
+                    };
+                    let pair = Pair::new(&src, &dst);
+                    let moved = Moved::new(false);
+                    direction(&Dir { pair: &pair, env: &env, src: &src, dst: &dst, moved: &moved }).await.unwrap();
+                    let mut got = Vec::new();
+                    reader.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                    std::io::Read::read_to_end(&mut reader, &mut got).unwrap();
+                    let segments = reader_sock.segments_in().unwrap() - before;
+                    tx.send((got, segments)).unwrap();
+                })
+            });
+            let (got, segments) = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+            assert_eq!(got, b"the last bytes");
+            assert_eq!(segments, 1, "splice {splice}: the bytes and the FIN in one segment");
+        }
+    }
+
+    /// Without half-close, the first end of stream shuts the other socket down both ways: the
+    /// other direction, waiting for data there, stops without reading what is queued, and its
+    /// peer sees the FIN.
+    #[test]
+    fn without_half_close_the_first_end_closes_both_ways() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            tokio_uring::start(async move {
+                let (client, mut client_peer) = tcp_pair();
+                let (backend, mut backend_peer) = tcp_pair();
+                let timers = Timers::default();
+                let metrics = Local::new(Registry::new(1).slot(0));
+                let env = Env {
+                    pipes: &RefCell::new(PipePool::new(2)),
+                    bufs: &RefCell::new(BufPool::default()),
+                    scratch: &RefCell::new(Scratch::default()),
+                    timers: &timers,
+                    metrics: &metrics,
+                    splice: true,
+                    idle: Duration::from_secs(60),
+                    timing: false,
+                };
+                backend_peer.shutdown(Shutdown::Write).unwrap();
+                let done = relay(&env, &client, &backend, false).await;
+                // The client's later bytes go nowhere: the relay is over.
+                let _ = std::io::Write::write_all(&mut client_peer, b"late");
+                let mut got = Vec::new();
+                client_peer.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let eof = std::io::Read::read_to_end(&mut client_peer, &mut got).map(|_| got.is_empty());
+                backend_peer.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let mut from_client = Vec::new();
+                let _ = std::io::Read::read_to_end(&mut backend_peer, &mut from_client);
+                tx.send((done.end, eof.ok(), from_client)).unwrap();
+            })
+        });
+        let (end, eof, from_client) = rx.recv_timeout(Duration::from_secs(30)).expect("the relay did not end");
+        assert_eq!(end, End::Closed);
+        assert_eq!(eof, Some(true), "the client reads the FIN");
+        assert!(from_client.is_empty(), "{from_client:?}");
+    }
 
     /// /dev/zero → /dev/null never waits: both are always ready. A direction that kept going
     /// while it can would never give the worker back, and another task's ring operation (here a

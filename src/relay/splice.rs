@@ -28,21 +28,29 @@ pub(crate) fn loan<'a>(env: &Env<'a>) -> Option<PipeLoan<'a>> {
     }
 }
 
-/// Fills the (empty) pipe from `src` once.
-pub(crate) fn fill(pipe: &mut Pipe, src: &Socket) -> io::Result<Burst> {
+/// Fills the (empty) pipe from `src` once; with `peek`, a fill that leaves room is tried once
+/// more at once, to find the end of the stream with the last bytes ([`Burst::Last`]).
+pub(crate) fn fill(pipe: &mut Pipe, src: &Socket, peek: bool) -> io::Result<Burst> {
     let room = pipe.capacity - pipe.held;
+    let n = match pipe.fill_from(src)? {
+        Spliced::WouldBlock => return Ok(Burst::WouldBlock),
+        Spliced::Moved(0) => return Ok(Burst::Eof),
+        Spliced::Moved(n) if n >= room || !peek => return Ok(Burst::Moved { n, more: n >= room }),
+        Spliced::Moved(n) => n,
+    };
     Ok(match pipe.fill_from(src)? {
-        Spliced::WouldBlock => Burst::WouldBlock,
-        Spliced::Moved(0) => Burst::Eof,
-        Spliced::Moved(n) => Burst::Moved { n, more: n >= room },
+        Spliced::WouldBlock => Burst::Moved { n, more: false },
+        Spliced::Moved(0) => Burst::Last,
+        Spliced::Moved(m) => Burst::Moved { n: n + m, more: n + m >= room },
     })
 }
 
 /// Empties the pipe into `dst` as far as it takes now: `true` when `dst` is full (wait for
-/// POLLOUT, then call again), `false` once the pipe is empty.
-pub(crate) fn drain(pipe: &mut Pipe, dst: &Socket, moved: &Moved) -> io::Result<bool> {
+/// POLLOUT, then call again), `false` once the pipe is empty. `last`: the stream ends right
+/// after, so the bytes go out corked, for the FIN of the shutdown or close that follows.
+pub(crate) fn drain(pipe: &mut Pipe, dst: &Socket, moved: &Moved, last: bool) -> io::Result<bool> {
     while pipe.held > 0 {
-        match pipe.drain_to(dst)? {
+        match pipe.drain_to(dst, last)? {
             Spliced::Moved(0) => return Err(io::ErrorKind::WriteZero.into()),
             Spliced::Moved(m) => moved.add(m as u64),
             Spliced::WouldBlock => return Ok(true),

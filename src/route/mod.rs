@@ -114,6 +114,10 @@ pub struct Route<T> {
     /// ALPN protocols of which the ClientHello must offer one for this route to take it (an
     /// ALPN route: see [`Table::lookup_alpn`]); empty for an ordinary route.
     pub alpn_match: Vec<Vec<u8>>,
+    /// Pass one side's end of stream on and keep relaying the other way until it ends too
+    /// (TCP half-close); `false` closes both ways at the first end, as nginx's
+    /// `proxy_half_close off`.
+    pub half_close: bool,
 }
 
 impl<T> Route<T> {
@@ -128,7 +132,18 @@ impl<T> Route<T> {
     /// [`Route::same_as`], terminating routes included: the same when `same_terminate` says their
     /// payloads are (the layer that knows what a terminating route carries decides).
     pub fn same_as_with(&self, other: &Self, same_terminate: impl Fn(&T, &T) -> bool) -> bool {
-        let Route { name, action, sni, dedicated_ips, min_tls, backends, proxy_protocol, upstream, alpn_match } = self;
+        let Route {
+            name,
+            action,
+            sni,
+            dedicated_ips,
+            min_tls,
+            backends,
+            proxy_protocol,
+            upstream,
+            alpn_match,
+            half_close,
+        } = self;
         let actions = match (action, &other.action) {
             (Action::Passthrough, Action::Passthrough) => true,
             (Action::Terminate(a), Action::Terminate(b)) => same_terminate(a, b),
@@ -143,6 +158,7 @@ impl<T> Route<T> {
             && *proxy_protocol == other.proxy_protocol
             && *upstream == other.upstream
             && *alpn_match == other.alpn_match
+            && *half_close == other.half_close
     }
 
     /// Whether it is an ALPN route (kept out of the name and IP indexes).

@@ -12,6 +12,7 @@ fn route(name: &str, sni: &[&str], ips: &[&str]) -> Route<()> {
         proxy_protocol: ProxyProtocol::None,
         upstream: Upstream::default(),
         alpn_match: Vec::new(),
+        half_close: true,
     }
 }
 

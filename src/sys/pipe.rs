@@ -27,20 +27,12 @@ pub enum Spliced {
     WouldBlock,
 }
 
-fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<Spliced> {
+fn splice(from: RawFd, to: RawFd, len: usize, more: bool) -> io::Result<Spliced> {
+    let flags = libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE | if more { libc::SPLICE_F_MORE } else { 0 };
     loop {
         // SAFETY: plain syscall on fds the caller borrows for the duration of the call; null
         // offsets are required for pipes and sockets.
-        let n = unsafe {
-            libc::splice(
-                from,
-                std::ptr::null_mut(),
-                to,
-                std::ptr::null_mut(),
-                len,
-                libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE,
-            )
-        };
+        let n = unsafe { libc::splice(from, std::ptr::null_mut(), to, std::ptr::null_mut(), len, flags) };
         if n >= 0 {
             return Ok(Spliced::Moved(n as usize));
         }
@@ -84,16 +76,18 @@ impl Pipe {
     /// Moves up to the pipe's free space from `src` into the pipe.
     pub fn fill_from(&mut self, src: &Socket) -> io::Result<Spliced> {
         let room = self.capacity - self.held;
-        let r = splice(src.as_raw_fd(), self.write.as_raw_fd(), room)?;
+        let r = splice(src.as_raw_fd(), self.write.as_raw_fd(), room, false)?;
         if let Spliced::Moved(n) = r {
             self.held += n;
         }
         Ok(r)
     }
 
-    /// Moves what the pipe holds into `dst`.
-    pub fn drain_to(&mut self, dst: &Socket) -> io::Result<Spliced> {
-        let r = splice(self.read.as_raw_fd(), dst.as_raw_fd(), self.held)?;
+    /// Moves what the pipe holds into `dst`. `corked`: a shutdown or close follows at once, so
+    /// the socket holds the last part back for the FIN to leave in the same segment
+    /// (`SPLICE_F_MORE`, which is `MSG_MORE` for a socket).
+    pub fn drain_to(&mut self, dst: &Socket, corked: bool) -> io::Result<Spliced> {
+        let r = splice(self.read.as_raw_fd(), dst.as_raw_fd(), self.held, corked)?;
         if let Spliced::Moved(n) = r {
             self.held -= n.min(self.held);
         }

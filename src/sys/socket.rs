@@ -430,6 +430,29 @@ impl Socket {
         let _ = self.sock_ref().shutdown(how);
     }
 
+    /// TCP segments this socket has received (`tcpi_segs_in` of TCP_INFO): for tests and
+    /// diagnostics of what the relay puts on the wire.
+    pub fn segments_in(&self) -> io::Result<u32> {
+        // SAFETY: `tcp_info` is plain data (all-zero is a valid value); getsockopt writes at most
+        // `len` bytes into it and the fd is borrowed from `self`.
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        // SAFETY: `info` and `len` are valid for writes for the duration of the call.
+        let r = unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&mut info as *mut libc::tcp_info).cast(),
+                &mut len,
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(info.tcpi_segs_in)
+    }
+
     /// getsockname(2): the local address the client dialed (the dedicated IP).
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.sock_ref()

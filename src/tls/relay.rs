@@ -142,9 +142,9 @@ struct Shared<'a> {
 
 /// A TLS failure of the connection, as the relay's error (counted as `relay_errors{cause="tls"}`).
 impl<'a> Shared<'a> {
-    fn new(client: &'a Socket, backend: &'a Socket, session: Box<Session>) -> Self {
+    fn new(client: &'a Socket, backend: &'a Socket, session: Box<Session>, half_close: bool) -> Self {
         Self {
-            pair: Pair::new(client, backend),
+            pair: Pair::new(client, backend).half_close(half_close),
             client,
             backend,
             session: RefCell::new(session),
@@ -230,9 +230,15 @@ impl Shared<'_> {
 /// directions are closed (see the module docs). `idle` closes both with no traffic either way.
 /// With the traffic secrets kept ([`Established`] made for kernel TLS), the connection goes to
 /// kernel TLS when it can ([`ktls`]), else stays with the user-space record layer.
-pub async fn relay(client: &Socket, est: Box<Established>, backend: &Socket, idle: Duration) -> Relayed {
+pub async fn relay(
+    client: &Socket,
+    est: Box<Established>,
+    backend: &Socket,
+    idle: Duration,
+    half_close: bool,
+) -> Relayed {
     let Established { session, leftover, secrets, mut pending, .. } = *est;
-    let s = Shared::new(client, backend, session);
+    let s = Shared::new(client, backend, session, half_close);
     // The handshake's held-back ticket is queued first: it leaves with the first answer, or
     // sooner (see `client_to_backend_inner`).
     s.out.borrow_mut().push_bytes(&mut pending);
@@ -783,9 +789,7 @@ pub(super) fn geometry_fits(session: &Session) -> bool {
 /// A direction reached end of stream: its FIN goes on to `dst`, unless the other direction has
 /// ended too (the close that follows sends it).
 fn pass_fin(pair: &relay::Pair<'_>, dst: &Socket) {
-    if pair.end_of_stream() {
-        dst.shutdown(std::net::Shutdown::Write);
-    }
+    pair.pass_end(dst);
 }
 
 #[cfg(test)]
@@ -834,7 +838,7 @@ mod tests {
                     .unwrap();
                 let est = crate::tls::tests::record_layer::pair_for(suite, b"").est;
                 let (client, backend) = if upload { (&src, &dst) } else { (&dst, &src) };
-                let s = Shared::new(client, backend, est.session);
+                let s = Shared::new(client, backend, est.session, true);
                 let moved = || if upload { s.to_backend.get() } else { s.to_client.get() };
                 let other =
                     Socket::from(OwnedFd::from(std::fs::OpenOptions::new().write(true).open("/dev/null").unwrap()));

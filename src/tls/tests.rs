@@ -65,7 +65,7 @@ fn serve_one(
         if !backend.start_connect(origin).map_err(|e| e.to_string())? {
             backend.finish_connect().await.map_err(|e| e.to_string())?;
         }
-        Ok(relay(&client, tls, &backend, Duration::from_secs(10)).await)
+        Ok(relay(&client, tls, &backend, Duration::from_secs(10), true).await)
     })
 }
 
