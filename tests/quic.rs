@@ -568,6 +568,24 @@ fn hash_sni_keeps_a_name_on_one_back_end_over_quic_and_tcp() {
     assert_eq!(seen.len(), 2, "16 names all hashed to {seen:?}");
 }
 
+/// An aioquic client that GETs /before (answered by A), then waits for `pause` to exist and GETs
+/// /after on the same connection (`timeout_s` for each); its output, past the first line.
+fn before_and_after(to: SocketAddr, pause: &Path, timeout_s: u32) -> (Child, BufReader<std::process::ChildStdout>) {
+    let mut client = Command::new("python3")
+        .arg(h3_py())
+        .args(["client", "--connect", &to.to_string(), "--sni", "a.example", "--path", "/before"])
+        .args(["--then-path", "/after", "--pause-file", pause.to_str().unwrap(), "--timeout", &timeout_s.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3");
+    let mut out = BufReader::new(client.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "200 A /before");
+    (client, out)
+}
+
 /// A binary upgrade keeps QUIC: the new process takes the QUIC listeners' UDP sockets and the
 /// open flows (with their sockets to the back ends), so an HTTP/3 connection opened before the
 /// upgrade goes on after it, with the old process gone; new connections are served too.
@@ -584,18 +602,8 @@ fn a_quic_connection_survives_a_binary_upgrade() {
         edge_args(&format!("backends = [\"{}\"]", a.addr), &b, "workers = 2\n", &["--upgrade-socket", sock_arg]);
     assert!(wait_until(Duration::from_secs(20), || sock.exists()), "no upgrade socket");
     let pause = dir.path().join("go");
-    let mut client = Command::new("python3")
-        .arg(h3_py())
-        .args(["client", "--connect", &e.shared.to_string(), "--sni", "a.example", "--path", "/before"])
-        .args(["--then-path", "/after", "--pause-file", pause.to_str().unwrap(), "--timeout", "20"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("python3");
-    let mut out = BufReader::new(client.stdout.take().unwrap());
+    let (mut client, mut out) = before_and_after(e.shared, &pause, 20);
     let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "200 A /before");
 
     // The upgrade: the new process (the same configuration) takes the sockets and the flow.
     let new = upgrade(&e._cfg.path, &sock, &mut e.proc_, dir.path().join("new.log"));
@@ -654,18 +662,8 @@ fn an_upgrade_from_a_version_1_process_keeps_tcp_and_serves_quic_anew() {
     assert!(wait_until(Duration::from_secs(20), || sock.exists()), "no upgrade socket");
     // A QUIC connection open across the upgrade.
     let pause = dir.path().join("go");
-    let mut client = Command::new("python3")
-        .arg(h3_py())
-        .args(["client", "--connect", &e.shared.to_string(), "--sni", "a.example", "--path", "/before"])
-        .args(["--then-path", "/after", "--pause-file", pause.to_str().unwrap(), "--timeout", "3"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("python3");
-    let mut out = BufReader::new(client.stdout.take().unwrap());
+    let (mut client, mut out) = before_and_after(e.shared, &pause, 3);
     let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "200 A /before");
     // TCP clients of route a, all along.
     static HELLO: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| rustls_hello(Some("a.example"), &[]));
     let clients = Clients::start(2, e.shared, &HELLO, b"A");
