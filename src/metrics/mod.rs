@@ -252,6 +252,17 @@ impl Local {
     #[inline]
     pub fn record(&self, k: Hist, v: u64) {
         let mut values = self.values.borrow_mut();
+        if values.len() == VALUES_MAX {
+            // Full before the next publish (a busy worker records more than VALUES_MAX in a
+            // tenth of a second): into the slot now, a few instructions a value, unless a reader
+            // holds it. The interval histograms are the rare way out: adding and clearing them
+            // walks all their buckets.
+            if let Ok(mut slot) = self.slot.hists.try_lock() {
+                for (k, v) in values.drain(..) {
+                    slot.record(k, v);
+                }
+            }
+        }
         if values.len() < VALUES_MAX {
             values.push((k, v));
         } else {
@@ -439,8 +450,10 @@ mod tests {
         assert_eq!(m.bytes.get(Direction::ClientToBackend), 10);
     }
 
-    /// Past the values a worker keeps between publishes, the rest go into interval histograms:
-    /// nothing is lost, counts and sums stay exact.
+    /// Past the values a worker keeps between publishes, they go into the slot at once, or,
+    /// while a reader holds the slot, into interval histograms: nothing is lost, counts and sums
+    /// stay exact, and the interval histograms (whose adding and clearing walks every bucket)
+    /// are made only when the slot was held.
     #[test]
     fn values_beyond_the_buffer_are_counted_too() {
         let reg = Registry::new(1);
@@ -449,13 +462,22 @@ mod tests {
         for i in 0..n {
             a.record(Hist::HelloSize, 100 + i % 7);
         }
+        assert!(!a.overflowed.get() && a.interval.borrow().is_none(), "the slot was free");
+        assert_eq!(a.values.borrow().len(), 10);
+        {
+            let slot = reg.slot(0);
+            let _reader = lock(&slot.hists);
+            for i in 0..n {
+                a.record(Hist::HelloSize, 100 + i % 7);
+            }
+        }
         assert!(a.overflowed.get());
         a.publish();
         a.record(Hist::HelloSize, 5);
         a.publish_final();
         let h = reg.merged_histograms();
-        assert_eq!(h.count(Hist::HelloSize), n + 1);
-        assert_eq!(h.sum(Hist::HelloSize), (0..n).map(|i| 100 + i % 7).sum::<u64>() + 5);
+        assert_eq!(h.count(Hist::HelloSize), 2 * n + 1);
+        assert_eq!(h.sum(Hist::HelloSize), 2 * (0..n).map(|i| 100 + i % 7).sum::<u64>() + 5);
         assert!(a.values.borrow().is_empty() && !a.overflowed.get());
     }
 

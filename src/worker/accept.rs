@@ -21,33 +21,43 @@ use tokio::sync::watch;
 pub(crate) async fn run(w: Rc<Worker>, listener: Socket, addr: SocketAddr, mut own: watch::Receiver<bool>) {
     let mut stop = w.stop.clone();
     w.conns.shuns.borrow_mut().register(addr, listener.clone());
-    loop {
-        if *stop.borrow() || *own.borrow() {
-            break;
+    if *stop.borrow_and_update() || *own.borrow_and_update() {
+        return stop_accepting(&w, &listener, addr, None::<std::pin::Pin<&mut std::future::Ready<_>>>).await;
+    }
+    // One future for both signals, made once: each accept waits beside it without making (and
+    // dropping, which takes the channel's lock) two new ones. Either channel changing, or
+    // closing, is the stop.
+    let stopped = async {
+        tokio::select! {
+            _ = stop.changed() => {}
+            _ = own.changed() => {}
         }
+    };
+    let mut stopped = std::pin::pin!(stopped);
+    loop {
         let max = w.config().runtime.max_conns_per_worker;
         if max > 0 && w.open.get() >= max {
             w.metrics().bump(|c| c.conn_limit_waits += 1);
             tokio::select! {
+                biased;
+                () = &mut stopped => break,
                 () = w.slot_freed.notified() => continue,
-                _ = stop.changed() => break,
-                _ = own.changed() => break,
             }
         }
         let mut accept = std::pin::pin!(listener.accept());
         let res = tokio::select! {
+            biased;
             r = &mut accept => r,
-            _ = stop.changed() => return stop_accepting(&w, &listener, addr, Some(accept)).await,
-            _ = own.changed() => return stop_accepting(&w, &listener, addr, Some(accept)).await,
+            () = &mut stopped => return stop_accepting(&w, &listener, addr, Some(accept)).await,
         };
         match res {
             Ok(client) => spawn(&w, client, addr),
             Err(e) => {
                 if let Some(d) = failed(&w, addr, &e) {
                     tokio::select! {
+                        biased;
+                        () = &mut stopped => break,
                         () = tokio::time::sleep(d) => {}
-                        _ = stop.changed() => break,
-                        _ = own.changed() => break,
                     }
                 }
             }
@@ -116,7 +126,9 @@ fn spawn(w: &Rc<Worker>, client: Socket, listen: SocketAddr) {
     let at = w.conns.now();
     w.open.set(w.open.get() + 1);
     w.metrics().bump(|c| c.accepted += 1);
-    tokio_uring::spawn(serve(OpenGuard(Rc::clone(w)), Accepted::new(client, listen, at)));
+    // Boxed: tokio moves a task's future by value when it spawns it and writes its stage (as
+    // large as the future) when it completes; a box makes those copies a pointer's.
+    tokio_uring::spawn(Box::pin(serve(OpenGuard(Rc::clone(w)), Accepted::new(client, listen, at))));
 }
 
 /// Counts a failed accept and says how long to back off before the next one.
