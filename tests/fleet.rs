@@ -319,34 +319,11 @@ fn a_ticket_issued_by_one_host_resumes_on_another_sharing_the_key_file_through_a
 
 // ---- binary upgrade -----------------------------------------------------------------------
 
-/// What the clients of a load loop saw.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-struct Tally {
-    ok: u64,
-    refused: u64,
-    reset: u64,
-    failed: u64,
-}
-
 const REPLY: &[u8] = b"served by the back end";
 
 /// One short passthrough connection: hello in, the back end's reply out, EOF.
 fn one_client(addr: SocketAddr, t: &mut Tally) {
-    use std::io::{Read, Write};
-    let mut c = match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
-        Ok(c) => c,
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return t.refused += 1,
-        Err(_) => return t.failed += 1,
-    };
-    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    c.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut got = Vec::new();
-    let res = c.write_all(OPENSSL_SNI).and_then(|()| c.read_to_end(&mut got));
-    match res {
-        Ok(_) if got == REPLY => t.ok += 1,
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => t.reset += 1,
-        _ => t.failed += 1,
-    }
+    short_client(addr, OPENSSL_SNI, REPLY, t)
 }
 
 /// The status of `GET /healthz`, or `None` when the request failed (refused, reset, timed out).
@@ -417,28 +394,7 @@ fn a_binary_upgrade_under_load_refuses_resets_and_fails_no_connection() {
     // The admin endpoint is bound just after the listeners: wait for it too.
     assert!(wait_until(Duration::from_secs(20), || healthz(admin) == Ok(200)), "no admin endpoint");
     let stop = Arc::new(AtomicBool::new(false));
-    let total = Arc::new(Mutex::new(Tally::default()));
-    let clients: Vec<_> = (0..4)
-        .map(|_| {
-            let (stop, total) = (Arc::clone(&stop), Arc::clone(&total));
-            std::thread::spawn(move || {
-                // Bounded in count and time.
-                let end = std::time::Instant::now() + Duration::from_secs(120);
-                for _ in 0..200_000 {
-                    if stop.load(Ordering::SeqCst) || std::time::Instant::now() > end {
-                        break;
-                    }
-                    let mut t = Tally::default();
-                    one_client(addr, &mut t);
-                    let mut all = total.lock().unwrap();
-                    all.ok += t.ok;
-                    all.refused += t.refused;
-                    all.reset += t.reset;
-                    all.failed += t.failed;
-                }
-            })
-        })
-        .collect();
+    let clients = Clients::start(4, addr, OPENSSL_SNI, REPLY);
     let health_bad = Arc::new(Mutex::new(Vec::new()));
     let health = {
         let (stop, bad) = (Arc::clone(&stop), Arc::clone(&health_bad));
@@ -455,7 +411,7 @@ fn a_binary_upgrade_under_load_refuses_resets_and_fails_no_connection() {
             polls
         })
     };
-    let served_now = || total.lock().unwrap().ok;
+    let served_now = || clients.tally().ok;
     // Some load before the first upgrade.
     std::thread::sleep(Duration::from_millis(500));
 
@@ -485,18 +441,15 @@ fn a_binary_upgrade_under_load_refuses_resets_and_fails_no_connection() {
         assert!(
             wait_until(Duration::from_secs(20), || served_now() > before + 50),
             "no progress after upgrade {i} ({:?}, running: {:?}):\n{}",
-            *total.lock().unwrap(),
+            clients.tally(),
             new.child.try_wait(),
             new.stderr()
         );
         old = new;
     }
     stop.store(true, Ordering::SeqCst);
-    for c in clients {
-        c.join().unwrap();
-    }
+    let t = clients.stop();
     let polls = health.join().unwrap();
-    let t = *total.lock().unwrap();
     eprintln!("across two upgrades: {t:?}, {polls} /healthz polls");
     assert_eq!((t.refused, t.reset, t.failed), (0, 0, 0), "{t:?}");
     assert!(t.ok > 100, "{t:?}");

@@ -145,6 +145,11 @@ fn edge_route(a_route: &str, b: &H3Server, extra: &str) -> Edge {
 
 /// As [`edge_route`], with more arguments for `run`.
 fn edge_args(a_route: &str, b: &H3Server, extra: &str, args: &[&str]) -> Edge {
+    edge_full(&["a.example"], a_route, b, extra, args, &[])
+}
+
+/// As [`edge_args`], with route `a`'s names and more variables in the process's environment.
+fn edge_full(names: &[&str], a_route: &str, b: &H3Server, extra: &str, args: &[&str], env: &[(&str, &str)]) -> Edge {
     let (port, dport, admin) = (free_udp_port(), free_udp_port(), free_port());
     // One worker unless told otherwise (balance shares are per worker).
     let workers = if extra.contains("workers =") { "" } else { "workers = 1\n" };
@@ -152,16 +157,16 @@ fn edge_args(a_route: &str, b: &H3Server, extra: &str, args: &[&str]) -> Edge {
         "[runtime]\n{workers}drain_timeout_ms = 500\n{extra}\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
          [[listener]]\naddress = \"127.0.0.1:{port}\"\nquic = true\n\
          [[listener]]\naddress = \"127.0.0.3:{dport}\"\nquic = true\n\
-         [[route]]\nname = \"a\"\nsni = [\"a.example\"]\naction = \"passthrough\"\n{}\n\
+         [[route]]\nname = \"a\"\nsni = {names:?}\naction = \"passthrough\"\n{a_route}\n\
          [[route]]\nname = \"b\"\nsni = [\"b.example\"]\ndedicated_ips = [\"127.0.0.3\"]\naction = \"passthrough\"\nbackends = [\"{}\"]\n",
-        a_route, b.addr
+        b.addr
     );
     let cfg = config_file(&toml);
     let log = cfg.dir.path().join("access.jsonl");
     let shared = SocketAddr::from(([127, 0, 0, 1], port));
     let mut all = vec!["--access-log", log.to_str().unwrap()];
     all.extend_from_slice(args);
-    let proc_ = spawn_binary(&cfg, &all, shared);
+    let proc_ = spawn_binary_env(&cfg, &all, shared, env);
     Edge {
         proc_,
         shared,
@@ -518,6 +523,69 @@ fn hash_client_keeps_an_address_on_one_back_end() {
     assert_eq!(seen.len(), 2, "16 addresses all hashed to {seen:?}");
 }
 
+/// hash_sni keeps a name on one back end, QUIC flow after QUIC flow (each from a new port and
+/// so a new flow), and spreads names over both. The route's back ends are hosts that serve TCP
+/// and UDP on the same port (an aioquic server and a TCP server naming itself): a TCP connection
+/// with the same SNI reaches the same host as the name's QUIC flows, as TCP and QUIC pick by the
+/// same hash of the name over the same back-end addresses.
+#[test]
+fn hash_sni_keeps_a_name_on_one_back_end_over_quic_and_tcp() {
+    if !have_aioquic() {
+        return;
+    }
+    let (a1, a2, b) = (h3_server("A1"), h3_server("A2"), h3_server("B"));
+    // The TCP twins, on the QUIC servers' ports, each answering its name.
+    let tcp = |s: &H3Server, name: &str| {
+        backend_on(&s.addr.to_string(), Mode::ReplyAfter { n: 1, reply: std::sync::Arc::new(name.as_bytes().to_vec()) })
+    };
+    let (_t1, _t2) = (tcp(&a1, "A1"), tcp(&a2, "A2"));
+    // The back ends' ports (part of their hash seeds) change from run to run: with 16 names,
+    // all on one back end has a chance of 2^-15.
+    let names: Vec<String> = (0..16).map(|i| format!("n{i}.example")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let e = edge_full(
+        &refs,
+        &format!("balance = \"hash_sni\"\nbackends = [\"{}\", \"{}\"]", a1.addr, a2.addr),
+        &b,
+        "",
+        &[],
+        &[],
+    );
+    let mut seen = std::collections::HashSet::new();
+    for name in &names {
+        // Two flows from two ports (the client binds a new one each run).
+        let got: Vec<String> = (0..2)
+            .map(|_| {
+                let got = h3_get(e.shared, name, "/sni", &[]).unwrap_or_else(|err| panic!("GET {name}: {err}"));
+                got.split(' ').nth(1).unwrap_or_default().to_owned()
+            })
+            .collect();
+        assert!(got[0] == got[1], "{name}: its QUIC flows went to {got:?}");
+        let twin = roundtrip(e.shared, &rustls_hello(Some(name), &[b"h2"]));
+        assert_eq!(String::from_utf8_lossy(&twin), got[0], "{name}: TCP went elsewhere than QUIC");
+        seen.insert(got[0].clone());
+    }
+    assert_eq!(seen.len(), 2, "16 names all hashed to {seen:?}");
+}
+
+/// An aioquic client that GETs /before (answered by A), then waits for `pause` to exist and GETs
+/// /after on the same connection (`timeout_s` for each); its output, past the first line.
+fn before_and_after(to: SocketAddr, pause: &Path, timeout_s: u32) -> (Child, BufReader<std::process::ChildStdout>) {
+    let mut client = Command::new("python3")
+        .arg(h3_py())
+        .args(["client", "--connect", &to.to_string(), "--sni", "a.example", "--path", "/before"])
+        .args(["--then-path", "/after", "--pause-file", pause.to_str().unwrap(), "--timeout", &timeout_s.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3");
+    let mut out = BufReader::new(client.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "200 A /before");
+    (client, out)
+}
+
 /// A binary upgrade keeps QUIC: the new process takes the QUIC listeners' UDP sockets and the
 /// open flows (with their sockets to the back ends), so an HTTP/3 connection opened before the
 /// upgrade goes on after it, with the old process gone; new connections are served too.
@@ -534,18 +602,8 @@ fn a_quic_connection_survives_a_binary_upgrade() {
         edge_args(&format!("backends = [\"{}\"]", a.addr), &b, "workers = 2\n", &["--upgrade-socket", sock_arg]);
     assert!(wait_until(Duration::from_secs(20), || sock.exists()), "no upgrade socket");
     let pause = dir.path().join("go");
-    let mut client = Command::new("python3")
-        .arg(h3_py())
-        .args(["client", "--connect", &e.shared.to_string(), "--sni", "a.example", "--path", "/before"])
-        .args(["--then-path", "/after", "--pause-file", pause.to_str().unwrap(), "--timeout", "20"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("python3");
-    let mut out = BufReader::new(client.stdout.take().unwrap());
+    let (mut client, mut out) = before_and_after(e.shared, &pause, 20);
     let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "200 A /before");
 
     // The upgrade: the new process (the same configuration) takes the sockets and the flow.
     let new = upgrade(&e._cfg.path, &sock, &mut e.proc_, dir.path().join("new.log"));
@@ -565,6 +623,70 @@ fn a_quic_connection_survives_a_binary_upgrade() {
     assert_eq!(h3_get(e.shared, "a.example", "/new", &[]), Ok("200 A /new".into()));
     let c = counters(e.admin);
     assert_eq!(count(&c, "quic_datagrams_dropped", "unknown_flow"), 0, "{c:#}");
+}
+
+/// A binary upgrade from a process that speaks protocol version 1 only (a binary of before
+/// version 2, played by this one under `SNI_DISPATCH_TEST_UPGRADE_VERSION=1`): the new process
+/// asks for version 2, is refused, asks again for 1 and takes the TCP sockets (of the QUIC
+/// listener too), so TCP clients connecting all along see no refused, reset or failed
+/// connection. The UDP sockets do not pass in version 1: the new process binds its own beside
+/// the old ones (one `SO_REUSEPORT` group), and new QUIC connections are served after the
+/// upgrade. A QUIC connection open across it is lost once the old process exits at the end of
+/// its drain: its datagrams reach the new process as an unknown flow, dropped.
+#[test]
+fn an_upgrade_from_a_version_1_process_keeps_tcp_and_serves_quic_anew() {
+    if !have_aioquic() {
+        return;
+    }
+    let (a, b) = (h3_server("A"), h3_server("B"));
+    // Route a's TCP back end: a server on the aioquic server's port.
+    let _tcp = backend_on(&a.addr.to_string(), Mode::ReplyAfter { n: 1, reply: std::sync::Arc::new(b"A".to_vec()) });
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("upgrade.sock");
+    let sock_arg = sock.to_str().unwrap();
+    // SNI_DISPATCH_V1_BIN: a real binary of before version 2 (built from 3c0f88c) plays the old
+    // process; otherwise this build does, speaking version 1 only.
+    let real = std::env::var("SNI_DISPATCH_V1_BIN").ok();
+    let v1 = match &real {
+        Some(bin) => [("SNI_DISPATCH_BIN", bin.as_str())],
+        None => [(sni_dispatch::server::upgrade::TEST_VERSION_ENV, "1")],
+    };
+    let mut e = edge_full(
+        &["a.example"],
+        &format!("backends = [\"{}\"]", a.addr),
+        &b,
+        "workers = 2\n",
+        &["--upgrade-socket", sock_arg],
+        &v1,
+    );
+    assert!(wait_until(Duration::from_secs(20), || sock.exists()), "no upgrade socket");
+    // A QUIC connection open across the upgrade.
+    let pause = dir.path().join("go");
+    let (mut client, mut out) = before_and_after(e.shared, &pause, 3);
+    let mut line = String::new();
+    // TCP clients of route a, all along.
+    static HELLO: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| rustls_hello(Some("a.example"), &[]));
+    let clients = Clients::start(2, e.shared, &HELLO, b"A");
+    assert!(wait_until(Duration::from_secs(20), || clients.tally().ok >= 20), "{:?}", clients.tally());
+
+    let new = upgrade(&e._cfg.path, &sock, &mut e.proc_, dir.path().join("new.log"));
+    assert!(new.stderr().contains("version=1"), "not taken as version 1:\n{}", new.stderr());
+    let after = clients.tally().ok;
+    assert!(wait_until(Duration::from_secs(20), || clients.tally().ok >= after + 20), "{:?}", clients.tally());
+    let t = clients.stop();
+    assert_eq!((t.refused, t.reset, t.failed), (0, 0, 0), "{t:?}");
+    // New QUIC connections go through the new process's own UDP sockets.
+    assert_eq!(h3_get(e.shared, "a.example", "/new", &[]), Ok("200 A /new".into()), "{}", new.stderr());
+    let c = counters(e.admin);
+    assert_eq!(c["quic_flows_adopted"].as_u64().unwrap_or(0), 0, "{c:#}");
+    // The connection opened before: lost with the old process.
+    std::fs::write(&pause, b"").unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert!(line.starts_with("failed"), "{line}");
+    let _ = client.wait();
+    let c = wait_counters(e.admin, |c| count(c, "quic_datagrams_dropped", "unknown_flow") >= 1);
+    assert_eq!(c["quic_flows_adopted"].as_u64().unwrap_or(0), 0, "{c:#}");
 }
 
 /// A back end that never answers: the flow closes after quic_handshake_timeout_ms, and that

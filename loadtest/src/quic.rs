@@ -183,8 +183,7 @@ struct Target {
 
 impl Drop for Target {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        crate::targets::stop_child(&mut self.child, Duration::from_secs(30));
     }
 }
 

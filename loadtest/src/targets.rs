@@ -459,23 +459,29 @@ impl Running {
                 }
             }
         }
-        if self.child.try_wait().ok().flatten().is_some() {
+        stop_child(&mut self.child, Duration::from_secs(5));
+    }
+}
+
+/// Stops a target we started: SIGTERM, then SIGKILL if it has not exited within `limit` (a
+/// profiler around it, callgrind, writes its profile on the way out).
+pub fn stop_child(child: &mut std::process::Child, limit: Duration) {
+    if child.try_wait().ok().flatten().is_some() {
+        return;
+    }
+    // SAFETY: signalling our own child by pid.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+    }
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if child.try_wait().ok().flatten().is_some() {
             return;
         }
-        // SAFETY: signalling our own child by pid.
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
-        }
-        let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(5) {
-            if self.child.try_wait().ok().flatten().is_some() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        std::thread::sleep(Duration::from_millis(20));
     }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 impl Drop for Running {

@@ -42,7 +42,8 @@ pub fn walk(payload: &[u8], mut on_crypto: impl FnMut(u64, &[u8]) -> Result<(), 
         // Frame types are varints, but every type allowed here fits one byte; a longer
         // encoding of a small type is itself a protocol violation (RFC 9000 §12.4).
         match c.u8()? {
-            PADDING => {}
+            // A run of PADDING frames at once.
+            PADDING => c.skip_zeros(),
             PING => {}
             ty @ (ACK | ACK_ECN) => {
                 let _largest = c.varint()?;
@@ -211,5 +212,27 @@ mod tests {
         assert_eq!(walk(&[6, 0, 5, 1], |_, _| Ok(())), Err(Bad::Truncated));
         let close = walk(&[0x1c, 0, 0, 0], |_, _| Ok(())).unwrap();
         assert!(close.closed);
+    }
+
+    #[test]
+    fn padding_runs_of_any_length_around_frames() {
+        for before in 0..40 {
+            for after in [0, 1, 15, 16, 17, 1000] {
+                let mut p = vec![0u8; before];
+                p.extend_from_slice(&[6, 0, 2, b'h', b'i']);
+                p.extend(std::iter::repeat_n(0, after));
+                p.push(1); // PING, after the padding
+                let mut got = Vec::new();
+                let f = walk(&p, |o, d| {
+                    got.push((o, d.to_vec()));
+                    Ok(())
+                })
+                .unwrap();
+                assert_eq!((f.crypto, got), (1, vec![(0, b"hi".to_vec())]), "{before} {after}");
+                // A frame type that is not allowed after the padding is still seen.
+                *p.last_mut().unwrap() = 8;
+                assert_eq!(walk(&p, |_, _| Ok(())), Err(Bad::Frame), "{before} {after}");
+            }
+        }
     }
 }

@@ -4,8 +4,9 @@
 //!
 //! - [`packet`]: the invariant and long headers (v1, RFC 9000; v2, RFC 9369), coalesced packets,
 //!   the Version Negotiation reply;
-//! - [`initial`]: the Initial keys from the client's Destination Connection ID, header protection
-//!   and decryption (rustls's `quic::Keys::initial`, aws-lc-rs's AES-128-GCM);
+//! - [`initial`]: the client's Initial keys from its Destination Connection ID (RFC 9001 §5.2 over
+//!   aws-lc-rs's HMAC-SHA256), header protection and decryption (aws-lc-rs's AES and
+//!   AES-128-GCM);
 //! - [`crypto`]: the frames an Initial may carry and the CRYPTO stream put back in order across
 //!   packets, in any order, with duplicates and overlaps;
 //! - [`pending`]: the per-worker table of flows whose ClientHello is not complete yet, bounded in

@@ -121,6 +121,17 @@ impl<'a> Cursor<'a> {
         Ok(s)
     }
 
+    /// Skips a run of zero bytes (PADDING frames, most of a client's first Initial), 16 at a
+    /// time where it can.
+    pub(super) fn skip_zeros(&mut self) {
+        let rest = self.buf.get(self.pos..).unwrap_or_default();
+        let mut n =
+            rest.chunks_exact(16).take_while(|c| u128::from_ne_bytes((*c).try_into().unwrap_or([1; 16])) == 0).count()
+                * 16;
+        n += rest.get(n..).unwrap_or_default().iter().take_while(|b| **b == 0).count();
+        self.pos += n;
+    }
+
     fn range(&mut self, n: usize) -> Result<Range<usize>, Bad> {
         let start = self.pos;
         self.take(n)?;

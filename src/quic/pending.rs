@@ -7,13 +7,16 @@
 //! both eviction and expiry pop from the front of one queue: O(1) per entry.
 
 use std::collections::{HashMap, VecDeque};
+/// The tables' hasher: the keys are client addresses (peer-chosen), so it is keyed, by a random
+/// seed per process; a fraction of SipHash's cost, which every datagram pays.
+pub type FlowHasher = foldhash::fast::RandomState;
 use std::hash::Hash;
 use std::time::Instant;
 
 /// A bounded table of pending entries.
 #[derive(Debug)]
 pub struct PendingTable<K, V> {
-    map: HashMap<K, (u64, V)>,
+    map: HashMap<K, (u64, V), FlowHasher>,
     /// (sequence, client, created) in creation order; entries whose sequence no longer matches
     /// the map's were removed early and are skipped.
     order: VecDeque<(u64, K, Instant)>,
@@ -23,7 +26,7 @@ pub struct PendingTable<K, V> {
 
 impl<K: Hash + Eq + Copy, V> PendingTable<K, V> {
     pub fn new(max: usize) -> Self {
-        Self { map: HashMap::new(), order: VecDeque::new(), next: 0, max: max.max(1) }
+        Self { map: HashMap::default(), order: VecDeque::new(), next: 0, max: max.max(1) }
     }
 
     pub fn len(&self) -> usize {

@@ -43,6 +43,29 @@ fn sni_of(h: &Hello) -> String {
     }
 }
 
+/// The client's Initial key material of RFC 9001 A.1 and RFC 9369 A.1 (the packets below check
+/// the same through rustls's sealer).
+#[test]
+fn client_initial_keys_of_the_rfcs() {
+    for (version, key, iv, hp) in [
+        (
+            Version::V1,
+            "1f369613dd76d5467730efcbe3b1a22d",
+            "fa044b2f42a3fd3b46fb255c",
+            "9f50449e04a0e810283a1e9933adedd2",
+        ),
+        (
+            Version::V2,
+            "8b1a0bc121284290a29e0971b5cd045d",
+            "91f73e2351d8fa91660e909f",
+            "45b95e15235d6f45a6b19cbcb0294ba9",
+        ),
+    ] {
+        let (k, i, h) = super::initial::client_key_material(version, &unhex(RFC_DCID));
+        assert_eq!((k.to_vec(), i.to_vec(), h.to_vec()), (unhex(key), unhex(iv), unhex(hp)), "{version:?}");
+    }
+}
+
 #[test]
 fn rfc9001_client_initial() {
     let dgram = rfc_packet(Version::V1, "c300000001088394c8f03e5157080000449e00000002");

@@ -27,6 +27,12 @@
 //! older binary) gets neither, and binds its UDP sockets anew; a taker of this build asks for
 //! version 2 and, refused by an older process, asks again for version 1.
 //!
+//! For tests only, `SNI_DISPATCH_TEST_UPGRADE_VERSION=1` in a process's environment (read once,
+//! at its first exchange) makes it speak version 1 alone, as a binary of before version 2 did: it
+//! refuses a version-2 taker as such a binary would, serves version-1 takers, and takes as one.
+//! `tests/quic.rs` upgrades such a process with a normal one to run the fallback against a
+//! real version-1 peer. It is no setting: production processes never set it.
+//!
 //! Messages are JSON, one per datagram ([`Msg`]), the descriptors attached to `fds` and `flows`
 //! messages:
 //!
@@ -64,6 +70,28 @@ use std::time::Duration;
 pub const VERSION: u32 = 2;
 /// The oldest version this build still serves and speaks.
 const OLDEST: u32 = 1;
+/// Tests only: the highest version this process speaks (see the module doc).
+pub const TEST_VERSION_ENV: &str = "SNI_DISPATCH_TEST_UPGRADE_VERSION";
+
+/// The highest version this process speaks: [`VERSION`], or what [`TEST_VERSION_ENV`] says when
+/// it names an older one this build knows (read once).
+fn speaks() -> u32 {
+    static SPEAKS: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *SPEAKS.get_or_init(|| {
+        let v = std::env::var(TEST_VERSION_ENV).ok().and_then(|v| v.trim().parse::<u32>().ok());
+        v.filter(|v| (OLDEST..VERSION).contains(v)).unwrap_or(VERSION)
+    })
+}
+
+/// What a process that speaks `OLDEST..=max` answers a taker of `version`, in the words of a
+/// version-1 binary when it speaks 1 alone (a taker falls back on "protocol version").
+fn unspoken(version: u32, max: u32) -> String {
+    if max == OLDEST {
+        format!("protocol version {version}; this process speaks {max}")
+    } else {
+        format!("protocol version {version}; this process speaks {OLDEST} to {max}")
+    }
+}
 /// The largest message.
 const MAX_MSG: usize = 64 * 1024;
 /// Each message of the exchange must come within this.
@@ -519,10 +547,8 @@ fn offer_steps(
         return Err(refuse(format!("pid {} runs as uid {}; only uid {me} may take the listeners", cred.pid, cred.uid)));
     }
     let (version, pid) = match first {
-        Msg::Take { version, pid } if (OLDEST..=VERSION).contains(&version) => (version, pid),
-        Msg::Take { version, .. } => {
-            return Err(refuse(format!("protocol version {version}; this process speaks {OLDEST} to {VERSION}")))
-        }
+        Msg::Take { version, pid } if (OLDEST..=speaks()).contains(&version) => (version, pid),
+        Msg::Take { version, .. } => return Err(refuse(unspoken(version, speaks()))),
         other => return Err(refuse(format!("expected take, got {other:?}"))),
     };
     // Version 1 takers get no UDP sockets (they bind their own) and no flows.
@@ -600,7 +626,7 @@ pub struct Inherited {
 /// Takes the listening sockets of the process offering them at `path`. `Ok(None)` when no
 /// process listens there (none running: the new one binds its own, as on a first start).
 pub fn take(path: &Path) -> Result<Option<Inherited>, UpgradeError> {
-    match take_as(path, VERSION) {
+    match take_as(path, speaks()) {
         // An older process (version 1: no UDP sockets, no flows): asked again in its version.
         Err(UpgradeError::Refused { reason, .. }) if reason.starts_with("protocol version") => take_as(path, OLDEST),
         other => other,
@@ -669,7 +695,12 @@ fn take_as(path: &Path, version: u32) -> Result<Option<Inherited>, UpgradeError>
         .collect();
     let admin = admin.and_then(|a| fds.next().map(|fd| (a, fd)));
     let handoff = handoff.into_iter().zip(fds).collect();
-    tracing::info!(from = from_pid, quic_flows = flows.len(), "took the listening sockets of the running process");
+    tracing::info!(
+        from = from_pid,
+        version,
+        quic_flows = flows.len(),
+        "took the listening sockets of the running process"
+    );
     Ok(Some(Inherited {
         path: path.to_owned(),
         conn,

@@ -160,7 +160,7 @@ struct LogInfo {
 /// The worker's QUIC state.
 pub(crate) struct Quic {
     pending: RefCell<PendingTable<Key, Pending>>,
-    flows: RefCell<HashMap<Key, Rc<Flow>>>,
+    flows: RefCell<HashMap<Key, Rc<Flow>, quic::pending::FlowHasher>>,
     /// The worker's receive buffers, shared by its sockets (never borrowed across an await).
     batch: RefCell<RecvBatch>,
     scratch: RefCell<Vec<u8>>,
@@ -182,7 +182,7 @@ impl Quic {
     pub(crate) fn new(cfg: &Config) -> Self {
         Self {
             pending: RefCell::new(PendingTable::new(cfg.runtime.quic_pending_max)),
-            flows: RefCell::new(HashMap::new()),
+            flows: RefCell::new(HashMap::default()),
             batch: RefCell::new(RecvBatch::new(SLOTS, BUF)),
             scratch: RefCell::new(Vec::with_capacity(2048)),
             out: RefCell::new(Vec::with_capacity(64)),

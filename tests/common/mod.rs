@@ -360,16 +360,27 @@ pub fn free_port() -> u16 {
 
 /// Spawns `sni-dispatch run --config PATH ARGS...` (or `$SNI_DISPATCH_BIN run ...`) and waits until `probe` accepts connections.
 pub fn spawn_binary(cfg: &ConfigFile, args: &[&str], probe: SocketAddr) -> Proc {
+    spawn_binary_env(cfg, args, probe, &[])
+}
+
+/// As [`spawn_binary`], with more variables in the process's environment (`SNI_DISPATCH_BIN`
+/// among them runs that binary).
+#[allow(dead_code)] // not every test binary sets any
+pub fn spawn_binary_env(cfg: &ConfigFile, args: &[&str], probe: SocketAddr, env: &[(&str, &str)]) -> Proc {
     let stderr_path = cfg.dir.path().join("stderr.log");
     let stderr = std::fs::File::create(&stderr_path).unwrap();
     // SNI_DISPATCH_BIN: test another build of the binary (e.g. a release one).
-    let bin = std::env::var("SNI_DISPATCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_sni-dispatch").to_string());
+    let bin = env.iter().find(|(k, _)| *k == "SNI_DISPATCH_BIN").map(|(_, v)| v.to_string());
+    let bin = bin
+        .or_else(|| std::env::var("SNI_DISPATCH_BIN").ok())
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_sni-dispatch").to_string());
     let child = Command::new(bin)
         .arg("run")
         .arg("--config")
         .arg(&cfg.path)
         .args(args)
         .env("SNI_DISPATCH_LOG", "info")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(stderr)
@@ -559,4 +570,84 @@ pub fn upgrade(config: &Path, socket: &Path, old: &mut Proc, log: PathBuf) -> Pr
     }));
     assert!(old_exit.is_some_and(|s| s.success()), "{old_exit:?}: {}", old.stderr());
     new
+}
+
+/// What the clients of a load loop saw.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Tally {
+    pub ok: u64,
+    pub refused: u64,
+    pub reset: u64,
+    pub failed: u64,
+}
+
+/// `n` client threads making [`short_client`] connections one after another (each loop bounded
+/// to 200,000 connections and 120 s) until [`Clients::stop`].
+#[allow(dead_code)] // not every test binary runs load loops
+pub struct Clients {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    total: Arc<std::sync::Mutex<Tally>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+#[allow(dead_code)] // not every test binary runs load loops
+impl Clients {
+    pub fn start(n: usize, addr: SocketAddr, hello: &'static [u8], reply: &'static [u8]) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let total = Arc::new(std::sync::Mutex::new(Tally::default()));
+        let threads = (0..n)
+            .map(|_| {
+                let (stop, total) = (Arc::clone(&stop), Arc::clone(&total));
+                std::thread::spawn(move || {
+                    let end = Instant::now() + Duration::from_secs(120);
+                    for _ in 0..200_000 {
+                        if stop.load(Ordering::SeqCst) || Instant::now() > end {
+                            break;
+                        }
+                        let mut t = Tally::default();
+                        short_client(addr, hello, reply, &mut t);
+                        let mut all = total.lock().unwrap();
+                        all.ok += t.ok;
+                        all.refused += t.refused;
+                        all.reset += t.reset;
+                        all.failed += t.failed;
+                    }
+                })
+            })
+            .collect();
+        Self { stop, total, threads }
+    }
+
+    /// What they saw so far.
+    pub fn tally(&self) -> Tally {
+        *self.total.lock().unwrap()
+    }
+
+    /// Stops them; what they saw.
+    pub fn stop(mut self) -> Tally {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in std::mem::take(&mut self.threads) {
+            t.join().unwrap();
+        }
+        self.tally()
+    }
+}
+
+/// One short passthrough connection: `hello` in, the back end's `reply` out, EOF; counted in `t`.
+#[allow(dead_code)] // not every test binary runs load loops
+pub fn short_client(addr: SocketAddr, hello: &[u8], reply: &[u8], t: &mut Tally) {
+    let mut c = match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return t.refused += 1,
+        Err(_) => return t.failed += 1,
+    };
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = Vec::new();
+    let res = c.write_all(hello).and_then(|()| c.read_to_end(&mut got));
+    match res {
+        Ok(_) if got == reply => t.ok += 1,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => t.reset += 1,
+        _ => t.failed += 1,
+    }
 }
