@@ -568,3 +568,45 @@ fn ktls_is_detected_at_start_and_skipped_where_the_kernel_lacks_it() {
     }
     assert_eq!(stream.position(), 1 << 20);
 }
+
+/// A terminating route with `half_close = false`: the back end's end (after its reply) closes
+/// the connection both ways. The client reads the reply, then close_notify and the end, while it
+/// still holds its side open; the back end, which shut its write half and reads on, reads its
+/// end without the client having closed. (With half-close it would wait for the client.)
+#[test]
+fn no_half_close_on_a_terminating_route_ends_both_ways_at_the_back_ends_end() {
+    let site = Site::new();
+    let origin = TcpListener::bind("127.0.0.1:0").unwrap();
+    let origin_addr = origin.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut s, _) = origin.accept().unwrap();
+        let mut line = String::new();
+        BufReader::new(&mut s).read_line(&mut line).unwrap();
+        s.write_all(b"reply\n").unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        let _ = tx.send((line, rest));
+    });
+    let port = free_port();
+    let toml = format!(
+        "[runtime]\nworkers = 1\n[[listener]]\naddress = \"127.0.0.1:{port}\"\n\
+         [[route]]\nname = \"shop\"\nsni = [\"{NAME}\"]\naction = \"terminate\"\nhalf_close = false\n{}backends = [\"{origin_addr}\"]\n",
+        site.cert_lines(NAME),
+    );
+    let cfg = config_file(&toml);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let _proc = spawn_binary(&cfg, &[], addr);
+    let mut tls = tls_connect(&site, addr, NAME);
+    tls.write_all(b"hello\n").unwrap();
+    tls.flush().unwrap();
+    let mut got = Vec::new();
+    tls.sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    tls.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"reply\n", "the reply, then close_notify");
+    let (line, rest) = rx.recv_timeout(Duration::from_secs(20)).expect("the back end never read its end");
+    assert_eq!(line, "hello\n");
+    assert!(rest.is_empty(), "{rest:?}");
+    drop(tls);
+}
