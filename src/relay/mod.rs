@@ -464,6 +464,40 @@ mod tests {
     use std::fs::{File, OpenOptions};
     use std::os::fd::OwnedFd;
 
+    /// What a worker lends a relay, for one test.
+    struct Rig {
+        pipes: RefCell<PipePool>,
+        bufs: RefCell<BufPool>,
+        scratch: RefCell<Scratch>,
+        timers: Timers,
+        metrics: Local,
+    }
+
+    impl Rig {
+        fn new() -> Self {
+            Self {
+                pipes: RefCell::new(PipePool::new(2)),
+                bufs: RefCell::new(BufPool::default()),
+                scratch: RefCell::new(Scratch::default()),
+                timers: Timers::default(),
+                metrics: Local::new(Registry::new(1).slot(0)),
+            }
+        }
+
+        fn env(&self, splice: bool) -> Env<'_> {
+            Env {
+                pipes: &self.pipes,
+                bufs: &self.bufs,
+                scratch: &self.scratch,
+                timers: &self.timers,
+                metrics: &self.metrics,
+                splice,
+                idle: Duration::from_secs(60),
+                timing: false,
+            }
+        }
+    }
+
     /// A TCP pair on loopback, both ends non-blocking: (the end the relay uses, its peer).
     fn tcp_pair() -> (Socket, std::net::TcpStream) {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -490,18 +524,8 @@ mod tests {
                     while src.poll(POLLIN | POLLRDHUP).await.unwrap() & POLLRDHUP == 0 {}
                     let reader_sock = Socket::from(OwnedFd::from(reader.try_clone().unwrap()));
                     let before = reader_sock.segments_in().unwrap();
-                    let timers = Timers::default();
-                    let metrics = Local::new(Registry::new(1).slot(0));
-                    let env = Env {
-                        pipes: &RefCell::new(PipePool::new(2)),
-                        bufs: &RefCell::new(BufPool::default()),
-                        scratch: &RefCell::new(Scratch::default()),
-                        timers: &timers,
-                        metrics: &metrics,
-                        splice,
-                        idle: Duration::from_secs(60),
-                        timing: false,
-                    };
+                    let rig = Rig::new();
+                    let env = rig.env(splice);
                     let pair = Pair::new(&src, &dst);
                     let moved = Moved::new(false);
                     direction(&Dir { pair: &pair, env: &env, src: &src, dst: &dst, moved: &moved }).await.unwrap();
@@ -528,18 +552,8 @@ mod tests {
             tokio_uring::start(async move {
                 let (client, mut client_peer) = tcp_pair();
                 let (backend, mut backend_peer) = tcp_pair();
-                let timers = Timers::default();
-                let metrics = Local::new(Registry::new(1).slot(0));
-                let env = Env {
-                    pipes: &RefCell::new(PipePool::new(2)),
-                    bufs: &RefCell::new(BufPool::default()),
-                    scratch: &RefCell::new(Scratch::default()),
-                    timers: &timers,
-                    metrics: &metrics,
-                    splice: true,
-                    idle: Duration::from_secs(60),
-                    timing: false,
-                };
+                let rig = Rig::new();
+                let env = rig.env(true);
                 backend_peer.shutdown(Shutdown::Write).unwrap();
                 let done = relay(&env, &client, &backend, Ends { half_close: false, ..Ends::default() }).await;
                 // The client's later bytes go nowhere: the relay is over.
@@ -571,18 +585,8 @@ mod tests {
             tokio_uring::start(async move {
                 let zero = Socket::from(OwnedFd::from(File::open("/dev/zero").unwrap()));
                 let null = Socket::from(OwnedFd::from(OpenOptions::new().write(true).open("/dev/null").unwrap()));
-                let timers = Timers::default();
-                let metrics = Local::new(Registry::new(1).slot(0));
-                let env = Env {
-                    pipes: &RefCell::new(PipePool::new(2)),
-                    bufs: &RefCell::new(BufPool::default()),
-                    scratch: &RefCell::new(Scratch::default()),
-                    timers: &timers,
-                    metrics: &metrics,
-                    splice: true,
-                    idle: Duration::from_secs(60),
-                    timing: false,
-                };
+                let rig = Rig::new();
+                let env = rig.env(true);
                 let pair = Pair::new(&zero, &null);
                 let moved = Moved::new(false);
                 let d = Dir { pair: &pair, env: &env, src: &zero, dst: &null, moved: &moved };
