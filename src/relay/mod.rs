@@ -407,6 +407,9 @@ fn direction<'a>(d: &'a Dir<'a>) -> impl Future<Output = io::Result<()>> + 'a {
                     d.pair.before_send(d.dst);
                     while or_abort!(splice::drain(loan.get(), d.dst, d.moved, last)) {
                         or_abort!(d.pair.writable(d.dst).await);
+                        if d.pair.closing() {
+                            return Ok(());
+                        }
                     }
                     d.pair.touch();
                 }
@@ -417,6 +420,9 @@ fn direction<'a>(d: &'a Dir<'a>) -> impl Future<Output = io::Result<()>> + 'a {
                     let sent = copy_rest(d, &rest).await;
                     d.env.bufs.borrow_mut().give(rest);
                     or_abort!(sent);
+                    if d.pair.closing() {
+                        return Ok(());
+                    }
                 }
                 burst
             };
@@ -451,6 +457,9 @@ fn copy_rest<'a>(d: &'a Dir<'a>, rest: &'a [u8]) -> impl Future<Output = io::Res
         while !copy::send(d.dst, rest, &mut from, d.moved)? {
             d.pair.touch();
             d.pair.writable(d.dst).await?;
+            if d.pair.closing() {
+                return Ok(());
+            }
         }
         d.pair.touch();
         Ok(())
@@ -571,6 +580,51 @@ mod tests {
         assert_eq!(end, End::Closed);
         assert_eq!(eof, Some(true), "the client reads the FIN");
         assert!(from_client.is_empty(), "{from_client:?}");
+    }
+
+    /// Without half-close, a direction waiting for its destination to drain when the other way
+    /// ends is woken and stops: the relay ends closed, not with an error (spliced and copied).
+    /// Here the client uploads more than the back end's buffers hold, and the back end, which
+    /// reads none of it, answers and ends its stream.
+    #[test]
+    fn without_half_close_a_blocked_direction_ends_cleanly() {
+        for splice in [true, false] {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                tokio_uring::start(async move {
+                    let (client, client_peer) = tcp_pair();
+                    let (backend, mut backend_peer) = tcp_pair();
+                    let rig = Rig::new();
+                    let env = rig.env(splice);
+                    let writer = std::thread::spawn(move || {
+                        let mut client_peer = client_peer;
+                        let chunk = vec![7u8; 1 << 20];
+                        for _ in 0..64 {
+                            if std::io::Write::write_all(&mut client_peer, &chunk).is_err() {
+                                break;
+                            }
+                        }
+                    });
+                    let ends = async {
+                        // Long enough for the upload to fill the back end's buffers, after which
+                        // that direction waits for POLLOUT.
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        std::io::Write::write_all(&mut backend_peer, b"bye").unwrap();
+                        backend_peer.shutdown(Shutdown::Write).unwrap();
+                    };
+                    let (done, ()) = tokio::join!(
+                        relay(&env, &client, &backend, Ends { half_close: false, ..Ends::default() }),
+                        ends
+                    );
+                    // Closed, as the connection's task closes them: the writer stops.
+                    drop((client, backend, backend_peer));
+                    let _ = writer.join();
+                    tx.send(done.end).unwrap();
+                })
+            });
+            let end = rx.recv_timeout(Duration::from_secs(30)).expect("the relay did not end");
+            assert_eq!(end, End::Closed, "splice {splice}");
+        }
     }
 
     /// /dev/zero → /dev/null never waits: both are always ready. A direction that kept going
