@@ -288,9 +288,9 @@ pub fn haproxy_config(env: &Env, port: u16, splice: bool) -> Result<String, Stri
 pub fn nginx_config(env: &Env, port: u16) -> Result<String, String> {
     check_peer(env, "nginx")?;
     let m = env.model;
-    // nginx has one proxy_protocol switch per server and speaks only v1 (the built-in back ends
-    // accept either version): the routes reached through the shared server must agree
-    let shared: Vec<bool> = env
+    // The routes reached through the shared server (by SNI, or as its fallbacks): nginx has one
+    // switch per server for each of the settings below.
+    let shared_routes: Vec<&crate::suite::Route> = env
         .suite
         .routes
         .iter()
@@ -299,8 +299,11 @@ pub fn nginx_config(env: &Env, port: u16) -> Result<String, String> {
             passthrough(env, *i)
                 && (!r.sni.is_empty() || r.sni_pattern.is_some() || m.no_sni == Some(*i) || m.unknown_sni == Some(*i))
         })
-        .map(|(_, r)| r.proxy_protocol != "none")
+        .map(|(_, r)| r)
         .collect();
+    // nginx speaks only PROXY v1 (the built-in back ends accept either version): the routes
+    // reached through the shared server must agree
+    let shared: Vec<bool> = shared_routes.iter().map(|r| r.proxy_protocol != "none").collect();
     if shared.iter().any(|&x| x) && !shared.iter().all(|&x| x) {
         return Err("nginx: routes reached by SNI on the shared IP disagree on proxy_protocol".into());
     }
@@ -345,19 +348,12 @@ pub fn nginx_config(env: &Env, port: u16) -> Result<String, String> {
     }
     c.push_str("    upstream be_drop { server 127.0.0.1:9; }\n");
     let mut pp = if shared_pp { "        proxy_protocol on;\n".to_owned() } else { String::new() };
-    // nginx closes both ways at the first end unless `proxy_half_close on` (one switch per server:
-    // the shared server half-closes when every route it reaches asks for it)
-    let half = |r: &crate::suite::Route| if r.half_close == Some(true) { "        proxy_half_close on;\n" } else { "" };
-    let shared_routes: Vec<&crate::suite::Route> = env
-        .suite
-        .routes
-        .iter()
-        .enumerate()
-        .filter(|(i, r)| passthrough(env, *i) && (!r.sni.is_empty() || r.sni_pattern.is_some()))
-        .map(|(_, r)| r)
-        .collect();
+    // nginx closes both ways at the first end unless `proxy_half_close on`: the shared server
+    // half-closes when every route it reaches asks for it
+    const HALF_CLOSE: &str = "        proxy_half_close on;\n";
+    let half = |r: &crate::suite::Route| if r.half_close == Some(true) { HALF_CLOSE } else { "" };
     if !shared_routes.is_empty() && shared_routes.iter().all(|r| r.half_close == Some(true)) {
-        pp.push_str("        proxy_half_close on;\n");
+        pp.push_str(HALF_CLOSE);
     }
     if let Some(n) = env.suite.admission.as_ref().and_then(|a| a.max_conns_per_client) {
         c.push_str("    limit_conn_zone $binary_remote_addr zone=perclient:10m;\n");

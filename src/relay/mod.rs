@@ -230,10 +230,10 @@ impl<'a> Pair<'a> {
         }
     }
 
-    /// The route's `half_close` (on unless this says otherwise).
-    pub fn half_close(mut self, on: bool) -> Self {
-        self.half_close = on;
-        self
+    /// How the pair treats its ends (else: half-closing, TCP_NODELAY already set).
+    pub fn ends(self, ends: Ends) -> Self {
+        self.nodelay_later.set(ends.nodelay_later);
+        Self { half_close: ends.half_close, ..self }
     }
 
     /// Bytes are about to go to `dst`: the back end's TCP_NODELAY, if still to be set, is set
@@ -261,11 +261,12 @@ impl<'a> Pair<'a> {
         }
         if self.half_close {
             dst.shutdown(Shutdown::Write);
-        } else if self.waiting_out.get() > 0 {
-            self.closing.set(true);
+            return;
+        }
+        self.closing.set(true);
+        if self.waiting_out.get() > 0 {
             self.abort();
         } else {
-            self.closing.set(true);
             dst.shutdown(Shutdown::Both);
         }
     }
@@ -335,8 +336,7 @@ pub fn relay<'a>(
 ) -> impl Future<Output = Relayed> + 'a {
     async move {
         let deadline = env.timers.arm([Some(client), Some(backend)], env.idle);
-        let pair = Pair::watched(client, backend, &deadline).half_close(ends.half_close);
-        pair.nodelay_later.set(ends.nodelay_later);
+        let pair = Pair::watched(client, backend, &deadline).ends(ends);
         let kind = if env.splice { RelayKind::Splice } else { RelayKind::Buffered };
         let up = Moved::new(false);
         let down = Moved::new(env.timing);

@@ -68,6 +68,12 @@ impl AsRawFd for Socket {
     }
 }
 
+/// A non-blocking, close-on-exec TCP socket of `addr`'s family.
+fn new_tcp(addr: SocketAddr) -> io::Result<socket2::Socket> {
+    let domain = socket2::Domain::for_address(addr);
+    socket2::Socket::new(domain, socket2::Type::STREAM.nonblocking().cloexec(), Some(socket2::Protocol::TCP))
+}
+
 impl Socket {
     fn sock_ref(&self) -> socket2::SockRef<'_> {
         socket2::SockRef::from(self.fd.as_ref())
@@ -316,9 +322,7 @@ impl Socket {
 
     /// A new non-blocking TCP socket with TCP_NODELAY, of `addr`'s family, ready to [`start_connect`](Self::start_connect).
     pub fn tcp_for(addr: SocketAddr) -> io::Result<Socket> {
-        let domain = socket2::Domain::for_address(addr);
-        let sock =
-            socket2::Socket::new(domain, socket2::Type::STREAM.nonblocking().cloexec(), Some(socket2::Protocol::TCP))?;
+        let sock = new_tcp(addr)?;
         sock.set_nodelay(true)?;
         Ok(Socket::from(OwnedFd::from(sock)))
     }
@@ -332,9 +336,7 @@ impl Socket {
     /// connection sends nothing else, and nothing is ever delayed before then (a send with no
     /// bytes unacknowledged goes at once).
     pub fn tcp_for_first_bytes(addr: SocketAddr) -> io::Result<Socket> {
-        let domain = socket2::Domain::for_address(addr);
-        let sock =
-            socket2::Socket::new(domain, socket2::Type::STREAM.nonblocking().cloexec(), Some(socket2::Protocol::TCP))?;
+        let sock = new_tcp(addr)?;
         let one: libc::c_int = 1;
         // SAFETY: `one` is a valid c_int for the duration of the call; the fd is owned by `sock`.
         // A refusal costs one segment more, nothing else: the socket is used as it is.

@@ -144,7 +144,7 @@ struct Shared<'a> {
 impl<'a> Shared<'a> {
     fn new(client: &'a Socket, backend: &'a Socket, session: Box<Session>, half_close: bool) -> Self {
         Self {
-            pair: Pair::new(client, backend).half_close(half_close),
+            pair: Pair::new(client, backend).ends(relay::Ends { half_close, ..relay::Ends::default() }),
             client,
             backend,
             session: RefCell::new(session),
