@@ -432,7 +432,8 @@ fn api_routes_take_every_back_end_form_a_file_route_takes() {
     let toml = format!(
         "sni = [\"pool.example\"]\naction = \"passthrough\"\nmin_tls = \"1.0\"\nbalance = \"round_robin\"\n\
          backends = [{{ address = \"{}\", weight = 2 }}, {{ address = \"unix:/nonexistent/sni-test.sock\", backup = true }}]\n\
-         health_check = {{ type = \"connect\", interval_ms = 500, timeout_ms = 400, rise = 1, fall = 2 }}\neject_after = 4\n",
+         health_check = {{ type = \"connect\", interval_ms = 500, timeout_ms = 400, rise = 1, fall = 2 }}\neject_after = 4\n\
+         half_close = false\n",
         b.addr
     );
     let (status, body) = put("pool", &toml, "application/toml");
@@ -446,6 +447,7 @@ fn api_routes_take_every_back_end_form_a_file_route_takes() {
     assert_eq!(v["backends"][1]["backup"], true, "{v}");
     assert_eq!(v["health_check"]["interval_ms"], 500, "{v}");
     assert_eq!(v["eject_after"], 4, "{v}");
+    assert_eq!(v["half_close"], false, "{v}");
     // JSON: a hand-off back end (as a backup) and an ALPN route.
     let j = format!(
         "{{\"sni\": [\"h.example\"], \"action\": \"passthrough\", \"min_tls\": \"1.0\", \"balance\": \"least_conn\", \
@@ -468,6 +470,7 @@ fn api_routes_take_every_back_end_form_a_file_route_takes() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let written = std::fs::read_to_string(e.cfg.dir.path().join("api.d/pool.toml")).unwrap();
     assert!(written.contains("weight = 2") && written.contains("backup = true"), "{written}");
+    assert!(written.contains("half_close = false"), "{written}");
     assert!(written.contains("health_check"), "{written}");
     let (status, body) = curl(&e.sock, &["-X", "POST", "-H", &auth, "http://x/reload"]);
     assert_eq!(status, 200, "{body}");

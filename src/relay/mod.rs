@@ -551,6 +551,39 @@ mod tests {
         }
     }
 
+    /// A back end made for first bytes gets TCP_NODELAY before the first bytes relayed to it,
+    /// and never when the client sends nothing more (spliced and copied).
+    #[test]
+    fn the_back_end_gets_nodelay_before_the_first_relayed_bytes() {
+        for (splice, upload) in [(true, true), (false, true), (true, false)] {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                tokio_uring::start(async move {
+                    let (client, mut client_peer) = tcp_pair();
+                    let (backend, mut backend_peer) = tcp_pair();
+                    let rig = Rig::new();
+                    let env = rig.env(splice);
+                    if upload {
+                        std::io::Write::write_all(&mut client_peer, b"more").unwrap();
+                    }
+                    client_peer.shutdown(Shutdown::Write).unwrap();
+                    backend_peer.shutdown(Shutdown::Write).unwrap();
+                    let before = backend.nodelay();
+                    let done = relay(&env, &client, &backend, Ends { nodelay_later: true, ..Ends::default() }).await;
+                    let mut got = Vec::new();
+                    backend_peer.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                    let _ = std::io::Read::read_to_end(&mut backend_peer, &mut got);
+                    tx.send((before, backend.nodelay(), done.end, got)).unwrap();
+                })
+            });
+            let (before, after, end, got) = rx.recv_timeout(Duration::from_secs(30)).expect("the relay did not end");
+            assert!(!before, "the test's socket starts with Nagle on");
+            assert_eq!(end, End::Closed);
+            assert_eq!(after, upload, "splice {splice}, upload {upload}");
+            assert_eq!(got, if upload { &b"more"[..] } else { &b""[..] });
+        }
+    }
+
     /// Without half-close, the first end of stream shuts the other socket down both ways: the
     /// other direction, waiting for data there, stops without reading what is queued, and its
     /// peer sees the FIN.

@@ -352,6 +352,11 @@ impl Socket {
         Ok(Socket::from(OwnedFd::from(sock)))
     }
 
+    /// Whether TCP_NODELAY is set (false for a socket that is not TCP).
+    pub fn nodelay(&self) -> bool {
+        self.sock_ref().nodelay().unwrap_or(false)
+    }
+
     /// Sets TCP_NODELAY (see [`tcp_for_first_bytes`](Self::tcp_for_first_bytes)); a socket that
     /// is not TCP (a unix back end) is left as it is.
     pub fn set_nodelay(&self) {
