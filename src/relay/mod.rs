@@ -516,36 +516,45 @@ mod tests {
         (Socket::from(OwnedFd::from(ours)), peer)
     }
 
+    /// Runs `f` on a ring of its own, in a thread of its own: what it returns, within 30 s.
+    fn on_ring<T, F>(f: impl FnOnce() -> F + Send + 'static) -> T
+    where
+        T: Send + 'static,
+        F: Future<Output = T>,
+    {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(tokio_uring::start(f()));
+        });
+        rx.recv_timeout(Duration::from_secs(30)).expect("the relay did not end")
+    }
+
     /// A source whose last bytes and FIN are both waiting: the direction sends the bytes and the
     /// FIN in one segment (its peer counts the segments it receives), through a pipe and copied.
     /// Without the read that looks for the end right after the bytes, they leave in two.
     #[test]
     fn the_fin_leaves_with_the_last_bytes() {
         for splice in [true, false] {
-            let (tx, rx) = std::sync::mpsc::channel();
-            std::thread::spawn(move || {
-                tokio_uring::start(async move {
-                    let (src, mut writer) = tcp_pair();
-                    let (dst, mut reader) = tcp_pair();
-                    std::io::Write::write_all(&mut writer, b"the last bytes").unwrap();
-                    writer.shutdown(Shutdown::Write).unwrap();
-                    // Both have arrived once the source reports its peer's FIN.
-                    while src.poll(POLLIN | POLLRDHUP).await.unwrap() & POLLRDHUP == 0 {}
-                    let reader_sock = Socket::from(OwnedFd::from(reader.try_clone().unwrap()));
-                    let before = reader_sock.segments_in().unwrap();
-                    let rig = Rig::new();
-                    let env = rig.env(splice);
-                    let pair = Pair::new(&src, &dst);
-                    let moved = Moved::new(false);
-                    direction(&Dir { pair: &pair, env: &env, src: &src, dst: &dst, moved: &moved }).await.unwrap();
-                    let mut got = Vec::new();
-                    reader.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-                    std::io::Read::read_to_end(&mut reader, &mut got).unwrap();
-                    let segments = reader_sock.segments_in().unwrap() - before;
-                    tx.send((got, segments)).unwrap();
-                })
+            let (got, segments) = on_ring(move || async move {
+                let (src, mut writer) = tcp_pair();
+                let (dst, mut reader) = tcp_pair();
+                std::io::Write::write_all(&mut writer, b"the last bytes").unwrap();
+                writer.shutdown(Shutdown::Write).unwrap();
+                // Both have arrived once the source reports its peer's FIN.
+                while src.poll(POLLIN | POLLRDHUP).await.unwrap() & POLLRDHUP == 0 {}
+                let reader_sock = Socket::from(OwnedFd::from(reader.try_clone().unwrap()));
+                let before = reader_sock.segments_in().unwrap();
+                let rig = Rig::new();
+                let env = rig.env(splice);
+                let pair = Pair::new(&src, &dst);
+                let moved = Moved::new(false);
+                direction(&Dir { pair: &pair, env: &env, src: &src, dst: &dst, moved: &moved }).await.unwrap();
+                let mut got = Vec::new();
+                reader.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                std::io::Read::read_to_end(&mut reader, &mut got).unwrap();
+                let segments = reader_sock.segments_in().unwrap() - before;
+                (got, segments)
             });
-            let (got, segments) = rx.recv_timeout(Duration::from_secs(30)).unwrap();
             assert_eq!(got, b"the last bytes");
             assert_eq!(segments, 1, "splice {splice}: the bytes and the FIN in one segment");
         }
@@ -556,27 +565,23 @@ mod tests {
     #[test]
     fn the_back_end_gets_nodelay_before_the_first_relayed_bytes() {
         for (splice, upload) in [(true, true), (false, true), (true, false)] {
-            let (tx, rx) = std::sync::mpsc::channel();
-            std::thread::spawn(move || {
-                tokio_uring::start(async move {
-                    let (client, mut client_peer) = tcp_pair();
-                    let (backend, mut backend_peer) = tcp_pair();
-                    let rig = Rig::new();
-                    let env = rig.env(splice);
-                    if upload {
-                        std::io::Write::write_all(&mut client_peer, b"more").unwrap();
-                    }
-                    client_peer.shutdown(Shutdown::Write).unwrap();
-                    backend_peer.shutdown(Shutdown::Write).unwrap();
-                    let before = backend.nodelay();
-                    let done = relay(&env, &client, &backend, Ends { nodelay_later: true, ..Ends::default() }).await;
-                    let mut got = Vec::new();
-                    backend_peer.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-                    let _ = std::io::Read::read_to_end(&mut backend_peer, &mut got);
-                    tx.send((before, backend.nodelay(), done.end, got)).unwrap();
-                })
+            let (before, after, end, got) = on_ring(move || async move {
+                let (client, mut client_peer) = tcp_pair();
+                let (backend, mut backend_peer) = tcp_pair();
+                let rig = Rig::new();
+                let env = rig.env(splice);
+                if upload {
+                    std::io::Write::write_all(&mut client_peer, b"more").unwrap();
+                }
+                client_peer.shutdown(Shutdown::Write).unwrap();
+                backend_peer.shutdown(Shutdown::Write).unwrap();
+                let before = backend.nodelay();
+                let done = relay(&env, &client, &backend, Ends { nodelay_later: true, ..Ends::default() }).await;
+                let mut got = Vec::new();
+                backend_peer.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let _ = std::io::Read::read_to_end(&mut backend_peer, &mut got);
+                (before, backend.nodelay(), done.end, got)
             });
-            let (before, after, end, got) = rx.recv_timeout(Duration::from_secs(30)).expect("the relay did not end");
             assert!(!before, "the test's socket starts with Nagle on");
             assert_eq!(end, End::Closed);
             assert_eq!(after, upload, "splice {splice}, upload {upload}");
@@ -589,27 +594,23 @@ mod tests {
     /// peer sees the FIN.
     #[test]
     fn without_half_close_the_first_end_closes_both_ways() {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            tokio_uring::start(async move {
-                let (client, mut client_peer) = tcp_pair();
-                let (backend, mut backend_peer) = tcp_pair();
-                let rig = Rig::new();
-                let env = rig.env(true);
-                backend_peer.shutdown(Shutdown::Write).unwrap();
-                let done = relay(&env, &client, &backend, Ends { half_close: false, ..Ends::default() }).await;
-                // The client's later bytes go nowhere: the relay is over.
-                let _ = std::io::Write::write_all(&mut client_peer, b"late");
-                let mut got = Vec::new();
-                client_peer.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-                let eof = std::io::Read::read_to_end(&mut client_peer, &mut got).map(|_| got.is_empty());
-                backend_peer.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-                let mut from_client = Vec::new();
-                let _ = std::io::Read::read_to_end(&mut backend_peer, &mut from_client);
-                tx.send((done.end, eof.ok(), from_client)).unwrap();
-            })
+        let (end, eof, from_client) = on_ring(move || async move {
+            let (client, mut client_peer) = tcp_pair();
+            let (backend, mut backend_peer) = tcp_pair();
+            let rig = Rig::new();
+            let env = rig.env(true);
+            backend_peer.shutdown(Shutdown::Write).unwrap();
+            let done = relay(&env, &client, &backend, Ends { half_close: false, ..Ends::default() }).await;
+            // The client's later bytes go nowhere: the relay is over.
+            let _ = std::io::Write::write_all(&mut client_peer, b"late");
+            let mut got = Vec::new();
+            client_peer.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let eof = std::io::Read::read_to_end(&mut client_peer, &mut got).map(|_| got.is_empty());
+            backend_peer.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut from_client = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut backend_peer, &mut from_client);
+            (done.end, eof.ok(), from_client)
         });
-        let (end, eof, from_client) = rx.recv_timeout(Duration::from_secs(30)).expect("the relay did not end");
         assert_eq!(end, End::Closed);
         assert_eq!(eof, Some(true), "the client reads the FIN");
         assert!(from_client.is_empty(), "{from_client:?}");
@@ -622,40 +623,34 @@ mod tests {
     #[test]
     fn without_half_close_a_blocked_direction_ends_cleanly() {
         for splice in [true, false] {
-            let (tx, rx) = std::sync::mpsc::channel();
-            std::thread::spawn(move || {
-                tokio_uring::start(async move {
-                    let (client, client_peer) = tcp_pair();
-                    let (backend, mut backend_peer) = tcp_pair();
-                    let rig = Rig::new();
-                    let env = rig.env(splice);
-                    let writer = std::thread::spawn(move || {
-                        let mut client_peer = client_peer;
-                        let chunk = vec![7u8; 1 << 20];
-                        for _ in 0..64 {
-                            if std::io::Write::write_all(&mut client_peer, &chunk).is_err() {
-                                break;
-                            }
+            let end = on_ring(move || async move {
+                let (client, client_peer) = tcp_pair();
+                let (backend, mut backend_peer) = tcp_pair();
+                let rig = Rig::new();
+                let env = rig.env(splice);
+                let writer = std::thread::spawn(move || {
+                    let mut client_peer = client_peer;
+                    let chunk = vec![7u8; 1 << 20];
+                    for _ in 0..64 {
+                        if std::io::Write::write_all(&mut client_peer, &chunk).is_err() {
+                            break;
                         }
-                    });
-                    let ends = async {
-                        // Long enough for the upload to fill the back end's buffers, after which
-                        // that direction waits for POLLOUT.
-                        tokio::time::sleep(Duration::from_millis(300)).await;
-                        std::io::Write::write_all(&mut backend_peer, b"bye").unwrap();
-                        backend_peer.shutdown(Shutdown::Write).unwrap();
-                    };
-                    let (done, ()) = tokio::join!(
-                        relay(&env, &client, &backend, Ends { half_close: false, ..Ends::default() }),
-                        ends
-                    );
-                    // Closed, as the connection's task closes them: the writer stops.
-                    drop((client, backend, backend_peer));
-                    let _ = writer.join();
-                    tx.send(done.end).unwrap();
-                })
+                    }
+                });
+                let ends = async {
+                    // Long enough for the upload to fill the back end's buffers, after which
+                    // that direction waits for POLLOUT.
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    std::io::Write::write_all(&mut backend_peer, b"bye").unwrap();
+                    backend_peer.shutdown(Shutdown::Write).unwrap();
+                };
+                let (done, ()) =
+                    tokio::join!(relay(&env, &client, &backend, Ends { half_close: false, ..Ends::default() }), ends);
+                // Closed, as the connection's task closes them: the writer stops.
+                drop((client, backend, backend_peer));
+                let _ = writer.join();
+                done.end
             });
-            let end = rx.recv_timeout(Duration::from_secs(30)).expect("the relay did not end");
             assert_eq!(end, End::Closed, "splice {splice}");
         }
     }
