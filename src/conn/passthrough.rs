@@ -79,7 +79,7 @@ pub(super) fn relay<'a>(
         done.to_client += o.to_client;
         // Through the ring: batched with the other submissions, no close(2) of its own.
         if let Ok(Opened { backend, _active, .. }) = opened {
-            backend.close().await;
+            backend.close();
             drop(_active);
         }
         Outcome::Relayed(done)

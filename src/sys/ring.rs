@@ -54,6 +54,18 @@ pub(super) unsafe fn submit<D: Unpin + 'static>(data: D, sqe: squeue::Entry) -> 
     Submitted(UnsubmittedOneshot::new(data, Completion(PhantomData), sqe).submit())
 }
 
+/// Whether this kernel closes fds through the ring (IORING_OP_CLOSE, Linux 5.6): probed once per
+/// process on a ring of its own, since a close submitted without waiting for its completion
+/// could not fall back to close(2) on the kernel's refusal.
+pub(super) fn closes_on_ring() -> bool {
+    static PROBED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PROBED.get_or_init(|| {
+        let Ok(ring) = io_uring::IoUring::<squeue::Entry, cqueue::Entry>::new(2) else { return false };
+        let mut probe = io_uring::Probe::new();
+        ring.submitter().register_probe(&mut probe).is_ok() && probe.is_supported(io_uring::opcode::Close::CODE)
+    })
+}
+
 /// Ring settings of one worker.
 #[derive(Debug, Clone, Copy)]
 pub struct RingOptions {

@@ -158,6 +158,6 @@ fn serve(guard: OpenGuard, mut conn: Accepted) -> impl std::future::Future<Outpu
         let w = &guard.0;
         conn::serve(&w.conns, &**w, &mut conn).await;
         // Through the ring: batched with the other submissions, no close(2) of its own.
-        conn.client.close().await;
+        conn.client.close();
     }
 }

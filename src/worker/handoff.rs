@@ -136,5 +136,5 @@ fn received(w: &Rc<Worker>, bytes: &[u8], fds: &mut Vec<OwnedFd>) {
 async fn serve(guard: OpenGuard, mut conn: Accepted) {
     let w = &guard.0;
     conn::serve(&w.conns, &**w, &mut conn).await;
-    conn.client.close().await;
+    conn.client.close();
 }
