@@ -12,6 +12,8 @@
 //! - [`pipe`]: [`Pipe`] and non-blocking `splice(2)`;
 //! - [`limits`]: `RLIMIT_NOFILE`, huge-page hints;
 //! - [`alloc`]: giving freed allocator pages back to the system;
+//! - [`epoll`]: [`Watched`], readiness from the runtime's epoll rather than the ring (QUIC's UDP
+//!   sockets, woken many times each);
 //! - [`udp`]: UDP sockets for QUIC: `SO_REUSEPORT` listeners with the destination address of each
 //!   datagram, connected back-end sockets, non-blocking `recvmsg`/`sendmsg` with GRO and GSO;
 //! - [`unix`]: passing descriptors over unix sockets (`SCM_RIGHTS`), the peer's credentials;
@@ -23,6 +25,7 @@
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 pub mod alloc;
+pub mod epoll;
 pub mod filter;
 pub mod huge;
 pub mod inotify;
@@ -36,6 +39,7 @@ pub mod udp;
 pub mod unix;
 
 pub use alloc::{purge_at_once, release_all_free_memory, release_free_memory, PurgeAtOnce};
+pub use epoll::{Readable, Watched};
 pub use huge::HugeBuf;
 pub use limits::{advise_huge_pages, raise_fd_limit, zeroed_atomics};
 pub use pipe::{Pipe, Spliced};

@@ -2,7 +2,8 @@
 //! each datagram through `IP_PKTINFO`/`IPV6_RECVPKTINFO`, `UDP_GRO` where the kernel has it) and
 //! connected sockets towards back ends.
 //!
-//! Readiness comes from the ring ([`Socket::poll`]); datagrams are then moved with non-blocking
+//! Readiness comes from the runtime's epoll ([`super::Watched`]: no ring poll to re-arm per wait,
+//! and no interrupted wait per datagram); datagrams are then moved with non-blocking
 //! `recvmsg(2)`/`sendmsg(2)` straight from and into the caller's buffers, so no buffer is parked in
 //! the ring per socket (an idle flow holds no buffer at all) and one wake-up drains every datagram
 //! queued. With GRO, one `recvmsg` returns several datagrams of one sender back to back, each

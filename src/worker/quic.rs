@@ -30,7 +30,7 @@ use crate::metrics::{ConnectCause, Direction, DropReason, Hist, QuicDatagramDrop
 use crate::quic::{self, packet, Head, Hello, LongType, PendingTable};
 use crate::route::{Action, Balance, Match, Miss, RouteId, Target};
 use crate::sys::udp::{self, Received, RecvBatch, UdpFeatures};
-use crate::sys::{Socket, POLLIN};
+use crate::sys::{Socket, Watched};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
@@ -202,10 +202,18 @@ impl Quic {
 pub(crate) async fn run(w: Rc<Worker>, q: Rc<Quic>, l: Rc<Listener>) {
     let mut stop = w.stop.clone();
     let mut stopped = false;
-    let mut poll = Box::pin(l.socket.poll(POLLIN));
+    // Readiness from the epoll, not the ring: a datagram then wakes the worker straight out of
+    // its wait (see `sys::epoll`).
+    let watched = match Watched::new(l.socket.clone()) {
+        Ok(watched) => watched,
+        Err(e) => {
+            tracing::error!(worker = w.id(), listener = %l.addr, error = %e, "QUIC listener: cannot watch the socket");
+            return;
+        }
+    };
     while !q.done.get() {
         let ready = tokio::select! {
-            r = &mut poll => r.is_ok(),
+            r = watched.readable() => r.ok(),
             _ = stop.changed(), if !stopped => {
                 stopped = *stop.borrow();
                 q.stopping.set(q.stopping.get() || stopped);
@@ -218,10 +226,8 @@ pub(crate) async fn run(w: Rc<Worker>, q: Rc<Quic>, l: Rc<Listener>) {
             }
             () = q.wake.notified() => continue,
         };
-        poll.set(l.socket.poll(POLLIN));
-        if !ready {
-            continue;
-        }
+        let Some(ready) = ready else { continue };
+        let mut drained = false;
         for _ in 0..BURST / SLOTS {
             let mut batch = q.batch.borrow_mut();
             match batch.recv(&l.socket) {
@@ -231,25 +237,33 @@ pub(crate) async fn run(w: Rc<Worker>, q: Rc<Quic>, l: Rc<Listener>) {
                     }
                     // Fewer than asked: the queue is empty, no need to ask again.
                     if k < batch.slots() {
+                        drained = true;
                         break;
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    drained = true;
+                    break;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 // ICMP errors queued on the socket and the like: nothing to do for one of them.
                 Err(_) => {}
             }
         }
+        // Else a full burst: the next wait returns at once, after the other tasks have run.
+        if drained {
+            ready.drained();
+        }
     }
+    // No longer read here: out of the epoll before anything else (a watched socket nobody
+    // reads would wake the worker for every datagram).
+    drop(watched);
     if handed_over(&w, &l) {
-        // The socket is the new process's too: cancel our poll, leave the socket alone.
+        // The socket is the new process's too: leave it alone.
         hand_over_flows(&w, &q, l.index);
-        let _ = l.socket.cancel_pending().await;
     } else {
-        // Completes the poll still in the ring, so the socket is closed.
         l.socket.shutdown(Shutdown::Both);
     }
-    drop(poll);
     tracing::debug!(worker = w.id(), listener = %l.addr, gro = l.features.gro, "QUIC listener stopped");
 }
 
@@ -755,39 +769,59 @@ fn backend_refused(w: &Worker, q: &Quic, flow: &Rc<Flow>) {
 /// Relays the back end's datagrams to the client until the flow closes.
 async fn backend_loop(w: Rc<Worker>, q: Rc<Quic>, flow: Rc<Flow>) {
     while !flow.closed.get() {
-        let sock = flow.backend.borrow().clone();
-        let _ = sock.poll(POLLIN).await;
-        if flow.closed.get() {
+        // Watched until the flow closes or fails over (then the new socket is): readiness from
+        // the epoll, one registration per socket instead of a ring poll per wait.
+        let Ok(watched) = Watched::new(flow.backend.borrow().clone()) else {
+            close(&w, &q, &flow, QuicFlowEnd::BackendsDown);
             break;
+        };
+        backend_socket_loop(&w, &q, &flow, &watched).await;
+    }
+}
+
+/// Relays one back-end socket's datagrams until the flow closes or fails over to another socket
+/// (which shuts this one down, so the wait returns).
+async fn backend_socket_loop(w: &Worker, q: &Quic, flow: &Rc<Flow>, watched: &Watched) {
+    let sock = watched.socket();
+    loop {
+        let ready = watched.readable().await;
+        if flow.closed.get() || sock.as_raw_fd() != flow.backend.borrow().as_raw_fd() {
+            return;
         }
-        if sock.as_raw_fd() != flow.backend.borrow().as_raw_fd() {
-            // Failed over meanwhile: poll the new socket.
-            continue;
-        }
+        let Ok(ready) = ready else { return };
+        let mut drained = false;
         for _ in 0..BURST / SLOTS {
             let mut batch = q.batch.borrow_mut();
-            let k = match batch.recv(&sock) {
+            let k = match batch.recv(sock) {
                 Ok(k) => {
-                    to_client(&w, &q, &flow, &batch);
+                    to_client(w, q, flow, &batch);
                     k
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    drained = true;
+                    break;
+                }
                 Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
-                    backend_refused(&w, &q, &flow);
+                    drop(batch);
+                    backend_refused(w, q, flow);
                     break;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => break,
             };
             if k < SLOTS {
+                drained = true;
                 break;
             }
             // A full batch: the back end sends trains (a download). GRO from now on (a flow's
             // socket is made without it: a short flow never needs it, and the setsockopt is one
             // system call per flow).
             if !flow.backend_gro.replace(true) && w.config().runtime.quic_gro {
-                udp::enable_gro(&sock);
+                udp::enable_gro(sock);
             }
+        }
+        if drained {
+            ready.drained();
         }
     }
 }
