@@ -140,7 +140,8 @@ struct Tuning {
     /// Open connections per worker; 0 = unlimited [default: 0].
     #[arg(long, value_name = "N")]
     max_conns_per_worker: Option<usize>,
-    /// Relay passthrough bytes with zero-copy splice(2) [default].
+    /// Relay passthrough streams with zero-copy splice(2), from a direction's first burst that
+    /// fills the 64 KiB copy buffer (short responses are copied) [default].
     #[arg(long, overrides_with = "no_splice")]
     splice: bool,
     /// Relay through io_uring reads and writes instead of splice.

@@ -539,18 +539,26 @@ fn bulk_both_ways_checksummed_buffered() {
 #[test]
 fn exhausted_pipe_pool_copies_bursts_and_counts_them() {
     let b = backend(Mode::Echo);
-    // No pipe at all: every burst of the spliced relay is copied through a buffer instead.
+    // No pipe at all: every burst the spliced relay would splice is copied through a buffer
+    // instead. A stream each way (4 MiB), since a direction splices only once one of its bursts
+    // has filled the copy buffer.
     let overrides = RuntimeOverrides { pipe_pool: Some(0), ..Default::default() };
     let toml =
         format!("{RUNTIME}{}{}", listener("127.0.0.1:0"), passthrough("r", "sni = [\"www.example.com\"]", &[b.addr]));
     let (server, _f) = start(&toml, &overrides);
     let mut c = connect(server.local_addrs()[0]);
     c.write_all(OPENSSL_SNI).unwrap();
-    c.write_all(b"ping").unwrap();
-    c.shutdown(Shutdown::Write).unwrap();
+    let data: Vec<u8> = (0..4usize << 20).map(|i| (i % 251) as u8).collect();
+    let (mut w, sent) = (c.try_clone().unwrap(), data.clone());
+    let writer = std::thread::spawn(move || {
+        w.write_all(&sent).unwrap();
+        w.shutdown(Shutdown::Write).unwrap();
+    });
+    let got = read_to_end(&mut c).unwrap();
+    writer.join().unwrap();
     let mut want = OPENSSL_SNI.to_vec();
-    want.extend_from_slice(b"ping");
-    assert_eq!(read_to_end(&mut c).unwrap(), want);
+    want.extend_from_slice(&data);
+    assert!(got == want, "{} of {} bytes came back", got.len(), want.len());
     let m = wait_metrics(&server, |m| m.open == 0 && m.relays.get(RelayKind::Splice) == 1);
     assert!(m.splice_fallbacks.get(PipeMiss::PoolFull) >= 2, "each direction's bursts: {m:#?}");
     assert_eq!(m.pipes_open, 0);

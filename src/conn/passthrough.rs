@@ -65,6 +65,7 @@ pub(super) fn relay<'a>(
             timers: &res.timers,
             metrics: &res.metrics,
             splice: rt.splice,
+            copy_first: true,
             idle: rt.idle_timeout(),
             timing: res.timing,
         };

@@ -7,7 +7,10 @@
 //!   - [`splice`]: zero-copy `splice(2)` socket → pipe → socket, with a pipe borrowed from the
 //!     worker's [`PipePool`] for the burst and given back once drained, so an idle connection
 //!     holds no pipe and `pipe_pool` pipes serve every connection, not the first few hundred;
-//!     a burst that finds no pipe is copied instead (`splice_fallbacks_total{cause}`);
+//!     a burst that finds no pipe is copied instead (`splice_fallbacks_total{cause}`). A
+//!     passthrough direction splices only once it is a stream: its bursts are copied until one
+//!     fills the scratch buffer ([`Env::copy_first`]), since a short response's few bytes cost
+//!     less copied once than moved into a pipe and out of it;
 //!   - [`copy`]: a non-blocking read into the worker's [`Scratch`] buffer and a non-blocking
 //!     send; only what a full socket did not take is kept (in a pooled buffer) until it goes;
 //!     `--no-splice` uses it for every burst.
@@ -109,6 +112,10 @@ pub struct Env<'a> {
     pub metrics: &'a Local,
     /// Splice through pooled pipes (else every burst is copied).
     pub splice: bool,
+    /// With `splice`: copy a direction's bursts until one fills the scratch buffer, and splice
+    /// from the next (a short response costs less copied once than moved into a pipe and out of
+    /// it; a stream pays one buffer's copy). `false` splices from the first burst.
+    pub copy_first: bool,
     pub idle: Duration,
     /// Stamp the first byte relayed from the back end to the client (for the first-byte latency).
     pub timing: bool,
@@ -388,6 +395,8 @@ fn direction<'a>(d: &'a Dir<'a>) -> impl Future<Output = io::Result<()>> + 'a {
         let mut hup = false;
         let mut budget = Budget::default();
         let mut peeks = PEEK_BURSTS;
+        // Copied until a burst fills its room (`Env::copy_first`), spliced from then on.
+        let mut streaming = !d.env.copy_first;
         loop {
             if !ready {
                 hup = or_abort!(d.src.poll(POLLIN | POLLRDHUP).await) & (POLLRDHUP | POLLHUP) != 0;
@@ -397,9 +406,10 @@ fn direction<'a>(d: &'a Dir<'a>) -> impl Future<Output = io::Result<()>> + 'a {
             }
             let peek = peeks > 0;
             peeks = peeks.saturating_sub(1);
-            // A burst: spliced through a pipe lent for it, or copied (no splice, or no pipe).
-            // Each arm keeps its own state across its await, so the two share the space.
-            let burst = if let Some(mut loan) = d.env.splice.then(|| splice::loan(d.env)).flatten() {
+            // A burst: spliced through a pipe lent for it, or copied (no splice, not a stream yet,
+            // or no pipe). Each arm keeps its own state across its await, so the two share the
+            // space.
+            let burst = if let Some(mut loan) = (d.env.splice && streaming).then(|| splice::loan(d.env)).flatten() {
                 let burst = or_abort!(splice::fill(loan.get(), d.src, peek));
                 if let Burst::Moved { .. } | Burst::Last = burst {
                     let last = matches!(burst, Burst::Last);
@@ -434,6 +444,7 @@ fn direction<'a>(d: &'a Dir<'a>) -> impl Future<Output = io::Result<()>> + 'a {
                 Burst::WouldBlock => ready = false,
                 Burst::Moved { n, more } => {
                     ready = more || hup;
+                    streaming |= more;
                     budget.spend(n);
                     if budget.renew() {
                         // Yield through the ring, not to the scheduler: the poll completes at
@@ -501,6 +512,7 @@ mod tests {
                 timers: &self.timers,
                 metrics: &self.metrics,
                 splice,
+                copy_first: false,
                 idle: Duration::from_secs(60),
                 timing: false,
             }
@@ -557,6 +569,45 @@ mod tests {
             });
             assert_eq!(got, b"the last bytes");
             assert_eq!(segments, 1, "splice {splice}: the bytes and the FIN in one segment");
+        }
+    }
+
+    /// With `copy_first`, a short response is copied (no pipe is ever lent) and a stream is
+    /// spliced once a burst has filled the scratch buffer; every byte arrives either way.
+    #[test]
+    fn a_direction_copies_until_a_burst_fills_the_scratch_buffer_then_splices() {
+        for size in [100usize, 4 << 20] {
+            let (got, pipes) = on_ring(move || async move {
+                let (src, mut writer) = tcp_pair();
+                let (dst, mut reader) = tcp_pair();
+                let sent: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+                let w = std::thread::spawn(move || {
+                    std::io::Write::write_all(&mut writer, &sent).unwrap();
+                    writer.shutdown(Shutdown::Write).unwrap();
+                });
+                let r = std::thread::spawn(move || {
+                    let mut got = Vec::new();
+                    reader.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                    std::io::Read::read_to_end(&mut reader, &mut got).unwrap();
+                    got
+                });
+                let rig = Rig::new();
+                let env = Env { copy_first: true, ..rig.env(true) };
+                let pair = Pair::new(&src, &dst);
+                let moved = Moved::new(false);
+                direction(&Dir { pair: &pair, env: &env, src: &src, dst: &dst, moved: &moved }).await.unwrap();
+                w.join().unwrap();
+                drop(dst);
+                let pipes = rig.pipes.borrow().live();
+                (r.join().unwrap(), pipes)
+            });
+            let sent: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+            assert!(got == sent, "{size} bytes: {} arrived", got.len());
+            if size < SCRATCH_SIZE {
+                assert_eq!(pipes, 0, "a short response is copied");
+            } else {
+                assert!(pipes > 0, "a stream is spliced");
+            }
         }
     }
 
