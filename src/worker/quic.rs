@@ -175,6 +175,8 @@ pub(crate) struct Quic {
     exported: Cell<bool>,
     /// The worker has drained: the loops end.
     done: Cell<bool>,
+    /// Wakes every loop to look at its state again: the listeners' when the worker has drained,
+    /// the back ends' when flows were let go (handed over, so not shut down).
     wake: tokio::sync::Notify,
 }
 
@@ -784,7 +786,17 @@ async fn backend_loop(w: Rc<Worker>, q: Rc<Quic>, flow: Rc<Flow>) {
 async fn backend_socket_loop(w: &Worker, q: &Quic, flow: &Rc<Flow>, watched: &Watched) {
     let sock = watched.socket();
     loop {
-        let ready = watched.readable().await;
+        let ready = tokio::select! {
+            r = watched.readable() => r,
+            // A flow let go (handed over to a new process) ends here: its socket is shared, so
+            // nothing shuts it down to wake this wait.
+            () = q.wake.notified() => {
+                if flow.closed.get() {
+                    return;
+                }
+                continue;
+            }
+        };
         if flow.closed.get() || sock.as_raw_fd() != flow.backend.borrow().as_raw_fd() {
             return;
         }
@@ -1029,10 +1041,12 @@ fn hand_over_flows(w: &Worker, q: &Quic, index: u16) {
     for f in mine {
         let_go(w, q, &f);
     }
+    q.wake.notify_waiters();
 }
 
-/// One flow handed over: counted (`handed_over`), no longer forwarded here; its relay task's
-/// poll is cancelled, not the socket shut down.
+/// One flow handed over: counted (`handed_over`), no longer forwarded here; its socket is not
+/// shut down (the new process reads it). Its relay task ends when the caller wakes the loops
+/// (`Quic::wake`), once for all the flows it let go.
 fn let_go(w: &Worker, q: &Quic, flow: &Rc<Flow>) {
     if flow.closed.replace(true) {
         return;
@@ -1046,10 +1060,6 @@ fn let_go(w: &Worker, q: &Quic, flow: &Rc<Flow>) {
         s.closed(w.id(), None);
     }
     log_flow(w, flow, QuicFlowEnd::HandedOver);
-    let sock = flow.backend.borrow().clone();
-    tokio_uring::spawn(async move {
-        let _ = sock.cancel_pending().await;
-    });
 }
 
 /// Takes the flows the previous process handed over into the table, each on the socket
