@@ -213,6 +213,9 @@ pub(crate) async fn run(w: Rc<Worker>, q: Rc<Quic>, l: Rc<Listener>) {
             return;
         }
     };
+    // Registered once and kept across waits (a new `notified()` per wait would lock the
+    // `Notify`'s waiter list twice per wake-up); made anew once it has fired.
+    let mut woken = std::pin::pin!(q.wake.notified());
     while !q.done.get() {
         let ready = tokio::select! {
             r = watched.readable() => r.ok(),
@@ -226,7 +229,10 @@ pub(crate) async fn run(w: Rc<Worker>, q: Rc<Quic>, l: Rc<Listener>) {
                 }
                 continue;
             }
-            () = q.wake.notified() => continue,
+            () = woken.as_mut() => {
+                woken.set(q.wake.notified());
+                continue;
+            }
         };
         let Some(ready) = ready else { continue };
         let mut drained = false;
@@ -785,15 +791,17 @@ async fn backend_loop(w: Rc<Worker>, q: Rc<Quic>, flow: Rc<Flow>) {
 /// (which shuts this one down, so the wait returns).
 async fn backend_socket_loop(w: &Worker, q: &Quic, flow: &Rc<Flow>, watched: &Watched) {
     let sock = watched.socket();
+    // A flow let go (handed over to a new process) ends through this: its socket is shared, so
+    // nothing shuts it down to wake the wait. Registered once per socket, not per wait.
+    let mut woken = std::pin::pin!(q.wake.notified());
     loop {
         let ready = tokio::select! {
             r = watched.readable() => r,
-            // A flow let go (handed over to a new process) ends here: its socket is shared, so
-            // nothing shuts it down to wake this wait.
-            () = q.wake.notified() => {
+            () = woken.as_mut() => {
                 if flow.closed.get() {
                     return;
                 }
+                woken.set(q.wake.notified());
                 continue;
             }
         };
