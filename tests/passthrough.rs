@@ -779,3 +779,33 @@ fn end_to_end_with_openssl_s_server_s_client_and_curl() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.contains("s_server"), "curl: {text} {}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// The client's hello is not acknowledged on its own: the listener's delayed-ACK mode holds the
+/// ACK for the first bytes back (here the back end's reply), so the client receives the SYN-ACK
+/// and then the reply, two segments, where a quick ACK would make three. Counted on the client
+/// (`tcpi_segs_in`) over 20 connections; a delayed ACK whose timer fires first (a stalled
+/// machine) sends it alone, so the test asks that most connections, not all, save the segment.
+#[test]
+fn the_hellos_ack_rides_with_the_reply() {
+    use std::os::fd::OwnedFd;
+    let b = replier(OPENSSL_SNI.len());
+    let toml =
+        format!("{RUNTIME}{}{}", listener("127.0.0.1:0"), passthrough("r", "sni = [\"www.example.com\"]", &[b.addr]));
+    let (server, _f) = start(&toml, &RuntimeOverrides::default());
+    let addr = server.local_addrs()[0];
+    let mut saved = 0;
+    for _ in 0..20 {
+        let mut c = connect(addr);
+        c.write_all(OPENSSL_SNI).unwrap();
+        let mut got = [0u8; REPLY.len()];
+        c.read_exact(&mut got).unwrap();
+        assert_eq!(&got[..], REPLY);
+        let counted = sni_dispatch::sys::Socket::from(OwnedFd::from(c.try_clone().unwrap()));
+        if counted.segments_in().unwrap() == 2 {
+            saved += 1;
+        }
+        let _ = b.next();
+    }
+    assert!(saved >= 10, "{saved} of 20 connections got the hello's ACK with the reply");
+    server.shutdown();
+}

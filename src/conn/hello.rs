@@ -154,6 +154,9 @@ impl Partial {
                 Progress::Rejected(r) => return Step::Done(Err(rejected(res, conn, r))),
                 Progress::NeedMore { at_least } => self.at_least = at_least,
             }
+            // The hello comes in pieces: the ACK of this one goes now (the listener's
+            // delayed-ACK mode would hold it for our first response, which needs the rest).
+            conn.client.ack_now();
             self.keep(got);
             return Step::Wait;
         }

@@ -72,9 +72,15 @@ async fn read_header(res: &Resources, conn: &mut Accepted, accept: Accept) -> Re
         match decoded {
             Ok(Some(len)) => {
                 let take = len - consumed.len();
+                if take == peeked.len() {
+                    // No hello behind the header yet: its ACK goes now, so a sender whose
+                    // Nagle holds the hello for it does not wait (see `Socket::ack_now`).
+                    conn.client.ack_now();
+                }
                 break consume(res, conn, take).await.map_err(|()| "closed while its PROXY header was read");
             }
             Ok(None) => {
+                conn.client.ack_now();
                 let n = peeked.len();
                 if consume(res, conn, n).await.is_err() {
                     break Err("closed while its PROXY header was read");

@@ -234,6 +234,8 @@ impl Server {
                     for fd in &fds {
                         // A new backlog applies to a listening socket at once.
                         let _ = socket2::SockRef::from(fd).listen(rt.backlog.min(i32::MAX as u32) as i32);
+                        // As `bind` sets it (a binary from before may not have).
+                        let _ = socket2::SockRef::from(fd).set_quickack(false);
                     }
                     (bound, fds)
                 }
@@ -676,5 +678,12 @@ fn bind(addr: SocketAddr, backlog: u32) -> io::Result<socket2::Socket> {
     s.set_nodelay(true)?;
     s.bind(&addr.into())?;
     s.listen(backlog.min(i32::MAX as u32) as i32)?;
+    // They also inherit delayed-ACK ("pingpong") mode, set after listen(2), which clears it: the
+    // ACK of the client's first bytes rides with the first bytes sent back (the back end's
+    // ServerHello, or ours) instead of going alone: one segment fewer per connection (HAProxy's `option tcp-smart-accept` sets
+    // the same). A hello that arrives in pieces turns quick ACKs back on for its connection
+    // (`Socket::ack_now`), so a client whose Nagle holds the rest waits for no delayed ACK; and
+    // the kernel leaves the mode by itself when a delayed ACK had to go alone.
+    s.set_quickack(false)?;
     Ok(s)
 }

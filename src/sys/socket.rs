@@ -352,6 +352,14 @@ impl Socket {
         Ok(Socket::from(OwnedFd::from(sock)))
     }
 
+    /// Sends any ACK the kernel is holding back and turns quick ACKs on for this socket
+    /// (TCP_QUICKACK), for a connection accepted in delayed-ACK mode (the listeners' setting)
+    /// whose first bytes came in pieces: a client waiting for the ACK of the first piece (Nagle)
+    /// then sends the rest at once. Errors (not TCP) are ignored.
+    pub fn ack_now(&self) {
+        let _ = self.sock_ref().set_quickack(true);
+    }
+
     /// Whether TCP_NODELAY is set (false for a socket that is not TCP).
     pub fn nodelay(&self) -> bool {
         self.sock_ref().nodelay().unwrap_or(false)
