@@ -680,11 +680,11 @@ fn bind(addr: SocketAddr, backlog: u32) -> io::Result<socket2::Socket> {
     s.listen(backlog.min(i32::MAX as u32) as i32)?;
     // They also inherit delayed-ACK ("pingpong") mode, set after listen(2), which clears it: the
     // ACK of the client's first bytes rides with the first bytes sent back (the back end's
-    // ServerHello, or ours) instead of going alone: one segment fewer per connection (HAProxy's `option tcp-smart-accept` sets
-    // the same). A hello that arrives in pieces turns quick ACKs back on for its connection
-    // (`Socket::ack_now`), so a client whose Nagle holds the rest waits for no delayed ACK; and
-    // the kernel leaves the mode by itself when a delayed ACK had to go alone.
-    // A kernel that refuses it costs one segment per connection, nothing else.
+    // ServerHello, or ours) instead of going alone, one segment fewer per connection (HAProxy's
+    // `option tcp-smart-accept` sets the same). A hello that arrives in pieces turns quick ACKs
+    // back on for its connection (`Socket::ack_now`), so a client whose Nagle holds the rest
+    // waits for no delayed ACK; the kernel leaves the mode by itself when a delayed ACK had to
+    // go alone. A kernel that refuses it costs one segment per connection, nothing else.
     let _ = s.set_quickack(false);
     Ok(s)
 }
