@@ -525,6 +525,20 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    /// A connection accepted from a listener in delayed-ACK mode starts in it (what
+    /// `server::bind` relies on), and `ack_now` takes it out (quick ACKs on).
+    #[test]
+    fn ack_now_ends_the_delayed_ack_mode_a_connection_inherited() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        socket2::SockRef::from(&l).set_quickack(false).unwrap();
+        let _client = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (accepted, _) = l.accept().unwrap();
+        let s = Socket::from(OwnedFd::from(accepted));
+        assert!(!s.sock_ref().quickack().unwrap(), "inherited from the listener");
+        s.ack_now();
+        assert!(s.sock_ref().quickack().unwrap());
+    }
+
     #[test]
     fn a_listener_refusing_new_handshakes_keeps_its_queue() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
