@@ -34,11 +34,16 @@ fn floor(module: &str) -> Option<u8> {
     FLOORS.iter().find(|(m, _)| *m == module).map(|(_, f)| *f)
 }
 
+/// The `.rs` files of our crate under `dir`. A folder with its own `Cargo.toml` is another crate
+/// (the vendored tokio-uring in `src/sys/tokio-uring`), whose `crate::` paths are its own: it
+/// is skipped (its `unsafe` is still on the `sys` floor, where it lives).
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap().flatten() {
         let p = entry.path();
         if p.is_dir() {
-            rust_files(&p, out);
+            if !p.join("Cargo.toml").exists() {
+                rust_files(&p, out);
+            }
         } else if p.extension().is_some_and(|e| e == "rs") {
             out.push(p);
         }
