@@ -83,7 +83,9 @@ pub mod fs;
 pub mod net;
 
 pub use io::write::*;
-pub use runtime::driver::op::{InFlightOneshot, OneshotOutputTransform, UnsubmittedOneshot};
+pub use runtime::driver::op::{
+    completions, submit_detached, InFlightOneshot, OneshotOutputTransform, UnsubmittedOneshot,
+};
 pub use runtime::spawn;
 pub use runtime::Runtime;
 
