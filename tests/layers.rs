@@ -35,7 +35,7 @@ fn floor(module: &str) -> Option<u8> {
 }
 
 /// The `.rs` files of our crate under `dir`. A folder with its own `Cargo.toml` is another crate
-/// (the vendored tokio-uring in `src/sys/tokio-uring`), whose `crate::` paths are its own: it
+/// (the vendored tokio-uring in `src/sys/vendor/tokio-uring`), whose `crate::` paths are its own: it
 /// is skipped (its `unsafe` is still on the `sys` floor, where it lives).
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap().flatten() {

@@ -780,6 +780,17 @@ fn end_to_end_with_openssl_s_server_s_client_and_curl() {
     assert!(out.status.success() && text.contains("s_server"), "curl: {text} {}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// One short connection through `addr` to a replier: the hello out, the reply back (checked).
+/// Returns the client's socket, still open.
+fn hello_and_reply(addr: std::net::SocketAddr) -> std::net::TcpStream {
+    let mut c = connect(addr);
+    c.write_all(OPENSSL_SNI).unwrap();
+    let mut got = [0u8; REPLY.len()];
+    c.read_exact(&mut got).unwrap();
+    assert_eq!(&got[..], REPLY);
+    c
+}
+
 /// The client's hello is not acknowledged on its own: the listener's delayed-ACK mode holds the
 /// ACK for the first bytes back (here the back end's reply), so the client receives the SYN-ACK
 /// and then the reply, two segments, where a quick ACK would make three. Counted on the client
@@ -795,12 +806,8 @@ fn the_hellos_ack_rides_with_the_reply() {
     let addr = server.local_addrs()[0];
     let mut saved = 0;
     for _ in 0..20 {
-        let mut c = connect(addr);
-        c.write_all(OPENSSL_SNI).unwrap();
-        let mut got = [0u8; REPLY.len()];
-        c.read_exact(&mut got).unwrap();
-        assert_eq!(&got[..], REPLY);
-        let counted = sni_dispatch::sys::Socket::from(OwnedFd::from(c.try_clone().unwrap()));
+        let c = hello_and_reply(addr);
+        let counted = sni_dispatch::sys::Socket::from(OwnedFd::from(c));
         if counted.segments_in().unwrap() == 2 {
             saved += 1;
         }
@@ -812,7 +819,7 @@ fn the_hellos_ack_rides_with_the_reply() {
 
 /// A worker parks in `epoll_wait` without an `io_uring_enter` that submits nothing, and its
 /// `epoll_wait` returns only for something to read: the vendored tokio-uring skips the empty
-/// enter and watches its ring for completions only (src/sys/tokio-uring/PATCHES.md). Upstream
+/// enter and watches its ring for completions only (src/sys/vendor/tokio-uring/PATCHES.md). Upstream
 /// entered the ring before every park, and most parks submit nothing (a completion that wakes
 /// the worker interrupts its wait, and the wait that follows submits nothing): at 1,000
 /// connections a second a fifth of the worker's system calls. It also watched the ring for
@@ -850,12 +857,7 @@ fn a_worker_parks_without_an_empty_ring_enter() {
     std::io::BufRead::read_line(&mut err, &mut line).unwrap();
     assert!(line.contains("attached"), "strace: {line}");
     for _ in 0..40 {
-        let mut c = connect(addr);
-        c.write_all(OPENSSL_SNI).unwrap();
-        let mut got = [0u8; REPLY.len()];
-        c.read_exact(&mut got).unwrap();
-        assert_eq!(&got[..], REPLY);
-        drop(c);
+        drop(hello_and_reply(addr));
         let _ = b.next();
         std::thread::sleep(Duration::from_millis(10));
     }
