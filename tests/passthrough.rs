@@ -836,13 +836,18 @@ fn a_worker_parks_without_an_empty_ring_enter() {
     let b = replier(OPENSSL_SNI.len());
     let (f, addr) = binary_config("", &passthrough("r", "sni = [\"www.example.com\"]", &[b.addr]));
     let p = spawn_binary(&f, &[], addr);
+    // The listener accepts (into its backlog) before the worker thread has started and named
+    // itself: wait for the thread.
     let task = format!("/proc/{}/task", p.pid());
-    let worker = std::fs::read_dir(&task)
-        .unwrap()
-        .flatten()
-        .find(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "sni-worker-0"))
-        .map(|t| t.file_name().to_string_lossy().into_owned())
-        .expect("a thread named sni-worker-0");
+    let find = || {
+        std::fs::read_dir(&task)
+            .ok()?
+            .flatten()
+            .find(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "sni-worker-0"))
+            .map(|t| t.file_name().to_string_lossy().into_owned())
+    };
+    assert!(wait_until(Duration::from_secs(20), || find().is_some()), "no thread named sni-worker-0");
+    let worker = find().unwrap();
     let out = f.dir.path().join("strace.out");
     let mut strace = std::process::Command::new("strace")
         .args(["-e", "trace=io_uring_enter,epoll_wait", "-e", "signal=none", "-o"])
