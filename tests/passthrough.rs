@@ -817,16 +817,13 @@ fn the_hellos_ack_rides_with_the_reply() {
     server.shutdown();
 }
 
-/// A worker parks in `epoll_wait` without an `io_uring_enter` that submits nothing, and its
-/// `epoll_wait` returns only for something to read: the vendored tokio-uring skips the empty
-/// enter and watches its ring for completions only (src/sys/vendor/tokio-uring/PATCHES.md). Upstream
-/// entered the ring before every park, and most parks submit nothing (a completion that wakes
-/// the worker interrupts its wait, and the wait that follows submits nothing): at 1,000
-/// connections a second a fifth of the worker's system calls. It also watched the ring for
-/// writability, which a ring always has, so the wake after a batch of closes (which post no
-/// completion) returned from `epoll_wait` as EPOLLOUT, a loop of the worker for nothing.
-/// `strace` (Debian's) watches the binary's worker over 40 connections made one at a time, so
-/// that the worker sleeps between them.
+/// A worker parks in `epoll_wait` without an `io_uring_enter` that submits nothing: the vendored
+/// tokio-uring skips it (src/sys/vendor/tokio-uring/PATCHES.md). Upstream entered the ring before
+/// every park, and most parks submit nothing (a completion that wakes the worker interrupts its
+/// wait, and the wait that follows submits nothing): at 1,000 connections a second a fifth of the
+/// worker's system calls. `strace` (Debian's) watches the binary's worker over 40 connections
+/// made one at a time, so that the worker sleeps between them; every `io_uring_enter` it makes
+/// must submit something or wait for completions.
 #[test]
 fn a_worker_parks_without_an_empty_ring_enter() {
     if std::process::Command::new("strace").arg("-V").output().is_err() {
@@ -850,7 +847,7 @@ fn a_worker_parks_without_an_empty_ring_enter() {
     let worker = find().unwrap();
     let out = f.dir.path().join("strace.out");
     let mut strace = std::process::Command::new("strace")
-        .args(["-e", "trace=io_uring_enter,epoll_wait", "-e", "signal=none", "-o"])
+        .args(["-e", "trace=io_uring_enter", "-e", "signal=none", "-o"])
         .arg(&out)
         .args(["-p", &worker])
         .stderr(std::process::Stdio::piped())
@@ -881,6 +878,4 @@ fn a_worker_parks_without_an_empty_ring_enter() {
         .count();
     assert!(!enters.is_empty(), "strace saw no io_uring_enter: {seen}");
     assert!(empty <= 4, "{empty} of {} io_uring_enter calls submitted nothing and waited for nothing", enters.len());
-    let writable = seen.lines().filter(|l| l.starts_with("epoll_wait(") && l.contains("EPOLLOUT")).count();
-    assert_eq!(writable, 0, "epoll_wait returned for writability: {seen}");
 }

@@ -54,37 +54,16 @@ pub(super) unsafe fn submit<D: Unpin + 'static>(data: D, sqe: squeue::Entry) -> 
     Submitted(UnsubmittedOneshot::new(data, Completion(PhantomData), sqe).submit())
 }
 
-/// How this kernel closes fds through the ring: `None` without IORING_OP_CLOSE (Linux 5.6),
-/// else the flags a close is submitted with: IOSQE_CQE_SKIP_SUCCESS where the kernel has it
-/// (IORING_FEAT_CQE_SKIP, Linux 5.17), so that a close that succeeds posts no completion and
-/// wakes nobody. Probed once per process on a ring of its own, since a close submitted without
-/// waiting for its completion could not fall back to close(2) on the kernel's refusal.
-pub(super) fn ring_close() -> Option<squeue::Flags> {
-    static PROBED: std::sync::OnceLock<Option<squeue::Flags>> = std::sync::OnceLock::new();
+/// Whether this kernel closes fds through the ring (IORING_OP_CLOSE, Linux 5.6): probed once per
+/// process on a ring of its own, since a close submitted without waiting for its completion
+/// could not fall back to close(2) on the kernel's refusal.
+pub(super) fn closes_on_ring() -> bool {
+    static PROBED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *PROBED.get_or_init(|| {
-        let ring = io_uring::IoUring::<squeue::Entry, cqueue::Entry>::new(2).ok()?;
+        let Ok(ring) = io_uring::IoUring::<squeue::Entry, cqueue::Entry>::new(2) else { return false };
         let mut probe = io_uring::Probe::new();
-        ring.submitter().register_probe(&mut probe).ok()?;
-        probe.is_supported(io_uring::opcode::Close::CODE).then(|| {
-            if ring.params().is_feature_skip_cqe_on_success() {
-                squeue::Flags::SKIP_SUCCESS
-            } else {
-                squeue::Flags::empty()
-            }
-        })
+        ring.submitter().register_probe(&mut probe).is_ok() && probe.is_supported(io_uring::opcode::Close::CODE)
     })
-}
-
-/// Queues `sqe` for the ring's next submission with nobody awaiting it (the vendored
-/// tokio-uring's `submit_detached`): no operation slot, and its completion, if it posts one,
-/// is dropped unread.
-///
-/// # Safety
-/// `sqe` must hold no pointers, and every fd it names must be one it consumes (a close): nothing
-/// learns when the kernel is done with it.
-pub(super) unsafe fn submit_detached(sqe: squeue::Entry) {
-    // SAFETY: the caller's contract is tokio-uring's.
-    unsafe { tokio_uring::submit_detached(sqe) }
 }
 
 /// Ring settings of one worker.

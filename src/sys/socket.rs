@@ -454,24 +454,24 @@ impl Socket {
     /// Closes the socket through the ring when this is its last holder; else the last holder's
     /// drop closes it. The close goes to the kernel with the ring's next batch of submissions, not
     /// as a close(2) of its own, and runs inline there (a socket has no `flush`, so no io-wq
-    /// thread). It is not awaited, and where the kernel can (Linux 5.17) a close that succeeds
-    /// posts no completion (IOSQE_CQE_SKIP_SUCCESS): a connection's closes (back end, then
-    /// client) share one submission and wake nobody, where awaiting each cost the worker a loop
-    /// of its own (an `epoll_wait` and an `io_uring_enter`) per close, and their completions one
-    /// more `epoll_wait`. On a kernel without IORING_OP_CLOSE, close(2). (IORING_OP_SHUTDOWN is not used: the kernel
+    /// thread). It is not awaited: a connection's closes (back end, then client) share one
+    /// submission and one completion pass, where awaiting each cost the worker a loop of its own
+    /// (an `epoll_wait` and an `io_uring_enter`) per close when nothing else was queued. On a
+    /// kernel without IORING_OP_CLOSE, close(2). (IORING_OP_SHUTDOWN is not used: the kernel
     /// always hands it to an io-wq thread.)
     pub fn close(self) {
         let Ok(fd) = Rc::try_unwrap(self.fd) else { return };
-        let Some(flags) = super::ring::ring_close() else {
+        if !super::ring::closes_on_ring() {
             drop(fd);
             return;
-        };
+        }
         let raw = fd.into_raw_fd();
-        let sqe = opcode::Close::new(types::Fd(raw)).build().flags(flags);
+        let sqe = opcode::Close::new(types::Fd(raw)).build();
         // SAFETY: the entry holds no pointers. The fd is owned by the operation from here on:
         // `into_raw_fd` gave up the only owner, so nothing else uses or closes the number until
-        // the kernel has closed it (a failed close still releases the number).
-        unsafe { super::ring::submit_detached(sqe) };
+        // the kernel has closed it; dropping the future leaves the operation to complete on its
+        // own (tokio-uring keeps its slot until the completion arrives).
+        drop(unsafe { submit((), sqe) });
     }
 
     /// shutdown(2). Also completes every operation pending on the socket, which is how a
@@ -537,47 +537,6 @@ mod tests {
         assert!(!s.sock_ref().quickack().unwrap(), "inherited from the listener");
         s.ack_now();
         assert!(s.sock_ref().quickack().unwrap());
-    }
-
-    /// A close through the ring closes the socket (its peer reads the end) and, on a kernel
-    /// with IORING_FEAT_CQE_SKIP, posts no completion: nothing wakes the worker for it. The same
-    /// close submitted without the flag posts one (so the count is not vacuous).
-    #[test]
-    fn a_close_through_the_ring_posts_no_completion() {
-        use io_uring::squeue;
-        use std::io::Read;
-        let Some(flags) = super::super::ring::ring_close() else {
-            eprintln!("skipped: this kernel has no IORING_OP_CLOSE");
-            return;
-        };
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let pair = || {
-            let client = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
-            client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            (client, Socket::from(OwnedFd::from(l.accept().unwrap().0)))
-        };
-        let (mut quiet_peer, quiet) = pair();
-        let (mut loud_peer, loud) = pair();
-        let opts = super::super::RingOptions { entries: 8, sqpoll: false, sqpoll_idle_ms: 0 };
-        super::super::runtime(opts).unwrap().block_on(async move {
-            let settle = || tokio::time::sleep(Duration::from_millis(20));
-            settle().await;
-            let before = tokio_uring::completions();
-            quiet.close();
-            settle().await; // the park submits it
-            assert_eq!(quiet_peer.read(&mut [0u8; 1]).unwrap(), 0, "closed");
-            settle().await;
-            let expected = if flags.contains(squeue::Flags::SKIP_SUCCESS) { 0 } else { 1 };
-            assert_eq!(tokio_uring::completions() - before, expected);
-
-            let raw = Rc::try_unwrap(loud.fd).unwrap().into_raw_fd();
-            // SAFETY: no pointers; the close consumes the fd, whose only owner gave it up.
-            unsafe { super::super::ring::submit_detached(opcode::Close::new(types::Fd(raw)).build()) };
-            settle().await;
-            assert_eq!(loud_peer.read(&mut [0u8; 1]).unwrap(), 0, "closed");
-            settle().await;
-            assert_eq!(tokio_uring::completions() - before, expected + 1, "a close without the flag posts one");
-        });
     }
 
     #[test]

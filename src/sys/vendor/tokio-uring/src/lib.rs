@@ -83,9 +83,7 @@ pub mod fs;
 pub mod net;
 
 pub use io::write::*;
-pub use runtime::driver::op::{
-    completions, submit_detached, InFlightOneshot, OneshotOutputTransform, UnsubmittedOneshot,
-};
+pub use runtime::driver::op::{InFlightOneshot, OneshotOutputTransform, UnsubmittedOneshot};
 pub use runtime::spawn;
 pub use runtime::Runtime;
 

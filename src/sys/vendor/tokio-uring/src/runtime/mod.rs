@@ -152,13 +152,7 @@ fn start_uring_wakes_task(
     driver: driver::Handle,
 ) {
     let _guard = tokio_rt.enter();
-    // sni-dispatch patch (PATCHES.md): readable only. Upstream also asked for writability, which
-    // a ring always has (its submission queue has room), so every wake of the ring's poll queue
-    // (one after each batch of inline completions, even when all of them were skipped with
-    // IOSQE_CQE_SKIP_SUCCESS) returned from `epoll_wait` as EPOLLOUT, an extra loop of the
-    // worker for nothing: only completions (EPOLLIN) are waited for.
-    let async_driver_handle =
-        AsyncFd::with_interest(driver, tokio::io::Interest::READABLE).unwrap();
+    let async_driver_handle = AsyncFd::new(driver).unwrap();
 
     local.spawn_local(drive_uring_wakes(async_driver_handle));
 }

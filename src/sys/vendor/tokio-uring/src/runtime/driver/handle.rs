@@ -82,14 +82,6 @@ impl Handle {
         self.inner.borrow_mut().submit_op_2(sqe)
     }
 
-    pub(crate) fn completions(&self) -> u64 {
-        self.inner.borrow().completions
-    }
-
-    pub(crate) fn submit_detached(&self, sqe: squeue::Entry) {
-        self.inner.borrow_mut().submit_detached(sqe)
-    }
-
     pub(crate) fn submit_op<T, S, F>(&self, data: T, f: F) -> io::Result<Op<T, S>>
     where
         T: Completable,

@@ -25,9 +25,6 @@ pub(crate) struct Driver {
     /// Ensures that the buffers are not dropped until
     /// after the io-uring runtime has terminated.
     fixed_buffers: Option<Rc<RefCell<dyn FixedBuffers>>>,
-
-    /// sni-dispatch patch (PATCHES.md): completions read off the ring so far, for tests.
-    pub(crate) completions: u64,
 }
 
 struct Ops {
@@ -47,7 +44,6 @@ impl Driver {
             ops: Ops::new(),
             uring,
             fixed_buffers: None,
-            completions: 0,
         })
     }
 
@@ -84,7 +80,6 @@ impl Driver {
         cq.sync();
 
         for cqe in cq {
-            self.completions += 1;
             if cqe.user_data() == u64::MAX {
                 // Result of the cancellation action. There isn't anything we
                 // need to do here. We must wait for the CQE for the operation
@@ -142,17 +137,6 @@ impl Driver {
         }
 
         index
-    }
-
-    /// sni-dispatch patch (PATCHES.md): queues an entry nobody awaits. Its user data is
-    /// `u64::MAX`, which `dispatch_completions` skips, so no operation slot is taken and any
-    /// completion it posts is dropped.
-    pub(crate) fn submit_detached(&mut self, sqe: squeue::Entry) {
-        let sqe = sqe.user_data(u64::MAX);
-        while unsafe { self.uring.submission().push(&sqe).is_err() } {
-            // If the submission queue is full, flush it to the kernel
-            self.submit().expect("Internal error, failed to submit ops");
-        }
     }
 
     pub(crate) fn submit_op<T, S, F>(

@@ -176,38 +176,6 @@ pub(crate) enum Lifecycle {
     CompletionList(SlabListIndices),
 }
 
-/// How many completions this thread's runtime has read off its ring so far, those it dropped
-/// unread included (sni-dispatch patch, PATCHES.md: for tests of what posts a completion).
-///
-/// # Panics
-/// Outside a tokio-uring runtime.
-pub fn completions() -> u64 {
-    CONTEXT
-        .with(|x| x.handle())
-        .expect("not in runtime context")
-        .completions()
-}
-
-/// Queues `sqe` for the ring's next submission with nobody awaiting its completion
-/// (sni-dispatch patch, PATCHES.md): its user data is replaced by `u64::MAX`, which the driver
-/// skips, so it takes no operation slot and any completion it posts is dropped unread. Set
-/// `IOSQE_CQE_SKIP_SUCCESS` on it where the kernel has `IORING_FEAT_CQE_SKIP`, so that a success
-/// posts nothing at all (no completion, so no wake-up of a worker that had nothing else to do).
-///
-/// # Safety
-/// Everything `sqe` points at or names (buffers, fds) must stay valid until the kernel has
-/// finished with it, which nobody will be told: use it only for entries that hold no pointers
-/// and whose fds the entry itself consumes (a close).
-///
-/// # Panics
-/// Outside a tokio-uring runtime.
-pub unsafe fn submit_detached(sqe: io_uring::squeue::Entry) {
-    CONTEXT
-        .with(|x| x.handle())
-        .expect("Could not submit op; not in runtime context")
-        .submit_detached(sqe)
-}
-
 /// A single CQE entry
 pub(crate) struct CqeResult {
     pub(crate) result: io::Result<u32>,
