@@ -66,6 +66,9 @@ pub(crate) async fn run(w: Rc<Worker>, listener: Socket, addr: SocketAddr, mut o
     stop_accepting(&w, &listener, addr, None::<std::pin::Pin<&mut std::future::Ready<_>>>).await;
 }
 
+/// How many 1 ms pauses the drain of a stopping listener makes for handshakes under way.
+const HANDSHAKE_PAUSES: u32 = 5;
+
 /// Connections already queued: takes them without blocking, then shuts the listener down,
 /// which completes the accept in flight (with a connection that came in meanwhile, or an
 /// error), so its fd is not left to a completion nobody reads; serves what they brought.
@@ -104,11 +107,27 @@ where
     if let Err(e) = listener.refuse_new_handshakes() {
         tracing::debug!(worker = w.id(), listener = %addr, error = %e, "cannot filter new handshakes before the drain");
     }
+    // Handshakes already under way still complete (their last ACK passes the filter) and join
+    // the queue a moment after the drain has found it empty; the shutdown would reset them
+    // after their clients saw the connect succeed. So the drain pauses (1 ms, the worker serving
+    // on) and drains again, until a pause brings nothing or after HANDSHAKE_PAUSES of them: a
+    // handshake whose ACK takes longer than that (a client a long round trip away) is still
+    // reset, as by any proxy that stops listening.
     let mut drained = 0;
     if listener.set_nonblocking().is_ok() {
-        while let Ok(client) = listener.try_accept() {
-            spawn(w, client, addr);
-            drained += 1;
+        let mut pauses = 0;
+        loop {
+            let mut took = 0;
+            while let Ok(client) = listener.try_accept() {
+                spawn(w, client, addr);
+                took += 1;
+            }
+            drained += took;
+            if pauses == HANDSHAKE_PAUSES || (pauses > 0 && took == 0) {
+                break;
+            }
+            pauses += 1;
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
     listener.shutdown(Shutdown::Both);
