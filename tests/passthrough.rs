@@ -817,19 +817,11 @@ fn the_hellos_ack_rides_with_the_reply() {
     server.shutdown();
 }
 
-/// A worker parks in `epoll_wait` without an `io_uring_enter` that submits nothing: the vendored
-/// tokio-uring skips it (src/sys/vendor/tokio-uring/PATCHES.md). Upstream entered the ring before
-/// every park, and most parks submit nothing (a completion that wakes the worker interrupts its
-/// wait, and the wait that follows submits nothing): at 1,000 connections a second a fifth of the
-/// worker's system calls. `strace` (Debian's) watches the binary's worker over 40 connections
-/// made one at a time, so that the worker sleeps between them; every `io_uring_enter` it makes
-/// must submit something or wait for completions.
-#[test]
-fn a_worker_parks_without_an_empty_ring_enter() {
-    if std::process::Command::new("strace").arg("-V").output().is_err() {
-        eprintln!("skipped: strace is not installed (.ci/run installs it)");
-        return;
-    }
+/// Runs the binary with one passthrough route and attaches Debian's `strace -e trace=TRACE` to
+/// its worker thread over `conns` connections made one at a time (each: the hello in, the back
+/// end's reply out, the back end's close), so that the worker sleeps between them. Returns what
+/// strace wrote, one system call a line.
+fn strace_worker(trace: &str, conns: usize) -> String {
     let b = replier(OPENSSL_SNI.len());
     let (f, addr) = binary_config("", &passthrough("r", "sni = [\"www.example.com\"]", &[b.addr]));
     let p = spawn_binary(&f, &[], addr);
@@ -847,7 +839,7 @@ fn a_worker_parks_without_an_empty_ring_enter() {
     let worker = find().unwrap();
     let out = f.dir.path().join("strace.out");
     let mut strace = std::process::Command::new("strace")
-        .args(["-e", "trace=io_uring_enter", "-e", "signal=none", "-o"])
+        .args(["-e", &format!("trace={trace}"), "-e", "signal=none", "-o"])
         .arg(&out)
         .args(["-p", &worker])
         .stderr(std::process::Stdio::piped())
@@ -858,7 +850,7 @@ fn a_worker_parks_without_an_empty_ring_enter() {
     let mut line = String::new();
     std::io::BufRead::read_line(&mut err, &mut line).unwrap();
     assert!(line.contains("attached"), "strace: {line}");
-    for _ in 0..40 {
+    for _ in 0..conns {
         drop(hello_and_reply(addr));
         let _ = b.next();
         std::thread::sleep(Duration::from_millis(10));
@@ -866,7 +858,45 @@ fn a_worker_parks_without_an_empty_ring_enter() {
     // SAFETY: kill(2) on our own child's pid: strace detaches and writes out what it saw.
     unsafe { libc::kill(strace.id() as i32, libc::SIGINT) };
     strace.wait().unwrap();
-    let seen = std::fs::read_to_string(&out).unwrap();
+    // The worker's last closes may still be on their way: strace has stopped either way.
+    drop(p);
+    std::fs::read_to_string(&out).unwrap()
+}
+
+/// A short response and the back end's FIN after it are read in one system call: the burst's
+/// read and the read that looks for the end of the stream go together in one `recvmmsg(2)` of
+/// two messages (`relay::copy::read`, `Socket::try_recv_twice`). Each connection's back-end burst
+/// is one `recvmmsg`; the single reads left are the hello's and the client's end (and the back
+/// end's end when its FIN came after the look), at most 3 a connection where there were 4
+/// (hello, burst, the look, the client's end) with a read of their own each.
+#[test]
+fn a_burst_and_the_fin_after_it_are_one_read() {
+    if std::process::Command::new("strace").arg("-V").output().is_err() {
+        eprintln!("skipped: strace is not installed (.ci/run installs it)");
+        return;
+    }
+    let conns = 40;
+    let seen = strace_worker("recvfrom,recvmmsg", conns);
+    let count = |name: &str| seen.lines().filter(|l| l.starts_with(name)).count();
+    let (single, paired) = (count("recvfrom("), count("recvmmsg("));
+    assert!(paired >= conns, "{paired} recvmmsg for {conns} connections (recvfrom: {single}):\n{seen}");
+    assert!(single <= 3 * conns, "{single} recvfrom for {conns} connections (recvmmsg: {paired})");
+}
+
+/// A worker parks in `epoll_wait` without an `io_uring_enter` that submits nothing: the vendored
+/// tokio-uring skips it (src/sys/vendor/tokio-uring/PATCHES.md). Upstream entered the ring before
+/// every park, and most parks submit nothing (a completion that wakes the worker interrupts its
+/// wait, and the wait that follows submits nothing): at 1,000 connections a second a fifth of the
+/// worker's system calls. `strace` (Debian's) watches the binary's worker over 40 connections
+/// made one at a time, so that the worker sleeps between them; every `io_uring_enter` it makes
+/// must submit something or wait for completions.
+#[test]
+fn a_worker_parks_without_an_empty_ring_enter() {
+    if std::process::Command::new("strace").arg("-V").output().is_err() {
+        eprintln!("skipped: strace is not installed (.ci/run installs it)");
+        return;
+    }
+    let seen = strace_worker("io_uring_enter", 40);
     let enters: Vec<&str> = seen.lines().filter(|l| l.starts_with("io_uring_enter(")).collect();
     // io_uring_enter(fd, to_submit, min_complete, flags, ...)
     let empty = enters

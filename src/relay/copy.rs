@@ -19,21 +19,34 @@ pub(crate) fn read(
     peek: bool,
 ) -> io::Result<(Burst, Option<Vec<u8>>)> {
     let mut scratch = env.scratch.borrow_mut();
-    let mut n = match src.try_recv(&mut scratch) {
-        Ok(0) => return Ok((Burst::Eof, None)),
-        Ok(n) => n,
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((Burst::WouldBlock, None)),
-        Err(e) => return Err(e),
-    };
-    let mut last = false;
-    if peek && n < scratch.len() {
-        match src.try_recv(scratch.get_mut(n..).unwrap_or_default()) {
-            Ok(0) => last = true,
-            Ok(m) => n += m,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+    // With `peek`, the read and the one after it are one system call: the second read goes into
+    // the second half of the buffer and says whether the end of the stream followed the bytes.
+    let (n, last) = if peek && scratch.len() > 1 {
+        let half = scratch.len() / 2;
+        match src.try_recv_twice(&mut scratch, half) {
+            Ok((0, _)) => return Ok((Burst::Eof, None)),
+            Ok((n, None)) => (n, false),
+            Ok((n, Some(0))) => (n, true),
+            Ok((n, Some(m))) => {
+                // The second read's bytes follow the first's in the buffer (the kernel never
+                // writes past an iovec; clamped all the same).
+                let (n, m) = (n.min(half), m.min(scratch.len() - half));
+                if n < half {
+                    scratch.copy_within(half..half + m, n);
+                }
+                (n + m, false)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((Burst::WouldBlock, None)),
             Err(e) => return Err(e),
         }
-    }
+    } else {
+        match src.try_recv(&mut scratch) {
+            Ok(0) => return Ok((Burst::Eof, None)),
+            Ok(n) => (n, false),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((Burst::WouldBlock, None)),
+            Err(e) => return Err(e),
+        }
+    };
     pair.touch();
     pair.before_send(dst);
     let got = scratch.get(..n).unwrap_or_default();

@@ -301,6 +301,46 @@ impl Socket {
         }
     }
 
+    /// Two non-blocking reads in one system call (`recvmmsg(2)` of two messages on a stream
+    /// socket): the first into `buf[..split]`, the second into `buf[split..]` right after it.
+    /// Returns what the first read and, if it found anything, the second: `Some(0)` is the end
+    /// of the stream seen by the second read, `None` a second read that would block. An error of
+    /// the second read is kept by the kernel for the next one (`recvmmsg` stores it in the
+    /// socket's `SO_ERROR`), so it is not lost. This is how a burst learns that its peer's FIN
+    /// followed it without a read of its own (`relay::copy::read`).
+    pub fn try_recv_twice(&self, buf: &mut [u8], split: usize) -> io::Result<(usize, Option<usize>)> {
+        let split = split.min(buf.len());
+        let (a, b) = buf.split_at_mut(split);
+        let mut iov = [
+            libc::iovec { iov_base: a.as_mut_ptr().cast(), iov_len: a.len() },
+            libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: b.len() },
+        ];
+        // SAFETY: an all-zero `mmsghdr` is valid (no name, no control data, no iovecs).
+        let mut msgs: [libc::mmsghdr; 2] = unsafe { std::mem::zeroed() };
+        for (m, v) in msgs.iter_mut().zip(iov.iter_mut()) {
+            m.msg_hdr.msg_iov = v;
+            m.msg_hdr.msg_iovlen = 1;
+        }
+        loop {
+            // SAFETY: each header points at one iovec describing memory valid for writes (two
+            // disjoint halves of `buf`) for the duration of the call; the kernel writes only
+            // `msg_len` and `msg_flags` of the headers; the fd is borrowed from `self`.
+            let k = unsafe {
+                libc::recvmmsg(self.fd.as_raw_fd(), msgs.as_mut_ptr(), 2, libc::MSG_DONTWAIT, std::ptr::null_mut())
+            };
+            match k {
+                2 => return Ok((msgs[0].msg_len as usize, Some(msgs[1].msg_len as usize))),
+                1 => return Ok((msgs[0].msg_len as usize, None)),
+                k if k >= 0 => return Err(io::ErrorKind::WouldBlock.into()),
+                _ => {}
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+
     /// One non-blocking send(2) of `buf`, outside the ring (no SIGPIPE): how many bytes the
     /// kernel took; `WouldBlock` when the send buffer is full.
     pub fn try_send(&self, buf: &[u8]) -> io::Result<usize> {
@@ -537,6 +577,55 @@ mod tests {
         assert!(!s.sock_ref().quickack().unwrap(), "inherited from the listener");
         s.ack_now();
         assert!(s.sock_ref().quickack().unwrap());
+    }
+
+    /// `try_recv_twice` on a TCP connection: the bytes and the end of the stream behind them in
+    /// one call; bytes alone (the second read would block); nothing yet; the end alone; and a
+    /// second read that finds more bytes, which land in the second half.
+    #[test]
+    fn two_reads_in_one_call_see_the_bytes_and_the_end_behind_them() {
+        use std::io::Write;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let pair = || {
+            let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            let (a, _) = l.accept().unwrap();
+            (c, Socket::from(OwnedFd::from(a)))
+        };
+        let readable = |s: &Socket| {
+            let mut p = libc::pollfd { fd: s.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            // SAFETY: one valid pollfd for the duration of the call.
+            unsafe { libc::poll(&mut p, 1, 5_000) };
+        };
+        let mut buf = [0u8; 64];
+        let (mut c, s) = pair();
+        assert_eq!(s.try_recv_twice(&mut buf, 32).unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        c.write_all(b"hello").unwrap();
+        readable(&s);
+        assert_eq!(s.try_recv_twice(&mut buf, 32).unwrap(), (5, None));
+        assert_eq!(&buf[..5], b"hello");
+        c.write_all(b"bye").unwrap();
+        c.shutdown(Shutdown::Write).unwrap();
+        // The FIN is queued behind the bytes by the time the peer's shutdown returns (loopback);
+        // poll until both are there.
+        let mut got = (0, None);
+        for _ in 0..100 {
+            readable(&s);
+            got = s.try_recv_twice(&mut buf, 32).unwrap();
+            if got.1 == Some(0) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(got.1, Some(0));
+        assert_eq!(&buf[..3], b"bye");
+        assert_eq!(s.try_recv_twice(&mut buf, 32).unwrap(), (0, Some(0)));
+        // More than the first half holds: the rest goes into the second.
+        let (mut c, s) = pair();
+        c.write_all(&[7u8; 40]).unwrap();
+        readable(&s);
+        let (a, b) = s.try_recv_twice(&mut buf, 32).unwrap();
+        assert_eq!(a, 32);
+        assert!(b.is_some_and(|b| b > 0 && b <= 8), "{b:?}");
     }
 
     #[test]
