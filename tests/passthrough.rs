@@ -858,8 +858,6 @@ fn strace_worker(trace: &str, conns: usize) -> String {
     // SAFETY: kill(2) on our own child's pid: strace detaches and writes out what it saw.
     unsafe { libc::kill(strace.id() as i32, libc::SIGINT) };
     strace.wait().unwrap();
-    // The worker's last closes may still be on their way: strace has stopped either way.
-    drop(p);
     std::fs::read_to_string(&out).unwrap()
 }
 

@@ -27,15 +27,7 @@ pub(crate) fn read(
             Ok((0, _)) => return Ok((Burst::Eof, None)),
             Ok((n, None)) => (n, false),
             Ok((n, Some(0))) => (n, true),
-            Ok((n, Some(m))) => {
-                // The second read's bytes follow the first's in the buffer (the kernel never
-                // writes past an iovec; clamped all the same).
-                let (n, m) = (n.min(half), m.min(scratch.len() - half));
-                if n < half {
-                    scratch.copy_within(half..half + m, n);
-                }
-                (n + m, false)
-            }
+            Ok((n, Some(m))) => (join(&mut scratch, half, n, m), false),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((Burst::WouldBlock, None)),
             Err(e) => return Err(e),
         }
@@ -66,6 +58,18 @@ pub(crate) fn read(
     Ok((burst, rest))
 }
 
+/// Joins the two reads of [`Socket::try_recv_twice`]: the second's `m` bytes, read at `half`,
+/// move up behind the first's `n` (a first read that came back short); returns their total. The
+/// kernel never writes past an iovec; the lengths are clamped all the same.
+fn join(buf: &mut [u8], half: usize, n: usize, m: usize) -> usize {
+    let half = half.min(buf.len());
+    let (n, m) = (n.min(half), m.min(buf.len() - half));
+    if n < half {
+        buf.copy_within(half..half + m, n);
+    }
+    n + m
+}
+
 /// Sends what `dst` takes now of `rest[*from..]`: `true` once all of it went, `false` when `dst`
 /// is full (wait for POLLOUT, then call again).
 pub(crate) fn send(dst: &Socket, rest: &[u8], from: &mut usize, moved: &Moved) -> io::Result<bool> {
@@ -81,4 +85,23 @@ pub(crate) fn send(dst: &Socket, rest: &[u8], from: &mut usize, moved: &Moved) -
         }
     }
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::join;
+
+    #[test]
+    fn a_second_read_after_a_short_first_moves_up_behind_it() {
+        let mut buf = *b"ab..cdef";
+        assert_eq!(join(&mut buf, 4, 2, 3), 5);
+        assert_eq!(&buf[..5], b"abcde");
+        // A full first half: the second read is already behind it.
+        let mut buf = *b"abcdefgh";
+        assert_eq!(join(&mut buf, 4, 4, 4), 8);
+        assert_eq!(&buf, b"abcdefgh");
+        // Lengths past the halves (never from the kernel) stay inside the buffer.
+        let mut buf = *b"ab..cdef";
+        assert_eq!(join(&mut buf, 4, 9, 9), 8);
+    }
 }
